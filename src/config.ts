@@ -1,0 +1,377 @@
+/**
+ * The one immutable Config: load (find and parse the file) → validate (every error names its key
+ * path, the bad value and the rule) → defaults. Nothing else reads the file or the raw object.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { resolve } from "node:path";
+import YAML from "yaml";
+import { ConfigError, ConfigErrors } from "./errors.ts";
+import { parseDuration } from "./duration.ts";
+import { compileHostPattern } from "./host-policy.ts";
+import { LOG_LEVELS, type LogLevel } from "./log.ts";
+import { DEFAULT_REGISTRIES, type RegistryConfig } from "./registries.ts";
+
+export interface ListenAddress {
+  hostname: string;
+  port: number;
+  /** As written, for messages. */
+  source: string;
+}
+
+export interface Timeouts {
+  /** From a connection's first byte to the end of its request head (slow-loris bound). */
+  headerMs: number;
+  /** TCP (and TLS) dial to an upstream. */
+  connectMs: number;
+  /** A tunnel or kept-alive connection with no traffic either way is closed after this. */
+  idleMs: number;
+  /** On SIGTERM, how long running requests and tunnels get before they are cut. */
+  shutdownGraceMs: number;
+  /** From sending a request upstream to receiving its response head. */
+  upstreamHeaderMs: number;
+}
+
+export interface MitmConfig {
+  enabled: boolean;
+  caCertPath: string | null;
+  caKeyPath: string | null;
+  /** Intercept only these (allow-list syntax); null means every allowed host. */
+  hosts: readonly string[] | null;
+}
+
+export interface MirrorConfig {
+  enabled: boolean;
+  defaultRegistry: string;
+  registries: ReadonlyMap<string, RegistryConfig>;
+}
+
+export interface Config {
+  /** The file this came from, for messages. */
+  file: string;
+  listen: readonly ListenAddress[];
+  allowedHosts: readonly string[];
+  allowedPorts: readonly number[];
+  insecureTls: boolean;
+  logLevel: LogLevel;
+  mitm: MitmConfig;
+  mirror: MirrorConfig;
+  timeouts: Timeouts;
+}
+
+export const DEFAULT_ALLOWED_HOSTS: readonly string[] = [
+  "docker.io",
+  "registry-1.docker.io",
+  "auth.docker.io",
+  "production.cloudflare.docker.com",
+  "production.cloudfront.docker.com",
+  "gcr.io",
+  "k8s.io",
+  "registry.k8s.io",
+  "docker.elastic.co",
+  "ghcr.io",
+];
+export const DEFAULT_ALLOWED_PORTS: readonly number[] = [80, 443];
+export const DEFAULT_TIMEOUTS: Timeouts = { headerMs: 10_000, connectMs: 10_000, idleMs: 300_000, shutdownGraceMs: 30_000, upstreamHeaderMs: 60_000 };
+
+export const CONFIG_CANDIDATES = ["config.yaml", "config.yml", "config.json"] as const;
+
+/** Finds the config file: an explicit path, else the first candidate in `cwd`. */
+export function findConfigFile(explicit: string | null, cwd: string): string {
+  if (explicit !== null) {
+    const p = resolve(cwd, explicit);
+    if (!existsSync(p)) throw new ConfigError("", `config file ${p} does not exist`);
+    return p;
+  }
+  for (const name of CONFIG_CANDIDATES) {
+    const p = resolve(cwd, name);
+    if (existsSync(p)) return p;
+  }
+  throw new ConfigError(
+    "",
+    `no config file found: looked for ${CONFIG_CANDIDATES.join(", ")} in ${cwd}; pass one with -config PATH (see config.example.yaml)`,
+  );
+}
+
+export interface LoadedConfig {
+  config: Config;
+  /** Unknown keys and other things worth a warning but not a refusal. */
+  warnings: string[];
+}
+
+export function loadConfigFile(file: string): LoadedConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (cause) {
+    throw new ConfigError("", `cannot read ${file}: ${(cause as Error).message}`, { cause });
+  }
+  return buildConfig(parseConfigText(text, file), file);
+}
+
+export function parseConfigText(text: string, file: string): unknown {
+  if (file.endsWith(".json")) {
+    try {
+      return JSON.parse(text) as unknown;
+    } catch (cause) {
+      throw new ConfigError("", `${file} is not valid JSON: ${(cause as Error).message}`, { cause });
+    }
+  }
+  const doc = YAML.parseDocument(text, { uniqueKeys: true });
+  const first = doc.errors[0];
+  if (first) throw new ConfigError("", `${file} is not valid YAML: ${first.message.split("\n")[0]}`, { cause: first });
+  return doc.toJS() as unknown;
+}
+
+type Obj = Record<string, unknown>;
+
+/** Collects every problem instead of stopping at the first. */
+class Checker {
+  readonly errors: ConfigError[] = [];
+  readonly warnings: string[] = [];
+
+  fail(path: string, value: unknown, rule: string): void {
+    this.errors.push(new ConfigError(path, `${show(value)} ${rule}`));
+  }
+
+  object(path: string, value: unknown, known: readonly string[]): Obj | null {
+    if (value === undefined || value === null) return null;
+    if (typeof value !== "object" || Array.isArray(value)) {
+      this.fail(path, value, "must be a mapping");
+      return null;
+    }
+    const obj = value as Obj;
+    for (const k of Object.keys(obj)) {
+      if (!known.includes(k)) {
+        const near = known.find((n) => n.startsWith(k) || k.startsWith(n));
+        this.warnings.push(`${path ? path + "." : ""}${k}: unknown key, ignored${near ? ` (did you mean "${near}"?)` : ""}`);
+      }
+    }
+    return obj;
+  }
+
+  bool(path: string, value: unknown, dflt: boolean): boolean {
+    if (value === undefined || value === null) return dflt;
+    if (typeof value === "boolean") return value;
+    this.fail(path, value, "must be true or false");
+    return dflt;
+  }
+
+  string(path: string, value: unknown): string | null {
+    if (value === undefined || value === null) return null;
+    if (typeof value === "string" && value.trim() !== "") return value.trim();
+    this.fail(path, value, "must be a non-empty string");
+    return null;
+  }
+
+  stringList(path: string, value: unknown): string[] | null {
+    if (value === undefined || value === null) return null;
+    if (!Array.isArray(value)) {
+      this.fail(path, value, "must be a list");
+      return null;
+    }
+    const out: string[] = [];
+    value.forEach((v, i) => {
+      const s = this.string(`${path}[${i}]`, v);
+      if (s !== null) out.push(s);
+    });
+    return out;
+  }
+
+  hostPatterns(path: string, value: unknown): string[] | null {
+    const list = this.stringList(path, value);
+    if (list === null) return null;
+    list.forEach((entry, i) => {
+      try {
+        const p = compileHostPattern(entry);
+        if (p.kind === "exact" && p.name === "") this.fail(`${path}[${i}]`, entry, "is not a valid host name");
+      } catch (cause) {
+        this.errors.push(new ConfigError(`${path}[${i}]`, `invalid regular expression ${show(entry)}: ${(cause as Error).message}`, { cause }));
+      }
+    });
+    return list;
+  }
+
+  duration(path: string, value: unknown, dflt: number): number {
+    if (value === undefined || value === null) return dflt;
+    const ms = parseDuration(value);
+    if (typeof ms === "string") {
+      this.fail(path, value, ms);
+      return dflt;
+    }
+    return ms;
+  }
+}
+
+function show(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}
+
+export function parseListen(value: unknown): ListenAddress | string {
+  const source = String(value);
+  if (typeof value === "number") value = String(value);
+  if (typeof value !== "string") return 'must be a port or address such as ":8080", "8080", "127.0.0.1:8080" or "[::]:8080"';
+  const s = value.trim();
+  let host = "0.0.0.0";
+  let portText = s;
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d+)$/.exec(s);
+  if (m) {
+    host = m[1] ?? (m[2] === "" || m[2] === undefined ? "0.0.0.0" : m[2]);
+    portText = m[3] ?? "";
+  }
+  if (!/^\d+$/.test(portText)) return 'must be a port or address such as ":8080", "8080", "127.0.0.1:8080" or "[::]:8080"';
+  const port = Number(portText);
+  if (port > 65535) return "port must be between 0 and 65535";
+  return { hostname: host, port, source };
+}
+
+const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "insecure_tls", "log_level", "mitm", "mirror", "timeouts"] as const;
+
+/** Validates a parsed document and fills defaults. Throws ConfigErrors listing every problem. */
+export function buildConfig(raw: unknown, file: string): LoadedConfig {
+  const c = new Checker();
+  const root = c.object("", raw ?? {}, TOP_KEYS) ?? {};
+
+  const listen: ListenAddress[] = [];
+  const rawListen = root.listen ?? ":8080";
+  (Array.isArray(rawListen) ? rawListen : [rawListen]).forEach((v, i, all) => {
+    const path = all.length > 1 || Array.isArray(rawListen) ? `listen[${i}]` : "listen";
+    const a = parseListen(v);
+    if (typeof a === "string") c.fail(path, v, a);
+    else listen.push(a);
+  });
+  if (Array.isArray(rawListen) && rawListen.length === 0) c.fail("listen", rawListen, "must name at least one address");
+
+  const allowedHosts = c.hostPatterns("allowed_hosts", root.allowed_hosts) ?? [...DEFAULT_ALLOWED_HOSTS];
+  if (Array.isArray(root.allowed_hosts) && root.allowed_hosts.length === 0) {
+    c.warnings.push("allowed_hosts: empty list; every forward and CONNECT request will be refused");
+  }
+
+  let allowedPorts = [...DEFAULT_ALLOWED_PORTS];
+  if (root.allowed_ports !== undefined && root.allowed_ports !== null) {
+    if (!Array.isArray(root.allowed_ports)) c.fail("allowed_ports", root.allowed_ports, "must be a list of ports");
+    else {
+      allowedPorts = [];
+      root.allowed_ports.forEach((p, i) => {
+        if (typeof p === "number" && Number.isInteger(p) && p >= 1 && p <= 65535) allowedPorts.push(p);
+        else c.fail(`allowed_ports[${i}]`, p, "must be a port number from 1 to 65535");
+      });
+    }
+  }
+
+  const insecureTls = c.bool("insecure_tls", root.insecure_tls, false);
+
+  let logLevel: LogLevel = "info";
+  if (root.log_level !== undefined && root.log_level !== null) {
+    const l = typeof root.log_level === "string" ? root.log_level.trim().toLowerCase() : "";
+    if ((LOG_LEVELS as readonly string[]).includes(l)) logLevel = l as LogLevel;
+    else c.fail("log_level", root.log_level, `must be one of ${LOG_LEVELS.join(", ")}`);
+  }
+
+  const t = c.object("timeouts", root.timeouts, ["header", "connect", "idle", "shutdown_grace", "upstream_header"]) ?? {};
+  const timeouts: Timeouts = {
+    headerMs: c.duration("timeouts.header", t.header, DEFAULT_TIMEOUTS.headerMs),
+    connectMs: c.duration("timeouts.connect", t.connect, DEFAULT_TIMEOUTS.connectMs),
+    idleMs: c.duration("timeouts.idle", t.idle, DEFAULT_TIMEOUTS.idleMs),
+    shutdownGraceMs: c.duration("timeouts.shutdown_grace", t.shutdown_grace, DEFAULT_TIMEOUTS.shutdownGraceMs),
+    upstreamHeaderMs: c.duration("timeouts.upstream_header", t.upstream_header, DEFAULT_TIMEOUTS.upstreamHeaderMs),
+  };
+  const positive = [["header", timeouts.headerMs], ["connect", timeouts.connectMs], ["idle", timeouts.idleMs], ["upstream_header", timeouts.upstreamHeaderMs]] as const;
+  for (const [k, v] of positive) {
+    if (v === 0) c.fail(`timeouts.${k}`, t[k], "must be greater than zero");
+  }
+
+  const m = c.object("mitm", root.mitm, ["enabled", "ca_cert_path", "ca_key_path", "hosts"]) ?? {};
+  const mitm: MitmConfig = {
+    enabled: c.bool("mitm.enabled", m.enabled, false),
+    caCertPath: c.string("mitm.ca_cert_path", m.ca_cert_path),
+    caKeyPath: c.string("mitm.ca_key_path", m.ca_key_path),
+    hosts: c.hostPatterns("mitm.hosts", m.hosts),
+  };
+  if (mitm.enabled) {
+    if (mitm.caCertPath === null) c.fail("mitm.ca_cert_path", m.ca_cert_path ?? null, "is required when mitm.enabled is true (create one with `crm ca init`)");
+    if (mitm.caKeyPath === null) c.fail("mitm.ca_key_path", m.ca_key_path ?? null, "is required when mitm.enabled is true (create one with `crm ca init`)");
+  }
+
+  const mirror = buildMirror(c, root.mirror, file);
+
+  if (c.errors.length > 0) throw new ConfigErrors(file, c.errors);
+  const config: Config = Object.freeze({ file, listen, allowedHosts, allowedPorts, insecureTls, logLevel, mitm, mirror, timeouts });
+  return { config, warnings: c.warnings };
+}
+
+function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
+  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries"]) ?? {};
+  const enabled = c.bool("mirror.enabled", m.enabled, true);
+  let registries: Map<string, RegistryConfig>;
+  const r = c.object("mirror.registries", m.registries, Object.keys((m.registries as Obj | undefined) ?? {}));
+  if (r === null) registries = new Map(DEFAULT_REGISTRIES.map((d) => [d.name, d]));
+  else {
+    registries = new Map();
+    for (const [name, v] of Object.entries(r)) {
+      const reg = buildRegistry(c, `mirror.registries.${name}`, name, v, file);
+      if (reg) registries.set(reg.name, reg);
+    }
+  }
+  const defaultRegistry = (c.string("mirror.default_registry", m.default_registry) ?? "docker.io").toLowerCase();
+  if (enabled && registries.size > 0 && !registries.has(defaultRegistry)) {
+    c.fail("mirror.default_registry", defaultRegistry, `must be one of the mirrored registries (${[...registries.keys()].join(", ")})`);
+  }
+  return { enabled, defaultRegistry, registries };
+}
+
+const REGISTRY_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d+)?$/;
+
+function buildRegistry(c: Checker, path: string, name: string, v: unknown, file: string): RegistryConfig | null {
+  if (!REGISTRY_NAME.test(name)) {
+    c.fail(path, name, "registry name must be a host name such as docker.io or quay.io");
+    return null;
+  }
+  const o: Obj = typeof v === "string" ? { upstream: v } : (c.object(path, v, ["upstream", "username", "password", "password_file", "redirect_hosts"]) ?? {});
+  const upstreamText = c.string(`${path}.upstream`, o.upstream);
+  if (upstreamText === null) {
+    if (o.upstream === undefined) c.fail(`${path}.upstream`, null, "is required (an https:// URL)");
+    return null;
+  }
+  let upstream: URL;
+  try {
+    upstream = new URL(upstreamText);
+  } catch (cause) {
+    c.errors.push(new ConfigError(`${path}.upstream`, `${show(upstreamText)} is not a URL`, { cause }));
+    return null;
+  }
+  if (upstream.protocol !== "https:" && upstream.protocol !== "http:") {
+    c.fail(`${path}.upstream`, upstreamText, "must be an https:// (or http://) URL");
+    return null;
+  }
+  if (upstream.username || upstream.password) {
+    c.fail(`${path}.upstream`, "<url with credentials>", "must not carry user:password; use username and password_file");
+    return null;
+  }
+  const username = c.string(`${path}.username`, o.username);
+  let password = c.string(`${path}.password`, o.password === undefined ? undefined : String(o.password));
+  const passwordFile = c.string(`${path}.password_file`, o.password_file);
+  if (passwordFile !== null) {
+    const p = resolve(file, "..", passwordFile);
+    try {
+      password = readFileSync(p, "utf8").replace(/\r?\n$/, "");
+    } catch (cause) {
+      c.errors.push(new ConfigError(`${path}.password_file`, `cannot read ${p}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}`, { cause }));
+    }
+  }
+  if ((username === null) !== (password === null)) {
+    c.fail(path, "<credentials>", "username and password (or password_file) must be given together");
+  }
+  const redirectHosts = c.hostPatterns(`${path}.redirect_hosts`, o.redirect_hosts) ?? [];
+  return {
+    name,
+    upstream: new URL(upstream.origin + upstream.pathname.replace(/\/+$/, "")),
+    username,
+    password,
+    redirectHosts,
+  };
+}

@@ -1,0 +1,340 @@
+/**
+ * One client connection speaking HTTP/1.1 (plain, or decrypted by MITM): read a head, route it,
+ * stream the body to the handler, write the handler's Response, and keep the connection for
+ * the next request when both sides allow. CONNECT hands the socket to a tunnel.
+ */
+import type { Socket } from "bun";
+import { DialError, HttpError } from "./errors.ts";
+import type { Runtime } from "./context.ts";
+import { BodyFeeder } from "./http/body.ts";
+import { headerValue, readRequestHead, requestFraming, wantsKeepAlive, type RequestHead } from "./http/head.ts";
+import { errorHead, writeResponse } from "./http/response.ts";
+import { redactUrl } from "./log.ts";
+import { Outbox } from "./outbox.ts";
+import { route, type Authority, type Route } from "./router.ts";
+
+export interface SocketData {
+  conn: Connection | null;
+}
+
+/** What a handler gets for one request. */
+export interface Exchange {
+  head: RequestHead;
+  route: Extract<Route, { kind: "forward" | "local" }>;
+  body: ReadableStream<Uint8Array> | null;
+  client: string;
+  /** Aborted when the client goes away: cancels the upstream request. */
+  signal: AbortSignal;
+  /** Fields the handler wants on the request's log line (token state, registry, ...). */
+  logFields: Record<string, string | number>;
+}
+
+export interface Dispatcher {
+  http(ex: Exchange): Promise<Response>;
+  connect(conn: Connection, route: Extract<Route, { kind: "connect" }>, head: RequestHead, rest: Buffer): void;
+}
+
+/** Hooks a CONNECT handler installs to receive the client's side of the socket. */
+export interface TunnelPeer {
+  data(d: Buffer): void;
+  end(): void;
+  close(): void;
+}
+
+type Phase = "head" | "request" | "tunnel" | "closed";
+
+export class Connection {
+  readonly outbox: Outbox;
+  readonly client: string;
+  /** Absolute time (ms) after which the sweeper expires this connection. */
+  deadline: number;
+  private phase: Phase = "head";
+  private buf: Buffer | null = null;
+  private requests = 0;
+  private feeder: BodyFeeder | null = null;
+  private abort: AbortController | null = null;
+  private peerEnded = false;
+  private paused = false;
+  private tunnel: TunnelPeer | null = null;
+  /** A malformed request body seen mid-stream: it, not the handler's failure, is the answer. */
+  private bodyError: HttpError | null = null;
+
+  constructor(
+    readonly socket: Socket<SocketData>,
+    readonly rt: Runtime,
+    private readonly dispatch: Dispatcher,
+    /** Set for a decrypted MITM connection: origin-form requests go to this host. */
+    readonly secureAuthority: Authority | null = null,
+    client?: string,
+  ) {
+    this.outbox = new Outbox(socket as Socket<unknown>);
+    this.client = client ?? `${socket.remoteAddress}`;
+    this.deadline = Date.now() + rt.config.timeouts.headerMs;
+  }
+
+  get idle(): boolean {
+    return this.phase === "head" && this.buf === null;
+  }
+
+  /** Read through a getter: the phase changes under an await, which TypeScript cannot see. */
+  private get isClosed(): boolean {
+    return this.phase === "closed";
+  }
+
+  get isTunnel(): boolean {
+    return this.phase === "tunnel";
+  }
+
+  // ---- socket events (from the listener or the MITM TLS socket) ----
+
+  onData(d: Buffer): void {
+    switch (this.phase) {
+      case "head":
+        if (this.buf === null) this.deadline = Date.now() + this.rt.config.timeouts.headerMs;
+        this.buf = this.buf ? Buffer.concat([this.buf, d]) : d;
+        this.readHead();
+        return;
+      case "request":
+        this.onRequestBytes(d);
+        return;
+      case "tunnel":
+        this.tunnel?.data(d);
+        return;
+      default:
+        return;
+    }
+  }
+
+  onDrain(): void {
+    this.outbox.flush();
+  }
+
+  onEnd(): void {
+    this.peerEnded = true;
+    if (this.phase === "tunnel") this.tunnel?.end();
+    else if (this.phase === "request") this.feeder?.fail(new Error("client sent FIN mid-body"));
+    else if (this.phase === "head") {
+      if (this.buf !== null && this.buf.length > 0) this.fail(new HttpError(400, "connection closed inside the request head"));
+      else this.close();
+    }
+  }
+
+  onClose(): void {
+    const was = this.phase;
+    this.phase = "closed";
+    this.outbox.kill();
+    this.feeder?.fail(new Error("client closed the connection"));
+    this.abort?.abort(new Error("client closed the connection"));
+    if (was === "tunnel") this.tunnel?.close();
+  }
+
+  /** Called by the sweeper once `deadline` has passed. */
+  expire(): void {
+    if (this.phase === "head") {
+      // A client that never finished its head gets 408 (RFC 9110 §15.5.9); an idle kept-alive
+      // connection is simply closed, as clients expect.
+      if (this.buf !== null || this.requests === 0) this.fail(new HttpError(408, "request head not received in time"));
+      else this.close();
+    } else if (this.phase === "tunnel") {
+      this.rt.log.debug("tunnel idle timeout", { client: this.client });
+      this.close();
+      this.tunnel?.close();
+    }
+  }
+
+  /** On shutdown: idle connections close now, busy ones after their current response. */
+  drain(): void {
+    if (this.idle) this.close();
+  }
+
+  // ---- tunnel hand-off ----
+
+  /** Gives the client socket to a tunnel; `peer` receives the client's bytes from now on. */
+  becomeTunnel(peer: TunnelPeer): void {
+    this.phase = "tunnel";
+    this.tunnel = peer;
+    this.touch();
+  }
+
+  /** A tunnel saw traffic: push the idle deadline out. */
+  touch(): void {
+    this.deadline = Date.now() + this.rt.config.timeouts.idleMs;
+  }
+
+  pause(): void {
+    if (!this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    }
+  }
+
+  resume(): void {
+    if (this.paused && this.phase !== "closed") {
+      this.paused = false;
+      this.socket.resume();
+    }
+  }
+
+  /** Sends a complete error answer, then closes once it is flushed. */
+  fail(err: HttpError | DialError): void {
+    if (this.phase === "closed") return;
+    const status = err.status;
+    const headers = err instanceof HttpError ? err.headers : {};
+    this.phase = "closed";
+    this.outbox.write(errorHead(status, err.message, headers));
+    void this.closeAfterFlush();
+  }
+
+  close(): void {
+    if (this.phase !== "closed") this.phase = "closed";
+    this.socket.end();
+  }
+
+  async closeAfterFlush(): Promise<void> {
+    await this.outbox.drained();
+    this.socket.end();
+  }
+
+  // ---- request handling ----
+
+  private readHead(): void {
+    const buf = this.buf;
+    if (buf === null) return;
+    let r;
+    try {
+      r = readRequestHead(buf);
+    } catch (e) {
+      this.fail(e as HttpError);
+      return;
+    }
+    if (r.kind === "incomplete") return;
+    this.buf = null;
+    void this.handle(r.head, r.rest);
+  }
+
+  private onRequestBytes(d: Buffer): void {
+    const f = this.feeder;
+    if (f && !f.done) {
+      let rest: Buffer | null;
+      try {
+        rest = f.feed(d);
+      } catch (e) {
+        // A malformed chunked body: the handler's stream errors, and the answer is 400.
+        this.bodyError = e as HttpError;
+        f.fail(e as HttpError);
+        this.abort?.abort(e);
+        return;
+      }
+      if (rest === null) return;
+      d = rest;
+    }
+    // Bytes past this request's body: a pipelined request, read after the response.
+    this.buf = this.buf ? Buffer.concat([this.buf, d]) : d;
+    this.pause();
+  }
+
+  private async handle(head: RequestHead, rest: Buffer): Promise<void> {
+    this.requests++;
+    const started = performance.now();
+    let r: Route;
+    try {
+      r = route(head, this.rt.policy, this.secureAuthority);
+    } catch (e) {
+      const err = e as HttpError;
+      if (err.status === 403) this.rt.log.info("refused", { client: this.client, method: head.method, target: redactUrl(head.target), reason: err.message });
+      this.fail(err);
+      return;
+    }
+    if (r.kind === "connect") {
+      this.phase = "tunnel";
+      this.deadline = Infinity;
+      this.dispatch.connect(this, r, head, rest);
+      return;
+    }
+
+    let feeder: BodyFeeder | null = null;
+    try {
+      const framing = requestFraming(head);
+      const expect = headerValue(head.headers, "expect");
+      if (expect !== null && expect.toLowerCase() !== "100-continue") throw new HttpError(417, `unsupported Expect: ${expect}`);
+      if (framing.kind !== "none") {
+        feeder = new BodyFeeder(framing, this);
+        // RFC 9110 §10.1.1: the request passed every check, so the client may send its body.
+        if (expect !== null && r.kind === "forward" && rest.length === 0) this.outbox.write("HTTP/1.1 100 Continue\r\n\r\n");
+      }
+    } catch (e) {
+      this.fail(e as HttpError);
+      return;
+    }
+
+    this.phase = "request";
+    this.deadline = Infinity;
+    this.feeder = feeder;
+    const abort = new AbortController();
+    this.abort = abort;
+    if (rest.length > 0) this.onRequestBytes(rest);
+
+    const ex: Exchange = { head, route: r, body: feeder?.stream ?? null, client: this.client, signal: abort.signal, logFields: {} };
+    let res: Response;
+    try {
+      res = await this.dispatch.http(ex);
+    } catch (e) {
+      res = this.errorResponse(e, ex);
+    }
+    if (this.isClosed) {
+      await res.body?.cancel().catch(() => {});
+      this.logRequest(ex, res.status, 0, started, "client gone");
+      return;
+    }
+    const keepAlive = wantsKeepAlive(head) && !this.rt.draining && !this.peerEnded;
+    const w = await writeResponse(this.outbox, res, { method: head.method, version: head.version, keepAlive, signal: abort.signal });
+    this.logRequest(ex, res.status, w.bytes, started, w.complete ? undefined : "incomplete");
+    this.abort = null;
+    this.feeder = null;
+    this.bodyError = null;
+    if (this.isClosed) return;
+    const bodyRead = feeder === null || feeder.done;
+    if (!w.keepAlive || !bodyRead || this.rt.draining || this.peerEnded) {
+      this.phase = "closed";
+      if (!w.complete) this.socket.end();
+      else await this.closeAfterFlush();
+      return;
+    }
+    this.phase = "head";
+    this.deadline = Date.now() + this.rt.config.timeouts.idleMs;
+    if (this.buf !== null) {
+      this.deadline = Date.now() + this.rt.config.timeouts.headerMs;
+      this.resume();
+      this.readHead();
+    } else this.resume();
+  }
+
+  private errorResponse(e: unknown, ex: Exchange): Response {
+    if (this.bodyError) e = this.bodyError;
+    if (e instanceof HttpError || e instanceof DialError) {
+      const status = e.status;
+      if (e instanceof DialError) this.rt.log.warn("upstream failed", { client: this.client, target: redactUrl(ex.head.target), reason: e.message });
+      const headers: Record<string, string> = { "content-type": "text/plain; charset=utf-8", ...(e instanceof HttpError ? e.headers : {}) };
+      const body = `crm: ${e.message.replace(/^crm: /, "")}\n`;
+      headers["content-length"] = String(Buffer.byteLength(body));
+      return new Response(body, { status, headers });
+    }
+    this.rt.log.error("handler failed", { client: this.client, target: redactUrl(ex.head.target), error: e instanceof Error ? e.message : String(e) });
+    const body = "crm: internal error\n";
+    return new Response(body, { status: 500, headers: { "content-type": "text/plain; charset=utf-8", "content-length": String(body.length) } });
+  }
+
+  private logRequest(ex: Exchange, status: number, bytesOut: number, started: number, note?: string): void {
+    const kind = this.secureAuthority ? "mitm" : ex.route.kind;
+    this.rt.log.info(`${ex.head.method} ${redactUrl(ex.route.kind === "forward" ? ex.route.url.href : ex.head.target)}`, {
+      kind,
+      client: this.client,
+      status,
+      in: this.feeder?.bytes ?? 0,
+      out: bytesOut,
+      ms: Math.round(performance.now() - started),
+      ...ex.logFields,
+      note,
+    });
+  }
+}

@@ -1,0 +1,28 @@
+/** What `crm -t` prints: the effective configuration, secrets left out. */
+import type { Config } from "./config.ts";
+import { formatDuration } from "./duration.ts";
+import { formatHostPort } from "./router.ts";
+
+export function describeConfig(c: Config): string {
+  const t = c.timeouts;
+  const lines = [
+    `config: ${c.file}`,
+    `listen: ${c.listen.map((l) => formatHostPort(l.hostname, l.port)).join(", ")}`,
+    `allowed_hosts (${c.allowedHosts.length}): ${c.allowedHosts.join(", ") || "(none: every proxy request is refused)"}`,
+    `allowed_ports: ${c.allowedPorts.join(", ")}`,
+    `insecure_tls: ${c.insecureTls}`,
+    `log_level: ${c.logLevel}`,
+    `timeouts: header ${formatDuration(t.headerMs)}, connect ${formatDuration(t.connectMs)}, idle ${formatDuration(t.idleMs)}, upstream_header ${formatDuration(t.upstreamHeaderMs)}, shutdown_grace ${formatDuration(t.shutdownGraceMs)}`,
+    c.mitm.enabled
+      ? `mitm: enabled, CA ${c.mitm.caCertPath} (key ${c.mitm.caKeyPath}), intercepting ${c.mitm.hosts ? c.mitm.hosts.join(", ") : "every allowed host"}`
+      : "mitm: disabled",
+  ];
+  if (c.mirror.enabled) {
+    lines.push(`mirror: enabled at /v2/, default registry ${c.mirror.defaultRegistry}`);
+    for (const r of c.mirror.registries.values()) {
+      const creds = r.username ? ` (credentials: ${r.username}, password set)` : "";
+      lines.push(`  ${r.name} -> ${r.upstream.href}${creds}`);
+    }
+  } else lines.push("mirror: disabled");
+  return lines.join("\n");
+}

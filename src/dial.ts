@@ -1,0 +1,35 @@
+/**
+ * Opens a TCP connection to an upstream for a tunnel, with a deadline. Failures become a
+ * DialError whose reason picks the status: refused/DNS → 502, timeout → 504.
+ */
+import type { Socket, SocketHandler } from "bun";
+import { classifyNetworkError, DialError } from "./errors.ts";
+import { formatHostPort } from "./router.ts";
+
+export async function dial<T>(host: string, port: number, timeoutMs: number, handlers: SocketHandler<T>, data: T): Promise<Socket<T>> {
+  const target = formatHostPort(host, port);
+  let timer: Timer | undefined;
+  let timedOut = false;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      timedOut = true;
+      reject(new DialError("timeout", target));
+    }, timeoutMs);
+  });
+  const connecting = Bun.connect<T>({ hostname: host, port, allowHalfOpen: true, socket: handlers, data });
+  // A dial that completes after its deadline must not leak a socket.
+  connecting.then(
+    (s) => {
+      if (timedOut) s.terminate();
+    },
+    () => {},
+  );
+  try {
+    return await Promise.race([connecting, timeout]);
+  } catch (e) {
+    if (e instanceof DialError) throw e;
+    throw new DialError(classifyNetworkError(e), target, { cause: e });
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,99 @@
+/**
+ * Errors are values with causes. Each kind names what went wrong for the operator; the
+ * HTTP status an error maps to lives beside it so every layer answers the same way.
+ */
+
+/** A configuration that cannot run. `path` is the key path (`allowed_hosts[3]`). */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+  constructor(
+    readonly path: string,
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(path ? `${path}: ${message}` : message, options);
+  }
+}
+
+/** Several ConfigErrors at once, so an operator fixes a file in one pass. */
+export class ConfigErrors extends Error {
+  override name = "ConfigErrors";
+  constructor(
+    readonly file: string,
+    readonly errors: ConfigError[],
+  ) {
+    super(`${file}: ${errors.length} error${errors.length === 1 ? "" : "s"}:\n` + errors.map((e) => `  - ${e.message}`).join("\n"));
+  }
+}
+
+/** A request crm answers itself with an error status (malformed input, refused target, dead upstream). */
+export class HttpError extends Error {
+  override name = "HttpError";
+  constructor(
+    readonly status: number,
+    message: string,
+    options?: ErrorOptions & { headers?: Record<string, string>; },
+  ) {
+    super(message, options);
+    this.headers = options?.headers ?? {};
+  }
+  readonly headers: Record<string, string>;
+}
+
+/** Why a dial failed; each reason maps to one status (RFC 9110 §15.6.3 502, §15.6.5 504). */
+export type DialFailure = "refused" | "dns" | "timeout" | "reset" | "tls" | "unreachable" | "other";
+
+export class DialError extends Error {
+  override name = "DialError";
+  constructor(
+    readonly reason: DialFailure,
+    readonly target: string,
+    options?: ErrorOptions,
+  ) {
+    super(`${target}: ${describeDialFailure(reason)}`, options);
+  }
+  get status(): number {
+    return this.reason === "timeout" ? 504 : 502;
+  }
+}
+
+function describeDialFailure(reason: DialFailure): string {
+  switch (reason) {
+    case "refused":
+      return "connection refused";
+    case "dns":
+      return "DNS lookup failed";
+    case "timeout":
+      return "timed out";
+    case "reset":
+      return "connection reset";
+    case "tls":
+      return "TLS handshake failed";
+    case "unreachable":
+      return "network unreachable";
+    default:
+      return "connection failed";
+  }
+}
+
+/** Maps a low-level error (Bun socket or fetch) to a DialFailure by its code. */
+export function classifyNetworkError(err: unknown): DialFailure {
+  const code = errorCode(err);
+  const msg = err instanceof Error ? err.message : String(err);
+  if (code === "ECONNREFUSED" || /refused/i.test(msg)) return "refused";
+  if (code === "ENOTFOUND" || code === "EAI_AGAIN" || code === "EAI_NONAME" || /dns|getaddrinfo|resolve/i.test(msg) || code === "DNSException") return "dns";
+  if (code === "ETIMEDOUT" || code === "TimeoutError" || code === "ABORT_ERR" && /timeout/i.test(msg)) return "timeout";
+  if (code === "ECONNRESET" || code === "EPIPE" || /reset|socket closed|ConnectionClosed/i.test(msg)) return "reset";
+  if (/tls|certificate|CERT_|SSL|self.signed|UNABLE_TO/i.test(code + " " + msg)) return "tls";
+  if (code === "ENETUNREACH" || code === "EHOSTUNREACH") return "unreachable";
+  return "other";
+}
+
+export function errorCode(err: unknown): string {
+  if (err && typeof err === "object") {
+    const o = err as { code?: unknown; name?: unknown };
+    if (typeof o.code === "string") return o.code;
+    if (typeof o.name === "string") return o.name;
+  }
+  return "";
+}

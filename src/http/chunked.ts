@@ -1,0 +1,68 @@
+/**
+ * Incremental decoder for chunked request bodies (RFC 9112 §7.1). It yields the payload bytes
+ * and reports where the body ended in the input, so the bytes after it (a pipelined request)
+ * stay with the connection. Chunk extensions are read and dropped; trailers are read and dropped.
+ */
+import { HttpError } from "../errors.ts";
+
+const MAX_LINE = 4096;
+
+type State = "size" | "data" | "data-crlf" | "trailer" | "done";
+
+export class ChunkedDecoder {
+  private state: State = "size";
+  private line = "";
+  private remaining = 0;
+
+  get done(): boolean {
+    return this.state === "done";
+  }
+
+  /**
+   * Feeds bytes; calls `emit` with payload slices (views into `input`). Returns the number of
+   * input bytes consumed: less than input.length only when the body ended inside it.
+   */
+  feed(input: Uint8Array, emit: (payload: Uint8Array) => void): number {
+    let i = 0;
+    while (i < input.length && this.state !== "done") {
+      if (this.state === "data") {
+        const n = Math.min(this.remaining, input.length - i);
+        emit(input.subarray(i, i + n));
+        i += n;
+        this.remaining -= n;
+        if (this.remaining === 0) this.state = "data-crlf";
+        continue;
+      }
+      const byte = input[i++] as number;
+      if (byte !== 0x0a) {
+        if (this.line.length >= MAX_LINE) throw new HttpError(400, "chunk line too long");
+        this.line += String.fromCharCode(byte);
+        continue;
+      }
+      if (!this.line.endsWith("\r")) throw new HttpError(400, "bare LF in chunked body");
+      const line = this.line.slice(0, -1);
+      this.line = "";
+      if (this.state === "data-crlf") {
+        if (line !== "") throw new HttpError(400, "missing CRLF after chunk data");
+        this.state = "size";
+      } else if (this.state === "size") {
+        this.remaining = parseChunkSize(line);
+        this.state = this.remaining === 0 ? "trailer" : "data";
+      } else if (line === "") {
+        this.state = "done";
+      } else if (line.includes("\r")) {
+        throw new HttpError(400, "bare CR in chunked trailer");
+      }
+    }
+    return i;
+  }
+}
+
+function parseChunkSize(line: string): number {
+  const semi = line.indexOf(";");
+  const hex = (semi < 0 ? line : line.slice(0, semi)).trimEnd();
+  // At most 12 hex digits (256 TiB): larger values are attacks on the arithmetic, not bodies.
+  if (!/^[0-9a-fA-F]{1,12}$/.test(hex)) throw new HttpError(400, `invalid chunk size ${JSON.stringify(hex.slice(0, 20))}`);
+  if (line.slice(semi + 1).includes("\r") && semi >= 0) throw new HttpError(400, "bare CR in chunk extension");
+  return parseInt(hex, 16);
+}

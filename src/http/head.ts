@@ -1,0 +1,128 @@
+/**
+ * Reads one HTTP/1.1 request head from bytes (RFC 9112 §2–§6), strictly: anything a second
+ * parser could read differently is refused, so nothing can be smuggled past crm on a
+ * kept-alive connection.
+ */
+import { HttpError } from "../errors.ts";
+
+export const MAX_REQUEST_LINE = 8 * 1024;
+export const MAX_HEAD = 64 * 1024;
+
+export type HeaderList = Array<[name: string, value: string]>;
+
+export interface RequestHead {
+  method: string;
+  target: string;
+  /** "HTTP/1.0" or "HTTP/1.1" */
+  version: string;
+  headers: HeaderList;
+  /** Bytes of the head including the final CRLFCRLF. */
+  size: number;
+}
+
+const CRLFCRLF = Buffer.from("\r\n\r\n");
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+// Field values: visible ASCII, obs-text, SP and HTAB only; any other control byte (bare CR,
+// NUL, LF inside a value) is refused (RFC 9110 §5.5).
+const BAD_VALUE = /[\x00-\x08\x0a-\x1f\x7f]/;
+
+export type HeadResult = { kind: "incomplete" } | { kind: "head"; head: RequestHead; rest: Buffer };
+
+/**
+ * Tries to read a head from the start of `buf`. Leading empty lines are skipped (RFC 9112 §2.2:
+ * some clients send a stray CRLF after a body). Throws HttpError 400/414/431/505.
+ */
+export function readRequestHead(buf: Buffer): HeadResult {
+  let start = 0;
+  while (buf.length >= start + 2 && buf[start] === 0x0d && buf[start + 1] === 0x0a) start += 2;
+  if (start > 0) buf = buf.subarray(start);
+  const end = buf.indexOf(CRLFCRLF);
+  const lineEnd = buf.indexOf(0x0a);
+  if ((lineEnd < 0 && buf.length > MAX_REQUEST_LINE) || lineEnd > MAX_REQUEST_LINE) {
+    throw new HttpError(414, "request line too long (limit 8 KiB)");
+  }
+  if (end < 0) {
+    if (buf.length > MAX_HEAD) throw new HttpError(431, "request head too large (limit 64 KiB)");
+    return { kind: "incomplete" };
+  }
+  if (end + 4 > MAX_HEAD) throw new HttpError(431, "request head too large (limit 64 KiB)");
+  const head = parseHead(buf.toString("latin1", 0, end));
+  head.size = start + end + 4;
+  return { kind: "head", head, rest: buf.subarray(end + 4) };
+}
+
+function parseHead(text: string): RequestHead {
+  const lines = text.split("\r\n");
+  const requestLine = lines[0] ?? "";
+  const parts = requestLine.split(" ");
+  if (parts.length !== 3) throw new HttpError(400, "malformed request line");
+  const [method = "", target = "", version = ""] = parts;
+  if (!TOKEN.test(method)) throw new HttpError(400, "malformed request method");
+  if (target === "" || /[\x00-\x20\x7f-\xff]/.test(target)) throw new HttpError(400, "malformed request target");
+  if (!/^HTTP\/\d\.\d$/.test(version)) throw new HttpError(400, "malformed HTTP version");
+  if (version !== "HTTP/1.1" && version !== "HTTP/1.0") throw new HttpError(505, `${version} not supported`);
+  const headers: HeaderList = [];
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i] ?? "";
+    if (line.includes("\r") || line.includes("\n")) throw new HttpError(400, "bare CR or LF in request head");
+    if (line.startsWith(" ") || line.startsWith("\t")) throw new HttpError(400, "obsolete line folding in request head");
+    const colon = line.indexOf(":");
+    if (colon <= 0) throw new HttpError(400, "malformed header line");
+    const name = line.slice(0, colon);
+    if (!TOKEN.test(name)) throw new HttpError(400, `invalid header name ${JSON.stringify(name.slice(0, 64))}`);
+    const value = line.slice(colon + 1).trim();
+    if (BAD_VALUE.test(value)) throw new HttpError(400, `control character in header ${name}`);
+    headers.push([name, value]);
+  }
+  return { method, target, version, headers, size: 0 };
+}
+
+/** All values of one field, case-insensitively. */
+export function headerValues(headers: HeaderList, name: string): string[] {
+  const lower = name.toLowerCase();
+  const out: string[] = [];
+  for (const [k, v] of headers) if (k.length === lower.length && k.toLowerCase() === lower) out.push(v);
+  return out;
+}
+
+export function headerValue(headers: HeaderList, name: string): string | null {
+  const all = headerValues(headers, name);
+  return all.length === 0 ? null : all.join(", ");
+}
+
+export type BodyFraming = { kind: "none" } | { kind: "length"; length: number } | { kind: "chunked" };
+
+/**
+ * How the request body is delimited (RFC 9112 §6.3). Content-Length together with
+ * Transfer-Encoding is refused outright: it is the classic smuggling shape (§6.1).
+ */
+export function requestFraming(head: RequestHead): BodyFraming {
+  const te = headerValues(head.headers, "transfer-encoding");
+  const cl = headerValues(head.headers, "content-length");
+  if (te.length > 0 && cl.length > 0) throw new HttpError(400, "both Content-Length and Transfer-Encoding");
+  if (te.length > 0) {
+    if (head.version === "HTTP/1.0") throw new HttpError(400, "Transfer-Encoding in an HTTP/1.0 request");
+    const codings = te.join(",").split(",").map((s) => s.trim().toLowerCase()).filter((s) => s !== "");
+    if (codings.length !== 1 || codings[0] !== "chunked") {
+      throw new HttpError(codings.at(-1) === "chunked" ? 501 : 400, `unsupported Transfer-Encoding ${JSON.stringify(te.join(", "))}`);
+    }
+    return { kind: "chunked" };
+  }
+  if (cl.length > 0) {
+    const values = new Set(cl.join(",").split(",").map((s) => s.trim()));
+    if (values.size !== 1) throw new HttpError(400, "conflicting Content-Length values");
+    const [v = ""] = values;
+    if (!/^\d{1,15}$/.test(v)) throw new HttpError(400, "invalid Content-Length");
+    const length = Number(v);
+    return length === 0 ? { kind: "none" } : { kind: "length", length };
+  }
+  return { kind: "none" };
+}
+
+/** Whether the client wants the connection kept after this exchange (RFC 9112 §9.3). */
+export function wantsKeepAlive(head: RequestHead): boolean {
+  const conn = (headerValue(head.headers, "connection") ?? "").toLowerCase();
+  const tokens = conn.split(",").map((s) => s.trim());
+  if (head.version === "HTTP/1.0") return tokens.includes("keep-alive");
+  return !tokens.includes("close");
+}

@@ -1,0 +1,99 @@
+/**
+ * Writes a fetch `Response` onto an HTTP/1.1 connection: status line, fields, and the body
+ * framed by Content-Length when known, else chunked (HTTP/1.1) or by close (HTTP/1.0).
+ */
+import type { Outbox } from "../outbox.ts";
+import { STATUS_TEXT } from "./status.ts";
+
+export interface WriteOptions {
+  method: string;
+  version: string;
+  keepAlive: boolean;
+  signal?: AbortSignal;
+}
+
+export interface WriteResult {
+  bytes: number;
+  /** The body went out whole and framed, so the connection can carry another request. */
+  complete: boolean;
+  keepAlive: boolean;
+}
+
+const CRLF = Buffer.from("\r\n");
+const LAST_CHUNK = Buffer.from("0\r\n\r\n");
+
+function hasNoBody(status: number, method: string): boolean {
+  return method === "HEAD" || status === 204 || status === 304 || (status >= 100 && status < 200);
+}
+
+export async function writeResponse(out: Outbox, res: Response, opts: WriteOptions): Promise<WriteResult> {
+  const noBody = hasNoBody(res.status, opts.method);
+  const lengthText = res.headers.get("content-length");
+  const length = lengthText !== null && /^\d+$/.test(lengthText) ? Number(lengthText) : null;
+  const framing: "none" | "length" | "chunked" | "close" = noBody
+    ? "none"
+    : length !== null
+      ? "length"
+      : opts.version === "HTTP/1.1"
+        ? "chunked"
+        : "close";
+  const keepAlive = opts.keepAlive && framing !== "close";
+
+  let head = `HTTP/1.1 ${res.status} ${res.statusText || STATUS_TEXT[res.status] || "Status"}\r\n`;
+  for (const [k, v] of res.headers) {
+    if (k === "content-length" || k === "transfer-encoding" || k === "connection" || k === "set-cookie") continue;
+    head += `${k}: ${v}\r\n`;
+  }
+  for (const c of res.headers.getSetCookie()) head += `set-cookie: ${c}\r\n`;
+  if (framing === "length" || (framing === "none" && lengthText !== null && res.status !== 204 && res.status !== 304)) {
+    head += `content-length: ${lengthText}\r\n`;
+  } else if (framing === "chunked") head += "transfer-encoding: chunked\r\n";
+  head += keepAlive ? "\r\n" : "connection: close\r\n\r\n";
+
+  if (noBody || res.body === null) {
+    if (!noBody && framing === "chunked") {
+      out.write(head);
+      out.write(LAST_CHUNK);
+      return { bytes: 0, complete: true, keepAlive };
+    }
+    out.write(head);
+    if (res.body !== null) await res.body.cancel().catch(() => {});
+    return { bytes: 0, complete: framing !== "length" || length === 0, keepAlive };
+  }
+
+  out.write(head);
+  const reader = res.body.getReader();
+  let bytes = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      if (out.closed || opts.signal?.aborted) {
+        await reader.cancel().catch(() => {});
+        return { bytes, complete: false, keepAlive: false };
+      }
+      if (value.byteLength === 0) continue;
+      bytes += value.byteLength;
+      const ok =
+        framing === "chunked"
+          ? out.write(Buffer.concat([Buffer.from(value.byteLength.toString(16) + "\r\n"), value, CRLF]))
+          : out.write(value);
+      if (!ok) await out.drained();
+    }
+  } catch {
+    // The upstream body failed mid-way: the client must see a truncated message, never a
+    // complete-looking one, so the connection is closed without the last chunk.
+    return { bytes, complete: false, keepAlive: false };
+  }
+  if (framing === "chunked") out.write(LAST_CHUNK);
+  const complete = framing !== "length" || bytes === length;
+  return { bytes, complete, keepAlive: keepAlive && complete };
+}
+
+/** A complete error answer: text body, exact length, then the caller closes. */
+export function errorHead(status: number, message: string, extra: Record<string, string> = {}): string {
+  const body = message + "\n";
+  let head = `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? "Error"}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n`;
+  for (const [k, v] of Object.entries(extra)) head += `${k}: ${v}\r\n`;
+  return head + "connection: close\r\n\r\n" + body;
+}

@@ -1,0 +1,35 @@
+/**
+ * crm's own endpoints, reached with origin-form requests only: an absolute-form
+ * `http://host/healthz` is a forward request and never lands here.
+ */
+import type { Exchange } from "./connection.ts";
+import type { Runtime } from "./context.ts";
+
+export type LocalHandler = (ex: Exchange, rt: Runtime) => Promise<Response> | Response;
+
+export function text(status: number, body: string, headers: Record<string, string> = {}): Response {
+  const b = body.endsWith("\n") ? body : body + "\n";
+  return new Response(b, {
+    status,
+    headers: { "content-type": "text/plain; charset=utf-8", "content-length": String(Buffer.byteLength(b)), ...headers },
+  });
+}
+
+function healthz(ex: Exchange, rt: Runtime): Response {
+  if (ex.head.method !== "GET" && ex.head.method !== "HEAD") return text(405, "method not allowed", { allow: "GET, HEAD" });
+  // 503 while draining tells a load balancer to stop sending new work before crm exits.
+  return rt.draining ? text(503, "shutting down") : text(200, "ok");
+}
+
+export interface LocalRoutes {
+  /** Handles `/v2/...` when the mirror is enabled (set by the mirror module). */
+  mirror: LocalHandler | null;
+}
+
+export function local(ex: Exchange, rt: Runtime, routes: LocalRoutes): Promise<Response> | Response {
+  if (ex.route.kind !== "local") throw new Error("local() called for a non-local route");
+  const path = ex.route.path.split("?")[0] ?? "";
+  if (path === "/healthz") return healthz(ex, rt);
+  if ((path === "/v2" || path.startsWith("/v2/")) && routes.mirror) return routes.mirror(ex, rt);
+  return text(404, `crm: no such endpoint ${path.slice(0, 200)}`);
+}

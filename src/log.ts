@@ -1,0 +1,120 @@
+import pc from "picocolors";
+
+export type LogLevel = "debug" | "info" | "warn" | "error";
+export const LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"];
+
+export type LogFields = Record<string, string | number | boolean | null | undefined>;
+
+/** Where formatted lines go; tests pass their own to read what an operator would see. */
+export type LogSink = (line: string, level: LogLevel) => void;
+
+const rank: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
+
+const stderrSink: LogSink = (line) => {
+  process.stderr.write(line + "\n");
+};
+
+export interface LoggerOptions {
+  level: LogLevel;
+  sink?: LogSink;
+  /** Colours only when a person is watching: a TTY, and NO_COLOR unset. */
+  color?: boolean;
+}
+
+export class Logger {
+  readonly level: LogLevel;
+  private readonly min: number;
+  private readonly sink: LogSink;
+  private readonly color: boolean;
+
+  constructor(opts: LoggerOptions) {
+    this.level = opts.level;
+    this.min = rank[opts.level];
+    this.sink = opts.sink ?? stderrSink;
+    this.color = opts.color ?? (Boolean(process.stderr.isTTY) && !process.env.NO_COLOR);
+  }
+
+  enabled(level: LogLevel): boolean {
+    return rank[level] >= this.min;
+  }
+
+  debug(msg: string, fields?: LogFields): void {
+    this.write("debug", msg, fields);
+  }
+  info(msg: string, fields?: LogFields): void {
+    this.write("info", msg, fields);
+  }
+  warn(msg: string, fields?: LogFields): void {
+    this.write("warn", msg, fields);
+  }
+  error(msg: string, fields?: LogFields): void {
+    this.write("error", msg, fields);
+  }
+
+  private write(level: LogLevel, msg: string, fields?: LogFields): void {
+    if (rank[level] < this.min) return;
+    const c = this.color ? pc : noColor;
+    const tag = { debug: c.gray("DEBUG"), info: c.cyan("INFO "), warn: c.yellow("WARN "), error: c.red("ERROR") }[level];
+    let line = `${c.dim(new Date().toISOString())} ${tag} ${msg}`;
+    if (fields) {
+      for (const [k, v] of Object.entries(fields)) {
+        if (v === undefined) continue;
+        line += ` ${c.dim(k + "=")}${formatValue(v)}`;
+      }
+    }
+    this.sink(line, level);
+  }
+}
+
+const identity = (s: string): string => s;
+const noColor = { gray: identity, cyan: identity, yellow: identity, red: identity, dim: identity };
+
+/** Values with spaces or quotes are quoted so a line stays machine-splittable. */
+function formatValue(v: string | number | boolean | null): string {
+  const s = String(v);
+  return s === "" || /[\s"=]/.test(s) ? JSON.stringify(s) : s;
+}
+
+/** Header values that carry secrets: logged as their scheme and length only. */
+const SECRET_HEADERS = new Set(["authorization", "proxy-authorization", "cookie", "set-cookie"]);
+
+export function redactHeaderValue(name: string, value: string): string {
+  if (!SECRET_HEADERS.has(name.toLowerCase())) return value;
+  const space = value.indexOf(" ");
+  const scheme = space > 0 && /^[A-Za-z][A-Za-z0-9._-]*$/.test(value.slice(0, space)) ? value.slice(0, space) + " " : "";
+  return `${scheme}<redacted, ${value.length - scheme.length} bytes>`;
+}
+
+/** Query parameters that carry credentials (signed CDN URLs, token endpoints). */
+const SECRET_QUERY = /^(token|access_token|refresh_token|password|signature|sig|x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential|expires|verify|key)$/i;
+
+/** Redacts token-bearing query values in a path or URL, keeping their length for debugging. */
+export function redactUrl(target: string): string {
+  const q = target.indexOf("?");
+  if (q < 0) return target;
+  const parts = target
+    .slice(q + 1)
+    .split("&")
+    .map((kv) => {
+      const eq = kv.indexOf("=");
+      if (eq < 0) return kv;
+      const k = kv.slice(0, eq);
+      return SECRET_QUERY.test(decodeURIComponentSafe(k)) ? `${k}=<redacted, ${kv.length - eq - 1} bytes>` : kv;
+    });
+  return target.slice(0, q + 1) + parts.join("&");
+}
+
+function decodeURIComponentSafe(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+}
+
+/** Formats a header list for a debug line with secrets redacted. */
+export function formatHeaders(headers: Iterable<[string, string]>): string {
+  const out: string[] = [];
+  for (const [k, v] of headers) out.push(`${k}: ${redactHeaderValue(k, v)}`);
+  return out.join(" | ");
+}

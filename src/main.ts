@@ -1,0 +1,68 @@
+#!/usr/bin/env bun
+/** crm entry point: parse the command line, load the config, run until SIGTERM. */
+import pkg from "../package.json" with { type: "json" };
+import { parseArgs, USAGE } from "./cli.ts";
+import { findConfigFile, loadConfigFile } from "./config.ts";
+import { describeConfig } from "./describe.ts";
+import { ConfigError, ConfigErrors } from "./errors.ts";
+import { CrmServer } from "./server.ts";
+
+function fail(message: string): never {
+  process.stderr.write(`crm: ${message}\n`);
+  process.exit(1);
+}
+
+async function main(argv: string[]): Promise<void> {
+  const cmd = parseArgs(argv);
+  switch (cmd.kind) {
+    case "help":
+      process.stdout.write(USAGE);
+      return;
+    case "version":
+      process.stdout.write(`crm ${pkg.version} (bun ${Bun.version})\n`);
+      return;
+    case "error":
+      fail(`${cmd.message}\n\n${USAGE}`);
+    case "ca-init": {
+      const { runCaInit } = await import("./pki/command.ts");
+      process.exitCode = await runCaInit(cmd);
+      return;
+    }
+    case "run":
+      break;
+  }
+
+  let loaded;
+  try {
+    loaded = loadConfigFile(findConfigFile(cmd.configPath, process.cwd()));
+  } catch (e) {
+    if (e instanceof ConfigError || e instanceof ConfigErrors) fail(e.message);
+    throw e;
+  }
+  const { config, warnings } = loaded;
+  for (const w of warnings) process.stderr.write(`crm: warning: ${w}\n`);
+  if (cmd.check) {
+    process.stdout.write(describeConfig(config) + "\nconfiguration OK\n");
+    return;
+  }
+
+  let server: CrmServer;
+  try {
+    server = await CrmServer.start(config);
+  } catch (e) {
+    fail((e as Error).message);
+  }
+  let signals = 0;
+  const onSignal = (sig: string): void => {
+    if (++signals > 1) {
+      server.rt.log.warn(`second ${sig}, exiting now`);
+      process.exit(1);
+    }
+    server.rt.log.info(`${sig} received`);
+    void server.shutdown().then(() => process.exit(0));
+  };
+  process.on("SIGTERM", () => onSignal("SIGTERM"));
+  process.on("SIGINT", () => onSignal("SIGINT"));
+}
+
+await main(process.argv.slice(2));

@@ -1,0 +1,98 @@
+/**
+ * Assembles a running crm from a Config: the runtime, the dispatcher that sends each route to
+ * its handler, one listener per address, and graceful shutdown.
+ */
+import type { TCPSocketListener } from "bun";
+import type { Config } from "./config.ts";
+import type { Connection, Dispatcher, SocketData } from "./connection.ts";
+import { createRuntime, type Runtime } from "./context.ts";
+import { forward } from "./forward.ts";
+import { ConnectionSet, listen } from "./listener.ts";
+import { local, type LocalRoutes } from "./local.ts";
+import type { LogSink } from "./log.ts";
+import { formatHostPort } from "./router.ts";
+import { openTunnel } from "./tunnel.ts";
+
+export interface StartOptions {
+  /** Where log lines go (tests read them); stderr by default. */
+  sink?: LogSink;
+}
+
+/** Hooks later features plug in: the mirror at /v2/, MITM on CONNECT. */
+export interface Extensions extends LocalRoutes {
+  intercept: ((conn: Connection, host: string, port: number, rest: Buffer) => boolean) | null;
+}
+
+export class CrmServer {
+  private readonly listeners: TCPSocketListener<SocketData>[] = [];
+  private readonly conns = new ConnectionSet();
+  private stopping: Promise<void> | null = null;
+
+  private constructor(
+    readonly rt: Runtime,
+    private readonly ext: Extensions,
+  ) {}
+
+  static async start(config: Config, opts: StartOptions = {}): Promise<CrmServer> {
+    const rt = createRuntime(config, opts.sink);
+    const ext: Extensions = { mirror: null, intercept: null };
+    const server = new CrmServer(rt, ext);
+    const dispatch: Dispatcher = {
+      http: (ex) => (ex.route.kind === "forward" ? forward(ex, rt) : Promise.resolve(local(ex, rt, ext))),
+      connect: (conn, r, _head, rest) => {
+        if (ext.intercept?.(conn, r.host, r.port, rest)) return;
+        openTunnel(conn, r.host, r.port, rest);
+      },
+    };
+    try {
+      for (const addr of config.listen) server.listeners.push(listen(addr, rt, dispatch, server.conns));
+    } catch (cause) {
+      server.stopNow();
+      throw new Error(`cannot listen: ${(cause as Error).message}`, { cause });
+    }
+    for (const l of server.listeners) rt.log.info("listening", { address: formatHostPort(l.hostname, l.port) });
+    return server;
+  }
+
+  /** Actual bound addresses (port 0 resolved). */
+  get addresses(): Array<{ hostname: string; port: number }> {
+    return this.listeners.map((l) => ({ hostname: l.hostname, port: l.port }));
+  }
+
+  get port(): number {
+    return this.listeners[0]?.port ?? 0;
+  }
+
+  get connectionCount(): number {
+    return this.conns.all.size;
+  }
+
+  /**
+   * SIGTERM: stop accepting, answer /healthz with 503, let requests and tunnels finish within
+   * the grace period, then cut what is left.
+   */
+  shutdown(): Promise<void> {
+    this.stopping ??= this.drain();
+    return this.stopping;
+  }
+
+  private async drain(): Promise<void> {
+    const { rt } = this;
+    rt.draining = true;
+    for (const l of this.listeners) l.stop(false);
+    const graceEnd = Date.now() + rt.config.timeouts.shutdownGraceMs;
+    rt.log.info("shutting down", { connections: this.conns.all.size, grace_ms: rt.config.timeouts.shutdownGraceMs });
+    while (this.conns.all.size > 0 && Date.now() < graceEnd) {
+      for (const c of this.conns.all) c.drain();
+      await Bun.sleep(50);
+    }
+    if (this.conns.all.size > 0) rt.log.warn("grace period over, closing connections", { connections: this.conns.all.size });
+    this.stopNow();
+  }
+
+  stopNow(): void {
+    for (const c of this.conns.all) c.socket.terminate();
+    for (const l of this.listeners) l.stop(true);
+    this.conns.stop();
+  }
+}

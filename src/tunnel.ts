@@ -1,0 +1,189 @@
+/**
+ * The CONNECT splice (RFC 9110 §9.3.6): dial the target, answer exactly
+ * `HTTP/1.1 200 Connection Established`, then relay bytes both ways as they come. Each
+ * direction pauses its source while the other side's Outbox is full, and a FIN is passed on
+ * with shutdown() so half-closed streams deliver everything (bun.md: half-close).
+ */
+import type { Socket, SocketHandler } from "bun";
+import type { Connection } from "./connection.ts";
+import { dial } from "./dial.ts";
+import { DialError } from "./errors.ts";
+import { Outbox } from "./outbox.ts";
+import { formatHostPort } from "./router.ts";
+
+const ESTABLISHED = "HTTP/1.1 200 Connection Established\r\n\r\n";
+/** Bytes a client may send before the dial completes (a ClientHello is ~0.5–2 KiB). */
+const EARLY_LIMIT = 64 * 1024;
+
+interface UpstreamData {
+  tunnel: Tunnel | null;
+}
+
+const upstreamHandlers: SocketHandler<UpstreamData> = {
+  data(s, d) {
+    s.data.tunnel?.fromUpstream(d);
+  },
+  drain(s) {
+    s.data.tunnel?.upstreamDrain();
+  },
+  end(s) {
+    s.data.tunnel?.upstreamEnd();
+  },
+  close(s) {
+    s.data.tunnel?.upstreamClose();
+  },
+  error() {
+    // `close` follows; the tunnel ends there.
+  },
+};
+
+class Tunnel {
+  private upstream: Socket<UpstreamData> | null = null;
+  private upOut: Outbox | null = null;
+  private early: Buffer[] = [];
+  private earlyBytes = 0;
+  private clientEnded = false;
+  private upstreamEnded = false;
+  private upstreamPaused = false;
+  private done = false;
+  private bytesUp = 0;
+  private bytesDown = 0;
+  private readonly started = performance.now();
+
+  constructor(
+    private readonly conn: Connection,
+    private readonly target: string,
+  ) {}
+
+  async open(host: string, port: number, rest: Buffer): Promise<void> {
+    const { conn } = this;
+    conn.becomeTunnel({ data: (d) => this.fromClient(d), end: () => this.clientEnd(), close: () => this.clientClose() });
+    if (rest.length > 0) this.fromClient(rest);
+    let up: Socket<UpstreamData>;
+    try {
+      up = await dial<UpstreamData>(host, port, conn.rt.config.timeouts.connectMs, upstreamHandlers, { tunnel: null });
+    } catch (e) {
+      const err = e as DialError;
+      conn.rt.log.warn("tunnel dial failed", { client: conn.client, target: this.target, reason: err.message });
+      this.done = true;
+      conn.fail(err);
+      return;
+    }
+    if (this.done) {
+      up.end();
+      return;
+    }
+    up.data.tunnel = this;
+    this.upstream = up;
+    this.upOut = new Outbox(up as Socket<unknown>);
+    // Upstream accepted more: let the client send again.
+    this.upOut.onDrained(() => {
+      conn.resume();
+      if (this.clientEnded) this.upstream?.shutdown();
+    });
+    // Client took our backlog: read from upstream again.
+    conn.outbox.onDrained(() => this.resumeUpstream());
+    conn.outbox.write(ESTABLISHED);
+    conn.touch();
+    for (const b of this.early) this.sendUp(b);
+    this.early = [];
+    if (this.clientEnded) this.forwardClientFin();
+  }
+
+  private fromClient(d: Buffer): void {
+    this.bytesUp += d.byteLength;
+    this.conn.touch();
+    if (this.upOut === null) {
+      this.early.push(d);
+      this.earlyBytes += d.byteLength;
+      if (this.earlyBytes > EARLY_LIMIT) this.conn.pause();
+      return;
+    }
+    this.sendUp(d);
+  }
+
+  private sendUp(d: Buffer): void {
+    if (!this.upOut?.write(d)) this.conn.pause();
+  }
+
+  fromUpstream(d: Buffer): void {
+    this.bytesDown += d.byteLength;
+    this.conn.touch();
+    if (!this.conn.outbox.write(d) && !this.upstreamPaused) {
+      this.upstreamPaused = true;
+      this.upstream?.pause();
+    }
+  }
+
+  upstreamDrain(): void {
+    this.upOut?.flush();
+  }
+
+  private resumeUpstream(): void {
+    if (this.upstreamPaused) {
+      this.upstreamPaused = false;
+      this.upstream?.resume();
+    }
+    if (this.upstreamEnded) this.forwardUpstreamFin();
+  }
+
+  private clientEnd(): void {
+    this.clientEnded = true;
+    if (this.upOut !== null) this.forwardClientFin();
+  }
+
+  /** Pass the client's FIN on once everything it sent has been written upstream. */
+  private forwardClientFin(): void {
+    if (this.upOut?.backlog === 0) this.upstream?.shutdown();
+    this.maybeFinish();
+  }
+
+  upstreamEnd(): void {
+    this.upstreamEnded = true;
+    this.forwardUpstreamFin();
+  }
+
+  private forwardUpstreamFin(): void {
+    if (this.conn.outbox.backlog === 0) this.conn.socket.shutdown();
+    this.maybeFinish();
+  }
+
+  private maybeFinish(): void {
+    if (this.clientEnded && this.upstreamEnded && this.conn.outbox.backlog === 0 && (this.upOut?.backlog ?? 0) === 0) {
+      this.conn.close();
+      this.upstream?.end();
+      this.finish();
+    }
+  }
+
+  private clientClose(): void {
+    this.upstream?.end();
+    this.finish();
+  }
+
+  upstreamClose(): void {
+    this.upOut?.kill();
+    // Whatever the upstream sent is queued for the client; close once it has gone out.
+    void this.conn.closeAfterFlush();
+    this.finish();
+  }
+
+  private finish(): void {
+    if (this.done) return;
+    this.done = true;
+    const { conn } = this;
+    conn.rt.log.info(`CONNECT ${this.target}`, {
+      kind: "connect",
+      client: conn.client,
+      status: this.upstream ? 200 : 0,
+      in: this.bytesUp,
+      out: this.bytesDown,
+      ms: Math.round(performance.now() - this.started),
+      note: this.upstream ? undefined : "client gone before dial completed",
+    });
+  }
+}
+
+export function openTunnel(conn: Connection, host: string, port: number, rest: Buffer): void {
+  void new Tunnel(conn, formatHostPort(host, port)).open(host, port, rest);
+}
