@@ -9,7 +9,7 @@ import type { Runtime } from "./context.ts";
 import { BodyFeeder } from "./http/body.ts";
 import { headerValue, readRequestHead, requestFraming, wantsKeepAlive, type RequestHead } from "./http/head.ts";
 import { errorHead, writeResponse } from "./http/response.ts";
-import { redactUrl } from "./log.ts";
+import { formatHeaders, redactUrl } from "./log.ts";
 import { Outbox } from "./outbox.ts";
 import { route, type Authority, type Route } from "./router.ts";
 
@@ -42,6 +42,9 @@ export interface TunnelPeer {
 }
 
 type Phase = "head" | "request" | "tunnel" | "closed";
+
+/** How long a closed connection waits for the client's FIN before it is cut (and while a slow client reads the last bytes). */
+const LINGER_MS = 30_000;
 
 export class Connection {
   readonly outbox: Outbox;
@@ -130,6 +133,10 @@ export class Connection {
 
   /** Called by the sweeper once `deadline` has passed. */
   expire(): void {
+    if (this.phase === "closed") {
+      this.socket.terminate();
+      return;
+    }
     if (this.phase === "head") {
       // A client that never finished its head gets 408 (RFC 9110 §15.5.9); an idle kept-alive
       // connection is simply closed, as clients expect.
@@ -180,19 +187,29 @@ export class Connection {
     if (this.phase === "closed") return;
     const status = err.status;
     const headers = err instanceof HttpError ? err.headers : {};
-    this.phase = "closed";
     this.outbox.write(errorHead(status, err.message, headers));
     void this.closeAfterFlush();
   }
 
   close(): void {
-    if (this.phase !== "closed") this.phase = "closed";
+    this.phase = "closed";
+    this.lingerThenTerminate();
     this.socket.end();
   }
 
   async closeAfterFlush(): Promise<void> {
+    this.phase = "closed";
+    this.lingerThenTerminate();
     await this.outbox.drained();
     this.socket.end();
+  }
+
+  /**
+   * end() sends our FIN, but with allowHalfOpen the socket lives until the client closes too.
+   * A client that never does is cut after a short linger, so closed connections cannot pile up.
+   */
+  private lingerThenTerminate(): void {
+    this.deadline = Math.min(this.deadline, Date.now() + LINGER_MS);
   }
 
   // ---- request handling ----
@@ -275,6 +292,7 @@ export class Connection {
     if (rest.length > 0) this.onRequestBytes(rest);
 
     const ex: Exchange = { head, route: r, body: feeder?.stream ?? null, client: this.client, signal: abort.signal, logFields: {} };
+    if (this.rt.log.enabled("debug")) this.rt.log.debug(`> ${head.method} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(head.headers) });
     let res: Response;
     try {
       res = await this.dispatch.http(ex);
@@ -286,8 +304,9 @@ export class Connection {
       this.logRequest(ex, res.status, 0, started, "client gone");
       return;
     }
+    if (this.rt.log.enabled("debug")) this.rt.log.debug(`< ${res.status} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(res.headers) });
     const keepAlive = wantsKeepAlive(head) && !this.rt.draining && !this.peerEnded;
-    const w = await writeResponse(this.outbox, res, { method: head.method, version: head.version, keepAlive, signal: abort.signal });
+    const w = await writeResponse(this.outbox, res, { method: head.method, version: head.version, keepAlive });
     this.logRequest(ex, res.status, w.bytes, started, w.complete ? undefined : "incomplete");
     this.abort = null;
     this.feeder = null;
@@ -295,8 +314,8 @@ export class Connection {
     if (this.isClosed) return;
     const bodyRead = feeder === null || feeder.done;
     if (!w.keepAlive || !bodyRead || this.rt.draining || this.peerEnded) {
-      this.phase = "closed";
-      if (!w.complete) this.socket.end();
+      // An incomplete body must look truncated to the client, so nothing more is flushed.
+      if (!w.complete) this.close();
       else await this.closeAfterFlush();
       return;
     }

@@ -4,9 +4,18 @@
  */
 import type { Socket, SocketHandler } from "bun";
 import { classifyNetworkError, DialError } from "./errors.ts";
+import type { Resolver } from "./resolver.ts";
 import { formatHostPort } from "./router.ts";
 
-export async function dial<T>(host: string, port: number, timeoutMs: number, handlers: SocketHandler<T>, data: T): Promise<Socket<T>> {
+/** Resolves `host` and connects, both within `timeoutMs`. */
+export async function dial<T>(
+  resolve: Resolver,
+  host: string,
+  port: number,
+  timeoutMs: number,
+  handlers: SocketHandler<T>,
+  data: T,
+): Promise<Socket<T>> {
   const target = formatHostPort(host, port);
   let timer: Timer | undefined;
   let timedOut = false;
@@ -16,7 +25,12 @@ export async function dial<T>(host: string, port: number, timeoutMs: number, han
       reject(new DialError("timeout", target));
     }, timeoutMs);
   });
-  const connecting = Bun.connect<T>({ hostname: host, port, allowHalfOpen: true, socket: handlers, data });
+  const connecting = resolve(host).then(
+    (address) => Bun.connect<T>({ hostname: address, port, allowHalfOpen: true, socket: handlers, data }),
+    (cause: unknown) => {
+      throw new DialError("dns", target, { cause });
+    },
+  );
   // A dial that completes after its deadline must not leak a socket.
   connecting.then(
     (s) => {

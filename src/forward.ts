@@ -10,37 +10,54 @@ import { classifyNetworkError, DialError } from "./errors.ts";
 import { endToEnd, addVia, stripHopByHop } from "./http/hop-by-hop.ts";
 import { headerValue } from "./http/head.ts";
 import { formatHostPort } from "./router.ts";
+import { isIP } from "node:net";
 
-/** Fields fetch() sets itself from the URL and body, or that crm answered already. */
-const NOT_FORWARDED = new Set(["host", "expect"]);
+/** Fields fetch() sets itself from the URL and body, that crm answered already, or that it rebuilds (Via). */
+const NOT_FORWARDED = new Set(["host", "expect", "via"]);
 
 /** The options every upstream fetch of crm's uses; see bun.md "fetch() as the upstream client". */
-export function upstreamInit(rt: Runtime, signal: AbortSignal): RequestInit & { decompress: false; proxy: false } {
-  return {
-    redirect: "manual",
-    decompress: false,
-    proxy: false,
-    signal,
-    ...(rt.config.insecureTls ? { tls: { rejectUnauthorized: false } } : {}),
-  };
+export function upstreamInit(rt: Runtime, signal: AbortSignal, serverName?: string): RequestInit & { decompress: false; proxy: false } {
+  const tls = { ...(rt.config.insecureTls ? { rejectUnauthorized: false } : {}), ...(serverName ? { serverName } : {}) };
+  return { redirect: "manual", decompress: false, proxy: false, signal, ...(Object.keys(tls).length > 0 ? { tls } : {}) };
 }
 
 /**
- * Runs `fetch` with a deadline for the response head. A body may take as long as it takes;
- * the timer is cleared once the head is in. Network failures become DialError.
+ * Runs `fetch` with a deadline for the response head; a body may take as long as it takes.
+ * The host is looked up with crm's resolver and fetch connects to that address (Host and TLS
+ * SNI/verification keep the name), so the address checked is the address used. Network
+ * failures become DialError.
  */
 export async function fetchUpstream(rt: Runtime, url: URL, init: RequestInit, clientSignal: AbortSignal, headTimeoutMs: number): Promise<Response> {
   const deadline = new AbortController();
   const timer = setTimeout(() => deadline.abort(), headTimeoutMs);
-  const target = formatHostPort(url.hostname.replace(/^\[|\]$/g, ""), Number(url.port) || (url.protocol === "https:" ? 443 : 80));
+  const host = url.hostname.replace(/^\[|\]$/g, "");
+  const target = formatHostPort(host, Number(url.port) || (url.protocol === "https:" ? 443 : 80));
   try {
-    return await fetch(url, { ...init, ...upstreamInit(rt, AbortSignal.any([clientSignal, deadline.signal])) });
+    let address: string;
+    try {
+      address = await withTimeout(rt.resolve(host), rt.config.timeouts.connectMs);
+    } catch (cause) {
+      throw new DialError(cause instanceof DialError ? cause.reason : "dns", target, { cause });
+    }
+    const direct = new URL(url.href);
+    direct.hostname = address.includes(":") ? `[${address}]` : address;
+    const headers = new Headers(init.headers);
+    if (!headers.has("host")) headers.set("host", url.host);
+    const signal = AbortSignal.any([clientSignal, deadline.signal]);
+    const serverName = url.protocol === "https:" && !isIP(host) ? host : undefined;
+    return await fetch(direct, { ...init, headers, ...upstreamInit(rt, signal, serverName) });
   } catch (e) {
+    if (e instanceof DialError) throw e;
     if (deadline.signal.aborted) throw new DialError("timeout", target, { cause: e });
     throw new DialError(clientSignal.aborted ? "other" : classifyNetworkError(e), target, { cause: e });
   } finally {
     clearTimeout(timer);
   }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  let t: Timer | undefined;
+  return Promise.race([p, new Promise<never>((_, rej) => (t = setTimeout(() => rej(new DialError("timeout", "")), ms)))]).finally(() => clearTimeout(t));
 }
 
 export async function forward(ex: Exchange, rt: Runtime): Promise<Response> {

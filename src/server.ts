@@ -9,13 +9,16 @@ import { createRuntime, type Runtime } from "./context.ts";
 import { forward } from "./forward.ts";
 import { ConnectionSet, listen } from "./listener.ts";
 import { local, type LocalRoutes } from "./local.ts";
+import { createMirrorHandler } from "./mirror/index.ts";
 import type { LogSink } from "./log.ts";
+import type { Resolver } from "./resolver.ts";
 import { formatHostPort } from "./router.ts";
 import { openTunnel } from "./tunnel.ts";
 
 export interface StartOptions {
   /** Where log lines go (tests read them); stderr by default. */
   sink?: LogSink;
+  resolver?: Resolver;
 }
 
 /** Hooks later features plug in: the mirror at /v2/, MITM on CONNECT. */
@@ -34,8 +37,8 @@ export class CrmServer {
   ) {}
 
   static async start(config: Config, opts: StartOptions = {}): Promise<CrmServer> {
-    const rt = createRuntime(config, opts.sink);
-    const ext: Extensions = { mirror: null, intercept: null };
+    const rt = createRuntime(config, opts.sink, opts.resolver);
+    const ext: Extensions = { mirror: config.mirror.enabled ? createMirrorHandler(rt) : null, intercept: null };
     const server = new CrmServer(rt, ext);
     const dispatch: Dispatcher = {
       http: (ex) => (ex.route.kind === "forward" ? forward(ex, rt) : Promise.resolve(local(ex, rt, ext))),

@@ -61,7 +61,7 @@ class Tunnel {
     if (rest.length > 0) this.fromClient(rest);
     let up: Socket<UpstreamData>;
     try {
-      up = await dial<UpstreamData>(host, port, conn.rt.config.timeouts.connectMs, upstreamHandlers, { tunnel: null });
+      up = await dial<UpstreamData>(conn.rt.resolve, host, port, conn.rt.config.timeouts.connectMs, upstreamHandlers, { tunnel: null });
     } catch (e) {
       const err = e as DialError;
       conn.rt.log.warn("tunnel dial failed", { client: conn.client, target: this.target, reason: err.message });

@@ -9,7 +9,6 @@ export interface WriteOptions {
   method: string;
   version: string;
   keepAlive: boolean;
-  signal?: AbortSignal;
 }
 
 export interface WriteResult {
@@ -68,7 +67,7 @@ export async function writeResponse(out: Outbox, res: Response, opts: WriteOptio
     for (;;) {
       const { done, value } = await reader.read();
       if (done) break;
-      if (out.closed || opts.signal?.aborted) {
+      if (out.closed) {
         await reader.cancel().catch(() => {});
         return { bytes, complete: false, keepAlive: false };
       }

@@ -1,0 +1,27 @@
+/**
+ * Name resolution for tunnels, kept separate from the dial so the address that is looked up is
+ * the address that is connected to, and so tests can map names to 127.0.0.1 without touching
+ * real DNS.
+ */
+import { lookup } from "node:dns/promises";
+import { isIP } from "node:net";
+
+/** Returns one address for `host`, or throws an error with code ENOTFOUND (or similar). */
+export type Resolver = (host: string) => Promise<string>;
+
+export const systemResolver: Resolver = async (host) => {
+  if (isIP(host)) return host;
+  const { address } = await lookup(host);
+  return address;
+};
+
+/** A resolver for tests: `names` map to addresses; anything else is ENOTFOUND, "hang" never answers. */
+export function staticResolver(names: Record<string, string | "hang">): Resolver {
+  return async (host) => {
+    if (isIP(host)) return host;
+    const a = names[host];
+    if (a === "hang") return new Promise<string>(() => {});
+    if (a === undefined) throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${host}`), { code: "ENOTFOUND" });
+    return a;
+  };
+}

@@ -1,0 +1,197 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "../src/cli.ts";
+import { buildConfig, DEFAULT_ALLOWED_HOSTS, findConfigFile, loadConfigFile, parseListen } from "../src/config.ts";
+import { ConfigError, ConfigErrors } from "../src/errors.ts";
+import { parseDuration } from "../src/duration.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "crm-config-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** The messages of every validation error for a raw config. */
+function errorsOf(raw: unknown): string[] {
+  try {
+    buildConfig(raw, "t.yaml");
+  } catch (e) {
+    if (e instanceof ConfigErrors) return e.errors.map((x) => x.message);
+    throw e;
+  }
+  return [];
+}
+
+describe("defaults", () => {
+  const { config, warnings } = buildConfig({}, "t.yaml");
+  test("an empty file is a working config", () => {
+    expect(warnings).toEqual([]);
+    expect(config.listen).toEqual([{ hostname: "0.0.0.0", port: 8080, source: ":8080" }]);
+    expect(config.allowedHosts).toEqual([...DEFAULT_ALLOWED_HOSTS]);
+    expect(config.allowedPorts).toEqual([80, 443]);
+    expect(config.insecureTls).toBe(false);
+    expect(config.logLevel).toBe("info");
+    expect(config.mitm.enabled).toBe(false);
+    expect(config.timeouts).toEqual({ headerMs: 10_000, connectMs: 10_000, idleMs: 300_000, shutdownGraceMs: 30_000, upstreamHeaderMs: 60_000 });
+  });
+  test("the default allow-list is exactly the documented one", () => {
+    expect([...DEFAULT_ALLOWED_HOSTS].sort()).toEqual(
+      ["docker.io", "registry-1.docker.io", "auth.docker.io", "production.cloudflare.docker.com", "production.cloudfront.docker.com", "gcr.io", "k8s.io", "registry.k8s.io", "docker.elastic.co", "ghcr.io"].sort(),
+    );
+  });
+  test("the config is frozen", () => {
+    expect(Object.isFrozen(config)).toBe(true);
+  });
+  test("config.example.yaml spells out the defaults", () => {
+    const ex = loadConfigFile(join(import.meta.dir, "..", "config.example.yaml"));
+    expect(ex.warnings).toEqual([]);
+    expect(ex.config.allowedHosts).toEqual(config.allowedHosts);
+    expect(ex.config.timeouts).toEqual(config.timeouts);
+  });
+});
+
+describe("each key", () => {
+  test.each([
+    [":8080", "0.0.0.0", 8080],
+    ["8080", "0.0.0.0", 8080],
+    [8080, "0.0.0.0", 8080],
+    ["127.0.0.1:9000", "127.0.0.1", 9000],
+    ["[::]:8080", "::", 8080],
+    ["[::1]:0", "::1", 0],
+    ["localhost:81", "localhost", 81],
+  ])("listen %p", (v, hostname, port) => {
+    const a = parseListen(v);
+    expect(typeof a).toBe("object");
+    if (typeof a === "object") expect([a.hostname, a.port]).toEqual([hostname, port]);
+  });
+  test("listen may be a list", () => {
+    expect(buildConfig({ listen: ["127.0.0.1:1", "[::1]:2"] }, "t").config.listen.map((l) => l.port)).toEqual([1, 2]);
+  });
+  test("allowed_hosts replaces the defaults", () => {
+    expect(buildConfig({ allowed_hosts: ["example.test"] }, "t").config.allowedHosts).toEqual(["example.test"]);
+  });
+  test("allowed_ports", () => {
+    expect(buildConfig({ allowed_ports: [443, 5000] }, "t").config.allowedPorts).toEqual([443, 5000]);
+  });
+  test("insecure_tls", () => {
+    expect(buildConfig({ insecure_tls: true }, "t").config.insecureTls).toBe(true);
+  });
+  test.each(["debug", "INFO", "Warn", "error"])("log_level %p in any case", (l) => {
+    expect(buildConfig({ log_level: l }, "t").config.logLevel).toBe(l.toLowerCase() as "debug");
+  });
+  test("timeouts accept durations in any unit, and bare seconds", () => {
+    const t = buildConfig({ timeouts: { header: "500ms", connect: "3s", idle: "5m", shutdown_grace: "1h", upstream_header: 20 } }, "t").config.timeouts;
+    expect(t).toEqual({ headerMs: 500, connectMs: 3000, idleMs: 300_000, shutdownGraceMs: 3_600_000, upstreamHeaderMs: 20_000 });
+  });
+  test("mitm is parsed and validated", () => {
+    const m = buildConfig({ mitm: { enabled: true, ca_cert_path: "/x/ca.crt", ca_key_path: "/x/ca.key", hosts: ["a.test"] } }, "t").config.mitm;
+    expect(m).toEqual({ enabled: true, caCertPath: "/x/ca.crt", caKeyPath: "/x/ca.key", hosts: ["a.test"] });
+  });
+  test("durations", () => {
+    expect(parseDuration("1m30s")).toBe(90_000);
+    expect(parseDuration("2h")).toBe(7_200_000);
+    expect(parseDuration("10")).toBe(10_000);
+    expect(typeof parseDuration("10 minutes")).toBe("string");
+    expect(typeof parseDuration("-1s")).toBe("string");
+    expect(typeof parseDuration(true)).toBe("string");
+  });
+});
+
+describe("every error names the key path, the value and the rule", () => {
+  test.each([
+    [{ allowed_hosts: ["docker.io", "a.test", "b.test", "^("] }, 'allowed_hosts[3]: invalid regular expression "^(": '],
+    [{ allowed_hosts: "docker.io" }, 'allowed_hosts: "docker.io" must be a list'],
+    [{ allowed_hosts: ["bad host"] }, 'allowed_hosts[0]: "bad host" is not a valid host name'],
+    [{ allowed_hosts: [42] }, "allowed_hosts[0]: 42 must be a non-empty string"],
+    [{ allowed_ports: [443, 70000] }, "allowed_ports[1]: 70000 must be a port number from 1 to 65535"],
+    [{ allowed_ports: 443 }, "allowed_ports: 443 must be a list of ports"],
+    [{ listen: "localhost:http" }, 'listen: "localhost:http" must be a port or address'],
+    [{ listen: "99999" }, 'listen: "99999" port must be between 0 and 65535'],
+    [{ insecure_tls: "yes" }, 'insecure_tls: "yes" must be true or false'],
+    [{ log_level: "verbose" }, 'log_level: "verbose" must be one of debug, info, warn, error'],
+    [{ timeouts: { idle: "forever" } }, 'timeouts.idle: "forever" must be a duration such as "30s"'],
+    [{ timeouts: { header: "0s" } }, 'timeouts.header: "0s" must be greater than zero'],
+    [{ timeouts: "30s" }, 'timeouts: "30s" must be a mapping'],
+    [{ mitm: { enabled: true } }, "mitm.ca_cert_path: null is required when mitm.enabled is true"],
+    [{ mitm: { enabled: "on" } }, 'mitm.enabled: "on" must be true or false'],
+    [{ mitm: { hosts: ["(("] } }, 'mitm.hosts[0]: invalid regular expression "(("'],
+    [{ mirror: { default_registry: "nope.io" } }, 'mirror.default_registry: "nope.io" must be one of the mirrored registries'],
+    [{ mirror: { registries: { "quay.io": "ftp://quay.io" } } }, 'mirror.registries.quay.io.upstream: "ftp://quay.io" must be an https:// (or http://) URL'],
+    [{ mirror: { registries: { "quay.io": { upstream: "https://quay.io", password_file: "/nonexistent/pass" } } } }, "mirror.registries.quay.io.password_file: cannot read /nonexistent/pass: ENOENT"],
+  ])("%j", (raw, message) => {
+    const errs = errorsOf(raw);
+    expect(errs.some((e) => e.startsWith(message))).toBe(true);
+  });
+
+  test("all errors are reported at once", () => {
+    expect(errorsOf({ log_level: "x", insecure_tls: 1, allowed_ports: ["a"] })).toHaveLength(3);
+  });
+
+  test("unknown keys are warned about by name, with a suggestion", () => {
+    const { warnings } = buildConfig({ allowed_host: ["docker.io"], timeouts: { idel: "1m" } }, "t");
+    expect(warnings.some((w) => w.startsWith("allowed_host: unknown key") && w.includes('"allowed_hosts"'))).toBe(true);
+    expect(warnings.some((w) => w.startsWith("timeouts.idel: unknown key"))).toBe(true);
+  });
+
+  test("a registry password never appears in an error", () => {
+    const errs = errorsOf({ mirror: { registries: { "quay.io": "https://robot:s3cret@quay.io" } } });
+    expect(errs.join("\n")).not.toContain("s3cret");
+    expect(errs.join("\n")).toContain("must not carry user:password");
+  });
+});
+
+describe("finding and parsing the file", () => {
+  test("config.yaml, then config.yml, then config.json", () => {
+    const d = mkdtempSync(join(dir, "find-"));
+    writeFileSync(join(d, "config.json"), "{}");
+    expect(findConfigFile(null, d)).toBe(join(d, "config.json"));
+    writeFileSync(join(d, "config.yml"), "");
+    expect(findConfigFile(null, d)).toBe(join(d, "config.yml"));
+    writeFileSync(join(d, "config.yaml"), "");
+    expect(findConfigFile(null, d)).toBe(join(d, "config.yaml"));
+  });
+  test("none found names the three files and the flag", () => {
+    const d = mkdtempSync(join(dir, "none-"));
+    expect(() => findConfigFile(null, d)).toThrow(/config\.yaml, config\.yml, config\.json.*-config PATH/);
+  });
+  test("an explicit path that does not exist", () => {
+    expect(() => findConfigFile("nope.yaml", dir)).toThrow(ConfigError);
+  });
+  test("JSON with durations as strings", () => {
+    const f = join(dir, "c.json");
+    writeFileSync(f, JSON.stringify({ listen: 9000, timeouts: { idle: "2m" } }));
+    expect(loadConfigFile(f).config.timeouts.idleMs).toBe(120_000);
+  });
+  test("YAML syntax error", () => {
+    const f = join(dir, "bad.yaml");
+    writeFileSync(f, "listen: [unclosed\n");
+    expect(() => loadConfigFile(f)).toThrow(/is not valid YAML/);
+  });
+  test("duplicate YAML keys are an error, not a silent override", () => {
+    const f = join(dir, "dup.yaml");
+    writeFileSync(f, "listen: 1\nlisten: 2\n");
+    expect(() => loadConfigFile(f)).toThrow(/not valid YAML/);
+  });
+  test("JSON syntax error", () => {
+    const f = join(dir, "bad.json");
+    writeFileSync(f, "{");
+    expect(() => loadConfigFile(f)).toThrow(/is not valid JSON/);
+  });
+});
+
+describe("command line", () => {
+  test.each([
+    [["-config", "a.yaml"], { kind: "run", configPath: "a.yaml", check: false }],
+    [["-c", "a.yaml"], { kind: "run", configPath: "a.yaml", check: false }],
+    [["--config", "a.yaml", "-t"], { kind: "run", configPath: "a.yaml", check: true }],
+    [["--config=a.yaml", "--check"], { kind: "run", configPath: "a.yaml", check: true }],
+    [[], { kind: "run", configPath: null, check: false }],
+    [["--version"], { kind: "version" }],
+    [["--help"], { kind: "help" }],
+    [["ca", "init", "--out", "/tmp/x", "--days", "30", "--force"], { kind: "ca-init", outDir: "/tmp/x", cn: null, days: 30, force: true }],
+  ])("%j", (argv, cmd) => {
+    expect(parseArgs(argv)).toEqual(cmd as ReturnType<typeof parseArgs>);
+  });
+  test.each([[["-config"]], [["--bogus"]], [["ca", "init", "--days", "x"]], [["ca", "burn"]]])("%j is an error", (argv) => {
+    expect(parseArgs(argv).kind).toBe("error");
+  });
+});
