@@ -41,7 +41,8 @@ export interface TunnelPeer {
   close(): void;
 }
 
-type Phase = "head" | "request" | "tunnel" | "closed";
+/** "upgraded": the socket now carries TLS handled by another Connection (MITM); this one ignores it. */
+type Phase = "head" | "request" | "tunnel" | "upgraded" | "closed";
 
 /** How long a closed connection waits for the client's FIN before it is cut (and while a slow client reads the last bytes). */
 const LINGER_MS = 30_000;
@@ -113,6 +114,7 @@ export class Connection {
   }
 
   onEnd(): void {
+    if (this.phase === "upgraded") return;
     this.peerEnded = true;
     if (this.phase === "tunnel") this.tunnel?.end();
     else if (this.phase === "request") this.feeder?.fail(new Error("client sent FIN mid-body"));
@@ -133,6 +135,7 @@ export class Connection {
 
   /** Called by the sweeper once `deadline` has passed. */
   expire(): void {
+    if (this.phase === "upgraded") return;
     if (this.phase === "closed") {
       this.socket.terminate();
       return;
@@ -161,6 +164,12 @@ export class Connection {
     this.phase = "tunnel";
     this.tunnel = peer;
     this.touch();
+  }
+
+  /** MITM took the socket over with upgradeTLS; the old handlers keep seeing ciphertext (bun.md). */
+  handOver(): void {
+    this.phase = "upgraded";
+    this.deadline = Infinity;
   }
 
   /** A tunnel saw traffic: push the idle deadline out. */

@@ -10,6 +10,7 @@ import { forward } from "./forward.ts";
 import { ConnectionSet, listen } from "./listener.ts";
 import { local, type LocalRoutes } from "./local.ts";
 import { createMirrorHandler } from "./mirror/index.ts";
+import { Mitm } from "./mitm.ts";
 import type { LogSink } from "./log.ts";
 import type { Resolver } from "./resolver.ts";
 import { formatHostPort } from "./router.ts";
@@ -30,6 +31,8 @@ export class CrmServer {
   private readonly listeners: TCPSocketListener<SocketData>[] = [];
   private readonly conns = new ConnectionSet();
   private stopping: Promise<void> | null = null;
+  /** Set when MITM is enabled. */
+  mitm: Mitm | null = null;
 
   private constructor(
     readonly rt: Runtime,
@@ -47,6 +50,14 @@ export class CrmServer {
         openTunnel(conn, r.host, r.port, rest);
       },
     };
+    if (config.mitm.enabled) {
+      const { ca, warnings } = await Mitm.load(config);
+      for (const w of warnings) rt.log.warn(`MITM CA: ${w}`);
+      const mitm = new Mitm(rt, ca, server.conns, dispatch);
+      server.mitm = mitm;
+      ext.intercept = (conn, host, port, rest) => mitm.intercept(conn, host, port, rest);
+      rt.log.warn("MITM enabled: CONNECT traffic is decrypted; use for debugging only", { ca: config.mitm.caCertPath, hosts: config.mitm.hosts?.join(",") ?? "all allowed" });
+    }
     try {
       for (const addr of config.listen) server.listeners.push(listen(addr, rt, dispatch, server.conns));
     } catch (cause) {
