@@ -7,6 +7,7 @@ export type Command =
   | { kind: "version" }
   | { kind: "help" }
   | { kind: "ca-init"; outDir: string; cn: string | null; days: number | null; force: boolean }
+  | { kind: "passwd"; name: string }
   | { kind: "error"; message: string };
 
 export const USAGE = `crm: a no-cache proxy and mirror for container registries
@@ -16,6 +17,7 @@ Usage:
   crm -t [-config PATH]     check the config, print what would run, exit 0 or 1
   crm ca init [--out DIR] [--cn NAME] [--days N] [--force]
                             create a CA for MITM debugging (ca.crt, ca.key)
+  crm passwd NAME           read a password (stdin) and print an access.users entry
   crm --version             print the version
   crm --help                this text
 
@@ -26,6 +28,13 @@ Flags:
 
 export function parseArgs(argv: readonly string[]): Command {
   if (argv[0] === "ca") return parseCaArgs(argv.slice(1));
+  if (argv[0] === "passwd") {
+    const name = argv[1];
+    if (name === undefined || argv.length > 2 || !/^[A-Za-z0-9._-]{1,64}$/.test(name)) {
+      return { kind: "error", message: "usage: crm passwd NAME (1-64 letters, digits, '.', '_' or '-')" };
+    }
+    return { kind: "passwd", name };
+  }
   let configPath: string | null = null;
   let check = false;
   for (let i = 0; i < argv.length; i++) {

@@ -8,6 +8,7 @@ import YAML from "yaml";
 import { ConfigError, ConfigErrors } from "./errors.ts";
 import { parseDuration } from "./duration.ts";
 import { compileHostPattern } from "./host-policy.ts";
+import { parseCidr } from "./cidr.ts";
 import { LOG_LEVELS, type LogLevel } from "./log.ts";
 import { DEFAULT_REGISTRIES, type RegistryConfig } from "./registries.ts";
 
@@ -41,13 +42,35 @@ export interface MitmConfig {
 
 export interface MirrorConfig {
   enabled: boolean;
+  /** Serve the mirror under this path only (`/SECRET/v2/...`), or "" for `/v2/`. */
+  pathPrefix: string;
   defaultRegistry: string;
   registries: ReadonlyMap<string, RegistryConfig>;
+}
+
+export interface AccessConfig {
+  /** CIDR ranges whose clients may connect; empty means everyone. */
+  clients: readonly string[];
+  /** name → password hash (argon2id or bcrypt, from `crm passwd NAME`). */
+  users: ReadonlyMap<string, string>;
+  /** Whether the mirror also needs users' credentials (Docker's registry-mirrors cannot send any). */
+  mirrorAuth: boolean;
+}
+
+export interface Limits {
+  maxConnections: number;
+  maxConnectionsPerClient: number;
+  /** Largest request body on the forward and MITM paths, in bytes. */
+  maxBody: number;
 }
 
 export interface Config {
   /** The file this came from, for messages. */
   file: string;
+  access: AccessConfig;
+  limits: Limits;
+  /** Let names resolve to loopback/private/link-local addresses (off: the SSRF guard). */
+  allowPrivateNetworks: boolean;
   listen: readonly ListenAddress[];
   allowedHosts: readonly string[];
   allowedPorts: readonly number[];
@@ -229,7 +252,22 @@ export function parseListen(value: unknown): ListenAddress | string {
   return { hostname: host, port, source };
 }
 
-const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "insecure_tls", "log_level", "mitm", "mirror", "timeouts"] as const;
+const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "allow_private_networks", "insecure_tls", "log_level", "access", "limits", "mitm", "mirror", "timeouts"] as const;
+
+export const DEFAULT_LIMITS: Limits = { maxConnections: 4096, maxConnectionsPerClient: 256, maxBody: 10 * 1024 ** 3 };
+
+const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4 };
+
+/** "512MiB", "10GiB", "1GB" or a number of bytes. */
+export function parseSize(value: unknown): number | string {
+  if (typeof value === "number" && Number.isInteger(value) && value >= 0) return value;
+  const m = typeof value === "string" ? /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(value) : null;
+  const unit = SIZE_UNITS[(m?.[2] ?? "x").toLowerCase()];
+  if (!m || unit === undefined) return 'must be a size such as "512MiB", "10GiB" or a number of bytes';
+  return Math.round(Number(m[1]) * unit);
+}
+
+const HASH_PREFIX = /^\$(argon2id|argon2i|argon2d|2a|2b|2y)\$/;
 
 /** Validates a parsed document and fills defaults. Throws ConfigErrors listing every problem. */
 export function buildConfig(raw: unknown, file: string): LoadedConfig {
@@ -264,6 +302,9 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
   }
 
   const insecureTls = c.bool("insecure_tls", root.insecure_tls, false);
+  const allowPrivateNetworks = c.bool("allow_private_networks", root.allow_private_networks, false);
+  const access = buildAccess(c, root.access);
+  const limits = buildLimits(c, root.limits);
 
   let logLevel: LogLevel = "info";
   if (root.log_level !== undefined && root.log_level !== null) {
@@ -300,13 +341,61 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
   const mirror = buildMirror(c, root.mirror, file);
 
   if (c.errors.length > 0) throw new ConfigErrors(file, c.errors);
-  const config: Config = Object.freeze({ file, listen, allowedHosts, allowedPorts, insecureTls, logLevel, mitm, mirror, timeouts });
+  const config: Config = Object.freeze({ file, listen, allowedHosts, allowedPorts, allowPrivateNetworks, insecureTls, logLevel, access, limits, mitm, mirror, timeouts });
   return { config, warnings: c.warnings };
 }
 
+function buildAccess(c: Checker, raw: unknown): AccessConfig {
+  const a = c.object("access", raw, ["clients", "users", "mirror_auth"]) ?? {};
+  const clients = c.stringList("access.clients", a.clients) ?? [];
+  clients.forEach((entry, i) => {
+    const r = parseCidr(entry);
+    if (typeof r === "string") c.fail(`access.clients[${i}]`, entry, r);
+  });
+  const users = new Map<string, string>();
+  const u = c.object("access.users", a.users, Object.keys((a.users as Obj | undefined) ?? {}));
+  for (const [name, hash] of Object.entries(u ?? {})) {
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(name)) c.fail("access.users", name, "user names are 1-64 letters, digits, '.', '_' or '-'");
+    else if (typeof hash !== "string" || !HASH_PREFIX.test(hash)) {
+      // The value is a hash, so showing it is safe; a plain password here must not be echoed.
+      c.fail(`access.users.${name}`, "<value>", "must be a password hash from `crm passwd NAME` (argon2id or bcrypt), never a plain password");
+    } else users.set(name, hash);
+  }
+  return { clients, users, mirrorAuth: c.bool("access.mirror_auth", a.mirror_auth, true) };
+}
+
+function buildLimits(c: Checker, raw: unknown): Limits {
+  const l = c.object("limits", raw, ["max_connections", "max_connections_per_client", "max_body"]) ?? {};
+  const count = (key: "max_connections" | "max_connections_per_client", dflt: number): number => {
+    const v = l[key];
+    if (v === undefined || v === null) return dflt;
+    if (typeof v === "number" && Number.isInteger(v) && v >= 1) return v;
+    c.fail(`limits.${key}`, v, "must be a whole number of at least 1");
+    return dflt;
+  };
+  let maxBody = DEFAULT_LIMITS.maxBody;
+  if (l.max_body !== undefined && l.max_body !== null) {
+    const v = parseSize(l.max_body);
+    if (typeof v === "string") c.fail("limits.max_body", l.max_body, v);
+    else maxBody = v;
+  }
+  return {
+    maxConnections: count("max_connections", DEFAULT_LIMITS.maxConnections),
+    maxConnectionsPerClient: count("max_connections_per_client", DEFAULT_LIMITS.maxConnectionsPerClient),
+    maxBody,
+  };
+}
+
 function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
-  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries"]) ?? {};
+  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries", "path_prefix"]) ?? {};
   const enabled = c.bool("mirror.enabled", m.enabled, true);
+  let pathPrefix = m.path_prefix === "" ? "" : (c.string("mirror.path_prefix", m.path_prefix) ?? "");
+  if (pathPrefix !== "") {
+    pathPrefix = "/" + pathPrefix.replace(/^\/+|\/+$/g, "");
+    if (!/^(\/[A-Za-z0-9._~-]+)+$/.test(pathPrefix) || pathPrefix === "/v2") {
+      c.fail("mirror.path_prefix", m.path_prefix, 'must be a path such as "/SECRET" (letters, digits, . _ ~ -), not /v2');
+    }
+  }
   let registries: Map<string, RegistryConfig>;
   const r = c.object("mirror.registries", m.registries, Object.keys((m.registries as Obj | undefined) ?? {}));
   if (r === null) registries = new Map(DEFAULT_REGISTRIES.map((d) => [d.name, d]));
@@ -321,7 +410,7 @@ function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
   if (enabled && registries.size > 0 && !registries.has(defaultRegistry)) {
     c.fail("mirror.default_registry", defaultRegistry, `must be one of the mirrored registries (${[...registries.keys()].join(", ")})`);
   }
-  return { enabled, defaultRegistry, registries };
+  return { enabled, pathPrefix, defaultRegistry, registries };
 }
 
 const REGISTRY_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d+)?$/;

@@ -262,6 +262,19 @@ export class Connection {
   private async handle(head: RequestHead, rest: Buffer): Promise<void> {
     this.requests++;
     const started = performance.now();
+    // Proxy requests authenticate before the allow-list is consulted, so a stranger cannot map
+    // the allow-list by telling 403 from 407. RFC 9110 §11.7.2: the credentials are crm's own
+    // and are removed as hop-by-hop before anything is forwarded.
+    const proxyRequest = this.secureAuthority === null && (head.method === "CONNECT" || !head.target.startsWith("/"));
+    if (proxyRequest && this.rt.access.required("proxy")) {
+      try {
+        await this.rt.access.authenticate("proxy", headerValue(head.headers, "proxy-authorization"), this.client);
+      } catch (e) {
+        this.rt.log.info("proxy authentication failed", { client: this.client, method: head.method, target: redactUrl(head.target), status: (e as HttpError).status });
+        this.fail(e as HttpError);
+        return;
+      }
+    }
     let r: Route;
     try {
       r = route(head, this.rt.policy, this.secureAuthority);
@@ -283,8 +296,12 @@ export class Connection {
       const framing = requestFraming(head);
       const expect = headerValue(head.headers, "expect");
       if (expect !== null && expect.toLowerCase() !== "100-continue") throw new HttpError(417, `unsupported Expect: ${expect}`);
+      const maxBody = r.kind === "forward" ? this.rt.config.limits.maxBody : Infinity;
+      if (framing.kind === "length" && framing.length > maxBody) {
+        throw new HttpError(413, `request body of ${framing.length} bytes exceeds limits.max_body (${maxBody} bytes)`);
+      }
       if (framing.kind !== "none") {
-        feeder = new BodyFeeder(framing, this);
+        feeder = new BodyFeeder(framing, this, maxBody);
         // RFC 9110 §10.1.1: the request passed every check, so the client may send its body.
         if (expect !== null && r.kind === "forward" && rest.length === 0) this.outbox.write("HTTP/1.1 100 Continue\r\n\r\n");
       }
@@ -303,10 +320,13 @@ export class Connection {
     const ex: Exchange = { head, route: r, body: feeder?.stream ?? null, client: this.client, signal: abort.signal, logFields: {} };
     if (this.rt.log.enabled("debug")) this.rt.log.debug(`> ${head.method} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(head.headers) });
     let res: Response;
+    // Every error crm answers itself ends the connection (nothing of a failed exchange lingers).
+    let ownError = false;
     try {
       res = await this.dispatch.http(ex);
     } catch (e) {
       res = this.errorResponse(e, ex);
+      ownError = true;
     }
     if (this.isClosed) {
       await res.body?.cancel().catch(() => {});
@@ -314,14 +334,14 @@ export class Connection {
       return;
     }
     if (this.rt.log.enabled("debug")) this.rt.log.debug(`< ${res.status} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(res.headers) });
-    const keepAlive = wantsKeepAlive(head) && !this.rt.draining && !this.peerEnded;
+    const keepAlive = wantsKeepAlive(head) && !this.rt.draining && !this.peerEnded && !ownError;
     const w = await writeResponse(this.outbox, res, { method: head.method, version: head.version, keepAlive });
     this.logRequest(ex, res.status, w.bytes, started, w.complete ? undefined : "incomplete");
     this.abort = null;
     this.feeder = null;
     this.bodyError = null;
     if (this.isClosed) return;
-    const bodyRead = feeder === null || feeder.done;
+    const bodyRead = feeder === null || feeder.complete;
     if (!w.keepAlive || !bodyRead || this.rt.draining || this.peerEnded) {
       // An incomplete body must look truncated to the client, so nothing more is flushed.
       if (!w.complete) this.close();

@@ -5,14 +5,16 @@
 import type { Config } from "./config.ts";
 import { HostPolicy } from "./host-policy.ts";
 import { Logger, type LogSink } from "./log.ts";
-import { systemResolver, type Resolver } from "./resolver.ts";
+import { guardedResolver, systemResolver, type Resolver } from "./resolver.ts";
+import { AccessControl } from "./access.ts";
 
 export interface Runtime {
   readonly config: Config;
   readonly policy: HostPolicy;
   readonly log: Logger;
-  /** How tunnel targets are looked up (tests map names to 127.0.0.1). */
+  /** How upstream names are looked up, behind the SSRF guard (tests map names to 127.0.0.1). */
   readonly resolve: Resolver;
+  readonly access: AccessControl;
   /** Set on SIGTERM: /healthz answers 503 and kept-alive connections are closed after their response. */
   draining: boolean;
   readonly startedAt: number;
@@ -21,7 +23,8 @@ export interface Runtime {
 export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver = systemResolver): Runtime {
   return {
     config,
-    resolve,
+    resolve: guardedResolver(resolve, () => config.allowPrivateNetworks),
+    access: new AccessControl(config),
     policy: new HostPolicy(config.allowedHosts, config.allowedPorts),
     log: new Logger({ level: config.logLevel, sink }),
     draining: false,

@@ -11,6 +11,9 @@ export function describeConfig(c: Config): string {
     `allowed_hosts (${c.allowedHosts.length}): ${c.allowedHosts.join(", ") || "(none: every proxy request is refused)"}`,
     `allowed_ports: ${c.allowedPorts.join(", ")}`,
     `insecure_tls: ${c.insecureTls}`,
+    `allow_private_networks: ${c.allowPrivateNetworks}`,
+    `access: clients ${c.access.clients.join(", ") || "any"}; users ${[...c.access.users.keys()].join(", ") || "none"}${c.access.users.size > 0 ? `; mirror_auth ${c.access.mirrorAuth}` : ""}`,
+    `limits: max_connections ${c.limits.maxConnections}, per client ${c.limits.maxConnectionsPerClient}, max_body ${c.limits.maxBody} bytes`,
     `log_level: ${c.logLevel}`,
     `timeouts: header ${formatDuration(t.headerMs)}, connect ${formatDuration(t.connectMs)}, idle ${formatDuration(t.idleMs)}, upstream_header ${formatDuration(t.upstreamHeaderMs)}, shutdown_grace ${formatDuration(t.shutdownGraceMs)}`,
     c.mitm.enabled
@@ -18,7 +21,7 @@ export function describeConfig(c: Config): string {
       : "mitm: disabled",
   ];
   if (c.mirror.enabled) {
-    lines.push(`mirror: enabled at /v2/, default registry ${c.mirror.defaultRegistry}`);
+    lines.push(`mirror: enabled at ${c.mirror.pathPrefix}/v2/, default registry ${c.mirror.defaultRegistry}`);
     for (const r of c.mirror.registries.values()) {
       const creds = r.username ? ` (credentials: ${r.username}, password set)` : "";
       lines.push(`  ${r.name} -> ${r.upstream.href}${creds}`);

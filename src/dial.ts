@@ -3,7 +3,7 @@
  * DialError whose reason picks the status: refused/DNS → 502, timeout → 504.
  */
 import type { Socket, SocketHandler } from "bun";
-import { classifyNetworkError, DialError } from "./errors.ts";
+import { classifyNetworkError, DialError, PrivateAddressError } from "./errors.ts";
 import type { Resolver } from "./resolver.ts";
 import { formatHostPort } from "./router.ts";
 
@@ -28,7 +28,7 @@ export async function dial<T>(
   const connecting = resolve(host).then(
     (address) => Bun.connect<T>({ hostname: address, port, allowHalfOpen: true, socket: handlers, data }),
     (cause: unknown) => {
-      throw new DialError("dns", target, { cause });
+      throw new DialError(cause instanceof PrivateAddressError ? "private" : "dns", target, { cause });
     },
   );
   // A dial that completes after its deadline must not leak a socket.

@@ -41,7 +41,7 @@ export class HttpError extends Error {
 }
 
 /** Why a dial failed; each reason maps to one status (RFC 9110 §15.6.3 502, §15.6.5 504). */
-export type DialFailure = "refused" | "dns" | "timeout" | "reset" | "tls" | "unreachable" | "other";
+export type DialFailure = "refused" | "dns" | "timeout" | "reset" | "tls" | "unreachable" | "private" | "other";
 
 export class DialError extends Error {
   override name = "DialError";
@@ -53,6 +53,7 @@ export class DialError extends Error {
     super(`${target}: ${describeDialFailure(reason)}`, options);
   }
   get status(): number {
+    if (this.reason === "private") return 403;
     return this.reason === "timeout" ? 504 : 502;
   }
 }
@@ -71,13 +72,28 @@ function describeDialFailure(reason: DialFailure): string {
       return "TLS handshake failed";
     case "unreachable":
       return "network unreachable";
+    case "private":
+      return "resolves to a non-public address (set allow_private_networks: true to allow)";
     default:
       return "connection failed";
   }
 }
 
+/** The SSRF guard refused the address a name resolved to. */
+export class PrivateAddressError extends Error {
+  override name = "PrivateAddressError";
+  constructor(
+    readonly host: string,
+    readonly address: string,
+    readonly range: string,
+  ) {
+    super(`${host} resolves to ${address} (in ${range}), a non-public address`);
+  }
+}
+
 /** Maps a low-level error (Bun socket or fetch) to a DialFailure by its code. */
 export function classifyNetworkError(err: unknown): DialFailure {
+  if (err instanceof PrivateAddressError) return "private";
   const code = errorCode(err);
   const msg = err instanceof Error ? err.message : String(err);
   if (code === "ECONNREFUSED" || /refused/i.test(msg)) return "refused";

@@ -6,7 +6,7 @@
  */
 import type { Exchange } from "./connection.ts";
 import type { Runtime } from "./context.ts";
-import { classifyNetworkError, DialError } from "./errors.ts";
+import { classifyNetworkError, DialError, PrivateAddressError } from "./errors.ts";
 import { endToEnd, addVia, stripHopByHop } from "./http/hop-by-hop.ts";
 import { headerValue } from "./http/head.ts";
 import { formatHostPort } from "./router.ts";
@@ -37,7 +37,8 @@ export async function fetchUpstream(rt: Runtime, url: URL, init: RequestInit, cl
     try {
       address = await withTimeout(rt.resolve(host), rt.config.timeouts.connectMs);
     } catch (cause) {
-      throw new DialError(cause instanceof DialError ? cause.reason : "dns", target, { cause });
+      const reason = cause instanceof DialError ? cause.reason : cause instanceof PrivateAddressError ? "private" : "dns";
+      throw new DialError(reason, target, { cause });
     }
     const direct = new URL(url.href);
     direct.hostname = address.includes(":") ? `[${address}]` : address;

@@ -8,6 +8,7 @@ import type { Socket, SocketHandler, TCPSocketListener } from "bun";
 import type { ListenAddress } from "./config.ts";
 import { Connection, type Dispatcher, type SocketData } from "./connection.ts";
 import type { Runtime } from "./context.ts";
+import { errorHead } from "./http/response.ts";
 
 const SWEEP_MS = 250;
 
@@ -68,12 +69,66 @@ export function connectionHandlers(conns: ConnectionSet, create: (s: Socket<Sock
   };
 }
 
-export function listen(addr: ListenAddress, rt: Runtime, dispatch: Dispatcher, conns: ConnectionSet): TCPSocketListener<SocketData> {
+/**
+ * Admission at accept: clients outside access.clients are closed at once (no answer that would
+ * confirm a proxy is here); over a connection limit they get a complete 503/429 with Retry-After.
+ */
+export class Admission {
+  private readonly perClient = new Map<string, number>();
+  private total = 0;
+
+  constructor(private readonly rt: Runtime) {}
+
+  admit(s: Socket<SocketData>): boolean {
+    const ip = s.remoteAddress;
+    const { rt } = this;
+    if (!rt.access.clientAllowed(ip)) {
+      rt.log.debug("client not in access.clients, closed", { client: ip });
+      s.terminate();
+      return false;
+    }
+    const { maxConnections, maxConnectionsPerClient } = rt.config.limits;
+    const mine = this.perClient.get(ip) ?? 0;
+    const refusal =
+      this.total >= maxConnections
+        ? errorHead(503, "crm: too many connections", { "retry-after": "5" })
+        : mine >= maxConnectionsPerClient
+          ? errorHead(429, "crm: too many connections from your address", { "retry-after": "5" })
+          : null;
+    if (refusal !== null) {
+      rt.log.warn("connection refused: limit reached", { client: ip, total: this.total, from_client: mine });
+      s.end(refusal);
+      return false;
+    }
+    this.total++;
+    this.perClient.set(ip, mine + 1);
+    return true;
+  }
+
+  release(ip: string): void {
+    this.total--;
+    const n = (this.perClient.get(ip) ?? 1) - 1;
+    if (n <= 0) this.perClient.delete(ip);
+    else this.perClient.set(ip, n);
+  }
+}
+
+export function listen(addr: ListenAddress, rt: Runtime, dispatch: Dispatcher, conns: ConnectionSet, admission: Admission): TCPSocketListener<SocketData> {
+  const handlers = connectionHandlers(conns, (s) => new Connection(s, rt, dispatch));
   return Bun.listen<SocketData>({
     hostname: addr.hostname,
     port: addr.port,
     allowHalfOpen: true,
     data: { conn: null },
-    socket: connectionHandlers(conns, (s) => new Connection(s, rt, dispatch)),
+    socket: {
+      ...handlers,
+      open(s) {
+        if (admission.admit(s)) handlers.open?.(s);
+      },
+      close(s, err) {
+        if (s.data.conn !== null) admission.release(s.data.conn.client);
+        handlers.close?.(s, err);
+      },
+    },
   });
 }

@@ -4,6 +4,7 @@
  */
 import type { Exchange } from "./connection.ts";
 import type { Runtime } from "./context.ts";
+import { headerValue } from "./http/head.ts";
 
 export type LocalHandler = (ex: Exchange, rt: Runtime) => Promise<Response> | Response;
 
@@ -26,10 +27,27 @@ export interface LocalRoutes {
   mirror: LocalHandler | null;
 }
 
-export function local(ex: Exchange, rt: Runtime, routes: LocalRoutes): Promise<Response> | Response {
+export async function local(ex: Exchange, rt: Runtime, routes: LocalRoutes): Promise<Response> {
   if (ex.route.kind !== "local") throw new Error("local() called for a non-local route");
   const path = ex.route.path.split("?")[0] ?? "";
   if (path === "/healthz") return healthz(ex, rt);
-  if ((path === "/v2" || path.startsWith("/v2/")) && routes.mirror) return routes.mirror(ex, rt);
+  const mirrorPath = routes.mirror ? stripMirrorPrefix(ex.route.path, rt.config.mirror.pathPrefix) : null;
+  if (routes.mirror && mirrorPath !== null) {
+    await rt.access.authenticate("mirror", headerValue(ex.head.headers, "authorization"), ex.client);
+    return routes.mirror({ ...ex, route: { kind: "local", path: mirrorPath } }, rt);
+  }
   return text(404, `crm: no such endpoint ${path.slice(0, 200)}`);
+}
+
+/**
+ * `/SECRET/v2/...` → `/v2/...` when mirror.path_prefix is `/SECRET` (a Docker mirror URL may
+ * carry a path but no credentials); null when the path is not the mirror's.
+ */
+function stripMirrorPrefix(target: string, prefix: string): string | null {
+  if (prefix !== "") {
+    if (!target.startsWith(prefix + "/")) return null;
+    target = target.slice(prefix.length);
+  }
+  const path = target.split("?")[0] ?? "";
+  return path === "/v2" || path.startsWith("/v2/") ? target : null;
 }

@@ -28,6 +28,11 @@ async function main(argv: string[]): Promise<void> {
       process.exitCode = await runCaInit(cmd);
       return;
     }
+    case "passwd": {
+      const { runPasswd } = await import("./passwd.ts");
+      process.exitCode = await runPasswd(cmd.name);
+      return;
+    }
     case "run":
       break;
   }

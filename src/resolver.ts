@@ -5,6 +5,8 @@
  */
 import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
+import { NON_PUBLIC } from "./cidr.ts";
+import { PrivateAddressError } from "./errors.ts";
 
 /** Returns one address for `host`, or throws an error with code ENOTFOUND (or similar). */
 export type Resolver = (host: string) => Promise<string>;
@@ -23,5 +25,20 @@ export function staticResolver(names: Record<string, string | "hang">): Resolver
     if (a === "hang") return new Promise<string>(() => {});
     if (a === undefined) throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${host}`), { code: "ENOTFOUND" });
     return a;
+  };
+}
+
+/**
+ * The SSRF guard: the address a name resolves to is checked, and that same address is what the
+ * caller connects to (no second lookup, so DNS rebinding cannot slip through).
+ */
+export function guardedResolver(base: Resolver, allowPrivate: () => boolean): Resolver {
+  return async (host) => {
+    const address = await base(host);
+    if (!allowPrivate()) {
+      const range = NON_PUBLIC.match(address);
+      if (range) throw new PrivateAddressError(host, address, range.source);
+    }
+    return address;
   };
 }

@@ -7,7 +7,7 @@ import type { Config } from "./config.ts";
 import type { Connection, Dispatcher, SocketData } from "./connection.ts";
 import { createRuntime, type Runtime } from "./context.ts";
 import { forward } from "./forward.ts";
-import { ConnectionSet, listen } from "./listener.ts";
+import { Admission, ConnectionSet, listen } from "./listener.ts";
 import { local, type LocalRoutes } from "./local.ts";
 import { createMirrorHandler } from "./mirror/index.ts";
 import { Mitm } from "./mitm.ts";
@@ -44,7 +44,7 @@ export class CrmServer {
     const ext: Extensions = { mirror: config.mirror.enabled ? createMirrorHandler(rt) : null, intercept: null };
     const server = new CrmServer(rt, ext);
     const dispatch: Dispatcher = {
-      http: (ex) => (ex.route.kind === "forward" ? forward(ex, rt) : Promise.resolve(local(ex, rt, ext))),
+      http: (ex) => (ex.route.kind === "forward" ? forward(ex, rt) : local(ex, rt, ext)),
       connect: (conn, r, _head, rest) => {
         if (ext.intercept?.(conn, r.host, r.port, rest)) return;
         openTunnel(conn, r.host, r.port, rest);
@@ -59,7 +59,8 @@ export class CrmServer {
       rt.log.warn("MITM enabled: CONNECT traffic is decrypted; use for debugging only", { ca: config.mitm.caCertPath, hosts: config.mitm.hosts?.join(",") ?? "all allowed" });
     }
     try {
-      for (const addr of config.listen) server.listeners.push(listen(addr, rt, dispatch, server.conns));
+      const admission = new Admission(rt);
+      for (const addr of config.listen) server.listeners.push(listen(addr, rt, dispatch, server.conns, admission));
     } catch (cause) {
       server.stopNow();
       throw new Error(`cannot listen: ${(cause as Error).message}`, { cause });

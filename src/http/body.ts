@@ -25,7 +25,12 @@ export class BodyFeeder {
   /** Payload bytes received so far (for the log line). */
   bytes = 0;
 
-  constructor(framing: Exclude<BodyFraming, { kind: "none" }>, flow: FlowControl) {
+  constructor(
+    framing: Exclude<BodyFraming, { kind: "none" }>,
+    flow: FlowControl,
+    /** A chunked body longer than this fails with 413 (a sized one is refused before reading). */
+    private readonly maxBytes = Infinity,
+  ) {
     this.remaining = framing.kind === "length" ? framing.length : Infinity;
     this.chunked = framing.kind === "chunked" ? new ChunkedDecoder() : null;
     this.stream = new ReadableStream<Uint8Array>(
@@ -47,10 +52,16 @@ export class BodyFeeder {
   }
   private readonly flow: FlowControl;
 
-  /** The whole body has been received (its end was seen, not just its start). */
+  /** No more bytes belong to this body: it ended, or it failed. */
   get done(): boolean {
     return this.finished;
   }
+
+  /** The body's end was seen intact, so the connection can carry another request. */
+  get complete(): boolean {
+    return this.finished && !this.failed;
+  }
+  private failed = false;
 
   /** Feeds socket bytes; returns what lies beyond the end of the body (or null). Throws HttpError 400. */
   feed(data: Buffer): Buffer | null {
@@ -72,6 +83,7 @@ export class BodyFeeder {
   fail(err: Error): void {
     if (this.finished) return;
     this.finished = true;
+    this.failed = true;
     if (!this.cancelled) {
       try {
         this.ctrl.error(err instanceof HttpError ? err : new Error("client closed the connection mid-body", { cause: err }));
@@ -84,6 +96,7 @@ export class BodyFeeder {
   private emit(p: Uint8Array): void {
     if (p.byteLength === 0) return;
     this.bytes += p.byteLength;
+    if (this.bytes > this.maxBytes) throw new HttpError(413, `request body exceeds limits.max_body (${this.maxBytes} bytes)`);
     if (this.cancelled) return;
     this.ctrl.enqueue(p);
     if ((this.ctrl.desiredSize ?? 0) <= 0) this.flow.pause();

@@ -15,7 +15,8 @@ export interface TestCrm {
 }
 
 export async function startCrm(raw: Record<string, unknown>, level: LogLevel = "debug", resolver?: Resolver): Promise<TestCrm> {
-  const { config } = buildConfig({ listen: "127.0.0.1:0", log_level: level, ...raw }, "test.yaml");
+  // Every upstream in a test is on 127.0.0.1, which the SSRF guard refuses by default.
+  const { config } = buildConfig({ listen: "127.0.0.1:0", log_level: level, allow_private_networks: true, ...raw }, "test.yaml");
   const logs: string[] = [];
   const server = await CrmServer.start(config, { sink: (line) => logs.push(line), resolver });
   const port = server.port;
