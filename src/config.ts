@@ -9,12 +9,14 @@ import { ConfigError, ConfigErrors } from "./errors.ts";
 import { parseDuration } from "./duration.ts";
 import { compileHostPattern } from "./host-policy.ts";
 import { parseCidr } from "./cidr.ts";
-import { LOG_LEVELS, type LogLevel } from "./log.ts";
+import { LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { DEFAULT_REGISTRIES, type RegistryConfig } from "./registries.ts";
 
 export interface ListenAddress {
   hostname: string;
   port: number;
+  /** An absolute path: a unix socket instead of TCP. */
+  unix?: string;
   /** As written, for messages. */
   source: string;
 }
@@ -64,9 +66,27 @@ export interface Limits {
   maxBody: number;
 }
 
+export interface MetricsConfig {
+  enabled: boolean;
+  /** CIDR ranges that may read /metrics. */
+  clients: readonly string[];
+}
+
+export interface TlsListenConfig {
+  certPath: string;
+  keyPath: string;
+}
+
 export interface Config {
   /** The file this came from, for messages. */
   file: string;
+  /** Serve the listen port(s) over TLS (HTTPS mirror, HTTPS proxy); null for plain TCP. */
+  tls: TlsListenConfig | null;
+  /** File mode for unix-socket listeners. */
+  unixSocketMode: number;
+  metrics: MetricsConfig;
+  /** How clients reach this instance (for the index page), e.g. https://crm.example.com */
+  publicUrl: string | null;
   access: AccessConfig;
   limits: Limits;
   /** Let names resolve to loopback/private/link-local addresses (off: the SSRF guard). */
@@ -76,6 +96,7 @@ export interface Config {
   allowedPorts: readonly number[];
   insecureTls: boolean;
   logLevel: LogLevel;
+  logFormat: LogFormat;
   mitm: MitmConfig;
   mirror: MirrorConfig;
   timeouts: Timeouts;
@@ -236,6 +257,7 @@ function show(value: unknown): string {
 
 export function parseListen(value: unknown): ListenAddress | string {
   const source = String(value);
+  if (typeof value === "string" && value.startsWith("/")) return { hostname: "", port: 0, unix: value, source };
   if (typeof value === "number") value = String(value);
   if (typeof value !== "string") return 'must be a port or address such as ":8080", "8080", "127.0.0.1:8080" or "[::]:8080"';
   const s = value.trim();
@@ -252,7 +274,7 @@ export function parseListen(value: unknown): ListenAddress | string {
   return { hostname: host, port, source };
 }
 
-const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "allow_private_networks", "insecure_tls", "log_level", "access", "limits", "mitm", "mirror", "timeouts"] as const;
+const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "allow_private_networks", "insecure_tls", "log_level", "log_format", "access", "metrics", "tls", "unix_socket_mode", "public_url", "limits", "mitm", "mirror", "timeouts"] as const;
 
 export const DEFAULT_LIMITS: Limits = { maxConnections: 4096, maxConnectionsPerClient: 256, maxBody: 10 * 1024 ** 3 };
 
@@ -313,6 +335,12 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
     else c.fail("log_level", root.log_level, `must be one of ${LOG_LEVELS.join(", ")}`);
   }
 
+  let logFormat: LogFormat = "text";
+  if (root.log_format !== undefined && root.log_format !== null) {
+    if (root.log_format === "json" || root.log_format === "text") logFormat = root.log_format;
+    else c.fail("log_format", root.log_format, "must be text or json");
+  }
+
   const t = c.object("timeouts", root.timeouts, ["header", "connect", "idle", "shutdown_grace", "upstream_header"]) ?? {};
   const timeouts: Timeouts = {
     headerMs: c.duration("timeouts.header", t.header, DEFAULT_TIMEOUTS.headerMs),
@@ -340,8 +368,44 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
 
   const mirror = buildMirror(c, root.mirror, file);
 
+  const mt = c.object("metrics", root.metrics, ["enabled", "clients"]) ?? {};
+  const metricsClients = c.stringList("metrics.clients", mt.clients) ?? ["127.0.0.0/8", "::1/128"];
+  metricsClients.forEach((entry, i) => {
+    const r = parseCidr(entry);
+    if (typeof r === "string") c.fail(`metrics.clients[${i}]`, entry, r);
+  });
+  const metrics: MetricsConfig = { enabled: c.bool("metrics.enabled", mt.enabled, true), clients: metricsClients };
+
+  const tl = c.object("tls", root.tls, ["cert_path", "key_path"]);
+  let tls: TlsListenConfig | null = null;
+  if (tl !== null) {
+    const certPath = c.string("tls.cert_path", tl.cert_path);
+    const keyPath = c.string("tls.key_path", tl.key_path);
+    if (certPath === null || keyPath === null) c.fail("tls", "<incomplete>", "needs both cert_path and key_path");
+    else tls = { certPath: resolve(file, "..", certPath), keyPath: resolve(file, "..", keyPath) };
+  }
+
+  let unixSocketMode = 0o660;
+  if (root.unix_socket_mode !== undefined && root.unix_socket_mode !== null) {
+    const v = String(root.unix_socket_mode);
+    if (/^0?[0-7]{3}$/.test(v)) unixSocketMode = parseInt(v, 8);
+    else c.fail("unix_socket_mode", root.unix_socket_mode, 'must be an octal mode such as "0660"');
+  }
+
+  let publicUrl: string | null = null;
+  const pu = c.string("public_url", root.public_url);
+  if (pu !== null) {
+    try {
+      const u = new URL(pu);
+      if (u.protocol !== "http:" && u.protocol !== "https:") throw new Error("not http(s)");
+      publicUrl = u.href.replace(/\/$/, "");
+    } catch (cause) {
+      c.errors.push(new ConfigError("public_url", `${show(pu)} must be an http:// or https:// URL`, { cause }));
+    }
+  }
+
   if (c.errors.length > 0) throw new ConfigErrors(file, c.errors);
-  const config: Config = Object.freeze({ file, listen, allowedHosts, allowedPorts, allowPrivateNetworks, insecureTls, logLevel, access, limits, mitm, mirror, timeouts });
+  const config: Config = Object.freeze({ file, tls, unixSocketMode, metrics, publicUrl, listen, allowedHosts, allowedPorts, allowPrivateNetworks, insecureTls, logLevel, logFormat, access, limits, mitm, mirror, timeouts });
   return { config, warnings: c.warnings };
 }
 

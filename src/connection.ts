@@ -10,6 +10,7 @@ import { BodyFeeder } from "./http/body.ts";
 import { headerValue, readRequestHead, requestFraming, wantsKeepAlive, type RequestHead } from "./http/head.ts";
 import { errorHead, writeResponse } from "./http/response.ts";
 import { formatHeaders, redactUrl } from "./log.ts";
+import type { RequestKind } from "./metrics.ts";
 import { Outbox } from "./outbox.ts";
 import { route, type Authority, type Route } from "./router.ts";
 
@@ -27,6 +28,8 @@ export interface Exchange {
   signal: AbortSignal;
   /** Fields the handler wants on the request's log line (token state, registry, ...). */
   logFields: Record<string, string | number>;
+  /** Set by a local route that is really a feature of its own (the mirror), for logs and metrics. */
+  kind?: RequestKind;
 }
 
 export interface Dispatcher {
@@ -280,6 +283,7 @@ export class Connection {
       r = route(head, this.rt.policy, this.secureAuthority);
     } catch (e) {
       const err = e as HttpError;
+      this.rt.metrics.observe(head.method === "CONNECT" ? "connect" : "forward", err.status, 0, 0, (performance.now() - started) / 1000);
       if (err.status === 403) this.rt.log.info("refused", { client: this.client, method: head.method, target: redactUrl(head.target), reason: err.message });
       this.fail(err);
       return;
@@ -361,6 +365,7 @@ export class Connection {
     if (this.bodyError) e = this.bodyError;
     if (e instanceof HttpError || e instanceof DialError) {
       const status = e.status;
+      if (e instanceof DialError) this.rt.metrics.upstreamError(e.reason);
       if (e instanceof DialError) this.rt.log.warn("upstream failed", { client: this.client, target: redactUrl(ex.head.target), reason: e.message });
       const headers: Record<string, string> = { "content-type": "text/plain; charset=utf-8", ...(e instanceof HttpError ? e.headers : {}) };
       const body = `crm: ${e.message.replace(/^crm: /, "")}\n`;
@@ -373,14 +378,16 @@ export class Connection {
   }
 
   private logRequest(ex: Exchange, status: number, bytesOut: number, started: number, note?: string): void {
-    const kind = this.secureAuthority ? "mitm" : ex.route.kind;
+    const kind: RequestKind = this.secureAuthority ? "mitm" : (ex.kind ?? ex.route.kind);
+    const ms = performance.now() - started;
+    this.rt.metrics.observe(kind, status, this.feeder?.bytes ?? 0, bytesOut, ms / 1000);
     this.rt.log.info(`${ex.head.method} ${redactUrl(ex.route.kind === "forward" ? ex.route.url.href : ex.head.target)}`, {
       kind,
       client: this.client,
       status,
       in: this.feeder?.bytes ?? 0,
       out: bytesOut,
-      ms: Math.round(performance.now() - started),
+      ms: Math.round(ms),
       ...ex.logFields,
       note,
     });

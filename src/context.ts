@@ -1,33 +1,50 @@
 /**
- * What every request handler reads: the immutable Config, the HostPolicy built from it, the
- * logger, and the few things that change at run time (draining on shutdown).
+ * What every request handler reads: the Config, the HostPolicy and AccessControl built from it,
+ * the logger, and the metrics. A reload (SIGHUP) swaps the config-derived fields in one step
+ * between two events; a request already running keeps the objects it read at its start.
  */
 import type { Config } from "./config.ts";
+import { AccessControl } from "./access.ts";
 import { HostPolicy } from "./host-policy.ts";
 import { Logger, type LogSink } from "./log.ts";
+import { Metrics } from "./metrics.ts";
 import { guardedResolver, systemResolver, type Resolver } from "./resolver.ts";
-import { AccessControl } from "./access.ts";
 
 export interface Runtime {
-  readonly config: Config;
-  readonly policy: HostPolicy;
-  readonly log: Logger;
+  config: Config;
+  policy: HostPolicy;
+  log: Logger;
+  access: AccessControl;
   /** How upstream names are looked up, behind the SSRF guard (tests map names to 127.0.0.1). */
   readonly resolve: Resolver;
-  readonly access: AccessControl;
+  readonly metrics: Metrics;
   /** Set on SIGTERM: /healthz answers 503 and kept-alive connections are closed after their response. */
   draining: boolean;
   readonly startedAt: number;
+  readonly sink: LogSink | undefined;
 }
 
 export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver = systemResolver): Runtime {
-  return {
+  const startedAt = Date.now();
+  const rt: Runtime = {
     config,
-    resolve: guardedResolver(resolve, () => config.allowPrivateNetworks),
-    access: new AccessControl(config),
     policy: new HostPolicy(config.allowedHosts, config.allowedPorts),
-    log: new Logger({ level: config.logLevel, sink }),
+    log: new Logger({ level: config.logLevel, format: config.logFormat, sink }),
+    access: new AccessControl(config),
+    // Read through rt so a reload that flips allow_private_networks applies at once.
+    resolve: guardedResolver(resolve, () => rt.config.allowPrivateNetworks),
+    metrics: new Metrics(startedAt),
     draining: false,
-    startedAt: Date.now(),
+    startedAt,
+    sink,
   };
+  return rt;
+}
+
+/** Applies a new config to a running runtime (SIGHUP). */
+export function applyConfig(rt: Runtime, config: Config): void {
+  rt.config = config;
+  rt.policy = new HostPolicy(config.allowedHosts, config.allowedPorts);
+  rt.log = new Logger({ level: config.logLevel, format: config.logFormat, sink: rt.sink });
+  rt.access = new AccessControl(config);
 }

@@ -4,7 +4,7 @@
  * enforces the header and idle deadlines of every connection with one timer, instead of one
  * timer per socket.
  */
-import type { Socket, SocketHandler, TCPSocketListener } from "bun";
+import type { Socket, SocketHandler, SocketListener } from "bun";
 import type { ListenAddress } from "./config.ts";
 import { Connection, type Dispatcher, type SocketData } from "./connection.ts";
 import type { Runtime } from "./context.ts";
@@ -113,22 +113,36 @@ export class Admission {
   }
 }
 
-export function listen(addr: ListenAddress, rt: Runtime, dispatch: Dispatcher, conns: ConnectionSet, admission: Admission): TCPSocketListener<SocketData> {
-  const handlers = connectionHandlers(conns, (s) => new Connection(s, rt, dispatch));
-  return Bun.listen<SocketData>({
-    hostname: addr.hostname,
-    port: addr.port,
-    allowHalfOpen: true,
-    data: { conn: null },
-    socket: {
-      ...handlers,
-      open(s) {
-        if (admission.admit(s)) handlers.open?.(s);
-      },
-      close(s, err) {
-        if (s.data.conn !== null) admission.release(s.data.conn.client);
-        handlers.close?.(s, err);
-      },
-    },
-  });
+export interface ListenTls {
+  cert: string;
+  key: string;
 }
+
+/** One Bun.listen on a TCP address or a unix socket, optionally TLS (the HTTPS listener). */
+export function listen(
+  addr: ListenAddress,
+  rt: Runtime,
+  dispatch: Dispatcher,
+  conns: ConnectionSet,
+  admission: Admission,
+  tls: ListenTls | null,
+): SocketListener<SocketData> {
+  const handlers = connectionHandlers(conns, (s) => new Connection(s, rt, dispatch));
+  const socket: SocketHandler<SocketData> = {
+    ...handlers,
+    open(s) {
+      if (admission.admit(s)) handlers.open?.(s);
+    },
+    close(s, err) {
+      if (s.data.conn !== null) admission.release(s.data.conn.client);
+      handlers.close?.(s, err);
+    },
+  };
+  const common = { allowHalfOpen: true, data: { conn: null }, socket, ...(tls ? { tls: { ...tls, ALPNProtocols: ALPN_HTTP1 } } : {}) };
+  return addr.unix !== undefined
+    ? Bun.listen<SocketData>({ unix: addr.unix, ...common })
+    : Bun.listen<SocketData>({ hostname: addr.hostname, port: addr.port, ...common });
+}
+
+/** ALPN in wire format (length-prefixed): crm speaks HTTP/1.1 only. */
+export const ALPN_HTTP1 = Buffer.from("\x08http/1.1", "latin1");

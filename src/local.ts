@@ -5,6 +5,8 @@
 import type { Exchange } from "./connection.ts";
 import type { Runtime } from "./context.ts";
 import { headerValue } from "./http/head.ts";
+import { CidrList } from "./cidr.ts";
+import { renderIndex } from "./index-page.ts";
 
 export type LocalHandler = (ex: Exchange, rt: Runtime) => Promise<Response> | Response;
 
@@ -22,6 +24,21 @@ function healthz(ex: Exchange, rt: Runtime): Response {
   return rt.draining ? text(503, "shutting down") : text(200, "ok");
 }
 
+function metrics(ex: Exchange, rt: Runtime): Response {
+  const { enabled, clients } = rt.config.metrics;
+  if (!enabled) return text(404, "crm: metrics are disabled (metrics.enabled)");
+  if (new CidrList(clients).match(ex.client) === null) return text(403, "crm: your address is not in metrics.clients");
+  const body = rt.metrics.render();
+  return new Response(body, {
+    headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8", "content-length": String(Buffer.byteLength(body)) },
+  });
+}
+
+function indexPage(rt: Runtime): Response {
+  const body = renderIndex(rt.config);
+  return new Response(body, { headers: { "content-type": "text/html; charset=utf-8", "content-length": String(Buffer.byteLength(body)) } });
+}
+
 export interface LocalRoutes {
   /** Handles `/v2/...` when the mirror is enabled (set by the mirror module). */
   mirror: LocalHandler | null;
@@ -31,8 +48,11 @@ export async function local(ex: Exchange, rt: Runtime, routes: LocalRoutes): Pro
   if (ex.route.kind !== "local") throw new Error("local() called for a non-local route");
   const path = ex.route.path.split("?")[0] ?? "";
   if (path === "/healthz") return healthz(ex, rt);
+  if (path === "/metrics") return metrics(ex, rt);
+  if (path === "/" && (ex.head.method === "GET" || ex.head.method === "HEAD")) return indexPage(rt);
   const mirrorPath = routes.mirror ? stripMirrorPrefix(ex.route.path, rt.config.mirror.pathPrefix) : null;
   if (routes.mirror && mirrorPath !== null) {
+    ex.kind = "mirror";
     await rt.access.authenticate("mirror", headerValue(ex.head.headers, "authorization"), ex.client);
     return routes.mirror({ ...ex, route: { kind: "local", path: mirrorPath } }, rt);
   }

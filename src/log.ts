@@ -14,8 +14,12 @@ const stderrSink: LogSink = (line) => {
   process.stderr.write(line + "\n");
 };
 
+export type LogFormat = "text" | "json";
+
 export interface LoggerOptions {
   level: LogLevel;
+  /** json: one object per line with stable fields: time, level, msg, then the line's fields. */
+  format?: LogFormat;
   sink?: LogSink;
   /** Colours only when a person is watching: a TTY, and NO_COLOR unset. */
   color?: boolean;
@@ -26,9 +30,11 @@ export class Logger {
   private readonly min: number;
   private readonly sink: LogSink;
   private readonly color: boolean;
+  private readonly json: boolean;
 
   constructor(opts: LoggerOptions) {
     this.level = opts.level;
+    this.json = opts.format === "json";
     this.min = rank[opts.level];
     this.sink = opts.sink ?? stderrSink;
     this.color = opts.color ?? (Boolean(process.stderr.isTTY) && !process.env.NO_COLOR);
@@ -53,6 +59,12 @@ export class Logger {
 
   private write(level: LogLevel, msg: string, fields?: LogFields): void {
     if (rank[level] < this.min) return;
+    if (this.json) {
+      const o: Record<string, unknown> = { time: new Date().toISOString(), level, msg };
+      if (fields) for (const [k, v] of Object.entries(fields)) if (v !== undefined && !(k in o)) o[k] = v;
+      this.sink(JSON.stringify(o), level);
+      return;
+    }
     const c = this.color ? pc : noColor;
     const tag = { debug: c.gray("DEBUG"), info: c.cyan("INFO "), warn: c.yellow("WARN "), error: c.red("ERROR") }[level];
     let line = `${c.dim(new Date().toISOString())} ${tag} ${msg}`;

@@ -66,6 +66,16 @@ async function main(argv: string[]): Promise<void> {
     server.rt.log.info(`${sig} received`);
     void server.shutdown().then(() => process.exit(0));
   };
+  process.on("SIGHUP", () => {
+    // An invalid new config is refused with an error line; the running one stays.
+    try {
+      const next = loadConfigFile(config.file);
+      for (const w of next.warnings) server.rt.log.warn(`config: ${w}`);
+      server.reload(next.config).catch((e: unknown) => server.rt.log.error("reload refused; keeping the running configuration", { error: (e as Error).message }));
+    } catch (e) {
+      server.rt.log.error("reload refused; keeping the running configuration", { error: (e as Error).message });
+    }
+  });
   process.on("SIGTERM", () => onSignal("SIGTERM"));
   process.on("SIGINT", () => onSignal("SIGINT"));
 }

@@ -10,13 +10,12 @@ import type { Config } from "./config.ts";
 import { Connection, type Dispatcher, type SocketData } from "./connection.ts";
 import type { Runtime } from "./context.ts";
 import { HostMatcher } from "./host-policy.ts";
-import { connectionHandlers, type ConnectionSet } from "./listener.ts";
+import { ALPN_HTTP1, connectionHandlers, type ConnectionSet } from "./listener.ts";
 import { CertCache, LeafIssuer, caWarnings, loadCa, type Ca } from "./pki/index.ts";
 import { formatHostPort } from "./router.ts";
 
 const ESTABLISHED = "HTTP/1.1 200 Connection Established\r\n\r\n";
-/** ALPN in wire format (length-prefixed): only HTTP/1.1 is offered, since that is what crm parses. */
-const ALPN_HTTP1 = Buffer.from("\x08http/1.1", "latin1");
+
 
 interface TlsData extends SocketData {
   handshaken: boolean;

@@ -1,20 +1,22 @@
 /**
  * Assembles a running crm from a Config: the runtime, the dispatcher that sends each route to
- * its handler, one listener per address, and graceful shutdown.
+ * its handler, one listener per address, reload on SIGHUP, and graceful shutdown.
  */
-import type { TCPSocketListener } from "bun";
+import { readFileSync } from "node:fs";
+import type { SocketListener } from "bun";
 import type { Config } from "./config.ts";
 import type { Connection, Dispatcher, SocketData } from "./connection.ts";
-import { createRuntime, type Runtime } from "./context.ts";
+import { applyConfig, createRuntime, type Runtime } from "./context.ts";
 import { forward } from "./forward.ts";
-import { Admission, ConnectionSet, listen } from "./listener.ts";
+import { Admission, ConnectionSet, listen, type ListenTls } from "./listener.ts";
 import { local, type LocalRoutes } from "./local.ts";
+import type { LogSink } from "./log.ts";
 import { createMirrorHandler } from "./mirror/index.ts";
 import { Mitm } from "./mitm.ts";
-import type { LogSink } from "./log.ts";
 import type { Resolver } from "./resolver.ts";
 import { formatHostPort } from "./router.ts";
 import { openTunnel } from "./tunnel.ts";
+import { prepareUnixPath, removeSocket, setSocketMode, socketInode } from "./unix-socket.ts";
 
 export interface StartOptions {
   /** Where log lines go (tests read them); stderr by default. */
@@ -22,60 +24,153 @@ export interface StartOptions {
   resolver?: Resolver;
 }
 
-/** Hooks later features plug in: the mirror at /v2/, MITM on CONNECT. */
+/** Hooks features plug in: the mirror at /v2/, MITM on CONNECT. */
 export interface Extensions extends LocalRoutes {
   intercept: ((conn: Connection, host: string, port: number, rest: Buffer) => boolean) | null;
 }
 
+interface Bound {
+  listener: SocketListener<SocketData>;
+  /** For a unix socket: its path and inode, so only our own socket is removed at exit. */
+  unix: { path: string; inode: number } | null;
+}
+
+/** Reads the HTTPS listener's certificate and key; failures name the file. */
+function readListenTls(config: Config): ListenTls | null {
+  if (config.tls === null) return null;
+  const read = (path: string, what: string): string => {
+    try {
+      return readFileSync(path, "utf8");
+    } catch (cause) {
+      throw new Error(`tls.${what}: cannot read ${path}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}`, { cause });
+    }
+  };
+  return { cert: read(config.tls.certPath, "cert_path"), key: read(config.tls.keyPath, "key_path") };
+}
+
+/** Everything a config needs loaded from disk, read before anything is applied. */
+interface Prepared {
+  config: Config;
+  tls: ListenTls | null;
+  mitm: Awaited<ReturnType<typeof Mitm.load>> | null;
+}
+
+async function prepare(config: Config): Promise<Prepared> {
+  const tls = readListenTls(config);
+  const mitm = config.mitm.enabled ? await Mitm.load(config) : null;
+  return { config, tls, mitm };
+}
+
 export class CrmServer {
-  private readonly listeners: TCPSocketListener<SocketData>[] = [];
+  private bound: Bound[] = [];
   private readonly conns = new ConnectionSet();
+  private readonly admission: Admission;
+  private readonly dispatch: Dispatcher;
   private stopping: Promise<void> | null = null;
+  private tls: ListenTls | null = null;
   /** Set when MITM is enabled. */
   mitm: Mitm | null = null;
 
   private constructor(
     readonly rt: Runtime,
     private readonly ext: Extensions,
-  ) {}
-
-  static async start(config: Config, opts: StartOptions = {}): Promise<CrmServer> {
-    const rt = createRuntime(config, opts.sink, opts.resolver);
-    const ext: Extensions = { mirror: config.mirror.enabled ? createMirrorHandler(rt) : null, intercept: null };
-    const server = new CrmServer(rt, ext);
-    const dispatch: Dispatcher = {
+  ) {
+    this.admission = new Admission(rt);
+    this.dispatch = {
       http: (ex) => (ex.route.kind === "forward" ? forward(ex, rt) : local(ex, rt, ext)),
       connect: (conn, r, _head, rest) => {
         if (ext.intercept?.(conn, r.host, r.port, rest)) return;
         openTunnel(conn, r.host, r.port, rest);
       },
     };
-    if (config.mitm.enabled) {
-      const { ca, warnings } = await Mitm.load(config);
-      for (const w of warnings) rt.log.warn(`MITM CA: ${w}`);
-      const mitm = new Mitm(rt, ca, server.conns, dispatch);
-      server.mitm = mitm;
-      ext.intercept = (conn, host, port, rest) => mitm.intercept(conn, host, port, rest);
-      rt.log.warn("MITM enabled: CONNECT traffic is decrypted; use for debugging only", { ca: config.mitm.caCertPath, hosts: config.mitm.hosts?.join(",") ?? "all allowed" });
-    }
+    rt.metrics.gauges = { connections: () => this.conns.all.size, certificates: () => this.mitm?.cachedCertificates ?? 0 };
+  }
+
+  static async start(config: Config, opts: StartOptions = {}): Promise<CrmServer> {
+    const prepared = await prepare(config);
+    const rt = createRuntime(config, opts.sink, opts.resolver);
+    const server = new CrmServer(rt, { mirror: null, intercept: null });
+    server.applyFeatures(prepared);
     try {
-      const admission = new Admission(rt);
-      for (const addr of config.listen) server.listeners.push(listen(addr, rt, dispatch, server.conns, admission));
+      for (const addr of config.listen) server.bound.push(await server.bind(addr));
     } catch (cause) {
       server.stopNow();
       throw new Error(`cannot listen: ${(cause as Error).message}`, { cause });
     }
-    for (const l of server.listeners) rt.log.info("listening", { address: formatHostPort(l.hostname, l.port) });
+    for (const b of server.bound) rt.log.info("listening", { address: server.describe(b), tls: config.tls ? "on" : undefined });
     return server;
   }
 
-  /** Actual bound addresses (port 0 resolved). */
+  private async bind(addr: Config["listen"][number]): Promise<Bound> {
+    if (addr.unix !== undefined) {
+      await prepareUnixPath(addr.unix);
+      const listener = listen(addr, this.rt, this.dispatch, this.conns, this.admission, this.tls);
+      setSocketMode(addr.unix, this.rt.config.unixSocketMode);
+      return { listener, unix: { path: addr.unix, inode: socketInode(addr.unix) } };
+    }
+    return { listener: listen(addr, this.rt, this.dispatch, this.conns, this.admission, this.tls), unix: null };
+  }
+
+  private describe(b: Bound): string {
+    if (b.unix) return b.unix.path;
+    const l = b.listener as SocketListener<SocketData> & { hostname: string; port: number };
+    return formatHostPort(l.hostname, l.port);
+  }
+
+  /** Mirror and MITM, from a prepared config (start-up and reload). */
+  private applyFeatures(p: Prepared): void {
+    const { rt, ext } = this;
+    this.tls = p.tls;
+    ext.mirror = p.config.mirror.enabled ? createMirrorHandler(rt) : null;
+    if (p.mitm) {
+      for (const w of p.mitm.warnings) rt.log.warn(`MITM CA: ${w}`);
+      const mitm = new Mitm(rt, p.mitm.ca, this.conns, this.dispatch);
+      this.mitm = mitm;
+      ext.intercept = (conn, host, port, rest) => mitm.intercept(conn, host, port, rest);
+      rt.log.warn("MITM enabled: CONNECT traffic is decrypted; use for debugging only", { ca: p.config.mitm.caCertPath, hosts: p.config.mitm.hosts?.join(",") ?? "all allowed" });
+    } else {
+      this.mitm = null;
+      ext.intercept = null;
+    }
+  }
+
+  /**
+   * SIGHUP: applies a new config without dropping connections. Everything the new config needs
+   * from disk (TLS certificate, MITM CA) is read first; if any of it fails, the old config stays.
+   * Listen addresses cannot change without a restart.
+   */
+  async reload(config: Config): Promise<void> {
+    const { rt } = this;
+    const same = (a: Config["listen"], b: Config["listen"]): boolean => JSON.stringify(a) === JSON.stringify(b);
+    const prepared = await prepare(config);
+    if (!same(config.listen, rt.config.listen)) rt.log.warn("listen addresses changed; they apply after a restart");
+    const tlsChanged = JSON.stringify(prepared.tls) !== JSON.stringify(this.tls);
+    applyConfig(this.rt, config);
+    this.applyFeatures(prepared);
+    if (tlsChanged && prepared.tls !== null) {
+      // Bun cannot swap a listener's certificate: re-listen on the same address. Open
+      // connections belong to the old listener's sockets and carry on.
+      for (const b of this.bound) {
+        if (b.unix) continue;
+        const l = b.listener as SocketListener<SocketData> & { hostname: string; port: number };
+        const addr = { hostname: l.hostname, port: l.port, source: "" };
+        l.stop(false);
+        b.listener = listen(addr, rt, this.dispatch, this.conns, this.admission, this.tls);
+      }
+    } else if (tlsChanged) rt.log.warn("tls removed from the config; the listener stays TLS until a restart");
+    rt.log.info("configuration reloaded", { file: config.file, allowed_hosts: config.allowedHosts.length, registries: config.mirror.registries.size });
+  }
+
+  /** Actual bound addresses (port 0 resolved); unix sockets have port 0. */
   get addresses(): Array<{ hostname: string; port: number }> {
-    return this.listeners.map((l) => ({ hostname: l.hostname, port: l.port }));
+    return this.bound.map((b) => {
+      const l = b.listener as SocketListener<SocketData> & { hostname?: string; port?: number };
+      return { hostname: l.hostname ?? b.unix?.path ?? "", port: l.port ?? 0 };
+    });
   }
 
   get port(): number {
-    return this.listeners[0]?.port ?? 0;
+    return this.addresses.find((a) => a.port !== 0)?.port ?? 0;
   }
 
   get connectionCount(): number {
@@ -94,7 +189,7 @@ export class CrmServer {
   private async drain(): Promise<void> {
     const { rt } = this;
     rt.draining = true;
-    for (const l of this.listeners) l.stop(false);
+    for (const b of this.bound) b.listener.stop(false);
     const graceEnd = Date.now() + rt.config.timeouts.shutdownGraceMs;
     rt.log.info("shutting down", { connections: this.conns.all.size, grace_ms: rt.config.timeouts.shutdownGraceMs });
     while (this.conns.all.size > 0 && Date.now() < graceEnd) {
@@ -107,7 +202,10 @@ export class CrmServer {
 
   stopNow(): void {
     for (const c of this.conns.all) c.socket.terminate();
-    for (const l of this.listeners) l.stop(true);
+    for (const b of this.bound) {
+      b.listener.stop(true);
+      if (b.unix) removeSocket(b.unix.path, b.unix.inode);
+    }
     this.conns.stop();
   }
 }

@@ -64,6 +64,8 @@ class Tunnel {
       up = await dial<UpstreamData>(conn.rt.resolve, host, port, conn.rt.config.timeouts.connectMs, upstreamHandlers, { tunnel: null });
     } catch (e) {
       const err = e as DialError;
+      conn.rt.metrics.upstreamError(err.reason);
+      conn.rt.metrics.observe("connect", err.status, 0, 0, (performance.now() - this.started) / 1000);
       conn.rt.log.warn("tunnel dial failed", { client: conn.client, target: this.target, reason: err.message });
       this.done = true;
       conn.fail(err);
@@ -75,6 +77,7 @@ class Tunnel {
     }
     up.data.tunnel = this;
     this.upstream = up;
+    conn.rt.metrics.tunnelOpened();
     this.upOut = new Outbox(up as Socket<unknown>);
     // Upstream accepted more: let the client send again.
     this.upOut.onDrained(() => {
@@ -172,6 +175,9 @@ class Tunnel {
     if (this.done) return;
     this.done = true;
     const { conn } = this;
+    const seconds = (performance.now() - this.started) / 1000;
+    if (this.upstream) conn.rt.metrics.tunnelClosed();
+    conn.rt.metrics.observe("connect", this.upstream ? 200 : 0, this.bytesUp, this.bytesDown, seconds);
     conn.rt.log.info(`CONNECT ${this.target}`, {
       kind: "connect",
       client: conn.client,

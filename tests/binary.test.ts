@@ -54,7 +54,7 @@ test("binary: version, check, proxy, healthz, SIGTERM → exit 0", async () => {
   expect(version.stdout).toMatch(/^crm \d+\.\d+\.\d+/);
 
   const cfg = join(dir, "config.yaml");
-  writeFileSync(cfg, `listen: "127.0.0.1:0"\nallowed_hosts: ["127.0.0.1"]\nallowed_ports: [${origin.port}]\n`);
+  writeFileSync(cfg, `listen: "127.0.0.1:0"\nallow_private_networks: true\nallowed_hosts: ["127.0.0.1"]\nallowed_ports: [${origin.port}]\n`);
   const check = await run([binary, "-t", "-c", cfg]);
   expect(check.code).toBe(0);
   expect(check.stdout).toContain("configuration OK");
