@@ -195,11 +195,12 @@ export class Connection {
   }
 
   /** Sends a complete error answer, then closes once it is flushed. */
-  fail(err: HttpError | DialError): void {
+  fail(err: HttpError | DialError, method = "GET"): void {
     if (this.phase === "closed") return;
-    const status = err.status;
+    // Anything else thrown while reading a request is still answered as a bad request.
+    if (!(err instanceof HttpError) && !(err instanceof DialError)) err = new HttpError(400, "malformed request", { cause: err });
     const headers = err instanceof HttpError ? err.headers : {};
-    this.outbox.write(errorHead(status, err.message, headers));
+    this.outbox.write(errorHead(err.status, err.message, headers, method));
     void this.closeAfterFlush();
   }
 
@@ -274,7 +275,7 @@ export class Connection {
         await this.rt.access.authenticate("proxy", headerValue(head.headers, "proxy-authorization"), this.client);
       } catch (e) {
         this.rt.log.info("proxy authentication failed", { client: this.client, method: head.method, target: redactUrl(head.target), status: (e as HttpError).status });
-        this.fail(e as HttpError);
+        this.fail(e as HttpError, head.method);
         return;
       }
     }
@@ -285,7 +286,7 @@ export class Connection {
       const err = e as HttpError;
       this.rt.metrics.observe(head.method === "CONNECT" ? "connect" : "forward", err.status, 0, 0, (performance.now() - started) / 1000);
       if (err.status === 403) this.rt.log.info("refused", { client: this.client, method: head.method, target: redactUrl(head.target), reason: err.message });
-      this.fail(err);
+      this.fail(err, head.method);
       return;
     }
     if (r.kind === "connect") {
@@ -310,7 +311,7 @@ export class Connection {
         if (expect !== null && r.kind === "forward" && rest.length === 0) this.outbox.write("HTTP/1.1 100 Continue\r\n\r\n");
       }
     } catch (e) {
-      this.fail(e as HttpError);
+      this.fail(e as HttpError, head.method);
       return;
     }
 

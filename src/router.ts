@@ -58,11 +58,12 @@ export function route(head: RequestHead, policy: HostPolicy, secureAuthority: Au
     if (secureAuthority) throw new HttpError(400, "CONNECT inside an intercepted tunnel");
     const a = parseAuthority(t, null);
     refuse(policy, a.host, a.port);
+    exactUrl(`https://${formatHostPort(a.host, a.port)}/`, a.host);
     return { kind: "connect", host: a.host, port: a.port };
   }
   if (t.startsWith("/")) {
     if (secureAuthority) {
-      const url = new URL(`https://${formatHostPort(secureAuthority.host, secureAuthority.port)}${t}`);
+      const url = exactUrl(`https://${formatHostPort(secureAuthority.host, secureAuthority.port)}${t}`, secureAuthority.host);
       return { kind: "forward", url, ...secureAuthority };
     }
     return { kind: "local", path: t };
@@ -77,6 +78,20 @@ export function route(head: RequestHead, policy: HostPolicy, secureAuthority: Au
   refuse(policy, a.host, a.port);
   let path = m[3] ?? "/";
   if (path.startsWith("?")) path = "/" + path;
-  const url = new URL(`${scheme}://${formatHostPort(a.host, a.port)}${path}`);
-  return { kind: "forward", url, host: a.host, port: a.port };
+  return { kind: "forward", url: exactUrl(`${scheme}://${formatHostPort(a.host, a.port)}${path}`, a.host), host: a.host, port: a.port };
+}
+
+/**
+ * Builds the upstream URL and insists the URL parser kept the host the allow-list saw: WHATWG
+ * turns `2130706433`, `0x7f.1` or `127.1` into 127.0.0.1, and refuses `10.1.2.999` outright.
+ */
+function exactUrl(text: string, host: string): URL {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch (cause) {
+    throw new HttpError(400, `invalid host ${JSON.stringify(host.slice(0, 100))}`, { cause });
+  }
+  if (url.hostname.replace(/^\[|\]$/g, "") !== host) throw new HttpError(400, `ambiguous host ${JSON.stringify(host.slice(0, 100))}`);
+  return url;
 }

@@ -34,6 +34,10 @@ export class ChunkedDecoder {
         continue;
       }
       const byte = input[i++] as number;
+      // After chunk data comes exactly CRLF; anything else is a framing error at once.
+      if (this.state === "data-crlf" && (this.line === "" ? byte !== 0x0d : byte !== 0x0a)) {
+        throw new HttpError(400, "missing CRLF after chunk data");
+      }
       if (byte !== 0x0a) {
         if (this.line.length >= MAX_LINE) throw new HttpError(400, "chunk line too long");
         this.line += String.fromCharCode(byte);
@@ -60,9 +64,10 @@ export class ChunkedDecoder {
 
 function parseChunkSize(line: string): number {
   const semi = line.indexOf(";");
-  const hex = (semi < 0 ? line : line.slice(0, semi)).trimEnd();
+  // Only SP/HTAB may stand between the size and its extension (BWS, RFC 9112 §7.1.1).
+  const hex = (semi < 0 ? line : line.slice(0, semi)).replace(/[ \t]+$/, "");
   // At most 12 hex digits (256 TiB): larger values are attacks on the arithmetic, not bodies.
   if (!/^[0-9a-fA-F]{1,12}$/.test(hex)) throw new HttpError(400, `invalid chunk size ${JSON.stringify(hex.slice(0, 20))}`);
-  if (line.slice(semi + 1).includes("\r") && semi >= 0) throw new HttpError(400, "bare CR in chunk extension");
+  if (semi >= 0 && /[\x00-\x08\x0a-\x1f\x7f]/.test(line.slice(semi + 1))) throw new HttpError(400, "control character in chunk extension");
   return parseInt(hex, 16);
 }

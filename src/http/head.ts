@@ -26,6 +26,11 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 // NUL, LF inside a value) is refused (RFC 9110 §5.5).
 const BAD_VALUE = /[\x00-\x08\x0a-\x1f\x7f]/;
 
+/** Strips optional whitespace: SP and HTAB only, never the Unicode spaces String.trim() knows. */
+function ows(s: string): string {
+  return s.replace(/^[ \t]+|[ \t]+$/g, "");
+}
+
 export type HeadResult = { kind: "incomplete" } | { kind: "head"; head: RequestHead; rest: Buffer };
 
 /**
@@ -35,6 +40,8 @@ export type HeadResult = { kind: "incomplete" } | { kind: "head"; head: RequestH
 export function readRequestHead(buf: Buffer): HeadResult {
   let start = 0;
   while (buf.length >= start + 2 && buf[start] === 0x0d && buf[start + 1] === 0x0a) start += 2;
+  // One or two stray CRLFs are tolerated; a flood of them is not a request.
+  if (start > MAX_REQUEST_LINE) throw new HttpError(400, "too many empty lines before the request line");
   if (start > 0) buf = buf.subarray(start);
   const end = buf.indexOf(CRLFCRLF);
   const lineEnd = buf.indexOf(0x0a);
@@ -69,9 +76,11 @@ function parseHead(text: string): RequestHead {
     const colon = line.indexOf(":");
     if (colon <= 0) throw new HttpError(400, "malformed header line");
     const name = line.slice(0, colon);
-    if (!TOKEN.test(name)) throw new HttpError(400, `invalid header name ${JSON.stringify(name.slice(0, 64))}`);
-    const value = line.slice(colon + 1).trim();
-    if (BAD_VALUE.test(value)) throw new HttpError(400, `control character in header ${name}`);
+    if (!TOKEN.test(name)) throw new HttpError(400, "invalid header name");
+    const raw = line.slice(colon + 1);
+    if (BAD_VALUE.test(raw)) throw new HttpError(400, `control character in header ${name}`);
+    // RFC 9110 §5.6.3: String.trim() would also eat NBSP, letting "5\xa0" pass as Content-Length 5.
+    const value = ows(raw);
     headers.push([name, value]);
   }
   return { method, target, version, headers, size: 0 };
@@ -102,14 +111,14 @@ export function requestFraming(head: RequestHead): BodyFraming {
   if (te.length > 0 && cl.length > 0) throw new HttpError(400, "both Content-Length and Transfer-Encoding");
   if (te.length > 0) {
     if (head.version === "HTTP/1.0") throw new HttpError(400, "Transfer-Encoding in an HTTP/1.0 request");
-    const codings = te.join(",").split(",").map((s) => s.trim().toLowerCase()).filter((s) => s !== "");
+    const codings = te.join(",").split(",").map((s) => ows(s).toLowerCase()).filter((s) => s !== "");
     if (codings.length !== 1 || codings[0] !== "chunked") {
       throw new HttpError(codings.at(-1) === "chunked" ? 501 : 400, `unsupported Transfer-Encoding ${JSON.stringify(te.join(", "))}`);
     }
     return { kind: "chunked" };
   }
   if (cl.length > 0) {
-    const values = new Set(cl.join(",").split(",").map((s) => s.trim()));
+    const values = new Set(cl.join(",").split(",").map(ows));
     if (values.size !== 1) throw new HttpError(400, "conflicting Content-Length values");
     const [v = ""] = values;
     if (!/^\d{1,15}$/.test(v)) throw new HttpError(400, "invalid Content-Length");

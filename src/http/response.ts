@@ -89,10 +89,14 @@ export async function writeResponse(out: Outbox, res: Response, opts: WriteOptio
   return { bytes, complete, keepAlive: keepAlive && complete };
 }
 
-/** A complete error answer: text body, exact length, then the caller closes. */
-export function errorHead(status: number, message: string, extra: Record<string, string> = {}): string {
-  const body = message + "\n";
-  let head = `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? "Error"}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n`;
+/**
+ * A complete error answer: UTF-8 text body with its exact length (none for HEAD, RFC 9110
+ * §9.3.2), then the caller closes.
+ */
+export function errorHead(status: number, message: string, extra: Record<string, string> = {}, method = "GET"): Buffer {
+  const body = Buffer.from(message + "\n", "utf8");
+  let head = `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? "Error"}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${body.byteLength}\r\n`;
   for (const [k, v] of Object.entries(extra)) head += `${k}: ${v}\r\n`;
-  return head + "connection: close\r\n\r\n" + body;
+  const h = Buffer.from(head + "connection: close\r\n\r\n", "latin1");
+  return method === "HEAD" ? h : Buffer.concat([h, body]);
 }
