@@ -230,6 +230,12 @@ export class Connection {
   private readHead(): void {
     const buf = this.buf;
     if (buf === null) return;
+    // 0x16 starts a TLS handshake record, never an HTTP method: a client trying https on a
+    // plain port (skopeo does before falling back). Refusing at once lets it fall back now.
+    if (buf[0] === 0x16) {
+      this.fail(new HttpError(400, "TLS handshake received on a plain-HTTP port"));
+      return;
+    }
     let r;
     try {
       r = readRequestHead(buf);

@@ -17,6 +17,11 @@ export interface Runtime {
   access: AccessControl;
   /** How upstream names are looked up, behind the SSRF guard (tests map names to 127.0.0.1). */
   readonly resolve: Resolver;
+  /**
+   * The same lookup without the SSRF guard, only for hosts the operator named in the config
+   * (a mirror's configured upstream): those are not chosen by a client.
+   */
+  readonly resolveConfigured: Resolver;
   readonly metrics: Metrics;
   /** Set on SIGTERM: /healthz answers 503 and kept-alive connections are closed after their response. */
   draining: boolean;
@@ -33,6 +38,7 @@ export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver 
     access: new AccessControl(config),
     // Read through rt so a reload that flips allow_private_networks applies at once.
     resolve: guardedResolver(resolve, () => rt.config.allowPrivateNetworks),
+    resolveConfigured: resolve,
     metrics: new Metrics(startedAt),
     draining: false,
     startedAt,

@@ -27,7 +27,15 @@ export function upstreamInit(rt: Runtime, signal: AbortSignal, serverName?: stri
  * SNI/verification keep the name), so the address checked is the address used. Network
  * failures become DialError.
  */
-export async function fetchUpstream(rt: Runtime, url: URL, init: RequestInit, clientSignal: AbortSignal, headTimeoutMs: number): Promise<Response> {
+export async function fetchUpstream(
+  rt: Runtime,
+  url: URL,
+  init: RequestInit,
+  clientSignal: AbortSignal,
+  headTimeoutMs: number,
+  /** The host comes from the operator's config, not from a client: skip the SSRF guard. */
+  configuredHost = false,
+): Promise<Response> {
   const deadline = new AbortController();
   const timer = setTimeout(() => deadline.abort(), headTimeoutMs);
   const host = url.hostname.replace(/^\[|\]$/g, "");
@@ -35,7 +43,7 @@ export async function fetchUpstream(rt: Runtime, url: URL, init: RequestInit, cl
   try {
     let address: string;
     try {
-      address = await withTimeout(rt.resolve(host), rt.config.timeouts.connectMs);
+      address = await withTimeout((configuredHost ? rt.resolveConfigured : rt.resolve)(host), rt.config.timeouts.connectMs);
     } catch (cause) {
       const reason = cause instanceof DialError ? cause.reason : cause instanceof PrivateAddressError ? "private" : "dns";
       throw new DialError(reason, target, { cause });

@@ -5,6 +5,8 @@
 import type { Exchange } from "./connection.ts";
 import type { Runtime } from "./context.ts";
 import { headerValue } from "./http/head.ts";
+import { HttpError } from "./errors.ts";
+import { errorResponse, MirrorError } from "./mirror/errors.ts";
 import { CidrList } from "./cidr.ts";
 import { renderIndex } from "./index-page.ts";
 
@@ -53,7 +55,13 @@ export async function local(ex: Exchange, rt: Runtime, routes: LocalRoutes): Pro
   const mirrorPath = routes.mirror ? stripMirrorPrefix(ex.route.path, rt.config.mirror.pathPrefix) : null;
   if (routes.mirror && mirrorPath !== null) {
     ex.kind = "mirror";
-    await rt.access.authenticate("mirror", headerValue(ex.head.headers, "authorization"), ex.client);
+    try {
+      await rt.access.authenticate("mirror", headerValue(ex.head.headers, "authorization"), ex.client);
+    } catch (e) {
+      // Registry clients parse OCI error JSON; WWW-Authenticate / Retry-After stay in e.headers.
+      if (!(e instanceof HttpError)) throw e;
+      return errorResponse(new MirrorError(e.status, e.status === 429 ? "TOOMANYREQUESTS" : "UNAUTHORIZED", e.message, { headers: e.headers }));
+    }
     return routes.mirror({ ...ex, route: { kind: "local", path: mirrorPath } }, rt);
   }
   return text(404, `crm: no such endpoint ${path.slice(0, 200)}`);

@@ -1,0 +1,81 @@
+/**
+ * The pull-through registry mirror at `/v2/`: Docker's registry-mirrors, containerd hosts.toml
+ * (`?ns=`) and containers/image registries.conf mirrors all land here. Nothing is cached on disk;
+ * each request is answered from its registry's upstream, authenticated and redirected
+ * server-side (upstream.ts), and streamed back (response.ts).
+ */
+import type { Exchange } from "../connection.ts";
+import type { Runtime } from "../context.ts";
+import { DialError } from "../errors.ts";
+import { headerValue } from "../http/head.ts";
+import type { LocalHandler } from "../local.ts";
+import { dialFailure } from "./dial-failure.ts";
+import { API_VERSION_HEADER, errorResponse, jsonResponse, MirrorError } from "./errors.ts";
+import { clientResponse } from "./response.ts";
+import { parseMirrorTarget, pullScope, upstreamPath, type PullRoute } from "./routes.ts";
+import { TokenCache } from "./token-cache.ts";
+import { RegistryClient } from "./upstream.ts";
+
+/** Request fields a registry answer depends on; everything else (Authorization above all) stays here. */
+const FORWARDED = ["accept", "accept-encoding", "range", "if-range", "if-none-match", "if-modified-since", "user-agent"];
+
+export function createMirrorHandler(rt: Runtime): LocalHandler {
+  const tokens = new TokenCache();
+  const clients = new Map<string, RegistryClient>();
+  for (const reg of rt.config.mirror.registries.values()) clients.set(reg.name, new RegistryClient(rt, reg, tokens));
+  return async (ex) => {
+    let res: Response;
+    try {
+      res = await handle(ex, rt, clients);
+    } catch (e) {
+      res = failure(e, ex, rt);
+    }
+    if (!res.headers.has(API_VERSION_HEADER[0])) res.headers.set(API_VERSION_HEADER[0], API_VERSION_HEADER[1]);
+    return res;
+  };
+}
+
+async function handle(ex: Exchange, rt: Runtime, clients: ReadonlyMap<string, RegistryClient>): Promise<Response> {
+  const method = ex.head.method;
+  if (method !== "GET" && method !== "HEAD") {
+    throw new MirrorError(405, "UNSUPPORTED", `${method.slice(0, 20)} is not supported: crm mirrors pulls only`, { headers: { allow: "GET, HEAD" } });
+  }
+  // local.ts hands over the path with mirror.path_prefix already removed.
+  const route = parseMirrorTarget(ex.route.kind === "local" ? ex.route.path : ex.head.target, rt.config.mirror);
+  // The version check every client starts with; crm needs no credentials from its clients.
+  if (route.kind === "base") return jsonResponse(200, "{}");
+
+  logRoute(ex, route);
+  const client = clients.get(route.registry.name);
+  if (!client) throw new MirrorError(404, "NAME_UNKNOWN", `registry ${route.registry.name} is not mirrored here`);
+  const headers = new Headers();
+  for (const name of FORWARDED) {
+    // Every Accept line counts: Docker sends one per manifest type, and what is left out
+    // decides which manifest kind the upstream answers with.
+    const v = headerValue(ex.head.headers, name);
+    if (v !== null) headers.set(name, v);
+  }
+  if (!headers.has("user-agent")) headers.set("user-agent", "crm");
+  const result = await client.fetch({ method, path: upstreamPath(route), headers, scope: pullScope(route), signal: ex.signal });
+  ex.logFields.token = result.token;
+  if (result.redirectHost !== null) ex.logFields.redirect = result.redirectHost;
+  return clientResponse(route, method, result, rt.config.mirror.pathPrefix, rt.config.timeouts.upstreamHeaderMs);
+}
+
+function logRoute(ex: Exchange, route: PullRoute): void {
+  ex.logFields.registry = route.registry.name;
+  ex.logFields.repo = route.name;
+  ex.logFields.ref = route.reference ?? "tags/list";
+}
+
+function failure(e: unknown, ex: Exchange, rt: Runtime): Response {
+  let err: MirrorError;
+  if (e instanceof MirrorError) err = e;
+  else if (e instanceof DialError) err = dialFailure(e, "upstream");
+  else {
+    rt.log.error("mirror handler failed", { client: ex.client, error: e instanceof Error ? e.message : String(e) });
+    err = new MirrorError(500, "UNKNOWN", "internal error");
+  }
+  ex.logFields.error = err.message;
+  return errorResponse(err);
+}

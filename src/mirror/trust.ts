@@ -1,0 +1,40 @@
+/**
+ * Where one registry's traffic may go besides its upstream: token realms and redirect targets
+ * named by the upstream's own answers. An upstream must not be able to steer crm (and the
+ * registry's credentials) to arbitrary hosts, so a target must be
+ *  - https, or http only when the configured upstream itself is http (a plain-http registry
+ *    could redirect anywhere over http anyway; this is what lets tests run on loopback without
+ *    TLS, and https upstreams can never be downgraded);
+ *  - the upstream's own host name, one of its `redirect_hosts`, or globally allowed.
+ */
+import { HostMatcher, normalizeHost, type HostPolicy } from "../host-policy.ts";
+import type { RegistryConfig } from "../registries.ts";
+
+export type TargetCheck = { ok: true; host: string } | { ok: false; host: string; reason: string };
+
+export class RegistryTrust {
+  private readonly redirectHosts: HostMatcher;
+  private readonly ownHost: string;
+  private readonly plainHttpUpstream: boolean;
+
+  constructor(
+    private readonly registry: RegistryConfig,
+    private readonly policy: HostPolicy,
+  ) {
+    this.redirectHosts = new HostMatcher(registry.redirectHosts);
+    this.ownHost = normalizeHost(registry.upstream.hostname);
+    this.plainHttpUpstream = registry.upstream.protocol === "http:";
+  }
+
+  check(url: URL): TargetCheck {
+    const host = normalizeHost(url.hostname);
+    const shown = host || url.hostname.slice(0, 100);
+    if (url.username || url.password) return { ok: false, host: shown, reason: "URL carries credentials" };
+    if (url.protocol !== "https:" && !(url.protocol === "http:" && this.plainHttpUpstream)) {
+      return { ok: false, host: shown, reason: `${url.protocol.replace(/:$/, "")} is not allowed (https only)` };
+    }
+    if (host === "") return { ok: false, host: shown, reason: "invalid host name" };
+    if (host === this.ownHost || this.redirectHosts.matches(host) || this.policy.hostAllowed(host)) return { ok: true, host };
+    return { ok: false, host, reason: `not ${this.registry.name}'s own host, not in its redirect_hosts, not in allowed_hosts` };
+  }
+}
