@@ -58,6 +58,8 @@ async function handle(ex: Exchange, rt: Runtime, clients: ReadonlyMap<string, Re
   if (!headers.has("user-agent")) headers.set("user-agent", "crm");
   const result = await client.fetch({ method, path: upstreamPath(route), headers, scope: pullScope(route), signal: ex.signal });
   ex.logFields.token = result.token;
+  if (result.token === "cached") rt.metrics.tokenCacheHits++;
+  else if (result.token === "fetched") rt.metrics.tokenCacheMisses++;
   if (result.redirectHost !== null) ex.logFields.redirect = result.redirectHost;
   return clientResponse(route, method, result, rt.config.mirror.pathPrefix, rt.config.timeouts.upstreamHeaderMs);
 }
