@@ -388,6 +388,7 @@ export class Connection {
     const kind: RequestKind = this.secureAuthority ? "mitm" : (ex.kind ?? ex.route.kind);
     const ms = performance.now() - started;
     this.rt.metrics.observe(kind, status, this.feeder?.bytes ?? 0, bytesOut, ms / 1000);
+    if (!this.rt.log.enabled("info")) return;
     this.rt.log.info(`${ex.head.method} ${redactUrl(ex.route.kind === "forward" ? ex.route.url.href : ex.head.target)}`, {
       kind,
       client: this.client,

@@ -43,13 +43,18 @@ export async function fetchUpstream(
   try {
     let address: string;
     try {
-      address = await withTimeout((configuredHost ? rt.resolveConfigured : rt.resolve)(host), rt.config.timeouts.connectMs);
+      const lookup = (configuredHost ? rt.resolveConfigured : rt.resolve)(host);
+      // An IP literal answers at once (after the guard's check); only real lookups need a deadline.
+      address = isIP(host) ? await lookup : await withTimeout(lookup, rt.config.timeouts.connectMs);
     } catch (cause) {
       const reason = cause instanceof DialError ? cause.reason : cause instanceof PrivateAddressError ? "private" : "dns";
       throw new DialError(reason, target, { cause });
     }
-    const direct = new URL(url.href);
-    direct.hostname = address.includes(":") ? `[${address}]` : address;
+    let direct = url;
+    if (address !== host) {
+      direct = new URL(url.href);
+      direct.hostname = address.includes(":") ? `[${address}]` : address;
+    }
     const headers = new Headers(init.headers);
     if (!headers.has("host")) headers.set("host", url.host);
     const signal = AbortSignal.any([clientSignal, deadline.signal]);
