@@ -102,6 +102,7 @@ export class Connection {
         this.readHead();
         return;
       case "request":
+        this.touch();
         this.onRequestBytes(d);
         return;
       case "tunnel":
@@ -113,6 +114,7 @@ export class Connection {
   }
 
   onDrain(): void {
+    if (this.phase === "request") this.touch();
     this.outbox.flush();
   }
 
@@ -152,6 +154,13 @@ export class Connection {
       this.rt.log.debug("tunnel idle timeout", { client: this.client });
       this.close();
       this.tunnel?.close();
+    } else if (this.phase === "request") {
+      // Nothing moved either way for timeouts.idle: a client that stopped reading or sending,
+      // or an upstream that went silent mid-body. Free the upstream and the socket.
+      this.rt.log.warn("request idle timeout, closing", { client: this.client });
+      this.abort?.abort(new Error("idle timeout"));
+      this.feeder?.fail(new Error("idle timeout"));
+      this.close();
     }
   }
 
@@ -175,7 +184,7 @@ export class Connection {
     this.deadline = Infinity;
   }
 
-  /** A tunnel saw traffic: push the idle deadline out. */
+  /** Traffic moved (tunnel bytes, request body, response progress): push the idle deadline out. */
   touch(): void {
     this.deadline = Date.now() + this.rt.config.timeouts.idleMs;
   }
@@ -322,7 +331,7 @@ export class Connection {
     }
 
     this.phase = "request";
-    this.deadline = Infinity;
+    this.touch();
     this.feeder = feeder;
     const abort = new AbortController();
     this.abort = abort;
@@ -346,7 +355,7 @@ export class Connection {
     }
     if (this.rt.log.enabled("debug")) this.rt.log.debug(`< ${res.status} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(res.headers) });
     const keepAlive = wantsKeepAlive(head) && !this.rt.draining && !this.peerEnded && !ownError;
-    const w = await writeResponse(this.outbox, res, { method: head.method, version: head.version, keepAlive });
+    const w = await writeResponse(this.outbox, res, { method: head.method, version: head.version, keepAlive, progress: () => this.touch() });
     this.logRequest(ex, res.status, w.bytes, started, w.complete ? undefined : "incomplete");
     this.abort = null;
     this.feeder = null;

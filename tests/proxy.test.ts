@@ -404,6 +404,37 @@ describe("CONNECT tunnel", () => {
   });
 });
 
+describe("idle requests", () => {
+  test("a client that stops reading a response is cut after timeouts.idle, and the upstream is released", async () => {
+    const local = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port], timeouts: { idle: "600ms" } });
+    try {
+      const c = await rawConnect(local.port);
+      c.write(`GET http://127.0.0.1:${origin.port}/bytes?n=1073741824 HTTP/1.1\r\nHost: x\r\n\r\n`);
+      await c.waitFor("200 OK");
+      c.socket.pause();
+      await local.waitLog(/WARN .*request idle timeout, closing/, 5000);
+      await local.waitLog(/GET http:\/\/127\.0\.0\.1:\d+\/bytes\?n=1073741824 kind=forward .*status=200 .*note=incomplete/, 5000);
+      c.socket.terminate();
+    } finally {
+      await local.stop();
+    }
+  });
+
+  test("a slow but steady download is not cut", async () => {
+    const local = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port], timeouts: { idle: "600ms" } });
+    try {
+      const r = await run(["curl", "-sS", "--noproxy", "", "-x", local.url, "--limit-rate", "2M", "-o", "/dev/null", "-w", "%{size_download} %{time_total}", `http://127.0.0.1:${origin.port}/bytes?n=8000000`]);
+      const [size, seconds] = r.stdout.split(" ");
+      expect(size).toBe("8000000");
+      // Slower than the idle timeout many times over, so the deadline really had to follow progress.
+      expect(Number(seconds)).toBeGreaterThan(1.5);
+      expect(local.logs.join("\n")).not.toContain("request idle timeout");
+    } finally {
+      await local.stop();
+    }
+  });
+});
+
 describe("/healthz and shutdown", () => {
   test("GET /healthz → 200 ok text/plain", async () => {
     const r = await run(["curl", "-sS", "--noproxy", "*", "-i", `${crm.url}/healthz`]);

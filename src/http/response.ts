@@ -9,6 +9,8 @@ export interface WriteOptions {
   method: string;
   version: string;
   keepAlive: boolean;
+  /** Called as body bytes go out, so the connection's idle deadline follows real progress. */
+  progress?: () => void;
 }
 
 export interface WriteResult {
@@ -92,6 +94,7 @@ export async function writeResponse(out: Outbox, res: Response, opts: WriteOptio
       }
       if (value.byteLength === 0) continue;
       bytes += value.byteLength;
+      opts.progress?.();
       let ok: boolean;
       if (framing === "chunked") {
         // The size line (after the previous chunk's CRLF) and the payload go out as two writes;
