@@ -26,7 +26,7 @@ export interface Timeouts {
   headerMs: number;
   /** TCP (and TLS) dial to an upstream. */
   connectMs: number;
-  /** A tunnel or kept-alive connection with no traffic either way is closed after this. */
+  /** A tunnel, kept-alive connection or request in flight with no traffic either way is closed after this. */
   idleMs: number;
   /** On SIGTERM, how long running requests and tunnels get before they are cut. */
   shutdownGraceMs: number;
