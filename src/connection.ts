@@ -213,6 +213,13 @@ export class Connection {
     void this.closeAfterFlush();
   }
 
+  /** Ends the connection with a TCP reset (Bun's terminate()): the client sees an error, not an end. */
+  reset(): void {
+    this.phase = "closed";
+    this.outbox.kill();
+    this.socket.terminate();
+  }
+
   close(): void {
     this.phase = "closed";
     this.lingerThenTerminate();
@@ -363,8 +370,11 @@ export class Connection {
     if (this.isClosed) return;
     const bodyRead = feeder === null || feeder.complete;
     if (!w.keepAlive || !bodyRead || this.rt.draining || this.peerEnded) {
-      // An incomplete body must look truncated to the client, so nothing more is flushed.
-      if (!w.complete) this.close();
+      // An incomplete body must look truncated to the client, so nothing more is flushed. When
+      // the close itself delimits the body (HTTP/1.0, no Content-Length), a FIN would make the cut
+      // body look whole: reset the connection instead (RFC 9112 §6.3, §8).
+      if (!w.complete && head.version === "HTTP/1.0" && !/^\d+$/.test(res.headers.get("content-length") ?? "")) this.reset();
+      else if (!w.complete) this.close();
       else await this.closeAfterFlush();
       return;
     }

@@ -31,7 +31,16 @@ export function normalizeHost(host: string): string {
   if (h.startsWith("[") && h.endsWith("]")) h = h.slice(1, -1);
   if (h.endsWith(".") && !h.includes(":")) h = h.slice(0, -1);
   if (h === "" || h.length > 253) return "";
-  if (h.includes(":")) return /^[0-9a-f:.]+(%[a-z0-9._-]+)?$/.test(h) && !h.includes("%") ? h : "";
+  if (h.includes(":")) {
+    // One spelling per address (`0::1` is `::1`, `::ffff:127.0.0.1` is `::ffff:7f00:1`), so an
+    // entry, a target and the address dialled always compare equal.
+    if (!/^[0-9a-f:.]+$/.test(h)) return "";
+    try {
+      return new URL(`http://[${h}]/`).hostname.slice(1, -1);
+    } catch {
+      return "";
+    }
+  }
   return /^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$/.test(h) ? h : "";
 }
 

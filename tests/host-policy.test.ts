@@ -75,7 +75,10 @@ describe("normalisation", () => {
   test.each([
     ["DOCKER.IO.", "docker.io"],
     ["[::1]", "::1"],
-    ["[::FFFF:127.0.0.1]", "::ffff:127.0.0.1"],
+    ["[::FFFF:127.0.0.1]", "::ffff:7f00:1"],
+    ["[0:0::1]", "::1"],
+    ["[2001:0db8::1]", "2001:db8::1"],
+    ["[::1::2]", ""],
     ["docker%2eio", ""],
     ["docker.io@evil.test", ""],
     ["a b", ""],
@@ -118,10 +121,13 @@ describe("request targets: bypass attempts", () => {
     expect(statusFor(method, target)).toBe(status);
   });
 
-  test("IPv6 literal allowed by an exact entry, brackets stripped", () => {
-    const p = new HostPolicy(["::1"], [443]);
+  test("IPv6 literal allowed by an exact entry, brackets stripped, any spelling of the same address", () => {
+    const p = new HostPolicy(["::1", "2001:0DB8::1"], [443]);
     expect(statusFor("CONNECT", "[::1]:443", p)).toBe(200);
-    expect(statusFor("CONNECT", "[0::1]:443", p)).toBe(403);
+    expect(statusFor("CONNECT", "[0::1]:443", p)).toBe(200);
+    expect(statusFor("CONNECT", "[2001:db8::1]:443", p)).toBe(200);
+    expect(statusFor("CONNECT", "[::2]:443", p)).toBe(403);
+    expect(statusFor("GET", "http://[0:0::1]:443/", p)).toBe(200);
   });
 
   test("the target wins over Host and the default port follows the scheme", () => {
