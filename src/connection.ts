@@ -88,10 +88,6 @@ export class Connection {
     return this.phase === "closed";
   }
 
-  get isTunnel(): boolean {
-    return this.phase === "tunnel";
-  }
-
   // ---- socket events (from the listener or the MITM TLS socket) ----
 
   onData(d: Buffer): void {
