@@ -284,6 +284,11 @@ export class Connection {
   private async handle(head: RequestHead, rest: Buffer): Promise<void> {
     this.requests++;
     const started = performance.now();
+    // From here on, bytes belong to this request (its body, a tunnel's first bytes), never to a
+    // new head: while authentication awaits, they are held (paused) and taken up below.
+    this.phase = "request";
+    this.deadline = Infinity;
+    this.pause();
     // Proxy requests authenticate before the allow-list is consulted, so a stranger cannot map
     // the allow-list by telling 403 from 407. RFC 9110 §11.7.2: the credentials are crm's own
     // and are removed as hop-by-hop before anything is forwarded.
@@ -297,6 +302,10 @@ export class Connection {
         return;
       }
     }
+    if (this.buf !== null) {
+      rest = Buffer.concat([rest, this.buf]);
+      this.buf = null;
+    }
     let r: Route;
     try {
       r = route(head, this.rt.policy, this.secureAuthority);
@@ -309,7 +318,7 @@ export class Connection {
     }
     if (r.kind === "connect") {
       this.phase = "tunnel";
-      this.deadline = Infinity;
+      this.resume();
       this.dispatch.connect(this, r, head, rest);
       return;
     }
@@ -333,12 +342,12 @@ export class Connection {
       return;
     }
 
-    this.phase = "request";
     this.touch();
     this.feeder = feeder;
     const abort = new AbortController();
     this.abort = abort;
     if (rest.length > 0) this.onRequestBytes(rest);
+    if (this.buf === null && (feeder === null || feeder.wantsMore)) this.resume();
 
     const ex: Exchange = { head, route: r, body: feeder?.stream ?? null, client: this.client, signal: abort.signal, logFields: {} };
     if (this.rt.log.enabled("debug")) this.rt.log.debug(`> ${head.method} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(head.headers) });

@@ -95,6 +95,23 @@ describe("users", () => {
     expect(crm.logs.join("\n")).not.toContain(PASSWORD);
   });
 
+  test("a body that arrives while the credentials are being checked stays the body", async () => {
+    // argon2 verification takes milliseconds; bytes arriving meanwhile must not be read as a
+    // new request head (that would smuggle a request past the check).
+    const before = origin.seen.length;
+    const smuggled = `GET http://127.0.0.1:${origin.port}/smuggled HTTP/1.1\r\nHost: x\r\n\r\n`;
+    const c = await rawConnect(crm.port);
+    const auth = Buffer.from(`alice:${PASSWORD}`).toString("base64");
+    c.write(`POST http://127.0.0.1:${origin.port}/echo HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic ${auth}\r\nContent-Length: ${smuggled.length}\r\nConnection: close\r\n\r\n`);
+    await Bun.sleep(1);
+    c.write(smuggled);
+    await c.closed();
+    const body = JSON.parse(c.text().slice(c.text().indexOf("\r\n\r\n") + 4)) as { length: number; method: string };
+    expect(body.method).toBe("POST");
+    expect(body.length).toBe(smuggled.length);
+    expect(origin.seen.slice(before).map((x) => x.url)).toEqual(["/echo"]);
+  });
+
   test("/healthz stays open", async () => {
     const r = await run(["curl", "-sS", "--noproxy", "*", `${crm.url}/healthz`]);
     expect(r.stdout).toBe("ok\n");

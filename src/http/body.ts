@@ -57,6 +57,11 @@ export class BodyFeeder {
     return this.finished;
   }
 
+  /** Whether the consumer has room for more bytes (the socket may be resumed). */
+  get wantsMore(): boolean {
+    return !this.finished && (this.ctrl.desiredSize ?? 0) > 0;
+  }
+
   /** The body's end was seen intact, so the connection can carry another request. */
   get complete(): boolean {
     return this.finished && !this.failed;
