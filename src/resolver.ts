@@ -11,10 +11,16 @@ import { PrivateAddressError } from "./errors.ts";
 /** Returns one address for `host`, or throws an error with code ENOTFOUND (or similar). */
 export type Resolver = (host: string) => Promise<string>;
 
+/**
+ * IPv4 first when a name has both: a VPS with a configured but unrouted IPv6 address is common,
+ * and crm dials one address (no happy eyeballs). An IPv6-only name still resolves.
+ */
 export const systemResolver: Resolver = async (host) => {
   if (isIP(host)) return host;
-  const { address } = await lookup(host);
-  return address;
+  const all = await lookup(host, { all: true });
+  const pick = all.find((a) => a.family === 4) ?? all[0];
+  if (pick === undefined) throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${host}`), { code: "ENOTFOUND" });
+  return pick.address;
 };
 
 /** A resolver for tests: `names` map to addresses; anything else is ENOTFOUND, "hang" never answers. */
