@@ -3,8 +3,7 @@
  * real token service as the upstream (tests/support/registry.ts), skopeo as a containers/image
  * client using crm as a registries.conf mirror, and curl speaking containerd's `?ns=` dialect.
  *
- * These tests are not skipped when a tool is missing: they fail and say what to install, unless
- * CRM_SKIP_E2E=1.
+ * In CI a missing tool fails the run and says what to install (tests/support/tools.ts).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFile, readdir, writeFile } from "node:fs/promises";
@@ -12,19 +11,12 @@ import { join } from "node:path";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { deadPort } from "./support/mirror-upstreams.ts";
 import { run } from "./support/raw.ts";
+import { missingTools } from "./support/tools.ts";
 import { MANIFEST_ACCEPT, registryFetch, runSkopeo, sha256Digest, startRegistry, type RegistryFixture } from "./support/registry.ts";
 
-const TOOLS = ["docker-registry", "skopeo", "curl"];
-const missing = TOOLS.filter((t) => Bun.which(t) === null);
-const skipE2E = missing.length > 0 && process.env.CRM_SKIP_E2E === "1";
+const skipE2E = missingTools("mirror end-to-end", ["docker-registry", "skopeo", "curl"]);
 
-if (missing.length > 0 && !skipE2E) {
-  test("end-to-end prerequisites", () => {
-    throw new Error(`missing ${missing.join(", ")} (Debian: apt-get install docker-registry skopeo curl); set CRM_SKIP_E2E=1 to skip the end-to-end mirror tests`);
-  });
-}
-
-describe.skipIf(missing.length > 0)("crm mirroring a real registry", () => {
+describe.skipIf(skipE2E)("crm mirroring a real registry", () => {
   let fx: RegistryFixture;
   let crm: TestCrm;
   let registriesConf: string;

@@ -13,6 +13,7 @@ import { startOrigin } from "./support/origins.ts";
 import { run } from "./support/raw.ts";
 import { startRegistry, type RegistryFixture } from "./support/registry.ts";
 import { makeLeaf, makeTestCa, type Pem } from "./support/tls.ts";
+import { missingTools } from "./support/tools.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "crm-mitm-"));
 let mitmCa: { certPath: string; keyPath: string };
@@ -173,7 +174,7 @@ describe("bad CA configurations stop start-up with their own error", () => {
   });
 });
 
-describe("skopeo through MITM against a real TLS registry", () => {
+describe.skipIf(missingTools("MITM with skopeo", ["docker-registry", "skopeo"]))("skopeo through MITM against a real TLS registry", () => {
   let reg: RegistryFixture;
   let bundle: string;
   let local: TestCrm;

@@ -3,6 +3,7 @@
  * challenge, the token flow, digests of what was seeded, and a real Go client (skopeo) pulling.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { missingTools } from "./support/tools.ts";
 import {
   MANIFEST_ACCEPT,
   getToken,
@@ -14,6 +15,7 @@ import {
 } from "./support/registry.ts";
 
 const USERS = { alice: "wonderland" };
+const skip = missingTools("registry fixture", ["docker-registry", "skopeo"]);
 
 let fx: RegistryFixture;
 let tlsFx: RegistryFixture;
@@ -22,6 +24,7 @@ let privateFx: RegistryFixture;
 let startMs = 0;
 
 beforeAll(async () => {
+  if (skip) return;
   const t0 = performance.now();
   // Started together: each is its own registry process, temp dir and ports.
   [fx, tlsFx, openFx, privateFx] = await Promise.all([
@@ -46,7 +49,7 @@ function challengeParams(header: string | null): Record<string, string> {
   return params;
 }
 
-describe("token-auth registry over http", () => {
+describe.skipIf(skip)("token-auth registry over http", () => {
   test("starts quickly enough to use per test file", () => {
     expect(startMs).toBeLessThan(30_000);
     expect(fx.url).toBe(`http://${fx.host}`);
@@ -145,7 +148,7 @@ describe("token-auth registry over http", () => {
   });
 });
 
-describe("token-auth registry over https", () => {
+describe.skipIf(skip)("token-auth registry over https", () => {
   test("registry and token realm are https and verify against the test CA", async () => {
     expect(tlsFx.url).toBe(`https://${tlsFx.host}`);
     expect(tlsFx.caPem).toContain("BEGIN CERTIFICATE");
@@ -170,7 +173,7 @@ describe("token-auth registry over https", () => {
   });
 });
 
-describe("registry without auth", () => {
+describe.skipIf(skip)("registry without auth", () => {
   test("answers /v2/ with 200 and serves the seeded images", async () => {
     expect(openFx.token).toBeNull();
     const res = await fetch(`${openFx.url}/v2/`, { proxy: false });
@@ -182,7 +185,7 @@ describe("registry without auth", () => {
   });
 });
 
-describe("registry with anonymousPull: false", () => {
+describe.skipIf(skip)("registry with anonymousPull: false", () => {
   test("anonymous tokens grant nothing; a user's token pulls", async () => {
     const { repo, tag, digest } = privateFx.images.multiLayer;
     const path = `/v2/${repo}/manifests/${tag}`;
