@@ -75,7 +75,8 @@ export class Connection {
     client?: string,
   ) {
     this.outbox = new Outbox(socket as Socket<unknown>);
-    this.client = client ?? `${socket.remoteAddress}`;
+    // A unix-socket peer has no address: the socket's file mode decides who reaches it.
+    this.client = client ?? socket.remoteAddress ?? "unix";
     this.deadline = Date.now() + rt.config.timeouts.headerMs;
   }
 
@@ -301,6 +302,8 @@ export class Connection {
         this.fail(e as HttpError, head.method);
         return;
       }
+      // The client may have gone while the password was checked: nothing may be dialled for it.
+      if (this.isClosed) return;
     }
     if (this.buf !== null) {
       rest = Buffer.concat([rest, this.buf]);

@@ -6,7 +6,7 @@
  */
 import type { Exchange } from "./connection.ts";
 import type { Runtime } from "./context.ts";
-import { classifyNetworkError, DialError, PrivateAddressError } from "./errors.ts";
+import { classifyNetworkError, DialError, HttpError, PrivateAddressError } from "./errors.ts";
 import { endToEnd, addVia, stripHopByHop } from "./http/hop-by-hop.ts";
 import { headerValue } from "./http/head.ts";
 import { formatHostPort } from "./router.ts";
@@ -77,7 +77,14 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
 export async function forward(ex: Exchange, rt: Runtime): Promise<Response> {
   if (ex.route.kind !== "forward") throw new Error("forward() called for a non-forward route");
   const { head } = ex;
-  const headers = endToEnd(head.headers, NOT_FORWARDED);
+  // fetch() cannot send a body with GET or HEAD; say so rather than fail as an "upstream error".
+  if (ex.body !== null && (head.method === "GET" || head.method === "HEAD")) {
+    throw new HttpError(400, `crm cannot forward a request body with ${head.method}`);
+  }
+  let headers = endToEnd(head.headers, NOT_FORWARDED);
+  // requestFraming accepted identical repeated Content-Length values (RFC 9110 §8.6); send one.
+  const cl = headers.find(([k]) => k.toLowerCase() === "content-length");
+  if (cl) headers = [...headers.filter(([k]) => k.toLowerCase() !== "content-length"), ["content-length", (cl[1].split(",")[0] ?? "").trim()]];
   headers.push(["via", addVia(headerValue(head.headers, "via"))]);
   const res = await fetchUpstream(
     rt,

@@ -80,8 +80,11 @@ export class Admission {
   constructor(private readonly rt: Runtime) {}
 
   admit(s: Socket<SocketData>): boolean {
-    const ip = s.remoteAddress;
+    // A unix-socket peer has no address (Bun gives undefined); it is admitted by the socket's
+    // file mode, and counted under one name for the per-client limit.
+    const ip: string | undefined = s.remoteAddress;
     const { rt } = this;
+    if (ip === undefined) return this.count("unix");
     if (!rt.access.clientAllowed(ip)) {
       rt.log.debug("client not in access.clients, closed", { client: ip });
       s.terminate();
@@ -100,8 +103,12 @@ export class Admission {
       s.end(refusal);
       return false;
     }
+    return this.count(ip);
+  }
+
+  private count(ip: string): boolean {
     this.total++;
-    this.perClient.set(ip, mine + 1);
+    this.perClient.set(ip, (this.perClient.get(ip) ?? 0) + 1);
     return true;
   }
 

@@ -102,6 +102,8 @@ const SECRET_QUERY = /^(token|access_token|refresh_token|password|signature|sig|
 
 /** Redacts token-bearing query values in a path or URL, keeping their length for debugging. */
 export function redactUrl(target: string): string {
+  // Userinfo (http://user:pass@host/) is a credential as well.
+  target = target.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)[^/?#]*@/, "$1<redacted>@");
   const q = target.indexOf("?");
   if (q < 0) return target;
   const parts = target

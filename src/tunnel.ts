@@ -90,6 +90,8 @@ class Tunnel {
     conn.touch();
     for (const b of this.early) this.sendUp(b);
     this.early = [];
+    // fromClient paused the client past EARLY_LIMIT; if upstream took everything, no drain will resume it.
+    if (this.upOut.backlog === 0) conn.resume();
     if (this.clientEnded) this.forwardClientFin();
   }
 

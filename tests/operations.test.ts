@@ -133,6 +133,23 @@ describe("unix sockets and several listeners", () => {
     expect(existsSync(sock)).toBe(false);
   });
 
+  test("a unix-socket client (no address) is served when access.clients is set, and counted", async () => {
+    const sock = join(dir, "acl.sock");
+    const crm = await startCrm({ listen: ["127.0.0.1:0", sock], access: { clients: ["10.0.0.0/8"] } });
+    try {
+      const r = await run(["curl", "-sS", "--noproxy", "*", "--unix-socket", sock, "http://crm/healthz"]);
+      expect(r.stdout).toBe("ok\n");
+      await crm.waitLog(/GET \/healthz kind=local client=unix status=200/);
+      // TCP from 127.0.0.1 is still outside access.clients.
+      const tcp = await rawConnect(crm.port);
+      tcp.write("GET /healthz HTTP/1.1\r\n\r\n");
+      await tcp.closed();
+      expect(tcp.text()).toBe("");
+    } finally {
+      await crm.stop();
+    }
+  });
+
   test("a regular file at the path is never deleted", async () => {
     const f = join(dir, "not-a-socket");
     writeFileSync(f, "precious");
