@@ -369,7 +369,9 @@ export class Connection {
       return;
     }
     if (this.rt.log.enabled("debug")) this.rt.log.debug(`< ${res.status} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(res.headers) });
-    const keepAlive = wantsKeepAlive(head) && !this.rt.draining && !this.peerEnded && !ownError;
+    // A client that pipelined more requests before its FIN still gets every answer.
+    const ended = this.peerEnded && this.buf === null;
+    const keepAlive = wantsKeepAlive(head) && !this.rt.draining && !ended && !ownError;
     const w = await writeResponse(this.outbox, res, { method: head.method, version: head.version, keepAlive, progress: () => this.touch() });
     this.logRequest(ex, res.status, w.bytes, started, w.complete ? undefined : "incomplete");
     this.abort = null;
@@ -377,7 +379,7 @@ export class Connection {
     this.bodyError = null;
     if (this.isClosed) return;
     const bodyRead = feeder === null || feeder.complete;
-    if (!w.keepAlive || !bodyRead || this.rt.draining || this.peerEnded) {
+    if (!w.keepAlive || !bodyRead || this.rt.draining || (this.peerEnded && this.buf === null)) {
       // An incomplete body must look truncated to the client, so nothing more is flushed. When
       // the close itself delimits the body (HTTP/1.0, no Content-Length), a FIN would make the cut
       // body look whole: reset the connection instead (RFC 9112 §6.3, §8).
@@ -392,6 +394,8 @@ export class Connection {
       this.deadline = Date.now() + this.rt.config.timeouts.headerMs;
       this.resume();
       this.readHead();
+      // The client has finished sending, so a head still incomplete now never will be.
+      if (this.peerEnded && this.phase === "head" && this.buf !== null) this.fail(new HttpError(400, "connection closed inside the request head"));
     } else this.resume();
   }
 

@@ -281,6 +281,25 @@ describe("bad input gets a precise answer, then close", () => {
     expect(c.text()).toMatch(/^HTTP\/1\.1 408 /);
   });
 
+  test("pipelined requests followed by the client's FIN are all answered", async () => {
+    const c = await rawConnect(crm.port);
+    c.write(`GET http://127.0.0.1:${origin.port}/p1 HTTP/1.1\r\nHost: x\r\n\r\nGET http://127.0.0.1:${origin.port}/p2 HTTP/1.1\r\nHost: x\r\n\r\n`);
+    c.socket.shutdown();
+    await c.closed();
+    expect(c.text()).toContain("origin GET /p1");
+    expect(c.text()).toContain("origin GET /p2");
+  });
+
+  test("HTTP/1.0 keep-alive is announced and honoured", async () => {
+    const c = await rawConnect(crm.port);
+    c.write(`GET http://127.0.0.1:${origin.port}/k1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n`);
+    await c.waitFor("origin GET /k1");
+    expect(c.text().toLowerCase()).toContain("connection: keep-alive");
+    c.write(`GET http://127.0.0.1:${origin.port}/k2 HTTP/1.0\r\n\r\n`);
+    await c.closed();
+    expect(c.text()).toContain("origin GET /k2");
+  });
+
   test("pipelined requests are answered in order", async () => {
     const c = await rawConnect(crm.port);
     c.write(`GET http://127.0.0.1:${origin.port}/one HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\n\r\nGET http://127.0.0.1:${origin.port}/three HTTP/1.1\r\nConnection: close\r\n\r\n`);

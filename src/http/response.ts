@@ -52,7 +52,8 @@ export async function writeResponse(out: Outbox, res: Response, opts: WriteOptio
   if (framing === "length" || (framing === "none" && lengthText !== null && res.status !== 204 && res.status !== 304)) {
     head += `content-length: ${lengthText}\r\n`;
   } else if (framing === "chunked") head += "transfer-encoding: chunked\r\n";
-  head += keepAlive ? "\r\n" : "connection: close\r\n\r\n";
+  // HTTP/1.0 closes by default: a kept connection must be announced (RFC 9112 §C.2.2).
+  head += keepAlive ? (opts.version === "HTTP/1.0" ? "connection: keep-alive\r\n\r\n" : "\r\n") : "connection: close\r\n\r\n";
 
   if (noBody || res.body === null) {
     if (!noBody && framing === "chunked") {
