@@ -135,6 +135,18 @@ export class RegistryClient {
     return ANONYMOUS;
   }
 
+  /**
+   * A token from a redirect target's own realm, for the scope it names (its repository path may
+   * differ from the registry's). Anonymous: the registry's credentials never leave its host.
+   */
+  private async anonymousBearer(challenge: Challenge, scope: string): Promise<string> {
+    const anonymous: RegistryConfig = { ...this.registry, username: null, password: null };
+    const hopScope = challenge.params.scope ?? scope;
+    const key = [this.registry.name, challenge.params.realm ?? "", challenge.params.service ?? "", hopScope, "anonymous"].join("\n");
+    const got = await this.tokens.get(key, () => fetchToken(this.rt, anonymous, this.trust, challenge, hopScope));
+    return `Bearer ${got.token}`;
+  }
+
   private async bearerAuth(challenge: Challenge, scope: string): Promise<Auth> {
     const key = this.tokenKey(challenge, scope);
     const got = await this.tokens.get(key, () => fetchToken(this.rt, this.registry, this.trust, challenge, scope));
@@ -160,12 +172,16 @@ export class RegistryClient {
     let url = first;
     let firstDigest: string | null = null;
     let redirectHost: string | null = null;
+    /** An anonymous token for a redirect target that challenges on its own (registry.k8s.io → Artifact Registry). */
+    let hopAuth: { host: string; authorization: string } | null = null;
     for (let hop = 0; ; hop++) {
       const own = url.host === first.host && url.protocol === first.protocol;
       const headers = new Headers(req.headers);
       // Only the registry's own host:port gets credentials, on every hop (RFC 9110 §15.4 leaves
       // it to the client; Go and containerd do the same).
       if (own && auth.authorization !== null) headers.set("authorization", auth.authorization);
+      // A redirect target gets only a token it issued itself, never the registry's credentials.
+      if (!own && hopAuth !== null && hopAuth.host === url.host) headers.set("authorization", hopAuth.authorization);
       this.rt.log.debug("mirror upstream", { registry: this.registry.name, method: req.method, url: redactUrl(url.href), hop, auth: own && auth.authorization !== null ? auth.authorization.split(" ")[0] : "none" });
       let res: Response;
       try {
@@ -177,6 +193,17 @@ export class RegistryClient {
         throw e;
       }
       if (hop === 0) firstDigest = res.headers.get("docker-content-digest");
+      if (res.status === 401 && !own && (hopAuth === null || hopAuth.host !== url.host)) {
+        // Another registry behind the redirect (Artifact Registry behind registry.k8s.io) wants
+        // its own Bearer token, even for public images: fetch one anonymously and retry this hop.
+        const bearer = findChallenge(res.headers.get("www-authenticate"), "bearer");
+        if (bearer?.params.realm) {
+          await res.body?.cancel().catch(() => {});
+          hopAuth = { host: url.host, authorization: await this.anonymousBearer(bearer, req.scope) };
+          if (hop >= MAX_REDIRECTS) throw new MirrorError(502, "UNAVAILABLE", `upstream ${this.registry.name} redirected more than ${MAX_REDIRECTS} times`);
+          continue;
+        }
+      }
       const location = res.headers.get("location");
       if (!REDIRECT_STATUS.has(res.status) || location === null) return { response: res, redirectHost, firstDigest, fromRegistry: own };
       await res.body?.cancel().catch(() => {});
