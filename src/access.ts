@@ -23,12 +23,20 @@ export class AccessControl {
   private readonly failures = new Map<string, number[]>();
   private readonly blockedUntil = new Map<string, number>();
 
+  private readonly metricsClients: CidrList;
+
   constructor(private readonly config: Config) {
     this.clients = config.access.clients.length > 0 ? new CidrList(config.access.clients) : null;
+    this.metricsClients = new CidrList(config.metrics.clients);
   }
 
   clientAllowed(address: string): boolean {
     return this.clients === null || this.clients.match(address) !== null;
+  }
+
+  /** Who may read /metrics (metrics.clients). */
+  metricsAllowed(address: string): boolean {
+    return this.metricsClients.match(address) !== null;
   }
 
   /** Whether this realm needs credentials at all. */

@@ -8,7 +8,7 @@ import { DialError, HttpError } from "./errors.ts";
 import type { Runtime } from "./context.ts";
 import { BodyFeeder } from "./http/body.ts";
 import { headerValue, readRequestHead, requestFraming, wantsKeepAlive, type RequestHead } from "./http/head.ts";
-import { errorHead, writeResponse } from "./http/response.ts";
+import { errorHead, textResponse, writeResponse } from "./http/response.ts";
 import { formatHeaders, redactUrl } from "./log.ts";
 import type { RequestKind } from "./metrics.ts";
 import { Outbox } from "./outbox.ts";
@@ -405,14 +405,10 @@ export class Connection {
       const status = e.status;
       if (e instanceof DialError) this.rt.metrics.upstreamError(e.reason);
       if (e instanceof DialError) this.rt.log.warn("upstream failed", { client: this.client, target: redactUrl(ex.head.target), reason: e.message });
-      const headers: Record<string, string> = { "content-type": "text/plain; charset=utf-8", ...(e instanceof HttpError ? e.headers : {}) };
-      const body = `crm: ${e.message.replace(/^crm: /, "")}\n`;
-      headers["content-length"] = String(Buffer.byteLength(body));
-      return new Response(body, { status, headers });
+      return textResponse(status, `crm: ${e.message.replace(/^crm: /, "")}`, e instanceof HttpError ? e.headers : {});
     }
     this.rt.log.error("handler failed", { client: this.client, target: redactUrl(ex.head.target), error: e instanceof Error ? e.message : String(e) });
-    const body = "crm: internal error\n";
-    return new Response(body, { status: 500, headers: { "content-type": "text/plain; charset=utf-8", "content-length": String(body.length) } });
+    return textResponse(500, "crm: internal error");
   }
 
   private logRequest(ex: Exchange, status: number, bytesOut: number, started: number, note?: string): void {

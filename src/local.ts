@@ -5,20 +5,12 @@
 import type { Exchange } from "./connection.ts";
 import type { Runtime } from "./context.ts";
 import { headerValue } from "./http/head.ts";
+import { textResponse as text } from "./http/response.ts";
 import { HttpError } from "./errors.ts";
 import { errorResponse, MirrorError } from "./mirror/errors.ts";
-import { CidrList } from "./cidr.ts";
 import { renderIndex } from "./index-page.ts";
 
 export type LocalHandler = (ex: Exchange, rt: Runtime) => Promise<Response> | Response;
-
-export function text(status: number, body: string, headers: Record<string, string> = {}): Response {
-  const b = body.endsWith("\n") ? body : body + "\n";
-  return new Response(b, {
-    status,
-    headers: { "content-type": "text/plain; charset=utf-8", "content-length": String(Buffer.byteLength(b)), ...headers },
-  });
-}
 
 function healthz(ex: Exchange, rt: Runtime): Response {
   if (ex.head.method !== "GET" && ex.head.method !== "HEAD") return text(405, "method not allowed", { allow: "GET, HEAD" });
@@ -27,9 +19,8 @@ function healthz(ex: Exchange, rt: Runtime): Response {
 }
 
 function metrics(ex: Exchange, rt: Runtime): Response {
-  const { enabled, clients } = rt.config.metrics;
-  if (!enabled) return text(404, "crm: metrics are disabled (metrics.enabled)");
-  if (new CidrList(clients).match(ex.client) === null) return text(403, "crm: your address is not in metrics.clients");
+  if (!rt.config.metrics.enabled) return text(404, "crm: metrics are disabled (metrics.enabled)");
+  if (!rt.access.metricsAllowed(ex.client)) return text(403, "crm: your address is not in metrics.clients");
   const body = rt.metrics.render();
   return new Response(body, {
     headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8", "content-length": String(Buffer.byteLength(body)) },

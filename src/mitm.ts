@@ -13,8 +13,8 @@ import { HostMatcher } from "./host-policy.ts";
 import { ALPN_HTTP1, connectionHandlers, type ConnectionSet } from "./listener.ts";
 import { CertCache, LeafIssuer, caWarnings, loadCa, type Ca } from "./pki/index.ts";
 import { formatHostPort } from "./router.ts";
+import { ESTABLISHED } from "./tunnel.ts";
 
-const ESTABLISHED = "HTTP/1.1 200 Connection Established\r\n\r\n";
 
 
 interface TlsData extends SocketData {

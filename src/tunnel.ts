@@ -11,7 +11,8 @@ import { DialError } from "./errors.ts";
 import { Outbox } from "./outbox.ts";
 import { formatHostPort } from "./router.ts";
 
-const ESTABLISHED = "HTTP/1.1 200 Connection Established\r\n\r\n";
+/** The exact CONNECT answer (RFC 9110 §9.3.6: a 2xx carries no Content-Length or Transfer-Encoding). */
+export const ESTABLISHED = "HTTP/1.1 200 Connection Established\r\n\r\n";
 /** Bytes a client may send before the dial completes (a ClientHello is ~0.5–2 KiB). */
 const EARLY_LIMIT = 64 * 1024;
 

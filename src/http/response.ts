@@ -126,3 +126,12 @@ export function errorHead(status: number, message: string, extra: Record<string,
   const h = Buffer.from(head + "connection: close\r\n\r\n", "latin1");
   return method === "HEAD" ? h : Buffer.concat([h, body]);
 }
+
+/** A small text/plain answer with its exact length: crm's own endpoints and error answers. */
+export function textResponse(status: number, body: string, headers: Record<string, string> = {}): Response {
+  const b = body.endsWith("\n") ? body : body + "\n";
+  return new Response(b, {
+    status,
+    headers: { "content-type": "text/plain; charset=utf-8", "content-length": String(Buffer.byteLength(b)), ...headers },
+  });
+}
