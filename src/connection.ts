@@ -286,15 +286,15 @@ export class Connection {
     this.requests++;
     const started = performance.now();
     // From here on, bytes belong to this request (its body, a tunnel's first bytes), never to a
-    // new head: while authentication awaits, they are held (paused) and taken up below.
+    // new head: while authentication awaits, they are held in `buf` and taken up below.
     this.phase = "request";
     this.deadline = Infinity;
-    this.pause();
     // Proxy requests authenticate before the allow-list is consulted, so a stranger cannot map
     // the allow-list by telling 403 from 407. RFC 9110 §11.7.2: the credentials are crm's own
     // and are removed as hop-by-hop before anything is forwarded.
     const proxyRequest = this.secureAuthority === null && (head.method === "CONNECT" || !head.target.startsWith("/"));
     if (proxyRequest && this.rt.access.required("proxy")) {
+      this.pause();
       try {
         await this.rt.access.authenticate("proxy", headerValue(head.headers, "proxy-authorization"), this.client);
       } catch (e) {
