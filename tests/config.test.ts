@@ -195,3 +195,17 @@ describe("command line", () => {
     expect(parseArgs(argv).kind).toBe("error");
   });
 });
+
+describe("crm -t output", () => {
+  test("describes the effective config and never prints a password", async () => {
+    const { describeConfig } = await import("../src/describe.ts");
+    const { config } = buildConfig(
+      { mirror: { default_registry: "quay.io", registries: { "quay.io": { upstream: "https://quay.io", username: "robot", password: "sup3r-s3cret" } } } },
+      "t.yaml",
+    );
+    const text = describeConfig(config);
+    expect(text).toContain("quay.io -> https://quay.io/ (credentials: robot, password set)");
+    expect(text).toContain("allowed_hosts (10)");
+    expect(text).not.toContain("sup3r-s3cret");
+  });
+});
