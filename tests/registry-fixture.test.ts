@@ -27,12 +27,19 @@ beforeAll(async () => {
   if (skip) return;
   const t0 = performance.now();
   // Started together: each is its own registry process, temp dir and ports.
-  [fx, tlsFx, openFx, privateFx] = await Promise.all([
+  const started = await Promise.allSettled([
     startRegistry({ users: USERS }),
     startRegistry({ tls: true }),
     startRegistry({ auth: "none" }),
     startRegistry({ users: USERS, anonymousPull: false, tokenExpiresIn: 300 }),
   ]);
+  const failed = started.find((r) => r.status === "rejected");
+  if (failed) {
+    // Stop the ones that did start: afterAll cannot see them, and they would outlive the run.
+    await Promise.all(started.map((r) => (r.status === "fulfilled" ? r.value.stop() : undefined)));
+    throw (failed as PromiseRejectedResult).reason;
+  }
+  [fx, tlsFx, openFx, privateFx] = started.map((r) => (r as PromiseFulfilledResult<RegistryFixture>).value) as [RegistryFixture, RegistryFixture, RegistryFixture, RegistryFixture];
   startMs = performance.now() - t0;
   // Hooks get bun's 5 s default, not bunfig's test timeout; four registries on a busy 2-CPU box
   // (other test files running in parallel) can need more.
