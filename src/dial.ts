@@ -7,6 +7,16 @@ import { classifyNetworkError, DialError, PrivateAddressError } from "./errors.t
 import type { Resolver } from "./resolver.ts";
 import { formatHostPort } from "./router.ts";
 
+/**
+ * Looks `host` up for `target`: a refusal by the SSRF guard becomes DialError "private", any
+ * other lookup failure "dns". Shared by tunnels and fetch so both answer alike.
+ */
+export function lookupTarget(resolve: Resolver, host: string, target: string): Promise<string> {
+  return resolve(host).catch((cause: unknown) => {
+    throw new DialError(cause instanceof PrivateAddressError ? "private" : "dns", target, { cause });
+  });
+}
+
 /** Resolves `host` and connects, both within `timeoutMs`. */
 export async function dial<T>(
   resolve: Resolver,
@@ -25,11 +35,8 @@ export async function dial<T>(
       reject(new DialError("timeout", target));
     }, timeoutMs);
   });
-  const connecting = resolve(host).then(
-    (address) => Bun.connect<T>({ hostname: address, port, allowHalfOpen: true, socket: handlers, data }),
-    (cause: unknown) => {
-      throw new DialError(cause instanceof PrivateAddressError ? "private" : "dns", target, { cause });
-    },
+  const connecting = lookupTarget(resolve, host, target).then((address) =>
+    Bun.connect<T>({ hostname: address, port, allowHalfOpen: true, socket: handlers, data }),
   );
   // A dial that completes after its deadline must not leak a socket.
   connecting.then(

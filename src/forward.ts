@@ -6,7 +6,8 @@
  */
 import type { Exchange } from "./connection.ts";
 import type { Runtime } from "./context.ts";
-import { classifyNetworkError, DialError, HttpError, PrivateAddressError } from "./errors.ts";
+import { classifyNetworkError, DialError, HttpError } from "./errors.ts";
+import { lookupTarget } from "./dial.ts";
 import { endToEnd, addVia, stripHopByHop } from "./http/hop-by-hop.ts";
 import { headerValue } from "./http/head.ts";
 import { formatHostPort } from "./router.ts";
@@ -41,15 +42,9 @@ export async function fetchUpstream(
   const host = url.hostname.replace(/^\[|\]$/g, "");
   const target = formatHostPort(host, Number(url.port) || (url.protocol === "https:" ? 443 : 80));
   try {
-    let address: string;
-    try {
-      const lookup = (configuredHost ? rt.resolveConfigured : rt.resolve)(host);
-      // An IP literal answers at once (after the guard's check); only real lookups need a deadline.
-      address = isIP(host) ? await lookup : await withTimeout(lookup, rt.config.timeouts.connectMs);
-    } catch (cause) {
-      const reason = cause instanceof DialError ? cause.reason : cause instanceof PrivateAddressError ? "private" : "dns";
-      throw new DialError(reason, target, { cause });
-    }
+    const lookup = lookupTarget(configuredHost ? rt.resolveConfigured : rt.resolve, host, target);
+    // An IP literal answers at once (after the guard's check); only real lookups need a deadline.
+    const address = isIP(host) ? await lookup : await withTimeout(lookup, rt.config.timeouts.connectMs, target);
     let direct = url;
     if (address !== host) {
       direct = new URL(url.href);
@@ -69,9 +64,9 @@ export async function fetchUpstream(
   }
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+function withTimeout<T>(p: Promise<T>, ms: number, target: string): Promise<T> {
   let t: Timer | undefined;
-  return Promise.race([p, new Promise<never>((_, rej) => (t = setTimeout(() => rej(new DialError("timeout", "")), ms)))]).finally(() => clearTimeout(t));
+  return Promise.race([p, new Promise<never>((_, rej) => (t = setTimeout(() => rej(new DialError("timeout", target)), ms)))]).finally(() => clearTimeout(t));
 }
 
 export async function forward(ex: Exchange, rt: Runtime): Promise<Response> {
