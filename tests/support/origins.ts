@@ -67,6 +67,21 @@ export function startOrigin(tls?: { cert: string; key: string }): Server<undefin
           h.append("set-cookie", "b=2; Path=/");
           return new Response("cookies", { headers: h });
         }
+        case "/trickle": {
+          // `n` chunks of 1 KiB, one every `ms`: a slow but steady upstream.
+          const n = Number(url.searchParams.get("n") ?? "5");
+          const ms = Number(url.searchParams.get("ms") ?? "200");
+          let i = 0;
+          return new Response(
+            new ReadableStream({
+              async pull(c) {
+                if (i++ >= n) return c.close();
+                await Bun.sleep(ms);
+                c.enqueue(pattern(1024, i));
+              },
+            }),
+          );
+        }
         case "/slow":
           await Bun.sleep(Number(url.searchParams.get("ms") ?? "1000"));
           return new Response("slow done");
