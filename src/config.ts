@@ -526,5 +526,6 @@ function buildRegistry(c: Checker, path: string, name: string, v: unknown, file:
     username,
     password,
     redirectHosts,
+    operatorNamed: true,
   };
 }
