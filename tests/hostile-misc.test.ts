@@ -37,3 +37,65 @@ describe("request head", () => {
     c.socket.end();
   });
 });
+
+describe("index page", () => {
+  const PASSWORD = "a long index password";
+  let hash: string;
+  beforeAll(async () => {
+    hash = await Bun.password.hash(PASSWORD, { algorithm: "argon2id" });
+  });
+  const lan = "http://10.20.30.40:5000";
+  const mirror = { default_registry: "lan.test", registries: { "lan.test": lan } };
+
+  test("with access.users set, / asks for credentials (even with mirror_auth: false) and names registries, never their upstreams", async () => {
+    const crm = await startCrm({ allowed_hosts: ["internal.example"], access: { users: { alice: hash }, mirror_auth: false }, mirror });
+    try {
+      const anon = await fetch(crm.url + "/");
+      const anonText = await anon.text();
+      expect(anon.status).toBe(401);
+      expect(anon.headers.get("www-authenticate")).toBe('Basic realm="crm"');
+      expect(anonText).not.toContain("internal.example");
+      expect(anonText).not.toContain("lan.test");
+      const wrong = await fetch(crm.url + "/", { headers: { authorization: "Basic " + btoa("alice:nope") } });
+      expect(wrong.status).toBe(401);
+      await wrong.arrayBuffer();
+
+      const ok = await fetch(crm.url + "/", { headers: { authorization: "Basic " + btoa(`alice:${PASSWORD}`) } });
+      const page = await ok.text();
+      expect(ok.status).toBe(200);
+      expect(page).toContain("internal.example");
+      expect(page).toContain("lan.test");
+      expect(page).not.toContain("10.20.30.40");
+    } finally {
+      await crm.stop();
+    }
+  });
+
+  test("without users, / is open and still shows no upstream URL", async () => {
+    const crm = await startCrm({ mirror });
+    try {
+      const r = await fetch(crm.url + "/");
+      const page = await r.text();
+      expect(r.status).toBe(200);
+      expect(page).toContain("lan.test");
+      expect(page).not.toContain("10.20.30.40");
+    } finally {
+      await crm.stop();
+    }
+  });
+});
+
+describe("mirror.path_prefix in logs", () => {
+  test.each(["text", "json"])("every %s line shows the prefix as /<prefix>", async (format) => {
+    const crm = await startCrm({ log_format: format, mirror: { path_prefix: "/s3cr3t-path", default_registry: "dead.test", registries: { "dead.test": "http://127.0.0.1:9" } } }, "debug");
+    try {
+      for (const path of ["/s3cr3t-path/v2/", "/s3cr3t-path/v2/team/app/manifests/v1", "/s3cr3t-pathology"]) await (await fetch(crm.url + path)).arrayBuffer();
+      await crm.waitLog(/s3cr3t-pathology/);
+      const lines = crm.logs.join("\n");
+      expect(lines).toContain("/<prefix>/v2/team/app/manifests/v1");
+      expect(lines.replaceAll("s3cr3t-pathology", "")).not.toContain("s3cr3t-path");
+    } finally {
+      await crm.stop();
+    }
+  });
+});

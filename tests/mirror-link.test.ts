@@ -38,7 +38,7 @@ test("every Link value pointing at the registry is rewritten; values pointing el
       '</v2/team/app/tags/list?n=2&last=b>; rel="next"',
       '<https://evil.example/v2/team/app/tags/list?n=2&last=a>; rel="prev"',
       `<http://127.0.0.1:${upstream.port}/v2/team/app/tags/list?n=2>; rel="first"; title="page, one"`,
-      `<http://127.0.0.1:${upstream.port + 1}/v2/team/app/tags/list?last=z>; rel="last"`,
+      `<http://127.0.0.1:${(upstream.port ?? 0) + 1}/v2/team/app/tags/list?last=z>; rel="last"`,
     ].join(", "),
   );
   expect(got).toBe('</p/v2/team/app/tags/list?n=2&last=b>; rel="next", </p/v2/team/app/tags/list?n=2>; rel="first"; title="page, one"');
