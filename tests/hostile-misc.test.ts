@@ -4,6 +4,8 @@
  * warning for an open proxy.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { buildConfig } from "../src/config.ts";
+import { openProxyWarnings } from "../src/exposure.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { rawConnect } from "./support/raw.ts";
 
@@ -94,6 +96,36 @@ describe("mirror.path_prefix in logs", () => {
       const lines = crm.logs.join("\n");
       expect(lines).toContain("/<prefix>/v2/team/app/manifests/v1");
       expect(lines.replaceAll("s3cr3t-pathology", "")).not.toContain("s3cr3t-path");
+    } finally {
+      await crm.stop();
+    }
+  });
+});
+
+describe("open proxy warning", () => {
+  const warningsFor = (raw: Record<string, unknown>): string[] => openProxyWarnings(buildConfig(raw, "t.yaml").config);
+
+  test("listening beyond loopback with neither access.clients nor access.users is warned about, per address", () => {
+    expect(warningsFor({})).toEqual(["anyone who can reach :8080 may use this proxy; set access.clients or access.users"]);
+    expect(warningsFor({ listen: [8081, "[::]:8082", "10.0.0.5:8083", "crm.internal:8084", "127.0.0.1:8085", "[::1]:8086", "localhost:8087", "/run/crm.sock"] })).toEqual([
+      "anyone who can reach :8081 may use this proxy; set access.clients or access.users",
+      "anyone who can reach [::]:8082 may use this proxy; set access.clients or access.users",
+      "anyone who can reach 10.0.0.5:8083 may use this proxy; set access.clients or access.users",
+      "anyone who can reach crm.internal:8084 may use this proxy; set access.clients or access.users",
+    ]);
+  });
+
+  test("access.clients or access.users silence it", async () => {
+    const hash = await Bun.password.hash("a long password", { algorithm: "argon2id" });
+    expect(warningsFor({ access: { clients: ["10.0.0.0/8"] } })).toEqual([]);
+    expect(warningsFor({ access: { users: { alice: hash } } })).toEqual([]);
+  });
+
+  test("a loopback crm starts without the warning; the warning is a start-up log line", async () => {
+    const crm = await startCrm({});
+    try {
+      await crm.waitLog(/listening/);
+      expect(crm.logs.join("\n")).not.toContain("may use this proxy");
     } finally {
       await crm.stop();
     }
