@@ -1,7 +1,9 @@
 /**
  * `GET /`: a page a node operator can copy set-up from. It shows this instance's URL, the
- * mirrored registries and the allowed hosts, and never a secret: no users, no passwords, and not
- * mirror.path_prefix (which is itself a credential for Docker's registry-mirrors).
+ * mirrored registries by name and the allowed hosts, and never a secret: no users, no passwords,
+ * not mirror.path_prefix (which is itself a credential for Docker's registry-mirrors), and no
+ * upstream URL (a LAN registry's address is nobody's business). With access.users set, local.ts
+ * serves it to users only.
  */
 import type { Config } from "./config.ts";
 
@@ -43,7 +45,7 @@ ${sections.join("\n")}
 <h2>Mirrored registries</h2>
 ${
   c.mirror.enabled
-    ? `<table><tr><th>registry</th><th>upstream</th></tr>${registries.map((r) => `<tr><td>${esc(r.name)}</td><td>${esc(r.upstream.origin)}</td></tr>`).join("")}</table>
+    ? `<ul>${registries.map((r) => `<li><code>${esc(r.name)}</code></li>`).join("")}</ul>
 <p>Other registries by prefix: <code>${esc(host)}${esc(secretPath)}/gcr.io/distroless/static:nonroot</code></p>`
     : "<p>The mirror is disabled on this instance.</p>"
 }

@@ -12,6 +12,7 @@ import { Admission, ConnectionSet, listen, type ListenTls } from "./listener.ts"
 import { local, type LocalRoutes } from "./local.ts";
 import type { LogSink } from "./log.ts";
 import { createMirrorHandler } from "./mirror/index.ts";
+import { openProxyWarnings } from "./exposure.ts";
 import { Mitm } from "./mitm.ts";
 import type { Resolver } from "./resolver.ts";
 import { formatHostPort } from "./router.ts";
@@ -98,6 +99,7 @@ export class CrmServer {
       throw new Error(`cannot listen: ${(cause as Error).message}`, { cause });
     }
     for (const b of server.bound) rt.log.info("listening", { address: server.describe(b), tls: config.tls ? "on" : undefined });
+    for (const w of openProxyWarnings(config)) rt.log.warn(w);
     return server;
   }
 
@@ -159,6 +161,7 @@ export class CrmServer {
       }
     } else if (tlsChanged) rt.log.warn("tls removed from the config; the listener stays TLS until a restart");
     rt.log.info("configuration reloaded", { file: config.file, allowed_hosts: config.allowedHosts.length, registries: config.mirror.registries.size });
+    for (const w of openProxyWarnings(config)) rt.log.warn(w);
   }
 
   /** Actual bound addresses (port 0 resolved); unix sockets have port 0. */

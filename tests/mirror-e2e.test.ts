@@ -29,6 +29,8 @@ describe.skipIf(skipE2E)("crm mirroring a real registry", () => {
         // the ClientHello as an unfinished request head and only answers at this timeout, after
         // which skopeo falls back to http. The 10 s default would be the whole test's budget.
         timeouts: { header: "300ms" },
+        // The token service listens on its own port (realms may only use allowed ones).
+        allowed_ports: [80, 443, ...(fx.token ? [Number(new URL(fx.token.url).port)] : [])],
         mirror: { default_registry: "reg.test", registries: { "reg.test": fx.url } },
       },
       "info",

@@ -50,6 +50,9 @@ beforeAll(async () => {
   writeFileSync(join(dir, "robot.pass"), PASSWORD + "\n");
   crm = await startCrm({
     allowed_hosts: ["allowed.test"],
+    // Token services and the CDN listen on their own loopback ports; a realm or redirect may only
+    // go to the registry's own port, 443, 80 or allowed_ports.
+    allowed_ports: [80, 443, Number(new URL(tokens.url).port), Number(new URL(cdn.url).port), Number(new URL(strictTokens.url).port), Number(new URL(farTokens.url).port)],
     timeouts: { upstream_header: "400ms" },
     mirror: {
       default_registry: "docker.io",
