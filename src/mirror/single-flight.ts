@@ -41,8 +41,8 @@ export class SingleFlight<T> {
     let onAbort = (): void => {};
     const left = new Promise<never>((_, reject) => {
       onAbort = () => {
-        if (--f.waiting === 0) f.abort.abort();
         reject(new MirrorError(499, "UNKNOWN", "client went away"));
+        if (--f.waiting === 0) f.abort.abort();
       };
       if (signal.aborted) onAbort();
       else signal.addEventListener("abort", onAbort, { once: true });
