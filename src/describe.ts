@@ -22,6 +22,8 @@ export function describeConfig(c: Config): string {
   ];
   if (c.mirror.enabled) {
     lines.push(`mirror: enabled at ${c.mirror.pathPrefix}/v2/, default registry ${c.mirror.defaultRegistry}`);
+    const mc = c.mirror.manifestCache;
+    lines.push(`  manifest cache: ${mc.enabled ? `on, max_size ${mc.maxSize} bytes` : "off"}`);
     for (const r of c.mirror.registries.values()) {
       const creds = r.username ? ` (credentials: ${r.username}, password set)` : "";
       lines.push(`  ${r.name} -> ${r.upstream.href}${creds}`);

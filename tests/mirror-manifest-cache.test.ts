@@ -226,19 +226,23 @@ describe("by digest and by tag", () => {
     expect(hub.heads()).toBeLessThanOrEqual(50);
   });
 
-  test("an upstream without a usable HEAD (405) gets a plain GET; what it names by digest is then served from memory", async () => {
-    const { hub, crm } = await setup();
-    const img = hub.image();
-    for (let i = 0; i < 2; i++) {
-      const res = await get(crm, "/v2/nohead/x/manifests/latest");
-      expect(res.status).toBe(200);
-      expect(sha256(new Uint8Array(await res.arrayBuffer()))).toBe(img.index.digest);
-    }
-    expect(hub.gets()).toBe(2); // a tag cannot be resolved without its GET here
-    const byDigest = await get(crm, `/v2/nohead/x/manifests/${img.index.digest}`);
-    expect(sha256(new Uint8Array(await byDigest.arrayBuffer()))).toBe(img.index.digest);
-    expect(hub.gets()).toBe(2);
-  });
+  for (const repo of ["nohead", "nodigest"]) {
+    test(`an upstream without a usable HEAD (${repo === "nohead" ? "405" : "no Docker-Content-Digest"}) gets a plain GET; what it names by digest is then served from memory`, async () => {
+      const { hub, crm } = await setup();
+      const img = hub.image();
+      for (let i = 0; i < 2; i++) {
+        const res = await get(crm, `/v2/${repo}/x/manifests/latest`);
+        expect(res.status).toBe(200);
+        expect(res.headers.get("docker-content-digest")).toBe(img.index.digest);
+        expect(sha256(new Uint8Array(await res.arrayBuffer()))).toBe(img.index.digest);
+      }
+      expect(hub.gets()).toBe(2); // a tag cannot be resolved without its GET here
+      expect(hub.manifestRequests.filter((r) => r.startsWith("GET ")).every((r) => r.endsWith("/latest"))).toBe(true);
+      const byDigest = await get(crm, `/v2/${repo}/x/manifests/${img.index.digest}`);
+      expect(sha256(new Uint8Array(await byDigest.arrayBuffer()))).toBe(img.index.digest);
+      expect(hub.gets()).toBe(2);
+    });
+  }
 });
 
 describe("bad input is never served from memory", () => {

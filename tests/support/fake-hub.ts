@@ -10,6 +10,7 @@
  *   tampered/...   by digest: bytes that do not match the digest (HEAD by tag names the real one)
  *   liar/...       HEAD by tag names digest A; GET by digest A answers the bytes (and header) of B
  *   nohead/...     HEAD answers 405, as some registries do; GET works
+ *   nodigest/...   HEAD answers 200 without Docker-Content-Digest; GET carries it
  *   fill/x:<n>-<k> a distinct manifest of <n> bytes for each <k> (size-bound tests)
  */
 import { createHash, randomBytes } from "node:crypto";
@@ -173,7 +174,8 @@ export function startFakeHub(opts: { limit?: number } = {}): FakeHub {
           headerDigest = swap.digest;
         }
       }
-      const headers = { ...api, ...quota(), "content-type": found.type, "docker-content-digest": headerDigest, "content-length": String(bytes.byteLength), etag: `"${headerDigest}"` };
+      const headers: Record<string, string> = { ...api, ...quota(), "content-type": found.type, "docker-content-digest": headerDigest, "content-length": String(bytes.byteLength), etag: `"${headerDigest}"` };
+      if (name.startsWith("nodigest/") && req.method === "HEAD") delete headers["docker-content-digest"];
       return new Response(req.method === "HEAD" ? null : bytes, { headers });
     },
   });
