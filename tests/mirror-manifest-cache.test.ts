@@ -286,16 +286,21 @@ describe("bad input is never served from memory", () => {
     expect(hub.manifestRequests).toEqual([`GET /v2/library/multi/manifests/${ref}`, `GET /v2/library/multi/manifests/${ref}`]);
   });
 
-  test("a manifest over 4 MiB is streamed byte-exact and never cached", async () => {
+  test("a manifest over 4 MiB is streamed byte-exact and never cached (with and without Content-Length)", async () => {
     const { hub, crm } = await setup();
-    for (let i = 0; i < 2; i++) {
-      const res = await get(crm, "/v2/fill/x/manifests/5000000-big");
+    for (const tag of ["5000000-big", "5000000-chunked"]) {
+      const res = await get(crm, `/v2/fill/x/manifests/${tag}`);
       expect(res.status).toBe(200);
       const body = new Uint8Array(await res.arrayBuffer());
       expect(body.byteLength).toBe(5_000_000);
       expect(sha256(body)).toBe(res.headers.get("docker-content-digest")!);
     }
-    expect(hub.gets()).toBe(2);
+    // The one sent without Content-Length was read up to the limit, then fetched again to stream.
+    expect(hub.gets()).toBe(3);
+    // Concurrent requests for one: the first streams the shared answer, the others their own.
+    const together = await Promise.all(Array.from({ length: 5 }, () => get(crm, "/v2/fill/x/manifests/5000000-together").then(async (r) => sha256(new Uint8Array(await r.arrayBuffer())))));
+    expect(new Set(together).size).toBe(1);
+    expect(hub.gets()).toBe(3 + 5);
     expect(await metric(crm, "crm_mirror_manifest_cache_entries")).toBe(0);
   });
 });

@@ -33,7 +33,7 @@ export type Fetched =
   | { kind: "manifest"; manifest: CachedManifest }
   /** A small answer every waiter may send as is: an upstream error, or a manifest crm could not check. */
   | { kind: "answer"; status: number; headers: Headers; body: Uint8Array }
-  /** Too big to hold: the first taker streams it; later ones get null and fetch on their own. */
+  /** Too big to hold: the first taker streams it; later ones (or all) get null and fetch on their own. */
   | { kind: "stream"; take(): Response | null };
 
 export interface ManifestGet {
@@ -83,15 +83,18 @@ async function fetchManifest(req: ManifestGet, signal: AbortSignal): Promise<Fet
   if (!upHeaders.has("docker-content-digest") && result.firstDigest !== null) upHeaders.set("docker-content-digest", result.firstDigest);
   const encoded = (res.headers.get("content-encoding") ?? "identity").toLowerCase() !== "identity";
   if (res.status !== 200 || encoded) {
-    if (res.status >= 200 && res.status < 300) return streamOnce(res, upHeaders, []);
+    if (res.status >= 200 && res.status < 300) return streamOnce(res, upHeaders);
     const { bytes } = await readSmallBody(res, ERROR_BODY_LIMIT, timeoutMs);
     return { kind: "answer", status: res.status, headers: upHeaders, body: bytes };
   }
   const declared = Number(res.headers.get("content-length") ?? "0");
-  if (declared > MAX_CACHED_MANIFEST) return streamOnce(res, upHeaders, []);
-  const read = await readUpTo(res, MAX_CACHED_MANIFEST, timeoutMs, registry);
-  if (read.reader !== null) return streamOnce(res, upHeaders, read.parts, read.reader);
-  const bytes = read.bytes;
+  if (declared > MAX_CACHED_MANIFEST) return streamOnce(res, upHeaders);
+  const { bytes, truncated } = await readSmallBody(res, MAX_CACHED_MANIFEST + 1, timeoutMs);
+  if (truncated && bytes.byteLength > MAX_CACHED_MANIFEST) {
+    // Over the limit without saying so up front: what was read is gone, each waiter streams its own.
+    return { kind: "stream", take: () => null };
+  }
+  if (truncated) throw new MirrorError(502, "UNAVAILABLE", `upstream ${registry} broke off a manifest body or did not finish it within ${timeoutMs} ms`);
 
   const named = upHeaders.get("docker-content-digest");
   const want = req.expect ?? named;
@@ -112,79 +115,15 @@ async function fetchManifest(req: ManifestGet, signal: AbortSignal): Promise<Fet
   return { kind: "manifest", manifest };
 }
 
-/** The part of a body reader used here (Bun's and the DOM's reader types differ). */
-interface Reader {
-  read(): Promise<{ done: true; value?: undefined } | { done: false; value: Uint8Array }>;
-  cancel(reason?: unknown): Promise<void>;
-  releaseLock(): void;
-}
-type Read = { reader: null; bytes: Uint8Array } | { reader: Reader; parts: Uint8Array[] };
-
-/** The whole body if it is at most `limit` bytes, else what was read and the reader for the rest. */
-async function readUpTo(res: Response, limit: number, timeoutMs: number, registry: string): Promise<Read> {
-  if (res.body === null) return { reader: null, bytes: new Uint8Array(0) };
-  const reader: Reader = res.body.getReader();
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    void reader.cancel().catch(() => {});
-  }, timeoutMs);
-  const parts: Uint8Array[] = [];
-  let size = 0;
-  try {
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      parts.push(value);
-      size += value.byteLength;
-      if (size > limit) return { reader, parts };
-    }
-  } catch (cause) {
-    throw new MirrorError(502, "UNAVAILABLE", `upstream ${registry} broke off a manifest body`, { cause });
-  } finally {
-    clearTimeout(timer);
-  }
-  if (timedOut) throw new MirrorError(504, "UNAVAILABLE", `upstream ${registry} did not finish a manifest body within ${timeoutMs} ms`);
-  reader.releaseLock();
-  const bytes = new Uint8Array(size);
-  let off = 0;
-  for (const p of parts) {
-    bytes.set(p, off);
-    off += p.byteLength;
-  }
-  return { reader: null, bytes };
-}
-
-/** Hands the answer to the first taker; what was already read goes first, then the rest as it comes. */
-function streamOnce(res: Response, headers: Headers, parts: Uint8Array[], reader?: Reader): Fetched {
+/** Hands the answer to the first taker; the others get null and send their own request. */
+function streamOnce(res: Response, headers: Headers): Fetched {
   let taken = false;
   return {
     kind: "stream",
     take() {
       if (taken) return null;
       taken = true;
-      if (reader === undefined) return new Response(res.body, { status: res.status, headers });
-      let i = 0;
-      const body = new ReadableStream<Uint8Array>(
-        {
-          async pull(ctl) {
-            const p = parts[i];
-            if (p !== undefined) {
-              parts[i++] = new Uint8Array(0);
-              ctl.enqueue(p);
-              return;
-            }
-            const { done, value } = await reader.read();
-            if (done) ctl.close();
-            else ctl.enqueue(value);
-          },
-          cancel(reason) {
-            return reader.cancel(reason);
-          },
-        },
-        { highWaterMark: 0 },
-      );
-      return new Response(body, { status: res.status, headers });
+      return new Response(res.body, { status: res.status, headers });
     },
   };
 }

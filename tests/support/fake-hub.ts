@@ -11,7 +11,8 @@
  *   liar/...       HEAD by tag names digest A; GET by digest A answers the bytes (and header) of B
  *   nohead/...     HEAD answers 405, as some registries do; GET works
  *   nodigest/...   HEAD answers 200 without Docker-Content-Digest; GET carries it
- *   fill/x:<n>-<k> a distinct manifest of <n> bytes for each <k> (size-bound tests)
+ *   fill/x:<n>-<k> a distinct manifest of <n> bytes for each <k> (size-bound tests); a <k> that
+ *                  starts with "chunked" is sent without Content-Length
  */
 import { createHash, randomBytes } from "node:crypto";
 
@@ -176,6 +177,17 @@ export function startFakeHub(opts: { limit?: number } = {}): FakeHub {
       }
       const headers: Record<string, string> = { ...api, ...quota(), "content-type": found.type, "docker-content-digest": headerDigest, "content-length": String(bytes.byteLength), etag: `"${headerDigest}"` };
       if (name.startsWith("nodigest/") && req.method === "HEAD") delete headers["docker-content-digest"];
+      if (name.startsWith("fill/") && (fills.get(ref) ?? ref).includes("-chunked") && req.method === "GET") {
+        delete headers["content-length"];
+        const body = bytes;
+        const stream = new ReadableStream<Uint8Array>({
+          start(ctl) {
+            for (let off = 0; off < body.byteLength; off += 1 << 20) ctl.enqueue(body.subarray(off, off + (1 << 20)));
+            ctl.close();
+          },
+        });
+        return new Response(stream, { headers });
+      }
       return new Response(req.method === "HEAD" ? null : bytes, { headers });
     },
   });
