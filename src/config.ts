@@ -12,6 +12,7 @@ import { parseCidr } from "./cidr.ts";
 import { nearest } from "./did-you-mean.ts";
 import { LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { DEFAULT_REGISTRIES, type RegistryConfig } from "./registries.ts";
+import { buildManifestCache, type ManifestCacheConfig } from "./config/manifest-cache.ts";
 
 export interface ListenAddress {
   hostname: string;
@@ -49,6 +50,7 @@ export interface MirrorConfig {
   pathPrefix: string;
   defaultRegistry: string;
   registries: ReadonlyMap<string, RegistryConfig>;
+  manifestCache: ManifestCacheConfig;
 }
 
 export interface AccessConfig {
@@ -469,7 +471,7 @@ function buildLimits(c: Checker, raw: unknown): Limits {
 }
 
 function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
-  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries", "path_prefix"]) ?? {};
+  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries", "path_prefix", "manifest_cache"]) ?? {};
   const enabled = c.bool("mirror.enabled", m.enabled, true);
   let pathPrefix = m.path_prefix === "" ? "" : (c.string("mirror.path_prefix", m.path_prefix) ?? "");
   if (pathPrefix !== "") {
@@ -492,7 +494,9 @@ function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
   if (enabled && registries.size > 0 && !registries.has(defaultRegistry)) {
     c.fail("mirror.default_registry", defaultRegistry, `must be one of the mirrored registries (${[...registries.keys()].join(", ")})`);
   }
-  return { enabled, pathPrefix, defaultRegistry, registries };
+  const manifestCache = buildManifestCache(m.manifest_cache);
+  c.errors.push(...manifestCache.errors);
+  return { enabled, pathPrefix, defaultRegistry, registries, manifestCache: manifestCache.config };
 }
 
 const REGISTRY_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d+)?$/;

@@ -9,6 +9,7 @@ import { textResponse as text } from "./http/response.ts";
 import { HttpError } from "./errors.ts";
 import { errorResponse, MirrorError } from "./mirror/errors.ts";
 import { renderIndex } from "./index-page.ts";
+import { upstreamQuota } from "./mirror/state.ts";
 
 export type LocalHandler = (ex: Exchange, rt: Runtime) => Promise<Response> | Response;
 
@@ -35,7 +36,7 @@ async function indexPage(ex: Exchange, rt: Runtime): Promise<Response> {
     if (!(e instanceof HttpError)) throw e;
     return text(e.status, `crm: ${e.message}`, e.headers);
   }
-  const body = renderIndex(rt.config);
+  const body = renderIndex(rt.config, upstreamQuota(rt));
   return new Response(body, { headers: { "content-type": "text/html; charset=utf-8", "content-length": String(Buffer.byteLength(body)) } });
 }
 

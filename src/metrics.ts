@@ -29,6 +29,8 @@ export class Metrics {
   tokenCacheHits = 0;
   tokenCacheMisses = 0;
   gauges: Gauges = { connections: () => 0, certificates: () => 0 };
+  /** Families a feature renders itself (the mirror's manifest cache and upstream quota). */
+  readonly sections: Array<() => string[]> = [];
 
   constructor(private readonly startedAt = Date.now()) {}
 
@@ -95,6 +97,7 @@ export class Metrics {
     out.push(`crm_mirror_token_cache_total{result="hit"} ${this.tokenCacheHits}`, `crm_mirror_token_cache_total{result="miss"} ${this.tokenCacheMisses}`);
     family("crm_mitm_certificates", "gauge", "Leaf certificates in the MITM cache.");
     out.push(`crm_mitm_certificates ${this.gauges.certificates()}`);
+    for (const section of this.sections) out.push(...section());
     family("crm_process_resident_memory_bytes", "gauge", "Resident set size.");
     out.push(`crm_process_resident_memory_bytes ${process.memoryUsage.rss()}`);
     const fds = openFds();
