@@ -11,6 +11,8 @@ import { startCrm, type TestCrm } from "./support/crm.ts";
 
 const MANIFEST = JSON.stringify({ schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json", config: {}, layers: [] });
 const MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json";
+// The real digest: the manifest cache checks the bytes against it.
+const MANIFEST_DIGEST = "sha256:" + new Bun.CryptoHasher("sha256").update(MANIFEST).digest("hex");
 
 interface LanRegistry {
   server: Server<undefined>;
@@ -53,7 +55,7 @@ function startLanRegistry(): LanRegistry {
       if (req.headers.get("authorization") !== want) {
         return Response.json({ errors: [{ code: "UNAUTHORIZED", message: "authentication required" }] }, { status: 401, headers: { "www-authenticate": `Bearer realm="${realm}",service="lan"` } });
       }
-      return new Response(MANIFEST, { headers: { "content-type": MANIFEST_TYPE, "docker-content-digest": "sha256:" + "0".repeat(64) } });
+      return new Response(MANIFEST, { headers: { "content-type": MANIFEST_TYPE, "docker-content-digest": MANIFEST_DIGEST } });
     },
   });
   lan.port = lan.server.port ?? 0;
