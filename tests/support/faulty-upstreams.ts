@@ -10,6 +10,9 @@
  * - garbage: answers bytes that are not HTTP, then closes;
  * - chunked-cut: answers `Transfer-Encoding: chunked`, sends some chunks, then closes without
  *   the terminating 0-chunk (`cut: "between"`) or inside a chunk's data (`cut: "inside"`).
+ * startScriptedUpstream answers each request head with bytes a test computes from it (any framing,
+ * lawful or not: Content-Length next to Transfer-Encoding, differing lengths, forged responses
+ * inside a body), over plain TCP or TLS.
  */
 import type { Socket, TCPSocketListener } from "bun";
 
@@ -139,6 +142,82 @@ export function startFaultyUpstream(kind: FaultKind, opts: FaultOptions = {}): F
     get open() {
       return sockets.size;
     },
+    stop() {
+      for (const s of sockets) s.terminate();
+      sockets.clear();
+      listener.stop(true);
+    },
+  };
+}
+
+/** What a scripted upstream sends for one request, and how its side of the connection ends. */
+export interface ScriptedAnswer {
+  bytes: Buffer;
+  /** keep: read the next request on the same connection; end: FIN; terminate: TCP reset. */
+  after: "keep" | "end" | "terminate";
+}
+
+export interface ScriptedUpstream {
+  port: number;
+  /** Request heads read so far (latin1, without the final CRLFCRLF). */
+  readonly heads: string[];
+  stop(): void;
+}
+
+/** An upstream that answers each request head with `answer(head)`, byte for byte; request bodies are skipped by Content-Length. */
+export function startScriptedUpstream(answer: (head: string) => ScriptedAnswer, tls?: { cert: string; key: string }): ScriptedUpstream {
+  const heads: string[] = [];
+  const sockets = new Set<Socket<ServerData>>();
+  const fresh = (): ServerData => ({ buf: Buffer.alloc(0), answered: false, queue: [], after: "none" });
+  const listener: TCPSocketListener<ServerData> = Bun.listen<ServerData>({
+    hostname: "127.0.0.1",
+    port: 0,
+    allowHalfOpen: true,
+    ...(tls ? { tls } : {}),
+    data: fresh(),
+    socket: {
+      open(s) {
+        s.data = fresh();
+        sockets.add(s);
+      },
+      data(s, chunk) {
+        const d = s.data;
+        if (d.answered) return;
+        d.buf = Buffer.concat([d.buf, chunk]);
+        const end = d.buf.indexOf("\r\n\r\n");
+        if (end < 0) {
+          if (d.buf.byteLength > 256 * 1024) s.terminate();
+          return;
+        }
+        const head = d.buf.toString("latin1", 0, end);
+        const cl = /\r\ncontent-length:\s*(\d+)/i.exec(head);
+        if (d.buf.byteLength < end + 4 + Number(cl?.[1] ?? 0)) return;
+        heads.push(head);
+        d.buf = Buffer.alloc(0);
+        const a = answer(head);
+        d.queue.push(a.bytes);
+        if (a.after === "keep") d.after = "none";
+        else {
+          d.answered = true;
+          d.after = a.after;
+        }
+        pump(s);
+      },
+      drain(s) {
+        pump(s);
+      },
+      end(s) {
+        s.end();
+      },
+      close(s) {
+        sockets.delete(s);
+      },
+      error() {},
+    },
+  });
+  return {
+    port: listener.port,
+    heads,
     stop() {
       for (const s of sockets) s.terminate();
       sockets.clear();
