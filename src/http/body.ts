@@ -123,7 +123,7 @@ export class BodyFeeder {
     const only = parts.length === 1 ? (parts[0] as Uint8Array) : null;
     // A view that uses most of its buffer is passed as it is; anything else is copied out, so
     // what stays alive is the payload, not the socket reads it came in.
-    const piece = only !== null && only.byteLength * 2 >= only.buffer.byteLength ? only : join(parts, n);
+    const piece = only !== null && only.byteLength * 2 >= only.buffer.byteLength ? only : Buffer.concat(parts, n);
     this.charge = Math.max(this.unchargedWire, piece.buffer.byteLength) + PIECE_COST;
     this.unchargedWire = 0;
     this.ctrl.enqueue(piece);
@@ -134,14 +134,4 @@ export class BodyFeeder {
     this.finished = true;
     if (!this.cancelled) this.ctrl.close();
   }
-}
-
-function join(parts: Uint8Array[], n: number): Uint8Array {
-  const out = new Uint8Array(n);
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.byteLength;
-  }
-  return out;
 }
