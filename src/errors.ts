@@ -41,16 +41,19 @@ export class HttpError extends Error {
 }
 
 /** Why a dial failed; each reason maps to one status (RFC 9110 §15.6.3 502, §15.6.5 504). */
-export type DialFailure = "refused" | "dns" | "timeout" | "reset" | "tls" | "unreachable" | "private" | "other";
+export type DialFailure = "refused" | "dns" | "timeout" | "reset" | "tls" | "unreachable" | "private" | "framing" | "other";
 
 export class DialError extends Error {
   override name = "DialError";
+  /** What exactly was wrong, when the reason alone does not say (the framing an upstream used). */
+  readonly detail: string | null;
   constructor(
     readonly reason: DialFailure,
     readonly target: string,
-    options?: ErrorOptions,
+    options?: ErrorOptions & { detail?: string },
   ) {
-    super(`${target}: ${describeDialFailure(reason)}`, options);
+    super(`${target}: ${describeDialFailure(reason)}${options?.detail ? `: ${options.detail}` : ""}`, options);
+    this.detail = options?.detail ?? null;
   }
   get status(): number {
     if (this.reason === "private") return 403;
@@ -74,6 +77,8 @@ function describeDialFailure(reason: DialFailure): string {
       return "network unreachable";
     case "private":
       return "resolves to a non-public address (set allow_private_networks: true to allow)";
+    case "framing":
+      return "answered with a message framing crm cannot relay";
     default:
       return "connection failed";
   }

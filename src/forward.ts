@@ -11,6 +11,7 @@ import { lookupTarget } from "./dial.ts";
 import { endToEnd, addVia, stripHopByHop } from "./http/hop-by-hop.ts";
 import { headerValue } from "./http/head.ts";
 import { formatHostPort } from "./router.ts";
+import { fetchFramingFailure, relayableFraming } from "./upstream-framing.ts";
 import { isIP } from "node:net";
 
 /** Fields fetch() sets itself from the URL and body, that crm answered already, or that it rebuilds (Via). */
@@ -26,7 +27,7 @@ export function upstreamInit(rt: Runtime, signal: AbortSignal, serverName?: stri
  * Runs `fetch` with a deadline for the response head; a body may take as long as it takes.
  * The host is looked up with crm's resolver and fetch connects to that address (Host and TLS
  * SNI/verification keep the name), so the address checked is the address used. Network
- * failures become DialError.
+ * failures, and answers framed in a way crm cannot relay, become DialError.
  */
 export async function fetchUpstream(
   rt: Runtime,
@@ -54,9 +55,12 @@ export async function fetchUpstream(
     if (!headers.has("host")) headers.set("host", url.host);
     const signal = AbortSignal.any([clientSignal, deadline.signal]);
     const serverName = url.protocol === "https:" && !isIP(host) ? host : undefined;
-    return await fetch(direct, { ...init, headers, ...upstreamInit(rt, signal, serverName) });
+    const res = await fetch(direct, { ...init, headers, ...upstreamInit(rt, signal, serverName) });
+    return await relayableFraming(res, init.method ?? "GET", target);
   } catch (e) {
     if (e instanceof DialError) throw e;
+    const framing = fetchFramingFailure(e);
+    if (framing !== null) throw new DialError("framing", target, { cause: e, detail: framing });
     if (deadline.signal.aborted) throw new DialError("timeout", target, { cause: e });
     throw new DialError(clientSignal.aborted ? "other" : classifyNetworkError(e), target, { cause: e });
   } finally {

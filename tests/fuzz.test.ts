@@ -19,6 +19,7 @@ import { HostPolicy, normalizeHost } from "../src/host-policy.ts";
 import { staticResolver } from "../src/resolver.ts";
 import { route, type Route } from "../src/router.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
+import { caseSeed, Rng } from "./support/rng.ts";
 import { header, openRaw, parseResponses, waitUntil, type ParsedResponse } from "./support/faulty-upstreams.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -49,47 +50,6 @@ console.log(
   `fuzz: seed=${SEED} (0x${SEED.toString(16)}) unit_cases=${UNIT_CASES} socket_cases=${SOCKET_CASES}; ` +
     `reproduce with CRM_FUZZ_SEED=${SEED} [CRM_FUZZ_CASE=i | CRM_FUZZ_SOCKET_CASE=i]`,
 );
-
-// ---------------------------------------------------------------------------------------------
-// PRNG: mulberry32, one independent stream per case.
-
-class Rng {
-  private s: number;
-  constructor(seed: number) {
-    this.s = seed >>> 0;
-  }
-  u32(): number {
-    let t = (this.s = (this.s + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  }
-  int(n: number): number {
-    return n <= 0 ? 0 : this.u32() % n;
-  }
-  range(lo: number, hi: number): number {
-    return lo + this.int(hi - lo + 1);
-  }
-  chance(p: number): boolean {
-    return this.u32() / 2 ** 32 < p;
-  }
-  pick<T>(a: readonly T[]): T {
-    return a[this.int(a.length)] as T;
-  }
-  /** Random bytes as a latin1 string (one char per byte). */
-  bytes(n: number): string {
-    let s = "";
-    for (let i = 0; i < n; i++) s += String.fromCharCode(this.int(256));
-    return s;
-  }
-}
-
-function caseSeed(seed: number, stream: number, i: number): number {
-  let h = (seed ^ Math.imul(stream + 0x632be5ab, 0x85ebca6b) ^ Math.imul(i + 1, 0x9e3779b9)) >>> 0;
-  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
-  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
-  return (h ^ (h >>> 16)) >>> 0;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Corpus: real client requests, byte-exact (CRLF), in tests/fixtures/requests/*.txt.

@@ -2,10 +2,16 @@
  * Incremental decoder for chunked request bodies (RFC 9112 §7.1). It yields the payload bytes
  * and reports where the body ended in the input, so the bytes after it (a pipelined request)
  * stay with the connection. Chunk extensions are read and dropped; trailers are read and dropped.
+ * Both are bounded, since they cost crm reading time and the client nothing: a chunk line
+ * (size and extensions) to 4 KiB like Go and llhttp, the trailer section to a head's 64 KiB, and
+ * the framing overhead against the data it frames (Go's rule, net/http/internal/chunked.go).
  */
 import { HttpError } from "../errors.ts";
+import { MAX_HEAD } from "./head.ts";
 
 const MAX_LINE = 4096;
+/** Overhead beyond 16 bytes per chunk plus twice its data that may pile up before the body is refused. */
+const MAX_EXCESS = 16 * 1024;
 
 type State = "size" | "data" | "data-crlf" | "trailer" | "done";
 
@@ -13,6 +19,8 @@ export class ChunkedDecoder {
   private state: State = "size";
   private line = "";
   private remaining = 0;
+  private excess = 0;
+  private trailerBytes = 0;
 
   get done(): boolean {
     return this.state === "done";
@@ -38,8 +46,14 @@ export class ChunkedDecoder {
       if (this.state === "data-crlf" && (this.line === "" ? byte !== 0x0d : byte !== 0x0a)) {
         throw new HttpError(400, "missing CRLF after chunk data");
       }
+      if (this.state === "trailer" && ++this.trailerBytes > MAX_HEAD) {
+        throw new HttpError(431, `chunked trailer section too large (limit ${MAX_HEAD / 1024} KiB)`);
+      }
       if (byte !== 0x0a) {
-        if (this.line.length >= MAX_LINE) throw new HttpError(400, "chunk line too long");
+        if (this.line.length >= MAX_LINE) {
+          if (this.state === "trailer") throw new HttpError(431, `chunked trailer line too long (limit ${MAX_LINE / 1024} KiB)`);
+          throw new HttpError(400, `chunk size line too long (limit ${MAX_LINE / 1024} KiB, extensions included)`);
+        }
         this.line += String.fromCharCode(byte);
         continue;
       }
@@ -51,6 +65,10 @@ export class ChunkedDecoder {
         this.state = "size";
       } else if (this.state === "size") {
         this.remaining = parseChunkSize(line);
+        // The size line and the CRLF after the data are overhead; each chunk may bring 16 bytes of
+        // it, plus twice its data: 1-byte chunks pass, kilobytes of extension per byte do not.
+        this.excess = Math.max(0, this.excess + line.length + 4 - 16 - 2 * this.remaining);
+        if (this.excess > MAX_EXCESS) throw new HttpError(400, "chunked body has too much framing for its data (chunk extensions)");
         this.state = this.remaining === 0 ? "trailer" : "data";
       } else if (line === "") {
         this.state = "done";

@@ -1,6 +1,8 @@
 /**
  * Writes a fetch `Response` onto an HTTP/1.1 connection: status line, fields, and the body
- * framed by Content-Length when known, else chunked (HTTP/1.1) or by close (HTTP/1.0).
+ * framed by Content-Length when known, else chunked (HTTP/1.1) or by close (HTTP/1.0). The
+ * framing it announces is the framing it keeps: never a byte past a declared length (a client
+ * would read it as the next response), and a short body never looks complete.
  */
 import type { Outbox } from "../outbox.ts";
 import { STATUS_TEXT } from "./status.ts";
@@ -49,8 +51,8 @@ export async function writeResponse(out: Outbox, res: Response, opts: WriteOptio
     head += `${k}: ${v}\r\n`;
   }
   for (const c of res.headers.getSetCookie()) head += `set-cookie: ${c}\r\n`;
-  if (framing === "length" || (framing === "none" && lengthText !== null && res.status !== 204 && res.status !== 304)) {
-    head += `content-length: ${lengthText}\r\n`;
+  if (framing === "length" || (framing === "none" && length !== null && res.status !== 204 && res.status !== 304)) {
+    head += `content-length: ${length}\r\n`;
   } else if (framing === "chunked") head += "transfer-encoding: chunked\r\n";
   // HTTP/1.0 closes by default: a kept connection must be announced (RFC 9112 §C.2.2).
   head += keepAlive ? (opts.version === "HTTP/1.0" ? "connection: keep-alive\r\n\r\n" : "\r\n") : "connection: close\r\n\r\n";
@@ -69,14 +71,19 @@ export async function writeResponse(out: Outbox, res: Response, opts: WriteOptio
   if (framing === "length" && length !== null && length <= SMALL_BODY) {
     // A small body (bounded by SMALL_BODY, so memory stays bounded) leaves with its head in one
     // write: no stream reader, one syscall and one segment per answer instead of two.
-    let body: Uint8Array;
+    let body: Uint8Array | "overflow";
     try {
-      body = await res.bytes();
+      body = await readAtMost(res.body, length);
     } catch {
       out.write(head);
       return { bytes: 0, complete: false, keepAlive: false };
     }
     if (out.closed) return { bytes: 0, complete: false, keepAlive: false };
+    if (body === "overflow") {
+      // Nothing is sent yet, so the client can be told plainly instead of getting a cut body.
+      out.write(errorHead(502, "crm: the upstream sent more body bytes than its Content-Length", {}, opts.method));
+      return { bytes: 0, complete: false, keepAlive: false };
+    }
     const complete = body.byteLength === length;
     out.write(Buffer.concat([Buffer.from(head, "latin1"), body]));
     return { bytes: body.byteLength, complete, keepAlive: keepAlive && complete };
@@ -94,6 +101,12 @@ export async function writeResponse(out: Outbox, res: Response, opts: WriteOptio
         return { bytes, complete: false, keepAlive: false };
       }
       if (value.byteLength === 0) continue;
+      if (framing === "length" && length !== null && bytes + value.byteLength > length) {
+        // More than declared: what is sent stays short (so the client sees a cut body, never a
+        // complete one) and the connection is closed, so the excess is nobody's next response.
+        await reader.cancel().catch(() => {});
+        return { bytes, complete: false, keepAlive: false };
+      }
       bytes += value.byteLength;
       opts.progress?.();
       let ok: boolean;
@@ -113,6 +126,24 @@ export async function writeResponse(out: Outbox, res: Response, opts: WriteOptio
   if (framing === "chunked") out.write(bytes > 0 ? LAST_CHUNK_AFTER_DATA : LAST_CHUNK);
   const complete = framing !== "length" || bytes === length;
   return { bytes, complete, keepAlive: keepAlive && complete };
+}
+
+/** The whole body if it has at most `limit` bytes; "overflow" (the rest cancelled) if it has more. */
+async function readAtMost(body: ReadableStream<Uint8Array>, limit: number): Promise<Uint8Array | "overflow"> {
+  const reader = body.getReader();
+  const parts: Uint8Array[] = [];
+  let n = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    n += value.byteLength;
+    if (n > limit) {
+      await reader.cancel().catch(() => {});
+      return "overflow";
+    }
+    parts.push(value);
+  }
+  return parts.length === 1 ? (parts[0] as Uint8Array) : Buffer.concat(parts);
 }
 
 /**

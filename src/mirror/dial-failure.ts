@@ -13,6 +13,7 @@ const REASON: Record<DialError["reason"], string> = {
   tls: "TLS handshake failed",
   unreachable: "network unreachable",
   private: "resolves to a non-public address (allow_private_networks is off)",
+  framing: "answered with a message framing crm cannot relay",
   other: "connection failed",
 };
 
@@ -20,5 +21,5 @@ export function dialFailure(e: DialError, what: string): MirrorError {
   // The SSRF guard's refusal is 403 on the proxy path; here the upstream is the operator's own
   // configuration, so the client is told the gateway failed, like any unusable upstream.
   const status = e.reason === "timeout" ? 504 : 502;
-  return new MirrorError(status, "UNAVAILABLE", `${what}: ${REASON[e.reason] ?? REASON.other}`, { cause: e });
+  return new MirrorError(status, "UNAVAILABLE", `${what}: ${REASON[e.reason] ?? REASON.other}${e.detail ? `: ${e.detail}` : ""}`, { cause: e });
 }

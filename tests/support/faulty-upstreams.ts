@@ -10,6 +10,9 @@
  * - garbage: answers bytes that are not HTTP, then closes;
  * - chunked-cut: answers `Transfer-Encoding: chunked`, sends some chunks, then closes without
  *   the terminating 0-chunk (`cut: "between"`) or inside a chunk's data (`cut: "inside"`).
+ * startScriptedUpstream answers each request head with bytes a test computes from it (any framing,
+ * lawful or not: Content-Length next to Transfer-Encoding, differing lengths, forged responses
+ * inside a body), over plain TCP or TLS.
  */
 import type { Socket, TCPSocketListener } from "bun";
 
@@ -34,6 +37,8 @@ export interface FaultOptions {
 
 interface ServerData {
   buf: Buffer;
+  /** Request body bytes still to drop. */
+  skip: number;
   answered: boolean;
   queue: Buffer[];
   after: "none" | "end" | "terminate";
@@ -66,56 +71,105 @@ function pump(s: Socket<ServerData>): void {
 export const GARBAGE = Buffer.concat([Buffer.from("SSH-2.0-OpenSSH_9.6\r\n\x00\x01\x02"), Buffer.from([0xff, 0xfe, 0x00, 0x0d, 0x0a, 0x0d, 0x0a]), Buffer.from("not http at all\r\n\r\n")]);
 
 export function startFaultyUpstream(kind: FaultKind, opts: FaultOptions = {}): FaultyUpstream {
-  let hits = 0;
-  const sockets = new Set<Socket<ServerData>>();
   const length = opts.length ?? 64 * 1024;
-  const answer = (s: Socket<ServerData>): void => {
-    const d = s.data;
+  const answer = (): ScriptedAnswer => {
     switch (kind) {
       case "stall":
-        return;
+        return { bytes: Buffer.alloc(0), after: "keep" };
       case "reset-mid-body":
-        d.queue.push(Buffer.from(`HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ${length}\r\n\r\n`));
-        d.queue.push(bodyBytes(Math.floor(length / 2)));
-        d.after = "terminate";
-        break;
+        return {
+          bytes: Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ${length}\r\n\r\n`), bodyBytes(Math.floor(length / 2))]),
+          after: "terminate",
+        };
       case "garbage":
-        d.queue.push(GARBAGE);
-        d.after = "end";
-        break;
+        return { bytes: GARBAGE, after: "end" };
       case "chunked-cut": {
         const chunk = bodyBytes(1000);
-        d.queue.push(Buffer.from("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"));
-        for (let i = 0; i < 4; i++) d.queue.push(Buffer.from("3e8\r\n"), chunk, Buffer.from("\r\n"));
-        if ((opts.cut ?? "between") === "inside") d.queue.push(Buffer.from("3e8\r\n"), chunk.subarray(0, 500));
-        d.after = "terminate";
-        break;
+        const parts: Buffer[] = [Buffer.from("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n")];
+        for (let i = 0; i < 4; i++) parts.push(Buffer.from("3e8\r\n"), chunk, Buffer.from("\r\n"));
+        if ((opts.cut ?? "between") === "inside") parts.push(Buffer.from("3e8\r\n"), chunk.subarray(0, 500));
+        return { bytes: Buffer.concat(parts), after: "terminate" };
       }
     }
-    pump(s);
   };
+  const up = startScriptedUpstream(answer);
+  return {
+    kind,
+    port: up.port,
+    get hits() {
+      return up.heads.length;
+    },
+    get open() {
+      return up.open;
+    },
+    stop: () => up.stop(),
+  };
+}
+
+/** What a scripted upstream sends for one request, and how its side of the connection ends. */
+export interface ScriptedAnswer {
+  bytes: Buffer;
+  /** keep: read the next request on the same connection; end: FIN; terminate: TCP reset. */
+  after: "keep" | "end" | "terminate";
+}
+
+export interface ScriptedUpstream {
+  port: number;
+  /** Request heads read so far (latin1, without the final CRLFCRLF). */
+  readonly heads: string[];
+  /** Sockets currently open on the server side. */
+  readonly open: number;
+  stop(): void;
+}
+
+/**
+ * An upstream that answers each request head with `answer(head)`, byte for byte, as soon as the
+ * head is in; request bodies are dropped by Content-Length (a pipelined head after one is answered
+ * when the answer says "keep").
+ */
+export function startScriptedUpstream(answer: (head: string) => ScriptedAnswer, tls?: { cert: string; key: string }): ScriptedUpstream {
+  const heads: string[] = [];
+  const sockets = new Set<Socket<ServerData>>();
+  const fresh = (): ServerData => ({ buf: Buffer.alloc(0), skip: 0, answered: false, queue: [], after: "none" });
   const listener: TCPSocketListener<ServerData> = Bun.listen<ServerData>({
     hostname: "127.0.0.1",
     port: 0,
     allowHalfOpen: true,
-    data: { buf: Buffer.alloc(0), answered: false, queue: [], after: "none" },
+    ...(tls ? { tls } : {}),
+    data: fresh(),
     socket: {
       open(s) {
-        s.data = { buf: Buffer.alloc(0), answered: false, queue: [], after: "none" };
+        s.data = fresh();
         sockets.add(s);
       },
       data(s, chunk) {
         const d = s.data;
         if (d.answered) return;
-        d.buf = Buffer.concat([d.buf, chunk]);
-        if (d.buf.indexOf("\r\n\r\n") < 0) {
-          if (d.buf.byteLength > 256 * 1024) s.terminate();
-          return;
+        // The rest of the previous request's body (by Content-Length) is read and dropped.
+        const skipped = Math.min(d.skip, chunk.byteLength);
+        d.skip -= skipped;
+        d.buf = Buffer.concat([d.buf, chunk.subarray(skipped)]);
+        while (!d.answered) {
+          const end = d.buf.indexOf("\r\n\r\n");
+          if (end < 0) {
+            if (d.buf.byteLength > 256 * 1024) s.terminate();
+            break;
+          }
+          const head = d.buf.toString("latin1", 0, end);
+          const body = Number(/\r\ncontent-length:[ \t]*(\d+)/i.exec(head)?.[1] ?? 0);
+          const after = d.buf.byteLength - end - 4;
+          d.skip = Math.max(0, body - after);
+          d.buf = after > body ? d.buf.subarray(end + 4 + body) : Buffer.alloc(0);
+          heads.push(head);
+          const a = answer(head);
+          d.queue.push(a.bytes);
+          if (a.after === "keep") d.after = "none";
+          else {
+            d.answered = true;
+            d.after = a.after;
+          }
         }
-        d.answered = true;
-        hits++;
-        d.buf = Buffer.alloc(0);
-        answer(s);
+        pump(s);
       },
       drain(s) {
         pump(s);
@@ -131,11 +185,8 @@ export function startFaultyUpstream(kind: FaultKind, opts: FaultOptions = {}): F
     },
   });
   return {
-    kind,
     port: listener.port,
-    get hits() {
-      return hits;
-    },
+    heads,
     get open() {
       return sockets.size;
     },
