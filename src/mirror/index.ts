@@ -13,6 +13,7 @@ import { dialFailure } from "./dial-failure.ts";
 import { API_VERSION_HEADER, errorResponse, jsonResponse, MirrorError } from "./errors.ts";
 import { clientResponse } from "./response.ts";
 import { parseMirrorTarget, pullScope, upstreamPath, type PullRoute } from "./routes.ts";
+import { enforceRules, rulesFor, type RuleSet } from "./rules.ts";
 import { TokenCache } from "./token-cache.ts";
 import { RegistryClient } from "./upstream.ts";
 
@@ -23,10 +24,11 @@ export function createMirrorHandler(rt: Runtime): LocalHandler {
   const tokens = new TokenCache();
   const clients = new Map<string, RegistryClient>();
   for (const reg of rt.config.mirror.registries.values()) clients.set(reg.name, new RegistryClient(rt, reg, tokens));
+  const rules = rulesFor(rt.config.mirror);
   return async (ex) => {
     let res: Response;
     try {
-      res = await handle(ex, rt, clients);
+      res = await handle(ex, rt, clients, rules);
     } catch (e) {
       res = failure(e, ex, rt);
     }
@@ -35,7 +37,7 @@ export function createMirrorHandler(rt: Runtime): LocalHandler {
   };
 }
 
-async function handle(ex: Exchange, rt: Runtime, clients: ReadonlyMap<string, RegistryClient>): Promise<Response> {
+async function handle(ex: Exchange, rt: Runtime, clients: ReadonlyMap<string, RegistryClient>, rules: ReadonlyMap<string, RuleSet>): Promise<Response> {
   const method = ex.head.method;
   if (method !== "GET" && method !== "HEAD") {
     throw new MirrorError(405, "UNSUPPORTED", `${method.slice(0, 20)} is not supported: crm mirrors pulls only`, { headers: { allow: "GET, HEAD" } });
@@ -46,6 +48,7 @@ async function handle(ex: Exchange, rt: Runtime, clients: ReadonlyMap<string, Re
   if (route.kind === "base") return jsonResponse(200, "{}");
 
   logRoute(ex, route);
+  enforceRules(rules.get(route.registry.name) ?? null, route.registry.name, route.name);
   const client = clients.get(route.registry.name);
   if (!client) throw new MirrorError(404, "NAME_UNKNOWN", `registry ${route.registry.name} is not mirrored here`);
   const headers = new Headers();
