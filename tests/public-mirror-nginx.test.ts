@@ -9,11 +9,11 @@ import { join } from "node:path";
 import { rm } from "node:fs/promises";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { MANIFEST_DIGEST, startFakeRegistry, type FakeRegistry } from "./support/mirror-upstreams.ts";
-import { nginxAvailable, sharedTempDir, startNginx, type Nginx } from "./support/nginx.ts";
+import { missingNginx, sharedTempDir, startNginx, type Nginx } from "./support/nginx.ts";
 import { rawConnect, run } from "./support/raw.ts";
 import { missingTools } from "./support/tools.ts";
 
-const skip = missingTools("crm behind nginx", ["nginx", "curl"]) || !nginxAvailable();
+const skip = missingTools("crm behind nginx", ["curl"]) || missingNginx();
 
 describe.skipIf(skip)("crm behind nginx", () => {
   let dir: string;
