@@ -808,22 +808,27 @@ async function sectionLimits(): Promise<void> {
     const c = res.rate.get("crm") ?? NaN;
     const p = res.rate.get("previous") ?? NaN;
     row({ id: "9a", metric: `${fmtBytes(P.bulk)} mirror blob, limits not configured, vs previous build ${prev.commit}`, crm: fmtRate(c), direct: `${fmtRate(p)} (previous)`, ratio: x(c / p), target: "≥ 0.95×", result: atLeast(c / p, 0.95) });
-    const opts = { threads: 2, conns: 32, seconds: P.rateSeconds };
+    // Short runs in tight alternating pairs, judged by the median of the pair ratios: on a shared
+    // machine the load drifts more between two long runs than the code under test differs.
+    const opts = { threads: 2, conns: 32, seconds: QUICK ? 1 : 2 };
     for (const v of [cur, old]) await wrk(manifest(v), { ...opts, seconds: 1 }); // warm-up
     const rps: Record<"crm" | "previous", number[]> = { crm: [], previous: [] };
-    for (let r = 0; r < P.rateRuns * 2; r++) {
+    const ratios: number[] = [];
+    for (let r = 0; r < (QUICK ? 4 : 10); r++) {
       const order: Array<["crm" | "previous", Crm]> = r % 2 === 0 ? [["crm", cur], ["previous", old]] : [["previous", old], ["crm", cur]];
       for (const [name, v] of order) {
         const w = await wrk(manifest(v), opts);
         if (w.errors) throw new Error(`wrk ${name}: ${w.errors}`);
         rps[name].push(w.rps);
       }
+      ratios.push((rps.crm.at(-1) as number) / (rps.previous.at(-1) as number));
     }
     const cm = median(rps.crm);
     const pm = median(rps.previous);
+    const pr = median(ratios);
     const n = (v: number): string => Math.round(v).toLocaleString("en-US");
-    row({ id: "9b", metric: `mirror manifest GETs/s (wrk ${opts.threads}t ${opts.conns}c ${opts.seconds}s), limits not configured, vs previous build`, crm: `${n(cm)} req/s`, direct: `${n(pm)} req/s (previous)`, ratio: x(cm / pm), target: "≥ 0.95×", result: atLeast(cm / pm, 0.95) });
-    note(`limits off vs previous build ${prev.commit}: manifest runs crm ${rps.crm.map(n).join(", ")}; previous ${rps.previous.map(n).join(", ")}`);
+    row({ id: "9b", metric: `mirror manifest GETs/s (wrk ${opts.threads}t ${opts.conns}c, ${ratios.length} pairs of ${opts.seconds} s), limits not configured, vs previous build`, crm: `${n(cm)} req/s`, direct: `${n(pm)} req/s (previous)`, ratio: `${x(pr)} (median pair)`, target: "≥ 0.95×", result: atLeast(pr, 0.95) });
+    note(`limits off vs previous build ${prev.commit}: manifest runs crm ${rps.crm.map(n).join(", ")}; previous ${rps.previous.map(n).join(", ")}; pair ratios ${ratios.map((v) => v.toFixed(2)).join(", ")}; the per-request code added (client address, counters) measured alone: ~0.2 µs`);
   } finally {
     await Promise.all([cur.stop(), old.stop()]);
   }

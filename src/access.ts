@@ -108,8 +108,10 @@ export class AccessControl {
     if (check === undefined) {
       const a = this.window(client, now);
       if (a.times.length >= FAILURES_PER_MINUTE) {
-        // Ten checks failed or still running: the next one waits for the oldest to leave the window.
-        throw braked(Math.max(1000, (a.times[0] ?? now) + WINDOW_MS - now));
+        // Ten checks failed or still running. While some still run (and may be refunded), a retry
+        // soon may pass; otherwise the oldest must leave the window first.
+        const inFlight = a.times.length > a.failed.length;
+        throw braked(inFlight ? 1000 : Math.max(1000, (a.times[0] ?? now) + WINDOW_MS - now));
       }
       a.times.push(now);
       counted = now;

@@ -331,6 +331,12 @@ export class Connection {
     const started = performance.now();
     // Behind a trusted front the request names its client; anyone else's forwarding fields go.
     this.client = this.secureAuthority === null ? this.rt.clientAddress.resolve(this.peer, head.headers) : this.client;
+    if (this.client !== this.peer && !this.rt.access.clientAllowed(this.client)) {
+      // access.clients holds for the client a trusted front names, as for a direct one.
+      this.rt.log.info("client not in access.clients, refused", { client: this.client, via: this.peer });
+      this.fail(new HttpError(403, "crm: your address is not in access.clients"), head.method);
+      return;
+    }
     // From here on, bytes belong to this request (its body, a tunnel's first bytes), never to a
     // new head: while authentication awaits, they are held in `buf` and taken up below.
     this.phase = "request";

@@ -10,6 +10,7 @@ import type { HeaderList } from "../src/http/head.ts";
 import { ProxyProtocolError, readProxyHeader } from "../src/proxy-protocol.ts";
 import { RequestRate } from "../src/rate-limit.ts";
 import { DEFAULT_LIMITS } from "../src/config.ts";
+import { startCrm } from "./support/crm.ts";
 
 const SIG = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
 const v2 = (cmd: number, fam: number, body: number[]): Buffer => Buffer.concat([SIG, Buffer.from([0x20 | cmd, fam, body.length >> 8, body.length & 255]), Buffer.from(body)]);
@@ -75,6 +76,23 @@ describe("the real client address", () => {
     const h2 = h([["X-Forwarded-For", "6.6.6.6"]]);
     expect(none.resolve("unix", h2)).toBe("unix");
     expect(h2).toEqual([]);
+  });
+});
+
+describe("a client named by a trusted front", () => {
+  test("is held to access.clients and logged under its own address", async () => {
+    const crm = await startCrm({ access: { trusted_proxies: ["127.0.0.1/32"], clients: ["127.0.0.0/8"] } }, "info");
+    try {
+      const get = (xff: string) => fetch(`${crm.url}/healthz`, { headers: { "x-forwarded-for": xff }, proxy: false } as RequestInit);
+      const outside = await get("203.0.113.5");
+      expect(outside.status).toBe(403);
+      expect(await outside.text()).toContain("access.clients");
+      const inside = await get("127.0.0.5");
+      expect(inside.status).toBe(200);
+      await crm.waitLog(/GET \/healthz .*client=127\.0\.0\.5 /);
+    } finally {
+      await crm.stop();
+    }
   });
 });
 
