@@ -3,8 +3,9 @@
  * (`limits.total_bandwidth`). Applied by pacing READS from the upstream side, never by buffering:
  * a response body is read one slice at a time and the next read waits for its grant (so TCP
  * backpressure reaches the upstream), and a tunnel's upstream socket is paused until its last
- * chunk is paid for. Under the total cap, waiting clients are served by deficit round robin over
- * bytes, so N active clients get about 1/N each however many streams each opens.
+ * chunk is paid for. Under the total cap, waiting clients are served in start-time fair order
+ * over bytes (the client that has been granted least goes next), so N active clients get about
+ * 1/N each however many streams each opens.
  */
 import { CidrList } from "./cidr.ts";
 import type { FairShareLimits } from "./config/fair-share.ts";
@@ -40,7 +41,8 @@ interface Waiter {
 interface ClientState {
   own: Bucket | null;
   queue: Waiter[];
-  deficit: number;
+  /** Virtual time: bytes granted, counted from when it last joined the line (fair queueing). */
+  vtime: number;
 }
 
 export class Bandwidth {
@@ -48,8 +50,10 @@ export class Bandwidth {
   private total: Bucket | null = null;
   private exempt: CidrList | null = null;
   private readonly clients = new Map<string, ClientState>();
-  /** Clients with queued grants, in round-robin order (a Set keeps insertion order). */
+  /** Clients with queued grants. */
   private readonly waiting = new Set<ClientState>();
+  /** The virtual time of the last grant: a client joining the line starts here, so idling earns no credit. */
+  private clock = 0;
   private timer: Timer | null = null;
 
   constructor(limits: FairShareLimits) {
@@ -89,7 +93,10 @@ export class Bandwidth {
     }
     return new Promise<void>((grant) => {
       st.queue.push({ bytes, grant });
-      this.waiting.add(st);
+      if (!this.waiting.has(st)) {
+        st.vtime = Math.max(st.vtime, this.clock);
+        this.waiting.add(st);
+      }
       this.schedule(0);
     });
   }
@@ -98,7 +105,7 @@ export class Bandwidth {
     let st = this.clients.get(client);
     if (st === undefined) {
       if (this.clients.size >= MAX_IDLE_CLIENTS) this.prune();
-      st = { own: this.clientRate === null ? null : bucket(this.clientRate, now), queue: [], deficit: 0 };
+      st = { own: this.clientRate === null ? null : bucket(this.clientRate, now), queue: [], vtime: this.clock };
       this.clients.set(client, st);
     }
     return st;
@@ -129,33 +136,29 @@ export class Bandwidth {
     }, ms);
   }
 
-  /** Grants what the buckets allow, one deficit-round-robin pass at a time. */
+  /** Grants what the buckets allow, each time to the eligible waiting client with the least virtual time. */
   private run(): void {
     const now = performance.now();
-    for (let progressed = true; progressed && this.waiting.size > 0; ) {
-      progressed = false;
-      for (const st of [...this.waiting]) {
-        if (this.total !== null) {
-          refill(this.total, now);
-          if (this.total.tokens <= 0) break;
-        }
+    while (this.waiting.size > 0) {
+      if (this.total !== null) {
+        refill(this.total, now);
+        if (this.total.tokens <= 0) break;
+      }
+      let next: ClientState | null = null;
+      for (const st of this.waiting) {
         if (st.own !== null) {
           refill(st.own, now);
           if (st.own.tokens <= 0) continue;
         }
-        st.deficit += SLICE;
-        while (st.queue.length > 0 && (st.queue[0] as Waiter).bytes <= st.deficit && this.ready(st, now)) {
-          const w = st.queue.shift() as Waiter;
-          st.deficit -= w.bytes;
-          this.charge(st, w.bytes);
-          w.grant();
-          progressed = true;
-        }
-        // To the back of the line; a client with nothing queued leaves it and keeps no credit.
-        this.waiting.delete(st);
-        if (st.queue.length > 0) this.waiting.add(st);
-        else st.deficit = 0;
+        if (next === null || st.vtime < next.vtime) next = st;
       }
+      if (next === null) break;
+      const w = next.queue.shift() as Waiter;
+      this.clock = next.vtime;
+      next.vtime += w.bytes;
+      this.charge(next, w.bytes);
+      if (next.queue.length === 0) this.waiting.delete(next);
+      w.grant();
     }
     if (this.waiting.size > 0) this.schedule(this.nextGrantMs());
   }
