@@ -61,11 +61,7 @@ describe.skipIf(skipE2E)("rules and rate limit with skopeo and curl", () => {
   beforeAll(async () => {
     fx = await startRegistry({ auth: "none" });
     crm = await startCrm(rawConfig({ allow: ["library/*", "team/**"], deny: ["team/multiarch"], deny_message: DENY_MESSAGE }), "info");
-    conf = join(fx.dir, "rules-registries.conf");
-    await writeFile(
-      conf,
-      ['unqualified-search-registries = []', "[[registry]]", 'prefix = "reg.test"', `location = "127.0.0.1:${deadPort()}"`, "insecure = true", "[[registry.mirror]]", `location = "127.0.0.1:${crm.port}/reg.test"`, "insecure = true", ""].join("\n"),
-    );
+    conf = await mirrorConf("rules-registries.conf", crm.port);
   }, 60_000);
 
   afterAll(async () => {
@@ -73,6 +69,13 @@ describe.skipIf(skipE2E)("rules and rate limit with skopeo and curl", () => {
     await fx?.stop();
   }, 20_000);
 
+  /** A registries.conf whose primary is a dead port: a pull can only succeed through crm. */
+  const mirrorConf = async (name: string, crmPort: number): Promise<string> => {
+    const file = join(fx.dir, name);
+    const lines = ["unqualified-search-registries = []", "[[registry]]", 'prefix = "reg.test"', `location = "127.0.0.1:${deadPort()}"`, "insecure = true"];
+    await writeFile(file, [...lines, "[[registry.mirror]]", `location = "127.0.0.1:${crmPort}/reg.test"`, "insecure = true", ""].join("\n"));
+    return file;
+  };
   const skopeo = (args: string[]) => runSkopeo(fx, ["--registries-conf", conf, ...args]);
   const skopeoFails = async (args: string[]): Promise<string> => {
     try {
@@ -137,8 +140,7 @@ describe.skipIf(skipE2E)("rules and rate limit with skopeo and curl", () => {
       expect(r.stdout).toMatch(/retry-after: \d+/i);
       expect(r.stdout).toContain('"code":"TOOMANYREQUESTS"');
 
-      const limitedConf = join(fx.dir, "limited-registries.conf");
-      await writeFile(limitedConf, ['unqualified-search-registries = []', "[[registry]]", 'prefix = "reg.test"', `location = "127.0.0.1:${deadPort()}"`, "insecure = true", "[[registry.mirror]]", `location = "127.0.0.1:${limited.port}/reg.test"`, "insecure = true", ""].join("\n"));
+      const limitedConf = await mirrorConf("limited-registries.conf", limited.port);
       // Let the bucket fill again, then pull: /v2/ and the manifest take the burst, and the rest
       // is refused until the client honours Retry-After.
       await Bun.sleep(4000);
