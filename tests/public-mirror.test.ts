@@ -11,6 +11,7 @@ import { ProxyProtocolError, readProxyHeader } from "../src/proxy-protocol.ts";
 import { RequestRate } from "../src/rate-limit.ts";
 import { DEFAULT_LIMITS } from "../src/config.ts";
 import { startCrm } from "./support/crm.ts";
+import { startOrigin } from "./support/origins.ts";
 
 const SIG = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
 const v2 = (cmd: number, fam: number, body: number[]): Buffer => Buffer.concat([SIG, Buffer.from([0x20 | cmd, fam, body.length >> 8, body.length & 255]), Buffer.from(body)]);
@@ -92,6 +93,43 @@ describe("a client named by a trusted front", () => {
       await crm.waitLog(/GET \/healthz .*client=127\.0\.0\.5 /);
     } finally {
       await crm.stop();
+    }
+  });
+});
+
+describe("forwarding fields from an untrusted client", () => {
+  test("are removed before a forward request goes upstream", async () => {
+    const origin = startOrigin();
+    const crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port] }, "info");
+    try {
+      const r = await new Promise<string>((resolve, reject) => {
+        let out = "";
+        void Bun.connect({
+          hostname: "127.0.0.1",
+          port: crm.port,
+          socket: {
+            open(s) {
+              s.write(`GET http://127.0.0.1:${origin.port}/echo HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nConnection: close\r\n\r\n`);
+            },
+            data(_s, d) {
+              out += Buffer.from(d).toString();
+            },
+            close() {
+              resolve(out);
+            },
+            error(_s, e) {
+              reject(e);
+            },
+          },
+        });
+      });
+      const body = JSON.parse(r.slice(r.indexOf("\r\n\r\n") + 4)) as { headers: Record<string, string> };
+      expect(body.headers["x-forwarded-for"]).toBeUndefined();
+      expect(body.headers.forwarded).toBeUndefined();
+      expect(body.headers.host).toBe(`127.0.0.1:${origin.port}`);
+    } finally {
+      await crm.stop();
+      origin.stop(true);
     }
   });
 });
