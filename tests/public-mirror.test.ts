@@ -145,6 +145,39 @@ describe("request rate", () => {
     expect(r.take("10.1.2.3", t)).toBeNull();
     for (let i = 0; i < 100; i++) expect(r.take("10.1.2.3", t)).toBeNull();
   });
+  test("the proxy side: forward and CONNECT over the rate get 429 with Retry-After", async () => {
+    const origin = startOrigin();
+    const crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port], limits: { requests_per_second: 0.1, burst: 2 } }, "info");
+    try {
+      const ask = (req: string) =>
+        new Promise<string>((resolve) => {
+          let out = "";
+          void Bun.connect({
+            hostname: "127.0.0.1",
+            port: crm.port,
+            socket: {
+              open: (s) => void s.write(req),
+              data: (s, d) => {
+                out += Buffer.from(d).toString();
+                if (out.startsWith("HTTP/1.1 200 Connection Established")) s.end();
+              },
+              close: () => resolve(out),
+              error: () => resolve(out),
+            },
+          });
+        });
+      const get = `GET http://127.0.0.1:${origin.port}/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`;
+      const connect = `CONNECT 127.0.0.1:${origin.port} HTTP/1.1\r\nHost: x\r\n\r\n`;
+      expect(await ask(get)).toMatch(/^HTTP\/1\.1 200 /);
+      expect(await ask(connect)).toMatch(/^HTTP\/1\.1 200 Connection Established/);
+      const refused = await ask(get);
+      expect(refused).toMatch(/^HTTP\/1\.1 429 [^]*retry-after: \d+[^]*limits\.requests_per_second/);
+      expect(await ask(connect)).toMatch(/^HTTP\/1\.1 429 /);
+    } finally {
+      await crm.stop();
+      origin.stop(true);
+    }
+  });
   test("off by default", () => {
     const r = new RequestRate(DEFAULT_LIMITS);
     expect(r.enabled).toBe(false);
