@@ -11,7 +11,7 @@ import { compileHostPattern } from "./host-policy.ts";
 import { parseCidr } from "./cidr.ts";
 import { LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { DEFAULT_REGISTRIES, type RegistryConfig } from "./registries.ts";
-import { parseListenItem, type ListenAddress } from "./config/listen.ts";
+import { checkProxyProtocolTls, parseListenItem, type ListenAddress } from "./config/listen.ts";
 import { buildFairShare, FAIR_SHARE_KEYS, type FairShareLimits } from "./config/fair-share.ts";
 import { buildTrustedProxies } from "./client-address.ts";
 import { buildRules, type ImageRules } from "./mirror/rules.ts";
@@ -374,6 +374,7 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
     if (certPath === null || keyPath === null) c.fail("tls", "<incomplete>", "needs both cert_path and key_path");
     else tls = { certPath: resolve(file, "..", certPath), keyPath: resolve(file, "..", keyPath) };
   }
+  checkProxyProtocolTls(c, listen, tls !== null, Array.isArray(rawListen));
 
   let unixSocketMode = 0o660;
   if (root.unix_socket_mode !== undefined && root.unix_socket_mode !== null) {

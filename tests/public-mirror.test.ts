@@ -196,6 +196,9 @@ describe("config", () => {
     expect(() => buildConfig({ listen: [{ proxy_protocol: true }] }, "t")).toThrow(/listen\[0\]\.address: null is required/);
     expect(() => buildConfig({ listen: [{ address: "x:y" }] }, "t")).toThrow(/listen\[0\]\.address: "x:y" must be a port or address/);
     expect(() => buildConfig({ listen: [{ address: ":1", proxy_protocol: "yes" }] }, "t")).toThrow(/listen\[0\]\.proxy_protocol: "yes" must be true or false/);
+    const tls = { cert_path: "/x.crt", key_path: "/x.key" };
+    expect(() => buildConfig({ tls, listen: [{ address: ":1", proxy_protocol: true }] }, "t")).toThrow(/listen\[0\]\.proxy_protocol: true cannot be combined with TLS/);
+    expect(() => buildConfig({ listen: [{ address: ":1", proxy_protocol: true, tls: true }] }, "t")).toThrow(/cannot be combined with TLS/);
   });
   test("limits: rates, burst, bandwidth, exemptions", () => {
     const { config } = buildConfig({ limits: { requests_per_second: 5, client_bandwidth: "20MiB/s", total_bandwidth: "1GiB", exempt_clients: ["10.0.0.0/8"] } }, "t");

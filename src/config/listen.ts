@@ -71,3 +71,16 @@ export function parseListenItem(c: ListenChecks, path: string, value: unknown): 
   }
   return a;
 }
+
+/**
+ * The PROXY header comes before a TLS handshake, in plain text, and a TLS listener only hands crm
+ * decrypted bytes: the two cannot share a listener, so the config says so instead of every
+ * connection failing.
+ */
+export function checkProxyProtocolTls(c: ListenChecks, listen: readonly ListenAddress[], globalTls: boolean, listed: boolean): void {
+  listen.forEach((l, i) => {
+    if (l.proxyProtocol && (l.tls === true || (l.tls === null && globalTls))) {
+      c.fail(`${listed ? `listen[${i}]` : "listen"}.proxy_protocol`, true, "cannot be combined with TLS on the same listener (the PROXY header precedes the TLS handshake): terminate TLS at the balancer");
+    }
+  });
+}
