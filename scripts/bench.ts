@@ -2,10 +2,13 @@
 /**
  * `npm run bench`: crm against going direct, measured in one run, printed as a Markdown table.
  *
- *   bun scripts/bench.ts [--quick] [--only NAME[,NAME...]]
+ *   bun scripts/bench.ts [--quick] [--only NAME[,NAME...]] [--base GIT-REF]
  *
  * NAMEs: connect, forward, rate, idle, slow, binary, mitm, mirror, manifests.
  * --quick: small sizes and short runs (a smoke test, < 60 s); the full run stays < ~6 min.
+ * NAMEs: connect, forward, rate, idle, slow, binary, mitm, mirror, limits.
+ * --base: the previous build the limits rows compare against (default HEAD~1).
+ * --quick: small sizes and short runs (a smoke test, < 90 s); the full run stays < ~8 min.
  *
  * Everything runs on 127.0.0.1 and every child is stopped by its pid at the end (and by a
  * deadline). crm, the origin and the load generators are separate processes, so crm does not
@@ -16,7 +19,7 @@
  */
 import type { Socket } from "bun";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from "node:fs";
 import { cpus, release, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { initCa, LeafIssuer, loadCa } from "../src/pki/index.ts";
@@ -47,13 +50,14 @@ import type { BodyMode, OriginPorts, OriginSpec } from "./bench/origin.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const BUN = process.execPath;
-const SECTIONS = ["connect", "forward", "rate", "idle", "slow", "binary", "mitm", "mirror", "manifests"] as const;
+const SECTIONS = ["connect", "forward", "rate", "idle", "slow", "binary", "mitm", "mirror", "manifests", "limits"] as const;
 type Section = (typeof SECTIONS)[number];
 
 // ---------------------------------------------------------------- arguments and sizes
 
-function parseCli(argv: string[]): { quick: boolean; only: Set<Section> } {
+function parseCli(argv: string[]): { quick: boolean; only: Set<Section>; base: string } {
   let quick = false;
+  let base = "HEAD~1";
   const only = new Set<Section>();
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i] as string;
@@ -65,14 +69,17 @@ function parseCli(argv: string[]): { quick: boolean; only: Set<Section> } {
         only.add(name as Section);
       }
       if (only.size === 0) usage("--only needs a section name");
+    } else if (a === "--base" || a.startsWith("--base=")) {
+      base = a.startsWith("--base=") ? a.slice(7) : (argv[++i] ?? "");
+      if (base === "") usage("--base needs a git ref");
     } else if (a === "--help" || a === "-h") usage(null);
     else usage(`unknown argument ${JSON.stringify(a)}`);
   }
-  return { quick, only: only.size > 0 ? only : new Set(SECTIONS) };
+  return { quick, only: only.size > 0 ? only : new Set(SECTIONS), base };
 }
 
 function usage(problem: string | null): never {
-  const text = `usage: bun scripts/bench.ts [--quick] [--only ${SECTIONS.join("|")}[,...]]\n`;
+  const text = `usage: bun scripts/bench.ts [--quick] [--only ${SECTIONS.join("|")}[,...]] [--base GIT-REF]\n`;
   if (problem) {
     process.stderr.write(`bench: ${problem}\n${text}`);
     process.exit(2);
@@ -81,11 +88,11 @@ function usage(problem: string | null): never {
   process.exit(0);
 }
 
-const { quick: QUICK, only: ONLY } = parseCli(process.argv.slice(2));
+const { quick: QUICK, only: ONLY, base: BASE_REF } = parseCli(process.argv.slice(2));
 
 const P = QUICK
-  ? { bulk: 64 * MiB, bulkRuns: 3, rateSeconds: 2, rateRuns: 1, tunnels: 500, slowSeconds: 4, readyRuns: 3, hosts: 50, hostRuns: 1, deadlineMs: 110_000 }
-  : { bulk: GiB, bulkRuns: 5, rateSeconds: 4, rateRuns: 3, tunnels: 5000, slowSeconds: 20, readyRuns: 5, hosts: 50, hostRuns: 3, deadlineMs: 420_000 };
+  ? { bulk: 64 * MiB, bulkRuns: 3, rateSeconds: 2, rateRuns: 1, tunnels: 500, slowSeconds: 4, readyRuns: 3, hosts: 50, hostRuns: 1, deadlineMs: 150_000 }
+  : { bulk: GiB, bulkRuns: 5, rateSeconds: 4, rateRuns: 3, tunnels: 5000, slowSeconds: 20, readyRuns: 5, hosts: 50, hostRuns: 3, deadlineMs: 540_000 };
 /** Any single curl transfer gives up after this (a 1 GiB transfer at 20 MiB/s). */
 const BULK_MAX_S = QUICK ? 30 : 60;
 
@@ -172,11 +179,14 @@ const BASE_CONFIG = {
   limits: { max_connections: 30_000, max_connections_per_client: 30_000 },
 };
 
-/** `bun src/main.ts -c FILE` in its own process; its port is found through /proc (log_level warn prints nothing). */
-async function startCrm(raw: Record<string, unknown>): Promise<Crm> {
+/**
+ * `bun src/main.ts -c FILE` in its own process; its port is found through /proc (log_level warn
+ * prints nothing). `main`: another build's entry point (the limits rows' previous build).
+ */
+async function startCrm(raw: Record<string, unknown>, main = join(ROOT, "src/main.ts")): Promise<Crm> {
   const file = join(tmp, `crm-${++configCount}.json`);
   writeFileSync(file, JSON.stringify({ ...BASE_CONFIG, ...raw }));
-  const child = spawnChild([BUN, join(ROOT, "src/main.ts"), "-c", file], { cwd: ROOT });
+  const child = spawnChild([BUN, main, "-c", file], { cwd: ROOT });
   const end = performance.now() + 15_000;
   for (;;) {
     const ports = listeningPorts(child.pid);
@@ -828,6 +838,89 @@ async function sectionManifests(): Promise<void> {
   }
 }
 
+// ---------------------------------------------------------------- limits (fair shares)
+
+/** The previous build's sources (`git archive BASE_REF src`), runnable with this checkout's node_modules. */
+async function previousBuild(): Promise<{ main: string; commit: string }> {
+  const rev = await run(["git", "-C", ROOT, "rev-parse", "--short", BASE_REF], 5000);
+  if (rev.code !== 0) throw new Error(`git rev-parse ${BASE_REF}: ${rev.stderr.trim()}`);
+  const dir = join(tmp, "previous");
+  mkdirSync(dir, { recursive: true });
+  const r = await run(["sh", "-c", `git -C "$1" archive "$2" src package.json | tar -x -C "$3"`, "sh", ROOT, BASE_REF, dir], 30_000);
+  if (r.code !== 0) throw new Error(`git archive ${BASE_REF}: ${r.stderr.trim()}`);
+  symlinkSync(join(ROOT, "node_modules"), join(dir, "node_modules"));
+  return { main: join(dir, "src/main.ts"), commit: rev.stdout.trim() };
+}
+
+async function sectionLimits(): Promise<void> {
+  const mirror = { mirror: { registries: { "reg.test": `http://127.0.0.1:${originPorts.registry}` }, default_registry: "reg.test" } };
+  const blob = (crm: Crm): string => `http://127.0.0.1:${crm.port}/v2/reg.test/library/big/blobs/${BLOB_DIGEST}`;
+  const manifest = (crm: Crm): string => `http://127.0.0.1:${crm.port}/v2/reg.test/library/big/manifests/latest`;
+
+  // 9a, 9b: the limits code, configured off, against the build before it, same run, alternating.
+  const prev = await previousBuild();
+  const [cur, old] = [await startCrm(mirror), await startCrm(mirror, prev.main)];
+  try {
+    for (const c of [cur, old]) {
+      const probe = await curl(manifest(c), [], 15);
+      if (probe.status !== 200) throw new Error(`manifest probe answered ${probe.status} ${probe.stderr}`);
+    }
+    const res = await bulk(
+      [
+        { name: "previous", url: blob(old), args: [], pid: old.pid },
+        { name: "crm", url: blob(cur), args: [], pid: cur.pid },
+      ],
+      P.bulk,
+      P.bulkRuns,
+    );
+    const c = res.rate.get("crm") ?? NaN;
+    const p = res.rate.get("previous") ?? NaN;
+    row({ id: "10a", metric: `${fmtBytes(P.bulk)} mirror blob, limits not configured, vs previous build ${prev.commit}`, crm: fmtRate(c), direct: `${fmtRate(p)} (previous)`, ratio: x(c / p), target: "≥ 0.95×", result: atLeast(c / p, 0.95) });
+    // Short runs in tight alternating pairs, judged by the median of the pair ratios: on a shared
+    // machine the load drifts more between two long runs than the code under test differs.
+    const opts = { threads: 2, conns: 32, seconds: QUICK ? 1 : 2 };
+    for (const v of [cur, old]) await wrk(manifest(v), { ...opts, seconds: 1 }); // warm-up
+    const rps: Record<"crm" | "previous", number[]> = { crm: [], previous: [] };
+    const ratios: number[] = [];
+    for (let r = 0; r < (QUICK ? 4 : 10); r++) {
+      const order: Array<["crm" | "previous", Crm]> = r % 2 === 0 ? [["crm", cur], ["previous", old]] : [["previous", old], ["crm", cur]];
+      for (const [name, v] of order) {
+        const w = await wrk(manifest(v), opts);
+        if (w.errors) throw new Error(`wrk ${name}: ${w.errors}`);
+        rps[name].push(w.rps);
+      }
+      ratios.push((rps.crm.at(-1) as number) / (rps.previous.at(-1) as number));
+    }
+    const cm = median(rps.crm);
+    const pm = median(rps.previous);
+    const pr = median(ratios);
+    const n = (v: number): string => Math.round(v).toLocaleString("en-US");
+    row({ id: "10b", metric: `mirror manifest GETs/s (wrk ${opts.threads}t ${opts.conns}c, ${ratios.length} pairs of ${opts.seconds} s), limits not configured, vs previous build`, crm: `${n(cm)} req/s`, direct: `${n(pm)} req/s (previous)`, ratio: `${x(pr)} (median pair)`, target: "≥ 0.95×", result: atLeast(pr, 0.95) });
+    note(`limits off vs previous build ${prev.commit}: manifest runs crm ${rps.crm.map(n).join(", ")}; previous ${rps.previous.map(n).join(", ")}; pair ratios ${ratios.map((v) => v.toFixed(2)).join(", ")}`);
+  } finally {
+    await Promise.all([cur.stop(), old.stop()]);
+  }
+
+  // 9c-9e: fair shares under a total cap: a greedy client (8 parallel pulls, from 127.0.0.2)
+  // and a modest one (1 pull, from 127.0.0.3), both for the same window.
+  const cap = (QUICK ? 16 : 64) * MiB;
+  const windowS = QUICK ? 4 : 8;
+  const capped = await startCrm({ ...mirror, limits: { ...BASE_CONFIG.limits, total_bandwidth: cap } });
+  try {
+    const pull = (from: string) => curl(blob(capped), ["--interface", from], windowS);
+    const [greedy, modest] = await Promise.all([Promise.all(Array.from({ length: 8 }, () => pull("127.0.0.2"))), pull("127.0.0.3")]);
+    const greedyRate = greedy.reduce((s, r) => s + r.bytes, 0) / windowS;
+    const modestRate = modest.bytes / windowS;
+    const share = (v: number): string => `${((v / cap) * 100).toFixed(0)} % of the cap`;
+    row({ id: "10c", metric: `total_bandwidth ${fmtRate(cap)}: greedy client, 8 parallel pulls, ${windowS} s`, crm: fmtRate(greedyRate), direct: "—", ratio: share(greedyRate), target: "≈ 50 %", result: "info" });
+    row({ id: "10d", metric: `same run: modest client, 1 pull`, crm: fmtRate(modestRate), direct: "—", ratio: share(modestRate), target: "≥ 33 %", result: atLeast(modestRate / cap, 1 / 3) });
+    row({ id: "10e", metric: "same run: both together (the cap held)", crm: fmtRate(greedyRate + modestRate), direct: "—", ratio: share(greedyRate + modestRate), target: "≤ ~100 %", result: atMost((greedyRate + modestRate) / cap, 1.1) });
+    note(`fair shares: greedy streams ${greedy.map((r) => fmtBytes(r.bytes)).join(", ")}; modest ${fmtBytes(modest.bytes)}; window ${windowS} s (curl --max-time), RSS of crm ${(rssKiB(capped.pid) / 1024).toFixed(0)} MiB at the end`);
+  } finally {
+    await capped.stop();
+  }
+}
+
 // ---------------------------------------------------------------- main
 
 /**
@@ -881,6 +974,7 @@ const SECTION_FNS: Record<Section, () => Promise<void>> = {
   mitm: sectionMitm,
   mirror: sectionMirror,
   manifests: sectionManifests,
+  limits: sectionLimits,
 };
 
 function report(started: number, machineText: string): void {
@@ -925,7 +1019,7 @@ async function main(): Promise<void> {
     console.log(machineText);
     await startOrigin();
     console.log(`origin: ${JSON.stringify(originPorts)} (pid ${originPid})`);
-    if (ONLY.has("connect") || ONLY.has("forward") || ONLY.has("mitm") || ONLY.has("mirror") || ONLY.has("slow")) await calibrateOrigin();
+    if (ONLY.has("connect") || ONLY.has("forward") || ONLY.has("mitm") || ONLY.has("mirror") || ONLY.has("slow") || ONLY.has("limits")) await calibrateOrigin();
     for (const s of SECTIONS) {
       if (!ONLY.has(s) || exiting) continue;
       const t0 = performance.now();

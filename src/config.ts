@@ -13,15 +13,12 @@ import { nearest } from "./did-you-mean.ts";
 import { LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { DEFAULT_REGISTRIES, type RegistryConfig } from "./registries.ts";
 import { buildManifestCache, type ManifestCacheConfig } from "./config/manifest-cache.ts";
+import { checkProxyProtocolTls, parseListenItem, type ListenAddress } from "./config/listen.ts";
+import { buildFairShare, FAIR_SHARE_KEYS, type FairShareLimits } from "./config/fair-share.ts";
+import { buildTrustedProxies } from "./client-address.ts";
+import { buildRules, type ImageRules } from "./mirror/rules.ts";
 
-export interface ListenAddress {
-  hostname: string;
-  port: number;
-  /** An absolute path: a unix socket instead of TCP. */
-  unix?: string;
-  /** As written, for messages. */
-  source: string;
-}
+export { parseListen, type ListenAddress } from "./config/listen.ts";
 
 export interface Timeouts {
   /** From a connection's first byte to the end of its request head (slow-loris bound). */
@@ -51,6 +48,8 @@ export interface MirrorConfig {
   defaultRegistry: string;
   registries: ReadonlyMap<string, RegistryConfig>;
   manifestCache: ManifestCacheConfig;
+  /** Image rules for registries without their own (mirror.rules). */
+  rules: ImageRules | null;
 }
 
 export interface AccessConfig {
@@ -60,9 +59,11 @@ export interface AccessConfig {
   users: ReadonlyMap<string, string>;
   /** Whether the mirror also needs users' credentials (Docker's registry-mirrors cannot send any). */
   mirrorAuth: boolean;
+  /** Peers (CIDR ranges, "unix") whose X-Forwarded-For / Forwarded name the real client. */
+  trustedProxies: readonly string[];
 }
 
-export interface Limits {
+export interface Limits extends FairShareLimits {
   maxConnections: number;
   maxConnectionsPerClient: number;
   /** Largest request body on the forward and MITM paths, in bytes. */
@@ -271,28 +272,18 @@ function show(value: unknown): string {
   }
 }
 
-export function parseListen(value: unknown): ListenAddress | string {
-  const source = String(value);
-  if (typeof value === "string" && value.startsWith("/")) return { hostname: "", port: 0, unix: value, source };
-  if (typeof value === "number") value = String(value);
-  if (typeof value !== "string") return 'must be a port or address such as ":8080", "8080", "127.0.0.1:8080" or "[::]:8080"';
-  const s = value.trim();
-  let host = "0.0.0.0";
-  let portText = s;
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d+)$/.exec(s);
-  if (m) {
-    host = m[1] ?? (m[2] === "" || m[2] === undefined ? "0.0.0.0" : m[2]);
-    portText = m[3] ?? "";
-  }
-  if (!/^\d+$/.test(portText)) return 'must be a port or address such as ":8080", "8080", "127.0.0.1:8080" or "[::]:8080"';
-  const port = Number(portText);
-  if (port > 65535) return "port must be between 0 and 65535";
-  return { hostname: host, port, source };
-}
-
 const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "allow_private_networks", "insecure_tls", "log_level", "log_format", "access", "metrics", "tls", "unix_socket_mode", "public_url", "limits", "mitm", "mirror", "timeouts"] as const;
 
-export const DEFAULT_LIMITS: Limits = { maxConnections: 4096, maxConnectionsPerClient: 256, maxBody: 10 * 1024 ** 3 };
+export const DEFAULT_LIMITS: Limits = {
+  maxConnections: 4096,
+  maxConnectionsPerClient: 256,
+  maxBody: 10 * 1024 ** 3,
+  requestsPerSecond: null,
+  burst: 0,
+  clientBandwidth: null,
+  totalBandwidth: null,
+  exemptClients: [],
+};
 
 const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4 };
 
@@ -316,9 +307,8 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
   const rawListen = root.listen ?? ":8080";
   (Array.isArray(rawListen) ? rawListen : [rawListen]).forEach((v, i, all) => {
     const path = all.length > 1 || Array.isArray(rawListen) ? `listen[${i}]` : "listen";
-    const a = parseListen(v);
-    if (typeof a === "string") c.fail(path, v, a);
-    else listen.push(a);
+    const a = parseListenItem(c, path, v);
+    if (a !== null) listen.push(a);
   });
   if (Array.isArray(rawListen) && rawListen.length === 0) c.fail("listen", rawListen, "must name at least one address");
 
@@ -404,6 +394,7 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
     }
     else tls = { certPath: resolve(file, "..", certPath), keyPath: resolve(file, "..", keyPath) };
   }
+  checkProxyProtocolTls(c, listen, tls !== null, Array.isArray(rawListen));
 
   let unixSocketMode = 0o660;
   if (root.unix_socket_mode !== undefined && root.unix_socket_mode !== null) {
@@ -430,7 +421,7 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
 }
 
 function buildAccess(c: Checker, raw: unknown): AccessConfig {
-  const a = c.object("access", raw, ["clients", "users", "mirror_auth"]) ?? {};
+  const a = c.object("access", raw, ["clients", "users", "mirror_auth", "trusted_proxies"]) ?? {};
   const clients = c.stringList("access.clients", a.clients) ?? [];
   clients.forEach((entry, i) => {
     const r = parseCidr(entry);
@@ -445,11 +436,11 @@ function buildAccess(c: Checker, raw: unknown): AccessConfig {
       c.rule(`access.users.${name}`, "must be a password hash from `crm passwd NAME` (argon2id or bcrypt), never a plain password (the value is not shown)");
     } else users.set(name, hash);
   }
-  return { clients, users, mirrorAuth: c.bool("access.mirror_auth", a.mirror_auth, true) };
+  return { clients, users, mirrorAuth: c.bool("access.mirror_auth", a.mirror_auth, true), trustedProxies: buildTrustedProxies(c, a.trusted_proxies) };
 }
 
 function buildLimits(c: Checker, raw: unknown): Limits {
-  const l = c.object("limits", raw, ["max_connections", "max_connections_per_client", "max_body"]) ?? {};
+  const l = c.object("limits", raw, ["max_connections", "max_connections_per_client", "max_body", ...FAIR_SHARE_KEYS]) ?? {};
   const count = (key: "max_connections" | "max_connections_per_client", dflt: number): number => {
     const v = l[key];
     if (v === undefined || v === null) return dflt;
@@ -467,11 +458,12 @@ function buildLimits(c: Checker, raw: unknown): Limits {
     maxConnections: count("max_connections", DEFAULT_LIMITS.maxConnections),
     maxConnectionsPerClient: count("max_connections_per_client", DEFAULT_LIMITS.maxConnectionsPerClient),
     maxBody,
+    ...buildFairShare(c, l),
   };
 }
 
 function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
-  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries", "path_prefix", "manifest_cache"]) ?? {};
+  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries", "path_prefix", "manifest_cache", "rules"]) ?? {};
   const enabled = c.bool("mirror.enabled", m.enabled, true);
   let pathPrefix = m.path_prefix === "" ? "" : (c.string("mirror.path_prefix", m.path_prefix) ?? "");
   if (pathPrefix !== "") {
@@ -496,7 +488,7 @@ function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
   }
   const manifestCache = buildManifestCache(m.manifest_cache);
   c.errors.push(...manifestCache.errors);
-  return { enabled, pathPrefix, defaultRegistry, registries, manifestCache: manifestCache.config };
+  return { enabled, pathPrefix, defaultRegistry, registries, manifestCache: manifestCache.config, rules: buildRules(c, "mirror.rules", m.rules) };
 }
 
 const REGISTRY_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d+)?$/;
@@ -506,7 +498,7 @@ function buildRegistry(c: Checker, path: string, name: string, v: unknown, file:
     c.fail(path, name, "registry name must be a host name such as docker.io or quay.io");
     return null;
   }
-  const o: Obj = typeof v === "string" ? { upstream: v } : (c.object(path, v, ["upstream", "username", "password", "password_file", "redirect_hosts"]) ?? {});
+  const o: Obj = typeof v === "string" ? { upstream: v } : (c.object(path, v, ["upstream", "username", "password", "password_file", "redirect_hosts", "rules"]) ?? {});
   const upstreamText = c.string(`${path}.upstream`, o.upstream);
   if (upstreamText === null) {
     if (o.upstream === undefined) c.rule(`${path}.upstream`, "missing; it is required (an https:// URL)");
@@ -549,5 +541,6 @@ function buildRegistry(c: Checker, path: string, name: string, v: unknown, file:
     password,
     redirectHosts,
     operatorNamed: true,
+    rules: buildRules(c, `${path}.rules`, o.rules),
   };
 }

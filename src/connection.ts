@@ -12,6 +12,7 @@ import { errorHead, textResponse, writeResponse } from "./http/response.ts";
 import { formatHeaders, redactUrl } from "./log.ts";
 import type { RequestKind } from "./metrics.ts";
 import { Outbox } from "./outbox.ts";
+import { readProxyHeader } from "./proxy-protocol.ts";
 import { route, type Authority, type Route } from "./router.ts";
 
 export interface SocketData {
@@ -44,15 +45,27 @@ export interface TunnelPeer {
   close(): void;
 }
 
-/** "upgraded": the socket now carries TLS handled by another Connection (MITM); this one ignores it. */
-type Phase = "head" | "request" | "tunnel" | "upgraded" | "closed";
+/**
+ * "proxy": waiting for the PROXY protocol header (listen[].proxy_protocol).
+ * "upgraded": the socket now carries TLS handled by another Connection (MITM); this one ignores it.
+ */
+type Phase = "proxy" | "head" | "request" | "tunnel" | "upgraded" | "closed";
+
+/**
+ * Called once a PROXY header named the real client: admission re-checks it (access.clients,
+ * per-client connection count); false closes the connection.
+ */
+export type ProxiedHook = (conn: Connection, from: string, to: string) => boolean;
 
 /** How long a closed connection waits for the client's FIN before it is cut (and while a slow client reads the last bytes). */
 const LINGER_MS = 30_000;
 
 export class Connection {
   readonly outbox: Outbox;
-  readonly client: string;
+  /** The address the connection comes from: the socket's peer, or what a PROXY header named. */
+  peer: string;
+  /** Who the current request is from: `peer`, or the client a trusted front names (client-address.ts). */
+  client: string;
   /** Absolute time (ms) after which the sweeper expires this connection. */
   deadline: number;
   private phase: Phase = "head";
@@ -73,11 +86,15 @@ export class Connection {
     /** Set for a decrypted MITM connection: origin-form requests go to this host. */
     readonly secureAuthority: Authority | null = null,
     client?: string,
+    /** Set on a proxy_protocol listener: the first bytes must be a PROXY header. */
+    private readonly proxied: ProxiedHook | null = null,
   ) {
     this.outbox = new Outbox(socket as Socket<unknown>);
     // A unix-socket peer has no address: the socket's file mode decides who reaches it.
-    this.client = client ?? socket.remoteAddress ?? "unix";
+    this.peer = client ?? socket.remoteAddress ?? "unix";
+    this.client = this.peer;
     this.deadline = Date.now() + rt.config.timeouts.headerMs;
+    if (proxied !== null) this.phase = "proxy";
   }
 
   get idle(): boolean {
@@ -93,6 +110,10 @@ export class Connection {
 
   onData(d: Buffer): void {
     switch (this.phase) {
+      case "proxy":
+        this.buf = this.buf ? Buffer.concat([this.buf, d]) : d;
+        this.readProxy();
+        return;
       case "head":
         if (this.buf === null) this.deadline = Date.now() + this.rt.config.timeouts.headerMs;
         this.buf = this.buf ? Buffer.concat([this.buf, d]) : d;
@@ -120,7 +141,7 @@ export class Connection {
     this.peerEnded = true;
     if (this.phase === "tunnel") this.tunnel?.end();
     else if (this.phase === "request") this.feeder?.fail(new Error("client sent FIN mid-body"));
-    else if (this.phase === "head") {
+    else if (this.phase === "head" || this.phase === "proxy") {
       if (this.buf !== null && this.buf.length > 0) this.fail(new HttpError(400, "connection closed inside the request head"));
       else this.close();
     }
@@ -142,7 +163,8 @@ export class Connection {
       this.socket.terminate();
       return;
     }
-    if (this.phase === "head") {
+    if (this.phase === "proxy") this.fail(new HttpError(400, "PROXY protocol header not received in time"));
+    else if (this.phase === "head") {
       // A client that never finished its head gets 408 (RFC 9110 §15.5.9); an idle kept-alive
       // connection is simply closed, as clients expect.
       if (this.buf !== null || this.requests === 0) this.fail(new HttpError(408, "request head not received in time"));
@@ -240,6 +262,28 @@ export class Connection {
 
   // ---- request handling ----
 
+  private readProxy(): void {
+    const buf = this.buf as Buffer;
+    let r;
+    try {
+      r = readProxyHeader(buf);
+    } catch (e) {
+      this.rt.log.warn("connection without a valid PROXY header, refused", { peer: this.peer, reason: (e as Error).message });
+      this.fail(new HttpError(400, (e as Error).message, { cause: e }));
+      return;
+    }
+    if (r.kind === "incomplete") return;
+    this.buf = null;
+    this.phase = "head";
+    if (r.client !== null && r.client !== this.peer) {
+      const from = this.peer;
+      if (!(this.proxied as ProxiedHook)(this, from, r.client)) return;
+      this.peer = r.client;
+      this.client = r.client;
+    }
+    if (r.rest.length > 0) this.onData(r.rest);
+  }
+
   private readHead(): void {
     const buf = this.buf;
     if (buf === null) return;
@@ -285,6 +329,14 @@ export class Connection {
   private async handle(head: RequestHead, rest: Buffer): Promise<void> {
     this.requests++;
     const started = performance.now();
+    // Behind a trusted front the request names its client; anyone else's forwarding fields go.
+    this.client = this.secureAuthority === null ? this.rt.clientAddress.resolve(this.peer, head.headers) : this.client;
+    if (this.client !== this.peer && !this.rt.access.clientAllowed(this.client)) {
+      // access.clients holds for the client a trusted front names, as for a direct one.
+      this.rt.log.info("client not in access.clients, refused", { client: this.client, via: this.peer });
+      this.fail(new HttpError(403, "crm: your address is not in access.clients"), head.method);
+      return;
+    }
     // From here on, bytes belong to this request (its body, a tunnel's first bytes), never to a
     // new head: while authentication awaits, they are held in `buf` and taken up below.
     this.phase = "request";
@@ -293,11 +345,21 @@ export class Connection {
     // the allow-list by telling 403 from 407. RFC 9110 §11.7.2: the credentials are crm's own
     // and are removed as hop-by-hop before anything is forwarded.
     const proxyRequest = this.secureAuthority === null && (head.method === "CONNECT" || !head.target.startsWith("/"));
+    if (proxyRequest && this.rt.rate.enabled) {
+      const wait = this.rt.rate.take(this.client);
+      if (wait !== null) {
+        this.rt.metrics.limited(this.client, "rate");
+        this.rt.log.info("rate limited", { client: this.client, method: head.method, target: redactUrl(head.target), retry_after: wait });
+        this.fail(new HttpError(429, "too many requests from your address (limits.requests_per_second)", { headers: { "retry-after": String(wait) } }), head.method);
+        return;
+      }
+    }
     if (proxyRequest && this.rt.access.required("proxy")) {
       this.pause();
       try {
         await this.rt.access.authenticate("proxy", headerValue(head.headers, "proxy-authorization"), this.client);
       } catch (e) {
+        if ((e as HttpError).status === 429) this.rt.metrics.limited(this.client, "brake");
         this.rt.log.info("proxy authentication failed", { client: this.client, method: head.method, target: redactUrl(head.target), status: (e as HttpError).status });
         this.fail(e as HttpError, head.method);
         return;
@@ -363,6 +425,8 @@ export class Connection {
       res = this.errorResponse(e, ex);
       ownError = true;
     }
+    // Bandwidth limits pace the body's reads from the upstream side (bandwidth.ts).
+    if (this.rt.bandwidth.active) res = this.rt.bandwidth.pace(res, this.client);
     if (this.isClosed) {
       await res.body?.cancel().catch(() => {});
       this.logRequest(ex, res.status, 0, started, "client gone");
@@ -415,6 +479,7 @@ export class Connection {
     const kind: RequestKind = this.secureAuthority ? "mitm" : (ex.kind ?? ex.route.kind);
     const ms = performance.now() - started;
     this.rt.metrics.observe(kind, status, this.feeder?.bytes ?? 0, bytesOut, ms / 1000);
+    this.rt.metrics.client(this.client, bytesOut);
     if (!this.rt.log.enabled("info")) return;
     this.rt.log.info(`${ex.head.method} ${redactUrl(ex.route.kind === "forward" ? ex.route.url.href : ex.head.target)}`, {
       kind,

@@ -5,6 +5,9 @@
  */
 import type { Config } from "./config.ts";
 import { AccessControl } from "./access.ts";
+import { Bandwidth } from "./bandwidth.ts";
+import { ClientAddress } from "./client-address.ts";
+import { RequestRate } from "./rate-limit.ts";
 import { HostPolicy } from "./host-policy.ts";
 import { Logger, type LogSink } from "./log.ts";
 import { Metrics } from "./metrics.ts";
@@ -15,6 +18,12 @@ export interface Runtime {
   policy: HostPolicy;
   log: Logger;
   access: AccessControl;
+  /** Who a request is from behind a trusted front (access.trusted_proxies). */
+  clientAddress: ClientAddress;
+  /** Per-client request rate (limits.requests_per_second); keeps its buckets across reloads. */
+  readonly rate: RequestRate;
+  /** Per-client and total bandwidth (limits.*_bandwidth); keeps its state across reloads. */
+  readonly bandwidth: Bandwidth;
   /** How upstream names are looked up, behind the SSRF guard (tests map names to 127.0.0.1). */
   readonly resolve: Resolver;
   /**
@@ -36,6 +45,9 @@ export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver 
     policy: new HostPolicy(config.allowedHosts, config.allowedPorts),
     log: loggerFor(config, sink),
     access: new AccessControl(config),
+    clientAddress: new ClientAddress(config.access.trustedProxies),
+    rate: new RequestRate(config.limits),
+    bandwidth: new Bandwidth(config.limits),
     // Read through rt so a reload that flips allow_private_networks applies at once.
     resolve: guardedResolver(resolve, () => rt.config.allowPrivateNetworks),
     resolveConfigured: resolve,
@@ -57,4 +69,7 @@ export function applyConfig(rt: Runtime, config: Config): void {
   rt.policy = new HostPolicy(config.allowedHosts, config.allowedPorts);
   rt.log = loggerFor(config, rt.sink);
   rt.access = new AccessControl(config);
+  rt.clientAddress = new ClientAddress(config.access.trustedProxies);
+  rt.rate.configure(config.limits);
+  rt.bandwidth.configure(config.limits);
 }

@@ -7,7 +7,7 @@ export function describeConfig(c: Config): string {
   const t = c.timeouts;
   const lines = [
     `config: ${c.file}`,
-    `listen: ${c.listen.map((l) => formatHostPort(l.hostname, l.port)).join(", ")}`,
+    `listen: ${c.listen.map((l) => (l.unix ?? formatHostPort(l.hostname, l.port)) + (l.proxyProtocol ? " (proxy_protocol)" : "")).join(", ")}`,
     `allowed_hosts (${c.allowedHosts.length}): ${c.allowedHosts.join(", ") || "(none: every proxy request is refused)"}`,
     `allowed_ports: ${c.allowedPorts.join(", ")}`,
     `insecure_tls: ${c.insecureTls}`,
@@ -30,5 +30,26 @@ export function describeConfig(c: Config): string {
       lines.push(`  ${r.name} -> ${r.upstream.href}${creds}`);
     }
   } else lines.push("mirror: disabled");
+  lines.push(...describePublic(c));
   return lines.join("\n");
+}
+
+/** The public-mirror controls, only when set. */
+function describePublic(c: Config): string[] {
+  const out: string[] = [];
+  const l = c.limits;
+  if (c.access.trustedProxies.length > 0) out.push(`trusted_proxies: ${c.access.trustedProxies.join(", ")}`);
+  const fair = [
+    l.requestsPerSecond !== null ? `requests_per_second ${l.requestsPerSecond} (burst ${l.burst})` : null,
+    l.clientBandwidth !== null ? `client_bandwidth ${l.clientBandwidth} B/s` : null,
+    l.totalBandwidth !== null ? `total_bandwidth ${l.totalBandwidth} B/s` : null,
+    l.exemptClients.length > 0 ? `exempt ${l.exemptClients.join(", ")}` : null,
+  ].filter((v) => v !== null);
+  if (fair.length > 0) out.push(`fair shares: ${fair.join(", ")}`);
+  const rules = (name: string, r: { allow: readonly string[]; deny: readonly string[] } | null | undefined): void => {
+    if (r) out.push(`${name}: allow ${r.allow.join(", ") || "all"}; deny ${r.deny.join(", ") || "none"}`);
+  };
+  rules("mirror.rules", c.mirror.rules);
+  for (const r of c.mirror.registries.values()) rules(`mirror.registries.${r.name}.rules`, r.rules);
+  return out;
 }

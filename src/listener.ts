@@ -8,6 +8,7 @@ import type { Socket, SocketHandler, SocketListener } from "bun";
 import type { ListenAddress } from "./config.ts";
 import { Connection, type Dispatcher, type SocketData } from "./connection.ts";
 import type { Runtime } from "./context.ts";
+import { HttpError } from "./errors.ts";
 import { errorHead } from "./http/response.ts";
 
 const SWEEP_MS = 250;
@@ -106,6 +107,28 @@ export class Admission {
     return this.count(ip);
   }
 
+  /**
+   * A PROXY header named the real client behind a load balancer: the client list and the
+   * per-client count apply to it, not to the balancer. False: refused (the caller closes).
+   */
+  rebind(conn: Connection, from: string, to: string): boolean {
+    const { rt } = this;
+    if (!rt.access.clientAllowed(to)) {
+      rt.log.debug("client not in access.clients, closed", { client: to, via: from });
+      conn.reset();
+      return false;
+    }
+    const mine = this.perClient.get(to) ?? 0;
+    if (mine >= rt.config.limits.maxConnectionsPerClient) {
+      rt.log.warn("connection refused: limit reached", { client: to, from_client: mine });
+      conn.fail(new HttpError(429, "crm: too many connections from your address", { headers: { "retry-after": "5" } }));
+      return false;
+    }
+    this.release(from);
+    this.count(to);
+    return true;
+  }
+
   private count(ip: string): boolean {
     this.total++;
     this.perClient.set(ip, (this.perClient.get(ip) ?? 0) + 1);
@@ -134,14 +157,15 @@ export function listen(
   admission: Admission,
   tls: ListenTls | null,
 ): SocketListener<SocketData> {
-  const handlers = connectionHandlers(conns, (s) => new Connection(s, rt, dispatch));
+  const proxied = addr.proxyProtocol ? (c: Connection, from: string, to: string) => admission.rebind(c, from, to) : null;
+  const handlers = connectionHandlers(conns, (s) => new Connection(s, rt, dispatch, null, undefined, proxied));
   const socket: SocketHandler<SocketData> = {
     ...handlers,
     open(s) {
       if (admission.admit(s)) handlers.open?.(s);
     },
     close(s, err) {
-      if (s.data.conn !== null) admission.release(s.data.conn.client);
+      if (s.data.conn !== null) admission.release(s.data.conn.peer);
       handlers.close?.(s, err);
     },
   };

@@ -54,11 +54,18 @@ export async function local(ex: Exchange, rt: Runtime, routes: LocalRoutes): Pro
   const mirrorPath = routes.mirror ? stripMirrorPrefix(ex.route.path, rt.config.mirror.pathPrefix) : null;
   if (routes.mirror && mirrorPath !== null) {
     ex.kind = "mirror";
+    const wait = rt.rate.enabled ? rt.rate.take(ex.client) : null;
+    if (wait !== null) {
+      rt.metrics.limited(ex.client, "rate");
+      ex.logFields.error = "rate limited";
+      return errorResponse(new MirrorError(429, "TOOMANYREQUESTS", "too many requests from your address (limits.requests_per_second); slow down", { headers: { "retry-after": String(wait) } }));
+    }
     try {
       await rt.access.authenticate("mirror", headerValue(ex.head.headers, "authorization"), ex.client);
     } catch (e) {
       // Registry clients parse OCI error JSON; WWW-Authenticate / Retry-After stay in e.headers.
       if (!(e instanceof HttpError)) throw e;
+      if (e.status === 429) rt.metrics.limited(ex.client, "brake");
       return errorResponse(new MirrorError(e.status, e.status === 429 ? "TOOMANYREQUESTS" : "UNAUTHORIZED", e.message, { headers: e.headers }));
     }
     return routes.mirror({ ...ex, route: { kind: "local", path: mirrorPath } }, rt);

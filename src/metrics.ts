@@ -7,6 +7,15 @@ import { readdirSync } from "node:fs";
 
 export type RequestKind = "forward" | "connect" | "mitm" | "mirror" | "local";
 
+/** Clients named in /metrics; the rest are summed under "other", so a spray of addresses cannot grow it. */
+const MAX_CLIENTS = 100;
+
+interface ClientCounters {
+  requests: number;
+  bytesOut: number;
+  limited: Map<string, number>;
+}
+
 const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
 
 interface Histogram {
@@ -26,6 +35,7 @@ export class Metrics {
   private readonly upstreamErrors = new Map<string, number>();
   private readonly durations = new Map<RequestKind, Histogram>();
   private tunnels = 0;
+  private readonly clients = new Map<string, ClientCounters>();
   tokenCacheHits = 0;
   tokenCacheMisses = 0;
   gauges: Gauges = { connections: () => 0, certificates: () => 0 };
@@ -47,6 +57,29 @@ export class Metrics {
     for (let i = 0; i < BUCKETS.length; i++) if (seconds <= (BUCKETS[i] as number)) (h.counts[i] as number)++, (i = BUCKETS.length);
     h.sum += seconds;
     h.count++;
+  }
+
+  /** One request or tunnel of `client` ended, with this many bytes sent to it. */
+  client(client: string, bytesOut: number): void {
+    const c = this.clientCounters(client);
+    c.requests++;
+    c.bytesOut += bytesOut;
+  }
+
+  /** A request of `client` refused by a limit ("rate", "brake"). */
+  limited(client: string, limit: string): void {
+    const c = this.clientCounters(client);
+    c.limited.set(limit, (c.limited.get(limit) ?? 0) + 1);
+  }
+
+  private clientCounters(client: string): ClientCounters {
+    let c = this.clients.get(client);
+    if (c === undefined) {
+      const key = this.clients.size >= MAX_CLIENTS ? "other" : client;
+      c = this.clients.get(key) ?? { requests: 0, bytesOut: 0, limited: new Map() };
+      this.clients.set(key, c);
+    }
+    return c;
   }
 
   upstreamError(reason: string): void {
@@ -89,6 +122,12 @@ export class Metrics {
       out.push(`crm_request_duration_seconds_sum{kind="${kind}"} ${h.sum.toFixed(6)}`);
       out.push(`crm_request_duration_seconds_count{kind="${kind}"} ${h.count}`);
     }
+    family("crm_client_requests_total", "counter", `Requests and tunnels by client address (the first ${MAX_CLIENTS}; later ones as "other").`);
+    for (const [k, c] of this.clients) out.push(`crm_client_requests_total{client="${k}"} ${c.requests}`);
+    family("crm_client_bytes_out_total", "counter", "Body bytes sent to each client.");
+    for (const [k, c] of this.clients) out.push(`crm_client_bytes_out_total{client="${k}"} ${c.bytesOut}`);
+    family("crm_client_limited_total", "counter", "Requests refused by a per-client limit, by client and limit.");
+    for (const [k, c] of this.clients) for (const [limit, n] of c.limited) out.push(`crm_client_limited_total{client="${k}",limit="${limit}"} ${n}`);
     family("crm_active_connections", "gauge", "Open client connections (a decrypted MITM stream counts as its own).");
     out.push(`crm_active_connections ${this.gauges.connections()}`);
     family("crm_active_tunnels", "gauge", "Open CONNECT tunnels.");

@@ -3,6 +3,8 @@
  * from: a blob GET answers 307 to a CDN, and the token realm may live on another host. Only
  * these hosts (plus the registry's own and allowed_hosts) are followed.
  */
+import type { ImageRules } from "./mirror/rules.ts";
+
 export interface RegistryConfig {
   /** As clients name it: docker.io, gcr.io, quay.io. */
   name: string;
@@ -19,6 +21,8 @@ export interface RegistryConfig {
    * answer for registry-1.docker.io must not walk crm into the metadata address or the LAN.
    */
   operatorNamed: boolean;
+  /** This registry's own image rules (mirror/rules.ts); absent or null: mirror.rules apply. */
+  rules?: ImageRules | null;
 }
 
 const PKG_DEV = String.raw`[a-z0-9-]+-docker\.pkg\.dev`;

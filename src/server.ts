@@ -31,6 +31,7 @@ export interface Extensions extends LocalRoutes {
 }
 
 interface Bound {
+  addr: Config["listen"][number];
   listener: SocketListener<SocketData>;
   /** For a unix socket: its path and inode, so only our own socket is removed at exit. */
   unix: { path: string; inode: number } | null;
@@ -108,9 +109,9 @@ export class CrmServer {
       await prepareUnixPath(addr.unix);
       const listener = listen(addr, this.rt, this.dispatch, this.conns, this.admission, this.tls);
       setSocketMode(addr.unix, this.rt.config.unixSocketMode);
-      return { listener, unix: { path: addr.unix, inode: socketInode(addr.unix) } };
+      return { addr, listener, unix: { path: addr.unix, inode: socketInode(addr.unix) } };
     }
-    return { listener: listen(addr, this.rt, this.dispatch, this.conns, this.admission, this.tls), unix: null };
+    return { addr, listener: listen(addr, this.rt, this.dispatch, this.conns, this.admission, this.tls), unix: null };
   }
 
   private describe(b: Bound): string {
@@ -155,7 +156,7 @@ export class CrmServer {
       for (const b of this.bound) {
         if (b.unix) continue;
         const l = b.listener as SocketListener<SocketData> & { hostname: string; port: number };
-        const addr = { hostname: l.hostname, port: l.port, source: "" };
+        const addr = { ...b.addr, hostname: l.hostname, port: l.port };
         l.stop(false);
         b.listener = listen(addr, rt, this.dispatch, this.conns, this.admission, this.tls);
       }

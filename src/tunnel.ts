@@ -46,6 +46,8 @@ class Tunnel {
   private clientEnded = false;
   private upstreamEnded = false;
   private upstreamPaused = false;
+  /** Chunks not yet granted by the bandwidth limit (bandwidth.ts): upstream stays paused meanwhile. */
+  private pacing = 0;
   private done = false;
   private bytesUp = 0;
   private bytesDown = 0;
@@ -119,6 +121,19 @@ class Tunnel {
       this.upstreamPaused = true;
       this.upstream?.pause();
     }
+    const bw = this.conn.rt.bandwidth;
+    if (bw.active) this.pace(bw.acquire(this.conn.client, d.byteLength));
+  }
+
+  /** Reads from upstream wait until these bytes are paid for; the client's backpressure still rules. */
+  private pace(grant: Promise<void> | null): void {
+    if (grant === null) return;
+    if (this.pacing === 0 && !this.upstreamPaused) this.upstream?.pause();
+    this.pacing++;
+    void grant.then(() => {
+      this.pacing--;
+      if (this.pacing === 0 && !this.upstreamPaused && !this.done) this.upstream?.resume();
+    });
   }
 
   upstreamDrain(): void {
@@ -128,7 +143,7 @@ class Tunnel {
   private resumeUpstream(): void {
     if (this.upstreamPaused) {
       this.upstreamPaused = false;
-      this.upstream?.resume();
+      if (this.pacing === 0) this.upstream?.resume();
     }
     if (this.upstreamEnded) this.forwardUpstreamFin();
   }
@@ -181,6 +196,7 @@ class Tunnel {
     const seconds = (performance.now() - this.started) / 1000;
     if (this.upstream) conn.rt.metrics.tunnelClosed();
     conn.rt.metrics.observe("connect", this.upstream ? 200 : 0, this.bytesUp, this.bytesDown, seconds);
+    conn.rt.metrics.client(conn.client, this.bytesDown);
     conn.rt.log.info(`CONNECT ${this.target}`, {
       kind: "connect",
       client: conn.client,

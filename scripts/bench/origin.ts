@@ -14,7 +14,8 @@
  *                             body chunked even when the header is set (seen with Bun 1.4.5).
  *     /tcp-count              how many sockets the idle TCP server holds
  *     /set-blob-mode?mode=M   how the registry produces its blob from now on
- * - registry: a minimal anonymous registry: `/v2/` 200 and one blob with Content-Length.
+ * - registry: a minimal anonymous registry: `/v2/` 200, one blob with Content-Length, and one
+ *   small manifest (`library/big:latest`) for request-rate rows.
  * - tcp: accepts connections and holds them silently (idle tunnels' upstream).
  * Everything listens on 127.0.0.1 only.
  */
@@ -39,6 +40,16 @@ export interface OriginPorts {
 }
 
 const CHUNK = new Uint8Array(1024 * 1024).fill(0x61);
+/** A small OCI manifest (~400 bytes, like a real single-platform one) for the manifest-rate rows. */
+const MANIFEST = new TextEncoder().encode(
+  JSON.stringify({
+    schemaVersion: 2,
+    mediaType: "application/vnd.oci.image.manifest.v1+json",
+    config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: `sha256:${"c".repeat(64)}`, size: 1234 },
+    layers: [{ mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: `sha256:${"d".repeat(64)}`, size: 31_415_926 }],
+  }),
+);
+const MANIFEST_DIGEST = "sha256:" + new Bun.CryptoHasher("sha256").update(MANIFEST).digest("hex");
 /** In-memory bodies by size, made on first use (the largest is the bulk size, 1 GiB). */
 const blobs = new Map<number, Blob>();
 
@@ -129,6 +140,10 @@ if (import.meta.main) {
       const path = new URL(req.url).pathname;
       const api = { "docker-distribution-api-version": "registry/2.0" };
       if (path === "/v2/" || path === "/v2") return Response.json({}, { headers: api });
+      if (path === "/v2/library/big/manifests/latest") {
+        const headers = { ...api, "content-type": "application/vnd.oci.image.manifest.v1+json", "content-length": String(MANIFEST.byteLength), "docker-content-digest": MANIFEST_DIGEST };
+        return new Response(req.method === "HEAD" ? null : MANIFEST, { headers });
+      }
       if (path === blobPath) {
         const extra = { ...api, "docker-content-digest": spec.blob.digest };
         if (req.method === "HEAD") return new Response(null, { headers: { ...extra, "content-length": String(spec.blob.size) } });

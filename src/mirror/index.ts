@@ -16,6 +16,7 @@ import { meteredFetch } from "./metered.ts";
 import { clientResponse } from "./response.ts";
 import { parseMirrorTarget, pullScope, upstreamPath, type PullRoute } from "./routes.ts";
 import { mirrorState, type MirrorState } from "./state.ts";
+import { enforceRules, rulesFor, type RuleSet } from "./rules.ts";
 import { TokenCache } from "./token-cache.ts";
 import { RegistryClient } from "./upstream.ts";
 
@@ -28,7 +29,7 @@ export function createMirrorHandler(rt: Runtime): LocalHandler {
   for (const reg of rt.config.mirror.registries.values()) clients.set(reg.name, new RegistryClient(rt, reg, tokens));
   // Kept across reloads (state.ts); the manifest service only holds requests in flight.
   const state = mirrorState(rt);
-  const mirror: Mirror = { clients, state, manifests: new ManifestService(rt, state) };
+  const mirror: Mirror = { clients, state, manifests: new ManifestService(rt, state), rules: rulesFor(rt.config.mirror) };
   return async (ex) => {
     let res: Response;
     try {
@@ -45,9 +46,10 @@ interface Mirror {
   clients: ReadonlyMap<string, RegistryClient>;
   state: MirrorState;
   manifests: ManifestService;
+  rules: ReadonlyMap<string, RuleSet>;
 }
 
-async function handle(ex: Exchange, rt: Runtime, { clients, state, manifests }: Mirror): Promise<Response> {
+async function handle(ex: Exchange, rt: Runtime, { clients, state, manifests, rules }: Mirror): Promise<Response> {
   const method = ex.head.method;
   if (method !== "GET" && method !== "HEAD") {
     throw new MirrorError(405, "UNSUPPORTED", `${method.slice(0, 20)} is not supported: crm mirrors pulls only`, { headers: { allow: "GET, HEAD" } });
@@ -58,6 +60,7 @@ async function handle(ex: Exchange, rt: Runtime, { clients, state, manifests }: 
   if (route.kind === "base") return jsonResponse(200, "{}");
 
   logRoute(ex, route);
+  enforceRules(rules.get(route.registry.name) ?? null, route.registry.name, route.name);
   const client = clients.get(route.registry.name);
   if (!client) throw new MirrorError(404, "NAME_UNKNOWN", `registry ${route.registry.name} is not mirrored here`);
   const headers = new Headers();

@@ -342,7 +342,7 @@ export interface BigBlobServer {
  * with a Content-Length. Raw sockets because Bun.serve turns a streamed body into chunked
  * encoding and drops the Content-Length, which real registries and CDNs always send.
  */
-export function startBigBlobServer(): BigBlobServer {
+export function startBigBlobServer(size = BIG_SIZE): BigBlobServer {
   let cancels = 0;
   let written = 0;
   interface Conn {
@@ -392,15 +392,15 @@ export function startBigBlobServer(): BigBlobServer {
         const lines = c.head.slice(0, endOfHead).split("\r\n");
         const method = (lines[0] ?? "").split(" ")[0];
         const range = lines.find((l) => /^range:/i.test(l))?.replace(/^range:\s*/i, "") ?? null;
-        const r = parseRange(range, BIG_SIZE);
+        const r = parseRange(range, size);
         let head: string;
         if (r === "unsatisfiable") {
-          head = `HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */${BIG_SIZE}\r\ncontent-length: 0\r\n`;
+          head = `HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */${size}\r\ncontent-length: 0\r\n`;
           c.off = c.end = 0;
         } else {
           c.off = r?.start ?? 0;
-          c.end = r?.end ?? BIG_SIZE;
-          head = r === null ? "HTTP/1.1 200 OK\r\n" : `HTTP/1.1 206 Partial Content\r\ncontent-range: bytes ${c.off}-${c.end - 1}/${BIG_SIZE}\r\n`;
+          c.end = r?.end ?? size;
+          head = r === null ? "HTTP/1.1 200 OK\r\n" : `HTTP/1.1 206 Partial Content\r\ncontent-range: bytes ${c.off}-${c.end - 1}/${size}\r\n`;
           head += `content-length: ${c.end - c.off}\r\ncontent-type: application/octet-stream\r\naccept-ranges: bytes\r\n`;
         }
         s.write(head + "connection: close\r\n\r\n");

@@ -1,0 +1,66 @@
+/**
+ * Per-client request rate for the mirror and the proxy: a token bucket per address
+ * (`limits.requests_per_second` refill, `limits.burst` size). Over it a request is refused with
+ * 429 and Retry-After before any work is done for it. Exempt ranges and an unset rate cost one
+ * branch.
+ */
+import { CidrList } from "./cidr.ts";
+import type { FairShareLimits } from "./config/fair-share.ts";
+
+interface Bucket {
+  tokens: number;
+  at: number;
+}
+
+/** Buckets kept before idle (full) ones are dropped; bounds memory under a spray of addresses. */
+const MAX_BUCKETS = 50_000;
+
+export class RequestRate {
+  private readonly buckets = new Map<string, Bucket>();
+  private rate: number | null = null;
+  private burst = 1;
+  private exempt: CidrList | null = null;
+
+  constructor(limits: FairShareLimits) {
+    this.configure(limits);
+  }
+
+  /** SIGHUP: new rates apply to the buckets as they are. */
+  configure(limits: FairShareLimits): void {
+    this.rate = limits.requestsPerSecond;
+    this.burst = limits.burst;
+    this.exempt = limits.exemptClients.length > 0 ? new CidrList(limits.exemptClients) : null;
+    if (this.rate === null) this.buckets.clear();
+  }
+
+  get enabled(): boolean {
+    return this.rate !== null;
+  }
+
+  /** Takes one request from the client's bucket: null if allowed, else seconds until one is. */
+  take(client: string, now = performance.now()): number | null {
+    const rate = this.rate;
+    if (rate === null) return null;
+    if (this.exempt !== null && this.exempt.match(client) !== null) return null;
+    let b = this.buckets.get(client);
+    if (b === undefined) {
+      if (this.buckets.size >= MAX_BUCKETS) this.prune(now);
+      b = { tokens: this.burst, at: now };
+      this.buckets.set(client, b);
+    } else {
+      b.tokens = Math.min(this.burst, b.tokens + ((now - b.at) / 1000) * rate);
+      b.at = now;
+    }
+    if (b.tokens >= 1) {
+      b.tokens -= 1;
+      return null;
+    }
+    return Math.max(1, Math.ceil((1 - b.tokens) / rate));
+  }
+
+  private prune(now: number): void {
+    const rate = this.rate ?? 1;
+    for (const [k, b] of this.buckets) if (b.tokens + ((now - b.at) / 1000) * rate >= this.burst) this.buckets.delete(k);
+    if (this.buckets.size >= MAX_BUCKETS) this.buckets.clear();
+  }
+}
