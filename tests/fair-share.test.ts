@@ -14,8 +14,9 @@ import { missingTools } from "./support/tools.ts";
 const MiB = 1024 * 1024;
 const BLOB = `sha256:${"b".repeat(64)}`;
 
-async function mirrorFor(registry: FakeRegistry, limits: Record<string, unknown>): Promise<TestCrm> {
-  return startCrm({ limits, mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } } }, "info");
+/** The blob server is the registry's redirect target on a port of its own: allowed_ports must name it. */
+async function mirrorFor(registry: FakeRegistry, limits: Record<string, unknown>, big: BigBlobServer): Promise<TestCrm> {
+  return startCrm({ limits, allowed_ports: [80, 443, Number(new URL(big.url).port)], mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } } }, "info");
 }
 
 describe("client_bandwidth", () => {
@@ -25,7 +26,7 @@ describe("client_bandwidth", () => {
   beforeAll(async () => {
     big = startBigBlobServer(100 * MiB);
     registry = startFakeRegistry({ auth: { kind: "none" }, bigBase: big.url });
-    crm = await mirrorFor(registry, { client_bandwidth: "10MiB/s" });
+    crm = await mirrorFor(registry, { client_bandwidth: "10MiB/s" }, big);
   });
   afterAll(async () => {
     await crm.stop();
@@ -65,7 +66,7 @@ describe.skipIf(missingTools("fair shares", ["curl"]))("total_bandwidth", () => 
   beforeAll(async () => {
     big = startBigBlobServer(24 * MiB);
     registry = startFakeRegistry({ auth: { kind: "none" }, bigBase: big.url });
-    crm = await mirrorFor(registry, { total_bandwidth: "16MiB/s", exempt_clients: ["127.0.0.9/32"] });
+    crm = await mirrorFor(registry, { total_bandwidth: "16MiB/s", exempt_clients: ["127.0.0.9/32"] }, big);
   });
   afterAll(async () => {
     await crm.stop();
