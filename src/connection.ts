@@ -13,6 +13,7 @@ import { formatHeaders, redactUrl } from "./log.ts";
 import type { RequestKind } from "./metrics.ts";
 import { Outbox } from "./outbox.ts";
 import { route, type Authority, type Route } from "./router.ts";
+import { recordExchange } from "./status/record.ts";
 
 export interface SocketData {
   conn: Connection | null;
@@ -24,6 +25,8 @@ export interface Exchange {
   route: Extract<Route, { kind: "forward" | "local" }>;
   body: ReadableStream<Uint8Array> | null;
   client: string;
+  /** This request's id in rt.journal; the mirror sends it as X-Crm-Request-Id. */
+  id: string;
   /** Aborted when the client goes away: cancels the upstream request. */
   signal: AbortSignal;
   /** Fields the handler wants on the request's log line (token state, registry, ...). */
@@ -352,7 +355,7 @@ export class Connection {
     if (rest.length > 0) this.onRequestBytes(rest);
     if (this.buf === null && (feeder === null || feeder.wantsMore)) this.resume();
 
-    const ex: Exchange = { head, route: r, body: feeder?.stream ?? null, client: this.client, signal: abort.signal, logFields: {} };
+    const ex: Exchange = { head, route: r, body: feeder?.stream ?? null, client: this.client, id: this.rt.journal.nextId(), signal: abort.signal, logFields: {} };
     if (this.rt.log.enabled("debug")) this.rt.log.debug(`> ${head.method} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(head.headers) });
     let res: Response;
     // Every error crm answers itself ends the connection (nothing of a failed exchange lingers).
@@ -415,8 +418,10 @@ export class Connection {
     const kind: RequestKind = this.secureAuthority ? "mitm" : (ex.kind ?? ex.route.kind);
     const ms = performance.now() - started;
     this.rt.metrics.observe(kind, status, this.feeder?.bytes ?? 0, bytesOut, ms / 1000);
+    const target = redactUrl(ex.route.kind === "forward" ? ex.route.url.href : ex.head.target);
+    recordExchange(this.rt.journal, ex, kind, target, status, this.feeder?.bytes ?? 0, bytesOut, ms, note, this.rt.config.mirror.pathPrefix);
     if (!this.rt.log.enabled("info")) return;
-    this.rt.log.info(`${ex.head.method} ${redactUrl(ex.route.kind === "forward" ? ex.route.url.href : ex.head.target)}`, {
+    this.rt.log.info(`${ex.head.method} ${target}`, {
       kind,
       client: this.client,
       status,

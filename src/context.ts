@@ -8,6 +8,7 @@ import { AccessControl } from "./access.ts";
 import { HostPolicy } from "./host-policy.ts";
 import { Logger, type LogSink } from "./log.ts";
 import { Metrics } from "./metrics.ts";
+import { RequestJournal } from "./status/journal.ts";
 import { guardedResolver, systemResolver, type Resolver } from "./resolver.ts";
 
 export interface Runtime {
@@ -23,6 +24,8 @@ export interface Runtime {
    */
   readonly resolveConfigured: Resolver;
   readonly metrics: Metrics;
+  /** Recent requests by id (X-Crm-Request-Id), for `client-config --check` and the status page. */
+  readonly journal: RequestJournal;
   /** Set on SIGTERM: /healthz answers 503 and kept-alive connections are closed after their response. */
   draining: boolean;
   readonly startedAt: number;
@@ -40,6 +43,7 @@ export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver 
     resolve: guardedResolver(resolve, () => rt.config.allowPrivateNetworks),
     resolveConfigured: resolve,
     metrics: new Metrics(startedAt),
+    journal: new RequestJournal(),
     draining: false,
     startedAt,
     sink,

@@ -33,6 +33,11 @@ async function main(argv: string[]): Promise<void> {
       process.exitCode = await runPasswd(cmd.name);
       return;
     }
+    case "client-config": {
+      const { runClientConfig } = await import("./client-config/index.ts");
+      process.exitCode = await runClientConfig(cmd.options);
+      return;
+    }
     case "run":
       break;
   }
