@@ -3,6 +3,7 @@
  * `--config`, `-t`), so operators coming from nginx or Go tools guess right.
  */
 import { parseClientConfigArgs, type ClientConfigOptions } from "./client-config/options.ts";
+import { parseDoctorArgs } from "./doctor/args.ts";
 
 export type Command =
   | { kind: "run"; configPath: string | null; check: boolean }
@@ -11,6 +12,7 @@ export type Command =
   | { kind: "ca-init"; outDir: string; cn: string | null; days: number | null; force: boolean }
   | { kind: "passwd"; name: string }
   | { kind: "client-config"; options: ClientConfigOptions }
+  | { kind: "doctor"; configPath: string | null; json: boolean }
   | { kind: "error"; message: string };
 
 export const USAGE = `crm: a no-cache proxy and mirror for container registries
@@ -21,6 +23,8 @@ Usage:
   crm ca init [--out DIR] [--cn NAME] [--days N] [--force]
                             create a CA for MITM debugging (ca.crt, ca.key)
   crm passwd NAME           read a password (stdin) and print an access.users entry
+  crm doctor [-config PATH] [--json]
+                            check, on the crm host, everything a pull needs (exit 0 or 1)
   crm client-config docker|containerd|podman --mirror URL [--registries a,b] [--write] [--check]
                             print (--write: install) a runtime's mirror config; --check proves
                             a pull goes through crm
@@ -35,6 +39,7 @@ Flags:
 export function parseArgs(argv: readonly string[]): Command {
   if (argv[0] === "ca") return parseCaArgs(argv.slice(1));
   if (argv[0] === "client-config") return parseClientConfigArgs(argv.slice(1));
+  if (argv[0] === "doctor") return parseDoctorArgs(argv.slice(1));
   if (argv[0] === "passwd") {
     const name = argv[1];
     if (name === undefined || argv.length > 2 || !/^[A-Za-z0-9._-]{1,64}$/.test(name)) {

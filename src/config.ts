@@ -11,6 +11,7 @@ import { compileHostPattern } from "./host-policy.ts";
 import { parseCidr } from "./cidr.ts";
 import { LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { DEFAULT_REGISTRIES, type RegistryConfig } from "./registries.ts";
+import { buildDoctorConfig, type DoctorConfig } from "./doctor/config.ts";
 
 export interface ListenAddress {
   hostname: string;
@@ -100,6 +101,8 @@ export interface Config {
   mitm: MitmConfig;
   mirror: MirrorConfig;
   timeouts: Timeouts;
+  /** What `crm doctor` checks with (doctor/config.ts). */
+  doctor: DoctorConfig;
 }
 
 export const DEFAULT_ALLOWED_HOSTS: readonly string[] = [
@@ -168,8 +171,8 @@ export function parseConfigText(text: string, file: string): unknown {
 
 type Obj = Record<string, unknown>;
 
-/** Collects every problem instead of stopping at the first. */
-class Checker {
+/** Collects every problem instead of stopping at the first (sections in their own modules use it too). */
+export class Checker {
   readonly errors: ConfigError[] = [];
   readonly warnings: string[] = [];
 
@@ -274,7 +277,7 @@ export function parseListen(value: unknown): ListenAddress | string {
   return { hostname: host, port, source };
 }
 
-const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "allow_private_networks", "insecure_tls", "log_level", "log_format", "access", "metrics", "tls", "unix_socket_mode", "public_url", "limits", "mitm", "mirror", "timeouts"] as const;
+const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "allow_private_networks", "insecure_tls", "log_level", "log_format", "access", "metrics", "tls", "unix_socket_mode", "public_url", "limits", "mitm", "mirror", "timeouts", "doctor"] as const;
 
 export const DEFAULT_LIMITS: Limits = { maxConnections: 4096, maxConnectionsPerClient: 256, maxBody: 10 * 1024 ** 3 };
 
@@ -404,8 +407,10 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
     }
   }
 
+  const doctor = buildDoctorConfig(c, root.doctor);
+
   if (c.errors.length > 0) throw new ConfigErrors(file, c.errors);
-  const config: Config = Object.freeze({ file, tls, unixSocketMode, metrics, publicUrl, listen, allowedHosts, allowedPorts, allowPrivateNetworks, insecureTls, logLevel, logFormat, access, limits, mitm, mirror, timeouts });
+  const config: Config = Object.freeze({ file, tls, unixSocketMode, metrics, publicUrl, listen, allowedHosts, allowedPorts, allowPrivateNetworks, insecureTls, logLevel, logFormat, access, limits, mitm, mirror, timeouts, doctor });
   return { config, warnings: c.warnings };
 }
 

@@ -38,6 +38,11 @@ async function main(argv: string[]): Promise<void> {
       process.exitCode = await runClientConfig(cmd.options);
       return;
     }
+    case "doctor": {
+      const { runDoctor } = await import("./doctor/index.ts");
+      process.exitCode = await runDoctor({ configPath: cmd.configPath, json: cmd.json });
+      return;
+    }
     case "run":
       break;
   }
