@@ -13,7 +13,7 @@ import { formatHeaders, redactUrl } from "./log.ts";
 import type { RequestKind } from "./metrics.ts";
 import { Outbox } from "./outbox.ts";
 import { route, type Authority, type Route } from "./router.ts";
-import { recordExchange } from "./status/record.ts";
+import { recordExchange, recordRefusal, trackExchange } from "./status/record.ts";
 
 export interface SocketData {
   conn: Connection | null;
@@ -319,6 +319,7 @@ export class Connection {
       const err = e as HttpError;
       this.rt.metrics.observe(head.method === "CONNECT" ? "connect" : "forward", err.status, 0, 0, (performance.now() - started) / 1000);
       if (err.status === 403) this.rt.log.info("refused", { client: this.client, method: head.method, target: redactUrl(head.target), reason: err.message });
+      recordRefusal(this.rt, this.client, head.method === "CONNECT" ? "connect" : "forward", head.method, redactUrl(head.target), err.status, err.message);
       this.fail(err, head.method);
       return;
     }
@@ -357,6 +358,8 @@ export class Connection {
 
     const ex: Exchange = { head, route: r, body: feeder?.stream ?? null, client: this.client, id: this.rt.journal.nextId(), signal: abort.signal, logFields: {} };
     if (this.rt.log.enabled("debug")) this.rt.log.debug(`> ${head.method} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(head.headers) });
+    let sent = 0;
+    trackExchange(this.rt, ex, redactUrl(r.kind === "forward" ? r.url.href : head.target), () => (this.secureAuthority ? "mitm" : (ex.kind ?? ex.route.kind)), () => sent + (feeder?.bytes ?? 0));
     let res: Response;
     // Every error crm answers itself ends the connection (nothing of a failed exchange lingers).
     let ownError = false;
@@ -375,7 +378,10 @@ export class Connection {
     // A client that pipelined more requests before its FIN still gets every answer.
     const ended = this.peerEnded && this.buf === null;
     const keepAlive = wantsKeepAlive(head) && !this.rt.draining && !ended && !ownError;
-    const w = await writeResponse(this.outbox, res, { method: head.method, version: head.version, keepAlive, progress: () => this.touch() });
+    const w = await writeResponse(this.outbox, res, { method: head.method, version: head.version, keepAlive, progress: (bytes) => {
+        sent = bytes;
+        this.touch();
+      } });
     this.logRequest(ex, res.status, w.bytes, started, w.complete ? undefined : "incomplete");
     this.abort = null;
     this.feeder = null;
@@ -419,7 +425,7 @@ export class Connection {
     const ms = performance.now() - started;
     this.rt.metrics.observe(kind, status, this.feeder?.bytes ?? 0, bytesOut, ms / 1000);
     const target = redactUrl(ex.route.kind === "forward" ? ex.route.url.href : ex.head.target);
-    recordExchange(this.rt.journal, ex, kind, target, status, this.feeder?.bytes ?? 0, bytesOut, ms, note, this.rt.config.mirror.pathPrefix);
+    recordExchange(this.rt, ex, kind, target, status, this.feeder?.bytes ?? 0, bytesOut, ms, note);
     if (!this.rt.log.enabled("info")) return;
     this.rt.log.info(`${ex.head.method} ${target}`, {
       kind,

@@ -9,6 +9,8 @@ import { HostPolicy } from "./host-policy.ts";
 import { Logger, type LogSink } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { RequestJournal } from "./status/journal.ts";
+import { ActivityBoard } from "./status/activity.ts";
+import { certificateStateOf, type StatusSources } from "./status/sources.ts";
 import { guardedResolver, systemResolver, type Resolver } from "./resolver.ts";
 
 export interface Runtime {
@@ -26,6 +28,10 @@ export interface Runtime {
   readonly metrics: Metrics;
   /** Recent requests by id (X-Crm-Request-Id), for `client-config --check` and the status page. */
   readonly journal: RequestJournal;
+  /** Requests and tunnels in flight, per-registry totals and throughput, for the status page. */
+  readonly activity: ActivityBoard;
+  /** State other features own (quota, manifest cache, certificate); absent ones are null. */
+  sources: StatusSources;
   /** Set on SIGTERM: /healthz answers 503 and kept-alive connections are closed after their response. */
   draining: boolean;
   readonly startedAt: number;
@@ -44,6 +50,8 @@ export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver 
     resolveConfigured: resolve,
     metrics: new Metrics(startedAt),
     journal: new RequestJournal(),
+    activity: new ActivityBoard(),
+    sources: { quota: null, manifestCache: null, certificate: () => certificateStateOf(rt.config) },
     draining: false,
     startedAt,
     sink,

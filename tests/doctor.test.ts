@@ -107,11 +107,11 @@ describe("crm doctor", () => {
   });
 
   test("clock skew: a certificate judged by a clock a month ahead is expired, a day behind not yet valid; a skewed Date header fails the clock row", async () => {
-    const ahead = await probeTls("127.0.0.1", tlsServer.port, "localhost", 2000, ca.cert, Date.now() + 30 * 86_400_000);
+    const ahead = await probeTls("127.0.0.1", Number(tlsServer.port), "localhost", 2000, ca.cert, Date.now() + 30 * 86_400_000);
     expect(ahead.ok).toBe(false);
     expect(ahead.detail).toContain("certificate of localhost expired on");
     expect(ahead.ok ? "" : ahead.fix).toContain("timedatectl set-ntp true");
-    const behind = await probeTls("127.0.0.1", tlsServer.port, "localhost", 2000, ca.cert, Date.now() - 86_400_000);
+    const behind = await probeTls("127.0.0.1", Number(tlsServer.port), "localhost", 2000, ca.cert, Date.now() - 86_400_000);
     expect(behind.detail).toContain("is not valid before");
 
     const skewed = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("{}", { headers: { date: new Date(Date.now() - 3600_000).toUTCString() } }) });

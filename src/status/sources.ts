@@ -78,3 +78,14 @@ export function staticCertificateState(config: Config, now = Date.now()): Certif
     return { mode: "static", error: `cannot read ${config.tls.certPath}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}` };
   }
 }
+
+const certificateCache = new WeakMap<Config, { state: CertificateState; at: number }>();
+
+/** staticCertificateState, read at most once a minute per config (the page polls). */
+export function certificateStateOf(config: Config): CertificateState {
+  const hit = certificateCache.get(config);
+  if (hit && Date.now() - hit.at < 60_000) return hit.state;
+  const state = staticCertificateState(config);
+  certificateCache.set(config, { state, at: Date.now() });
+  return state;
+}
