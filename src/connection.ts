@@ -359,7 +359,7 @@ export class Connection {
     const ex: Exchange = { head, route: r, body: feeder?.stream ?? null, client: this.client, id: this.rt.journal.nextId(), signal: abort.signal, logFields: {} };
     if (this.rt.log.enabled("debug")) this.rt.log.debug(`> ${head.method} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(head.headers) });
     let sent = 0;
-    trackExchange(this.rt, ex, redactUrl(r.kind === "forward" ? r.url.href : head.target), () => (this.secureAuthority ? "mitm" : (ex.kind ?? ex.route.kind)), () => sent + (feeder?.bytes ?? 0));
+    trackExchange(this.rt, ex, () => redactUrl(r.kind === "forward" ? r.url.href : head.target), () => (this.secureAuthority ? "mitm" : (ex.kind ?? ex.route.kind)), () => sent + (feeder?.bytes ?? 0));
     let res: Response;
     // Every error crm answers itself ends the connection (nothing of a failed exchange lingers).
     let ownError = false;

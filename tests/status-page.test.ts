@@ -25,7 +25,7 @@ describe("activity board and snapshot", () => {
     const board = new ActivityBoard(() => now);
     let sent = 0;
     const fields: Record<string, string> = {};
-    board.begin({ id: "a-1", client: "10.0.0.1", method: "GET", target: "/v2/library/x/blobs/sha256:00", kind: () => "mirror", fields: () => fields, bytes: () => sent });
+    board.begin({ id: "a-1", client: "10.0.0.1", method: "GET", target: () => "/v2/library/x/blobs/sha256:00", kind: () => "mirror", fields: () => fields, bytes: () => sent });
     fields.registry = "docker.io";
     sent = 5000;
     now += 2000;

@@ -17,14 +17,18 @@ export interface ActiveInput {
   id: string;
   client: string;
   method: string;
-  target: string;
+  /** Read when shown, so a request nobody looks at never pays for redacting its target. */
+  target: () => string;
   /** Read when shown: the kind and the mirror's fields (registry, repo, ref) are known only later. */
   kind: () => string;
   fields: () => Readonly<Record<string, string | number>>;
   bytes: () => number;
 }
 
-interface Active extends ActiveInput {
+interface Active {
+  input: ActiveInput;
+  /** Replaced by the final count when the request ends. */
+  bytes: () => number;
   started: number;
   sampled: number;
   sampledAt: number;
@@ -73,12 +77,22 @@ export class ActivityBoard {
 
   begin(input: ActiveInput): void {
     const t = this.now();
-    this.active.set(input.id, { ...input, started: t, sampled: 0, sampledAt: t, rate: 0 });
-    // Sampling runs only while something is in flight, so an idle crm has no timer.
+    this.active.set(input.id, { input, bytes: input.bytes, started: t, sampled: 0, sampledAt: t, rate: 0 });
+    // Sampling runs only while something is in flight (the timer stops at the first idle tick),
+    // so an idle crm has no timer and a busy one does not start and stop one per request.
     if (this.timer === null) {
-      this.timer = setInterval(() => this.sample(), SAMPLE_MS);
+      this.timer = setInterval(() => this.tick(), SAMPLE_MS);
       (this.timer as { unref?: () => void }).unref?.();
     }
+  }
+
+  private tick(): void {
+    if (this.active.size === 0 && this.timer !== null) {
+      clearInterval(this.timer);
+      this.timer = null;
+      return;
+    }
+    this.sample();
   }
 
   /**
@@ -91,17 +105,13 @@ export class ActivityBoard {
     if (total !== undefined) a.bytes = () => total;
     this.sampleOne(a, this.now());
     this.active.delete(id);
-    const group = groupOf(a);
+    const group = groupOf(a.input);
     if (group !== null) {
       const tot = this.group(group);
       if (tot) {
         tot.requests++;
         if (status >= 400 || status === 0) tot.errors++;
       }
-    }
-    if (this.active.size === 0 && this.timer !== null) {
-      clearInterval(this.timer);
-      this.timer = null;
     }
   }
 
@@ -120,9 +130,10 @@ export class ActivityBoard {
     return [...this.active.values()]
       .sort((x, y) => x.started - y.started)
       .map((a) => {
-        const f = a.fields();
+        const { input } = a;
+        const f = input.fields();
         const str = (k: string): string | null => (f[k] === undefined ? null : String(f[k]));
-        return { id: a.id, client: a.client, kind: a.kind(), method: a.method, target: a.target, registry: str("registry"), repo: str("repo"), ref: str("ref"), bytes: a.sampled, rate: Math.round(a.rate), ms: t - a.started };
+        return { id: input.id, client: input.client, kind: input.kind(), method: input.method, target: input.target(), registry: str("registry"), repo: str("repo"), ref: str("ref"), bytes: a.sampled, rate: Math.round(a.rate), ms: t - a.started };
       });
   }
 
@@ -143,7 +154,7 @@ export class ActivityBoard {
     a.sampled = b;
     a.sampledAt = t;
     if (delta <= 0) return;
-    const group = groupOf(a);
+    const group = groupOf(a.input);
     const tot = group === null ? null : this.group(group);
     if (!tot) return;
     this.roll(tot, Math.floor(t / BUCKET_MS));

@@ -67,20 +67,28 @@ export class RequestJournal {
     const seq = seqOf(input.id, this.instance);
     if (seq === null) return;
     const notes: Record<string, string | number> = {};
-    for (const [k, v] of Object.entries(input.notes ?? {})) if (v !== undefined) notes[k] = typeof v === "string" ? cut(v) : v;
+    const given = input.notes;
+    if (given !== undefined) for (const k in given) {
+      const v = given[k];
+      if (v !== undefined) notes[k] = typeof v === "string" ? cut(v) : v;
+    }
     const entry: JournalEntry = {
-      ...input,
+      id: input.id,
       seq,
       time: Date.now(),
       client: cut(input.client),
+      kind: input.kind,
+      method: input.method,
       target: cut(input.target),
+      status: input.status,
+      bytesIn: input.bytesIn,
+      bytesOut: input.bytesOut,
+      ms: input.ms,
       notes,
     };
-    for (const k of ["registry", "repo", "ref"] as const) {
-      const v = input[k];
-      if (v === undefined) delete entry[k];
-      else entry[k] = cut(v);
-    }
+    if (input.registry !== undefined) entry.registry = cut(input.registry);
+    if (input.repo !== undefined) entry.repo = cut(input.repo);
+    if (input.ref !== undefined) entry.ref = cut(input.ref);
     if (this.ring.length < this.capacity) this.ring.push(entry);
     else {
       this.ring[this.head] = entry;

@@ -14,8 +14,9 @@ function withoutPrefix(target: string, mountPrefix: string): string {
   return mountPrefix !== "" && target.startsWith(mountPrefix + "/") ? target.slice(mountPrefix.length) : target;
 }
 
-export function trackExchange(rt: Runtime, ex: Exchange, target: string, kind: () => string, bytes: () => number): void {
-  rt.activity.begin({ id: ex.id, client: ex.client, method: ex.head.method, target: withoutPrefix(target, rt.config.mirror.pathPrefix), kind, fields: () => ex.logFields, bytes });
+export function trackExchange(rt: Runtime, ex: Exchange, target: () => string, kind: () => string, bytes: () => number): void {
+  const prefix = rt.config.mirror.pathPrefix;
+  rt.activity.begin({ id: ex.id, client: ex.client, method: ex.head.method, target: () => withoutPrefix(target(), prefix), kind, fields: () => ex.logFields, bytes });
 }
 
 export function recordExchange(rt: Runtime, ex: Exchange, kind: string, target: string, status: number, bytesIn: number, bytesOut: number, ms: number, note: string | undefined): void {
@@ -42,6 +43,8 @@ export function recordExchange(rt: Runtime, ex: Exchange, kind: string, target: 
   });
 }
 
+const NO_FIELDS: Readonly<Record<string, string | number>> = Object.freeze({});
+
 export interface TunnelRecord {
   id: string;
   client: string;
@@ -50,7 +53,7 @@ export interface TunnelRecord {
 
 /** A tunnel is in flight from its dial to its close; `bytes` reads both directions. */
 export function trackTunnel(rt: Runtime, t: TunnelRecord, bytes: () => number): void {
-  rt.activity.begin({ id: t.id, client: t.client, method: "CONNECT", target: t.target, kind: () => "connect", fields: () => ({}), bytes });
+  rt.activity.begin({ id: t.id, client: t.client, method: "CONNECT", target: () => t.target, kind: () => "connect", fields: () => NO_FIELDS, bytes });
 }
 
 export function recordTunnel(rt: Runtime, t: TunnelRecord, status: number, bytesIn: number, bytesOut: number, ms: number, note?: string): void {
