@@ -14,6 +14,7 @@ import type { CheckRow } from "../src/doctor/report.ts";
 import { probeTls } from "../src/doctor/tls-probe.ts";
 import { staticResolver } from "../src/resolver.ts";
 import { startCdn, startFakeRegistry, startTokenServer, type Cdn, type FakeRegistry, type TokenServer } from "./support/mirror-upstreams.ts";
+import { startCrm } from "./support/crm.ts";
 import { run } from "./support/raw.ts";
 import { makeLeaf, makeTestCa, type Pem } from "./support/tls.ts";
 
@@ -162,6 +163,16 @@ describe("crm doctor", () => {
     expect(d.rows).toHaveLength(1);
     expect(d.row("config").result).toBe("fail");
     expect(d.row("config").detail).toContain("allowed_ports[0]");
+  });
+
+  test("a listen port held by the running crm passes: its /healthz answers", async () => {
+    const crm = await startCrm({ mirror: { enabled: false } }, "warn");
+    try {
+      const d = await doctor({ listen: `127.0.0.1:${crm.port}`, mirror: { enabled: false } });
+      expect(d.row(`listen 127.0.0.1:${crm.port}`)).toMatchObject({ result: "pass", detail: "in use by the running crm (its /healthz answers)" });
+    } finally {
+      await crm.stop();
+    }
   });
 
   test("a listen port held by another process fails; the command exits 1 and --json parses", async () => {

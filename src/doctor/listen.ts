@@ -11,7 +11,7 @@ async function crmAnswers(a: ListenAddress, tls: boolean): Promise<boolean> {
   const host = a.hostname === "0.0.0.0" || a.hostname === "" ? "127.0.0.1" : a.hostname === "::" ? "[::1]" : a.hostname.includes(":") ? `[${a.hostname}]` : a.hostname;
   try {
     const res = await fetch(`${tls ? "https" : "http"}://${host}:${a.port}/healthz`, { proxy: false, tls: { rejectUnauthorized: false }, signal: AbortSignal.timeout(3000) } as RequestInit);
-    const text = await res.text();
+    const text = (await res.text()).trim();
     return (res.status === 200 && text === "ok") || (res.status === 503 && text === "shutting down");
   } catch {
     return false;
