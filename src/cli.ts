@@ -2,12 +2,17 @@
  * Command-line parsing. Flags follow the Go style the issue asks for (`-config`, `-c`,
  * `--config`, `-t`), so operators coming from nginx or Go tools guess right.
  */
+import { parseClientConfigArgs, type ClientConfigOptions } from "./client-config/options.ts";
+import { parseDoctorArgs } from "./doctor/args.ts";
+
 export type Command =
   | { kind: "run"; configPath: string | null; check: boolean }
   | { kind: "version" }
   | { kind: "help" }
   | { kind: "ca-init"; outDir: string; cn: string | null; days: number | null; force: boolean }
   | { kind: "passwd"; name: string }
+  | { kind: "client-config"; options: ClientConfigOptions }
+  | { kind: "doctor"; configPath: string | null; json: boolean }
   | { kind: "error"; message: string };
 
 export const USAGE = `crm: a no-cache proxy and mirror for container registries
@@ -18,6 +23,11 @@ Usage:
   crm ca init [--out DIR] [--cn NAME] [--days N] [--force]
                             create a CA for MITM debugging (ca.crt, ca.key)
   crm passwd NAME           read a password (stdin) and print an access.users entry
+  crm doctor [-config PATH] [--json]
+                            check, on the crm host, everything a pull needs (exit 0 or 1)
+  crm client-config docker|containerd|podman --mirror URL [--registries a,b] [--write] [--check]
+                            print (--write: install) a runtime's mirror config; --check proves
+                            a pull goes through crm
   crm --version             print the version
   crm --help                this text
 
@@ -28,6 +38,8 @@ Flags:
 
 export function parseArgs(argv: readonly string[]): Command {
   if (argv[0] === "ca") return parseCaArgs(argv.slice(1));
+  if (argv[0] === "client-config") return parseClientConfigArgs(argv.slice(1));
+  if (argv[0] === "doctor") return parseDoctorArgs(argv.slice(1));
   if (argv[0] === "passwd") {
     const name = argv[1];
     if (name === undefined || argv.length > 2 || !/^[A-Za-z0-9._-]{1,64}$/.test(name)) {

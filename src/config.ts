@@ -17,6 +17,7 @@ import { checkProxyProtocolTls, parseListenItem, type ListenAddress } from "./co
 import { buildFairShare, FAIR_SHARE_KEYS, type FairShareLimits } from "./config/fair-share.ts";
 import { buildTrustedProxies } from "./client-address.ts";
 import { buildRules, type ImageRules } from "./mirror/rules.ts";
+import { buildDoctorConfig, type DoctorConfig } from "./doctor/config.ts";
 
 export { parseListen, type ListenAddress } from "./config/listen.ts";
 
@@ -104,6 +105,8 @@ export interface Config {
   mitm: MitmConfig;
   mirror: MirrorConfig;
   timeouts: Timeouts;
+  /** What `crm doctor` checks with (doctor/config.ts). */
+  doctor: DoctorConfig;
 }
 
 export const DEFAULT_ALLOWED_HOSTS: readonly string[] = [
@@ -172,8 +175,8 @@ export function parseConfigText(text: string, file: string): unknown {
 
 type Obj = Record<string, unknown>;
 
-/** Collects every problem instead of stopping at the first. */
-class Checker {
+/** Collects every problem instead of stopping at the first (sections in their own modules use it too). */
+export class Checker {
   readonly errors: ConfigError[] = [];
   readonly warnings: string[] = [];
 
@@ -272,7 +275,7 @@ function show(value: unknown): string {
   }
 }
 
-const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "allow_private_networks", "insecure_tls", "log_level", "log_format", "access", "metrics", "tls", "unix_socket_mode", "public_url", "limits", "mitm", "mirror", "timeouts"] as const;
+const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "allow_private_networks", "insecure_tls", "log_level", "log_format", "access", "metrics", "tls", "unix_socket_mode", "public_url", "limits", "mitm", "mirror", "timeouts", "doctor"] as const;
 
 export const DEFAULT_LIMITS: Limits = {
   maxConnections: 4096,
@@ -415,8 +418,10 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
     }
   }
 
+  const doctor = buildDoctorConfig(c, root.doctor);
+
   if (c.errors.length > 0) throw new ConfigErrors(file, c.errors);
-  const config: Config = Object.freeze({ file, tls, unixSocketMode, metrics, publicUrl, listen, allowedHosts, allowedPorts, allowPrivateNetworks, insecureTls, logLevel, logFormat, access, limits, mitm, mirror, timeouts });
+  const config: Config = Object.freeze({ file, tls, unixSocketMode, metrics, publicUrl, listen, allowedHosts, allowedPorts, allowPrivateNetworks, insecureTls, logLevel, logFormat, access, limits, mitm, mirror, timeouts, doctor });
   return { config, warnings: c.warnings };
 }
 

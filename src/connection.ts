@@ -14,6 +14,7 @@ import type { RequestKind } from "./metrics.ts";
 import { Outbox } from "./outbox.ts";
 import { readProxyHeader } from "./proxy-protocol.ts";
 import { route, type Authority, type Route } from "./router.ts";
+import { recordExchange, recordRefusal, trackExchange } from "./status/record.ts";
 
 export interface SocketData {
   conn: Connection | null;
@@ -25,6 +26,8 @@ export interface Exchange {
   route: Extract<Route, { kind: "forward" | "local" }>;
   body: ReadableStream<Uint8Array> | null;
   client: string;
+  /** This request's id in rt.journal; the mirror sends it as X-Crm-Request-Id. */
+  id: string;
   /** Aborted when the client goes away: cancels the upstream request. */
   signal: AbortSignal;
   /** Fields the handler wants on the request's log line (token state, registry, ...). */
@@ -378,6 +381,7 @@ export class Connection {
       const err = e as HttpError;
       this.rt.metrics.observe(head.method === "CONNECT" ? "connect" : "forward", err.status, 0, 0, (performance.now() - started) / 1000);
       if (err.status === 403) this.rt.log.info("refused", { client: this.client, method: head.method, target: redactUrl(head.target), reason: err.message });
+      recordRefusal(this.rt, this.client, head.method === "CONNECT" ? "connect" : "forward", head.method, redactUrl(head.target), err.status, err.message);
       this.fail(err, head.method);
       return;
     }
@@ -414,8 +418,10 @@ export class Connection {
     if (rest.length > 0) this.onRequestBytes(rest);
     if (this.buf === null && (feeder === null || feeder.wantsMore)) this.resume();
 
-    const ex: Exchange = { head, route: r, body: feeder?.stream ?? null, client: this.client, signal: abort.signal, logFields: {} };
+    const ex: Exchange = { head, route: r, body: feeder?.stream ?? null, client: this.client, id: this.rt.journal.nextId(), signal: abort.signal, logFields: {} };
     if (this.rt.log.enabled("debug")) this.rt.log.debug(`> ${head.method} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(head.headers) });
+    let sent = 0;
+    trackExchange(this.rt, ex, () => redactUrl(r.kind === "forward" ? r.url.href : head.target), () => (this.secureAuthority ? "mitm" : (ex.kind ?? ex.route.kind)), () => sent + (feeder?.bytes ?? 0));
     let res: Response;
     // Every error crm answers itself ends the connection (nothing of a failed exchange lingers).
     let ownError = false;
@@ -436,7 +442,10 @@ export class Connection {
     // A client that pipelined more requests before its FIN still gets every answer.
     const ended = this.peerEnded && this.buf === null;
     const keepAlive = wantsKeepAlive(head) && !this.rt.draining && !ended && !ownError;
-    const w = await writeResponse(this.outbox, res, { method: head.method, version: head.version, keepAlive, progress: () => this.touch() });
+    const w = await writeResponse(this.outbox, res, { method: head.method, version: head.version, keepAlive, progress: (bytes) => {
+        sent = bytes;
+        this.touch();
+      } });
     this.logRequest(ex, res.status, w.bytes, started, w.complete ? undefined : "incomplete");
     this.abort = null;
     this.feeder = null;
@@ -480,8 +489,10 @@ export class Connection {
     const ms = performance.now() - started;
     this.rt.metrics.observe(kind, status, this.feeder?.bytes ?? 0, bytesOut, ms / 1000);
     this.rt.metrics.client(this.client, bytesOut);
+    const target = redactUrl(ex.route.kind === "forward" ? ex.route.url.href : ex.head.target);
+    recordExchange(this.rt, ex, kind, target, status, this.feeder?.bytes ?? 0, bytesOut, ms, note);
     if (!this.rt.log.enabled("info")) return;
-    this.rt.log.info(`${ex.head.method} ${redactUrl(ex.route.kind === "forward" ? ex.route.url.href : ex.head.target)}`, {
+    this.rt.log.info(`${ex.head.method} ${target}`, {
       kind,
       client: this.client,
       status,

@@ -11,6 +11,9 @@ import { RequestRate } from "./rate-limit.ts";
 import { HostPolicy } from "./host-policy.ts";
 import { Logger, type LogSink } from "./log.ts";
 import { Metrics } from "./metrics.ts";
+import { RequestJournal } from "./status/journal.ts";
+import { ActivityBoard } from "./status/activity.ts";
+import { certificateStateOf, type StatusSources } from "./status/sources.ts";
 import { guardedResolver, systemResolver, type Resolver } from "./resolver.ts";
 
 export interface Runtime {
@@ -32,6 +35,12 @@ export interface Runtime {
    */
   readonly resolveConfigured: Resolver;
   readonly metrics: Metrics;
+  /** Recent requests by id (X-Crm-Request-Id), for `client-config --check` and the status page. */
+  readonly journal: RequestJournal;
+  /** Requests and tunnels in flight, per-registry totals and throughput, for the status page. */
+  readonly activity: ActivityBoard;
+  /** State other features own (quota, manifest cache, certificate); absent ones are null. */
+  sources: StatusSources;
   /** Set on SIGTERM: /healthz answers 503 and kept-alive connections are closed after their response. */
   draining: boolean;
   readonly startedAt: number;
@@ -52,6 +61,9 @@ export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver 
     resolve: guardedResolver(resolve, () => rt.config.allowPrivateNetworks),
     resolveConfigured: resolve,
     metrics: new Metrics(startedAt),
+    journal: new RequestJournal(),
+    activity: new ActivityBoard(),
+    sources: { quota: null, manifestCache: null, certificate: () => certificateStateOf(rt.config) },
     draining: false,
     startedAt,
     sink,

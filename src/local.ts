@@ -8,8 +8,7 @@ import { headerValue } from "./http/head.ts";
 import { textResponse as text } from "./http/response.ts";
 import { HttpError } from "./errors.ts";
 import { errorResponse, MirrorError } from "./mirror/errors.ts";
-import { renderIndex } from "./index-page.ts";
-import { upstreamQuota } from "./mirror/state.ts";
+import { isStatusPath, statusEndpoint } from "./status/endpoints.ts";
 
 export type LocalHandler = (ex: Exchange, rt: Runtime) => Promise<Response> | Response;
 
@@ -28,18 +27,6 @@ function metrics(ex: Exchange, rt: Runtime): Response {
   });
 }
 
-/** With access.users set, the page is for users only: it names the allowed hosts and registries. */
-async function indexPage(ex: Exchange, rt: Runtime): Promise<Response> {
-  try {
-    await rt.access.authenticate("page", headerValue(ex.head.headers, "authorization"), ex.client);
-  } catch (e) {
-    if (!(e instanceof HttpError)) throw e;
-    return text(e.status, `crm: ${e.message}`, e.headers);
-  }
-  const body = renderIndex(rt.config, upstreamQuota(rt));
-  return new Response(body, { headers: { "content-type": "text/html; charset=utf-8", "content-length": String(Buffer.byteLength(body)) } });
-}
-
 export interface LocalRoutes {
   /** Handles `/v2/...` when the mirror is enabled (set by the mirror module). */
   mirror: LocalHandler | null;
@@ -50,7 +37,7 @@ export async function local(ex: Exchange, rt: Runtime, routes: LocalRoutes): Pro
   const path = ex.route.path.split("?")[0] ?? "";
   if (path === "/healthz") return healthz(ex, rt);
   if (path === "/metrics") return metrics(ex, rt);
-  if (path === "/" && (ex.head.method === "GET" || ex.head.method === "HEAD")) return indexPage(ex, rt);
+  if (isStatusPath(path) && (ex.head.method === "GET" || ex.head.method === "HEAD")) return statusEndpoint(ex, rt, path);
   const mirrorPath = routes.mirror ? stripMirrorPrefix(ex.route.path, rt.config.mirror.pathPrefix) : null;
   if (routes.mirror && mirrorPath !== null) {
     ex.kind = "mirror";

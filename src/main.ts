@@ -33,6 +33,16 @@ async function main(argv: string[]): Promise<void> {
       process.exitCode = await runPasswd(cmd.name);
       return;
     }
+    case "client-config": {
+      const { runClientConfig } = await import("./client-config/index.ts");
+      process.exitCode = await runClientConfig(cmd.options);
+      return;
+    }
+    case "doctor": {
+      const { runDoctor } = await import("./doctor/index.ts");
+      process.exitCode = await runDoctor({ configPath: cmd.configPath, json: cmd.json });
+      return;
+    }
     case "run":
       break;
   }

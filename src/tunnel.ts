@@ -10,6 +10,7 @@ import { dial } from "./dial.ts";
 import { DialError } from "./errors.ts";
 import { Outbox } from "./outbox.ts";
 import { formatHostPort } from "./router.ts";
+import { recordTunnel, trackTunnel, type TunnelRecord } from "./status/record.ts";
 
 /** The exact CONNECT answer (RFC 9110 §9.3.6: a 2xx carries no Content-Length or Transfer-Encoding). */
 export const ESTABLISHED = "HTTP/1.1 200 Connection Established\r\n\r\n";
@@ -52,6 +53,7 @@ class Tunnel {
   private bytesUp = 0;
   private bytesDown = 0;
   private readonly started = performance.now();
+  private record: TunnelRecord | null = null;
 
   constructor(
     private readonly conn: Connection,
@@ -70,6 +72,7 @@ class Tunnel {
       conn.rt.metrics.upstreamError(err.reason);
       conn.rt.metrics.observe("connect", err.status, 0, 0, (performance.now() - this.started) / 1000);
       conn.rt.log.warn("tunnel dial failed", { client: conn.client, target: this.target, reason: err.message });
+      recordTunnel(conn.rt, { id: conn.rt.journal.nextId(), client: conn.client, target: this.target }, err.status, 0, 0, performance.now() - this.started, err.message);
       this.done = true;
       conn.fail(err);
       return;
@@ -81,6 +84,8 @@ class Tunnel {
     up.data.tunnel = this;
     this.upstream = up;
     conn.rt.metrics.tunnelOpened();
+    this.record = { id: conn.rt.journal.nextId(), client: conn.client, target: this.target };
+    trackTunnel(conn.rt, this.record, () => this.bytesUp + this.bytesDown);
     this.upOut = new Outbox(up as Socket<unknown>);
     // Upstream accepted more: let the client send again.
     this.upOut.onDrained(() => {
@@ -197,6 +202,7 @@ class Tunnel {
     if (this.upstream) conn.rt.metrics.tunnelClosed();
     conn.rt.metrics.observe("connect", this.upstream ? 200 : 0, this.bytesUp, this.bytesDown, seconds);
     conn.rt.metrics.client(conn.client, this.bytesDown);
+    if (this.record) recordTunnel(conn.rt, this.record, 200, this.bytesUp, this.bytesDown, seconds * 1000);
     conn.rt.log.info(`CONNECT ${this.target}`, {
       kind: "connect",
       client: conn.client,

@@ -263,7 +263,10 @@ test("GET / shows this instance's URL and set-up, and no secret", async () => {
     expect(r.stdout).toContain("HTTPS_PROXY");
     expect(r.stdout).toContain("quay.io");
     for (const secret of ["hidden-path-123", "robot-secret-pw", hash, "alice"]) expect(r.stdout).not.toContain(secret);
-    expect(r.stdout).not.toContain("<script");
+    // The live status page (issue 12) loads crm's own script file; no inline script can run (CSP).
+    expect(r.stdout.match(/<script/g)).toEqual(["<script"]);
+    expect(r.stdout).toContain('<script src="status.js" defer></script>');
+    expect(r.stdout).toContain("content-security-policy: default-src 'none'; script-src 'self'");
   } finally {
     await crm.stop();
   }

@@ -11,8 +11,8 @@ export interface WriteOptions {
   method: string;
   version: string;
   keepAlive: boolean;
-  /** Called as body bytes go out, so the connection's idle deadline follows real progress. */
-  progress?: () => void;
+  /** Called with the body bytes sent so far, so the idle deadline (and the status page) follow real progress. */
+  progress?: (bytes: number) => void;
 }
 
 export interface WriteResult {
@@ -108,7 +108,7 @@ export async function writeResponse(out: Outbox, res: Response, opts: WriteOptio
         return { bytes, complete: false, keepAlive: false };
       }
       bytes += value.byteLength;
-      opts.progress?.();
+      opts.progress?.(bytes);
       let ok: boolean;
       if (framing === "chunked") {
         // The size line (after the previous chunk's CRLF) and the payload go out as two writes;

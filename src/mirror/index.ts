@@ -18,7 +18,10 @@ import { parseMirrorTarget, pullScope, upstreamPath, type PullRoute } from "./ro
 import { mirrorState, type MirrorState } from "./state.ts";
 import { enforceRules, rulesFor, type RuleSet } from "./rules.ts";
 import { TokenCache } from "./token-cache.ts";
+import { isRequestsPath, requestsAnswer } from "../status/requests-endpoint.ts";
 import { RegistryClient } from "./upstream.ts";
+
+export const REQUEST_ID_HEADER = "x-crm-request-id";
 
 /** Request fields a registry answer depends on; everything else (Authorization above all) stays here. */
 const FORWARDED = ["accept", "accept-encoding", "range", "if-range", "if-none-match", "if-modified-since", "user-agent"];
@@ -32,12 +35,15 @@ export function createMirrorHandler(rt: Runtime): LocalHandler {
   const mirror: Mirror = { clients, state, manifests: new ManifestService(rt, state), rules: rulesFor(rt.config.mirror) };
   return async (ex) => {
     let res: Response;
+    const target = ex.route.kind === "local" ? ex.route.path : ex.head.target;
     try {
-      res = await handle(ex, rt, mirror);
+      res = isRequestsPath(target) ? requestsAnswer(ex, rt, target) : await handle(ex, rt, mirror);
     } catch (e) {
       res = failure(e, ex, rt);
     }
     if (!res.headers.has(API_VERSION_HEADER[0])) res.headers.set(API_VERSION_HEADER[0], API_VERSION_HEADER[1]);
+    // Marks every mirror answer as crm's: a runtime that silently used the upstream has none.
+    res.headers.set(REQUEST_ID_HEADER, ex.id);
     return res;
   };
 }

@@ -6,7 +6,7 @@
  */
 import { test } from "bun:test";
 
-export const APT_HINT = "apt-get install docker-registry skopeo systemd curl openssl nginx-light libnginx-mod-stream";
+export const APT_HINT = "apt-get install docker-registry skopeo systemd curl openssl nginx-light libnginx-mod-stream containerd docker.io chromium";
 
 /** Returns true when the suite must be skipped; registers a failing test when CI lacks a tool. */
 export function missingTools(suite: string, tools: readonly string[]): boolean {

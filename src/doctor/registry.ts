@@ -1,0 +1,241 @@
+/**
+ * Everything one mirrored registry needs, in the order a pull needs it: DNS, TCP, TLS, the
+ * `GET /v2/` challenge, the token realm (allowed, and issuing a token), one HEAD of a known
+ * public manifest, and the host its blobs redirect to (allowed). The first failure skips what
+ * depends on it, so the table points at the cause, not at its consequences.
+ */
+import { isIP } from "node:net";
+import type { Runtime } from "../context.ts";
+import { DialError } from "../errors.ts";
+import { fetchUpstream } from "../forward.ts";
+import { findChallenge } from "../mirror/challenge.ts";
+import { MirrorError } from "../mirror/errors.ts";
+import { TokenCache } from "../mirror/token-cache.ts";
+import { fetchToken } from "../mirror/token-fetch.ts";
+import { RegistryClient } from "../mirror/upstream.ts";
+import type { RegistryConfig } from "../registries.ts";
+import { quotaFromHeaders } from "../status/sources.ts";
+import type { Report } from "./report.ts";
+import { probeTls } from "./tls-probe.ts";
+
+const MANIFEST_ACCEPT = [
+  "application/vnd.oci.image.index.v1+json",
+  "application/vnd.docker.distribution.manifest.list.v2+json",
+  "application/vnd.oci.image.manifest.v1+json",
+  "application/vnd.docker.distribution.manifest.v2+json",
+].join(", ");
+/** A manifest is small JSON; anything bigger is not read. */
+const MANIFEST_LIMIT = 4 * 1024 * 1024;
+/** Beyond this the upstream's clock (its Date header) disagrees with ours enough to break tokens. */
+const MAX_SKEW_S = 300;
+
+export interface RegistryProbeOptions {
+  extraCa?: string;
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: Timer | undefined;
+  return Promise.race([p, new Promise<never>((_, rej) => (t = setTimeout(() => rej(new Error(`${what}: no answer within ${ms} ms`)), ms)))]).finally(() => clearTimeout(t));
+}
+
+function tcpConnect(address: string, port: number, ms: number): Promise<void> {
+  return withTimeout(
+    Bun.connect({ hostname: address, port, socket: { data() {} } }).then((s) => void s.end()),
+    ms,
+    `TCP ${address}:${port}`,
+  );
+}
+
+const why = (e: unknown): string => {
+  if (e instanceof DialError || e instanceof MirrorError) return e.message;
+  const c = (e as NodeJS.ErrnoException).code;
+  return c ? `${c}${(e as Error).message && !(e as Error).message.includes(c) ? ` (${(e as Error).message})` : ""}` : (e as Error).message;
+};
+
+/** `host:port` of a URL, the default port written out. */
+function hostPort(u: URL): [string, number] {
+  return [u.hostname.replace(/^\[|\]$/g, ""), Number(u.port) || (u.protocol === "https:" ? 443 : 80)];
+}
+
+/** Hosts (and ports) a CONNECT pull of this registry needs, as learned from its answers. */
+export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: string | null, report: Report, opts: RegistryProbeOptions): Promise<Array<[string, number]>> {
+  const n = reg.name;
+  const url = reg.upstream;
+  const host = url.hostname.replace(/^\[|\]$/g, "");
+  const port = Number(url.port) || (url.protocol === "https:" ? 443 : 80);
+  const hosts: Array<[string, number]> = [[host, port]];
+  const key = `mirror.registries.${n}`;
+  const skipRest = (from: string[], cause: string): void => from.forEach((c) => report.skip(`${n}: ${c}`, `${cause} failed`));
+  const later = ["TCP", "TLS", "GET /v2/", "token realm", "manifest", "blob redirect"];
+
+  // DNS
+  let address: string;
+  if (isIP(host)) {
+    address = host;
+    report.pass(`${n}: DNS`, `${host} is an IP address`);
+  } else {
+    try {
+      address = await withTimeout(rt.resolveConfigured(host), rt.config.timeouts.connectMs, `DNS ${host}`);
+      report.pass(`${n}: DNS`, `${host} → ${address}`);
+    } catch (e) {
+      report.fail(`${n}: DNS`, `${host} does not resolve: ${why(e)}`, `check ${key}.upstream and this host's resolver (resolvectl query ${host}, /etc/resolv.conf)`);
+      skipRest(later, "DNS");
+      return hosts;
+    }
+  }
+  // TCP
+  try {
+    await tcpConnect(address, port, rt.config.timeouts.connectMs);
+    report.pass(`${n}: TCP`, `connected to ${address}:${port}`);
+  } catch (e) {
+    report.fail(`${n}: TCP`, `cannot connect to ${address}:${port}: ${why(e)}`, `a firewall blocks outgoing port ${port}, or ${host} is down`);
+    skipRest(later.slice(1), "TCP");
+    return hosts;
+  }
+  // TLS
+  if (url.protocol === "https:") {
+    const v = await probeTls(address, port, host, rt.config.timeouts.connectMs, opts.extraCa);
+    if (v.ok) report.pass(`${n}: TLS`, v.detail);
+    else if (rt.config.insecureTls) report.pass(`${n}: TLS`, `${v.detail} (insecure_tls is on: accepted)`);
+    else {
+      report.fail(`${n}: TLS`, v.detail, v.fix);
+      skipRest(later.slice(2), "TLS");
+      return hosts;
+    }
+  } else report.pass(`${n}: TLS`, "plain http upstream, no TLS");
+
+  // GET /v2/ and its challenge
+  const base = url.origin + url.pathname.replace(/\/+$/, "");
+  let challengeHeader: string | null;
+  try {
+    const res = await fetchUpstream(rt, new URL(base + "/v2/"), { method: "GET", headers: { "user-agent": "crm-doctor" } }, AbortSignal.timeout(rt.config.timeouts.upstreamHeaderMs * 2), rt.config.timeouts.upstreamHeaderMs, true);
+    await res.body?.cancel().catch(() => {});
+    challengeHeader = res.headers.get("www-authenticate");
+    const date = Date.parse(res.headers.get("date") ?? "");
+    if (Number.isFinite(date) && Math.abs(date - Date.now()) / 1000 > MAX_SKEW_S) {
+      const skew = Math.round((Date.now() - date) / 1000);
+      report.fail(`${n}: clock`, `this host's clock is ${Math.abs(skew)} s ${skew > 0 ? "ahead of" : "behind"} ${host}'s`, "tokens and certificates are judged by the clock: timedatectl set-ntp true");
+    }
+    if (res.status === 200) report.pass(`${n}: GET /v2/`, "200, no authentication needed");
+    else if (res.status === 401 && challengeHeader !== null) report.pass(`${n}: GET /v2/`, `401 with a ${challengeHeader.split(" ")[0]} challenge, as expected`);
+    else {
+      report.fail(`${n}: GET /v2/`, `answered ${res.status}${res.status === 401 ? " without WWW-Authenticate" : ""}: not a registry API at ${base}`, `check ${key}.upstream (Docker Hub is https://registry-1.docker.io)`);
+      skipRest(later.slice(3), "GET /v2/");
+      return hosts;
+    }
+  } catch (e) {
+    report.fail(`${n}: GET /v2/`, why(e), `check ${key}.upstream`);
+    skipRest(later.slice(3), "GET /v2/");
+    return hosts;
+  }
+
+  const ref = image === null ? null : splitImage(image);
+  const scope = `repository:${ref?.repo ?? "library/busybox"}:pull`;
+  const client = new RegistryClient(rt, reg, new TokenCache());
+  // Token realm
+  const bearer = findChallenge(challengeHeader, "bearer");
+  if (bearer?.params.realm) {
+    let realm: URL | null = null;
+    try {
+      realm = new URL(bearer.params.realm);
+    } catch {
+      report.fail(`${n}: token realm`, `the challenge names an invalid realm ${JSON.stringify(bearer.params.realm.slice(0, 100))}`, "the upstream is misconfigured");
+    }
+    if (realm !== null) {
+      hosts.push(hostPort(realm));
+      const allowed = client.trust.check(realm);
+      if (!allowed.ok) {
+        report.fail(`${n}: token realm`, `realm host ${allowed.host} is not allowed: ${allowed.reason}`, `add "${allowed.host}" to ${key}.redirect_hosts if it is genuine`);
+        skipRest(["manifest", "blob redirect"], "token realm");
+        return hosts;
+      }
+      try {
+        await fetchToken(rt, reg, client.trust, bearer, scope);
+        report.pass(`${n}: token realm`, `${realm.host} issued a token for ${scope}${reg.username ? ` as ${reg.username}` : " (anonymous)"}`);
+      } catch (e) {
+        report.fail(`${n}: token realm`, why(e), reg.username ? `check ${key}.username and password_file` : `the realm must be reachable from this host (DNS, firewall); private images need ${key}.username and password_file`);
+        skipRest(["manifest", "blob redirect"], "token realm");
+        return hosts;
+      }
+    }
+  } else if (findChallenge(challengeHeader, "basic") && reg.username === null) {
+    report.fail(`${n}: token realm`, "the registry asks for Basic credentials and none are configured", `set ${key}.username and password_file`);
+  } else report.pass(`${n}: token realm`, "no token needed");
+
+  // One HEAD of a known public manifest
+  if (ref === null) {
+    report.skip(`${n}: manifest`, `no known public image for ${n}: set doctor.images.${n}`);
+    report.skip(`${n}: blob redirect`, "no image to check with");
+    return hosts;
+  }
+  const signal = AbortSignal.timeout(rt.config.timeouts.upstreamHeaderMs * 2);
+  let digest: string;
+  try {
+    const r = await client.fetch({ method: "HEAD", path: `/v2/${ref.repo}/manifests/${ref.ref}`, headers: new Headers({ accept: MANIFEST_ACCEPT, "user-agent": "crm-doctor" }), scope, signal });
+    await r.response.body?.cancel().catch(() => {});
+    const quota = quotaFromHeaders(n, r.response.headers);
+    if (quota !== null) {
+      const left = `${quota.remaining ?? "?"} of ${quota.limit ?? "?"} pulls left${quota.window ? ` per ${quota.window}` : ""}`;
+      if (quota.remaining === 0) report.fail(`${n}: quota`, `${left}: pulls are refused with 429 until the window turns`, `wait, or give ${key} a username and password_file (a higher limit)`);
+      else report.pass(`${n}: quota`, left);
+    } else report.pass(`${n}: quota`, "the upstream reports no pull quota");
+    const d = r.response.headers.get("docker-content-digest") ?? r.firstDigest;
+    if (r.response.status !== 200 || d === null) {
+      report.fail(`${n}: manifest`, `HEAD ${ref.repo}:${ref.ref} answered ${r.response.status}${d === null && r.response.status === 200 ? " without Docker-Content-Digest" : ""}`, `set doctor.images.${n} to a public image that exists`);
+      report.skip(`${n}: blob redirect`, "manifest failed");
+      return hosts;
+    }
+    digest = d;
+    report.pass(`${n}: manifest`, `HEAD ${ref.repo}:${ref.ref} → ${digest.slice(0, 19)}…`);
+  } catch (e) {
+    report.fail(`${n}: manifest`, why(e), `set doctor.images.${n} to a public image that exists`);
+    report.skip(`${n}: blob redirect`, "manifest failed");
+    return hosts;
+  }
+
+  // The blob redirect: the manifest names a blob, whose GET leads to the CDN.
+  try {
+    const blob = await firstBlob(client, ref.repo, digest, scope, signal);
+    const r = await client.fetch({ method: "HEAD", path: `/v2/${ref.repo}/blobs/${blob}`, headers: new Headers({ "user-agent": "crm-doctor" }), scope, signal });
+    await r.response.body?.cancel().catch(() => {});
+    // The final answer's URL names the address crm dialled, with the redirect target's port.
+    if (r.redirectHost !== null) hosts.push([r.redirectHost, r.response.url ? hostPort(new URL(r.response.url))[1] : 443]);
+    if (r.response.status >= 400) report.fail(`${n}: blob redirect`, `blob ${blob.slice(0, 19)}… answered ${r.response.status}${r.redirectHost ? ` at ${r.redirectHost}` : ""}`, "the blob host refuses crm: check the upstream");
+    else report.pass(`${n}: blob redirect`, r.redirectHost ? `blobs come from ${r.redirectHost} (allowed)` : `blobs come from ${host} itself`);
+  } catch (e) {
+    const fix = e instanceof MirrorError && /redirect to (\S+) refused/.test(e.message) ? `add "${/redirect to (\S+) refused/.exec(e.message)?.[1]}" to ${key}.redirect_hosts if it is genuine` : "check the upstream";
+    report.fail(`${n}: blob redirect`, why(e), fix);
+  }
+  return hosts;
+}
+
+function splitImage(image: string): { repo: string; ref: string } {
+  const at = image.indexOf("@");
+  if (at > 0) return { repo: image.slice(0, at), ref: image.slice(at + 1) };
+  const colon = image.lastIndexOf(":");
+  return colon > 0 ? { repo: image.slice(0, colon), ref: image.slice(colon + 1) } : { repo: image, ref: "latest" };
+}
+
+/** The config blob of the image (of its linux/amd64 manifest when it is an index). */
+async function firstBlob(client: RegistryClient, repo: string, digest: string, scope: string, signal: AbortSignal): Promise<string> {
+  const get = async (ref: string): Promise<Record<string, unknown>> => {
+    const r = await client.fetch({ method: "GET", path: `/v2/${repo}/manifests/${ref}`, headers: new Headers({ accept: MANIFEST_ACCEPT, "user-agent": "crm-doctor" }), scope, signal });
+    const len = Number(r.response.headers.get("content-length") ?? "0");
+    if (r.response.status !== 200 || len > MANIFEST_LIMIT) {
+      await r.response.body?.cancel().catch(() => {});
+      throw new Error(`GET manifest ${ref.slice(0, 19)}… answered ${r.response.status}`);
+    }
+    return (await r.response.json()) as Record<string, unknown>;
+  };
+  let doc = await get(digest);
+  const list = doc.manifests;
+  if (Array.isArray(list)) {
+    const items = list as Array<{ digest?: string; platform?: { os?: string; architecture?: string } }>;
+    const pick = items.find((m) => m.platform?.os === "linux" && m.platform.architecture === "amd64") ?? items[0];
+    if (!pick?.digest) throw new Error("the index names no manifest");
+    doc = await get(pick.digest);
+  }
+  const config = (doc.config as { digest?: string } | undefined)?.digest ?? (doc.layers as Array<{ digest?: string }> | undefined)?.[0]?.digest;
+  if (!config) throw new Error("the manifest names no blob");
+  return config;
+}

@@ -1,0 +1,71 @@
+/**
+ * The doctor's answer: one row per check (what was checked, what came out, what to do), printed
+ * as a table for people or as JSON for scripts. A check that could not run because an earlier one
+ * failed is "skip", and says which.
+ */
+export type Result = "pass" | "fail" | "skip";
+
+export interface CheckRow {
+  check: string;
+  result: Result;
+  detail: string;
+  /** Empty when there is nothing to do. */
+  fix: string;
+}
+
+export class Report {
+  readonly rows: CheckRow[] = [];
+
+  pass(check: string, detail: string): void {
+    this.rows.push({ check, result: "pass", detail, fix: "" });
+  }
+
+  fail(check: string, detail: string, fix: string): void {
+    this.rows.push({ check, result: "fail", detail, fix });
+  }
+
+  skip(check: string, detail: string): void {
+    this.rows.push({ check, result: "skip", detail, fix: "" });
+  }
+
+  get ok(): boolean {
+    return this.rows.every((r) => r.result === "pass");
+  }
+}
+
+const LABEL: Record<Result, string> = { pass: "ok", fail: "FAIL", skip: "skip" };
+
+/** Fixed-width columns; a long detail or fix wraps onto lines of its own under its column. */
+export function renderTable(rows: readonly CheckRow[], width = 120): string {
+  const checkW = Math.min(36, Math.max(5, ...rows.map((r) => r.check.length)));
+  const resultW = Math.max(28, Math.floor((width - checkW - 4) * 0.55));
+  const fixW = Math.max(20, width - checkW - resultW - 4);
+  const wrap = (s: string, w: number): string[] => {
+    const out: string[] = [];
+    let line = "";
+    for (const word of s.split(/\s+/).filter((x) => x !== "")) {
+      if (line !== "" && line.length + 1 + word.length > w) {
+        out.push(line);
+        line = "";
+      }
+      line = line === "" ? word : `${line} ${word}`;
+    }
+    if (line !== "" || out.length === 0) out.push(line);
+    return out;
+  };
+  const lines = [`${"CHECK".padEnd(checkW)}  ${"RESULT".padEnd(resultW)}  FIX`, `${"-".repeat(checkW)}  ${"-".repeat(resultW)}  ${"-".repeat(3)}`];
+  for (const r of rows) {
+    const left = wrap(r.check, checkW);
+    const mid = wrap(`${LABEL[r.result]}: ${r.detail}`, resultW);
+    const right = r.fix === "" ? [""] : wrap(r.fix, fixW);
+    const n = Math.max(left.length, mid.length, right.length);
+    for (let i = 0; i < n; i++) lines.push(`${(left[i] ?? "").padEnd(checkW)}  ${(mid[i] ?? "").padEnd(resultW)}  ${right[i] ?? ""}`.trimEnd());
+  }
+  const failed = rows.filter((r) => r.result !== "pass").length;
+  lines.push("", failed === 0 ? `all ${rows.length} checks passed` : `${failed} of ${rows.length} checks did not pass`);
+  return lines.join("\n") + "\n";
+}
+
+export function renderJson(rows: readonly CheckRow[]): string {
+  return JSON.stringify({ ok: rows.every((r) => r.result === "pass"), checks: rows }, null, 2) + "\n";
+}

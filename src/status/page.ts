@@ -1,0 +1,75 @@
+/**
+ * `GET /`: the live status page. Server-rendered for what does not change between polls (the
+ * instance, the certificate, quota and manifest-cache state, the set-up for clients); the live
+ * tables are filled by /status.js from /status.json, so the page needs no framework and no
+ * external asset, and its static parts work without JavaScript. Its CSP forbids inline script.
+ */
+import type { Runtime } from "../context.ts";
+import { renderIndex } from "../index-page.ts";
+import { buildSnapshot, RECENT, type StatusSnapshot } from "./snapshot.ts";
+
+const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+export const PAGE_CSP = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+function certificateText(s: StatusSnapshot): string {
+  const c = s.certificate;
+  if (c.mode === "none") return "no TLS on this listener (plain http)";
+  if (c.error !== undefined) return `${c.mode} certificate: ${c.error}`;
+  return `${c.mode === "static" ? "static certificate" : "ACME certificate"} for ${(c.names ?? []).join(", ") || c.subject || "?"}, valid until ${c.notAfter ?? "?"} (${c.daysLeft ?? "?"} days left)`;
+}
+
+function quotaText(s: StatusSnapshot): string {
+  if (s.quota === null) return "not tracked by this crm (crm doctor reads it from the upstream)";
+  if (s.quota.length === 0) return "no upstream has reported a quota yet";
+  return s.quota.map((q) => `${q.registry}: ${q.remaining ?? "?"} of ${q.limit ?? "?"} left${q.window ? ` per ${q.window}` : ""}`).join("; ");
+}
+
+function cacheText(s: StatusSnapshot): string {
+  const m = s.manifestCache;
+  if (m === null) return "no manifest cache in this crm";
+  return `${m.entries} manifests, ${m.bytes} bytes; ${m.hits} hits, ${m.misses} misses`;
+}
+
+/** The set-up part of the index page, with registries named but never their upstream URLs. */
+function setupSection(rt: Runtime): string {
+  const html = renderIndex(rt.config);
+  const body = html.slice(html.indexOf("<body>") + "<body>".length, html.lastIndexOf("</body>"));
+  const names = [...rt.config.mirror.registries.keys()].map((n) => `<code>${esc(n)}</code>`).join(", ");
+  return body
+    .replace(/<h1>[^]*?<\/h1>/, "")
+    .replace(/<h2>Mirrored registries<\/h2>\s*<table>[^]*?<\/table>/, `<h2>Mirrored registries</h2>\n<p>${names}</p>`);
+}
+
+const table = (id: string): string => `<table id="${id}"><tr><td class="empty">loading… (needs JavaScript; <a href="status.json">status.json</a> has the same data)</td></tr></table>`;
+
+export function renderStatusPage(rt: Runtime): string {
+  const s = buildSnapshot(rt);
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>crm status</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<style>body{font-family:system-ui,sans-serif;max-width:72rem;margin:1.5rem auto;padding:0 1rem;line-height:1.4}table{border-collapse:collapse;width:100%;font-size:.9rem;margin-bottom:1rem}td,th{padding:.2rem .5rem;text-align:left;border-bottom:1px solid #ddd;vertical-align:top}th{background:#f4f4f4}td.empty{color:#777}pre{background:#f4f4f4;padding:.8rem;overflow-x:auto}.ok{color:#2a6}.bad{color:#c33}dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dt{font-weight:600}svg.spark{vertical-align:middle;background:#f8fff8}</style>
+</head><body>
+<h1>crm — status</h1>
+<p>crm ${esc(s.version)}, instance <code>${esc(s.instance)}</code>, up <span id="uptime">${s.uptimeS} s</span>. <span id="live" class="bad">static view</span></p>
+<noscript><p>Live tables need JavaScript; <a href="status.json">status.json</a> has the same data.</p></noscript>
+<h2>In flight</h2>
+${table("active")}
+<h2>Registries</h2>
+${table("registries")}
+<h2>Errors</h2>
+${table("errors")}
+<h2>Last ${RECENT} requests</h2>
+${table("recent")}
+<h2>State</h2>
+<dl>
+<dt>TLS certificate</dt><dd id="certificate">${esc(certificateText(s))}</dd>
+<dt>Upstream quota</dt><dd id="quota">${esc(quotaText(s))}</dd>
+<dt>Manifest cache</dt><dd id="manifest-cache">${esc(cacheText(s))}</dd>
+</dl>
+${setupSection(rt)}
+<script src="status.js" defer></script>
+</body></html>
+`;
+}

@@ -1,0 +1,67 @@
+/**
+ * Where requests and tunnels enter and leave the status record: `trackExchange` when a request's
+ * handler starts (the activity board shows it in flight), `recordExchange` when its answer is
+ * written (the journal keeps it, the board counts it), and the same pair for CONNECT tunnels.
+ * The mirror's log fields (registry, repo, ref) become fields of their own so `--check` can
+ * match a pull; the rest stay notes.
+ */
+import type { Exchange } from "../connection.ts";
+import type { Runtime } from "../context.ts";
+import type { JournalEntry } from "./journal.ts";
+
+/** `mountPrefix` (mirror.path_prefix) is itself a credential for Docker's mirrors: it is never kept. */
+function withoutPrefix(target: string, mountPrefix: string): string {
+  return mountPrefix !== "" && target.startsWith(mountPrefix + "/") ? target.slice(mountPrefix.length) : target;
+}
+
+export function trackExchange(rt: Runtime, ex: Exchange, target: () => string, kind: () => string, bytes: () => number): void {
+  const prefix = rt.config.mirror.pathPrefix;
+  rt.activity.begin({ id: ex.id, client: ex.client, method: ex.head.method, target: () => withoutPrefix(target(), prefix), kind, fields: () => ex.logFields, bytes });
+}
+
+export function recordExchange(rt: Runtime, ex: Exchange, kind: string, target: string, status: number, bytesIn: number, bytesOut: number, ms: number, note: string | undefined): void {
+  rt.activity.end(ex.id, status, bytesIn + bytesOut);
+  // crm's own endpoints (health checks, the status page polling itself) would push the pulls out.
+  if (kind === "local") return;
+  const { registry, repo, ref, ...rest } = ex.logFields;
+  const named: Partial<Pick<JournalEntry, "registry" | "repo" | "ref">> = {};
+  if (registry !== undefined) named.registry = String(registry);
+  if (repo !== undefined) named.repo = String(repo);
+  if (ref !== undefined) named.ref = String(ref);
+  rt.journal.record({
+    id: ex.id,
+    client: ex.client,
+    kind,
+    method: ex.head.method,
+    target: withoutPrefix(target, rt.config.mirror.pathPrefix),
+    status,
+    bytesIn,
+    bytesOut,
+    ms: Math.round(ms),
+    ...named,
+    notes: { ...rest, note },
+  });
+}
+
+const NO_FIELDS: Readonly<Record<string, string | number>> = Object.freeze({});
+
+export interface TunnelRecord {
+  id: string;
+  client: string;
+  target: string;
+}
+
+/** A tunnel is in flight from its dial to its close; `bytes` reads both directions. */
+export function trackTunnel(rt: Runtime, t: TunnelRecord, bytes: () => number): void {
+  rt.activity.begin({ id: t.id, client: t.client, method: "CONNECT", target: () => t.target, kind: () => "connect", fields: () => NO_FIELDS, bytes });
+}
+
+export function recordTunnel(rt: Runtime, t: TunnelRecord, status: number, bytesIn: number, bytesOut: number, ms: number, note?: string): void {
+  rt.activity.end(t.id, status, bytesIn + bytesOut);
+  rt.journal.record({ id: t.id, client: t.client, kind: "connect", method: "CONNECT", target: t.target, status, bytesIn, bytesOut, ms: Math.round(ms), notes: { note } });
+}
+
+/** A request refused before it was routed (allow-list, bad target): it ends where it starts. */
+export function recordRefusal(rt: Runtime, client: string, kind: string, method: string, target: string, status: number, message: string): void {
+  rt.journal.record({ id: rt.journal.nextId(), client, kind, method, target, status, bytesIn: 0, bytesOut: 0, ms: 0, notes: { error: message } });
+}

@@ -1,0 +1,91 @@
+/**
+ * State other features own, read by the status page and `crm doctor` through small interfaces:
+ * the upstream pull quota and the manifest cache (not tracked by this crm yet: their sources are
+ * absent and shown as such), and the listener's TLS certificate (a static file today; ACME can
+ * provide the same shape). Nothing here holds a secret: no key, no URL with credentials.
+ */
+import { X509Certificate } from "node:crypto";
+import { readFileSync } from "node:fs";
+import type { Config } from "../config.ts";
+
+export interface QuotaReading {
+  registry: string;
+  remaining: number | null;
+  limit: number | null;
+  /** The window as the upstream names it (`w=21600` → "21600s"). */
+  window: string | null;
+  /** Unix ms when this was seen. */
+  observedAt: number;
+}
+
+export interface QuotaSource {
+  quotas(): QuotaReading[];
+}
+
+export interface ManifestCacheState {
+  entries: number;
+  bytes: number;
+  hits: number;
+  misses: number;
+}
+
+export interface ManifestCacheSource {
+  state(): ManifestCacheState;
+}
+
+export interface CertificateState {
+  mode: "none" | "static" | "acme";
+  subject?: string;
+  names?: string[];
+  notAfter?: string;
+  daysLeft?: number;
+  /** Why the certificate is unusable (unreadable, expired), for doctor and the page. */
+  error?: string;
+}
+
+export interface StatusSources {
+  quota: QuotaSource | null;
+  manifestCache: ManifestCacheSource | null;
+  certificate(): CertificateState;
+}
+
+/** `ratelimit-remaining: 76;w=21600` and friends, from one upstream answer. */
+export function quotaFromHeaders(registry: string, headers: Headers, now = Date.now()): QuotaReading | null {
+  const num = (v: string | null): number | null => {
+    const m = v === null ? null : /^\s*(\d+)/.exec(v);
+    return m ? Number(m[1]) : null;
+  };
+  const remainingText = headers.get("ratelimit-remaining") ?? headers.get("x-ratelimit-remaining");
+  const limitText = headers.get("ratelimit-limit") ?? headers.get("x-ratelimit-limit");
+  if (remainingText === null && limitText === null) return null;
+  const w = /;\s*w=(\d+)/.exec(limitText ?? remainingText ?? "");
+  return { registry, remaining: num(remainingText), limit: num(limitText), window: w ? `${w[1]}s` : null, observedAt: now };
+}
+
+/** The listener's certificate from tls.cert_path: who it names and when it ends. */
+export function staticCertificateState(config: Config, now = Date.now()): CertificateState {
+  if (config.tls === null) return { mode: "none" };
+  try {
+    const cert = new X509Certificate(readFileSync(config.tls.certPath));
+    const notAfter = new Date(cert.validTo);
+    const daysLeft = Math.floor((notAfter.getTime() - now) / 86_400_000);
+    const names = (cert.subjectAltName ?? "").split(/,\s*/).filter((n) => n !== "").map((n) => n.replace(/^(DNS|IP Address):/, ""));
+    const state: CertificateState = { mode: "static", subject: cert.subject.replace(/\n/g, ", "), names, notAfter: notAfter.toISOString(), daysLeft };
+    if (now < new Date(cert.validFrom).getTime()) state.error = `not valid before ${new Date(cert.validFrom).toISOString()} (is this host's clock right?)`;
+    else if (daysLeft < 0) state.error = `expired on ${notAfter.toISOString()}`;
+    return state;
+  } catch (cause) {
+    return { mode: "static", error: `cannot read ${config.tls.certPath}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}` };
+  }
+}
+
+const certificateCache = new WeakMap<Config, { state: CertificateState; at: number }>();
+
+/** staticCertificateState, read at most once a minute per config (the page polls). */
+export function certificateStateOf(config: Config): CertificateState {
+  const hit = certificateCache.get(config);
+  if (hit && Date.now() - hit.at < 60_000) return hit.state;
+  const state = staticCertificateState(config);
+  certificateCache.set(config, { state, at: Date.now() });
+  return state;
+}
