@@ -6,12 +6,10 @@
  * serves it to users only.
  */
 import type { Config } from "./config.ts";
-import type { QuotaView } from "./mirror/rate-limit.ts";
 
 const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
-/** `quota`: the upstreams' pull quota as last reported (mirror/rate-limit.ts). */
-export function renderIndex(c: Config, quota: readonly QuotaView[] = []): string {
+export function renderIndex(c: Config): string {
   const url = c.publicUrl ?? "http://crm.example.com:8080 (set public_url in the config)";
   const base = c.publicUrl ?? "http://crm.example.com:8080";
   const host = base.replace(/^https?:\/\//, "");
@@ -51,20 +49,9 @@ ${
 <p>Other registries by prefix: <code>${esc(host)}${esc(secretPath)}/gcr.io/distroless/static:nonroot</code></p>`
     : "<p>The mirror is disabled on this instance.</p>"
 }
-${quotaSection(quota)}
 <h2>Allowed hosts (proxy)</h2>
 <ul>${c.allowedHosts.map((h) => `<li><code>${esc(h)}</code></li>`).join("")}</ul>
 <p>Ports: ${c.allowedPorts.join(", ")}</p>
 </body></html>
 `;
-}
-
-/** Remaining pulls per registry, so an operator sees a quota running out before clients fail. */
-function quotaSection(quota: readonly QuotaView[]): string {
-  if (quota.length === 0) return "";
-  const rows = quota.map((q) => {
-    const window = q.windowS !== null ? ` per ${q.windowS / 3600 >= 1 ? `${+(q.windowS / 3600).toFixed(1)} h` : `${q.windowS} s`}` : "";
-    return `<tr><td>${esc(q.registry)}</td><td>${q.remaining} of ${q.limit}${window}</td><td>${esc(new Date(q.at).toISOString())}</td></tr>`;
-  });
-  return `<h2>Upstream pull quota</h2>\n<table><tr><th>registry</th><th>remaining</th><th>as of</th></tr>${rows.join("")}</table>`;
 }

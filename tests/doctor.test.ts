@@ -136,7 +136,7 @@ describe("crm doctor", () => {
   });
 
   test("blob redirect to a host crm may not follow: named, with the key to add it to", async () => {
-    const d = await doctor({ mirror: { registries: { "docker.io": { upstream: `http://reg.test:${port(reg.url)}`, redirect_hosts: ["127.0.0.1"] } } }, doctor: { images: { "docker.io": "cdn/app:v1" } } });
+    const d = await doctor({ allowed_ports: [port(tokens.url), port(cdn.url)], mirror: { registries: { "docker.io": { upstream: `http://reg.test:${port(reg.url)}`, redirect_hosts: ["127.0.0.1"] } } }, doctor: { images: { "docker.io": "cdn/app:v1" } } });
     expect(d.row("docker.io: manifest").result).toBe("pass");
     const row = d.row("docker.io: blob redirect");
     expect(row.result).toBe("fail");
@@ -145,9 +145,9 @@ describe("crm doctor", () => {
   });
 
   test("the upstream quota is read from the manifest answer; an exhausted one fails", async () => {
-    const d = await doctor({ mirror: { registries: { "docker.io": `http://127.0.0.1:${port(reg.url)}` } }, doctor: { images: { "docker.io": "ratelimited/app:v1" } } });
+    const d = await doctor({ allowed_ports: [port(tokens.url)], mirror: { registries: { "docker.io": `http://127.0.0.1:${port(reg.url)}` } }, doctor: { images: { "docker.io": "ratelimited/app:v1" } } });
     expect(d.row("docker.io: quota")).toMatchObject({ result: "fail" });
-    expect(d.row("docker.io: quota").detail).toContain("0 of 100 pulls left per 21600s");
+    expect(d.row("docker.io: quota").detail).toContain("pulls left: 0 of 100 per 6 h");
   });
 
   test("the allow-list must cover what a CONNECT pull reaches", async () => {

@@ -398,7 +398,7 @@ describe("quota you can see", () => {
     expect(crm.logs.filter((l) => l.includes("upstream pull quota running low"))).toHaveLength(1);
     expect(crm.logs.find((l) => l.includes("upstream pull quota running low"))).toMatch(/registry=hub\.test remaining=0 limit=2 window_s=21600 source=127\.0\.0\.1/);
     const page = await (await fetch(`${crm.url}/`, { proxy: false } as RequestInit)).text();
-    expect(page).toContain("Upstream pull quota");
-    expect(page).toMatch(/<td>hub\.test<\/td><td>0 of 2 per 6 h<\/td>/);
+    expect(page).toContain("Upstream quota");
+    expect(page).toContain("hub.test: 0 of 2 per 6 h left");
   });
 });

@@ -87,8 +87,9 @@ describe("status endpoints over HTTP", () => {
       expect(snap.recent.map((r) => r.what)).toContain("library/app:v1");
       expect(snap.errors[0]).toMatchObject({ status: 404, hint: "add the registry to mirror.registries (crm doctor checks it end to end)" });
       expect(snap.errors[0]!.message).toContain("registry other.test is not mirrored here");
-      expect(snap.quota).toBeNull();
-      expect(snap.manifestCache).toBeNull();
+      // The mirror tracks both: this upstream reports no quota, and the one manifest pulled is cached.
+      expect(snap.quota).toEqual([]);
+      expect(snap.manifestCache).toMatchObject({ entries: 1, misses: 1 });
       expect(snap.certificate).toEqual({ mode: "none" });
       for (const text of [json, html]) {
         for (const secret of ["hidden-path-77", "robot-pw-77", reg.url, `127.0.0.1:${reg.port}`]) expect(text).not.toContain(secret);
@@ -123,7 +124,7 @@ describe.skipIf(skip)("status page in Chromium", () => {
   beforeAll(async () => {
     fx = await startRegistry({ auth: "token" });
     slowReg = startFakeRegistry({ auth: { kind: "none" }, slowMs: 4000 });
-    crm = await startCrm({ timeouts: { header: "300ms" }, mirror: { default_registry: "reg.test", registries: { "reg.test": fx.url, "slow.test": slowReg.url } } }, "warn");
+    crm = await startCrm({ timeouts: { header: "300ms" }, allowed_ports: [80, 443, ...(fx.token ? [Number(new URL(fx.token.url).port)] : [])], mirror: { default_registry: "reg.test", registries: { "reg.test": fx.url, "slow.test": slowReg.url } } }, "warn");
     browser = await chromium.launch({
       executablePath: "/usr/bin/chromium",
       // Loopback only: every other name fails to resolve inside the browser.

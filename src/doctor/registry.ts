@@ -14,7 +14,7 @@ import { TokenCache } from "../mirror/token-cache.ts";
 import { fetchToken } from "../mirror/token-fetch.ts";
 import { RegistryClient } from "../mirror/upstream.ts";
 import type { RegistryConfig } from "../registries.ts";
-import { quotaFromHeaders } from "../status/sources.ts";
+import { describeQuota, parseRateLimit } from "../mirror/rate-limit.ts";
 import type { Report } from "./report.ts";
 import { probeTls } from "./tls-probe.ts";
 
@@ -145,7 +145,7 @@ export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: str
       hosts.push(hostPort(realm));
       const allowed = client.trust.check(realm);
       if (!allowed.ok) {
-        report.fail(`${n}: token realm`, `realm host ${allowed.host} is not allowed: ${allowed.reason}`, `add "${allowed.host}" to ${key}.redirect_hosts if it is genuine`);
+        report.fail(`${n}: token realm`, `realm host ${allowed.host} is not allowed: ${allowed.reason}`, allowed.fix);
         skipRest(["manifest", "blob redirect"], "token realm");
         return hosts;
       }
@@ -173,9 +173,9 @@ export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: str
   try {
     const r = await client.fetch({ method: "HEAD", path: `/v2/${ref.repo}/manifests/${ref.ref}`, headers: new Headers({ accept: MANIFEST_ACCEPT, "user-agent": "crm-doctor" }), scope, signal });
     await r.response.body?.cancel().catch(() => {});
-    const quota = quotaFromHeaders(n, r.response.headers);
+    const quota = parseRateLimit(r.response.headers);
     if (quota !== null) {
-      const left = `${quota.remaining ?? "?"} of ${quota.limit ?? "?"} pulls left${quota.window ? ` per ${quota.window}` : ""}`;
+      const left = `pulls left: ${describeQuota(quota)}`;
       if (quota.remaining === 0) report.fail(`${n}: quota`, `${left}: pulls are refused with 429 until the window turns`, `wait, or give ${key} a username and password_file (a higher limit)`);
       else report.pass(`${n}: quota`, left);
     } else report.pass(`${n}: quota`, "the upstream reports no pull quota");
@@ -203,7 +203,8 @@ export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: str
     if (r.response.status >= 400) report.fail(`${n}: blob redirect`, `blob ${blob.slice(0, 19)}… answered ${r.response.status}${r.redirectHost ? ` at ${r.redirectHost}` : ""}`, "the blob host refuses crm: check the upstream");
     else report.pass(`${n}: blob redirect`, r.redirectHost ? `blobs come from ${r.redirectHost} (allowed)` : `blobs come from ${host} itself`);
   } catch (e) {
-    const fix = e instanceof MirrorError && /redirect to (\S+) refused/.test(e.message) ? `add "${/redirect to (\S+) refused/.exec(e.message)?.[1]}" to ${key}.redirect_hosts if it is genuine` : "check the upstream";
+    const detailFix = e instanceof MirrorError ? (e.detail as { fix?: unknown } | undefined)?.fix : undefined;
+    const fix = typeof detailFix === "string" ? detailFix : "check the upstream";
     report.fail(`${n}: blob redirect`, why(e), fix);
   }
   return hosts;

@@ -50,6 +50,11 @@ export class ManifestCache {
     return this.entries.size;
   }
 
+  /** For the status page (status/sources.ts ManifestCacheSource). */
+  state(): { entries: number; bytes: number; hits: number; misses: number } {
+    return { entries: this.entries.size, bytes: this.used, hits: this.hits, misses: this.misses };
+  }
+
   get(registry: string, repository: string, digest: string): CachedManifest | null {
     const key = cacheKey(registry, repository, digest);
     const hit = this.entries.get(key);

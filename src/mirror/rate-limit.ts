@@ -52,6 +52,13 @@ export interface QuotaView extends RateLimit {
   registry: string;
 }
 
+/** "76 of 100 per 6 h": how the status page and crm doctor say a quota. */
+export function describeQuota(q: RateLimit): string {
+  const w = q.windowS;
+  const window = w === null ? "" : ` per ${w >= 3600 ? `${+(w / 3600).toFixed(1)} h` : `${w} s`}`;
+  return `${q.remaining} of ${q.limit}${window}`;
+}
+
 /** Per registry: the latest figures, 429s, and the manifest GETs that cost quota. */
 export class QuotaTracker {
   private readonly latest = new Map<string, RateLimit>();
@@ -105,6 +112,11 @@ export class QuotaTracker {
         ...(upstreamMessage !== null ? { upstream: upstreamMessage } : {}),
       },
     });
+  }
+
+  /** The latest figures per registry (the status page's QuotaSource). */
+  quotas(): QuotaView[] {
+    return this.views();
   }
 
   views(): QuotaView[] {

@@ -5,7 +5,7 @@
  */
 import type { Runtime } from "../context.ts";
 import { ManifestCache } from "./manifest-cache.ts";
-import { QuotaTracker, type QuotaView } from "./rate-limit.ts";
+import { QuotaTracker } from "./rate-limit.ts";
 
 export interface MirrorState {
   cache: ManifestCache;
@@ -20,14 +20,11 @@ export function mirrorState(rt: Runtime): MirrorState {
   if (!s) {
     const made: MirrorState = { cache: new ManifestCache(rt.config.mirror.manifestCache), quota: new QuotaTracker() };
     rt.metrics.sections.push(() => [...made.cache.metricLines(), ...made.quota.metricLines()]);
+    rt.sources.quota = made.quota;
+    rt.sources.manifestCache = made.cache;
     states.set(rt, made);
     s = made;
   }
   s.cache.configure(rt.config.mirror.manifestCache);
   return s;
-}
-
-/** For the index page: the latest quota figures, none before the mirror's first upstream answer. */
-export function upstreamQuota(rt: Runtime): QuotaView[] {
-  return states.get(rt)?.quota.views() ?? [];
 }

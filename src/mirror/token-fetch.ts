@@ -33,7 +33,7 @@ export async function fetchToken(rt: Runtime, registry: RegistryConfig, trust: R
   }
   const check = trust.check(url);
   if (!check.ok) {
-    throw new MirrorError(502, "UNAVAILABLE", `token realm host ${check.host} refused for ${registry.name}: ${check.reason}; add it to the registry's redirect_hosts if it is genuine`, {
+    throw new MirrorError(502, "UNAVAILABLE", `token realm host ${check.host} refused for ${registry.name}: ${check.reason}; ${check.fix}`, {
       detail: { host: check.host, registry: registry.name },
     });
   }

@@ -12,7 +12,8 @@
 import { HostMatcher, normalizeHost, type HostPolicy } from "../host-policy.ts";
 import type { RegistryConfig } from "../registries.ts";
 
-export type TargetCheck = { ok: true; host: string } | { ok: false; host: string; reason: string };
+/** A refusal says why, and what the operator changes if the target is genuine (`fix`). */
+export type TargetCheck = { ok: true; host: string } | { ok: false; host: string; reason: string; fix: string };
 
 function effectivePort(url: URL): number {
   return Number(url.port) || (url.protocol === "https:" ? 443 : 80);
@@ -37,17 +38,28 @@ export class RegistryTrust {
   check(url: URL): TargetCheck {
     const host = normalizeHost(url.hostname);
     const shown = host || url.hostname.slice(0, 100);
-    if (url.username || url.password) return { ok: false, host: shown, reason: "URL carries credentials" };
+    const upstreamFix = "the upstream is misconfigured or hostile";
+    if (url.username || url.password) return { ok: false, host: shown, reason: "URL carries credentials", fix: upstreamFix };
     if (url.protocol !== "https:" && !(url.protocol === "http:" && this.plainHttpUpstream)) {
-      return { ok: false, host: shown, reason: `${url.protocol.replace(/:$/, "")} is not allowed (https only)` };
+      return { ok: false, host: shown, reason: `${url.protocol.replace(/:$/, "")} is not allowed (https only)`, fix: upstreamFix };
     }
-    if (host === "") return { ok: false, host: shown, reason: "invalid host name" };
+    if (host === "") return { ok: false, host: shown, reason: "invalid host name", fix: upstreamFix };
     if (!(host === this.ownHost || this.redirectHosts.matches(host) || this.policy.hostAllowed(host))) {
-      return { ok: false, host, reason: `not ${this.registry.name}'s own host, not in its redirect_hosts, not in allowed_hosts` };
+      return {
+        ok: false,
+        host,
+        reason: `not ${this.registry.name}'s own host, not in its redirect_hosts, not in allowed_hosts`,
+        fix: `add "${host}" to mirror.registries.${this.registry.name}.redirect_hosts if it is genuine`,
+      };
     }
     const port = effectivePort(url);
     if (!this.ports.has(port) && !this.policy.portAllowed(port)) {
-      return { ok: false, host, reason: `port ${port} is not ${this.registry.name}'s own port, 443${this.plainHttpUpstream ? ", 80" : ""} or in allowed_ports` };
+      return {
+        ok: false,
+        host,
+        reason: `port ${port} is not ${this.registry.name}'s own port, 443${this.plainHttpUpstream ? ", 80" : ""} or in allowed_ports`,
+        fix: `add ${port} to allowed_ports if it is genuine`,
+      };
     }
     return { ok: true, host };
   }

@@ -231,8 +231,8 @@ export class RegistryClient {
       }
       const check = this.trust.check(next);
       if (!check.ok) {
-        throw new MirrorError(502, "UNAVAILABLE", `redirect to ${check.host} refused for ${this.registry.name}: ${check.reason}; add it to the registry's redirect_hosts if it is genuine`, {
-          detail: { host: check.host, registry: this.registry.name },
+        throw new MirrorError(502, "UNAVAILABLE", `redirect to ${check.host} refused for ${this.registry.name}: ${check.reason}; ${check.fix}`, {
+          detail: { host: check.host, registry: this.registry.name, fix: check.fix },
         });
       }
       redirectHost = next.host !== first.host ? check.host : null;

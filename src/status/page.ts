@@ -6,6 +6,7 @@
  */
 import type { Runtime } from "../context.ts";
 import { renderIndex } from "../index-page.ts";
+import { describeQuota } from "../mirror/rate-limit.ts";
 import { buildSnapshot, RECENT, type StatusSnapshot } from "./snapshot.ts";
 
 const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -20,9 +21,9 @@ function certificateText(s: StatusSnapshot): string {
 }
 
 function quotaText(s: StatusSnapshot): string {
-  if (s.quota === null) return "not tracked by this crm (crm doctor reads it from the upstream)";
+  if (s.quota === null) return "not tracked: the mirror is off (crm doctor reads it from the upstream)";
   if (s.quota.length === 0) return "no upstream has reported a quota yet";
-  return s.quota.map((q) => `${q.registry}: ${q.remaining ?? "?"} of ${q.limit ?? "?"} left${q.window ? ` per ${q.window}` : ""}`).join("; ");
+  return s.quota.map((q) => `${q.registry}: ${describeQuota(q)} left`).join("; ");
 }
 
 function cacheText(s: StatusSnapshot): string {

@@ -11,7 +11,8 @@ import type { ActiveView, RegistryView } from "./activity.ts";
 import { BUCKET_MS } from "./activity.ts";
 import { hintFor } from "./hints.ts";
 import type { JournalEntry } from "./journal.ts";
-import type { CertificateState, ManifestCacheState, QuotaReading } from "./sources.ts";
+import type { QuotaView } from "../mirror/rate-limit.ts";
+import type { CertificateState, ManifestCacheState } from "./sources.ts";
 
 export const RECENT = 100;
 const ERRORS = 20;
@@ -60,7 +61,7 @@ export interface StatusSnapshot {
   registries: RegistryView[];
   errors: ErrorRow[];
   /** null: this crm does not track it (shown as such). */
-  quota: QuotaReading[] | null;
+  quota: QuotaView[] | null;
   manifestCache: ManifestCacheState | null;
   certificate: CertificateState;
 }

@@ -1,25 +1,16 @@
 /**
  * State other features own, read by the status page and `crm doctor` through small interfaces:
- * the upstream pull quota and the manifest cache (not tracked by this crm yet: their sources are
- * absent and shown as such), and the listener's TLS certificate (a static file today; ACME can
+ * the upstream pull quota and the manifest cache (mirror/state.ts plugs them in when the mirror
+ * starts; absent while it is off), and the listener's TLS certificate (a static file today; ACME can
  * provide the same shape). Nothing here holds a secret: no key, no URL with credentials.
  */
 import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { Config } from "../config.ts";
-
-export interface QuotaReading {
-  registry: string;
-  remaining: number | null;
-  limit: number | null;
-  /** The window as the upstream names it (`w=21600` → "21600s"). */
-  window: string | null;
-  /** Unix ms when this was seen. */
-  observedAt: number;
-}
+import type { QuotaView } from "../mirror/rate-limit.ts";
 
 export interface QuotaSource {
-  quotas(): QuotaReading[];
+  quotas(): QuotaView[];
 }
 
 export interface ManifestCacheState {
@@ -47,19 +38,6 @@ export interface StatusSources {
   quota: QuotaSource | null;
   manifestCache: ManifestCacheSource | null;
   certificate(): CertificateState;
-}
-
-/** `ratelimit-remaining: 76;w=21600` and friends, from one upstream answer. */
-export function quotaFromHeaders(registry: string, headers: Headers, now = Date.now()): QuotaReading | null {
-  const num = (v: string | null): number | null => {
-    const m = v === null ? null : /^\s*(\d+)/.exec(v);
-    return m ? Number(m[1]) : null;
-  };
-  const remainingText = headers.get("ratelimit-remaining") ?? headers.get("x-ratelimit-remaining");
-  const limitText = headers.get("ratelimit-limit") ?? headers.get("x-ratelimit-limit");
-  if (remainingText === null && limitText === null) return null;
-  const w = /;\s*w=(\d+)/.exec(limitText ?? remainingText ?? "");
-  return { registry, remaining: num(remainingText), limit: num(limitText), window: w ? `${w[1]}s` : null, observedAt: now };
 }
 
 /** The listener's certificate from tls.cert_path: who it names and when it ends. */
