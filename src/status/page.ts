@@ -28,8 +28,9 @@ function quotaText(s: StatusSnapshot): string {
 
 function cacheText(s: StatusSnapshot): string {
   const m = s.manifestCache;
-  if (m === null) return "no manifest cache in this crm";
-  return `${m.entries} manifests, ${m.bytes} bytes; ${m.hits} hits, ${m.misses} misses`;
+  if (m === null) return "not kept: the mirror is off";
+  const n = (v: number, one: string, many: string): string => `${v} ${v === 1 ? one : many}`;
+  return `${n(m.entries, "manifest", "manifests")}, ${m.bytes} bytes; ${n(m.hits, "hit", "hits")}, ${n(m.misses, "miss", "misses")}`;
 }
 
 /** The set-up part of the index page, with registries named but never their upstream URLs. */
