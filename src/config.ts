@@ -11,15 +11,11 @@ import { compileHostPattern } from "./host-policy.ts";
 import { parseCidr } from "./cidr.ts";
 import { LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { DEFAULT_REGISTRIES, type RegistryConfig } from "./registries.ts";
+import { buildListen, type ListenAddress } from "./config/listen.ts";
+import { buildTls, checkTlsListeners, type TlsListenConfig } from "./tls/config.ts";
 
-export interface ListenAddress {
-  hostname: string;
-  port: number;
-  /** An absolute path: a unix socket instead of TCP. */
-  unix?: string;
-  /** As written, for messages. */
-  source: string;
-}
+export { parseListen, type ListenAddress } from "./config/listen.ts";
+export type { AcmeConfig, TlsListenConfig } from "./tls/config.ts";
 
 export interface Timeouts {
   /** From a connection's first byte to the end of its request head (slow-loris bound). */
@@ -70,11 +66,6 @@ export interface MetricsConfig {
   enabled: boolean;
   /** CIDR ranges that may read /metrics. */
   clients: readonly string[];
-}
-
-export interface TlsListenConfig {
-  certPath: string;
-  keyPath: string;
 }
 
 export interface Config {
@@ -168,8 +159,8 @@ export function parseConfigText(text: string, file: string): unknown {
 
 type Obj = Record<string, unknown>;
 
-/** Collects every problem instead of stopping at the first. */
-class Checker {
+/** Collects every problem instead of stopping at the first (section modules get one too). */
+export class Checker {
   readonly errors: ConfigError[] = [];
   readonly warnings: string[] = [];
 
@@ -255,25 +246,6 @@ function show(value: unknown): string {
   }
 }
 
-export function parseListen(value: unknown): ListenAddress | string {
-  const source = String(value);
-  if (typeof value === "string" && value.startsWith("/")) return { hostname: "", port: 0, unix: value, source };
-  if (typeof value === "number") value = String(value);
-  if (typeof value !== "string") return 'must be a port or address such as ":8080", "8080", "127.0.0.1:8080" or "[::]:8080"';
-  const s = value.trim();
-  let host = "0.0.0.0";
-  let portText = s;
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d+)$/.exec(s);
-  if (m) {
-    host = m[1] ?? (m[2] === "" || m[2] === undefined ? "0.0.0.0" : m[2]);
-    portText = m[3] ?? "";
-  }
-  if (!/^\d+$/.test(portText)) return 'must be a port or address such as ":8080", "8080", "127.0.0.1:8080" or "[::]:8080"';
-  const port = Number(portText);
-  if (port > 65535) return "port must be between 0 and 65535";
-  return { hostname: host, port, source };
-}
-
 const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "allow_private_networks", "insecure_tls", "log_level", "log_format", "access", "metrics", "tls", "unix_socket_mode", "public_url", "limits", "mitm", "mirror", "timeouts"] as const;
 
 export const DEFAULT_LIMITS: Limits = { maxConnections: 4096, maxConnectionsPerClient: 256, maxBody: 10 * 1024 ** 3 };
@@ -296,15 +268,7 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
   const c = new Checker();
   const root = c.object("", raw ?? {}, TOP_KEYS) ?? {};
 
-  const listen: ListenAddress[] = [];
-  const rawListen = root.listen ?? ":8080";
-  (Array.isArray(rawListen) ? rawListen : [rawListen]).forEach((v, i, all) => {
-    const path = all.length > 1 || Array.isArray(rawListen) ? `listen[${i}]` : "listen";
-    const a = parseListen(v);
-    if (typeof a === "string") c.fail(path, v, a);
-    else listen.push(a);
-  });
-  if (Array.isArray(rawListen) && rawListen.length === 0) c.fail("listen", rawListen, "must name at least one address");
+  const listen: ListenAddress[] = buildListen(c, root.listen);
 
   const allowedHosts = c.hostPatterns("allowed_hosts", root.allowed_hosts) ?? [...DEFAULT_ALLOWED_HOSTS];
   if (Array.isArray(root.allowed_hosts) && root.allowed_hosts.length === 0) {
@@ -376,14 +340,8 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
   });
   const metrics: MetricsConfig = { enabled: c.bool("metrics.enabled", mt.enabled, true), clients: metricsClients };
 
-  const tl = c.object("tls", root.tls, ["cert_path", "key_path"]);
-  let tls: TlsListenConfig | null = null;
-  if (tl !== null) {
-    const certPath = c.string("tls.cert_path", tl.cert_path);
-    const keyPath = c.string("tls.key_path", tl.key_path);
-    if (certPath === null || keyPath === null) c.fail("tls", "<incomplete>", "needs both cert_path and key_path");
-    else tls = { certPath: resolve(file, "..", certPath), keyPath: resolve(file, "..", keyPath) };
-  }
+  const tls = buildTls(c, root.tls, file);
+  checkTlsListeners(c, tls, listen);
 
   let unixSocketMode = 0o660;
   if (root.unix_socket_mode !== undefined && root.unix_socket_mode !== null) {

@@ -4,10 +4,11 @@
  * mirror.path_prefix (which is itself a credential for Docker's registry-mirrors).
  */
 import type { Config } from "./config.ts";
+import { describeStatus, type CertificateStatus } from "./tls/status.ts";
 
 const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
-export function renderIndex(c: Config): string {
+export function renderIndex(c: Config, certificates: readonly CertificateStatus[] = []): string {
   const url = c.publicUrl ?? "http://crm.example.com:8080 (set public_url in the config)";
   const base = c.publicUrl ?? "http://crm.example.com:8080";
   const host = base.replace(/^https?:\/\//, "");
@@ -47,7 +48,7 @@ ${
 <p>Other registries by prefix: <code>${esc(host)}${esc(secretPath)}/gcr.io/distroless/static:nonroot</code></p>`
     : "<p>The mirror is disabled on this instance.</p>"
 }
-<h2>Allowed hosts (proxy)</h2>
+${certificates.length > 0 ? `<h2>TLS certificate</h2>\n<ul>${certificates.map((s) => `<li>${esc(describeStatus(s))}</li>`).join("")}</ul>\n` : ""}<h2>Allowed hosts (proxy)</h2>
 <ul>${c.allowedHosts.map((h) => `<li><code>${esc(h)}</code></li>`).join("")}</ul>
 <p>Ports: ${c.allowedPorts.join(", ")}</p>
 </body></html>

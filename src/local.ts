@@ -28,7 +28,7 @@ function metrics(ex: Exchange, rt: Runtime): Response {
 }
 
 function indexPage(rt: Runtime): Response {
-  const body = renderIndex(rt.config);
+  const body = renderIndex(rt.config, rt.metrics.gauges.tls?.() ?? []);
   return new Response(body, { headers: { "content-type": "text/html; charset=utf-8", "content-length": String(Buffer.byteLength(body)) } });
 }
 

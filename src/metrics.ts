@@ -4,6 +4,7 @@
  * the metrics always agree.
  */
 import { readdirSync } from "node:fs";
+import { renderTlsMetrics, type CertificateStatus } from "./tls/status.ts";
 
 export type RequestKind = "forward" | "connect" | "mitm" | "mirror" | "local";
 
@@ -18,6 +19,8 @@ interface Histogram {
 export interface Gauges {
   connections(): number;
   certificates(): number;
+  /** Certificates served on TLS listeners (src/tls/). */
+  tls?(): readonly CertificateStatus[];
 }
 
 export class Metrics {
@@ -95,6 +98,7 @@ export class Metrics {
     out.push(`crm_mirror_token_cache_total{result="hit"} ${this.tokenCacheHits}`, `crm_mirror_token_cache_total{result="miss"} ${this.tokenCacheMisses}`);
     family("crm_mitm_certificates", "gauge", "Leaf certificates in the MITM cache.");
     out.push(`crm_mitm_certificates ${this.gauges.certificates()}`);
+    out.push(...renderTlsMetrics(this.gauges.tls?.() ?? []));
     family("crm_process_resident_memory_bytes", "gauge", "Resident set size.");
     out.push(`crm_process_resident_memory_bytes ${process.memoryUsage.rss()}`);
     const fds = openFds();

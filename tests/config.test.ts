@@ -25,7 +25,7 @@ describe("defaults", () => {
   const { config, warnings } = buildConfig({}, "t.yaml");
   test("an empty file is a working config", () => {
     expect(warnings).toEqual([]);
-    expect(config.listen).toEqual([{ hostname: "0.0.0.0", port: 8080, source: ":8080" }]);
+    expect(config.listen).toEqual([{ hostname: "0.0.0.0", port: 8080, source: ":8080", tls: null, proxyProtocol: false }]);
     expect(config.allowedHosts).toEqual([...DEFAULT_ALLOWED_HOSTS]);
     expect(config.allowedPorts).toEqual([80, 443]);
     expect(config.insecureTls).toBe(false);
