@@ -97,7 +97,9 @@ export function explainProblem(p: Pick<Problem, "type" | "detail" | "retryAfterM
   const type = p.type.replace(/^urn:ietf:params:acme:error:/, "");
   const d = domain ?? "the domain";
   const said = p.detail ? ` (the CA said: ${p.detail})` : "";
-  switch (type) {
+  // Some CAs (pebble) report a failed lookup as a connection problem: the detail tells.
+  const lookupFailed = /could not resolve|NXDOMAIN|SERVFAIL|no valid A|DNS problem/i.test(p.detail);
+  switch (lookupFailed && (type === "connection" || type === "dns") ? "dns" : type) {
     case "dns":
       return new AcmeError(`${d} does not resolve for the CA${said}: create an A (and/or AAAA) record for ${d} pointing to this host's public address, wait for DNS to propagate, and crm retries by itself`, "dns");
     case "connection":

@@ -57,6 +57,7 @@ export class AcmeCertificates {
     store: CertStore,
     current: StoredCertificate,
     temporary: boolean,
+    private readonly remindEveryMs: number,
   ) {
     this.store = store;
     this.current = current;
@@ -64,7 +65,8 @@ export class AcmeCertificates {
   }
 
   /** Reads state_dir; without a usable stored certificate, makes the temporary one. */
-  static async load(config: AcmeConfig, rt: Runtime, onCertificate: (c: ServedCertificate) => void): Promise<AcmeCertificates> {
+  static async load(config: AcmeConfig, rt: Runtime, onCertificate: (c: ServedCertificate) => void, opts: { remindEveryMs?: number } = {}): Promise<AcmeCertificates> {
+    const remind = opts.remindEveryMs ?? HOURLY_MS;
     const store = new CertStore(config.stateDir);
     let warning: string | null;
     try {
@@ -77,11 +79,11 @@ export class AcmeCertificates {
     const stored = store.readCertificate(name);
     if (stored !== null) {
       rt.log.info("ACME: using the stored certificate", { names: stored.names.join(","), expires: new Date(stored.notAfter).toISOString(), file: `${config.stateDir}/${name}.crt` });
-      return new AcmeCertificates(config, rt, onCertificate, store, stored, false);
+      return new AcmeCertificates(config, rt, onCertificate, store, stored, false, remind);
     }
     const temp = await temporaryCertificate(config.domains);
     rt.log.info("ACME: no certificate yet; serving a temporary self-signed one while issuance is under way", { names: config.domains.join(","), directory: config.directory });
-    return new AcmeCertificates(config, rt, onCertificate, store, temp, true);
+    return new AcmeCertificates(config, rt, onCertificate, store, temp, true, remind);
   }
 
   get served(): ServedCertificate {
@@ -191,7 +193,7 @@ export class AcmeCertificates {
         retry_at: new Date(Date.now() + delay).toISOString(),
         serving: this.servingText(),
       });
-      this.hourly ??= setInterval(() => this.remind(), HOURLY_MS);
+      this.hourly ??= setInterval(() => this.remind(), this.remindEveryMs);
       this.hourly.unref();
       this.schedule(Date.now() + delay);
       return false;
