@@ -1,12 +1,12 @@
 /**
- * System tools some tests need (docker-registry, skopeo, systemd-analyze). In CI (CI=true) a
+ * System tools some tests need (docker-registry, skopeo, systemd-analyze, pebble). In CI (CI=true) a
  * missing tool fails a test that says what to install, so CI never goes green by skipping.
  * Elsewhere those tests are skipped with a note, so `npm ci && npm test` works on a machine with
  * only Node and npm. CRM_SKIP_E2E=1 skips them anywhere.
  */
 import { test } from "bun:test";
 
-export const APT_HINT = "apt-get install docker-registry skopeo systemd curl openssl";
+export const APT_HINT = "apt-get install docker-registry skopeo systemd curl openssl pebble";
 
 /** Returns true when the suite must be skipped; registers a failing test when CI lacks a tool. */
 export function missingTools(suite: string, tools: readonly string[]): boolean {
