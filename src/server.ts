@@ -154,9 +154,18 @@ export class CrmServer {
     for (const b of this.bound) {
       if (!b.tls || b.unix) continue;
       const l = b.listener as SocketListener<SocketData> & { hostname: string; port: number };
-      const addr = { ...b.addr, hostname: l.hostname, port: l.port };
       l.stop(false);
+      this.rebind(b, { ...b.addr, hostname: l.hostname, port: l.port }, 0);
+    }
+  }
+
+  /** Another process may take the port in the instant between stop and listen: retry, loudly. */
+  private rebind(b: Bound, addr: Config["listen"][number], tries: number): void {
+    try {
       b.listener = this.listenOn(addr, true);
+    } catch (e) {
+      this.rt.log.error("cannot re-listen with the new certificate; retrying", { address: formatHostPort(addr.hostname, addr.port), error: (e as Error).message, tries: tries + 1 });
+      if (!this.stopping) setTimeout(() => this.rebind(b, addr, tries + 1), Math.min(30_000, 100 * 2 ** tries)).unref();
     }
   }
 

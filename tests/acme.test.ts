@@ -141,7 +141,7 @@ describe.skipIf(skip)("ACME with pebble", () => {
     expect(pebble.output()).not.toContain("ALWAYS_VALID");
     // Stored: a 0700 directory, 0600 keys.
     expect(statSync(stateDir).mode & 0o777).toBe(0o700);
-    for (const f of ["account.key", "crm.test.key", "crm.test.crt"]) expect([f, statSync(join(stateDir, f)).mode & 0o777]).toEqual([f, f.endsWith(".key") ? 0o600 : 0o600]);
+    for (const f of ["account.key", "crm.test.key", "crm.test.crt"]) expect([f, statSync(join(stateDir, f)).mode & 0o777]).toEqual([f, 0o600]);
     firstSerial = await servedSerial(tlsPort, "crm.test");
   }, 90_000);
 
@@ -210,6 +210,8 @@ describe.skipIf(skip)("ACME with pebble", () => {
     await crm.waitLog(/ACME: certificate renewed/);
     const second = await servedSerial(tlsPort, "crm.test");
     expect(second).not.toBe(firstSerial);
+    // The download really was in flight across the swap: the slow reader still holds the upstream back.
+    expect(big.bytesWritten()).toBeLessThan(BIG_SIZE);
 
     tunnel.socket.write("after-renewal");
     await tunnel.waitFor("after-renewal");
@@ -242,6 +244,32 @@ describe.skipIf(skip)("ACME with pebble", () => {
     const r = await curl(["--cacert", rootFile, "--resolve", `crm.test:${tlsPort}:127.0.0.1`, `https://crm.test:${tlsPort}/healthz`]);
     expect(r.stdout).toBe("ok\n");
     await crm.stop();
+  }, 30_000);
+
+  test("with access.clients, strangers reach only the challenges on the plain listener; a reload keeps the manager", async () => {
+    const cfg = crmConfig(NAMES, stateDir, { access: { clients: ["10.0.0.0/8"] } });
+    const locked = await startCrm(cfg, "info", resolver);
+    try {
+      await locked.waitLog(/ACME: using the stored certificate/, 2000);
+      const health = await curl(["-i", `http://127.0.0.1:${plainPort}/healthz`]);
+      expect(health.stdout).toMatch(/^HTTP\/1\.1 403/);
+      expect(health.stdout).toContain("crm: only ACME challenges are answered for your address");
+      const token = await curl(["-i", `http://127.0.0.1:${plainPort}/.well-known/acme-challenge/no-such-token`]);
+      expect(token.stdout).toMatch(/^HTTP\/1\.1 404/);
+      const tunnel = await curl(["-p", "--proxy", `http://127.0.0.1:${plainPort}`, `http://127.0.0.1:${echo.port}/`]);
+      expect(tunnel.code).not.toBe(0);
+      // The TLS listener closes strangers at accept, as before.
+      const tls = await curl(["--cacert", rootFile, "--resolve", `crm.test:${tlsPort}:127.0.0.1`, `https://crm.test:${tlsPort}/healthz`]);
+      expect(tls.code).not.toBe(0);
+      const before = locked.logs.length;
+      const { buildConfig } = await import("../src/config.ts");
+      await locked.server.reload(buildConfig({ listen: "127.0.0.1:0", log_level: "info", allow_private_networks: true, ...cfg }, "test.yaml").config);
+      await locked.waitLog(/configuration reloaded/);
+      expect(locked.logs.slice(before).filter((l) => l.includes("ACME:"))).toEqual([]);
+      expect(await servedSerial(tlsPort, "crm.test")).toBe(firstSerial);
+    } finally {
+      await locked.stop();
+    }
   }, 30_000);
 
   test.each([

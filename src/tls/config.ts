@@ -70,7 +70,7 @@ function buildAcme(c: Checker, raw: unknown, file: string): AcmeConfig | null {
   if (domains.length === 0) c.fail("tls.acme.domains", a.domains ?? null, "must list the DNS names of this host, e.g. [crm.example.com]");
   domains.forEach((d, i) => {
     if (d.startsWith("*.")) c.fail(`tls.acme.domains[${i}]`, d, "is a wildcard: those need the dns-01 challenge, which crm does not do; list the names");
-    else if (!DNS_NAME.test(d)) c.fail(`tls.acme.domains[${i}]`, d, "must be a DNS name such as crm.example.com (an IP address or a bare name cannot get a certificate)");
+    else if (!DNS_NAME.test(d) || /\.\d+$/.test(d)) c.fail(`tls.acme.domains[${i}]`, d, "must be a DNS name such as crm.example.com (an IP address or a bare name cannot get a certificate)");
   });
   if (new Set(domains).size !== domains.length) c.fail("tls.acme.domains", domains, "lists a name twice");
   const email = c.string("tls.acme.email", a.email);

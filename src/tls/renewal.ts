@@ -171,7 +171,12 @@ export class AcmeCertificates {
       this.lastError = null;
       if (this.hourly) clearInterval(this.hourly);
       this.hourly = null;
-      this.onCertificate(this.served);
+      try {
+        this.onCertificate(this.served);
+      } catch (e) {
+        // The certificate is stored and will be served after a restart; the order did not fail.
+        this.rt.log.error("ACME: could not switch the listeners to the new certificate", { error: (e as Error).message });
+      }
       this.rt.log.info(renewing ? "ACME: certificate renewed" : "ACME: certificate issued", {
         names: cert.names.join(","),
         expires: new Date(cert.notAfter).toISOString(),
