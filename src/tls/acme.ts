@@ -6,7 +6,7 @@
  */
 import { Agent } from "node:https";
 import { readFileSync } from "node:fs";
-import acme from "acme-client";
+import type * as AcmeClient from "acme-client";
 import type { AcmeConfig } from "./config.ts";
 import { describePem, type CertStore, type StoredCertificate } from "./cert-store.ts";
 
@@ -42,11 +42,20 @@ export interface ChallengeTokens {
 // which honours Retry-After, is the only one (a 429 from a CA can say "in 3 hours").
 const agents = new Map<string, Agent>();
 const problems = new Map<string, Problem>();
-let installed = false;
+let loaded: typeof AcmeClient | null = null;
 
-function installHooks(): void {
-  if (installed) return;
-  installed = true;
+/** acme-client (and axios, node-forge) load on the first order, not at every crm start. */
+async function loadClient(): Promise<typeof AcmeClient> {
+  if (loaded) return loaded;
+  // A CommonJS package: its exports arrive as `default` (and, in Bun, also as named exports).
+  const mod = await import("acme-client");
+  const acme = (mod as { default?: typeof AcmeClient }).default ?? mod;
+  installHooks(acme);
+  loaded = acme;
+  return acme;
+}
+
+function installHooks(acme: typeof AcmeClient): void {
   const ax = acme.axios;
   (ax.defaults as unknown as { acmeSettings: { retryMaxAttempts: number } }).acmeSettings.retryMaxAttempts = 0;
   ax.interceptors.request.use((cfg) => {
@@ -140,7 +149,7 @@ export interface IssueOptions {
 }
 
 export async function issueCertificate({ config, store, tokens, progress }: IssueOptions): Promise<StoredCertificate> {
-  installHooks();
+  const acme = await loadClient();
   const origin = originOf(config.directory);
   if (config.caBundlePath !== null && !agents.has(origin)) agents.set(origin, new Agent({ ca: readFileSync(config.caBundlePath, "utf8"), keepAlive: true }));
   problems.delete(origin);
@@ -201,9 +210,9 @@ export async function issueCertificate({ config, store, tokens, progress }: Issu
 }
 
 /** The challenge went invalid: the authorization's challenge carries the CA's reason. */
-async function diagnose(client: acme.Client, authzUrl: string, domain: string, directory: string, e: Error): Promise<AcmeError> {
+async function diagnose(client: AcmeClient.Client, authzUrl: string, domain: string, directory: string, e: Error): Promise<AcmeError> {
   try {
-    const authz = (await client.getAuthorizations({ authorizations: [authzUrl] } as unknown as acme.Order))[0];
+    const authz = (await client.getAuthorizations({ authorizations: [authzUrl] } as unknown as AcmeClient.Order))[0];
     const err = authz?.challenges.find((c) => c.type === "http-01")?.error as { type?: string; detail?: string } | undefined;
     if (err?.type) return explainProblem({ type: err.type, detail: err.detail ?? "", retryAfterMs: null }, domain, directory);
   } catch {
