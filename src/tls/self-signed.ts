@@ -3,10 +3,11 @@
  * so the TLS port is up at once (start-up never waits on a CA) and clients get a clear
  * "self-signed" error instead of a refused connection. Swapped out the moment the real one lands.
  */
-import selfsigned from "selfsigned";
 import { describePem, type StoredCertificate } from "./cert-store.ts";
 
 export async function temporaryCertificate(names: readonly string[]): Promise<StoredCertificate> {
+  // Loaded only when needed: its WebCrypto X.509 stack costs memory every crm would pay.
+  const { default: selfsigned } = await import("selfsigned");
   const now = Date.now();
   const r = await selfsigned.generate([{ name: "commonName", value: `${names[0] ?? "crm"} (crm: temporary, ACME issuance under way)` }], {
     keyType: "ec",
