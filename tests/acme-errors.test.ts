@@ -144,3 +144,11 @@ test("a renewal that fails keeps the current certificate, with an error line eve
     certs.stop();
   }
 });
+
+test("a state_dir that cannot be created stops start-up with a message naming it", async () => {
+  const { writeFileSync } = await import("node:fs");
+  const file = join(work, "not-a-dir");
+  writeFileSync(file, "");
+  const rt = createRuntime(buildConfig({}, "t.yaml").config, () => {});
+  await expect(AcmeCertificates.load(acmeConfig(join(file, "state")), rt, () => {})).rejects.toThrow(`tls.acme.state_dir: cannot create ${file}/state: ENOTDIR (systemd: StateDirectory=crm)`);
+});

@@ -96,7 +96,7 @@ describe.skipIf(skip)("ACME with pebble", () => {
       acme: { domains, email: "ops@crm.test", directory: pebble.directory, ca_bundle: pebble.caBundlePath, state_dir: dir },
     },
     allowed_hosts: ["crm.test", "127.0.0.1"],
-    allowed_ports: [tlsPort, echo.port],
+    allowed_ports: [tlsPort, echo.port, Number(new URL(fake.url).port)],
     timeouts: { header: "2s" },
     mirror: { default_registry: "reg.test", registries: { "reg.test": fx.url, "big.test": fake.url } },
     ...extra,
@@ -159,9 +159,16 @@ describe.skipIf(skip)("ACME with pebble", () => {
     const r = await curl(["-i", `http://127.0.0.1:${plainPort}/v2/library/multi/manifests/v1`, "-H", "Host: crm.test"]);
     expect(r.stdout).toMatch(/^HTTP\/1\.1 301/);
     expect(r.stdout).toContain(`location: https://crm.test:${tlsPort}/v2/library/multi/manifests/v1`);
+    // Other methods keep method and body: 308.
+    const post = await curl(["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-X", "POST", "--data", "x", "-H", "Host: mirror.test:80", `http://127.0.0.1:${plainPort}/v2/x/blobs/uploads/`]);
+    expect(post.stdout).toBe(`308 https://mirror.test:${tlsPort}/v2/x/blobs/uploads/`);
     const followed = await curl(["-L", "--cacert", rootFile, "--resolve", `crm.test:${tlsPort}:127.0.0.1`, `http://127.0.0.1:${plainPort}/healthz`, "-H", "Host: crm.test"]);
     expect(followed.stdout).toBe("ok\n");
-    // The proxy works on the plain listener: CONNECT to crm's own TLS port by name.
+    // The proxy works on the plain listener: absolute-form is forwarded, not redirected...
+    const forward = await run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--proxy", `http://127.0.0.1:${plainPort}`, `${fake.url}/v2/`]);
+    expect(forward.stdout).toBe("401");
+    await crm.waitLog(new RegExp(`GET ${fake.url.replace(/[.]/g, "\\.")}/v2/ kind=forward .*status=401`));
+    // ...and CONNECT reaches crm's own TLS port by name.
     const viaProxy = await run(["curl", "-sS", "--proxy", `http://127.0.0.1:${plainPort}`, "--cacert", rootFile, `https://crm.test:${tlsPort}/healthz`]);
     expect(viaProxy.stdout).toBe("ok\n");
     const metrics = await curl(["--cacert", rootFile, "--resolve", `crm.test:${tlsPort}:127.0.0.1`, `https://crm.test:${tlsPort}/metrics`]);
