@@ -159,6 +159,9 @@ describe.skipIf(skip)("ACME with pebble", () => {
     const r = await curl(["-i", `http://127.0.0.1:${plainPort}/v2/library/multi/manifests/v1`, "-H", "Host: crm.test"]);
     expect(r.stdout).toMatch(/^HTTP\/1\.1 301/);
     expect(r.stdout).toContain(`location: https://crm.test:${tlsPort}/v2/library/multi/manifests/v1`);
+    // A Host the certificate does not cover goes to its first name.
+    const foreign = await curl(["-o", "/dev/null", "-w", "%{redirect_url}", "-H", "Host: evil.test", `http://127.0.0.1:${plainPort}/`]);
+    expect(foreign.stdout).toBe(`https://crm.test:${tlsPort}/`);
     // Other methods keep method and body: 308.
     const post = await curl(["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-X", "POST", "--data", "x", "-H", "Host: mirror.test:80", `http://127.0.0.1:${plainPort}/v2/x/blobs/uploads/`]);
     expect(post.stdout).toBe(`308 https://mirror.test:${tlsPort}/v2/x/blobs/uploads/`);
@@ -299,7 +302,7 @@ describe.skipIf(skip)("ACME with pebble", () => {
       expect(status?.renewalFailures).toBe(1);
       const metrics = await curl([`http://127.0.0.1:${plainPort}/metrics`, "-H", "Host: x"]);
       // redirect_http sends /metrics to https; read it there.
-      expect(metrics.stdout).toContain("crm: use https://x");
+      expect(metrics.stdout).toContain(`crm: use https://${name}:${tlsPort}/metrics`);
       const m = await curl(["-k", `https://127.0.0.1:${tlsPort}/metrics`]);
       expect(m.stdout).toContain(`crm_tls_renewal_failing{name="${name}"} 1`);
       expect(m.stdout).toContain(`crm_tls_renewal_failures_total{name="${name}"} 1`);

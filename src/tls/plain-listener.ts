@@ -27,7 +27,7 @@ export function plainListenerDispatcher(inner: Dispatcher, rt: Runtime, hooks: P
       if (path.startsWith(CHALLENGE_PREFIX)) return Promise.resolve(answerChallenge(ex, rt, hooks, path.slice(CHALLENGE_PREFIX.length)));
       // Strangers were let in only for the CA's validators (see `openToAll` in listener.ts).
       if (!rt.access.clientAllowed(ex.client)) return Promise.resolve(textResponse(403, "crm: only ACME challenges are answered for your address"));
-      if (rt.config.tls?.redirectHttp) return Promise.resolve(redirect(ex, hooks.httpsPort()));
+      if (rt.config.tls?.redirectHttp) return Promise.resolve(redirect(ex, hooks.httpsPort(), rt.config.tls.acme?.domains ?? []));
       return inner.http(ex);
     },
     connect(conn, route, head, rest) {
@@ -50,8 +50,12 @@ function answerChallenge(ex: Exchange, rt: Runtime, hooks: PlainListenerHooks, t
   return new Response(answer, { headers: { "content-type": "application/octet-stream", "content-length": String(Buffer.byteLength(answer)) } });
 }
 
-/** 301 for GET/HEAD, 308 for the rest (keeps the method and body), to the same host over https. */
-function redirect(ex: Exchange, port: number | null): Response {
+/**
+ * 301 for GET/HEAD, 308 for the rest (keeps the method and body), to the same host over https.
+ * With ACME, a Host the certificate does not cover is sent to its first name instead: no
+ * redirect to a name crm cannot serve (or to whatever a client put in Host).
+ */
+function redirect(ex: Exchange, port: number | null, names: readonly string[]): Response {
   const hostHeader = headerValue(ex.head.headers, "host");
   let host: string;
   try {
@@ -59,6 +63,7 @@ function redirect(ex: Exchange, port: number | null): Response {
   } catch {
     return textResponse(400, "crm: a Host header is needed to redirect to https");
   }
+  if (names.length > 0 && !names.includes(host)) host = names[0] as string;
   const authority = port === null || port === 443 ? (host.includes(":") ? `[${host}]` : host) : formatHostPort(host, port);
   const location = `https://${authority}${ex.route.kind === "local" ? ex.route.path : "/"}`;
   const status = ex.head.method === "GET" || ex.head.method === "HEAD" ? 301 : 308;
