@@ -4,7 +4,7 @@
  *
  *   bun scripts/bench.ts [--quick] [--only NAME[,NAME...]]
  *
- * NAMEs: connect, forward, rate, idle, slow, binary, mitm, mirror.
+ * NAMEs: connect, forward, rate, idle, slow, binary, mitm, mirror, manifests.
  * --quick: small sizes and short runs (a smoke test, < 60 s); the full run stays < ~6 min.
  *
  * Everything runs on 127.0.0.1 and every child is stopped by its pid at the end (and by a
@@ -47,7 +47,7 @@ import type { BodyMode, OriginPorts, OriginSpec } from "./bench/origin.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const BUN = process.execPath;
-const SECTIONS = ["connect", "forward", "rate", "idle", "slow", "binary", "mitm", "mirror"] as const;
+const SECTIONS = ["connect", "forward", "rate", "idle", "slow", "binary", "mitm", "mirror", "manifests"] as const;
 type Section = (typeof SECTIONS)[number];
 
 // ---------------------------------------------------------------- arguments and sizes
@@ -762,6 +762,72 @@ async function sectionMirror(): Promise<void> {
   }
 }
 
+/**
+ * The manifest cache: requests/s for a manifest by tag through crm (HEAD upstream, body from
+ * memory) against the fake hub directly, and the upstream GETs (the requests Docker Hub counts)
+ * for 50 parallel containerd-style pulls of one image: HEAD by tag, GET index, GET amd64 manifest.
+ */
+async function sectionManifests(): Promise<void> {
+  const hubChild = spawnChild([BUN, join(ROOT, "scripts/bench/hub.ts"), String(LIFETIME_MS)], { cwd: ROOT });
+  const hub = JSON.parse(await hubChild.firstLine(15_000)) as { port: number; control: number; index: string; amd64: string };
+  const crm = await startCrm({ mirror: { registries: { "hub.test": `http://127.0.0.1:${hub.port}` }, default_registry: "hub.test" } });
+  const counts = async (path: "counts" | "reset"): Promise<{ gets: number; heads: number; byPath: string[] }> =>
+    (await fetch(`http://127.0.0.1:${hub.control}/${path}`)).json() as Promise<{ gets: number; heads: number; byPath: string[] }>;
+  const accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
+  try {
+    const pull = async (base: string): Promise<void> => {
+      const h = { accept };
+      const head = await fetch(`${base}/v2/library/multi/manifests/latest`, { method: "HEAD", headers: h });
+      const digest = head.headers.get("docker-content-digest");
+      if (head.status !== 200 || digest !== hub.index) throw new Error(`HEAD by tag answered ${head.status} ${digest}`);
+      for (const d of [hub.index, hub.amd64]) {
+        const r = await fetch(`${base}/v2/library/multi/manifests/${d}`, { headers: h });
+        const body = new Uint8Array(await r.arrayBuffer());
+        if (r.status !== 200 || "sha256:" + createHash("sha256").update(body).digest("hex") !== d) throw new Error(`GET ${d} answered ${r.status} with other bytes`);
+      }
+    };
+    const viaCrm = `http://127.0.0.1:${crm.port}`;
+    const direct = `http://127.0.0.1:${hub.port}`;
+    const N = 50;
+    const gets: Record<string, number> = {};
+    for (const [name, base] of [["direct", direct], ["crm", viaCrm]] as const) {
+      await counts("reset");
+      await Promise.all(Array.from({ length: N }, () => pull(base)));
+      gets[name] = (await counts("counts")).gets;
+    }
+    const perManifest = (gets.crm ?? NaN) / 2;
+    row({ id: "9", metric: `upstream manifest GETs for ${N} parallel pulls of one image (index + 1 platform manifest)`, crm: `${gets.crm} (${perManifest} per manifest)`, direct: `${gets.direct}`, ratio: x((gets.crm ?? NaN) / (gets.direct ?? NaN)), target: "1 per manifest", result: atMost(perManifest, 1) });
+
+    const script = join(tmp, "manifest-accept.lua");
+    writeFileSync(script, `wrk.headers["Accept"] = ${JSON.stringify(accept)}\n`);
+    const opts = { threads: 2, conns: 32, seconds: P.rateSeconds, script };
+    const variants = [
+      { name: "direct", url: `${direct}/v2/library/multi/manifests/latest` },
+      { name: "crm", url: `${viaCrm}/v2/library/multi/manifests/latest` },
+    ];
+    await wrk(variants[1]!.url, { ...opts, seconds: 1 }); // warm-up: the cache holds the index now
+    const rps = new Map<string, number[]>(variants.map((v) => [v.name, []]));
+    for (let r = 0; r < P.rateRuns; r++) {
+      for (let k = 0; k < variants.length; k++) {
+        const v = variants[(k + r) % variants.length]!;
+        const w = await wrk(v.url, opts);
+        if (w.errors) throw new Error(`wrk ${v.name}: ${w.errors}`);
+        rps.get(v.name)?.push(w.rps);
+      }
+    }
+    await counts("reset");
+    await wrk(variants[1]!.url, { ...opts, seconds: 1 });
+    const warmGets = (await counts("counts")).gets;
+    const c = median(rps.get("crm") ?? []);
+    const d = median(rps.get("direct") ?? []);
+    const n = (v: number): string => Math.round(v).toLocaleString("en-US");
+    row({ id: "9b", metric: `manifest GET by tag, warm cache (wrk ${opts.threads}t ${opts.conns}c ${opts.seconds}s; crm: HEAD upstream + body from memory)`, crm: `${n(c)} req/s`, direct: `${n(d)} req/s`, ratio: x(c / d), target: "info", result: "—" });
+    note(`manifests: during a 1 s warm-cache wrk run through crm the hub saw ${warmGets} manifest GETs (all else HEADs)`);
+  } finally {
+    await Promise.all([crm.stop(), hubChild.stop()]);
+  }
+}
+
 // ---------------------------------------------------------------- main
 
 /**
@@ -814,6 +880,7 @@ const SECTION_FNS: Record<Section, () => Promise<void>> = {
   binary: sectionBinary,
   mitm: sectionMitm,
   mirror: sectionMirror,
+  manifests: sectionManifests,
 };
 
 function report(started: number, machineText: string): void {

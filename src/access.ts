@@ -15,7 +15,8 @@ export const BLOCK_MS = 60_000;
 const VERIFIED_TTL_MS = 5 * 60_000;
 const VERIFIED_MAX = 1024;
 
-export type Realm = "proxy" | "mirror";
+/** "page": the index page `/`, which names allowed hosts and registries. */
+export type Realm = "proxy" | "mirror" | "page";
 
 export class AccessControl {
   private readonly clients: CidrList | null;
@@ -42,7 +43,8 @@ export class AccessControl {
   /** Whether this realm needs credentials at all. */
   required(realm: Realm): boolean {
     if (this.config.access.users.size === 0) return false;
-    return realm === "proxy" || this.config.access.mirrorAuth;
+    // mirror_auth: false exists because Docker cannot send credentials to a mirror; a browser can.
+    return realm !== "mirror" || this.config.access.mirrorAuth;
   }
 
   /**

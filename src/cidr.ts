@@ -86,34 +86,104 @@ export class CidrList {
   }
 }
 
+/** Why the SSRF guard refuses an address: the range, as written in GUARD_TABLE. */
+export interface RefusedRange {
+  source: string;
+}
+
 /**
- * Destinations a public proxy must not reach for its clients: loopback, private, link-local (the
- * cloud metadata address 169.254.169.254), CGNAT, multicast, reserved and unspecified, and the
- * IPv6 forms that embed IPv4 (NAT64, 6to4) since they can route to the same places.
+ * "true": globally reachable, allowed (an exception inside a refused block); "false": refused;
+ * "embedded-v4": judged by the IPv4 address in its low 32 bits (NAT64).
  */
-export const NON_PUBLIC = new CidrList([
-  "0.0.0.0/8",
-  "10.0.0.0/8",
-  "100.64.0.0/10",
-  "127.0.0.0/8",
-  "169.254.0.0/16",
-  "172.16.0.0/12",
-  "192.0.0.0/24",
-  "192.0.2.0/24",
-  "192.168.0.0/16",
-  "198.18.0.0/15",
-  "198.51.100.0/24",
-  "203.0.113.0/24",
-  "224.0.0.0/4",
-  "240.0.0.0/4",
-  "::/128",
-  "::1/128",
-  "64:ff9b::/96",
-  "64:ff9b:1::/48",
-  "100::/64",
-  "2001:db8::/32",
-  "2002::/16",
-  "fc00::/7",
-  "fe80::/10",
-  "ff00::/8",
-]);
+type Reachability = true | false | "embedded-v4";
+
+/**
+ * The SSRF guard's table. Source: the IANA IPv4 and IPv6 Special-Purpose Address Registries,
+ * "Globally Reachable" column: every block marked False is refused, and every block marked True
+ * that sits inside a refused one is let through again (the longest prefix decides). Blocks
+ * marked N/A (6to4 2002::/16, Teredo 2001::/32, the deprecated 6to4 relay anycast
+ * 192.88.99.0/24) tunnel to an IPv4 address crm cannot check, so they are refused. Added beyond
+ * the registries: multicast, and the deprecated IPv6 forms that still route somewhere local
+ * (IPv4-compatible ::/96, IPv4-translated ::ffff:0:0:0/96, site-local fec0::/10).
+ * IPv4-mapped ::ffff:0:0/96 never reaches this table: parseIp turns it into its IPv4 address.
+ */
+const GUARD_TABLE: ReadonlyArray<readonly [string, Reachability]> = [
+  ["0.0.0.0/8", false],
+  ["10.0.0.0/8", false],
+  ["100.64.0.0/10", false],
+  ["127.0.0.0/8", false],
+  ["169.254.0.0/16", false],
+  ["172.16.0.0/12", false],
+  ["192.0.0.0/24", false],
+  ["192.0.0.9/32", true], // Port Control Protocol anycast
+  ["192.0.0.10/32", true], // TURN anycast
+  ["192.0.2.0/24", false],
+  ["192.88.99.0/24", false],
+  ["192.168.0.0/16", false],
+  ["198.18.0.0/15", false],
+  ["198.51.100.0/24", false],
+  ["203.0.113.0/24", false],
+  ["224.0.0.0/4", false],
+  ["240.0.0.0/4", false],
+  ["::/96", false],
+  ["::/128", false],
+  ["::1/128", false],
+  ["::ffff:0:0:0/96", false],
+  ["64:ff9b::/96", "embedded-v4"],
+  ["64:ff9b:1::/48", false],
+  ["100::/64", false],
+  ["100:0:0:1::/64", false],
+  ["2001::/23", false],
+  ["2001:1::1/128", true],
+  ["2001:1::2/128", true],
+  ["2001:1::3/128", true],
+  ["2001:2::/48", false],
+  ["2001:3::/32", true],
+  ["2001:4:112::/48", true],
+  ["2001:10::/28", false],
+  ["2001:20::/28", true],
+  ["2001:30::/28", true],
+  ["2001:db8::/32", false],
+  ["2002::/16", false],
+  ["3fff::/20", false],
+  ["5f00::/16", false],
+  ["fc00::/7", false],
+  ["fe80::/10", false],
+  ["fec0::/10", false],
+  ["ff00::/8", false],
+];
+
+/**
+ * Destinations a public proxy must not reach for its clients: everything the IANA registries do
+ * not call globally reachable (loopback, private, link-local with the cloud metadata address
+ * 169.254.169.254, CGNAT, documentation, benchmarking, reserved), multicast, and IPv6 forms
+ * that lead to the same places.
+ */
+export class SpecialPurposeGuard {
+  private readonly table: Array<{ cidr: Cidr; reachable: Reachability }>;
+
+  constructor(table: ReadonlyArray<readonly [string, Reachability]>) {
+    this.table = table.map(([source, reachable]) => {
+      const cidr = parseCidr(source);
+      if (typeof cidr === "string") throw new Error(`${source} ${cidr}`);
+      return { cidr, reachable };
+    });
+  }
+
+  /** The range that makes `address` non-public, or null when crm may dial it (also for non-addresses). */
+  match(address: string): RefusedRange | null {
+    const ip = parseIp(address);
+    return ip === null ? null : this.judge(ip);
+  }
+
+  private judge(ip: { v6: boolean; bits: bigint }): RefusedRange | null {
+    let best: { cidr: Cidr; reachable: Reachability } | null = null;
+    for (const e of this.table) if (cidrContains(e.cidr, ip) && (best === null || e.cidr.prefix > best.cidr.prefix)) best = e;
+    if (best === null || best.reachable === true) return null;
+    if (best.reachable === false) return { source: best.cidr.source };
+    const inner = this.judge({ v6: false, bits: ip.bits & 0xffffffffn });
+    return inner === null ? null : { source: `${best.cidr.source} embedding ${inner.source}` };
+  }
+}
+
+export const NON_PUBLIC = new SpecialPurposeGuard(GUARD_TABLE);

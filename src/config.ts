@@ -9,10 +9,12 @@ import { ConfigError, ConfigErrors } from "./errors.ts";
 import { parseDuration } from "./duration.ts";
 import { compileHostPattern } from "./host-policy.ts";
 import { parseCidr } from "./cidr.ts";
+import { nearest } from "./did-you-mean.ts";
 import { LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { DEFAULT_REGISTRIES, type RegistryConfig } from "./registries.ts";
 import { buildListen, type ListenAddress } from "./config/listen.ts";
 import { buildTls, checkTlsListeners, type TlsListenConfig } from "./tls/config.ts";
+import { buildManifestCache, type ManifestCacheConfig } from "./config/manifest-cache.ts";
 
 export { parseListen, type ListenAddress } from "./config/listen.ts";
 export type { AcmeConfig, TlsListenConfig } from "./tls/config.ts";
@@ -44,6 +46,7 @@ export interface MirrorConfig {
   pathPrefix: string;
   defaultRegistry: string;
   registries: ReadonlyMap<string, RegistryConfig>;
+  manifestCache: ManifestCacheConfig;
 }
 
 export interface AccessConfig {
@@ -129,7 +132,7 @@ export function findConfigFile(explicit: string | null, cwd: string): string {
 
 export interface LoadedConfig {
   config: Config;
-  /** Unknown keys and other things worth a warning but not a refusal. */
+  /** Things worth a warning but not a refusal (an unknown key is an error). */
   warnings: string[];
 }
 
@@ -168,6 +171,16 @@ export class Checker {
     this.errors.push(new ConfigError(path, `${show(value)} ${rule}`));
   }
 
+  /** An error about a key as a whole (missing, incomplete, secret): no value is shown for it. */
+  rule(path: string, message: string): void {
+    this.errors.push(new ConfigError(path, message));
+  }
+
+  /**
+   * A mapping whose keys must all be in `known`: the one list of keys for that section, so a new
+   * key is added in exactly one place. An unknown key is an error, not a warning: a config written
+   * for a newer crm, or a typo such as `mirror.rule`, must not run with that policy silently off.
+   */
   object(path: string, value: unknown, known: readonly string[]): Obj | null {
     if (value === undefined || value === null) return null;
     if (typeof value !== "object" || Array.isArray(value)) {
@@ -175,13 +188,16 @@ export class Checker {
       return null;
     }
     const obj = value as Obj;
-    for (const k of Object.keys(obj)) {
-      if (!known.includes(k)) {
-        const near = known.find((n) => n.startsWith(k) || k.startsWith(n));
-        this.warnings.push(`${path ? path + "." : ""}${k}: unknown key, ignored${near ? ` (did you mean "${near}"?)` : ""}`);
-      }
-    }
+    for (const k of Object.keys(obj)) if (!known.includes(k)) this.unknownKey(path, k, known);
     return obj;
+  }
+
+  private unknownKey(section: string, key: string, known: readonly string[]): void {
+    const full = (k: string): string => (section ? `${section}.${k}` : k);
+    const near = nearest(key, known);
+    const where = section ? `in ${section}` : "at the top level";
+    const hint = near !== null ? `did you mean ${full(near)}?` : `known keys: ${known.join(", ")}`;
+    this.rule(full(key.slice(0, 100)), `unknown key ${show(key.slice(0, 100))} ${where} (${hint}); crm refuses to run with a setting it does not understand`);
   }
 
   bool(path: string, value: unknown, dflt: boolean): boolean {
@@ -326,8 +342,8 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
     hosts: c.hostPatterns("mitm.hosts", m.hosts),
   };
   if (mitm.enabled) {
-    if (mitm.caCertPath === null) c.fail("mitm.ca_cert_path", m.ca_cert_path ?? null, "is required when mitm.enabled is true (create one with `crm ca init`)");
-    if (mitm.caKeyPath === null) c.fail("mitm.ca_key_path", m.ca_key_path ?? null, "is required when mitm.enabled is true (create one with `crm ca init`)");
+    if (mitm.caCertPath === null && m.ca_cert_path == null) c.rule("mitm.ca_cert_path", "missing; it is required when mitm.enabled is true (create one with `crm ca init`)");
+    if (mitm.caKeyPath === null && m.ca_key_path == null) c.rule("mitm.ca_key_path", "missing; it is required when mitm.enabled is true (create one with `crm ca init`)");
   }
 
   const mirror = buildMirror(c, root.mirror, file);
@@ -380,7 +396,7 @@ function buildAccess(c: Checker, raw: unknown): AccessConfig {
     if (!/^[A-Za-z0-9._-]{1,64}$/.test(name)) c.fail("access.users", name, "user names are 1-64 letters, digits, '.', '_' or '-'");
     else if (typeof hash !== "string" || !HASH_PREFIX.test(hash)) {
       // The value is a hash, so showing it is safe; a plain password here must not be echoed.
-      c.fail(`access.users.${name}`, "<value>", "must be a password hash from `crm passwd NAME` (argon2id or bcrypt), never a plain password");
+      c.rule(`access.users.${name}`, "must be a password hash from `crm passwd NAME` (argon2id or bcrypt), never a plain password (the value is not shown)");
     } else users.set(name, hash);
   }
   return { clients, users, mirrorAuth: c.bool("access.mirror_auth", a.mirror_auth, true) };
@@ -409,7 +425,7 @@ function buildLimits(c: Checker, raw: unknown): Limits {
 }
 
 function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
-  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries", "path_prefix"]) ?? {};
+  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries", "path_prefix", "manifest_cache"]) ?? {};
   const enabled = c.bool("mirror.enabled", m.enabled, true);
   let pathPrefix = m.path_prefix === "" ? "" : (c.string("mirror.path_prefix", m.path_prefix) ?? "");
   if (pathPrefix !== "") {
@@ -432,7 +448,9 @@ function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
   if (enabled && registries.size > 0 && !registries.has(defaultRegistry)) {
     c.fail("mirror.default_registry", defaultRegistry, `must be one of the mirrored registries (${[...registries.keys()].join(", ")})`);
   }
-  return { enabled, pathPrefix, defaultRegistry, registries };
+  const manifestCache = buildManifestCache(m.manifest_cache);
+  c.errors.push(...manifestCache.errors);
+  return { enabled, pathPrefix, defaultRegistry, registries, manifestCache: manifestCache.config };
 }
 
 const REGISTRY_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d+)?$/;
@@ -445,7 +463,7 @@ function buildRegistry(c: Checker, path: string, name: string, v: unknown, file:
   const o: Obj = typeof v === "string" ? { upstream: v } : (c.object(path, v, ["upstream", "username", "password", "password_file", "redirect_hosts"]) ?? {});
   const upstreamText = c.string(`${path}.upstream`, o.upstream);
   if (upstreamText === null) {
-    if (o.upstream === undefined) c.fail(`${path}.upstream`, null, "is required (an https:// URL)");
+    if (o.upstream === undefined) c.rule(`${path}.upstream`, "missing; it is required (an https:// URL)");
     return null;
   }
   let upstream: URL;
@@ -460,7 +478,7 @@ function buildRegistry(c: Checker, path: string, name: string, v: unknown, file:
     return null;
   }
   if (upstream.username || upstream.password) {
-    c.fail(`${path}.upstream`, "<url with credentials>", "must not carry user:password; use username and password_file");
+    c.rule(`${path}.upstream`, "must not carry user:password (the URL is not shown); use username and password_file");
     return null;
   }
   const username = c.string(`${path}.username`, o.username);
@@ -475,7 +493,7 @@ function buildRegistry(c: Checker, path: string, name: string, v: unknown, file:
     }
   }
   if ((username === null) !== (password === null)) {
-    c.fail(path, "<credentials>", "username and password (or password_file) must be given together");
+    c.rule(path, `username and password (or password_file) must be given together; ${username === null ? "username" : "password"} is missing`);
   }
   const redirectHosts = c.hostPatterns(`${path}.redirect_hosts`, o.redirect_hosts) ?? [];
   return {
@@ -484,5 +502,6 @@ function buildRegistry(c: Checker, path: string, name: string, v: unknown, file:
     username,
     password,
     redirectHosts,
+    operatorNamed: true,
   };
 }

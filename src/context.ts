@@ -34,7 +34,7 @@ export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver 
   const rt: Runtime = {
     config,
     policy: new HostPolicy(config.allowedHosts, config.allowedPorts),
-    log: new Logger({ level: config.logLevel, format: config.logFormat, sink }),
+    log: loggerFor(config, sink),
     access: new AccessControl(config),
     // Read through rt so a reload that flips allow_private_networks applies at once.
     resolve: guardedResolver(resolve, () => rt.config.allowPrivateNetworks),
@@ -47,10 +47,14 @@ export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver 
   return rt;
 }
 
+function loggerFor(config: Config, sink: LogSink | undefined): Logger {
+  return new Logger({ level: config.logLevel, format: config.logFormat, sink, secretPaths: [config.mirror.pathPrefix] });
+}
+
 /** Applies a new config to a running runtime (SIGHUP). */
 export function applyConfig(rt: Runtime, config: Config): void {
   rt.config = config;
   rt.policy = new HostPolicy(config.allowedHosts, config.allowedPorts);
-  rt.log = new Logger({ level: config.logLevel, format: config.logFormat, sink: rt.sink });
+  rt.log = loggerFor(config, rt.sink);
   rt.access = new AccessControl(config);
 }

@@ -24,7 +24,10 @@ export function describeConfig(c: Config): string {
       : "mitm: disabled",
   ];
   if (c.mirror.enabled) {
-    lines.push(`mirror: enabled at ${c.mirror.pathPrefix}/v2/, default registry ${c.mirror.defaultRegistry}`);
+    // The prefix is a credential (Docker's registry-mirrors URL): -t output ends up in CI logs.
+    lines.push(`mirror: enabled at ${c.mirror.pathPrefix !== "" ? "/<prefix>" : ""}/v2/, default registry ${c.mirror.defaultRegistry}`);
+    const mc = c.mirror.manifestCache;
+    lines.push(`  manifest cache: ${mc.enabled ? `on, max_size ${mc.maxSize} bytes` : "off"}`);
     for (const r of c.mirror.registries.values()) {
       const creds = r.username ? ` (credentials: ${r.username}, password set)` : "";
       lines.push(`  ${r.name} -> ${r.upstream.href}${creds}`);

@@ -84,6 +84,10 @@ export class HostPolicy {
     return this.hosts.entries;
   }
 
+  portAllowed(port: number): boolean {
+    return this.ports.has(port);
+  }
+
   hostAllowed(rawHost: string): boolean {
     return this.hosts.matches(normalizeHost(rawHost));
   }

@@ -1,14 +1,18 @@
 /**
  * `GET /`: a page a node operator can copy set-up from. It shows this instance's URL, the
- * mirrored registries and the allowed hosts, and never a secret: no users, no passwords, and not
- * mirror.path_prefix (which is itself a credential for Docker's registry-mirrors).
+ * mirrored registries by name and the allowed hosts, and never a secret: no users, no passwords,
+ * not mirror.path_prefix (which is itself a credential for Docker's registry-mirrors), and no
+ * upstream URL (a LAN registry's address is nobody's business). With access.users set, local.ts
+ * serves it to users only.
  */
 import type { Config } from "./config.ts";
+import type { QuotaView } from "./mirror/rate-limit.ts";
 import { describeStatus, type CertificateStatus } from "./tls/status.ts";
 
 const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
-export function renderIndex(c: Config, certificates: readonly CertificateStatus[] = []): string {
+/** `quota`: the upstreams' pull quota as last reported (mirror/rate-limit.ts); `certificates`: src/tls/. */
+export function renderIndex(c: Config, quota: readonly QuotaView[] = [], certificates: readonly CertificateStatus[] = []): string {
   const url = c.publicUrl ?? "http://crm.example.com:8080 (set public_url in the config)";
   const base = c.publicUrl ?? "http://crm.example.com:8080";
   const host = base.replace(/^https?:\/\//, "");
@@ -44,13 +48,24 @@ ${sections.join("\n")}
 <h2>Mirrored registries</h2>
 ${
   c.mirror.enabled
-    ? `<table><tr><th>registry</th><th>upstream</th></tr>${registries.map((r) => `<tr><td>${esc(r.name)}</td><td>${esc(r.upstream.origin)}</td></tr>`).join("")}</table>
+    ? `<ul>${registries.map((r) => `<li><code>${esc(r.name)}</code></li>`).join("")}</ul>
 <p>Other registries by prefix: <code>${esc(host)}${esc(secretPath)}/gcr.io/distroless/static:nonroot</code></p>`
     : "<p>The mirror is disabled on this instance.</p>"
 }
+${quotaSection(quota)}
 ${certificates.length > 0 ? `<h2>TLS certificate</h2>\n<ul>${certificates.map((s) => `<li>${esc(describeStatus(s))}</li>`).join("")}</ul>\n` : ""}<h2>Allowed hosts (proxy)</h2>
 <ul>${c.allowedHosts.map((h) => `<li><code>${esc(h)}</code></li>`).join("")}</ul>
 <p>Ports: ${c.allowedPorts.join(", ")}</p>
 </body></html>
 `;
+}
+
+/** Remaining pulls per registry, so an operator sees a quota running out before clients fail. */
+function quotaSection(quota: readonly QuotaView[]): string {
+  if (quota.length === 0) return "";
+  const rows = quota.map((q) => {
+    const window = q.windowS !== null ? ` per ${q.windowS / 3600 >= 1 ? `${+(q.windowS / 3600).toFixed(1)} h` : `${q.windowS} s`}` : "";
+    return `<tr><td>${esc(q.registry)}</td><td>${q.remaining} of ${q.limit}${window}</td><td>${esc(new Date(q.at).toISOString())}</td></tr>`;
+  });
+  return `<h2>Upstream pull quota</h2>\n<table><tr><th>registry</th><th>remaining</th><th>as of</th></tr>${rows.join("")}</table>`;
 }

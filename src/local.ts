@@ -9,6 +9,7 @@ import { textResponse as text } from "./http/response.ts";
 import { HttpError } from "./errors.ts";
 import { errorResponse, MirrorError } from "./mirror/errors.ts";
 import { renderIndex } from "./index-page.ts";
+import { upstreamQuota } from "./mirror/state.ts";
 
 export type LocalHandler = (ex: Exchange, rt: Runtime) => Promise<Response> | Response;
 
@@ -27,8 +28,15 @@ function metrics(ex: Exchange, rt: Runtime): Response {
   });
 }
 
-function indexPage(rt: Runtime): Response {
-  const body = renderIndex(rt.config, rt.metrics.gauges.tls?.() ?? []);
+/** With access.users set, the page is for users only: it names the allowed hosts and registries. */
+async function indexPage(ex: Exchange, rt: Runtime): Promise<Response> {
+  try {
+    await rt.access.authenticate("page", headerValue(ex.head.headers, "authorization"), ex.client);
+  } catch (e) {
+    if (!(e instanceof HttpError)) throw e;
+    return text(e.status, `crm: ${e.message}`, e.headers);
+  }
+  const body = renderIndex(rt.config, upstreamQuota(rt), rt.metrics.gauges.tls?.() ?? []);
   return new Response(body, { headers: { "content-type": "text/html; charset=utf-8", "content-length": String(Buffer.byteLength(body)) } });
 }
 
@@ -42,7 +50,7 @@ export async function local(ex: Exchange, rt: Runtime, routes: LocalRoutes): Pro
   const path = ex.route.path.split("?")[0] ?? "";
   if (path === "/healthz") return healthz(ex, rt);
   if (path === "/metrics") return metrics(ex, rt);
-  if (path === "/" && (ex.head.method === "GET" || ex.head.method === "HEAD")) return indexPage(rt);
+  if (path === "/" && (ex.head.method === "GET" || ex.head.method === "HEAD")) return indexPage(ex, rt);
   const mirrorPath = routes.mirror ? stripMirrorPrefix(ex.route.path, rt.config.mirror.pathPrefix) : null;
   if (routes.mirror && mirrorPath !== null) {
     ex.kind = "mirror";

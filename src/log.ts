@@ -23,6 +23,11 @@ export interface LoggerOptions {
   sink?: LogSink;
   /** Colours only when a person is watching: a TTY, and NO_COLOR unset. */
   color?: boolean;
+  /**
+   * Path prefixes that are credentials (mirror.path_prefix: Docker's registry-mirrors can carry a
+   * path but no password). Every line shows them as `/<prefix>`, whatever field they are in.
+   */
+  secretPaths?: readonly string[];
 }
 
 export class Logger {
@@ -31,9 +36,13 @@ export class Logger {
   private readonly sink: LogSink;
   private readonly color: boolean;
   private readonly json: boolean;
+  private readonly secretPaths: RegExp | null;
 
   constructor(opts: LoggerOptions) {
     this.level = opts.level;
+    const paths = (opts.secretPaths ?? []).filter((p) => p !== "");
+    // A whole path segment only: `/s3cret` hides `/s3cret/v2/...`, not `/s3cretary`.
+    this.secretPaths = paths.length > 0 ? new RegExp(`(?:${paths.map(escapeRegExp).join("|")})(?=[/?#\\s"]|$)`, "g") : null;
     this.json = opts.format === "json";
     this.min = rank[opts.level];
     this.sink = opts.sink ?? stderrSink;
@@ -62,7 +71,7 @@ export class Logger {
     if (this.json) {
       const o: Record<string, unknown> = { time: new Date().toISOString(), level, msg };
       if (fields) for (const [k, v] of Object.entries(fields)) if (v !== undefined && !(k in o)) o[k] = v;
-      this.sink(JSON.stringify(o), level);
+      this.sink(this.redact(JSON.stringify(o)), level);
       return;
     }
     const c = this.color ? pc : noColor;
@@ -74,8 +83,16 @@ export class Logger {
         line += ` ${c.dim(k + "=")}${formatValue(v)}`;
       }
     }
-    this.sink(line, level);
+    this.sink(this.redact(line), level);
   }
+
+  private redact(line: string): string {
+    return this.secretPaths === null ? line : line.replace(this.secretPaths, "/<prefix>");
+  }
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
 const identity = (s: string): string => s;

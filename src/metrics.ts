@@ -4,7 +4,7 @@
  * the metrics always agree.
  */
 import { readdirSync } from "node:fs";
-import { renderTlsMetrics, type CertificateStatus } from "./tls/status.ts";
+import type { CertificateStatus } from "./tls/status.ts";
 
 export type RequestKind = "forward" | "connect" | "mitm" | "mirror" | "local";
 
@@ -19,7 +19,7 @@ interface Histogram {
 export interface Gauges {
   connections(): number;
   certificates(): number;
-  /** Certificates served on TLS listeners (src/tls/). */
+  /** Certificates served on TLS listeners (src/tls/), for the index page; their metrics are a section. */
   tls?(): readonly CertificateStatus[];
 }
 
@@ -32,6 +32,8 @@ export class Metrics {
   tokenCacheHits = 0;
   tokenCacheMisses = 0;
   gauges: Gauges = { connections: () => 0, certificates: () => 0 };
+  /** Families a feature renders itself (the mirror's manifest cache and upstream quota). */
+  readonly sections: Array<() => string[]> = [];
 
   constructor(private readonly startedAt = Date.now()) {}
 
@@ -98,7 +100,7 @@ export class Metrics {
     out.push(`crm_mirror_token_cache_total{result="hit"} ${this.tokenCacheHits}`, `crm_mirror_token_cache_total{result="miss"} ${this.tokenCacheMisses}`);
     family("crm_mitm_certificates", "gauge", "Leaf certificates in the MITM cache.");
     out.push(`crm_mitm_certificates ${this.gauges.certificates()}`);
-    out.push(...renderTlsMetrics(this.gauges.tls?.() ?? []));
+    for (const section of this.sections) out.push(...section());
     family("crm_process_resident_memory_bytes", "gauge", "Resident set size.");
     out.push(`crm_process_resident_memory_bytes ${process.memoryUsage.rss()}`);
     const fds = openFds();

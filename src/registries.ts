@@ -13,12 +13,18 @@ export interface RegistryConfig {
   password: string | null;
   /** allow-list syntax; token realms and blob redirects may go here. */
   redirectHosts: readonly string[];
+  /**
+   * Named by the operator in mirror.registries, so its upstream may be on a private network (a
+   * LAN registry). The built-in defaults stay behind the SSRF guard: a poisoned or pinned DNS
+   * answer for registry-1.docker.io must not walk crm into the metadata address or the LAN.
+   */
+  operatorNamed: boolean;
 }
 
 const PKG_DEV = String.raw`[a-z0-9-]+-docker\.pkg\.dev`;
 
 function reg(name: string, upstream: string, redirectHosts: string[]): RegistryConfig {
-  return { name, upstream: new URL(upstream), username: null, password: null, redirectHosts };
+  return { name, upstream: new URL(upstream), username: null, password: null, redirectHosts, operatorNamed: false };
 }
 
 export const DEFAULT_REGISTRIES: readonly RegistryConfig[] = [

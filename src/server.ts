@@ -13,12 +13,14 @@ import { plainListenerDispatcher } from "./tls/plain-listener.ts";
 import { local, type LocalRoutes } from "./local.ts";
 import type { LogSink } from "./log.ts";
 import { createMirrorHandler } from "./mirror/index.ts";
+import { openProxyWarnings } from "./exposure.ts";
 import { Mitm } from "./mitm.ts";
 import type { Resolver } from "./resolver.ts";
 import { formatHostPort } from "./router.ts";
 import { openTunnel } from "./tunnel.ts";
 import { listenerIsTls } from "./config/listen.ts";
 import { TlsCertificates } from "./tls/index.ts";
+import { renderTlsMetrics } from "./tls/status.ts";
 import { prepareUnixPath, removeSocket, setSocketMode, socketInode } from "./unix-socket.ts";
 
 export interface StartOptions {
@@ -102,6 +104,7 @@ export class CrmServer {
       },
     });
     rt.metrics.gauges = { connections: () => this.conns.all.size, certificates: () => this.mitm?.cachedCertificates ?? 0, tls: () => this.certificates.status() };
+    rt.metrics.sections.push(() => renderTlsMetrics(this.certificates.status()));
   }
 
   static async start(config: Config, opts: StartOptions = {}): Promise<CrmServer> {
@@ -119,6 +122,7 @@ export class CrmServer {
       throw new Error(`cannot listen: ${(cause as Error).message}`, { cause });
     }
     for (const b of server.bound) rt.log.info("listening", { address: server.describe(b), tls: b.tls ? "on" : undefined });
+    for (const w of openProxyWarnings(config)) rt.log.warn(w);
     server.certificates.start();
     return server;
   }
@@ -211,6 +215,7 @@ export class CrmServer {
     else if (tlsChanged) rt.log.warn("tls removed from the config; the listener stays TLS until a restart");
     this.certificates.start();
     rt.log.info("configuration reloaded", { file: config.file, allowed_hosts: config.allowedHosts.length, registries: config.mirror.registries.size });
+    for (const w of openProxyWarnings(config)) rt.log.warn(w);
   }
 
   /** Actual bound addresses (port 0 resolved); unix sockets have port 0. */

@@ -32,9 +32,9 @@ describe("listen items", () => {
   ])("%j", (raw, message) => {
     refuses(raw, message);
   });
-  test("an unknown key in a listen item is named", () => {
-    const { warnings } = buildConfig({ listen: [{ address: ":80", tsl: false }] }, "t");
-    expect(warnings.some((w) => w.startsWith("listen[0].tsl: unknown key"))).toBe(true);
+  test("an unknown key in a listen item is an error naming it, with the nearest known key", () => {
+    refuses({ listen: [{ address: ":80", tsl: false }] }, 'listen[0].tsl: unknown key "tsl" in listen[0] (did you mean listen[0].tls?)');
+    refuses({ tls: { acme: { domains: ["crm.example.com"], stat_dir: "/x" } } }, 'tls.acme.stat_dir: unknown key "stat_dir" in tls.acme (did you mean tls.acme.state_dir?)');
   });
 });
 
@@ -73,8 +73,8 @@ describe("tls.acme", () => {
     [acme({ challenge: "tls-alpn-01" }), 'tls.acme.challenge: "tls-alpn-01" is not supported: Bun\'s TLS listener cannot pick a certificate by ALPN'],
     [acme({ challenge: "dns-01" }), 'tls.acme.challenge: "dns-01" must be http-01'],
     [acme({ renew_before: "0s" }), 'tls.acme.renew_before: "0s" must be greater than zero'],
-    [{ tls: { cert_path: "a", key_path: "b", acme: { domains: ["crm.example.com"] } } }, "tls: \"<cert_path and acme>\" takes either"],
-    [{ tls: { cert_path: "a" } }, "tls: \"<incomplete>\" needs both cert_path and key_path, or an acme section"],
+    [{ tls: { cert_path: "a", key_path: "b", acme: { domains: ["crm.example.com"] } } }, "tls: takes either cert_path/key_path or acme, not both"],
+    [{ tls: { cert_path: "a" } }, "tls: needs both cert_path and key_path; missing: key_path"],
     [{ listen: ["/run/crm.sock"], tls: { acme: { domains: ["crm.example.com"] } } }, 'listen[0]: "/run/crm.sock" a unix socket cannot serve the ACME certificate'],
   ])("%j", (raw, message) => {
     refuses(raw, message);

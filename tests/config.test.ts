@@ -111,7 +111,7 @@ describe("every error names the key path, the value and the rule", () => {
     [{ timeouts: { idle: "forever" } }, 'timeouts.idle: "forever" must be a duration such as "30s"'],
     [{ timeouts: { header: "0s" } }, 'timeouts.header: "0s" must be greater than zero'],
     [{ timeouts: "30s" }, 'timeouts: "30s" must be a mapping'],
-    [{ mitm: { enabled: true } }, "mitm.ca_cert_path: null is required when mitm.enabled is true"],
+    [{ mitm: { enabled: true } }, "mitm.ca_cert_path: missing; it is required when mitm.enabled is true"],
     [{ mitm: { enabled: "on" } }, 'mitm.enabled: "on" must be true or false'],
     [{ mitm: { hosts: ["(("] } }, 'mitm.hosts[0]: invalid regular expression "(("'],
     [{ mirror: { default_registry: "nope.io" } }, 'mirror.default_registry: "nope.io" must be one of the mirrored registries'],
@@ -126,10 +126,26 @@ describe("every error names the key path, the value and the rule", () => {
     expect(errorsOf({ log_level: "x", insecure_tls: 1, allowed_ports: ["a"] })).toHaveLength(3);
   });
 
-  test("unknown keys are warned about by name, with a suggestion", () => {
-    const { warnings } = buildConfig({ allowed_host: ["docker.io"], timeouts: { idel: "1m" } }, "t");
-    expect(warnings.some((w) => w.startsWith("allowed_host: unknown key") && w.includes('"allowed_hosts"'))).toBe(true);
-    expect(warnings.some((w) => w.startsWith("timeouts.idel: unknown key"))).toBe(true);
+  test("unknown keys are errors naming the key, its path and the nearest known key", () => {
+    const errs = errorsOf({ allowed_host: ["docker.io"], timeouts: { idel: "1m" }, mirror: { rule: [] }, access: { clientz: [] }, mitm: { enabled: false, zzzzzz: 1 } });
+    expect(errs).toContain('allowed_host: unknown key "allowed_host" at the top level (did you mean allowed_hosts?); crm refuses to run with a setting it does not understand');
+    expect(errs.some((e) => e.startsWith('timeouts.idel: unknown key "idel" in timeouts (did you mean timeouts.idle?)'))).toBe(true);
+    expect(errs.some((e) => e.startsWith('access.clientz: unknown key "clientz" in access (did you mean access.clients?)'))).toBe(true);
+    // Nothing close: the section's keys are listed instead.
+    expect(errs.some((e) => e.startsWith('mitm.zzzzzz: unknown key "zzzzzz" in mitm (known keys: enabled, ca_cert_path, ca_key_path, hosts)'))).toBe(true);
+    expect(errs.some((e) => e.startsWith('mirror.rule: unknown key "rule" in mirror'))).toBe(true);
+    expect(errs).toHaveLength(5);
+  });
+
+  test("errors and unknown keys are reported together, and no placeholder is shown as a value", () => {
+    const errs = errorsOf({ log_level: "loud", tls: { cert_path: "c.pem" }, typo_key: 1, access: { users: { alice: "plain-password" } } });
+    expect(errs).toContain('log_level: "loud" must be one of debug, info, warn, error');
+    expect(errs.some((e) => e.startsWith('typo_key: unknown key "typo_key"'))).toBe(true);
+    expect(errs).toContain("tls: needs both cert_path and key_path; missing: key_path");
+    expect(errs.some((e) => e.startsWith("access.users.alice: must be a password hash"))).toBe(true);
+    expect(errs.join("\n")).not.toMatch(/"<[a-z ]+>"|plain-password/);
+    const creds = errorsOf({ mirror: { default_registry: "quay.io", registries: { "quay.io": { upstream: "https://quay.io", username: "robot" } } } });
+    expect(creds).toEqual(["mirror.registries.quay.io: username and password (or password_file) must be given together; password is missing"]);
   });
 
   test("a registry password never appears in an error", () => {
@@ -197,6 +213,22 @@ describe("command line", () => {
 });
 
 describe("crm -t output", () => {
+  test("an unknown key stops crm -t and start-up with every error and every unknown key", async () => {
+    const f = join(dir, "typo.yaml");
+    writeFileSync(f, 'listen: "127.0.0.1:0"\nlog_level: loud\nallowed_host: [a.test]\nmirror:\n  registries: { "quay.io": "https://quay.io" }\n  default_registry: quay.io\n  path_prefx: /x\n');
+    const main = join(import.meta.dir, "..", "src", "main.ts");
+    for (const args of [["-t", "-c", f], ["-c", f]]) {
+      const p = Bun.spawn([process.execPath, main, ...args], { stdout: "pipe", stderr: "pipe" });
+      const [code, stdout, stderr] = await Promise.all([p.exited, new Response(p.stdout).text(), new Response(p.stderr).text()]);
+      expect(code).toBe(1);
+      expect(stdout).not.toContain("configuration OK");
+      expect(stderr).toContain("3 errors");
+      expect(stderr).toContain('log_level: "loud" must be one of');
+      expect(stderr).toContain('allowed_host: unknown key "allowed_host" at the top level (did you mean allowed_hosts?)');
+      expect(stderr).toContain('mirror.path_prefx: unknown key "path_prefx" in mirror (did you mean mirror.path_prefix?)');
+    }
+  });
+
   test("describes the effective config and never prints a password", async () => {
     const { describeConfig } = await import("../src/describe.ts");
     const { config } = buildConfig(

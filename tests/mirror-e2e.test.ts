@@ -29,6 +29,8 @@ describe.skipIf(skipE2E)("crm mirroring a real registry", () => {
         // the ClientHello as an unfinished request head and only answers at this timeout, after
         // which skopeo falls back to http. The 10 s default would be the whole test's budget.
         timeouts: { header: "300ms" },
+        // The token service listens on its own port (realms may only use allowed ones).
+        allowed_ports: [80, 443, ...(fx.token ? [Number(new URL(fx.token.url).port)] : [])],
         mirror: { default_registry: "reg.test", registries: { "reg.test": fx.url } },
       },
       "info",
@@ -121,4 +123,37 @@ describe.skipIf(skipE2E)("crm mirroring a real registry", () => {
     expect(head).toContain(`content-range: bytes 1000-1999/${big.size}`);
     expect(new Uint8Array(await readFile(bodyFile))).toEqual(whole.subarray(1000, 2000));
   });
+
+  test("a second pull of the same image sends no manifest GET to the registry (its own log says so)", async () => {
+    const img = fx.images.index;
+    /** distribution's "response completed" lines for manifest requests of this repo: request id → method. */
+    const manifestLines = (): Map<string, string> => {
+      const out = new Map<string, string>();
+      for (const line of fx.logs().split("\n")) {
+        // logfmt quotes a value with a colon in it (a digest).
+        if (!line.includes('msg="response completed"') || !new RegExp(`http\\.request\\.uri="?/v2/${img.repo}/manifests/`).test(line)) continue;
+        const id = /http\.request\.id=(\S+)/.exec(line)?.[1];
+        const method = /http\.request\.method=(\S+)/.exec(line)?.[1];
+        if (id && method) out.set(id, method);
+      }
+      return out;
+    };
+    await skopeo(["copy", "--all", "--preserve-digests", "--quiet", `docker://reg.test/${img.repo}:${img.tag}`, `oci:${join(fx.dir, "pull-1")}:${img.tag}`]);
+    const before = manifestLines();
+    // The first pull (here or in an earlier test) did GET the index and both platform manifests.
+    expect([...before.values()].filter((m) => m === "GET").length).toBeGreaterThanOrEqual(3);
+
+    const dest = join(fx.dir, "pull-2");
+    await skopeo(["copy", "--all", "--preserve-digests", "--quiet", `docker://reg.test/${img.repo}:${img.tag}`, `oci:${dest}:${img.tag}`]);
+    const layout = JSON.parse(await readFile(join(dest, "index.json"), "utf8")) as { manifests: Array<{ digest: string }> };
+    expect(layout.manifests.map((m) => m.digest)).toEqual([img.digest]);
+    for (const d of [img.digest, ...img.children.map((c) => c.digest)]) {
+      expect(sha256Digest(await readFile(join(dest, "blobs", "sha256", d.slice("sha256:".length))))).toBe(d);
+    }
+    // distribution logs a request when it completes; give the last line a moment to arrive.
+    await Bun.sleep(200);
+    const fresh = [...manifestLines()].filter(([id]) => !before.has(id)).map(([, method]) => method);
+    expect(fresh.length).toBeGreaterThan(0); // the tag was resolved again: a moved tag would be seen
+    expect(fresh.every((m) => m === "HEAD")).toBe(true);
+  }, 60_000);
 });

@@ -61,6 +61,8 @@ beforeAll(async () => {
     },
   });
   crm = await startCrm({
+    // The second registry (and its realm) listens on another loopback port.
+    allowed_ports: [80, 443, second.port ?? 0],
     mirror: {
       default_registry: "k8s.test",
       registries: { "k8s.test": { upstream: `http://127.0.0.1:${first.port}`, username: "robot", password: "first-secret", redirect_hosts: ["localhost"] } },

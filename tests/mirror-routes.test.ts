@@ -173,7 +173,28 @@ describe("RegistryTrust: where realms and redirects may go", () => {
 
   test("plain http only when the upstream itself is plain http", () => {
     expect(quay.check(new URL("http://quay.io/v2/x"))).toMatchObject({ ok: false, reason: expect.stringContaining("https only") });
-    expect(local.check(new URL("http://127.0.0.1:6000/token"))).toMatchObject({ ok: true });
+    expect(local.check(new URL("http://127.0.0.1:5000/token"))).toMatchObject({ ok: true });
+    expect(local.check(new URL("http://127.0.0.1/token"))).toMatchObject({ ok: true });
     expect(local.check(new URL("ftp://127.0.0.1/x"))).toMatchObject({ ok: false });
+  });
+
+  test("only the registry's own port, 443, 80 for http upstreams, or allowed_ports", () => {
+    expect(local.check(new URL("http://127.0.0.1:6000/token"))).toMatchObject({ ok: false, reason: expect.stringContaining("port 6000 is not localhost:5000's own port, 443, 80 or in allowed_ports") });
+    expect(local.check(new URL("https://127.0.0.1/token"))).toMatchObject({ ok: true });
+    expect(quay.check(new URL("https://cdn02.quay.io:8443/blob"))).toMatchObject({ ok: false, reason: expect.stringContaining("port 8443 is not quay.io's own port, 443 or in allowed_ports") });
+    // allowed_ports (80, 443 by default) apply to every registry.
+    expect(quay.check(new URL("https://cdn02.quay.io:80/blob"))).toMatchObject({ ok: true });
+    const wide = new RegistryTrust(mirror.registries.get("quay.io")!, new HostPolicy(config.allowedHosts, [443, 8443]));
+    expect(wide.check(new URL("https://cdn02.quay.io:8443/blob"))).toMatchObject({ ok: true });
+  });
+
+  test("the SSRF exemption covers only an operator-named upstream's own scheme, host and port", () => {
+    expect(local.exemptFromGuard(new URL("http://127.0.0.1:5000/token"))).toBe(true);
+    expect(local.exemptFromGuard(new URL("http://127.0.0.1:5001/token"))).toBe(false);
+    expect(local.exemptFromGuard(new URL("https://127.0.0.1:5000/token"))).toBe(false);
+    expect(local.exemptFromGuard(new URL("http://localhost:5000/token"))).toBe(false);
+    const builtIn = buildConfig({}, "defaults.yaml").config.mirror.registries.get("docker.io")!;
+    expect(builtIn.operatorNamed).toBe(false);
+    expect(new RegistryTrust(builtIn, policy).exemptFromGuard(new URL("https://registry-1.docker.io/v2/"))).toBe(false);
   });
 });

@@ -30,7 +30,7 @@ beforeAll(async () => {
   big = startBigBlobServer();
   // Big blobs come from a CDN-like host, as on Docker Hub: 307 from the registry, then the bytes.
   registry = startFakeRegistry({ auth: { kind: "bearer", tokens }, bigBase: big.url, slowMs: 3000 });
-  crm = await startCrm({ mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } } }, "info");
+  crm = await startCrm({ allowed_ports: [80, 443, Number(new URL(tokens.url).port), Number(new URL(big.url).port)], mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } } }, "info");
 });
 
 afterAll(async () => {

@@ -101,7 +101,7 @@ describe("parallel pulls through crm", () => {
     // The delay makes the 20 pulls really overlap the first token fetch.
     tokens = startTokenServer({ expiresIn: EXPIRES_IN, delayMs: 100 });
     registry = startFakeRegistry({ auth: { kind: "bearer", tokens } });
-    crm = await startCrm({ mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } } }, "info");
+    crm = await startCrm({ allowed_ports: [80, 443, Number(new URL(tokens.url).port)], mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } } }, "info");
   });
 
   afterAll(async () => {

@@ -253,7 +253,8 @@ test("GET / shows this instance's URL and set-up, and no secret", async () => {
     mirror: { path_prefix: "/hidden-path-123", registries: { "quay.io": { upstream: "https://quay.io", username: "robot", password: "robot-secret-pw" } }, default_registry: "quay.io" },
   });
   try {
-    const r = await run(["curl", "-sS", "-i", "--noproxy", "*", `${crm.url}/`]);
+    // With access.users set the page is for users only (issue 14); here alice reads it.
+    const r = await run(["curl", "-sS", "-i", "--noproxy", "*", "-u", "alice:a long password", `${crm.url}/`]);
     expect(r.stdout).toContain("content-type: text/html");
     expect(r.stdout).toContain("https://crm.example.test");
     expect(r.stdout).toContain("registry-mirrors");

@@ -50,12 +50,20 @@ export function readRequestHead(buf: Buffer): HeadResult {
   }
   if (end < 0) {
     if (buf.length > MAX_HEAD) throw new HttpError(431, "request head too large (limit 64 KiB)");
+    // A head ending in bare LF (`\n\n`) will never see its CRLFCRLF: refuse it now rather than
+    // leave the client waiting for the header timeout.
+    if (hasBareLf(buf)) throw new HttpError(400, "bare LF in request head: lines must end with CRLF");
     return { kind: "incomplete" };
   }
   if (end + 4 > MAX_HEAD) throw new HttpError(431, "request head too large (limit 64 KiB)");
   const head = parseHead(buf.toString("latin1", 0, end));
   head.size = start + end + 4;
   return { kind: "head", head, rest: buf.subarray(end + 4) };
+}
+
+function hasBareLf(buf: Buffer): boolean {
+  for (let i = buf.indexOf(0x0a); i >= 0; i = buf.indexOf(0x0a, i + 1)) if (i === 0 || buf[i - 1] !== 0x0d) return true;
+  return false;
 }
 
 function parseHead(text: string): RequestHead {

@@ -11,8 +11,11 @@ import { headerValue } from "../http/head.ts";
 import type { LocalHandler } from "../local.ts";
 import { dialFailure } from "./dial-failure.ts";
 import { API_VERSION_HEADER, errorResponse, jsonResponse, MirrorError } from "./errors.ts";
+import { ManifestService } from "./manifests.ts";
+import { meteredFetch } from "./metered.ts";
 import { clientResponse } from "./response.ts";
 import { parseMirrorTarget, pullScope, upstreamPath, type PullRoute } from "./routes.ts";
+import { mirrorState, type MirrorState } from "./state.ts";
 import { TokenCache } from "./token-cache.ts";
 import { RegistryClient } from "./upstream.ts";
 
@@ -23,10 +26,13 @@ export function createMirrorHandler(rt: Runtime): LocalHandler {
   const tokens = new TokenCache();
   const clients = new Map<string, RegistryClient>();
   for (const reg of rt.config.mirror.registries.values()) clients.set(reg.name, new RegistryClient(rt, reg, tokens));
+  // Kept across reloads (state.ts); the manifest service only holds requests in flight.
+  const state = mirrorState(rt);
+  const mirror: Mirror = { clients, state, manifests: new ManifestService(rt, state) };
   return async (ex) => {
     let res: Response;
     try {
-      res = await handle(ex, rt, clients);
+      res = await handle(ex, rt, mirror);
     } catch (e) {
       res = failure(e, ex, rt);
     }
@@ -35,7 +41,13 @@ export function createMirrorHandler(rt: Runtime): LocalHandler {
   };
 }
 
-async function handle(ex: Exchange, rt: Runtime, clients: ReadonlyMap<string, RegistryClient>): Promise<Response> {
+interface Mirror {
+  clients: ReadonlyMap<string, RegistryClient>;
+  state: MirrorState;
+  manifests: ManifestService;
+}
+
+async function handle(ex: Exchange, rt: Runtime, { clients, state, manifests }: Mirror): Promise<Response> {
   const method = ex.head.method;
   if (method !== "GET" && method !== "HEAD") {
     throw new MirrorError(405, "UNSUPPORTED", `${method.slice(0, 20)} is not supported: crm mirrors pulls only`, { headers: { allow: "GET, HEAD" } });
@@ -56,12 +68,17 @@ async function handle(ex: Exchange, rt: Runtime, clients: ReadonlyMap<string, Re
     if (v !== null) headers.set(name, v);
   }
   if (!headers.has("user-agent")) headers.set("user-agent", "crm");
-  const result = await client.fetch({ method, path: upstreamPath(route), headers, scope: pullScope(route), signal: ex.signal });
-  ex.logFields.token = result.token;
-  if (result.token === "cached") rt.metrics.tokenCacheHits++;
-  else if (result.token === "fetched") rt.metrics.tokenCacheMisses++;
-  if (result.redirectHost !== null) ex.logFields.redirect = result.redirectHost;
-  return clientResponse(route, method, result, rt.config.mirror.pathPrefix, rt.config.timeouts.upstreamHeaderMs);
+  const passThrough = async (): Promise<Response> => {
+    const result = await meteredFetch(rt, state, client, { method, path: upstreamPath(route), headers, scope: pullScope(route), signal: ex.signal, resource: route.resource }, ex.logFields);
+    return clientResponse(route, method, result, rt.config.mirror.pathPrefix, rt.config.timeouts.upstreamHeaderMs);
+  };
+  const reference = route.reference;
+  // A manifest by tag or digest may be answered from memory (manifests.ts); with a query it is not the plain resource.
+  if (route.resource === "manifests" && reference !== null && route.query.size === 0) {
+    const res = await manifests.serve({ method, route: { ...route, resource: "manifests", reference }, client, headers, signal: ex.signal, logFields: ex.logFields, passThrough });
+    if (res !== null) return res;
+  }
+  return passThrough();
 }
 
 function logRoute(ex: Exchange, route: PullRoute): void {

@@ -4,7 +4,8 @@
  * pagination Link pointed back at crm, and OCI error JSON for every error status.
  */
 import { API_VERSION_HEADER, codeForStatus, jsonResponse, MirrorError, ociErrorBody } from "./errors.ts";
-import { clientPath, type PullRoute } from "./routes.ts";
+import { rewriteLink } from "./link.ts";
+import type { PullRoute } from "./routes.ts";
 import { readSmallBody } from "./small-body.ts";
 import type { UpstreamResult } from "./upstream.ts";
 
@@ -86,31 +87,4 @@ function isOciErrorJson(text: string): boolean {
   } catch {
     return false;
   }
-}
-
-/**
- * tags/list and referrers page with `Link: </v2/<name>/tags/list?n=2&last=b>; rel="next"`, a
- * path on the upstream (or an absolute URL). The client must ask crm for the next page, routed to
- * the same registry the same way, so only the link's query is kept.
- */
-function rewriteLink(headers: Headers, route: PullRoute, mountPrefix: string): void {
-  const link = headers.get("link");
-  if (link === null) return;
-  if (route.resource !== "tags" && route.resource !== "referrers") {
-    headers.delete("link");
-    return;
-  }
-  const m = /^\s*<([^>]*)>(.*)$/.exec(link);
-  if (!m) {
-    headers.delete("link");
-    return;
-  }
-  let query: URLSearchParams;
-  try {
-    query = new URL(m[1] ?? "", "http://upstream.invalid").searchParams;
-  } catch {
-    headers.delete("link");
-    return;
-  }
-  headers.set("link", `<${mountPrefix}${clientPath(route, query)}>${m[2] ?? ""}`);
 }

@@ -51,7 +51,9 @@ export async function fetchToken(rt: Runtime, registry: RegistryConfig, trust: R
   const headMs = rt.config.timeouts.upstreamHeaderMs;
   let res: Response;
   try {
-    res = await fetchUpstream(rt, url, { method: "GET", headers }, AbortSignal.timeout(headMs * 2), headMs);
+    // A realm on the operator-named upstream's own host:port is that upstream (a LAN registry
+    // serving /token itself); any other realm host is guarded like a redirect target.
+    res = await fetchUpstream(rt, url, { method: "GET", headers }, AbortSignal.timeout(headMs * 2), headMs, trust.exemptFromGuard(url));
   } catch (e) {
     if (e instanceof DialError) throw dialFailure(e, `token service ${check.host} for ${registry.name}`);
     throw e;

@@ -98,18 +98,21 @@ export class RegistryClient {
       const bearer = findChallenge(header, "bearer");
       const basic = findChallenge(header, "basic");
       if (bearer && bearer.params.realm) {
-        this.learned = { scheme: "bearer", challenge: bearer };
         if (auth.token !== null && bearer.params.error === "invalid_token" && !retriedInvalid) {
           // Revoked or expired early: drop it so the next fetch is a new token, not the cache.
           retriedInvalid = true;
           this.tokens.invalidate(auth.token.key, auth.token.value);
           auth = await this.bearerAuth(bearer, req.scope);
+          this.learned = { scheme: "bearer", challenge: bearer };
           continue;
         }
         // First challenge, or a token for another realm/service than the one now named.
         if (!answeredChallenge && (auth.token === null || auth.token.key !== this.tokenKey(bearer, req.scope))) {
           answeredChallenge = true;
           auth = await this.bearerAuth(bearer, req.scope);
+          // Only a challenge that produced a token is remembered: one that failed must not make
+          // every later request fail before it even asks the upstream again.
+          this.learned = { scheme: "bearer", challenge: bearer };
           continue;
         }
       } else if (basic) {
@@ -127,7 +130,17 @@ export class RegistryClient {
 
   private async initialAuth(scope: string): Promise<Auth> {
     const learned = this.learned;
-    if (learned?.scheme === "bearer") return this.bearerAuth(learned.challenge, scope);
+    if (learned?.scheme === "bearer") {
+      try {
+        return await this.bearerAuth(learned.challenge, scope);
+      } catch (e) {
+        // The realm that worked before fails now (moved, down, refused): forget it and ask the
+        // upstream, whose 401 names the challenge that holds today.
+        if (this.learned === learned) this.learned = null;
+        this.rt.log.debug("mirror learned token realm failed; asking the upstream again", { registry: this.registry.name, error: e instanceof Error ? e.message : String(e) });
+        return ANONYMOUS;
+      }
+    }
     if (learned?.scheme === "basic") {
       const authorization = basicAuthorization(this.registry);
       if (authorization !== null) return { authorization, token: null, state: "none" };
@@ -187,7 +200,7 @@ export class RegistryClient {
       try {
         // The configured upstream itself may be on a private network (a LAN registry the
         // operator named); redirect targets are chosen by the upstream and stay guarded.
-        res = await fetchUpstream(this.rt, url, { method: req.method, headers }, req.signal, this.rt.config.timeouts.upstreamHeaderMs, own);
+        res = await fetchUpstream(this.rt, url, { method: req.method, headers }, req.signal, this.rt.config.timeouts.upstreamHeaderMs, this.trust.exemptFromGuard(url));
       } catch (e) {
         if (e instanceof DialError) throw dialFailure(e, hop === 0 ? `upstream ${this.registry.name}` : `redirect target ${url.hostname} of ${this.registry.name}`);
         throw e;

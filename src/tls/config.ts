@@ -53,11 +53,13 @@ export function buildTls(c: Checker, raw: unknown, file: string): TlsListenConfi
   const keyPath = c.string("tls.key_path", tl.key_path);
   const acme = buildAcme(c, tl.acme, file);
   if (acme !== null) {
-    if (certPath !== null || keyPath !== null) c.fail("tls", "<cert_path and acme>", "takes either cert_path/key_path or acme, not both");
+    if (certPath !== null || keyPath !== null) c.rule("tls", "takes either cert_path/key_path or acme, not both");
     return { certPath: null, keyPath: null, acme, redirectHttp };
   }
   if (certPath === null || keyPath === null) {
-    c.fail("tls", "<incomplete>", "needs both cert_path and key_path, or an acme section");
+    // An invalid value was reported by c.string already; only say what is missing.
+    const missing = (["cert_path", "key_path"] as const).filter((k) => tl[k] === undefined || tl[k] === null);
+    if (missing.length > 0) c.rule("tls", `needs both cert_path and key_path; missing: ${missing.join(", ")}`);
     return null;
   }
   return { certPath: resolve(file, "..", certPath), keyPath: resolve(file, "..", keyPath), acme: null, redirectHttp };

@@ -660,7 +660,7 @@ export async function runSkopeo(
   return runCommand(cmd, env, opts.timeoutMs ?? 60_000);
 }
 
-async function prepareSkopeo(dir: string): Promise<void> {
+export async function prepareSkopeo(dir: string): Promise<void> {
   const base = join(dir, "skopeo");
   await mkdir(join(base, "registries.d"), { recursive: true });
   await mkdir(join(base, "tmp"), { recursive: true });

@@ -1,0 +1,58 @@
+/**
+ * Concurrent identical requests share one upstream request: 50 nodes starting the same image
+ * at once cost one. The first caller for a key runs the work; callers arriving while it runs get
+ * its result (or its error). The work is cancelled only when every caller waiting for it has
+ * gone (their signals aborted): one client leaving must not fail the others, and nobody left
+ * means nobody to pay for. Nothing is kept after it settles: what outlives a flight is the
+ * manifest cache's business.
+ */
+import { MirrorError } from "./errors.ts";
+
+interface Flight<T> {
+  promise: Promise<T>;
+  waiting: number;
+  abort: AbortController;
+}
+
+export class SingleFlight<T> {
+  private readonly running = new Map<string, Flight<T>>();
+
+  get size(): number {
+    return this.running.size;
+  }
+
+  /** `leader` is true for the caller whose `work` ran. `signal` is the caller's own. */
+  async run(key: string, signal: AbortSignal, work: (signal: AbortSignal) => Promise<T>): Promise<{ value: T; leader: boolean }> {
+    let flight = this.running.get(key);
+    const leader = flight === undefined;
+    if (!flight) {
+      const abort = new AbortController();
+      const made: Flight<T> = { promise: work(abort.signal), waiting: 0, abort };
+      this.running.set(key, made);
+      // Removed when settled, before any waiter resumes: a later caller starts afresh or hits the cache.
+      void made.promise.then(
+        () => this.running.get(key) === made && this.running.delete(key),
+        () => this.running.get(key) === made && this.running.delete(key),
+      );
+      flight = made;
+    }
+    const f = flight;
+    f.waiting++;
+    let onAbort = (): void => {};
+    const left = new Promise<never>((_, reject) => {
+      onAbort = () => {
+        reject(new MirrorError(499, "UNKNOWN", "client went away"));
+        if (--f.waiting === 0) f.abort.abort();
+      };
+      if (signal.aborted) onAbort();
+      else signal.addEventListener("abort", onAbort, { once: true });
+    });
+    left.catch(() => {});
+    try {
+      return { value: await Promise.race([f.promise, left]), leader };
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+      if (!signal.aborted) f.waiting--;
+    }
+  }
+}

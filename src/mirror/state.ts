@@ -1,0 +1,33 @@
+/**
+ * What the mirror keeps for the life of a crm process, across reloads: the manifest cache and
+ * the upstream quota figures. A reload builds a new mirror handler (new registries, new token
+ * cache) but must neither empty the cache nor forget the quota, so both hang off the Runtime.
+ */
+import type { Runtime } from "../context.ts";
+import { ManifestCache } from "./manifest-cache.ts";
+import { QuotaTracker, type QuotaView } from "./rate-limit.ts";
+
+export interface MirrorState {
+  cache: ManifestCache;
+  quota: QuotaTracker;
+}
+
+const states = new WeakMap<Runtime, MirrorState>();
+
+/** The runtime's mirror state, made (and its metrics registered) on first use; applies the current config. */
+export function mirrorState(rt: Runtime): MirrorState {
+  let s = states.get(rt);
+  if (!s) {
+    const made: MirrorState = { cache: new ManifestCache(rt.config.mirror.manifestCache), quota: new QuotaTracker() };
+    rt.metrics.sections.push(() => [...made.cache.metricLines(), ...made.quota.metricLines()]);
+    states.set(rt, made);
+    s = made;
+  }
+  s.cache.configure(rt.config.mirror.manifestCache);
+  return s;
+}
+
+/** For the index page: the latest quota figures, none before the mirror's first upstream answer. */
+export function upstreamQuota(rt: Runtime): QuotaView[] {
+  return states.get(rt)?.quota.views() ?? [];
+}
