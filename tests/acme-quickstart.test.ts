@@ -42,7 +42,7 @@ describe.skipIf(skip)("README quick start", () => {
     work = mkdtempSync(join(tmpdir(), "crm-quickstart-"));
     binary = join(work, "crm");
     [plainPort, tlsPort] = [await freePort(), await freePort()];
-    const [, p, r] = await Promise.all([buildTarget("bun-linux-x64", binary), startPebble({ httpPort: plainPort, tlsPort: await freePort() }), startRegistry({ auth: "token" })]);
+    const [, p, r] = await Promise.all([buildTarget("bun-linux-x64", binary), startPebble({ httpPort: plainPort, tlsPort: await freePort() }), startRegistry({ auth: "none" })]);
     pebble = p;
     fx = r;
   }, 120_000);

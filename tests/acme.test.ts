@@ -96,7 +96,8 @@ describe.skipIf(skip)("ACME with pebble", () => {
       acme: { domains, email: "ops@crm.test", directory: pebble.directory, ca_bundle: pebble.caBundlePath, state_dir: dir },
     },
     allowed_hosts: ["crm.test", "127.0.0.1"],
-    allowed_ports: [tlsPort, echo.port, Number(new URL(fake.url).port)],
+    // Token services and the CDN listen on their own loopback ports: realms and redirects may only use allowed ones.
+    allowed_ports: [tlsPort, echo.port, Number(new URL(fake.url).port), Number(new URL(tokens.url).port), Number(new URL(big.url).port), ...(fx.token ? [Number(new URL(fx.token.url).port)] : [])],
     timeouts: { header: "2s" },
     mirror: { default_registry: "reg.test", registries: { "reg.test": fx.url, "big.test": fake.url } },
     ...extra,
