@@ -12,14 +12,16 @@ import { parseCidr } from "./cidr.ts";
 import { nearest } from "./did-you-mean.ts";
 import { LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { DEFAULT_REGISTRIES, type RegistryConfig } from "./registries.ts";
+import { buildListen, checkProxyProtocolTls, type ListenAddress } from "./config/listen.ts";
+import { buildTls, checkTlsListeners, type TlsListenConfig } from "./tls/config.ts";
 import { buildManifestCache, type ManifestCacheConfig } from "./config/manifest-cache.ts";
-import { checkProxyProtocolTls, parseListenItem, type ListenAddress } from "./config/listen.ts";
 import { buildFairShare, FAIR_SHARE_KEYS, type FairShareLimits } from "./config/fair-share.ts";
 import { buildTrustedProxies } from "./client-address.ts";
 import { buildRules, type ImageRules } from "./mirror/rules.ts";
 import { buildDoctorConfig, type DoctorConfig } from "./doctor/config.ts";
 
 export { parseListen, type ListenAddress } from "./config/listen.ts";
+export type { AcmeConfig, TlsListenConfig } from "./tls/config.ts";
 
 export interface Timeouts {
   /** From a connection's first byte to the end of its request head (slow-loris bound). */
@@ -75,11 +77,6 @@ export interface MetricsConfig {
   enabled: boolean;
   /** CIDR ranges that may read /metrics. */
   clients: readonly string[];
-}
-
-export interface TlsListenConfig {
-  certPath: string;
-  keyPath: string;
 }
 
 export interface Config {
@@ -175,7 +172,7 @@ export function parseConfigText(text: string, file: string): unknown {
 
 type Obj = Record<string, unknown>;
 
-/** Collects every problem instead of stopping at the first (sections in their own modules use it too). */
+/** Collects every problem instead of stopping at the first (section modules get one too). */
 export class Checker {
   readonly errors: ConfigError[] = [];
   readonly warnings: string[] = [];
@@ -306,14 +303,7 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
   const c = new Checker();
   const root = c.object("", raw ?? {}, TOP_KEYS) ?? {};
 
-  const listen: ListenAddress[] = [];
-  const rawListen = root.listen ?? ":8080";
-  (Array.isArray(rawListen) ? rawListen : [rawListen]).forEach((v, i, all) => {
-    const path = all.length > 1 || Array.isArray(rawListen) ? `listen[${i}]` : "listen";
-    const a = parseListenItem(c, path, v);
-    if (a !== null) listen.push(a);
-  });
-  if (Array.isArray(rawListen) && rawListen.length === 0) c.fail("listen", rawListen, "must name at least one address");
+  const listen: ListenAddress[] = buildListen(c, root.listen);
 
   const allowedHosts = c.hostPatterns("allowed_hosts", root.allowed_hosts) ?? [...DEFAULT_ALLOWED_HOSTS];
   if (Array.isArray(root.allowed_hosts) && root.allowed_hosts.length === 0) {
@@ -385,19 +375,9 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
   });
   const metrics: MetricsConfig = { enabled: c.bool("metrics.enabled", mt.enabled, true), clients: metricsClients };
 
-  const tl = c.object("tls", root.tls, ["cert_path", "key_path"]);
-  let tls: TlsListenConfig | null = null;
-  if (tl !== null) {
-    const certPath = c.string("tls.cert_path", tl.cert_path);
-    const keyPath = c.string("tls.key_path", tl.key_path);
-    if (certPath === null || keyPath === null) {
-      // An invalid value was reported by c.string already; only say what is missing.
-      const missing = (["cert_path", "key_path"] as const).filter((k) => tl[k] === undefined || tl[k] === null);
-      if (missing.length > 0) c.rule("tls", `needs both cert_path and key_path; missing: ${missing.join(", ")}`);
-    }
-    else tls = { certPath: resolve(file, "..", certPath), keyPath: resolve(file, "..", keyPath) };
-  }
-  checkProxyProtocolTls(c, listen, tls !== null, Array.isArray(rawListen));
+  const tls = buildTls(c, root.tls, file);
+  checkTlsListeners(c, tls, listen);
+  checkProxyProtocolTls(c, listen, tls !== null, Array.isArray(root.listen));
 
   let unixSocketMode = 0o660;
   if (root.unix_socket_mode !== undefined && root.unix_socket_mode !== null) {

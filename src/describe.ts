@@ -2,12 +2,15 @@
 import type { Config } from "./config.ts";
 import { formatDuration } from "./duration.ts";
 import { formatHostPort } from "./router.ts";
+import { listenerIsTls } from "./config/listen.ts";
+import { describeTls } from "./tls/describe.ts";
 
 export function describeConfig(c: Config): string {
   const t = c.timeouts;
   const lines = [
     `config: ${c.file}`,
-    `listen: ${c.listen.map((l) => (l.unix ?? formatHostPort(l.hostname, l.port)) + (l.proxyProtocol ? " (proxy_protocol)" : "")).join(", ")}`,
+    `listen: ${c.listen.map((l) => (l.unix ?? formatHostPort(l.hostname, l.port)) + (c.tls !== null ? (listenerIsTls(l, true) ? " (tls)" : " (plain)") : "") + (l.proxyProtocol ? " (proxy_protocol)" : "")).join(", ")}`,
+    ...describeTls(c),
     `allowed_hosts (${c.allowedHosts.length}): ${c.allowedHosts.join(", ") || "(none: every proxy request is refused)"}`,
     `allowed_ports: ${c.allowedPorts.join(", ")}`,
     `insecure_tls: ${c.insecureTls}`,

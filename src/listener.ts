@@ -80,13 +80,14 @@ export class Admission {
 
   constructor(private readonly rt: Runtime) {}
 
-  admit(s: Socket<SocketData>): boolean {
+  /** `openToAll`: a plain listener beside ACME lets anyone in for http-01 (tls/plain-listener.ts restricts the rest). */
+  admit(s: Socket<SocketData>, openToAll = false): boolean {
     // A unix-socket peer has no address (Bun gives undefined); it is admitted by the socket's
     // file mode, and counted under one name for the per-client limit.
     const ip: string | undefined = s.remoteAddress;
     const { rt } = this;
     if (ip === undefined) return this.count("unix");
-    if (!rt.access.clientAllowed(ip)) {
+    if (!openToAll && !rt.access.clientAllowed(ip)) {
       rt.log.debug("client not in access.clients, closed", { client: ip });
       s.terminate();
       return false;
@@ -156,13 +157,14 @@ export function listen(
   conns: ConnectionSet,
   admission: Admission,
   tls: ListenTls | null,
+  openToAll = false,
 ): SocketListener<SocketData> {
   const proxied = addr.proxyProtocol ? (c: Connection, from: string, to: string) => admission.rebind(c, from, to) : null;
   const handlers = connectionHandlers(conns, (s) => new Connection(s, rt, dispatch, null, undefined, proxied));
   const socket: SocketHandler<SocketData> = {
     ...handlers,
     open(s) {
-      if (admission.admit(s)) handlers.open?.(s);
+      if (admission.admit(s, openToAll)) handlers.open?.(s);
     },
     close(s, err) {
       if (s.data.conn !== null) admission.release(s.data.conn.peer);

@@ -4,6 +4,7 @@
  * the metrics always agree.
  */
 import { readdirSync } from "node:fs";
+import type { CertificateStatus } from "./tls/status.ts";
 
 export type RequestKind = "forward" | "connect" | "mitm" | "mirror" | "local";
 
@@ -27,6 +28,8 @@ interface Histogram {
 export interface Gauges {
   connections(): number;
   certificates(): number;
+  /** Certificates served on TLS listeners (src/tls/), for the index page; their metrics are a section. */
+  tls?(): readonly CertificateStatus[];
 }
 
 export class Metrics {

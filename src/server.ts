@@ -5,10 +5,12 @@
 import { readFileSync } from "node:fs";
 import type { SocketListener } from "bun";
 import type { Config } from "./config.ts";
+import { acmeCertificateState, certificateStateOf } from "./status/sources.ts";
 import type { Connection, Dispatcher, SocketData } from "./connection.ts";
 import { applyConfig, createRuntime, type Runtime } from "./context.ts";
 import { forward } from "./forward.ts";
 import { Admission, ConnectionSet, listen, type ListenTls } from "./listener.ts";
+import { plainListenerDispatcher } from "./tls/plain-listener.ts";
 import { local, type LocalRoutes } from "./local.ts";
 import type { LogSink } from "./log.ts";
 import { createMirrorHandler } from "./mirror/index.ts";
@@ -17,6 +19,9 @@ import { Mitm } from "./mitm.ts";
 import type { Resolver } from "./resolver.ts";
 import { formatHostPort } from "./router.ts";
 import { openTunnel } from "./tunnel.ts";
+import { listenerIsTls } from "./config/listen.ts";
+import { TlsCertificates } from "./tls/index.ts";
+import { renderTlsMetrics } from "./tls/status.ts";
 import { prepareUnixPath, removeSocket, setSocketMode, socketInode } from "./unix-socket.ts";
 
 export interface StartOptions {
@@ -31,15 +36,17 @@ export interface Extensions extends LocalRoutes {
 }
 
 interface Bound {
-  addr: Config["listen"][number];
   listener: SocketListener<SocketData>;
+  addr: Config["listen"][number];
+  tls: boolean;
   /** For a unix socket: its path and inode, so only our own socket is removed at exit. */
   unix: { path: string; inode: number } | null;
 }
 
-/** Reads the HTTPS listener's certificate and key; failures name the file. */
+/** Reads the HTTPS listener's certificate and key from files; failures name the file. */
 function readListenTls(config: Config): ListenTls | null {
-  if (config.tls === null) return null;
+  if (config.tls === null || config.tls.certPath === null || config.tls.keyPath === null) return null;
+  const { certPath, keyPath } = config.tls;
   const read = (path: string, what: string): string => {
     try {
       return readFileSync(path, "utf8");
@@ -47,7 +54,7 @@ function readListenTls(config: Config): ListenTls | null {
       throw new Error(`tls.${what}: cannot read ${path}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}`, { cause });
     }
   };
-  return { cert: read(config.tls.certPath, "cert_path"), key: read(config.tls.keyPath, "key_path") };
+  return { cert: read(certPath, "cert_path"), key: read(keyPath, "key_path") };
 }
 
 /** Everything a config needs loaded from disk, read before anything is applied. */
@@ -68,8 +75,12 @@ export class CrmServer {
   private readonly conns = new ConnectionSet();
   private readonly admission: Admission;
   private readonly dispatch: Dispatcher;
+  /** For plain listeners next to TLS ones: ACME challenges, redirect_http. */
+  private readonly plainDispatch: Dispatcher;
   private stopping: Promise<void> | null = null;
   private tls: ListenTls | null = null;
+  /** ACME (or file) certificates: the challenge answers, the status for /metrics and `/`. */
+  readonly certificates: TlsCertificates;
   /** Set when MITM is enabled. */
   mitm: Mitm | null = null;
 
@@ -85,7 +96,21 @@ export class CrmServer {
         openTunnel(conn, r.host, r.port, rest);
       },
     };
-    rt.metrics.gauges = { connections: () => this.conns.all.size, certificates: () => this.mitm?.cachedCertificates ?? 0 };
+    this.certificates = new TlsCertificates(rt, (pem) => this.swapCertificate(pem));
+    this.plainDispatch = plainListenerDispatcher(this.dispatch, rt, {
+      challenge: (token) => this.certificates.challenge(token),
+      httpsPort: () => {
+        const b = this.bound.find((x) => x.tls && x.unix === null);
+        return b ? (b.listener as SocketListener<SocketData> & { port: number }).port : null;
+      },
+    });
+    rt.metrics.gauges = { connections: () => this.conns.all.size, certificates: () => this.mitm?.cachedCertificates ?? 0, tls: () => this.certificates.status() };
+    rt.metrics.sections.push(() => renderTlsMetrics(this.certificates.status()));
+    // The status page shows what is served now, not what the files say.
+    rt.sources.certificate = () => {
+      const served = this.certificates.status()[0];
+      return served === undefined ? certificateStateOf(rt.config) : acmeCertificateState(served);
+    };
   }
 
   static async start(config: Config, opts: StartOptions = {}): Promise<CrmServer> {
@@ -93,25 +118,65 @@ export class CrmServer {
     const rt = createRuntime(config, opts.sink, opts.resolver);
     const server = new CrmServer(rt, { mirror: null, intercept: null });
     server.applyFeatures(prepared);
+    // Never waits for a CA: without a stored certificate a temporary one is served at once.
+    await server.certificates.configure(config, prepared.tls);
+    server.tls = server.certificates.served;
     try {
       for (const addr of config.listen) server.bound.push(await server.bind(addr));
     } catch (cause) {
       server.stopNow();
       throw new Error(`cannot listen: ${(cause as Error).message}`, { cause });
     }
-    for (const b of server.bound) rt.log.info("listening", { address: server.describe(b), tls: config.tls ? "on" : undefined });
+    for (const b of server.bound) rt.log.info("listening", { address: server.describe(b), tls: b.tls ? "on" : undefined });
     for (const w of openProxyWarnings(config)) rt.log.warn(w);
+    server.certificates.start();
     return server;
   }
 
   private async bind(addr: Config["listen"][number]): Promise<Bound> {
+    const tls = listenerIsTls(addr, this.rt.config.tls !== null);
     if (addr.unix !== undefined) {
       await prepareUnixPath(addr.unix);
-      const listener = listen(addr, this.rt, this.dispatch, this.conns, this.admission, this.tls);
+      const listener = this.listenOn(addr, tls);
       setSocketMode(addr.unix, this.rt.config.unixSocketMode);
-      return { addr, listener, unix: { path: addr.unix, inode: socketInode(addr.unix) } };
+      return { listener, addr, tls, unix: { path: addr.unix, inode: socketInode(addr.unix) } };
     }
-    return { addr, listener: listen(addr, this.rt, this.dispatch, this.conns, this.admission, this.tls), unix: null };
+    return { listener: this.listenOn(addr, tls), addr, tls, unix: null };
+  }
+
+  /** A TLS listener gets the current certificate; a plain one beside TLS answers ACME and may redirect. */
+  private listenOn(addr: Config["listen"][number], tls: boolean): SocketListener<SocketData> {
+    if (tls) return listen(addr, this.rt, this.dispatch, this.conns, this.admission, this.tls);
+    if (this.rt.config.tls === null) return listen(addr, this.rt, this.dispatch, this.conns, this.admission, null);
+    const acme = this.rt.config.tls.acme !== null;
+    return listen(addr, this.rt, this.plainDispatch, this.conns, this.admission, null, acme);
+  }
+
+
+
+  /**
+   * Bun cannot swap a listener's certificate: each TLS listener is re-bound on its address.
+   * Open connections belong to the old listener's sockets and carry on with the old certificate.
+   */
+  private swapCertificate(pem: ListenTls): void {
+    this.tls = pem;
+    if (this.stopping) return;
+    for (const b of this.bound) {
+      if (!b.tls || b.unix) continue;
+      const l = b.listener as SocketListener<SocketData> & { hostname: string; port: number };
+      l.stop(false);
+      this.rebind(b, { ...b.addr, hostname: l.hostname, port: l.port }, 0);
+    }
+  }
+
+  /** Another process may take the port in the instant between stop and listen: retry, loudly. */
+  private rebind(b: Bound, addr: Config["listen"][number], tries: number): void {
+    try {
+      b.listener = this.listenOn(addr, true);
+    } catch (e) {
+      this.rt.log.error("cannot re-listen with the new certificate; retrying", { address: formatHostPort(addr.hostname, addr.port), error: (e as Error).message, tries: tries + 1 });
+      if (!this.stopping) setTimeout(() => this.rebind(b, addr, tries + 1), Math.min(30_000, 100 * 2 ** tries)).unref();
+    }
   }
 
   private describe(b: Bound): string {
@@ -123,7 +188,6 @@ export class CrmServer {
   /** Mirror and MITM, from a prepared config (start-up and reload). */
   private applyFeatures(p: Prepared): void {
     const { rt, ext } = this;
-    this.tls = p.tls;
     ext.mirror = p.config.mirror.enabled ? createMirrorHandler(rt) : null;
     if (p.mitm) {
       for (const w of p.mitm.warnings) rt.log.warn(`MITM CA: ${w}`);
@@ -147,20 +211,15 @@ export class CrmServer {
     const same = (a: Config["listen"], b: Config["listen"]): boolean => JSON.stringify(a) === JSON.stringify(b);
     const prepared = await prepare(config);
     if (!same(config.listen, rt.config.listen)) rt.log.warn("listen addresses changed; they apply after a restart");
-    const tlsChanged = JSON.stringify(prepared.tls) !== JSON.stringify(this.tls);
+    // A changed acme section starts a new manager; the same one keeps its schedule.
+    await this.certificates.configure(config, prepared.tls);
+    const next = this.certificates.served;
+    const tlsChanged = JSON.stringify(next) !== JSON.stringify(this.tls);
     applyConfig(this.rt, config);
     this.applyFeatures(prepared);
-    if (tlsChanged && prepared.tls !== null) {
-      // Bun cannot swap a listener's certificate: re-listen on the same address. Open
-      // connections belong to the old listener's sockets and carry on.
-      for (const b of this.bound) {
-        if (b.unix) continue;
-        const l = b.listener as SocketListener<SocketData> & { hostname: string; port: number };
-        const addr = { ...b.addr, hostname: l.hostname, port: l.port };
-        l.stop(false);
-        b.listener = listen(addr, rt, this.dispatch, this.conns, this.admission, this.tls);
-      }
-    } else if (tlsChanged) rt.log.warn("tls removed from the config; the listener stays TLS until a restart");
+    if (tlsChanged && next !== null) this.swapCertificate(next);
+    else if (tlsChanged) rt.log.warn("tls removed from the config; the listener stays TLS until a restart");
+    this.certificates.start();
     rt.log.info("configuration reloaded", { file: config.file, allowed_hosts: config.allowedHosts.length, registries: config.mirror.registries.size });
     for (const w of openProxyWarnings(config)) rt.log.warn(w);
   }
@@ -193,6 +252,7 @@ export class CrmServer {
   private async drain(): Promise<void> {
     const { rt } = this;
     rt.draining = true;
+    this.certificates.stop();
     for (const b of this.bound) b.listener.stop(false);
     const graceEnd = Date.now() + rt.config.timeouts.shutdownGraceMs;
     rt.log.info("shutting down", { connections: this.conns.all.size, grace_ms: rt.config.timeouts.shutdownGraceMs });
@@ -205,6 +265,7 @@ export class CrmServer {
   }
 
   stopNow(): void {
+    this.certificates.stop();
     for (const c of this.conns.all) c.socket.terminate();
     for (const b of this.bound) {
       b.listener.stop(true);

@@ -169,17 +169,19 @@ describe("systemd unit", () => {
       RestrictNamespaces: "yes",
       LockPersonality: "yes",
       SystemCallArchitectures: "native",
-      CapabilityBoundingSet: "",
-      AmbientCapabilities: "",
+      CapabilityBoundingSet: "CAP_NET_BIND_SERVICE",
+      AmbientCapabilities: "CAP_NET_BIND_SERVICE",
       ReadOnlyPaths: "/etc/crm",
+      StateDirectory: "crm",
+      StateDirectoryMode: "0700",
     };
     for (const [k, v] of Object.entries(expected)) expect([k, one(k)]).toEqual([k, v]);
     // JavaScriptCore's JIT needs a writable+executable mapping.
     expect(one("MemoryDenyWriteExecute")).toBeUndefined();
     expect(comments.some((c) => c.startsWith("MemoryDenyWriteExecute"))).toBe(true);
-    // The opt-in for port 443 is there, commented out.
-    expect(comments).toContain("AmbientCapabilities=CAP_NET_BIND_SERVICE");
-    expect(comments).toContain("CapabilityBoundingSet=CAP_NET_BIND_SERVICE");
+    // :80/:443 for ACME need CAP_NET_BIND_SERVICE (granted); the opt-out is there, commented out.
+    expect(comments).toContain("AmbientCapabilities=");
+    expect(comments).toContain("CapabilityBoundingSet=");
   });
 
   test.skipIf(missingTools("systemd unit", ["systemd-analyze"]))("systemd-analyze verify finds nothing to complain about", async () => {

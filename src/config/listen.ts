@@ -1,8 +1,10 @@
 /**
- * The `listen` key: each item is an address string (as it always was) or an object
- * `{ address, tls?, proxy_protocol? }` for per-listener options. Kept apart from config.ts so the
- * listener options (TLS per listener, PROXY protocol) grow here without touching the rest.
+ * The `listen` key: one address or a list. An item is a string or port as it always was
+ * (`":8080"`, `"127.0.0.1:8443"`, `"[::]:443"`, `/run/crm/crm.sock`), or an object
+ * `{ address, tls?, proxy_protocol? }` so one crm can serve a TLS port next to a plain one
+ * (ACME http-01 and the redirect to https need a plain :80 beside :443).
  */
+import type { Checker } from "../config.ts";
 
 export interface ListenAddress {
   hostname: string;
@@ -11,22 +13,22 @@ export interface ListenAddress {
   unix?: string;
   /** As written, for messages. */
   source: string;
-  /** Serve this listener over TLS; null follows the global `tls` section. */
+  /** true/false as the item says; null follows the global `tls` section (TLS when it is set). */
   tls: boolean | null;
-  /** Every connection starts with a PROXY protocol v1/v2 header naming the real client. */
+  /** Expect a PROXY protocol (v1/v2) header before the first byte of each connection. */
   proxyProtocol: boolean;
 }
 
-export const LISTEN_OBJECT_KEYS = ["address", "tls", "proxy_protocol"] as const;
+export const LISTEN_KEYS = ["address", "tls", "proxy_protocol"] as const;
 
-const ADDRESS_RULE = 'must be a port or address such as ":8080", "8080", "127.0.0.1:8080" or "[::]:8080"';
+const FORMS = 'must be a port or address such as ":8080", "8080", "127.0.0.1:8080" or "[::]:8080"';
 
-/** Parses one address string (or bare port number). */
+/** Parses the address part (string or port); a string is the rule that was broken. */
 export function parseListen(value: unknown): ListenAddress | string {
   const source = String(value);
   if (typeof value === "string" && value.startsWith("/")) return { hostname: "", port: 0, unix: value, source, tls: null, proxyProtocol: false };
   if (typeof value === "number") value = String(value);
-  if (typeof value !== "string") return ADDRESS_RULE;
+  if (typeof value !== "string") return FORMS;
   const s = value.trim();
   let host = "0.0.0.0";
   let portText = s;
@@ -35,41 +37,42 @@ export function parseListen(value: unknown): ListenAddress | string {
     host = m[1] ?? (m[2] === "" || m[2] === undefined ? "0.0.0.0" : m[2]);
     portText = m[3] ?? "";
   }
-  if (!/^\d+$/.test(portText)) return ADDRESS_RULE;
+  if (!/^\d+$/.test(portText)) return FORMS;
   const port = Number(portText);
   if (port > 65535) return "port must be between 0 and 65535";
   return { hostname: host, port, source, tls: null, proxyProtocol: false };
 }
 
-/** What the config checker offers this module (structurally: config.ts's Checker). */
-export interface ListenChecks {
-  fail(path: string, value: unknown, rule: string): void;
-  object(path: string, value: unknown, known: readonly string[]): Record<string, unknown> | null;
-  bool(path: string, value: unknown, dflt: boolean): boolean;
+/** Every `listen` item, with errors reported on `c` by key path (`listen[1].tls`). */
+export function buildListen(c: Checker, raw: unknown): ListenAddress[] {
+  const listen: ListenAddress[] = [];
+  const rawListen = raw ?? ":8080";
+  const items = Array.isArray(rawListen) ? rawListen : [rawListen];
+  items.forEach((v, i) => {
+    const path = items.length > 1 || Array.isArray(rawListen) ? `listen[${i}]` : "listen";
+    if (v !== null && typeof v === "object" && !Array.isArray(v)) {
+      const o = c.object(path, v, LISTEN_KEYS) ?? {};
+      if (o.address === undefined || o.address === null) {
+        c.fail(`${path}.address`, null, 'is required (for example ":80")');
+        return;
+      }
+      const a = parseListen(o.address);
+      if (typeof a === "string") return c.fail(`${path}.address`, o.address, a);
+      const tls = o.tls === undefined || o.tls === null ? null : c.bool(`${path}.tls`, o.tls, false);
+      listen.push({ ...a, tls, proxyProtocol: c.bool(`${path}.proxy_protocol`, o.proxy_protocol, false) });
+      return;
+    }
+    const a = parseListen(v);
+    if (typeof a === "string") c.fail(path, v, a);
+    else listen.push(a);
+  });
+  if (Array.isArray(rawListen) && rawListen.length === 0) c.fail("listen", rawListen, "must name at least one address");
+  return listen;
 }
 
-/** Parses one `listen` item: a string, a port number, or the object form. */
-export function parseListenItem(c: ListenChecks, path: string, value: unknown): ListenAddress | null {
-  if (value !== null && typeof value === "object" && !Array.isArray(value)) {
-    const o = c.object(path, value, LISTEN_OBJECT_KEYS) ?? {};
-    if (o.address === undefined || o.address === null) {
-      c.fail(`${path}.address`, null, "is required (an address such as \"127.0.0.1:8080\" or a unix socket path)");
-      return null;
-    }
-    const a = parseListen(o.address);
-    if (typeof a === "string") {
-      c.fail(`${path}.address`, o.address, a);
-      return null;
-    }
-    const tls = o.tls === undefined || o.tls === null ? null : c.bool(`${path}.tls`, o.tls, false);
-    return { ...a, tls, proxyProtocol: c.bool(`${path}.proxy_protocol`, o.proxy_protocol, false) };
-  }
-  const a = parseListen(value);
-  if (typeof a === "string") {
-    c.fail(path, value, a);
-    return null;
-  }
-  return a;
+/** Whether a listener serves TLS: its own `tls`, else whether the config has a `tls` section. */
+export function listenerIsTls(addr: ListenAddress, tlsSection: boolean): boolean {
+  return addr.tls ?? tlsSection;
 }
 
 /**
@@ -77,9 +80,9 @@ export function parseListenItem(c: ListenChecks, path: string, value: unknown): 
  * decrypted bytes: the two cannot share a listener, so the config says so instead of every
  * connection failing.
  */
-export function checkProxyProtocolTls(c: ListenChecks, listen: readonly ListenAddress[], globalTls: boolean, listed: boolean): void {
+export function checkProxyProtocolTls(c: Checker, listen: readonly ListenAddress[], globalTls: boolean, listed: boolean): void {
   listen.forEach((l, i) => {
-    if (l.proxyProtocol && (l.tls === true || (l.tls === null && globalTls))) {
+    if (l.proxyProtocol && listenerIsTls(l, globalTls)) {
       c.fail(`${listed ? `listen[${i}]` : "listen"}.proxy_protocol`, true, "cannot be combined with TLS on the same listener (the PROXY header precedes the TLS handshake): terminate TLS at the balancer");
     }
   });

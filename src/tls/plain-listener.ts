@@ -1,0 +1,71 @@
+/**
+ * What a plain listener does when crm also serves TLS: it answers ACME http-01 challenges
+ * (`/.well-known/acme-challenge/TOKEN`, to anyone: the CA's validators are not in
+ * access.clients), and with `tls.redirect_http` sends other origin-form requests to https.
+ * Proxy requests (CONNECT, absolute-form) pass through unchanged, so the proxy works here too.
+ */
+import type { Dispatcher, Exchange } from "../connection.ts";
+import type { Runtime } from "../context.ts";
+import { headerValue } from "../http/head.ts";
+import { textResponse } from "../http/response.ts";
+import { formatHostPort, parseAuthority } from "../router.ts";
+
+export const CHALLENGE_PREFIX = "/.well-known/acme-challenge/";
+
+export interface PlainListenerHooks {
+  /** The key authorization for a token, when an ACME order is waiting for it. */
+  challenge(token: string): string | null;
+  /** The port of the first TLS listener (for redirects); null when there is none. */
+  httpsPort(): number | null;
+}
+
+export function plainListenerDispatcher(inner: Dispatcher, rt: Runtime, hooks: PlainListenerHooks): Dispatcher {
+  return {
+    http(ex) {
+      if (ex.route.kind !== "local") return inner.http(ex);
+      const path = ex.route.path.split("?")[0] ?? "";
+      if (path.startsWith(CHALLENGE_PREFIX)) return Promise.resolve(answerChallenge(ex, rt, hooks, path.slice(CHALLENGE_PREFIX.length)));
+      // Strangers were let in only for the CA's validators (see `openToAll` in listener.ts).
+      if (!rt.access.clientAllowed(ex.client)) return Promise.resolve(textResponse(403, "crm: only ACME challenges are answered for your address"));
+      if (rt.config.tls?.redirectHttp) return Promise.resolve(redirect(ex, hooks.httpsPort(), rt.config.tls.acme?.domains ?? []));
+      return inner.http(ex);
+    },
+    connect(conn, route, head, rest) {
+      if (!rt.access.clientAllowed(conn.client)) {
+        conn.close();
+        return;
+      }
+      inner.connect(conn, route, head, rest);
+    },
+  };
+}
+
+function answerChallenge(ex: Exchange, rt: Runtime, hooks: PlainListenerHooks, token: string): Response {
+  if (ex.head.method !== "GET" && ex.head.method !== "HEAD") return textResponse(405, "method not allowed", { allow: "GET, HEAD" });
+  const answer = /^[A-Za-z0-9_-]{1,256}$/.test(token) ? hooks.challenge(token) : null;
+  ex.kind = "local";
+  ex.logFields.acme = answer === null ? "unknown token" : "challenge answered";
+  if (answer === null) return textResponse(404, "crm: no ACME challenge is pending for this token");
+  rt.log.info("ACME: answered an http-01 challenge", { client: ex.client });
+  return new Response(answer, { headers: { "content-type": "application/octet-stream", "content-length": String(Buffer.byteLength(answer)) } });
+}
+
+/**
+ * 301 for GET/HEAD, 308 for the rest (keeps the method and body), to the same host over https.
+ * With ACME, a Host the certificate does not cover is sent to its first name instead: no
+ * redirect to a name crm cannot serve (or to whatever a client put in Host).
+ */
+function redirect(ex: Exchange, port: number | null, names: readonly string[]): Response {
+  const hostHeader = headerValue(ex.head.headers, "host");
+  let host: string;
+  try {
+    host = parseAuthority(hostHeader ?? "", 80).host;
+  } catch {
+    return textResponse(400, "crm: a Host header is needed to redirect to https");
+  }
+  if (names.length > 0 && !names.includes(host)) host = names[0] as string;
+  const authority = port === null || port === 443 ? (host.includes(":") ? `[${host}]` : host) : formatHostPort(host, port);
+  const location = `https://${authority}${ex.route.kind === "local" ? ex.route.path : "/"}`;
+  const status = ex.head.method === "GET" || ex.head.method === "HEAD" ? 301 : 308;
+  return textResponse(status, `crm: use ${location}\n`, { location });
+}

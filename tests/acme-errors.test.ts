@@ -1,0 +1,154 @@
+/**
+ * ACME failures that pebble cannot produce (it enforces neither CAA nor rate limits): the
+ * messages for each CA problem, the backoff schedule, and a rate-limited answer from a real
+ * HTTP server speaking the first steps of RFC 8555, whose Retry-After crm must honour.
+ */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createRuntime } from "../src/context.ts";
+import { buildConfig } from "../src/config.ts";
+import { AcmeError, explainProblem, issueCertificate, parseRetryAfter } from "../src/tls/acme.ts";
+import { CertStore } from "../src/tls/cert-store.ts";
+import { AcmeCertificates, renewalTime, retryDelay, RETRY_BASE_MS, RETRY_MAX_MS } from "../src/tls/renewal.ts";
+import type { AcmeConfig } from "../src/tls/config.ts";
+
+const DIR = "https://acme.example.test/directory";
+let work: string;
+let ca: ReturnType<typeof Bun.serve>;
+let accountCalls = 0;
+
+beforeAll(() => {
+  work = mkdtempSync(join(tmpdir(), "crm-acme-err-"));
+  // Directory and nonce as RFC 8555 §7.1.1/§7.2; every new-account is refused as rate limited.
+  ca = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch(req) {
+      const u = new URL(req.url);
+      const base = `http://127.0.0.1:${ca.port}`;
+      const nonce = { "replay-nonce": `n${Math.random().toString(36).slice(2)}`, "cache-control": "no-store" };
+      if (u.pathname === "/dir") return Response.json({ newNonce: `${base}/nonce`, newAccount: `${base}/acct`, newOrder: `${base}/order` });
+      if (u.pathname === "/nonce") return new Response(null, { status: 200, headers: nonce });
+      if (u.pathname === "/acct") {
+        accountCalls++;
+        return new Response(JSON.stringify({ type: "urn:ietf:params:acme:error:rateLimited", detail: "too many new registrations from this IP" }), {
+          status: 429,
+          headers: { ...nonce, "content-type": "application/problem+json", "retry-after": "3600" },
+        });
+      }
+      return new Response("not found", { status: 404 });
+    },
+  });
+});
+
+afterAll(() => {
+  ca.stop(true);
+  rmSync(work, { recursive: true, force: true });
+});
+
+const acmeConfig = (dir: string): AcmeConfig => ({
+  domains: ["crm.test"],
+  email: null,
+  directory: `http://127.0.0.1:${ca.port}/dir`,
+  caBundlePath: null,
+  stateDir: dir,
+  challenge: "http-01",
+  renewBeforeMs: null,
+});
+
+test.each([
+  ["dns", "DNS problem: NXDOMAIN looking up A for crm.example.com", /crm\.example\.com does not resolve for the CA .*create an A \(and\/or AAAA\) record for crm\.example\.com/],
+  ["connection", "Timeout during connect (likely firewall problem)", /port 80 is unreachable; make sure crm\.example\.com resolves to this host, crm has a plain listener on :80/],
+  ["unauthorized", "Invalid response from http://crm.example.com/.well-known/acme-challenge/x: 404", /probably resolves to another host/],
+  ["caa", "CAA record for crm.example.com prevents issuance", /a CAA record forbids acme\.example\.test to issue for crm\.example\.com .*CAA 0 issue "letsencrypt\.org"/],
+  ["rejectedIdentifier", "Cannot issue for \"crm.internal\"", /will not issue for crm\.example\.com/],
+])("CA problem %s says what to do", (type, detail, message) => {
+  const e = explainProblem({ type: `urn:ietf:params:acme:error:${type}`, detail, retryAfterMs: null }, "crm.example.com", DIR);
+  expect(e).toBeInstanceOf(AcmeError);
+  expect(e.message).toMatch(message);
+  expect(e.message).toContain(detail);
+});
+
+test("rate limited: the message names the CA's retry time", () => {
+  const now = Date.parse("2026-01-01T00:00:00Z");
+  const e = explainProblem({ type: "urn:ietf:params:acme:error:rateLimited", detail: "too many certificates", retryAfterMs: 7200_000 }, "crm.example.com", DIR, now);
+  expect(e.failure).toBe("rate-limited");
+  expect(e.message).toContain("the CA allows a new try after 2026-01-01T02:00:00.000Z");
+  expect(parseRetryAfter("120")).toBe(120_000);
+  expect(parseRetryAfter("Thu, 01 Jan 2026 01:00:00 GMT", now)).toBe(3600_000);
+  expect(parseRetryAfter("soon")).toBeNull();
+});
+
+test("backoff doubles from 5 min to 4 h and never undercuts Retry-After; renewal at a third of the lifetime", () => {
+  expect([1, 2, 3, 4].map((n) => retryDelay(n, null))).toEqual([RETRY_BASE_MS, 2 * RETRY_BASE_MS, 4 * RETRY_BASE_MS, 8 * RETRY_BASE_MS]);
+  expect(retryDelay(20, null)).toBe(RETRY_MAX_MS);
+  expect(retryDelay(1, 3 * 3600_000)).toBe(3 * 3600_000);
+  const day = 86400_000;
+  expect(renewalTime({ notBefore: 0, notAfter: 90 * day }, null)).toBe(60 * day);
+  expect(renewalTime({ notBefore: 0, notAfter: 90 * day }, 7 * day)).toBe(83 * day);
+});
+
+test("a real 429 from the CA becomes a rate-limit error with its Retry-After, and the next try waits for it", async () => {
+  const dir = join(work, "rl");
+  const store = new CertStore(dir);
+  store.prepare();
+  const err = await issueCertificate({ config: acmeConfig(dir), store, tokens: new Map(), progress: () => {} }).catch((e: unknown) => e);
+  expect(err).toBeInstanceOf(AcmeError);
+  expect((err as AcmeError).failure).toBe("rate-limited");
+  expect((err as AcmeError).retryAfterMs).toBe(3600_000);
+  expect((err as AcmeError).message).toContain("too many new registrations from this IP");
+  // acme-client's own retries are off: crm's backoff is the only one.
+  expect(accountCalls).toBe(1);
+
+  const lines: string[] = [];
+  const rt = createRuntime(buildConfig({}, "t.yaml").config, (l) => lines.push(l));
+  const swaps: string[] = [];
+  const certs = await AcmeCertificates.load(acmeConfig(join(work, "rl2")), rt, (p) => swaps.push(p.cert));
+  const before = Date.now();
+  expect(await certs.renewNow()).toBe(false);
+  certs.stop();
+  const s = certs.status();
+  expect(s.source).toBe("self-signed");
+  expect(s.renewalFailures).toBe(1);
+  expect(s.nextAttemptAt).toBeGreaterThanOrEqual(before + 3600_000);
+  expect(swaps).toEqual([]);
+  expect(lines.some((l) => /ERROR ACME: could not get a certificate .*rate limited by the CA .*retry_at=/.test(l))).toBe(true);
+});
+
+test("a renewal that fails keeps the current certificate, with an error line every interval and the failing metric", async () => {
+  const { makeLeaf, makeTestCa } = await import("./support/tls.ts");
+  const { renderTlsMetrics } = await import("../src/tls/status.ts");
+  const dir = join(work, "renew-fail");
+  const store = new CertStore(dir);
+  store.prepare();
+  const leaf = await makeLeaf(await makeTestCa(), ["crm.test"]);
+  store.writeCertificate("crm.test", leaf.cert, leaf.key);
+  const lines: string[] = [];
+  const rt = createRuntime(buildConfig({}, "t.yaml").config, (l) => lines.push(l));
+  const certs = await AcmeCertificates.load(acmeConfig(dir), rt, () => {}, { remindEveryMs: 50 });
+  try {
+    expect(certs.served.cert).toBe(leaf.cert);
+    expect(await certs.renewNow()).toBe(false);
+    expect(certs.served.cert).toBe(leaf.cert);
+    const s = certs.status();
+    expect([s.source, s.state]).toEqual(["acme", "renewal failing"]);
+    expect(lines.some((l) => /ERROR ACME: renewal failed .*serving="the current certificate until it expires at \d{4}-/.test(l))).toBe(true);
+    await Bun.sleep(200);
+    expect(lines.filter((l) => l.includes("ERROR ACME: the certificate could not be renewed")).length).toBeGreaterThanOrEqual(2);
+    const m = renderTlsMetrics([certs.status()]).join("\n");
+    expect(m).toContain('crm_tls_renewal_failing{name="crm.test"} 1');
+    expect(m).toMatch(/crm_tls_certificate_expiry_seconds\{name="crm\.test"\} \d{10}/);
+  } finally {
+    certs.stop();
+  }
+});
+
+test("a state_dir that cannot be created stops start-up with a message naming it", async () => {
+  const { writeFileSync } = await import("node:fs");
+  const file = join(work, "not-a-dir");
+  writeFileSync(file, "");
+  const rt = createRuntime(buildConfig({}, "t.yaml").config, () => {});
+  await expect(AcmeCertificates.load(acmeConfig(join(file, "state")), rt, () => {})).rejects.toThrow(`tls.acme.state_dir: cannot create ${file}/state: ENOTDIR (systemd: StateDirectory=crm)`);
+});
