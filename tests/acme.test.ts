@@ -181,7 +181,7 @@ describe.skipIf(skip)("ACME with pebble", () => {
     expect(Number(expiry?.[1]) * 1000).toBeGreaterThan(Date.now());
     expect(metrics.stdout).toContain('crm_tls_renewal_failing{name="crm.test"} 0');
     const page = await curl(["--cacert", rootFile, "--resolve", `crm.test:${tlsPort}:127.0.0.1`, `https://crm.test:${tlsPort}/`]);
-    expect(page.stdout).toMatch(/<h2>TLS certificate<\/h2>\n<ul><li>crm\.test, mirror\.test: valid, expires \d{4}-/);
+    expect(page.stdout).toMatch(/<dd id="certificate">ACME certificate for crm\.test, mirror\.test, valid until \d{4}-/);
   });
 
   test("skopeo pulls through https://crm.test trusting only pebble's root", async () => {

@@ -116,8 +116,10 @@ describe.skipIf(skip)("client-config --check with real runtimes", () => {
     fx = await startRegistry({ auth: "token" });
     dir = await mkdtemp(join(tmpdir(), "crm-cc-e2e-"));
     // skopeo tries https first on an insecure mirror; a short header timeout lets it fall back to http at once.
-    crm = await startCrm({ timeouts: { header: "300ms" }, mirror: { registries: { "docker.io": fx.url } } }, "info");
-    crmWithout = await startCrm({ timeouts: { header: "300ms" }, mirror: { default_registry: "other.test", registries: { "other.test": fx.url } } }, "info");
+    // The token service listens on a port of its own: redirect and realm targets are port-checked.
+    const allowed_ports = [80, 443, ...(fx.token ? [Number(new URL(fx.token.url).port)] : [])];
+    crm = await startCrm({ timeouts: { header: "300ms" }, allowed_ports, mirror: { registries: { "docker.io": fx.url } } }, "info");
+    crmWithout = await startCrm({ timeouts: { header: "300ms" }, allowed_ports, mirror: { default_registry: "other.test", registries: { "other.test": fx.url } } }, "info");
     const dead = `http://127.0.0.1:${deadPort()}`;
     writeFileSync(join(dir, "auth.json"), JSON.stringify({ auths: {} }));
     env = { HTTPS_PROXY: dead, HTTP_PROXY: dead, https_proxy: dead, http_proxy: dead, NO_PROXY: "127.0.0.1,localhost", no_proxy: "127.0.0.1,localhost", REGISTRY_AUTH_FILE: join(dir, "auth.json") };
