@@ -172,9 +172,12 @@ export function listen(
     },
   };
   const common = { allowHalfOpen: true, data: { conn: null }, socket, ...(tls ? { tls: { ...tls, ALPNProtocols: ALPN_HTTP1 } } : {}) };
+  // Bun cannot change a listener's certificate, so a new one is bound beside it on the same port
+  // before the old one stops (server.ts swapCertificate): SO_REUSEPORT on TLS listeners only, so
+  // that window has no refused connections. Plain listeners keep the exclusive bind.
   return addr.unix !== undefined
     ? Bun.listen<SocketData>({ unix: addr.unix, ...common })
-    : Bun.listen<SocketData>({ hostname: addr.hostname, port: addr.port, ...common });
+    : Bun.listen<SocketData>({ hostname: addr.hostname, port: addr.port, ...(tls ? { reusePort: true } : {}), ...common });
 }
 
 /** ALPN in wire format (length-prefixed): crm speaks HTTP/1.1 only. */

@@ -164,18 +164,23 @@ export class CrmServer {
     for (const b of this.bound) {
       if (!b.tls || b.unix) continue;
       const l = b.listener as SocketListener<SocketData> & { hostname: string; port: number };
-      l.stop(false);
-      this.rebind(b, { ...b.addr, hostname: l.hostname, port: l.port }, 0);
+      this.rebind(b, l, { ...b.addr, hostname: l.hostname, port: l.port }, 0);
     }
   }
 
-  /** Another process may take the port in the instant between stop and listen: retry, loudly. */
-  private rebind(b: Bound, addr: Config["listen"][number], tries: number): void {
+  /**
+   * The new listener is bound beside the old one (SO_REUSEPORT, listener.ts) and only then is the
+   * old one stopped, so no connection is refused in between; open connections keep their sockets
+   * and the old certificate. If the bind fails the old listener keeps serving, and it is retried.
+   */
+  private rebind(b: Bound, old: SocketListener<SocketData>, addr: Config["listen"][number], tries: number): void {
+    if (this.stopping || b.listener !== old) return;
     try {
       b.listener = this.listenOn(addr, true);
+      old.stop(false);
     } catch (e) {
-      this.rt.log.error("cannot re-listen with the new certificate; retrying", { address: formatHostPort(addr.hostname, addr.port), error: (e as Error).message, tries: tries + 1 });
-      if (!this.stopping) setTimeout(() => this.rebind(b, addr, tries + 1), Math.min(30_000, 100 * 2 ** tries)).unref();
+      this.rt.log.error("cannot listen with the new certificate, the old one is still served; retrying", { address: formatHostPort(addr.hostname, addr.port), error: (e as Error).message, tries: tries + 1 });
+      setTimeout(() => this.rebind(b, old, addr, tries + 1), Math.min(30_000, 100 * 2 ** tries)).unref();
     }
   }
 

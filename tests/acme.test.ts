@@ -217,8 +217,28 @@ describe.skipIf(skip)("ACME with pebble", () => {
     h.update(first.value as Uint8Array);
     n += (first.value as Uint8Array).byteLength;
 
+    // New connections keep arriving while the listener is swapped: none may be refused.
+    let swapping = true;
+    let attempts = 0;
+    const refused: string[] = [];
+    const prober = (async () => {
+      while (swapping || attempts < 5) {
+        attempts++;
+        try {
+          const c = await tlsConnect(tlsPort, root, "crm.test");
+          c.socket.end();
+        } catch (e) {
+          refused.push((e as Error).message);
+        }
+      }
+    })();
     expect(await crm.server.certificates.renewNow()).toBe(true);
     await crm.waitLog(/ACME: certificate renewed/);
+    await Bun.sleep(100);
+    swapping = false;
+    await prober;
+    expect(refused).toEqual([]);
+    expect(attempts).toBeGreaterThan(5);
     const second = await servedSerial(tlsPort, "crm.test");
     expect(second).not.toBe(firstSerial);
     // The download really was in flight across the swap: the slow reader still holds the upstream back.
