@@ -4,6 +4,7 @@
  * (manifest-fetch.ts), so a hit needs no upstream request at all. Bounded in bytes, LRU; a
  * manifest over the OCI size limit is never kept. Blobs are never cached anywhere.
  */
+import type { RegistryConfig } from "../registries.ts";
 import type { ManifestCacheConfig } from "../config/manifest-cache.ts";
 
 /** OCI distribution: registries may refuse manifests over 4 MiB; crm streams those, never keeps them. */
@@ -110,6 +111,15 @@ export class ManifestCache {
       `crm_mirror_manifest_cache_evictions_total ${this.evictions}`,
     ];
   }
+}
+
+/**
+ * Whose manifests an entry is: the registry's name, and also its upstream and the account crm
+ * reads it with, so a reload that points the name elsewhere or drops the credentials (a private
+ * repository no longer readable) never serves what the old set-up fetched.
+ */
+export function cacheScope(reg: RegistryConfig): string {
+  return `${reg.name} ${reg.upstream.origin} ${reg.username ?? ""}`;
 }
 
 function cacheKey(registry: string, repository: string, digest: string): string {

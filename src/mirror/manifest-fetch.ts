@@ -8,7 +8,8 @@
 import { createHash } from "node:crypto";
 import type { Runtime } from "../context.ts";
 import { MirrorError } from "./errors.ts";
-import { MAX_CACHED_MANIFEST, type CachedManifest } from "./manifest-cache.ts";
+import { cacheScope, MAX_CACHED_MANIFEST, type CachedManifest } from "./manifest-cache.ts";
+import type { MemoryBudget } from "./memory-body.ts";
 import { meteredFetch } from "./metered.ts";
 import { SingleFlight } from "./single-flight.ts";
 import { readSmallBody } from "./small-body.ts";
@@ -19,7 +20,6 @@ import type { RegistryClient } from "./upstream.ts";
 const HASHES: Record<string, string> = { sha256: "sha256", sha512: "sha512" };
 /** Upstream error bodies are small JSON (response.ts keeps the same bound). */
 const ERROR_BODY_LIMIT = 64 * 1024;
-
 export function verifiable(digest: string): boolean {
   return HASHES[digest.slice(0, digest.indexOf(":"))] !== undefined;
 }
@@ -55,15 +55,16 @@ export interface ManifestGet {
 
 export class ManifestFetcher {
   private readonly flights = new SingleFlight<Fetched>();
+  constructor(private readonly budget: MemoryBudget) {}
 
   /** By digest the bytes are fixed, so Accept is not part of the key; by tag it decides the answer. */
   get(req: ManifestGet, signal: AbortSignal): Promise<{ value: Fetched; leader: boolean }> {
     const key = [req.client.registry.name, req.name, req.reference, req.expect === null ? (req.headers.get("accept") ?? "") : ""].join("\n");
-    return this.flights.run(key, signal, (shared) => fetchManifest(req, shared));
+    return this.flights.run(key, signal, (shared) => fetchManifest(req, shared, this.budget));
   }
 }
 
-async function fetchManifest(req: ManifestGet, signal: AbortSignal): Promise<Fetched> {
+async function fetchManifest(req: ManifestGet, signal: AbortSignal, budget: MemoryBudget): Promise<Fetched> {
   const { rt, state, client } = req;
   const registry = client.registry.name;
   const headers = new Headers(req.headers);
@@ -87,9 +88,21 @@ async function fetchManifest(req: ManifestGet, signal: AbortSignal): Promise<Fet
     const { bytes } = await readSmallBody(res, ERROR_BODY_LIMIT, timeoutMs);
     return { kind: "answer", status: res.status, headers: upHeaders, body: bytes };
   }
-  const declared = Number(res.headers.get("content-length") ?? "0");
-  if (declared > MAX_CACHED_MANIFEST) return streamOnce(res, upHeaders);
-  const { bytes, truncated } = await readSmallBody(res, MAX_CACHED_MANIFEST + 1, timeoutMs);
+  const lengthText = res.headers.get("content-length");
+  const declared = lengthText !== null && /^\d+$/.test(lengthText) ? Number(lengthText) : null;
+  if (declared !== null && declared > MAX_CACHED_MANIFEST) return streamOnce(res, upHeaders);
+  const charge = declared ?? MAX_CACHED_MANIFEST + 1;
+  if (!budget.take(charge)) {
+    rt.log.debug("manifests held in memory at their bound; streamed uncached", { registry, repo: req.name, ref: req.reference, reading: budget.used });
+    return streamOnce(res, upHeaders);
+  }
+  let read: { bytes: Uint8Array; truncated: boolean };
+  try {
+    read = await readSmallBody(res, MAX_CACHED_MANIFEST + 1, timeoutMs);
+  } finally {
+    budget.give(charge);
+  }
+  const { bytes, truncated } = read;
   if (truncated && bytes.byteLength > MAX_CACHED_MANIFEST) {
     // Over the limit without saying so up front: what was read is gone, each waiter streams its own.
     return { kind: "stream", take: () => null };
@@ -111,7 +124,7 @@ async function fetchManifest(req: ManifestGet, signal: AbortSignal): Promise<Fet
     });
   }
   const manifest: CachedManifest = { digest: want, body: bytes, mediaType: res.headers.get("content-type"), etag: res.headers.get("etag") };
-  state.cache.put(registry, req.name, manifest);
+  state.cache.put(cacheScope(client.registry), req.name, manifest);
   return { kind: "manifest", manifest };
 }
 

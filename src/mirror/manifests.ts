@@ -6,9 +6,10 @@
  * or fetched once by digest. An upstream whose HEAD names no digest (or answers 405) gets a
  * plain GET, as containerd does. Concurrent identical requests share their upstream requests.
  */
+import { MemoryBudget, memoryBody } from "./memory-body.ts";
 import type { Runtime } from "../context.ts";
 import { API_VERSION_HEADER } from "./errors.ts";
-import type { CachedManifest } from "./manifest-cache.ts";
+import { cacheScope, type CachedManifest } from "./manifest-cache.ts";
 import { ManifestFetcher, verifiable, type Fetched } from "./manifest-fetch.ts";
 import { meteredFetch } from "./metered.ts";
 import { clientResponse } from "./response.ts";
@@ -40,7 +41,9 @@ interface TagHead {
 const HEAD_UNSUPPORTED = new Set([405, 501]);
 
 export class ManifestService {
-  private readonly fetcher = new ManifestFetcher();
+  /** Every manifest read and large in-memory answer in flight, together (memory-body.ts). */
+  private readonly budget = new MemoryBudget();
+  private readonly fetcher = new ManifestFetcher(this.budget);
   private readonly heads = new SingleFlight<TagHead>();
 
   constructor(
@@ -59,7 +62,7 @@ export class ManifestService {
   private async byDigest(req: ManifestRequest, digest: string): Promise<Response> {
     // An algorithm crm cannot check is never cached: plain pass-through.
     if (!verifiable(digest)) return this.bypass(req, "unverifiable");
-    const hit = this.state.cache.get(req.route.registry.name, req.route.name, digest);
+    const hit = this.state.cache.get(cacheScope(req.route.registry), req.route.name, digest);
     if (hit) return this.fromCache(req, hit, "hit");
     // A HEAD is free upstream and its answer is the upstream's to give.
     if (req.method === "HEAD") return this.bypass(req, "head");
@@ -84,7 +87,7 @@ export class ManifestService {
     }
     if (!verifiable(digest)) return this.bypass(req, "unverifiable");
     req.logFields.digest = digest;
-    const hit = this.state.cache.get(req.route.registry.name, req.route.name, digest);
+    const hit = this.state.cache.get(cacheScope(req.route.registry), req.route.name, digest);
     if (hit) return this.fromCache(req, hit, "hit");
     return this.fetched(req, digest, digest, true);
   }
@@ -133,7 +136,9 @@ export class ManifestService {
     if (got.kind === "manifest") return this.fromCache(req, got.manifest, leader ? "miss" : "shared");
     if (got.kind === "answer") {
       req.logFields.cache = leader ? "uncached" : "shared";
-      const response = new Response(req.method === "HEAD" ? null : got.body, { status: got.status, headers: got.headers });
+      const body = req.method === "HEAD" ? null : memoryBody(got.body, this.budget);
+      if (body === null) return this.bypass(req, "memory-bound");
+      const response = new Response(req.method === "HEAD" ? null : body, { status: got.status, headers: got.headers });
       return clientResponse(req.route, req.method, { response, token: "none", redirectHost: null, firstDigest: null }, this.rt.config.mirror.pathPrefix, this.rt.config.timeouts.upstreamHeaderMs);
     }
     const response = got.take();
@@ -148,7 +153,7 @@ export class ManifestService {
   }
 
   /** The upstream's own fields for these bytes: Content-Type, Docker-Content-Digest, Content-Length, ETag. */
-  private fromCache(req: ManifestRequest, m: CachedManifest, how: string): Response {
+  private fromCache(req: ManifestRequest, m: CachedManifest, how: string): Response | Promise<Response> {
     req.logFields.cache = how;
     const headers = new Headers({ "docker-content-digest": m.digest, "content-length": String(m.body.byteLength), [API_VERSION_HEADER[0]]: API_VERSION_HEADER[1] });
     if (m.mediaType !== null) headers.set("content-type", m.mediaType);
@@ -158,6 +163,10 @@ export class ManifestService {
       headers.delete("content-length");
       return new Response(null, { status: 304, headers });
     }
-    return new Response(req.method === "HEAD" ? null : m.body, { status: 200, headers });
+    if (req.method === "HEAD") return new Response(null, { status: 200, headers });
+    const body = memoryBody(m.body, this.budget);
+    // Too much is held for clients already: this one is served from the upstream, as it comes.
+    if (body === null) return this.bypass(req, "memory-bound");
+    return new Response(body, { status: 200, headers });
   }
 }
