@@ -98,7 +98,8 @@ export class ClientAddress {
   }
 }
 
-function stripForwarding(headers: HeaderList): void {
+/** Removes every X-Forwarded-For and Forwarded field: what no trusted front vouched for. */
+export function stripForwarding(headers: HeaderList): void {
   for (let i = headers.length - 1; i >= 0; i--) {
     const name = (headers[i] as [string, string])[0];
     // The length test first: this runs on every request, and almost no name has either length.
