@@ -12,7 +12,7 @@ import { parseCidr } from "./cidr.ts";
 import { nearest } from "./did-you-mean.ts";
 import { LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { DEFAULT_REGISTRIES, type RegistryConfig } from "./registries.ts";
-import { buildListen, checkProxyProtocolTls, type ListenAddress } from "./config/listen.ts";
+import { buildListen, checkProxyProtocolTls, checkProxyProtocolTrust, type ListenAddress } from "./config/listen.ts";
 import { buildTls, checkTlsListeners, type TlsListenConfig } from "./tls/config.ts";
 import { buildManifestCache, type ManifestCacheConfig } from "./config/manifest-cache.ts";
 import { buildFairShare, FAIR_SHARE_KEYS, type FairShareLimits } from "./config/fair-share.ts";
@@ -378,6 +378,7 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
   const tls = buildTls(c, root.tls, file);
   checkTlsListeners(c, tls, listen);
   checkProxyProtocolTls(c, listen, tls !== null, Array.isArray(root.listen));
+  checkProxyProtocolTrust(c, listen, access.trustedProxies, Array.isArray(root.listen));
 
   let unixSocketMode = 0o660;
   if (root.unix_socket_mode !== undefined && root.unix_socket_mode !== null) {

@@ -268,6 +268,12 @@ export class Connection {
 
   private readProxy(): void {
     const buf = this.buf as Buffer;
+    // Only the balancer may name the client: from anyone else a PROXY header is a forged identity.
+    if (!this.rt.clientAddress.trusts(this.peer)) {
+      this.rt.log.warn("PROXY header from a peer not in access.trusted_proxies, refused", { peer: this.peer });
+      this.fail(new HttpError(400, "this listener takes connections only from the balancers in access.trusted_proxies"));
+      return;
+    }
     let r;
     try {
       r = readProxyHeader(buf);

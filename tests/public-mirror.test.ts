@@ -4,6 +4,7 @@
  * request-rate bucket, and the config keys (listen objects, limits, trusted_proxies).
  */
 import { describe, expect, test } from "bun:test";
+import { connect } from "node:net";
 import { ClientAddress } from "../src/client-address.ts";
 import { buildConfig } from "../src/config.ts";
 import type { HeaderList } from "../src/http/head.ts";
@@ -12,6 +13,17 @@ import { RequestRate } from "../src/rate-limit.ts";
 import { DEFAULT_LIMITS } from "../src/config.ts";
 import { startCrm } from "./support/crm.ts";
 import { startOrigin } from "./support/origins.ts";
+
+/** Sends `bytes` from the local address `from` (any of 127.0.0.0/8) and returns all that came back. */
+function sendFrom(from: string, port: number, bytes: string | Buffer): Promise<string> {
+  return new Promise((resolve) => {
+    const got: Buffer[] = [];
+    const s = connect({ host: "127.0.0.1", port, localAddress: from }, () => void s.write(bytes));
+    s.on("data", (d: Buffer) => got.push(d));
+    s.on("close", () => resolve(Buffer.concat(got).toString("latin1")));
+    s.on("error", () => {});
+  });
+}
 
 const SIG = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
 const v2 = (cmd: number, fam: number, body: number[]): Buffer => Buffer.concat([SIG, Buffer.from([0x20 | cmd, fam, body.length >> 8, body.length & 255]), Buffer.from(body)]);
@@ -48,6 +60,41 @@ describe("PROXY protocol", () => {
     ["v2 IPv4 too short", v2(1, 0x11, [1, 2, 3])],
   ])("%s is refused", (_name, buf) => {
     expect(() => readProxyHeader(buf)).toThrow(ProxyProtocolError);
+  });
+  test.each([
+    ["v1 0.0.0.0", Buffer.from("PROXY TCP4 0.0.0.0 127.0.0.1 1 2\r\n")],
+    ["v1 ::", Buffer.from("PROXY TCP6 :: ::1 1 2\r\n")],
+    ["v1 IPv4 multicast", Buffer.from("PROXY TCP4 224.0.0.1 127.0.0.1 1 2\r\n")],
+    ["v1 broadcast", Buffer.from("PROXY TCP4 255.255.255.255 127.0.0.1 1 2\r\n")],
+    ["v1 IPv6 multicast", Buffer.from("PROXY TCP6 ff02::1 ::1 1 2\r\n")],
+    ["v1 mapped 0.0.0.0", Buffer.from("PROXY TCP6 ::ffff:0.0.0.0 ::1 1 2\r\n")],
+    ["v2 0.0.0.0", v2(1, 0x11, Array(12).fill(0))],
+    ["v2 239.1.2.3", v2(1, 0x11, [239, 1, 2, 3, 127, 0, 0, 1, 1, 2, 3, 4])],
+    ["v2 ::", v2(1, 0x21, Array(36).fill(0))],
+    ["v2 ff05::2", v2(1, 0x21, [0xff, 0x05, ...Array(13).fill(0), 2, ...Array(20).fill(0)])],
+  ])("a source that is no client (%s) is refused", (_name, buf) => {
+    expect(() => readProxyHeader(buf)).toThrow(/PROXY header names .* as the client/);
+  });
+});
+
+describe("a proxy_protocol listener", () => {
+  test("believes a PROXY header only from access.trusted_proxies; anyone else gets 400 and a warning naming them", async () => {
+    const crm = await startCrm({ listen: [{ address: "127.0.0.1:0", proxy_protocol: true }], access: { trusted_proxies: ["127.0.0.9/32"] } }, "info");
+    try {
+      const req = "PROXY TCP4 198.51.100.7 127.0.0.1 5555 80\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+      const stranger = await sendFrom("127.0.0.1", crm.port, req);
+      expect(stranger).toMatch(/^HTTP\/1\.1 400 [^]*access\.trusted_proxies/);
+      await crm.waitLog(/WARN .*PROXY header from a peer not in access\.trusted_proxies.* peer=127\.0\.0\.1/);
+      expect(crm.logs.join("\n")).not.toMatch(/GET \/healthz .*client=198\.51\.100\.7/);
+      const balancer = await sendFrom("127.0.0.9", crm.port, req);
+      expect(balancer).toMatch(/^HTTP\/1\.1 200 /);
+      await crm.waitLog(/GET \/healthz .*client=198\.51\.100\.7 /);
+      // Naming no usable client is refused end to end, from the balancer too.
+      const zero = await sendFrom("127.0.0.9", crm.port, req.replace("198.51.100.7", "0.0.0.0"));
+      expect(zero).toMatch(/^HTTP\/1\.1 400 [^]*0\.0\.0\.0/);
+    } finally {
+      await crm.stop();
+    }
   });
 });
 
@@ -187,7 +234,7 @@ describe("request rate", () => {
 
 describe("config", () => {
   test("listen items may be objects with proxy_protocol and tls", () => {
-    const { config } = buildConfig({ listen: ["127.0.0.1:1", { address: "127.0.0.1:2", proxy_protocol: true }, { address: "/run/crm.sock", tls: false }] }, "t");
+    const { config } = buildConfig({ listen: ["127.0.0.1:1", { address: "127.0.0.1:2", proxy_protocol: true }, { address: "/run/crm.sock", tls: false }], access: { trusted_proxies: ["10.0.0.0/8"] } }, "t");
     expect(config.listen.map((l) => [l.port, l.unix ?? null, l.tls, l.proxyProtocol])).toEqual([
       [1, null, null, false],
       [2, null, null, true],
@@ -199,6 +246,9 @@ describe("config", () => {
     const tls = { cert_path: "/x.crt", key_path: "/x.key" };
     expect(() => buildConfig({ tls, listen: [{ address: ":1", proxy_protocol: true }] }, "t")).toThrow(/listen\[0\]\.proxy_protocol: true cannot be combined with TLS/);
     expect(() => buildConfig({ listen: [{ address: ":1", proxy_protocol: true, tls: true }] }, "t")).toThrow(/cannot be combined with TLS/);
+    expect(() => buildConfig({ listen: [":2", { address: ":1", proxy_protocol: true }] }, "t")).toThrow(
+      /listen\[1\]\.proxy_protocol: true needs access\.trusted_proxies: list the balancer's addresses in access\.trusted_proxies/,
+    );
   });
   test("limits: rates, burst, bandwidth, exemptions", () => {
     const { config } = buildConfig({ limits: { requests_per_second: 5, client_bandwidth: "20MiB/s", total_bandwidth: "1GiB", exempt_clients: ["10.0.0.0/8"] } }, "t");
