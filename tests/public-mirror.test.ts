@@ -106,14 +106,31 @@ describe("the real client address", () => {
     expect(ca.resolve("unix", h([["X-Forwarded-For", "203.0.113.5"]]))).toBe("203.0.113.5");
     expect(ca.resolve("unix", h([["X-Forwarded-For", "6.6.6.6, 203.0.113.5, 10.1.1.1"]]))).toBe("203.0.113.5");
     expect(ca.resolve("10.0.0.2", h([["x-forwarded-for", "6.6.6.6"], ["x-forwarded-for", "203.0.113.5"]]))).toBe("203.0.113.5");
-    expect(ca.resolve("unix", h([["Forwarded", 'for=192.0.2.60;proto=http, for="[2001:db8::7]:4711"']]))).toBe("2001:db8::7");
-    expect(ca.resolve("unix", h([["Forwarded", 'for="192.0.2.43:47011"']]))).toBe("192.0.2.43");
+    const fwd = new ClientAddress(["unix", "10.0.0.0/8"], "forwarded");
+    expect(fwd.resolve("unix", h([["Forwarded", 'for=192.0.2.60;proto=http, for="[2001:db8::7]:4711"']]))).toBe("2001:db8::7");
+    expect(fwd.resolve("unix", h([["Forwarded", 'for="192.0.2.43:47011"']]))).toBe("192.0.2.43");
     // Every hop trusted: the leftmost is as far as the chain goes.
     expect(ca.resolve("unix", h([["X-Forwarded-For", "10.9.9.9, 10.1.1.1"]]))).toBe("10.9.9.9");
     // Garbage ends the walk: what the trusted hops vouched for stands.
     expect(ca.resolve("unix", h([["X-Forwarded-For", "junk, 203.0.113.5"]]))).toBe("203.0.113.5");
     expect(ca.resolve("unix", h([["X-Forwarded-For", "203.0.113.5, junk"]]))).toBe("unix");
     expect(ca.resolve("unix", h([]))).toBe("unix");
+  });
+
+  test("only the field access.forwarded_header names is read; the other, which no front vouched for, is removed", () => {
+    // A front that sets only Forwarded passes on whatever X-Forwarded-For its client sent.
+    const fromClient = (): HeaderList => h([["X-Forwarded-For", "203.0.113.99"], ["Forwarded", "for=198.51.100.5"]]);
+    const forwarded = new ClientAddress(["10.0.0.0/8"], "forwarded");
+    const headers = fromClient();
+    expect(forwarded.resolve("10.0.0.2", headers)).toBe("198.51.100.5");
+    expect(headers).toEqual([["Forwarded", "for=198.51.100.5"]]);
+    expect(forwarded.resolve("10.0.0.2", h([["X-Forwarded-For", "203.0.113.99"]]))).toBe("10.0.0.2");
+    // The default: X-Forwarded-For only, even when it is absent and Forwarded is there.
+    const xff = new ClientAddress(["10.0.0.0/8"]);
+    const h2 = fromClient();
+    expect(xff.resolve("10.0.0.2", h2)).toBe("203.0.113.99");
+    expect(h2).toEqual([["X-Forwarded-For", "203.0.113.99"]]);
+    expect(xff.resolve("10.0.0.2", h([["Forwarded", "for=198.51.100.5"]]))).toBe("10.0.0.2");
   });
 
   test("from anyone else the fields are ignored and removed", () => {
@@ -263,6 +280,11 @@ describe("config", () => {
     expect(() => buildConfig({ limits: { client_bandwidth: "fast" } }, "t")).toThrow(/limits\.client_bandwidth: "fast" must be a rate such as "20MiB\/s"/);
     expect(() => buildConfig({ limits: { exempt_clients: ["nope"] } }, "t")).toThrow(/limits\.exempt_clients\[0\]: "nope"/);
   });
+  test("access.forwarded_header: x-forwarded-for (default) or forwarded", () => {
+    expect(buildConfig({}, "t").config.access.forwardedHeader).toBe("x-forwarded-for");
+    expect(buildConfig({ access: { forwarded_header: "forwarded" } }, "t").config.access.forwardedHeader).toBe("forwarded");
+    expect(() => buildConfig({ access: { forwarded_header: "x-real-ip" } }, "t")).toThrow(/access\.forwarded_header: "x-real-ip" must be "x-forwarded-for" or "forwarded"/);
+  });
   test("access.trusted_proxies takes CIDR ranges and unix", () => {
     expect(buildConfig({ access: { trusted_proxies: ["unix", "10.0.0.0/8"] } }, "t").config.access.trustedProxies).toEqual(["unix", "10.0.0.0/8"]);
     expect(() => buildConfig({ access: { trusted_proxies: ["nginx"] } }, "t")).toThrow(/access\.trusted_proxies\[0\]: "nginx" .*or "unix"/);
@@ -271,7 +293,7 @@ describe("config", () => {
     const { warnings } = buildConfig(
       {
         listen: [{ address: ":1", tls: false, proxy_protocol: true }],
-        access: { trusted_proxies: ["unix"] },
+        access: { trusted_proxies: ["unix"], forwarded_header: "forwarded" },
         limits: { requests_per_second: 1, burst: 2, client_bandwidth: "1MiB/s", total_bandwidth: "2MiB/s", exempt_clients: [] },
         mirror: { rules: { allow: ["library/*"], deny: [], deny_message: "m" }, registries: { "docker.io": { upstream: "https://registry-1.docker.io", rules: { deny: ["x/*"] } } } },
       },
