@@ -30,6 +30,26 @@ export function buildTrustedProxies(c: TrustedProxyChecks, value: unknown): stri
   return list;
 }
 
+/**
+ * What limits count a client by: an IPv4 address, or the /64 of an IPv6 one (one subscriber's
+ * LAN gets a whole /64, so counting each address would hand one client 2^64 brake windows,
+ * buckets and fair shares). Logs and metrics keep the full address.
+ */
+export function clientKey(address: string): string {
+  if (isIP(address) !== 6) return address;
+  const plain = address.split("%")[0] as string;
+  const [head = "", tail] = plain.split("::");
+  const h = head === "" ? [] : head.split(":");
+  const t = tail === undefined || tail === "" ? [] : tail.split(":");
+  // A dotted IPv4 tail is two groups; it never reaches the first four.
+  const tailGroups = t.length + (t.length > 0 && (t[t.length - 1] as string).includes(".") ? 1 : 0);
+  const groups = tail === undefined ? h : [...h, ...Array<string>(Math.max(0, 8 - h.length - tailGroups)).fill("0"), ...t];
+  return `${groups
+    .slice(0, 4)
+    .map((g) => parseInt(g, 16).toString(16))
+    .join(":")}::/64`;
+}
+
 /** Which field a trusted front sets to name its client (`access.forwarded_header`). */
 export type ForwardedHeader = "x-forwarded-for" | "forwarded";
 

@@ -5,7 +5,8 @@
  */
 import { describe, expect, test } from "bun:test";
 import { connect } from "node:net";
-import { ClientAddress } from "../src/client-address.ts";
+import { Bandwidth, SLICE } from "../src/bandwidth.ts";
+import { ClientAddress, clientKey } from "../src/client-address.ts";
 import { buildConfig } from "../src/config.ts";
 import type { HeaderList } from "../src/http/head.ts";
 import { ProxyProtocolError, readProxyHeader } from "../src/proxy-protocol.ts";
@@ -93,6 +94,24 @@ describe("a proxy_protocol listener", () => {
       const zero = await sendFrom("127.0.0.9", crm.port, req.replace("198.51.100.7", "0.0.0.0"));
       expect(zero).toMatch(/^HTTP\/1\.1 400 [^]*0\.0\.0\.0/);
     } finally {
+      await crm.stop();
+    }
+  });
+
+  test("max_connections_per_client counts an IPv6 /64 as one client", async () => {
+    const crm = await startCrm({ listen: [{ address: "127.0.0.1:0", proxy_protocol: true }], access: { trusted_proxies: ["127.0.0.9/32"] }, limits: { max_connections_per_client: 1 } }, "info");
+    const held = connect({ host: "127.0.0.1", port: crm.port, localAddress: "127.0.0.9" });
+    try {
+      held.on("error", () => {});
+      // The first client of the /64 is answered and keeps its connection open (keep-alive).
+      const first = new Promise<string>((r) => held.once("data", (d: Buffer) => r(d.toString("latin1"))));
+      held.once("connect", () => void held.write("PROXY TCP6 2001:db8:1:2::1 ::1 5555 80\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+      expect(await first).toMatch(/^HTTP\/1\.1 200 /);
+      const get = (src: string) => sendFrom("127.0.0.9", crm.port, `PROXY TCP6 ${src} ::1 5555 80\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      expect(await get("2001:db8:1:2::2")).toMatch(/^HTTP\/1\.1 429 [^]*too many connections from your address/);
+      expect(await get("2001:db8:1:3::1")).toMatch(/^HTTP\/1\.1 200 /);
+    } finally {
+      held.destroy();
       await crm.stop();
     }
   });
@@ -242,10 +261,39 @@ describe("request rate", () => {
       origin.stop(true);
     }
   });
+  test("an IPv6 /64 is one client (one bucket); IPv4 addresses and other /64s are apart", () => {
+    const r = new RequestRate({ ...DEFAULT_LIMITS, requestsPerSecond: 1, burst: 2 });
+    const t = 1000;
+    expect([r.take("2001:db8:1:2::1", t), r.take("2001:db8:1:2::2", t)]).toEqual([null, null]);
+    expect(r.take("2001:db8:1:2:ffff::9", t)).toBe(1);
+    expect(r.take("2001:db8:1:3::1", t)).toBeNull();
+    expect([r.take("192.0.2.1", t), r.take("192.0.2.1", t), r.take("192.0.2.2", t)]).toEqual([null, null, null]);
+  });
+  test("clientKey: the /64 of IPv6, however it is spelled; IPv4 and unix as they are", () => {
+    expect(clientKey("2001:db8:1:2::1")).toBe("2001:db8:1:2::/64");
+    expect(clientKey("2001:0db8:0001:0002:ffff:0:0:9")).toBe("2001:db8:1:2::/64");
+    expect(clientKey("1:2::3:4:5:6:7")).toBe("1:2:0:3::/64");
+    expect(clientKey("::2:3:4:5:6:7:8")).toBe("0:2:3:4::/64");
+    expect(clientKey("64:ff9b::192.0.2.1")).toBe("64:ff9b:0:0::/64");
+    expect(clientKey("192.0.2.1")).toBe("192.0.2.1");
+    expect(clientKey("unix")).toBe("unix");
+  });
   test("off by default", () => {
     const r = new RequestRate(DEFAULT_LIMITS);
     expect(r.enabled).toBe(false);
     expect(r.take("a")).toBeNull();
+  });
+});
+
+describe("bandwidth fair shares", () => {
+  test("an IPv6 /64 shares one client_bandwidth bucket; another /64 has its own", async () => {
+    const bw = new Bandwidth({ ...DEFAULT_LIMITS, clientBandwidth: SLICE * 4 });
+    // Two slices: the bucket (one slice deep) runs into debt, so its next grant must wait.
+    expect(bw.acquire("2001:db8:1:2::1", 2 * SLICE)).toBeNull();
+    expect(bw.acquire("2001:db8:1:3::1", SLICE)).toBeNull();
+    const second = bw.acquire("2001:db8:1:2::2", SLICE);
+    expect(second).toBeInstanceOf(Promise);
+    await second;
   });
 });
 
