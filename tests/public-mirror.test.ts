@@ -180,6 +180,20 @@ describe("a client named by a trusted front", () => {
   });
 });
 
+describe("a front that sets only Forwarded (access.forwarded_header: forwarded)", () => {
+  test("is believed; the X-Forwarded-For its client sent is not", async () => {
+    const crm = await startCrm({ access: { trusted_proxies: ["127.0.0.1/32"], forwarded_header: "forwarded", clients: ["127.0.0.0/8"] } }, "info");
+    try {
+      const r = await fetch(`${crm.url}/healthz`, { headers: { forwarded: "for=127.0.0.7", "x-forwarded-for": "203.0.113.5" }, proxy: false } as RequestInit);
+      expect(r.status).toBe(200);
+      await crm.waitLog(/GET \/healthz .*client=127\.0\.0\.7 /);
+      expect(crm.logs.join("\n")).not.toContain("203.0.113.5");
+    } finally {
+      await crm.stop();
+    }
+  });
+});
+
 describe("forwarding fields from an untrusted client", () => {
   test("are removed before a forward request goes upstream", async () => {
     const origin = startOrigin();
