@@ -5,13 +5,12 @@
  * that is not trusted is ignored.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { connect } from "node:net";
 import { join } from "node:path";
 import { rm } from "node:fs/promises";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { MANIFEST_DIGEST, startFakeRegistry, type FakeRegistry } from "./support/mirror-upstreams.ts";
 import { missingNginx, sharedTempDir, startNginx, STREAM_BIND, type Nginx } from "./support/nginx.ts";
-import { rawConnect, run } from "./support/raw.ts";
+import { rawConnect, run, sendFrom } from "./support/raw.ts";
 import { missingTools } from "./support/tools.ts";
 
 const skip = missingTools("crm behind nginx", ["curl"]) || missingNginx();
@@ -110,17 +109,10 @@ describe.skipIf(skip)("crm behind nginx", () => {
   });
 
   /** What a connection from `from` (the balancer's address or not) gets back. */
-  const sendFrom = (from: string, bytes: string | Buffer): Promise<string> =>
-    new Promise((resolve) => {
-      const got: Buffer[] = [];
-      const s = connect({ host: "127.0.0.1", port: ppPort, localAddress: from }, () => void s.write(bytes));
-      s.on("data", (d: Buffer) => got.push(d));
-      s.on("close", () => resolve(Buffer.concat(got).toString("latin1")));
-      s.on("error", () => {});
-    });
+  const fromAddress = (from: string, bytes: string | Buffer): Promise<string> => sendFrom(from, ppPort, bytes);
 
   test("a proxy_protocol listener refuses a connection that does not start with a PROXY header", async () => {
-    expect(await sendFrom(STREAM_BIND, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")).toMatch(/^HTTP\/1\.1 400 [^]*expects a PROXY protocol header/);
+    expect(await fromAddress(STREAM_BIND, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")).toMatch(/^HTTP\/1\.1 400 [^]*expects a PROXY protocol header/);
   });
 
   test("a PROXY header straight from a client, not the balancer, is refused and no client is named", async () => {
@@ -135,7 +127,7 @@ describe.skipIf(skip)("crm behind nginx", () => {
   test("PROXY protocol v2 (binary, as HAProxy and cloud balancers send it) names the client", async () => {
     const sig = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
     const addrs = Buffer.from([203, 0, 113, 7, 127, 0, 0, 1, 0x30, 0x39, 0x1f, 0x90]);
-    const out = await sendFrom(STREAM_BIND, Buffer.concat([sig, Buffer.from([0x21, 0x11, 0x00, addrs.length]), addrs, Buffer.from(`GET ${manifest} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)]));
+    const out = await fromAddress(STREAM_BIND, Buffer.concat([sig, Buffer.from([0x21, 0x11, 0x00, addrs.length]), addrs, Buffer.from(`GET ${manifest} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)]));
     expect(out).toMatch(/^HTTP\/1\.1 200/);
     expect(clientsLogged(manifest, 200)).toContain("203.0.113.7");
   });

@@ -14,17 +14,7 @@ import { RequestRate } from "../src/rate-limit.ts";
 import { DEFAULT_LIMITS } from "../src/config.ts";
 import { startCrm } from "./support/crm.ts";
 import { startOrigin } from "./support/origins.ts";
-
-/** Sends `bytes` from the local address `from` (any of 127.0.0.0/8) and returns all that came back. */
-function sendFrom(from: string, port: number, bytes: string | Buffer): Promise<string> {
-  return new Promise((resolve) => {
-    const got: Buffer[] = [];
-    const s = connect({ host: "127.0.0.1", port, localAddress: from }, () => void s.write(bytes));
-    s.on("data", (d: Buffer) => got.push(d));
-    s.on("close", () => resolve(Buffer.concat(got).toString("latin1")));
-    s.on("error", () => {});
-  });
-}
+import { sendFrom } from "./support/raw.ts";
 
 const SIG = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
 const v2 = (cmd: number, fam: number, body: number[]): Buffer => Buffer.concat([SIG, Buffer.from([0x20 | cmd, fam, body.length >> 8, body.length & 255]), Buffer.from(body)]);
@@ -35,6 +25,9 @@ describe("PROXY protocol", () => {
     expect(r).toEqual({ kind: "header", client: "192.0.2.7", rest: Buffer.from("GET / HTTP/1.1\r\n") });
     const six = readProxyHeader(Buffer.from("PROXY TCP6 2001:db8:0:0::1 ::1 5555 443\r\n"));
     expect(six.kind === "header" && six.client).toBe("2001:db8::1");
+    // 00ff::1 is a unicast address, though its short spelling starts with "ff".
+    const notMulticast = readProxyHeader(Buffer.from("PROXY TCP6 ff::1 ::1 5555 443\r\n"));
+    expect(notMulticast.kind === "header" && notMulticast.client).toBe("ff::1");
     const unknown = readProxyHeader(Buffer.from("PROXY UNKNOWN\r\n"));
     expect(unknown.kind === "header" && unknown.client).toBeNull();
   });
