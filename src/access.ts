@@ -2,7 +2,7 @@
  * Who may use crm: the client CIDR list (checked at accept), users with Basic credentials
  * (Proxy-Authorization for forward and CONNECT, Authorization for the mirror), and a brake on
  * guessing. The brake counts full password checks when they START, in flight included, so one
- * address gets at most FAILURES_PER_MINUTE of them a minute however it sends them (a success is
+ * address (an IPv6 /64 counts as one) gets at most FAILURES_PER_MINUTE of them a minute however it sends them (a success is
  * refunded); past that it gets 429 without a check. Credentials already verified (cached) keep
  * working while their address is braked, so one guesser behind a shared front (every client is
  * `unix`, or one NAT address) cannot lock the others out. Unknown names are checked against a
@@ -11,6 +11,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import type { Config } from "./config.ts";
 import { CidrList } from "./cidr.ts";
+import { clientKey } from "./client-address.ts";
 import { HttpError } from "./errors.ts";
 
 export const FAILURES_PER_MINUTE = 10;
@@ -19,7 +20,7 @@ const WINDOW_MS = 60_000;
 /** A verified credential is trusted this long, so keep-alive traffic does not pay argon2 each time. */
 const VERIFIED_TTL_MS = 5 * 60_000;
 const VERIFIED_MAX = 1024;
-/** Addresses tracked before the table is cleared; bounds memory under a spray of addresses. */
+/** Addresses tracked before the least recently used are dropped; bounds memory under a spray of addresses. */
 const TRACKED_MAX = 10_000;
 
 /** "page": the index page `/`, which names allowed hosts and registries. */
@@ -102,13 +103,15 @@ export class AccessControl {
     const now = Date.now();
     const hash = this.config.access.users.get(cred.name);
     if (hash !== undefined && (this.verified.get(cred.key) ?? 0) > now) return cred.name;
+    // Braked per IPv4 address or IPv6 /64, so one LAN's 2^64 addresses are one guesser.
+    const key = clientKey(client);
 
-    const until = this.blockedUntil.get(client) ?? 0;
+    const until = this.blockedUntil.get(key) ?? 0;
     if (until > now) throw braked(until - now);
     let check = this.inFlight.get(cred.key);
     let counted: number | null = null;
     if (check === undefined) {
-      const a = this.window(client, now);
+      const a = this.window(key, now);
       if (a.times.length >= FAILURES_PER_MINUTE) {
         // Ten checks failed or still running. While some still run (and may be refunded), a retry
         // soon may pass; otherwise the oldest must leave the window first.
@@ -124,10 +127,10 @@ export class AccessControl {
     }
     const ok = await check;
     if (ok) {
-      if (counted !== null) this.refund(client, counted);
+      if (counted !== null) this.refund(key, counted);
       return cred.name;
     }
-    this.recordFailure(client);
+    this.recordFailure(key);
     throw challenge(realm);
   }
 
@@ -150,10 +153,13 @@ export class AccessControl {
   private window(client: string, now: number): Attempts {
     let a = this.attempts.get(client);
     if (a === undefined) {
-      if (this.attempts.size >= TRACKED_MAX) this.attempts.clear();
+      // The least recently used window goes, never the whole table: a spray of new addresses
+      // must not wipe the window of a guesser (or anyone) still active.
+      if (this.attempts.size >= TRACKED_MAX) this.attempts.delete(this.attempts.keys().next().value as string);
       a = { times: [], failed: [] };
-      this.attempts.set(client, a);
-    }
+    } else this.attempts.delete(client);
+    // (Re)inserted last: the Map's order is the order of use.
+    this.attempts.set(client, a);
     while (a.times.length > 0 && (a.times[0] as number) <= now - WINDOW_MS) a.times.shift();
     while (a.failed.length > 0 && (a.failed[0] as number) <= now - WINDOW_MS) a.failed.shift();
     return a;

@@ -5,9 +5,10 @@
  * backpressure reaches the upstream), and a tunnel's upstream socket is paused until its last
  * chunk is paid for. Under the total cap, waiting clients are served in start-time fair order
  * over bytes (the client that has been granted least goes next), so N active clients get about
- * 1/N each however many streams each opens.
+ * 1/N each however many streams each opens. A client is an IPv4 address or an IPv6 /64 (clientKey).
  */
 import { CidrList } from "./cidr.ts";
+import { clientKey } from "./client-address.ts";
 import type { FairShareLimits } from "./config/fair-share.ts";
 
 /** The most bytes one grant covers: bounds what a paced stream holds, and the fairness quantum. */
@@ -86,7 +87,7 @@ export class Bandwidth {
   acquire(client: string, bytes: number): Promise<void> | null {
     if (!this.applies(client)) return null;
     const now = performance.now();
-    const st = this.state(client, now);
+    const st = this.state(clientKey(client), now);
     if (this.waiting.size === 0 && this.ready(st, now)) {
       this.charge(st, bytes);
       return null;

@@ -1,9 +1,11 @@
 /**
  * The real client behind a front (nginx, Caddy, HAProxy, a cloud load balancer). From a peer in
  * `access.trusted_proxies` (CIDR ranges, or "unix" for unix-socket listeners) the client is the
- * rightmost `X-Forwarded-For` address that is not itself a trusted proxy (else `Forwarded: for=`);
- * from anyone else those fields are ignored and removed before anything is forwarded, so a client
- * cannot name itself someone else. Limits, the password brake, logs and metrics all use the result.
+ * rightmost address of the one field `access.forwarded_header` names (`X-Forwarded-For` or
+ * `Forwarded: for=`) that is not itself a trusted proxy. Only that field: a front that sets one
+ * passes the other through from its client untouched, so believing it would let a client name
+ * itself. Fields nobody vouched for are removed before anything is forwarded. Limits, the
+ * password brake, logs and metrics all use the result.
  */
 import { isIP } from "node:net";
 import { CidrList, parseCidr } from "./cidr.ts";
@@ -26,6 +28,36 @@ export function buildTrustedProxies(c: TrustedProxyChecks, value: unknown): stri
     if (typeof r === "string") c.fail(`access.trusted_proxies[${i}]`, entry, `${r} (or "unix" for unix-socket listeners)`);
   });
   return list;
+}
+
+/**
+ * What limits count a client by: an IPv4 address, or the /64 of an IPv6 one (one subscriber's
+ * LAN gets a whole /64, so counting each address would hand one client 2^64 brake windows,
+ * buckets and fair shares). Logs and metrics keep the full address.
+ */
+export function clientKey(address: string): string {
+  if (isIP(address) !== 6) return address;
+  const plain = address.split("%")[0] as string;
+  const [head = "", tail] = plain.split("::");
+  const h = head === "" ? [] : head.split(":");
+  const t = tail === undefined || tail === "" ? [] : tail.split(":");
+  // A dotted IPv4 tail is two groups; it never reaches the first four.
+  const tailGroups = t.length + (t.length > 0 && (t[t.length - 1] as string).includes(".") ? 1 : 0);
+  const groups = tail === undefined ? h : [...h, ...Array<string>(Math.max(0, 8 - h.length - tailGroups)).fill("0"), ...t];
+  return `${groups
+    .slice(0, 4)
+    .map((g) => parseInt(g, 16).toString(16))
+    .join(":")}::/64`;
+}
+
+/** Which field a trusted front sets to name its client (`access.forwarded_header`). */
+export type ForwardedHeader = "x-forwarded-for" | "forwarded";
+
+export function buildForwardedHeader(c: Pick<TrustedProxyChecks, "fail">, value: unknown): ForwardedHeader {
+  if (value === undefined || value === null) return "x-forwarded-for";
+  if (value === "x-forwarded-for" || value === "forwarded") return value;
+  c.fail("access.forwarded_header", value, 'must be "x-forwarded-for" or "forwarded" (the field your front sets, overwriting or appending to what the client sent)');
+  return "x-forwarded-for";
 }
 
 /** An address as crm names clients: no brackets, no port, IPv4-mapped IPv6 as IPv4. */
@@ -59,7 +91,10 @@ export class ClientAddress {
   private readonly ranges: CidrList | null;
   private readonly unixTrusted: boolean;
 
-  constructor(trusted: readonly string[]) {
+  constructor(
+    trusted: readonly string[],
+    private readonly header: ForwardedHeader = "x-forwarded-for",
+  ) {
     const cidrs = trusted.filter((t) => t !== UNIX_PEER);
     this.ranges = cidrs.length > 0 ? new CidrList(cidrs) : null;
     this.unixTrusted = trusted.includes(UNIX_PEER);
@@ -84,8 +119,9 @@ export class ClientAddress {
       stripForwarding(headers);
       return peer;
     }
-    const xff = headerValues(headers, "x-forwarded-for");
-    const chain = xff.length > 0 ? xff.join(",").split(",").map(cleanAddress) : forwardedFor(headerValues(headers, "forwarded"));
+    const values = headerValues(headers, this.header);
+    stripForwarding(headers, this.header);
+    const chain = this.header === "forwarded" ? forwardedFor(values) : values.length > 0 ? values.join(",").split(",").map(cleanAddress) : [];
     // Walk from the nearest hop back: each trusted proxy vouches for the one before it.
     let client = peer;
     for (let i = chain.length - 1; i >= 0; i--) {
@@ -98,10 +134,11 @@ export class ClientAddress {
   }
 }
 
-function stripForwarding(headers: HeaderList): void {
+/** Removes the X-Forwarded-For and Forwarded fields (but `keep`): what no trusted front vouched for. */
+export function stripForwarding(headers: HeaderList, keep: ForwardedHeader | null = null): void {
   for (let i = headers.length - 1; i >= 0; i--) {
     const name = (headers[i] as [string, string])[0];
     // The length test first: this runs on every request, and almost no name has either length.
-    if ((name.length === 15 || name.length === 9) && /^(x-forwarded-for|forwarded)$/i.test(name)) headers.splice(i, 1);
+    if ((name.length === 15 || name.length === 9) && /^(x-forwarded-for|forwarded)$/i.test(name) && name.toLowerCase() !== keep) headers.splice(i, 1);
   }
 }

@@ -12,11 +12,11 @@ import { parseCidr } from "./cidr.ts";
 import { nearest } from "./did-you-mean.ts";
 import { LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { DEFAULT_REGISTRIES, type RegistryConfig } from "./registries.ts";
-import { buildListen, checkProxyProtocolTls, type ListenAddress } from "./config/listen.ts";
+import { buildListen, checkProxyProtocolTls, checkProxyProtocolTrust, type ListenAddress } from "./config/listen.ts";
 import { buildTls, checkTlsListeners, type TlsListenConfig } from "./tls/config.ts";
 import { buildManifestCache, type ManifestCacheConfig } from "./config/manifest-cache.ts";
 import { buildFairShare, FAIR_SHARE_KEYS, type FairShareLimits } from "./config/fair-share.ts";
-import { buildTrustedProxies } from "./client-address.ts";
+import { buildForwardedHeader, buildTrustedProxies, type ForwardedHeader } from "./client-address.ts";
 import { buildRules, type ImageRules } from "./mirror/rules.ts";
 import { buildDoctorConfig, type DoctorConfig } from "./doctor/config.ts";
 
@@ -64,6 +64,8 @@ export interface AccessConfig {
   mirrorAuth: boolean;
   /** Peers (CIDR ranges, "unix") whose X-Forwarded-For / Forwarded name the real client. */
   trustedProxies: readonly string[];
+  /** The one field those peers set to name the client. */
+  forwardedHeader: ForwardedHeader;
 }
 
 export interface Limits extends FairShareLimits {
@@ -378,6 +380,7 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
   const tls = buildTls(c, root.tls, file);
   checkTlsListeners(c, tls, listen);
   checkProxyProtocolTls(c, listen, tls !== null, Array.isArray(root.listen));
+  checkProxyProtocolTrust(c, listen, access.trustedProxies, Array.isArray(root.listen));
 
   let unixSocketMode = 0o660;
   if (root.unix_socket_mode !== undefined && root.unix_socket_mode !== null) {
@@ -406,7 +409,7 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
 }
 
 function buildAccess(c: Checker, raw: unknown): AccessConfig {
-  const a = c.object("access", raw, ["clients", "users", "mirror_auth", "trusted_proxies"]) ?? {};
+  const a = c.object("access", raw, ["clients", "users", "mirror_auth", "trusted_proxies", "forwarded_header"]) ?? {};
   const clients = c.stringList("access.clients", a.clients) ?? [];
   clients.forEach((entry, i) => {
     const r = parseCidr(entry);
@@ -421,7 +424,7 @@ function buildAccess(c: Checker, raw: unknown): AccessConfig {
       c.rule(`access.users.${name}`, "must be a password hash from `crm passwd NAME` (argon2id or bcrypt), never a plain password (the value is not shown)");
     } else users.set(name, hash);
   }
-  return { clients, users, mirrorAuth: c.bool("access.mirror_auth", a.mirror_auth, true), trustedProxies: buildTrustedProxies(c, a.trusted_proxies) };
+  return { clients, users, mirrorAuth: c.bool("access.mirror_auth", a.mirror_auth, true), trustedProxies: buildTrustedProxies(c, a.trusted_proxies), forwardedHeader: buildForwardedHeader(c, a.forwarded_header) };
 }
 
 function buildLimits(c: Checker, raw: unknown): Limits {

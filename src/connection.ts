@@ -4,6 +4,7 @@
  * the next request when both sides allow. CONNECT hands the socket to a tunnel.
  */
 import type { Socket } from "bun";
+import { stripForwarding } from "./client-address.ts";
 import { DialError, HttpError } from "./errors.ts";
 import type { Runtime } from "./context.ts";
 import { BodyFeeder } from "./http/body.ts";
@@ -267,6 +268,12 @@ export class Connection {
 
   private readProxy(): void {
     const buf = this.buf as Buffer;
+    // Only the balancer may name the client: from anyone else a PROXY header is a forged identity.
+    if (!this.rt.clientAddress.trusts(this.peer)) {
+      this.rt.log.warn("PROXY header from a peer not in access.trusted_proxies, refused", { peer: this.peer });
+      this.fail(new HttpError(400, "this listener takes connections only from the balancers in access.trusted_proxies"));
+      return;
+    }
     let r;
     try {
       r = readProxyHeader(buf);
@@ -333,7 +340,9 @@ export class Connection {
     this.requests++;
     const started = performance.now();
     // Behind a trusted front the request names its client; anyone else's forwarding fields go.
-    this.client = this.secureAuthority === null ? this.rt.clientAddress.resolve(this.peer, head.headers) : this.client;
+    // Inside a decrypted tunnel the client is the tunnel's, and no field in it is vouched for.
+    if (this.secureAuthority === null) this.client = this.rt.clientAddress.resolve(this.peer, head.headers);
+    else stripForwarding(head.headers);
     if (this.client !== this.peer && !this.rt.access.clientAllowed(this.client)) {
       // access.clients holds for the client a trusted front names, as for a direct one.
       this.rt.log.info("client not in access.clients, refused", { client: this.client, via: this.peer });

@@ -54,7 +54,7 @@ export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver 
     policy: new HostPolicy(config.allowedHosts, config.allowedPorts),
     log: loggerFor(config, sink),
     access: new AccessControl(config),
-    clientAddress: new ClientAddress(config.access.trustedProxies),
+    clientAddress: new ClientAddress(config.access.trustedProxies, config.access.forwardedHeader),
     rate: new RequestRate(config.limits),
     bandwidth: new Bandwidth(config.limits),
     // Read through rt so a reload that flips allow_private_networks applies at once.
@@ -81,7 +81,7 @@ export function applyConfig(rt: Runtime, config: Config): void {
   rt.policy = new HostPolicy(config.allowedHosts, config.allowedPorts);
   rt.log = loggerFor(config, rt.sink);
   rt.access = new AccessControl(config);
-  rt.clientAddress = new ClientAddress(config.access.trustedProxies);
+  rt.clientAddress = new ClientAddress(config.access.trustedProxies, config.access.forwardedHeader);
   rt.rate.configure(config.limits);
   rt.bandwidth.configure(config.limits);
 }

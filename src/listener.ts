@@ -7,6 +7,7 @@
 import type { Socket, SocketHandler, SocketListener } from "bun";
 import type { ListenAddress } from "./config.ts";
 import { Connection, type Dispatcher, type SocketData } from "./connection.ts";
+import { clientKey } from "./client-address.ts";
 import type { Runtime } from "./context.ts";
 import { HttpError } from "./errors.ts";
 import { errorHead } from "./http/response.ts";
@@ -93,7 +94,7 @@ export class Admission {
       return false;
     }
     const { maxConnections, maxConnectionsPerClient } = rt.config.limits;
-    const mine = this.perClient.get(ip) ?? 0;
+    const mine = this.perClient.get(clientKey(ip)) ?? 0;
     const refusal =
       this.total >= maxConnections
         ? errorHead(503, "crm: too many connections", { "retry-after": "5" })
@@ -119,7 +120,7 @@ export class Admission {
       conn.reset();
       return false;
     }
-    const mine = this.perClient.get(to) ?? 0;
+    const mine = this.perClient.get(clientKey(to)) ?? 0;
     if (mine >= rt.config.limits.maxConnectionsPerClient) {
       rt.log.warn("connection refused: limit reached", { client: to, from_client: mine });
       conn.fail(new HttpError(429, "crm: too many connections from your address", { headers: { "retry-after": "5" } }));
@@ -130,17 +131,20 @@ export class Admission {
     return true;
   }
 
+  /** Counted per IPv4 address or IPv6 /64 (clientKey), like the other per-client limits. */
   private count(ip: string): boolean {
+    const key = clientKey(ip);
     this.total++;
-    this.perClient.set(ip, (this.perClient.get(ip) ?? 0) + 1);
+    this.perClient.set(key, (this.perClient.get(key) ?? 0) + 1);
     return true;
   }
 
   release(ip: string): void {
+    const key = clientKey(ip);
     this.total--;
-    const n = (this.perClient.get(ip) ?? 1) - 1;
-    if (n <= 0) this.perClient.delete(ip);
-    else this.perClient.set(ip, n);
+    const n = (this.perClient.get(key) ?? 1) - 1;
+    if (n <= 0) this.perClient.delete(key);
+    else this.perClient.set(key, n);
   }
 }
 

@@ -50,7 +50,7 @@ function readV1(buf: Buffer): ProxyHeader {
   if (parts.length !== 6 || family === 0 || src === undefined || dst === undefined || isIP(src) !== family || isIP(dst) !== family || !port(sport) || !port(dport)) {
     throw new ProxyProtocolError("malformed PROXY v1 line");
   }
-  return { kind: "header", client: normalize(src), rest };
+  return { kind: "header", client: usable(normalize(src)), rest };
 }
 
 function readV2(buf: Buffer): ProxyHeader {
@@ -69,16 +69,28 @@ function readV2(buf: Buffer): ProxyHeader {
   const af = family >> 4;
   if (af === 1) {
     if (len < 12) throw new ProxyProtocolError("PROXY v2 IPv4 header too short");
-    return { kind: "header", client: [...body.subarray(0, 4)].join("."), rest };
+    return { kind: "header", client: usable([...body.subarray(0, 4)].join(".")), rest };
   }
   if (af === 2) {
     if (len < 36) throw new ProxyProtocolError("PROXY v2 IPv6 header too short");
     const groups: string[] = [];
     for (let i = 0; i < 16; i += 2) groups.push(body.readUInt16BE(i).toString(16));
-    return { kind: "header", client: normalize(groups.join(":")), rest };
+    return { kind: "header", client: usable(normalize(groups.join(":"))), rest };
   }
   // AF_UNSPEC or AF_UNIX: no address crm could use.
   return { kind: "header", client: null, rest };
+}
+
+/**
+ * No connection comes from an unspecified, multicast or broadcast address: a header naming one
+ * is forged or broken, and believing it would give every such sender one shared (or no) identity.
+ */
+function usable(ip: string): string {
+  const v4 = isIP(ip) === 4;
+  const first = v4 ? Number(ip.slice(0, ip.indexOf("."))) : 0;
+  const bad = v4 ? ip === "0.0.0.0" || ip === "255.255.255.255" || (first >= 224 && first <= 239) : ip === "::" || /^ff[0-9a-f]{2}:/.test(ip);
+  if (bad) throw new ProxyProtocolError(`PROXY header names ${ip} as the client (unspecified, multicast or broadcast): not an address a connection comes from`);
+  return ip;
 }
 
 /** One spelling per address (the one node:net and Bun use): compressed IPv6, mapped IPv4 unwrapped. */

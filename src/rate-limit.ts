@@ -1,10 +1,11 @@
 /**
- * Per-client request rate for the mirror and the proxy: a token bucket per address
- * (`limits.requests_per_second` refill, `limits.burst` size). Over it a request is refused with
+ * Per-client request rate for the mirror and the proxy: a token bucket per IPv4 address or IPv6
+ * /64 (clientKey; `limits.requests_per_second` refill, `limits.burst` size). Over it a request is refused with
  * 429 and Retry-After before any work is done for it. Exempt ranges and an unset rate cost one
  * branch.
  */
 import { CidrList } from "./cidr.ts";
+import { clientKey } from "./client-address.ts";
 import type { FairShareLimits } from "./config/fair-share.ts";
 
 interface Bucket {
@@ -42,11 +43,12 @@ export class RequestRate {
     const rate = this.rate;
     if (rate === null) return null;
     if (this.exempt !== null && this.exempt.match(client) !== null) return null;
-    let b = this.buckets.get(client);
+    const key = clientKey(client);
+    let b = this.buckets.get(key);
     if (b === undefined) {
       if (this.buckets.size >= MAX_BUCKETS) this.prune(now);
       b = { tokens: this.burst, at: now };
-      this.buckets.set(client, b);
+      this.buckets.set(key, b);
     } else {
       b.tokens = Math.min(this.burst, b.tokens + ((now - b.at) / 1000) * rate);
       b.at = now;

@@ -7,7 +7,9 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { FAILURES_PER_MINUTE } from "../src/access.ts";
+import { AccessControl, FAILURES_PER_MINUTE } from "../src/access.ts";
+import { buildConfig } from "../src/config.ts";
+import type { HttpError } from "../src/errors.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { startOrigin } from "./support/origins.ts";
 import { rawConnect, run } from "./support/raw.ts";
@@ -118,4 +120,40 @@ describe("user names do not leak by timing", () => {
     expect(median(unknown) / median(known)).toBeGreaterThan(0.3);
     expect(crm.server.rt.access.fullChecks).toBe(8);
   }, 30_000);
+});
+
+describe("the brake's keys", () => {
+  test("an IPv6 /64 is one guesser: ten addresses of it brake the eleventh; another /64 and IPv4 stay apart", async () => {
+    const crm = await startCrm({ access: { users: { alice: hash }, trusted_proxies: ["127.0.0.1/32"] } }, "info");
+    try {
+      const guess = async (client: string): Promise<number> => {
+        const r = await fetch(`${crm.url}/v2/`, { headers: { authorization: basic("alice", "guess"), "x-forwarded-for": client }, proxy: false } as RequestInit);
+        await r.arrayBuffer();
+        return r.status;
+      };
+      for (let i = 1; i <= FAILURES_PER_MINUTE; i++) expect(await guess(`2001:db8:1:2::${i.toString(16)}`)).toBe(401);
+      expect(await guess("2001:db8:1:2:ffff:ffff:ffff:ffff")).toBe(429);
+      expect(await guess("2001:db8:1:3::1")).toBe(401);
+      // Logs keep the full address.
+      await crm.waitLog(/client=2001:db8:1:2:ffff:ffff:ffff:ffff /);
+    } finally {
+      await crm.stop();
+    }
+  }, 30_000);
+
+  test("a spray of 10,000 new addresses evicts the oldest windows, not the window of a guesser still active", async () => {
+    const access = new AccessControl(buildConfig({ access: { users: { alice: hash } } }, "t").config);
+    const status = (p: Promise<unknown>): Promise<number> => p.then(() => 200, (e: HttpError) => e.status);
+    const wrong = basic("alice", "wrong");
+    // 9,999 sprayed addresses share one check (same credentials, in flight together).
+    const spray = (from: number, n: number) => Promise.all(Array.from({ length: n }, (_, i) => status(access.authenticate("mirror", wrong, `10.${(from + i) >> 16}.${((from + i) >> 8) & 255}.${(from + i) & 255}`))));
+    expect(new Set(await spray(0, 9_999))).toEqual(new Set([401]));
+    const guesser = "192.0.2.1";
+    for (let i = 0; i < FAILURES_PER_MINUTE - 1; i++) expect(await status(access.authenticate("mirror", basic("alice", `g${i}`), guesser))).toBe(401);
+    // One more new address fills the table past its bound.
+    expect(await spray(20_000, 1)).toEqual([401]);
+    expect(await status(access.authenticate("mirror", basic("alice", "last"), guesser))).toBe(401);
+    // The guesser's tenth failure in the window braked it.
+    expect(await status(access.authenticate("mirror", basic("alice", "more"), guesser))).toBe(429);
+  }, 60_000);
 });

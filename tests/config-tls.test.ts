@@ -15,7 +15,7 @@ const acme = (extra: Record<string, unknown> = {}) => ({
 
 describe("listen items", () => {
   test("strings, ports and objects mix; tls and proxy_protocol per listener", () => {
-    const { config } = buildConfig({ listen: [":443", 8080, { address: "127.0.0.1:80", tls: false, proxy_protocol: true }, "/run/crm.sock"] }, "t");
+    const { config } = buildConfig({ listen: [":443", 8080, { address: "127.0.0.1:80", tls: false, proxy_protocol: true }, "/run/crm.sock"], access: { trusted_proxies: ["10.0.0.0/8"] } }, "t");
     expect(config.listen.map((l) => [l.hostname, l.port, l.tls, l.proxyProtocol, l.unix ?? null])).toEqual([
       ["0.0.0.0", 443, null, false, null],
       ["0.0.0.0", 8080, null, false, null],

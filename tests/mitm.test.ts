@@ -66,6 +66,14 @@ describe("interception", () => {
     expect(crm.logs.join("\n")).not.toContain("s3cr3t-token");
   });
 
+  test("a client's own X-Forwarded-For and Forwarded are removed from decrypted requests too", async () => {
+    const r = await curl(["--cacert", mitmCa.certPath, "-H", "X-Forwarded-For: 6.6.6.6", "-H", "Forwarded: for=6.6.6.6", `https://origin.test:${origin.port}/echo`]);
+    const body = JSON.parse(r.stdout) as { headers: Record<string, string> };
+    expect(body.headers.via).toBe("1.1 crm");
+    expect(body.headers["x-forwarded-for"]).toBeUndefined();
+    expect(body.headers.forwarded).toBeUndefined();
+  });
+
   test("a big download streams through intact", async () => {
     const r = await run(["sh", "-c", `curl -sS --noproxy '' -x ${crm.url} --cacert ${mitmCa.certPath} 'https://origin.test:${origin.port}/bytes?n=33554432' | wc -c`]);
     expect(r.stdout.trim()).toBe("33554432");

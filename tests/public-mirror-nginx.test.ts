@@ -9,8 +9,8 @@ import { join } from "node:path";
 import { rm } from "node:fs/promises";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { MANIFEST_DIGEST, startFakeRegistry, type FakeRegistry } from "./support/mirror-upstreams.ts";
-import { missingNginx, sharedTempDir, startNginx, type Nginx } from "./support/nginx.ts";
-import { rawConnect, run } from "./support/raw.ts";
+import { missingNginx, sharedTempDir, startNginx, STREAM_BIND, type Nginx } from "./support/nginx.ts";
+import { rawConnect, run, sendFrom } from "./support/raw.ts";
 import { missingTools } from "./support/tools.ts";
 
 const skip = missingTools("crm behind nginx", ["curl"]) || missingNginx();
@@ -32,7 +32,7 @@ describe.skipIf(skip)("crm behind nginx", () => {
         listen: [sock, { address: "127.0.0.1:0", proxy_protocol: true }, "127.0.0.1:0"],
         unix_socket_mode: "0666",
         log_format: "json",
-        access: { trusted_proxies: ["unix"] },
+        access: { trusted_proxies: ["unix", `${STREAM_BIND}/32`] },
         limits: { requests_per_second: 0.2, burst: 6 },
         mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } },
       },
@@ -108,20 +108,27 @@ describe.skipIf(skip)("crm behind nginx", () => {
     expect(text).not.toMatch(/crm_client_limited_total\{client="127\.0\.0\.3"/);
   });
 
+  /** What a connection from `from` (the balancer's address or not) gets back. */
+  const fromAddress = (from: string, bytes: string | Buffer): Promise<string> => sendFrom(from, ppPort, bytes);
+
   test("a proxy_protocol listener refuses a connection that does not start with a PROXY header", async () => {
+    expect(await fromAddress(STREAM_BIND, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")).toMatch(/^HTTP\/1\.1 400 [^]*expects a PROXY protocol header/);
+  });
+
+  test("a PROXY header straight from a client, not the balancer, is refused and no client is named", async () => {
     const c = await rawConnect(ppPort);
-    c.write("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    c.write(`PROXY TCP4 203.0.113.66 127.0.0.1 5555 80\r\nGET ${manifest} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
     await c.closed();
-    expect(c.text()).toMatch(/^HTTP\/1\.1 400 [^]*expects a PROXY protocol header/);
+    expect(c.text()).toMatch(/^HTTP\/1\.1 400 [^]*access\.trusted_proxies/);
+    expect(crm.logs.join("\n")).toMatch(/PROXY header from a peer not in access\.trusted_proxies.*"peer":"127\.0\.0\.1"/);
+    expect(crm.logs.join("\n")).not.toContain("203.0.113.66");
   });
 
   test("PROXY protocol v2 (binary, as HAProxy and cloud balancers send it) names the client", async () => {
-    const c = await rawConnect(ppPort);
     const sig = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
     const addrs = Buffer.from([203, 0, 113, 7, 127, 0, 0, 1, 0x30, 0x39, 0x1f, 0x90]);
-    c.write(Buffer.concat([sig, Buffer.from([0x21, 0x11, 0x00, addrs.length]), addrs, Buffer.from(`GET ${manifest} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)]));
-    await c.closed();
-    expect(c.text()).toMatch(/^HTTP\/1\.1 200/);
+    const out = await fromAddress(STREAM_BIND, Buffer.concat([sig, Buffer.from([0x21, 0x11, 0x00, addrs.length]), addrs, Buffer.from(`GET ${manifest} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)]));
+    expect(out).toMatch(/^HTTP\/1\.1 200/);
     expect(clientsLogged(manifest, 200)).toContain("203.0.113.7");
   });
 });

@@ -4,7 +4,9 @@
  * request-rate bucket, and the config keys (listen objects, limits, trusted_proxies).
  */
 import { describe, expect, test } from "bun:test";
-import { ClientAddress } from "../src/client-address.ts";
+import { connect } from "node:net";
+import { Bandwidth, SLICE } from "../src/bandwidth.ts";
+import { ClientAddress, clientKey } from "../src/client-address.ts";
 import { buildConfig } from "../src/config.ts";
 import type { HeaderList } from "../src/http/head.ts";
 import { ProxyProtocolError, readProxyHeader } from "../src/proxy-protocol.ts";
@@ -12,6 +14,7 @@ import { RequestRate } from "../src/rate-limit.ts";
 import { DEFAULT_LIMITS } from "../src/config.ts";
 import { startCrm } from "./support/crm.ts";
 import { startOrigin } from "./support/origins.ts";
+import { sendFrom } from "./support/raw.ts";
 
 const SIG = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
 const v2 = (cmd: number, fam: number, body: number[]): Buffer => Buffer.concat([SIG, Buffer.from([0x20 | cmd, fam, body.length >> 8, body.length & 255]), Buffer.from(body)]);
@@ -22,6 +25,9 @@ describe("PROXY protocol", () => {
     expect(r).toEqual({ kind: "header", client: "192.0.2.7", rest: Buffer.from("GET / HTTP/1.1\r\n") });
     const six = readProxyHeader(Buffer.from("PROXY TCP6 2001:db8:0:0::1 ::1 5555 443\r\n"));
     expect(six.kind === "header" && six.client).toBe("2001:db8::1");
+    // 00ff::1 is a unicast address, though its short spelling starts with "ff".
+    const notMulticast = readProxyHeader(Buffer.from("PROXY TCP6 ff::1 ::1 5555 443\r\n"));
+    expect(notMulticast.kind === "header" && notMulticast.client).toBe("ff::1");
     const unknown = readProxyHeader(Buffer.from("PROXY UNKNOWN\r\n"));
     expect(unknown.kind === "header" && unknown.client).toBeNull();
   });
@@ -49,6 +55,59 @@ describe("PROXY protocol", () => {
   ])("%s is refused", (_name, buf) => {
     expect(() => readProxyHeader(buf)).toThrow(ProxyProtocolError);
   });
+  test.each([
+    ["v1 0.0.0.0", Buffer.from("PROXY TCP4 0.0.0.0 127.0.0.1 1 2\r\n")],
+    ["v1 ::", Buffer.from("PROXY TCP6 :: ::1 1 2\r\n")],
+    ["v1 IPv4 multicast", Buffer.from("PROXY TCP4 224.0.0.1 127.0.0.1 1 2\r\n")],
+    ["v1 broadcast", Buffer.from("PROXY TCP4 255.255.255.255 127.0.0.1 1 2\r\n")],
+    ["v1 IPv6 multicast", Buffer.from("PROXY TCP6 ff02::1 ::1 1 2\r\n")],
+    ["v1 mapped 0.0.0.0", Buffer.from("PROXY TCP6 ::ffff:0.0.0.0 ::1 1 2\r\n")],
+    ["v2 0.0.0.0", v2(1, 0x11, Array(12).fill(0))],
+    ["v2 239.1.2.3", v2(1, 0x11, [239, 1, 2, 3, 127, 0, 0, 1, 1, 2, 3, 4])],
+    ["v2 ::", v2(1, 0x21, Array(36).fill(0))],
+    ["v2 ff05::2", v2(1, 0x21, [0xff, 0x05, ...Array(13).fill(0), 2, ...Array(20).fill(0)])],
+  ])("a source that is no client (%s) is refused", (_name, buf) => {
+    expect(() => readProxyHeader(buf)).toThrow(/PROXY header names .* as the client/);
+  });
+});
+
+describe("a proxy_protocol listener", () => {
+  test("believes a PROXY header only from access.trusted_proxies; anyone else gets 400 and a warning naming them", async () => {
+    const crm = await startCrm({ listen: [{ address: "127.0.0.1:0", proxy_protocol: true }], access: { trusted_proxies: ["127.0.0.9/32"] } }, "info");
+    try {
+      const req = "PROXY TCP4 198.51.100.7 127.0.0.1 5555 80\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+      const stranger = await sendFrom("127.0.0.1", crm.port, req);
+      expect(stranger).toMatch(/^HTTP\/1\.1 400 [^]*access\.trusted_proxies/);
+      await crm.waitLog(/WARN .*PROXY header from a peer not in access\.trusted_proxies.* peer=127\.0\.0\.1/);
+      expect(crm.logs.join("\n")).not.toMatch(/GET \/healthz .*client=198\.51\.100\.7/);
+      const balancer = await sendFrom("127.0.0.9", crm.port, req);
+      expect(balancer).toMatch(/^HTTP\/1\.1 200 /);
+      await crm.waitLog(/GET \/healthz .*client=198\.51\.100\.7 /);
+      // Naming no usable client is refused end to end, from the balancer too.
+      const zero = await sendFrom("127.0.0.9", crm.port, req.replace("198.51.100.7", "0.0.0.0"));
+      expect(zero).toMatch(/^HTTP\/1\.1 400 [^]*0\.0\.0\.0/);
+    } finally {
+      await crm.stop();
+    }
+  });
+
+  test("max_connections_per_client counts an IPv6 /64 as one client", async () => {
+    const crm = await startCrm({ listen: [{ address: "127.0.0.1:0", proxy_protocol: true }], access: { trusted_proxies: ["127.0.0.9/32"] }, limits: { max_connections_per_client: 1 } }, "info");
+    const held = connect({ host: "127.0.0.1", port: crm.port, localAddress: "127.0.0.9" });
+    try {
+      held.on("error", () => {});
+      // The first client of the /64 is answered and keeps its connection open (keep-alive).
+      const first = new Promise<string>((r) => held.once("data", (d: Buffer) => r(d.toString("latin1"))));
+      held.once("connect", () => void held.write("PROXY TCP6 2001:db8:1:2::1 ::1 5555 80\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+      expect(await first).toMatch(/^HTTP\/1\.1 200 /);
+      const get = (src: string) => sendFrom("127.0.0.9", crm.port, `PROXY TCP6 ${src} ::1 5555 80\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      expect(await get("2001:db8:1:2::2")).toMatch(/^HTTP\/1\.1 429 [^]*too many connections from your address/);
+      expect(await get("2001:db8:1:3::1")).toMatch(/^HTTP\/1\.1 200 /);
+    } finally {
+      held.destroy();
+      await crm.stop();
+    }
+  });
 });
 
 describe("the real client address", () => {
@@ -59,14 +118,31 @@ describe("the real client address", () => {
     expect(ca.resolve("unix", h([["X-Forwarded-For", "203.0.113.5"]]))).toBe("203.0.113.5");
     expect(ca.resolve("unix", h([["X-Forwarded-For", "6.6.6.6, 203.0.113.5, 10.1.1.1"]]))).toBe("203.0.113.5");
     expect(ca.resolve("10.0.0.2", h([["x-forwarded-for", "6.6.6.6"], ["x-forwarded-for", "203.0.113.5"]]))).toBe("203.0.113.5");
-    expect(ca.resolve("unix", h([["Forwarded", 'for=192.0.2.60;proto=http, for="[2001:db8::7]:4711"']]))).toBe("2001:db8::7");
-    expect(ca.resolve("unix", h([["Forwarded", 'for="192.0.2.43:47011"']]))).toBe("192.0.2.43");
+    const fwd = new ClientAddress(["unix", "10.0.0.0/8"], "forwarded");
+    expect(fwd.resolve("unix", h([["Forwarded", 'for=192.0.2.60;proto=http, for="[2001:db8::7]:4711"']]))).toBe("2001:db8::7");
+    expect(fwd.resolve("unix", h([["Forwarded", 'for="192.0.2.43:47011"']]))).toBe("192.0.2.43");
     // Every hop trusted: the leftmost is as far as the chain goes.
     expect(ca.resolve("unix", h([["X-Forwarded-For", "10.9.9.9, 10.1.1.1"]]))).toBe("10.9.9.9");
     // Garbage ends the walk: what the trusted hops vouched for stands.
     expect(ca.resolve("unix", h([["X-Forwarded-For", "junk, 203.0.113.5"]]))).toBe("203.0.113.5");
     expect(ca.resolve("unix", h([["X-Forwarded-For", "203.0.113.5, junk"]]))).toBe("unix");
     expect(ca.resolve("unix", h([]))).toBe("unix");
+  });
+
+  test("only the field access.forwarded_header names is read; the other, which no front vouched for, is removed", () => {
+    // A front that sets only Forwarded passes on whatever X-Forwarded-For its client sent.
+    const fromClient = (): HeaderList => h([["X-Forwarded-For", "203.0.113.99"], ["Forwarded", "for=198.51.100.5"]]);
+    const forwarded = new ClientAddress(["10.0.0.0/8"], "forwarded");
+    const headers = fromClient();
+    expect(forwarded.resolve("10.0.0.2", headers)).toBe("198.51.100.5");
+    expect(headers).toEqual([["Forwarded", "for=198.51.100.5"]]);
+    expect(forwarded.resolve("10.0.0.2", h([["X-Forwarded-For", "203.0.113.99"]]))).toBe("10.0.0.2");
+    // The default: X-Forwarded-For only, even when it is absent and Forwarded is there.
+    const xff = new ClientAddress(["10.0.0.0/8"]);
+    const h2 = fromClient();
+    expect(xff.resolve("10.0.0.2", h2)).toBe("203.0.113.99");
+    expect(h2).toEqual([["X-Forwarded-For", "203.0.113.99"]]);
+    expect(xff.resolve("10.0.0.2", h([["Forwarded", "for=198.51.100.5"]]))).toBe("10.0.0.2");
   });
 
   test("from anyone else the fields are ignored and removed", () => {
@@ -91,6 +167,20 @@ describe("a client named by a trusted front", () => {
       const inside = await get("127.0.0.5");
       expect(inside.status).toBe(200);
       await crm.waitLog(/GET \/healthz .*client=127\.0\.0\.5 /);
+    } finally {
+      await crm.stop();
+    }
+  });
+});
+
+describe("a front that sets only Forwarded (access.forwarded_header: forwarded)", () => {
+  test("is believed; the X-Forwarded-For its client sent is not", async () => {
+    const crm = await startCrm({ access: { trusted_proxies: ["127.0.0.1/32"], forwarded_header: "forwarded", clients: ["127.0.0.0/8"] } }, "info");
+    try {
+      const r = await fetch(`${crm.url}/healthz`, { headers: { forwarded: "for=127.0.0.7", "x-forwarded-for": "203.0.113.5" }, proxy: false } as RequestInit);
+      expect(r.status).toBe(200);
+      await crm.waitLog(/GET \/healthz .*client=127\.0\.0\.7 /);
+      expect(crm.logs.join("\n")).not.toContain("203.0.113.5");
     } finally {
       await crm.stop();
     }
@@ -178,6 +268,23 @@ describe("request rate", () => {
       origin.stop(true);
     }
   });
+  test("an IPv6 /64 is one client (one bucket); IPv4 addresses and other /64s are apart", () => {
+    const r = new RequestRate({ ...DEFAULT_LIMITS, requestsPerSecond: 1, burst: 2 });
+    const t = 1000;
+    expect([r.take("2001:db8:1:2::1", t), r.take("2001:db8:1:2::2", t)]).toEqual([null, null]);
+    expect(r.take("2001:db8:1:2:ffff::9", t)).toBe(1);
+    expect(r.take("2001:db8:1:3::1", t)).toBeNull();
+    expect([r.take("192.0.2.1", t), r.take("192.0.2.1", t), r.take("192.0.2.2", t)]).toEqual([null, null, null]);
+  });
+  test("clientKey: the /64 of IPv6, however it is spelled; IPv4 and unix as they are", () => {
+    expect(clientKey("2001:db8:1:2::1")).toBe("2001:db8:1:2::/64");
+    expect(clientKey("2001:0db8:0001:0002:ffff:0:0:9")).toBe("2001:db8:1:2::/64");
+    expect(clientKey("1:2::3:4:5:6:7")).toBe("1:2:0:3::/64");
+    expect(clientKey("::2:3:4:5:6:7:8")).toBe("0:2:3:4::/64");
+    expect(clientKey("64:ff9b::192.0.2.1")).toBe("64:ff9b:0:0::/64");
+    expect(clientKey("192.0.2.1")).toBe("192.0.2.1");
+    expect(clientKey("unix")).toBe("unix");
+  });
   test("off by default", () => {
     const r = new RequestRate(DEFAULT_LIMITS);
     expect(r.enabled).toBe(false);
@@ -185,9 +292,21 @@ describe("request rate", () => {
   });
 });
 
+describe("bandwidth fair shares", () => {
+  test("an IPv6 /64 shares one client_bandwidth bucket; another /64 has its own", async () => {
+    const bw = new Bandwidth({ ...DEFAULT_LIMITS, clientBandwidth: SLICE * 4 });
+    // Two slices: the bucket (one slice deep) runs into debt, so its next grant must wait.
+    expect(bw.acquire("2001:db8:1:2::1", 2 * SLICE)).toBeNull();
+    expect(bw.acquire("2001:db8:1:3::1", SLICE)).toBeNull();
+    const second = bw.acquire("2001:db8:1:2::2", SLICE);
+    expect(second).toBeInstanceOf(Promise);
+    await second;
+  });
+});
+
 describe("config", () => {
   test("listen items may be objects with proxy_protocol and tls", () => {
-    const { config } = buildConfig({ listen: ["127.0.0.1:1", { address: "127.0.0.1:2", proxy_protocol: true }, { address: "/run/crm.sock", tls: false }] }, "t");
+    const { config } = buildConfig({ listen: ["127.0.0.1:1", { address: "127.0.0.1:2", proxy_protocol: true }, { address: "/run/crm.sock", tls: false }], access: { trusted_proxies: ["10.0.0.0/8"] } }, "t");
     expect(config.listen.map((l) => [l.port, l.unix ?? null, l.tls, l.proxyProtocol])).toEqual([
       [1, null, null, false],
       [2, null, null, true],
@@ -199,6 +318,9 @@ describe("config", () => {
     const tls = { cert_path: "/x.crt", key_path: "/x.key" };
     expect(() => buildConfig({ tls, listen: [{ address: ":1", proxy_protocol: true }] }, "t")).toThrow(/listen\[0\]\.proxy_protocol: true cannot be combined with TLS/);
     expect(() => buildConfig({ listen: [{ address: ":1", proxy_protocol: true, tls: true }] }, "t")).toThrow(/cannot be combined with TLS/);
+    expect(() => buildConfig({ listen: [":2", { address: ":1", proxy_protocol: true }] }, "t")).toThrow(
+      /listen\[1\]\.proxy_protocol: true needs access\.trusted_proxies: list the balancer's addresses in access\.trusted_proxies/,
+    );
   });
   test("limits: rates, burst, bandwidth, exemptions", () => {
     const { config } = buildConfig({ limits: { requests_per_second: 5, client_bandwidth: "20MiB/s", total_bandwidth: "1GiB", exempt_clients: ["10.0.0.0/8"] } }, "t");
@@ -213,6 +335,11 @@ describe("config", () => {
     expect(() => buildConfig({ limits: { client_bandwidth: "fast" } }, "t")).toThrow(/limits\.client_bandwidth: "fast" must be a rate such as "20MiB\/s"/);
     expect(() => buildConfig({ limits: { exempt_clients: ["nope"] } }, "t")).toThrow(/limits\.exempt_clients\[0\]: "nope"/);
   });
+  test("access.forwarded_header: x-forwarded-for (default) or forwarded", () => {
+    expect(buildConfig({}, "t").config.access.forwardedHeader).toBe("x-forwarded-for");
+    expect(buildConfig({ access: { forwarded_header: "forwarded" } }, "t").config.access.forwardedHeader).toBe("forwarded");
+    expect(() => buildConfig({ access: { forwarded_header: "x-real-ip" } }, "t")).toThrow(/access\.forwarded_header: "x-real-ip" must be "x-forwarded-for" or "forwarded"/);
+  });
   test("access.trusted_proxies takes CIDR ranges and unix", () => {
     expect(buildConfig({ access: { trusted_proxies: ["unix", "10.0.0.0/8"] } }, "t").config.access.trustedProxies).toEqual(["unix", "10.0.0.0/8"]);
     expect(() => buildConfig({ access: { trusted_proxies: ["nginx"] } }, "t")).toThrow(/access\.trusted_proxies\[0\]: "nginx" .*or "unix"/);
@@ -221,7 +348,7 @@ describe("config", () => {
     const { warnings } = buildConfig(
       {
         listen: [{ address: ":1", tls: false, proxy_protocol: true }],
-        access: { trusted_proxies: ["unix"] },
+        access: { trusted_proxies: ["unix"], forwarded_header: "forwarded" },
         limits: { requests_per_second: 1, burst: 2, client_bandwidth: "1MiB/s", total_bandwidth: "2MiB/s", exempt_clients: [] },
         mirror: { rules: { allow: ["library/*"], deny: [], deny_message: "m" }, registries: { "docker.io": { upstream: "https://registry-1.docker.io", rules: { deny: ["x/*"] } } } },
       },

@@ -87,3 +87,14 @@ export function checkProxyProtocolTls(c: Checker, listen: readonly ListenAddress
     }
   });
 }
+
+/**
+ * A PROXY header names any address its sender likes, so it is believed only from the balancer:
+ * without trusted_proxies a proxy_protocol listener would refuse every connection.
+ */
+export function checkProxyProtocolTrust(c: Checker, listen: readonly ListenAddress[], trustedProxies: readonly string[], listed: boolean): void {
+  if (trustedProxies.length > 0) return;
+  listen.forEach((l, i) => {
+    if (l.proxyProtocol) c.fail(`${listed ? `listen[${i}]` : "listen"}.proxy_protocol`, true, "needs access.trusted_proxies: list the balancer's addresses in access.trusted_proxies");
+  });
+}

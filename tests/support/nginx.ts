@@ -12,6 +12,8 @@ import { join } from "node:path";
 import { deadPort } from "./mirror-upstreams.ts";
 
 export const NGINX = "/usr/sbin/nginx";
+/** The stream front connects to crm from this address: what crm lists in access.trusted_proxies. */
+export const STREAM_BIND = "127.0.0.9";
 const STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
 export interface Nginx {
@@ -82,6 +84,7 @@ stream {
   server {
     listen 127.0.0.1:${streamPort};
     proxy_pass 127.0.0.1:${opts.proxyProtocolPort};
+    proxy_bind ${STREAM_BIND};
     proxy_protocol on;
   }
 }

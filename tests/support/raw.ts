@@ -1,5 +1,6 @@
 /** A raw TCP client for the cases curl will not send: malformed heads, half-close, slow-loris. */
 import type { Socket } from "bun";
+import { connect } from "node:net";
 
 export interface RawClient {
   socket: Socket<undefined>;
@@ -77,4 +78,18 @@ export async function run(cmd: string[], opts: { env?: Record<string, string>; c
   const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
   clearTimeout(timer);
   return { code, stdout, stderr };
+}
+
+/**
+ * Sends `bytes` from the local address `from` (any of 127.0.0.0/8: Bun.connect cannot bind one)
+ * and returns all that came back by the time the server closed.
+ */
+export function sendFrom(from: string, port: number, bytes: string | Buffer): Promise<string> {
+  return new Promise((resolve) => {
+    const got: Buffer[] = [];
+    const s = connect({ host: "127.0.0.1", port, localAddress: from }, () => void s.write(bytes));
+    s.on("data", (d: Buffer) => got.push(d));
+    s.on("close", () => resolve(Buffer.concat(got).toString("latin1")));
+    s.on("error", () => {});
+  });
 }
