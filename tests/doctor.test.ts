@@ -144,6 +144,42 @@ describe("crm doctor", () => {
     expect(row.fix).toBe('add "localhost" to mirror.registries.docker.io.redirect_hosts if it is genuine');
   });
 
+  test("a manifest streamed without Content-Length is read only up to 4 MiB, then refused by name", async () => {
+    // 8 MiB of JSON whitespace, chunked: valid JSON, but no manifest is that big.
+    const digest = "sha256:" + "a".repeat(64);
+    const chunk = " ".repeat(1 << 16);
+    let sent = 0;
+    const up = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch(req) {
+        const p = new URL(req.url).pathname;
+        if (p === "/v2/") return new Response("{}");
+        if (req.method === "HEAD") return new Response(null, { headers: { "docker-content-digest": digest } });
+        let i = 0;
+        const body = new ReadableStream<Uint8Array>({
+          pull(c) {
+            const part = i === 0 ? `{"config":{"digest":"${digest}"},"x":1${chunk}` : i < 128 ? chunk : "}";
+            c.enqueue(new TextEncoder().encode(part));
+            sent += part.length;
+            if (++i > 128) c.close();
+          },
+        });
+        return new Response(body, { headers: { "content-type": "application/vnd.oci.image.manifest.v1+json" } });
+      },
+    });
+    try {
+      const d = await doctor({ mirror: { registries: { "docker.io": `http://127.0.0.1:${up.port}` } }, doctor: { images: { "docker.io": "library/app:v1" } } });
+      expect(d.row("docker.io: manifest").result).toBe("pass");
+      const row = d.row("docker.io: blob redirect");
+      expect(row.result).toBe("fail");
+      expect(row.detail).toContain("sent more than 4194304 bytes");
+      expect(sent).toBeLessThan(8 << 20);
+    } finally {
+      up.stop(true);
+    }
+  });
+
   test("the upstream quota is read from the manifest answer; an exhausted one fails", async () => {
     const d = await doctor({ allowed_ports: [port(tokens.url)], mirror: { registries: { "docker.io": `http://127.0.0.1:${port(reg.url)}` } }, doctor: { images: { "docker.io": "ratelimited/app:v1" } } });
     expect(d.row("docker.io: quota")).toMatchObject({ result: "fail" });
