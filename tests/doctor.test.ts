@@ -107,6 +107,17 @@ describe("crm doctor", () => {
     expect(trusted.row("docker.io: TLS").detail).toContain("trusted, for localhost");
   });
 
+  test("an https upstream named by its IP address: no SNI is sent, the certificate is judged for the IP, the report is complete", async () => {
+    const d = await doctor({ mirror: { registries: { "docker.io": `https://127.0.0.1:${tlsServer.port}`, "second.test": "http://nodns.test:5000" } } }, ca.cert);
+    expect(d.row("docker.io: TLS")).toMatchObject({ result: "pass" });
+    expect(d.row("docker.io: TLS").detail).toContain("trusted, for 127.0.0.1");
+    // The test CA is trusted by the probe only, not by fetch: the row is there, whatever it says.
+    expect(d.row("docker.io: GET /v2/").check).toBe("docker.io: GET /v2/");
+    expect(d.row("second.test: DNS").result).toBe("fail");
+    const direct = await probeTls("127.0.0.1", Number(tlsServer.port), "127.0.0.1", 2000, ca.cert);
+    expect(direct.ok).toBe(true);
+  });
+
   test("clock skew: a certificate judged by a clock a month ahead is expired, a day behind not yet valid; a skewed Date header fails the clock row", async () => {
     const ahead = await probeTls("127.0.0.1", Number(tlsServer.port), "localhost", 2000, ca.cert, Date.now() + 30 * 86_400_000);
     expect(ahead.ok).toBe(false);
