@@ -92,6 +92,19 @@ describe("client-config files", () => {
     expect(r.stderr).toContain("already has [[registry]] entries for quay.io");
   });
 
+  test("podman: an entry with location and no prefix (prefix defaults to location) is a clash too", async () => {
+    const own = '[[registry]]\nlocation = "127.0.0.1:5000"\ninsecure = true\n\n[[registry]]\nprefix = "quay.io/team"\nlocation = "quay.io"\n[[registry.mirror]]\nlocation = "docker.io"\n';
+    const dest = join(dir, "location-only.conf");
+    writeFileSync(dest, own);
+    const r = await clientConfig(["podman", "--mirror", "http://127.0.0.1:8080", "--registries", "127.0.0.1:5000", "--dest", dest, "--write"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("already has [[registry]] entries for 127.0.0.1:5000");
+    expect(readFileSync(dest, "utf8")).toBe(own);
+    // Neither a prefix'd entry's location nor a mirror's location is that entry's prefix.
+    const ok = await clientConfig(["podman", "--mirror", "http://127.0.0.1:8080", "--registries", "docker.io,quay.io", "--dest", dest, "--write"]);
+    expect(ok.code).toBe(0);
+  });
+
   test("bad arguments say what to type", async () => {
     const r = await clientConfig(["docker", "--mirror", "ftp://x"]);
     expect(r.code).toBe(1);
