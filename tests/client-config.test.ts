@@ -6,10 +6,11 @@
  * fallback to a public registry dies there instead of resolving a public name.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { installFiles } from "../src/client-config/install.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { deadPort } from "./support/mirror-upstreams.ts";
 import { run } from "./support/raw.ts";
@@ -103,6 +104,29 @@ describe("client-config files", () => {
     // Neither a prefix'd entry's location nor a mirror's location is that entry's prefix.
     const ok = await clientConfig(["podman", "--mirror", "http://127.0.0.1:8080", "--registries", "docker.io,quay.io", "--dest", dest, "--write"]);
     expect(ok.code).toBe(0);
+  });
+
+  test("--write: a symlinked destination is written through, its mode is kept, and backups in the same second never overwrite each other", () => {
+    mkdirSync(join(dir, "real"), { recursive: true });
+    const target = join(dir, "real", "daemon.json");
+    const link = join(dir, "linked.json");
+    writeFileSync(target, '{"original":true}');
+    chmodSync(target, 0o600);
+    symlinkSync(join("real", "daemon.json"), link);
+    const now = new Date("2026-01-02T03:04:05Z");
+    const first = installFiles([{ path: link, content: '{"run":1}' }], now);
+    const second = installFiles([{ path: link, content: '{"run":2}' }], now);
+    expect(lstatSync(link).isSymbolicLink()).toBe(true);
+    expect(readFileSync(target, "utf8")).toBe('{"run":2}');
+    expect(statSync(target).mode & 0o777).toBe(0o600);
+    expect(first[0]?.backup).toBe(`${link}.crm-backup-20260102T030405`);
+    expect(second[0]?.backup).toBe(`${link}.crm-backup-20260102T030405-1`);
+    expect(readFileSync(first[0]!.backup!, "utf8")).toBe('{"original":true}');
+    expect(readFileSync(second[0]!.backup!, "utf8")).toBe('{"run":1}');
+    // A new file gets the usual 0644.
+    const fresh = join(dir, "fresh", "daemon.json");
+    expect(installFiles([{ path: fresh, content: "{}" }], now)[0]).toMatchObject({ state: "created", backup: null });
+    expect(statSync(fresh).mode & 0o777).toBe(0o644);
   });
 
   test("bad arguments say what to type", async () => {
