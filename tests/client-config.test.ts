@@ -12,7 +12,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { installFiles } from "../src/client-config/install.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
-import { deadPort } from "./support/mirror-upstreams.ts";
+import { staticResolver } from "../src/resolver.ts";
+import { deadPort, startFakeRegistry } from "./support/mirror-upstreams.ts";
 import { run } from "./support/raw.ts";
 import { startRegistry, type RegistryFixture } from "./support/registry.ts";
 import { startContainerd, startDockerd, type RuntimeProcess } from "./support/runtimes.ts";
@@ -191,6 +192,27 @@ describe.skipIf(skip)("client-config --check with real runtimes", () => {
     expect(r.stdout).toContain("registry docker.io is not mirrored here");
     expect(r.stdout).toContain(`silently fell back to registry-1.docker.io`);
     expect(r.stdout).toContain("fix: ");
+  }, 120_000);
+
+  test("podman (skopeo): a manifest through crm is not enough; a blob crm cannot serve fails the check, named", async () => {
+    // evil/...: the blob redirects to a host crm refuses, so every blob GET through crm is a 502.
+    const reg = startFakeRegistry({ auth: { kind: "none" } });
+    const own = await startCrm({ mirror: { default_registry: "reg.test", registries: { "reg.test": reg.url } } }, "info", staticResolver({}));
+    try {
+      const dest = join(dir, "blob", "registries.conf");
+      const r = await clientConfig(["podman", "--mirror", own.url, "--registries", "reg.test", "--image", "reg.test/evil/app:v1", "--dest", dest, "--write", "--check"], env);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toMatch(/FAIL crm answered the manifest of reg\.test\/evil\/app:v1 \(requests [0-9a-f]+-\d+\), but 502 \(redirect to evil\.invalid refused for reg\.test/);
+      expect(r.stdout).toMatch(/for its blob sha256:[0-9a-f]{12}… \(requests [0-9a-f]+-\d+\)/);
+      expect(r.stdout).toContain("fix: blob pulls through crm fail");
+      // The same image from a repository whose blobs crm serves: the PASS names the blob requests.
+      const good = await clientConfig(["podman", "--mirror", own.url, "--registries", "reg.test", "--image", "reg.test/team/app:v1", "--dest", dest, "--check"], env);
+      expect(good.stdout).toMatch(/PASS podman fetched reg\.test\/team\/app:v1 through crm \(requests [0-9a-f]+-\d+(, [0-9a-f]+-\d+)*, blobs [0-9a-f]+-\d+/);
+      expect(good.code).toBe(0);
+    } finally {
+      await own.stop();
+      reg.stop();
+    }
   }, 120_000);
 
   test("a URL that is not crm is named as such", async () => {
