@@ -127,6 +127,8 @@ describe("open proxy warning", () => {
       "anyone who can reach 0.0.0.0:8080 may use the mirror at /v2/: access.mirror_auth is false, so access.users does not apply to it; set access.clients to your clients' ranges",
     ]);
     expect(warningsFor({ listen: "0.0.0.0:8080", access: { users: { alice: hash }, mirror_auth: false, clients: ["10.0.0.0/8"] } })).toEqual([]);
+    // A secret path is the mirror's credential then.
+    expect(warningsFor({ listen: "0.0.0.0:8080", access: { users: { alice: hash }, mirror_auth: false }, mirror: { path_prefix: "/s3cret" } })).toEqual([]);
     expect(warningsFor({ listen: "0.0.0.0:8080", access: { clients: ["10.0.0.0/8", "0.0.0.0/0"] } })).toEqual([
       "anyone who can reach 0.0.0.0:8080 may use this proxy (access.clients has 0.0.0.0/0, which admits every address); set access.clients or access.users",
     ]);
