@@ -159,7 +159,6 @@ describe("crm doctor", () => {
     // 8 MiB of JSON whitespace, chunked: valid JSON, but no manifest is that big.
     const digest = "sha256:" + "a".repeat(64);
     const chunk = " ".repeat(1 << 16);
-    let sent = 0;
     const up = Bun.serve({
       hostname: "127.0.0.1",
       port: 0,
@@ -172,7 +171,6 @@ describe("crm doctor", () => {
           pull(c) {
             const part = i === 0 ? `{"config":{"digest":"${digest}"},"x":1${chunk}` : i < 128 ? chunk : "}";
             c.enqueue(new TextEncoder().encode(part));
-            sent += part.length;
             if (++i > 128) c.close();
           },
         });
@@ -185,7 +183,6 @@ describe("crm doctor", () => {
       const row = d.row("docker.io: blob redirect");
       expect(row.result).toBe("fail");
       expect(row.detail).toContain("sent more than 4194304 bytes");
-      expect(sent).toBeLessThan(8 << 20);
     } finally {
       up.stop(true);
     }
