@@ -19,8 +19,13 @@ export function editDistance(a: string, b: string): number {
   return (d[a.length] as number[])[b.length] as number;
 }
 
-/** The candidate closest to `word` (case-insensitive), or null when none is within a third of its length (at least 2). */
+/** Longer than any real key name by far: a mistyped key is never this long. */
+export const MAX_WORD = 64;
+
+/** The candidate closest to `word` (case-insensitive), or null when none is within a third of its length (at least 2), or `word` is longer than MAX_WORD. */
 export function nearest(word: string, candidates: readonly string[]): string | null {
+  // The distance costs length × length in time and memory; no key is this long, so no guess.
+  if (word.length > MAX_WORD) return null;
   const w = word.toLowerCase();
   const limit = Math.max(2, Math.floor(w.length / 3));
   let best: { name: string; distance: number } | null = null;

@@ -6,12 +6,14 @@
  * fallback to a public registry dies there instead of resolving a public name.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { installFiles } from "../src/client-config/install.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
-import { deadPort } from "./support/mirror-upstreams.ts";
+import { staticResolver } from "../src/resolver.ts";
+import { deadPort, startFakeRegistry } from "./support/mirror-upstreams.ts";
 import { run } from "./support/raw.ts";
 import { startRegistry, type RegistryFixture } from "./support/registry.ts";
 import { startContainerd, startDockerd, type RuntimeProcess } from "./support/runtimes.ts";
@@ -92,6 +94,42 @@ describe("client-config files", () => {
     expect(r.stderr).toContain("already has [[registry]] entries for quay.io");
   });
 
+  test("podman: an entry with location and no prefix (prefix defaults to location) is a clash too", async () => {
+    const own = '[[registry]]\nlocation = "127.0.0.1:5000"\ninsecure = true\n\n[[registry]]\nprefix = "quay.io/team"\nlocation = "quay.io"\n[[registry.mirror]]\nlocation = "docker.io"\n';
+    const dest = join(dir, "location-only.conf");
+    writeFileSync(dest, own);
+    const r = await clientConfig(["podman", "--mirror", "http://127.0.0.1:8080", "--registries", "127.0.0.1:5000", "--dest", dest, "--write"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("already has [[registry]] entries for 127.0.0.1:5000");
+    expect(readFileSync(dest, "utf8")).toBe(own);
+    // Neither a prefix'd entry's location nor a mirror's location is that entry's prefix.
+    const ok = await clientConfig(["podman", "--mirror", "http://127.0.0.1:8080", "--registries", "docker.io,quay.io", "--dest", dest, "--write"]);
+    expect(ok.code).toBe(0);
+  });
+
+  test("--write: a symlinked destination is written through, its mode is kept, and backups in the same second never overwrite each other", () => {
+    mkdirSync(join(dir, "real"), { recursive: true });
+    const target = join(dir, "real", "daemon.json");
+    const link = join(dir, "linked.json");
+    writeFileSync(target, '{"original":true}');
+    chmodSync(target, 0o600);
+    symlinkSync(join("real", "daemon.json"), link);
+    const now = new Date("2026-01-02T03:04:05Z");
+    const first = installFiles([{ path: link, content: '{"run":1}' }], now);
+    const second = installFiles([{ path: link, content: '{"run":2}' }], now);
+    expect(lstatSync(link).isSymbolicLink()).toBe(true);
+    expect(readFileSync(target, "utf8")).toBe('{"run":2}');
+    expect(statSync(target).mode & 0o777).toBe(0o600);
+    expect(first[0]?.backup).toBe(`${link}.crm-backup-20260102T030405`);
+    expect(second[0]?.backup).toBe(`${link}.crm-backup-20260102T030405-1`);
+    expect(readFileSync(first[0]!.backup!, "utf8")).toBe('{"original":true}');
+    expect(readFileSync(second[0]!.backup!, "utf8")).toBe('{"run":1}');
+    // A new file gets the usual 0644.
+    const fresh = join(dir, "fresh", "daemon.json");
+    expect(installFiles([{ path: fresh, content: "{}" }], now)[0]).toMatchObject({ state: "created", backup: null });
+    expect(statSync(fresh).mode & 0o777).toBe(0o644);
+  });
+
   test("bad arguments say what to type", async () => {
     const r = await clientConfig(["docker", "--mirror", "ftp://x"]);
     expect(r.code).toBe(1);
@@ -154,6 +192,27 @@ describe.skipIf(skip)("client-config --check with real runtimes", () => {
     expect(r.stdout).toContain("registry docker.io is not mirrored here");
     expect(r.stdout).toContain(`silently fell back to registry-1.docker.io`);
     expect(r.stdout).toContain("fix: ");
+  }, 120_000);
+
+  test("podman (skopeo): a manifest through crm is not enough; a blob crm cannot serve fails the check, named", async () => {
+    // evil/...: the blob redirects to a host crm refuses, so every blob GET through crm is a 502.
+    const reg = startFakeRegistry({ auth: { kind: "none" } });
+    const own = await startCrm({ mirror: { default_registry: "reg.test", registries: { "reg.test": reg.url } } }, "info", staticResolver({}));
+    try {
+      const dest = join(dir, "blob", "registries.conf");
+      const r = await clientConfig(["podman", "--mirror", own.url, "--registries", "reg.test", "--image", "reg.test/evil/app:v1", "--dest", dest, "--write", "--check"], env);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toMatch(/FAIL crm answered the manifest of reg\.test\/evil\/app:v1 \(requests [0-9a-f]+-\d+\), but 502 \(redirect to evil\.invalid refused for reg\.test/);
+      expect(r.stdout).toMatch(/for its blob sha256:[0-9a-f]{12}… \(requests [0-9a-f]+-\d+\)/);
+      expect(r.stdout).toContain("fix: blob pulls through crm fail");
+      // The same image from a repository whose blobs crm serves: the PASS names the blob requests.
+      const good = await clientConfig(["podman", "--mirror", own.url, "--registries", "reg.test", "--image", "reg.test/team/app:v1", "--dest", dest, "--check"], env);
+      expect(good.stdout).toMatch(/PASS podman fetched reg\.test\/team\/app:v1 through crm \(requests [0-9a-f]+-\d+(, [0-9a-f]+-\d+)*, blobs [0-9a-f]+-\d+/);
+      expect(good.code).toBe(0);
+    } finally {
+      await own.stop();
+      reg.stop();
+    }
   }, 120_000);
 
   test("a URL that is not crm is named as such", async () => {

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { parseArgs } from "../src/cli.ts";
 import { buildConfig, DEFAULT_ALLOWED_HOSTS, findConfigFile, loadConfigFile, parseListen } from "../src/config.ts";
 import { ConfigError, ConfigErrors } from "../src/errors.ts";
+import { MAX_WORD, nearest } from "../src/did-you-mean.ts";
 import { parseDuration } from "../src/duration.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "crm-config-"));
@@ -135,6 +136,15 @@ describe("every error names the key path, the value and the rule", () => {
     expect(errs.some((e) => e.startsWith('mitm.zzzzzz: unknown key "zzzzzz" in mitm (known keys: enabled, ca_cert_path, ca_key_path, hosts)'))).toBe(true);
     expect(errs.some((e) => e.startsWith('mirror.rule: unknown key "rule" in mirror'))).toBe(true);
     expect(errs).toHaveLength(5);
+  });
+
+  test("a pathologically long unknown key gets no suggestion (the distance is quadratic), only the known keys", () => {
+    // A long candidate one edit away: matched below the cap, never computed above it.
+    expect(nearest("a".repeat(MAX_WORD), ["a".repeat(MAX_WORD - 1)])).toBe("a".repeat(MAX_WORD - 1));
+    expect(nearest("a".repeat(MAX_WORD + 1), ["a".repeat(MAX_WORD)])).toBeNull();
+    const errs = errorsOf({ ["m".repeat(1_000_000)]: 1 });
+    expect(errs).toHaveLength(1);
+    expect(errs[0]).toStartWith(`${"m".repeat(100)}: unknown key "${"m".repeat(100)}" at the top level (known keys: `);
   });
 
   test("errors and unknown keys are reported together, and no placeholder is shown as a value", () => {

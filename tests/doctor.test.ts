@@ -107,6 +107,17 @@ describe("crm doctor", () => {
     expect(trusted.row("docker.io: TLS").detail).toContain("trusted, for localhost");
   });
 
+  test("an https upstream named by its IP address: no SNI is sent, the certificate is judged for the IP, the report is complete", async () => {
+    const d = await doctor({ mirror: { registries: { "docker.io": `https://127.0.0.1:${tlsServer.port}`, "second.test": "http://nodns.test:5000" } } }, ca.cert);
+    expect(d.row("docker.io: TLS")).toMatchObject({ result: "pass" });
+    expect(d.row("docker.io: TLS").detail).toContain("trusted, for 127.0.0.1");
+    // The test CA is trusted by the probe only, not by fetch: the row is there, whatever it says.
+    expect(d.row("docker.io: GET /v2/").check).toBe("docker.io: GET /v2/");
+    expect(d.row("second.test: DNS").result).toBe("fail");
+    const direct = await probeTls("127.0.0.1", Number(tlsServer.port), "127.0.0.1", 2000, ca.cert);
+    expect(direct.ok).toBe(true);
+  });
+
   test("clock skew: a certificate judged by a clock a month ahead is expired, a day behind not yet valid; a skewed Date header fails the clock row", async () => {
     const ahead = await probeTls("127.0.0.1", Number(tlsServer.port), "localhost", 2000, ca.cert, Date.now() + 30 * 86_400_000);
     expect(ahead.ok).toBe(false);
@@ -142,6 +153,39 @@ describe("crm doctor", () => {
     expect(row.result).toBe("fail");
     expect(row.detail).toContain("redirect to localhost refused for docker.io");
     expect(row.fix).toBe('add "localhost" to mirror.registries.docker.io.redirect_hosts if it is genuine');
+  });
+
+  test("a manifest streamed without Content-Length is read only up to 4 MiB, then refused by name", async () => {
+    // 8 MiB of JSON whitespace, chunked: valid JSON, but no manifest is that big.
+    const digest = "sha256:" + "a".repeat(64);
+    const chunk = " ".repeat(1 << 16);
+    const up = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch(req) {
+        const p = new URL(req.url).pathname;
+        if (p === "/v2/") return new Response("{}");
+        if (req.method === "HEAD") return new Response(null, { headers: { "docker-content-digest": digest } });
+        let i = 0;
+        const body = new ReadableStream<Uint8Array>({
+          pull(c) {
+            const part = i === 0 ? `{"config":{"digest":"${digest}"},"x":1${chunk}` : i < 128 ? chunk : "}";
+            c.enqueue(new TextEncoder().encode(part));
+            if (++i > 128) c.close();
+          },
+        });
+        return new Response(body, { headers: { "content-type": "application/vnd.oci.image.manifest.v1+json" } });
+      },
+    });
+    try {
+      const d = await doctor({ mirror: { registries: { "docker.io": `http://127.0.0.1:${up.port}` } }, doctor: { images: { "docker.io": "library/app:v1" } } });
+      expect(d.row("docker.io: manifest").result).toBe("pass");
+      const row = d.row("docker.io: blob redirect");
+      expect(row.result).toBe("fail");
+      expect(row.detail).toContain("sent more than 4194304 bytes");
+    } finally {
+      up.stop(true);
+    }
   });
 
   test("the upstream quota is read from the manifest answer; an exhausted one fails", async () => {

@@ -121,6 +121,26 @@ describe("open proxy warning", () => {
     expect(warningsFor({ access: { users: { alice: hash } } })).toEqual([]);
   });
 
+  test("the mirror is open when access.users guards only the proxy (mirror_auth: false); a /0 client range admits everyone", async () => {
+    const hash = await Bun.password.hash("a long password", { algorithm: "argon2id" });
+    expect(warningsFor({ listen: "0.0.0.0:8080", access: { users: { alice: hash }, mirror_auth: false } })).toEqual([
+      "anyone who can reach 0.0.0.0:8080 may use the mirror at /v2/: access.mirror_auth is false, so access.users does not apply to it; set access.clients to your clients' ranges",
+    ]);
+    expect(warningsFor({ listen: "0.0.0.0:8080", access: { users: { alice: hash }, mirror_auth: false, clients: ["10.0.0.0/8"] } })).toEqual([]);
+    // A secret path is the mirror's credential then.
+    expect(warningsFor({ listen: "0.0.0.0:8080", access: { users: { alice: hash }, mirror_auth: false }, mirror: { path_prefix: "/s3cret" } })).toEqual([]);
+    expect(warningsFor({ listen: "0.0.0.0:8080", access: { clients: ["10.0.0.0/8", "0.0.0.0/0"] } })).toEqual([
+      "anyone who can reach 0.0.0.0:8080 may use this proxy (access.clients has 0.0.0.0/0, which admits every address); set access.clients or access.users",
+    ]);
+    expect(warningsFor({ listen: "[::]:8080", access: { clients: ["::/0"] } })).toEqual([
+      "anyone who can reach [::]:8080 may use this proxy (access.clients has ::/0, which admits every address); set access.clients or access.users",
+    ]);
+    expect(warningsFor({ listen: "[::]:8080", access: { clients: ["::/0"], users: { alice: hash }, mirror_auth: false } })).toEqual([
+      "anyone who can reach [::]:8080 may use the mirror at /v2/: access.mirror_auth is false, so access.users does not apply to it (access.clients has ::/0, which admits every address); set access.clients to your clients' ranges",
+    ]);
+    expect(warningsFor({ listen: "[::]:8080", access: { clients: ["::/0"], users: { alice: hash } } })).toEqual([]);
+  });
+
   test("a loopback crm starts without the warning; the warning is a start-up log line", async () => {
     const crm = await startCrm({});
     try {

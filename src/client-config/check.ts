@@ -29,21 +29,27 @@ function authHeaders(): Record<string, string> {
 interface Pull {
   cmd: string[];
   env: Record<string, string>;
+  /**
+   * The command always fetches a blob. A docker/containerd/podman pull skips blobs already on
+   * the node, so for them no blob request at all is not a fallback.
+   */
+  fetchesBlob: boolean;
 }
 
 function pullCommand(o: ClientConfigOptions, image: ImageRef): Pull | string {
   switch (o.runtime) {
     case "docker":
-      return Bun.which("docker") ? { cmd: ["docker", "pull", "-q", image.full], env: {} } : "the docker CLI is not installed on this node";
+      return Bun.which("docker") ? { cmd: ["docker", "pull", "-q", image.full], env: {}, fetchesBlob: false } : "the docker CLI is not installed on this node";
     case "containerd":
-      return Bun.which("ctr") ? { cmd: ["ctr", "images", "pull", "--hosts-dir", o.dest, image.full], env: {} } : "ctr (containerd's CLI) is not installed on this node";
+      return Bun.which("ctr") ? { cmd: ["ctr", "images", "pull", "--hosts-dir", o.dest, image.full], env: {}, fetchesBlob: false } : "ctr (containerd's CLI) is not installed on this node";
     case "podman": {
       // A drop-in is found by containers/image itself; a main file has to be named.
       const dropIn = basename(dirname(o.dest)) === "registries.conf.d";
       const env: Record<string, string> = dropIn ? {} : { CONTAINERS_REGISTRIES_CONF: o.dest };
       // skopeo 1.9 ignores CONTAINERS_REGISTRIES_CONF; its (hidden) flag is what it reads.
-      if (Bun.which("skopeo")) return { cmd: ["skopeo", ...(dropIn ? [] : ["--registries-conf", o.dest]), "inspect", "--raw", `docker://${image.full}`], env };
-      if (Bun.which("podman")) return { cmd: ["podman", "pull", "-q", image.full], env };
+      // --config fetches the image's config blob too: a manifest alone proves nothing about blobs.
+      if (Bun.which("skopeo")) return { cmd: ["skopeo", ...(dropIn ? [] : ["--registries-conf", o.dest]), "inspect", "--raw", "--config", `docker://${image.full}`], env, fetchesBlob: true };
+      if (Bun.which("podman")) return { cmd: ["podman", "pull", "-q", image.full], env, fetchesBlob: false };
       return "neither skopeo nor podman is installed on this node";
     }
   }
@@ -56,8 +62,13 @@ async function run(p: Pull): Promise<{ code: number; output: string }> {
   return { code, output: (err.trim() || out.trim()).split("\n").slice(-3).join(" | ").slice(0, 600) };
 }
 
-/** What crm answered this address for the image's manifest since `after`. */
-async function journalSince(base: string, after: number, image: ImageRef): Promise<{ answer: RequestsAnswer; manifest: RequestsAnswer["requests"] } | string> {
+type Entry = RequestsAnswer["requests"][number];
+const is2xx = (r: Entry): boolean => r.status >= 200 && r.status < 300;
+/** A blob's GET that crm answered with its content (a HEAD proves nothing about the bytes). */
+const blobServed = (r: Entry): boolean => r.method === "GET" && is2xx(r);
+
+/** What crm answered this address for the image's manifest and blobs since `after`. */
+async function journalSince(base: string, after: number, image: ImageRef): Promise<{ answer: RequestsAnswer; manifest: Entry[]; blobs: Entry[] } | string> {
   const end = Date.now() + JOURNAL_WAIT_MS;
   for (;;) {
     let answer: RequestsAnswer;
@@ -69,7 +80,9 @@ async function journalSince(base: string, after: number, image: ImageRef): Promi
       return `cannot read crm's request record: ${(e as Error).message}`;
     }
     const manifest = answer.requests.filter((r) => r.kind === "mirror" && aboutManifest(r, image));
-    if (manifest.some((r) => r.status >= 200 && r.status < 300) || Date.now() > end) return { answer, manifest };
+    const blobs = answer.requests.filter((r) => r.kind === "mirror" && aboutBlob(r, image));
+    // A pull that found its blobs on the node asks for none: then the wait runs out (a few s).
+    if ((manifest.some(is2xx) && blobs.some(blobServed)) || Date.now() > end) return { answer, manifest, blobs };
     await Bun.sleep(200);
   }
 }
@@ -82,6 +95,14 @@ function aboutManifest(r: RequestsAnswer["requests"][number], image: ImageRef): 
   if (r.registry !== undefined) return r.registry === image.registry && r.repo === image.repo && r.ref === image.ref;
   const short = image.repo.replace(/^library\//, "");
   return r.status >= 400 && r.target.includes(`/${short}/manifests/`);
+}
+
+/** A blob request of the image's repository (matched by path when crm could not route it). */
+function aboutBlob(r: Entry, image: ImageRef): boolean {
+  if (!r.target.includes("/blobs/")) return false;
+  if (r.registry !== undefined) return r.registry === image.registry && r.repo === image.repo;
+  const short = image.repo.replace(/^library\//, "");
+  return r.status >= 300 && r.target.includes(`/${short}/blobs/`);
 }
 
 function fixFor(o: ClientConfigOptions): string {
@@ -97,7 +118,7 @@ function fixFor(o: ClientConfigOptions): string {
 
 async function dockerLoaded(base: string): Promise<string | null> {
   if (!Bun.which("docker")) return null;
-  const r = await run({ cmd: ["docker", "info", "--format", "{{json .RegistryConfig.Mirrors}}"], env: {} });
+  const r = await run({ cmd: ["docker", "info", "--format", "{{json .RegistryConfig.Mirrors}}"], env: {}, fetchesBlob: false });
   if (r.code !== 0) return `docker info failed: ${r.output}`;
   let mirrors: unknown;
   try {
@@ -142,15 +163,30 @@ export async function runCheck(o: ClientConfigOptions): Promise<CheckReport> {
   const pulled = await run(pull);
   const seen = await journalSince(base, after, image);
   if (typeof seen === "string") return fail(seen);
-  const ok = seen.manifest.filter((r) => r.status >= 200 && r.status < 300);
+  const ok = seen.manifest.filter(is2xx);
   const bad = seen.manifest.filter((r) => r.status >= 300);
+  const blobOk = seen.blobs.filter(blobServed);
+  const blobBad = seen.blobs.filter((r) => r.status >= 300);
   const upstream = registryUpstream(image.registry).host;
   const ids = (rs: RequestsAnswer["requests"]): string => rs.map((r) => r.id).slice(0, 4).join(", ");
+  const why = (rs: Entry[]): string => rs.map((r) => `${r.status}${r.notes.error ? ` (${r.notes.error})` : ""}`).slice(0, 2).join(", ");
+  const blobName = (r: Entry | undefined): string => (r?.ref ?? /\/blobs\/([^/?]+)/.exec(r?.target ?? "")?.[1] ?? "?").slice(0, 19) + "…";
+  const blobFix = "blob pulls through crm fail: fix what crm's answer names (its log has the same line), e.g. the blob host in mirror.registries.<name>.redirect_hosts";
+  if (ok.length > 0 && blobOk.length === 0 && blobBad.length > 0) {
+    const what = `crm answered the manifest of ${image.full} (requests ${ids(ok)}), but ${why(blobBad)} for its blob ${blobName(blobBad[0])} (requests ${ids(blobBad)})`;
+    if (pulled.code === 0) return fail(`${what}, and ${o.runtime} silently fell back to ${upstream} for it`, blobFix);
+    return fail(`${what}; ${o.runtime} said: ${pulled.output}`, blobFix);
+  }
+  if (pulled.code === 0 && ok.length > 0 && blobOk.length === 0 && pull.fetchesBlob) {
+    return fail(`${o.runtime} fetched the manifest of ${image.full} through crm but its blob without asking crm: a silent fallback to ${upstream} for blobs (crm saw no blob request from ${seen.answer.client})`, fixFor(o));
+  }
   if (pulled.code === 0 && ok.length > 0) {
-    lines.push(`PASS ${o.runtime} fetched ${image.full} through crm (requests ${ids(ok)}, client ${seen.answer.client})`);
+    const blobs = blobOk.length > 0 ? `, blobs ${ids(blobOk)}` : "";
+    lines.push(`PASS ${o.runtime} fetched ${image.full} through crm (requests ${ids(ok)}${blobs}, client ${seen.answer.client})`);
+    if (blobOk.length === 0) lines.push(`NOTE no blob was fetched: ${image.full} is already on this node, so blob pulls through crm are not proven; remove the image and run the check again`);
     return { ok: true, lines };
   }
-  const badWhy = bad.map((r) => `${r.status}${r.notes.error ? ` (${r.notes.error})` : ""}`).slice(0, 2).join(", ");
+  const badWhy = why(bad);
   if (pulled.code === 0 && bad.length > 0) {
     return fail(`${o.runtime} fetched ${image.full}, but not from crm: crm answered ${badWhy} (requests ${ids(bad)}), and ${o.runtime} silently fell back to ${upstream}`, "fix what crm's answer names (its log has the same line), e.g. add the registry to mirror.registries");
   }

@@ -29,6 +29,39 @@ export function registriesBlock(o: ClientConfigOptions): string {
   return [BEGIN, ...entries, END, ""].join("\n");
 }
 
+/**
+ * The prefix of every `[[registry]]` table, as containers/image reads it: `prefix`, or, when
+ * absent, `location` (its documented default). Keys under `[[registry.mirror]]` or any other
+ * table belong to that table, not to the registry.
+ */
+export function registryPrefixes(toml: string): string[] {
+  const out: string[] = [];
+  let current: { prefix?: string; location?: string } | null = null;
+  const flush = (): void => {
+    const p = current?.prefix ?? current?.location;
+    if (p !== undefined) out.push(p);
+    current = null;
+  };
+  let inRegistry = false;
+  for (const raw of toml.split(/\r?\n/)) {
+    const line = raw.trim();
+    const header = /^\[\[?\s*([^\]]+?)\s*\]\]?/.exec(line);
+    if (header) {
+      if (header[1] === "registry" && line.startsWith("[[")) {
+        flush();
+        current = {};
+        inRegistry = true;
+      } else inRegistry = false;
+      continue;
+    }
+    if (!inRegistry || current === null) continue;
+    const kv = /^(prefix|location)\s*=\s*(?:"([^"]*)"|'([^']*)')/.exec(line);
+    if (kv) current[kv[1] as "prefix" | "location"] = kv[2] ?? kv[3];
+  }
+  flush();
+  return out;
+}
+
 export function planPodman(o: ClientConfigOptions, existing: string | null): Plan {
   let rest = existing ?? "";
   const start = rest.indexOf(BEGIN);
@@ -37,7 +70,8 @@ export function planPodman(o: ClientConfigOptions, existing: string | null): Pla
     if (end < 0) throw new PlanError(`${o.dest}: the crm block has no "${END}" line; remove the block by hand and run again`);
     rest = rest.slice(0, start) + rest.slice(end + END.length).replace(/^\r?\n/, "");
   }
-  const clash = o.registries.filter((r) => new RegExp(`^\\s*prefix\\s*=\\s*["']${r.replace(/\./g, "\\.")}["']`, "m").test(rest));
+  const taken = new Set(registryPrefixes(rest));
+  const clash = o.registries.filter((r) => taken.has(r));
   if (clash.length > 0) {
     throw new PlanError(`${o.dest} already has [[registry]] entries for ${clash.join(", ")}: remove them, or leave them out with --registries, or write crm's block to its own file with --dest /etc/containers/registries.conf.d/50-crm-mirror.conf`);
   }

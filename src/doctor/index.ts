@@ -43,7 +43,12 @@ export async function diagnose(opts: DoctorOptions): Promise<Report> {
   if (!config.mirror.enabled) report.pass("mirror", "disabled (mirror.enabled: false); no registry checked");
   else {
     for (const reg of config.mirror.registries.values()) {
-      for (const [h, p] of await checkRegistry(rt, reg, config.doctor.images.get(reg.name) ?? null, report, { extraCa: opts.extraCa })) needed.set(`${h}:${p}`, [h, p]);
+      // One registry's unexpected failure is its own row; the report of the others is kept.
+      const hosts = await checkRegistry(rt, reg, config.doctor.images.get(reg.name) ?? null, report, { extraCa: opts.extraCa }).catch((e: unknown) => {
+        report.fail(`${reg.name}: probe`, `the check stopped: ${(e as Error).message ?? String(e)}`, "report this as a crm bug, with this line");
+        return [] as Array<[string, number]>;
+      });
+      for (const [h, p] of hosts) needed.set(`${h}:${p}`, [h, p]);
     }
   }
   // A CONNECT (HTTPS_PROXY) pull reaches every one of these hosts itself, through the allow-list.

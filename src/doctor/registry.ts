@@ -10,6 +10,7 @@ import { DialError } from "../errors.ts";
 import { fetchUpstream } from "../forward.ts";
 import { findChallenge } from "../mirror/challenge.ts";
 import { MirrorError } from "../mirror/errors.ts";
+import { readSmallBody } from "../mirror/small-body.ts";
 import { TokenCache } from "../mirror/token-cache.ts";
 import { fetchToken } from "../mirror/token-fetch.ts";
 import { RegistryClient } from "../mirror/upstream.ts";
@@ -195,7 +196,7 @@ export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: str
 
   // The blob redirect: the manifest names a blob, whose GET leads to the CDN.
   try {
-    const blob = await firstBlob(client, ref.repo, digest, scope, signal);
+    const blob = await firstBlob(client, ref.repo, digest, scope, signal, rt.config.timeouts.upstreamHeaderMs * 2);
     const r = await client.fetch({ method: "HEAD", path: `/v2/${ref.repo}/blobs/${blob}`, headers: new Headers({ "user-agent": "crm-doctor" }), scope, signal });
     await r.response.body?.cancel().catch(() => {});
     // The final answer's URL names the address crm dialled, with the redirect target's port.
@@ -218,7 +219,7 @@ function splitImage(image: string): { repo: string; ref: string } {
 }
 
 /** The config blob of the image (of its linux/amd64 manifest when it is an index). */
-async function firstBlob(client: RegistryClient, repo: string, digest: string, scope: string, signal: AbortSignal): Promise<string> {
+async function firstBlob(client: RegistryClient, repo: string, digest: string, scope: string, signal: AbortSignal, timeoutMs: number): Promise<string> {
   const get = async (ref: string): Promise<Record<string, unknown>> => {
     const r = await client.fetch({ method: "GET", path: `/v2/${repo}/manifests/${ref}`, headers: new Headers({ accept: MANIFEST_ACCEPT, "user-agent": "crm-doctor" }), scope, signal });
     const len = Number(r.response.headers.get("content-length") ?? "0");
@@ -226,7 +227,14 @@ async function firstBlob(client: RegistryClient, repo: string, digest: string, s
       await r.response.body?.cancel().catch(() => {});
       throw new Error(`GET manifest ${ref.slice(0, 19)}… answered ${r.response.status}`);
     }
-    return (await r.response.json()) as Record<string, unknown>;
+    // Content-Length may be absent (chunked): the cap is on the bytes read, not on the header.
+    const body = await readSmallBody(r.response, MANIFEST_LIMIT, timeoutMs);
+    if (body.truncated) throw new Error(`GET manifest ${ref.slice(0, 19)}… sent more than ${MANIFEST_LIMIT} bytes, or broke off: not a manifest`);
+    try {
+      return JSON.parse(new TextDecoder().decode(body.bytes)) as Record<string, unknown>;
+    } catch {
+      throw new Error(`GET manifest ${ref.slice(0, 19)}… is not JSON`);
+    }
   };
   let doc = await get(digest);
   const list = doc.manifests;

@@ -3,7 +3,8 @@
  * trusted, is the certificate for this name, is it valid now by this host's clock. Each failure
  * gets its own message, because "certificate verify failed" alone does not say what to fix.
  */
-import { checkServerIdentity, connect, rootCertificates, type PeerCertificate } from "node:tls";
+import { isIP } from "node:net";
+import { checkServerIdentity, connect, rootCertificates, type PeerCertificate, type TLSSocket } from "node:tls";
 
 export type TlsVerdict = { ok: true; detail: string } | { ok: false; detail: string; fix: string };
 
@@ -37,7 +38,15 @@ export function judgeCertificate(host: string, cert: PeerCertificate, authorizat
 /** `now`: the clock the certificate is judged by (tests move it). */
 export function probeTls(address: string, port: number, host: string, timeoutMs: number, extraCa?: string, now?: number): Promise<TlsVerdict> {
   return new Promise((resolve) => {
-    const socket = connect({ host: address, port, servername: host, rejectUnauthorized: false, ...(extraCa ? { ca: [...rootCertificates, extraCa] } : {}) });
+    let socket: TLSSocket;
+    try {
+      // SNI carries host names only (RFC 6066 §3): an IP as servername throws ERR_INVALID_ARG_VALUE.
+      socket = connect({ host: address, port, ...(isIP(host) ? {} : { servername: host }), rejectUnauthorized: false, ...(extraCa ? { ca: [...rootCertificates, extraCa] } : {}) });
+    } catch (e) {
+      // A synchronous throw would otherwise escape the report and lose every other row.
+      resolve({ ok: false, detail: `TLS handshake with ${host} could not start: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, fix: `check the upstream URL's host (${host})` });
+      return;
+    }
     const done = (v: TlsVerdict): void => {
       clearTimeout(timer);
       socket.destroy();
