@@ -2,7 +2,8 @@
  * What a plain listener does when crm also serves TLS: it answers ACME http-01 challenges
  * (`/.well-known/acme-challenge/TOKEN`, to anyone: the CA's validators are not in
  * access.clients), and with `tls.redirect_http` sends other origin-form requests to https.
- * Proxy requests (CONNECT, absolute-form) pass through unchanged, so the proxy works here too.
+ * For clients in access.clients, proxy requests (CONNECT, absolute-form) pass through unchanged,
+ * so the proxy works here too; everyone else gets only the challenges.
  */
 import type { Dispatcher, Exchange } from "../connection.ts";
 import type { Runtime } from "../context.ts";
@@ -22,12 +23,18 @@ export interface PlainListenerHooks {
 export function plainListenerDispatcher(inner: Dispatcher, rt: Runtime, hooks: PlainListenerHooks): Dispatcher {
   return {
     http(ex) {
-      if (ex.route.kind !== "local") return inner.http(ex);
-      const path = ex.route.path.split("?")[0] ?? "";
-      if (path.startsWith(CHALLENGE_PREFIX)) return Promise.resolve(answerChallenge(ex, rt, hooks, path.slice(CHALLENGE_PREFIX.length)));
-      // Strangers were let in only for the CA's validators (see `openToAll` in listener.ts).
-      if (!rt.access.clientAllowed(ex.client)) return Promise.resolve(textResponse(403, "crm: only ACME challenges are answered for your address"));
-      if (rt.config.tls?.redirectHttp) return Promise.resolve(redirect(ex, hooks.httpsPort(), rt.config.tls.acme?.domains ?? []));
+      // Strangers were let in only for the CA's validators (see `openToAll` in listener.ts): they
+      // get an origin-form GET/HEAD of a challenge and nothing else, not even a proxy request.
+      const stranger = !rt.access.clientAllowed(ex.client);
+      const path = ex.route.kind === "local" ? (ex.route.path.split("?")[0] ?? "") : null;
+      if (path !== null && path.startsWith(CHALLENGE_PREFIX) && (!stranger || ex.head.method === "GET" || ex.head.method === "HEAD")) {
+        return Promise.resolve(answerChallenge(ex, rt, hooks, path.slice(CHALLENGE_PREFIX.length)));
+      }
+      if (stranger) {
+        ex.kind = "local";
+        return Promise.resolve(textResponse(403, "crm: only ACME challenges are answered for your address"));
+      }
+      if (path !== null && rt.config.tls?.redirectHttp) return Promise.resolve(redirect(ex, hooks.httpsPort(), rt.config.tls.acme?.domains ?? []));
       return inner.http(ex);
     },
     connect(conn, route, head, rest) {
