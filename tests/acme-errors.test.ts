@@ -152,3 +152,60 @@ test("a state_dir that cannot be created stops start-up with a message naming it
   const rt = createRuntime(buildConfig({}, "t.yaml").config, () => {});
   await expect(AcmeCertificates.load(acmeConfig(join(file, "state")), rt, () => {})).rejects.toThrow(`tls.acme.state_dir: cannot create ${file}/state: ENOTDIR (systemd: StateDirectory=crm)`);
 });
+
+test("renew_before at least the lifetime: renewal at half the lifetime, an hour after issuance at the earliest", () => {
+  const day = 86400_000;
+  const hour = 3600_000;
+  // 90-day certificate, renew_before 90 or 120 days: not at issuance (a re-order loop), at day 45.
+  expect(renewalTime({ notBefore: 0, notAfter: 90 * day }, 90 * day)).toBe(45 * day);
+  expect(renewalTime({ notBefore: 0, notAfter: 90 * day }, 120 * day)).toBe(45 * day);
+  // A one-hour certificate with renew_before 2h: an hour after issuance, not at once.
+  expect(renewalTime({ notBefore: 0, notAfter: hour }, 2 * hour)).toBe(hour);
+  // A short renew_before is not touched.
+  expect(renewalTime({ notBefore: 0, notAfter: 90 * day }, 30 * day)).toBe(60 * day);
+});
+
+test("a reload keeps the backoff and the CA's Retry-After: no new order per SIGHUP", async () => {
+  const { startCrm } = await import("./support/crm.ts");
+  const { freePort } = await import("./support/pebble.ts");
+  const { makeLeaf, makeTestCa } = await import("./support/tls.ts");
+  const { writeFileSync } = await import("node:fs");
+  const testCa = await makeTestCa("fake ACME CA");
+  const leaf = await makeLeaf(testCa, ["127.0.0.1", "localhost"]);
+  const caFile = join(work, "reload-ca.pem");
+  writeFileSync(caFile, testCa.cert);
+  let hits = 0;
+  const limited = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    tls: { cert: leaf.cert, key: leaf.key },
+    fetch() {
+      hits++;
+      return Response.json({ type: "urn:ietf:params:acme:error:rateLimited", detail: "too many", status: 429 }, { status: 429, headers: { "retry-after": "3600", "content-type": "application/problem+json" } });
+    },
+  });
+  const [plainPort, tlsPort] = [await freePort(), await freePort()];
+  const raw = {
+    listen: [`127.0.0.1:${tlsPort}`, { address: `127.0.0.1:${plainPort}`, tls: false }],
+    tls: { acme: { domains: ["crm.test"], email: "a@crm.test", directory: `https://127.0.0.1:${limited.port}/dir`, ca_bundle: caFile, state_dir: join(work, "reload-state") } },
+    allowed_hosts: ["crm.test"],
+  };
+  const crm = await startCrm(raw, "info");
+  try {
+    await crm.waitLog(/could not get a certificate/, 20_000);
+    const first = crm.server.certificates.status()[0];
+    const hitsBefore = hits;
+    expect(first?.nextAttemptAt).toBeGreaterThan(Date.now() + 3000_000);
+    for (let i = 0; i < 3; i++) {
+      await crm.server.reload(buildConfig({ listen: "127.0.0.1:0", log_level: "info", allow_private_networks: true, ...raw }, "test.yaml").config);
+    }
+    await crm.waitLog(/configuration reloaded/);
+    await Bun.sleep(300);
+    expect(hits).toBe(hitsBefore);
+    expect(crm.logs.filter((l) => /could not get a certificate/.test(l)).length).toBe(1);
+    expect(crm.server.certificates.status()[0]?.nextAttemptAt).toBe(first?.nextAttemptAt ?? -1);
+  } finally {
+    await crm.stop();
+    limited.stop(true);
+  }
+});
