@@ -3,7 +3,7 @@
  * messages for each CA problem, the backoff schedule, and a rate-limited answer from a real
  * HTTP server speaking the first steps of RFC 8555, whose Retry-After crm must honour.
  */
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,6 +13,7 @@ import { AcmeError, explainProblem, issueCertificate, parseRetryAfter } from "..
 import { CertStore } from "../src/tls/cert-store.ts";
 import { AcmeCertificates, renewalTime, retryDelay, RETRY_BASE_MS, RETRY_MAX_MS } from "../src/tls/renewal.ts";
 import type { AcmeConfig } from "../src/tls/config.ts";
+import type { TCPSocketListener } from "bun";
 
 const DIR = "https://acme.example.test/directory";
 let work: string;
@@ -197,7 +198,7 @@ test("a reload keeps the backoff and the CA's Retry-After: no new order per SIGH
     const hitsBefore = hits;
     expect(first?.nextAttemptAt).toBeGreaterThan(Date.now() + 3000_000);
     for (let i = 0; i < 3; i++) {
-      await crm.server.reload(buildConfig({ listen: "127.0.0.1:0", log_level: "info", allow_private_networks: true, ...raw }, "test.yaml").config);
+      await crm.server.reload(buildConfig({ log_level: "info", allow_private_networks: true, ...raw }, "test.yaml").config);
     }
     await crm.waitLog(/configuration reloaded/);
     await Bun.sleep(300);
@@ -208,4 +209,77 @@ test("a reload keeps the backoff and the CA's Retry-After: no new order per SIGH
     await crm.stop();
     limited.stop(true);
   }
+});
+
+describe("a CA that does not answer properly", () => {
+  let silent: ReturnType<typeof Bun.serve>;
+  let huge: ReturnType<typeof Bun.serve>;
+  let dropper: TCPSocketListener<undefined>;
+  const chunk = new TextEncoder().encode("x".repeat(1 << 16));
+  beforeAll(() => {
+    // Accepts, reads the request, never answers.
+    silent = Bun.serve({ hostname: "127.0.0.1", port: 0, idleTimeout: 0, fetch: () => new Promise<Response>(() => {}) });
+    // A "directory" of 64 MiB (the review's 1.5 GB body took 5 GB of RSS).
+    huge = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch() {
+        let n = 0;
+        return new Response(new ReadableStream({ pull: (c) => (n++ < 1024 ? c.enqueue(chunk) : c.close()) }), { headers: { "content-type": "application/json" } });
+      },
+    });
+    // Reads the request head and closes without a byte of answer.
+    dropper = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data: (s) => void s.end() } });
+  });
+  afterAll(() => {
+    silent.stop(true);
+    huge.stop(true);
+    dropper.stop(true);
+  });
+  const cfg = (port: number | undefined, dir: string): AcmeConfig => ({ ...acmeConfig(join(work, dir)), directory: `http://127.0.0.1:${port}/dir` });
+  const issue = async (config: AcmeConfig, limits: { requestTimeoutMs?: number; orderDeadlineMs?: number } = {}): Promise<AcmeError> => {
+    const store = new CertStore(config.stateDir);
+    store.prepare();
+    const err = await issueCertificate({ config, store, tokens: new Map(), progress: () => {}, ...limits }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(AcmeError);
+    return err as AcmeError;
+  };
+
+  test("silence: a request timeout, with a message that says the CA did not answer", async () => {
+    const e = await issue(cfg(silent.port, "silent"), { requestTimeoutMs: 1000 });
+    expect(e.message).toMatch(/^the CA at http:\/\/127\.0\.0\.1:\d+\/dir did not answer within 1 s/);
+    expect(e.failure).toBe("unreachable-ca");
+  });
+
+  test("an order that outlives its deadline fails, whatever the request timeout", async () => {
+    const e = await issue(cfg(silent.port, "deadline"), { requestTimeoutMs: 600_000, orderDeadlineMs: 1000 });
+    expect(e.message).toMatch(/^the order did not finish within 1 s/);
+  });
+
+  test("an endless answer is cut at 1 MiB, not buffered", async () => {
+    const e = await issue(cfg(huge.port, "huge"));
+    expect(e.message).toContain("sent an answer larger than 1048576 bytes");
+  });
+
+  test("a connection closed without an answer says so (not acme-client's TypeError)", async () => {
+    const e = await issue(cfg(dropper.port, "drop"));
+    expect(e.message).toMatch(/^the CA at http:\/\/127\.0\.0\.1:\d+\/dir closed the connection without an answer/);
+    expect(e.message).not.toContain("undefined is not an object");
+  });
+
+  test("a silent CA counts as a failure: backoff, the error line, the failing state", async () => {
+    const lines: string[] = [];
+    const rt = createRuntime(buildConfig({}, "t.yaml").config, (l) => lines.push(l));
+    const certs = await AcmeCertificates.load(cfg(silent.port, "silent-mgr"), rt, () => {}, { requestTimeoutMs: 500 });
+    try {
+      const before = Date.now();
+      expect(await certs.renewNow()).toBe(false);
+      const s = certs.status();
+      expect(s.renewalFailures).toBe(1);
+      expect(s.nextAttemptAt).toBeGreaterThanOrEqual(before + RETRY_BASE_MS);
+      expect(lines.some((l) => /ERROR ACME: could not get a certificate .*did not answer within/.test(l))).toBe(true);
+    } finally {
+      certs.stop();
+    }
+  });
 });

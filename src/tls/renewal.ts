@@ -7,7 +7,7 @@
  */
 import type { Runtime } from "../context.ts";
 import type { AcmeConfig } from "./config.ts";
-import { AcmeError, issueCertificate } from "./acme.ts";
+import { AcmeError, issueCertificate, type IssueOptions } from "./acme.ts";
 import { CertStore, type StoredCertificate } from "./cert-store.ts";
 import { temporaryCertificate } from "./self-signed.ts";
 import type { CertificateStatus } from "./status.ts";
@@ -67,6 +67,7 @@ export class AcmeCertificates {
     current: StoredCertificate,
     temporary: boolean,
     private readonly remindEveryMs: number,
+    private readonly limits: Pick<IssueOptions, "requestTimeoutMs" | "orderDeadlineMs"> = {},
   ) {
     this.store = store;
     this.current = current;
@@ -74,7 +75,7 @@ export class AcmeCertificates {
   }
 
   /** Reads state_dir; without a usable stored certificate, makes the temporary one. */
-  static async load(config: AcmeConfig, rt: Runtime, onCertificate: (c: ServedCertificate) => void, opts: { remindEveryMs?: number } = {}): Promise<AcmeCertificates> {
+  static async load(config: AcmeConfig, rt: Runtime, onCertificate: (c: ServedCertificate) => void, opts: { remindEveryMs?: number } & Pick<IssueOptions, "requestTimeoutMs" | "orderDeadlineMs"> = {}): Promise<AcmeCertificates> {
     const remind = opts.remindEveryMs ?? HOURLY_MS;
     const store = new CertStore(config.stateDir);
     let warning: string | null;
@@ -88,11 +89,11 @@ export class AcmeCertificates {
     const stored = store.readCertificate(name);
     if (stored !== null) {
       rt.log.info("ACME: using the stored certificate", { names: stored.names.join(","), expires: new Date(stored.notAfter).toISOString(), file: `${config.stateDir}/${name}.crt` });
-      return new AcmeCertificates(config, rt, onCertificate, store, stored, false, remind);
+      return new AcmeCertificates(config, rt, onCertificate, store, stored, false, remind, opts);
     }
     const temp = await temporaryCertificate(config.domains);
     rt.log.info("ACME: no certificate yet; serving a temporary self-signed one while issuance is under way", { names: config.domains.join(","), directory: config.directory });
-    return new AcmeCertificates(config, rt, onCertificate, store, temp, true, remind);
+    return new AcmeCertificates(config, rt, onCertificate, store, temp, true, remind, opts);
   }
 
   get served(): ServedCertificate {
@@ -189,6 +190,7 @@ export class AcmeCertificates {
         store: this.store,
         tokens: this.tokens,
         progress: (msg, fields) => this.rt.log.info(msg, fields),
+        ...this.limits,
       });
       if (this.stopped) return false;
       this.current = cert;
