@@ -283,3 +283,21 @@ describe("a CA that does not answer properly", () => {
     }
   });
 });
+
+test("a symlink planted at state_dir/account.key.tmp is replaced, not written through", async () => {
+  const { readFileSync, symlinkSync, writeFileSync, lstatSync } = await import("node:fs");
+  const dir = join(work, "symlink");
+  const store = new CertStore(dir);
+  store.prepare();
+  const victim = join(work, "victim.txt");
+  writeFileSync(victim, "do not touch\n");
+  symlinkSync(victim, join(dir, "account.key.tmp"));
+  symlinkSync(victim, join(dir, "crm.test.key.new.tmp"));
+  store.writeAccountKey("ACCOUNT KEY\n");
+  store.writeCertificate("crm.test", "CERT\n", "KEY\n");
+  expect(readFileSync(victim, "utf8")).toBe("do not touch\n");
+  expect(readFileSync(join(dir, "account.key"), "utf8")).toBe("ACCOUNT KEY\n");
+  expect(readFileSync(join(dir, "crm.test.key"), "utf8")).toBe("KEY\n");
+  expect(lstatSync(join(dir, "account.key")).isSymbolicLink()).toBe(false);
+  expect(lstatSync(join(dir, "account.key")).mode & 0o777).toBe(0o600);
+});
