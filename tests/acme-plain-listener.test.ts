@@ -109,3 +109,25 @@ test("proxy_protocol on a plain listener beside tls.acme is refused: anyone coul
   // Without ACME the plain listener keeps its accept-time check, so proxy_protocol stays allowed there.
   expect(() => buildConfig({ listen: [":443", { address: ":80", tls: false, proxy_protocol: true }], tls: { cert_path: "c.pem", key_path: "k.pem" } }, "/etc/crm/t.yaml")).not.toThrow();
 });
+
+test("redirect_http with cert_path/key_path sends a foreign Host to the certificate's name, not to the Host", async () => {
+  const { writeFileSync } = await import("node:fs");
+  const { makeLeaf, makeTestCa } = await import("./support/tls.ts");
+  const leaf = await makeLeaf(await makeTestCa("redirect test CA"), ["crm.test", "mirror.test"]);
+  writeFileSync(join(work, "c.pem"), leaf.cert);
+  writeFileSync(join(work, "k.pem"), leaf.key);
+  const [plainPort, tlsPort] = [await freePort(), await freePort()];
+  const crm = await startCrm({ listen: [`127.0.0.1:${tlsPort}`, { address: `127.0.0.1:${plainPort}`, tls: false }], tls: { redirect_http: true, cert_path: join(work, "c.pem"), key_path: join(work, "k.pem") } }, "info");
+  try {
+    const location = async (host: string) => /\r\nlocation: ([^\r]*)/i.exec(await exchange(plainPort, `GET /path?q=1 HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`))?.[1];
+    for (const host of ["evil.example", "evil.example:1", "[::1]"]) expect(await location(host)).toBe(`https://crm.test:${tlsPort}/path?q=1`);
+    // Not a host at all: 400, no Location.
+    const userinfo = await exchange(plainPort, `GET / HTTP/1.1\r\nHost: crm.test@evil.example\r\nConnection: close\r\n\r\n`);
+    expect(userinfo).toMatch(/^HTTP\/1\.1 400 /);
+    expect(userinfo).not.toMatch(/location:/i);
+    expect(await location("mirror.test")).toBe(`https://mirror.test:${tlsPort}/path?q=1`);
+    expect(await location("CRM.test:80")).toBe(`https://crm.test:${tlsPort}/path?q=1`);
+  } finally {
+    await crm.stop();
+  }
+});

@@ -16,6 +16,8 @@ export const CHALLENGE_PREFIX = "/.well-known/acme-challenge/";
 export interface PlainListenerHooks {
   /** The key authorization for a token, when an ACME order is waiting for it. */
   challenge(token: string): string | null;
+  /** The DNS names of the certificate served (from files or ACME), for redirects. */
+  certificateNames(): readonly string[];
   /** The port of the first TLS listener (for redirects); null when there is none. */
   httpsPort(): number | null;
 }
@@ -34,7 +36,7 @@ export function plainListenerDispatcher(inner: Dispatcher, rt: Runtime, hooks: P
         ex.kind = "local";
         return Promise.resolve(textResponse(403, "crm: only ACME challenges are answered for your address"));
       }
-      if (path !== null && rt.config.tls?.redirectHttp) return Promise.resolve(redirect(ex, hooks.httpsPort(), rt.config.tls.acme?.domains ?? []));
+      if (path !== null && rt.config.tls?.redirectHttp) return Promise.resolve(redirect(ex, hooks.httpsPort(), rt.config.tls.acme?.domains ?? hooks.certificateNames()));
       return inner.http(ex);
     },
     connect(conn, route, head, rest) {
@@ -59,20 +61,33 @@ function answerChallenge(ex: Exchange, rt: Runtime, hooks: PlainListenerHooks, t
 
 /**
  * 301 for GET/HEAD, 308 for the rest (keeps the method and body), to the same host over https.
- * With ACME, a Host the certificate does not cover is sent to its first name instead: no
- * redirect to a name crm cannot serve (or to whatever a client put in Host).
+ * A Host the certificate does not cover (the ACME names, or the DNS names of the certificate
+ * from files) is sent to its first name instead: no redirect to a name crm cannot serve, or to
+ * whatever a client put in Host.
  */
 function redirect(ex: Exchange, port: number | null, names: readonly string[]): Response {
   const hostHeader = headerValue(ex.head.headers, "host");
   let host: string;
   try {
-    host = parseAuthority(hostHeader ?? "", 80).host;
+    host = parseAuthority(hostHeader ?? "", 80).host.toLowerCase().replace(/\.$/, "");
   } catch {
     return textResponse(400, "crm: a Host header is needed to redirect to https");
   }
-  if (names.length > 0 && !names.includes(host)) host = names[0] as string;
+  const first = names.find((n) => !n.startsWith("*."));
+  if (!names.some((n) => covers(n, host))) {
+    if (first === undefined) return textResponse(400, "crm: the certificate names no host this request could be redirected to; use https directly");
+    host = first;
+  }
   const authority = port === null || port === 443 ? (host.includes(":") ? `[${host}]` : host) : formatHostPort(host, port);
   const location = `https://${authority}${ex.route.kind === "local" ? ex.route.path : "/"}`;
   const status = ex.head.method === "GET" || ex.head.method === "HEAD" ? 301 : 308;
   return textResponse(status, `crm: use ${location}\n`, { location });
+}
+
+/** A certificate name covers a host: equal, or a wildcard for exactly one more label (RFC 6125 §6.4.3). */
+function covers(name: string, host: string): boolean {
+  const n = name.toLowerCase();
+  if (!n.startsWith("*.")) return n === host;
+  const dot = host.indexOf(".");
+  return dot > 0 && host.slice(dot + 1) === n.slice(2);
 }
