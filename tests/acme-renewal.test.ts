@@ -52,4 +52,37 @@ describe.skipIf(skip)("ACME renewal with pebble (one-hour certificates)", () => 
       await crm.stop();
     }
   }, 90_000);
+
+  test("an existing account without an e-mail renews (no account update that changes nothing)", async () => {
+    const crm = await startCrm(config(join(work, "no-email"), {}), "info", resolver);
+    try {
+      await crm.waitLog(/ACME: certificate issued/, 60_000);
+      const first = crm.server.certificates.status()[0]?.notAfter;
+      await Bun.sleep(1100);
+      // The account key is now known to the CA: the renewal looks the account up.
+      expect(await crm.server.certificates.renewNow()).toBe(true);
+      await crm.waitLog(/ACME: certificate renewed/);
+      expect(crm.server.certificates.status()[0]?.lastError).toBeNull();
+      expect(crm.server.certificates.status()[0]?.notAfter).toBeGreaterThan(first ?? 0);
+    } finally {
+      await crm.stop();
+    }
+  }, 90_000);
+
+  test("an e-mail added later is sent as one contact update, and renewals keep working", async () => {
+    const dir = join(work, "email-later");
+    const a = await startCrm(config(dir, {}), "info", resolver);
+    try {
+      await a.waitLog(/ACME: certificate issued/, 60_000);
+    } finally {
+      await a.stop();
+    }
+    const b = await startCrm(config(dir, { email: "ops@crm.test" }), "info", resolver);
+    try {
+      expect(await b.server.certificates.renewNow()).toBe(true);
+      expect(await b.server.certificates.renewNow()).toBe(true);
+    } finally {
+      await b.stop();
+    }
+  }, 90_000);
 });

@@ -264,13 +264,22 @@ async function order({ config, store, tokens, progress, requestTimeoutMs }: Issu
   };
 
   let accountKey = store.readAccountKey();
+  const knownKey = accountKey !== null;
   if (accountKey === null) {
     accountKey = (await acme.crypto.createPrivateEcdsaKey("P-256")).toString();
     store.writeAccountKey(accountKey);
     progress("ACME: created an account key", { file: `${store.dir}/account.key` });
   }
   const client = new acme.Client({ directoryUrl: config.directory, accountKey, backoffAttempts: 15, backoffMin: 1000, backoffMax: 10_000 });
-  await step("account", null, () => client.createAccount({ termsOfServiceAgreed: true, ...(config.email ? { contact: [`mailto:${config.email}`] } : {}) }));
+  const contact = config.email ? [`mailto:${config.email}`] : null;
+  await step("account", null, async () => {
+    // acme-client's createAccount on an existing account sends an update with whatever it was
+    // given, and a CA may refuse an update that changes nothing (pebble: "empty update"): look
+    // the account up, and update only a contact that differs.
+    const existing = knownKey ? await existingAccount(client, origin) : null;
+    if (existing === null) await client.createAccount({ termsOfServiceAgreed: true, ...(contact ? { contact } : {}) });
+    else if (contact !== null && JSON.stringify(existing.contact ?? []) !== JSON.stringify(contact)) await client.updateAccount({ contact });
+  });
   const order = await step("new order", config.domains[0] ?? null, () => client.createOrder({ identifiers: config.domains.map((value) => ({ type: "dns", value })) }));
   progress("ACME: order placed", { names: config.domains.join(","), order: order.url });
   const authzs = await step("authorizations", null, () => client.getAuthorizations(order));
@@ -307,6 +316,17 @@ async function order({ config, store, tokens, progress, requestTimeoutMs }: Issu
   if (missing.length > 0) throw new AcmeError(`the CA's certificate lacks ${missing.join(", ")}`, "other");
   store.writeCertificate(config.domains[0] as string, cert.cert, cert.key);
   return cert;
+}
+
+/** The account of this key (RFC 8555 §7.3.1 onlyReturnExisting), or null when the CA has none. */
+async function existingAccount(client: AcmeClient.Client, origin: string): Promise<{ contact?: string[] } | null> {
+  try {
+    return (await client.createAccount({ onlyReturnExisting: true })) as { contact?: string[] };
+  } catch (e) {
+    if (problems.get(origin)?.type !== "urn:ietf:params:acme:error:accountDoesNotExist") throw e;
+    problems.delete(origin);
+    return null;
+  }
 }
 
 /** The challenge went invalid: the authorization's challenge carries the CA's reason. */
