@@ -160,8 +160,11 @@ test("renew_before at least the lifetime: renewal at half the lifetime, an hour 
   // 90-day certificate, renew_before 90 or 120 days: not at issuance (a re-order loop), at day 45.
   expect(renewalTime({ notBefore: 0, notAfter: 90 * day }, 90 * day)).toBe(45 * day);
   expect(renewalTime({ notBefore: 0, notAfter: 90 * day }, 120 * day)).toBe(45 * day);
-  // A one-hour certificate with renew_before 2h: an hour after issuance, not at once.
-  expect(renewalTime({ notBefore: 0, notAfter: hour }, 2 * hour)).toBe(hour);
+  // A two-hour certificate with renew_before 3h: an hour after issuance, not at once.
+  expect(renewalTime({ notBefore: 0, notAfter: 2 * hour }, 3 * hour)).toBe(hour);
+  // Shorter than an hour: at 90% of it, before it expires (pebble's one-hour certificates last 3599 s).
+  expect(renewalTime({ notBefore: 0, notAfter: hour }, 2 * hour)).toBe(0.9 * hour);
+  expect(renewalTime({ notBefore: 0, notAfter: 3599_000 }, 2 * hour)).toBeLessThan(3599_000);
   // A short renew_before is not touched.
   expect(renewalTime({ notBefore: 0, notAfter: 90 * day }, 30 * day)).toBe(60 * day);
 });

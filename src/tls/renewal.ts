@@ -25,12 +25,14 @@ export const MIN_RENEWAL_AGE_MS = 3600_000;
 /**
  * When to renew: `renewBeforeMs` before expiry, else when a third of the lifetime is left; never
  * before half the lifetime (or an hour, whichever is later) has passed since issuance, so a
- * renew_before at least as long as the CA's lifetime cannot re-order in a loop.
+ * renew_before at least as long as the CA's lifetime cannot re-order in a loop. The hour gives
+ * way to 90% of a lifetime shorter than that: renewing after expiry would serve an expired one.
  */
 export function renewalTime(cert: Pick<StoredCertificate, "notBefore" | "notAfter">, renewBeforeMs: number | null): number {
   const lifetime = cert.notAfter - cert.notBefore;
   const before = renewBeforeMs ?? lifetime / 3;
-  return Math.max(cert.notAfter - before, cert.notBefore + Math.max(lifetime / 2, MIN_RENEWAL_AGE_MS));
+  const minAge = Math.max(lifetime / 2, Math.min(MIN_RENEWAL_AGE_MS, lifetime * 0.9));
+  return Math.max(cert.notAfter - before, cert.notBefore + minAge);
 }
 
 /** Wait before try number `failures + 1`: doubling from base to max, never before Retry-After. */
@@ -124,7 +126,7 @@ export class AcmeCertificates {
     const lifetime = c.notAfter - c.notBefore;
     const before = this.config.renewBeforeMs;
     if (before !== null && before >= lifetime) {
-      this.rt.log.warn("ACME: tls.acme.renew_before is not shorter than the certificate's lifetime; renewing at half the lifetime (at least an hour after issuance) instead", {
+      this.rt.log.warn("ACME: tls.acme.renew_before is not shorter than the certificate's lifetime; renewing at half the lifetime (at least an hour, or 90% of a shorter lifetime, after issuance) instead", {
         renew_before_s: Math.round(before / 1000),
         lifetime_s: Math.round(lifetime / 1000),
       });
