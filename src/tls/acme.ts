@@ -2,7 +2,8 @@
  * One ACME order (RFC 8555) with the npm package acme-client: account (key reused from
  * state_dir), order, http-01 for every name, finalize with a fresh EC key, download the chain.
  * Failures become an AcmeError whose message says what to do (DNS, port 80, CAA, rate limit),
- * built from the CA's problem document rather than acme-client's flattened text.
+ * built from the CA's problem document rather than acme-client's flattened text. A CA is a
+ * peer like any other: each request has a timeout, each order a deadline, each answer a size limit.
  */
 import { Agent } from "node:https";
 import { readFileSync } from "node:fs";
