@@ -99,6 +99,7 @@ export class CrmServer {
     this.certificates = new TlsCertificates(rt, (pem) => this.swapCertificate(pem));
     this.plainDispatch = plainListenerDispatcher(this.dispatch, rt, {
       challenge: (token) => this.certificates.challenge(token),
+      certificateNames: () => this.certificates.status()[0]?.names ?? [],
       httpsPort: () => {
         const b = this.bound.find((x) => x.tls && x.unix === null);
         return b ? (b.listener as SocketListener<SocketData> & { port: number }).port : null;

@@ -3,7 +3,7 @@
  * messages for each CA problem, the backoff schedule, and a rate-limited answer from a real
  * HTTP server speaking the first steps of RFC 8555, whose Retry-After crm must honour.
  */
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,6 +13,7 @@ import { AcmeError, explainProblem, issueCertificate, parseRetryAfter } from "..
 import { CertStore } from "../src/tls/cert-store.ts";
 import { AcmeCertificates, renewalTime, retryDelay, RETRY_BASE_MS, RETRY_MAX_MS } from "../src/tls/renewal.ts";
 import type { AcmeConfig } from "../src/tls/config.ts";
+import type { TCPSocketListener } from "bun";
 
 const DIR = "https://acme.example.test/directory";
 let work: string;
@@ -151,4 +152,155 @@ test("a state_dir that cannot be created stops start-up with a message naming it
   writeFileSync(file, "");
   const rt = createRuntime(buildConfig({}, "t.yaml").config, () => {});
   await expect(AcmeCertificates.load(acmeConfig(join(file, "state")), rt, () => {})).rejects.toThrow(`tls.acme.state_dir: cannot create ${file}/state: ENOTDIR (systemd: StateDirectory=crm)`);
+});
+
+test("renew_before at least the lifetime: renewal at half the lifetime, an hour after issuance at the earliest", () => {
+  const day = 86400_000;
+  const hour = 3600_000;
+  // 90-day certificate, renew_before 90 or 120 days: not at issuance (a re-order loop), at day 45.
+  expect(renewalTime({ notBefore: 0, notAfter: 90 * day }, 90 * day)).toBe(45 * day);
+  expect(renewalTime({ notBefore: 0, notAfter: 90 * day }, 120 * day)).toBe(45 * day);
+  // A two-hour certificate with renew_before 3h: an hour after issuance, not at once.
+  expect(renewalTime({ notBefore: 0, notAfter: 2 * hour }, 3 * hour)).toBe(hour);
+  // Shorter than an hour: at 90% of it, before it expires (pebble's one-hour certificates last 3599 s).
+  expect(renewalTime({ notBefore: 0, notAfter: hour }, 2 * hour)).toBe(0.9 * hour);
+  expect(renewalTime({ notBefore: 0, notAfter: 3599_000 }, 2 * hour)).toBeLessThan(3599_000);
+  // A short renew_before is not touched.
+  expect(renewalTime({ notBefore: 0, notAfter: 90 * day }, 30 * day)).toBe(60 * day);
+});
+
+test("a reload keeps the backoff and the CA's Retry-After: no new order per SIGHUP", async () => {
+  const { startCrm } = await import("./support/crm.ts");
+  const { freePort } = await import("./support/pebble.ts");
+  const { makeLeaf, makeTestCa } = await import("./support/tls.ts");
+  const { writeFileSync } = await import("node:fs");
+  const testCa = await makeTestCa("fake ACME CA");
+  const leaf = await makeLeaf(testCa, ["127.0.0.1", "localhost"]);
+  const caFile = join(work, "reload-ca.pem");
+  writeFileSync(caFile, testCa.cert);
+  let hits = 0;
+  const limited = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    tls: { cert: leaf.cert, key: leaf.key },
+    fetch() {
+      hits++;
+      return Response.json({ type: "urn:ietf:params:acme:error:rateLimited", detail: "too many", status: 429 }, { status: 429, headers: { "retry-after": "3600", "content-type": "application/problem+json" } });
+    },
+  });
+  const [plainPort, tlsPort] = [await freePort(), await freePort()];
+  const raw = {
+    listen: [`127.0.0.1:${tlsPort}`, { address: `127.0.0.1:${plainPort}`, tls: false }],
+    tls: { acme: { domains: ["crm.test"], email: "a@crm.test", directory: `https://127.0.0.1:${limited.port}/dir`, ca_bundle: caFile, state_dir: join(work, "reload-state") } },
+    allowed_hosts: ["crm.test"],
+  };
+  const crm = await startCrm(raw, "info");
+  try {
+    await crm.waitLog(/could not get a certificate/, 20_000);
+    const first = crm.server.certificates.status()[0];
+    const hitsBefore = hits;
+    expect(first?.nextAttemptAt).toBeGreaterThan(Date.now() + 3000_000);
+    for (let i = 0; i < 3; i++) {
+      await crm.server.reload(buildConfig({ log_level: "info", allow_private_networks: true, ...raw }, "test.yaml").config);
+    }
+    await crm.waitLog(/configuration reloaded/);
+    await Bun.sleep(300);
+    expect(hits).toBe(hitsBefore);
+    expect(crm.logs.filter((l) => /could not get a certificate/.test(l)).length).toBe(1);
+    expect(crm.server.certificates.status()[0]?.nextAttemptAt).toBe(first?.nextAttemptAt ?? -1);
+  } finally {
+    await crm.stop();
+    limited.stop(true);
+  }
+});
+
+describe("a CA that does not answer properly", () => {
+  let silent: ReturnType<typeof Bun.serve>;
+  let huge: ReturnType<typeof Bun.serve>;
+  let dropper: TCPSocketListener<undefined>;
+  const chunk = new TextEncoder().encode("x".repeat(1 << 16));
+  beforeAll(() => {
+    // Accepts, reads the request, never answers.
+    silent = Bun.serve({ hostname: "127.0.0.1", port: 0, idleTimeout: 0, fetch: () => new Promise<Response>(() => {}) });
+    // A "directory" of 64 MiB (the review's 1.5 GB body took 5 GB of RSS).
+    huge = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch() {
+        let n = 0;
+        return new Response(new ReadableStream({ pull: (c) => (n++ < 1024 ? c.enqueue(chunk) : c.close()) }), { headers: { "content-type": "application/json" } });
+      },
+    });
+    // Reads the request head and closes without a byte of answer.
+    dropper = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data: (s) => void s.end() } });
+  });
+  afterAll(() => {
+    silent.stop(true);
+    huge.stop(true);
+    dropper.stop(true);
+  });
+  const cfg = (port: number | undefined, dir: string): AcmeConfig => ({ ...acmeConfig(join(work, dir)), directory: `http://127.0.0.1:${port}/dir` });
+  const issue = async (config: AcmeConfig, limits: { requestTimeoutMs?: number; orderDeadlineMs?: number } = {}): Promise<AcmeError> => {
+    const store = new CertStore(config.stateDir);
+    store.prepare();
+    const err = await issueCertificate({ config, store, tokens: new Map(), progress: () => {}, ...limits }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(AcmeError);
+    return err as AcmeError;
+  };
+
+  test("silence: a request timeout, with a message that says the CA did not answer", async () => {
+    const e = await issue(cfg(silent.port, "silent"), { requestTimeoutMs: 1000 });
+    expect(e.message).toMatch(/^the CA at http:\/\/127\.0\.0\.1:\d+\/dir did not answer within 1 s/);
+    expect(e.failure).toBe("unreachable-ca");
+  });
+
+  test("an order that outlives its deadline fails, whatever the request timeout", async () => {
+    const e = await issue(cfg(silent.port, "deadline"), { requestTimeoutMs: 600_000, orderDeadlineMs: 1000 });
+    expect(e.message).toMatch(/^the order did not finish within 1 s/);
+  });
+
+  test("an endless answer is cut at 1 MiB, not buffered", async () => {
+    const e = await issue(cfg(huge.port, "huge"));
+    expect(e.message).toContain("sent an answer larger than 1048576 bytes");
+  });
+
+  test("a connection closed without an answer says so (not acme-client's TypeError)", async () => {
+    const e = await issue(cfg(dropper.port, "drop"));
+    expect(e.message).toMatch(/^the CA at http:\/\/127\.0\.0\.1:\d+\/dir closed the connection without an answer/);
+    expect(e.message).not.toContain("undefined is not an object");
+  });
+
+  test("a silent CA counts as a failure: backoff, the error line, the failing state", async () => {
+    const lines: string[] = [];
+    const rt = createRuntime(buildConfig({}, "t.yaml").config, (l) => lines.push(l));
+    const certs = await AcmeCertificates.load(cfg(silent.port, "silent-mgr"), rt, () => {}, { requestTimeoutMs: 500 });
+    try {
+      const before = Date.now();
+      expect(await certs.renewNow()).toBe(false);
+      const s = certs.status();
+      expect(s.renewalFailures).toBe(1);
+      expect(s.nextAttemptAt).toBeGreaterThanOrEqual(before + RETRY_BASE_MS);
+      expect(lines.some((l) => /ERROR ACME: could not get a certificate .*did not answer within/.test(l))).toBe(true);
+    } finally {
+      certs.stop();
+    }
+  });
+});
+
+test("a symlink planted at state_dir/account.key.tmp is replaced, not written through", async () => {
+  const { readFileSync, symlinkSync, writeFileSync, lstatSync } = await import("node:fs");
+  const dir = join(work, "symlink");
+  const store = new CertStore(dir);
+  store.prepare();
+  const victim = join(work, "victim.txt");
+  writeFileSync(victim, "do not touch\n");
+  symlinkSync(victim, join(dir, "account.key.tmp"));
+  symlinkSync(victim, join(dir, "crm.test.key.new.tmp"));
+  store.writeAccountKey("ACCOUNT KEY\n");
+  store.writeCertificate("crm.test", "CERT\n", "KEY\n");
+  expect(readFileSync(victim, "utf8")).toBe("do not touch\n");
+  expect(readFileSync(join(dir, "account.key"), "utf8")).toBe("ACCOUNT KEY\n");
+  expect(readFileSync(join(dir, "crm.test.key"), "utf8")).toBe("KEY\n");
+  expect(lstatSync(join(dir, "account.key")).isSymbolicLink()).toBe(false);
+  expect(lstatSync(join(dir, "account.key")).mode & 0o777).toBe(0o600);
 });

@@ -2,7 +2,8 @@
  * One ACME order (RFC 8555) with the npm package acme-client: account (key reused from
  * state_dir), order, http-01 for every name, finalize with a fresh EC key, download the chain.
  * Failures become an AcmeError whose message says what to do (DNS, port 80, CAA, rate limit),
- * built from the CA's problem document rather than acme-client's flattened text.
+ * built from the CA's problem document rather than acme-client's flattened text. A CA is a
+ * peer like any other: each request has a timeout, each order a deadline, each answer a size limit.
  */
 import { Agent } from "node:https";
 import { readFileSync } from "node:fs";
@@ -37,12 +38,41 @@ export interface ChallengeTokens {
   delete(token: string): void;
 }
 
-// acme-client talks through one shared axios instance: per-directory trust (ca_bundle) and the
-// last problem document are kept by origin, and its own retries are off so that crm's backoff,
-// which honours Retry-After, is the only one (a 429 from a CA can say "in 3 hours").
+/** One request to the CA: a CA that accepts and never answers must not stall issuance. */
+export const REQUEST_TIMEOUT_MS = 30_000;
+/** A whole order (account, challenges, polling, download); then it counts as a failure. */
+export const ORDER_DEADLINE_MS = 10 * 60_000;
+/** ACME documents and certificate chains are a few KiB; a larger answer is refused, not buffered. */
+export const MAX_RESPONSE_BYTES = 1 << 20;
+
+// acme-client talks through one shared axios instance: per-directory trust (ca_bundle), limits,
+// the last problem document and the last transport error are kept by origin, and its own
+// retries are off so that crm's backoff, which honours Retry-After, is the only one (a 429 from
+// a CA can say "in 3 hours").
+interface OriginLimits {
+  timeoutMs: number;
+  /** Aborted when the order's deadline passes: every request still out is cancelled. */
+  signal: AbortSignal;
+}
 const agents = new Map<string, Agent>();
+const limits = new Map<string, OriginLimits>();
 const problems = new Map<string, Problem>();
+const transport = new Map<string, TransportFailure>();
 let loaded: typeof AcmeClient | null = null;
+
+/** A request that got no answer (reset, timeout, too large, cancelled). */
+interface TransportFailure {
+  error: Error & { code?: string };
+  url: string;
+  timedOut: boolean;
+}
+
+/** The part of axios' error that tells a transport failure from an answer. */
+interface AxiosLikeError extends Error {
+  code?: string;
+  response?: unknown;
+  config?: { url?: string };
+}
 
 /** acme-client (and axios, node-forge) load on the first order, not at every crm start. */
 async function loadClient(): Promise<typeof AcmeClient> {
@@ -58,11 +88,35 @@ async function loadClient(): Promise<typeof AcmeClient> {
 function installHooks(acme: typeof AcmeClient): void {
   const ax = acme.axios;
   (ax.defaults as unknown as { acmeSettings: { retryMaxAttempts: number } }).acmeSettings.retryMaxAttempts = 0;
+  ax.defaults.maxContentLength = MAX_RESPONSE_BYTES;
+  ax.defaults.maxBodyLength = MAX_RESPONSE_BYTES;
+  ax.defaults.timeout = REQUEST_TIMEOUT_MS;
   ax.interceptors.request.use((cfg) => {
-    const agent = cfg.url ? agents.get(originOf(cfg.url)) : undefined;
+    const origin = cfg.url ? originOf(cfg.url) : "";
+    const agent = agents.get(origin);
     if (agent) cfg.httpsAgent = agent;
+    const l = limits.get(origin);
+    if (l) {
+      cfg.timeout = l.timeoutMs;
+      // axios' own timeout only watches the socket; the signal also ends a body that drips.
+      cfg.signal = AbortSignal.any([l.signal, AbortSignal.timeout(l.timeoutMs)]);
+    }
     return cfg;
   });
+  // acme-client's own error handler reads `error.response.config` and throws a TypeError when
+  // there is no response (connection reset, timeout, too large): this one runs before it and
+  // keeps the real cause. The interceptor list is public (axios' InterceptorManager.handlers).
+  const rejected = (e: unknown): Promise<never> => {
+    const err = e as AxiosLikeError;
+    const url = err?.config?.url;
+    if (err instanceof Error && err.response === undefined && url) {
+      const l = limits.get(originOf(url));
+      const timedOut = err.code === "ECONNABORTED" || err.code === "ETIMEDOUT" || (err.code === "ERR_CANCELED" && l !== undefined && !l.signal.aborted);
+      transport.set(originOf(url), { error: err, url, timedOut });
+    }
+    return Promise.reject(e);
+  };
+  (ax.interceptors.response as unknown as { handlers: Array<{ fulfilled: null; rejected: typeof rejected; synchronous: boolean; runWhen: null }> }).handlers.unshift({ fulfilled: null, rejected, synchronous: false, runWhen: null });
   ax.interceptors.response.use((res) => {
     const data = res.data as { type?: unknown; detail?: unknown } | null;
     if (res.status >= 400 && data && typeof data.type === "string" && res.config.url) {
@@ -129,6 +183,20 @@ export function explainProblem(p: Pick<Problem, "type" | "detail" | "retryAfterM
   }
 }
 
+/** A request that got no answer at all: say which, not acme-client's TypeError. */
+function explainNoAnswer(f: TransportFailure, directory: string, step: string, timeoutMs: number): AcmeError {
+  const code = f.error.code;
+  if (f.timedOut) {
+    return new AcmeError(`the CA at ${directory} did not answer within ${Math.round(timeoutMs / 1000)} s (${step}: ${f.url}); crm retries later; check that the CA is up and this host's outgoing https is not blocked or filtered`, "unreachable-ca", null, { cause: f.error });
+  }
+  if (/maxContentLength|maxBodyLength/.test(f.error.message)) {
+    return new AcmeError(`the CA at ${directory} sent an answer larger than ${MAX_RESPONSE_BYTES} bytes (${step}: ${f.url}); that is not an ACME document: check tls.acme.directory`, "other", null, { cause: f.error });
+  }
+  if (code === "ERR_CANCELED") return new AcmeError(`${step} was cancelled: the order ran past its deadline`, "unreachable-ca", null, { cause: f.error });
+  if (code !== "ECONNRESET" && code !== "EPIPE" && code !== undefined && /^(E[A-Z]+|ERR_|CERT_|DEPTH_|UNABLE_|SELF_SIGNED)/.test(code) && code !== "ERR_BAD_RESPONSE") return explainTransport(f.error, directory, step);
+  return new AcmeError(`the CA at ${directory} closed the connection without an answer (${step}: ${f.url}: ${f.error.message}); crm retries later; check tls.acme.directory and any proxy or firewall between`, "unreachable-ca", null, { cause: f.error });
+}
+
 /** A request that failed without a problem document: the CA itself is out of reach. */
 function explainTransport(e: Error, directory: string, step: string): AcmeError {
   const code = (e as NodeJS.ErrnoException).code;
@@ -146,13 +214,40 @@ export interface IssueOptions {
   tokens: ChallengeTokens;
   /** Progress lines (account, order, challenge accepted). */
   progress(msg: string, fields?: Record<string, string>): void;
+  /** Defaults REQUEST_TIMEOUT_MS and ORDER_DEADLINE_MS (tests shorten them). */
+  requestTimeoutMs?: number;
+  orderDeadlineMs?: number;
 }
 
-export async function issueCertificate({ config, store, tokens, progress }: IssueOptions): Promise<StoredCertificate> {
-  const acme = await loadClient();
+/** One order, cancelled (requests aborted, a failure returned) when its deadline passes. */
+export async function issueCertificate(opts: IssueOptions): Promise<StoredCertificate> {
+  const { config } = opts;
   const origin = originOf(config.directory);
+  const deadlineMs = opts.orderDeadlineMs ?? ORDER_DEADLINE_MS;
+  const abort = new AbortController();
+  limits.set(origin, { timeoutMs: opts.requestTimeoutMs ?? REQUEST_TIMEOUT_MS, signal: abort.signal });
+  let timer: Timer | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      abort.abort();
+      reject(new AcmeError(`the order did not finish within ${Math.round(deadlineMs / 1000)} s (the CA at ${config.directory} is too slow or stopped answering); crm retries later`, "unreachable-ca"));
+    }, deadlineMs);
+  });
+  const work = order(opts, origin);
+  // The abandoned order ends at its next request (aborted); its rejection is not the answer.
+  work.catch(() => {});
+  try {
+    return await Promise.race([work, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function order({ config, store, tokens, progress, requestTimeoutMs }: IssueOptions, origin: string): Promise<StoredCertificate> {
+  const acme = await loadClient();
   if (config.caBundlePath !== null && !agents.has(origin)) agents.set(origin, new Agent({ ca: readFileSync(config.caBundlePath, "utf8"), keepAlive: true }));
   problems.delete(origin);
+  transport.delete(origin);
   const step = async <T>(name: string, domain: string | null, run: () => Promise<T>): Promise<T> => {
     try {
       return await run();
@@ -161,19 +256,31 @@ export async function issueCertificate({ config, store, tokens, progress }: Issu
       const p = problems.get(origin);
       problems.delete(origin);
       if (p) throw explainProblem(p, domain, config.directory);
+      const t = transport.get(origin);
+      transport.delete(origin);
+      if (t) throw explainNoAnswer(t, config.directory, name, requestTimeoutMs ?? REQUEST_TIMEOUT_MS);
       if (e instanceof Error && /^(E[A-Z]+|ERR_|CERT_|DEPTH_|UNABLE_|SELF_SIGNED)/.test(String((e as NodeJS.ErrnoException).code ?? ""))) throw explainTransport(e, config.directory, name);
       throw new AcmeError(`${name} failed: ${(e as Error).message}`, "other", null, { cause: e });
     }
   };
 
   let accountKey = store.readAccountKey();
+  const knownKey = accountKey !== null;
   if (accountKey === null) {
     accountKey = (await acme.crypto.createPrivateEcdsaKey("P-256")).toString();
     store.writeAccountKey(accountKey);
     progress("ACME: created an account key", { file: `${store.dir}/account.key` });
   }
   const client = new acme.Client({ directoryUrl: config.directory, accountKey, backoffAttempts: 15, backoffMin: 1000, backoffMax: 10_000 });
-  await step("account", null, () => client.createAccount({ termsOfServiceAgreed: true, ...(config.email ? { contact: [`mailto:${config.email}`] } : {}) }));
+  const contact = config.email ? [`mailto:${config.email}`] : null;
+  await step("account", null, async () => {
+    // acme-client's createAccount on an existing account sends an update with whatever it was
+    // given, and a CA may refuse an update that changes nothing (pebble: "empty update"): look
+    // the account up, and update only a contact that differs.
+    const existing = knownKey ? await existingAccount(client, origin) : null;
+    if (existing === null) await client.createAccount({ termsOfServiceAgreed: true, ...(contact ? { contact } : {}) });
+    else if (contact !== null && JSON.stringify(existing.contact ?? []) !== JSON.stringify(contact)) await client.updateAccount({ contact });
+  });
   const order = await step("new order", config.domains[0] ?? null, () => client.createOrder({ identifiers: config.domains.map((value) => ({ type: "dns", value })) }));
   progress("ACME: order placed", { names: config.domains.join(","), order: order.url });
   const authzs = await step("authorizations", null, () => client.getAuthorizations(order));
@@ -191,6 +298,9 @@ export async function issueCertificate({ config, store, tokens, progress }: Issu
         try {
           await client.waitForValidStatus(ch);
         } catch (e) {
+          const t = transport.get(origin);
+          transport.delete(origin);
+          if (t) throw explainNoAnswer(t, config.directory, "challenge status", requestTimeoutMs ?? REQUEST_TIMEOUT_MS);
           throw await diagnose(client, authz.url, domain, config.directory, e as Error);
         }
         progress("ACME: http-01 validated", { name: domain });
@@ -207,6 +317,17 @@ export async function issueCertificate({ config, store, tokens, progress }: Issu
   if (missing.length > 0) throw new AcmeError(`the CA's certificate lacks ${missing.join(", ")}`, "other");
   store.writeCertificate(config.domains[0] as string, cert.cert, cert.key);
   return cert;
+}
+
+/** The account of this key (RFC 8555 §7.3.1 onlyReturnExisting), or null when the CA has none. */
+async function existingAccount(client: AcmeClient.Client, origin: string): Promise<{ contact?: string[] } | null> {
+  try {
+    return (await client.createAccount({ onlyReturnExisting: true })) as { contact?: string[] };
+  } catch (e) {
+    if (problems.get(origin)?.type !== "urn:ietf:params:acme:error:accountDoesNotExist") throw e;
+    problems.delete(origin);
+    return null;
+  }
 }
 
 /** The challenge went invalid: the authorization's challenge carries the CA's reason. */

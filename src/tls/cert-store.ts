@@ -5,7 +5,7 @@
  * restart serves the stored certificate without a new order.
  */
 import { X509Certificate } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 export interface StoredCertificate {
@@ -98,7 +98,14 @@ export class CertStore {
   private write(file: string, text: string): void {
     const p = join(this.dir, file);
     const tmp = `${p}.tmp`;
-    writeFileSync(tmp, text, { mode: 0o600 });
+    // A leftover (or planted) tmp file, symlink included, is removed, never written through:
+    // 'wx' creates a new file or fails.
+    try {
+      unlinkSync(tmp);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
+    }
+    writeFileSync(tmp, text, { mode: 0o600, flag: "wx" });
     chmodSync(tmp, 0o600);
     renameSync(tmp, p);
   }

@@ -122,6 +122,14 @@ export function checkTlsListeners(c: Checker, tls: TlsListenConfig | null, liste
   if (tls.redirectHttp && !tcp.some((l) => !listenerIsTls(l, true))) c.warnings.push("tls.redirect_http: there is no plain listener to redirect from (add {address: \":80\", tls: false} to listen)");
   if (tls.acme) {
     const plain = tcp.filter((l) => !listenerIsTls(l, true));
+    // A plain listener beside ACME admits every address (the CA's validators are not in
+    // access.clients) and checks the client per request; a PROXY header there would name that
+    // client, and anyone can send one, so it would grant everything access.clients allows.
+    listen.forEach((l, i) => {
+      if (l.proxyProtocol && l.unix === undefined && !listenerIsTls(l, true)) {
+        c.fail(`listen[${i}].proxy_protocol`, true, "cannot be used on a plain listener beside tls.acme (it admits everyone for http-01, so a forged PROXY header would pass access.clients): drop proxy_protocol there, or pass port 80 through without it");
+      }
+    });
     if (plain.length === 0) c.warnings.push('tls.acme: http-01 needs a plain listener that the CA reaches on port 80; add {address: ":80", tls: false} to listen');
     else if (!plain.some((l) => l.port === 80)) c.warnings.push("tls.acme: the CA validates http-01 on port 80, and no plain listener is on :80 (fine only if port 80 is forwarded to one)");
   }

@@ -2,7 +2,8 @@
  * What a plain listener does when crm also serves TLS: it answers ACME http-01 challenges
  * (`/.well-known/acme-challenge/TOKEN`, to anyone: the CA's validators are not in
  * access.clients), and with `tls.redirect_http` sends other origin-form requests to https.
- * Proxy requests (CONNECT, absolute-form) pass through unchanged, so the proxy works here too.
+ * For clients in access.clients, proxy requests (CONNECT, absolute-form) pass through unchanged,
+ * so the proxy works here too; everyone else gets only the challenges.
  */
 import type { Dispatcher, Exchange } from "../connection.ts";
 import type { Runtime } from "../context.ts";
@@ -15,6 +16,8 @@ export const CHALLENGE_PREFIX = "/.well-known/acme-challenge/";
 export interface PlainListenerHooks {
   /** The key authorization for a token, when an ACME order is waiting for it. */
   challenge(token: string): string | null;
+  /** The DNS names of the certificate served (from files or ACME), for redirects. */
+  certificateNames(): readonly string[];
   /** The port of the first TLS listener (for redirects); null when there is none. */
   httpsPort(): number | null;
 }
@@ -22,12 +25,18 @@ export interface PlainListenerHooks {
 export function plainListenerDispatcher(inner: Dispatcher, rt: Runtime, hooks: PlainListenerHooks): Dispatcher {
   return {
     http(ex) {
-      if (ex.route.kind !== "local") return inner.http(ex);
-      const path = ex.route.path.split("?")[0] ?? "";
-      if (path.startsWith(CHALLENGE_PREFIX)) return Promise.resolve(answerChallenge(ex, rt, hooks, path.slice(CHALLENGE_PREFIX.length)));
-      // Strangers were let in only for the CA's validators (see `openToAll` in listener.ts).
-      if (!rt.access.clientAllowed(ex.client)) return Promise.resolve(textResponse(403, "crm: only ACME challenges are answered for your address"));
-      if (rt.config.tls?.redirectHttp) return Promise.resolve(redirect(ex, hooks.httpsPort(), rt.config.tls.acme?.domains ?? []));
+      // Strangers were let in only for the CA's validators (see `openToAll` in listener.ts): they
+      // get an origin-form GET/HEAD of a challenge and nothing else, not even a proxy request.
+      const stranger = !rt.access.clientAllowed(ex.client);
+      const path = ex.route.kind === "local" ? (ex.route.path.split("?")[0] ?? "") : null;
+      if (path !== null && path.startsWith(CHALLENGE_PREFIX) && (!stranger || ex.head.method === "GET" || ex.head.method === "HEAD")) {
+        return Promise.resolve(answerChallenge(ex, rt, hooks, path.slice(CHALLENGE_PREFIX.length)));
+      }
+      if (stranger) {
+        ex.kind = "local";
+        return Promise.resolve(textResponse(403, "crm: only ACME challenges are answered for your address"));
+      }
+      if (path !== null && rt.config.tls?.redirectHttp) return Promise.resolve(redirect(ex, hooks.httpsPort(), rt.config.tls.acme?.domains ?? hooks.certificateNames()));
       return inner.http(ex);
     },
     connect(conn, route, head, rest) {
@@ -52,20 +61,33 @@ function answerChallenge(ex: Exchange, rt: Runtime, hooks: PlainListenerHooks, t
 
 /**
  * 301 for GET/HEAD, 308 for the rest (keeps the method and body), to the same host over https.
- * With ACME, a Host the certificate does not cover is sent to its first name instead: no
- * redirect to a name crm cannot serve (or to whatever a client put in Host).
+ * A Host the certificate does not cover (the ACME names, or the DNS names of the certificate
+ * from files) is sent to its first name instead: no redirect to a name crm cannot serve, or to
+ * whatever a client put in Host.
  */
 function redirect(ex: Exchange, port: number | null, names: readonly string[]): Response {
   const hostHeader = headerValue(ex.head.headers, "host");
   let host: string;
   try {
-    host = parseAuthority(hostHeader ?? "", 80).host;
+    host = parseAuthority(hostHeader ?? "", 80).host.toLowerCase().replace(/\.$/, "");
   } catch {
     return textResponse(400, "crm: a Host header is needed to redirect to https");
   }
-  if (names.length > 0 && !names.includes(host)) host = names[0] as string;
+  const first = names.find((n) => !n.startsWith("*."));
+  if (!names.some((n) => covers(n, host))) {
+    if (first === undefined) return textResponse(400, "crm: the certificate names no host this request could be redirected to; use https directly");
+    host = first;
+  }
   const authority = port === null || port === 443 ? (host.includes(":") ? `[${host}]` : host) : formatHostPort(host, port);
   const location = `https://${authority}${ex.route.kind === "local" ? ex.route.path : "/"}`;
   const status = ex.head.method === "GET" || ex.head.method === "HEAD" ? 301 : 308;
   return textResponse(status, `crm: use ${location}\n`, { location });
+}
+
+/** A certificate name covers a host: equal, or a wildcard for exactly one more label (RFC 6125 §6.4.3). */
+function covers(name: string, host: string): boolean {
+  const n = name.toLowerCase();
+  if (!n.startsWith("*.")) return n === host;
+  const dot = host.indexOf(".");
+  return dot > 0 && host.slice(dot + 1) === n.slice(2);
 }

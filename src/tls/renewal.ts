@@ -1,13 +1,13 @@
 /**
  * Keeps an ACME certificate current: at start the stored one (or a temporary self-signed one
  * while the first order runs, never blocking start-up), renewal when a third of the lifetime
- * is left (or `renew_before`), exponential backoff on failure that never undercuts the CA's
+ * is left (or `renew_before`, but never before half the lifetime has passed), exponential backoff on failure that never undercuts the CA's
  * Retry-After, an error line every hour while renewal keeps failing, and a callback that hot
  * swaps the listeners' certificate.
  */
 import type { Runtime } from "../context.ts";
 import type { AcmeConfig } from "./config.ts";
-import { AcmeError, issueCertificate } from "./acme.ts";
+import { AcmeError, issueCertificate, type IssueOptions } from "./acme.ts";
 import { CertStore, type StoredCertificate } from "./cert-store.ts";
 import { temporaryCertificate } from "./self-signed.ts";
 import type { CertificateStatus } from "./status.ts";
@@ -19,10 +19,20 @@ const HOURLY_MS = 3600_000;
 /** setTimeout's limit; longer waits are taken in steps. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
-/** When to renew: `renewBeforeMs` before expiry, else when a third of the lifetime is left. */
+/** A renewal never comes sooner than this after issuance, whatever renew_before says. */
+export const MIN_RENEWAL_AGE_MS = 3600_000;
+
+/**
+ * When to renew: `renewBeforeMs` before expiry, else when a third of the lifetime is left; never
+ * before half the lifetime (or an hour, whichever is later) has passed since issuance, so a
+ * renew_before at least as long as the CA's lifetime cannot re-order in a loop. The hour gives
+ * way to 90% of a lifetime shorter than that: renewing after expiry would serve an expired one.
+ */
 export function renewalTime(cert: Pick<StoredCertificate, "notBefore" | "notAfter">, renewBeforeMs: number | null): number {
-  const before = renewBeforeMs ?? (cert.notAfter - cert.notBefore) / 3;
-  return cert.notAfter - before;
+  const lifetime = cert.notAfter - cert.notBefore;
+  const before = renewBeforeMs ?? lifetime / 3;
+  const minAge = Math.max(lifetime / 2, Math.min(MIN_RENEWAL_AGE_MS, lifetime * 0.9));
+  return Math.max(cert.notAfter - before, cert.notBefore + minAge);
 }
 
 /** Wait before try number `failures + 1`: doubling from base to max, never before Retry-After. */
@@ -45,6 +55,7 @@ export class AcmeCertificates {
   private hourly: Timer | null = null;
   private running: Promise<boolean> | null = null;
   private stopped = false;
+  private started = false;
   private failures = 0;
   private totalFailures = 0;
   private lastError: string | null = null;
@@ -58,6 +69,7 @@ export class AcmeCertificates {
     current: StoredCertificate,
     temporary: boolean,
     private readonly remindEveryMs: number,
+    private readonly limits: Pick<IssueOptions, "requestTimeoutMs" | "orderDeadlineMs"> = {},
   ) {
     this.store = store;
     this.current = current;
@@ -65,7 +77,7 @@ export class AcmeCertificates {
   }
 
   /** Reads state_dir; without a usable stored certificate, makes the temporary one. */
-  static async load(config: AcmeConfig, rt: Runtime, onCertificate: (c: ServedCertificate) => void, opts: { remindEveryMs?: number } = {}): Promise<AcmeCertificates> {
+  static async load(config: AcmeConfig, rt: Runtime, onCertificate: (c: ServedCertificate) => void, opts: { remindEveryMs?: number } & Pick<IssueOptions, "requestTimeoutMs" | "orderDeadlineMs"> = {}): Promise<AcmeCertificates> {
     const remind = opts.remindEveryMs ?? HOURLY_MS;
     const store = new CertStore(config.stateDir);
     let warning: string | null;
@@ -79,11 +91,11 @@ export class AcmeCertificates {
     const stored = store.readCertificate(name);
     if (stored !== null) {
       rt.log.info("ACME: using the stored certificate", { names: stored.names.join(","), expires: new Date(stored.notAfter).toISOString(), file: `${config.stateDir}/${name}.crt` });
-      return new AcmeCertificates(config, rt, onCertificate, store, stored, false, remind);
+      return new AcmeCertificates(config, rt, onCertificate, store, stored, false, remind, opts);
     }
     const temp = await temporaryCertificate(config.domains);
     rt.log.info("ACME: no certificate yet; serving a temporary self-signed one while issuance is under way", { names: config.domains.join(","), directory: config.directory });
-    return new AcmeCertificates(config, rt, onCertificate, store, temp, true, remind);
+    return new AcmeCertificates(config, rt, onCertificate, store, temp, true, remind, opts);
   }
 
   get served(): ServedCertificate {
@@ -95,14 +107,31 @@ export class AcmeCertificates {
     return this.tokens.get(token) ?? null;
   }
 
-  /** Schedules the first order or the next renewal. */
+  /**
+   * Schedules the first order or the next renewal, once: a reload (SIGHUP) calls it again and
+   * must keep the schedule, its backoff and the CA's Retry-After, not order at once.
+   */
   start(): void {
+    if (this.started) return;
+    this.started = true;
     const c = this.current;
     const covers = this.config.domains.every((d) => c.names.includes(d));
     if (this.temporary || !covers) {
       if (!covers && !this.temporary) this.rt.log.info("ACME: the stored certificate does not cover every configured name; ordering a new one", { stored: c.names.join(","), wanted: this.config.domains.join(",") });
       this.schedule(Date.now());
-    } else this.schedule(renewalTime(c, this.config.renewBeforeMs));
+    } else this.scheduleRenewal(c);
+  }
+
+  private scheduleRenewal(c: StoredCertificate): void {
+    const lifetime = c.notAfter - c.notBefore;
+    const before = this.config.renewBeforeMs;
+    if (before !== null && before >= lifetime) {
+      this.rt.log.warn("ACME: tls.acme.renew_before is not shorter than the certificate's lifetime; renewing at half the lifetime (at least an hour, or 90% of a shorter lifetime, after issuance) instead", {
+        renew_before_s: Math.round(before / 1000),
+        lifetime_s: Math.round(lifetime / 1000),
+      });
+    }
+    this.schedule(renewalTime(c, before));
   }
 
   /** Renews now, whatever the schedule (operators, tests). Resolves to whether it worked. */
@@ -163,6 +192,7 @@ export class AcmeCertificates {
         store: this.store,
         tokens: this.tokens,
         progress: (msg, fields) => this.rt.log.info(msg, fields),
+        ...this.limits,
       });
       if (this.stopped) return false;
       this.current = cert;
@@ -183,7 +213,7 @@ export class AcmeCertificates {
         serial: cert.serial,
         issuer: cert.issuer,
       });
-      this.schedule(renewalTime(cert, this.config.renewBeforeMs));
+      this.scheduleRenewal(cert);
       return true;
     } catch (e) {
       if (this.stopped) return false;
