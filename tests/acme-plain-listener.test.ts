@@ -107,7 +107,7 @@ test("proxy_protocol on a plain listener beside tls.acme is refused: anyone coul
     buildConfig({ listen: [":443", { address: ":80", tls: false, proxy_protocol: true }], tls: { acme: { domains: ["crm.example.com"] } } }, "/etc/crm/t.yaml"),
   ).toThrow(/listen\[1\]\.proxy_protocol: true cannot be used on a plain listener beside tls\.acme/);
   // Without ACME the plain listener keeps its accept-time check, so proxy_protocol stays allowed there.
-  expect(() => buildConfig({ listen: [":443", { address: ":80", tls: false, proxy_protocol: true }], tls: { cert_path: "c.pem", key_path: "k.pem" } }, "/etc/crm/t.yaml")).not.toThrow();
+  expect(() => buildConfig({ listen: [":443", { address: ":80", tls: false, proxy_protocol: true }], access: { trusted_proxies: ["10.0.0.0/8"] }, tls: { cert_path: "c.pem", key_path: "k.pem" } }, "/etc/crm/t.yaml")).not.toThrow();
 });
 
 test("redirect_http with cert_path/key_path sends a foreign Host to the certificate's name, not to the Host", async () => {
