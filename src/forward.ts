@@ -9,7 +9,8 @@ import type { Runtime } from "./context.ts";
 import { classifyNetworkError, DialError, HttpError } from "./errors.ts";
 import { lookupTarget } from "./dial.ts";
 import { endToEnd, addVia, stripHopByHop } from "./http/hop-by-hop.ts";
-import { headerValue } from "./http/head.ts";
+import { headerValue, requestFraming } from "./http/head.ts";
+import { relayedResponse } from "./upstream/relayed.ts";
 import { formatHostPort } from "./router.ts";
 import { fetchFramingFailure, relayableFraming } from "./upstream-framing.ts";
 import { isIP } from "node:net";
@@ -76,24 +77,43 @@ function withTimeout<T>(p: Promise<T>, ms: number, target: string): Promise<T> {
 export async function forward(ex: Exchange, rt: Runtime): Promise<Response> {
   if (ex.route.kind !== "forward") throw new Error("forward() called for a non-forward route");
   const { head } = ex;
-  // fetch() cannot send a body with GET or HEAD; say so rather than fail as an "upstream error".
+  // A body on GET or HEAD has no defined meaning (RFC 9110 §9.3.1) and servers split on it.
   if (ex.body !== null && (head.method === "GET" || head.method === "HEAD")) {
     throw new HttpError(400, `crm cannot forward a request body with ${head.method}`);
   }
-  let headers = endToEnd(head.headers, NOT_FORWARDED);
-  // requestFraming accepted identical repeated Content-Length values (RFC 9110 §8.6); send one.
-  const cl = headers.find(([k]) => k.toLowerCase() === "content-length");
-  if (cl) headers = [...headers.filter(([k]) => k.toLowerCase() !== "content-length"), ["content-length", (cl[1].split(",")[0] ?? "").trim()]];
+  const headers = endToEnd(head.headers, NOT_FORWARDED).filter(([k]) => {
+    const l = k.toLowerCase();
+    return l !== "content-length" && l !== "transfer-encoding";
+  });
   headers.push(["via", addVia(headerValue(head.headers, "via"))]);
-  const res = await fetchUpstream(
-    rt,
-    ex.route.url,
-    { method: head.method, headers, body: ex.body, duplex: "half" } as RequestInit,
-    ex.signal,
-    rt.config.timeouts.upstreamHeaderMs,
-  );
-  const out = stripHopByHop(new Headers(res.headers));
-  out.set("via", addVia(res.headers.get("via")));
-  const noBody = res.status === 204 || res.status === 304 || head.method === "HEAD";
-  return new Response(noBody ? null : res.body, { status: res.status, statusText: res.statusText, headers: out });
+  const framing = requestFraming(head);
+  const url = ex.route.url;
+  if (!headers.some(([k]) => k.toLowerCase() === "host")) headers.unshift(["host", url.host]);
+  const up = await rt.upstream.request({
+    url,
+    method: head.method,
+    headers,
+    body: ex.body,
+    bodyLength: framing.kind === "length" ? framing.length : null,
+    signal: ex.signal,
+    headTimeoutMs: rt.config.timeouts.upstreamHeaderMs,
+    connectTimeoutMs: rt.config.timeouts.connectMs,
+    resolve: rt.resolve,
+    insecureTls: rt.config.insecureTls,
+  });
+  const out = new Headers();
+  for (const [k, v] of up.headers) {
+    const l = k.toLowerCase();
+    if (l === "content-length" || l === "transfer-encoding") continue;
+    out.append(k, v);
+  }
+  stripHopByHop(out);
+  if (up.contentLength !== null) out.set("content-length", String(up.contentLength));
+  out.set("via", addVia(headerValue(up.headers, "via")));
+  return relayedResponse(up.body, { status: up.status, statusText: statusText(up.reason), headers: out });
+}
+
+/** A reason phrase the Response constructor takes (obs-text and odd bytes are dropped). */
+function statusText(reason: string): string {
+  return /^[\t\x20-\x7e]*$/.test(reason) ? reason : "";
 }

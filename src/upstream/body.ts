@@ -50,6 +50,11 @@ export class UpstreamBody {
     return this.attach(true, write);
   }
 
+  /** Passes the body's content (chunk framing removed) as it comes, with the same backpressure. */
+  contents(write: (bytes: Uint8Array) => boolean): Promise<void> {
+    return this.attach(false, write);
+  }
+
   /** The content (chunk framing removed), whole, refused past `limit` bytes. */
   async readAll(limit: number): Promise<Uint8Array> {
     const parts: Uint8Array[] = [];

@@ -42,7 +42,7 @@ export function readResponseHead(buf: Buffer): ResponseHeadResult {
   const [, version = "", code = "", reason = ""] = m;
   if (version !== "HTTP/1.1" && version !== "HTTP/1.0") throw fail(`${version} not supported`);
   const status = Number(code);
-  if (status < 100) throw fail(`invalid status code ${code}`);
+  if (status < 100 || status > 599) throw fail(`invalid status code ${code}`);
   let headers: HeaderList;
   try {
     headers = parseHeaderLines(lines, 1, "response head");
