@@ -62,6 +62,8 @@ export class UpstreamClient {
   readonly pool: UpstreamPool;
   /** Connections opened, ever (tests and the status page read it). */
   opened = 0;
+  /** Connections being opened ahead of a request (preconnect), by pool key. */
+  private readonly opening = new Map<string, Promise<UpstreamConn | null>>();
 
   constructor(private readonly options: ClientOptions = {}) {
     this.pool = new UpstreamPool(options.pool);
@@ -71,20 +73,55 @@ export class UpstreamClient {
     this.pool.close();
   }
 
-  async request(req: UpstreamRequest): Promise<UpstreamResponse> {
-    const https = req.url.protocol === "https:";
-    const host = req.url.hostname.replace(/^\[|\]$/g, "");
-    const port = Number(req.url.port) || (https ? 443 : 80);
+  /**
+   * Opens a connection to `url`'s origin (DNS, TCP, TLS) for a request that is about to come, and
+   * leaves it in the pool: MITM calls it while the client's own TLS handshake with crm runs, so
+   * the two handshakes overlap. Failures are dropped; the request itself meets and reports them.
+   */
+  preconnect(url: URL, resolve: Resolver, insecureTls: boolean, connectTimeoutMs: number): void {
+    void this.origin(url, resolve, insecureTls, connectTimeoutMs).then(
+      ({ address, port, tls, key, target }) => {
+        if (this.pool.idleFor(key) > 0 || this.opening.has(key)) return;
+        const opening = openConn(address, port, tls, connectTimeoutMs, target, key).then(
+          (conn) => {
+            this.opened++;
+            return conn;
+          },
+          () => null,
+        );
+        this.opening.set(key, opening);
+        void opening.then((conn) => {
+          this.opening.delete(key);
+          if (conn) this.pool.put(conn);
+        });
+      },
+      () => {},
+    );
+  }
+
+  /** Where a request for `url` goes: the address the guard approved, and the pool key. */
+  private async origin(url: URL, resolve: Resolver, insecureTls: boolean, connectTimeoutMs: number): Promise<{ address: string; port: number; tls: TlsOptions | null; key: string; target: string }> {
+    const https = url.protocol === "https:";
+    const host = url.hostname.replace(/^\[|\]$/g, "");
+    const port = Number(url.port) || (https ? 443 : 80);
     const target = formatHostPort(host, port);
+    const lookup = lookupTarget(resolve, host, target);
+    const address = isIP(host) ? await lookup : await withTimeout(lookup, connectTimeoutMs, target);
+    const tls: TlsOptions | null = https ? { insecure: insecureTls, ...(isIP(host) ? {} : { serverName: host }), ...(this.options.extraCa ? { extraCa: this.options.extraCa } : {}) } : null;
+    const key = `${https ? "https" : "http"}|${host}|${port}|${address}|${insecureTls ? "insecure" : "verify"}`;
+    return { address, port, tls, key, target };
+  }
+
+  async request(req: UpstreamRequest): Promise<UpstreamResponse> {
     const started = Date.now();
-    const lookup = lookupTarget(req.resolve, host, target);
-    const address = isIP(host) ? await lookup : await withTimeout(lookup, req.connectTimeoutMs, target);
-    const tls: TlsOptions | null = https ? { insecure: req.insecureTls, ...(isIP(host) ? {} : { serverName: host }), ...(this.options.extraCa ? { extraCa: this.options.extraCa } : {}) } : null;
-    const key = `${https ? "https" : "http"}|${host}|${port}|${address}|${req.insecureTls ? "insecure" : "verify"}`;
+    const { address, port, tls, key, target } = await this.origin(req.url, req.resolve, req.insecureTls, req.connectTimeoutMs);
     const idempotent = req.method === "GET" || req.method === "HEAD";
     for (let attempt = 0; ; attempt++) {
       req.signal?.throwIfAborted();
       let conn = attempt === 0 ? this.pool.take(key) : null;
+      const opening = attempt === 0 && conn === null ? this.opening.get(key) : undefined;
+      // A preconnect under way: wait for it rather than open a second connection.
+      if (opening) conn = (await opening) === null ? null : this.pool.take(key);
       if (conn === null) {
         const remaining = Math.max(1, Math.min(req.connectTimeoutMs, req.headTimeoutMs - (Date.now() - started)));
         conn = await openConn(address, port, tls, remaining, target, key).catch((e: unknown) => {
@@ -119,7 +156,7 @@ export class UpstreamClient {
         reject(e);
       };
       const onAbort = (): void => fail(new DialError("other", target, { cause: req.signal?.reason, detail: "request aborted" }));
-      const timer = setTimeout(() => fail(new DialError("timeout", target, { detail: "no response head in time" })), Math.max(1, req.headTimeoutMs - (Date.now() - started)));
+      const timer = setTimeout(() => fail(new DialError("timeout", target)), Math.max(1, req.headTimeoutMs - (Date.now() - started)));
       const cleanup = (): void => {
         clearTimeout(timer);
         req.signal?.removeEventListener("abort", onAbort);

@@ -41,7 +41,10 @@ export class UpstreamPool {
     while (list && list.length > 0) {
       const entry = list.pop() as Idle;
       this.forget(key, entry, list);
-      if (!entry.conn.closed) return entry.conn;
+      if (!entry.conn.closed) {
+        entry.conn.socket.ref();
+        return entry.conn;
+      }
     }
     return null;
   }
@@ -59,6 +62,9 @@ export class UpstreamPool {
       this.drop(oldest.conn.key, oldest);
     }
     const entry: Idle = { conn, timer: setTimeout(() => this.drop(key, entry), this.limits.idleTimeoutMs) };
+    // An idle connection keeps no process alive (`crm doctor` ends when its checks do).
+    entry.timer.unref();
+    conn.socket.unref();
     list = this.idle.get(key) ?? [];
     this.idle.set(key, list);
     list.push(entry);
