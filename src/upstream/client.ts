@@ -185,12 +185,12 @@ export class UpstreamClient {
           }
         },
         close: (error) => {
-          const dial = new DialError(error ? "reset" : "reset", target, { cause: error ?? undefined, detail: "upstream closed the connection before answering" });
+          const dial = new DialError("reset", target, { cause: error ?? undefined, detail: "upstream closed the connection before answering" });
           if (!gotBytes) fail(new RetryableError(dial));
           else fail(dial);
         },
       };
-      const head = requestHead(req, conn);
+      const head = requestHead(req);
       if (!conn.outbox.write(head) && conn.closed) return fail(new RetryableError(new DialError("reset", target, { detail: "connection closed" })));
       if (req.body != null) {
         writeBody(conn, req.body, req.bodyLength ?? null).then(
@@ -241,8 +241,7 @@ class RetryableError extends Error {
   }
 }
 
-function requestHead(req: UpstreamRequest, conn: UpstreamConn): string {
-  void conn;
+function requestHead(req: UpstreamRequest): string {
   let target = req.url.pathname + req.url.search;
   if (target === "") target = "/";
   let out = `${req.method} ${target} HTTP/1.1\r\n`;

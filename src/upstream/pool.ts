@@ -13,7 +13,7 @@ export interface PoolLimits {
   idleTimeoutMs: number;
 }
 
-export const DEFAULT_POOL_LIMITS: PoolLimits = { maxIdlePerOrigin: 16, maxIdleTotal: 256, idleTimeoutMs: 30_000 };
+export const DEFAULT_POOL_LIMITS: PoolLimits = { maxIdlePerOrigin: 64, maxIdleTotal: 512, idleTimeoutMs: 30_000 };
 
 interface Idle {
   conn: UpstreamConn;
