@@ -15,6 +15,7 @@ import type { RequestKind } from "./metrics.ts";
 import { Outbox } from "./outbox.ts";
 import { readProxyHeader } from "./proxy-protocol.ts";
 import { route, type Authority, type Route } from "./router.ts";
+import { asStreamResponse, discardBody } from "./upstream/relayed.ts";
 import { recordExchange, recordRefusal, trackExchange } from "./status/record.ts";
 
 export interface SocketData {
@@ -441,9 +442,9 @@ export class Connection {
       ownError = true;
     }
     // Bandwidth limits pace the body's reads from the upstream side (bandwidth.ts).
-    if (this.rt.bandwidth.active) res = this.rt.bandwidth.pace(res, this.client);
+    if (this.rt.bandwidth.active) res = this.rt.bandwidth.pace(asStreamResponse(res), this.client);
     if (this.isClosed) {
-      await res.body?.cancel().catch(() => {});
+      await discardBody(res);
       this.logRequest(ex, res.status, 0, started, "client gone");
       return;
     }

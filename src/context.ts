@@ -14,6 +14,7 @@ import { Metrics } from "./metrics.ts";
 import { RequestJournal } from "./status/journal.ts";
 import { ActivityBoard } from "./status/activity.ts";
 import { certificateStateOf, type StatusSources } from "./status/sources.ts";
+import { UpstreamClient } from "./upstream/client.ts";
 import { guardedResolver, systemResolver, type Resolver } from "./resolver.ts";
 
 export interface Runtime {
@@ -35,6 +36,8 @@ export interface Runtime {
    */
   readonly resolveConfigured: Resolver;
   readonly metrics: Metrics;
+  /** Kept-alive upstream connections and the client that uses them (src/upstream/). */
+  readonly upstream: UpstreamClient;
   /** Recent requests by id (X-Crm-Request-Id), for `client-config --check` and the status page. */
   readonly journal: RequestJournal;
   /** Requests and tunnels in flight, per-registry totals and throughput, for the status page. */
@@ -61,6 +64,7 @@ export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver 
     resolve: guardedResolver(resolve, () => rt.config.allowPrivateNetworks),
     resolveConfigured: resolve,
     metrics: new Metrics(startedAt),
+    upstream: new UpstreamClient(),
     journal: new RequestJournal(),
     activity: new ActivityBoard(),
     sources: { quota: null, manifestCache: null, certificate: () => certificateStateOf(rt.config) },

@@ -69,6 +69,8 @@ export class Mitm {
     }
     conn.outbox.write(ESTABLISHED);
     conn.handOver();
+    // The upstream's DNS, TCP and TLS run while the client's handshake with crm does.
+    this.rt.upstream.preconnect(new URL(`https://${target}/`), this.rt.resolve, this.rt.config.insecureTls, this.rt.config.timeouts.connectMs);
     const data: TlsData = { conn: null, handshaken: false, reported: false };
     const base = connectionHandlers(this.conns, (s) => new Connection(s, this.rt, this.dispatch, { host, port }, conn.client));
     const [, tls] = (conn.socket as Socket<SocketData>).upgradeTLS<TlsData>({

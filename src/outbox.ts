@@ -68,6 +68,10 @@ export class Outbox {
     this.listeners.push(fn);
   }
 
+  offDrained(fn: () => void): void {
+    this.listeners = this.listeners.filter((f) => f !== fn);
+  }
+
   /** The socket is gone: drop the queue and release everyone waiting. */
   kill(): void {
     this.dead = true;

@@ -278,5 +278,6 @@ export class CrmServer {
       if (b.unix) removeSocket(b.unix.path, b.unix.inode);
     }
     this.conns.stop();
+    this.rt.upstream.close();
   }
 }

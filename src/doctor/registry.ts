@@ -7,7 +7,7 @@
 import { isIP } from "node:net";
 import type { Runtime } from "../context.ts";
 import { DialError } from "../errors.ts";
-import { fetchUpstream } from "../forward.ts";
+import { upstreamResponse } from "../upstream/as-response.ts";
 import { findChallenge } from "../mirror/challenge.ts";
 import { MirrorError } from "../mirror/errors.ts";
 import { readSmallBody } from "../mirror/small-body.ts";
@@ -109,7 +109,7 @@ export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: str
   const base = url.origin + url.pathname.replace(/\/+$/, "");
   let challengeHeader: string | null;
   try {
-    const res = await fetchUpstream(rt, new URL(base + "/v2/"), { method: "GET", headers: { "user-agent": "crm-doctor" } }, AbortSignal.timeout(rt.config.timeouts.upstreamHeaderMs * 2), rt.config.timeouts.upstreamHeaderMs, true);
+    const res = await upstreamResponse(rt, new URL(base + "/v2/"), { method: "GET", headers: { "user-agent": "crm-doctor" } }, AbortSignal.timeout(rt.config.timeouts.upstreamHeaderMs * 2), rt.config.timeouts.upstreamHeaderMs, true);
     await res.body?.cancel().catch(() => {});
     challengeHeader = res.headers.get("www-authenticate");
     const date = Date.parse(res.headers.get("date") ?? "");

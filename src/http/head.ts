@@ -61,11 +61,6 @@ export function readRequestHead(buf: Buffer): HeadResult {
   return { kind: "head", head, rest: buf.subarray(end + 4) };
 }
 
-function hasBareLf(buf: Buffer): boolean {
-  for (let i = buf.indexOf(0x0a); i >= 0; i = buf.indexOf(0x0a, i + 1)) if (i === 0 || buf[i - 1] !== 0x0d) return true;
-  return false;
-}
-
 function parseHead(text: string): RequestHead {
   const lines = text.split("\r\n");
   const requestLine = lines[0] ?? "";
@@ -76,11 +71,21 @@ function parseHead(text: string): RequestHead {
   if (target === "" || /[\x00-\x20\x7f-\xff]/.test(target)) throw new HttpError(400, "malformed request target");
   if (!/^HTTP\/\d\.\d$/.test(version)) throw new HttpError(400, "malformed HTTP version");
   if (version !== "HTTP/1.1" && version !== "HTTP/1.0") throw new HttpError(505, `${version} not supported`);
+  const headers = parseHeaderLines(lines, 1, "request head");
+  return { method, target, version, headers, size: 0 };
+}
+
+/**
+ * The field lines of a head, `lines[from..]`, by the rules every head crm reads follows (requests
+ * from clients, responses from upstreams): token names, no folding, no bare CR/LF, no control
+ * bytes in values, only SP/HTAB trimmed. `what` names the head in the error ("request head").
+ */
+export function parseHeaderLines(lines: readonly string[], from: number, what: string): HeaderList {
   const headers: HeaderList = [];
-  for (let i = 1; i < lines.length; i++) {
+  for (let i = from; i < lines.length; i++) {
     const line = lines[i] ?? "";
-    if (line.includes("\r") || line.includes("\n")) throw new HttpError(400, "bare CR or LF in request head");
-    if (line.startsWith(" ") || line.startsWith("\t")) throw new HttpError(400, "obsolete line folding in request head");
+    if (line.includes("\r") || line.includes("\n")) throw new HttpError(400, `bare CR or LF in ${what}`);
+    if (line.startsWith(" ") || line.startsWith("\t")) throw new HttpError(400, `obsolete line folding in ${what}`);
     const colon = line.indexOf(":");
     if (colon <= 0) throw new HttpError(400, "malformed header line");
     const name = line.slice(0, colon);
@@ -88,10 +93,15 @@ function parseHead(text: string): RequestHead {
     const raw = line.slice(colon + 1);
     if (BAD_VALUE.test(raw)) throw new HttpError(400, `control character in header ${name}`);
     // RFC 9110 §5.6.3: String.trim() would also eat NBSP, letting "5\xa0" pass as Content-Length 5.
-    const value = ows(raw);
-    headers.push([name, value]);
+    headers.push([name, ows(raw)]);
   }
-  return { method, target, version, headers, size: 0 };
+  return headers;
+}
+
+/** Whether a head that has not ended yet has a line ending in bare LF (it never will end). */
+export function hasBareLf(buf: Buffer): boolean {
+  for (let i = buf.indexOf(0x0a); i >= 0; i = buf.indexOf(0x0a, i + 1)) if (i === 0 || buf[i - 1] !== 0x0d) return true;
+  return false;
 }
 
 /** All values of one field, case-insensitively. */

@@ -5,6 +5,8 @@
  * would read it as the next response), and a short body never looks complete.
  */
 import type { Outbox } from "../outbox.ts";
+import type { UpstreamBody } from "../upstream/body.ts";
+import { relayedBody } from "../upstream/relayed.ts";
 import { STATUS_TEXT } from "./status.ts";
 
 export interface WriteOptions {
@@ -43,6 +45,9 @@ export async function writeResponse(out: Outbox, res: Response, opts: WriteOptio
       : opts.version === "HTTP/1.1"
         ? "chunked"
         : "close";
+  const relayed = relayedBody(res);
+  // An upstream's chunked body goes to an HTTP/1.1 client as it came, chunk framing and all.
+  const passChunks = relayed !== null && !noBody && framing === "chunked" && relayed.framing === "chunked";
   const keepAlive = opts.keepAlive && framing !== "close";
 
   let head = `HTTP/1.1 ${res.status} ${res.statusText || STATUS_TEXT[res.status] || "Status"}\r\n`;
@@ -56,6 +61,9 @@ export async function writeResponse(out: Outbox, res: Response, opts: WriteOptio
   } else if (framing === "chunked") head += "transfer-encoding: chunked\r\n";
   // HTTP/1.0 closes by default: a kept connection must be announced (RFC 9112 §C.2.2).
   head += keepAlive ? (opts.version === "HTTP/1.0" ? "connection: keep-alive\r\n\r\n" : "\r\n") : "connection: close\r\n\r\n";
+
+  if (relayed !== null && !noBody && !relayed.done) return relay(out, head, relayed, framing, length, passChunks, keepAlive, opts);
+  if (relayed !== null) relayed.cancel();
 
   if (noBody || res.body === null) {
     if (!noBody && framing === "chunked") {
@@ -124,6 +132,72 @@ export async function writeResponse(out: Outbox, res: Response, opts: WriteOptio
     return { bytes, complete: false, keepAlive: false };
   }
   if (framing === "chunked") out.write(bytes > 0 ? LAST_CHUNK_AFTER_DATA : LAST_CHUNK);
+  const complete = framing !== "length" || bytes === length;
+  return { bytes, complete, keepAlive: keepAlive && complete };
+}
+
+/**
+ * Pipes an upstream body into the client's Outbox: each read from the upstream socket is written
+ * as it came; a short write pauses the upstream until the client's socket drains.
+ */
+async function relay(
+  out: Outbox,
+  head: string,
+  body: UpstreamBody,
+  framing: "none" | "length" | "chunked" | "close",
+  length: number | null,
+  passChunks: boolean,
+  keepAlive: boolean,
+  opts: WriteOptions,
+): Promise<WriteResult> {
+  if (framing === "length" && length !== null && length <= SMALL_BODY) {
+    // As for a small fetch body: the body (usually in the head's own read) leaves with its head
+    // in one write, one segment instead of two.
+    const parts: Uint8Array[] = [Buffer.from(head, "latin1")];
+    let n = 0;
+    try {
+      await body.relay((chunk) => {
+        n += chunk.byteLength;
+        parts.push(chunk);
+        return true;
+      });
+    } catch {
+      out.write(head);
+      return { bytes: 0, complete: false, keepAlive: false };
+    }
+    if (out.closed) return { bytes: 0, complete: false, keepAlive: false };
+    out.write(parts.length === 2 && n === 0 ? (parts[0] as Uint8Array) : Buffer.concat(parts));
+    opts.progress?.(n);
+    return { bytes: n, complete: n === length, keepAlive: keepAlive && n === length };
+  }
+  out.write(head);
+  let bytes = 0;
+  let over = false;
+  const resume = (): void => body.resume();
+  out.onDrained(resume);
+  const write = (chunk: Uint8Array): boolean => {
+    if (framing === "length" && length !== null && bytes + chunk.byteLength > length) {
+      over = true;
+      body.cancel();
+      return false;
+    }
+    bytes += chunk.byteLength;
+    opts.progress?.(bytes);
+    if (framing !== "chunked" || passChunks) return out.write(chunk);
+    // A close-delimited upstream body to an HTTP/1.1 client: crm frames it in chunks.
+    out.write(`${bytes === chunk.byteLength ? "" : "\r\n"}${chunk.byteLength.toString(16)}\r\n`);
+    return out.write(chunk);
+  };
+  try {
+    // Raw bytes are the content unless the upstream chunked a body crm must frame otherwise.
+    await (passChunks || body.framing !== "chunked" ? body.relay(write) : body.contents(write));
+  } catch {
+    return { bytes, complete: false, keepAlive: false };
+  } finally {
+    out.offDrained(resume);
+  }
+  if (over || out.closed) return { bytes, complete: false, keepAlive: false };
+  if (framing === "chunked" && !passChunks) out.write(bytes > 0 ? LAST_CHUNK_AFTER_DATA : LAST_CHUNK);
   const complete = framing !== "length" || bytes === length;
   return { bytes, complete, keepAlive: keepAlive && complete };
 }

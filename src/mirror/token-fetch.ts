@@ -5,7 +5,7 @@
  */
 import type { Runtime } from "../context.ts";
 import { DialError } from "../errors.ts";
-import { fetchUpstream } from "../forward.ts";
+import { upstreamResponse } from "../upstream/as-response.ts";
 import { redactUrl } from "../log.ts";
 import type { RegistryConfig } from "../registries.ts";
 import type { Challenge } from "./challenge.ts";
@@ -53,7 +53,7 @@ export async function fetchToken(rt: Runtime, registry: RegistryConfig, trust: R
   try {
     // A realm on the operator-named upstream's own host:port is that upstream (a LAN registry
     // serving /token itself); any other realm host is guarded like a redirect target.
-    res = await fetchUpstream(rt, url, { method: "GET", headers }, AbortSignal.timeout(headMs * 2), headMs, trust.exemptFromGuard(url));
+    res = await upstreamResponse(rt, url, { method: "GET", headers }, AbortSignal.timeout(headMs * 2), headMs, trust.exemptFromGuard(url));
   } catch (e) {
     if (e instanceof DialError) throw dialFailure(e, `token service ${check.host} for ${registry.name}`);
     throw e;

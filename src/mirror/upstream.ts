@@ -8,7 +8,7 @@
 import { createHash } from "node:crypto";
 import type { Runtime } from "../context.ts";
 import { DialError } from "../errors.ts";
-import { fetchUpstream } from "../forward.ts";
+import { upstreamResponse } from "../upstream/as-response.ts";
 import { redactUrl } from "../log.ts";
 import type { RegistryConfig } from "../registries.ts";
 import { findChallenge, type Challenge } from "./challenge.ts";
@@ -200,7 +200,7 @@ export class RegistryClient {
       try {
         // The configured upstream itself may be on a private network (a LAN registry the
         // operator named); redirect targets are chosen by the upstream and stay guarded.
-        res = await fetchUpstream(this.rt, url, { method: req.method, headers }, req.signal, this.rt.config.timeouts.upstreamHeaderMs, this.trust.exemptFromGuard(url));
+        res = await upstreamResponse(this.rt, url, { method: req.method, headers }, req.signal, this.rt.config.timeouts.upstreamHeaderMs, this.trust.exemptFromGuard(url));
       } catch (e) {
         if (e instanceof DialError) throw dialFailure(e, hop === 0 ? `upstream ${this.registry.name}` : `redirect target ${url.hostname} of ${this.registry.name}`);
         throw e;

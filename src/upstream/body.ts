@@ -1,0 +1,185 @@
+/**
+ * An upstream response body as it arrives on the socket: handed on as the upstream framed it
+ * (`relay`, for a proxy that passes bytes) or as its content (`readAll` for small bodies,
+ * `stream` for code that wants a ReadableStream). Backpressure is the socket's own: when the
+ * consumer says "enough" the upstream socket is paused until `resume()`, so memory is bounded by
+ * one read whatever the upstream sends and however slowly the client reads.
+ */
+import { DialError } from "../errors.ts";
+import type { BodyFramer } from "./body-framer.ts";
+import type { UpstreamConn } from "./connect.ts";
+
+type Sink = { raw: boolean; write(bytes: Uint8Array): boolean; end(): void; fail(e: Error): void };
+
+export class UpstreamBody {
+  private sink: Sink | null = null;
+  private pending: Buffer[] = [];
+  private finished = false;
+  private failure: Error | null = null;
+  private paused = false;
+
+  constructor(
+    private readonly conn: UpstreamConn,
+    private readonly framer: BodyFramer,
+    private readonly target: string,
+    /** Called once when the body has ended by its framing: whether the bytes after it were none. */
+    private readonly onEnd: (clean: boolean) => void,
+    first: Buffer,
+  ) {
+    if (framer.done) {
+      // No body by rule (HEAD, 204, 304, Content-Length: 0): the connection is free at once.
+      this.finished = true;
+      onEnd(first.length === 0);
+      return;
+    }
+    conn.listener = { data: (b) => this.arrive(b), close: (e) => this.closed(e) };
+    if (first.length > 0) this.pending.push(first);
+  }
+
+  /** How the upstream framed it: "length", "chunked", "close" or "none". */
+  get framing(): string {
+    return this.framer.framing;
+  }
+
+  get done(): boolean {
+    return this.finished;
+  }
+
+  /** Passes the body's bytes as they came; `write` returning false pauses the upstream until `resume()`. */
+  relay(write: (bytes: Uint8Array) => boolean): Promise<void> {
+    return this.attach(true, write);
+  }
+
+  /** Passes the body's content (chunk framing removed) as it comes, with the same backpressure. */
+  contents(write: (bytes: Uint8Array) => boolean): Promise<void> {
+    return this.attach(false, write);
+  }
+
+  /** The content (chunk framing removed), whole, refused past `limit` bytes. */
+  async readAll(limit: number): Promise<Uint8Array> {
+    const parts: Uint8Array[] = [];
+    let size = 0;
+    await this.attach(false, (b) => {
+      size += b.byteLength;
+      if (size > limit) throw new DialError("framing", this.target, { detail: `body larger than ${limit} bytes` });
+      parts.push(b);
+      return true;
+    });
+    return Buffer.concat(parts);
+  }
+
+  /** The content as a ReadableStream, pulled: the socket reads only while the stream wants more. */
+  stream(): ReadableStream<Uint8Array> {
+    return new ReadableStream<Uint8Array>(
+      {
+        start: (c) => {
+          this.attach(false, (b) => {
+            c.enqueue(b);
+            return (c.desiredSize ?? 0) > 0;
+          }).then(
+            () => c.close(),
+            (e: unknown) => c.error(e),
+          );
+        },
+        pull: () => this.resume(),
+        cancel: () => this.cancel(),
+      },
+      { highWaterMark: 256 * 1024, size: (b) => b?.byteLength ?? 0 },
+    );
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    this.flushPending();
+    if (!this.paused && !this.conn.closed) this.conn.socket.resume();
+  }
+
+  /** The consumer is gone: the connection cannot be reused. */
+  cancel(): void {
+    if (this.finished) return;
+    this.finish(new DialError("other", this.target, { detail: "response body cancelled" }));
+    this.conn.destroy();
+  }
+
+  private attach(raw: boolean, write: (bytes: Uint8Array) => boolean): Promise<void> {
+    if (this.sink) throw new Error("upstream body consumed twice");
+    return new Promise<void>((resolve, reject) => {
+      this.sink = { raw, write, end: resolve, fail: reject };
+      if (this.failure) return reject(this.failure);
+      if (this.finished) return resolve();
+      this.flushPending();
+      if (!this.paused && !this.conn.closed) this.conn.socket.resume();
+    });
+  }
+
+  private arrive(bytes: Buffer): void {
+    if (this.finished) return;
+    if (!this.sink || this.paused) {
+      this.pending.push(bytes);
+      this.pause();
+      return;
+    }
+    this.deliver(bytes);
+  }
+
+  private flushPending(): void {
+    while (this.pending.length > 0 && !this.paused && !this.finished) this.deliver(this.pending.shift() as Buffer);
+    if (this.pending.length === 0 && this.closedWith !== undefined) this.closed(this.closedWith);
+  }
+
+  private deliver(bytes: Buffer): void {
+    const sink = this.sink as Sink;
+    let more = true;
+    try {
+      const fed = this.framer.feed(bytes, sink.raw ? undefined : (p) => (more = sink.write(p) && more));
+      if (sink.raw && fed.raw.byteLength > 0) more = sink.write(fed.raw);
+      if (this.framer.done) {
+        this.finish(null);
+        this.onEnd(fed.rest.byteLength === 0);
+        return;
+      }
+    } catch (e) {
+      this.finish(e instanceof DialError ? e : new DialError("framing", this.target, { cause: e, detail: e instanceof Error ? e.message : String(e) }));
+      this.conn.destroy();
+      return;
+    }
+    if (!more) this.pause();
+  }
+
+  private pause(): void {
+    if (this.paused) return;
+    this.paused = true;
+    if (!this.conn.closed) this.conn.socket.pause();
+  }
+
+  private closed(error: Error | null): void {
+    if (this.finished) return;
+    // Bytes still queued behind a slow consumer are delivered before the end is judged.
+    if (this.pending.length > 0 || !this.sink) {
+      this.closedWith = error;
+      return;
+    }
+    this.closedWith = undefined;
+    if (this.framer.closed()) {
+      this.finish(null);
+      this.onEnd(false);
+      return;
+    }
+    this.finish(new DialError(error ? "reset" : "framing", this.target, { cause: error ?? undefined, detail: "upstream closed before the end of the body" }));
+  }
+
+  /** Set when the upstream closed while bytes still waited for the consumer. */
+  private closedWith: Error | null | undefined = undefined;
+
+  private finish(e: Error | null): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.pending = [];
+    const sink = this.sink;
+    if (e) this.failure = e;
+    if (!sink) return;
+    if (e) sink.fail(e);
+    else sink.end();
+  }
+}
