@@ -4,10 +4,10 @@
  * between two events; a request already running keeps the objects it read at its start.
  */
 import type { Config } from "./config.ts";
-import { AccessControl } from "./access.ts";
-import { Bandwidth } from "./bandwidth.ts";
-import { ClientAddress } from "./client-address.ts";
-import { RequestRate } from "./rate-limit.ts";
+import { AccessControl } from "./access/access.ts";
+import { Bandwidth } from "./limits/bandwidth.ts";
+import { ClientAddress } from "./access/client-address.ts";
+import { RequestRate } from "./limits/request-rate.ts";
 import { HostPolicy } from "./host-policy.ts";
 import { Logger, type LogSink } from "./log.ts";
 import { Metrics } from "./metrics.ts";
@@ -15,7 +15,7 @@ import { RequestJournal } from "./status/journal.ts";
 import { ActivityBoard } from "./status/activity.ts";
 import { certificateStateOf, type StatusSources } from "./status/sources.ts";
 import { UpstreamClient } from "./upstream/client.ts";
-import { guardedResolver, systemResolver, type Resolver } from "./resolver.ts";
+import { guardedResolver, systemResolver, type Resolver } from "./net/resolver.ts";
 
 export interface Runtime {
   config: Config;

@@ -7,7 +7,7 @@
 import type { Socket, SocketHandler, SocketListener } from "bun";
 import type { ListenAddress } from "./config.ts";
 import { Connection, type Dispatcher, type SocketData } from "./connection.ts";
-import { clientKey } from "./client-address.ts";
+import { clientKey } from "./access/client-address.ts";
 import type { Runtime } from "./context.ts";
 import { HttpError } from "./errors.ts";
 import { errorHead } from "./http/response.ts";

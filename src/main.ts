@@ -3,7 +3,7 @@
 import pkg from "../package.json" with { type: "json" };
 import { parseArgs, USAGE } from "./cli.ts";
 import { findConfigFile, loadConfigFile } from "./config.ts";
-import { describeConfig } from "./describe.ts";
+import { describeConfig } from "./config/describe.ts";
 import { ConfigError, ConfigErrors } from "./errors.ts";
 import { CrmServer } from "./server.ts";
 
@@ -29,7 +29,7 @@ async function main(argv: string[]): Promise<void> {
       return;
     }
     case "passwd": {
-      const { runPasswd } = await import("./passwd.ts");
+      const { runPasswd } = await import("./access/passwd.ts");
       process.exitCode = await runPasswd(cmd.name);
       return;
     }

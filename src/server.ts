@@ -14,15 +14,15 @@ import { plainListenerDispatcher } from "./tls/plain-listener.ts";
 import { local, type LocalRoutes } from "./local.ts";
 import type { LogSink } from "./log.ts";
 import { createMirrorHandler } from "./mirror/index.ts";
-import { openProxyWarnings } from "./exposure.ts";
+import { openProxyWarnings } from "./access/exposure.ts";
 import { Mitm } from "./mitm.ts";
-import type { Resolver } from "./resolver.ts";
+import type { Resolver } from "./net/resolver.ts";
 import { formatHostPort } from "./router.ts";
 import { openTunnel } from "./tunnel.ts";
 import { listenerIsTls } from "./config/listen.ts";
 import { TlsCertificates } from "./tls/index.ts";
 import { renderTlsMetrics } from "./tls/status.ts";
-import { prepareUnixPath, removeSocket, setSocketMode, socketInode } from "./unix-socket.ts";
+import { prepareUnixPath, removeSocket, setSocketMode, socketInode } from "./net/unix-socket.ts";
 
 export interface StartOptions {
   /** Where log lines go (tests read them); stderr by default. */

@@ -6,9 +6,9 @@
  */
 import type { Socket, SocketHandler } from "bun";
 import type { Connection } from "./connection.ts";
-import { dial } from "./dial.ts";
+import { dial } from "./net/dial.ts";
 import { DialError } from "./errors.ts";
-import { Outbox } from "./outbox.ts";
+import { Outbox } from "./net/outbox.ts";
 import { formatHostPort } from "./router.ts";
 import { recordTunnel, trackTunnel, type TunnelRecord } from "./status/record.ts";
 

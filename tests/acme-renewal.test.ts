@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { staticResolver } from "../src/resolver.ts";
+import { staticResolver } from "../src/net/resolver.ts";
 import { startCrm } from "./support/crm.ts";
 import { freePort, startPebble, type Pebble } from "./support/pebble.ts";
 import { missingTools } from "./support/tools.ts";

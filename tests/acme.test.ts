@@ -12,7 +12,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Socket } from "bun";
-import { staticResolver } from "../src/resolver.ts";
+import { staticResolver } from "../src/net/resolver.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { BIG_SIZE, patternDigest, startBigBlobServer, startFakeRegistry, startTokenServer, type BigBlobServer, type FakeRegistry, type TokenServer } from "./support/mirror-upstreams.ts";
 import { startTcp } from "./support/origins.ts";

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { AccessControl, FAILURES_PER_MINUTE } from "../src/access.ts";
+import { AccessControl, FAILURES_PER_MINUTE } from "../src/access/access.ts";
 import { buildConfig } from "../src/config.ts";
 import type { HttpError } from "../src/errors.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";

@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { installFiles } from "../src/client-config/install.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
-import { staticResolver } from "../src/resolver.ts";
+import { staticResolver } from "../src/net/resolver.ts";
 import { deadPort, startFakeRegistry } from "./support/mirror-upstreams.ts";
 import { run } from "./support/raw.ts";
 import { startRegistry, type RegistryFixture } from "./support/registry.ts";

@@ -5,8 +5,8 @@ import { join } from "node:path";
 import { parseArgs } from "../src/cli.ts";
 import { buildConfig, DEFAULT_ALLOWED_HOSTS, findConfigFile, loadConfigFile, parseListen } from "../src/config.ts";
 import { ConfigError, ConfigErrors } from "../src/errors.ts";
-import { MAX_WORD, nearest } from "../src/did-you-mean.ts";
-import { parseDuration } from "../src/duration.ts";
+import { MAX_WORD, nearest } from "../src/config/did-you-mean.ts";
+import { parseDuration } from "../src/config/duration.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "crm-config-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -240,7 +240,7 @@ describe("crm -t output", () => {
   });
 
   test("describes the effective config and never prints a password", async () => {
-    const { describeConfig } = await import("../src/describe.ts");
+    const { describeConfig } = await import("../src/config/describe.ts");
     const { config } = buildConfig(
       { mirror: { default_registry: "quay.io", registries: { "quay.io": { upstream: "https://quay.io", username: "robot", password: "sup3r-s3cret" } } } },
       "t.yaml",

@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { diagnose } from "../src/doctor/index.ts";
 import type { CheckRow } from "../src/doctor/report.ts";
 import { probeTls } from "../src/doctor/tls-probe.ts";
-import { staticResolver } from "../src/resolver.ts";
+import { staticResolver } from "../src/net/resolver.ts";
 import { startCdn, startFakeRegistry, startTokenServer, type Cdn, type FakeRegistry, type TokenServer } from "./support/mirror-upstreams.ts";
 import { startCrm } from "./support/crm.ts";
 import { run } from "./support/raw.ts";

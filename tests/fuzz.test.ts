@@ -16,7 +16,7 @@ import { HttpError } from "../src/errors.ts";
 import { ChunkedDecoder } from "../src/http/chunked.ts";
 import { headerValues, MAX_HEAD, readRequestHead, requestFraming, type BodyFraming, type RequestHead } from "../src/http/head.ts";
 import { HostPolicy, normalizeHost } from "../src/host-policy.ts";
-import { staticResolver } from "../src/resolver.ts";
+import { staticResolver } from "../src/net/resolver.ts";
 import { route, type Route } from "../src/router.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { caseSeed, Rng } from "./support/rng.ts";

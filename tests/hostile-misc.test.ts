@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { buildConfig } from "../src/config.ts";
-import { openProxyWarnings } from "../src/exposure.ts";
+import { openProxyWarnings } from "../src/access/exposure.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { rawConnect } from "./support/raw.ts";
 

@@ -6,7 +6,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { buildConfig } from "../src/config.ts";
-import { MemoryBudget, memoryBody } from "../src/mirror/memory-body.ts";
+import { MemoryBudget, memoryBody } from "../src/mirror/manifests/memory-body.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { startFakeHub, type FakeHub } from "./support/fake-hub.ts";
 

@@ -5,10 +5,10 @@
 import { describe, expect, test } from "bun:test";
 import { buildConfig } from "../src/config.ts";
 import { HostPolicy } from "../src/host-policy.ts";
-import { parseChallenges } from "../src/mirror/challenge.ts";
+import { parseChallenges } from "../src/mirror/auth/challenge.ts";
 import { MirrorError } from "../src/mirror/errors.ts";
 import { clientPath, isDigest, isName, isTag, parseMirrorTarget, upstreamPath, type PullRoute } from "../src/mirror/routes.ts";
-import { RegistryTrust } from "../src/mirror/trust.ts";
+import { RegistryTrust } from "../src/mirror/auth/trust.ts";
 
 const { config } = buildConfig(
   {

@@ -4,8 +4,8 @@
  * expiry window.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { TokenCache, refreshAt, type IssuedToken } from "../src/mirror/token-cache.ts";
-import { parseTokenAnswer } from "../src/mirror/token-fetch.ts";
+import { TokenCache, refreshAt, type IssuedToken } from "../src/mirror/auth/token-cache.ts";
+import { parseTokenAnswer } from "../src/mirror/auth/token-fetch.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { CONFIG_DIGEST, LAYER_BLOB, LAYER_DIGEST, MANIFEST, startFakeRegistry, startTokenServer, type FakeRegistry, type TokenServer } from "./support/mirror-upstreams.ts";
 

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { X509Certificate } from "node:crypto";
 import { buildConfig } from "../src/config.ts";
 import { initCa } from "../src/pki/index.ts";
-import { staticResolver } from "../src/resolver.ts";
+import { staticResolver } from "../src/net/resolver.ts";
 import { CrmServer } from "../src/server.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { startOrigin } from "./support/origins.ts";

@@ -5,12 +5,12 @@
  */
 import { describe, expect, test } from "bun:test";
 import { connect } from "node:net";
-import { Bandwidth, SLICE } from "../src/bandwidth.ts";
-import { ClientAddress, clientKey } from "../src/client-address.ts";
+import { Bandwidth, SLICE } from "../src/limits/bandwidth.ts";
+import { ClientAddress, clientKey } from "../src/access/client-address.ts";
 import { buildConfig } from "../src/config.ts";
 import type { HeaderList } from "../src/http/head.ts";
-import { ProxyProtocolError, readProxyHeader } from "../src/proxy-protocol.ts";
-import { RequestRate } from "../src/rate-limit.ts";
+import { ProxyProtocolError, readProxyHeader } from "../src/access/proxy-protocol.ts";
+import { RequestRate } from "../src/limits/request-rate.ts";
 import { DEFAULT_LIMITS } from "../src/config.ts";
 import { startCrm } from "./support/crm.ts";
 import { startOrigin } from "./support/origins.ts";

@@ -4,7 +4,7 @@
  * Each test failed before its fix.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import type { Resolver } from "../src/resolver.ts";
+import type { Resolver } from "../src/net/resolver.ts";
 import { startCrm } from "./support/crm.ts";
 import { startOrigin, startTcp } from "./support/origins.ts";
 import { rawConnect } from "./support/raw.ts";

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import type { Socket } from "bun";
 import { responseFraming } from "../src/http/response-framing.ts";
 import { writeResponse } from "../src/http/response.ts";
-import { Outbox } from "../src/outbox.ts";
+import { Outbox } from "../src/net/outbox.ts";
 import { initCa } from "../src/pki/index.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { header, openRaw, parseResponses, startScriptedUpstream, waitUntil, type ScriptedAnswer, type ScriptedUpstream } from "./support/faulty-upstreams.ts";

@@ -4,9 +4,9 @@
  * ever dialled.
  */
 import { describe, expect, test } from "bun:test";
-import { NON_PUBLIC } from "../src/cidr.ts";
+import { NON_PUBLIC } from "../src/access/cidr.ts";
 import { PrivateAddressError } from "../src/errors.ts";
-import { guardedResolver, staticResolver } from "../src/resolver.ts";
+import { guardedResolver, staticResolver } from "../src/net/resolver.ts";
 
 describe("SSRF guard: IANA special-purpose registries", () => {
   test.each([

@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { DialError } from "../src/errors.ts";
-import { staticResolver } from "../src/resolver.ts";
+import { staticResolver } from "../src/net/resolver.ts";
 import { UpstreamClient, type UpstreamRequest } from "../src/upstream/client.ts";
 import { startScriptedUpstream } from "./support/faulty-upstreams.ts";
 import { pattern, sha256, startOrigin } from "./support/origins.ts";
@@ -319,7 +319,7 @@ describe("hostile upstreams", () => {
   });
 
   test("the SSRF guard judges the address dialled", async () => {
-    const { guardedResolver } = await import("../src/resolver.ts");
+    const { guardedResolver } = await import("../src/net/resolver.ts");
     const client = new UpstreamClient();
     const e = await failure(client.request(req(`http://origin.test:${origin.port}/`, { resolve: guardedResolver(resolve, () => false) })));
     expect(e.reason).toBe("private");

@@ -5,7 +5,7 @@
  * until SIGTERM/SIGINT (or `lifetimeMs`, so it cannot outlive a crashed benchmark for long).
  */
 import { buildConfig } from "../../src/config.ts";
-import { staticResolver } from "../../src/resolver.ts";
+import { staticResolver } from "../../src/net/resolver.ts";
 import { CrmServer } from "../../src/server.ts";
 
 export interface CrmChildSpec {

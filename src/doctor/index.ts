@@ -7,7 +7,7 @@
 import { findConfigFile, loadConfigFile, type Config } from "../config.ts";
 import { createRuntime } from "../context.ts";
 import { ConfigError, ConfigErrors } from "../errors.ts";
-import type { Resolver } from "../resolver.ts";
+import type { Resolver } from "../net/resolver.ts";
 import { staticCertificateState, type CertificateState } from "../status/sources.ts";
 import { checkListen } from "./listen.ts";
 import { checkRegistry } from "./registry.ts";

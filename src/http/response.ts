@@ -4,7 +4,7 @@
  * framing it announces is the framing it keeps: never a byte past a declared length (a client
  * would read it as the next response), and a short body never looks complete.
  */
-import type { Outbox } from "../outbox.ts";
+import type { Outbox } from "../net/outbox.ts";
 import type { UpstreamBody } from "../upstream/body.ts";
 import { relayedBody } from "../upstream/relayed.ts";
 import { STATUS_TEXT } from "./status.ts";

@@ -11,13 +11,13 @@ import { headerValue } from "../http/head.ts";
 import type { LocalHandler } from "../local.ts";
 import { dialFailure } from "./dial-failure.ts";
 import { API_VERSION_HEADER, errorResponse, jsonResponse, MirrorError } from "./errors.ts";
-import { ManifestService } from "./manifests.ts";
+import { ManifestService } from "./manifests/service.ts";
 import { meteredFetch } from "./metered.ts";
 import { clientResponse } from "./response.ts";
 import { parseMirrorTarget, pullScope, upstreamPath, type PullRoute } from "./routes.ts";
 import { mirrorState, type MirrorState } from "./state.ts";
 import { enforceRules, rulesFor, type RuleSet } from "./rules.ts";
-import { TokenCache } from "./token-cache.ts";
+import { TokenCache } from "./auth/token-cache.ts";
 import { isRequestsPath, requestsAnswer } from "../status/requests-endpoint.ts";
 import { RegistryClient } from "./upstream.ts";
 
@@ -82,7 +82,7 @@ async function handle(ex: Exchange, rt: Runtime, { clients, state, manifests, ru
     return clientResponse(route, method, result, rt.config.mirror.pathPrefix, rt.config.timeouts.upstreamHeaderMs);
   };
   const reference = route.reference;
-  // A manifest by tag or digest may be answered from memory (manifests.ts); with a query it is not the plain resource.
+  // A manifest by tag or digest may be answered from memory (manifests/service.ts); with a query it is not the plain resource.
   if (route.resource === "manifests" && reference !== null && route.query.size === 0) {
     const res = await manifests.serve({ method, route: { ...route, resource: "manifests", reference }, client, headers, signal: ex.signal, logFields: ex.logFields, passThrough });
     if (res !== null) return res;

@@ -4,8 +4,8 @@
  * cache) but must neither empty the cache nor forget the quota, so both hang off the Runtime.
  */
 import type { Runtime } from "../context.ts";
-import { ManifestCache } from "./manifest-cache.ts";
-import { QuotaTracker } from "./rate-limit.ts";
+import { ManifestCache } from "./manifests/cache.ts";
+import { QuotaTracker } from "./upstream-quota.ts";
 
 export interface MirrorState {
   cache: ManifestCache;

@@ -11,12 +11,12 @@ import { DialError } from "../errors.ts";
 import { upstreamResponse } from "../upstream/as-response.ts";
 import { redactUrl } from "../log.ts";
 import type { RegistryConfig } from "../registries.ts";
-import { findChallenge, type Challenge } from "./challenge.ts";
+import { findChallenge, type Challenge } from "./auth/challenge.ts";
 import { dialFailure } from "./dial-failure.ts";
 import { MirrorError } from "./errors.ts";
-import type { TokenCache } from "./token-cache.ts";
-import { basicAuthorization, fetchToken } from "./token-fetch.ts";
-import { RegistryTrust } from "./trust.ts";
+import type { TokenCache } from "./auth/token-cache.ts";
+import { basicAuthorization, fetchToken } from "./auth/token-fetch.ts";
+import { RegistryTrust } from "./auth/trust.ts";
 
 /** Go's http.Client and containerd stop at 10 as well. */
 export const MAX_REDIRECTS = 10;

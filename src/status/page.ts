@@ -5,8 +5,8 @@
  * external asset, and its static parts work without JavaScript. Its CSP forbids inline script.
  */
 import type { Runtime } from "../context.ts";
-import { renderIndex } from "../index-page.ts";
-import { describeQuota } from "../mirror/rate-limit.ts";
+import { renderIndex } from "./setup.ts";
+import { describeQuota } from "../mirror/upstream-quota.ts";
 import { buildSnapshot, RECENT, type StatusSnapshot } from "./snapshot.ts";
 
 const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);

@@ -8,11 +8,11 @@
  */
 import { isIP } from "node:net";
 import { DialError, HttpError } from "../errors.ts";
-import { lookupTarget } from "../dial.ts";
+import { lookupTarget } from "../net/dial.ts";
 import type { HeaderList } from "../http/head.ts";
 import { headerValue } from "../http/head.ts";
 import { responseFraming } from "../http/response-framing.ts";
-import type { Resolver } from "../resolver.ts";
+import type { Resolver } from "../net/resolver.ts";
 import { formatHostPort } from "../router.ts";
 import { BodyFramer } from "./body-framer.ts";
 import { UpstreamBody } from "./body.ts";

@@ -8,7 +8,7 @@ import type { Socket } from "bun";
 import { readFileSync } from "node:fs";
 import { rootCertificates } from "node:tls";
 import { classifyNetworkError, DialError } from "../errors.ts";
-import { Outbox } from "../outbox.ts";
+import { Outbox } from "../net/outbox.ts";
 
 export interface TlsOptions {
   /** SNI and the name the certificate must carry; absent for an IP literal. */

@@ -9,7 +9,7 @@
  */
 import { isIP } from "node:net";
 import { CidrList, parseCidr } from "./cidr.ts";
-import { headerValues, type HeaderList } from "./http/head.ts";
+import { headerValues, type HeaderList } from "../http/head.ts";
 
 /** The peer name of a unix-socket connection (it has no address). */
 export const UNIX_PEER = "unix";

@@ -7,16 +7,16 @@
  * plain GET, as containerd does. Concurrent identical requests share their upstream requests.
  */
 import { MemoryBudget, memoryBody } from "./memory-body.ts";
-import type { Runtime } from "../context.ts";
-import { API_VERSION_HEADER } from "./errors.ts";
-import { cacheScope, type CachedManifest } from "./manifest-cache.ts";
-import { ManifestFetcher, verifiable, type Fetched } from "./manifest-fetch.ts";
-import { meteredFetch } from "./metered.ts";
-import { clientResponse } from "./response.ts";
-import { isDigest, pullScope, type PullRoute } from "./routes.ts";
+import type { Runtime } from "../../context.ts";
+import { API_VERSION_HEADER } from "../errors.ts";
+import { cacheScope, type CachedManifest } from "./cache.ts";
+import { ManifestFetcher, verifiable, type Fetched } from "./fetch.ts";
+import { meteredFetch } from "../metered.ts";
+import { clientResponse } from "../response.ts";
+import { isDigest, pullScope, type PullRoute } from "../routes.ts";
 import { SingleFlight } from "./single-flight.ts";
-import type { MirrorState } from "./state.ts";
-import type { RegistryClient } from "./upstream.ts";
+import type { MirrorState } from "../state.ts";
+import type { RegistryClient } from "../upstream.ts";
 
 export interface ManifestRequest {
   method: "GET" | "HEAD";

@@ -3,15 +3,15 @@
  * with the registry's Basic credentials when configured, anonymous otherwise. The realm comes
  * from an upstream answer, so it is checked like a redirect target before anything is sent.
  */
-import type { Runtime } from "../context.ts";
-import { DialError } from "../errors.ts";
-import { upstreamResponse } from "../upstream/as-response.ts";
-import { redactUrl } from "../log.ts";
-import type { RegistryConfig } from "../registries.ts";
+import type { Runtime } from "../../context.ts";
+import { DialError } from "../../errors.ts";
+import { upstreamResponse } from "../../upstream/as-response.ts";
+import { redactUrl } from "../../log.ts";
+import type { RegistryConfig } from "../../registries.ts";
 import type { Challenge } from "./challenge.ts";
-import { dialFailure } from "./dial-failure.ts";
-import { MirrorError } from "./errors.ts";
-import { readSmallBody } from "./small-body.ts";
+import { dialFailure } from "../dial-failure.ts";
+import { MirrorError } from "../errors.ts";
+import { readSmallBody } from "../small-body.ts";
 import { DEFAULT_EXPIRES_IN_S, type IssuedToken } from "./token-cache.ts";
 import type { RegistryTrust } from "./trust.ts";
 

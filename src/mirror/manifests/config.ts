@@ -1,9 +1,9 @@
 /**
  * `mirror.manifest_cache`: how much memory crm may spend keeping manifests it has already paid a
- * counted pull for (src/mirror/manifest-cache.ts). Its own module so config.ts only hooks it in.
+ * counted pull for (cache.ts). Its own module so config.ts only hooks it in.
  */
-import { ConfigError } from "../errors.ts";
-import { parseSize } from "../config.ts";
+import { ConfigError } from "../../errors.ts";
+import { parseSize } from "../../config.ts";
 
 export interface ManifestCacheConfig {
   enabled: boolean;

@@ -3,9 +3,9 @@
  * DialError whose reason picks the status: refused/DNS → 502, timeout → 504.
  */
 import type { Socket, SocketHandler } from "bun";
-import { classifyNetworkError, DialError, PrivateAddressError } from "./errors.ts";
+import { classifyNetworkError, DialError, PrivateAddressError } from "../errors.ts";
 import type { Resolver } from "./resolver.ts";
-import { formatHostPort } from "./router.ts";
+import { formatHostPort } from "../router.ts";
 
 /**
  * Looks `host` up for `target`: a refusal by the SSRF guard becomes DialError "private", any

@@ -3,7 +3,7 @@
  * bandwidth per client and in total, and the clients exempt from both (the operator's own nodes).
  * Every one is off unless set, so a private instance pays nothing for them.
  */
-import { parseCidr } from "../cidr.ts";
+import { parseCidr } from "../access/cidr.ts";
 import { parseSize } from "../config.ts";
 
 export interface FairShareLimits {

@@ -6,7 +6,7 @@
  * means nobody to pay for. Nothing is kept after it settles: what outlives a flight is the
  * manifest cache's business.
  */
-import { MirrorError } from "./errors.ts";
+import { MirrorError } from "../errors.ts";
 
 interface Flight<T> {
   promise: Promise<T>;

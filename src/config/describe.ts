@@ -1,9 +1,9 @@
 /** What `crm -t` prints: the effective configuration, secrets left out. */
-import type { Config } from "./config.ts";
+import type { Config } from "../config.ts";
 import { formatDuration } from "./duration.ts";
-import { formatHostPort } from "./router.ts";
-import { listenerIsTls } from "./config/listen.ts";
-import { describeTls } from "./tls/describe.ts";
+import { formatHostPort } from "../router.ts";
+import { listenerIsTls } from "./listen.ts";
+import { describeTls } from "../tls/describe.ts";
 
 export function describeConfig(c: Config): string {
   const t = c.timeouts;

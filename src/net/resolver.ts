@@ -5,8 +5,8 @@
  */
 import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
-import { NON_PUBLIC } from "./cidr.ts";
-import { PrivateAddressError } from "./errors.ts";
+import { NON_PUBLIC } from "../access/cidr.ts";
+import { PrivateAddressError } from "../errors.ts";
 
 /** Returns one address for `host`, or throws an error with code ENOTFOUND (or similar). */
 export type Resolver = (host: string) => Promise<string>;

@@ -9,10 +9,10 @@
  * dummy hash of the same cost, so timing does not tell which names exist.
  */
 import { createHash, randomBytes } from "node:crypto";
-import type { Config } from "./config.ts";
+import type { Config } from "../config.ts";
 import { CidrList } from "./cidr.ts";
 import { clientKey } from "./client-address.ts";
-import { HttpError } from "./errors.ts";
+import { HttpError } from "../errors.ts";
 
 export const FAILURES_PER_MINUTE = 10;
 export const BLOCK_MS = 60_000;

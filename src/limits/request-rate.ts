@@ -4,9 +4,9 @@
  * 429 and Retry-After before any work is done for it. Exempt ranges and an unset rate cost one
  * branch.
  */
-import { CidrList } from "./cidr.ts";
-import { clientKey } from "./client-address.ts";
-import type { FairShareLimits } from "./config/fair-share.ts";
+import { CidrList } from "../access/cidr.ts";
+import { clientKey } from "../access/client-address.ts";
+import type { FairShareLimits } from "./config.ts";
 
 interface Bucket {
   tokens: number;

@@ -5,7 +5,7 @@
  * upstream URL (a LAN registry's address is nobody's business). With access.users set, local.ts
  * serves it to users only.
  */
-import type { Config } from "./config.ts";
+import type { Config } from "../config.ts";
 
 const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 

@@ -6,15 +6,15 @@
  * the GET (the others send their own), never held whole.
  */
 import { createHash } from "node:crypto";
-import type { Runtime } from "../context.ts";
-import { MirrorError } from "./errors.ts";
-import { cacheScope, MAX_CACHED_MANIFEST, type CachedManifest } from "./manifest-cache.ts";
+import type { Runtime } from "../../context.ts";
+import { MirrorError } from "../errors.ts";
+import { cacheScope, MAX_CACHED_MANIFEST, type CachedManifest } from "./cache.ts";
 import type { MemoryBudget } from "./memory-body.ts";
-import { meteredFetch } from "./metered.ts";
+import { meteredFetch } from "../metered.ts";
 import { SingleFlight } from "./single-flight.ts";
-import { readSmallBody } from "./small-body.ts";
-import type { MirrorState } from "./state.ts";
-import type { RegistryClient } from "./upstream.ts";
+import { readSmallBody } from "../small-body.ts";
+import type { MirrorState } from "../state.ts";
+import type { RegistryClient } from "../upstream.ts";
 
 /** Algorithms crm can check; a digest of any other is passed through, never cached. */
 const HASHES: Record<string, string> = { sha256: "sha256", sha512: "sha512" };

@@ -7,9 +7,9 @@
  * over bytes (the client that has been granted least goes next), so N active clients get about
  * 1/N each however many streams each opens. A client is an IPv4 address or an IPv6 /64 (clientKey).
  */
-import { CidrList } from "./cidr.ts";
-import { clientKey } from "./client-address.ts";
-import type { FairShareLimits } from "./config/fair-share.ts";
+import { CidrList } from "../access/cidr.ts";
+import { clientKey } from "../access/client-address.ts";
+import type { FairShareLimits } from "./config.ts";
 
 /** The most bytes one grant covers: bounds what a paced stream holds, and the fairness quantum. */
 export const SLICE = 64 * 1024;

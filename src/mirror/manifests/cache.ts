@@ -1,11 +1,11 @@
 /**
  * Manifests crm has already paid a counted pull for, kept in memory by registry + repository +
  * digest. Content addressing makes a hit exact: only bytes whose digest was checked are put here
- * (manifest-fetch.ts), so a hit needs no upstream request at all. Bounded in bytes, LRU; a
+ * (fetch.ts), so a hit needs no upstream request at all. Bounded in bytes, LRU; a
  * manifest over the OCI size limit is never kept. Blobs are never cached anywhere.
  */
-import type { RegistryConfig } from "../registries.ts";
-import type { ManifestCacheConfig } from "../config/manifest-cache.ts";
+import type { RegistryConfig } from "../../registries.ts";
+import type { ManifestCacheConfig } from "./config.ts";
 
 /** OCI distribution: registries may refuse manifests over 4 MiB; crm streams those, never keeps them. */
 export const MAX_CACHED_MANIFEST = 4 * 1024 * 1024;
