@@ -1,9 +1,9 @@
 /**
- * `GET /`: a page a node operator can copy set-up from. It shows this instance's URL, the
- * mirrored registries by name and the allowed hosts, and never a secret: no users, no passwords,
- * not mirror.path_prefix (which is itself a credential for Docker's registry-mirrors), and no
- * upstream URL (a LAN registry's address is nobody's business). With access.users set, local.ts
- * serves it to users only.
+ * The set-up part of the status page at `/` (page.ts): what a node operator copies. It shows this
+ * instance's URL, the mirrored registries by name and the allowed hosts, and never a secret: no
+ * users, no passwords, not mirror.path_prefix (itself a credential for Docker's registry-mirrors),
+ * and no upstream URL (a LAN registry's address is nobody's business). With access.users set,
+ * endpoints.ts serves the page to users only.
  */
 import type { Config } from "../config.ts";
 
