@@ -108,6 +108,8 @@ export class UpstreamBody {
       this.sink = { raw, write, end: resolve, fail: reject };
       if (this.failure) return reject(this.failure);
       if (this.finished) return resolve();
+      // Paused only because nobody read yet: a consumer that arrives late must get the rest.
+      this.paused = false;
       this.flushPending();
       if (!this.paused && !this.conn.closed) this.conn.socket.resume();
     });
@@ -135,8 +137,12 @@ export class UpstreamBody {
       const fed = this.framer.feed(bytes, sink.raw ? undefined : (p) => (more = sink.write(p) && more));
       if (sink.raw && fed.raw.byteLength > 0) more = sink.write(fed.raw);
       if (this.framer.done) {
+        // Reusable only if nothing follows the body: not in this read, not queued behind it, and
+        // not possibly waiting in the kernel behind a socket paused for backpressure (bytes the
+        // upstream sent unasked would be the next request's "answer").
+        const clean = fed.rest.byteLength === 0 && this.pending.length === 0 && !this.paused;
         this.finish(null);
-        this.onEnd(fed.rest.byteLength === 0);
+        this.onEnd(clean);
         return;
       }
     } catch (e) {

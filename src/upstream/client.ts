@@ -156,7 +156,13 @@ export class UpstreamClient {
         reject(e);
       };
       const onAbort = (): void => fail(new DialError("other", target, { cause: req.signal?.reason, detail: "request aborted" }));
-      const timer = setTimeout(() => fail(new DialError("timeout", target)), Math.max(1, req.headTimeoutMs - (Date.now() - started)));
+      // timeouts.upstream_header counts from the end of the request: an upload may take as long as
+      // it takes (the client's idle timeout covers one that stalls), then the answer must start.
+      let timer: Timer | undefined;
+      const arm = (ms: number): void => {
+        if (!settled) timer = setTimeout(() => fail(new DialError("timeout", target)), Math.max(1, ms));
+      };
+      if (req.body == null) arm(req.headTimeoutMs - (Date.now() - started));
       const cleanup = (): void => {
         clearTimeout(timer);
         req.signal?.removeEventListener("abort", onAbort);
@@ -194,7 +200,10 @@ export class UpstreamClient {
       if (!conn.outbox.write(head) && conn.closed) return fail(new RetryableError(new DialError("reset", target, { detail: "connection closed" })));
       if (req.body != null) {
         writeBody(conn, req.body, req.bodyLength ?? null).then(
-          () => (requestSent = true),
+          () => {
+            requestSent = true;
+            arm(req.headTimeoutMs);
+          },
           (e: unknown) => {
             keepRequested = false;
             if (!settled) fail(new DialError("other", target, { cause: e, detail: "request body failed" }));
