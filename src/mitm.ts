@@ -11,7 +11,7 @@ import { Connection, type Dispatcher, type SocketData } from "./connection.ts";
 import type { Runtime } from "./context.ts";
 import { HostMatcher } from "./host-policy.ts";
 import { ALPN_HTTP1, connectionHandlers, type ConnectionSet } from "./listener.ts";
-import { CertCache, LeafIssuer, caWarnings, loadCa, type Ca } from "./pki/index.ts";
+import { CertCache, LeafIssuer, caWarnings, loadCa, normalizeHost, type Ca } from "./pki/index.ts";
 import { formatHostPort } from "./router.ts";
 import { ESTABLISHED } from "./tunnel.ts";
 
@@ -59,18 +59,28 @@ export class Mitm {
       conn.close();
       return true;
     }
+    const cannotIssue = (e: unknown): true => {
+      this.rt.log.warn("MITM: cannot issue a certificate", { client: conn.client, target, reason: (e as Error).message });
+      conn.close();
+      return true;
+    };
+    try {
+      normalizeHost(host);
+    } catch (e) {
+      return cannotIssue(e);
+    }
+    // The 200 goes first: the client prepares its ClientHello while crm issues the leaf and the
+    // upstream's DNS, TCP and TLS start, so both handshakes overlap (all of this is one task:
+    // the ClientHello cannot reach the plain-text handlers before upgradeTLS below).
+    conn.outbox.write(ESTABLISHED);
+    conn.handOver();
+    this.rt.upstream.preconnect(new URL(`https://${target}/`), this.rt.resolve, this.rt.config.insecureTls, this.rt.config.timeouts.connectMs);
     let leaf;
     try {
       leaf = this.certs.get(host);
     } catch (e) {
-      this.rt.log.warn("MITM: cannot issue a certificate", { client: conn.client, target, reason: (e as Error).message });
-      conn.close();
-      return true;
+      return cannotIssue(e);
     }
-    conn.outbox.write(ESTABLISHED);
-    conn.handOver();
-    // The upstream's DNS, TCP and TLS run while the client's handshake with crm does.
-    this.rt.upstream.preconnect(new URL(`https://${target}/`), this.rt.resolve, this.rt.config.insecureTls, this.rt.config.timeouts.connectMs);
     const data: TlsData = { conn: null, handshaken: false, reported: false };
     const base = connectionHandlers(this.conns, (s) => new Connection(s, this.rt, this.dispatch, { host, port }, conn.client));
     const [, tls] = (conn.socket as Socket<SocketData>).upgradeTLS<TlsData>({
