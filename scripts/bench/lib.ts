@@ -239,3 +239,15 @@ export function machineBusySeconds(): number {
     return 0;
   }
 }
+
+/** A reference proxy's last step: print `{"port":N}`, then serve until SIGTERM/SIGINT or `lifetimeMs`. */
+export function serveUntilStopped(listener: { port: number; stop(closeActive?: boolean): void }, lifetimeMs: number): void {
+  process.stdout.write(JSON.stringify({ port: listener.port }) + "\n");
+  const stop = (): void => {
+    listener.stop(true);
+    process.exit(0);
+  };
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
+  setTimeout(stop, lifetimeMs).unref();
+}

@@ -10,6 +10,7 @@
  * crm runs with insecure_tls too).
  */
 import type { Socket } from "bun";
+import { serveUntilStopped } from "./lib.ts";
 
 export interface RefMitmSpec {
   /** Served to every client, whatever the CONNECT host: it must carry all the names used. */
@@ -93,12 +94,5 @@ if (import.meta.main) {
       error() {},
     },
   });
-  process.stdout.write(JSON.stringify({ port: l.port }) + "\n");
-  const stop = (): void => {
-    l.stop(true);
-    process.exit(0);
-  };
-  process.on("SIGTERM", stop);
-  process.on("SIGINT", stop);
-  setTimeout(stop, spec.lifetimeMs).unref();
+  serveUntilStopped(l, spec.lifetimeMs);
 }

@@ -7,6 +7,7 @@
  * (a plain TCP relay: the upper bound for any HTTP relay written on Bun sockets).
  */
 import type { Socket } from "bun";
+import { serveUntilStopped } from "./lib.ts";
 
 interface Side {
   peer: Socket<Side> | null;
@@ -118,12 +119,5 @@ if (import.meta.main) {
       error() {},
     },
   });
-  process.stdout.write(JSON.stringify({ port: l.port }) + "\n");
-  const stop = (): void => {
-    l.stop(true);
-    process.exit(0);
-  };
-  process.on("SIGTERM", stop);
-  process.on("SIGINT", stop);
-  setTimeout(stop, lifetimeMs).unref();
+  serveUntilStopped(l, lifetimeMs);
 }
