@@ -16,7 +16,10 @@ const FIRST = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Answer: first\r\n\r\nfi
 const BOGUS = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Answer: bogus\r\n\r\nbogus";
 const REAL = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-Answer: real\r\n\r\nreal";
 
-type Mode = "same-write" | "while-idle" | "on-connect";
+type Mode = "same-write" | "while-idle" | "on-connect" | "big-same-write";
+
+/** A first answer large enough that a slow consumer pauses the socket before its end. */
+const BIG = 4 * 1024 * 1024;
 
 interface PresendOrigin {
   port: number;
@@ -36,9 +39,9 @@ interface PresendOrigin {
  * FIRST after it. Every other request gets REAL.
  */
 function startPresendOrigin(mode: Mode): PresendOrigin {
-  const sockets = new Set<Socket<{ n: number; buf: string }>>();
+  const sockets = new Set<Socket<{ n: number; buf: string; drain?: () => void }>>();
   const o: PresendOrigin = { port: 0, accepted: 0, open: 0, bogusSent: false, requests: [], stop: () => {} };
-  const listener = Bun.listen<{ n: number; buf: string }>({
+  const listener = Bun.listen<{ n: number; buf: string; drain?: () => void }>({
     hostname: "127.0.0.1",
     port: 0,
     data: { n: 0, buf: "" },
@@ -64,6 +67,8 @@ function startPresendOrigin(mode: Mode): PresendOrigin {
           else if (mode === "same-write") {
             s.write(FIRST + BOGUS);
             o.bogusSent = true;
+          } else if (mode === "big-same-write") {
+            writeAll(s, Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${BIG}\r\n\r\n`), Buffer.alloc(BIG, 0x61), Buffer.from(BOGUS)]), () => (o.bogusSent = true));
           } else if (mode === "while-idle") {
             s.write(FIRST);
             setTimeout(() => {
@@ -72,6 +77,9 @@ function startPresendOrigin(mode: Mode): PresendOrigin {
             }, 20);
           } else s.write(FIRST);
         }
+      },
+      drain(s) {
+        s.data.drain?.();
       },
       close(s) {
         sockets.delete(s);
@@ -86,6 +94,16 @@ function startPresendOrigin(mode: Mode): PresendOrigin {
     listener.stop(true);
   };
   return o;
+}
+
+/** Writes `buf` whole, waiting for drain (Bun's write takes only what fits). */
+function writeAll(s: Socket<{ n: number; buf: string; drain?: () => void }>, buf: Buffer, done: () => void): void {
+  const n = s.write(buf);
+  if (n >= buf.byteLength) return done();
+  s.data.drain = () => {
+    s.data.drain = undefined;
+    writeAll(s, buf.subarray(Math.max(0, n)), done);
+  };
 }
 
 async function until(pred: () => boolean, what: string): Promise<void> {
@@ -122,6 +140,25 @@ describe("upstream client: a socket that got bytes nobody asked for is never reu
     expect(Buffer.from(await r2.body.readAll(100)).toString()).toBe("real");
     expect(client.opened).toBe(2);
     expect(o.requests).toEqual([[expect.stringMatching(/^GET \/one /)], [expect.stringMatching(/^GET \/two /)]]);
+    client.close();
+  });
+
+  test("big-same-write: the answer's end and the bogus bytes arrive while a slow consumer has the socket paused", async () => {
+    const o = (origin = startPresendOrigin("big-same-write"));
+    const client = new UpstreamClient();
+    const r1 = await client.request(req(o.port, "/one"));
+    let got = 0;
+    await r1.body.relay((b) => {
+      got += b.byteLength;
+      setTimeout(() => r1.body.resume(), 1);
+      return false;
+    });
+    expect(got).toBe(BIG);
+    await until(() => o.bogusSent, "the bogus answer");
+    await until(() => o.open === 0, "crm to close the first connection");
+    const r2 = await client.request(req(o.port, "/two"));
+    expect(Buffer.from(await r2.body.readAll(100)).toString()).toBe("real");
+    expect(client.opened).toBe(2);
     client.close();
   });
 
