@@ -20,8 +20,17 @@ import { openConn, type TlsOptions, type UpstreamConn } from "./connect.ts";
 import { UpstreamPool, type PoolLimits } from "./pool.ts";
 import { readResponseHead, type ResponseHead } from "./response-head.ts";
 
-/** A request body: bytes at hand, or a source read as the upstream takes it. */
-export type RequestBody = Uint8Array | AsyncIterable<Uint8Array>;
+/**
+ * A body read as the upstream takes it (a client's request body, http/body.ts): `write` returning
+ * false holds the source (the client socket is paused) until `resume()`.
+ */
+export interface BodySource {
+  pipe(write: (piece: Uint8Array) => boolean): Promise<void>;
+  resume(): void;
+}
+
+/** A request body: bytes at hand, or a source relayed as it arrives. */
+export type RequestBody = Uint8Array | BodySource;
 
 export interface UpstreamRequest {
   url: URL;
@@ -275,20 +284,23 @@ async function writeBody(conn: UpstreamConn, body: RequestBody, length: number |
     conn.outbox.write(body);
     return conn.outbox.drained();
   }
+  // Socket to socket: each piece goes to the upstream's Outbox as it arrives; a write the
+  // upstream cannot take holds the client until the upstream drains. A sized body is framed by
+  // the client's own Content-Length (the source never gives more or less); anything else is sent
+  // in chunks, one per piece, the CRLF that ends a chunk riding with the next size line.
   const chunked = length === null;
-  let sent = 0;
-  for await (const chunk of body) {
-    if (conn.closed) throw new Error("upstream connection closed");
-    if (chunk.byteLength === 0) continue;
-    sent += chunk.byteLength;
-    if (!chunked && sent > length) throw new Error(`request body longer than its Content-Length ${length}`);
-    if (chunked) conn.outbox.write(`${chunk.byteLength.toString(16)}\r\n`);
-    const ok = conn.outbox.write(chunk);
-    if (chunked) conn.outbox.write("\r\n");
-    if (!ok || conn.outbox.backlog > 0) await conn.outbox.drained();
+  let pieces = 0;
+  const resume = (): void => body.resume();
+  conn.outbox.onDrained(resume);
+  try {
+    await body.pipe((piece) => {
+      if (chunked) conn.outbox.write(`${pieces++ === 0 ? "" : "\r\n"}${piece.byteLength.toString(16)}\r\n`);
+      return conn.outbox.write(piece) && !conn.closed;
+    });
+  } finally {
+    conn.outbox.offDrained(resume);
   }
-  if (!chunked && sent !== length) throw new Error(`request body shorter than its Content-Length ${length}`);
-  if (chunked) conn.outbox.write("0\r\n\r\n");
+  if (chunked) conn.outbox.write(pieces > 0 ? "\r\n0\r\n\r\n" : "0\r\n\r\n");
   await conn.outbox.drained();
   if (conn.closed) throw new Error("upstream connection closed");
 }
