@@ -289,6 +289,8 @@ interface BulkResult {
    * over all runs before dividing: one run of 64 MiB is a few clock ticks (10 ms each).
    */
   cpuPerGiB: Map<string, number>;
+  /** Every run's rate, in the order measured. */
+  runs: Map<string, number[]>;
 }
 
 function checkTransfer(v: Variant, r: CurlResult, size: number): void {
@@ -312,31 +314,43 @@ function perGiB(m: Map<string, number[]>): Map<string, number> {
   );
 }
 
-/** `runs` rounds; the order of the variants rotates each round so drift hits all of them alike. */
-async function bulk(variants: Variant[], size: number, runs: number): Promise<BulkResult> {
+/**
+ * `runs` rounds; the order of the variants rotates each round so drift hits all of them alike.
+ * `parallel` > 1: that many transfers of a variant at once, and the rate is the aggregate, all
+ * bytes ÷ wall time from the first curl's start to the last one's end (process start-up
+ * included: a few ms against transfers of seconds). Every transfer's status and size is checked.
+ */
+async function bulk(variants: Variant[], size: number, runs: number, parallel = 1): Promise<BulkResult> {
   const rates = new Map<string, number[]>(variants.map((v) => [v.name, []]));
   const cpu = new Map<string, number[]>(variants.map((v) => [v.name, []]));
   const machine = new Map<string, number[]>(variants.map((v) => [v.name, []]));
   const cpuPerGiB = new Map<string, number[]>(variants.map((v) => [v.name, []]));
+  // Each of n transfers gets 1/n of the aggregate, so it may take up to n times one alone.
+  const maxS = Math.max(BULK_MAX_S, Math.ceil((parallel * size) / (64 * MiB)));
   for (let r = 0; r < runs; r++) {
     for (let k = 0; k < variants.length; k++) {
       const v = variants[(k + r) % variants.length] as Variant;
       const c0 = v.pid ? cpuSeconds(v.pid) : 0;
       const m0 = machineBusySeconds();
-      const res = await curl(v.url, v.args, BULK_MAX_S);
+      const t0 = performance.now();
+      const all = await Promise.all(Array.from({ length: parallel }, () => curl(v.url, v.args, maxS)));
+      const wall = (performance.now() - t0) / 1000;
       const m1 = machineBusySeconds();
-      checkTransfer(v, res, size);
-      rates.get(v.name)?.push(res.bytes / res.seconds);
-      machine.get(v.name)?.push((m1 - m0) / (res.bytes / GiB));
+      for (const res of all) checkTransfer(v, res, size);
+      // One transfer: curl's own time, without its process start-up.
+      const seconds = parallel === 1 ? (all[0] as CurlResult).seconds : wall;
+      const gib = all.reduce((sum, res) => sum + res.bytes, 0) / GiB;
+      rates.get(v.name)?.push((gib * GiB) / seconds);
+      machine.get(v.name)?.push((m1 - m0) / gib);
       if (v.pid) {
         const used = cpuSeconds(v.pid) - c0;
-        cpu.get(v.name)?.push(used / res.seconds);
-        cpuPerGiB.get(v.name)?.push(used, res.bytes / GiB);
+        cpu.get(v.name)?.push(used / seconds);
+        cpuPerGiB.get(v.name)?.push(used, gib);
       }
     }
   }
   const med = (m: Map<string, number[]>): Map<string, number> => new Map([...m].map(([k, xs]) => [k, median(xs)]));
-  return { rate: med(rates), cpu: med(cpu), machine: med(machine), cpuPerGiB: perGiB(cpuPerGiB) };
+  return { rate: med(rates), cpu: med(cpu), machine: med(machine), cpuPerGiB: perGiB(cpuPerGiB), runs: rates };
 }
 
 function bulkRow(id: string, metric: string, res: BulkResult, name: string, target: number): void {
@@ -350,43 +364,6 @@ const pct = (v: number | undefined): string => (v === undefined || !Number.isFin
 /** "direct 0.9, crm 1.9 CPU-s/GiB": what each variant cost the whole machine. */
 function machineCost(res: BulkResult): string {
   return [...res.machine].map(([k, v]) => `${k} ${Number.isFinite(v) ? v.toFixed(2) : "?"}`).join(", ") + " CPU-s/GiB (whole machine)";
-}
-
-/**
- * `n` transfers of one variant at once, `runs` rounds with the variants' order rotating. The rate
- * is the aggregate: all bytes ÷ wall time from the first curl's start to the last one's end
- * (process start-up included; a few ms against transfers of seconds). Every transfer's status and
- * byte count is checked.
- */
-async function parallelBulk(variants: Variant[], n: number, size: number, runs: number): Promise<BulkResult & { runs: Map<string, number[]> }> {
-  const rates = new Map<string, number[]>(variants.map((v) => [v.name, []]));
-  const cpu = new Map<string, number[]>(variants.map((v) => [v.name, []]));
-  const machine = new Map<string, number[]>(variants.map((v) => [v.name, []]));
-  const cpuPerGiB = new Map<string, number[]>(variants.map((v) => [v.name, []]));
-  // Each transfer gets 1/n of the aggregate, so it may take up to n times one alone.
-  const maxS = Math.max(BULK_MAX_S, Math.ceil((n * size) / (64 * MiB)));
-  for (let r = 0; r < runs; r++) {
-    for (let k = 0; k < variants.length; k++) {
-      const v = variants[(k + r) % variants.length] as Variant;
-      const c0 = v.pid ? cpuSeconds(v.pid) : 0;
-      const m0 = machineBusySeconds();
-      const t0 = performance.now();
-      const all = await Promise.all(Array.from({ length: n }, () => curl(v.url, v.args, maxS)));
-      const wall = (performance.now() - t0) / 1000;
-      const m1 = machineBusySeconds();
-      for (const res of all) checkTransfer(v, res, size);
-      const moved = all.reduce((sum, res) => sum + res.bytes, 0);
-      rates.get(v.name)?.push(moved / wall);
-      machine.get(v.name)?.push((m1 - m0) / (moved / GiB));
-      if (v.pid) {
-        const used = cpuSeconds(v.pid) - c0;
-        cpu.get(v.name)?.push(used / wall);
-        cpuPerGiB.get(v.name)?.push(used, moved / GiB);
-      }
-    }
-  }
-  const med = (m: Map<string, number[]>): Map<string, number> => new Map([...m].map(([k, xs]) => [k, median(xs)]));
-  return { rate: med(rates), cpu: med(cpu), machine: med(machine), cpuPerGiB: perGiB(cpuPerGiB), runs: rates };
 }
 
 // ---------------------------------------------------------------- sections
@@ -1002,7 +979,7 @@ async function sectionParallel(): Promise<void> {
   try {
     await notePeers(ng);
     const runs = QUICK ? 1 : 3;
-    const show = (res: { runs: Map<string, number[]> }): string => [...res.runs].map(([k, v]) => `${k} ${v.map((r) => (r / MiB).toFixed(0)).join(", ")}`).join("; ");
+    const show = (res: BulkResult): string => [...res.runs].map(([k, v]) => `${k} ${v.map((r) => (r / MiB).toFixed(0)).join(", ")}`).join("; ");
     const cpuNote = (res: BulkResult): string =>
       [...res.cpuPerGiB].filter(([, v]) => Number.isFinite(v)).map(([k, v]) => `${k === "nginx" ? "nginx worker" : k} ${pct(res.cpu.get(k))} of a core, ${v.toFixed(2)} CPU-s/GiB`).join("; ");
 
@@ -1017,7 +994,7 @@ async function sectionParallel(): Promise<void> {
     ];
     // Not measured: the origin makes its in-memory body of this size, the proxies open their first upstream.
     for (const v of fwd) checkTransfer(v, await curl(v.url, v.args, BULK_MAX_S), fwdSize);
-    const f = await parallelBulk(fwd, PARALLEL, fwdSize, runs);
+    const f = await bulk(fwd, fwdSize, runs, PARALLEL);
     const fwdMetric = `HTTP forward, ${PARALLEL} × ${fmtBytes(fwdSize)} in parallel, aggregate MiB/s (absolute-form)`;
     refRow("2p", fwdMetric, f, "crm");
     const fwdNginx = `same ${PARALLEL} × ${fmtBytes(fwdSize)} through nginx, reverse proxy of the same origin URL, 1 worker process (peer, not crm)`;
@@ -1035,7 +1012,7 @@ async function sectionParallel(): Promise<void> {
     ];
     const probe = await curl(mir[1]!.url, ["-I"], 15);
     if (probe.status !== 200) throw new Error(`mirror HEAD of the blob answered HTTP ${probe.status} ${probe.stderr}`);
-    const m = await parallelBulk(mir, PARALLEL, P.bulk, runs);
+    const m = await bulk(mir, P.bulk, runs, PARALLEL);
     const mirMetric = `mirror, ${PARALLEL} parallel pulls of the ${fmtBytes(P.bulk)} blob, aggregate MiB/s`;
     refRow("8p", mirMetric, m, "crm");
     const mirNginx = `same ${PARALLEL} pulls through nginx, reverse proxy of the registry, 1 worker process (peer, not crm)`;
