@@ -49,7 +49,7 @@ import {
   type Child,
   type CurlResult,
 } from "./bench/lib.ts";
-import { NGINX_BIN, NGINX_SETUP, startNginx, type Nginx } from "./bench/nginx.ts";
+import { NGINX_BIN, NGINX_SETUP, startNginx, TUNED_BUFFER, type Nginx } from "./bench/nginx.ts";
 import type { BodyMode, OriginPorts, OriginSpec } from "./bench/origin.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
@@ -223,9 +223,9 @@ let nginxMissing = "";
 let nginxCount = 0;
 
 /** nginx in front of the given origin ports (name → port), or null with `nginxMissing` set. */
-async function startPeer(upstreams: Record<string, number>): Promise<Nginx | null> {
+async function startPeer(upstreams: Record<string, number>, buffer?: string): Promise<Nginx | null> {
   try {
-    const ng = await startNginx(join(tmp, `nginx-${++nginxCount}`), upstreams);
+    const ng = await startNginx(join(tmp, `nginx-${++nginxCount}`), upstreams, buffer);
     nginxMissing = ng ? "" : `not installed (${NGINX_BIN})`;
     return ng;
   } catch (e) {
@@ -235,8 +235,8 @@ async function startPeer(upstreams: Record<string, number>): Promise<Nginx | nul
 }
 
 /** The row of a peer that is not there: says why, no number. */
-function missingPeerRow(id: string, metric: string): void {
-  row({ id, metric, crm: `nginx ${nginxMissing}`, direct: "—", ratio: "—", target: "info", result: "n/a" });
+function missingPeerRow(id: string, metric: string, why = nginxMissing): void {
+  row({ id, metric, crm: `nginx ${why}`, direct: "—", ratio: "—", target: "info", result: "n/a" });
 }
 
 /** crm ÷ the best peer measured, for the rows where the issue wants crm ahead of the peers. */
@@ -262,7 +262,7 @@ async function notePeers(ng: Nginx | null): Promise<void> {
   const tinyproxy = await has("tinyproxy");
   const registry = await has("docker-registry");
   note(
-    `peers: nginx ${ng ? `${ng.version} measured (${NGINX_SETUP}; the CPU shown is its worker's)` : nginxMissing}; ` +
+    `peers: nginx ${ng ? `${ng.version} measured (${NGINX_SETUP}; default proxy_buffer_size, and in the parallel rows also ${TUNED_BUFFER}; the CPU shown is its worker's)` : nginxMissing}; ` +
       `squid 5.7 ${squid ? `at ${squid}, not measured` : "not installed"}; tinyproxy ${tinyproxy ? `at ${tinyproxy}, not measured` : "not installed"}; ` +
       `the Go seed program not installed; distribution (cold pull-through cache) ${registry ? `: ${registry} is installed but its proxy mode is not measured here` : "not installed"}. No number is given for a peer not measured.`,
   );
@@ -967,7 +967,8 @@ const PARALLEL = 8;
  * Eight transfers at once, where a proxy's one JS thread has to share itself out: HTTP forward
  * (absolute-form, 8 × 256 MiB; 8 × 32 MiB with --quick) and 8 pulls of the mirror's blob, each
  * against the same 8 direct and, where installed, through nginx as a reverse proxy of the same
- * origin. The issue wants crm ahead of the peers here, so each gets a crm ÷ best-peer row.
+ * origin, once with its default buffers and once with 64 KiB ones (scripts/bench/nginx.ts says
+ * why). The issue wants crm ahead of the peers here, so each gets a crm ÷ best-peer row.
  */
 async function sectionParallel(): Promise<void> {
   const crm = await startCrm({
@@ -975,53 +976,60 @@ async function sectionParallel(): Promise<void> {
     allowed_ports: [originPorts.http, originPorts.registry],
     mirror: { registries: { "reg.test": `http://127.0.0.1:${originPorts.registry}` }, default_registry: "reg.test" },
   });
-  const ng = await startPeer({ http: originPorts.http, registry: originPorts.registry });
+  const upstreams = { http: originPorts.http, registry: originPorts.registry };
+  /** Row id suffix, variant name, how the row says it, the running nginx (or null). */
+  const peers: Array<{ suffix: string; name: string; label: string; ng: Nginx | null; why: string }> = [];
+  for (const [suffix, buffer] of [["n", undefined], ["nt", TUNED_BUFFER]] as const) {
+    const ng = await startPeer(upstreams, buffer);
+    const label = buffer ? `nginx, proxy_buffer_size ${buffer}` : "nginx, default buffers";
+    peers.push({ suffix, name: buffer ? `nginx-${buffer}` : "nginx", label, ng, why: nginxMissing });
+  }
   try {
-    await notePeers(ng);
+    await notePeers(peers[0]?.ng ?? null);
     const runs = QUICK ? 1 : 3;
     const show = (res: BulkResult): string => [...res.runs].map(([k, v]) => `${k} ${v.map((r) => (r / MiB).toFixed(0)).join(", ")}`).join("; ");
     const cpuNote = (res: BulkResult): string =>
-      [...res.cpuPerGiB].filter(([, v]) => Number.isFinite(v)).map(([k, v]) => `${k === "nginx" ? "nginx worker" : k} ${pct(res.cpu.get(k))} of a core, ${v.toFixed(2)} CPU-s/GiB`).join("; ");
+      [...res.cpuPerGiB].filter(([, v]) => Number.isFinite(v)).map(([k, v]) => `${k.startsWith("nginx") ? `${k} worker` : k} ${pct(res.cpu.get(k))} of a core, ${v.toFixed(2)} CPU-s/GiB`).join("; ");
+    /** The crm row, one row per peer, and crm ÷ the best peer. */
+    const rowsFor = (id: string, metric: string, what: string, res: BulkResult): void => {
+      refRow(id, metric, res, "crm");
+      for (const p of peers) {
+        const m = `same ${what} through ${p.label}, reverse proxy of the same origin, 1 worker process (peer, not crm)`;
+        if (p.ng) refRow(`${id}${p.suffix}`, m, res, p.name);
+        else missingPeerRow(`${id}${p.suffix}`, m, p.why);
+      }
+      const measured = new Map(peers.filter((p) => p.ng).map((p) => [p.label, res.rate.get(p.name) ?? NaN]));
+      peerRow(`${id}v`, `${metric.split(",")[0]}, ${what}: crm ÷ best peer`, res.rate.get("crm") ?? NaN, measured);
+    };
+    const peerVariants = (path: (ng: Nginx) => string): Variant[] =>
+      peers.flatMap((p) => (p.ng ? [{ name: p.name, url: `http://127.0.0.1:${path(p.ng)}`, args: [], pid: p.ng.workerPid }] : []));
 
     // HTTP forward, 8 × 256 MiB.
     const fwdSize = (QUICK ? 32 : 256) * MiB;
     const path = `/big?n=${fwdSize}&mode=${httpMode}`;
     const url = `http://127.0.0.1:${originPorts.http}${path}`;
-    const fwd: Variant[] = [
-      { name: "direct", url, args: [] },
-      { name: "crm", url, args: proxyArg(crm), pid: crm.pid },
-      ...(ng ? [{ name: "nginx", url: `http://127.0.0.1:${ng.ports.http}${path}`, args: [], pid: ng.workerPid }] : []),
-    ];
+    const fwd: Variant[] = [{ name: "direct", url, args: [] }, { name: "crm", url, args: proxyArg(crm), pid: crm.pid }, ...peerVariants((ng) => `${ng.ports.http}${path}`)];
     // Not measured: the origin makes its in-memory body of this size, the proxies open their first upstream.
     for (const v of fwd) checkTransfer(v, await curl(v.url, v.args, BULK_MAX_S), fwdSize);
     const f = await bulk(fwd, fwdSize, runs, PARALLEL);
-    const fwdMetric = `HTTP forward, ${PARALLEL} × ${fmtBytes(fwdSize)} in parallel, aggregate MiB/s (absolute-form)`;
-    refRow("2p", fwdMetric, f, "crm");
-    const fwdNginx = `same ${PARALLEL} × ${fmtBytes(fwdSize)} through nginx, reverse proxy of the same origin URL, 1 worker process (peer, not crm)`;
-    if (ng) refRow("2pn", fwdNginx, f, "nginx");
-    else missingPeerRow("2pn", fwdNginx);
-    peerRow("2pv", `HTTP ${PARALLEL} × ${fmtBytes(fwdSize)} in parallel: crm ÷ best peer`, f.rate.get("crm") ?? NaN, new Map(ng ? [["nginx", f.rate.get("nginx") ?? NaN]] : []));
+    rowsFor("2p", `HTTP forward, ${PARALLEL} × ${fmtBytes(fwdSize)} in parallel, aggregate MiB/s (absolute-form)`, `${PARALLEL} × ${fmtBytes(fwdSize)}`, f);
     note(`parallel forward, aggregate MiB/s per run: ${show(f)}; ${cpuNote(f)}; ${machineCost(f)}`);
 
     // 8 parallel pulls of the mirror's blob.
     const blobPath = `/v2/library/big/blobs/${BLOB_DIGEST}`;
+    const viaCrm = `http://127.0.0.1:${crm.port}/v2/reg.test/library/big/blobs/${BLOB_DIGEST}`;
+    const probe = await curl(viaCrm, ["-I"], 15);
+    if (probe.status !== 200) throw new Error(`mirror HEAD of the blob answered HTTP ${probe.status} ${probe.stderr}`);
     const mir: Variant[] = [
       { name: "direct", url: `http://127.0.0.1:${originPorts.registry}${blobPath}`, args: [] },
-      { name: "crm", url: `http://127.0.0.1:${crm.port}/v2/reg.test/library/big/blobs/${BLOB_DIGEST}`, args: [], pid: crm.pid },
-      ...(ng ? [{ name: "nginx", url: `http://127.0.0.1:${ng.ports.registry}${blobPath}`, args: [], pid: ng.workerPid }] : []),
+      { name: "crm", url: viaCrm, args: [], pid: crm.pid },
+      ...peerVariants((ng) => `${ng.ports.registry}${blobPath}`),
     ];
-    const probe = await curl(mir[1]!.url, ["-I"], 15);
-    if (probe.status !== 200) throw new Error(`mirror HEAD of the blob answered HTTP ${probe.status} ${probe.stderr}`);
     const m = await bulk(mir, P.bulk, runs, PARALLEL);
-    const mirMetric = `mirror, ${PARALLEL} parallel pulls of the ${fmtBytes(P.bulk)} blob, aggregate MiB/s`;
-    refRow("8p", mirMetric, m, "crm");
-    const mirNginx = `same ${PARALLEL} pulls through nginx, reverse proxy of the registry, 1 worker process (peer, not crm)`;
-    if (ng) refRow("8pn", mirNginx, m, "nginx");
-    else missingPeerRow("8pn", mirNginx);
-    peerRow("8pv", `mirror, ${PARALLEL} parallel pulls: crm ÷ best peer`, m.rate.get("crm") ?? NaN, new Map(ng ? [["nginx", m.rate.get("nginx") ?? NaN]] : []));
+    rowsFor("8p", `mirror, ${PARALLEL} parallel pulls of the ${fmtBytes(P.bulk)} blob, aggregate MiB/s`, `${PARALLEL} pulls`, m);
     note(`parallel mirror pulls, aggregate MiB/s per run: ${show(m)}; ${cpuNote(m)}; ${machineCost(m)}`);
   } finally {
-    await Promise.all([crm.stop(), ng?.stop()]);
+    await Promise.all([crm.stop(), ...peers.map((p) => p.ng?.stop())]);
   }
 }
 
@@ -1172,10 +1180,10 @@ function report(started: number, machineText: string): void {
   console.log(table());
   if (notes.length > 0) console.log("\nNotes:\n" + notes.map((n) => `- ${n}`).join("\n"));
   console.log(
-    "\nratio = crm ÷ direct (for the 50-host row, lower is better); rows ending in n: nginx ÷ direct; rows ending in v: crm ÷ the best peer. " +
+    "\nratio = crm ÷ direct (for the 50-host row, lower is better); rows ending in n (nt: nginx with 64 KiB buffers): nginx ÷ direct; rows ending in v: crm ÷ the best peer. " +
       "Direct runs have one process fewer on the same cores, " +
       "so they are an upper bound. Bulk rows: median of " +
-      `${P.bulkRuns} alternating runs with curl to /dev/null; parallel rows: median of ${QUICK ? 1 : 3} rounds of ${PARALLEL} curls at once.`,
+      `${P.bulkRuns} alternating runs with curl to /dev/null; parallel rows: ${QUICK ? "1 round" : "median of 3 rounds"} of ${PARALLEL} curls at once.`,
   );
 }
 

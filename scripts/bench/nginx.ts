@@ -13,7 +13,15 @@ import { spawnChild, type Child } from "./lib.ts";
 export const NGINX_BIN = "/usr/sbin/nginx";
 
 /** The directives that decide what nginx does per request, shown in the notes. */
-export const NGINX_SETUP = "worker_processes 1, proxy_buffering off (proxy_buffer_size left at its default), upstream keepalive 32, access_log off";
+export const NGINX_SETUP = "worker_processes 1, proxy_buffering off, upstream keepalive 32, access_log off";
+
+/**
+ * With proxy_buffering off nginx moves a body through one proxy_buffer_size buffer, by default
+ * one page (4 KiB): a read and a write per 4 KiB. The tuned peer raises it to 64 KiB, which on
+ * this machine made 8 parallel transfers ~1.8× faster; the parallel rows measure both, so
+ * "ahead of the peers" is judged against the faster one.
+ */
+export const TUNED_BUFFER = "64k";
 
 export interface Nginx {
   /** Listening port per upstream name given to startNginx. */
@@ -39,7 +47,8 @@ function freePort(): number {
   return port;
 }
 
-function config(dir: string, servers: Array<{ name: string; listen: number; upstream: number }>): string {
+function config(dir: string, servers: Array<{ name: string; listen: number; upstream: number }>, buffer: string | undefined): string {
+  const buffers = buffer ? `\n      proxy_buffer_size ${buffer};\n      proxy_buffers 8 ${buffer};\n      proxy_busy_buffers_size ${buffer};` : "";
   const blocks = servers.map(
     (s) => `
   upstream up_${s.name} {
@@ -52,7 +61,7 @@ function config(dir: string, servers: Array<{ name: string; listen: number; upst
       proxy_pass http://up_${s.name};
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_buffering off;
+      proxy_buffering off;${buffers}
       proxy_read_timeout 120s;
       proxy_send_timeout 120s;
     }
@@ -87,13 +96,14 @@ function workerOf(pid: number): number {
 /**
  * Starts nginx with one reverse-proxy server per entry of `upstreams` (name → port on 127.0.0.1),
  * or answers null when nginx is not installed. Ready when every port answers an HTTP request.
+ * `buffer`: proxy_buffer_size (and the buffers that must match it); nginx's default without.
  */
-export async function startNginx(dir: string, upstreams: Record<string, number>): Promise<Nginx | null> {
+export async function startNginx(dir: string, upstreams: Record<string, number>, buffer?: string): Promise<Nginx | null> {
   if (!existsSync(NGINX_BIN)) return null;
   mkdirSync(dir, { recursive: true });
   const servers = Object.entries(upstreams).map(([name, upstream]) => ({ name, upstream, listen: freePort() }));
   const file = join(dir, "nginx.conf");
-  writeFileSync(file, config(dir, servers));
+  writeFileSync(file, config(dir, servers, buffer));
   const version = await Bun.spawn([NGINX_BIN, "-v"], { stdout: "ignore", stderr: "pipe" }).stderr.text();
   const child = spawnChild([NGINX_BIN, "-e", join(dir, "error.log"), "-p", dir, "-c", file, "-g", "daemon off;"], { cwd: dir });
   const stop = (): Promise<void> => child.stop();
