@@ -10,8 +10,9 @@
  * --quick: small sizes and short runs (a smoke test, < 90 s); the full run stays < ~8 min.
  *
  * Peers: where nginx is installed (/usr/sbin/nginx) it runs as a reverse proxy of the same origin
- * (scripts/bench/nginx.ts) in the rate, mirror and parallel sections, as rows with an "n" suffix;
- * the issue's other peers are named in a note when they are not installed, never estimated.
+ * (scripts/bench/nginx.ts) in the rate, mirror and parallel sections, as rows with an "n" suffix
+ * ("nt": the parallel rows again with 64 KiB proxy buffers); the issue's other peers are named in
+ * a note when they are not installed, never estimated.
  *
  * Everything runs on 127.0.0.1 and every child is stopped by its pid at the end (and by a
  * deadline). crm, the origin and the load generators are separate processes, so crm does not
