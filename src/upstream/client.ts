@@ -156,7 +156,8 @@ export class UpstreamClient {
       let gotBytes = false;
       let settled = false;
       let requestSent = req.body == null;
-      let keepRequested = !/(^|,)\s*close\s*(,|$)/i.test(headerValue(req.headers, "connection") ?? "");
+      const head = requestHead(req);
+      let keepRequested = !head.close;
       const fail = (e: Error): void => {
         if (settled) return;
         settled = true;
@@ -205,8 +206,7 @@ export class UpstreamClient {
           else fail(dial);
         },
       };
-      const head = requestHead(req);
-      if (!conn.outbox.write(head) && conn.closed) return fail(new RetryableError(new DialError("reset", target, { detail: "connection closed" })));
+      if (!conn.outbox.write(head.text) && conn.closed) return fail(new RetryableError(new DialError("reset", target, { detail: "connection closed" })));
       if (req.body != null) {
         writeBody(conn, req.body, req.bodyLength ?? null).then(
           () => {
@@ -259,16 +259,23 @@ class RetryableError extends Error {
   }
 }
 
-function requestHead(req: UpstreamRequest): string {
+/** The request's head, and whether it asked the upstream to close after the answer. */
+function requestHead(req: UpstreamRequest): { text: string; close: boolean } {
   let target = req.url.pathname + req.url.search;
   if (target === "") target = "/";
-  let out = `${req.method} ${target} HTTP/1.1\r\n`;
-  if (headerValue(req.headers, "host") === null) out += `host: ${req.url.host}\r\n`;
+  let fields = "";
+  let host = false;
+  let close = false;
   for (const [k, v] of req.headers) {
-    const l = k.toLowerCase();
+    const l = k.length === 4 || k.length === 10 || k.length === 14 || k.length === 17 ? k.toLowerCase() : "";
     if (l === "content-length" || l === "transfer-encoding") continue;
-    out += `${k}: ${v}\r\n`;
+    if (l === "host") host = true;
+    else if (l === "connection" && /(^|,)\s*close\s*(,|$)/i.test(v)) close = true;
+    fields += `${k}: ${v}\r\n`;
   }
+  let out = `${req.method} ${target} HTTP/1.1\r\n`;
+  if (!host) out += `host: ${req.url.host}\r\n`;
+  out += fields;
   if (req.body != null) {
     if (req.body instanceof Uint8Array) out += `content-length: ${req.body.byteLength}\r\n`;
     else if (req.bodyLength != null) out += `content-length: ${req.bodyLength}\r\n`;
@@ -276,7 +283,7 @@ function requestHead(req: UpstreamRequest): string {
   } else if (req.method === "POST" || req.method === "PUT" || req.method === "PATCH") {
     out += "content-length: 0\r\n";
   }
-  return out + "\r\n";
+  return { text: out + "\r\n", close };
 }
 
 async function writeBody(conn: UpstreamConn, body: RequestBody, length: number | null): Promise<void> {
