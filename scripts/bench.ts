@@ -4,11 +4,15 @@
  *
  *   bun scripts/bench.ts [--quick] [--only NAME[,NAME...]] [--base GIT-REF]
  *
- * NAMEs: connect, forward, rate, idle, slow, binary, mitm, mirror, manifests.
- * --quick: small sizes and short runs (a smoke test, < 60 s); the full run stays < ~6 min.
- * NAMEs: connect, forward, rate, idle, slow, binary, mitm, mirror, limits.
+ * NAMEs (sections, run in this order): connect, forward, rate, idle, slow, binary, mitm, mirror,
+ * parallel (8 concurrent transfers: forward and mirror), manifests, limits.
  * --base: the previous build the limits rows compare against (default HEAD~1).
  * --quick: small sizes and short runs (a smoke test, < 90 s); the full run stays < ~8 min.
+ *
+ * Peers: where nginx is installed (/usr/sbin/nginx) it runs as a reverse proxy of the same origin
+ * (scripts/bench/nginx.ts) in the rate, mirror and parallel sections, as rows with an "n" suffix
+ * ("nt": the parallel rows again with 64 KiB proxy buffers); the issue's other peers are named in
+ * a note when they are not installed, never estimated.
  *
  * Everything runs on 127.0.0.1 and every child is stopped by its pid at the end (and by a
  * deadline). crm, the origin and the load generators are separate processes, so crm does not
@@ -46,12 +50,13 @@ import {
   type Child,
   type CurlResult,
 } from "./bench/lib.ts";
+import { NGINX_BIN, NGINX_SETUP, startNginx, TUNED_BUFFER, type Nginx } from "./bench/nginx.ts";
 import type { BodyMode, OriginPorts, OriginSpec } from "./bench/origin.ts";
 import type { RefMitmSpec } from "./bench/ref-mitm.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const BUN = process.execPath;
-const SECTIONS = ["connect", "forward", "rate", "idle", "slow", "binary", "mitm", "mirror", "manifests", "limits"] as const;
+const SECTIONS = ["connect", "forward", "rate", "idle", "slow", "binary", "mitm", "mirror", "parallel", "manifests", "limits"] as const;
 type Section = (typeof SECTIONS)[number];
 
 // ---------------------------------------------------------------- arguments and sizes
@@ -217,6 +222,58 @@ async function startCrmWithNames(raw: Record<string, unknown>): Promise<Crm> {
 
 const proxyArg = (crm: { port: number }): string[] => ["-x", `http://127.0.0.1:${crm.port}`];
 
+// ---------------------------------------------------------------- peers
+
+/** Why there is no nginx in this section ("" while there is one), for its rows. */
+let nginxMissing = "";
+let nginxCount = 0;
+
+/** nginx in front of the given origin ports (name → port), or null with `nginxMissing` set. */
+async function startPeer(upstreams: Record<string, number>, buffer?: string): Promise<Nginx | null> {
+  try {
+    const ng = await startNginx(join(tmp, `nginx-${++nginxCount}`), upstreams, buffer);
+    nginxMissing = ng ? "" : `not installed (${NGINX_BIN})`;
+    return ng;
+  } catch (e) {
+    nginxMissing = `failed to start: ${(e as Error).message.replace(/\s+/g, " ").replace(/\|/g, "/").slice(0, 160)}`;
+    return null;
+  }
+}
+
+/** The row of a peer that is not there: says why, no number. */
+function missingPeerRow(id: string, metric: string, why = nginxMissing): void {
+  row({ id, metric, crm: `nginx ${why}`, direct: "—", ratio: "—", target: "info", result: "n/a" });
+}
+
+/** crm ÷ the best peer measured, for the rows where the issue wants crm ahead of the peers. */
+function peerRow(id: string, metric: string, crm: number, peers: Map<string, number>): void {
+  const best = [...peers].filter(([, v]) => Number.isFinite(v)).sort((a, b) => b[1] - a[1])[0];
+  if (!best) {
+    row({ id, metric, crm: fmtRate(crm), direct: "no peer measured", ratio: "—", target: "≥ 1.0× the best peer measured", result: "n/a" });
+    return;
+  }
+  row({ id, metric, crm: fmtRate(crm), direct: `${fmtRate(best[1])} (${best[0]})`, ratio: x(crm / best[1]), target: "≥ 1.0× the best peer measured", result: atLeast(crm / best[1], 1) });
+}
+
+let peersNoted = false;
+/** Once per run: which of the issue's peers this machine has; the missing ones get no number. */
+async function notePeers(ng: Nginx | null): Promise<void> {
+  if (peersNoted) return;
+  peersNoted = true;
+  const has = async (cmd: string): Promise<string | null> => {
+    const r = await run(["sh", "-c", `command -v ${cmd}`], 5000);
+    return r.code === 0 ? r.stdout.trim() : null;
+  };
+  const squid = await has("squid");
+  const tinyproxy = await has("tinyproxy");
+  const registry = await has("docker-registry");
+  note(
+    `peers: nginx ${ng ? `${ng.version} measured (${NGINX_SETUP}; default proxy_buffer_size, and in the parallel rows also ${TUNED_BUFFER}; the CPU shown is its worker's)` : nginxMissing}; ` +
+      `squid 5.7 ${squid ? `at ${squid}, not measured` : "not installed"}; tinyproxy ${tinyproxy ? `at ${tinyproxy}, not measured` : "not installed"}; ` +
+      `the Go seed program not installed; distribution (cold pull-through cache) ${registry ? `: ${registry} is installed but its proxy mode is not measured here` : "not installed"}. No number is given for a peer not measured.`,
+  );
+}
+
 // ---------------------------------------------------------------- bulk transfers
 
 interface Variant {
@@ -233,6 +290,13 @@ interface BulkResult {
   cpu: Map<string, number>;
   /** CPU seconds the whole machine (client + proxy + origin + kernel) spent per GiB moved. */
   machine: Map<string, number>;
+  /**
+   * CPU seconds the proxy process alone spent per GiB moved (/proc/PID/stat of `pid`), summed
+   * over all runs before dividing: one run of 64 MiB is a few clock ticks (10 ms each).
+   */
+  cpuPerGiB: Map<string, number>;
+  /** Every run's rate, in the order measured. */
+  runs: Map<string, number[]>;
 }
 
 function checkTransfer(v: Variant, r: CurlResult, size: number): void {
@@ -241,26 +305,58 @@ function checkTransfer(v: Variant, r: CurlResult, size: number): void {
   }
 }
 
-/** `runs` rounds; the order of the variants rotates each round so drift hits all of them alike. */
-async function bulk(variants: Variant[], size: number, runs: number): Promise<BulkResult> {
+/** [cpu, GiB, cpu, GiB, ...] per variant → total CPU seconds ÷ total GiB (NaN without a pid). */
+function perGiB(m: Map<string, number[]>): Map<string, number> {
+  return new Map(
+    [...m].map(([k, xs]) => {
+      let cpu = 0;
+      let gib = 0;
+      for (let i = 0; i + 1 < xs.length; i += 2) {
+        cpu += xs[i] as number;
+        gib += xs[i + 1] as number;
+      }
+      return [k, gib > 0 ? cpu / gib : NaN];
+    }),
+  );
+}
+
+/**
+ * `runs` rounds; the order of the variants rotates each round so drift hits all of them alike.
+ * `parallel` > 1: that many transfers of a variant at once, and the rate is the aggregate, all
+ * bytes ÷ wall time from the first curl's start to the last one's end (process start-up
+ * included: a few ms against transfers of seconds). Every transfer's status and size is checked.
+ */
+async function bulk(variants: Variant[], size: number, runs: number, parallel = 1): Promise<BulkResult> {
   const rates = new Map<string, number[]>(variants.map((v) => [v.name, []]));
   const cpu = new Map<string, number[]>(variants.map((v) => [v.name, []]));
   const machine = new Map<string, number[]>(variants.map((v) => [v.name, []]));
+  const cpuPerGiB = new Map<string, number[]>(variants.map((v) => [v.name, []]));
+  // Each of n transfers gets 1/n of the aggregate, so it may take up to n times one alone.
+  const maxS = Math.max(BULK_MAX_S, Math.ceil((parallel * size) / (64 * MiB)));
   for (let r = 0; r < runs; r++) {
     for (let k = 0; k < variants.length; k++) {
       const v = variants[(k + r) % variants.length] as Variant;
       const c0 = v.pid ? cpuSeconds(v.pid) : 0;
       const m0 = machineBusySeconds();
-      const res = await curl(v.url, v.args, BULK_MAX_S);
+      const t0 = performance.now();
+      const all = await Promise.all(Array.from({ length: parallel }, () => curl(v.url, v.args, maxS)));
+      const wall = (performance.now() - t0) / 1000;
       const m1 = machineBusySeconds();
-      checkTransfer(v, res, size);
-      rates.get(v.name)?.push(res.bytes / res.seconds);
-      machine.get(v.name)?.push((m1 - m0) / (res.bytes / GiB));
-      if (v.pid) cpu.get(v.name)?.push((cpuSeconds(v.pid) - c0) / res.seconds);
+      for (const res of all) checkTransfer(v, res, size);
+      // One transfer: curl's own time, without its process start-up.
+      const seconds = parallel === 1 ? (all[0] as CurlResult).seconds : wall;
+      const gib = all.reduce((sum, res) => sum + res.bytes, 0) / GiB;
+      rates.get(v.name)?.push((gib * GiB) / seconds);
+      machine.get(v.name)?.push((m1 - m0) / gib);
+      if (v.pid) {
+        const used = cpuSeconds(v.pid) - c0;
+        cpu.get(v.name)?.push(used / seconds);
+        cpuPerGiB.get(v.name)?.push(used, gib);
+      }
     }
   }
   const med = (m: Map<string, number[]>): Map<string, number> => new Map([...m].map(([k, xs]) => [k, median(xs)]));
-  return { rate: med(rates), cpu: med(cpu), machine: med(machine) };
+  return { rate: med(rates), cpu: med(cpu), machine: med(machine), cpuPerGiB: perGiB(cpuPerGiB), runs: rates };
 }
 
 function bulkRow(id: string, metric: string, res: BulkResult, name: string, target: number): void {
@@ -363,7 +459,7 @@ async function sectionForward(): Promise<void> {
       P.bulk,
       P.bulkRuns,
     );
-    bulkRow("2", `${fmtBytes(P.bulk)} via HTTP forward (absolute-form, Content-Length)`, res, "crm", 0.7);
+    bulkRow("2", `${fmtBytes(P.bulk)} via HTTP forward (absolute-form, Content-Length)`, res, "crm", 0.8);
     refRow("2r", "same, bare Bun.serve + fetch() proxy (reference, not crm)", res, "ref");
     const cc = res.rate.get("crm-chunked") ?? NaN;
     const dc = res.rate.get("direct-chunked") ?? NaN;
@@ -401,7 +497,9 @@ async function sectionRate(): Promise<void> {
   const origin = `127.0.0.1:${originPorts.http}`;
   const relay = await startRef("ref-splice.ts", origin);
   const fetchRef = await startRef("ref-fetch.ts", origin);
+  const ng = await startPeer({ http: originPorts.http });
   try {
+    await notePeers(ng);
     const target = `http://${origin}/small`;
     const script = join(tmp, "absolute-form.lua");
     writeFileSync(script, `-- absolute-form request target, sent to the proxy\nwrk.path = ${JSON.stringify(target)}\n`);
@@ -412,6 +510,8 @@ async function sectionRate(): Promise<void> {
       { name: "crm", url: `http://127.0.0.1:${crm.port}/`, script, pid: crm.pid },
       { name: "relay", url: `http://127.0.0.1:${relay.port}/`, script, pid: relay.pid },
       { name: "fetch", url: `http://127.0.0.1:${fetchRef.port}/`, script, pid: fetchRef.pid },
+      // The reverse proxy is asked in origin-form: it knows its one upstream.
+      ...(ng ? [{ name: "nginx", url: `http://127.0.0.1:${ng.ports.http}/small`, script: undefined, pid: ng.workerPid }] : []),
     ];
     for (const v of variants.slice(1)) await wrk(v.url, { ...opts, seconds: 1, script: v.script }); // warm-up
     const got = new Map<string, Array<{ rps: number; p50: number; cpu: number }>>(variants.map((v) => [v.name, []]));
@@ -430,15 +530,19 @@ async function sectionRate(): Promise<void> {
     const n = (v: number): string => Math.round(v).toLocaleString("en-US");
     const dr = med("direct", "rps");
     const cr = med("crm", "rps");
-    row({ id: "3", metric: `small requests/s (wrk ${opts.threads}t ${opts.conns}c ${opts.seconds}s keep-alive, absolute-form)`, crm: `${n(cr)} req/s`, direct: `${n(dr)} req/s`, ratio: x(cr / dr), target: "≥ 0.3×", result: atLeast(cr / dr, 0.3) });
+    row({ id: "3", metric: `small requests/s (wrk ${opts.threads}t ${opts.conns}c ${opts.seconds}s keep-alive, absolute-form)`, crm: `${n(cr)} req/s`, direct: `${n(dr)} req/s`, ratio: x(cr / dr), target: "≥ 0.45×", result: atLeast(cr / dr, 0.45) });
+    const nginxMetric = "same through nginx, reverse proxy of the origin, 1 worker process (peer, not crm)";
+    if (ng) row({ id: "3n", metric: nginxMetric, crm: `${n(med("nginx", "rps"))} req/s`, direct: `${n(dr)} req/s`, ratio: x(med("nginx", "rps") / dr), target: "info", result: "—" });
+    else missingPeerRow("3n", nginxMetric);
     row({ id: "3b", metric: "p50 latency of the same runs", crm: `${med("crm", "p50").toFixed(2)} ms`, direct: `${med("direct", "p50").toFixed(2)} ms`, ratio: x(med("crm", "p50") / med("direct", "p50")), target: "info", result: "—" });
     row({ id: "3r", metric: "same, bare Bun.serve + fetch() proxy (reference, not crm)", crm: `${n(med("fetch", "rps"))} req/s`, direct: `${n(dr)} req/s`, ratio: x(med("fetch", "rps") / dr), target: "info", result: "—" });
     row({ id: "3s", metric: "same, plain TCP relay on Bun sockets (reference, not crm)", crm: `${n(med("relay", "rps"))} req/s`, direct: `${n(dr)} req/s`, ratio: x(med("relay", "rps") / dr), target: "info", result: "—" });
     const runs = (name: string): string => (got.get(name) ?? []).map((v) => n(v.rps)).join(", ");
     const perReq = (name: string): string => ((med(name, "cpu") / med(name, "rps")) * 1e6).toFixed(0);
     note(`request rate: CPU of a core: crm ${pct(med("crm", "cpu"))}, fetch proxy ${pct(med("fetch", "cpu"))}, relay ${pct(med("relay", "cpu"))}; proxy CPU per request: crm ${perReq("crm")} µs, fetch proxy ${perReq("fetch")} µs, relay ${perReq("relay")} µs; runs: crm ${runs("crm")}; direct ${runs("direct")}; fetch proxy ${runs("fetch")}; relay ${runs("relay")}`);
+    if (ng) note(`request rate, nginx: worker CPU ${pct(med("nginx", "cpu"))} of a core, ${perReq("nginx")} µs per request; runs ${runs("nginx")}`);
   } finally {
-    await Promise.all([crm.stop(), relay.child.stop(), fetchRef.child.stop()]);
+    await Promise.all([crm.stop(), relay.child.stop(), fetchRef.child.stop(), ng?.stop()]);
   }
 }
 
@@ -761,7 +865,7 @@ async function sectionMitm(): Promise<void> {
 
 async function sectionMirror(): Promise<void> {
   const notReady = (why: string): void => {
-    row({ id: "8", metric: `${fmtBytes(P.bulk)} blob pulled through the mirror`, crm: `n/a (mirror not ready: ${why.replace(/\s+/g, " ").replace(/\|/g, "/").slice(0, 160)})`, direct: "—", ratio: "—", target: "≥ 0.8×", result: "n/a" });
+    row({ id: "8", metric: `${fmtBytes(P.bulk)} blob pulled through the mirror`, crm: `n/a (mirror not ready: ${why.replace(/\s+/g, " ").replace(/\|/g, "/").slice(0, 160)})`, direct: "—", ratio: "—", target: "≥ 0.75×", result: "n/a" });
   };
   let crm: Crm;
   try {
@@ -773,6 +877,7 @@ async function sectionMirror(): Promise<void> {
   } catch (e) {
     return notReady(`crm did not start: ${(e as Error).message}`);
   }
+  let ng: Nginx | null = null;
   try {
     const path = `/v2/library/big/blobs/${BLOB_DIGEST}`;
     const viaCrm = `http://127.0.0.1:${crm.port}/v2/reg.test/library/big/blobs/${BLOB_DIGEST}`;
@@ -782,12 +887,15 @@ async function sectionMirror(): Promise<void> {
     const length = /^content-length:\s*(\d+)/im.exec(probe.stdout)?.[1] ?? null;
     if (status !== 200) return notReady(`HEAD answered ${status || `nothing (${probe.stderr.trim()})`}`);
     if (length !== String(P.bulk)) note(`mirror: HEAD of the blob answered content-length ${length} (expected ${P.bulk})`);
+    ng = await startPeer({ registry: originPorts.registry });
+    await notePeers(ng);
     let res: BulkResult;
     try {
       res = await bulk(
         [
           { name: "direct", url: `http://127.0.0.1:${originPorts.registry}${path}`, args: [] },
           { name: "crm", url: viaCrm, args: [], pid: crm.pid },
+          ...(ng ? [{ name: "nginx", url: `http://127.0.0.1:${ng.ports.registry}${path}`, args: [], pid: ng.workerPid }] : []),
         ],
         P.bulk,
         P.bulkRuns,
@@ -795,10 +903,24 @@ async function sectionMirror(): Promise<void> {
     } catch (e) {
       return notReady((e as Error).message);
     }
-    bulkRow("8", `${fmtBytes(P.bulk)} blob pulled through the mirror`, res, "crm", 0.8);
-    note(`mirror bulk: crm CPU ${pct(res.cpu.get("crm"))} of a core; ${machineCost(res)}`);
+    bulkRow("8", `${fmtBytes(P.bulk)} blob pulled through the mirror`, res, "crm", 0.75);
+    const nginxMetric = "same blob through nginx, reverse proxy of the registry, 1 worker process (peer, not crm)";
+    if (ng) refRow("8n", nginxMetric, res, "nginx");
+    else missingPeerRow("8n", nginxMetric);
+    const perGiB = res.cpuPerGiB.get("crm") ?? NaN;
+    const ngPerGiB = res.cpuPerGiB.get("nginx");
+    row({
+      id: "8c",
+      metric: `mirror CPU-seconds per GiB, crm process (its /proc CPU time ÷ GiB moved, over the ${P.bulkRuns} runs of row 8)`,
+      crm: Number.isFinite(perGiB) ? `${perGiB.toFixed(2)} CPU-s/GiB` : "?",
+      direct: ngPerGiB !== undefined && Number.isFinite(ngPerGiB) ? `nginx worker ${ngPerGiB.toFixed(2)} CPU-s/GiB` : "—",
+      ratio: "—",
+      target: "≤ 0.6",
+      result: atMost(perGiB, 0.6),
+    });
+    note(`mirror bulk: crm CPU ${pct(res.cpu.get("crm"))} of a core${ng ? `, nginx worker ${pct(res.cpu.get("nginx"))}` : ""}; ${machineCost(res)}`);
   } finally {
-    await crm.stop();
+    await Promise.all([crm.stop(), ng?.stop()]);
   }
 }
 
@@ -865,6 +987,80 @@ async function sectionManifests(): Promise<void> {
     note(`manifests: during a 1 s warm-cache wrk run through crm the hub saw ${warmGets} manifest GETs (all else HEADs)`);
   } finally {
     await Promise.all([crm.stop(), hubChild.stop()]);
+  }
+}
+
+// ---------------------------------------------------------------- parallel transfers
+
+const PARALLEL = 8;
+
+/**
+ * Eight transfers at once, where a proxy's one JS thread has to share itself out: HTTP forward
+ * (absolute-form, 8 × 256 MiB; 8 × 32 MiB with --quick) and 8 pulls of the mirror's blob, each
+ * against the same 8 direct and, where installed, through nginx as a reverse proxy of the same
+ * origin, once with its default buffers and once with 64 KiB ones (scripts/bench/nginx.ts says
+ * why). The issue wants crm ahead of the peers here, so each gets a crm ÷ best-peer row.
+ */
+async function sectionParallel(): Promise<void> {
+  const crm = await startCrm({
+    allowed_hosts: ["127.0.0.1"],
+    allowed_ports: [originPorts.http, originPorts.registry],
+    mirror: { registries: { "reg.test": `http://127.0.0.1:${originPorts.registry}` }, default_registry: "reg.test" },
+  });
+  const upstreams = { http: originPorts.http, registry: originPorts.registry };
+  /** Row id suffix, variant name, how the row says it, the running nginx (or null). */
+  const peers: Array<{ suffix: string; name: string; label: string; ng: Nginx | null; why: string }> = [];
+  for (const [suffix, buffer] of [["n", undefined], ["nt", TUNED_BUFFER]] as const) {
+    const ng = await startPeer(upstreams, buffer);
+    const label = buffer ? `nginx, proxy_buffer_size ${buffer}` : "nginx, default buffers";
+    peers.push({ suffix, name: buffer ? `nginx-${buffer}` : "nginx", label, ng, why: nginxMissing });
+  }
+  try {
+    await notePeers(peers[0]?.ng ?? null);
+    const runs = QUICK ? 1 : 3;
+    const show = (res: BulkResult): string => [...res.runs].map(([k, v]) => `${k} ${v.map((r) => (r / MiB).toFixed(0)).join(", ")}`).join("; ");
+    const cpuNote = (res: BulkResult): string =>
+      [...res.cpuPerGiB].filter(([, v]) => Number.isFinite(v)).map(([k, v]) => `${k.startsWith("nginx") ? `${k} worker` : k} ${pct(res.cpu.get(k))} of a core, ${v.toFixed(2)} CPU-s/GiB`).join("; ");
+    /** The crm row, one row per peer, and crm ÷ the best peer. */
+    const rowsFor = (id: string, metric: string, what: string, res: BulkResult): void => {
+      refRow(id, metric, res, "crm");
+      for (const p of peers) {
+        const m = `same ${what} through ${p.label}, reverse proxy of the same origin, 1 worker process (peer, not crm)`;
+        if (p.ng) refRow(`${id}${p.suffix}`, m, res, p.name);
+        else missingPeerRow(`${id}${p.suffix}`, m, p.why);
+      }
+      const measured = new Map(peers.filter((p) => p.ng).map((p) => [p.label, res.rate.get(p.name) ?? NaN]));
+      peerRow(`${id}v`, `${metric.split(",")[0]}, ${what}: crm ÷ best peer`, res.rate.get("crm") ?? NaN, measured);
+    };
+    const peerVariants = (path: (ng: Nginx) => string): Variant[] =>
+      peers.flatMap((p) => (p.ng ? [{ name: p.name, url: `http://127.0.0.1:${path(p.ng)}`, args: [], pid: p.ng.workerPid }] : []));
+
+    // HTTP forward, 8 × 256 MiB.
+    const fwdSize = (QUICK ? 32 : 256) * MiB;
+    const path = `/big?n=${fwdSize}&mode=${httpMode}`;
+    const url = `http://127.0.0.1:${originPorts.http}${path}`;
+    const fwd: Variant[] = [{ name: "direct", url, args: [] }, { name: "crm", url, args: proxyArg(crm), pid: crm.pid }, ...peerVariants((ng) => `${ng.ports.http}${path}`)];
+    // Not measured: the origin makes its in-memory body of this size, the proxies open their first upstream.
+    for (const v of fwd) checkTransfer(v, await curl(v.url, v.args, BULK_MAX_S), fwdSize);
+    const f = await bulk(fwd, fwdSize, runs, PARALLEL);
+    rowsFor("2p", `HTTP forward, ${PARALLEL} × ${fmtBytes(fwdSize)} in parallel, aggregate MiB/s (absolute-form)`, `${PARALLEL} × ${fmtBytes(fwdSize)}`, f);
+    note(`parallel forward, aggregate MiB/s per run: ${show(f)}; ${cpuNote(f)}; ${machineCost(f)}`);
+
+    // 8 parallel pulls of the mirror's blob.
+    const blobPath = `/v2/library/big/blobs/${BLOB_DIGEST}`;
+    const viaCrm = `http://127.0.0.1:${crm.port}/v2/reg.test/library/big/blobs/${BLOB_DIGEST}`;
+    const probe = await curl(viaCrm, ["-I"], 15);
+    if (probe.status !== 200) throw new Error(`mirror HEAD of the blob answered HTTP ${probe.status} ${probe.stderr}`);
+    const mir: Variant[] = [
+      { name: "direct", url: `http://127.0.0.1:${originPorts.registry}${blobPath}`, args: [] },
+      { name: "crm", url: viaCrm, args: [], pid: crm.pid },
+      ...peerVariants((ng) => `${ng.ports.registry}${blobPath}`),
+    ];
+    const m = await bulk(mir, P.bulk, runs, PARALLEL);
+    rowsFor("8p", `mirror, ${PARALLEL} parallel pulls of the ${fmtBytes(P.bulk)} blob, aggregate MiB/s`, `${PARALLEL} pulls`, m);
+    note(`parallel mirror pulls, aggregate MiB/s per run: ${show(m)}; ${cpuNote(m)}; ${machineCost(m)}`);
+  } finally {
+    await Promise.all([crm.stop(), ...peers.map((p) => p.ng?.stop())]);
   }
 }
 
@@ -1003,6 +1199,7 @@ const SECTION_FNS: Record<Section, () => Promise<void>> = {
   binary: sectionBinary,
   mitm: sectionMitm,
   mirror: sectionMirror,
+  parallel: sectionParallel,
   manifests: sectionManifests,
   limits: sectionLimits,
 };
@@ -1014,9 +1211,10 @@ function report(started: number, machineText: string): void {
   console.log(table());
   if (notes.length > 0) console.log("\nNotes:\n" + notes.map((n) => `- ${n}`).join("\n"));
   console.log(
-    "\nratio = crm ÷ direct (for the 50-host row, lower is better). Direct runs have one process fewer on the same cores, " +
+    "\nratio = crm ÷ direct (for the 50-host row, lower is better); rows ending in n (nt: nginx with 64 KiB buffers): nginx ÷ direct; rows ending in v: crm ÷ the best peer. " +
+      "Direct runs have one process fewer on the same cores, " +
       "so they are an upper bound. Bulk rows: median of " +
-      `${P.bulkRuns} alternating runs with curl to /dev/null.`,
+      `${P.bulkRuns} alternating runs with curl to /dev/null; parallel rows: ${QUICK ? "1 round" : "median of 3 rounds"} of ${PARALLEL} curls at once.`,
   );
 }
 
@@ -1049,7 +1247,7 @@ async function main(): Promise<void> {
     console.log(machineText);
     await startOrigin();
     console.log(`origin: ${JSON.stringify(originPorts)} (pid ${originPid})`);
-    if (ONLY.has("connect") || ONLY.has("forward") || ONLY.has("mitm") || ONLY.has("mirror") || ONLY.has("slow") || ONLY.has("limits")) await calibrateOrigin();
+    if (ONLY.has("connect") || ONLY.has("forward") || ONLY.has("mitm") || ONLY.has("mirror") || ONLY.has("parallel") || ONLY.has("slow") || ONLY.has("limits")) await calibrateOrigin();
     for (const s of SECTIONS) {
       if (!ONLY.has(s) || exiting) continue;
       const t0 = performance.now();

@@ -26,7 +26,8 @@ export interface SocketData {
 export interface Exchange {
   head: RequestHead;
   route: Extract<Route, { kind: "forward" | "local" }>;
-  body: ReadableStream<Uint8Array> | null;
+  /** The request body as it arrives (piped to the upstream socket by the forward path), or null. */
+  body: BodyFeeder | null;
   client: string;
   /** This request's id in rt.journal; the mirror sends it as X-Crm-Request-Id. */
   id: string;
@@ -428,7 +429,7 @@ export class Connection {
     if (rest.length > 0) this.onRequestBytes(rest);
     if (this.buf === null && (feeder === null || feeder.wantsMore)) this.resume();
 
-    const ex: Exchange = { head, route: r, body: feeder?.stream ?? null, client: this.client, id: this.rt.journal.nextId(), signal: abort.signal, logFields: {} };
+    const ex: Exchange = { head, route: r, body: feeder, client: this.client, id: this.rt.journal.nextId(), signal: abort.signal, logFields: {} };
     if (this.rt.log.enabled("debug")) this.rt.log.debug(`> ${head.method} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(head.headers) });
     let sent = 0;
     trackExchange(this.rt, ex, () => redactUrl(r.kind === "forward" ? r.url.href : head.target), () => (this.secureAuthority ? "mitm" : (ex.kind ?? ex.route.kind)), () => sent + (feeder?.bytes ?? 0));

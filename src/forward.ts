@@ -7,12 +7,17 @@
 import type { Exchange } from "./connection.ts";
 import type { Runtime } from "./context.ts";
 import { HttpError } from "./errors.ts";
-import { endToEnd, addVia, stripHopByHop } from "./http/hop-by-hop.ts";
+import { endToEnd, addVia } from "./http/hop-by-hop.ts";
 import { headerValue, requestFraming } from "./http/head.ts";
 import { relayedResponse } from "./upstream/relayed.ts";
 
-/** Fields crm sets itself from the URL (Host, unless the client sent one), answered already (Expect), or rebuilds (Via). */
-const NOT_FORWARDED = new Set(["host", "expect", "via"]);
+/**
+ * Fields crm sets itself from the URL (Host: RFC 9112 §3.2.2, the target's authority), answered already
+ * (Expect), rebuilds (Via), or frames itself (Content-Length; Transfer-Encoding is hop-by-hop).
+ */
+const NOT_FORWARDED = new Set(["host", "expect", "via", "content-length"]);
+/** Fields of the answer the writer sets itself (framing) or crm rebuilds (Via). */
+const NOT_RELAYED = new Set(["content-length", "via"]);
 
 export async function forward(ex: Exchange, rt: Runtime): Promise<Response> {
   if (ex.route.kind !== "forward") throw new Error("forward() called for a non-forward route");
@@ -21,14 +26,11 @@ export async function forward(ex: Exchange, rt: Runtime): Promise<Response> {
   if (ex.body !== null && (head.method === "GET" || head.method === "HEAD")) {
     throw new HttpError(400, `crm cannot forward a request body with ${head.method}`);
   }
-  const headers = endToEnd(head.headers, NOT_FORWARDED).filter(([k]) => {
-    const l = k.toLowerCase();
-    return l !== "content-length" && l !== "transfer-encoding";
-  });
+  const headers = endToEnd(head.headers, NOT_FORWARDED);
   headers.push(["via", addVia(headerValue(head.headers, "via"))]);
   const framing = requestFraming(head);
   const url = ex.route.url;
-  if (!headers.some(([k]) => k.toLowerCase() === "host")) headers.unshift(["host", url.host]);
+  headers.unshift(["host", url.host]);
   const up = await rt.upstream.request({
     url,
     method: head.method,
@@ -41,13 +43,10 @@ export async function forward(ex: Exchange, rt: Runtime): Promise<Response> {
     resolve: rt.resolve,
     insecureTls: rt.config.insecureTls,
   });
+  // Framing fields go (the writer frames the body), hop-by-hop ones too (RFC 9110 §7.6.1), and
+  // Via is rebuilt with crm in it (§7.6.3).
   const out = new Headers();
-  for (const [k, v] of up.headers) {
-    const l = k.toLowerCase();
-    if (l === "content-length" || l === "transfer-encoding") continue;
-    out.append(k, v);
-  }
-  stripHopByHop(out);
+  for (const [k, v] of endToEnd(up.headers, NOT_RELAYED)) out.append(k, v);
   if (up.contentLength !== null) out.set("content-length", String(up.contentLength));
   out.set("via", addVia(headerValue(up.headers, "via")));
   return relayedResponse(up.body, { status: up.status, statusText: statusText(up.reason), headers: out });

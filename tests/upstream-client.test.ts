@@ -2,6 +2,7 @@
  * crm's own HTTP/1.1 upstream client (src/upstream/) against real Bun origins on 127.0.0.1, a
  * TLS origin with a CA made here, and scripted raw-socket upstreams that misbehave.
  */
+import { BodyFeeder } from "../src/http/body.ts";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { DialError } from "../src/errors.ts";
 import { staticResolver } from "../src/net/resolver.ts";
@@ -217,8 +218,25 @@ describe("bodies", () => {
     const client = new UpstreamClient();
     const n = 4 * 1024 * 1024 + 3;
     const data = pattern(n);
-    async function* source(): AsyncGenerator<Uint8Array> {
-      for (let i = 0; i < n; i += 256 * 1024) yield data.subarray(i, Math.min(n, i + 256 * 1024));
+    // A client's body as crm reads it: socket reads fed to a BodyFeeder, paused when the upstream is full.
+    function source(): BodyFeeder {
+      let at = 0;
+      let paused = true;
+      const pump = (): void => {
+        while (!paused && at < n) {
+          const end = Math.min(n, at + 256 * 1024);
+          feeder.feed(Buffer.from(data.subarray(at, end)));
+          at = end;
+        }
+      };
+      const feeder = new BodyFeeder({ kind: "length", length: n }, {
+        pause: () => (paused = true),
+        resume: () => {
+          paused = false;
+          queueMicrotask(pump);
+        },
+      });
+      return feeder;
     }
     for (const bodyLength of [n, null]) {
       const res = await client.request(req(`http://origin.test:${origin.port}/echo`, { method: "PUT", body: source(), bodyLength }));

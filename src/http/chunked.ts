@@ -1,12 +1,14 @@
 /**
- * Incremental decoder for chunked request bodies (RFC 9112 §7.1). It yields the payload bytes
+ * Incremental decoder for chunked bodies, a client's or an upstream's (RFC 9112 §7.1). It yields the payload bytes
  * and reports where the body ended in the input, so the bytes after it (a pipelined request)
- * stay with the connection. Chunk extensions are read and dropped; trailers are read and dropped.
- * Both are bounded, since they cost crm reading time and the client nothing: a chunk line
- * (size and extensions) to 4 KiB like Go and llhttp, the trailer section to a head's 64 KiB, and
+ * stay with the connection. Chunk extensions and trailers are checked by their grammar
+ * (chunk-fields.ts: an upstream's are relayed as they came) and left out of the payload. Both are
+ * bounded, since they cost crm reading time and the client nothing: a chunk line (size and
+ * extensions) to 4 KiB like Go and llhttp, the trailer section to a head's 64 KiB, and
  * the framing overhead against the data it frames (Go's rule, net/http/internal/chunked.go).
  */
 import { HttpError } from "../errors.ts";
+import { checkChunkExtensions, checkTrailerLine } from "./chunk-fields.ts";
 import { MAX_HEAD } from "./head.ts";
 
 const MAX_LINE = 4096;
@@ -72,8 +74,8 @@ export class ChunkedDecoder {
         this.state = this.remaining === 0 ? "trailer" : "data";
       } else if (line === "") {
         this.state = "done";
-      } else if (line.includes("\r")) {
-        throw new HttpError(400, "bare CR in chunked trailer");
+      } else {
+        checkTrailerLine(line);
       }
     }
     return i;
@@ -86,6 +88,6 @@ function parseChunkSize(line: string): number {
   const hex = (semi < 0 ? line : line.slice(0, semi)).replace(/[ \t]+$/, "");
   // At most 12 hex digits (256 TiB): larger values are attacks on the arithmetic, not bodies.
   if (!/^[0-9a-fA-F]{1,12}$/.test(hex)) throw new HttpError(400, `invalid chunk size ${JSON.stringify(hex.slice(0, 20))}`);
-  if (semi >= 0 && /[\x00-\x08\x0a-\x1f\x7f]/.test(line.slice(semi + 1))) throw new HttpError(400, "control character in chunk extension");
+  if (semi >= 0) checkChunkExtensions(line.slice(semi));
   return parseInt(hex, 16);
 }

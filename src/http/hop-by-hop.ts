@@ -16,6 +16,8 @@ const HOP_BY_HOP = new Set([
   "proxy-authenticate", // RFC 9110 §11.7.1: a challenge from a proxy further on
 ]);
 
+const NONE: ReadonlySet<string> = new Set();
+
 /** Names listed in Connection (RFC 9110 §7.6.1), lower-cased. */
 function connectionNamed(headers: Iterable<[string, string]>): Set<string> {
   const named = new Set<string>();
@@ -30,19 +32,12 @@ function connectionNamed(headers: Iterable<[string, string]>): Set<string> {
 }
 
 /** Drops hop-by-hop fields and `extra` (lower-case names) from a header list. */
-export function endToEnd(headers: HeaderList, extra: ReadonlySet<string> = new Set()): HeaderList {
+export function endToEnd(headers: HeaderList, extra: ReadonlySet<string> = NONE): HeaderList {
   const named = connectionNamed(headers);
   return headers.filter(([k]) => {
     const l = k.toLowerCase();
     return !HOP_BY_HOP.has(l) && !named.has(l) && !extra.has(l);
   });
-}
-
-/** Same rule applied to a fetch Headers object, in place. */
-export function stripHopByHop(headers: Headers): Headers {
-  const named = connectionNamed(headers);
-  for (const n of [...HOP_BY_HOP, ...named]) headers.delete(n);
-  return headers;
 }
 
 export const VIA = "1.1 crm";

@@ -57,6 +57,8 @@ export function responseFraming(head: UpstreamHead): ResponseFraming {
     }
     return { ok: true, body: noBody ? "none" : "chunked", contentLength: null };
   }
+  // The usual answer, one well-formed value (the head parser already trimmed it), needs no more.
+  if (cl.length === 1 && LENGTH.test(cl[0] as string)) return { ok: true, body: noBody ? "none" : "length", contentLength: Number(cl[0]) };
   if (cl.length > 0) {
     const values = cl.join(",").split(",").map(ows);
     const bad = values.find((v) => !LENGTH.test(v));

@@ -9,6 +9,9 @@ import { DialError } from "../errors.ts";
 import type { BodyFramer } from "./body-framer.ts";
 import type { UpstreamConn } from "./connect.ts";
 
+/** Bytes a stream() consumer may leave unread before the socket is paused. */
+const STREAM_AHEAD = 256 * 1024;
+
 type Sink = { raw: boolean; write(bytes: Uint8Array): boolean; end(): void; fail(e: Error): void };
 
 export class UpstreamBody {
@@ -68,24 +71,36 @@ export class UpstreamBody {
     return Buffer.concat(parts);
   }
 
-  /** The content as a ReadableStream, pulled: the socket reads only while the stream wants more. */
+  /**
+   * The content as a ReadableStream, pulled: nothing is read until the first read, so a writer
+   * that gets the stream untouched can still relay the raw bytes instead (relayed.ts). At most
+   * STREAM_AHEAD bytes wait in the stream; then the socket is paused until the next pull.
+   */
   stream(): ReadableStream<Uint8Array> {
+    let started = false;
     return new ReadableStream<Uint8Array>(
       {
-        start: (c) => {
+        pull: (c) => {
+          if (started) return this.resume();
+          started = true;
           this.attach(false, (b) => {
             c.enqueue(b);
-            return (c.desiredSize ?? 0) > 0;
+            return (c.desiredSize ?? 0) > -STREAM_AHEAD;
           }).then(
             () => c.close(),
             (e: unknown) => c.error(e),
           );
         },
-        pull: () => this.resume(),
         cancel: () => this.cancel(),
       },
-      { highWaterMark: 256 * 1024, size: (b) => b?.byteLength ?? 0 },
+      // highWaterMark 0: no pull before somebody reads.
+      { highWaterMark: 0, size: (b) => b?.byteLength ?? 0 },
     );
+  }
+
+  /** A consumer has taken the body (relay, contents, readAll or a stream that was read). */
+  get consumed(): boolean {
+    return this.sink !== null;
   }
 
   resume(): void {

@@ -20,8 +20,17 @@ import { openConn, type TlsOptions, type UpstreamConn } from "./connect.ts";
 import { UpstreamPool, type PoolLimits } from "./pool.ts";
 import { readResponseHead, type ResponseHead } from "./response-head.ts";
 
-/** A request body: bytes at hand, or a source read as the upstream takes it. */
-export type RequestBody = Uint8Array | AsyncIterable<Uint8Array>;
+/**
+ * A body read as the upstream takes it (a client's request body, http/body.ts): `write` returning
+ * false holds the source (the client socket is paused) until `resume()`.
+ */
+export interface BodySource {
+  pipe(write: (piece: Uint8Array) => boolean): Promise<void>;
+  resume(): void;
+}
+
+/** A request body: bytes at hand, or a source relayed as it arrives. */
+export type RequestBody = Uint8Array | BodySource;
 
 export interface UpstreamRequest {
   url: URL;
@@ -147,7 +156,8 @@ export class UpstreamClient {
       let gotBytes = false;
       let settled = false;
       let requestSent = req.body == null;
-      let keepRequested = !/(^|,)\s*close\s*(,|$)/i.test(headerValue(req.headers, "connection") ?? "");
+      const head = requestHead(req);
+      let keepRequested = !head.close;
       const fail = (e: Error): void => {
         if (settled) return;
         settled = true;
@@ -196,8 +206,7 @@ export class UpstreamClient {
           else fail(dial);
         },
       };
-      const head = requestHead(req);
-      if (!conn.outbox.write(head) && conn.closed) return fail(new RetryableError(new DialError("reset", target, { detail: "connection closed" })));
+      if (!conn.outbox.write(head.text) && conn.closed) return fail(new RetryableError(new DialError("reset", target, { detail: "connection closed" })));
       if (req.body != null) {
         writeBody(conn, req.body, req.bodyLength ?? null).then(
           () => {
@@ -250,16 +259,23 @@ class RetryableError extends Error {
   }
 }
 
-function requestHead(req: UpstreamRequest): string {
+/** The request's head, and whether it asked the upstream to close after the answer. */
+function requestHead(req: UpstreamRequest): { text: string; close: boolean } {
   let target = req.url.pathname + req.url.search;
   if (target === "") target = "/";
-  let out = `${req.method} ${target} HTTP/1.1\r\n`;
-  if (headerValue(req.headers, "host") === null) out += `host: ${req.url.host}\r\n`;
+  let fields = "";
+  let host = false;
+  let close = false;
   for (const [k, v] of req.headers) {
-    const l = k.toLowerCase();
+    const l = k.length === 4 || k.length === 10 || k.length === 14 || k.length === 17 ? k.toLowerCase() : "";
     if (l === "content-length" || l === "transfer-encoding") continue;
-    out += `${k}: ${v}\r\n`;
+    if (l === "host") host = true;
+    else if (l === "connection" && /(^|,)\s*close\s*(,|$)/i.test(v)) close = true;
+    fields += `${k}: ${v}\r\n`;
   }
+  let out = `${req.method} ${target} HTTP/1.1\r\n`;
+  if (!host) out += `host: ${req.url.host}\r\n`;
+  out += fields;
   if (req.body != null) {
     if (req.body instanceof Uint8Array) out += `content-length: ${req.body.byteLength}\r\n`;
     else if (req.bodyLength != null) out += `content-length: ${req.bodyLength}\r\n`;
@@ -267,7 +283,7 @@ function requestHead(req: UpstreamRequest): string {
   } else if (req.method === "POST" || req.method === "PUT" || req.method === "PATCH") {
     out += "content-length: 0\r\n";
   }
-  return out + "\r\n";
+  return { text: out + "\r\n", close };
 }
 
 async function writeBody(conn: UpstreamConn, body: RequestBody, length: number | null): Promise<void> {
@@ -275,20 +291,23 @@ async function writeBody(conn: UpstreamConn, body: RequestBody, length: number |
     conn.outbox.write(body);
     return conn.outbox.drained();
   }
+  // Socket to socket: each piece goes to the upstream's Outbox as it arrives; a write the
+  // upstream cannot take holds the client until the upstream drains. A sized body is framed by
+  // the client's own Content-Length (the source never gives more or less); anything else is sent
+  // in chunks, one per piece, the CRLF that ends a chunk riding with the next size line.
   const chunked = length === null;
-  let sent = 0;
-  for await (const chunk of body) {
-    if (conn.closed) throw new Error("upstream connection closed");
-    if (chunk.byteLength === 0) continue;
-    sent += chunk.byteLength;
-    if (!chunked && sent > length) throw new Error(`request body longer than its Content-Length ${length}`);
-    if (chunked) conn.outbox.write(`${chunk.byteLength.toString(16)}\r\n`);
-    const ok = conn.outbox.write(chunk);
-    if (chunked) conn.outbox.write("\r\n");
-    if (!ok || conn.outbox.backlog > 0) await conn.outbox.drained();
+  let pieces = 0;
+  const resume = (): void => body.resume();
+  conn.outbox.onDrained(resume);
+  try {
+    await body.pipe((piece) => {
+      if (chunked) conn.outbox.write(`${pieces++ === 0 ? "" : "\r\n"}${piece.byteLength.toString(16)}\r\n`);
+      return conn.outbox.write(piece) && !conn.closed;
+    });
+  } finally {
+    conn.outbox.offDrained(resume);
   }
-  if (!chunked && sent !== length) throw new Error(`request body shorter than its Content-Length ${length}`);
-  if (chunked) conn.outbox.write("0\r\n\r\n");
+  if (chunked) conn.outbox.write(pieces > 0 ? "\r\n0\r\n\r\n" : "0\r\n\r\n");
   await conn.outbox.drained();
   if (conn.closed) throw new Error("upstream connection closed");
 }

@@ -8,6 +8,8 @@
 import type { UpstreamBody } from "./body.ts";
 
 const attached = new WeakMap<Response, UpstreamBody>();
+/** Streams made by UpstreamBody.stream(), which a Response may carry on untouched (the mirror's answers). */
+const streams = new WeakMap<ReadableStream<Uint8Array>, UpstreamBody>();
 
 export function relayedResponse(body: UpstreamBody, init: ResponseInit): Response {
   const res = new Response(null, init);
@@ -15,9 +17,21 @@ export function relayedResponse(body: UpstreamBody, init: ResponseInit): Respons
   return res;
 }
 
-/** The upstream body behind `res`, if it is a relayed answer. */
+/** `body.stream()`, remembered so a writer that gets it unread can relay the raw bytes instead. */
+export function relayableStream(body: UpstreamBody): ReadableStream<Uint8Array> {
+  const s = body.stream();
+  streams.set(s, body);
+  return s;
+}
+
+/** The upstream body behind `res`, if it is a relayed answer or carries a relayable stream nobody has read. */
 export function relayedBody(res: Response): UpstreamBody | null {
-  return attached.get(res) ?? null;
+  const direct = attached.get(res);
+  if (direct) return direct;
+  const s = res.body;
+  if (s === null || s.locked || res.bodyUsed) return null;
+  const body = streams.get(s);
+  return body && !body.consumed ? body : null;
 }
 
 /** The same answer with its body as a ReadableStream (for code that wraps streams). */

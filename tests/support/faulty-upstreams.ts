@@ -288,7 +288,8 @@ export function parseResponses(buf: Buffer, methods: readonly string[], closed: 
         const le = buf.indexOf("\r\n", off);
         if (le < 0) break;
         const sizeLine = buf.toString("latin1", off, le);
-        const sm = /^([0-9a-fA-F]{1,12})(;[^\r\n]*)?$/.exec(sizeLine);
+        // BWS may stand before an extension (RFC 9112 §7.1.1).
+        const sm = /^([0-9a-fA-F]{1,12})([ \t]*;[^\r\n]*)?$/.exec(sizeLine);
         if (!sm) return fail(`malformed chunk size line ${JSON.stringify(sizeLine.slice(0, 40))}`);
         const size = parseInt(sm[1] as string, 16);
         if (size === 0) {
