@@ -17,6 +17,7 @@ type Sink = { raw: boolean; write(bytes: Uint8Array): boolean; end(): void; fail
 export class UpstreamBody {
   private sink: Sink | null = null;
   private pending: Buffer[] = [];
+  private pendingBytes = 0;
   private finished = false;
   private failure: Error | null = null;
   private paused = false;
@@ -134,14 +135,21 @@ export class UpstreamBody {
     if (this.finished) return;
     if (!this.sink || this.paused) {
       this.pending.push(bytes);
-      this.pause();
+      this.pendingBytes += bytes.byteLength;
+      // Before anyone reads, a little may wait (a small body usually follows its head in a read of
+      // its own): pausing and resuming the socket for it would cost two syscalls per answer.
+      if (this.sink || this.pendingBytes >= STREAM_AHEAD) this.pause();
       return;
     }
     this.deliver(bytes);
   }
 
   private flushPending(): void {
-    while (this.pending.length > 0 && !this.paused && !this.finished) this.deliver(this.pending.shift() as Buffer);
+    while (this.pending.length > 0 && !this.paused && !this.finished) {
+      const b = this.pending.shift() as Buffer;
+      this.pendingBytes -= b.byteLength;
+      this.deliver(b);
+    }
     if (this.pending.length === 0 && this.closedWith !== undefined) this.closed(this.closedWith);
   }
 
@@ -197,6 +205,7 @@ export class UpstreamBody {
     if (this.finished) return;
     this.finished = true;
     this.pending = [];
+    this.pendingBytes = 0;
     const sink = this.sink;
     if (e) this.failure = e;
     if (!sink) return;
