@@ -7,6 +7,7 @@
  */
 import type { Socket } from "bun";
 import type { Config } from "./config.ts";
+import { HttpError } from "./errors.ts";
 import { Connection, type Dispatcher, type SocketData } from "./connection.ts";
 import type { Runtime } from "./context.ts";
 import { HostMatcher } from "./host-policy.ts";
@@ -59,28 +60,22 @@ export class Mitm {
       conn.close();
       return true;
     }
-    const cannotIssue = (e: unknown): true => {
-      this.rt.log.warn("MITM: cannot issue a certificate", { client: conn.client, target, reason: (e as Error).message });
-      conn.close();
-      return true;
-    };
+    // The leaf first, so a host crm cannot issue for is refused with a status, not a TLS EOF after
+    // a 200. Then the 200, the preconnect (the upstream's DNS, TCP and TLS overlap the client's
+    // handshake) and the upgrade run in this one task: the ClientHello cannot reach the plain-text
+    // handlers before upgradeTLS below.
+    let leaf;
     try {
       normalizeHost(host);
+      leaf = this.certs.get(host);
     } catch (e) {
-      return cannotIssue(e);
+      this.rt.log.warn("MITM: cannot issue a certificate", { client: conn.client, target, reason: (e as Error).message });
+      conn.fail(new HttpError(502, `crm cannot issue a certificate for ${JSON.stringify(host)}: ${(e as Error).message}`));
+      return true;
     }
-    // The 200 goes first: the client prepares its ClientHello while crm issues the leaf and the
-    // upstream's DNS, TCP and TLS start, so both handshakes overlap (all of this is one task:
-    // the ClientHello cannot reach the plain-text handlers before upgradeTLS below).
     conn.outbox.write(ESTABLISHED);
     conn.handOver();
     this.rt.upstream.preconnect(new URL(`https://${target}/`), this.rt.resolve, this.rt.config.insecureTls, this.rt.config.timeouts.connectMs);
-    let leaf;
-    try {
-      leaf = this.certs.get(host);
-    } catch (e) {
-      return cannotIssue(e);
-    }
     const data: TlsData = { conn: null, handshaken: false, reported: false };
     const base = connectionHandlers(this.conns, (s) => new Connection(s, this.rt, this.dispatch, { host, port }, conn.client));
     const [, tls] = (conn.socket as Socket<SocketData>).upgradeTLS<TlsData>({

@@ -26,10 +26,20 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 // NUL, LF inside a value) is refused (RFC 9110 §5.5).
 const BAD_VALUE = /[\x00-\x08\x0a-\x1f\x7f]/;
 
-/** Strips optional whitespace: SP and HTAB only, never the Unicode spaces String.trim() knows. */
-function ows(s: string): string {
-  return s.replace(/^[ \t]+|[ \t]+$/g, "");
+/**
+ * Strips optional whitespace: SP and HTAB only, never the Unicode spaces String.trim() knows.
+ * An index scan, not a regex: /[ \t]+$/ retries from every space of a long run of them (a 60 KB
+ * value of spaces cost 4 s of the event loop).
+ */
+export function ows(s: string): string {
+  let start = 0;
+  let end = s.length;
+  while (start < end && isOws(s.charCodeAt(start))) start++;
+  while (end > start && isOws(s.charCodeAt(end - 1))) end--;
+  return start === 0 && end === s.length ? s : s.slice(start, end);
 }
+
+const isOws = (c: number): boolean => c === 0x20 || c === 0x09;
 
 export type HeadResult = { kind: "incomplete" } | { kind: "head"; head: RequestHead; rest: Buffer };
 

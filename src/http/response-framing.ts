@@ -5,9 +5,11 @@
  * the answer to its next request. So Transfer-Encoding always wins and the Content-Length goes
  * (§6.3 rule 3), and any framing crm would have to guess at is refused (502), never relayed.
  *
- * Pure, from the answer's status, its request method and its fields: the fetch-based paths call
- * it with what fetch exposes; an HTTP/1.1 client of crm's own can call it with the raw head.
+ * Pure, from the answer's status, its request method and its raw fields (crm's upstream client
+ * calls it with the head it read).
  */
+import { ows } from "./head.ts";
+
 export type BodyFraming = "none" | "length" | "chunked" | "close";
 
 export type ResponseFraming =
@@ -32,9 +34,6 @@ export interface UpstreamHead {
 /** At most 15 digits, like a request's Content-Length: larger values are attacks on the arithmetic. */
 const LENGTH = /^\d{1,15}$/;
 
-function ows(s: string): string {
-  return s.replace(/^[ \t]+|[ \t]+$/g, "");
-}
 
 export function responseFraming(head: UpstreamHead): ResponseFraming {
   const te: string[] = [];

@@ -114,8 +114,30 @@ export class UpstreamBody {
   /** The consumer is gone: the connection cannot be reused. */
   cancel(): void {
     if (this.finished) return;
+    // Nobody read it (the mirror drops a 401's or a redirect's small body): what already came may
+    // hold the whole body, and then the connection is as good as after a read.
+    if (!this.sink && this.unreadBodyComplete()) return;
     this.finish(new DialError("other", this.target, { detail: "response body cancelled" }));
     this.conn.destroy();
+  }
+
+  /** Runs the bytes waiting for a consumer through the framer; true (and the body ended) if they hold all of it. */
+  private unreadBodyComplete(): boolean {
+    let clean = false;
+    try {
+      for (let i = 0; i < this.pending.length && !this.framer.done; i++) {
+        const fed = this.framer.feed(this.pending[i] as Buffer);
+        clean = fed.rest.byteLength === 0 && i === this.pending.length - 1;
+      }
+    } catch {
+      return false;
+    }
+    if (!this.framer.done) return false;
+    // As in deliver(): nothing may follow the body, here or in the kernel behind a paused socket.
+    clean = clean && !this.paused && this.closedWith === undefined;
+    this.finish(null);
+    this.onEnd(clean);
+    return true;
   }
 
   private attach(raw: boolean, write: (bytes: Uint8Array) => boolean): Promise<void> {
