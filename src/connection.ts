@@ -16,6 +16,7 @@ import { Outbox } from "./net/outbox.ts";
 import { readProxyHeader } from "./access/proxy-protocol.ts";
 import { route, type Authority, type Route } from "./router.ts";
 import { asStreamResponse, discardBody } from "./upstream/relayed.ts";
+import type { Active } from "./status/activity.ts";
 import { recordExchange, recordRefusal, trackExchange } from "./status/record.ts";
 
 export interface SocketData {
@@ -37,6 +38,8 @@ export interface Exchange {
   logFields: Record<string, string | number>;
   /** Set by a local route that is really a feature of its own (the mirror), for logs and metrics. */
   kind?: RequestKind;
+  /** Its entry on the activity board while in flight (status/record.ts). */
+  tracked: Active | null;
 }
 
 export interface Dispatcher {
@@ -429,7 +432,7 @@ export class Connection {
     if (rest.length > 0) this.onRequestBytes(rest);
     if (this.buf === null && (feeder === null || feeder.wantsMore)) this.resume();
 
-    const ex: Exchange = { head, route: r, body: feeder, client: this.client, id: this.rt.journal.nextId(), signal: abort.signal, logFields: {} };
+    const ex: Exchange = { head, route: r, body: feeder, client: this.client, id: this.rt.journal.nextId(), signal: abort.signal, logFields: {}, tracked: null };
     if (this.rt.log.enabled("debug")) this.rt.log.debug(`> ${head.method} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(head.headers) });
     let sent = 0;
     trackExchange(this.rt, ex, () => redactUrl(r.kind === "forward" ? r.url.href : head.target), () => (this.secureAuthority ? "mitm" : (ex.kind ?? ex.route.kind)), () => sent + (feeder?.bytes ?? 0));

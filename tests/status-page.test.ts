@@ -25,7 +25,7 @@ describe("activity board and snapshot", () => {
     const board = new ActivityBoard(() => now);
     let sent = 0;
     const fields: Record<string, string> = {};
-    board.begin({ id: "a-1", client: "10.0.0.1", method: "GET", target: () => "/v2/library/x/blobs/sha256:00", kind: () => "mirror", fields: () => fields, bytes: () => sent });
+    const entry = board.begin({ id: "a-1", client: "10.0.0.1", method: "GET", target: () => "/v2/library/x/blobs/sha256:00", kind: () => "mirror", fields: () => fields, bytes: () => sent });
     fields.registry = "docker.io";
     sent = 5000;
     now += 2000;
@@ -33,7 +33,7 @@ describe("activity board and snapshot", () => {
     expect(active).toMatchObject({ registry: "docker.io", bytes: 5000, rate: 2500 });
     now += BUCKET_MS;
     sent = 8000;
-    board.end("a-1", 200, 9000);
+    board.end(entry, 200, 9000);
     const [reg] = board.registries();
     expect(reg).toMatchObject({ name: "docker.io", requests: 1, errors: 0, bytes: 9000 });
     expect(reg!.spark).toHaveLength(BUCKETS);

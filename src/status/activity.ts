@@ -25,8 +25,12 @@ export interface ActiveInput {
   bytes: () => number;
 }
 
-interface Active {
+/** One request or tunnel in flight: the handle begin() returns and end() takes. */
+export interface Active {
   input: ActiveInput;
+  prev: Active | null;
+  next: Active | null;
+  ended: boolean;
   /** Replaced by the final count when the request ends. */
   bytes: () => number;
   started: number;
@@ -69,25 +73,42 @@ interface Totals {
 }
 
 export class ActivityBoard {
-  private readonly active = new Map<string, Active>();
+  /**
+   * In flight, oldest first, as an intrusive list rather than a Map by id: a Map whose keys churn
+   * with every request rehashes its table over and over, and JSC promotes each new table and the
+   * entries it points at, so the old generation fills with the dead ones (measured: 18 full
+   * collections in 3 s of small requests instead of 3, and a quarter fewer requests per second).
+   */
+  private head: Active | null = null;
+  private tail: Active | null = null;
+  private count = 0;
   private readonly totals = new Map<string, Totals>();
   private timer: Timer | null = null;
 
   constructor(private readonly now: () => number = Date.now) {}
 
-  begin(input: ActiveInput): void {
+  begin(input: ActiveInput): Active {
     const t = this.now();
-    this.active.set(input.id, { input, bytes: input.bytes, started: t, sampled: 0, sampledAt: t, rate: 0 });
+    const a: Active = { input, prev: this.tail, next: null, ended: false, bytes: input.bytes, started: t, sampled: 0, sampledAt: t, rate: 0 };
+    if (this.tail) this.tail.next = a;
+    else this.head = a;
+    this.tail = a;
+    this.count++;
     // Sampling runs only while something is in flight (the timer stops at the first idle tick),
     // so an idle crm has no timer and a busy one does not start and stop one per request.
     if (this.timer === null) {
       this.timer = setInterval(() => this.tick(), SAMPLE_MS);
       (this.timer as { unref?: () => void }).unref?.();
     }
+    return a;
+  }
+
+  private *inFlight(): Generator<Active> {
+    for (let a = this.head; a !== null; a = a.next) yield a;
   }
 
   private tick(): void {
-    if (this.active.size === 0 && this.timer !== null) {
+    if (this.count === 0 && this.timer !== null) {
       clearInterval(this.timer);
       this.timer = null;
       return;
@@ -99,12 +120,17 @@ export class ActivityBoard {
    * The request or tunnel ended with `status` after `total` bytes (both directions): its last
    * bytes and its count go to its registry.
    */
-  end(id: string, status: number, total?: number): void {
-    const a = this.active.get(id);
-    if (!a) return;
+  end(a: Active, status: number, total?: number): void {
+    if (a.ended) return;
+    a.ended = true;
     if (total !== undefined) a.bytes = () => total;
     this.sampleOne(a, this.now());
-    this.active.delete(id);
+    if (a.prev) a.prev.next = a.next;
+    else this.head = a.next;
+    if (a.next) a.next.prev = a.prev;
+    else this.tail = a.prev;
+    a.prev = a.next = null;
+    this.count--;
     const group = groupOf(a.input);
     if (group !== null) {
       const tot = this.group(group);
@@ -116,20 +142,18 @@ export class ActivityBoard {
   }
 
   get size(): number {
-    return this.active.size;
+    return this.count;
   }
 
   sample(): void {
     const t = this.now();
-    for (const a of this.active.values()) this.sampleOne(a, t);
+    for (const a of this.inFlight()) this.sampleOne(a, t);
   }
 
   activeView(): ActiveView[] {
     this.sample();
     const t = this.now();
-    return [...this.active.values()]
-      .sort((x, y) => x.started - y.started)
-      .map((a) => {
+    return [...this.inFlight()].map((a) => {
         const { input } = a;
         const f = input.fields();
         const str = (k: string): string | null => (f[k] === undefined ? null : String(f[k]));

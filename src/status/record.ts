@@ -7,6 +7,7 @@
  */
 import type { Exchange } from "../connection.ts";
 import type { Runtime } from "../context.ts";
+import type { Active } from "./activity.ts";
 import type { JournalEntry } from "./journal.ts";
 
 /** `mountPrefix` (mirror.path_prefix) is itself a credential for Docker's mirrors: it is never kept. */
@@ -16,11 +17,11 @@ function withoutPrefix(target: string, mountPrefix: string): string {
 
 export function trackExchange(rt: Runtime, ex: Exchange, target: () => string, kind: () => string, bytes: () => number): void {
   const prefix = rt.config.mirror.pathPrefix;
-  rt.activity.begin({ id: ex.id, client: ex.client, method: ex.head.method, target: () => withoutPrefix(target(), prefix), kind, fields: () => ex.logFields, bytes });
+  ex.tracked = rt.activity.begin({ id: ex.id, client: ex.client, method: ex.head.method, target: () => withoutPrefix(target(), prefix), kind, fields: () => ex.logFields, bytes });
 }
 
 export function recordExchange(rt: Runtime, ex: Exchange, kind: string, target: string, status: number, bytesIn: number, bytesOut: number, ms: number, note: string | undefined): void {
-  rt.activity.end(ex.id, status, bytesIn + bytesOut);
+  if (ex.tracked) rt.activity.end(ex.tracked, status, bytesIn + bytesOut);
   // crm's own endpoints (health checks, the status page polling itself) would push the pulls out.
   if (kind === "local") return;
   const { registry, repo, ref, ...rest } = ex.logFields;
@@ -49,15 +50,17 @@ export interface TunnelRecord {
   id: string;
   client: string;
   target: string;
+  /** Set by trackTunnel: its entry on the activity board. */
+  tracked?: Active;
 }
 
 /** A tunnel is in flight from its dial to its close; `bytes` reads both directions. */
 export function trackTunnel(rt: Runtime, t: TunnelRecord, bytes: () => number): void {
-  rt.activity.begin({ id: t.id, client: t.client, method: "CONNECT", target: () => t.target, kind: () => "connect", fields: () => NO_FIELDS, bytes });
+  t.tracked = rt.activity.begin({ id: t.id, client: t.client, method: "CONNECT", target: () => t.target, kind: () => "connect", fields: () => NO_FIELDS, bytes });
 }
 
 export function recordTunnel(rt: Runtime, t: TunnelRecord, status: number, bytesIn: number, bytesOut: number, ms: number, note?: string): void {
-  rt.activity.end(t.id, status, bytesIn + bytesOut);
+  if (t.tracked) rt.activity.end(t.tracked, status, bytesIn + bytesOut);
   rt.journal.record({ id: t.id, client: t.client, kind: "connect", method: "CONNECT", target: t.target, status, bytesIn, bytesOut, ms: Math.round(ms), notes: { note } });
 }
 

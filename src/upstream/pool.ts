@@ -18,17 +18,27 @@ export const DEFAULT_POOL_LIMITS: PoolLimits = { maxIdlePerOrigin: 64, maxIdleTo
 interface Idle {
   conn: UpstreamConn;
   timer: Timer;
+  /** Age order over all keys (oldest at `oldest`): an intrusive list, see below. */
+  older: Idle | null;
+  newer: Idle | null;
 }
 
 export class UpstreamPool {
-  /** Per key, oldest first; Map order over keys is not age order, `order` is. */
+  /** Per key, oldest first; Map order over keys is not age order, the list below is. */
   private readonly idle = new Map<string, Idle[]>();
-  private readonly order = new Set<Idle>();
+  /**
+   * Every idle entry by age, as a linked list rather than a Set: a long-lived Set with an add and
+   * a delete per request rehashes its table again and again, and JSC promotes each table to the
+   * old generation, which then fills with dead ones (full collections; activity.ts measured it).
+   */
+  private oldest: Idle | null = null;
+  private newest: Idle | null = null;
+  private count = 0;
 
   constructor(readonly limits: PoolLimits = DEFAULT_POOL_LIMITS) {}
 
   get idleCount(): number {
-    return this.order.size;
+    return this.count;
   }
 
   idleFor(key: string): number {
@@ -57,18 +67,18 @@ export class UpstreamPool {
     let list = this.idle.get(key);
     if (!list) this.idle.set(key, (list = []));
     if (list.length >= this.limits.maxIdlePerOrigin) this.drop(key, list[0] as Idle);
-    if (this.order.size >= this.limits.maxIdleTotal) {
-      const oldest = this.order.values().next().value as Idle;
-      this.drop(oldest.conn.key, oldest);
-    }
-    const entry: Idle = { conn, timer: setTimeout(() => this.drop(key, entry), this.limits.idleTimeoutMs) };
+    if (this.count >= this.limits.maxIdleTotal && this.oldest) this.drop(this.oldest.conn.key, this.oldest);
+    const entry: Idle = { conn, timer: setTimeout(() => this.drop(key, entry), this.limits.idleTimeoutMs), older: this.newest, newer: null };
     // An idle connection keeps no process alive (`crm doctor` ends when its checks do).
     entry.timer.unref();
     conn.socket.unref();
     list = this.idle.get(key) ?? [];
     this.idle.set(key, list);
     list.push(entry);
-    this.order.add(entry);
+    if (this.newest) this.newest.newer = entry;
+    else this.oldest = entry;
+    this.newest = entry;
+    this.count++;
     conn.listener = {
       data: () => this.drop(key, entry),
       close: () => this.drop(key, entry, false),
@@ -77,7 +87,7 @@ export class UpstreamPool {
 
   /** Closes every idle connection (shutdown, tests). */
   close(): void {
-    for (const entry of [...this.order]) this.drop(entry.conn.key, entry);
+    while (this.oldest) this.drop(this.oldest.conn.key, this.oldest);
   }
 
   private drop(key: string, entry: Idle, destroy = true): void {
@@ -93,7 +103,17 @@ export class UpstreamPool {
 
   private forget(key: string, entry: Idle, list: Idle[] | undefined): void {
     clearTimeout(entry.timer);
-    this.order.delete(entry);
+    this.unlink(entry);
     if (list && list.length === 0) this.idle.delete(key);
+  }
+
+  private unlink(entry: Idle): void {
+    if (entry.older === null && entry.newer === null && this.oldest !== entry) return;
+    if (entry.older) entry.older.newer = entry.newer;
+    else this.oldest = entry.newer;
+    if (entry.newer) entry.newer.older = entry.older;
+    else this.newest = entry.older;
+    entry.older = entry.newer = null;
+    this.count--;
   }
 }

@@ -7,42 +7,48 @@
  */
 import type { UpstreamBody } from "./body.ts";
 
-const attached = new WeakMap<Response, UpstreamBody>();
-/** Streams made by UpstreamBody.stream(), which a Response may carry on untouched (the mirror's answers). */
-const streams = new WeakMap<ReadableStream<Uint8Array>, UpstreamBody>();
+/**
+ * The body rides on the Response (and on streams made by UpstreamBody.stream(), which a Response
+ * may carry on untouched: the mirror's answers) as a symbol-keyed property, not in a WeakMap: an
+ * entry per request in a long-lived weak table costs the garbage collector more than the
+ * property does (the same churn activity.ts measured).
+ */
+const BODY = Symbol("crm.upstreamBody");
+type Carrier = { [BODY]?: UpstreamBody };
+const carried = (o: object): UpstreamBody | undefined => (o as Carrier)[BODY];
 
 export function relayedResponse(body: UpstreamBody, init: ResponseInit): Response {
   const res = new Response(null, init);
-  attached.set(res, body);
+  (res as Carrier)[BODY] = body;
   return res;
 }
 
-/** `body.stream()`, remembered so a writer that gets it unread can relay the raw bytes instead. */
+/** `body.stream()`, marked so a writer that gets it unread can relay the raw bytes instead. */
 export function relayableStream(body: UpstreamBody): ReadableStream<Uint8Array> {
   const s = body.stream();
-  streams.set(s, body);
+  (s as Carrier)[BODY] = body;
   return s;
 }
 
 /** The upstream body behind `res`, if it is a relayed answer or carries a relayable stream nobody has read. */
 export function relayedBody(res: Response): UpstreamBody | null {
-  const direct = attached.get(res);
+  const direct = carried(res);
   if (direct) return direct;
   const s = res.body;
   if (s === null || s.locked || res.bodyUsed) return null;
-  const body = streams.get(s);
+  const body = carried(s);
   return body && !body.consumed ? body : null;
 }
 
 /** The same answer with its body as a ReadableStream (for code that wraps streams). */
 export function asStreamResponse(res: Response): Response {
-  const body = attached.get(res);
+  const body = carried(res);
   if (!body) return res;
   return new Response(body.done ? null : body.stream(), { status: res.status, statusText: res.statusText, headers: res.headers });
 }
 
 /** Drops whatever body `res` has (the client is gone). */
 export async function discardBody(res: Response): Promise<void> {
-  attached.get(res)?.cancel();
+  carried(res)?.cancel();
   await res.body?.cancel().catch(() => {});
 }
