@@ -5,6 +5,7 @@
  * after an idle timeout, and dropped as soon as the upstream closes it or sends anything
  * unasked (bytes on an idle HTTP/1.1 connection are a broken upstream).
  */
+import { LinkedList, type Linked } from "../linked-list.ts";
 import type { UpstreamConn } from "./connect.ts";
 
 export interface PoolLimits {
@@ -15,30 +16,21 @@ export interface PoolLimits {
 
 export const DEFAULT_POOL_LIMITS: PoolLimits = { maxIdlePerOrigin: 64, maxIdleTotal: 512, idleTimeoutMs: 30_000 };
 
-interface Idle {
+interface Idle extends Linked<Idle> {
   conn: UpstreamConn;
   timer: Timer;
-  /** Age order over all keys (oldest at `oldest`): an intrusive list, see below. */
-  older: Idle | null;
-  newer: Idle | null;
 }
 
 export class UpstreamPool {
   /** Per key, oldest first; Map order over keys is not age order, the list below is. */
   private readonly idle = new Map<string, Idle[]>();
-  /**
-   * Every idle entry by age, as a linked list rather than a Set: a long-lived Set with an add and
-   * a delete per request rehashes its table again and again, and JSC promotes each table to the
-   * old generation, which then fills with dead ones (full collections; activity.ts measured it).
-   */
-  private oldest: Idle | null = null;
-  private newest: Idle | null = null;
-  private count = 0;
+  /** Every idle entry by age, oldest first: a linked list, not a Set (linked-list.ts says why). */
+  private readonly byAge = new LinkedList<Idle>();
 
   constructor(readonly limits: PoolLimits = DEFAULT_POOL_LIMITS) {}
 
   get idleCount(): number {
-    return this.count;
+    return this.byAge.size;
   }
 
   idleFor(key: string): number {
@@ -67,18 +59,16 @@ export class UpstreamPool {
     let list = this.idle.get(key);
     if (!list) this.idle.set(key, (list = []));
     if (list.length >= this.limits.maxIdlePerOrigin) this.drop(key, list[0] as Idle);
-    if (this.count >= this.limits.maxIdleTotal && this.oldest) this.drop(this.oldest.conn.key, this.oldest);
-    const entry: Idle = { conn, timer: setTimeout(() => this.drop(key, entry), this.limits.idleTimeoutMs), older: this.newest, newer: null };
+    const oldest = this.byAge.first;
+    if (this.byAge.size >= this.limits.maxIdleTotal && oldest) this.drop(oldest.conn.key, oldest);
+    const entry: Idle = { conn, timer: setTimeout(() => this.drop(key, entry), this.limits.idleTimeoutMs), prev: null, next: null };
     // An idle connection keeps no process alive (`crm doctor` ends when its checks do).
     entry.timer.unref();
     conn.socket.unref();
     list = this.idle.get(key) ?? [];
     this.idle.set(key, list);
     list.push(entry);
-    if (this.newest) this.newest.newer = entry;
-    else this.oldest = entry;
-    this.newest = entry;
-    this.count++;
+    this.byAge.push(entry);
     conn.listener = {
       data: () => this.drop(key, entry),
       close: () => this.drop(key, entry, false),
@@ -87,7 +77,7 @@ export class UpstreamPool {
 
   /** Closes every idle connection (shutdown, tests). */
   close(): void {
-    while (this.oldest) this.drop(this.oldest.conn.key, this.oldest);
+    for (let e = this.byAge.first; e !== null; e = this.byAge.first) this.drop(e.conn.key, e);
   }
 
   private drop(key: string, entry: Idle, destroy = true): void {
@@ -103,17 +93,7 @@ export class UpstreamPool {
 
   private forget(key: string, entry: Idle, list: Idle[] | undefined): void {
     clearTimeout(entry.timer);
-    this.unlink(entry);
+    this.byAge.remove(entry);
     if (list && list.length === 0) this.idle.delete(key);
-  }
-
-  private unlink(entry: Idle): void {
-    if (entry.older === null && entry.newer === null && this.oldest !== entry) return;
-    if (entry.older) entry.older.newer = entry.newer;
-    else this.oldest = entry.newer;
-    if (entry.newer) entry.newer.older = entry.older;
-    else this.newest = entry.older;
-    entry.older = entry.newer = null;
-    this.count--;
   }
 }
