@@ -4,9 +4,9 @@
  * the upstream back instead of crm buffering the body.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import type { Socket, TCPSocketListener } from "bun";
+import type { Socket } from "bun";
 import { startScriptedUpstream } from "./support/faulty-upstreams.ts";
-import { startOrigin } from "./support/origins.ts";
+import { startOrigin, startPusher } from "./support/origins.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 
 const MiB = 1024 * 1024;
@@ -14,11 +14,11 @@ let crm: TestCrm;
 let origin: ReturnType<typeof startOrigin>;
 const chunked = startScriptedUpstream(() => ({ bytes: Buffer.from(`HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-up: 1\r\n\r\n${CHUNKS}`), after: "keep" }));
 const CHUNKS = "5;name=value\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
-let big: ReturnType<typeof startBig>;
+let big: ReturnType<typeof startPusher>;
 
 beforeAll(async () => {
   origin = startOrigin();
-  big = startBig(128 * MiB);
+  big = startPusher(128 * MiB, null, true);
   crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port, chunked.port, big.port] }, "warn");
 });
 afterAll(async () => {
@@ -27,36 +27,6 @@ afterAll(async () => {
   chunked.stop();
   big.stop(true);
 });
-
-/** An upstream that writes a `total`-byte body as fast as its socket takes, counting what the kernel accepted. */
-function startBig(total: number): TCPSocketListener<{ left: number }> & { pushed: () => number } {
-  let pushed = 0;
-  const block = Buffer.alloc(256 * 1024, 0x61);
-  function pump(s: Socket<{ left: number }>): void {
-    while (s.data.left > 0) {
-      const want = Math.min(block.length, s.data.left);
-      const n = Math.max(0, s.write(block.subarray(0, want)));
-      pushed += n;
-      s.data.left -= n;
-      if (n < want) return;
-    }
-  }
-  const l = Bun.listen<{ left: number }>({
-    hostname: "127.0.0.1",
-    port: 0,
-    data: { left: 0 },
-    socket: {
-      data(s) {
-        s.data = { left: total };
-        s.write(`HTTP/1.1 200 OK\r\ncontent-length: ${total}\r\n\r\n`);
-        pump(s);
-      },
-      drain: (s) => pump(s),
-      error() {},
-    },
-  });
-  return Object.assign(l, { pushed: () => pushed });
-}
 
 /** Sends `request` to crm and returns every byte until crm closes. */
 async function exchange(request: string): Promise<Buffer> {

@@ -8,67 +8,20 @@
  * Once the client reads again the whole body arrives.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import type { Socket, TCPSocketListener } from "bun";
+import type { Socket } from "bun";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { staticResolver } from "../src/net/resolver.ts";
 import { initCa } from "../src/pki/index.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
+import { startPusher } from "./support/origins.ts";
 import { makeLeaf, makeTestCa } from "./support/tls.ts";
 
 const MiB = 1024 * 1024;
 const TOTAL = 256 * MiB;
 /** RSS may grow by what the sockets' user-space buffers and the allocator keep, never by the body. */
 const RSS_LIMIT = 64 * MiB;
-
-interface Pushing {
-  left: number;
-  started: boolean;
-}
-
-/** An upstream that sends TOTAL bytes as fast as its socket takes them, counting what the kernel accepted. */
-function startPusher(
-  tls: { cert: string; key: string } | null,
-  httpHead: boolean,
-): TCPSocketListener<Pushing> & { pushed: () => number } {
-  let pushed = 0;
-  const block = Buffer.alloc(256 * 1024, 0x61);
-  const pump = (s: Socket<Pushing>): void => {
-    while (s.data.left > 0) {
-      const want = Math.min(block.byteLength, s.data.left);
-      const n = Math.max(0, s.write(block.subarray(0, want)));
-      pushed += n;
-      s.data.left -= n;
-      if (n < want) return;
-    }
-  };
-  const start = (s: Socket<Pushing>): void => {
-    if (s.data.started) return;
-    s.data = { left: TOTAL, started: true };
-    if (httpHead) s.write(`HTTP/1.1 200 OK\r\ncontent-length: ${TOTAL}\r\n\r\n`);
-    pump(s);
-  };
-  const l = Bun.listen<Pushing>({
-    hostname: "127.0.0.1",
-    port: 0,
-    data: { left: 0, started: false },
-    ...(tls ? { tls } : {}),
-    socket: {
-      open(s) {
-        s.data = { left: 0, started: false };
-        // A raw tunnel upstream talks first; an HTTP origin answers the request.
-        if (!httpHead) start(s);
-      },
-      data(s) {
-        if (httpHead) start(s);
-      },
-      drain: pump,
-      error() {},
-    },
-  });
-  return Object.assign(l, { pushed: () => pushed });
-}
 
 const dir = mkdtempSync(join(tmpdir(), "crm-slow-tunnels-"));
 let crm: TestCrm;
@@ -79,8 +32,8 @@ let mitmCaPem: string;
 beforeAll(async () => {
   const mitmCa = await initCa({ outDir: join(dir, "ca") });
   mitmCaPem = readFileSync(mitmCa.certPath, "utf8");
-  raw = startPusher(null, false);
-  origin = startPusher(await makeLeaf(await makeTestCa("origin CA"), ["127.0.0.1"]), true);
+  raw = startPusher(TOTAL, null, false);
+  origin = startPusher(TOTAL, await makeLeaf(await makeTestCa("origin CA"), ["127.0.0.1"]), true);
   crm = await startCrm(
     {
       allowed_hosts: ["127.0.0.1", "tunnel.test"],

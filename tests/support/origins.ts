@@ -1,5 +1,5 @@
 /** Origin servers for proxy tests: real Bun servers on 127.0.0.1, port 0. */
-import type { Server, TCPSocketListener } from "bun";
+import type { Server, Socket, TCPSocketListener } from "bun";
 import { createHash } from "node:crypto";
 import { gzipSync } from "node:zlib";
 
@@ -146,4 +146,57 @@ export function startTcp(mode: "echo" | "count" | "push", n = 0): TCPSocketListe
     },
   });
   return Object.assign(l, { received });
+}
+
+interface Pushing {
+  left: number;
+  started: boolean;
+}
+
+/**
+ * An upstream that sends `total` bytes as fast as its socket takes them, counting what the kernel
+ * accepted (slow-reader tests: how far did crm let it get?). `httpHead`: an HTTP origin that answers
+ * the first request with a Content-Length answer; otherwise a raw upstream that talks first.
+ */
+export function startPusher(
+  total: number,
+  tls: { cert: string; key: string } | null,
+  httpHead: boolean,
+): TCPSocketListener<Pushing> & { pushed: () => number } {
+  let pushed = 0;
+  const block = Buffer.alloc(256 * 1024, 0x61);
+  const pump = (s: Socket<Pushing>): void => {
+    while (s.data.left > 0) {
+      const want = Math.min(block.byteLength, s.data.left);
+      const n = Math.max(0, s.write(block.subarray(0, want)));
+      pushed += n;
+      s.data.left -= n;
+      if (n < want) return;
+    }
+  };
+  const start = (s: Socket<Pushing>): void => {
+    if (s.data.started) return;
+    s.data = { left: total, started: true };
+    if (httpHead) s.write(`HTTP/1.1 200 OK\r\ncontent-length: ${total}\r\n\r\n`);
+    pump(s);
+  };
+  const l = Bun.listen<Pushing>({
+    hostname: "127.0.0.1",
+    port: 0,
+    data: { left: 0, started: false },
+    ...(tls ? { tls } : {}),
+    socket: {
+      open(s) {
+        s.data = { left: 0, started: false };
+        // A raw tunnel upstream talks first; an HTTP origin answers the request.
+        if (!httpHead) start(s);
+      },
+      data(s) {
+        if (httpHead) start(s);
+      },
+      drain: pump,
+      error() {},
+    },
+  });
+  return Object.assign(l, { pushed: () => pushed });
 }
