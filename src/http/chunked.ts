@@ -9,7 +9,7 @@
  */
 import { HttpError } from "../errors.ts";
 import { checkChunkExtensions, checkTrailerLine } from "./chunk-fields.ts";
-import { MAX_HEAD } from "./head.ts";
+import { MAX_HEAD, trimOwsEnd } from "./head.ts";
 
 const MAX_LINE = 4096;
 /** Overhead beyond 16 bytes per chunk plus twice its data that may pile up before the body is refused. */
@@ -85,10 +85,7 @@ export class ChunkedDecoder {
 function parseChunkSize(line: string): number {
   const semi = line.indexOf(";");
   // Only SP/HTAB may stand between the size and its extension (BWS, RFC 9112 §7.1.1).
-  let end = semi < 0 ? line.length : semi;
-  // A scan, not /[ \t]+$/: that regex is quadratic in a run of spaces.
-  while (end > 0 && (line.charCodeAt(end - 1) === 0x20 || line.charCodeAt(end - 1) === 0x09)) end--;
-  const hex = line.slice(0, end);
+  const hex = trimOwsEnd(semi < 0 ? line : line.slice(0, semi));
   // At most 12 hex digits (256 TiB): larger values are attacks on the arithmetic, not bodies.
   if (!/^[0-9a-fA-F]{1,12}$/.test(hex)) throw new HttpError(400, `invalid chunk size ${JSON.stringify(hex.slice(0, 20))}`);
   if (semi >= 0) checkChunkExtensions(line.slice(semi));

@@ -33,10 +33,15 @@ const BAD_VALUE = /[\x00-\x08\x0a-\x1f\x7f]/;
  */
 export function ows(s: string): string {
   let start = 0;
+  while (start < s.length && isOws(s.charCodeAt(start))) start++;
+  return trimOwsEnd(start === 0 ? s : s.slice(start));
+}
+
+/** Only the trailing optional whitespace (BWS before a chunk extension, RFC 9112 §7.1.1), by the same scan. */
+export function trimOwsEnd(s: string): string {
   let end = s.length;
-  while (start < end && isOws(s.charCodeAt(start))) start++;
-  while (end > start && isOws(s.charCodeAt(end - 1))) end--;
-  return start === 0 && end === s.length ? s : s.slice(start, end);
+  while (end > 0 && isOws(s.charCodeAt(end - 1))) end--;
+  return end === s.length ? s : s.slice(0, end);
 }
 
 const isOws = (c: number): boolean => c === 0x20 || c === 0x09;
