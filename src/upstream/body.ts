@@ -111,7 +111,7 @@ export class UpstreamBody {
     if (!this.paused && !this.conn.closed) this.conn.socket.resume();
   }
 
-  /** The consumer is gone: the connection cannot be reused. */
+  /** The consumer is gone: the connection is not reused, unless the whole body had already come unread. */
   cancel(): void {
     if (this.finished) return;
     // Nobody read it (the mirror drops a 401's or a redirect's small body): what already came may

@@ -10,8 +10,8 @@ import type { UpstreamBody } from "./body.ts";
 /**
  * The body rides on the Response (and on streams made by UpstreamBody.stream(), which a Response
  * may carry on untouched: the mirror's answers) as a symbol-keyed property, not in a WeakMap: an
- * entry per request in a long-lived weak table costs the garbage collector more than the
- * property does (the same churn activity.ts measured).
+ * entry per request in a long-lived table is the churn linked-list.ts describes, and a weak one
+ * adds work to every collection.
  */
 const BODY = Symbol("crm.upstreamBody");
 type Carrier = { [BODY]?: UpstreamBody };
