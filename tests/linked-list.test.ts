@@ -27,4 +27,6 @@ test("push keeps age order; remove unlinks first, middle, last, and ignores what
   expect(list.first).toBeNull();
   list.push(xs[1] as Item);
   expect([...list].map((x) => x.n)).toEqual([2]);
+  expect(() => list.push(xs[1] as Item)).toThrow(/already in the list/);
+  expect(list.size).toBe(1);
 });
