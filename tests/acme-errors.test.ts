@@ -171,7 +171,7 @@ test("renew_before at least the lifetime: renewal at half the lifetime, an hour 
 
 test("a reload keeps the backoff and the CA's Retry-After: no new order per SIGHUP", async () => {
   const { startCrm } = await import("./support/crm.ts");
-  const { freePort } = await import("./support/pebble.ts");
+  const { freePorts } = await import("./support/ports.ts");
   const { makeLeaf, makeTestCa } = await import("./support/tls.ts");
   const { writeFileSync } = await import("node:fs");
   const testCa = await makeTestCa("fake ACME CA");
@@ -188,7 +188,7 @@ test("a reload keeps the backoff and the CA's Retry-After: no new order per SIGH
       return Response.json({ type: "urn:ietf:params:acme:error:rateLimited", detail: "too many", status: 429 }, { status: 429, headers: { "retry-after": "3600", "content-type": "application/problem+json" } });
     },
   });
-  const [plainPort, tlsPort] = [await freePort(), await freePort()];
+  const [plainPort, tlsPort] = freePorts(2) as [number, number];
   const raw = {
     listen: [`127.0.0.1:${tlsPort}`, { address: `127.0.0.1:${plainPort}`, tls: false }],
     tls: { acme: { domains: ["crm.test"], email: "a@crm.test", directory: `https://127.0.0.1:${limited.port}/dir`, ca_bundle: caFile, state_dir: join(work, "reload-state") } },

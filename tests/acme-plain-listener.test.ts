@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { buildConfig } from "../src/config.ts";
 import { staticResolver } from "../src/net/resolver.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
-import { freePort } from "./support/pebble.ts";
+import { freePorts } from "./support/ports.ts";
 import { rawConnect } from "./support/raw.ts";
 
 let work: string;
@@ -28,7 +28,7 @@ afterAll(() => {
 });
 
 async function startLocked(clients: string[], redirect: boolean): Promise<{ crm: TestCrm; plainPort: number }> {
-  const [plainPort, tlsPort, deadCa] = [await freePort(), await freePort(), await freePort()];
+  const [plainPort, tlsPort, deadCa] = freePorts(3) as [number, number, number];
   const crm = await startCrm(
     {
       listen: [`127.0.0.1:${tlsPort}`, { address: `127.0.0.1:${plainPort}`, tls: false }],
@@ -116,7 +116,7 @@ test("redirect_http with cert_path/key_path sends a foreign Host to the certific
   const leaf = await makeLeaf(await makeTestCa("redirect test CA"), ["crm.test", "mirror.test"]);
   writeFileSync(join(work, "c.pem"), leaf.cert);
   writeFileSync(join(work, "k.pem"), leaf.key);
-  const [plainPort, tlsPort] = [await freePort(), await freePort()];
+  const [plainPort, tlsPort] = freePorts(2) as [number, number];
   const crm = await startCrm({ listen: [`127.0.0.1:${tlsPort}`, { address: `127.0.0.1:${plainPort}`, tls: false }], tls: { redirect_http: true, cert_path: join(work, "c.pem"), key_path: join(work, "k.pem") } }, "info");
   try {
     const location = async (host: string) => /\r\nlocation: ([^\r]*)/i.exec(await exchange(plainPort, `GET /path?q=1 HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`))?.[1];

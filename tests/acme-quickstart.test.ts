@@ -12,7 +12,8 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import YAML from "yaml";
 import { buildTarget } from "../scripts/build.ts";
-import { freePort, startPebble, type Pebble } from "./support/pebble.ts";
+import { startPebble, type Pebble } from "./support/pebble.ts";
+import { reservePorts } from "./support/ports.ts";
 import { run } from "./support/raw.ts";
 import { MANIFEST_ACCEPT, startRegistry, type RegistryFixture } from "./support/registry.ts";
 import { missingTools } from "./support/tools.ts";
@@ -41,8 +42,11 @@ describe.skipIf(skip)("README quick start", () => {
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), "crm-quickstart-"));
     binary = join(work, "crm");
-    [plainPort, tlsPort] = [await freePort(), await freePort()];
-    const [, p, r] = await Promise.all([buildTarget("bun-linux-x64", binary), startPebble({ httpPort: plainPort, tlsPort: await freePort() }), startRegistry({ auth: "none" })]);
+    // crm's ports stay held while the other servers start: their bind(0) must not be handed them.
+    const held = reservePorts(3);
+    [plainPort, tlsPort] = held.ports as [number, number];
+    const [, p, r] = await Promise.all([buildTarget("bun-linux-x64", binary), startPebble({ httpPort: plainPort, tlsPort: held.ports[2] as number }), startRegistry({ auth: "none" })]);
+    held.release();
     pebble = p;
     fx = r;
   }, 120_000);

@@ -9,7 +9,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { staticResolver } from "../src/net/resolver.ts";
 import { startCrm } from "./support/crm.ts";
-import { freePort, startPebble, type Pebble } from "./support/pebble.ts";
+import { startPebble, type Pebble } from "./support/pebble.ts";
+import { reservePorts } from "./support/ports.ts";
 import { missingTools } from "./support/tools.ts";
 
 const skip = missingTools("ACME with pebble", ["pebble", "pebble-challtestsrv"]);
@@ -29,8 +30,11 @@ describe.skipIf(skip)("ACME renewal with pebble (one-hour certificates)", () => 
 
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), "crm-acme-renew-"));
-    [plainPort, tlsPort] = [await freePort(), await freePort()];
-    pebble = await startPebble({ httpPort: plainPort, tlsPort: await freePort(), validityPeriod: 3600 });
+    // Held while pebble picks its own ports, so it cannot be handed crm's.
+    const held = reservePorts(3);
+    [plainPort, tlsPort] = held.ports as [number, number];
+    pebble = await startPebble({ httpPort: plainPort, tlsPort: held.ports[2] as number, validityPeriod: 3600 });
+    held.release();
   }, 60_000);
 
   afterAll(async () => {

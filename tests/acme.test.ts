@@ -16,7 +16,8 @@ import { staticResolver } from "../src/net/resolver.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { BIG_SIZE, patternDigest, startBigBlobServer, startFakeRegistry, startTokenServer, type BigBlobServer, type FakeRegistry, type TokenServer } from "./support/mirror-upstreams.ts";
 import { startTcp } from "./support/origins.ts";
-import { freePort, startPebble, type Pebble } from "./support/pebble.ts";
+import { startPebble, type Pebble } from "./support/pebble.ts";
+import { reservePorts } from "./support/ports.ts";
 import { run } from "./support/raw.ts";
 import { startRegistry, type RegistryFixture } from "./support/registry.ts";
 import { missingTools } from "./support/tools.ts";
@@ -108,8 +109,10 @@ describe.skipIf(skip)("ACME with pebble", () => {
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), "crm-acme-"));
     stateDir = join(work, "state");
-    [plainPort, tlsPort] = [await freePort(), await freePort()];
-    pebble = await startPebble({ httpPort: plainPort, tlsPort: await freePort() });
+    // crm's ports stay held while the other servers start: their bind(0) must not be handed them.
+    const held = reservePorts(3);
+    [plainPort, tlsPort] = held.ports as [number, number];
+    pebble = await startPebble({ httpPort: plainPort, tlsPort: held.ports[2] as number });
     root = await pebble.root();
     rootFile = join(work, "pebble-root.pem");
     writeFileSync(rootFile, root);
@@ -118,6 +121,7 @@ describe.skipIf(skip)("ACME with pebble", () => {
     big = startBigBlobServer();
     fake = startFakeRegistry({ auth: { kind: "bearer", tokens }, bigBase: big.url });
     echo = startTcp("echo");
+    held.release();
     crm = await startCrm(crmConfig(NAMES, stateDir), "info", resolver);
   }, 90_000);
 

@@ -36,15 +36,16 @@ export interface Nginx {
 }
 
 /**
- * nginx has no port 0: a Bun listener takes a free port from the kernel and gives it back, and
- * nginx binds it right after. Another process could take it in between; then nginx fails to start
+ * nginx has no port 0: Bun listeners take free ports from the kernel and give them back, and
+ * nginx binds them right after. All are held before any is given back, or the kernel may hand
+ * the same port out twice. Another process could take one in between; then nginx fails to start
  * with "Address already in use" in the error, which the caller reports.
  */
-function freePort(): number {
-  const l = Bun.listen<undefined>({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = l.port;
-  l.stop(true);
-  return port;
+function freePorts(n: number): number[] {
+  const held = Array.from({ length: n }, () => Bun.listen<undefined>({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }));
+  const ports = held.map((l) => l.port);
+  for (const l of held) l.stop(true);
+  return ports;
 }
 
 function config(dir: string, servers: Array<{ name: string; listen: number; upstream: number }>, buffer: string | undefined): string {
@@ -101,7 +102,9 @@ function workerOf(pid: number): number {
 export async function startNginx(dir: string, upstreams: Record<string, number>, buffer?: string): Promise<Nginx | null> {
   if (!existsSync(NGINX_BIN)) return null;
   mkdirSync(dir, { recursive: true });
-  const servers = Object.entries(upstreams).map(([name, upstream]) => ({ name, upstream, listen: freePort() }));
+  const entries = Object.entries(upstreams);
+  const ports = freePorts(entries.length);
+  const servers = entries.map(([name, upstream], i) => ({ name, upstream, listen: ports[i] as number }));
   const file = join(dir, "nginx.conf");
   writeFileSync(file, config(dir, servers, buffer));
   const version = await Bun.spawn([NGINX_BIN, "-v"], { stdout: "ignore", stderr: "pipe" }).stderr.text();

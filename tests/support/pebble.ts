@@ -6,10 +6,10 @@
  * at crm's listeners.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
+import { freePorts } from "./ports.ts";
 import { makeLeaf, makeTestCa } from "./tls.ts";
 
 export interface Pebble {
@@ -24,18 +24,6 @@ export interface Pebble {
   /** challtestsrv management calls: add-a, add-caa, set-servfail, ... */
   dns(path: string, body: Record<string, unknown>): Promise<void>;
   stop(): Promise<void>;
-}
-
-/** A TCP port that was free a moment ago on 127.0.0.1 (pebble takes ports only from its config). */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 async function waitPort(port: number, proc: Subprocess, what: string, out: () => string): Promise<void> {
@@ -59,16 +47,22 @@ function collect(stream: ReadableStream<Uint8Array>, into: string[]): void {
   })();
 }
 
-export async function startPebble(opts: { httpPort: number; tlsPort: number; validityPeriod?: number }): Promise<Pebble> {
-  const dir = mkdtempSync(join(tmpdir(), "crm-pebble-"));
-  const ca = await makeTestCa("pebble API test CA");
-  const leaf = await makeLeaf(ca, ["localhost", "127.0.0.1"]);
-  writeFileSync(join(dir, "api-ca.pem"), ca.cert);
-  writeFileSync(join(dir, "cert.pem"), leaf.cert);
-  writeFileSync(join(dir, "key.pem"), leaf.key);
-  const [acmePort, mgmtPort, dnsPort, dnsMgmtPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
+interface Running {
+  acmePort: number;
+  mgmtPort: number;
+  dnsMgmtPort: number;
+  /** Everything both printed. */
+  out: string[];
+  stop(): Promise<void>;
+}
+
+/** Starts challtestsrv and pebble on fresh ports; throws (both stopped) if either does not come up. */
+async function launch(dir: string, opts: { httpPort: number; tlsPort: number; validityPeriod?: number }): Promise<Running> {
+  const out: string[] = [];
+  const [acmePort, mgmtPort, dnsPort, dnsMgmtPort] = freePorts(4) as [number, number, number, number];
+  const configPath = join(dir, `pebble-config-${acmePort}.json`);
   writeFileSync(
-    join(dir, "pebble-config.json"),
+    configPath,
     JSON.stringify({
       pebble: {
         listenAddress: `127.0.0.1:${acmePort}`,
@@ -83,7 +77,6 @@ export async function startPebble(opts: { httpPort: number; tlsPort: number; val
       },
     }),
   );
-  const out: string[] = [];
   const dns = Bun.spawn(
     ["pebble-challtestsrv", "-dns01", `127.0.0.1:${dnsPort}`, "-http01", "", "-https01", "", "-tlsalpn01", "", "-management", `127.0.0.1:${dnsMgmtPort}`, "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""],
     { stdout: "pipe", stderr: "pipe", stdin: "ignore" },
@@ -91,7 +84,7 @@ export async function startPebble(opts: { httpPort: number; tlsPort: number; val
   collect(dns.stdout, out);
   collect(dns.stderr, out);
   // NOSLEEP: validate at once instead of after a random 0-15 s; NONCEREJECT=0: no spurious badNonce.
-  const pebble = Bun.spawn(["pebble", "-config", join(dir, "pebble-config.json"), "-dnsserver", `127.0.0.1:${dnsPort}`, "-strict=false"], {
+  const pebble = Bun.spawn(["pebble", "-config", configPath, "-dnsserver", `127.0.0.1:${dnsPort}`, "-strict=false"], {
     stdout: "pipe",
     stderr: "pipe",
     stdin: "ignore",
@@ -103,16 +96,53 @@ export async function startPebble(opts: { httpPort: number; tlsPort: number; val
     pebble.kill();
     dns.kill();
     await Promise.all([pebble.exited, dns.exited]);
-    rmSync(dir, { recursive: true, force: true });
   };
   try {
     await waitPort(dnsMgmtPort, dns, "pebble-challtestsrv", () => out.join(""));
     await waitPort(acmePort, pebble, "pebble", () => out.join(""));
     await waitPort(mgmtPort, pebble, "pebble management", () => out.join(""));
+    await waitPort(dnsPort, dns, "pebble-challtestsrv DNS", () => out.join(""));
+    // challtestsrv keeps running when its DNS server cannot bind and only logs it.
+    await Bun.sleep(50);
+    const log = out.join("");
+    if (/bind: address already in use/.test(log)) throw new Error(`pebble-challtestsrv could not bind 127.0.0.1:${dnsPort}:\n${log}`);
   } catch (e) {
     await stop();
     throw e;
   }
+  return { acmePort, mgmtPort, dnsMgmtPort, out, stop };
+}
+
+export async function startPebble(opts: { httpPort: number; tlsPort: number; validityPeriod?: number }): Promise<Pebble> {
+  const dir = mkdtempSync(join(tmpdir(), "crm-pebble-"));
+  const ca = await makeTestCa("pebble API test CA");
+  const leaf = await makeLeaf(ca, ["localhost", "127.0.0.1"]);
+  writeFileSync(join(dir, "api-ca.pem"), ca.cert);
+  writeFileSync(join(dir, "cert.pem"), leaf.cert);
+  writeFileSync(join(dir, "key.pem"), leaf.key);
+  // The DNS port is also bound over UDP, which a TCP reservation cannot hold, and another
+  // process may take a port between reservation and bind: a bind failure gets fresh ports.
+  let running: Running | null = null;
+  const failures: Error[] = [];
+  for (let attempt = 0; attempt < 3 && !running; attempt++) {
+    try {
+      running = await launch(dir, opts);
+    } catch (err) {
+      const e = err instanceof Error ? err : new Error(String(err));
+      failures.push(e);
+      if (!/address already in use/i.test(e.message)) break;
+    }
+  }
+  if (!running) {
+    rmSync(dir, { recursive: true, force: true });
+    throw new Error(`pebble failed to start after ${failures.length} attempt(s):\n${failures.map((f) => f.message).join("\n\n")}`, { cause: failures.at(-1) });
+  }
+  const { acmePort, mgmtPort, dnsMgmtPort, out } = running;
+  const proc = running;
+  const stop = async (): Promise<void> => {
+    await proc.stop();
+    rmSync(dir, { recursive: true, force: true });
+  };
   return {
     directory: `https://127.0.0.1:${acmePort}/dir`,
     caBundlePath: join(dir, "api-ca.pem"),

@@ -65,6 +65,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { generate as generateCert } from "selfsigned";
+import { freePorts } from "./ports.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -163,17 +164,6 @@ function b64url(data: Uint8Array | string): string {
 
 function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
-}
-
-/**
- * Pick a free loopback port. There is a window between close and the registry's bind; the
- * caller retries on "address already in use" instead of trying to close that window.
- */
-function freePort(): number {
-  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = probe.port;
-  probe.stop(true);
-  return port;
 }
 
 /** Environment for child processes, minus variables that would silently reconfigure them. */
@@ -826,12 +816,12 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
       await writeFile(join(dir, "pki", "token-signer.crt"), t.certPem);
     }
 
-    // Retry because freePort() can lose the race for its port to another process.
+    // Retry because a free port can be taken by another process before the registry binds it.
     let reg: RegistryProcess | null = null;
     let url = "";
     const failures: Error[] = [];
     for (let attempt = 0; attempt < 3 && !reg; attempt++) {
-      const port = freePort();
+      const port = freePorts(1)[0] as number;
       url = `${pki ? "https" : "http"}://127.0.0.1:${port}`;
       const configPath = join(dir, `config-${attempt}.yml`);
       await writeFile(configPath, registryConfig({ dir, port, ...(pki ? { pki } : {}), ...(token ? { token } : {}) }));
