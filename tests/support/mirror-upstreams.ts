@@ -17,6 +17,7 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { pattern } from "./origins.ts";
+import { freePorts } from "./ports.ts";
 
 export function digestOf(b: Uint8Array | string): string {
   return "sha256:" + createHash("sha256").update(b).digest("hex");
@@ -320,10 +321,7 @@ export function startFakeRegistry(opts: FakeRegistryOptions): FakeRegistry {
 
 /** A loopback port nothing listens on: bound, then released. */
 export function deadPort(): number {
-  const l = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = l.port;
-  l.stop(true);
-  return port;
+  return freePorts(1)[0] as number;
 }
 
 // ---------------------------------------------------------------------------------------------

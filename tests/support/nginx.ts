@@ -9,7 +9,7 @@ import { existsSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { deadPort } from "./mirror-upstreams.ts";
+import { freePorts } from "./ports.ts";
 
 export const NGINX = "/usr/sbin/nginx";
 /** The stream front connects to crm from this address: what crm lists in access.trusted_proxies. */
@@ -52,8 +52,8 @@ export async function sharedTempDir(prefix: string): Promise<string> {
 export async function startNginx(opts: { unixSocket: string; proxyProtocolPort: number }): Promise<Nginx> {
   const dir = await sharedTempDir("crm-nginx-");
   for (const d of ["logs", "tmp"]) await mkdir(join(dir, d), { recursive: true });
-  const httpPort = deadPort();
-  const streamPort = deadPort();
+  // Taken together: two separate probes can be handed the same port.
+  const [httpPort, streamPort] = freePorts(2) as [number, number];
   const conf = `
 load_module ${STREAM_MODULE};
 worker_processes 1;
