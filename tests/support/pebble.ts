@@ -26,6 +26,8 @@ export interface Pebble {
   stop(): Promise<void>;
 }
 
+const BIND_FAILED = /bind: address already in use/;
+
 async function waitPort(port: number, proc: Subprocess, what: string, out: () => string): Promise<void> {
   const end = Date.now() + 15_000;
   for (;;) {
@@ -34,7 +36,8 @@ async function waitPort(port: number, proc: Subprocess, what: string, out: () =>
       s.end();
       return;
     } catch {
-      if (proc.exitCode !== null || Date.now() > end) throw new Error(`${what} did not start on port ${port}:\n${out()}`);
+      // challtestsrv logs a failed bind and keeps running: waiting longer would not help.
+      if (proc.exitCode !== null || Date.now() > end || BIND_FAILED.test(out())) throw new Error(`${what} did not start on port ${port}:\n${out()}`);
       await Bun.sleep(50);
     }
   }
@@ -102,10 +105,10 @@ async function launch(dir: string, opts: { httpPort: number; tlsPort: number; va
     await waitPort(acmePort, pebble, "pebble", () => out.join(""));
     await waitPort(mgmtPort, pebble, "pebble management", () => out.join(""));
     await waitPort(dnsPort, dns, "pebble-challtestsrv DNS", () => out.join(""));
-    // challtestsrv keeps running when its DNS server cannot bind and only logs it.
+    // challtestsrv keeps running when its DNS server cannot bind and only logs it (UDP too).
     await Bun.sleep(50);
     const log = out.join("");
-    if (/bind: address already in use/.test(log)) throw new Error(`pebble-challtestsrv could not bind 127.0.0.1:${dnsPort}:\n${log}`);
+    if (BIND_FAILED.test(log)) throw new Error(`pebble-challtestsrv could not bind 127.0.0.1:${dnsPort}:\n${log}`);
   } catch (e) {
     await stop();
     throw e;
