@@ -430,11 +430,11 @@ describe("failures", () => {
   });
 
   test("an upstream that does not answer in time is 504 OCI JSON", async () => {
-    const t0 = performance.now();
+    // The upstream answers 200 after 1.5 s: a 504 can only be crm's 400 ms timeout (no wall-clock
+    // bound here, a loaded machine may take longer than the timeout to answer).
     const res = await get("/v2/slow/x/manifests/v1");
     expect(res.status).toBe(504);
     expect((await ociError(res)).message).toBe("upstream docker.io: no answer in time");
-    expect(performance.now() - t0).toBeLessThan(1400);
   });
 });
 

@@ -269,7 +269,14 @@ describe("LeafIssuer", () => {
       const serial = leaf.serialNumber;
       expect(serial.length).toBeLessThanOrEqual(32);
       expect(serial.length).toBeGreaterThan(20);
-      expect(parseInt(serial.slice(0, 2), 16) & 0x80).toBe(0);
+      // Positive and at most 20 octets, read where it is encoded: serialNumber is the value's hex
+      // without DER's sign byte, so its first digit is 8-f whenever the first random byte is 0 (1 in 256).
+      const tbs = der.children(leaf.raw, der.read(leaf.raw))[0];
+      const serialNode = tbs && der.children(leaf.raw, tbs)[1]; // after [0] version
+      expect(serialNode?.tag).toBe(0x02);
+      const encoded = serialNode ? der.content(leaf.raw, serialNode) : Buffer.alloc(0);
+      expect(encoded.length).toBeLessThanOrEqual(20);
+      expect((encoded[0] ?? 0x80) & 0x80).toBe(0);
       expect(new X509Certificate(issuer.issue("registry-1.docker.io").certPem).serialNumber).not.toBe(serial);
 
       const v4 = new X509Certificate(issuer.issue("127.0.0.1").certPem);

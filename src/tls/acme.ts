@@ -54,7 +54,8 @@ interface OriginLimits {
   /** Aborted when the order's deadline passes: every request still out is cancelled. */
   signal: AbortSignal;
 }
-const agents = new Map<string, Agent>();
+/** By origin, with the bundle it trusts: a reload may change tls.acme.ca_bundle for the same directory. */
+const agents = new Map<string, { ca: string; agent: Agent }>();
 const limits = new Map<string, OriginLimits>();
 const problems = new Map<string, Problem>();
 const transport = new Map<string, TransportFailure>();
@@ -93,7 +94,7 @@ function installHooks(acme: typeof AcmeClient): void {
   ax.defaults.timeout = REQUEST_TIMEOUT_MS;
   ax.interceptors.request.use((cfg) => {
     const origin = cfg.url ? originOf(cfg.url) : "";
-    const agent = agents.get(origin);
+    const agent = agents.get(origin)?.agent;
     if (agent) cfg.httpsAgent = agent;
     const l = limits.get(origin);
     if (l) {
@@ -243,9 +244,18 @@ export async function issueCertificate(opts: IssueOptions): Promise<StoredCertif
   }
 }
 
+/** The agent for `origin` trusts `ca` (null: the system roots); a kept-alive socket verified against another bundle is not reused. */
+function trustFor(origin: string, ca: string | null): void {
+  const had = agents.get(origin);
+  if (had !== undefined && had.ca === ca) return;
+  had?.agent.destroy();
+  if (ca === null) agents.delete(origin);
+  else agents.set(origin, { ca, agent: new Agent({ ca, keepAlive: true }) });
+}
+
 async function order({ config, store, tokens, progress, requestTimeoutMs }: IssueOptions, origin: string): Promise<StoredCertificate> {
   const acme = await loadClient();
-  if (config.caBundlePath !== null && !agents.has(origin)) agents.set(origin, new Agent({ ca: readFileSync(config.caBundlePath, "utf8"), keepAlive: true }));
+  trustFor(origin, config.caBundlePath === null ? null : readFileSync(config.caBundlePath, "utf8"));
   problems.delete(origin);
   transport.delete(origin);
   const step = async <T>(name: string, domain: string | null, run: () => Promise<T>): Promise<T> => {

@@ -17,7 +17,6 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { pattern } from "./origins.ts";
-import { freePorts } from "./ports.ts";
 
 export function digestOf(b: Uint8Array | string): string {
   return "sha256:" + createHash("sha256").update(b).digest("hex");
@@ -319,9 +318,14 @@ export function startFakeRegistry(opts: FakeRegistryOptions): FakeRegistry {
   };
 }
 
-/** A loopback port nothing listens on: bound, then released. */
+/**
+ * A loopback port nothing listens on, for the whole run. A port bound and released is only dead
+ * until the next bind(0), in this process or another, is handed it (a crm started later in the
+ * same file, which would then answer as the "dead" upstream or proxy). Port 1 is below the
+ * ephemeral range, so neither bind(0) nor connect() is ever given it, and no test binds it.
+ */
 export function deadPort(): number {
-  return freePorts(1)[0] as number;
+  return 1;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -29,17 +29,25 @@ export interface Pebble {
 const BIND_FAILED = /bind: address already in use/;
 
 async function waitPort(port: number, proc: Subprocess, what: string, out: () => string): Promise<void> {
+  await waitUntilServed(proc, what, port, out, async () => {
+    const s = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data() {} } });
+    s.end();
+    return true;
+  });
+}
+
+/**
+ * Waits until `served()` says this process answers on `port`. A bare connect cannot tell: a port
+ * handed out free may be taken by another process first (a fixture started at the same time
+ * and handed the same port), and the one that lost the bind then exits, or for challtestsrv only logs it.
+ */
+async function waitUntilServed(proc: Subprocess, what: string, port: number, out: () => string, served: () => Promise<boolean>): Promise<void> {
   const end = Date.now() + 15_000;
   for (;;) {
-    try {
-      const s = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data() {} } });
-      s.end();
-      return;
-    } catch {
-      // challtestsrv logs a failed bind and keeps running: waiting longer would not help.
-      if (proc.exitCode !== null || Date.now() > end || BIND_FAILED.test(out())) throw new Error(`${what} did not start on port ${port}:\n${out()}`);
-      await Bun.sleep(50);
-    }
+    if (await served().catch(() => false)) return;
+    // challtestsrv logs a failed bind and keeps running: waiting longer would not help.
+    if (proc.exitCode !== null || Date.now() > end || BIND_FAILED.test(out())) throw new Error(`${what} did not start on port ${port}:\n${out()}`);
+    await Bun.sleep(50);
   }
 }
 
@@ -60,7 +68,7 @@ interface Running {
 }
 
 /** Starts challtestsrv and pebble on fresh ports; throws (both stopped) if either does not come up. */
-async function launch(dir: string, opts: { httpPort: number; tlsPort: number; validityPeriod?: number }): Promise<Running> {
+async function launch(dir: string, apiCa: string, opts: { httpPort: number; tlsPort: number; validityPeriod?: number }): Promise<Running> {
   const out: string[] = [];
   const [acmePort, mgmtPort, dnsPort, dnsMgmtPort] = freePorts(4) as [number, number, number, number];
   const configPath = join(dir, `pebble-config-${acmePort}.json`);
@@ -101,14 +109,25 @@ async function launch(dir: string, opts: { httpPort: number; tlsPort: number; va
     await Promise.all([pebble.exited, dns.exited]);
   };
   try {
-    await waitPort(dnsMgmtPort, dns, "pebble-challtestsrv", () => out.join(""));
-    await waitPort(acmePort, pebble, "pebble", () => out.join(""));
-    await waitPort(mgmtPort, pebble, "pebble management", () => out.join(""));
+    const log = (): string => out.join("");
+    // Only this challtestsrv logs the setting it is sent; only this pebble holds the key of this run's API CA.
+    const setDefault = `Set default IPv4 address for DNS A queries to "127.0.0.1"`;
+    await waitUntilServed(dns, "pebble-challtestsrv", dnsMgmtPort, log, async () => {
+      const r = await fetch(`http://127.0.0.1:${dnsMgmtPort}/set-default-ipv4`, { method: "POST", body: JSON.stringify({ ip: "127.0.0.1" }), proxy: false, signal: AbortSignal.timeout(2000) } as RequestInit);
+      await r.arrayBuffer();
+      return r.ok && log().includes(setDefault);
+    });
+    const ownTls = (url: string) => async (): Promise<boolean> => {
+      const r = await fetch(url, { tls: { ca: apiCa }, proxy: false, signal: AbortSignal.timeout(2000) } as RequestInit);
+      await r.arrayBuffer();
+      return r.ok;
+    };
+    await waitUntilServed(pebble, "pebble", acmePort, log, ownTls(`https://127.0.0.1:${acmePort}/dir`));
+    await waitUntilServed(pebble, "pebble management", mgmtPort, log, ownTls(`https://127.0.0.1:${mgmtPort}/roots/0`));
     await waitPort(dnsPort, dns, "pebble-challtestsrv DNS", () => out.join(""));
     // challtestsrv keeps running when its DNS server cannot bind and only logs it (UDP too).
     await Bun.sleep(50);
-    const log = out.join("");
-    if (BIND_FAILED.test(log)) throw new Error(`pebble-challtestsrv could not bind 127.0.0.1:${dnsPort}:\n${log}`);
+    if (BIND_FAILED.test(log())) throw new Error(`pebble-challtestsrv could not bind 127.0.0.1:${dnsPort}:\n${log()}`);
   } catch (e) {
     await stop();
     throw e;
@@ -129,7 +148,7 @@ export async function startPebble(opts: { httpPort: number; tlsPort: number; val
   const failures: Error[] = [];
   for (let attempt = 0; attempt < 3 && !running; attempt++) {
     try {
-      running = await launch(dir, opts);
+      running = await launch(dir, ca.cert, opts);
     } catch (err) {
       const e = err instanceof Error ? err : new Error(String(err));
       failures.push(e);

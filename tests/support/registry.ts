@@ -717,10 +717,18 @@ async function launchRegistry(configPath: string, port: number, url: string, caP
 
   const deadline = Date.now() + 15_000;
   let lastError: unknown = null;
+  // distribution logs this only once it holds the port. Until then an answer on the port may come
+  // from another process, such as a fixture started at the same time and handed the same free port.
+  const bound = `listening on 127.0.0.1:${port}`;
   while (Date.now() < deadline) {
     if (proc.exitCode !== null || proc.signalCode !== null) {
       await sleep(20); // let the drains catch the last lines
       throw new Error(`docker-registry exited (${proc.exitCode ?? proc.signalCode}) before answering /v2/\n${tail.text()}`);
+    }
+    if (!tail.text().includes(bound)) {
+      lastError = new Error(`no "${bound}" in its log yet`);
+      await sleep(20);
+      continue;
     }
     try {
       const res = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(1000), ...fetchTls({ caPem }) });
