@@ -8,6 +8,7 @@
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { freePorts } from "../../tests/support/ports.ts";
 import { spawnChild, type Child } from "./lib.ts";
 
 export const NGINX_BIN = "/usr/sbin/nginx";
@@ -33,19 +34,6 @@ export interface Nginx {
   version: string;
   child: Child;
   stop(): Promise<void>;
-}
-
-/**
- * nginx has no port 0: Bun listeners take free ports from the kernel and give them back, and
- * nginx binds them right after. All are held before any is given back, or the kernel may hand
- * the same port out twice. Another process could take one in between; then nginx fails to start
- * with "Address already in use" in the error, which the caller reports.
- */
-function freePorts(n: number): number[] {
-  const held = Array.from({ length: n }, () => Bun.listen<undefined>({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }));
-  const ports = held.map((l) => l.port);
-  for (const l of held) l.stop(true);
-  return ports;
 }
 
 function config(dir: string, servers: Array<{ name: string; listen: number; upstream: number }>, buffer: string | undefined): string {
@@ -102,6 +90,8 @@ function workerOf(pid: number): number {
 export async function startNginx(dir: string, upstreams: Record<string, number>, buffer?: string): Promise<Nginx | null> {
   if (!existsSync(NGINX_BIN)) return null;
   mkdirSync(dir, { recursive: true });
+  // nginx has no port 0: it binds ports freed for it just before; one taken in between fails its
+  // start with "Address already in use" in the error, which the caller reports.
   const entries = Object.entries(upstreams);
   const ports = freePorts(entries.length);
   const servers = entries.map(([name, upstream], i) => ({ name, upstream, listen: ports[i] as number }));

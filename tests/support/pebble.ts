@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
-import { freePorts } from "./ports.ts";
+import { BIND_FAILED, freePorts, startOnFreePorts } from "./ports.ts";
 import { makeLeaf, makeTestCa } from "./tls.ts";
 
 export interface Pebble {
@@ -25,8 +25,6 @@ export interface Pebble {
   dns(path: string, body: Record<string, unknown>): Promise<void>;
   stop(): Promise<void>;
 }
-
-const BIND_FAILED = /bind: address already in use/;
 
 async function waitPort(port: number, proc: Subprocess, what: string, out: () => string): Promise<void> {
   await waitUntilServed(proc, what, port, out, async () => {
@@ -124,7 +122,7 @@ async function launch(dir: string, apiCa: string, opts: { httpPort: number; tlsP
     };
     await waitUntilServed(pebble, "pebble", acmePort, log, ownTls(`https://127.0.0.1:${acmePort}/dir`));
     await waitUntilServed(pebble, "pebble management", mgmtPort, log, ownTls(`https://127.0.0.1:${mgmtPort}/roots/0`));
-    await waitPort(dnsPort, dns, "pebble-challtestsrv DNS", () => out.join(""));
+    await waitPort(dnsPort, dns, "pebble-challtestsrv DNS", log);
     // challtestsrv keeps running when its DNS server cannot bind and only logs it (UDP too).
     await Bun.sleep(50);
     if (BIND_FAILED.test(log())) throw new Error(`pebble-challtestsrv could not bind 127.0.0.1:${dnsPort}:\n${log()}`);
@@ -142,25 +140,15 @@ export async function startPebble(opts: { httpPort: number; tlsPort: number; val
   writeFileSync(join(dir, "api-ca.pem"), ca.cert);
   writeFileSync(join(dir, "cert.pem"), leaf.cert);
   writeFileSync(join(dir, "key.pem"), leaf.key);
-  // The DNS port is also bound over UDP, which a TCP reservation cannot hold, and another
-  // process may take a port between reservation and bind: a bind failure gets fresh ports.
-  let running: Running | null = null;
-  const failures: Error[] = [];
-  for (let attempt = 0; attempt < 3 && !running; attempt++) {
-    try {
-      running = await launch(dir, ca.cert, opts);
-    } catch (err) {
-      const e = err instanceof Error ? err : new Error(String(err));
-      failures.push(e);
-      if (!/address already in use/i.test(e.message)) break;
-    }
-  }
-  if (!running) {
+  // The DNS port is also bound over UDP, which a TCP reservation cannot hold.
+  let proc: Running;
+  try {
+    proc = await startOnFreePorts("pebble", () => launch(dir, ca.cert, opts));
+  } catch (e) {
     rmSync(dir, { recursive: true, force: true });
-    throw new Error(`pebble failed to start after ${failures.length} attempt(s):\n${failures.map((f) => f.message).join("\n\n")}`, { cause: failures.at(-1) });
+    throw e;
   }
-  const { acmePort, mgmtPort, dnsMgmtPort, out } = running;
-  const proc = running;
+  const { acmePort, mgmtPort, dnsMgmtPort, out } = proc;
   const stop = async (): Promise<void> => {
     await proc.stop();
     rmSync(dir, { recursive: true, force: true });

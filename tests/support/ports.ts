@@ -34,3 +34,25 @@ export function freePorts(n: number): number[] {
   r.release();
   return r.ports;
 }
+
+/** How a server that lost the race for its port says so (Go's and the kernel's wording). */
+export const BIND_FAILED = /address already in use/i;
+
+/**
+ * Starts a server that must be given its ports, on fresh ones each attempt: a port handed out
+ * free can still be taken by another process before the server binds it. Only a bind failure
+ * is retried (three attempts in all); any other failure is thrown at once, with every attempt's.
+ */
+export async function startOnFreePorts<T>(what: string, start: (attempt: number) => Promise<T>): Promise<T> {
+  const failures: Error[] = [];
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      return await start(attempt);
+    } catch (err) {
+      const e = err instanceof Error ? err : new Error(String(err));
+      failures.push(e);
+      if (!BIND_FAILED.test(e.message)) break;
+    }
+  }
+  throw new Error(`${what} failed to start after ${failures.length} attempt(s):\n${failures.map((f) => f.message).join("\n\n")}`, { cause: failures.at(-1) });
+}

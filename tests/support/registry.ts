@@ -65,7 +65,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { generate as generateCert } from "selfsigned";
-import { freePorts } from "./ports.ts";
+import { freePorts, startOnFreePorts } from "./ports.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -824,29 +824,13 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
       await writeFile(join(dir, "pki", "token-signer.crt"), t.certPem);
     }
 
-    // Retry because a free port can be taken by another process before the registry binds it.
-    let reg: RegistryProcess | null = null;
-    let url = "";
-    const failures: Error[] = [];
-    for (let attempt = 0; attempt < 3 && !reg; attempt++) {
+    const { running, url } = await startOnFreePorts("docker-registry", async (attempt) => {
       const port = freePorts(1)[0] as number;
-      url = `${pki ? "https" : "http"}://127.0.0.1:${port}`;
+      const url = `${pki ? "https" : "http"}://127.0.0.1:${port}`;
       const configPath = join(dir, `config-${attempt}.yml`);
       await writeFile(configPath, registryConfig({ dir, port, ...(pki ? { pki } : {}), ...(token ? { token } : {}) }));
-      try {
-        reg = await launchRegistry(configPath, port, url, pki?.caPem);
-      } catch (err) {
-        const e = err instanceof Error ? err : new Error(String(err));
-        failures.push(e);
-        if (!/address already in use/i.test(e.message)) break;
-      }
-    }
-    if (!reg) {
-      throw new Error(`docker-registry failed to start after ${failures.length} attempt(s): ${failures.map((f) => f.message).join("\n\n")}`, {
-        cause: failures.at(-1),
-      });
-    }
-    const running = reg;
+      return { running: await launchRegistry(configPath, port, url, pki?.caPem), url };
+    });
     cleanups.push(() => stopProcess(running.proc));
     trackForExit(dir, running.proc);
     const host = `127.0.0.1:${running.port}`;
