@@ -91,6 +91,23 @@ describe("pool", () => {
     up.stop();
   });
 
+  // The upstream keeps every socket open, so only the answer's version and Connection decide.
+  test.each([
+    ["HTTP/1.1", "", 1],
+    ["HTTP/1.1", "connection: close\r\n", 2],
+    ["HTTP/1.1", "connection: Keep-Alive, CLOSE\r\n", 2],
+    ["HTTP/1.0", "", 2],
+    ["HTTP/1.0", "connection: Keep-Alive\r\n", 1],
+  ])("an %s answer with %j is kept for reuse only when it asks to be: %d connection(s) for two requests", async (version, field, connections) => {
+    const up = startScriptedUpstream(() => ({ bytes: Buffer.from(`${version} 200 OK\r\n${field}content-length: 2\r\n\r\nok`), after: "keep" }));
+    const client = new UpstreamClient();
+    for (let i = 0; i < 2; i++) expect(await text(client, req(`http://127.0.0.1:${up.port}/${i}`))).toEqual({ status: 200, body: "ok" });
+    expect(client.opened).toBe(connections);
+    expect(up.heads).toHaveLength(2);
+    client.close();
+    up.stop();
+  });
+
   /** First answer kept alive; the next request on that socket gets a FIN and no answer. */
   function closesSecond(): ReturnType<typeof startScriptedUpstream> {
     let n = 0;
