@@ -161,10 +161,14 @@ export function requestFraming(head: RequestHead): BodyFraming {
   return { kind: "none" };
 }
 
-/** Whether the client wants the connection kept after this exchange (RFC 9112 §9.3). */
-export function wantsKeepAlive(head: RequestHead): boolean {
-  const conn = (headerValue(head.headers, "connection") ?? "").toLowerCase();
-  const tokens = conn.split(",").map((s) => s.trim());
-  if (head.version === "HTTP/1.0") return tokens.includes("keep-alive");
-  return !tokens.includes("close");
+/** Whether the sender of this head (a client, or an upstream answering) wants the connection kept after the exchange (RFC 9112 §9.3). */
+export function wantsKeepAlive(head: { version: string; headers: HeaderList }): boolean {
+  const conn = headerValue(head.headers, "connection");
+  if (head.version === "HTTP/1.0") return connectionHas(conn, "keep-alive");
+  return !connectionHas(conn, "close");
+}
+
+/** Whether a Connection value lists `token` (lower-case; RFC 9110 §7.6.1: case-insensitive). */
+export function connectionHas(value: string | null, token: string): boolean {
+  return value !== null && value.toLowerCase().split(",").some((s) => s.trim() === token);
 }

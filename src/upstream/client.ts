@@ -10,7 +10,7 @@ import { isIP } from "node:net";
 import { DialError, HttpError } from "../errors.ts";
 import { lookupTarget } from "../net/dial.ts";
 import type { HeaderList } from "../http/head.ts";
-import { headerValue } from "../http/head.ts";
+import { connectionHas, wantsKeepAlive } from "../http/head.ts";
 import { responseFraming } from "../http/response-framing.ts";
 import type { Resolver } from "../net/resolver.ts";
 import { formatHostPort } from "../router.ts";
@@ -238,9 +238,8 @@ export class UpstreamClient {
       conn.destroy();
       return reject(new DialError("framing", target, { detail: framing.reason }));
     }
-    const connection = (headerValue(head.headers, "connection") ?? "").toLowerCase();
-    const reusable =
-      framing.body !== "close" && (head.version === "HTTP/1.1" ? !/(^|,)\s*close\s*(,|$)/.test(connection) : /(^|,)\s*keep-alive\s*(,|$)/.test(connection));
+    // The answer's own framing and Connection decide, as for a client's request (RFC 9112 §9.3).
+    const reusable = framing.body !== "close" && wantsKeepAlive(head);
     const onAbort = (): void => body.cancel();
     req.signal?.addEventListener("abort", onAbort, { once: true });
     const body: UpstreamBody = new UpstreamBody(conn, new BodyFramer(framing.body, framing.contentLength), target, (clean) => {
@@ -270,7 +269,7 @@ function requestHead(req: UpstreamRequest): { text: string; close: boolean } {
     const l = k.length === 4 || k.length === 10 || k.length === 14 || k.length === 17 ? k.toLowerCase() : "";
     if (l === "content-length" || l === "transfer-encoding") continue;
     if (l === "host") host = true;
-    else if (l === "connection" && /(^|,)\s*close\s*(,|$)/i.test(v)) close = true;
+    else if (l === "connection" && connectionHas(v, "close")) close = true;
     fields += `${k}: ${v}\r\n`;
   }
   let out = `${req.method} ${target} HTTP/1.1\r\n`;
