@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "../src/cli.ts";
-import { buildConfig, DEFAULT_ALLOWED_HOSTS, findConfigFile, loadConfigFile, parseListen } from "../src/config.ts";
+import { buildConfig, DEFAULT_ALLOWED_HOSTS, findConfigFile, loadConfigFile, parseListen } from "../src/config/load.ts";
 import { ConfigError, ConfigErrors } from "../src/errors.ts";
 import { MAX_WORD, nearest } from "../src/config/did-you-mean.ts";
 import { parseDuration } from "../src/config/duration.ts";

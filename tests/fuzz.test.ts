@@ -17,7 +17,7 @@ import { ChunkedDecoder } from "../src/http/chunked.ts";
 import { headerValues, MAX_HEAD, readRequestHead, requestFraming, type BodyFraming, type RequestHead } from "../src/http/head.ts";
 import { HostPolicy, normalizeHost } from "../src/host-policy.ts";
 import { staticResolver } from "../src/net/resolver.ts";
-import { route, type Route } from "../src/router.ts";
+import { route, type Route } from "../src/proxy/router.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { caseSeed, Rng } from "./support/rng.ts";
 import { header, openRaw, parseResponses, waitUntil, type ParsedResponse } from "./support/faulty-upstreams.ts";

@@ -7,14 +7,14 @@
 import { isIP } from "node:net";
 import type { Runtime } from "../context.ts";
 import { DialError } from "../errors.ts";
-import { upstreamResponse } from "../upstream/as-response.ts";
+import { upstreamResponse } from "../mirror/upstream-response.ts";
 import { findChallenge } from "../mirror/auth/challenge.ts";
 import { MirrorError } from "../mirror/errors.ts";
 import { readSmallBody } from "../mirror/small-body.ts";
 import { TokenCache } from "../mirror/auth/token-cache.ts";
 import { fetchToken } from "../mirror/auth/token-fetch.ts";
 import { RegistryClient } from "../mirror/upstream.ts";
-import type { RegistryConfig } from "../registries.ts";
+import type { RegistryConfig } from "../config/registries.ts";
 import { describeQuota, parseRateLimit } from "../mirror/upstream-quota.ts";
 import type { Report } from "./report.ts";
 import { probeTls } from "./tls-probe.ts";

@@ -4,11 +4,11 @@
  * each request is answered from its registry's upstream, authenticated and redirected
  * server-side (upstream.ts), and streamed back (response.ts).
  */
-import type { Exchange } from "../connection.ts";
+import type { Exchange } from "../proxy/connection.ts";
 import type { Runtime } from "../context.ts";
 import { DialError } from "../errors.ts";
 import { headerValue } from "../http/head.ts";
-import type { LocalHandler } from "../local.ts";
+import type { LocalHandler } from "../proxy/local.ts";
 import { dialFailure } from "./dial-failure.ts";
 import { API_VERSION_HEADER, errorResponse, jsonResponse, MirrorError } from "./errors.ts";
 import { ManifestService } from "./manifests/service.ts";

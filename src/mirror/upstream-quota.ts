@@ -5,7 +5,7 @@
  * and an upstream 429 turned into a TOOMANYREQUESTS that tells the operator the fix.
  */
 import type { Logger } from "../log.ts";
-import type { RegistryConfig } from "../registries.ts";
+import type { RegistryConfig } from "../config/registries.ts";
 import { MirrorError } from "./errors.ts";
 
 export interface RateLimit {

@@ -5,11 +5,11 @@
  * answer's body stays on the upstream socket until the writer relays it (upstream/relayed.ts).
  */
 import type { Exchange } from "./connection.ts";
-import type { Runtime } from "./context.ts";
-import { HttpError } from "./errors.ts";
-import { endToEnd, addVia } from "./http/hop-by-hop.ts";
-import { headerValue, requestFraming } from "./http/head.ts";
-import { relayedResponse } from "./upstream/relayed.ts";
+import type { Runtime } from "../context.ts";
+import { HttpError } from "../errors.ts";
+import { endToEnd, addVia } from "../http/hop-by-hop.ts";
+import { headerValue, requestFraming } from "../http/head.ts";
+import { relayedResponse } from "../upstream/relayed.ts";
 
 /**
  * Fields crm sets itself from the URL (Host: RFC 9112 §3.2.2, the target's authority), answered already

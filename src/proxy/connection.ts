@@ -4,20 +4,20 @@
  * the next request when both sides allow. CONNECT hands the socket to a tunnel.
  */
 import type { Socket } from "bun";
-import { stripForwarding } from "./access/client-address.ts";
-import { DialError, HttpError } from "./errors.ts";
-import type { Runtime } from "./context.ts";
-import { BodyFeeder } from "./http/body.ts";
-import { headerValue, readRequestHead, requestFraming, wantsKeepAlive, type RequestHead } from "./http/head.ts";
-import { errorHead, textResponse, writeResponse } from "./http/response.ts";
-import { formatHeaders, redactUrl } from "./log.ts";
-import type { RequestKind } from "./metrics.ts";
-import { Outbox } from "./net/outbox.ts";
-import { readProxyHeader } from "./access/proxy-protocol.ts";
+import { stripForwarding } from "../access/client-address.ts";
+import { DialError, HttpError } from "../errors.ts";
+import type { Runtime } from "../context.ts";
+import { BodyFeeder } from "../http/body.ts";
+import { headerValue, readRequestHead, requestFraming, wantsKeepAlive, type RequestHead } from "../http/head.ts";
+import { errorHead, textResponse, writeResponse } from "../http/response.ts";
+import { formatHeaders, redactUrl } from "../log.ts";
+import type { RequestKind } from "../metrics.ts";
+import { Outbox } from "../net/outbox.ts";
+import { readProxyHeader } from "../access/proxy-protocol.ts";
 import { route, type Authority, type Route } from "./router.ts";
-import { asStreamResponse, discardBody } from "./upstream/relayed.ts";
-import type { Active } from "./status/activity.ts";
-import { recordExchange, recordRefusal, trackExchange } from "./status/record.ts";
+import { asStreamResponse, discardBody } from "../upstream/relayed.ts";
+import type { Active } from "../status/activity.ts";
+import { recordExchange, recordRefusal, trackExchange } from "../status/record.ts";
 
 export interface SocketData {
   conn: Connection | null;

@@ -3,10 +3,10 @@
  * crm itself. The allow-list is applied here, before any DNS lookup or dial, so no handler can
  * forget it.
  */
-import { HttpError } from "./errors.ts";
-import type { HostPolicy } from "./host-policy.ts";
-import { normalizeHost } from "./host-policy.ts";
-import type { RequestHead } from "./http/head.ts";
+import { HttpError } from "../errors.ts";
+import type { HostPolicy } from "../host-policy.ts";
+import { normalizeHost } from "../host-policy.ts";
+import type { RequestHead } from "../http/head.ts";
 
 export type Route =
   | { kind: "connect"; host: string; port: number }

@@ -3,7 +3,7 @@
  * from: a blob GET answers 307 to a CDN, and the token realm may live on another host. Only
  * these hosts (plus the registry's own and allowed_hosts) are followed.
  */
-import type { ImageRules } from "./mirror/rules.ts";
+import type { ImageRules } from "../mirror/rules.ts";
 
 export interface RegistryConfig {
   /** As clients name it: docker.io, gcr.io, quay.io. */

@@ -4,25 +4,25 @@
  */
 import { readFileSync } from "node:fs";
 import type { SocketListener } from "bun";
-import type { Config } from "./config.ts";
-import { acmeCertificateState, certificateStateOf } from "./status/sources.ts";
+import type { Config } from "../config/load.ts";
+import { acmeCertificateState, certificateStateOf } from "../status/sources.ts";
 import type { Connection, Dispatcher, SocketData } from "./connection.ts";
-import { applyConfig, createRuntime, type Runtime } from "./context.ts";
+import { applyConfig, createRuntime, type Runtime } from "../context.ts";
 import { forward } from "./forward.ts";
 import { Admission, ConnectionSet, listen, type ListenTls } from "./listener.ts";
-import { plainListenerDispatcher } from "./tls/plain-listener.ts";
+import { plainListenerDispatcher } from "./plain-listener.ts";
 import { local, type LocalRoutes } from "./local.ts";
-import type { LogSink } from "./log.ts";
-import { createMirrorHandler } from "./mirror/index.ts";
-import { openProxyWarnings } from "./access/exposure.ts";
+import type { LogSink } from "../log.ts";
+import { createMirrorHandler } from "../mirror/index.ts";
+import { openProxyWarnings } from "../access/exposure.ts";
 import { Mitm } from "./mitm.ts";
-import type { Resolver } from "./net/resolver.ts";
+import type { Resolver } from "../net/resolver.ts";
 import { formatHostPort } from "./router.ts";
 import { openTunnel } from "./tunnel.ts";
-import { listenerIsTls } from "./config/listen.ts";
-import { TlsCertificates } from "./tls/index.ts";
-import { renderTlsMetrics } from "./tls/status.ts";
-import { prepareUnixPath, removeSocket, setSocketMode, socketInode } from "./net/unix-socket.ts";
+import { listenerIsTls } from "../config/listen.ts";
+import { TlsCertificates } from "../tls/index.ts";
+import { renderTlsMetrics } from "../tls/status.ts";
+import { prepareUnixPath, removeSocket, setSocketMode, socketInode } from "../net/unix-socket.ts";
 
 export interface StartOptions {
   /** Where log lines go (tests read them); stderr by default. */

@@ -5,23 +5,23 @@
 import { existsSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import YAML from "yaml";
-import { ConfigError, ConfigErrors } from "./errors.ts";
-import { parseDuration } from "./config/duration.ts";
-import { compileHostPattern } from "./host-policy.ts";
-import { parseCidr } from "./access/cidr.ts";
-import { nearest } from "./config/did-you-mean.ts";
-import { LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
+import { ConfigError, ConfigErrors } from "../errors.ts";
+import { parseDuration } from "./duration.ts";
+import { compileHostPattern } from "../host-policy.ts";
+import { parseCidr } from "../access/cidr.ts";
+import { nearest } from "./did-you-mean.ts";
+import { LOG_LEVELS, type LogFormat, type LogLevel } from "../log.ts";
 import { DEFAULT_REGISTRIES, type RegistryConfig } from "./registries.ts";
-import { buildListen, checkProxyProtocolTls, checkProxyProtocolTrust, type ListenAddress } from "./config/listen.ts";
-import { buildTls, checkTlsListeners, type TlsListenConfig } from "./tls/config.ts";
-import { buildManifestCache, type ManifestCacheConfig } from "./mirror/manifests/config.ts";
-import { buildFairShare, FAIR_SHARE_KEYS, type FairShareLimits } from "./limits/config.ts";
-import { buildForwardedHeader, buildTrustedProxies, type ForwardedHeader } from "./access/client-address.ts";
-import { buildRules, type ImageRules } from "./mirror/rules.ts";
-import { buildDoctorConfig, type DoctorConfig } from "./doctor/config.ts";
+import { buildListen, checkProxyProtocolTls, checkProxyProtocolTrust, type ListenAddress } from "./listen.ts";
+import { buildTls, checkTlsListeners, type TlsListenConfig } from "../tls/config.ts";
+import { buildManifestCache, type ManifestCacheConfig } from "../mirror/manifests/config.ts";
+import { buildFairShare, FAIR_SHARE_KEYS, type FairShareLimits } from "../limits/config.ts";
+import { buildForwardedHeader, buildTrustedProxies, type ForwardedHeader } from "../access/client-address.ts";
+import { buildRules, type ImageRules } from "../mirror/rules.ts";
+import { buildDoctorConfig, type DoctorConfig } from "../doctor/config.ts";
 
-export { parseListen, type ListenAddress } from "./config/listen.ts";
-export type { AcmeConfig, TlsListenConfig } from "./tls/config.ts";
+export { parseListen, type ListenAddress } from "./listen.ts";
+export type { AcmeConfig, TlsListenConfig } from "../tls/config.ts";
 
 export interface Timeouts {
   /** From a connection's first byte to the end of its request head (slow-loris bound). */

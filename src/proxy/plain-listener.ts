@@ -5,11 +5,11 @@
  * For clients in access.clients, proxy requests (CONNECT, absolute-form) pass through unchanged,
  * so the proxy works here too; everyone else gets only the challenges.
  */
-import type { Dispatcher, Exchange } from "../connection.ts";
+import type { Dispatcher, Exchange } from "./connection.ts";
 import type { Runtime } from "../context.ts";
 import { headerValue } from "../http/head.ts";
 import { textResponse } from "../http/response.ts";
-import { formatHostPort, parseAuthority } from "../router.ts";
+import { formatHostPort, parseAuthority } from "./router.ts";
 
 export const CHALLENGE_PREFIX = "/.well-known/acme-challenge/";
 

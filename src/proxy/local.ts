@@ -3,12 +3,12 @@
  * `http://host/healthz` is a forward request and never lands here.
  */
 import type { Exchange } from "./connection.ts";
-import type { Runtime } from "./context.ts";
-import { headerValue } from "./http/head.ts";
-import { textResponse as text } from "./http/response.ts";
-import { HttpError } from "./errors.ts";
-import { errorResponse, MirrorError } from "./mirror/errors.ts";
-import { isStatusPath, statusEndpoint } from "./status/endpoints.ts";
+import type { Runtime } from "../context.ts";
+import { headerValue } from "../http/head.ts";
+import { textResponse as text } from "../http/response.ts";
+import { HttpError } from "../errors.ts";
+import { errorResponse, MirrorError } from "../mirror/errors.ts";
+import { isStatusPath, statusEndpoint } from "../status/endpoints.ts";
 
 export type LocalHandler = (ex: Exchange, rt: Runtime) => Promise<Response> | Response;
 

@@ -5,12 +5,12 @@
  * timer per socket.
  */
 import type { Socket, SocketHandler, SocketListener } from "bun";
-import type { ListenAddress } from "./config.ts";
+import type { ListenAddress } from "../config/load.ts";
 import { Connection, type Dispatcher, type SocketData } from "./connection.ts";
-import { clientKey } from "./access/client-address.ts";
-import type { Runtime } from "./context.ts";
-import { HttpError } from "./errors.ts";
-import { errorHead } from "./http/response.ts";
+import { clientKey } from "../access/client-address.ts";
+import type { Runtime } from "../context.ts";
+import { HttpError } from "../errors.ts";
+import { errorHead } from "../http/response.ts";
 
 const SWEEP_MS = 250;
 
@@ -81,7 +81,7 @@ export class Admission {
 
   constructor(private readonly rt: Runtime) {}
 
-  /** `openToAll`: a plain listener beside ACME lets anyone in for http-01 (tls/plain-listener.ts restricts the rest). */
+  /** `openToAll`: a plain listener beside ACME lets anyone in for http-01 (plain-listener.ts restricts the rest). */
   admit(s: Socket<SocketData>, openToAll = false): boolean {
     // A unix-socket peer has no address (Bun gives undefined); it is admitted by the socket's
     // file mode, and counted under one name for the per-client limit.
