@@ -3,7 +3,7 @@
  * the logger, and the metrics. A reload (SIGHUP) swaps the config-derived fields in one step
  * between two events; a request already running keeps the objects it read at its start.
  */
-import type { Config } from "./config/load.ts";
+import type { Config } from "./config/types.ts";
 import { AccessControl } from "./access/access.ts";
 import { Bandwidth } from "./limits/bandwidth.ts";
 import { ClientAddress } from "./access/client-address.ts";

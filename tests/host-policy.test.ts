@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { DEFAULT_ALLOWED_HOSTS } from "../src/config/load.ts";
+import { DEFAULT_ALLOWED_HOSTS } from "../src/config/types.ts";
 import { HttpError } from "../src/errors.ts";
 import { HostPolicy, normalizeHost } from "../src/host-policy.ts";
 import type { RequestHead } from "../src/http/head.ts";

@@ -11,7 +11,7 @@ import { buildConfig } from "../src/config/load.ts";
 import type { HeaderList } from "../src/http/head.ts";
 import { ProxyProtocolError, readProxyHeader } from "../src/access/proxy-protocol.ts";
 import { RequestRate } from "../src/limits/request-rate.ts";
-import { DEFAULT_LIMITS } from "../src/config/load.ts";
+import { DEFAULT_LIMITS } from "../src/config/types.ts";
 import { startCrm } from "./support/crm.ts";
 import { startOrigin } from "./support/origins.ts";
 import { sendFrom } from "./support/raw.ts";

@@ -9,7 +9,7 @@
  * dummy hash of the same cost, so timing does not tell which names exist.
  */
 import { createHash, randomBytes } from "node:crypto";
-import type { Config } from "../config/load.ts";
+import type { Config } from "../config/types.ts";
 import { CidrList } from "./cidr.ts";
 import { clientKey } from "./client-address.ts";
 import { HttpError } from "../errors.ts";

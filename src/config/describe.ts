@@ -1,5 +1,5 @@
 /** What `crm -t` prints: the effective configuration, secrets left out. */
-import type { Config } from "./load.ts";
+import type { Config } from "./types.ts";
 import { formatDuration } from "./duration.ts";
 import { formatHostPort } from "../proxy/router.ts";
 import { listenerIsTls } from "./listen.ts";

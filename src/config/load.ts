@@ -5,123 +5,31 @@
 import { existsSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import YAML from "yaml";
-import { ConfigError, ConfigErrors } from "../errors.ts";
-import { parseDuration } from "./duration.ts";
-import { compileHostPattern } from "../host-policy.ts";
 import { parseCidr } from "../access/cidr.ts";
-import { nearest } from "./did-you-mean.ts";
+import { buildForwardedHeader, buildTrustedProxies } from "../access/client-address.ts";
+import { buildDoctorConfig } from "../doctor/config.ts";
+import { ConfigError, ConfigErrors } from "../errors.ts";
+import { buildFairShare, FAIR_SHARE_KEYS } from "../limits/config.ts";
 import { LOG_LEVELS, type LogFormat, type LogLevel } from "../log.ts";
-import { DEFAULT_REGISTRIES, type RegistryConfig } from "./registries.ts";
+import { buildManifestCache } from "../mirror/manifests/config.ts";
+import { buildRules } from "../mirror/rules.ts";
+import { buildTls, checkTlsListeners } from "../tls/config.ts";
+import { Checker, parseSize, show, type Obj } from "./checker.ts";
 import { buildListen, checkProxyProtocolTls, checkProxyProtocolTrust, type ListenAddress } from "./listen.ts";
-import { buildTls, checkTlsListeners, type TlsListenConfig } from "../tls/config.ts";
-import { buildManifestCache, type ManifestCacheConfig } from "../mirror/manifests/config.ts";
-import { buildFairShare, FAIR_SHARE_KEYS, type FairShareLimits } from "../limits/config.ts";
-import { buildForwardedHeader, buildTrustedProxies, type ForwardedHeader } from "../access/client-address.ts";
-import { buildRules, type ImageRules } from "../mirror/rules.ts";
-import { buildDoctorConfig, type DoctorConfig } from "../doctor/config.ts";
-
-export { parseListen, type ListenAddress } from "./listen.ts";
-export type { AcmeConfig, TlsListenConfig } from "../tls/config.ts";
-
-export interface Timeouts {
-  /** From a connection's first byte to the end of its request head (slow-loris bound). */
-  headerMs: number;
-  /** TCP (and TLS) dial to an upstream. */
-  connectMs: number;
-  /** A tunnel, kept-alive connection or request in flight with no traffic either way is closed after this. */
-  idleMs: number;
-  /** On SIGTERM, how long running requests and tunnels get before they are cut. */
-  shutdownGraceMs: number;
-  /** From sending a request upstream to receiving its response head. */
-  upstreamHeaderMs: number;
-}
-
-export interface MitmConfig {
-  enabled: boolean;
-  caCertPath: string | null;
-  caKeyPath: string | null;
-  /** Intercept only these (allow-list syntax); null means every allowed host. */
-  hosts: readonly string[] | null;
-}
-
-export interface MirrorConfig {
-  enabled: boolean;
-  /** Serve the mirror under this path only (`/SECRET/v2/...`), or "" for `/v2/`. */
-  pathPrefix: string;
-  defaultRegistry: string;
-  registries: ReadonlyMap<string, RegistryConfig>;
-  manifestCache: ManifestCacheConfig;
-  /** Image rules for registries without their own (mirror.rules). */
-  rules: ImageRules | null;
-}
-
-export interface AccessConfig {
-  /** CIDR ranges whose clients may connect; empty means everyone. */
-  clients: readonly string[];
-  /** name → password hash (argon2id or bcrypt, from `crm passwd NAME`). */
-  users: ReadonlyMap<string, string>;
-  /** Whether the mirror also needs users' credentials (Docker's registry-mirrors cannot send any). */
-  mirrorAuth: boolean;
-  /** Peers (CIDR ranges, "unix") whose X-Forwarded-For / Forwarded name the real client. */
-  trustedProxies: readonly string[];
-  /** The one field those peers set to name the client. */
-  forwardedHeader: ForwardedHeader;
-}
-
-export interface Limits extends FairShareLimits {
-  maxConnections: number;
-  maxConnectionsPerClient: number;
-  /** Largest request body on the forward and MITM paths, in bytes. */
-  maxBody: number;
-}
-
-export interface MetricsConfig {
-  enabled: boolean;
-  /** CIDR ranges that may read /metrics. */
-  clients: readonly string[];
-}
-
-export interface Config {
-  /** The file this came from, for messages. */
-  file: string;
-  /** Serve the listen port(s) over TLS (HTTPS mirror, HTTPS proxy); null for plain TCP. */
-  tls: TlsListenConfig | null;
-  /** File mode for unix-socket listeners. */
-  unixSocketMode: number;
-  metrics: MetricsConfig;
-  /** How clients reach this instance (for the index page), e.g. https://crm.example.com */
-  publicUrl: string | null;
-  access: AccessConfig;
-  limits: Limits;
-  /** Let names resolve to loopback/private/link-local addresses (off: the SSRF guard). */
-  allowPrivateNetworks: boolean;
-  listen: readonly ListenAddress[];
-  allowedHosts: readonly string[];
-  allowedPorts: readonly number[];
-  insecureTls: boolean;
-  logLevel: LogLevel;
-  logFormat: LogFormat;
-  mitm: MitmConfig;
-  mirror: MirrorConfig;
-  timeouts: Timeouts;
-  /** What `crm doctor` checks with (doctor/config.ts). */
-  doctor: DoctorConfig;
-}
-
-export const DEFAULT_ALLOWED_HOSTS: readonly string[] = [
-  "docker.io",
-  "registry-1.docker.io",
-  "auth.docker.io",
-  "production.cloudflare.docker.com",
-  "production.cloudfront.docker.com",
-  "gcr.io",
-  "k8s.io",
-  "registry.k8s.io",
-  "docker.elastic.co",
-  "ghcr.io",
-];
-export const DEFAULT_ALLOWED_PORTS: readonly number[] = [80, 443];
-export const DEFAULT_TIMEOUTS: Timeouts = { headerMs: 10_000, connectMs: 10_000, idleMs: 300_000, shutdownGraceMs: 30_000, upstreamHeaderMs: 60_000 };
+import { buildRegistry, DEFAULT_REGISTRIES, type RegistryConfig } from "./registries.ts";
+import {
+  DEFAULT_ALLOWED_HOSTS,
+  DEFAULT_ALLOWED_PORTS,
+  DEFAULT_LIMITS,
+  DEFAULT_TIMEOUTS,
+  type AccessConfig,
+  type Config,
+  type Limits,
+  type MetricsConfig,
+  type MirrorConfig,
+  type MitmConfig,
+  type Timeouts,
+} from "./types.ts";
 
 export const CONFIG_CANDIDATES = ["config.yaml", "config.yml", "config.json"] as const;
 
@@ -172,131 +80,10 @@ export function parseConfigText(text: string, file: string): unknown {
   return doc.toJS() as unknown;
 }
 
-type Obj = Record<string, unknown>;
-
-/** Collects every problem instead of stopping at the first (section modules get one too). */
-export class Checker {
-  readonly errors: ConfigError[] = [];
-  readonly warnings: string[] = [];
-
-  fail(path: string, value: unknown, rule: string): void {
-    this.errors.push(new ConfigError(path, `${show(value)} ${rule}`));
-  }
-
-  /** An error about a key as a whole (missing, incomplete, secret): no value is shown for it. */
-  rule(path: string, message: string): void {
-    this.errors.push(new ConfigError(path, message));
-  }
-
-  /**
-   * A mapping whose keys must all be in `known`: the one list of keys for that section, so a new
-   * key is added in exactly one place. An unknown key is an error, not a warning: a config written
-   * for a newer crm, or a typo such as `mirror.rule`, must not run with that policy silently off.
-   */
-  object(path: string, value: unknown, known: readonly string[]): Obj | null {
-    if (value === undefined || value === null) return null;
-    if (typeof value !== "object" || Array.isArray(value)) {
-      this.fail(path, value, "must be a mapping");
-      return null;
-    }
-    const obj = value as Obj;
-    for (const k of Object.keys(obj)) if (!known.includes(k)) this.unknownKey(path, k, known);
-    return obj;
-  }
-
-  private unknownKey(section: string, key: string, known: readonly string[]): void {
-    const full = (k: string): string => (section ? `${section}.${k}` : k);
-    const near = nearest(key, known);
-    const where = section ? `in ${section}` : "at the top level";
-    const hint = near !== null ? `did you mean ${full(near)}?` : `known keys: ${known.join(", ")}`;
-    this.rule(full(key.slice(0, 100)), `unknown key ${show(key.slice(0, 100))} ${where} (${hint}); crm refuses to run with a setting it does not understand`);
-  }
-
-  bool(path: string, value: unknown, dflt: boolean): boolean {
-    if (value === undefined || value === null) return dflt;
-    if (typeof value === "boolean") return value;
-    this.fail(path, value, "must be true or false");
-    return dflt;
-  }
-
-  string(path: string, value: unknown): string | null {
-    if (value === undefined || value === null) return null;
-    if (typeof value === "string" && value.trim() !== "") return value.trim();
-    this.fail(path, value, "must be a non-empty string");
-    return null;
-  }
-
-  stringList(path: string, value: unknown): string[] | null {
-    if (value === undefined || value === null) return null;
-    if (!Array.isArray(value)) {
-      this.fail(path, value, "must be a list");
-      return null;
-    }
-    const out: string[] = [];
-    value.forEach((v, i) => {
-      const s = this.string(`${path}[${i}]`, v);
-      if (s !== null) out.push(s);
-    });
-    return out;
-  }
-
-  hostPatterns(path: string, value: unknown): string[] | null {
-    const list = this.stringList(path, value);
-    if (list === null) return null;
-    list.forEach((entry, i) => {
-      try {
-        const p = compileHostPattern(entry);
-        if (p.kind === "exact" && p.name === "") this.fail(`${path}[${i}]`, entry, "is not a valid host name");
-      } catch (cause) {
-        this.errors.push(new ConfigError(`${path}[${i}]`, `invalid regular expression ${show(entry)}: ${(cause as Error).message}`, { cause }));
-      }
-    });
-    return list;
-  }
-
-  duration(path: string, value: unknown, dflt: number): number {
-    if (value === undefined || value === null) return dflt;
-    const ms = parseDuration(value);
-    if (typeof ms === "string") {
-      this.fail(path, value, ms);
-      return dflt;
-    }
-    return ms;
-  }
-}
-
-function show(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value);
-  try {
-    return JSON.stringify(value) ?? String(value);
-  } catch {
-    return String(value);
-  }
-}
 
 const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "allow_private_networks", "insecure_tls", "log_level", "log_format", "access", "metrics", "tls", "unix_socket_mode", "public_url", "limits", "mitm", "mirror", "timeouts", "doctor"] as const;
 
-export const DEFAULT_LIMITS: Limits = {
-  maxConnections: 4096,
-  maxConnectionsPerClient: 256,
-  maxBody: 10 * 1024 ** 3,
-  requestsPerSecond: null,
-  burst: 0,
-  clientBandwidth: null,
-  totalBandwidth: null,
-  exemptClients: [],
-};
 
-const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4 };
-
-/** "512MiB", "10GiB", "1GB" or a number of bytes. */
-export function parseSize(value: unknown): number | string {
-  if (typeof value === "number" && Number.isInteger(value) && value >= 0) return value;
-  const m = typeof value === "string" ? /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(value) : null;
-  const unit = SIZE_UNITS[(m?.[2] ?? "x").toLowerCase()];
-  if (!m || unit === undefined) return 'must be a size such as "512MiB", "10GiB" or a number of bytes';
-  return Math.round(Number(m[1]) * unit);
-}
 
 const HASH_PREFIX = /^\$(argon2id|argon2i|argon2d|2a|2b|2y)\$/;
 
@@ -477,58 +264,4 @@ function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
   const manifestCache = buildManifestCache(m.manifest_cache);
   c.errors.push(...manifestCache.errors);
   return { enabled, pathPrefix, defaultRegistry, registries, manifestCache: manifestCache.config, rules: buildRules(c, "mirror.rules", m.rules) };
-}
-
-const REGISTRY_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d+)?$/;
-
-function buildRegistry(c: Checker, path: string, name: string, v: unknown, file: string): RegistryConfig | null {
-  if (!REGISTRY_NAME.test(name)) {
-    c.fail(path, name, "registry name must be a host name such as docker.io or quay.io");
-    return null;
-  }
-  const o: Obj = typeof v === "string" ? { upstream: v } : (c.object(path, v, ["upstream", "username", "password", "password_file", "redirect_hosts", "rules"]) ?? {});
-  const upstreamText = c.string(`${path}.upstream`, o.upstream);
-  if (upstreamText === null) {
-    if (o.upstream === undefined) c.rule(`${path}.upstream`, "missing; it is required (an https:// URL)");
-    return null;
-  }
-  let upstream: URL;
-  try {
-    upstream = new URL(upstreamText);
-  } catch (cause) {
-    c.errors.push(new ConfigError(`${path}.upstream`, `${show(upstreamText)} is not a URL`, { cause }));
-    return null;
-  }
-  if (upstream.protocol !== "https:" && upstream.protocol !== "http:") {
-    c.fail(`${path}.upstream`, upstreamText, "must be an https:// (or http://) URL");
-    return null;
-  }
-  if (upstream.username || upstream.password) {
-    c.rule(`${path}.upstream`, "must not carry user:password (the URL is not shown); use username and password_file");
-    return null;
-  }
-  const username = c.string(`${path}.username`, o.username);
-  let password = c.string(`${path}.password`, o.password === undefined ? undefined : String(o.password));
-  const passwordFile = c.string(`${path}.password_file`, o.password_file);
-  if (passwordFile !== null) {
-    const p = resolve(file, "..", passwordFile);
-    try {
-      password = readFileSync(p, "utf8").replace(/\r?\n$/, "");
-    } catch (cause) {
-      c.errors.push(new ConfigError(`${path}.password_file`, `cannot read ${p}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}`, { cause }));
-    }
-  }
-  if ((username === null) !== (password === null)) {
-    c.rule(path, `username and password (or password_file) must be given together; ${username === null ? "username" : "password"} is missing`);
-  }
-  const redirectHosts = c.hostPatterns(`${path}.redirect_hosts`, o.redirect_hosts) ?? [];
-  return {
-    name,
-    upstream: new URL(upstream.origin + upstream.pathname.replace(/\/+$/, "")),
-    username,
-    password,
-    redirectHosts,
-    operatorNamed: true,
-    rules: buildRules(c, `${path}.rules`, o.rules),
-  };
 }

@@ -3,7 +3,11 @@
  * from: a blob GET answers 307 to a CDN, and the token realm may live on another host. Only
  * these hosts (plus the registry's own and allowed_hosts) are followed.
  */
-import type { ImageRules } from "../mirror/rules.ts";
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
+import { ConfigError } from "../errors.ts";
+import { buildRules, type ImageRules } from "../mirror/rules.ts";
+import { show, type Checker, type Obj } from "./checker.ts";
 
 export interface RegistryConfig {
   /** As clients name it: docker.io, gcr.io, quay.io. */
@@ -54,3 +58,58 @@ export const DEFAULT_REGISTRIES: readonly RegistryConfig[] = [
   reg("ghcr.io", "https://ghcr.io", ["pkg-containers.githubusercontent.com"]),
   reg("quay.io", "https://quay.io", [String.raw`cdn\d*\.quay\.io`, String.raw`quayio-production-s3\.s3[a-z0-9.-]*\.amazonaws\.com`]),
 ];
+
+const REGISTRY_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d+)?$/;
+
+/** One `mirror.registries.<name>` entry: a URL string or a mapping with credentials and rules. */
+export function buildRegistry(c: Checker, path: string, name: string, v: unknown, file: string): RegistryConfig | null {
+  if (!REGISTRY_NAME.test(name)) {
+    c.fail(path, name, "registry name must be a host name such as docker.io or quay.io");
+    return null;
+  }
+  const o: Obj = typeof v === "string" ? { upstream: v } : (c.object(path, v, ["upstream", "username", "password", "password_file", "redirect_hosts", "rules"]) ?? {});
+  const upstreamText = c.string(`${path}.upstream`, o.upstream);
+  if (upstreamText === null) {
+    if (o.upstream === undefined) c.rule(`${path}.upstream`, "missing; it is required (an https:// URL)");
+    return null;
+  }
+  let upstream: URL;
+  try {
+    upstream = new URL(upstreamText);
+  } catch (cause) {
+    c.errors.push(new ConfigError(`${path}.upstream`, `${show(upstreamText)} is not a URL`, { cause }));
+    return null;
+  }
+  if (upstream.protocol !== "https:" && upstream.protocol !== "http:") {
+    c.fail(`${path}.upstream`, upstreamText, "must be an https:// (or http://) URL");
+    return null;
+  }
+  if (upstream.username || upstream.password) {
+    c.rule(`${path}.upstream`, "must not carry user:password (the URL is not shown); use username and password_file");
+    return null;
+  }
+  const username = c.string(`${path}.username`, o.username);
+  let password = c.string(`${path}.password`, o.password === undefined ? undefined : String(o.password));
+  const passwordFile = c.string(`${path}.password_file`, o.password_file);
+  if (passwordFile !== null) {
+    const p = resolve(file, "..", passwordFile);
+    try {
+      password = readFileSync(p, "utf8").replace(/\r?\n$/, "");
+    } catch (cause) {
+      c.errors.push(new ConfigError(`${path}.password_file`, `cannot read ${p}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}`, { cause }));
+    }
+  }
+  if ((username === null) !== (password === null)) {
+    c.rule(path, `username and password (or password_file) must be given together; ${username === null ? "username" : "password"} is missing`);
+  }
+  const redirectHosts = c.hostPatterns(`${path}.redirect_hosts`, o.redirect_hosts) ?? [];
+  return {
+    name,
+    upstream: new URL(upstream.origin + upstream.pathname.replace(/\/+$/, "")),
+    username,
+    password,
+    redirectHosts,
+    operatorNamed: true,
+    rules: buildRules(c, `${path}.rules`, o.rules),
+  };
+}

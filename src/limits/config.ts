@@ -4,7 +4,7 @@
  * Every one is off unless set, so a private instance pays nothing for them.
  */
 import { parseCidr } from "../access/cidr.ts";
-import { parseSize } from "../config/load.ts";
+import { parseSize } from "../config/checker.ts";
 
 export interface FairShareLimits {
   /** Requests a client may start per second, on average; null: no rate limit. */

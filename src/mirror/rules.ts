@@ -5,7 +5,7 @@
  * number of segments. Deny wins; a non-empty allow list admits only what it names. A refusal is
  * OCI `DENIED` naming the rule, so `docker pull` and skopeo print why.
  */
-import type { MirrorConfig } from "../config/load.ts";
+import type { MirrorConfig } from "../config/types.ts";
 import { MirrorError } from "./errors.ts";
 
 export interface ImageRules {

@@ -5,7 +5,7 @@
  * timer per socket.
  */
 import type { Socket, SocketHandler, SocketListener } from "bun";
-import type { ListenAddress } from "../config/load.ts";
+import type { ListenAddress } from "../config/listen.ts";
 import { Connection, type Dispatcher, type SocketData } from "./connection.ts";
 import { clientKey } from "../access/client-address.ts";
 import type { Runtime } from "../context.ts";

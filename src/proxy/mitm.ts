@@ -6,7 +6,7 @@
  * its log lines apply unchanged.
  */
 import type { Socket } from "bun";
-import type { Config } from "../config/load.ts";
+import type { Config } from "../config/types.ts";
 import { HttpError } from "../errors.ts";
 import { Connection, type Dispatcher, type SocketData } from "./connection.ts";
 import type { Runtime } from "../context.ts";

@@ -4,7 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import type { SocketListener } from "bun";
-import type { Config } from "../config/load.ts";
+import type { Config } from "../config/types.ts";
 import { acmeCertificateState, certificateStateOf } from "../status/sources.ts";
 import type { Connection, Dispatcher, SocketData } from "./connection.ts";
 import { applyConfig, createRuntime, type Runtime } from "../context.ts";

@@ -6,7 +6,7 @@
  */
 import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
-import type { Config } from "../config/load.ts";
+import type { Config } from "../config/types.ts";
 import type { QuotaView } from "../mirror/upstream-quota.ts";
 import { CertStore } from "../tls/cert-store.ts";
 import type { CertificateStatus } from "../tls/status.ts";

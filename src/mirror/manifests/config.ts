@@ -3,7 +3,7 @@
  * counted pull for (cache.ts). Its own module so config.ts only hooks it in.
  */
 import { ConfigError } from "../../errors.ts";
-import { parseSize } from "../../config/load.ts";
+import { parseSize } from "../../config/checker.ts";
 
 export interface ManifestCacheConfig {
   enabled: boolean;
