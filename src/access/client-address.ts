@@ -8,19 +8,15 @@
  * password brake, logs and metrics all use the result.
  */
 import { isIP } from "node:net";
+import type { Checker } from "../config/checker.ts";
 import { CidrList, parseCidr } from "./cidr.ts";
 import { headerValues, type HeaderList } from "../http/head.ts";
 
 /** The peer name of a unix-socket connection (it has no address). */
 export const UNIX_PEER = "unix";
 
-export interface TrustedProxyChecks {
-  fail(path: string, value: unknown, rule: string): void;
-  stringList(path: string, value: unknown): string[] | null;
-}
-
 /** `access.trusted_proxies`: CIDR ranges and "unix". */
-export function buildTrustedProxies(c: TrustedProxyChecks, value: unknown): string[] {
+export function buildTrustedProxies(c: Checker, value: unknown): string[] {
   const list = c.stringList("access.trusted_proxies", value) ?? [];
   list.forEach((entry, i) => {
     if (entry === UNIX_PEER) return;
@@ -53,7 +49,7 @@ export function clientKey(address: string): string {
 /** Which field a trusted front sets to name its client (`access.forwarded_header`). */
 export type ForwardedHeader = "x-forwarded-for" | "forwarded";
 
-export function buildForwardedHeader(c: Pick<TrustedProxyChecks, "fail">, value: unknown): ForwardedHeader {
+export function buildForwardedHeader(c: Checker, value: unknown): ForwardedHeader {
   if (value === undefined || value === null) return "x-forwarded-for";
   if (value === "x-forwarded-for" || value === "forwarded") return value;
   c.fail("access.forwarded_header", value, 'must be "x-forwarded-for" or "forwarded" (the field your front sets, overwriting or appending to what the client sent)');

@@ -261,7 +261,6 @@ function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
   if (enabled && registries.size > 0 && !registries.has(defaultRegistry)) {
     c.fail("mirror.default_registry", defaultRegistry, `must be one of the mirrored registries (${[...registries.keys()].join(", ")})`);
   }
-  const manifestCache = buildManifestCache(m.manifest_cache);
-  c.errors.push(...manifestCache.errors);
-  return { enabled, pathPrefix, defaultRegistry, registries, manifestCache: manifestCache.config, rules: buildRules(c, "mirror.rules", m.rules) };
+  const manifestCache = buildManifestCache(c, m.manifest_cache);
+  return { enabled, pathPrefix, defaultRegistry, registries, manifestCache, rules: buildRules(c, "mirror.rules", m.rules) };
 }

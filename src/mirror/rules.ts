@@ -5,6 +5,7 @@
  * number of segments. Deny wins; a non-empty allow list admits only what it names. A refusal is
  * OCI `DENIED` naming the rule, so `docker pull` and skopeo print why.
  */
+import type { Checker } from "../config/checker.ts";
 import type { MirrorConfig } from "../config/types.ts";
 import { MirrorError } from "./errors.ts";
 
@@ -18,15 +19,8 @@ export const RULE_KEYS = ["allow", "deny", "deny_message"] as const;
 
 const PATTERN = /^[a-z0-9._\-/*]+$/;
 
-export interface RuleChecks {
-  fail(path: string, value: unknown, rule: string): void;
-  object(path: string, value: unknown, known: readonly string[]): Record<string, unknown> | null;
-  stringList(path: string, value: unknown): string[] | null;
-  string(path: string, value: unknown): string | null;
-}
-
 /** Parses a `rules` mapping at `path`; null when absent. */
-export function buildRules(c: RuleChecks, path: string, raw: unknown): ImageRules | null {
+export function buildRules(c: Checker, path: string, raw: unknown): ImageRules | null {
   const o = c.object(path, raw, RULE_KEYS);
   if (o === null) return null;
   const list = (key: "allow" | "deny"): string[] => {
