@@ -13,7 +13,8 @@ import { Logger, type LogSink } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { RequestJournal } from "./status/journal.ts";
 import { ActivityBoard } from "./status/activity.ts";
-import { certificateStateOf, type StatusSources } from "./status/sources.ts";
+import type { StatusSources } from "./status/sources.ts";
+import { certificateStateOf } from "./tls/certificate-state.ts";
 import { UpstreamClient } from "./upstream/client.ts";
 import { guardedResolver, systemResolver, type Resolver } from "./net/resolver.ts";
 

@@ -15,7 +15,8 @@ import { TokenCache } from "../mirror/auth/token-cache.ts";
 import { fetchToken } from "../mirror/auth/token-fetch.ts";
 import { RegistryClient } from "../mirror/upstream.ts";
 import type { RegistryConfig } from "../config/registries.ts";
-import { describeQuota, parseRateLimit } from "../mirror/upstream-quota.ts";
+import { parseRateLimit } from "../mirror/upstream-quota.ts";
+import { describeQuota } from "../status/quota.ts";
 import type { Report } from "./report.ts";
 import { probeTls } from "./tls-probe.ts";
 

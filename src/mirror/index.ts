@@ -4,11 +4,10 @@
  * each request is answered from its registry's upstream, authenticated and redirected
  * server-side (upstream.ts), and streamed back (response.ts).
  */
-import type { Exchange } from "../proxy/connection.ts";
+import type { Exchange, LocalHandler, LocalRoute } from "../proxy/exchange.ts";
 import type { Runtime } from "../context.ts";
 import { DialError } from "../errors.ts";
 import { headerValue } from "../http/head.ts";
-import type { LocalHandler } from "../proxy/local.ts";
 import { dialFailure } from "./dial-failure.ts";
 import { API_VERSION_HEADER, errorResponse, jsonResponse, MirrorError } from "./errors.ts";
 import { ManifestService } from "./manifests/service.ts";
@@ -35,7 +34,7 @@ export function createMirrorHandler(rt: Runtime): LocalHandler {
   const mirror: Mirror = { clients, state, manifests: new ManifestService(rt, state), rules: rulesFor(rt.config.mirror) };
   return async (ex) => {
     let res: Response;
-    const target = ex.route.kind === "local" ? ex.route.path : ex.head.target;
+    const target = ex.route.path;
     try {
       res = isRequestsPath(target) ? requestsAnswer(ex, rt, target) : await handle(ex, rt, mirror);
     } catch (e) {
@@ -55,13 +54,13 @@ interface Mirror {
   rules: ReadonlyMap<string, RuleSet>;
 }
 
-async function handle(ex: Exchange, rt: Runtime, { clients, state, manifests, rules }: Mirror): Promise<Response> {
+async function handle(ex: Exchange<LocalRoute>, rt: Runtime, { clients, state, manifests, rules }: Mirror): Promise<Response> {
   const method = ex.head.method;
   if (method !== "GET" && method !== "HEAD") {
     throw new MirrorError(405, "UNSUPPORTED", `${method.slice(0, 20)} is not supported: crm mirrors pulls only`, { headers: { allow: "GET, HEAD" } });
   }
   // local.ts hands over the path with mirror.path_prefix already removed.
-  const route = parseMirrorTarget(ex.route.kind === "local" ? ex.route.path : ex.head.target, rt.config.mirror);
+  const route = parseMirrorTarget(ex.route.path, rt.config.mirror);
   // The version check every client starts with; crm needs no credentials from its clients.
   if (route.kind === "base") return jsonResponse(200, "{}");
 

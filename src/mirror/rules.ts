@@ -6,7 +6,6 @@
  * OCI `DENIED` naming the rule, so `docker pull` and skopeo print why.
  */
 import type { Checker } from "../config/checker.ts";
-import type { MirrorConfig } from "../config/types.ts";
 import { MirrorError } from "./errors.ts";
 
 export interface ImageRules {
@@ -99,7 +98,10 @@ export function enforceRules(rules: RuleSet | null, registry: string, name: stri
 }
 
 /** The rule set each registry answers to: its own rules, else mirror.rules; none when neither is set. */
-export function rulesFor(mirror: MirrorConfig): ReadonlyMap<string, RuleSet> {
+export function rulesFor(mirror: {
+  rules: ImageRules | null;
+  registries: ReadonlyMap<string, { name: string; rules?: ImageRules | null }>;
+}): ReadonlyMap<string, RuleSet> {
   const out = new Map<string, RuleSet>();
   const global = mirror.rules === null ? null : new RuleSet(mirror.rules, "mirror.rules");
   for (const reg of mirror.registries.values()) {

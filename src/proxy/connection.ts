@@ -14,37 +14,20 @@ import { formatHeaders, redactUrl } from "../log.ts";
 import type { RequestKind } from "../metrics.ts";
 import { Outbox } from "../net/outbox.ts";
 import { readProxyHeader } from "../access/proxy-protocol.ts";
-import { route, type Authority, type Route } from "./router.ts";
-import { asStreamResponse, discardBody } from "../upstream/relayed.ts";
-import type { Active } from "../status/activity.ts";
+import { isForward, isLocal, type Authority, type ConnectRoute, type Exchange, type ForwardRoute, type LocalRoute, type Route } from "./exchange.ts";
+import { route } from "./router.ts";
+import { asStreamResponse, discardBody } from "../http/relayed.ts";
 import { recordExchange, recordRefusal, trackExchange } from "../status/record.ts";
 
 export interface SocketData {
   conn: Connection | null;
 }
 
-/** What a handler gets for one request. */
-export interface Exchange {
-  head: RequestHead;
-  route: Extract<Route, { kind: "forward" | "local" }>;
-  /** The request body as it arrives (piped to the upstream socket by the forward path), or null. */
-  body: BodyFeeder | null;
-  client: string;
-  /** This request's id in rt.journal; the mirror sends it as X-Crm-Request-Id. */
-  id: string;
-  /** Aborted when the client goes away: cancels the upstream request. */
-  signal: AbortSignal;
-  /** Fields the handler wants on the request's log line (token state, registry, ...). */
-  logFields: Record<string, string | number>;
-  /** Set by a local route that is really a feature of its own (the mirror), for logs and metrics. */
-  kind?: RequestKind;
-  /** Its entry on the activity board while in flight (status/record.ts). */
-  tracked: Active | null;
-}
-
+/** Where a routed request goes, one entry per route kind. */
 export interface Dispatcher {
-  http(ex: Exchange): Promise<Response>;
-  connect(conn: Connection, route: Extract<Route, { kind: "connect" }>, head: RequestHead, rest: Buffer): void;
+  forward(ex: Exchange<ForwardRoute>): Promise<Response>;
+  local(ex: Exchange<LocalRoute>): Promise<Response>;
+  connect(conn: Connection, route: ConnectRoute, head: RequestHead, rest: Buffer): void;
 }
 
 /** Hooks a CONNECT handler installs to receive the client's side of the socket. */
@@ -440,7 +423,7 @@ export class Connection {
     // Every error crm answers itself ends the connection (nothing of a failed exchange lingers).
     let ownError = false;
     try {
-      res = await this.dispatch.http(ex);
+      res = await (isForward(ex) ? this.dispatch.forward(ex) : isLocal(ex) ? this.dispatch.local(ex) : Promise.reject(new Error("no handler for this route")));
     } catch (e) {
       res = this.errorResponse(e, ex);
       ownError = true;

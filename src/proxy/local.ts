@@ -2,7 +2,7 @@
  * crm's own endpoints, reached with origin-form requests only: an absolute-form
  * `http://host/healthz` is a forward request and never lands here.
  */
-import type { Exchange } from "./connection.ts";
+import type { Exchange, LocalHandler, LocalRoute } from "./exchange.ts";
 import type { Runtime } from "../context.ts";
 import { headerValue } from "../http/head.ts";
 import { textResponse as text } from "../http/response.ts";
@@ -10,15 +10,13 @@ import { HttpError } from "../errors.ts";
 import { errorResponse, MirrorError } from "../mirror/errors.ts";
 import { isStatusPath, statusEndpoint } from "../status/endpoints.ts";
 
-export type LocalHandler = (ex: Exchange, rt: Runtime) => Promise<Response> | Response;
-
-function healthz(ex: Exchange, rt: Runtime): Response {
+function healthz(ex: Exchange<LocalRoute>, rt: Runtime): Response {
   if (ex.head.method !== "GET" && ex.head.method !== "HEAD") return text(405, "method not allowed", { allow: "GET, HEAD" });
   // 503 while draining tells a load balancer to stop sending new work before crm exits.
   return rt.draining ? text(503, "shutting down") : text(200, "ok");
 }
 
-function metrics(ex: Exchange, rt: Runtime): Response {
+function metrics(ex: Exchange<LocalRoute>, rt: Runtime): Response {
   if (!rt.config.metrics.enabled) return text(404, "crm: metrics are disabled (metrics.enabled)");
   if (!rt.access.metricsAllowed(ex.client)) return text(403, "crm: your address is not in metrics.clients");
   const body = rt.metrics.render();
@@ -32,8 +30,7 @@ export interface LocalRoutes {
   mirror: LocalHandler | null;
 }
 
-export async function local(ex: Exchange, rt: Runtime, routes: LocalRoutes): Promise<Response> {
-  if (ex.route.kind !== "local") throw new Error("local() called for a non-local route");
+export async function local(ex: Exchange<LocalRoute>, rt: Runtime, routes: LocalRoutes): Promise<Response> {
   const path = ex.route.path.split("?")[0] ?? "";
   if (path === "/healthz") return healthz(ex, rt);
   if (path === "/metrics") return metrics(ex, rt);

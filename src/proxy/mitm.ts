@@ -13,7 +13,7 @@ import type { Runtime } from "../context.ts";
 import { HostMatcher } from "../host-policy.ts";
 import { ALPN_HTTP1, connectionHandlers, type ConnectionSet } from "./listener.ts";
 import { CertCache, LeafIssuer, caWarnings, loadCa, normalizeHost, type Ca } from "../pki/index.ts";
-import { formatHostPort } from "./router.ts";
+import { formatHostPort } from "../net/host-port.ts";
 import { ESTABLISHED } from "./tunnel.ts";
 
 

@@ -5,7 +5,7 @@
 import { readFileSync } from "node:fs";
 import type { SocketListener } from "bun";
 import type { Config } from "../config/types.ts";
-import { acmeCertificateState, certificateStateOf } from "../status/sources.ts";
+import { acmeCertificateState, certificateStateOf } from "../tls/certificate-state.ts";
 import type { Connection, Dispatcher, SocketData } from "./connection.ts";
 import { applyConfig, createRuntime, type Runtime } from "../context.ts";
 import { forward } from "./forward.ts";
@@ -17,7 +17,7 @@ import { createMirrorHandler } from "../mirror/index.ts";
 import { openProxyWarnings } from "../access/exposure.ts";
 import { Mitm } from "./mitm.ts";
 import type { Resolver } from "../net/resolver.ts";
-import { formatHostPort } from "./router.ts";
+import { formatHostPort } from "../net/host-port.ts";
 import { openTunnel } from "./tunnel.ts";
 import { listenerIsTls } from "../config/listen.ts";
 import { TlsCertificates } from "../tls/index.ts";
@@ -90,7 +90,8 @@ export class CrmServer {
   ) {
     this.admission = new Admission(rt);
     this.dispatch = {
-      http: (ex) => (ex.route.kind === "forward" ? forward(ex, rt) : local(ex, rt, ext)),
+      forward: (ex) => forward(ex, rt),
+      local: (ex) => local(ex, rt, ext),
       connect: (conn, r, _head, rest) => {
         if (ext.intercept?.(conn, r.host, r.port, rest)) return;
         openTunnel(conn, r.host, r.port, rest);

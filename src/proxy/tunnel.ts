@@ -9,7 +9,7 @@ import type { Connection } from "./connection.ts";
 import { dial } from "../net/dial.ts";
 import { DialError } from "../errors.ts";
 import { Outbox } from "../net/outbox.ts";
-import { formatHostPort } from "./router.ts";
+import { formatHostPort } from "../net/host-port.ts";
 import { recordTunnel, trackTunnel, type TunnelRecord } from "../status/record.ts";
 
 /** The exact CONNECT answer (RFC 9110 §9.3.6: a 2xx carries no Content-Length or Transfer-Encoding). */

@@ -3,7 +3,7 @@
  * index page's: with access.users set they ask for a user's credentials, also when
  * access.mirror_auth is false (a browser can send them; Docker's registry-mirrors cannot).
  */
-import type { Exchange } from "../proxy/connection.ts";
+import type { Exchange } from "../proxy/exchange.ts";
 import type { Runtime } from "../context.ts";
 import { HttpError } from "../errors.ts";
 import { headerValue } from "../http/head.ts";

@@ -5,7 +5,7 @@
  * The mirror's log fields (registry, repo, ref) become fields of their own so `--check` can
  * match a pull; the rest stay notes.
  */
-import type { Exchange } from "../proxy/connection.ts";
+import type { Exchange } from "../proxy/exchange.ts";
 import type { Runtime } from "../context.ts";
 import type { Active } from "./activity.ts";
 import type { JournalEntry } from "./journal.ts";

@@ -11,7 +11,7 @@ import type { ActiveView, RegistryView } from "./activity.ts";
 import { BUCKET_MS } from "./activity.ts";
 import { hintFor } from "./hints.ts";
 import type { JournalEntry } from "./journal.ts";
-import type { QuotaView } from "../mirror/upstream-quota.ts";
+import type { QuotaView } from "./quota.ts";
 import type { CertificateState, ManifestCacheState } from "./sources.ts";
 
 export const RECENT = 100;
