@@ -6,10 +6,10 @@
  */
 import type { Exchange, LocalHandler, LocalRoute } from "../proxy/exchange.ts";
 import type { Runtime } from "../context.ts";
-import { DialError } from "../errors.ts";
+import { DialError, HttpError } from "../errors.ts";
 import { headerValue } from "../http/head.ts";
 import { dialFailure } from "./dial-failure.ts";
-import { API_VERSION_HEADER, errorResponse, jsonResponse, MirrorError } from "./errors.ts";
+import { API_VERSION_HEADER, codeForStatus, errorResponse, jsonResponse, MirrorError } from "./errors.ts";
 import { ManifestService } from "./manifests/service.ts";
 import { meteredFetch } from "./metered.ts";
 import { clientResponse } from "./response.ts";
@@ -17,7 +17,6 @@ import { parseMirrorTarget, pullScope, upstreamPath, type PullRoute } from "./ro
 import { mirrorState, type MirrorState } from "./state.ts";
 import { enforceRules, rulesFor, type RuleSet } from "./rules.ts";
 import { TokenCache } from "./auth/token-cache.ts";
-import { isRequestsPath, requestsAnswer } from "../status/requests-endpoint.ts";
 import { RegistryClient } from "./upstream.ts";
 
 export const REQUEST_ID_HEADER = "x-crm-request-id";
@@ -32,19 +31,15 @@ export function createMirrorHandler(rt: Runtime): LocalHandler {
   // Kept across reloads (state.ts); the manifest service only holds requests in flight.
   const state = mirrorState(rt);
   const mirror: Mirror = { clients, state, manifests: new ManifestService(rt, state), rules: rulesFor(rt.config.mirror) };
-  return async (ex) => {
-    let res: Response;
-    const target = ex.route.path;
-    try {
-      res = isRequestsPath(target) ? requestsAnswer(ex, rt, target) : await handle(ex, rt, mirror);
-    } catch (e) {
-      res = failure(e, ex, rt);
-    }
-    if (!res.headers.has(API_VERSION_HEADER[0])) res.headers.set(API_VERSION_HEADER[0], API_VERSION_HEADER[1]);
-    // Marks every mirror answer as crm's: a runtime that silently used the upstream has none.
-    res.headers.set(REQUEST_ID_HEADER, ex.id);
-    return res;
-  };
+  return async (ex) => markMirrorAnswer(await handle(ex, rt, mirror), ex.id);
+}
+
+/** Every mirror answer, errors included, carries the API version and crm's request id. */
+export function markMirrorAnswer(res: Response, id: string): Response {
+  if (!res.headers.has(API_VERSION_HEADER[0])) res.headers.set(API_VERSION_HEADER[0], API_VERSION_HEADER[1]);
+  // Marks every mirror answer as crm's: a runtime that silently used the upstream has none.
+  res.headers.set(REQUEST_ID_HEADER, id);
+  return res;
 }
 
 interface Mirror {
@@ -95,14 +90,19 @@ function logRoute(ex: Exchange, route: PullRoute): void {
   ex.logFields.ref = route.reference ?? "tags/list";
 }
 
-function failure(e: unknown, ex: Exchange, rt: Runtime): Response {
+/**
+ * A failure inside the mirror as registry clients parse it (OCI error JSON); proxy/error-answer.ts,
+ * the one place errors become answers, calls it for mirror exchanges.
+ */
+export function mirrorFailure(e: unknown, ex: Exchange, rt: Runtime): Response {
   let err: MirrorError;
   if (e instanceof MirrorError) err = e;
   else if (e instanceof DialError) err = dialFailure(e, "upstream");
+  else if (e instanceof HttpError) err = new MirrorError(e.status, codeForStatus(e.status, "manifests"), e.message, { headers: e.headers, cause: e });
   else {
     rt.log.error("mirror handler failed", { client: ex.client, error: e instanceof Error ? e.message : String(e) });
     err = new MirrorError(500, "UNKNOWN", "internal error");
   }
   ex.logFields.error = err.message;
-  return errorResponse(err);
+  return markMirrorAnswer(errorResponse(err), ex.id);
 }

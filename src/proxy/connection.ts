@@ -9,12 +9,14 @@ import { DialError, HttpError } from "../errors.ts";
 import type { Runtime } from "../context.ts";
 import { BodyFeeder } from "../http/body.ts";
 import { headerValue, readRequestHead, requestFraming, wantsKeepAlive, type RequestHead } from "../http/head.ts";
-import { errorHead, textResponse, writeResponse } from "../http/response.ts";
+import { errorHead, writeResponse } from "../http/response.ts";
 import { formatHeaders, redactUrl } from "../log.ts";
 import type { RequestKind } from "../metrics.ts";
 import { Outbox } from "../net/outbox.ts";
 import { readProxyHeader } from "../access/proxy-protocol.ts";
 import { isForward, isLocal, type Authority, type ConnectRoute, type Exchange, type ForwardRoute, type LocalRoute, type Route } from "./exchange.ts";
+import { errorAnswer } from "./error-answer.ts";
+import { admit } from "./request-gate.ts";
 import { route } from "./router.ts";
 import { asStreamResponse, discardBody } from "../http/relayed.ts";
 import { recordExchange, recordRefusal, trackExchange } from "../status/record.ts";
@@ -345,27 +347,20 @@ export class Connection {
     // the allow-list by telling 403 from 407. RFC 9110 §11.7.2: the credentials are crm's own
     // and are removed as hop-by-hop before anything is forwarded.
     const proxyRequest = this.secureAuthority === null && (head.method === "CONNECT" || !head.target.startsWith("/"));
-    if (proxyRequest && this.rt.rate.enabled) {
-      const wait = this.rt.rate.take(this.client);
-      if (wait !== null) {
-        this.rt.metrics.limited(this.client, "rate");
-        this.rt.log.info("rate limited", { client: this.client, method: head.method, target: redactUrl(head.target), retry_after: wait });
-        this.fail(new HttpError(429, "too many requests from your address (limits.requests_per_second)", { headers: { "retry-after": String(wait) } }), head.method);
+    if (proxyRequest) {
+      let refusal = admit(this.rt, "proxy", this.client, headerValue(head.headers, "proxy-authorization"));
+      if (refusal instanceof Promise) {
+        this.pause();
+        refusal = await refusal;
+        // The client may have gone while the password was checked: nothing may be dialled for it.
+        if (refusal === null && this.isClosed) return;
+      }
+      if (refusal !== null) {
+        const what = refusal.reason === "rate" ? "rate limited" : "proxy authentication failed";
+        this.rt.log.info(what, { client: this.client, method: head.method, target: redactUrl(head.target), status: refusal.status, retry_after: refusal.headers["retry-after"] });
+        this.fail(new HttpError(refusal.status, refusal.message, { headers: refusal.headers }), head.method);
         return;
       }
-    }
-    if (proxyRequest && this.rt.access.required("proxy")) {
-      this.pause();
-      try {
-        await this.rt.access.authenticate("proxy", headerValue(head.headers, "proxy-authorization"), this.client);
-      } catch (e) {
-        if ((e as HttpError).status === 429) this.rt.metrics.limited(this.client, "brake");
-        this.rt.log.info("proxy authentication failed", { client: this.client, method: head.method, target: redactUrl(head.target), status: (e as HttpError).status });
-        this.fail(e as HttpError, head.method);
-        return;
-      }
-      // The client may have gone while the password was checked: nothing may be dialled for it.
-      if (this.isClosed) return;
     }
     if (this.buf !== null) {
       rest = Buffer.concat([rest, this.buf]);
@@ -425,8 +420,10 @@ export class Connection {
     try {
       res = await (isForward(ex) ? this.dispatch.forward(ex) : isLocal(ex) ? this.dispatch.local(ex) : Promise.reject(new Error("no handler for this route")));
     } catch (e) {
-      res = this.errorResponse(e, ex);
-      ownError = true;
+      // A malformed request body seen mid-stream, not the handler's failure, is the answer.
+      const answer = errorAnswer(this.bodyError ?? e, ex, this.rt);
+      res = answer.res;
+      ownError = answer.close;
     }
     // Bandwidth limits pace the body's reads from the upstream side (bandwidth.ts).
     if (this.rt.bandwidth.active) res = this.rt.bandwidth.pace(asStreamResponse(res), this.client);
@@ -467,18 +464,6 @@ export class Connection {
       // The client has finished sending, so a head still incomplete now never will be.
       if (this.peerEnded && this.phase === "head" && this.buf !== null) this.fail(new HttpError(400, "connection closed inside the request head"));
     } else this.resume();
-  }
-
-  private errorResponse(e: unknown, ex: Exchange): Response {
-    if (this.bodyError) e = this.bodyError;
-    if (e instanceof HttpError || e instanceof DialError) {
-      const status = e.status;
-      if (e instanceof DialError) this.rt.metrics.upstreamError(e.reason);
-      if (e instanceof DialError) this.rt.log.warn("upstream failed", { client: this.client, target: redactUrl(ex.head.target), reason: e.message });
-      return textResponse(status, `crm: ${e.message.replace(/^crm: /, "")}`, e instanceof HttpError ? e.headers : {});
-    }
-    this.rt.log.error("handler failed", { client: this.client, target: redactUrl(ex.head.target), error: e instanceof Error ? e.message : String(e) });
-    return textResponse(500, "crm: internal error");
   }
 
   private logRequest(ex: Exchange, status: number, bytesOut: number, started: number, note?: string): void {

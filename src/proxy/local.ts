@@ -6,9 +6,11 @@ import type { Exchange, LocalHandler, LocalRoute } from "./exchange.ts";
 import type { Runtime } from "../context.ts";
 import { headerValue } from "../http/head.ts";
 import { textResponse as text } from "../http/response.ts";
-import { HttpError } from "../errors.ts";
 import { errorResponse, MirrorError } from "../mirror/errors.ts";
+import { markMirrorAnswer } from "../mirror/index.ts";
 import { isStatusPath, statusEndpoint } from "../status/endpoints.ts";
+import { isRequestsPath, requestsAnswer } from "../status/requests-endpoint.ts";
+import { admit } from "./request-gate.ts";
 
 function healthz(ex: Exchange<LocalRoute>, rt: Runtime): Response {
   if (ex.head.method !== "GET" && ex.head.method !== "HEAD") return text(405, "method not allowed", { allow: "GET, HEAD" });
@@ -34,24 +36,23 @@ export async function local(ex: Exchange<LocalRoute>, rt: Runtime, routes: Local
   const path = ex.route.path.split("?")[0] ?? "";
   if (path === "/healthz") return healthz(ex, rt);
   if (path === "/metrics") return metrics(ex, rt);
-  if (isStatusPath(path) && (ex.head.method === "GET" || ex.head.method === "HEAD")) return statusEndpoint(ex, rt, path);
+  if (isStatusPath(path) && (ex.head.method === "GET" || ex.head.method === "HEAD")) {
+    const refusal = await admit(rt, "page", ex.client, headerValue(ex.head.headers, "authorization"), false);
+    if (refusal !== null) return text(refusal.status, `crm: ${refusal.message}`, refusal.headers);
+    return statusEndpoint(ex, rt, path);
+  }
   const mirrorPath = routes.mirror ? stripMirrorPrefix(ex.route.path, rt.config.mirror.pathPrefix) : null;
   if (routes.mirror && mirrorPath !== null) {
     ex.kind = "mirror";
-    const wait = rt.rate.enabled ? rt.rate.take(ex.client) : null;
-    if (wait !== null) {
-      rt.metrics.limited(ex.client, "rate");
-      ex.logFields.error = "rate limited";
-      return errorResponse(new MirrorError(429, "TOOMANYREQUESTS", "too many requests from your address (limits.requests_per_second); slow down", { headers: { "retry-after": String(wait) } }));
+    const refusal = await admit(rt, "mirror", ex.client, headerValue(ex.head.headers, "authorization"));
+    if (refusal !== null) {
+      // Registry clients parse OCI error JSON; WWW-Authenticate / Retry-After stay in the headers.
+      if (refusal.reason === "rate") ex.logFields.error = "rate limited";
+      const message = refusal.reason === "rate" ? `${refusal.message}; slow down` : refusal.message;
+      return errorResponse(new MirrorError(refusal.status, refusal.status === 429 ? "TOOMANYREQUESTS" : "UNAUTHORIZED", message, { headers: refusal.headers }));
     }
-    try {
-      await rt.access.authenticate("mirror", headerValue(ex.head.headers, "authorization"), ex.client);
-    } catch (e) {
-      // Registry clients parse OCI error JSON; WWW-Authenticate / Retry-After stay in e.headers.
-      if (!(e instanceof HttpError)) throw e;
-      if (e.status === 429) rt.metrics.limited(ex.client, "brake");
-      return errorResponse(new MirrorError(e.status, e.status === 429 ? "TOOMANYREQUESTS" : "UNAUTHORIZED", e.message, { headers: e.headers }));
-    }
+    // crm's record of this client's requests, reached exactly the way the runtime reaches the mirror.
+    if (isRequestsPath(mirrorPath)) return markMirrorAnswer(requestsAnswer(ex, rt, mirrorPath), ex.id);
     return routes.mirror({ ...ex, route: { kind: "local", path: mirrorPath } }, rt);
   }
   return text(404, `crm: no such endpoint ${path.slice(0, 200)}`);
