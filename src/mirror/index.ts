@@ -85,9 +85,7 @@ async function handle(ex: Exchange<LocalRoute>, rt: Runtime, { clients, state, m
 }
 
 function logRoute(ex: Exchange, route: PullRoute): void {
-  ex.logFields.registry = route.registry.name;
-  ex.logFields.repo = route.name;
-  ex.logFields.ref = route.reference ?? "tags/list";
+  ex.pull = { registry: route.registry.name, repo: route.name, ref: route.reference ?? "tags/list" };
 }
 
 /**

@@ -410,7 +410,7 @@ export class Connection {
     if (rest.length > 0) this.onRequestBytes(rest);
     if (this.buf === null && (feeder === null || feeder.wantsMore)) this.resume();
 
-    const ex: Exchange = { head, route: r, body: feeder, client: this.client, id: this.rt.journal.nextId(), signal: abort.signal, logFields: {}, tracked: null };
+    const ex: Exchange = { head, route: r, body: feeder, client: this.client, id: this.rt.journal.nextId(), signal: abort.signal, logFields: {}, pull: null, tracked: null };
     if (this.rt.log.enabled("debug")) this.rt.log.debug(`> ${head.method} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(head.headers) });
     let sent = 0;
     trackExchange(this.rt, ex, () => redactUrl(r.kind === "forward" ? r.url.href : head.target), () => (this.secureAuthority ? "mitm" : (ex.kind ?? ex.route.kind)), () => sent + (feeder?.bytes ?? 0));
@@ -481,6 +481,7 @@ export class Connection {
       in: this.feeder?.bytes ?? 0,
       out: bytesOut,
       ms: Math.round(ms),
+      ...ex.pull,
       ...ex.logFields,
       note,
     });

@@ -8,7 +8,7 @@ import type { Runtime } from "../context.ts";
 import type { BodyFeeder } from "../http/body.ts";
 import type { RequestHead } from "../http/head.ts";
 import type { RequestKind } from "../metrics.ts";
-import type { Active } from "../status/activity.ts";
+import type { Active, PullFields } from "../status/activity.ts";
 
 export interface ConnectRoute {
   kind: "connect";
@@ -49,8 +49,10 @@ export interface Exchange<R extends HttpRoute = HttpRoute> {
   id: string;
   /** Aborted when the client goes away: cancels the upstream request. */
   signal: AbortSignal;
-  /** Fields the handler wants on the request's log line (token state, registry, ...). */
+  /** Fields the handler wants on the request's log line (token state, cache, error, ...). */
   logFields: Record<string, string | number>;
+  /** Set by the mirror once it knows which image a request pulls: logs, journal, status page. */
+  pull: PullFields | null;
   /** Set by a local route that is really a feature of its own (the mirror), for logs and metrics. */
   kind?: RequestKind;
   /** Its entry on the activity board while in flight (status/record.ts). */

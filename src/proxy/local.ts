@@ -53,7 +53,9 @@ export async function local(ex: Exchange<LocalRoute>, rt: Runtime, routes: Local
     }
     // crm's record of this client's requests, reached exactly the way the runtime reaches the mirror.
     if (isRequestsPath(mirrorPath)) return markMirrorAnswer(requestsAnswer(ex, rt, mirrorPath), ex.id);
-    return routes.mirror({ ...ex, route: { kind: "local", path: mirrorPath } }, rt);
+    // The same exchange, not a copy: what the mirror sets on it (pull, log fields) is recorded.
+    ex.route = { kind: "local", path: mirrorPath };
+    return routes.mirror(ex, rt);
   }
   return text(404, `crm: no such endpoint ${path.slice(0, 200)}`);
 }
