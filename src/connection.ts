@@ -14,6 +14,7 @@ import { formatHeaders, redactUrl } from "./log.ts";
 import type { RequestKind } from "./metrics.ts";
 import { Outbox } from "./net/outbox.ts";
 import { readProxyHeader } from "./access/proxy-protocol.ts";
+import { peerAddress } from "./access/peer-address.ts";
 import { route, type Authority, type Route } from "./router.ts";
 import { asStreamResponse, discardBody } from "./upstream/relayed.ts";
 import type { Active } from "./status/activity.ts";
@@ -100,7 +101,8 @@ export class Connection {
   ) {
     this.outbox = new Outbox(socket as Socket<unknown>);
     // A unix-socket peer has no address: the socket's file mode decides who reaches it.
-    this.peer = client ?? socket.remoteAddress ?? "unix";
+    const remote = socket.remoteAddress as string | undefined;
+    this.peer = client ?? (remote === undefined ? "unix" : peerAddress(remote));
     this.client = this.peer;
     this.deadline = Date.now() + rt.config.timeouts.headerMs;
     if (proxied !== null) this.phase = "proxy";

@@ -8,6 +8,7 @@ import type { Socket, SocketHandler, SocketListener } from "bun";
 import type { ListenAddress } from "./config.ts";
 import { Connection, type Dispatcher, type SocketData } from "./connection.ts";
 import { clientKey } from "./access/client-address.ts";
+import { peerAddress } from "./access/peer-address.ts";
 import type { Runtime } from "./context.ts";
 import { HttpError } from "./errors.ts";
 import { errorHead } from "./http/response.ts";
@@ -85,7 +86,8 @@ export class Admission {
   admit(s: Socket<SocketData>, openToAll = false): boolean {
     // A unix-socket peer has no address (Bun gives undefined); it is admitted by the socket's
     // file mode, and counted under one name for the per-client limit.
-    const ip: string | undefined = s.remoteAddress;
+    const raw: string | undefined = s.remoteAddress;
+    const ip = raw === undefined ? undefined : peerAddress(raw);
     const { rt } = this;
     if (ip === undefined) return this.count("unix");
     if (!openToAll && !rt.access.clientAllowed(ip)) {

@@ -5,6 +5,7 @@
  * refused, since anything it says about its client would be the load balancer's address.
  */
 import { isIP } from "node:net";
+import { peerAddress } from "./peer-address.ts";
 
 const V2_SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
 const V1_PREFIX = Buffer.from("PROXY ", "latin1");
@@ -95,13 +96,5 @@ function usable(ip: string): string {
 
 /** One spelling per address (the one node:net and Bun use): compressed IPv6, mapped IPv4 unwrapped. */
 function normalize(ip: string): string {
-  if (isIP(ip) !== 6) return ip;
-  const u = new URL(`http://[${ip}]/`).hostname.slice(1, -1);
-  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(u);
-  if (mapped) {
-    const a = parseInt(mapped[1] as string, 16);
-    const b = parseInt(mapped[2] as string, 16);
-    return `${a >> 8}.${a & 255}.${b >> 8}.${b & 255}`;
-  }
-  return u;
+  return peerAddress(ip);
 }
