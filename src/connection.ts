@@ -86,6 +86,12 @@ export class Connection {
   private peerEnded = false;
   private paused = false;
   private tunnel: TunnelPeer | null = null;
+  /**
+   * A PROXY header other than v2 LOCAL came first: the bytes are a client's relayed by the
+   * balancer, so their forwarding fields are not believed even when `peer` is still the balancer
+   * (a header without an address: v1 UNKNOWN, v2 UNSPEC or UNIX).
+   */
+  private relayed = false;
   /** A malformed request body seen mid-stream: it, not the handler's failure, is the answer. */
   private bodyError: HttpError | null = null;
 
@@ -292,6 +298,7 @@ export class Connection {
     if (r.kind === "incomplete") return;
     this.buf = null;
     this.phase = "head";
+    this.relayed = !r.local;
     if (r.client !== null && r.client !== this.peer) {
       const from = this.peer;
       if (!(this.proxied as ProxiedHook)(this, from, r.client)) return;
@@ -348,7 +355,8 @@ export class Connection {
     const started = performance.now();
     // Behind a trusted front the request names its client; anyone else's forwarding fields go.
     // Inside a decrypted tunnel the client is the tunnel's, and no field in it is vouched for.
-    if (this.secureAuthority === null) this.client = this.rt.clientAddress.resolve(this.peer, head.headers);
+    // After a PROXY header the bytes are the relayed client's: the same holds for its fields.
+    if (this.secureAuthority === null && !this.relayed) this.client = this.rt.clientAddress.resolve(this.peer, head.headers);
     else stripForwarding(head.headers);
     if (this.client !== this.peer && !this.rt.access.clientAllowed(this.client)) {
       // access.clients holds for the client a trusted front names, as for a direct one.

@@ -47,3 +47,33 @@ test("dual-stack listener: access.clients and metrics.clients see the IPv4 form"
     await crm.stop();
   }
 });
+
+const V2_SIG = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
+/** A v2 header: command (0 LOCAL, 1 PROXY), family byte, address block. */
+const v2 = (cmd: number, family: number, body: Buffer = Buffer.alloc(0)): Buffer => {
+  const len = Buffer.alloc(2);
+  len.writeUInt16BE(body.length);
+  return Buffer.concat([V2_SIG, Buffer.from([0x20 | cmd, family]), len, body]);
+};
+/** A request for /metrics that names 127.0.0.5 (the one address metrics.clients allows) in X-Forwarded-For. */
+const metricsAs = Buffer.from("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 127.0.0.5\r\nConnection: close\r\n\r\n", "latin1");
+
+test("a PROXY header without a client address (v1 UNKNOWN, v2 UNSPEC, v2 UNIX) leaves the client unable to name itself", async () => {
+  const crm = await startCrm({
+    listen: { address: "127.0.0.1:0", proxy_protocol: true },
+    access: { trusted_proxies: ["127.0.0.1/32"] },
+    metrics: { clients: ["127.0.0.5/32"] },
+  });
+  try {
+    const send = (bytes: Buffer): Promise<string> => sendFrom("127.0.0.1", crm.port, bytes);
+    // v2 LOCAL is the balancer speaking for itself: its forwarding field is believed, as without PROXY.
+    expect(await send(Buffer.concat([v2(0, 0x00), metricsAs]))).toMatch(/^HTTP\/1\.1 200 /);
+    // Anything else carries a client's bytes: what they say about their client is not believed.
+    for (const header of [Buffer.from("PROXY UNKNOWN\r\n", "latin1"), Buffer.from("PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n", "latin1"), v2(1, 0x00), v2(1, 0x31, Buffer.alloc(216))]) {
+      expect(await send(Buffer.concat([header, metricsAs]))).toMatch(/^HTTP\/1\.1 403 [^]*metrics\.clients/);
+    }
+    expect(crm.logs.filter((l) => /INFO  GET \/metrics /.test(l) && l.includes("client=127.0.0.5"))).toHaveLength(1);
+  } finally {
+    await crm.stop();
+  }
+});
