@@ -1,6 +1,6 @@
 /**
- * `/` (the live page), `/status.json` (its data) and `/status.js` (its script). Access is the
- * index page's: with access.users set they ask for a user's credentials, also when
+ * `/` (the live page), `/status.json` (its data) and `/status.js` (its script). Readable from
+ * `status.clients` (loopback by default); then access is the index page's: with access.users set they ask for a user's credentials, also when
  * access.mirror_auth is false (a browser can send them; Docker's registry-mirrors cannot).
  */
 import type { Exchange } from "../connection.ts";
@@ -11,6 +11,7 @@ import { textResponse } from "../http/response.ts";
 import { PAGE_CSP, renderStatusPage } from "./page.ts";
 import { STATUS_SCRIPT } from "./script.ts";
 import { buildSnapshot } from "./snapshot.ts";
+import { statusAllowed } from "./config.ts";
 
 const PATHS = new Set(["/", "/status.json", "/status.js"]);
 
@@ -26,6 +27,8 @@ function answer(body: string, type: string, extra: Record<string, string> = {}):
 
 export async function statusEndpoint(ex: Exchange, rt: Runtime, path: string): Promise<Response> {
   if (ex.head.method !== "GET" && ex.head.method !== "HEAD") return textResponse(405, "method not allowed", { allow: "GET, HEAD" });
+  // Every client's address and images are on it: only status.clients may look (status/config.ts).
+  if (!statusAllowed(rt.config.status, ex.client)) return textResponse(403, "crm: your address is not in status.clients");
   try {
     await rt.access.authenticate("page", headerValue(ex.head.headers, "authorization"), ex.client);
   } catch (e) {
