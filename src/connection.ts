@@ -15,6 +15,7 @@ import type { RequestKind } from "./metrics.ts";
 import { Outbox } from "./net/outbox.ts";
 import { readProxyHeader } from "./access/proxy-protocol.ts";
 import { peerAddress } from "./access/peer-address.ts";
+import { CHALLENGE_ONLY } from "./tls/challenge-budget.ts";
 import { route, type Authority, type Route } from "./router.ts";
 import { asStreamResponse, discardBody } from "./upstream/relayed.ts";
 import type { Active } from "./status/activity.ts";
@@ -92,6 +93,11 @@ export class Connection {
    * (a header without an address: v1 UNKNOWN, v2 UNSPEC or UNIX).
    */
   private relayed = false;
+  /**
+   * A stranger on the plain listener beside ACME (listener.ts admitStranger): it may reach only
+   * the challenge route, so it gets a short head timeout and no proxy request is considered.
+   */
+  challengeOnly = false;
   /** A malformed request body seen mid-stream: it, not the handler's failure, is the answer. */
   private bodyError: HttpError | null = null;
 
@@ -114,6 +120,18 @@ export class Connection {
     if (proxied !== null) this.phase = "proxy";
   }
 
+  /** Marks a challenge-only connection (see `challengeOnly`). */
+  limitToChallenges(): void {
+    this.challengeOnly = true;
+    this.deadline = Math.min(this.deadline, Date.now() + this.headMs);
+  }
+
+  /** How long a request head may take (and, for a stranger, the wait for the next one). */
+  private get headMs(): number {
+    const { headerMs } = this.rt.config.timeouts;
+    return this.challengeOnly ? Math.min(headerMs, CHALLENGE_ONLY.headMs) : headerMs;
+  }
+
   get idle(): boolean {
     return this.phase === "head" && this.buf === null;
   }
@@ -132,7 +150,7 @@ export class Connection {
         this.readProxy();
         return;
       case "head":
-        if (this.buf === null) this.deadline = Date.now() + this.rt.config.timeouts.headerMs;
+        if (this.buf === null) this.deadline = Date.now() + this.headMs;
         this.buf = this.buf ? Buffer.concat([this.buf, d]) : d;
         this.readHead();
         return;
@@ -372,6 +390,13 @@ export class Connection {
     // the allow-list by telling 403 from 407. RFC 9110 §11.7.2: the credentials are crm's own
     // and are removed as hop-by-hop before anything is forwarded.
     const proxyRequest = this.secureAuthority === null && (head.method === "CONNECT" || !head.target.startsWith("/"));
+    // A stranger let in for ACME challenges never proxies: refused before any limit or password
+    // check spends anything on it (tls/plain-listener.ts answers its challenge requests).
+    if (proxyRequest && this.challengeOnly) {
+      this.rt.log.debug("proxy request from outside access.clients on the ACME plain listener, refused", { client: this.client });
+      this.fail(new HttpError(403, "crm: only ACME challenges are answered for your address"), head.method);
+      return;
+    }
     if (proxyRequest && this.rt.rate.enabled) {
       const wait = this.rt.rate.take(this.client);
       if (wait !== null) {
@@ -486,9 +511,9 @@ export class Connection {
       return;
     }
     this.phase = "head";
-    this.deadline = Date.now() + this.rt.config.timeouts.idleMs;
+    this.deadline = Date.now() + (this.challengeOnly ? this.headMs : this.rt.config.timeouts.idleMs);
     if (this.buf !== null) {
-      this.deadline = Date.now() + this.rt.config.timeouts.headerMs;
+      this.deadline = Date.now() + this.headMs;
       this.resume();
       this.readHead();
       // The client has finished sending, so a head still incomplete now never will be.
