@@ -15,6 +15,7 @@ import { SingleFlight } from "./single-flight.ts";
 import { readSmallBody } from "../small-body.ts";
 import type { MirrorState } from "../state.ts";
 import type { RegistryClient } from "../upstream.ts";
+import { quotaFields, type QuotaFields } from "../quota-headers.ts";
 
 /** Algorithms crm can check; a digest of any other is passed through, never cached. */
 const HASHES: Record<string, string> = { sha256: "sha256", sha512: "sha512" };
@@ -29,8 +30,8 @@ function digestOf(algorithm: string, bytes: Uint8Array): string {
 }
 
 export type Fetched =
-  /** Checked against its digest (and cached when it fits). */
-  | { kind: "manifest"; manifest: CachedManifest }
+  /** Checked against its digest (and cached when it fits); `quota`: the GET's quota fields (quota-headers.ts). */
+  | { kind: "manifest"; manifest: CachedManifest; quota: QuotaFields }
   /** A small answer every waiter may send as is: an upstream error, or a manifest crm could not check. */
   | { kind: "answer"; status: number; headers: Headers; body: Uint8Array }
   /** Too big to hold: the first taker streams it; later ones (or all) get null and fetch on their own. */
@@ -125,7 +126,7 @@ async function fetchManifest(req: ManifestGet, signal: AbortSignal, budget: Memo
   }
   const manifest: CachedManifest = { digest: want, body: bytes, mediaType: res.headers.get("content-type"), etag: res.headers.get("etag") };
   state.cache.put(cacheScope(client.registry), req.name, manifest);
-  return { kind: "manifest", manifest };
+  return { kind: "manifest", manifest, quota: quotaFields(res.headers) };
 }
 
 /** Hands the answer to the first taker; the others get null and send their own request. */
