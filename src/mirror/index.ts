@@ -20,6 +20,7 @@ import { enforceRules, rulesFor, type RuleSet } from "./rules.ts";
 import { TokenCache } from "./auth/token-cache.ts";
 import { isRequestsPath, requestsAnswer } from "../status/requests-endpoint.ts";
 import { RegistryClient } from "./upstream.ts";
+import { confineMirrorAnswer, resourceOf } from "./content-safety.ts";
 
 export const REQUEST_ID_HEADER = "x-crm-request-id";
 
@@ -44,6 +45,8 @@ export function createMirrorHandler(rt: Runtime): LocalHandler {
     if (!res.headers.has(API_VERSION_HEADER[0])) res.headers.set(API_VERSION_HEADER[0], API_VERSION_HEADER[1]);
     // Marks every mirror answer as crm's: a runtime that silently used the upstream has none.
     res.headers.set(REQUEST_ID_HEADER, ex.id);
+    // The upstream's bytes on crm's origin are never rendered (content-safety.ts).
+    confineMirrorAnswer(res.headers, resourceOf(target), res.status);
     return res;
   };
 }
