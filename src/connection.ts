@@ -93,6 +93,8 @@ export class Connection {
    * (a header without an address: v1 UNKNOWN, v2 UNSPEC or UNIX).
    */
   private relayed = false;
+  /** Bytes of a next request arrived before an answer was done: a FIN then means "no more requests". */
+  private pipelined = false;
   /**
    * A stranger on the plain listener beside ACME (listener.ts admitStranger): it may reach only
    * the challenge route, so it gets a short head timeout and no proxy request is considered.
@@ -175,7 +177,14 @@ export class Connection {
     if (this.phase === "upgraded") return;
     this.peerEnded = true;
     if (this.phase === "tunnel") this.tunnel?.end();
-    else if (this.phase === "request") this.feeder?.fail(new Error("client sent FIN mid-body"));
+    else if (this.phase === "request") {
+      if (this.feeder !== null) this.feeder.fail(new Error("client sent FIN mid-body"));
+      // A FIN after a bodiless request, with nothing pipelined, is a client that gave up: its
+      // upstream request is cancelled as for an RST. After a body it may be an HTTP/1.0-style
+      // half-close that still waits for the answer (the feeder ignores a FIN after the body).
+      // A client that pipelined sends its FIN after its last request and still reads every answer.
+      else if (this.buf === null && !this.pipelined) this.abort?.abort(new Error("client sent FIN"));
+    }
     else if (this.phase === "head" || this.phase === "proxy") {
       if (this.buf !== null && this.buf.length > 0) this.fail(new HttpError(400, "connection closed inside the request head"));
       else this.close();
@@ -364,6 +373,7 @@ export class Connection {
       d = rest;
     }
     // Bytes past this request's body: a pipelined request, read after the response.
+    if (d.length > 0) this.pipelined = true;
     this.buf = this.buf ? Buffer.concat([this.buf, d]) : d;
     this.pause();
   }
@@ -528,6 +538,11 @@ export class Connection {
       if (e instanceof DialError) this.rt.metrics.upstreamError(e.reason);
       if (e instanceof DialError) this.rt.log.warn("upstream failed", { client: this.client, target: redactUrl(ex.head.target), reason: e.message });
       return textResponse(status, `crm: ${e.message.replace(/^crm: /, "")}`, e instanceof HttpError ? e.headers : {});
+    }
+    if (ex.signal.aborted) {
+      // The client left (RST, FIN) or the request idled out: a cancellation, never an internal error.
+      this.rt.log.debug("request cancelled", { client: this.client, target: redactUrl(ex.head.target), reason: e instanceof Error ? e.message : String(e) });
+      return textResponse(503, "crm: request cancelled");
     }
     this.rt.log.error("handler failed", { client: this.client, target: redactUrl(ex.head.target), error: e instanceof Error ? e.message : String(e) });
     return textResponse(500, "crm: internal error");

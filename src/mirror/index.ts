@@ -99,11 +99,19 @@ function logRoute(ex: Exchange, route: PullRoute): void {
   ex.logFields.ref = route.reference ?? "tags/list";
 }
 
+function isAbort(e: unknown): boolean {
+  return e instanceof Error && (e.name === "AbortError" || e.name === "TimeoutError");
+}
+
 function failure(e: unknown, ex: Exchange, rt: Runtime): Response {
   let err: MirrorError;
   if (e instanceof MirrorError) err = e;
   else if (e instanceof DialError) err = dialFailure(e, "upstream");
-  else {
+  else if (isAbort(e) || ex.signal.aborted) {
+    // A cancelled upstream request (the client left, or a deadline) is never an internal error.
+    rt.log.debug("mirror request cancelled", { client: ex.client, reason: e instanceof Error ? e.message : String(e) });
+    err = new MirrorError(503, "UNAVAILABLE", "the upstream request was cancelled");
+  } else {
     rt.log.error("mirror handler failed", { client: ex.client, error: e instanceof Error ? e.message : String(e) });
     err = new MirrorError(500, "UNKNOWN", "internal error");
   }
