@@ -132,6 +132,10 @@ export class ManifestService {
     const get = { rt: this.rt, state: this.state, client: req.client, name: route.name, reference, expect, headers, scope: pullScope(route), logFields: req.logFields };
     const { value, leader } = await this.fetcher.get(get, req.signal);
     if (tagFallback && value.kind === "answer" && value.status === 404) return this.bypass(req, "digest-unknown");
+    // By digest the flight is shared whatever the Accept, but an error may be the Accept's doing (a
+    // distribution registry answers 404 for an index the Accept does not name): a waiter that
+    // asked otherwise asks for itself.
+    if (!leader && value.kind === "answer" && value.status >= 400 && value.accept !== req.headers.get("accept")) return this.bypass(req, "accept-differs");
     return this.answer(req, value, leader, headQuota);
   }
 
