@@ -9,6 +9,7 @@ import { textResponse as text } from "./http/response.ts";
 import { HttpError } from "./errors.ts";
 import { errorResponse, MirrorError } from "./mirror/errors.ts";
 import { isStatusPath, statusEndpoint } from "./status/endpoints.ts";
+import { confineMirrorAnswer, resourceOf } from "./mirror/content-safety.ts";
 
 export type LocalHandler = (ex: Exchange, rt: Runtime) => Promise<Response> | Response;
 
@@ -45,7 +46,7 @@ export async function local(ex: Exchange, rt: Runtime, routes: LocalRoutes): Pro
     if (wait !== null) {
       rt.metrics.limited(ex.client, "rate");
       ex.logFields.error = "rate limited";
-      return errorResponse(new MirrorError(429, "TOOMANYREQUESTS", "too many requests from your address (limits.requests_per_second); slow down", { headers: { "retry-after": String(wait) } }));
+      return confined(errorResponse(new MirrorError(429, "TOOMANYREQUESTS", "too many requests from your address (limits.requests_per_second); slow down", { headers: { "retry-after": String(wait) } })), mirrorPath);
     }
     try {
       await rt.access.authenticate("mirror", headerValue(ex.head.headers, "authorization"), ex.client);
@@ -53,11 +54,17 @@ export async function local(ex: Exchange, rt: Runtime, routes: LocalRoutes): Pro
       // Registry clients parse OCI error JSON; WWW-Authenticate / Retry-After stay in e.headers.
       if (!(e instanceof HttpError)) throw e;
       if (e.status === 429) rt.metrics.limited(ex.client, "brake");
-      return errorResponse(new MirrorError(e.status, e.status === 429 ? "TOOMANYREQUESTS" : "UNAUTHORIZED", e.message, { headers: e.headers }));
+      return confined(errorResponse(new MirrorError(e.status, e.status === 429 ? "TOOMANYREQUESTS" : "UNAUTHORIZED", e.message, { headers: e.headers })), mirrorPath);
     }
     return routes.mirror({ ...ex, route: { kind: "local", path: mirrorPath } }, rt);
   }
   return text(404, `crm: no such endpoint ${path.slice(0, 200)}`);
+}
+
+/** crm's own answers under the mirror's path get the fields every mirror answer has (content-safety.ts). */
+function confined(res: Response, path: string): Response {
+  confineMirrorAnswer(res.headers, resourceOf(path), res.status);
+  return res;
 }
 
 /**

@@ -114,3 +114,16 @@ describe.skipIf(skip)("in Chromium", () => {
     expect(crm.logs.filter((l) => l.includes("GET /status.json"))).toEqual([]);
   }, 60_000);
 });
+
+test("crm's own refusals under the mirror path (credentials asked for) carry the same fields", async () => {
+  const locked = await startCrm({ access: { users: { alice: await Bun.password.hash("pw", { algorithm: "argon2id" }) } }, mirror: { default_registry: "evil.test", registries: { "evil.test": `http://127.0.0.1:${upstream.port}` } } }, "info");
+  try {
+    const r = await fetch(`${locked.url}${blobPath()}`, { proxy: false } as RequestInit);
+    await r.arrayBuffer();
+    expect(r.status).toBe(401);
+    expect(r.headers.get("x-content-type-options")).toBe("nosniff");
+    expect(r.headers.get("content-security-policy")).toBe("sandbox; default-src 'none'");
+  } finally {
+    await locked.stop();
+  }
+});
