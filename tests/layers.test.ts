@@ -30,6 +30,7 @@ export const LAYERS: ReadonlyArray<readonly [name: string, patterns: readonly st
       "config/did-you-mean.ts",
       "access/cidr.ts",
       "access/proxy-protocol.ts",
+      "access/peer-address.ts",
       "pki/",
       "tls/status.ts",
       "status/sources.ts",
@@ -51,6 +52,7 @@ export const LAYERS: ReadonlyArray<readonly [name: string, patterns: readonly st
       "mirror/manifests/config.ts",
       "doctor/config.ts",
       "client-config/image-ref.ts",
+      "status/config.ts",
     ],
   ],
   // crm's HTTP/1.1 client for every upstream request.

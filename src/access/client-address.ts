@@ -11,6 +11,7 @@ import { isIP } from "node:net";
 import type { Checker } from "../config/checker.ts";
 import { CidrList, parseCidr } from "./cidr.ts";
 import { headerValues, type HeaderList } from "../http/head.ts";
+import { peerAddress } from "./peer-address.ts";
 
 /** The peer name of a unix-socket connection (it has no address). */
 export const UNIX_PEER = "unix";
@@ -32,6 +33,9 @@ export function buildTrustedProxies(c: Checker, value: unknown): string[] {
  * buckets and fair shares). Logs and metrics keep the full address.
  */
 export function clientKey(address: string): string {
+  // Callers pass normalised addresses (peer-address.ts); a mapped one slipping through must
+  // still not become the one /64 every IPv4 client shares.
+  if (isIP(address) !== 6 || /^::ffff:/i.test(address)) address = peerAddress(address);
   if (isIP(address) !== 6) return address;
   const plain = address.split("%")[0] as string;
   const [head = "", tail] = plain.split("::");
@@ -67,8 +71,7 @@ function cleanAddress(raw: string): string | null {
   } else if (s.includes(".") && s.includes(":") && s.indexOf(":") === s.lastIndexOf(":")) {
     s = s.slice(0, s.indexOf(":")); // 192.0.2.1:4711
   }
-  if (s.toLowerCase().startsWith("::ffff:") && isIP(s.slice(7)) === 4) s = s.slice(7);
-  return isIP(s) !== 0 ? s.toLowerCase() : null;
+  return isIP(s) !== 0 ? peerAddress(s.toLowerCase()) : null;
 }
 
 /** The `for=` addresses of a Forwarded field (RFC 7239), in order. */

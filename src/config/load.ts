@@ -13,6 +13,7 @@ import { buildFairShare, FAIR_SHARE_KEYS } from "../limits/config.ts";
 import { LOG_LEVELS, type LogFormat, type LogLevel } from "../log.ts";
 import { buildManifestCache } from "../mirror/manifests/config.ts";
 import { buildRules } from "../mirror/rules.ts";
+import { buildStatusConfig } from "../status/config.ts";
 import { buildTls, checkTlsListeners } from "../tls/config.ts";
 import { Checker, parseSize, show, type Obj } from "./checker.ts";
 import { buildListen, checkProxyProtocolTls, checkProxyProtocolTrust, type ListenAddress } from "./listen.ts";
@@ -81,7 +82,7 @@ export function parseConfigText(text: string, file: string): unknown {
 }
 
 
-const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "allow_private_networks", "insecure_tls", "log_level", "log_format", "access", "metrics", "tls", "unix_socket_mode", "public_url", "limits", "mitm", "mirror", "timeouts", "doctor"] as const;
+const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "allow_private_networks", "insecure_tls", "log_level", "log_format", "access", "metrics", "tls", "unix_socket_mode", "public_url", "limits", "mitm", "mirror", "timeouts", "doctor", "status"] as const;
 
 
 
@@ -189,9 +190,10 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
   }
 
   const doctor = buildDoctorConfig(c, root.doctor);
+  const status = buildStatusConfig(c, root.status);
 
   if (c.errors.length > 0) throw new ConfigErrors(file, c.errors);
-  const config: Config = Object.freeze({ file, tls, unixSocketMode, metrics, publicUrl, listen, allowedHosts, allowedPorts, allowPrivateNetworks, insecureTls, logLevel, logFormat, access, limits, mitm, mirror, timeouts, doctor });
+  const config: Config = Object.freeze({ file, tls, unixSocketMode, metrics, publicUrl, listen, allowedHosts, allowedPorts, allowPrivateNetworks, insecureTls, logLevel, logFormat, access, limits, mitm, mirror, timeouts, doctor, status });
   return { config, warnings: c.warnings };
 }
 

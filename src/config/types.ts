@@ -8,6 +8,7 @@ import type { FairShareLimits } from "../limits/config.ts";
 import type { LogFormat, LogLevel } from "../log.ts";
 import type { ManifestCacheConfig } from "../mirror/manifests/config.ts";
 import type { ImageRules } from "../mirror/rules.ts";
+import type { StatusConfig } from "../status/config.ts";
 import type { TlsListenConfig } from "../tls/config.ts";
 import type { ListenAddress } from "./listen.ts";
 import type { RegistryConfig } from "./registries.ts";
@@ -95,6 +96,8 @@ export interface Config {
   timeouts: Timeouts;
   /** What `crm doctor` checks with (doctor/config.ts). */
   doctor: DoctorConfig;
+  /** Who may read the status page (status/config.ts). */
+  status: StatusConfig;
 }
 
 export const DEFAULT_ALLOWED_HOSTS: readonly string[] = [

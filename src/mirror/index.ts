@@ -18,6 +18,7 @@ import { mirrorState, type MirrorState } from "./state.ts";
 import { enforceRules, rulesFor, type RuleSet } from "./rules.ts";
 import { TokenCache } from "./auth/token-cache.ts";
 import { RegistryClient } from "./upstream.ts";
+import { confineMirrorAnswer, resourceOf } from "./content-safety.ts";
 
 export const REQUEST_ID_HEADER = "x-crm-request-id";
 
@@ -31,14 +32,18 @@ export function createMirrorHandler(rt: Runtime): LocalHandler {
   // Kept across reloads (state.ts); the manifest service only holds requests in flight.
   const state = mirrorState(rt);
   const mirror: Mirror = { clients, state, manifests: new ManifestService(rt, state), rules: rulesFor(rt.config.mirror) };
-  return async (ex) => markMirrorAnswer(await handle(ex, rt, mirror), ex.id);
+  return async (ex) => markMirrorAnswer(await handle(ex, rt, mirror), ex);
 }
 
-/** Every mirror answer, errors included, carries the API version and crm's request id. */
-export function markMirrorAnswer(res: Response, id: string): Response {
+/**
+ * Every mirror answer, errors included, carries the API version and crm's request id, and the
+ * upstream's bytes on crm's origin are never rendered (content-safety.ts).
+ */
+export function markMirrorAnswer(res: Response, ex: Exchange<LocalRoute>): Response {
   if (!res.headers.has(API_VERSION_HEADER[0])) res.headers.set(API_VERSION_HEADER[0], API_VERSION_HEADER[1]);
   // Marks every mirror answer as crm's: a runtime that silently used the upstream has none.
-  res.headers.set(REQUEST_ID_HEADER, id);
+  res.headers.set(REQUEST_ID_HEADER, ex.id);
+  confineMirrorAnswer(res.headers, resourceOf(ex.route.path), res.status);
   return res;
 }
 
@@ -88,19 +93,27 @@ function logRoute(ex: Exchange, route: PullRoute): void {
   ex.pull = { registry: route.registry.name, repo: route.name, ref: route.reference ?? "tags/list" };
 }
 
+function isAbort(e: unknown): boolean {
+  return e instanceof Error && (e.name === "AbortError" || e.name === "TimeoutError");
+}
+
 /**
  * A failure inside the mirror as registry clients parse it (OCI error JSON); proxy/error-answer.ts,
  * the one place errors become answers, calls it for mirror exchanges.
  */
-export function mirrorFailure(e: unknown, ex: Exchange, rt: Runtime): Response {
+export function mirrorFailure(e: unknown, ex: Exchange<LocalRoute>, rt: Runtime): Response {
   let err: MirrorError;
   if (e instanceof MirrorError) err = e;
   else if (e instanceof DialError) err = dialFailure(e, "upstream");
   else if (e instanceof HttpError) err = new MirrorError(e.status, codeForStatus(e.status, "manifests"), e.message, { headers: e.headers, cause: e });
-  else {
+  else if (isAbort(e) || ex.signal.aborted) {
+    // A cancelled upstream request (the client left, or a deadline) is never an internal error.
+    rt.log.debug("mirror request cancelled", { client: ex.client, reason: e instanceof Error ? e.message : String(e) });
+    err = new MirrorError(503, "UNAVAILABLE", "the upstream request was cancelled");
+  } else {
     rt.log.error("mirror handler failed", { client: ex.client, error: e instanceof Error ? e.message : String(e) });
     err = new MirrorError(500, "UNKNOWN", "internal error");
   }
   ex.logFields.error = err.message;
-  return markMirrorAnswer(errorResponse(err), ex.id);
+  return markMirrorAnswer(errorResponse(err), ex);
 }

@@ -20,6 +20,8 @@ import { admit } from "./request-gate.ts";
 import { route } from "./router.ts";
 import { asStreamResponse, discardBody } from "../http/relayed.ts";
 import { recordExchange, recordRefusal, trackExchange } from "../status/record.ts";
+import { peerAddress } from "../access/peer-address.ts";
+import { CHALLENGE_ONLY } from "../tls/challenge-budget.ts";
 
 export interface SocketData {
   conn: Connection | null;
@@ -70,6 +72,19 @@ export class Connection {
   private peerEnded = false;
   private paused = false;
   private tunnel: TunnelPeer | null = null;
+  /**
+   * A PROXY header other than v2 LOCAL came first: the bytes are a client's relayed by the
+   * balancer, so their forwarding fields are not believed even when `peer` is still the balancer
+   * (a header without an address: v1 UNKNOWN, v2 UNSPEC or UNIX).
+   */
+  private relayed = false;
+  /** Bytes of a next request arrived before an answer was done: a FIN then means "no more requests". */
+  private pipelined = false;
+  /**
+   * A stranger on the plain listener beside ACME (listener.ts admitStranger): it may reach only
+   * the challenge route, so it gets a short head timeout and no proxy request is considered.
+   */
+  challengeOnly = false;
   /** A malformed request body seen mid-stream: it, not the handler's failure, is the answer. */
   private bodyError: HttpError | null = null;
 
@@ -85,10 +100,23 @@ export class Connection {
   ) {
     this.outbox = new Outbox(socket as Socket<unknown>);
     // A unix-socket peer has no address: the socket's file mode decides who reaches it.
-    this.peer = client ?? socket.remoteAddress ?? "unix";
+    const remote = socket.remoteAddress as string | undefined;
+    this.peer = client ?? (remote === undefined ? "unix" : peerAddress(remote));
     this.client = this.peer;
     this.deadline = Date.now() + rt.config.timeouts.headerMs;
     if (proxied !== null) this.phase = "proxy";
+  }
+
+  /** Marks a challenge-only connection (see `challengeOnly`). */
+  limitToChallenges(): void {
+    this.challengeOnly = true;
+    this.deadline = Math.min(this.deadline, Date.now() + this.headMs);
+  }
+
+  /** How long a request head may take (and, for a stranger, the wait for the next one). */
+  private get headMs(): number {
+    const { headerMs } = this.rt.config.timeouts;
+    return this.challengeOnly ? Math.min(headerMs, CHALLENGE_ONLY.headMs) : headerMs;
   }
 
   get idle(): boolean {
@@ -109,7 +137,7 @@ export class Connection {
         this.readProxy();
         return;
       case "head":
-        if (this.buf === null) this.deadline = Date.now() + this.rt.config.timeouts.headerMs;
+        if (this.buf === null) this.deadline = Date.now() + this.headMs;
         this.buf = this.buf ? Buffer.concat([this.buf, d]) : d;
         this.readHead();
         return;
@@ -134,7 +162,14 @@ export class Connection {
     if (this.phase === "upgraded") return;
     this.peerEnded = true;
     if (this.phase === "tunnel") this.tunnel?.end();
-    else if (this.phase === "request") this.feeder?.fail(new Error("client sent FIN mid-body"));
+    else if (this.phase === "request") {
+      if (this.feeder !== null) this.feeder.fail(new Error("client sent FIN mid-body"));
+      // A FIN after a bodiless request, with nothing pipelined, is a client that gave up: its
+      // upstream request is cancelled as for an RST. After a body it may be an HTTP/1.0-style
+      // half-close that still waits for the answer (the feeder ignores a FIN after the body).
+      // A client that pipelined sends its FIN after its last request and still reads every answer.
+      else if (this.buf === null && !this.pipelined) this.abort?.abort(new Error("client sent FIN"));
+    }
     else if (this.phase === "head" || this.phase === "proxy") {
       if (this.buf !== null && this.buf.length > 0) this.fail(new HttpError(400, "connection closed inside the request head"));
       else this.close();
@@ -275,6 +310,7 @@ export class Connection {
     if (r.kind === "incomplete") return;
     this.buf = null;
     this.phase = "head";
+    this.relayed = !r.local;
     if (r.client !== null && r.client !== this.peer) {
       const from = this.peer;
       if (!(this.proxied as ProxiedHook)(this, from, r.client)) return;
@@ -322,6 +358,7 @@ export class Connection {
       d = rest;
     }
     // Bytes past this request's body: a pipelined request, read after the response.
+    if (d.length > 0) this.pipelined = true;
     this.buf = this.buf ? Buffer.concat([this.buf, d]) : d;
     this.pause();
   }
@@ -331,7 +368,8 @@ export class Connection {
     const started = performance.now();
     // Behind a trusted front the request names its client; anyone else's forwarding fields go.
     // Inside a decrypted tunnel the client is the tunnel's, and no field in it is vouched for.
-    if (this.secureAuthority === null) this.client = this.rt.clientAddress.resolve(this.peer, head.headers);
+    // After a PROXY header the bytes are the relayed client's: the same holds for its fields.
+    if (this.secureAuthority === null && !this.relayed) this.client = this.rt.clientAddress.resolve(this.peer, head.headers);
     else stripForwarding(head.headers);
     if (this.client !== this.peer && !this.rt.access.clientAllowed(this.client)) {
       // access.clients holds for the client a trusted front names, as for a direct one.
@@ -347,6 +385,13 @@ export class Connection {
     // the allow-list by telling 403 from 407. RFC 9110 §11.7.2: the credentials are crm's own
     // and are removed as hop-by-hop before anything is forwarded.
     const proxyRequest = this.secureAuthority === null && (head.method === "CONNECT" || !head.target.startsWith("/"));
+    // A stranger let in for ACME challenges never proxies: refused before any limit or password
+    // check spends anything on it (plain-listener.ts answers its challenge requests).
+    if (proxyRequest && this.challengeOnly) {
+      this.rt.log.debug("proxy request from outside access.clients on the ACME plain listener, refused", { client: this.client });
+      this.fail(new HttpError(403, "crm: only ACME challenges are answered for your address"), head.method);
+      return;
+    }
     if (proxyRequest) {
       let refusal = admit(this.rt, "proxy", this.client, headerValue(head.headers, "proxy-authorization"));
       if (refusal instanceof Promise) {
@@ -456,9 +501,9 @@ export class Connection {
       return;
     }
     this.phase = "head";
-    this.deadline = Date.now() + this.rt.config.timeouts.idleMs;
+    this.deadline = Date.now() + (this.challengeOnly ? this.headMs : this.rt.config.timeouts.idleMs);
     if (this.buf !== null) {
-      this.deadline = Date.now() + this.rt.config.timeouts.headerMs;
+      this.deadline = Date.now() + this.headMs;
       this.resume();
       this.readHead();
       // The client has finished sending, so a head still incomplete now never will be.

@@ -10,7 +10,7 @@ import { DialError, HttpError } from "../errors.ts";
 import { textResponse } from "../http/response.ts";
 import { redactUrl } from "../log.ts";
 import { mirrorFailure } from "../mirror/index.ts";
-import type { Exchange } from "./exchange.ts";
+import { isLocal, type Exchange } from "./exchange.ts";
 
 export interface ErrorAnswer {
   res: Response;
@@ -19,7 +19,7 @@ export interface ErrorAnswer {
 }
 
 export function errorAnswer(e: unknown, ex: Exchange, rt: Runtime): ErrorAnswer {
-  if (ex.kind === "mirror") return { res: mirrorFailure(e, ex, rt), close: false };
+  if (ex.kind === "mirror" && isLocal(ex)) return { res: mirrorFailure(e, ex, rt), close: false };
   if (e instanceof HttpError || e instanceof DialError) {
     if (e instanceof DialError) {
       rt.metrics.upstreamError(e.reason);
@@ -27,6 +27,11 @@ export function errorAnswer(e: unknown, ex: Exchange, rt: Runtime): ErrorAnswer 
     }
     const headers = e instanceof HttpError ? e.headers : {};
     return { res: textResponse(e.status, `crm: ${e.message.replace(/^crm: /, "")}`, headers), close: true };
+  }
+  if (ex.signal.aborted) {
+    // The client left (RST, FIN) or the request idled out: a cancellation, never an internal error.
+    rt.log.debug("request cancelled", { client: ex.client, target: redactUrl(ex.head.target), reason: e instanceof Error ? e.message : String(e) });
+    return { res: textResponse(503, "crm: request cancelled"), close: true };
   }
   rt.log.error("handler failed", { client: ex.client, target: redactUrl(ex.head.target), error: e instanceof Error ? e.message : String(e) });
   return { res: textResponse(500, "crm: internal error"), close: true };

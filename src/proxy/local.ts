@@ -8,6 +8,7 @@ import { headerValue } from "../http/head.ts";
 import { textResponse as text } from "../http/response.ts";
 import { errorResponse, MirrorError } from "../mirror/errors.ts";
 import { markMirrorAnswer } from "../mirror/index.ts";
+import { statusAllowed } from "../status/config.ts";
 import { isStatusPath, statusEndpoint } from "../status/endpoints.ts";
 import { isRequestsPath, requestsAnswer } from "../status/requests-endpoint.ts";
 import { admit } from "./request-gate.ts";
@@ -37,6 +38,9 @@ export async function local(ex: Exchange<LocalRoute>, rt: Runtime, routes: Local
   if (path === "/healthz") return healthz(ex, rt);
   if (path === "/metrics") return metrics(ex, rt);
   if (isStatusPath(path) && (ex.head.method === "GET" || ex.head.method === "HEAD")) {
+    // Every client's address and images are on it: only status.clients may look (status/config.ts),
+    // checked before any password is.
+    if (!statusAllowed(rt.config.status, ex.client)) return text(403, "crm: your address is not in status.clients");
     const refusal = await admit(rt, "page", ex.client, headerValue(ex.head.headers, "authorization"), false);
     if (refusal !== null) return text(refusal.status, `crm: ${refusal.message}`, refusal.headers);
     return statusEndpoint(ex, rt, path);
@@ -44,22 +48,23 @@ export async function local(ex: Exchange<LocalRoute>, rt: Runtime, routes: Local
   const mirrorPath = routes.mirror ? stripMirrorPrefix(ex.route.path, rt.config.mirror.pathPrefix) : null;
   if (routes.mirror && mirrorPath !== null) {
     ex.kind = "mirror";
+    // The same exchange, not a copy: what the mirror sets on it (pull, log fields) is recorded.
+    ex.route = { kind: "local", path: mirrorPath };
     const refusal = await admit(rt, "mirror", ex.client, headerValue(ex.head.headers, "authorization"));
     if (refusal !== null) {
       // Registry clients parse OCI error JSON; WWW-Authenticate / Retry-After stay in the headers.
       if (refusal.reason === "rate") ex.logFields.error = "rate limited";
       const message = refusal.reason === "rate" ? `${refusal.message}; slow down` : refusal.message;
-      return errorResponse(new MirrorError(refusal.status, refusal.status === 429 ? "TOOMANYREQUESTS" : "UNAUTHORIZED", message, { headers: refusal.headers }));
+      return markMirrorAnswer(errorResponse(new MirrorError(refusal.status, refusal.status === 429 ? "TOOMANYREQUESTS" : "UNAUTHORIZED", message, { headers: refusal.headers })), ex);
     }
     // crm's record of this client's requests, reached exactly the way the runtime reaches the mirror.
-    if (isRequestsPath(mirrorPath)) return markMirrorAnswer(requestsAnswer(ex, rt, mirrorPath), ex.id);
-    // The same exchange, not a copy: what the mirror sets on it (pull, log fields) is recorded.
-    ex.route = { kind: "local", path: mirrorPath };
+    if (isRequestsPath(mirrorPath)) return markMirrorAnswer(requestsAnswer(ex, rt, mirrorPath), ex);
     return routes.mirror(ex, rt);
   }
   return text(404, `crm: no such endpoint ${path.slice(0, 200)}`);
 }
 
+/** crm's own answers under the mirror's path get the fields every mirror answer has (content-safety.ts). */
 /**
  * `/SECRET/v2/...` → `/v2/...` when mirror.path_prefix is `/SECRET` (a Docker mirror URL may
  * carry a path but no credentials); null when the path is not the mirror's.

@@ -1,6 +1,6 @@
 /**
- * `/` (the live page), `/status.json` (its data) and `/status.js` (its script). Access is the
- * index page's: with access.users set they ask for a user's credentials, also when
+ * `/` (the live page), `/status.json` (its data) and `/status.js` (its script). Readable from
+ * `status.clients` (loopback by default); then access is the index page's: with access.users set they ask for a user's credentials, also when
  * access.mirror_auth is false (a browser can send them; Docker's registry-mirrors cannot).
  */
 import type { Exchange } from "../proxy/exchange.ts";

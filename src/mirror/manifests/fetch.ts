@@ -15,6 +15,7 @@ import { SingleFlight } from "./single-flight.ts";
 import { readSmallBody } from "../small-body.ts";
 import type { MirrorState } from "../state.ts";
 import type { RegistryClient } from "../upstream.ts";
+import { quotaFields, type QuotaFields } from "../quota-headers.ts";
 
 /** Algorithms crm can check; a digest of any other is passed through, never cached. */
 const HASHES: Record<string, string> = { sha256: "sha256", sha512: "sha512" };
@@ -29,10 +30,13 @@ function digestOf(algorithm: string, bytes: Uint8Array): string {
 }
 
 export type Fetched =
-  /** Checked against its digest (and cached when it fits). */
-  | { kind: "manifest"; manifest: CachedManifest }
-  /** A small answer every waiter may send as is: an upstream error, or a manifest crm could not check. */
-  | { kind: "answer"; status: number; headers: Headers; body: Uint8Array }
+  /** Checked against its digest (and cached when it fits); `quota`: the GET's quota fields (quota-headers.ts). */
+  | { kind: "manifest"; manifest: CachedManifest; quota: QuotaFields }
+  /**
+   * A small answer every waiter may send as is: an upstream error, or a manifest crm could not
+   * check. `accept`: the Accept it was asked with (an error may depend on it, service.ts).
+   */
+  | { kind: "answer"; status: number; headers: Headers; body: Uint8Array; accept: string | null }
   /** Too big to hold: the first taker streams it; later ones (or all) get null and fetch on their own. */
   | { kind: "stream"; take(): Response | null };
 
@@ -86,7 +90,7 @@ async function fetchManifest(req: ManifestGet, signal: AbortSignal, budget: Memo
   if (res.status !== 200 || encoded) {
     if (res.status >= 200 && res.status < 300) return streamOnce(res, upHeaders);
     const { bytes } = await readSmallBody(res, ERROR_BODY_LIMIT, timeoutMs);
-    return { kind: "answer", status: res.status, headers: upHeaders, body: bytes };
+    return { kind: "answer", status: res.status, headers: upHeaders, body: bytes, accept: req.headers.get("accept") };
   }
   const lengthText = res.headers.get("content-length");
   const declared = lengthText !== null && /^\d+$/.test(lengthText) ? Number(lengthText) : null;
@@ -113,7 +117,7 @@ async function fetchManifest(req: ManifestGet, signal: AbortSignal, budget: Memo
   const want = req.expect ?? named;
   if (want === null || !verifiable(want)) {
     // Nothing to check the bytes against: pass them on as received, keep nothing.
-    return { kind: "answer", status: 200, headers: upHeaders, body: bytes };
+    return { kind: "answer", status: 200, headers: upHeaders, body: bytes, accept: req.headers.get("accept") };
   }
   const got = digestOf(want.slice(0, want.indexOf(":")), bytes);
   if (got !== want) {
@@ -125,7 +129,7 @@ async function fetchManifest(req: ManifestGet, signal: AbortSignal, budget: Memo
   }
   const manifest: CachedManifest = { digest: want, body: bytes, mediaType: res.headers.get("content-type"), etag: res.headers.get("etag") };
   state.cache.put(cacheScope(client.registry), req.name, manifest);
-  return { kind: "manifest", manifest };
+  return { kind: "manifest", manifest, quota: quotaFields(res.headers) };
 }
 
 /** Hands the answer to the first taker; the others get null and send their own request. */
