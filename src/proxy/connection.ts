@@ -9,12 +9,12 @@ import { DialError, HttpError } from "../errors.ts";
 import type { Runtime } from "../context.ts";
 import { BodyFeeder } from "../http/body.ts";
 import { headerValue, readRequestHead, requestFraming, wantsKeepAlive, type RequestHead } from "../http/head.ts";
-import { errorHead, writeResponse } from "../http/response.ts";
+import { errorHead, writeResponse, type WriteResult } from "../http/response.ts";
 import { formatHeaders, redactUrl } from "../log.ts";
 import type { RequestKind } from "../metrics.ts";
 import { Outbox } from "../net/outbox.ts";
 import { readProxyHeader } from "../access/proxy-protocol.ts";
-import { isForward, isLocal, type Authority, type ConnectRoute, type Exchange, type ForwardRoute, type LocalRoute, type Route } from "./exchange.ts";
+import { isForward, isLocal, type Authority, type ConnectRoute, type Exchange, type ForwardRoute, type HttpRoute, type LocalRoute, type Route } from "./exchange.ts";
 import { errorAnswer } from "./error-answer.ts";
 import { admit } from "./request-gate.ts";
 import { route } from "./router.ts";
@@ -363,9 +363,36 @@ export class Connection {
     this.pause();
   }
 
+  /**
+   * One request, in the order its checks must run: who it is from, the gate (rate, credentials)
+   * for proxy requests, the route (allow-list), then the exchange with its handler.
+   */
   private async handle(head: RequestHead, rest: Buffer): Promise<void> {
     this.requests++;
     const started = performance.now();
+    if (!this.identify(head)) return;
+    // From here on, bytes belong to this request (its body, a tunnel's first bytes), never to a
+    // new head: while authentication awaits, they are held in `buf` and taken up below.
+    this.phase = "request";
+    this.deadline = Infinity;
+    if (!(await this.passGate(head))) return;
+    if (this.buf !== null) {
+      rest = Buffer.concat([rest, this.buf]);
+      this.buf = null;
+    }
+    const r = this.routeOrRefuse(head, started);
+    if (r === null) return;
+    if (r.kind === "connect") {
+      this.phase = "tunnel";
+      this.resume();
+      this.dispatch.connect(this, r, head, rest);
+      return;
+    }
+    await this.exchange(head, r, rest, started);
+  }
+
+  /** Who the request is from; false when that client is refused (the answer is sent). */
+  private identify(head: RequestHead): boolean {
     // Behind a trusted front the request names its client; anyone else's forwarding fields go.
     // Inside a decrypted tunnel the client is the tunnel's, and no field in it is vouched for.
     // After a PROXY header the bytes are the relayed client's: the same holds for its fields.
@@ -375,12 +402,13 @@ export class Connection {
       // access.clients holds for the client a trusted front names, as for a direct one.
       this.rt.log.info("client not in access.clients, refused", { client: this.client, via: this.peer });
       this.fail(new HttpError(403, "crm: your address is not in access.clients"), head.method);
-      return;
+      return false;
     }
-    // From here on, bytes belong to this request (its body, a tunnel's first bytes), never to a
-    // new head: while authentication awaits, they are held in `buf` and taken up below.
-    this.phase = "request";
-    this.deadline = Infinity;
+    return true;
+  }
+
+  /** Proxy requests pass request-gate.ts; false when refused (answered) or the client left. */
+  private async passGate(head: RequestHead): Promise<boolean> {
     // Proxy requests authenticate before the allow-list is consulted, so a stranger cannot map
     // the allow-list by telling 403 from 407. RFC 9110 §11.7.2: the credentials are crm's own
     // and are removed as hop-by-hop before anything is forwarded.
@@ -390,7 +418,7 @@ export class Connection {
     if (proxyRequest && this.challengeOnly) {
       this.rt.log.debug("proxy request from outside access.clients on the ACME plain listener, refused", { client: this.client });
       this.fail(new HttpError(403, "crm: only ACME challenges are answered for your address"), head.method);
-      return;
+      return false;
     }
     if (proxyRequest) {
       let refusal = admit(this.rt, "proxy", this.client, headerValue(head.headers, "proxy-authorization"));
@@ -398,37 +426,34 @@ export class Connection {
         this.pause();
         refusal = await refusal;
         // The client may have gone while the password was checked: nothing may be dialled for it.
-        if (refusal === null && this.isClosed) return;
+        if (refusal === null && this.isClosed) return false;
       }
       if (refusal !== null) {
         const what = refusal.reason === "rate" ? "rate limited" : "proxy authentication failed";
         this.rt.log.info(what, { client: this.client, method: head.method, target: redactUrl(head.target), status: refusal.status, retry_after: refusal.headers["retry-after"] });
         this.fail(new HttpError(refusal.status, refusal.message, { headers: refusal.headers }), head.method);
-        return;
+        return false;
       }
     }
-    if (this.buf !== null) {
-      rest = Buffer.concat([rest, this.buf]);
-      this.buf = null;
-    }
-    let r: Route;
+    return true;
+  }
+
+  /** The route (allow-list applied); null when refused, which is answered, counted and recorded. */
+  private routeOrRefuse(head: RequestHead, started: number): Route | null {
     try {
-      r = route(head, this.rt.policy, this.secureAuthority);
+      return route(head, this.rt.policy, this.secureAuthority);
     } catch (e) {
       const err = e as HttpError;
       this.rt.metrics.observe(head.method === "CONNECT" ? "connect" : "forward", err.status, 0, 0, (performance.now() - started) / 1000);
       if (err.status === 403) this.rt.log.info("refused", { client: this.client, method: head.method, target: redactUrl(head.target), reason: err.message });
       recordRefusal(this.rt, this.client, head.method === "CONNECT" ? "connect" : "forward", head.method, redactUrl(head.target), err.status, err.message);
       this.fail(err, head.method);
-      return;
+      return null;
     }
-    if (r.kind === "connect") {
-      this.phase = "tunnel";
-      this.resume();
-      this.dispatch.connect(this, r, head, rest);
-      return;
-    }
+  }
 
+  /** The request's body reader, after the checks that refuse it (417, 413); undefined when refused. */
+  private bodyOf(head: RequestHead, r: HttpRoute, rest: Buffer): BodyFeeder | null | undefined {
     let feeder: BodyFeeder | null = null;
     try {
       const framing = requestFraming(head);
@@ -445,9 +470,15 @@ export class Connection {
       }
     } catch (e) {
       this.fail(e as HttpError, head.method);
-      return;
+      return undefined;
     }
+    return feeder;
+  }
 
+  /** An HTTP request with its handler: dispatch, write the answer, then keep or end the connection. */
+  private async exchange(head: RequestHead, r: HttpRoute, rest: Buffer, started: number): Promise<void> {
+    const feeder = this.bodyOf(head, r, rest);
+    if (feeder === undefined) return;
     this.touch();
     this.feeder = feeder;
     const abort = new AbortController();
@@ -490,7 +521,11 @@ export class Connection {
     this.feeder = null;
     this.bodyError = null;
     if (this.isClosed) return;
-    const bodyRead = feeder === null || feeder.complete;
+    await this.afterAnswer(head, res, w, feeder === null || feeder.complete);
+  }
+
+  /** After an answer: the next request on this connection, or its end (cut, reset or flushed). */
+  private async afterAnswer(head: RequestHead, res: Response, w: WriteResult, bodyRead: boolean): Promise<void> {
     if (!w.keepAlive || !bodyRead || this.rt.draining || (this.peerEnded && this.buf === null)) {
       // An incomplete body must look truncated to the client, so nothing more is flushed. When
       // the close itself delimits the body (HTTP/1.0, no Content-Length), a FIN would make the cut
