@@ -6,7 +6,7 @@
 import { expect, test } from "bun:test";
 import { connect } from "node:net";
 import { startCrm } from "./support/crm.ts";
-import { rawConnect, sendFrom } from "./support/raw.ts";
+import { sendFrom } from "./support/raw.ts";
 
 /** Opens a connection from `from` and keeps it open; resolves once it is connected. */
 function holdFrom(from: string, port: number): Promise<{ close(): void; text(): string }> {
@@ -33,6 +33,18 @@ test("dual-stack listener: IPv4 clients are counted each by its own address, and
     const line = await crm.waitLog(/GET \/healthz/);
     expect(line).toContain("127.0.0.3");
     expect(crm.logs.filter((l) => !/ listening /.test(l) && l.includes("::ffff:"))).toEqual([]);
+  } finally {
+    await crm.stop();
+  }
+});
+
+test("dual-stack listener: one IPv4 client spending its request rate leaves the others theirs", async () => {
+  const crm = await startCrm({ listen: "[::ffff:127.0.0.1]:0", limits: { requests_per_second: 0.01, burst: 1 } });
+  try {
+    const v2 = "GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    expect(await sendFrom("127.0.0.2", crm.port, v2)).toMatch(/^HTTP\/1\.1 200 /);
+    expect(await sendFrom("127.0.0.2", crm.port, v2)).toMatch(/^HTTP\/1\.1 429 /);
+    expect(await sendFrom("127.0.0.3", crm.port, v2)).toMatch(/^HTTP\/1\.1 200 /);
   } finally {
     await crm.stop();
   }

@@ -16,10 +16,9 @@ afterEach(async () => {
   for (const r of running.splice(0)) await r.stop();
 });
 
-async function until(cond: () => boolean, what: string): Promise<void> {
-  // Bounded only by the test's own timeout: this waits for an event, it does not time one.
+/** Waits for an event; bounded only by the test's own timeout (it does not time anything). */
+async function until(cond: () => boolean): Promise<void> {
   while (!cond()) await Bun.sleep(5);
-  void what;
 }
 
 test("a flight whose every waiter left is not joined: the next client gets the manifest, not 500", async () => {
@@ -32,7 +31,7 @@ test("a flight whose every waiter left is not joined: the next client gets the m
   const ac = new AbortController();
   const first = fetch(`${crm.url}${path}`, { proxy: false, signal: ac.signal } as RequestInit).catch((e: unknown) => e);
   // The flight is waiting for its token (which no client's abort cancels): now its only waiter leaves.
-  await until(() => registry.seen.some((s) => s.url === path && s.headers.authorization === undefined), "challenge");
+  await until(() => registry.seen.some((s) => s.url === path && s.headers.authorization === undefined));
   await Bun.sleep(50);
   ac.abort();
   expect(await first).toBeInstanceOf(Error);
@@ -50,7 +49,7 @@ test("a client's FIN while its GET waits upstream cancels the upstream request",
   const before = registry.slowAborts();
   const c = await rawConnect(crm.port);
   c.write("GET /v2/slow/x/manifests/v1 HTTP/1.1\r\nHost: crm\r\n\r\n");
-  await until(() => registry.seen.some((s) => s.url === "/v2/slow/x/manifests/v1"), "upstream request");
+  await until(() => registry.seen.some((s) => s.url === "/v2/slow/x/manifests/v1"));
   c.socket.shutdown();
   // However it ended, the request's log line comes once crm is done with it.
   await crm.waitLog(/GET \/v2\/slow\/x\/manifests\/v1/, 20_000);
@@ -95,7 +94,7 @@ test("by digest, a waiter whose Accept differs re-asks when the shared answer is
   running.push(crm);
   const ask = (accept: string) => fetch(`${crm.url}/v2/app/manifests/${digest}`, { proxy: false, headers: { accept } } as RequestInit);
   const narrow = ask(IMAGE);
-  await until(() => started > 0, "leader upstream");
+  await until(() => started > 0);
   const wide = ask(`${IMAGE}, ${INDEX}`);
   const [a, b] = await Promise.all([narrow, wide]);
   expect(a.status).toBe(404);

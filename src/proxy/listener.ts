@@ -73,13 +73,13 @@ export function connectionHandlers(conns: ConnectionSet, create: (s: Socket<Sock
   };
 }
 
+/** How a connection was let in: as a client, or as a stranger that may reach only ACME challenges. */
+export type Admitted = "client" | "challenge-only";
+
 /**
  * Admission at accept: clients outside access.clients are closed at once (no answer that would
  * confirm a proxy is here); over a connection limit they get a complete 503/429 with Retry-After.
  */
-/** How a connection was let in: as a client, or as a stranger that may reach only ACME challenges. */
-export type Admitted = "client" | "challenge-only";
-
 export class Admission {
   private readonly perClient = new Map<string, number>();
   private total = 0;
