@@ -15,6 +15,7 @@ import { DEFAULT_REGISTRIES, type RegistryConfig } from "./registries.ts";
 import { buildListen, checkProxyProtocolTls, checkProxyProtocolTrust, type ListenAddress } from "./config/listen.ts";
 import { buildTls, checkTlsListeners, type TlsListenConfig } from "./tls/config.ts";
 import { buildManifestCache, type ManifestCacheConfig } from "./mirror/manifests/config.ts";
+import { buildFanout, type FanoutConfig } from "./mirror/fanout/config.ts";
 import { buildFairShare, FAIR_SHARE_KEYS, type FairShareLimits } from "./limits/config.ts";
 import { buildForwardedHeader, buildTrustedProxies, type ForwardedHeader } from "./access/client-address.ts";
 import { buildRules, type ImageRules } from "./mirror/rules.ts";
@@ -51,6 +52,8 @@ export interface MirrorConfig {
   defaultRegistry: string;
   registries: ReadonlyMap<string, RegistryConfig>;
   manifestCache: ManifestCacheConfig;
+  /** One upstream download per blob in flight (mirror.fanout, src/mirror/fanout/). */
+  fanout: FanoutConfig;
   /** Image rules for registries without their own (mirror.rules). */
   rules: ImageRules | null;
 }
@@ -451,7 +454,7 @@ function buildLimits(c: Checker, raw: unknown): Limits {
 }
 
 function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
-  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries", "path_prefix", "manifest_cache", "rules"]) ?? {};
+  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries", "path_prefix", "manifest_cache", "rules", "fanout"]) ?? {};
   const enabled = c.bool("mirror.enabled", m.enabled, true);
   let pathPrefix = m.path_prefix === "" ? "" : (c.string("mirror.path_prefix", m.path_prefix) ?? "");
   if (pathPrefix !== "") {
@@ -476,7 +479,7 @@ function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
   }
   const manifestCache = buildManifestCache(m.manifest_cache);
   c.errors.push(...manifestCache.errors);
-  return { enabled, pathPrefix, defaultRegistry, registries, manifestCache: manifestCache.config, rules: buildRules(c, "mirror.rules", m.rules) };
+  return { enabled, pathPrefix, defaultRegistry, registries, manifestCache: manifestCache.config, rules: buildRules(c, "mirror.rules", m.rules), fanout: buildFanout(c, m.fanout) };
 }
 
 const REGISTRY_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d+)?$/;
