@@ -166,6 +166,68 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     expect(gets).toHaveLength(2);
   }, 120_000);
 
+  test("backpressure: with its only reader stalled, the upstream is not read on (memory and the uplink are spared)", async () => {
+    const { crm, relay } = await setup({ window: "4MiB", budget: "16MiB" }, {});
+    const stalled = await rawGet(crm.port, `/v2/reg.test/${REPO}/blobs/${image.layer}`);
+    await stalled.waitBytes(64 * 1024);
+    stalled.pause();
+    // Wait until the relay stops receiving from the registry (it would take all 64 MiB if crm read on).
+    let last = -1;
+    while (relay.upstreamBytes() !== last) {
+      last = relay.upstreamBytes();
+      await Bun.sleep(300);
+    }
+    // Socket buffers on the way (relay → crm, crm → client) and the relay's own queue hold some
+    // MiB; crm itself holds at most its window and read-ahead.
+    expect(last).toBeLessThan(LAYER_SIZE / 2);
+    expect(metric(crm, "crm_mirror_fanout_window_bytes")).toBeLessThanOrEqual(4 * MiB + MiB);
+    stalled.resume();
+    const body = await stalled.done;
+    expect(sha256Digest(body)).toBe(image.layer);
+  }, 120_000);
+
+  test("when the last reader leaves, the upstream download is cancelled", async () => {
+    const { crm, relay } = await setup({});
+    const a = await rawGet(crm.port, `/v2/reg.test/${REPO}/blobs/${image.layer}`);
+    const b = await rawGet(crm.port, `/v2/reg.test/${REPO}/blobs/${image.layer}`);
+    await joined(crm, 1);
+    await Promise.all([a.waitBytes(64 * 1024), b.waitBytes(64 * 1024)]);
+    a.close();
+    // One reader left: the download goes on for the other.
+    expect(metric(crm, "crm_mirror_fanout_in_flight")).toBe(1);
+    b.close();
+    while (metric(crm, "crm_mirror_fanout_in_flight") > 0) await Bun.sleep(20);
+    expect(metric(crm, "crm_mirror_fanout_reserved_bytes")).toBe(0);
+    relay.openGate();
+    // The relay's upstream connection is closed by crm's cancel: the registry sends no more.
+    let last = -1;
+    while (relay.upstreamBytes() !== last) {
+      last = relay.upstreamBytes();
+      await Bun.sleep(300);
+    }
+    expect(last).toBeLessThan(LAYER_SIZE / 2);
+    await a.done.catch(() => {});
+    await b.done.catch(() => {});
+  }, 120_000);
+
+  test("a client paced by client_bandwidth falls behind, detaches and still gets the whole blob; the others are not slowed to its pace", async () => {
+    const { crm, relay } = await setup({ window: "4MiB", budget: "16MiB" });
+    // Only 127.0.0.2 is paced (the others are exempt); crm listens on 127.0.0.1, curl binds the source.
+    crm.server.rt.bandwidth.configure({ ...crm.server.rt.config.limits, clientBandwidth: 16 * MiB, exemptClients: ["127.0.0.1/32"] });
+    const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
+    const paced = curlDigest(url, join(fx.dir, "paced.bin"), ["--interface", "127.0.0.2"]);
+    const fast = Array.from({ length: 2 }, (_, i) => curlDigest(url, join(fx.dir, `unpaced-${i}.bin`)));
+    await joined(crm, 2);
+    relay.openGate();
+    const fastDone = await Promise.all(fast);
+    for (const r of fastDone) expect(r.digest).toBe(image.layer);
+    // The fast ones are done while the paced one (at most 16 MiB/s: 4 s for the layer) is still on.
+    expect(metric(crm, "crm_mirror_fanout_detached_total")).toBeGreaterThanOrEqual(1);
+    const p = await paced;
+    expect(p.exit).toBe(0);
+    expect(p.digest).toBe(image.layer);
+  }, 120_000);
+
   test("a relay that corrupts one byte: every reader is cut before its end, the mismatch is counted", async () => {
     const { crm, relay } = await setup({}, { gateAfter: GATE, corruptAt: 20 * MiB });
     const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
@@ -247,8 +309,8 @@ async function pushImage(fx: RegistryFixture): Promise<Image> {
 }
 
 /** curl to a file; its exit code, the bytes written and their sha256. */
-async function curlDigest(url: string, out: string): Promise<{ exit: number; size: number; digest: string }> {
-  const p = Bun.spawn(["curl", "-sS", "-o", out, url], { stdout: "ignore", stderr: "pipe" });
+async function curlDigest(url: string, out: string, extra: string[] = []): Promise<{ exit: number; size: number; digest: string }> {
+  const p = Bun.spawn(["curl", "-sS", ...extra, "-o", out, url], { stdout: "ignore", stderr: "pipe" });
   const exit = await p.exited;
   let data: Buffer;
   try {
@@ -263,6 +325,7 @@ interface RawGet {
   waitBytes(n: number): Promise<void>;
   pause(): void;
   resume(): void;
+  close(): void;
   /** The whole body once the answer is complete (by its Content-Length). */
   done: Promise<Uint8Array>;
 }
@@ -275,6 +338,8 @@ async function rawGet(port: number, path: string): Promise<RawGet> {
   let finish: (b: Uint8Array) => void = () => {};
   let fail: (e: Error) => void = () => {};
   const done = new Promise<Uint8Array>((res, rej) => ((finish = res), (fail = rej)));
+  // Handled here too: a test that closes the socket itself does not await it.
+  done.catch(() => {});
   let bodyStart = -1;
   let length = -1;
   const check = (): void => {
@@ -315,6 +380,7 @@ async function rawGet(port: number, path: string): Promise<RawGet> {
     },
     pause: () => socket.pause(),
     resume: () => socket.resume(),
+    close: () => socket.end(),
     done,
   };
 }

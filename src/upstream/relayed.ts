@@ -5,7 +5,23 @@
  * come, pausing either socket for the other, with no ReadableStream between them. Code that needs
  * a stream (bandwidth pacing) asks for one and gets the body's content.
  */
-import type { UpstreamBody } from "./body.ts";
+/**
+ * What the writer relays: an UpstreamBody, or any body with the same push interface (the mirror's
+ * shared blob downloads hand each reader one, src/mirror/fanout/).
+ */
+export interface RelaySource {
+  /** How the bytes are framed: "length", "chunked", "close" or "none". */
+  readonly framing: string;
+  readonly done: boolean;
+  readonly consumed: boolean;
+  /** Passes the bytes as framed; `write` returning false pauses the source until `resume()`. */
+  relay(write: (bytes: Uint8Array) => boolean): Promise<void>;
+  /** Passes the content (framing removed), with the same backpressure. */
+  contents(write: (bytes: Uint8Array) => boolean): Promise<void>;
+  resume(): void;
+  cancel(): void;
+  stream(): ReadableStream<Uint8Array>;
+}
 
 /**
  * The body rides on the Response (and on streams made by UpstreamBody.stream(), which a Response
@@ -14,24 +30,24 @@ import type { UpstreamBody } from "./body.ts";
  * adds work to every collection.
  */
 const BODY = Symbol("crm.upstreamBody");
-type Carrier = { [BODY]?: UpstreamBody };
-const carried = (o: object): UpstreamBody | undefined => (o as Carrier)[BODY];
+type Carrier = { [BODY]?: RelaySource };
+const carried = (o: object): RelaySource | undefined => (o as Carrier)[BODY];
 
-export function relayedResponse(body: UpstreamBody, init: ResponseInit): Response {
+export function relayedResponse(body: RelaySource, init: ResponseInit): Response {
   const res = new Response(null, init);
   (res as Carrier)[BODY] = body;
   return res;
 }
 
 /** `body.stream()`, marked so a writer that gets it unread can relay the raw bytes instead. */
-export function relayableStream(body: UpstreamBody): ReadableStream<Uint8Array> {
+export function relayableStream(body: RelaySource): ReadableStream<Uint8Array> {
   const s = body.stream();
   (s as Carrier)[BODY] = body;
   return s;
 }
 
 /** The upstream body behind `res`, if it is a relayed answer or carries a relayable stream nobody has read. */
-export function relayedBody(res: Response): UpstreamBody | null {
+export function relayedBody(res: Response): RelaySource | null {
   const direct = carried(res);
   if (direct) return direct;
   const s = res.body;

@@ -11,6 +11,7 @@
 import { createHash } from "node:crypto";
 import type { PullRoute } from "../routes.ts";
 import type { FanoutRegistry, InFlight } from "./registry.ts";
+import { relayableStream, type RelaySource } from "../../upstream/relayed.ts";
 import { SharedDownload, type OwnRequest } from "./shared-download.ts";
 
 export interface BlobRequest {
@@ -142,13 +143,14 @@ function wait(entry: InFlight, signal: AbortSignal): () => void {
   return drop;
 }
 
-function answer(entry: InFlight, body: ReadableStream<Uint8Array>, from: number, end: number, ranged: boolean): Response {
+/** The reader's answer: its body relayed by the writer (or read as a stream by code that wraps it). */
+function answer(entry: InFlight, body: RelaySource, from: number, end: number, ranged: boolean): Response {
   const headers = new Headers(entry.headers ?? undefined);
   const total = entry.download?.total ?? end;
   headers.set("content-length", String(end - from));
   if (ranged) headers.set("content-range", `bytes ${from}-${end - 1}/${total}`);
   else headers.delete("content-range");
-  return new Response(body, { status: ranged ? 206 : 200, headers });
+  return new Response(relayableStream(body), { status: ranged ? 206 : 200, headers });
 }
 
 /**

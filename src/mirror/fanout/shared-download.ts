@@ -18,9 +18,13 @@
  * its last byte, which the writer turns into a cut connection, never a clean end.
  *
  * When the last attached reader leaves, the upstream download is cancelled.
+ *
+ * A reader is handed to the writer as a RelaySource (upstream/relayed.ts): the writer pushes its
+ * bytes into the client's socket as they come (`relay`), with no stream and no promise per chunk,
+ * the way it relays an upstream socket's body; code that wraps streams (bandwidth pacing) gets a
+ * pulled ReadableStream instead (`stream`). Both read the same window by the same rules.
  */
-import type { UpstreamBody } from "../../upstream/body.ts";
-import { relayedBody } from "../../upstream/relayed.ts";
+import { relayedBody, type RelaySource } from "../../upstream/relayed.ts";
 
 /** What is read from a body: the part of a stream reader used here. */
 export interface ChunkReader {
@@ -48,7 +52,17 @@ class Reader {
   attached = true;
   gone = false;
   failure: Error | null = null;
+  /** Called when bytes (or the verdict) arrive for a reader waiting for them. */
   wake: (() => void) | null = null;
+  /** Push mode: the writer's sink, paused when it said "enough", and how the relay promise ends. */
+  sink: ((bytes: Uint8Array) => boolean) | null = null;
+  paused = false;
+  feeding = false;
+  pumping = false;
+  settle: { resolve(): void; reject(e: Error): void } | null = null;
+  /** Pull mode: the stream's controller, errored at once when the download fails. */
+  ctrl: ReadableStreamDefaultController<Uint8Array> | null = null;
+  streamed = false;
   own: ChunkReader | null = null;
   ownSkip = 0;
   ownAbort: AbortController | null = null;
@@ -88,7 +102,7 @@ export class SharedDownload {
   private paused = false;
   private joinable = true;
   private disposedAlready = false;
-  private body: UpstreamBody | null = null;
+  private body: RelaySource | null = null;
   private pump: ChunkReader | null = null;
   private resumePump: (() => void) | null = null;
   private readonly readAhead: number;
@@ -117,30 +131,19 @@ export class SharedDownload {
    * A new reader for bytes [start, end) (end exclusive, at most `total`), or null when the bytes
    * from `start` on are no longer all here or to come (the caller makes its own request).
    */
-  join(start: number, end: number, signal: AbortSignal, ownRequest: OwnRequest): ReadableStream<Uint8Array> | null {
+  join(start: number, end: number, signal: AbortSignal, ownRequest: OwnRequest): RelaySource | null {
     if (!this.joinable || start < this.base || end > this.total || start > end) return null;
     const r = new Reader(start, end, ownRequest);
     this.readers.add(r);
     this.attachedCount++;
     if (this.readers.size > 1 && this.hasher === null) this.startHashing();
-    const onAbort = (): void => {
-      r.failure ??= new Error("client gone");
-      this.leave(r);
-    };
+    const onAbort = (): void => this.cut(r, new Error("client gone"));
     if (signal.aborted) onAbort();
     else signal.addEventListener("abort", onAbort, { once: true });
     if (!this.started) this.start();
-    return new ReadableStream<Uint8Array>(
-      {
-        pull: (c) => this.pull(r, c),
-        cancel: () => {
-          r.failure ??= new Error("reader cancelled");
-          this.leave(r);
-        },
-      },
-      { highWaterMark: 0 },
-    );
+    return new ReaderBody(this, r);
   }
+
 
   // ------------------------------------------------------------------ upstream side
 
@@ -238,11 +241,10 @@ export class SharedDownload {
     this.verdict = verdict;
     this.unlist();
     if (!wasFinished) this.stopUpstream();
-    for (const r of this.readers) {
-      if (verdict === "mismatch" || (cutAttached && r.attached)) {
-        r.failure ??= err;
-        r.ownAbort?.abort(err);
-      }
+    for (const r of [...this.readers]) {
+      // Cut at once, not at the reader's next read: a client that is not reading now must not
+      // keep its connection (and a paced one must not get its last byte later).
+      if (verdict === "mismatch" || (cutAttached && r.attached)) this.cut(r, err);
     }
     this.wakeAll();
     this.maybeDispose();
@@ -312,7 +314,7 @@ export class SharedDownload {
     this.attachedCount--;
     this.observer.detached();
     if (r.pos >= this.fastest) this.recomputeFastest();
-    r.wake?.();
+    this.wakeOne(r);
     if (this.attachedCount === 0) this.cancelUpstream();
   }
 
@@ -328,40 +330,6 @@ export class SharedDownload {
   private releasable(): number {
     if (this.hasher === null || this.verdict === "ok" || this.verdict === "unchecked") return this.received;
     return Math.min(this.received, this.total - 1);
-  }
-
-  private async pull(r: Reader, c: ReadableStreamDefaultController<Uint8Array>): Promise<void> {
-    for (;;) {
-      if (r.failure !== null) {
-        this.leave(r);
-        c.error(r.failure);
-        return;
-      }
-      if (!r.attached) return this.pullOwn(r, c);
-      if (r.pos >= r.end) {
-        this.leave(r);
-        c.close();
-        return;
-      }
-      const limit = Math.min(r.end, this.releasable());
-      if (r.pos < limit) {
-        const chunk = this.slice(r.pos, limit);
-        r.pos += chunk.byteLength;
-        this.advanced(r.pos);
-        c.enqueue(chunk);
-        return;
-      }
-      if (this.finished) {
-        // Nothing more will come (a failed download has already set the failure it cuts with).
-        r.failure ??= new Error("shared upstream download ended early");
-        continue;
-      }
-      await new Promise<void>((resolve) => {
-        r.wake = resolve;
-        this.waiters.push(r);
-      });
-      r.wake = null;
-    }
   }
 
   /** Bytes from `pos` up to `limit` (exclusive), within one chunk, never copied. */
@@ -393,56 +361,191 @@ export class SharedDownload {
     return lo;
   }
 
-  private async pullOwn(r: Reader, c: ReadableStreamDefaultController<Uint8Array>): Promise<void> {
+  /** The next piece for an attached reader now, "wait" if it must wait, or null at its end. */
+  private nextAttached(r: Reader): Uint8Array | "wait" | null {
+    if (r.pos >= r.end) return null;
+    const limit = Math.min(r.end, this.releasable());
+    if (r.pos < limit) {
+      const chunk = this.slice(r.pos, limit);
+      r.pos += chunk.byteLength;
+      this.advanced(r.pos);
+      return chunk;
+    }
+    // Nothing more will come (a failed download has already set the failure it cuts with).
+    if (this.finished) r.failure ??= new Error("shared upstream download ended early");
+    return "wait";
+  }
+
+  private waitFor(r: Reader, wake: () => void): void {
+    r.wake = wake;
+    this.waiters.push(r);
+  }
+
+  // Push mode (the writer relays): bytes go into the sink as they come, no promise per chunk.
+
+  attachPush(r: Reader, write: (bytes: Uint8Array) => boolean): Promise<void> {
+    if (r.sink !== null || r.streamed) return Promise.reject(new Error("reader consumed twice"));
+    return new Promise<void>((resolve, reject) => {
+      r.sink = write;
+      r.settle = { resolve, reject };
+      this.feed(r);
+    });
+  }
+
+  resumePush(r: Reader): void {
+    if (!r.paused) return;
+    r.paused = false;
+    this.feed(r);
+  }
+
+  private feed(r: Reader): void {
+    if (r.feeding || r.sink === null) return;
+    r.feeding = true;
     try {
-      if (r.own === null) {
-        r.ownAbort = new AbortController();
-        const got = await r.ownRequest(r.pos, r.end - 1, r.ownAbort.signal);
-        r.own = got.reader;
-        r.ownSkip = got.skip;
-      }
-      for (;;) {
-        if (r.failure !== null) throw r.failure;
-        if (r.held !== null) {
-          // The last byte: released once the shared download's digest is known to be right.
-          while (this.verdict === "pending" && r.failure === null) {
-            await new Promise<void>((resolve) => {
-              r.wake = resolve;
-              this.waiters.push(r);
-            });
-            r.wake = null;
-          }
-          if (r.failure !== null) throw r.failure;
-          const last = r.held;
-          r.held = null;
-          r.pos += last.byteLength;
-          c.enqueue(last);
+      while (!r.paused) {
+        if (r.failure !== null) return this.endPush(r, r.failure);
+        if (!r.attached) {
+          if (!r.pumping) void this.pumpOwn(r);
+          else this.wakeOne(r);
           return;
         }
-        if (r.pos >= r.end) {
+        const next = this.nextAttached(r);
+        if (next === null) return this.endPush(r, null);
+        if (next === "wait") {
+          if (r.failure !== null) continue;
+          if (r.wake === null) this.waitFor(r, () => this.feed(r));
+          return;
+        }
+        if (!r.sink(next)) r.paused = true;
+      }
+    } finally {
+      r.feeding = false;
+    }
+  }
+
+  private wakeOne(r: Reader): void {
+    const w = r.wake;
+    r.wake = null;
+    w?.();
+  }
+
+  private endPush(r: Reader, err: Error | null): void {
+    const settle = r.settle;
+    r.settle = null;
+    this.leave(r);
+    if (settle === null) return;
+    if (err) settle.reject(err);
+    else settle.resolve();
+  }
+
+  /** A detached push reader: its own request's bytes into the sink, pausing with it. */
+  private async pumpOwn(r: Reader): Promise<void> {
+    r.pumping = true;
+    try {
+      for (;;) {
+        if (r.failure !== null) throw r.failure;
+        if (r.paused) {
+          await new Promise<void>((resolve) => (r.wake = resolve));
+          continue;
+        }
+        const v = await this.nextOwn(r);
+        if (v === null) return this.endPush(r, null);
+        if (r.sink !== null && !r.sink(v)) r.paused = true;
+      }
+    } catch (e) {
+      r.failure ??= e instanceof Error ? e : new Error(String(e));
+      this.endPush(r, r.failure);
+    } finally {
+      r.pumping = false;
+    }
+  }
+
+  /**
+   * The next bytes of a detached reader's own request (opened on first use), or null at its end.
+   * While the shared download is hashed, its last byte waits for the verdict.
+   */
+  private async nextOwn(r: Reader): Promise<Uint8Array | null> {
+    if (r.own === null) {
+      r.ownAbort = new AbortController();
+      const got = await r.ownRequest(r.pos, r.end - 1, r.ownAbort.signal);
+      r.own = got.reader;
+      r.ownSkip = got.skip;
+    }
+    for (;;) {
+      if (r.failure !== null) throw r.failure;
+      if (r.held !== null) {
+        while (this.verdict === "pending" && r.failure === null) await new Promise<void>((resolve) => this.waitFor(r, resolve));
+        if (r.failure !== null) throw r.failure;
+        const last = r.held;
+        r.held = null;
+        r.pos += last.byteLength;
+        return last;
+      }
+      if (r.pos >= r.end) return null;
+      const { done, value } = await r.own.read();
+      if (r.failure !== null) throw r.failure;
+      if (done) throw new Error(`own upstream request ended at byte ${r.pos} of ${r.end}`);
+      let v = value;
+      if (r.ownSkip > 0) {
+        const n = Math.min(r.ownSkip, v.byteLength);
+        r.ownSkip -= n;
+        v = v.subarray(n);
+      }
+      if (v.byteLength === 0) continue;
+      if (r.pos + v.byteLength > r.end) throw new Error("own upstream request sent more bytes than asked for");
+      if (r.pos + v.byteLength === r.end && this.hasher !== null && this.verdict === "pending") {
+        r.held = v.subarray(v.byteLength - 1);
+        v = v.subarray(0, v.byteLength - 1);
+        if (v.byteLength === 0) continue;
+      }
+      r.pos += v.byteLength;
+      return v;
+    }
+  }
+
+  // Pull mode (code that wraps streams): one read, one piece.
+
+  stream(r: Reader): ReadableStream<Uint8Array> {
+    return new ReadableStream<Uint8Array>(
+      {
+        start: (c) => {
+          r.ctrl = c;
+        },
+        pull: (c) => this.pull(r, c),
+        cancel: () => this.cut(r, new Error("reader cancelled")),
+      },
+      { highWaterMark: 0 },
+    );
+  }
+
+  private async pull(r: Reader, c: ReadableStreamDefaultController<Uint8Array>): Promise<void> {
+    if (r.sink !== null) throw new Error("reader consumed twice");
+    r.streamed = true;
+    try {
+      for (;;) {
+        if (r.failure !== null) throw r.failure;
+        if (r.gone) return;
+        if (!r.attached) {
+          const v = await this.nextOwn(r);
+          if (v === null) {
+            this.leave(r);
+            c.close();
+          } else c.enqueue(v);
+          return;
+        }
+        const next = this.nextAttached(r);
+        if (next === null) {
           this.leave(r);
           c.close();
           return;
         }
-        const { done, value } = await r.own.read();
-        if (r.failure !== null) throw r.failure;
-        if (done) throw new Error(`own upstream request ended at byte ${r.pos} of ${r.end}`);
-        let v = value;
-        if (r.ownSkip > 0) {
-          const n = Math.min(r.ownSkip, v.byteLength);
-          r.ownSkip -= n;
-          v = v.subarray(n);
+        if (next !== "wait") {
+          c.enqueue(next);
+          return;
         }
-        if (v.byteLength === 0) continue;
-        if (r.pos + v.byteLength > r.end) throw new Error("own upstream request sent more bytes than asked for");
-        if (r.pos + v.byteLength === r.end && this.hasher !== null && this.verdict === "pending") {
-          r.held = v.subarray(v.byteLength - 1);
-          v = v.subarray(0, v.byteLength - 1);
-          if (v.byteLength === 0) continue;
-        }
-        r.pos += v.byteLength;
-        c.enqueue(v);
-        return;
+        if (r.failure !== null) continue;
+        await new Promise<void>((resolve) => this.waitFor(r, resolve));
+        r.wake = null;
       }
     } catch (e) {
       r.failure ??= e instanceof Error ? e : new Error(String(e));
@@ -451,19 +554,36 @@ export class SharedDownload {
     }
   }
 
+  /** Ends a reader now with `err`: its writer sees a failed body (a cut connection), whatever mode it reads in. */
+  cut(r: Reader, err: Error): void {
+    if (r.gone) return;
+    r.failure ??= err;
+    r.ownAbort?.abort(err);
+    if (r.settle !== null) return this.endPush(r, r.failure);
+    const c = r.ctrl;
+    this.leave(r);
+    if (c !== null) {
+      try {
+        c.error(r.failure);
+      } catch {
+        // Already closed or errored.
+      }
+    }
+  }
+
   private wakeAll(): void {
     if (this.waiters.length === 0) return;
     const w = this.waiters;
     this.waiters = [];
-    for (const r of w) r.wake?.();
+    for (const r of w) this.wakeOne(r);
   }
 
-  /** A reader is done, cancelled, or its client went away. */
+  /** A reader is done, cut, or its client went away. */
   private leave(r: Reader): void {
     if (r.gone) return;
     r.gone = true;
     this.readers.delete(r);
-    r.wake?.();
+    this.wakeOne(r);
     if (r.ownAbort !== null && r.pos < r.end) r.ownAbort.abort(r.failure ?? new Error("reader left"));
     if (r.own !== null && r.pos < r.end) void r.own.cancel().catch(() => {});
     if (r.attached) {
@@ -500,6 +620,44 @@ export class SharedDownload {
     this.first = 0;
     this.retained = 0;
     this.observer.disposed();
+  }
+}
+
+/** One reader as the writer sees it: a RelaySource over the shared download. */
+class ReaderBody implements RelaySource {
+  readonly framing = "length";
+
+  constructor(
+    private readonly download: SharedDownload,
+    private readonly r: Reader,
+  ) {}
+
+  get done(): boolean {
+    return this.r.gone;
+  }
+
+  get consumed(): boolean {
+    return this.r.sink !== null || this.r.streamed;
+  }
+
+  relay(write: (bytes: Uint8Array) => boolean): Promise<void> {
+    return this.download.attachPush(this.r, write);
+  }
+
+  contents(write: (bytes: Uint8Array) => boolean): Promise<void> {
+    return this.download.attachPush(this.r, write);
+  }
+
+  resume(): void {
+    this.download.resumePush(this.r);
+  }
+
+  cancel(): void {
+    this.download.cut(this.r, new Error("reader cancelled"));
+  }
+
+  stream(): ReadableStream<Uint8Array> {
+    return this.download.stream(this.r);
   }
 }
 
