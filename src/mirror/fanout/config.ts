@@ -11,11 +11,19 @@ export interface FanoutConfig {
   window: number;
   /** All windows together; a download that would go over it is not shared. */
   budget: number;
+  /**
+   * How long, in total, one reader about to fall out of the window may hold the shared download
+   * back (ms) before it is detached; 0 detaches at once. Absorbs a client's short stalls (CPU,
+   * network) that would otherwise cost a download of its own.
+   */
+  lagGraceMs: number;
 }
 
-export const DEFAULT_FANOUT: FanoutConfig = Object.freeze({ enabled: true, window: 32 * 1024 * 1024, budget: 256 * 1024 * 1024 });
+export const DEFAULT_FANOUT: FanoutConfig = Object.freeze({ enabled: true, window: 32 * 1024 * 1024, budget: 256 * 1024 * 1024, lagGraceMs: 1000 });
 
-const KEYS = ["enabled", "window", "budget"] as const;
+const KEYS = ["enabled", "window", "budget", "lag_grace"] as const;
+/** A reader may not hold every other one back for long: a stalled client is not a slow network. */
+const MAX_LAG_GRACE_MS = 30_000;
 /** Below this a window holds less than a few socket reads: joiners would rarely find byte 0. */
 const MIN_WINDOW = 64 * 1024;
 
@@ -40,5 +48,10 @@ export function buildFanout(c: Checker, raw: unknown, path = "mirror.fanout"): F
   const window = size("window", DEFAULT_FANOUT.window);
   const budget = size("budget", DEFAULT_FANOUT.budget);
   if (budget < window) c.fail(`${path}.budget`, o.budget ?? budget, `must be at least the window (${window} bytes): no download could be shared`);
-  return Object.freeze({ enabled, window, budget });
+  let lagGraceMs = c.duration(`${path}.lag_grace`, o.lag_grace, DEFAULT_FANOUT.lagGraceMs);
+  if (lagGraceMs > MAX_LAG_GRACE_MS) {
+    c.fail(`${path}.lag_grace`, o.lag_grace, `must be at most ${MAX_LAG_GRACE_MS / 1000}s: one slow client would hold every other one back`);
+    lagGraceMs = DEFAULT_FANOUT.lagGraceMs;
+  }
+  return Object.freeze({ enabled, window, budget, lagGraceMs });
 }

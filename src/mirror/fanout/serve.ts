@@ -87,7 +87,7 @@ async function lead(fan: FanoutRegistry, key: string, digest: { algorithm: "sha2
     },
     unjoinable: () => fan.unlist(entry),
     disposed: () => fan.close(entry),
-  });
+  }, fan.config.lagGraceMs);
   entry.headers = res.headers;
   fan.started();
   const stream = download.join(0, length, req.signal, ownRequest(req, length));

@@ -63,6 +63,8 @@ class Reader {
   /** Pull mode: the stream's controller, errored at once when the download fails. */
   ctrl: ReadableStreamDefaultController<Uint8Array> | null = null;
   streamed = false;
+  /** What is left of the time this reader may hold the download back (mirror.fanout.lag_grace). */
+  graceMs: number;
   own: ChunkReader | null = null;
   ownSkip = 0;
   ownAbort: AbortController | null = null;
@@ -73,7 +75,10 @@ class Reader {
     /** Exclusive. */
     readonly end: number,
     readonly ownRequest: OwnRequest,
-  ) {}
+    graceMs: number,
+  ) {
+    this.graceMs = graceMs;
+  }
 }
 
 /** Bytes the upstream may be read ahead of the fastest reader (a few socket reads). */
@@ -106,6 +111,8 @@ export class SharedDownload {
   private pump: ChunkReader | null = null;
   private resumePump: (() => void) | null = null;
   private readonly readAhead: number;
+  /** The reader the upstream waits for now (it is at the window's edge), since when, and the timer that ends its grace. */
+  private hold: { reader: Reader; since: number; timer: ReturnType<typeof setTimeout> } | null = null;
 
   constructor(
     private readonly res: Response,
@@ -114,6 +121,7 @@ export class SharedDownload {
     private readonly digest: { algorithm: "sha256" | "sha512"; hex: string },
     private readonly window: number,
     private readonly observer: DownloadObserver,
+    private readonly lagGraceMs = 0,
   ) {
     this.readAhead = Math.min(MAX_READ_AHEAD, Math.max(64 * 1024, Math.floor(window / 4)));
   }
@@ -133,7 +141,7 @@ export class SharedDownload {
    */
   join(start: number, end: number, signal: AbortSignal, ownRequest: OwnRequest): RelaySource | null {
     if (!this.joinable || start < this.base || end > this.total || start > end) return null;
-    const r = new Reader(start, end, ownRequest);
+    const r = new Reader(start, end, ownRequest, this.lagGraceMs);
     this.readers.add(r);
     this.attachedCount++;
     if (this.readers.size > 1 && this.hasher === null) this.startHashing();
@@ -196,9 +204,51 @@ export class SharedDownload {
     this.retained += b.byteLength;
     this.trim();
     this.wakeAll();
-    const more = this.received - this.fastest < this.readAhead;
+    const more = this.wantMore();
     if (!more) this.paused = true;
     return more;
+  }
+
+  /**
+   * Whether to read on from the upstream: only while the fastest attached reader is within the
+   * read-ahead of the newest byte, and not while a reader with grace left would be pushed out of
+   * the window by the next read (the upstream waits for it, up to its grace; then it is detached).
+   */
+  private wantMore(): boolean {
+    if (this.finished || this.attachedCount === 0) return false;
+    if (this.received - this.fastest >= this.readAhead) return false;
+    let slowest: Reader | null = null;
+    for (const r of this.readers) if (r.attached && r.pos < r.end && (slowest === null || r.pos < slowest.pos)) slowest = r;
+    const atEdge = slowest !== null && slowest.graceMs > 0 && this.received - slowest.pos >= this.window - this.readAhead && this.received < this.total;
+    if (!atEdge) {
+      this.endHold();
+      return true;
+    }
+    if (this.hold === null || this.hold.reader !== slowest) {
+      this.endHold();
+      const reader = slowest as Reader;
+      const timer = setTimeout(() => {
+        // Its grace is spent: it goes on its own request when the next read leaves it behind.
+        if (this.hold?.reader !== reader) return;
+        reader.graceMs = 0;
+        this.hold = null;
+        this.resumeIfWanted();
+      }, reader.graceMs);
+      this.hold = { reader, since: performance.now(), timer };
+    }
+    return false;
+  }
+
+  private endHold(): void {
+    const h = this.hold;
+    if (h === null) return;
+    this.hold = null;
+    clearTimeout(h.timer);
+    h.reader.graceMs = Math.max(0, h.reader.graceMs - (performance.now() - h.since));
+  }
+
+  private resumeIfWanted(): void {
+    if (this.paused && this.wantMore()) this.resumeUpstream();
   }
 
   private complete(): void {
@@ -208,6 +258,7 @@ export class SharedDownload {
       return;
     }
     this.finished = true;
+    this.endHold();
     if (this.hasher !== null) this.judge();
     this.wakeAll();
     this.maybeDispose();
@@ -238,6 +289,7 @@ export class SharedDownload {
   private fail(err: Error, verdict: Verdict, cutAttached = verdict === "mismatch"): void {
     const wasFinished = this.finished;
     this.finished = true;
+    this.endHold();
     this.verdict = verdict;
     this.unlist();
     if (!wasFinished) this.stopUpstream();
@@ -345,7 +397,7 @@ export class SharedDownload {
   /** An attached reader moved on to `pos`: the upstream may be read further if it was the fastest. */
   private advanced(pos: number): void {
     if (pos > this.fastest) this.fastest = pos;
-    if (this.paused && this.received - this.fastest < this.readAhead) this.resumeUpstream();
+    if (this.paused && (this.hold !== null || this.received - this.fastest < this.readAhead)) this.resumeIfWanted();
   }
 
   private chunkAt(pos: number): number {
@@ -608,7 +660,7 @@ export class SharedDownload {
     let f = 0;
     for (const r of this.readers) if (r.attached && r.pos > f) f = r.pos;
     this.fastest = f;
-    if (this.paused && this.received - this.fastest < this.readAhead && this.attachedCount > 0) this.resumeUpstream();
+    this.resumeIfWanted();
   }
 
   private maybeDispose(): void {
