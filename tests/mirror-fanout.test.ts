@@ -228,6 +228,34 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     expect(p.digest).toBe(image.layer);
   }, 120_000);
 
+  test("a client arriving after byte 0 left the window gets its own upstream request", async () => {
+    const { crm } = await setup({ window: "4MiB", budget: "16MiB" }, {});
+    const since = fx.logs().length;
+    const first = await rawGet(crm.port, `/v2/reg.test/${REPO}/blobs/${image.layer}`);
+    await first.waitBytes(12 * MiB);
+    const late = await curlDigest(`${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`, join(fx.dir, "late.bin"));
+    expect(late.digest).toBe(image.layer);
+    expect(sha256Digest(await first.done)).toBe(image.layer);
+    expect(registryGets(image.layer, since)).toHaveLength(2);
+    expect(metric(crm, "crm_mirror_fanout_joins_total")).toBe(0);
+  }, 120_000);
+
+  test("over the budget, a new download is not shared: its clients get their own requests", async () => {
+    // The budget holds one window: the layer's download takes it while its reader stalls.
+    const { crm } = await setup({ window: "4MiB", budget: "4MiB" }, {});
+    const since = fx.logs().length;
+    const holder = await rawGet(crm.port, `/v2/reg.test/${REPO}/blobs/${image.layer}`);
+    await holder.waitBytes(64 * 1024);
+    holder.pause();
+    const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.config}`;
+    const results = await Promise.all(Array.from({ length: 3 }, (_, i) => curlDigest(url, join(fx.dir, `budget-${i}.bin`))));
+    for (const r of results) expect(r.digest).toBe(image.config);
+    expect(registryGets(image.config, since)).toHaveLength(3);
+    expect(crm.server.rt.metrics.render()).toContain('crm_mirror_fanout_not_shared_total{reason="over_budget"} 3');
+    holder.resume();
+    expect(sha256Digest(await holder.done)).toBe(image.layer);
+  }, 120_000);
+
   test("a relay that corrupts one byte: every reader is cut before its end, the mismatch is counted", async () => {
     const { crm, relay } = await setup({}, { gateAfter: GATE, corruptAt: 20 * MiB });
     const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
