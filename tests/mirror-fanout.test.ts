@@ -123,10 +123,10 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     expect(registryGets(image.layer, since)).toHaveLength(1);
   }, 120_000);
 
-  test("a client that stops reading falls behind and detaches; the others finish, memory stays bounded, it completes on its own range request", async () => {
+  for (const grace of ["0s", "1s"]) test(`a client that stops reading falls behind and detaches (lag_grace ${grace}); the others finish, memory stays bounded, it completes on its own range request`, async () => {
     const window = 4 * MiB;
     const budget = 16 * MiB;
-    const { crm, relay } = await setup({ window: "4MiB", budget: "16MiB" });
+    const { crm, relay } = await setup({ window: "4MiB", budget: "16MiB", lag_grace: grace });
     const since = fx.logs().length;
     const stalled = await rawGet(crm.port, `/v2/reg.test/${REPO}/blobs/${image.layer}`);
     // It has its head and first bytes; now it stops reading.

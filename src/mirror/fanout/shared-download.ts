@@ -8,7 +8,11 @@
  * the chunks older than `window` bytes behind the newest are dropped. A reader whose offset falls
  * behind the window's start (a slow client, or one paced by client_bandwidth) is detached: it
  * neither slows the others nor pins memory, and continues from its own offset on its own upstream
- * request (`Range: bytes=<offset>-`), so its client still sees one whole answer.
+ * request (`Range: bytes=<offset>-`), so its client still sees one whole answer. Before that, the
+ * upstream waits for a reader at the window's edge, at most `lagGraceMs` in total per reader
+ * (mirror.fanout.lag_grace): a client that stalls for a moment (a descheduled process, a lost
+ * packet) then costs the others that moment rather than a second upstream download, and one that
+ * stays slow is detached once its grace is spent and holds no one back again.
  *
  * Hashing: a download that only ever had one reader is not hashed (that is today's pass-through,
  * and a single pull must not pay for a digest its client checks anyway). When a second reader
