@@ -1237,7 +1237,7 @@ async function sectionFleet(): Promise<void> {
     else missingPeerRow("11n", "fleet through nginx");
     const fan = await (await fetch(`http://127.0.0.1:${crm.port}/metrics`)).text();
     const m = (name: string): string => fan.split("\n").filter((l) => l.startsWith(name)).map((l) => l.replace(/^crm_mirror_fanout_/, "")).join(", ") || `${name.replace(/^crm_mirror_fanout_/, "")} none`;
-    note(`fleet: walls per run ${[...results].map(([k, v]) => `${k} ${v.map((e) => e.wall.toFixed(2)).join("/")} s`).join("; ")}; crm fan-out counters ${m("crm_mirror_fanout_downloads_total")}, ${m("crm_mirror_fanout_joins_total")}, ${m("crm_mirror_fanout_detached_total")}, ${m("crm_mirror_fanout_not_shared_total")}; crm RSS ${(rssKiB(crm.pid) / 1024).toFixed(0)} MiB after the runs`);
+    note(`fleet: walls per run ${[...results].map(([k, v]) => `${k} ${v.map((e) => e.wall.toFixed(2)).join("/")} s`).join("; ")}; crm fan-out counters ${m("crm_mirror_fanout_downloads_total")}, ${m("crm_mirror_fanout_joins_total")}, ${m("crm_mirror_fanout_detached_total")}, ${m("crm_mirror_fanout_lag_waits_total")}, ${m("crm_mirror_fanout_lag_wait_seconds_total")}, ${m("crm_mirror_fanout_not_shared_total")}; crm RSS ${(rssKiB(crm.pid) / 1024).toFixed(0)} MiB after the runs`);
   } finally {
     await Promise.all([crm.stop(), ng?.stop(), relayChild.stop(), originChild.stop()]);
   }

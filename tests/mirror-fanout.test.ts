@@ -153,6 +153,10 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     for (const r of results) expect(r.digest).toBe(image.layer);
     // While the stalled client still holds its connection: it was detached, and nothing pins the blob.
     expect(metric(crm, "crm_mirror_fanout_detached_total")).toBeGreaterThanOrEqual(1);
+    // With a grace the download waited for it first (at most 1 s in all); without, never.
+    if (grace === "0s") expect(metric(crm, "crm_mirror_fanout_lag_waits_total")).toBe(0);
+    else expect(metric(crm, "crm_mirror_fanout_lag_waits_total")).toBeGreaterThanOrEqual(1);
+    expect(metric(crm, "crm_mirror_fanout_lag_wait_seconds_total")).toBeLessThanOrEqual(grace === "0s" ? 0 : 1.1);
     expect(peakWindow).toBeLessThanOrEqual(window + 1 * MiB);
     Bun.gc(true);
     peakRss = process.memoryUsage.rss();

@@ -35,7 +35,7 @@ export class FanoutRegistry {
   private readonly inFlight = new Map<string, InFlight>();
   private readonly live = new Set<InFlight>();
   private reserved = 0;
-  private readonly counts = { downloads: 0, joins: 0, detached: 0, mismatches: 0 };
+  private readonly counts = { downloads: 0, joins: 0, detached: 0, mismatches: 0, waits: 0, waitedMs: 0 };
   private readonly notShared = new Map<NotShared, number>();
 
   constructor(
@@ -116,6 +116,11 @@ export class FanoutRegistry {
     this.counts.mismatches++;
   }
 
+  waited(ms: number): void {
+    this.counts.waits++;
+    this.counts.waitedMs += ms;
+  }
+
   count(reason: NotShared): void {
     this.notShared.set(reason, (this.notShared.get(reason) ?? 0) + 1);
   }
@@ -136,6 +141,12 @@ export class FanoutRegistry {
       "# HELP crm_mirror_fanout_digest_mismatch_total Shared downloads whose bytes did not match their digest (every reader cut).",
       "# TYPE crm_mirror_fanout_digest_mismatch_total counter",
       `crm_mirror_fanout_digest_mismatch_total ${this.counts.mismatches}`,
+      "# HELP crm_mirror_fanout_lag_waits_total Times a shared download waited for a reader at its window's edge (mirror.fanout.lag_grace).",
+      "# TYPE crm_mirror_fanout_lag_waits_total counter",
+      `crm_mirror_fanout_lag_waits_total ${this.counts.waits}`,
+      "# HELP crm_mirror_fanout_lag_wait_seconds_total Time shared downloads spent waiting for readers at their window's edge.",
+      "# TYPE crm_mirror_fanout_lag_wait_seconds_total counter",
+      `crm_mirror_fanout_lag_wait_seconds_total ${(this.counts.waitedMs / 1000).toFixed(3)}`,
       "# HELP crm_mirror_fanout_not_shared_total Blob GETs that could not share a download, by reason (over_budget: no window left; late: byte 0 had left the window).",
       "# TYPE crm_mirror_fanout_not_shared_total counter",
     ];

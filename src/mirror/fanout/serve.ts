@@ -87,6 +87,7 @@ async function lead(fan: FanoutRegistry, key: string, digest: { algorithm: "sha2
     },
     unjoinable: () => fan.unlist(entry),
     disposed: () => fan.close(entry),
+    waited: (ms) => fan.waited(ms),
   }, fan.config.lagGraceMs);
   entry.headers = res.headers;
   fan.started();

@@ -48,6 +48,8 @@ export interface DownloadObserver {
   unjoinable(): void;
   /** Nothing is left: no reader, no upstream; the window's memory is released. */
   disposed(): void;
+  /** The upstream waited this long for a reader at the window's edge (lag_grace). */
+  waited(ms: number): void;
 }
 
 type Verdict = "pending" | "ok" | "mismatch" | "unchecked";
@@ -234,8 +236,8 @@ export class SharedDownload {
       const timer = setTimeout(() => {
         // Its grace is spent: it goes on its own request when the next read leaves it behind.
         if (this.hold?.reader !== reader) return;
+        this.endHold();
         reader.graceMs = 0;
-        this.hold = null;
         this.resumeIfWanted();
       }, reader.graceMs);
       this.hold = { reader, since: performance.now(), timer };
@@ -248,7 +250,9 @@ export class SharedDownload {
     if (h === null) return;
     this.hold = null;
     clearTimeout(h.timer);
-    h.reader.graceMs = Math.max(0, h.reader.graceMs - (performance.now() - h.since));
+    const ms = performance.now() - h.since;
+    h.reader.graceMs = Math.max(0, h.reader.graceMs - ms);
+    this.observer.waited(ms);
   }
 
   private resumeIfWanted(): void {
