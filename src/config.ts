@@ -19,6 +19,7 @@ import { buildFairShare, FAIR_SHARE_KEYS, type FairShareLimits } from "./limits/
 import { buildForwardedHeader, buildTrustedProxies, type ForwardedHeader } from "./access/client-address.ts";
 import { buildRules, type ImageRules } from "./mirror/rules.ts";
 import { buildDoctorConfig, type DoctorConfig } from "./doctor/config.ts";
+import { buildFailover, buildUpstreamList, type FailoverConfig } from "./mirror/upstreams-config.ts";
 
 export { parseListen, type ListenAddress } from "./config/listen.ts";
 export type { AcmeConfig, TlsListenConfig } from "./tls/config.ts";
@@ -53,6 +54,8 @@ export interface MirrorConfig {
   manifestCache: ManifestCacheConfig;
   /** Image rules for registries without their own (mirror.rules). */
   rules: ImageRules | null;
+  /** Back-off and per-attempt deadline for registries with several upstreams (mirror.failover). */
+  failover: FailoverConfig;
 }
 
 export interface AccessConfig {
@@ -451,7 +454,7 @@ function buildLimits(c: Checker, raw: unknown): Limits {
 }
 
 function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
-  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries", "path_prefix", "manifest_cache", "rules"]) ?? {};
+  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries", "path_prefix", "manifest_cache", "rules", "failover"]) ?? {};
   const enabled = c.bool("mirror.enabled", m.enabled, true);
   let pathPrefix = m.path_prefix === "" ? "" : (c.string("mirror.path_prefix", m.path_prefix) ?? "");
   if (pathPrefix !== "") {
@@ -476,7 +479,7 @@ function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
   }
   const manifestCache = buildManifestCache(m.manifest_cache);
   c.errors.push(...manifestCache.errors);
-  return { enabled, pathPrefix, defaultRegistry, registries, manifestCache: manifestCache.config, rules: buildRules(c, "mirror.rules", m.rules) };
+  return { enabled, pathPrefix, defaultRegistry, registries, manifestCache: manifestCache.config, rules: buildRules(c, "mirror.rules", m.rules), failover: buildFailover(c, m.failover) };
 }
 
 const REGISTRY_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d+)?$/;
@@ -486,7 +489,14 @@ function buildRegistry(c: Checker, path: string, name: string, v: unknown, file:
     c.fail(path, name, "registry name must be a host name such as docker.io or quay.io");
     return null;
   }
-  const o: Obj = typeof v === "string" ? { upstream: v } : (c.object(path, v, ["upstream", "username", "password", "password_file", "redirect_hosts", "rules"]) ?? {});
+  let o: Obj = typeof v === "string" ? { upstream: v } : (c.object(path, v, ["upstream", "upstreams", "username", "password", "password_file", "redirect_hosts", "rules"]) ?? {});
+  let upstreams: URL[] | null = null;
+  if (o.upstreams !== undefined) {
+    // Several upstreams, tried in order (mirror/upstreams.ts); the first is the registry's `upstream`.
+    upstreams = buildUpstreamList(c, path, o.upstreams, o.upstream !== undefined);
+    if (upstreams === null) return null;
+    o = { ...o, upstream: (upstreams[0] as URL).href };
+  }
   const upstreamText = c.string(`${path}.upstream`, o.upstream);
   if (upstreamText === null) {
     if (o.upstream === undefined) c.rule(`${path}.upstream`, "missing; it is required (an https:// URL)");
@@ -530,5 +540,6 @@ function buildRegistry(c: Checker, path: string, name: string, v: unknown, file:
     redirectHosts,
     operatorNamed: true,
     rules: buildRules(c, `${path}.rules`, o.rules),
+    ...(upstreams !== null && upstreams.length > 1 ? { upstreams } : {}),
   };
 }

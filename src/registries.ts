@@ -10,6 +10,11 @@ export interface RegistryConfig {
   name: string;
   /** Where crm sends /v2/ requests: https://registry-1.docker.io */
   upstream: URL;
+  /**
+   * `upstreams`: every upstream in the order tried (mirror/upstreams.ts), `upstream` first;
+   * absent when only `upstream` is configured.
+   */
+  upstreams?: readonly URL[];
   username: string | null;
   /** Never logged, never printed by -t. */
   password: string | null;
@@ -54,3 +59,8 @@ export const DEFAULT_REGISTRIES: readonly RegistryConfig[] = [
   reg("ghcr.io", "https://ghcr.io", ["pkg-containers.githubusercontent.com"]),
   reg("quay.io", "https://quay.io", [String.raw`cdn\d*\.quay\.io`, String.raw`quayio-production-s3\.s3[a-z0-9.-]*\.amazonaws\.com`]),
 ];
+
+/** The upstreams of a registry in the order they are tried. */
+export function upstreamsOf(reg: RegistryConfig): readonly URL[] {
+  return reg.upstreams ?? [reg.upstream];
+}

@@ -12,14 +12,15 @@ import type { LocalHandler } from "../local.ts";
 import { dialFailure } from "./dial-failure.ts";
 import { API_VERSION_HEADER, errorResponse, jsonResponse, MirrorError } from "./errors.ts";
 import { ManifestService } from "./manifests/service.ts";
-import { meteredFetch } from "./metered.ts";
+import { meteredFetch, type MeteredRequest } from "./metered.ts";
 import { clientResponse } from "./response.ts";
-import { parseMirrorTarget, pullScope, upstreamPath, type PullRoute } from "./routes.ts";
+import { isDigest, parseMirrorTarget, pullScope, upstreamPath, type PullRoute } from "./routes.ts";
 import { mirrorState, type MirrorState } from "./state.ts";
 import { enforceRules, rulesFor, type RuleSet } from "./rules.ts";
 import { TokenCache } from "./auth/token-cache.ts";
 import { isRequestsPath, requestsAnswer } from "../status/requests-endpoint.ts";
-import { RegistryClient } from "./upstream.ts";
+import { UpstreamChain, upstreamHealth, type MirrorClient } from "./upstreams.ts";
+import { blobRangeFetch, resumable } from "./resume.ts";
 
 export const REQUEST_ID_HEADER = "x-crm-request-id";
 
@@ -28,8 +29,10 @@ const FORWARDED = ["accept", "accept-encoding", "range", "if-range", "if-none-ma
 
 export function createMirrorHandler(rt: Runtime): LocalHandler {
   const tokens = new TokenCache();
-  const clients = new Map<string, RegistryClient>();
-  for (const reg of rt.config.mirror.registries.values()) clients.set(reg.name, new RegistryClient(rt, reg, tokens));
+  const clients = new Map<string, MirrorClient>();
+  // One client per registry; a registry with several upstreams gets a chain that fails over (upstreams.ts).
+  const health = upstreamHealth(rt);
+  for (const reg of rt.config.mirror.registries.values()) clients.set(reg.name, new UpstreamChain(rt, reg, tokens, health, rt.config.mirror.failover));
   // Kept across reloads (state.ts); the manifest service only holds requests in flight.
   const state = mirrorState(rt);
   const mirror: Mirror = { clients, state, manifests: new ManifestService(rt, state), rules: rulesFor(rt.config.mirror) };
@@ -49,7 +52,7 @@ export function createMirrorHandler(rt: Runtime): LocalHandler {
 }
 
 interface Mirror {
-  clients: ReadonlyMap<string, RegistryClient>;
+  clients: ReadonlyMap<string, MirrorClient>;
   state: MirrorState;
   manifests: ManifestService;
   rules: ReadonlyMap<string, RuleSet>;
@@ -78,8 +81,13 @@ async function handle(ex: Exchange, rt: Runtime, { clients, state, manifests, ru
   }
   if (!headers.has("user-agent")) headers.set("user-agent", "crm");
   const passThrough = async (): Promise<Response> => {
-    const result = await meteredFetch(rt, state, client, { method, path: upstreamPath(route), headers, scope: pullScope(route), signal: ex.signal, resource: route.resource }, ex.logFields);
-    return clientResponse(route, method, result, rt.config.mirror.pathPrefix, rt.config.timeouts.upstreamHeaderMs);
+    const req: MeteredRequest = { method, path: upstreamPath(route), headers, scope: pullScope(route), signal: ex.signal, resource: route.resource };
+    const result = await meteredFetch(rt, state, client, req, ex.logFields);
+    const res = await clientResponse(route, method, result, rt.config.mirror.pathPrefix, rt.config.timeouts.upstreamHeaderMs);
+    // Content by digest continues over a dropped upstream connection (resume.ts); HEAD has no body.
+    const byDigest = route.resource === "blobs" || (route.resource === "manifests" && route.reference !== null && isDigest(route.reference));
+    if (method !== "GET" || !byDigest || route.query.size > 0) return res;
+    return resumable(res, { rt, registry: route.registry.name, what: route.reference ?? "", request: blobRangeFetch(rt, state, client, req, ex.logFields), signal: ex.signal, logFields: ex.logFields });
   };
   const reference = route.reference;
   // A manifest by tag or digest may be answered from memory (manifests/service.ts); with a query it is not the plain resource.

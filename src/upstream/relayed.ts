@@ -8,16 +8,22 @@
 import type { UpstreamBody } from "./body.ts";
 
 /**
+ * What the writer needs of a relayed body: UpstreamBody, or a body made of several upstream
+ * answers in a row (mirror/resume.ts continues a blob after the upstream dropped it).
+ */
+export type RelayableBody = Pick<UpstreamBody, "framing" | "done" | "consumed" | "relay" | "contents" | "resume" | "cancel" | "stream">;
+
+/**
  * The body rides on the Response (and on streams made by UpstreamBody.stream(), which a Response
  * may carry on untouched: the mirror's answers) as a symbol-keyed property, not in a WeakMap: an
  * entry per request in a long-lived table is the churn linked-list.ts describes, and a weak one
  * adds work to every collection.
  */
 const BODY = Symbol("crm.upstreamBody");
-type Carrier = { [BODY]?: UpstreamBody };
-const carried = (o: object): UpstreamBody | undefined => (o as Carrier)[BODY];
+type Carrier = { [BODY]?: RelayableBody };
+const carried = (o: object): RelayableBody | undefined => (o as Carrier)[BODY];
 
-export function relayedResponse(body: UpstreamBody, init: ResponseInit): Response {
+export function relayedResponse(body: RelayableBody, init: ResponseInit): Response {
   const res = new Response(null, init);
   (res as Carrier)[BODY] = body;
   return res;
@@ -31,7 +37,7 @@ export function relayableStream(body: UpstreamBody): ReadableStream<Uint8Array> 
 }
 
 /** The upstream body behind `res`, if it is a relayed answer or carries a relayable stream nobody has read. */
-export function relayedBody(res: Response): UpstreamBody | null {
+export function relayedBody(res: Response): RelayableBody | null {
   const direct = carried(res);
   if (direct) return direct;
   const s = res.body;

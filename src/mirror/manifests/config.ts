@@ -4,16 +4,22 @@
  */
 import { ConfigError } from "../../errors.ts";
 import { parseSize } from "../../config.ts";
+import { parseDuration } from "../../config/duration.ts";
 
 export interface ManifestCacheConfig {
   enabled: boolean;
   /** Bytes of manifest bodies (plus a fixed per-entry overhead) kept, LRU. */
   maxSize: number;
+  /**
+   * A tag crm resolved this recently is answered with its last digest (from this cache) when
+   * every upstream fails for it (stale.ts); 0 turns it off, absent means the default (1 h).
+   */
+  staleIfErrorMs?: number;
 }
 
-export const DEFAULT_MANIFEST_CACHE: ManifestCacheConfig = Object.freeze({ enabled: true, maxSize: 64 * 1024 * 1024 });
+export const DEFAULT_MANIFEST_CACHE: ManifestCacheConfig = Object.freeze({ enabled: true, maxSize: 64 * 1024 * 1024, staleIfErrorMs: 3_600_000 });
 
-const KEYS = ["enabled", "max_size"];
+const KEYS = ["enabled", "max_size", "stale_if_error"];
 
 /** Unknown keys are errors: a misspelt `max_szie` must not silently leave the default in place. */
 export function buildManifestCache(raw: unknown, path = "mirror.manifest_cache"): { config: ManifestCacheConfig; errors: ConfigError[] } {
@@ -37,5 +43,11 @@ export function buildManifestCache(raw: unknown, path = "mirror.manifest_cache")
     if (typeof v === "string") errors.push(new ConfigError(`${path}.max_size`, `${JSON.stringify(o.max_size)} ${v}`));
     else maxSize = v;
   }
-  return { config: { enabled, maxSize }, errors };
+  let staleIfErrorMs = DEFAULT_MANIFEST_CACHE.staleIfErrorMs;
+  if (o.stale_if_error !== undefined && o.stale_if_error !== null) {
+    const v = o.stale_if_error === 0 ? 0 : parseDuration(o.stale_if_error);
+    if (typeof v === "string") errors.push(new ConfigError(`${path}.stale_if_error`, `${JSON.stringify(o.stale_if_error)} ${v}`));
+    else staleIfErrorMs = v;
+  }
+  return { config: { enabled, maxSize, staleIfErrorMs }, errors };
 }

@@ -14,7 +14,7 @@ import { meteredFetch } from "../metered.ts";
 import { SingleFlight } from "./single-flight.ts";
 import { readSmallBody } from "../small-body.ts";
 import type { MirrorState } from "../state.ts";
-import type { RegistryClient } from "../upstream.ts";
+import type { MirrorClient } from "../upstreams.ts";
 
 /** Algorithms crm can check; a digest of any other is passed through, never cached. */
 const HASHES: Record<string, string> = { sha256: "sha256", sha512: "sha512" };
@@ -39,7 +39,7 @@ export type Fetched =
 export interface ManifestGet {
   rt: Runtime;
   state: MirrorState;
-  client: RegistryClient;
+  client: MirrorClient;
   /** The upstream repository name. */
   name: string;
   /** Tag or digest. */
