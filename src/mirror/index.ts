@@ -20,7 +20,8 @@ import { enforceRules, rulesFor, type RuleSet } from "./rules.ts";
 import { TokenCache } from "./auth/token-cache.ts";
 import { isRequestsPath, requestsAnswer } from "../status/requests-endpoint.ts";
 import { UpstreamChain, upstreamHealth, type MirrorClient } from "./upstreams.ts";
-import { blobRangeFetch, resumable } from "./resume.ts";
+import { blobRangeFetch, resumable, resumeStats } from "./resume.ts";
+import { registerResilience } from "./resilience.ts";
 
 export const REQUEST_ID_HEADER = "x-crm-request-id";
 
@@ -32,6 +33,9 @@ export function createMirrorHandler(rt: Runtime): LocalHandler {
   const clients = new Map<string, MirrorClient>();
   // One client per registry; a registry with several upstreams gets a chain that fails over (upstreams.ts).
   const health = upstreamHealth(rt);
+  // Registered at start, so /metrics shows the resume counter (at zero) before the first resume.
+  resumeStats(rt);
+  registerResilience(rt);
   for (const reg of rt.config.mirror.registries.values()) clients.set(reg.name, new UpstreamChain(rt, reg, tokens, health, rt.config.mirror.failover));
   // Kept across reloads (state.ts); the manifest service only holds requests in flight.
   const state = mirrorState(rt);

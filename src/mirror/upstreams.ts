@@ -27,8 +27,8 @@ export type MirrorClient = Pick<RegistryClient, "registry" | "fetch">;
 
 export interface UpstreamView {
   registry: string;
-  /** Host (and port) only: upstream URLs are not shown on the status page. */
-  host: string;
+  /** Its place in the registry's list, from 1: the status page shows no upstream URL or host. */
+  upstream: number;
   state: "healthy" | "backoff";
   failures: number;
   /** Seconds until it is probed again; 0 when healthy or due. */
@@ -38,7 +38,10 @@ export interface UpstreamView {
 
 interface Health {
   registry: string;
+  /** Host (and port), for /metrics labels and log lines. */
   host: string;
+  /** Place in the registry's list, from 1. */
+  position: number;
   failures: number;
   /** Skipped until this time (ms since the epoch); 0 when healthy. */
   until: number;
@@ -51,13 +54,14 @@ export class UpstreamHealth {
   /** registry\nreason → failovers counted. */
   private readonly failovers = new Map<string, number>();
 
-  entry(registry: string, url: URL): Health {
+  entry(registry: string, url: URL, position: number): Health {
     const key = `${registry}\n${url.href}`;
     let h = this.entries.get(key);
     if (!h) {
-      h = { registry, host: url.host, failures: 0, until: 0, reason: null };
+      h = { registry, host: url.host, position, failures: 0, until: 0, reason: null };
       this.entries.set(key, h);
     }
+    h.position = position;
     return h;
   }
 
@@ -76,7 +80,7 @@ export class UpstreamHealth {
   views(now = Date.now()): UpstreamView[] {
     return [...this.entries.values()].map((h) => ({
       registry: h.registry,
-      host: h.host,
+      upstream: h.position,
       state: h.until > now ? "backoff" : "healthy",
       failures: h.failures,
       retryInS: Math.max(0, Math.ceil((h.until - now) / 1000)),
@@ -156,10 +160,12 @@ export class UpstreamChain {
   ) {
     // Each upstream is a client of its own (its own base, learned challenge and redirect trust),
     // with the registry's credentials and redirect_hosts; tokens are cached per realm anyway.
-    this.members = upstreamsOf(registry).map((url) => ({
+    const urls = upstreamsOf(registry);
+    this.members = urls.map((url, i) => ({
       url,
       client: new RegistryClient(rt, { ...registry, upstream: url }, tokens),
-      health: health.entry(registry.name, url),
+      // A registry with one upstream takes today's path: no health is tracked or shown for it.
+      health: urls.length > 1 ? health.entry(registry.name, url, i + 1) : { registry: registry.name, host: url.host, position: 1, failures: 0, until: 0, reason: null },
     }));
   }
 
@@ -222,13 +228,14 @@ export class UpstreamChain {
     h.failures++;
     const backoff = Math.min(this.config.maxBackoffMs, this.config.backoffMs * 2 ** Math.min(h.failures - 1, 30));
     h.until = Date.now() + backoff;
-    h.reason = detail.slice(0, 200);
+    // The short reason only: the detail may name the upstream, which the status page never shows.
+    h.reason = /^\d+$/.test(reason) ? `answered ${reason}` : reason;
     if (!last) this.health.countFailover(this.registry.name, reason);
     this.rt.log.warn(last ? "mirror upstream failed; no upstream left to try" : "mirror upstream failed; trying the next", {
       registry: this.registry.name,
       upstream: m.url.host,
       reason,
-      detail: h.reason,
+      detail: detail.slice(0, 300),
       skippedForS: Math.round(backoff / 1000),
     });
   }

@@ -17,7 +17,10 @@ export interface ManifestCacheConfig {
   staleIfErrorMs?: number;
 }
 
-export const DEFAULT_MANIFEST_CACHE: ManifestCacheConfig = Object.freeze({ enabled: true, maxSize: 64 * 1024 * 1024, staleIfErrorMs: 3_600_000 });
+export const DEFAULT_MANIFEST_CACHE: ManifestCacheConfig = Object.freeze({ enabled: true, maxSize: 64 * 1024 * 1024 });
+
+/** `stale_if_error` when not configured: a tag resolved within the last hour. */
+export const DEFAULT_STALE_IF_ERROR_MS = 3_600_000;
 
 const KEYS = ["enabled", "max_size", "stale_if_error"];
 
@@ -43,11 +46,12 @@ export function buildManifestCache(raw: unknown, path = "mirror.manifest_cache")
     if (typeof v === "string") errors.push(new ConfigError(`${path}.max_size`, `${JSON.stringify(o.max_size)} ${v}`));
     else maxSize = v;
   }
-  let staleIfErrorMs = DEFAULT_MANIFEST_CACHE.staleIfErrorMs;
+  // Absent means the default (DEFAULT_STALE_IF_ERROR_MS); only a configured value is carried.
+  let stale: { staleIfErrorMs: number } | null = null;
   if (o.stale_if_error !== undefined && o.stale_if_error !== null) {
-    const v = o.stale_if_error === 0 ? 0 : parseDuration(o.stale_if_error);
+    const v = parseDuration(o.stale_if_error);
     if (typeof v === "string") errors.push(new ConfigError(`${path}.stale_if_error`, `${JSON.stringify(o.stale_if_error)} ${v}`));
-    else staleIfErrorMs = v;
+    else stale = { staleIfErrorMs: v };
   }
-  return { config: { enabled, maxSize, staleIfErrorMs }, errors };
+  return { config: { enabled, maxSize, ...stale }, errors };
 }

@@ -19,6 +19,7 @@ import type { MirrorState } from "../state.ts";
 import type { MirrorClient } from "../upstreams.ts";
 import { failingStatus, upstreamFailure } from "../upstreams.ts";
 import { staleWarning, tagKey, tagMemory, type TagMemory } from "./stale.ts";
+import { DEFAULT_STALE_IF_ERROR_MS } from "./config.ts";
 
 export interface ManifestRequest {
   method: "GET" | "HEAD";
@@ -79,13 +80,14 @@ export class ManifestService {
     try {
       head = await this.resolve(req);
     } catch (e) {
-      const reason = upstreamFailure(e);
-      const stale = reason === null ? null : await this.stale(req, e instanceof Error ? e.message : String(e));
+      const why = upstreamFailure(e);
+      const detail = e instanceof Error ? e.message : String(e);
+      const stale = why === null ? null : await this.stale(req, why, `${/^\d+$/.test(why) ? `upstream answered ${why}` : `upstream ${why}`}: ${detail}`);
       if (stale !== null) return stale;
       throw e;
     }
     if (failingStatus(head.status)) {
-      const stale = await this.stale(req, `upstream answered ${head.status}`);
+      const stale = await this.stale(req, String(head.status), `upstream answered ${head.status}`);
       if (stale !== null) return stale;
     }
     const digest = head.headers.get("docker-content-digest") ?? head.firstDigest;
@@ -170,16 +172,16 @@ export class ManifestService {
   }
 
   /**
-   * Every upstream failed for this tag: the digest it resolved to within stale_if_error, from the
-   * cache, marked stale; null when there is none (the failure is then the answer).
+   * Every upstream failed for this tag (`short`: the status or connection failure, for the
+   * counter): the digest it resolved to within stale_if_error, from the cache, marked stale; null
+   * when there is none (the failure is then the answer).
    */
-  private async stale(req: ManifestRequest, reason: string): Promise<Response | null> {
-    const windowMs = this.rt.config.mirror.manifestCache.staleIfErrorMs ?? 3_600_000;
+  private async stale(req: ManifestRequest, short: string, reason: string): Promise<Response | null> {
+    const windowMs = this.rt.config.mirror.manifestCache.staleIfErrorMs ?? DEFAULT_STALE_IF_ERROR_MS;
     const digest = this.tags.recall(this.tagKeyOf(req), windowMs);
     if (digest === null) return null;
     const m = this.state.cache.get(cacheScope(req.route.registry), req.route.name, digest);
     if (m === null) return null;
-    const short = /\b(429|5\d\d)\b/.exec(reason)?.[1] ?? "connection";
     this.tags.countServed(req.route.registry.name, short);
     this.rt.log.warn("mirror tag answered stale: every upstream failed", { registry: req.route.registry.name, repo: req.route.name, tag: req.route.reference, digest, reason: reason.slice(0, 200) });
     req.logFields.digest = digest;
