@@ -30,7 +30,7 @@ export function describeConfig(c: Config): string {
     lines.push(`  manifest cache: ${mc.enabled ? `on, max_size ${mc.maxSize} bytes` : "off"}`);
     for (const r of c.mirror.registries.values()) {
       const creds = r.username ? ` (credentials: ${r.username}, password set)` : "";
-      lines.push(`  ${r.name} -> ${r.upstream.href}${creds}`);
+      lines.push(`  ${r.name} -> ${(r.upstreams ?? [r.upstream]).map((u) => u.href).join(", then ")}${creds}`);
     }
   } else lines.push("mirror: disabled");
   lines.push(...describePublic(c));
