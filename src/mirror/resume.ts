@@ -230,7 +230,8 @@ class ResumingBody implements RelayableBody {
       const body = this.cur;
       let full = false;
       try {
-        await body.contents((chunk) => {
+        // Raw bytes are the content unless the upstream chunked it (relay skips the framer's copy).
+        await (body.framing === "chunked" ? body.contents.bind(body) : body.relay.bind(body))((chunk) => {
           let b = chunk;
           if (this.skip > 0) {
             if (b.byteLength <= this.skip) {
