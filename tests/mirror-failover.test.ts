@@ -122,6 +122,27 @@ describe.skipIf(skip)("more than one upstream per registry", () => {
     }, 120_000);
   }
 
+  test("a first upstream that never answers is left after mirror.failover.attempt_timeout; the second answers", async () => {
+    const silent = await startCuttingRelay({ host: "127.0.0.1", port: deadPort() }, () => ({ kind: "stall" }));
+    const own = await startCrm(
+      {
+        allowed_ports: [80, 443, ...(fx.token ? [Number(new URL(fx.token.url).port)] : [])],
+        mirror: { default_registry: "slow.test", failover: { attempt_timeout: "500ms" }, registries: { "slow.test": { upstreams: [silent.url, second.url] } } },
+      },
+      "info",
+    );
+    try {
+      const r = await fetch(`${own.url}/v2/slow.test/${repo}/manifests/v1`, { headers: { accept: MANIFEST_ACCEPT } });
+      expect(r.status).toBe(200);
+      await r.arrayBuffer();
+      expect(silent.requests.length).toBeGreaterThan(0);
+      expect(own.logs.some((l) => l.includes("mirror upstream failed; trying the next") && l.includes("reason=timeout"))).toBe(true);
+    } finally {
+      await own.stop();
+      silent.stop();
+    }
+  });
+
   describe("stale-if-error for tags", () => {
     test("no upstream failure: never stale", async () => {
       const r = await get("stale.test");

@@ -148,6 +148,30 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
     expect(metrics).toMatch(/crm_mirror_blob_resumes_total\{registry="reg\.test",result="continued"\} [1-9]/);
   });
 
+  test("curl: an upstream that goes silent mid-body (connection open) is resumed after timeouts.upstream_header", async () => {
+    const quick = await startCrm(
+      {
+        timeouts: { upstream_header: "1s" },
+        allowed_ports: [80, 443, ...(fx.token ? [Number(new URL(fx.token.url).port)] : [])],
+        mirror: { default_registry: "reg.test", registries: { "reg.test": relay.url } },
+      },
+      "info",
+    );
+    try {
+      reset(cutting({ 0: { kind: "pass", stallAfter: at(0.5) } }));
+      // This crm's first blob GET learns the challenge (401), uncounted by isBlobGet.
+      const p = Bun.spawn(["curl", "-sS", "--noproxy", "*", `${quick.url}/v2/${repo}/blobs/${blob.digest}`], { stdout: "pipe", stderr: "pipe" });
+      const body = Buffer.from(await new Response(p.stdout).arrayBuffer());
+      expect(await p.exited).toBe(0);
+      expect(sha(body)).toBe(blob.digest);
+      expect(blobGets().length).toBe(2);
+      expect(blobGets()[1]?.headers.range).toBe(`bytes=${at(0.5)}-${blob.size - 1}`);
+      expect(quick.logs.some((l) => l.includes("mirror blob resume") && l.includes("sent nothing for 1000 ms"))).toBe(true);
+    } finally {
+      await quick.stop();
+    }
+  });
+
   test("HEAD is never resumed (nothing to resume) and answers as before", async () => {
     reset(cutting({}));
     const res = await fetch(`${crm.url}/v2/${repo}/blobs/${blob.digest}`, { method: "HEAD" });

@@ -91,7 +91,7 @@ async function handle(ex: Exchange, rt: Runtime, { clients, state, manifests, ru
     // Content by digest continues over a dropped upstream connection (resume.ts); HEAD has no body.
     const byDigest = route.resource === "blobs" || (route.resource === "manifests" && route.reference !== null && isDigest(route.reference));
     if (method !== "GET" || !byDigest || route.query.size > 0) return res;
-    return resumable(res, { rt, registry: route.registry.name, what: route.reference ?? "", request: blobRangeFetch(rt, state, client, req, ex.logFields), signal: ex.signal, logFields: ex.logFields });
+    return resumable(res, { rt, idleMs: rt.config.timeouts.upstreamHeaderMs, registry: route.registry.name, what: route.reference ?? "", request: blobRangeFetch(rt, state, client, req, ex.logFields), signal: ex.signal, logFields: ex.logFields });
   };
   const reference = route.reference;
   // A manifest by tag or digest may be answered from memory (manifests/service.ts); with a query it is not the plain resource.

@@ -11,6 +11,8 @@
  *   sent, up to MAX_SKIP; further than that the answer ends as a failure.
  * - The coordinates are those of the first answer: a client's own Range (a 206) is continued
  *   exactly to its end; a 200 without a length learns its end from the first 206.
+ * - An answer that goes silent mid-body (no byte for timeouts.upstream_header while the client
+ *   is ready for more) counts as dropped.
  * - Only GET; HEAD has no body to resume (index.ts decides what is resumable).
  *
  * The body stays relayable (upstream/relayed.ts): the writer pipes it socket to socket as before,
@@ -18,6 +20,7 @@
  */
 import type { Runtime } from "../context.ts";
 import { relayedBody, relayedResponse, type RelayableBody } from "../upstream/relayed.ts";
+import { ChunkPosition } from "./chunk-position.ts";
 import { meteredFetch, type MeteredRequest } from "./metered.ts";
 import type { MirrorState } from "./state.ts";
 import type { MirrorClient } from "./upstreams.ts";
@@ -30,6 +33,8 @@ export const MAX_SKIP = 64 * 1024 * 1024;
 const BACKOFF_MS = 200;
 /** Bytes a stream() consumer may leave unread before the upstream is paused (as UpstreamBody). */
 const STREAM_AHEAD = 256 * 1024;
+const CRLF = Buffer.from("\r\n");
+const LAST_CHUNK = Buffer.from("0\r\n\r\n");
 
 /**
  * One request for a byte range of a blob, through the registry's whole upstream path (auth,
@@ -110,6 +115,11 @@ export function resumeStats(rt: Runtime): ResumeStats {
 
 export interface ResumeContext {
   rt: Runtime;
+  /**
+   * An upstream body that sends nothing for this long while the client is ready for more is taken
+   * as dropped and resumed (timeouts.upstream_header: the upstream had as long to start answering).
+   */
+  idleMs: number;
   registry: string;
   /** The digest, for log lines. */
   what: string;
@@ -157,6 +167,14 @@ class ResumingBody implements RelayableBody {
   /** Bytes of the current answer to drop first (a 200 to a range). */
   private skip = 0;
   private resumes = 0;
+  /** When the last byte came (or the client was last ready), for the idle check. */
+  private lastByte = 0;
+  /** The client is not ready (its write said "enough"): silence is then not the upstream's fault. */
+  private held = false;
+  /** Between answers (back-off, re-request): no idle check. */
+  private between = false;
+  /** Set when the idle check cancelled the current answer: its failure is a stall, not a cancel. */
+  private stalled = false;
 
   constructor(
     first: RelayableBody,
@@ -167,8 +185,42 @@ class ResumingBody implements RelayableBody {
     private readonly ctx: ResumeContext,
   ) {
     this.cur = first;
-    // Content, never the upstream's chunk framing: the writer frames what it sends itself.
-    this.framing = end === null ? "close" : "length";
+    // A chunked first answer keeps its own framing on the way to a client that takes chunks (its
+    // chunk extensions and sizes, as crm relays any body); otherwise content, framed by the writer.
+    this.passChunks = first.framing === "chunked";
+    this.framing = this.passChunks ? "chunked" : end === null ? "close" : "length";
+  }
+
+  private readonly passChunks: boolean;
+  /** Where the upstream's chunk framing, relayed as it came, stands (raw mode only). */
+  private readonly position = new ChunkPosition();
+  /** Raw mode after a resume: crm frames the rest itself, after finishing the cut chunk. */
+  private ownChunks = false;
+
+  /** In raw mode after a resume: the rest of the upstream's cut chunk first, then crm's own chunks. */
+  private writeOwn(write: Write, content: Uint8Array): boolean {
+    let b = content;
+    let more = true;
+    const pos = this.position;
+    if (pos.state === "data" && pos.owed > 0) {
+      const n = Math.min(pos.owed, b.byteLength);
+      more = write(b.subarray(0, n)) && more;
+      pos.owed -= n;
+      b = b.subarray(n);
+      if (pos.owed === 0) {
+        pos.state = "data-crlf";
+        pos.crlfOwed = 2;
+      }
+    }
+    if (pos.state === "data-crlf" && pos.crlfOwed > 0) {
+      more = write(CRLF.subarray(2 - pos.crlfOwed)) && more;
+      pos.crlfOwed = 0;
+      pos.state = "size";
+    }
+    if (b.byteLength === 0) return more;
+    more = write(Buffer.from(`${b.byteLength.toString(16)}\r\n`, "latin1")) && more;
+    more = write(b) && more;
+    return write(CRLF) && more;
   }
 
   get done(): boolean {
@@ -180,14 +232,16 @@ class ResumingBody implements RelayableBody {
   }
 
   relay(write: Write): Promise<void> {
-    return this.run(write);
+    return this.run(write, this.passChunks);
   }
 
   contents(write: Write): Promise<void> {
-    return this.run(write);
+    return this.run(write, false);
   }
 
   resume(): void {
+    this.held = false;
+    this.lastByte = performance.now();
     this.cur.resume();
   }
 
@@ -208,7 +262,7 @@ class ResumingBody implements RelayableBody {
           this.run((b) => {
             c.enqueue(b);
             return (c.desiredSize ?? 0) > -STREAM_AHEAD;
-          }).then(
+          }, false).then(
             () => c.close(),
             (e: unknown) => c.error(e),
           );
@@ -223,13 +277,41 @@ class ResumingBody implements RelayableBody {
     return this.end === null ? null : this.end - this.start + 1;
   }
 
-  private async run(write: Write): Promise<void> {
+  /** `raw`: the writer passes the upstream's chunk framing on (relay of a chunked first answer). */
+  private async run(write: Write, raw: boolean): Promise<void> {
     if (this.sink) throw new Error("resumable body consumed twice");
     this.sink = write;
+    this.lastByte = performance.now();
+    const idleMs = this.ctx.idleMs;
+    const idle = setInterval(() => {
+      if (this.held || this.between || this.finished || performance.now() - this.lastByte <= idleMs) return;
+      // The upstream went silent mid-body with the connection open: as good as dropped.
+      this.stalled = true;
+      this.cur.cancel();
+    }, Math.max(25, Math.floor(idleMs / 4)));
+    try {
+      await this.relayAll(write, raw);
+    } finally {
+      clearInterval(idle);
+    }
+  }
+
+  private async relayAll(write: Write, raw: boolean): Promise<void> {
     for (;;) {
       const body = this.cur;
       let full = false;
       try {
+        if (raw && !this.ownChunks) {
+          // The first answer, chunked, relayed as it came: follow its framing to count content.
+          await body.relay((chunk) => {
+            this.delivered += this.position.feed(chunk);
+            this.lastByte = performance.now();
+            const more = write(chunk);
+            if (!more) this.held = true;
+            return more;
+          });
+          return this.succeed();
+        }
         // Raw bytes are the content unless the upstream chunked it (relay skips the framer's copy).
         await (body.framing === "chunked" ? body.contents.bind(body) : body.relay.bind(body))((chunk) => {
           let b = chunk;
@@ -251,20 +333,39 @@ class ResumingBody implements RelayableBody {
             });
           }
           this.delivered += b.byteLength;
-          return b.byteLength === 0 ? !full : write(b) && !full;
+          this.lastByte = performance.now();
+          if (b.byteLength === 0) return !full;
+          const more = this.ownChunks ? this.writeOwn(write, b) : write(b);
+          if (!more) this.held = true;
+          return more && !full;
         });
         const expected = this.expected;
-        if (expected === null || this.delivered >= expected) return this.succeed();
+        if (expected === null || this.delivered >= expected) return this.succeed(write);
         throw new Error(`upstream body ended after ${this.delivered} of ${expected} bytes`);
       } catch (e) {
-        if (full) return this.succeed();
+        if (full) return this.succeed(write);
         if (this.cancelled || this.ctx.signal.aborted) throw e;
-        await this.reopen(e);
+        if (raw && !this.ownChunks) {
+          // The client has seen part of a chunk-size line: nothing crm sends next can be framed right.
+          if (!this.position.resumable) throw e;
+          this.ownChunks = true;
+        }
+        const cause = this.stalled ? new Error(`upstream sent nothing for ${this.ctx.idleMs} ms mid-body`, { cause: e }) : e;
+        this.stalled = false;
+        this.between = true;
+        try {
+          await this.reopen(cause);
+        } finally {
+          this.between = false;
+          this.lastByte = performance.now();
+        }
       }
     }
   }
 
-  private succeed(): void {
+  private succeed(write?: Write): void {
+    // crm's own chunks end with its own last chunk (the upstream's never came).
+    if (this.ownChunks && write) write(LAST_CHUNK);
     this.finished = true;
     if (this.resumes > 0) this.ctx.logFields.resumes = this.resumes;
   }

@@ -6,6 +6,8 @@
  *   pass + cutAfter N         relay the head and N body bytes, then close the connection
  *   pass + chunked            re-frame the body as chunked (cutAfter then cuts inside a chunk)
  *   pass + stripRange         drop the request's Range: an upstream without range support (200)
+ *   pass + stallAfter N       relay the head and N body bytes, then go silent with the connection open
+ *   stall                     read the request, never answer (the connection stays open)
  *   status S                  answer S with a small OCI error body, never asking the upstream
  * Everything on 127.0.0.1; `requests` records what came in, in order.
  */
@@ -18,7 +20,10 @@ export interface RelayRequest {
   headers: Record<string, string>;
 }
 
-export type RelayPlan = { kind: "pass"; cutAfter?: number; chunked?: boolean; stripRange?: boolean } | { kind: "status"; status: number; headers?: Record<string, string> };
+export type RelayPlan =
+  | { kind: "pass"; cutAfter?: number; stallAfter?: number; chunked?: boolean; stripRange?: boolean }
+  | { kind: "status"; status: number; headers?: Record<string, string> }
+  | { kind: "stall" };
 
 export interface CuttingRelay {
   url: string;
@@ -124,7 +129,7 @@ export async function startCuttingRelay(target: { host: string; port: number }, 
       send(c, head);
     }
     if (bytes.length === 0) return;
-    const cut = st.plan.cutAfter;
+    const cut = st.plan.cutAfter ?? st.plan.stallAfter;
     let part = bytes;
     let cutNow = false;
     if (cut !== undefined && st.body + bytes.length >= cut) {
@@ -141,7 +146,8 @@ export async function startCuttingRelay(target: { host: string; port: number }, 
     if (cutNow) {
       c.data.done = true;
       u.terminate();
-      finish(c, "cut");
+      // Silent: the client's side stays open until the client closes it.
+      if (st.plan.stallAfter === undefined) finish(c, "cut");
     }
   };
 
@@ -164,6 +170,10 @@ export async function startCuttingRelay(target: { host: string; port: number }, 
         const index = requests.length;
         requests.push(req);
         const p = relay.plan(req, index);
+        if (p.kind === "stall") {
+          st.done = true;
+          return;
+        }
         if (p.kind === "status") {
           const body = JSON.stringify({ errors: [{ code: p.status === 429 ? "TOOMANYREQUESTS" : "UNAVAILABLE", message: `relay answers ${p.status}`, detail: null }] });
           let head = `HTTP/1.1 ${p.status} Relay\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n`;
