@@ -172,6 +172,20 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
     }
   });
 
+  test("a manifest by digest whose upstream body is cut is resumed (and its digest checked)", async () => {
+    const m = fx.images.multiLayer;
+    let n = 0;
+    reset((r) => (r.method === "GET" && r.path.endsWith(`/manifests/${m.digest}`) && r.headers.authorization !== undefined && n++ === 0 ? { kind: "pass", cutAfter: Math.floor(m.size / 2) } : { kind: "pass" }));
+    const res = await fetch(`${crm.url}/v2/${repo}/manifests/${m.digest}`, { headers: { accept: m.mediaType } });
+    expect(res.status).toBe(200);
+    const body = Buffer.from(await res.arrayBuffer());
+    expect(sha(body)).toBe(m.digest);
+    const gets = relay.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/manifests/${m.digest}`) && r.headers.authorization !== undefined);
+    expect(gets.length).toBe(2);
+    expect(gets[1]?.headers.range).toBe(`bytes=${Math.floor(m.size / 2)}-${m.size - 1}`);
+    expect(crm.logs.some((l) => l.includes("mirror blob resume") && l.includes(m.digest))).toBe(true);
+  });
+
   test("HEAD is never resumed (nothing to resume) and answers as before", async () => {
     reset(cutting({}));
     const res = await fetch(`${crm.url}/v2/${repo}/blobs/${blob.digest}`, { method: "HEAD" });
