@@ -188,7 +188,8 @@ export class UpstreamChain {
       const timer = last ? undefined : setTimeout(() => attempt.abort(), this.config.attemptTimeoutMs);
       let result: UpstreamResult;
       try {
-        result = await m.client.fetch({ ...req, signal: last ? req.signal : AbortSignal.any([req.signal, attempt.signal]) });
+        const pending = m.client.fetch({ ...req, signal: last ? req.signal : AbortSignal.any([req.signal, attempt.signal]) });
+        result = last ? await pending : await untilAborted(pending, attempt.signal);
       } catch (e) {
         if (req.signal.aborted) throw e;
         const reason = attempt.signal.aborted ? "timeout" : upstreamFailure(e);
@@ -247,4 +248,37 @@ export class UpstreamChain {
     h.until = 0;
     h.reason = null;
   }
+}
+
+/**
+ * `p`, or a rejection as soon as `signal` aborts: a step that does not watch the signal (a token
+ * fetch) must not hold a failover past its deadline. A late answer's body is dropped.
+ */
+function untilAborted(p: Promise<UpstreamResult>, signal: AbortSignal): Promise<UpstreamResult> {
+  return new Promise<UpstreamResult>((resolve, reject) => {
+    let done = false;
+    const onAbort = (): void => {
+      if (done) return;
+      done = true;
+      reject(new Error("attempt deadline passed"));
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    p.then(
+      (r) => {
+        signal.removeEventListener("abort", onAbort);
+        if (done) void r.response.body?.cancel().catch(() => {});
+        else {
+          done = true;
+          resolve(r);
+        }
+      },
+      (e: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        if (!done) {
+          done = true;
+          reject(e);
+        }
+      },
+    );
+  });
 }
