@@ -13,6 +13,7 @@ import { startCrm, type TestCrm } from "./support/crm.ts";
 import { startCuttingRelay, type CuttingRelay } from "./support/cutting-relay.ts";
 import { deadPort } from "./support/mirror-upstreams.ts";
 import { MANIFEST_ACCEPT, runSkopeo, startRegistry, type RegistryFixture } from "./support/registry.ts";
+import { makeLeaf, makeTestCa } from "./support/tls.ts";
 import { missingTools } from "./support/tools.ts";
 
 const skip = missingTools("mirror failover", ["docker-registry", "skopeo"]);
@@ -141,6 +142,35 @@ describe.skipIf(skip)("more than one upstream per registry", () => {
       await own.stop();
       silent.stop();
     }
+  });
+
+  test("a first upstream whose TLS certificate is not trusted: the second answers; the reason is tls", async () => {
+    const ca = await makeTestCa("untrusted test CA");
+    const leaf = await makeLeaf(ca, ["127.0.0.1"]);
+    const tls = Bun.serve({ hostname: "127.0.0.1", port: 0, tls: { cert: leaf.cert, key: leaf.key }, fetch: () => new Response("{}") });
+    const own = await startCrm(
+      {
+        allowed_ports: [80, 443, ...(fx.token ? [Number(new URL(fx.token.url).port)] : [])],
+        mirror: { default_registry: "tls.test", registries: { "tls.test": { upstreams: [`https://127.0.0.1:${tls.port}`, second.url] } } },
+      },
+      "info",
+    );
+    try {
+      const r = await fetch(`${own.url}/v2/tls.test/${repo}/manifests/v1`, { headers: { accept: MANIFEST_ACCEPT } });
+      expect(r.status).toBe(200);
+      await r.arrayBuffer();
+      expect(own.logs.some((l) => l.includes("mirror upstream failed; trying the next") && l.includes("reason=tls"))).toBe(true);
+    } finally {
+      await own.stop();
+      tls.stop(true);
+    }
+  });
+
+  test("the status page lists each upstream of a registry with several by its place, never its address", async () => {
+    const html = await (await fetch(`${crm.url}/`)).text();
+    expect(html).toMatch(/busy\.test upstream 1: skipped, probed again in \d+ s \(\d+ failures; answered 503\)|busy\.test upstream 1: in use/);
+    expect(html).toContain("quota.test upstream 2: in use");
+    expect(html).not.toContain(`127.0.0.1:${busy.port}`);
   });
 
   describe("stale-if-error for tags", () => {

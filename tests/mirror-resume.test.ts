@@ -146,6 +146,8 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
     const metrics = await (await fetch(`${crm.url}/metrics`)).text();
     expect(metrics).toMatch(/crm_mirror_blob_resumes_total\{registry="reg\.test",result="exhausted"\} [1-9]/);
     expect(metrics).toMatch(/crm_mirror_blob_resumes_total\{registry="reg\.test",result="continued"\} [1-9]/);
+    const page = await (await fetch(`${crm.url}/`)).text();
+    expect(page).toMatch(/reg\.test: \d+ continued, \d+ refused, [1-9]\d* cut after every re-request failed/);
   });
 
   test("curl: an upstream that goes silent mid-body (connection open) is resumed after timeouts.upstream_header", async () => {
