@@ -389,13 +389,22 @@ class ResumingBody implements RelayableBody {
       rt.log.info("mirror blob resume", { registry, digest: this.ctx.what, at, attempt: this.resumes, reason: reason.slice(0, 300) });
       await Bun.sleep(BACKOFF_MS * this.resumes);
       if (this.cancelled || this.ctx.signal.aborted) throw last;
+      let taken = false;
       try {
         await this.continueAt(at);
-        stats.count(registry, "continued");
-        return;
+        taken = true;
       } catch (e) {
         stats.count(registry, "refused");
         last = e;
+      }
+      if (taken) {
+        if (this.cancelled) {
+          // The client left while crm was asking: the new answer is nobody's.
+          this.cur.cancel();
+          throw last;
+        }
+        stats.count(registry, "continued");
+        return;
       }
     }
   }
