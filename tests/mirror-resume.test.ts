@@ -196,9 +196,16 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
     expect(crm.logs.some((l) => l.includes("mirror blob resume"))).toBe(false);
   });
 
-  test("skopeo copy gets the whole image over a cut at 30 % with no retry of its own", async () => {
-    reset(cutting({ 0: { kind: "pass", cutAfter: at(0.3) } }));
-    const dest = join(dir, "skopeo-out");
+  /** The three cuts every client is put through: at 30 %, at 80 %, and inside a chunk of a chunked answer. */
+  const CUTS: Array<[string, () => RelayPlan & { kind: "pass" }]> = [
+    ["a cut at 30 %", () => ({ kind: "pass", cutAfter: at(0.3) })],
+    ["a cut at 80 %", () => ({ kind: "pass", cutAfter: at(0.8) })],
+    ["a cut inside a chunk", () => ({ kind: "pass", chunked: true, cutAfter: at(0.6) })],
+  ];
+
+  for (const [what, plan] of CUTS) test(`skopeo copy gets the whole image over ${what} with no retry of its own`, async () => {
+    reset(cutting({ 0: plan() }));
+    const dest = join(dir, `skopeo-out-${Math.random().toString(36).slice(2)}`);
     const r = await runSkopeo(fx, ["--debug", "copy", "--src-tls-verify=false", "--preserve-digests", `docker://127.0.0.1:${crm.port}/${repo}:v1`, `dir:${dest}`], { timeoutMs: 120_000 });
     const layer = await readFile(join(dest, blob.digest.slice("sha256:".length)));
     expect(sha(layer)).toBe(blob.digest);
@@ -219,9 +226,17 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
       await ctrd?.stop();
     }, 30_000);
 
-    test("ctr pull gets the whole image over a cut at 80 % with no retry of its own", async () => {
-      reset(cutting({ 0: { kind: "pass", cutAfter: at(0.8) } }));
-      const p = Bun.spawn(["ctr", "--address", ctrd.socket, "-n", "crm-resume", "--debug", "images", "pull", "--plain-http", "--snapshotter", "native", `127.0.0.1:${crm.port}/${repo}:v1`], {
+    let round = 0;
+    for (const [what, plan] of CUTS) test(`ctr pull gets the whole image over ${what} with no retry of its own`, async () => {
+      reset(cutting({ 0: plan() }));
+      // A namespace of its own each time, its content removed before: containerd must fetch the blob.
+      const ns = `crm-resume-${++round}`;
+      const ctr = (args: string[]) => Bun.spawnSync(["ctr", "--address", ctrd.socket, "-n", ns, ...args], { env: { ...process.env, ...env } });
+      for (let i = 1; i < round; i++) {
+        Bun.spawnSync(["ctr", "--address", ctrd.socket, "-n", `crm-resume-${i}`, "images", "rm", "--sync", `127.0.0.1:${crm.port}/${repo}:v1`], { env: { ...process.env, ...env } });
+        Bun.spawnSync(["ctr", "--address", ctrd.socket, "-n", `crm-resume-${i}`, "content", "rm", blob.digest], { env: { ...process.env, ...env } });
+      }
+      const p = Bun.spawn(["ctr", "--address", ctrd.socket, "-n", ns, "--debug", "images", "pull", "--plain-http", "--snapshotter", "native", `127.0.0.1:${crm.port}/${repo}:v1`], {
         stdout: "pipe",
         stderr: "pipe",
         env: { ...process.env, ...env },
@@ -232,8 +247,7 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
       expect(blobGets().length).toBe(2);
       expect(clientBlobRequests()).toBe(1);
       // containerd checked the digest of what it wrote.
-      const info = Bun.spawnSync(["ctr", "--address", ctrd.socket, "-n", "crm-resume", "content", "ls", "-q"], { env: { ...process.env, ...env } });
-      expect(info.stdout.toString()).toContain(blob.digest);
+      expect(ctr(["content", "ls", "-q"]).stdout.toString()).toContain(blob.digest);
     }, 120_000);
   });
 });
