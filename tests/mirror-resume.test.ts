@@ -112,6 +112,14 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
     expect(clientBlobRequests()).toBe(1);
   });
 
+  test("curl over HTTP/1.0: a chunked answer cut inside a chunk reaches it whole as content (close-delimited)", async () => {
+    reset(cutting({ 0: { kind: "pass", chunked: true, cutAfter: at(0.4) } }));
+    const r = await curlBlob(["--http1.0"]);
+    expect(r.code).toBe(0);
+    expect(sha(r.body)).toBe(blob.digest);
+    expect(blobGets().length).toBe(2);
+  });
+
   test("curl: an upstream without range support (200 to a Range) is read past what was sent", async () => {
     reset(cutting({ 0: { kind: "pass", cutAfter: at(0.3) }, 1: { kind: "pass", stripRange: true } }));
     const r = await curlBlob();
