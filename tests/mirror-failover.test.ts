@@ -115,6 +115,9 @@ describe.skipIf(skip)("more than one upstream per registry", () => {
       const probe = await head(registry);
       expect(probe.status).toBe(200);
       expect(first.requests.length).toBeGreaterThan(asked);
+      // /metrics names each upstream by host: the first is failing, the second is in use.
+      expect(await metric(new RegExp(`crm_mirror_upstream_failures\\{registry="${name}\\.test",upstream="127\\.0\\.0\\.1:${first.port}"\\} (\\d+)`))).toBeGreaterThan(0);
+      expect(await metric(new RegExp(`crm_mirror_upstream_up\\{registry="${name}\\.test",upstream="127\\.0\\.0\\.1:${second.port}"\\} (\\d)`))).toBe(1);
       // The status page names it by its place in the list (never its URL); /metrics by host.
       const page = (await (await fetch(`${crm.url}/status.json`)).json()) as { resilience?: { upstreams: Array<{ registry: string; upstream: number; state: string; failures: number }> } };
       const view = page.resilience?.upstreams.find((u) => u.registry === registry && u.upstream === 1);
