@@ -50,7 +50,7 @@ describe.skipIf(skip)("more than one upstream per registry", () => {
     const target = { host: u.hostname, port: Number(u.port) };
     second = await startCuttingRelay(target);
     busy = await startCuttingRelay(target, () => ({ kind: "status", status: 503 }));
-    quota = await startCuttingRelay(target, () => ({ kind: "status", status: 429, headers: { "retry-after": "60" } }));
+    quota = await startCuttingRelay(target, () => ({ kind: "status", status: 429, headers: { "retry-after": "60", "ratelimit-limit": "100;w=21600", "ratelimit-remaining": "0;w=21600" } }));
     staleA = await startCuttingRelay(target);
     staleB = await startCuttingRelay(target);
     crm = await startCrm(
@@ -99,6 +99,8 @@ describe.skipIf(skip)("more than one upstream per registry", () => {
       expect(second.requests.filter((r) => r.path.includes("/blobs/")).length).toBeGreaterThan(0);
       expect(second.requests.length).toBeGreaterThan(fromSecond);
       expect(crm.logs.some((l) => l.includes("mirror upstream failed; trying the next") && l.includes(registry) && l.includes(`reason=${status}`))).toBe(true);
+      // The quota a failed-over 429 reported is still what /metrics shows for the registry.
+      if (status === 429) expect(await metric(/crm_upstream_ratelimit_remaining\{registry="quota\.test"\} (\d+)/)).toBe(0);
 
       // Within the back-off the first upstream is not asked at all (checked only when this run is
       // fast enough to still be inside it: no wall-clock bound on the test itself).

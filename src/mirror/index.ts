@@ -36,9 +36,13 @@ export function createMirrorHandler(rt: Runtime): LocalHandler {
   // Registered at start, so /metrics shows the resume counter (at zero) before the first resume.
   resumeStats(rt);
   registerResilience(rt);
-  for (const reg of rt.config.mirror.registries.values()) clients.set(reg.name, new UpstreamChain(rt, reg, tokens, health, rt.config.mirror.failover));
   // Kept across reloads (state.ts); the manifest service only holds requests in flight.
   const state = mirrorState(rt);
+  for (const reg of rt.config.mirror.registries.values()) {
+    // A 429 failed over still tells the quota (its ratelimit-* fields), as a final answer does.
+    const observe = (h: Headers): void => state.quota.observe(reg.name, h, rt.log);
+    clients.set(reg.name, new UpstreamChain(rt, reg, tokens, health, rt.config.mirror.failover, observe));
+  }
   const mirror: Mirror = { clients, state, manifests: new ManifestService(rt, state), rules: rulesFor(rt.config.mirror) };
   return async (ex) => {
     let res: Response;

@@ -157,6 +157,8 @@ export class UpstreamChain {
     tokens: TokenCache,
     private readonly health: UpstreamHealth,
     private readonly config: FailoverConfig,
+    /** Sees the fields of an answer that was failed over (a 429's quota figures, metered.ts shows them). */
+    private readonly observe: (headers: Headers) => void = () => {},
   ) {
     // Each upstream is a client of its own (its own base, learned challenge and redirect trust),
     // with the registry's credentials and redirect_hosts; tokens are cached per realm anyway.
@@ -203,6 +205,7 @@ export class UpstreamChain {
       }
       const status = result.response.status;
       if (failingStatus(status)) {
+        if (!last) this.observe(result.response.headers);
         this.failed(m, String(status), `answered ${status}`, last);
         failedBefore = String(status);
         if (held === null) held = result;
