@@ -4,6 +4,7 @@ import { formatDuration } from "./duration.ts";
 import { formatHostPort } from "../net/host-port.ts";
 import { listenerIsTls } from "./listen.ts";
 import { describeTls } from "../tls/describe.ts";
+import { DEFAULT_STALE_IF_ERROR_MS } from "../mirror/manifests/config.ts";
 
 export function describeConfig(c: Config): string {
   const t = c.timeouts;
@@ -30,9 +31,14 @@ export function describeConfig(c: Config): string {
     lines.push(`  manifest cache: ${mc.enabled ? `on, max_size ${mc.maxSize} bytes` : "off"}`);
     const fo = c.mirror.fanout;
     lines.push(`  blob fan-out: ${fo.enabled ? `on, window ${fo.window} bytes, budget ${fo.budget} bytes, lag_grace ${fo.lagGraceMs} ms` : "off"}`);
+    if (mc.enabled) lines.push(`  stale tags when every upstream fails: ${mc.staleIfErrorMs === 0 ? "off" : `within ${formatDuration(mc.staleIfErrorMs ?? DEFAULT_STALE_IF_ERROR_MS)}`}`);
+    if ([...c.mirror.registries.values()].some((r) => (r.upstreams?.length ?? 1) > 1)) {
+      const f = c.mirror.failover;
+      lines.push(`  failover: attempt_timeout ${formatDuration(f.attemptTimeoutMs)}, backoff ${formatDuration(f.backoffMs)} doubling to ${formatDuration(f.maxBackoffMs)}`);
+    }
     for (const r of c.mirror.registries.values()) {
       const creds = r.username ? ` (credentials: ${r.username}, password set)` : "";
-      lines.push(`  ${r.name} -> ${r.upstream.href}${creds}`);
+      lines.push(`  ${r.name} -> ${(r.upstreams ?? [r.upstream]).map((u) => u.href).join(", then ")}${creds}`);
     }
   } else lines.push("mirror: disabled");
   lines.push(...describePublic(c));

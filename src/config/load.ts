@@ -14,6 +14,7 @@ import { LOG_LEVELS, type LogFormat, type LogLevel } from "../log.ts";
 import { buildFanout } from "../mirror/fanout/config.ts";
 import { buildManifestCache } from "../mirror/manifests/config.ts";
 import { buildRules } from "../mirror/rules.ts";
+import { buildFailover } from "../mirror/upstreams-config.ts";
 import { buildStatusConfig } from "../status/config.ts";
 import { buildTls, checkTlsListeners } from "../tls/config.ts";
 import { Checker, parseSize, show, type Obj } from "./checker.ts";
@@ -241,7 +242,7 @@ function buildLimits(c: Checker, raw: unknown): Limits {
 }
 
 function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
-  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries", "path_prefix", "manifest_cache", "rules", "fanout"]) ?? {};
+  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries", "path_prefix", "manifest_cache", "rules", "fanout", "failover"]) ?? {};
   const enabled = c.bool("mirror.enabled", m.enabled, true);
   let pathPrefix = m.path_prefix === "" ? "" : (c.string("mirror.path_prefix", m.path_prefix) ?? "");
   if (pathPrefix !== "") {
@@ -265,5 +266,5 @@ function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
     c.fail("mirror.default_registry", defaultRegistry, `must be one of the mirrored registries (${[...registries.keys()].join(", ")})`);
   }
   const manifestCache = buildManifestCache(c, m.manifest_cache);
-  return { enabled, pathPrefix, defaultRegistry, registries, manifestCache, rules: buildRules(c, "mirror.rules", m.rules), fanout: buildFanout(c, m.fanout) };
+  return { enabled, pathPrefix, defaultRegistry, registries, manifestCache, rules: buildRules(c, "mirror.rules", m.rules), fanout: buildFanout(c, m.fanout), failover: buildFailover(c, m.failover) };
 }

@@ -7,6 +7,7 @@ import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { ConfigError } from "../errors.ts";
 import { buildRules, type ImageRules } from "../mirror/rules.ts";
+import { buildUpstreamList } from "../mirror/upstreams-config.ts";
 import { show, type Checker, type Obj } from "./checker.ts";
 
 export interface RegistryConfig {
@@ -14,6 +15,11 @@ export interface RegistryConfig {
   name: string;
   /** Where crm sends /v2/ requests: https://registry-1.docker.io */
   upstream: URL;
+  /**
+   * `upstreams`: every upstream in the order tried (mirror/upstreams.ts), `upstream` first;
+   * absent when only `upstream` is configured.
+   */
+  upstreams?: readonly URL[];
   username: string | null;
   /** Never logged, never printed by -t. */
   password: string | null;
@@ -61,13 +67,25 @@ export const DEFAULT_REGISTRIES: readonly RegistryConfig[] = [
 
 const REGISTRY_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d+)?$/;
 
+/** The upstreams of a registry in the order they are tried. */
+export function upstreamsOf(reg: RegistryConfig): readonly URL[] {
+  return reg.upstreams ?? [reg.upstream];
+}
+
 /** One `mirror.registries.<name>` entry: a URL string or a mapping with credentials and rules. */
 export function buildRegistry(c: Checker, path: string, name: string, v: unknown, file: string): RegistryConfig | null {
   if (!REGISTRY_NAME.test(name)) {
     c.fail(path, name, "registry name must be a host name such as docker.io or quay.io");
     return null;
   }
-  const o: Obj = typeof v === "string" ? { upstream: v } : (c.object(path, v, ["upstream", "username", "password", "password_file", "redirect_hosts", "rules"]) ?? {});
+  let o: Obj = typeof v === "string" ? { upstream: v } : (c.object(path, v, ["upstream", "upstreams", "username", "password", "password_file", "redirect_hosts", "rules"]) ?? {});
+  let upstreams: URL[] | null = null;
+  if (o.upstreams !== undefined) {
+    // Several upstreams, tried in order (mirror/upstreams.ts); the first is the registry's `upstream`.
+    upstreams = buildUpstreamList(c, path, o.upstreams, o.upstream !== undefined);
+    if (upstreams === null) return null;
+    o = { ...o, upstream: (upstreams[0] as URL).href };
+  }
   const upstreamText = c.string(`${path}.upstream`, o.upstream);
   if (upstreamText === null) {
     if (o.upstream === undefined) c.rule(`${path}.upstream`, "missing; it is required (an https:// URL)");
@@ -111,5 +129,6 @@ export function buildRegistry(c: Checker, path: string, name: string, v: unknown
     redirectHosts,
     operatorNamed: true,
     rules: buildRules(c, `${path}.rules`, o.rules),
+    ...(upstreams !== null && upstreams.length > 1 ? { upstreams } : {}),
   };
 }

@@ -9,6 +9,7 @@ import type { LogFormat, LogLevel } from "../log.ts";
 import type { FanoutConfig } from "../mirror/fanout/config.ts";
 import type { ManifestCacheConfig } from "../mirror/manifests/config.ts";
 import type { ImageRules } from "../mirror/rules.ts";
+import type { FailoverConfig } from "../mirror/upstreams-config.ts";
 import type { StatusConfig } from "../status/config.ts";
 import type { TlsListenConfig } from "../tls/config.ts";
 import type { ListenAddress } from "./listen.ts";
@@ -46,6 +47,8 @@ export interface MirrorConfig {
   fanout: FanoutConfig;
   /** Image rules for registries without their own (mirror.rules). */
   rules: ImageRules | null;
+  /** Back-off and per-attempt deadline for registries with several upstreams (mirror.failover). */
+  failover: FailoverConfig;
 }
 
 export interface AccessConfig {

@@ -13,6 +13,7 @@ import type { CertificateState } from "../status/sources.ts";
 import { staticCertificateState } from "../tls/certificate-state.ts";
 import { checkListen } from "./listen.ts";
 import { checkRegistry } from "./registry.ts";
+import { upstreamsOf } from "../config/registries.ts";
 import { renderJson, renderTable, Report } from "./report.ts";
 
 export interface DoctorOptions {
@@ -45,12 +46,18 @@ export async function diagnose(opts: DoctorOptions): Promise<Report> {
   if (!config.mirror.enabled) report.pass("mirror", "disabled (mirror.enabled: false); no registry checked");
   else {
     for (const reg of config.mirror.registries.values()) {
-      // One registry's unexpected failure is its own row; the report of the others is kept.
-      const hosts = await checkRegistry(rt, reg, config.doctor.images.get(reg.name) ?? null, report, { extraCa: opts.extraCa }).catch((e: unknown) => {
-        report.fail(`${reg.name}: probe`, `the check stopped: ${(e as Error).message ?? String(e)}`, "report this as a crm bug, with this line");
-        return [] as Array<[string, number]>;
-      });
-      for (const [h, p] of hosts) needed.set(`${h}:${p}`, [h, p]);
+      // Every upstream of a registry with several is checked on its own rows (a fallback that is
+      // down is found before the day it is needed).
+      const urls = upstreamsOf(reg);
+      for (const [i, url] of urls.entries()) {
+        const label = urls.length > 1 ? `${reg.name} upstream ${i + 1} (${url.host})` : reg.name;
+        // One registry's unexpected failure is its own row; the report of the others is kept.
+        const hosts = await checkRegistry(rt, { ...reg, upstream: url }, config.doctor.images.get(reg.name) ?? null, report, { extraCa: opts.extraCa, label }).catch((e: unknown) => {
+          report.fail(`${label}: probe`, `the check stopped: ${(e as Error).message ?? String(e)}`, "report this as a crm bug, with this line");
+          return [] as Array<[string, number]>;
+        });
+        for (const [h, p] of hosts) needed.set(`${h}:${p}`, [h, p]);
+      }
     }
   }
   // A CONNECT (HTTPS_PROXY) pull reaches every one of these hosts itself, through the allow-list.

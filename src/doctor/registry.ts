@@ -34,6 +34,8 @@ const MAX_SKEW_S = 300;
 
 export interface RegistryProbeOptions {
   extraCa?: string;
+  /** Row label instead of the registry's name: which upstream of several (`docker.io upstream 2`). */
+  label?: string;
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
@@ -62,12 +64,12 @@ function hostPort(u: URL): [string, number] {
 
 /** Hosts (and ports) a CONNECT pull of this registry needs, as learned from its answers. */
 export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: string | null, report: Report, opts: RegistryProbeOptions): Promise<Array<[string, number]>> {
-  const n = reg.name;
+  const n = opts.label ?? reg.name;
   const url = reg.upstream;
   const host = url.hostname.replace(/^\[|\]$/g, "");
   const port = Number(url.port) || (url.protocol === "https:" ? 443 : 80);
   const hosts: Array<[string, number]> = [[host, port]];
-  const key = `mirror.registries.${n}`;
+  const key = `mirror.registries.${reg.name}`;
   const skipRest = (from: string[], cause: string): void => from.forEach((c) => report.skip(`${n}: ${c}`, `${cause} failed`));
   const later = ["TCP", "TLS", "GET /v2/", "token realm", "manifest", "blob redirect"];
 

@@ -11,16 +11,18 @@ import { headerValue } from "../http/head.ts";
 import { dialFailure } from "./dial-failure.ts";
 import { API_VERSION_HEADER, codeForStatus, errorResponse, jsonResponse, MirrorError } from "./errors.ts";
 import { ManifestService } from "./manifests/service.ts";
-import { meteredFetch } from "./metered.ts";
+import { meteredFetch, type MeteredRequest } from "./metered.ts";
 import { clientResponse } from "./response.ts";
-import { parseMirrorTarget, pullScope, upstreamPath, type PullRoute } from "./routes.ts";
+import { isDigest, parseMirrorTarget, pullScope, upstreamPath, type PullRoute } from "./routes.ts";
 import { mirrorState, type MirrorState } from "./state.ts";
 import { enforceRules, rulesFor, type RuleSet } from "./rules.ts";
 import { TokenCache } from "./auth/token-cache.ts";
-import { RegistryClient } from "./upstream.ts";
 import { confineMirrorAnswer, resourceOf } from "./content-safety.ts";
 import { fanoutRegistry, type FanoutRegistry } from "./fanout/registry.ts";
 import { serveShared } from "./fanout/serve.ts";
+import { UpstreamChain, upstreamHealth, type MirrorClient } from "./upstreams.ts";
+import { blobRangeFetch, resumable, resumeStats } from "./resume.ts";
+import { registerResilience } from "./resilience.ts";
 
 export const REQUEST_ID_HEADER = "x-crm-request-id";
 
@@ -29,10 +31,19 @@ const FORWARDED = ["accept", "accept-encoding", "range", "if-range", "if-none-ma
 
 export function createMirrorHandler(rt: Runtime): LocalHandler {
   const tokens = new TokenCache();
-  const clients = new Map<string, RegistryClient>();
-  for (const reg of rt.config.mirror.registries.values()) clients.set(reg.name, new RegistryClient(rt, reg, tokens));
+  const clients = new Map<string, MirrorClient>();
+  // One client per registry; a registry with several upstreams gets a chain that fails over (upstreams.ts).
+  const health = upstreamHealth(rt);
+  // Registered at start, so /metrics shows the resume counter (at zero) before the first resume.
+  resumeStats(rt);
+  registerResilience(rt);
   // Kept across reloads (state.ts); the manifest service only holds requests in flight.
   const state = mirrorState(rt);
+  for (const reg of rt.config.mirror.registries.values()) {
+    // A 429 failed over still tells the quota (its ratelimit-* fields), as a final answer does.
+    const observe = (h: Headers): void => state.quota.observe(reg.name, h, rt.log);
+    clients.set(reg.name, new UpstreamChain(rt, reg, tokens, health, rt.config.mirror.failover, observe));
+  }
   const mirror: Mirror = { clients, state, manifests: new ManifestService(rt, state), rules: rulesFor(rt.config.mirror), fanout: fanoutRegistry(rt) };
   return async (ex) => markMirrorAnswer(await handle(ex, rt, mirror), ex);
 }
@@ -50,7 +61,7 @@ export function markMirrorAnswer(res: Response, ex: Exchange<LocalRoute>): Respo
 }
 
 interface Mirror {
-  clients: ReadonlyMap<string, RegistryClient>;
+  clients: ReadonlyMap<string, MirrorClient>;
   state: MirrorState;
   manifests: ManifestService;
   rules: ReadonlyMap<string, RuleSet>;
@@ -79,9 +90,15 @@ async function handle(ex: Exchange<LocalRoute>, rt: Runtime, { clients, state, m
     if (v !== null) headers.set(name, v);
   }
   if (!headers.has("user-agent")) headers.set("user-agent", "crm");
+  // Every upstream answer by digest continues over a dropped connection (resume.ts), the shared
+  // blob downloads of fanout/ included; HEAD has no body.
   const answer = async (h: Headers, signal: AbortSignal): Promise<Response> => {
-    const result = await meteredFetch(rt, state, client, { method, path: upstreamPath(route), headers: h, scope: pullScope(route), signal, resource: route.resource }, ex.logFields);
-    return clientResponse(route, method, result, rt.config.mirror.pathPrefix, rt.config.timeouts.upstreamHeaderMs);
+    const req: MeteredRequest = { method, path: upstreamPath(route), headers: h, scope: pullScope(route), signal, resource: route.resource };
+    const result = await meteredFetch(rt, state, client, req, ex.logFields);
+    const res = await clientResponse(route, method, result, rt.config.mirror.pathPrefix, rt.config.timeouts.upstreamHeaderMs);
+    const byDigest = route.resource === "blobs" || (route.resource === "manifests" && route.reference !== null && isDigest(route.reference));
+    if (method !== "GET" || !byDigest || route.query.size > 0) return res;
+    return resumable(res, { rt, idleMs: rt.config.timeouts.upstreamHeaderMs, registry: route.registry.name, what: route.reference ?? "", request: blobRangeFetch(rt, state, client, req, ex.logFields), signal, logFields: ex.logFields });
   };
   const passThrough = (): Promise<Response> => answer(headers, ex.signal);
   // Concurrent GETs of one blob share one upstream download (fanout/serve.ts says which).

@@ -7,7 +7,8 @@ import type { Runtime } from "../context.ts";
 import type { Resource } from "./routes.ts";
 import { readSmallBody } from "./small-body.ts";
 import type { MirrorState } from "./state.ts";
-import type { RegistryClient, UpstreamRequest, UpstreamResult } from "./upstream.ts";
+import type { UpstreamRequest, UpstreamResult } from "./upstream.ts";
+import type { MirrorClient } from "./upstreams.ts";
 
 /** A 429's body is small OCI JSON (response.ts keeps the same bound). */
 const ERROR_BODY_LIMIT = 64 * 1024;
@@ -17,7 +18,7 @@ export interface MeteredRequest extends UpstreamRequest {
 }
 
 /** `logFields`: the log line of the request that sent it (token state, redirect host). */
-export async function meteredFetch(rt: Runtime, state: MirrorState, client: RegistryClient, req: MeteredRequest, logFields: Record<string, string | number>): Promise<UpstreamResult> {
+export async function meteredFetch(rt: Runtime, state: MirrorState, client: MirrorClient, req: MeteredRequest, logFields: Record<string, string | number>): Promise<UpstreamResult> {
   if (req.method === "GET" && req.resource === "manifests") state.quota.countManifestGet(client.registry.name);
   const result = await client.fetch(req);
   logFields.token = result.token;

@@ -33,6 +33,11 @@ export interface UpstreamRequest {
   scope: string;
   /** The client's: aborting it cancels the upstream request and body. */
   signal: AbortSignal;
+  /**
+   * Deadline for each answer's head on this request, instead of timeouts.upstream_header: a
+   * failover attempt (upstreams.ts) must leave time for the next upstream within containerd's 30 s.
+   */
+  headTimeoutMs?: number;
 }
 
 export type TokenState = "none" | "cached" | "fetched";
@@ -200,7 +205,7 @@ export class RegistryClient {
       try {
         // The configured upstream itself may be on a private network (a LAN registry the
         // operator named); redirect targets are chosen by the upstream and stay guarded.
-        res = await upstreamResponse(this.rt, url, { method: req.method, headers }, req.signal, this.rt.config.timeouts.upstreamHeaderMs, this.trust.exemptFromGuard(url));
+        res = await upstreamResponse(this.rt, url, { method: req.method, headers }, req.signal, req.headTimeoutMs ?? this.rt.config.timeouts.upstreamHeaderMs, this.trust.exemptFromGuard(url));
       } catch (e) {
         if (e instanceof DialError) throw dialFailure(e, hop === 0 ? `upstream ${this.registry.name}` : `redirect target ${url.hostname} of ${this.registry.name}`);
         throw e;

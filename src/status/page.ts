@@ -7,7 +7,7 @@
 import type { Runtime } from "../context.ts";
 import { renderIndex } from "./setup.ts";
 import { describeQuota } from "./quota.ts";
-import { buildSnapshot, RECENT, type StatusSnapshot } from "./snapshot.ts";
+import { buildSnapshot, RECENT, scrubUrls, type StatusSnapshot } from "./snapshot.ts";
 
 const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
@@ -24,6 +24,20 @@ function quotaText(s: StatusSnapshot): string {
   if (s.quota === null) return "not tracked: the mirror is off (crm doctor reads it from the upstream)";
   if (s.quota.length === 0) return "no upstream has reported a quota yet";
   return s.quota.map((q) => `${q.registry}: ${describeQuota(q)} left`).join("; ");
+}
+
+function upstreamsText(s: StatusSnapshot): string {
+  const r = s.resilience;
+  if (r === null) return "not tracked: the mirror is off";
+  if (r.upstreams.length === 0) return "no registry has more than one upstream";
+  return r.upstreams.map((u) => `${u.registry} upstream ${u.upstream}: ${u.state === "healthy" ? "in use" : `skipped, probed again in ${u.retryInS} s (${u.failures} failures; ${u.reason ?? "?"})`}`).join("; ");
+}
+
+function resumesText(s: StatusSnapshot): string {
+  const r = s.resilience;
+  if (r === null) return "not tracked: the mirror is off";
+  if (r.resumes.length === 0) return "no upstream has dropped a blob yet";
+  return r.resumes.map((v) => `${v.registry}: ${v.continued} continued, ${v.refused} refused, ${v.exhausted} cut after every re-request failed`).join("; ");
 }
 
 function cacheText(s: StatusSnapshot): string {
@@ -69,6 +83,8 @@ ${table("recent")}
 <dt>TLS certificate</dt><dd id="certificate">${esc(certificateText(s))}</dd>
 <dt>Upstream quota</dt><dd id="quota">${esc(quotaText(s))}</dd>
 <dt>Manifest cache</dt><dd id="manifest-cache">${esc(cacheText(s))}</dd>
+<dt>Upstreams</dt><dd id="upstreams">${esc(scrubUrls(upstreamsText(s)))}</dd>
+<dt>Blob resumes</dt><dd id="resumes">${esc(resumesText(s))}</dd>
 </dl>
 ${setupSection(rt)}
 <script src="status.js" defer></script>

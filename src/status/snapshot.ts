@@ -12,7 +12,7 @@ import { BUCKET_MS } from "./activity.ts";
 import { hintFor } from "./hints.ts";
 import type { JournalEntry } from "./journal.ts";
 import type { QuotaView } from "./quota.ts";
-import type { CertificateState, ManifestCacheState } from "./sources.ts";
+import type { CertificateState, ManifestCacheState, ResilienceState } from "./sources.ts";
 
 export const RECENT = 100;
 const ERRORS = 20;
@@ -64,6 +64,8 @@ export interface StatusSnapshot {
   quota: QuotaView[] | null;
   manifestCache: ManifestCacheState | null;
   certificate: CertificateState;
+  /** Upstream states of registries with several, and blob resumes; null while the mirror is off. */
+  resilience: ResilienceState | null;
 }
 
 /** A URL anywhere in a message becomes its host: upstream URLs are not shown. */
@@ -145,5 +147,6 @@ export function buildSnapshot(rt: Runtime): StatusSnapshot {
     quota: rt.sources.quota?.quotas() ?? null,
     manifestCache: rt.sources.manifestCache?.state() ?? null,
     certificate: rt.sources.certificate(),
+    resilience: rt.sources.resilience?.state() ?? null,
   };
 }

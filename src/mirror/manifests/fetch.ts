@@ -10,11 +10,13 @@ import type { Runtime } from "../../context.ts";
 import { MirrorError } from "../errors.ts";
 import { cacheScope, MAX_CACHED_MANIFEST, type CachedManifest } from "./cache.ts";
 import type { MemoryBudget } from "./memory-body.ts";
-import { meteredFetch } from "../metered.ts";
+import { meteredFetch, type MeteredRequest } from "../metered.ts";
+import { blobRangeFetch, resumable } from "../resume.ts";
+import { asStreamResponse } from "../../http/relayed.ts";
 import { SingleFlight } from "./single-flight.ts";
 import { readSmallBody } from "../small-body.ts";
 import type { MirrorState } from "../state.ts";
-import type { RegistryClient } from "../upstream.ts";
+import type { MirrorClient } from "../upstreams.ts";
 import { quotaFields, type QuotaFields } from "../quota-headers.ts";
 
 /** Algorithms crm can check; a digest of any other is passed through, never cached. */
@@ -43,7 +45,7 @@ export type Fetched =
 export interface ManifestGet {
   rt: Runtime;
   state: MirrorState;
-  client: RegistryClient;
+  client: MirrorClient;
   /** The upstream repository name. */
   name: string;
   /** Tag or digest. */
@@ -76,14 +78,13 @@ async function fetchManifest(req: ManifestGet, signal: AbortSignal, budget: Memo
   headers.set("accept-encoding", "identity");
   const timeoutMs = rt.config.timeouts.upstreamHeaderMs;
   // The flight's signal: aborted only when every waiting client has gone.
-  const result = await meteredFetch(
-    rt,
-    state,
-    client,
-    { method: "GET", path: `/v2/${req.name}/manifests/${req.reference}`, headers, scope: req.scope, signal, resource: "manifests" },
-    req.logFields,
-  );
-  const res = result.response;
+  const get: MeteredRequest = { method: "GET", path: `/v2/${req.name}/manifests/${req.reference}`, headers, scope: req.scope, signal, resource: "manifests" };
+  const result = await meteredFetch(rt, state, client, get, req.logFields);
+  // By digest the bytes are fixed: a body the upstream drops is continued (resume.ts).
+  const res =
+    req.expect === null
+      ? result.response
+      : asStreamResponse(resumable(result.response, { rt, idleMs: timeoutMs, registry, what: req.reference, request: blobRangeFetch(rt, state, client, get, req.logFields), signal, logFields: req.logFields }));
   const upHeaders = new Headers(res.headers);
   if (!upHeaders.has("docker-content-digest") && result.firstDigest !== null) upHeaders.set("docker-content-digest", result.firstDigest);
   const encoded = (res.headers.get("content-encoding") ?? "identity").toLowerCase() !== "identity";

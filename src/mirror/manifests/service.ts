@@ -16,13 +16,16 @@ import { clientResponse } from "../response.ts";
 import { isDigest, pullScope, type PullRoute } from "../routes.ts";
 import { SingleFlight } from "./single-flight.ts";
 import type { MirrorState } from "../state.ts";
-import type { RegistryClient } from "../upstream.ts";
+import type { MirrorClient } from "../upstreams.ts";
+import { failingStatus, upstreamFailure } from "../upstreams.ts";
+import { staleWarning, tagKey, tagMemory, type TagMemory } from "./stale.ts";
+import { DEFAULT_STALE_IF_ERROR_MS } from "./config.ts";
 import { quotaFields, setQuotaFields, type QuotaFields } from "../quota-headers.ts";
 
 export interface ManifestRequest {
   method: "GET" | "HEAD";
   route: PullRoute & { resource: "manifests"; reference: string };
-  client: RegistryClient;
+  client: MirrorClient;
   /** The client's end-to-end fields (index.ts FORWARDED). */
   headers: Headers;
   signal: AbortSignal;
@@ -46,11 +49,14 @@ export class ManifestService {
   private readonly budget = new MemoryBudget();
   private readonly fetcher = new ManifestFetcher(this.budget);
   private readonly heads = new SingleFlight<TagHead>();
+  private readonly tags: TagMemory;
 
   constructor(
     private readonly rt: Runtime,
     private readonly state: MirrorState,
-  ) {}
+  ) {
+    this.tags = tagMemory(rt);
+  }
 
   /** null: this request is not one the cache can serve (disabled, or a Range / conditional request). */
   async serve(req: ManifestRequest): Promise<Response | null> {
@@ -71,9 +77,23 @@ export class ManifestService {
   }
 
   private async byTag(req: ManifestRequest): Promise<Response> {
-    const head = await this.resolve(req);
+    let head: TagHead;
+    try {
+      head = await this.resolve(req);
+    } catch (e) {
+      const why = upstreamFailure(e);
+      const detail = e instanceof Error ? e.message : String(e);
+      const stale = why === null ? null : await this.stale(req, why, `${/^\d+$/.test(why) ? `upstream answered ${why}` : `upstream ${why}`}: ${detail}`);
+      if (stale !== null) return stale;
+      throw e;
+    }
+    if (failingStatus(head.status)) {
+      const stale = await this.stale(req, String(head.status), `upstream answered ${head.status}`);
+      if (stale !== null) return stale;
+    }
     const digest = head.headers.get("docker-content-digest") ?? head.firstDigest;
     const ok = head.status >= 200 && head.status < 300;
+    if (ok && digest !== null && isDigest(digest)) this.tags.remember(this.tagKeyOf(req), digest);
     if (!ok && !HEAD_UNSUPPORTED.has(head.status) && req.method === "GET") {
       // Not found, refused, broken: the client's own GET carries the upstream's own error body.
       return this.bypass(req, "unresolved");
@@ -153,6 +173,29 @@ export class ManifestService {
     if (response === null) return this.bypass(req, "too-big");
     req.logFields.cache = "too-big";
     return clientResponse(req.route, req.method, { response, token: "none", redirectHost: null, firstDigest: null }, this.rt.config.mirror.pathPrefix, this.rt.config.timeouts.upstreamHeaderMs);
+  }
+
+  private tagKeyOf(req: ManifestRequest): string {
+    return tagKey(cacheScope(req.route.registry), req.route.name, req.route.reference, req.headers.get("accept") ?? "");
+  }
+
+  /**
+   * Every upstream failed for this tag (`short`: the status or connection failure, for the
+   * counter): the digest it resolved to within stale_if_error, from the cache, marked stale; null
+   * when there is none (the failure is then the answer).
+   */
+  private async stale(req: ManifestRequest, short: string, reason: string): Promise<Response | null> {
+    const windowMs = this.rt.config.mirror.manifestCache.staleIfErrorMs ?? DEFAULT_STALE_IF_ERROR_MS;
+    const digest = this.tags.recall(this.tagKeyOf(req), windowMs);
+    if (digest === null) return null;
+    const m = this.state.cache.get(cacheScope(req.route.registry), req.route.name, digest);
+    if (m === null) return null;
+    this.tags.countServed(req.route.registry.name, short);
+    this.rt.log.warn("mirror tag answered stale: every upstream failed", { registry: req.route.registry.name, repo: req.route.name, tag: req.route.reference, digest, reason: reason.slice(0, 200) });
+    req.logFields.digest = digest;
+    const res = await this.fromCache(req, m, "stale");
+    res.headers.set("warning", staleWarning(reason));
+    return res;
   }
 
   private bypass(req: ManifestRequest, why: string): Promise<Response> {
