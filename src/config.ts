@@ -19,6 +19,7 @@ import { buildFairShare, FAIR_SHARE_KEYS, type FairShareLimits } from "./limits/
 import { buildForwardedHeader, buildTrustedProxies, type ForwardedHeader } from "./access/client-address.ts";
 import { buildRules, type ImageRules } from "./mirror/rules.ts";
 import { buildDoctorConfig, type DoctorConfig } from "./doctor/config.ts";
+import { buildCluster, type ClusterConfig } from "./cluster/config.ts";
 
 export { parseListen, type ListenAddress } from "./config/listen.ts";
 export type { AcmeConfig, TlsListenConfig } from "./tls/config.ts";
@@ -106,6 +107,8 @@ export interface Config {
   timeouts: Timeouts;
   /** What `crm doctor` checks with (doctor/config.ts). */
   doctor: DoctorConfig;
+  /** State shared with other replicas (cluster/config.ts); null: every replica keeps its own. */
+  cluster: ClusterConfig | null;
 }
 
 export const DEFAULT_ALLOWED_HOSTS: readonly string[] = [
@@ -274,7 +277,7 @@ function show(value: unknown): string {
   }
 }
 
-const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "allow_private_networks", "insecure_tls", "log_level", "log_format", "access", "metrics", "tls", "unix_socket_mode", "public_url", "limits", "mitm", "mirror", "timeouts", "doctor"] as const;
+const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "allow_private_networks", "insecure_tls", "log_level", "log_format", "access", "metrics", "tls", "unix_socket_mode", "public_url", "limits", "mitm", "mirror", "timeouts", "doctor", "cluster"] as const;
 
 export const DEFAULT_LIMITS: Limits = {
   maxConnections: 4096,
@@ -402,9 +405,10 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
   }
 
   const doctor = buildDoctorConfig(c, root.doctor);
+  const cluster = buildCluster(c, root.cluster, file);
 
   if (c.errors.length > 0) throw new ConfigErrors(file, c.errors);
-  const config: Config = Object.freeze({ file, tls, unixSocketMode, metrics, publicUrl, listen, allowedHosts, allowedPorts, allowPrivateNetworks, insecureTls, logLevel, logFormat, access, limits, mitm, mirror, timeouts, doctor });
+  const config: Config = Object.freeze({ file, tls, unixSocketMode, metrics, publicUrl, listen, allowedHosts, allowedPorts, allowPrivateNetworks, insecureTls, logLevel, logFormat, access, limits, mitm, mirror, timeouts, doctor, cluster });
   return { config, warnings: c.warnings };
 }
 

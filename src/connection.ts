@@ -363,7 +363,10 @@ export class Connection {
     // and are removed as hop-by-hop before anything is forwarded.
     const proxyRequest = this.secureAuthority === null && (head.method === "CONNECT" || !head.target.startsWith("/"));
     if (proxyRequest && this.rt.rate.enabled) {
-      const wait = this.rt.rate.take(this.client);
+      // With a cluster the rate is counted in its store: paused like authentication below.
+      if (this.rt.rate.shared !== null) this.pause();
+      const wait = this.rt.rate.shared !== null ? await this.rt.rate.check(this.client) : this.rt.rate.take(this.client);
+      if (this.isClosed) return;
       if (wait !== null) {
         this.rt.metrics.limited(this.client, "rate");
         this.rt.log.info("rate limited", { client: this.client, method: head.method, target: redactUrl(head.target), retry_after: wait });

@@ -16,6 +16,7 @@ import { ActivityBoard } from "./status/activity.ts";
 import { certificateStateOf, type StatusSources } from "./status/sources.ts";
 import { UpstreamClient } from "./upstream/client.ts";
 import { guardedResolver, systemResolver, type Resolver } from "./net/resolver.ts";
+import type { Cluster } from "./cluster/index.ts";
 
 export interface Runtime {
   config: Config;
@@ -44,6 +45,8 @@ export interface Runtime {
   readonly activity: ActivityBoard;
   /** State other features own (quota, manifest cache, certificate); absent ones are null. */
   sources: StatusSources;
+  /** State shared with the other replicas (cluster:); null without a cluster section or before start. */
+  cluster: Cluster | null;
   /** Set on SIGTERM: /healthz answers 503 and kept-alive connections are closed after their response. */
   draining: boolean;
   readonly startedAt: number;
@@ -67,7 +70,8 @@ export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver 
     upstream: new UpstreamClient(),
     journal: new RequestJournal(),
     activity: new ActivityBoard(),
-    sources: { quota: null, manifestCache: null, certificate: () => certificateStateOf(rt.config) },
+    sources: { quota: null, manifestCache: null, certificate: () => certificateStateOf(rt.config), cluster: null },
+    cluster: null,
     draining: false,
     startedAt,
     sink,
@@ -84,7 +88,10 @@ export function applyConfig(rt: Runtime, config: Config): void {
   rt.config = config;
   rt.policy = new HostPolicy(config.allowedHosts, config.allowedPorts);
   rt.log = loggerFor(config, rt.sink);
+  const shared = rt.access.shared;
   rt.access = new AccessControl(config);
+  // The shared brake belongs to the cluster, which a reload does not restart.
+  rt.access.shared = shared;
   rt.clientAddress = new ClientAddress(config.access.trustedProxies, config.access.forwardedHeader);
   rt.rate.configure(config.limits);
   rt.bandwidth.configure(config.limits);

@@ -41,7 +41,8 @@ export async function local(ex: Exchange, rt: Runtime, routes: LocalRoutes): Pro
   const mirrorPath = routes.mirror ? stripMirrorPrefix(ex.route.path, rt.config.mirror.pathPrefix) : null;
   if (routes.mirror && mirrorPath !== null) {
     ex.kind = "mirror";
-    const wait = rt.rate.enabled ? rt.rate.take(ex.client) : null;
+    // With a cluster the rate is counted in its store (limits/request-rate.ts check).
+    const wait = !rt.rate.enabled ? null : rt.rate.shared !== null ? await rt.rate.check(ex.client) : rt.rate.take(ex.client);
     if (wait !== null) {
       rt.metrics.limited(ex.client, "rate");
       ex.logFields.error = "rate limited";

@@ -23,6 +23,7 @@ import { listenerIsTls } from "./config/listen.ts";
 import { TlsCertificates } from "./tls/index.ts";
 import { renderTlsMetrics } from "./tls/status.ts";
 import { prepareUnixPath, removeSocket, setSocketMode, socketInode } from "./net/unix-socket.ts";
+import { Cluster } from "./cluster/index.ts";
 
 export interface StartOptions {
   /** Where log lines go (tests read them); stderr by default. */
@@ -118,6 +119,8 @@ export class CrmServer {
     const prepared = await prepare(config);
     const rt = createRuntime(config, opts.sink, opts.resolver);
     const server = new CrmServer(rt, { mirror: null, intercept: null });
+    // Before the mirror is built, so its token cache and quota are shared; a refused password stops start-up.
+    if (config.cluster !== null) rt.cluster = await Cluster.start(rt, config.cluster);
     server.applyFeatures(prepared);
     // Never waits for a CA: without a stored certificate a temporary one is served at once.
     await server.certificates.configure(config, prepared.tls);
@@ -217,6 +220,7 @@ export class CrmServer {
     const same = (a: Config["listen"], b: Config["listen"]): boolean => JSON.stringify(a) === JSON.stringify(b);
     const prepared = await prepare(config);
     if (!same(config.listen, rt.config.listen)) rt.log.warn("listen addresses changed; they apply after a restart");
+    if (JSON.stringify(config.cluster) !== JSON.stringify(rt.config.cluster)) rt.log.warn("cluster section changed; it applies after a restart");
     // A changed acme section starts a new manager; the same one keeps its schedule.
     await this.certificates.configure(config, prepared.tls);
     const next = this.certificates.served;
@@ -279,5 +283,6 @@ export class CrmServer {
     }
     this.conns.stop();
     this.rt.upstream.close();
+    void this.rt.cluster?.stop();
   }
 }

@@ -4,6 +4,7 @@ import { formatDuration } from "./duration.ts";
 import { formatHostPort } from "../router.ts";
 import { listenerIsTls } from "./listen.ts";
 import { describeTls } from "../tls/describe.ts";
+import { describeCluster } from "../cluster/config.ts";
 
 export function describeConfig(c: Config): string {
   const t = c.timeouts;
@@ -34,6 +35,7 @@ export function describeConfig(c: Config): string {
     }
   } else lines.push("mirror: disabled");
   lines.push(...describePublic(c));
+  if (c.cluster !== null) lines.push(...describeCluster(c.cluster));
   return lines.join("\n");
 }
 

@@ -7,6 +7,7 @@
 import { CidrList } from "../access/cidr.ts";
 import { clientKey } from "../access/client-address.ts";
 import type { FairShareLimits } from "./config.ts";
+import type { SharedRate } from "../cluster/rate.ts";
 
 interface Bucket {
   tokens: number;
@@ -21,6 +22,8 @@ export class RequestRate {
   private rate: number | null = null;
   private burst = 1;
   private exempt: CidrList | null = null;
+  /** Set by the cluster (cluster/rate.ts): the rate is counted once for every replica. */
+  shared: SharedRate | null = null;
 
   constructor(limits: FairShareLimits) {
     this.configure(limits);
@@ -58,6 +61,18 @@ export class RequestRate {
       return null;
     }
     return Math.max(1, Math.ceil((1 - b.tokens) / rate));
+  }
+
+  /**
+   * take(), counted in the cluster's store when there is one; the local bucket decides when the
+   * store does not answer within its deadline.
+   */
+  async check(client: string): Promise<number | null> {
+    const rate = this.rate;
+    if (rate === null || this.shared === null) return this.take(client);
+    if (this.exempt !== null && this.exempt.match(client) !== null) return null;
+    const got = await this.shared.take(clientKey(client), rate, this.burst);
+    return got === undefined ? this.take(client) : got;
   }
 
   private prune(now: number): void {

@@ -27,7 +27,7 @@ export const REQUEST_ID_HEADER = "x-crm-request-id";
 const FORWARDED = ["accept", "accept-encoding", "range", "if-range", "if-none-match", "if-modified-since", "user-agent"];
 
 export function createMirrorHandler(rt: Runtime): LocalHandler {
-  const tokens = new TokenCache();
+  const tokens = new TokenCache(Date.now, 4096, rt.cluster?.tokens ?? null);
   const clients = new Map<string, RegistryClient>();
   for (const reg of rt.config.mirror.registries.values()) clients.set(reg.name, new RegistryClient(rt, reg, tokens));
   // Kept across reloads (state.ts); the manifest service only holds requests in flight.

@@ -22,6 +22,7 @@ export function mirrorState(rt: Runtime): MirrorState {
     rt.metrics.sections.push(() => [...made.cache.metricLines(), ...made.quota.metricLines()]);
     rt.sources.quota = made.quota;
     rt.sources.manifestCache = made.cache;
+    rt.cluster?.quota.attach(made.quota);
     states.set(rt, made);
     s = made;
   }

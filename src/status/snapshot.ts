@@ -13,6 +13,7 @@ import { hintFor } from "./hints.ts";
 import type { JournalEntry } from "./journal.ts";
 import type { QuotaView } from "../mirror/upstream-quota.ts";
 import type { CertificateState, ManifestCacheState } from "./sources.ts";
+import type { ClusterStatus } from "../cluster/index.ts";
 
 export const RECENT = 100;
 const ERRORS = 20;
@@ -64,6 +65,8 @@ export interface StatusSnapshot {
   quota: QuotaView[] | null;
   manifestCache: ManifestCacheState | null;
   certificate: CertificateState;
+  /** null: no cluster section (one replica). */
+  cluster: ClusterStatus | null;
 }
 
 /** A URL anywhere in a message becomes its host: upstream URLs are not shown. */
@@ -145,5 +148,6 @@ export function buildSnapshot(rt: Runtime): StatusSnapshot {
     quota: rt.sources.quota?.quotas() ?? null,
     manifestCache: rt.sources.manifestCache?.state() ?? null,
     certificate: rt.sources.certificate(),
+    cluster: rt.sources.cluster?.() ?? null,
   };
 }

@@ -10,6 +10,7 @@ import type { Config } from "../config.ts";
 import type { QuotaView } from "../mirror/upstream-quota.ts";
 import { CertStore } from "../tls/cert-store.ts";
 import type { CertificateStatus } from "../tls/status.ts";
+import type { ClusterStatus } from "../cluster/index.ts";
 
 export interface QuotaSource {
   quotas(): QuotaView[];
@@ -40,6 +41,8 @@ export interface StatusSources {
   quota: QuotaSource | null;
   manifestCache: ManifestCacheSource | null;
   certificate(): CertificateState;
+  /** The shared store and the live replicas (cluster/index.ts); null without a cluster section. */
+  cluster: (() => ClusterStatus) | null;
 }
 
 /** What the running ACME manager (src/tls/) says about the certificate it serves. */

@@ -60,6 +60,9 @@ export class ManifestFetcher {
   /** By digest the bytes are fixed, so Accept is not part of the key; by tag it decides the answer. */
   get(req: ManifestGet, signal: AbortSignal): Promise<{ value: Fetched; leader: boolean }> {
     const key = [req.client.registry.name, req.name, req.reference, req.expect === null ? (req.headers.get("accept") ?? "") : ""].join("\n");
+    // With a cluster, a GET by digest is first shared with the other replicas (cluster/manifests.ts).
+    const cluster = req.rt.cluster;
+    if (cluster !== null && req.expect !== null) return this.flights.run(key, signal, (shared) => cluster.manifests.fetch(req, shared, () => fetchManifest(req, shared, this.budget)));
     return this.flights.run(key, signal, (shared) => fetchManifest(req, shared, this.budget));
   }
 }

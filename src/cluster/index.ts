@@ -1,0 +1,92 @@
+/**
+ * Many replicas, one crm: what the replicas of one config share through a Redis or Valkey store
+ * (the `cluster:` section). Each concern has its module: manifests and their cross-replica single
+ * flight (manifests.ts), upstream tokens (tokens.ts), request rate (rate.ts), the password brake
+ * (brake.ts), upstream quota figures (quota.ts), heartbeats (heartbeat.ts). This one assembles
+ * them and plugs them into the runtime with small hooks; every hook falls back to the local state
+ * when the store does not answer within cluster.deadline (store.ts). Connection caps and
+ * bandwidth pacing stay per replica.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import type { Config } from "../config.ts";
+import type { Runtime } from "../context.ts";
+import type { ClusterConfig } from "./config.ts";
+import { Heartbeat, VERSION, type ReplicaView } from "./heartbeat.ts";
+import { SharedBrake } from "./brake.ts";
+import { SharedManifests } from "./manifests.ts";
+import { SharedQuota } from "./quota.ts";
+import { SharedRate } from "./rate.ts";
+import { Store } from "./store.ts";
+import { SharedTokens } from "./tokens.ts";
+
+/**
+ * What must be the same for replicas to share a prefix: the registries (name, upstream,
+ * account) and the rate settings. Two configs with different fingerprints under one prefix
+ * would serve each other's manifests and count each other's clients (doctor says so).
+ */
+export function configFingerprint(config: Config): string {
+  const registries = [...config.mirror.registries.values()].map((r) => [r.name, r.upstream.href, r.username ?? ""]).sort();
+  const shape = { registries, rate: [config.limits.requestsPerSecond, config.limits.burst], users: [...config.access.users.keys()].sort() };
+  return createHash("sha256").update(JSON.stringify(shape)).digest("hex").slice(0, 12);
+}
+
+export interface ClusterStatus {
+  up: boolean;
+  store: string;
+  prefix: string;
+  lastError: string | null;
+  replicas: ReplicaView[];
+}
+
+export class Cluster {
+  readonly id: string;
+  readonly manifests: SharedManifests;
+  /** null with share_tokens: false. */
+  readonly tokens: SharedTokens | null;
+  readonly rate: SharedRate;
+  readonly brake: SharedBrake;
+  readonly quota: SharedQuota;
+  readonly heartbeat: Heartbeat;
+
+  private constructor(
+    readonly store: Store,
+    readonly config: ClusterConfig,
+    private readonly rt: Runtime,
+  ) {
+    this.id = `${hostname().slice(0, 40)}-${process.pid}-${randomBytes(3).toString("hex")}`;
+    const log = (): Runtime["log"] => rt.log;
+    this.manifests = new SharedManifests(store, this.id, log);
+    this.tokens = config.shareTokens ? new SharedTokens(store) : null;
+    this.rate = new SharedRate(store);
+    this.brake = new SharedBrake(store, this.id);
+    this.quota = new SharedQuota(store);
+    const fingerprint = configFingerprint(rt.config);
+    this.heartbeat = new Heartbeat(
+      store,
+      () => ({ id: this.id, version: VERSION, host: hostname().slice(0, 100), uptimeS: Math.round((Date.now() - rt.startedAt) / 1000), active: rt.activity.activeView().filter((a) => a.kind !== "local").length, config: fingerprint, at: Date.now() }),
+      () => this.quota.pull(),
+    );
+  }
+
+  /** Connects (a refused password throws: start-up stops), then plugs the shared state in. */
+  static async start(rt: Runtime, config: ClusterConfig): Promise<Cluster> {
+    const store = await Store.open(config, () => rt.log);
+    const c = new Cluster(store, config, rt);
+    rt.rate.shared = c.rate;
+    rt.access.shared = c.brake;
+    rt.metrics.sections.push(() => [...store.metricLines(), ...c.manifests.metricLines(), "# HELP crm_cluster_replicas Live replicas under this key prefix, as last read.", "# TYPE crm_cluster_replicas gauge", `crm_cluster_replicas ${c.heartbeat.replicas.length}`]);
+    rt.sources.cluster = () => c.status();
+    c.heartbeat.start();
+    return c;
+  }
+
+  status(): ClusterStatus {
+    return { up: this.store.up, store: this.config.url.href, prefix: this.config.keyPrefix, lastError: this.store.lastError, replicas: this.heartbeat.replicas };
+  }
+
+  async stop(): Promise<void> {
+    await this.heartbeat.stop(this.id);
+    this.store.close();
+  }
+}
