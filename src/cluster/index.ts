@@ -33,6 +33,7 @@ export function configFingerprint(config: Config): string {
 
 export interface ClusterStatus {
   up: boolean;
+  /** "redis" or "redis over TLS": never the address. */
   store: string;
   prefix: string;
   lastError: string | null;
@@ -82,7 +83,8 @@ export class Cluster {
   }
 
   status(): ClusterStatus {
-    return { up: this.store.up, store: this.config.url.href, prefix: this.config.keyPrefix, lastError: this.store.lastError, replicas: this.heartbeat.replicas };
+    // The page names no upstream URL, and no store address either: only what kind it is.
+    return { up: this.store.up, store: this.config.tls ? "redis over TLS" : "redis", prefix: this.config.keyPrefix, lastError: this.store.lastError, replicas: this.heartbeat.replicas };
   }
 
   async stop(): Promise<void> {
