@@ -1,0 +1,119 @@
+/**
+ * The `cluster:` section: validated like every section (key paths, unknown keys with "did you
+ * mean", no credentials in the URL), printed by `crm -t` without its secret, and checked by
+ * `crm doctor` against a real redis-server: answers, latency, and a key prefix shared with
+ * replicas of another config.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { writeFileSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { buildConfig } from "../src/config.ts";
+import { describeConfig } from "../src/config/describe.ts";
+import { diagnose } from "../src/doctor/index.ts";
+import { startCrm } from "./support/crm.ts";
+import { startRedis, type RedisFixture } from "./support/redis.ts";
+import { missingTools } from "./support/tools.ts";
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "crm-cluster-config-"));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+const errorsOf = (raw: Record<string, unknown>): string => {
+  try {
+    buildConfig(raw, join(dir, "c.yaml"));
+    return "";
+  } catch (e) {
+    return (e as Error).message;
+  }
+};
+
+describe("cluster config", () => {
+  test("absent: null, and -t says every replica keeps its own state", () => {
+    const { config } = buildConfig({}, "c.yaml");
+    expect(config.cluster).toBeNull();
+  });
+
+  test("defaults, and crm -t prints the set-up without the password", () => {
+    writeFileSync(join(dir, "pw"), "hunter2-store\n");
+    const { config } = buildConfig({ cluster: { redis: "redis://redis.internal:6379/2", password_file: "pw" } }, join(dir, "c.yaml"));
+    const k = config.cluster!;
+    expect(k.password).toBe("hunter2-store");
+    expect(k.keyPrefix).toBe("crm:");
+    expect(k.deadlineMs).toBe(100);
+    expect(k.manifestTtlMs).toBe(24 * 3600_000);
+    expect(k.shareTokens).toBe(true);
+    const text = describeConfig(config);
+    expect(text).toContain('cluster: redis://redis.internal:6379/2 (password from ');
+    expect(text).toContain('key_prefix "crm:", deadline 100ms');
+    expect(text).toContain("per replica: connection caps, bandwidth pacing");
+    expect(text).not.toContain("hunter2");
+  });
+
+  test("every error names its key; unknown keys get a did-you-mean", () => {
+    expect(errorsOf({ cluster: { redis: "redis://r:6379", key_prefx: "x:" } })).toContain("cluster.key_prefx: unknown key \"key_prefx\" in cluster (did you mean cluster.key_prefix?)");
+    expect(errorsOf({ cluster: { redis: "redis://user:pw@r:6379" } })).toContain("cluster.redis: must not carry user:password");
+    expect(errorsOf({ cluster: { redis: "http://r:6379" } })).toContain("cluster.redis: \"http://r:6379\" must be a redis:// or rediss:// URL");
+    expect(errorsOf({ cluster: { key_prefix: "x:" } })).toContain("cluster.redis: missing");
+    expect(errorsOf({ cluster: { redis: "redis://r", deadline: "10s" } })).toContain("cluster.deadline: \"10s\" must be from 1ms to 5s");
+    expect(errorsOf({ cluster: { redis: "redis://r", password_file: "nope" } })).toMatch(/cluster\.password_file: cannot read .*nope: ENOENT/);
+    expect(errorsOf({ cluster: { redis: "redis://r", ca_file: "pw" } })).toContain("cluster.ca_file: needs a rediss:// URL");
+  });
+});
+
+const skip = missingTools("crm doctor with a cluster store", ["redis-server"]);
+
+describe.skipIf(skip)("crm doctor: the cluster store", () => {
+  let redis: RedisFixture;
+  beforeAll(async () => {
+    redis = await startRedis();
+  });
+  afterAll(async () => {
+    await redis?.stop();
+  });
+
+  let n = 0;
+  async function doctor(cfg: Record<string, unknown>) {
+    const file = join(dir, `d${++n}.json`);
+    writeFileSync(file, JSON.stringify({ listen: "127.0.0.1:0", mirror: { enabled: false }, ...cfg }));
+    const r = await diagnose({ configPath: file, json: false });
+    return (name: string) => {
+      const hit = r.rows.find((x) => x.check === name);
+      if (!hit) throw new Error(`no row ${name}; rows: ${r.rows.map((x) => x.check).join(", ")}`);
+      return hit;
+    };
+  }
+
+  test("answers, latency, version; a prefix used by another config's replicas fails", async () => {
+    const row = await doctor({ cluster: { redis: redis.url, key_prefix: "doc1:" } });
+    expect(row("cluster store").result).toBe("pass");
+    expect(row("cluster store").detail).toMatch(/Redis \d+\.\d+\.\d+, PING \d+\.\d ms \(median of 5; deadline 100 ms\)/);
+    expect(row("cluster key prefix").result).toBe("pass");
+
+    // A replica of another config (other rate limit) is alive under the same prefix.
+    const other = await startCrm({ mirror: { enabled: false }, limits: { requests_per_second: 5 }, cluster: { redis: redis.url, key_prefix: "doc1:" } }, "info");
+    try {
+      await other.server.rt.cluster!.heartbeat.beat();
+      const row2 = await doctor({ cluster: { redis: redis.url, key_prefix: "doc1:" } });
+      expect(row2("cluster key prefix").result).toBe("fail");
+      expect(row2("cluster key prefix").detail).toContain(`${other.server.rt.cluster!.id}`);
+      expect(row2("cluster key prefix").fix).toContain("own cluster.key_prefix");
+      // The same config under that prefix is its own fleet: pass.
+      const row3 = await doctor({ limits: { requests_per_second: 5 }, cluster: { redis: redis.url, key_prefix: "doc1:" } });
+      expect(row3("cluster key prefix").result).toBe("pass");
+    } finally {
+      await other.stop();
+    }
+  }, 30_000);
+
+  test("a dead store fails with what to do", async () => {
+    const row = await doctor({ cluster: { redis: "redis://127.0.0.1:1/0" } });
+    expect(row("cluster store").result).toBe("fail");
+    expect(row("cluster store").fix).toContain("pulls still work");
+  }, 30_000);
+});
