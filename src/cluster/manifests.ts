@@ -96,10 +96,18 @@ export class SharedManifests {
     return this.store.key("m", id);
   }
 
-  /** A verified entry, or null (absent, store down, or wrong: then deleted). */
-  async read(id: string, digest: string): Promise<CachedManifest | null> {
+  /**
+   * A verified entry, or null (absent, store down, or wrong: then deleted). Its size is asked
+   * first: an entry over the manifest limit is never read into memory.
+   */
+  async read(id: string, digest: string, deadlineMs?: number): Promise<CachedManifest | null> {
     const key = this.keyOf(id);
-    const bytes = await this.store.call((c) => c.getBuffer(key));
+    const bytes = await this.store.call(async (c) => {
+      const size = Number(await c.send("STRLEN", [key]));
+      if (size === 0) return null;
+      if (size > MAX_CACHED_MANIFEST + MAGIC.length + MAX_HEADER + 1) return new Uint8Array(0);
+      return c.getBuffer(key);
+    }, deadlineMs);
     if (bytes === undefined || bytes === null) return null;
     const m = decodeManifest(bytes, digest);
     if (typeof m !== "string") return m;
@@ -123,15 +131,18 @@ export class SharedManifests {
     const digest = req.expect;
     if (digest === null || !verifiable(digest) || !this.store.up) return local();
     const id = SharedManifests.id(cacheScope(req.client.registry), req.name, digest);
-    const fromStore = async (): Promise<Fetched | null> => {
-      const m = await this.read(id, digest);
+    // The read and the lock together get one deadline: the store never costs a pull more.
+    const budgetEnd = performance.now() + this.store.config.deadlineMs;
+    const left = (): number => Math.max(1, Math.round(budgetEnd - performance.now()));
+    const fromStore = async (deadlineMs?: number): Promise<Fetched | null> => {
+      const m = await this.read(id, digest, deadlineMs);
       if (m === null) return null;
       this.stats.hit++;
       req.logFields.cluster = "hit";
       req.state.cache.put(cacheScope(req.client.registry), req.name, m);
       return { kind: "manifest", manifest: m };
     };
-    const hit = await fromStore();
+    const hit = await fromStore(left());
     if (hit !== null) return hit;
     this.stats.miss++;
 
@@ -144,7 +155,7 @@ export class SharedManifests {
     set.add(wake);
     const lockKey = this.store.key("l", id);
     try {
-      const lock = (await this.store.call((c) => c.send("SET", [lockKey, this.replicaId, "NX", "PX", String(LOCK_MS)]))) as string | null | undefined;
+      const lock = (await this.store.call((c) => c.send("SET", [lockKey, this.replicaId, "NX", "PX", String(LOCK_MS)]), left())) as string | null | undefined;
       if (lock === "OK") return await this.lead(req, id, lockKey, local);
       if (lock === undefined) {
         req.logFields.cluster = "down";
@@ -170,13 +181,19 @@ export class SharedManifests {
   private async lead(req: ManifestGet, id: string, lockKey: string, local: () => Promise<Fetched>): Promise<Fetched> {
     this.stats.led++;
     req.logFields.cluster = "led";
+    let got: Fetched | null = null;
     try {
-      const got = await local();
-      if (got.kind === "manifest") await this.write(id, got.manifest, this.store.config.manifestTtlMs);
+      got = await local();
       return got;
     } finally {
-      // Done (or failed): the lock goes and the waiters read the store or fetch on their own.
-      void this.store.script(RELEASE, [lockKey], [this.replicaId]).then(() => this.store.publish(`m ${id}`));
+      // Done (or failed): written, then the lock goes and the waiters read the store or fetch on
+      // their own. The client that led is answered at once, not after the store.
+      const done = got;
+      void (async () => {
+        if (done?.kind === "manifest") await this.write(id, done.manifest, this.store.config.manifestTtlMs);
+        await this.store.script(RELEASE, [lockKey], [this.replicaId]);
+        this.store.publish(`m ${id}`);
+      })();
     }
   }
 

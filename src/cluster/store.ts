@@ -82,7 +82,9 @@ export class Store {
 
   /**
    * Runs `fn` on the store within the deadline. Never throws: undefined when the store is down,
-   * slow, or answered an error (then the caller decides with its local state).
+   * slow, or answered an error (then the caller decides with its local state). A call given less
+   * than the configured deadline (what is left of a request's budget) that runs out says nothing
+   * about the store, so only a full deadline's silence marks it down.
    */
   async call<T>(fn: (c: RedisClient) => Promise<T>, deadlineMs = this.config.deadlineMs): Promise<T | undefined> {
     const c = this.client;
@@ -97,6 +99,7 @@ export class Store {
       const v = await Promise.race([fn(c), deadline]);
       if (v === TIMEOUT) {
         this.stats.timeout++;
+        if (deadlineMs < this.config.deadlineMs) return undefined;
         // A stopped store keeps its TCP connection open: silence is how it looks. Every later
         // call must not pay the deadline again, so the connection is dropped and re-made.
         this.markDown(`no answer within ${deadlineMs} ms`);
