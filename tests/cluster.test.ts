@@ -12,6 +12,7 @@ import { decodeManifest, encodeManifest, SharedManifests } from "../src/cluster/
 import { startBalancer, type Balancer } from "./support/balancer.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { deadPort } from "./support/mirror-upstreams.ts";
+import { HUB_ACCEPT, startFakeHub } from "./support/fake-hub.ts";
 import { missingNginx } from "./support/nginx.ts";
 import { MANIFEST_ACCEPT, runSkopeo, sha256Digest, startRegistry, type RegistryFixture } from "./support/registry.ts";
 import { startRedis, type RedisFixture } from "./support/redis.ts";
@@ -331,6 +332,35 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     }
     expect(registryManifestGets(mark).get(fx.images.multiLayer.digest)).toBe(1);
   }, 300_000);
+
+  test("upstream quota figures seen by one replica are on every replica's /metrics and status page", async () => {
+    const hub = startFakeHub({ limit: 100 });
+    running.push(hub);
+    const prefix = `quota-${process.pid}:`;
+    const crms: TestCrm[] = [];
+    for (let i = 0; i < 2; i++) {
+      const crm = await startCrm({ mirror: { default_registry: "hub.test", registries: { "hub.test": hub.url } }, cluster: { redis: redis.url, key_prefix: prefix } }, "info");
+      running.push(crm);
+      crms.push(crm);
+    }
+    const [a, b] = crms as [TestCrm, TestCrm];
+    const res = await fetch(`${a.url}/v2/library/multi/manifests/${hub.image().index.digest}`, { proxy: false, headers: { accept: HUB_ACCEPT } } as RequestInit);
+    expect(res.status).toBe(200);
+    await res.arrayBuffer();
+    expect(await metric(a, 'crm_upstream_ratelimit_remaining{registry="hub.test"}')).toBe(99);
+    // b sent nothing upstream; it learns the figure with its next heartbeat.
+    expect(await metric(b, 'crm_upstream_ratelimit_remaining{registry="hub.test"}')).toBeNaN();
+    // a writes the figure just after it saw it: beat until b has read it (bounded by tries).
+    for (let i = 0; i < 100; i++) {
+      await b.server.rt.cluster!.heartbeat.beat();
+      if ((await metric(b, 'crm_upstream_ratelimit_remaining{registry="hub.test"}')) === 99) break;
+      await Bun.sleep(10);
+    }
+    expect(await metric(b, 'crm_upstream_ratelimit_remaining{registry="hub.test"}')).toBe(99);
+    expect(await metric(b, 'crm_upstream_ratelimit_limit{registry="hub.test"}')).toBe(100);
+    const page = await (await fetch(`${b.url}/status.json`, { proxy: false } as RequestInit)).json() as { quota: Array<{ registry: string; remaining: number }> };
+    expect(page.quota).toEqual([expect.objectContaining({ registry: "hub.test", remaining: 99 })]);
+  }, 60_000);
 
   test("rediss:// with a CA made in the test", async () => {
     const ca = await makeTestCa("crm redis test CA");

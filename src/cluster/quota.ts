@@ -12,6 +12,8 @@ const MAX_FIELD = 1024;
 
 export class SharedQuota {
   private readonly written = new Map<string, number>();
+  private readonly pending = new Map<string, RateLimit>();
+  private readonly timers = new Map<string, ReturnType<typeof setTimeout>>();
   private trackers: QuotaTracker[] = [];
   constructor(private readonly store: Store) {}
 
@@ -22,10 +24,21 @@ export class SharedQuota {
   }
 
   private publish(registry: string, rl: RateLimit): void {
+    this.pending.set(registry, rl);
+    if (this.timers.has(registry)) return;
     const last = this.written.get(registry) ?? 0;
-    if (rl.at - last < WRITE_EVERY_MS) return;
-    this.written.set(registry, rl.at);
-    void this.store.call((c) => c.hset(this.store.key("quota"), { [registry]: JSON.stringify(rl) }));
+    const wait = Math.max(0, last + WRITE_EVERY_MS - Date.now());
+    // At most one write a second per registry, and the latest figure is the one written.
+    const timer = setTimeout(() => {
+      this.timers.delete(registry);
+      const latest = this.pending.get(registry);
+      this.pending.delete(registry);
+      if (latest === undefined) return;
+      this.written.set(registry, Date.now());
+      void this.store.call((c) => c.hset(this.store.key("quota"), { [registry]: JSON.stringify(latest) }));
+    }, wait);
+    timer.unref?.();
+    this.timers.set(registry, timer);
   }
 
   /** Takes the other replicas' newer figures (called with each heartbeat). */
