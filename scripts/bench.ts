@@ -5,7 +5,8 @@
  *   bun scripts/bench.ts [--quick] [--only NAME[,NAME...]] [--base GIT-REF]
  *
  * NAMEs (sections, run in this order): connect, forward, rate, idle, slow, binary, mitm, mirror,
- * parallel (8 concurrent transfers: forward and mirror), manifests, limits.
+ * parallel (8 concurrent transfers: forward and mirror), manifests, limits, cluster (replicas sharing
+ * one redis-server: scripts/bench/cluster.ts).
  * --base: the previous build the limits rows compare against (default HEAD~1).
  * --quick: small sizes and short runs (a smoke test, < 90 s); the full run stays < ~8 min.
  *
@@ -53,10 +54,11 @@ import {
 import { NGINX_BIN, NGINX_SETUP, startNginx, TUNED_BUFFER, type Nginx } from "./bench/nginx.ts";
 import type { BodyMode, OriginPorts, OriginSpec } from "./bench/origin.ts";
 import type { RefMitmSpec } from "./bench/ref-mitm.ts";
+import { sectionCluster } from "./bench/cluster.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const BUN = process.execPath;
-const SECTIONS = ["connect", "forward", "rate", "idle", "slow", "binary", "mitm", "mirror", "parallel", "manifests", "limits"] as const;
+const SECTIONS = ["connect", "forward", "rate", "idle", "slow", "binary", "mitm", "mirror", "parallel", "manifests", "limits", "cluster"] as const;
 type Section = (typeof SECTIONS)[number];
 
 // ---------------------------------------------------------------- arguments and sizes
@@ -1202,6 +1204,7 @@ const SECTION_FNS: Record<Section, () => Promise<void>> = {
   parallel: sectionParallel,
   manifests: sectionManifests,
   limits: sectionLimits,
+  cluster: () => sectionCluster({ root: ROOT, bun: BUN, tmp, lifetimeMs: LIFETIME_MS, rateSeconds: P.rateSeconds, rateRuns: P.rateRuns, startCrm, row, note }),
 };
 
 function report(started: number, machineText: string): void {

@@ -156,7 +156,13 @@ export class SharedManifests {
     const lockKey = this.store.key("l", id);
     try {
       const lock = (await this.store.call((c) => c.send("SET", [lockKey, this.replicaId, "NX", "PX", String(LOCK_MS)]), left())) as string | null | undefined;
-      if (lock === "OK") return await this.lead(req, id, lockKey, local);
+      if (lock === "OK") {
+        // Another replica may have written it and let go between our read and our lock.
+        const late = await fromStore(left());
+        if (late === null) return await this.lead(req, id, lockKey, local);
+        void this.store.script(RELEASE, [lockKey], [this.replicaId]);
+        return late;
+      }
       if (lock === undefined) {
         req.logFields.cluster = "down";
         return await local();
