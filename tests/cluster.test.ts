@@ -209,6 +209,31 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     // Alone, each replica would have let 3 through (9 in all).
     expect(statuses.flat().filter((s) => s === 200).length).toBe(3);
     for (const s of statuses) expect(s.slice(1)).toEqual([429, 429]);
+    // Forward-proxy requests draw on the same shared bucket.
+    const origin = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("origin") });
+    try {
+      const fwd = await fetch(`http://127.0.0.1:${origin.port}/`, { proxy: r.crms[2]!.url } as RequestInit);
+      expect(fwd.status).toBe(429);
+      await fwd.arrayBuffer();
+    } finally {
+      origin.stop(true);
+    }
+  }, 60_000);
+
+  test("a forward-proxy request under a shared rate is relayed whole (the paused connection resumes)", async () => {
+    const body = "x".repeat(200_000);
+    const origin = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: async (req) => new Response(req.method === "POST" ? await req.text() : body) });
+    try {
+      const r = await replicas({ front: false, n: 1, extra: { allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port], limits: { requests_per_second: 100, burst: 100 } } });
+      const get = await fetch(`http://127.0.0.1:${origin.port}/`, { proxy: r.crms[0]!.url } as RequestInit);
+      expect(get.status).toBe(200);
+      expect((await get.text()).length).toBe(body.length);
+      const post = await fetch(`http://127.0.0.1:${origin.port}/echo`, { method: "POST", body, proxy: r.crms[0]!.url } as RequestInit);
+      expect(post.status).toBe(200);
+      expect((await post.text()).length).toBe(body.length);
+    } finally {
+      origin.stop(true);
+    }
   }, 60_000);
 
   test("40 wrong passwords spread over the replicas are braked after 10 in total", async () => {
