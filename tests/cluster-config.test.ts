@@ -106,6 +106,17 @@ describe.skipIf(skip)("crm doctor: the cluster store", () => {
       // The same config under that prefix is its own fleet: pass.
       const row3 = await doctor({ limits: { requests_per_second: 5 }, cluster: { redis: redis.url, key_prefix: "doc1:" } });
       expect(row3("cluster key prefix").result).toBe("pass");
+      // A running replica of the first config warns (once) when it sees the other.
+      const mine = await startCrm({ mirror: { enabled: false }, cluster: { redis: redis.url, key_prefix: "doc1:" } }, "info");
+      try {
+        await mine.server.rt.cluster!.heartbeat.beat();
+        await mine.server.rt.cluster!.heartbeat.beat();
+        const warned = mine.logs.filter((l) => /replicas of another config share this cluster.key_prefix/.test(l));
+        expect(warned.length).toBe(1);
+        expect(warned[0]).toContain(other.server.rt.cluster!.id);
+      } finally {
+        await mine.stop();
+      }
     } finally {
       await other.stop();
     }

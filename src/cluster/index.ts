@@ -62,11 +62,11 @@ export class Cluster {
     this.rate = new SharedRate(store);
     this.brake = new SharedBrake(store, this.id);
     this.quota = new SharedQuota(store);
-    const fingerprint = configFingerprint(rt.config);
+    // Read each beat: a reload may change what this replica runs.
     this.heartbeat = new Heartbeat(
       store,
-      () => ({ id: this.id, version: VERSION, host: hostname().slice(0, 100), uptimeS: Math.round((Date.now() - rt.startedAt) / 1000), active: rt.activity.activeView().filter((a) => a.kind !== "local").length, config: fingerprint, at: Date.now() }),
-      () => this.quota.pull(),
+      () => ({ id: this.id, version: VERSION, host: hostname().slice(0, 100), uptimeS: Math.round((Date.now() - rt.startedAt) / 1000), active: rt.activity.activeView().filter((a) => a.kind !== "local").length, config: configFingerprint(rt.config), at: Date.now() }),
+      () => this.afterBeat(),
     );
   }
 
@@ -80,6 +80,20 @@ export class Cluster {
     rt.sources.cluster = () => c.status();
     c.heartbeat.start();
     return c;
+  }
+
+  /** Replicas of another config under this prefix are named once per distinct set. */
+  private foreignSeen = "";
+
+  private async afterBeat(): Promise<void> {
+    await this.quota.pull();
+    const mine = configFingerprint(this.rt.config);
+    const foreign = this.heartbeat.replicas.filter((r) => r.config !== mine);
+    const seen = foreign.map((r) => r.id).sort().join(",");
+    if (seen !== "" && seen !== this.foreignSeen) {
+      this.rt.log.warn("replicas of another config share this cluster.key_prefix: they share manifests, limits and tokens with this one (crm doctor names them)", { prefix: this.config.keyPrefix, replicas: foreign.map((r) => `${r.id}@${r.host}`).join(" ") });
+    }
+    this.foreignSeen = seen;
   }
 
   status(): ClusterStatus {
