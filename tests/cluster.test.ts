@@ -148,6 +148,10 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     const status = (await (await fetch(`${r.crms[0]!.url}/status.json`, { proxy: false } as RequestInit)).json()) as { cluster: { up: boolean; replicas: Array<{ id: string; version: string }> } };
     expect(status.cluster.up).toBe(true);
     expect(status.cluster.replicas.map((x) => x.id).sort()).toEqual(r.crms.map((c) => c.server.rt.cluster!.id).sort());
+    const page = await (await fetch(`${r.crms[0]!.url}/`, { proxy: false } as RequestInit)).text();
+    expect(page).toContain("<h2>Replicas</h2>");
+    expect(page).toContain("3 live replicas");
+    expect(page).not.toContain(redis.url.replace(/\/0$/, ""));
   }, 300_000);
 
   test("a tag moved upstream is seen by every replica on its next request", async () => {
