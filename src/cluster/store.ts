@@ -96,7 +96,9 @@ export class Store {
     }
     const started = performance.now();
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const deadline = new Promise<typeof TIMEOUT>((r) => (timer = setTimeout(() => r(TIMEOUT), deadlineMs)));
+    // When the timer fires, one more turn of the event loop reads what the socket already holds:
+    // a reply that arrived in time but was not read yet (a busy loop) still wins the race.
+    const deadline = new Promise<typeof TIMEOUT>((r) => (timer = setTimeout(() => setImmediate(() => r(TIMEOUT)), deadlineMs)));
     try {
       const v = await Promise.race([fn(c), deadline]);
       if (v === TIMEOUT) {
