@@ -3,7 +3,7 @@
  * the logger, and the metrics. A reload (SIGHUP) swaps the config-derived fields in one step
  * between two events; a request already running keeps the objects it read at its start.
  */
-import type { Config } from "./config.ts";
+import type { Config } from "./config/types.ts";
 import { AccessControl } from "./access/access.ts";
 import { Bandwidth } from "./limits/bandwidth.ts";
 import { ClientAddress } from "./access/client-address.ts";
@@ -13,10 +13,10 @@ import { Logger, type LogSink } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { RequestJournal } from "./status/journal.ts";
 import { ActivityBoard } from "./status/activity.ts";
-import { certificateStateOf, type StatusSources } from "./status/sources.ts";
+import type { StatusSources } from "./status/sources.ts";
+import { certificateStateOf } from "./tls/certificate-state.ts";
 import { UpstreamClient } from "./upstream/client.ts";
 import { guardedResolver, systemResolver, type Resolver } from "./net/resolver.ts";
-import type { Cluster } from "./cluster/index.ts";
 
 export interface Runtime {
   config: Config;
@@ -45,8 +45,6 @@ export interface Runtime {
   readonly activity: ActivityBoard;
   /** State other features own (quota, manifest cache, certificate); absent ones are null. */
   sources: StatusSources;
-  /** State shared with the other replicas (cluster:); null without a cluster section or before start. */
-  cluster: Cluster | null;
   /** Set on SIGTERM: /healthz answers 503 and kept-alive connections are closed after their response. */
   draining: boolean;
   readonly startedAt: number;
@@ -71,7 +69,6 @@ export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver 
     journal: new RequestJournal(),
     activity: new ActivityBoard(),
     sources: { quota: null, manifestCache: null, certificate: () => certificateStateOf(rt.config), cluster: null },
-    cluster: null,
     draining: false,
     startedAt,
     sink,

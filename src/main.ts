@@ -2,10 +2,10 @@
 /** crm entry point: parse the command line, load the config, run until SIGTERM. */
 import pkg from "../package.json" with { type: "json" };
 import { parseArgs, USAGE } from "./cli.ts";
-import { findConfigFile, loadConfigFile } from "./config.ts";
+import { findConfigFile, loadConfigFile } from "./config/load.ts";
 import { describeConfig } from "./config/describe.ts";
 import { ConfigError, ConfigErrors } from "./errors.ts";
-import { CrmServer } from "./server.ts";
+import { CrmServer } from "./proxy/server.ts";
 
 function fail(message: string): never {
   process.stderr.write(`crm: ${message}\n`);

@@ -1,7 +1,7 @@
 /** Safe on a public address: who may use crm, where it may go, and the limits that keep it up. */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { CidrList, NON_PUBLIC, parseCidr } from "../src/access/cidr.ts";
-import { buildConfig } from "../src/config.ts";
+import { buildConfig } from "../src/config/load.ts";
 import { staticResolver } from "../src/net/resolver.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { startOrigin } from "./support/origins.ts";

@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createRuntime } from "../src/context.ts";
-import { buildConfig } from "../src/config.ts";
+import { buildConfig } from "../src/config/load.ts";
 import { AcmeError, explainProblem, issueCertificate, parseRetryAfter } from "../src/tls/acme.ts";
 import { CertStore } from "../src/tls/cert-store.ts";
 import { AcmeCertificates, renewalTime, retryDelay, RETRY_BASE_MS, RETRY_MAX_MS } from "../src/tls/renewal.ts";

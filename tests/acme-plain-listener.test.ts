@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { buildConfig } from "../src/config.ts";
+import { buildConfig } from "../src/config/load.ts";
 import { staticResolver } from "../src/net/resolver.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { freePorts } from "./support/ports.ts";

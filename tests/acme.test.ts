@@ -299,7 +299,7 @@ describe.skipIf(skip)("ACME with pebble", () => {
       const tls = await curl(["--cacert", rootFile, "--resolve", `crm.test:${tlsPort}:127.0.0.1`, `https://crm.test:${tlsPort}/healthz`]);
       expect(tls.code).not.toBe(0);
       const before = locked.logs.length;
-      const { buildConfig } = await import("../src/config.ts");
+      const { buildConfig } = await import("../src/config/load.ts");
       await locked.server.reload(buildConfig({ listen: "127.0.0.1:0", log_level: "info", allow_private_networks: true, ...cfg }, "test.yaml").config);
       await locked.waitLog(/configuration reloaded/);
       expect(locked.logs.slice(before).filter((l) => l.includes("ACME:"))).toEqual([]);

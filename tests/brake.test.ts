@@ -8,7 +8,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AccessControl, FAILURES_PER_MINUTE } from "../src/access/access.ts";
-import { buildConfig } from "../src/config.ts";
+import { buildConfig } from "../src/config/load.ts";
 import type { HttpError } from "../src/errors.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { startOrigin } from "./support/origins.ts";

@@ -9,7 +9,7 @@ import { writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { buildConfig } from "../src/config.ts";
+import { buildConfig } from "../src/config/load.ts";
 import { describeConfig } from "../src/config/describe.ts";
 import { diagnose } from "../src/doctor/index.ts";
 import { startCrm } from "./support/crm.ts";
@@ -98,10 +98,10 @@ describe.skipIf(skip)("crm doctor: the cluster store", () => {
     // A replica of another config (other rate limit) is alive under the same prefix.
     const other = await startCrm({ mirror: { enabled: false }, limits: { requests_per_second: 5 }, cluster: { redis: redis.url, key_prefix: "doc1:" } }, "info");
     try {
-      await other.server.rt.cluster!.heartbeat.beat();
+      await other.server.cluster!.heartbeat.beat();
       const row2 = await doctor({ cluster: { redis: redis.url, key_prefix: "doc1:" } });
       expect(row2("cluster key prefix").result).toBe("fail");
-      expect(row2("cluster key prefix").detail).toContain(`${other.server.rt.cluster!.id}`);
+      expect(row2("cluster key prefix").detail).toContain(`${other.server.cluster!.id}`);
       expect(row2("cluster key prefix").fix).toContain("own cluster.key_prefix");
       // The same config under that prefix is its own fleet: pass.
       const row3 = await doctor({ limits: { requests_per_second: 5 }, cluster: { redis: redis.url, key_prefix: "doc1:" } });
@@ -109,11 +109,11 @@ describe.skipIf(skip)("crm doctor: the cluster store", () => {
       // A running replica of the first config warns (once) when it sees the other.
       const mine = await startCrm({ mirror: { enabled: false }, cluster: { redis: redis.url, key_prefix: "doc1:" } }, "info");
       try {
-        await mine.server.rt.cluster!.heartbeat.beat();
-        await mine.server.rt.cluster!.heartbeat.beat();
+        await mine.server.cluster!.heartbeat.beat();
+        await mine.server.cluster!.heartbeat.beat();
         const warned = mine.logs.filter((l) => /replicas of another config share this cluster.key_prefix/.test(l));
         expect(warned.length).toBe(1);
-        expect(warned[0]).toContain(other.server.rt.cluster!.id);
+        expect(warned[0]).toContain(other.server.cluster!.id);
       } finally {
         await mine.stop();
       }

@@ -138,16 +138,16 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     expect([...gets.entries()].filter(([ref]) => !manifests.includes(ref))).toEqual([]);
     // crm's own count agrees: over all replicas, one GET per manifest.
     let counted = 0;
-    for (const c of r.crms) counted += c.server.rt.cluster!.manifests.stats.led;
+    for (const c of r.crms) counted += c.server.cluster!.manifests.stats.led;
     expect(counted).toBe(manifests.length);
     // Every replica served some of it (the balancer spreads), and each knows the others.
     for (const c of r.crms) {
-      await c.server.rt.cluster!.heartbeat.beat();
-      expect(c.server.rt.cluster!.heartbeat.replicas.length).toBe(3);
+      await c.server.cluster!.heartbeat.beat();
+      expect(c.server.cluster!.heartbeat.replicas.length).toBe(3);
     }
     const status = (await (await fetch(`${r.crms[0]!.url}/status.json`, { proxy: false } as RequestInit)).json()) as { cluster: { up: boolean; replicas: Array<{ id: string; version: string }> } };
     expect(status.cluster.up).toBe(true);
-    expect(status.cluster.replicas.map((x) => x.id).sort()).toEqual(r.crms.map((c) => c.server.rt.cluster!.id).sort());
+    expect(status.cluster.replicas.map((x) => x.id).sort()).toEqual(r.crms.map((c) => c.server.cluster!.id).sort());
     const page = await (await fetch(`${r.crms[0]!.url}/`, { proxy: false } as RequestInit)).text();
     expect(page).toContain("<h2>Replicas</h2>");
     expect(page).toContain("3 live replicas");
@@ -271,7 +271,7 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
       expect(res.status).toBe(200);
       expect(sha256Digest(new Uint8Array(await res.arrayBuffer()))).toBe(child.digest);
       expect(registryManifestGets(mark).get(child.digest)).toBe(1);
-      expect(r.crms[0]!.server.rt.cluster!.manifests.stats.poisoned).toBe(1);
+      expect(r.crms[0]!.server.cluster!.manifests.stats.poisoned).toBe(1);
       await r.crms[0]!.waitLog(/held a wrong manifest entry/);
       // The entry now holds the verified bytes: the other replica serves them without a GET.
       // Written after the client was answered: wait for it (a wrong entry would fail the decode below).
@@ -285,7 +285,7 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
       const again = await getManifest(r.crms[1]!.url, img.repo, child.digest);
       expect(sha256Digest(new Uint8Array(await again.arrayBuffer()))).toBe(child.digest);
       expect(registryManifestGets(mark).get(child.digest)).toBe(1);
-      expect(r.crms[1]!.server.rt.cluster!.manifests.stats.hit).toBe(1);
+      expect(r.crms[1]!.server.cluster!.manifests.stats.hit).toBe(1);
 
       // Garbage, and an entry naming another digest: deleted, never served.
       const other = img.children[0]!;
@@ -298,7 +298,7 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
       running.push(fresh);
       const fourth = await getManifest(fresh.url, img.repo, child.digest);
       expect(sha256Digest(new Uint8Array(await fourth.arrayBuffer()))).toBe(child.digest);
-      expect(fresh.server.rt.cluster!.manifests.stats.poisoned).toBe(1);
+      expect(fresh.server.cluster!.manifests.stats.poisoned).toBe(1);
     } finally {
       store.close();
     }
@@ -335,13 +335,13 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
       await c.waitLog(/cluster store down/, 10_000);
       expect(await metric(c, "crm_cluster_up")).toBe(0);
       // Each replica paid the deadline for at most the calls it had in flight when the store stopped.
-      const s = c.server.rt.cluster!.store;
+      const s = c.server.cluster!.store;
       expect(s.stats.timeout + s.stats.skipped).toBeGreaterThan(0);
     }
     own.signal("SIGKILL");
     await Promise.all(Array.from({ length: 6 }, timed("team/outage-b")));
-    const maxWait = Math.max(...r.crms.map((c) => c.server.rt.cluster!.store.maxWaitMs));
-    for (const c of r.crms) console.log(`[cluster] replica store calls: ${JSON.stringify(c.server.rt.cluster!.store.stats)}`);
+    const maxWait = Math.max(...r.crms.map((c) => c.server.cluster!.store.maxWaitMs));
+    for (const c of r.crms) console.log(`[cluster] replica store calls: ${JSON.stringify(c.server.cluster!.store.stats)}`);
     console.log(`[cluster] pulls with the store stopped/killed: ${latencies.length}, slowest ${Math.round(Math.max(...latencies))} ms, median ${Math.round(latencies.sort((a, b) => a - b)[latencies.length >> 1]!)} ms; longest store call ${Math.round(maxWait)} ms (deadline 100 ms)`);
     // One warning per outage per replica, not one per request.
     for (const c of r.crms) expect(c.logs.filter((l) => /cluster store down/.test(l)).length).toBe(1);
@@ -381,7 +381,7 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     expect(await metric(b, 'crm_upstream_ratelimit_remaining{registry="hub.test"}')).toBeNaN();
     // a writes the figure just after it saw it: beat until b has read it (bounded by tries).
     for (let i = 0; i < 100; i++) {
-      await b.server.rt.cluster!.heartbeat.beat();
+      await b.server.cluster!.heartbeat.beat();
       if ((await metric(b, 'crm_upstream_ratelimit_remaining{registry="hub.test"}')) === 99) break;
       await Bun.sleep(10);
     }
@@ -399,7 +399,7 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     await writeFile(join(tls.dir, "crm-ca.crt"), ca.cert);
     await writeFile(join(tls.dir, "crm-password"), "tls-secret\n");
     const r = await replicas({ store: tls, front: false, n: 2, cluster: { ca_file: join(tls.dir, "crm-ca.crt"), password_file: join(tls.dir, "crm-password") } });
-    for (const c of r.crms) expect(c.server.rt.cluster!.store.up).toBe(true);
+    for (const c of r.crms) expect(c.server.cluster!.store.up).toBe(true);
     const img = fx.images.multiLayer;
     const mark = logMark();
     for (const c of r.crms) {

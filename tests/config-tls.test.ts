@@ -1,6 +1,6 @@
 /** The `listen` item objects and the `tls` / `tls.acme` section: forms, defaults, every refusal. */
 import { describe, expect, test } from "bun:test";
-import { buildConfig } from "../src/config.ts";
+import { buildConfig } from "../src/config/load.ts";
 import { defaultStateDir, LETS_ENCRYPT, LETS_ENCRYPT_STAGING } from "../src/tls/config.ts";
 
 /** Each error is one "  - path: message" line of the thrown ConfigErrors. */

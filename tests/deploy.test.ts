@@ -11,7 +11,8 @@ import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSyn
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import YAML from "yaml";
-import { DEFAULT_TIMEOUTS, buildConfig } from "../src/config.ts";
+import { DEFAULT_TIMEOUTS } from "../src/config/types.ts";
+import { buildConfig } from "../src/config/load.ts";
 import { TARGETS } from "../scripts/build.ts";
 import { releaseName } from "../scripts/release.ts";
 

@@ -1,9 +1,9 @@
 import { describe, expect, test } from "bun:test";
-import { DEFAULT_ALLOWED_HOSTS } from "../src/config.ts";
+import { DEFAULT_ALLOWED_HOSTS } from "../src/config/types.ts";
 import { HttpError } from "../src/errors.ts";
 import { HostPolicy, normalizeHost } from "../src/host-policy.ts";
 import type { RequestHead } from "../src/http/head.ts";
-import { route } from "../src/router.ts";
+import { route } from "../src/proxy/router.ts";
 
 const policy = new HostPolicy(DEFAULT_ALLOWED_HOSTS, [80, 443]);
 

@@ -4,7 +4,7 @@
  * warning for an open proxy.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { buildConfig } from "../src/config.ts";
+import { buildConfig } from "../src/config/load.ts";
 import { openProxyWarnings } from "../src/access/exposure.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { rawConnect } from "./support/raw.ts";

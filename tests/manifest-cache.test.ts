@@ -1,12 +1,12 @@
 /** The pieces of the manifest cache on their own: LRU bound, quota parsing, config, single flight. */
 import { describe, expect, test } from "bun:test";
-import { buildConfig } from "../src/config.ts";
+import { buildConfig } from "../src/config/load.ts";
 import { ConfigErrors } from "../src/errors.ts";
 import { Logger } from "../src/log.ts";
 import { MAX_CACHED_MANIFEST, ManifestCache, type CachedManifest } from "../src/mirror/manifests/cache.ts";
 import { parseRateLimit, QuotaTracker } from "../src/mirror/upstream-quota.ts";
 import { SingleFlight } from "../src/mirror/manifests/single-flight.ts";
-import { DEFAULT_REGISTRIES } from "../src/registries.ts";
+import { DEFAULT_REGISTRIES } from "../src/config/registries.ts";
 
 const m = (digest: string, size: number): CachedManifest => ({ digest, body: new Uint8Array(size), mediaType: "application/vnd.oci.image.manifest.v1+json", etag: null });
 

@@ -5,7 +5,7 @@
  * And a cached manifest belongs to the registry's upstream and account, not just its name.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { buildConfig } from "../src/config.ts";
+import { buildConfig } from "../src/config/load.ts";
 import { MemoryBudget, memoryBody } from "../src/mirror/manifests/memory-body.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { startFakeHub, type FakeHub } from "./support/fake-hub.ts";

@@ -7,7 +7,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test
 import { mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { buildConfig } from "../src/config.ts";
+import { buildConfig } from "../src/config/load.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { HUB_ACCEPT, sha256, startFakeHub, type FakeHub, type HubImage } from "./support/fake-hub.ts";
 import { deadPort } from "./support/mirror-upstreams.ts";

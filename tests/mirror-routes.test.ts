@@ -3,7 +3,7 @@
  * WWW-Authenticate parser, the trusted-host rule for realms and redirects.
  */
 import { describe, expect, test } from "bun:test";
-import { buildConfig } from "../src/config.ts";
+import { buildConfig } from "../src/config/load.ts";
 import { HostPolicy } from "../src/host-policy.ts";
 import { parseChallenges } from "../src/mirror/auth/challenge.ts";
 import { MirrorError } from "../src/mirror/errors.ts";

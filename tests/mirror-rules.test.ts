@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { buildConfig } from "../src/config.ts";
+import { buildConfig } from "../src/config/load.ts";
 import { globToRegExp, RuleSet } from "../src/mirror/rules.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { deadPort } from "./support/mirror-upstreams.ts";

@@ -7,11 +7,11 @@ import { describe, expect, test } from "bun:test";
 import { connect } from "node:net";
 import { Bandwidth, SLICE } from "../src/limits/bandwidth.ts";
 import { ClientAddress, clientKey } from "../src/access/client-address.ts";
-import { buildConfig } from "../src/config.ts";
+import { buildConfig } from "../src/config/load.ts";
 import type { HeaderList } from "../src/http/head.ts";
 import { ProxyProtocolError, readProxyHeader } from "../src/access/proxy-protocol.ts";
 import { RequestRate } from "../src/limits/request-rate.ts";
-import { DEFAULT_LIMITS } from "../src/config.ts";
+import { DEFAULT_LIMITS } from "../src/config/types.ts";
 import { startCrm } from "./support/crm.ts";
 import { startOrigin } from "./support/origins.ts";
 import { sendFrom } from "./support/raw.ts";
@@ -22,7 +22,7 @@ const v2 = (cmd: number, fam: number, body: number[]): Buffer => Buffer.concat([
 describe("PROXY protocol", () => {
   test("v1 TCP4 and TCP6 name the client; the rest is the request", () => {
     const r = readProxyHeader(Buffer.from("PROXY TCP4 192.0.2.7 10.0.0.1 5555 443\r\nGET / HTTP/1.1\r\n"));
-    expect(r).toEqual({ kind: "header", client: "192.0.2.7", rest: Buffer.from("GET / HTTP/1.1\r\n") });
+    expect(r).toEqual({ kind: "header", client: "192.0.2.7", local: false, rest: Buffer.from("GET / HTTP/1.1\r\n") });
     const six = readProxyHeader(Buffer.from("PROXY TCP6 2001:db8:0:0::1 ::1 5555 443\r\n"));
     expect(six.kind === "header" && six.client).toBe("2001:db8::1");
     // 00ff::1 is a unicast address, though its short spelling starts with "ff".
@@ -33,7 +33,7 @@ describe("PROXY protocol", () => {
   });
   test("v2 PROXY over IPv4 and IPv6, and LOCAL (a health check) keeps the peer", () => {
     const four = readProxyHeader(Buffer.concat([v2(1, 0x11, [198, 51, 100, 9, 127, 0, 0, 1, 1, 2, 3, 4]), Buffer.from("x")]));
-    expect(four).toEqual({ kind: "header", client: "198.51.100.9", rest: Buffer.from("x") });
+    expect(four).toEqual({ kind: "header", client: "198.51.100.9", local: false, rest: Buffer.from("x") });
     const six = readProxyHeader(v2(1, 0x21, [0x20, 0x01, 0x0d, 0xb8, ...Array(11).fill(0), 5, ...Array(16).fill(0), 1, 2, 3, 4]));
     expect(six.kind === "header" && six.client).toBe("2001:db8::5");
     const local = readProxyHeader(v2(0, 0x00, []));

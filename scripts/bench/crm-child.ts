@@ -4,9 +4,9 @@
  * Starts CrmServer exactly as src/main.ts does, prints `{"port":N,"pid":N}` on stdout, and runs
  * until SIGTERM/SIGINT (or `lifetimeMs`, so it cannot outlive a crashed benchmark for long).
  */
-import { buildConfig } from "../../src/config.ts";
+import { buildConfig } from "../../src/config/load.ts";
 import { staticResolver } from "../../src/net/resolver.ts";
-import { CrmServer } from "../../src/server.ts";
+import { CrmServer } from "../../src/proxy/server.ts";
 
 export interface CrmChildSpec {
   /** The raw config document (what a YAML/JSON file would hold). */

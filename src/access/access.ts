@@ -9,11 +9,10 @@
  * dummy hash of the same cost, so timing does not tell which names exist.
  */
 import { createHash, randomBytes } from "node:crypto";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/types.ts";
 import { CidrList } from "./cidr.ts";
 import { clientKey } from "./client-address.ts";
 import { HttpError } from "../errors.ts";
-import type { SharedBrake } from "../cluster/brake.ts";
 
 export const FAILURES_PER_MINUTE = 10;
 export const BLOCK_MS = 60_000;
@@ -23,6 +22,16 @@ const VERIFIED_TTL_MS = 5 * 60_000;
 const VERIFIED_MAX = 1024;
 /** Addresses tracked before the least recently used are dropped; bounds memory under a spray of addresses. */
 const TRACKED_MAX = 10_000;
+
+/**
+ * The brake counted once for every replica (cluster/brake.ts implements it). `undefined`: the
+ * store did not decide, the local brake does.
+ */
+export interface SharedBrakeCounter {
+  begin(client: string): Promise<{ kind: "check"; ticket: string } | { kind: "braked"; ms: number } | undefined>;
+  refund(client: string, ticket: string): void;
+  fail(client: string): Promise<void>;
+}
 
 /** "page": the index page `/`, which names allowed hosts and registries. */
 export type Realm = "proxy" | "mirror" | "page";
@@ -62,7 +71,7 @@ export class AccessControl {
   /** Full password verifications started, for tests and metrics. */
   fullChecks = 0;
   /** Set by the cluster (cluster/brake.ts): attempts are counted once for every replica. */
-  shared: SharedBrake | null = null;
+  shared: SharedBrakeCounter | null = null;
 
   private readonly metricsClients: CidrList;
 

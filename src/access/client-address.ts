@@ -8,19 +8,16 @@
  * password brake, logs and metrics all use the result.
  */
 import { isIP } from "node:net";
+import type { Checker } from "../config/checker.ts";
 import { CidrList, parseCidr } from "./cidr.ts";
 import { headerValues, type HeaderList } from "../http/head.ts";
+import { peerAddress } from "./peer-address.ts";
 
 /** The peer name of a unix-socket connection (it has no address). */
 export const UNIX_PEER = "unix";
 
-export interface TrustedProxyChecks {
-  fail(path: string, value: unknown, rule: string): void;
-  stringList(path: string, value: unknown): string[] | null;
-}
-
 /** `access.trusted_proxies`: CIDR ranges and "unix". */
-export function buildTrustedProxies(c: TrustedProxyChecks, value: unknown): string[] {
+export function buildTrustedProxies(c: Checker, value: unknown): string[] {
   const list = c.stringList("access.trusted_proxies", value) ?? [];
   list.forEach((entry, i) => {
     if (entry === UNIX_PEER) return;
@@ -36,6 +33,9 @@ export function buildTrustedProxies(c: TrustedProxyChecks, value: unknown): stri
  * buckets and fair shares). Logs and metrics keep the full address.
  */
 export function clientKey(address: string): string {
+  // Callers pass normalised addresses (peer-address.ts); a mapped one slipping through must
+  // still not become the one /64 every IPv4 client shares.
+  if (isIP(address) !== 6 || /^::ffff:/i.test(address)) address = peerAddress(address);
   if (isIP(address) !== 6) return address;
   const plain = address.split("%")[0] as string;
   const [head = "", tail] = plain.split("::");
@@ -53,7 +53,7 @@ export function clientKey(address: string): string {
 /** Which field a trusted front sets to name its client (`access.forwarded_header`). */
 export type ForwardedHeader = "x-forwarded-for" | "forwarded";
 
-export function buildForwardedHeader(c: Pick<TrustedProxyChecks, "fail">, value: unknown): ForwardedHeader {
+export function buildForwardedHeader(c: Checker, value: unknown): ForwardedHeader {
   if (value === undefined || value === null) return "x-forwarded-for";
   if (value === "x-forwarded-for" || value === "forwarded") return value;
   c.fail("access.forwarded_header", value, 'must be "x-forwarded-for" or "forwarded" (the field your front sets, overwriting or appending to what the client sent)');
@@ -71,8 +71,7 @@ function cleanAddress(raw: string): string | null {
   } else if (s.includes(".") && s.includes(":") && s.indexOf(":") === s.lastIndexOf(":")) {
     s = s.slice(0, s.indexOf(":")); // 192.0.2.1:4711
   }
-  if (s.toLowerCase().startsWith("::ffff:") && isIP(s.slice(7)) === 4) s = s.slice(7);
-  return isIP(s) !== 0 ? s.toLowerCase() : null;
+  return isIP(s) !== 0 ? peerAddress(s.toLowerCase()) : null;
 }
 
 /** The `for=` addresses of a Forwarded field (RFC 7239), in order. */

@@ -5,7 +5,8 @@
  * or a firewall may be the operator's access control.
  */
 import { parseCidr, parseIp } from "./cidr.ts";
-import type { Config, ListenAddress } from "../config.ts";
+import type { Config } from "../config/types.ts";
+import type { ListenAddress } from "../config/listen.ts";
 
 function isLoopback(a: ListenAddress): boolean {
   if (a.unix !== undefined) return true;

@@ -5,6 +5,7 @@
  * refused, since anything it says about its client would be the load balancer's address.
  */
 import { isIP } from "node:net";
+import { peerAddress } from "./peer-address.ts";
 
 const V2_SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
 const V1_PREFIX = Buffer.from("PROXY ", "latin1");
@@ -15,8 +16,12 @@ const V2_MAX_BODY = 4096;
 
 export type ProxyHeader =
   | { kind: "incomplete" }
-  /** `client` is null for LOCAL (a health check from the balancer itself) and UNKNOWN. */
-  | { kind: "header"; client: string | null; rest: Buffer };
+  /**
+   * `client` is null for LOCAL (a health check from the balancer itself) and for headers without
+   * a usable address (v1 UNKNOWN, v2 UNSPEC or UNIX). `local` is true only for v2 LOCAL: every
+   * other header relays a client's bytes, whose forwarding fields nobody vouched for.
+   */
+  | { kind: "header"; client: string | null; local: boolean; rest: Buffer };
 
 export class ProxyProtocolError extends Error {
   override name = "ProxyProtocolError";
@@ -43,14 +48,14 @@ function readV1(buf: Buffer): ProxyHeader {
   if (end + 2 > V1_MAX) throw new ProxyProtocolError("PROXY v1 line longer than 107 bytes");
   const parts = buf.toString("latin1", 0, end).split(" ");
   const rest = buf.subarray(end + 2);
-  if (parts[1] === "UNKNOWN") return { kind: "header", client: null, rest };
+  if (parts[1] === "UNKNOWN") return { kind: "header", client: null, local: false, rest };
   const [, proto, src, dst, sport, dport] = parts;
   const family = proto === "TCP4" ? 4 : proto === "TCP6" ? 6 : 0;
   const port = (p: string | undefined): boolean => p !== undefined && /^\d{1,5}$/.test(p) && Number(p) <= 65535;
   if (parts.length !== 6 || family === 0 || src === undefined || dst === undefined || isIP(src) !== family || isIP(dst) !== family || !port(sport) || !port(dport)) {
     throw new ProxyProtocolError("malformed PROXY v1 line");
   }
-  return { kind: "header", client: usable(normalize(src)), rest };
+  return { kind: "header", client: usable(normalize(src)), local: false, rest };
 }
 
 function readV2(buf: Buffer): ProxyHeader {
@@ -65,20 +70,20 @@ function readV2(buf: Buffer): ProxyHeader {
   const body = buf.subarray(16, 16 + len);
   const rest = buf.subarray(16 + len);
   // LOCAL: the balancer speaks for itself (health checks); the peer address stands.
-  if (cmd === 0) return { kind: "header", client: null, rest };
+  if (cmd === 0) return { kind: "header", client: null, local: true, rest };
   const af = family >> 4;
   if (af === 1) {
     if (len < 12) throw new ProxyProtocolError("PROXY v2 IPv4 header too short");
-    return { kind: "header", client: usable([...body.subarray(0, 4)].join(".")), rest };
+    return { kind: "header", client: usable([...body.subarray(0, 4)].join(".")), local: false, rest };
   }
   if (af === 2) {
     if (len < 36) throw new ProxyProtocolError("PROXY v2 IPv6 header too short");
     const groups: string[] = [];
     for (let i = 0; i < 16; i += 2) groups.push(body.readUInt16BE(i).toString(16));
-    return { kind: "header", client: usable(normalize(groups.join(":"))), rest };
+    return { kind: "header", client: usable(normalize(groups.join(":"))), local: false, rest };
   }
-  // AF_UNSPEC or AF_UNIX: no address crm could use.
-  return { kind: "header", client: null, rest };
+  // AF_UNSPEC or AF_UNIX: no address crm could use, but still a client's connection.
+  return { kind: "header", client: null, local: false, rest };
 }
 
 /**
@@ -95,13 +100,5 @@ function usable(ip: string): string {
 
 /** One spelling per address (the one node:net and Bun use): compressed IPv6, mapped IPv4 unwrapped. */
 function normalize(ip: string): string {
-  if (isIP(ip) !== 6) return ip;
-  const u = new URL(`http://[${ip}]/`).hostname.slice(1, -1);
-  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(u);
-  if (mapped) {
-    const a = parseInt(mapped[1] as string, 16);
-    const b = parseInt(mapped[2] as string, 16);
-    return `${a >> 8}.${a & 255}.${b >> 8}.${b & 255}`;
-  }
-  return u;
+  return peerAddress(ip);
 }

@@ -5,7 +5,7 @@
 import { runCheck } from "./check.ts";
 import { installFiles } from "./install.ts";
 import type { ClientConfigOptions } from "./options.ts";
-import { PlanError, planFor } from "./plan.ts";
+import { PlanError, readIfExists, type Plan } from "./plan.ts";
 
 export { CLIENT_CONFIG_USAGE, parseClientConfigArgs, type ClientConfigOptions } from "./options.ts";
 
@@ -43,4 +43,16 @@ export async function runClientConfig(o: ClientConfigOptions, io: Io = stdio): P
   const report = await runCheck(o);
   for (const l of report.lines) io.out(l + "\n");
   return report.ok ? 0 : 1;
+}
+
+/** Each runtime's planner is loaded only when asked for (plan.ts is the leaf they share). */
+async function planFor(o: ClientConfigOptions): Promise<Plan> {
+  switch (o.runtime) {
+    case "docker":
+      return (await import("./docker.ts")).planDocker(o, readIfExists(o.dest));
+    case "containerd":
+      return (await import("./containerd.ts")).planContainerd(o);
+    case "podman":
+      return (await import("./podman.ts")).planPodman(o, readIfExists(o.dest));
+  }
 }

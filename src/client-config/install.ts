@@ -3,9 +3,11 @@
  * reads half a config), and a file it replaces is first copied to `<file>.crm-backup-<time>`.
  * A file that already has the planned content is left alone. A symlinked destination is written
  * through to its target (the link is the operator's layout, e.g. a config repository), and the
- * replaced file's mode is kept: a 0600 daemon.json may hold credentials.
+ * replaced file's mode is kept: a 0600 daemon.json may hold credentials. The temporary file has
+ * a random name and is created exclusively, so nothing planted beside the target is followed.
  */
-import { chmodSync, chownSync, constants, copyFileSync, lstatSync, mkdirSync, readlinkSync, realpathSync, renameSync, statSync, writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { chmodSync, chownSync, constants, copyFileSync, lstatSync, mkdirSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { readIfExists, type PlannedFile } from "./plan.ts";
 
@@ -51,18 +53,25 @@ export function installFiles(files: readonly PlannedFile[], now = new Date()): I
     mkdirSync(dirname(target), { recursive: true });
     const before = old === null ? null : statSync(target);
     const backup = old === null ? null : backupOnce(target, `${f.path}.crm-backup-${stamp}`);
-    // Beside the target, so the rename stays within one file system.
-    const tmp = `${target}.crm-tmp-${process.pid}`;
-    writeFileSync(tmp, f.content, { mode: 0o600 });
-    chmodSync(tmp, before === null ? 0o644 : before.mode & 0o7777);
-    if (before !== null && (before.uid !== process.getuid?.() || before.gid !== process.getgid?.())) {
-      try {
-        chownSync(tmp, before.uid, before.gid);
-      } catch {
-        // Not root: the file becomes ours, as any editor run by this user would make it.
+    // Beside the target, so the rename stays within one file system. A random name and 'wx'
+    // (create, fail if anything is there): a planted file or symlink is never written through,
+    // chmodded or chowned (the directory may be writable by others, and a pid is guessable).
+    const tmp = `${target}.crm-tmp-${randomBytes(12).toString("hex")}`;
+    writeFileSync(tmp, f.content, { mode: 0o600, flag: "wx" });
+    try {
+      chmodSync(tmp, before === null ? 0o644 : before.mode & 0o7777);
+      if (before !== null && (before.uid !== process.getuid?.() || before.gid !== process.getgid?.())) {
+        try {
+          chownSync(tmp, before.uid, before.gid);
+        } catch {
+          // Not root: the file becomes ours, as any editor run by this user would make it.
+        }
       }
+      renameSync(tmp, target);
+    } catch (e) {
+      rmSync(tmp, { force: true });
+      throw e;
     }
-    renameSync(tmp, target);
     return { path: f.path, state: old === null ? "created" : "replaced", backup };
   });
 }

@@ -2,7 +2,7 @@
  * `crm client-config RUNTIME --mirror URL ...`: the command line, checked before anything is
  * read or written, with a message that says what to type instead.
  */
-import { DEFAULT_REGISTRIES } from "../registries.ts";
+import { DEFAULT_REGISTRIES } from "../config/registries.ts";
 
 export const RUNTIMES = ["docker", "containerd", "podman"] as const;
 export type RuntimeName = (typeof RUNTIMES)[number];

@@ -4,7 +4,6 @@
  * printing and `--write` show and install exactly the same bytes.
  */
 import { existsSync, readFileSync } from "node:fs";
-import type { ClientConfigOptions } from "./options.ts";
 
 export interface PlannedFile {
   path: string;
@@ -27,16 +26,5 @@ export function readIfExists(path: string): string | null {
     return readFileSync(path, "utf8");
   } catch (cause) {
     throw new PlanError(`cannot read ${path}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}`, { cause });
-  }
-}
-
-export async function planFor(o: ClientConfigOptions): Promise<Plan> {
-  switch (o.runtime) {
-    case "docker":
-      return (await import("./docker.ts")).planDocker(o, readIfExists(o.dest));
-    case "containerd":
-      return (await import("./containerd.ts")).planContainerd(o);
-    case "podman":
-      return (await import("./podman.ts")).planPodman(o, readIfExists(o.dest));
   }
 }

@@ -17,7 +17,7 @@
  */
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
-import type { Checker } from "../config.ts";
+import type { Checker } from "../config/checker.ts";
 import { ConfigError } from "../errors.ts";
 import { formatDuration } from "../config/duration.ts";
 

@@ -4,7 +4,7 @@
  * and version it is, and whether the key prefix is also used by live replicas of another config
  * (their heartbeats carry a fingerprint of the config they run: heartbeat.ts, index.ts).
  */
-import type { Config } from "../config.ts";
+import type { Config } from "../config/types.ts";
 import type { Report } from "../doctor/report.ts";
 import { Logger } from "../log.ts";
 import { configFingerprint } from "./index.ts";

@@ -5,23 +5,15 @@
  * entry not renewed within STALE_MS is dropped by whoever reads it.
  */
 import pkg from "../../package.json" with { type: "json" };
+import type { ReplicaView } from "../status/sources.ts";
 import type { Store } from "./store.ts";
+
+export type { ReplicaView };
 
 export const HEARTBEAT_MS = 5000;
 export const STALE_MS = 3 * HEARTBEAT_MS;
 const MAX_FIELD = 2048;
 
-export interface ReplicaView {
-  id: string;
-  version: string;
-  host: string;
-  uptimeS: number;
-  active: number;
-  /** The config fingerprint (index.ts configFingerprint). */
-  config: string;
-  /** When it last said so (ms since the epoch, its own clock). */
-  at: number;
-}
 
 export function replicasKey(store: Store): string {
   return store.key("replicas");

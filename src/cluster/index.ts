@@ -9,10 +9,12 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { hostname } from "node:os";
-import type { Config } from "../config.ts";
+import type { Config } from "../config/types.ts";
 import type { Runtime } from "../context.ts";
 import type { ClusterConfig } from "./config.ts";
-import { Heartbeat, VERSION, type ReplicaView } from "./heartbeat.ts";
+import { Heartbeat, VERSION } from "./heartbeat.ts";
+import { shareMirrorState } from "../mirror/state.ts";
+import type { ClusterStatus } from "../status/sources.ts";
 import { SharedBrake } from "./brake.ts";
 import { SharedManifests } from "./manifests.ts";
 import { SharedQuota } from "./quota.ts";
@@ -31,14 +33,6 @@ export function configFingerprint(config: Config): string {
   return createHash("sha256").update(JSON.stringify(shape)).digest("hex").slice(0, 12);
 }
 
-export interface ClusterStatus {
-  up: boolean;
-  /** "redis" or "redis over TLS": never the address. */
-  store: string;
-  prefix: string;
-  lastError: string | null;
-  replicas: ReplicaView[];
-}
 
 export class Cluster {
   readonly id: string;
@@ -76,6 +70,7 @@ export class Cluster {
     const c = new Cluster(store, config, rt);
     rt.rate.shared = c.rate;
     rt.access.shared = c.brake;
+    shareMirrorState(rt, { manifests: c.manifests, tokens: c.tokens, quota: (tracker) => c.quota.attach(tracker) });
     rt.metrics.sections.push(() => [...store.metricLines(), ...c.manifests.metricLines(), "# HELP crm_cluster_replicas Live replicas under this key prefix, as last read.", "# TYPE crm_cluster_replicas gauge", `crm_cluster_replicas ${c.heartbeat.replicas.length}`]);
     rt.sources.cluster = () => c.status();
     c.heartbeat.start();

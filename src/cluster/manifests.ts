@@ -14,8 +14,9 @@
  */
 import { createHash } from "node:crypto";
 import type { Logger } from "../log.ts";
-import { cacheScope, MAX_CACHED_MANIFEST, type CachedManifest } from "../mirror/manifests/cache.ts";
-import { verifiable, type Fetched, type ManifestGet } from "../mirror/manifests/fetch.ts";
+import { MAX_CACHED_MANIFEST, type CachedManifest } from "../mirror/manifests/cache.ts";
+import { verifiable } from "../mirror/manifests/fetch.ts";
+import type { SharedManifests as SharedManifestsHook, SharedManifestWant } from "../mirror/manifests/shared.ts";
 import { script, type Store } from "./store.ts";
 
 const MAGIC = "crm-manifest/1\n";
@@ -67,7 +68,7 @@ export function decodeManifest(bytes: Uint8Array, want: string): CachedManifest 
   return { digest: want, body, mediaType: str(h.mediaType), etag: str(h.etag) };
 }
 
-export class SharedManifests {
+export class SharedManifests implements SharedManifestsHook {
   readonly stats = { hit: 0, miss: 0, poisoned: 0, waited: 0, led: 0, written: 0 };
   /** Keys this replica waits on → wake-ups. */
   private readonly waiters = new Map<string, Set<() => void>>();
@@ -127,20 +128,19 @@ export class SharedManifests {
    * A GET by digest, shared with the other replicas; `local` is this replica's own upstream GET
    * (fetch.ts), which also fills the memory cache.
    */
-  async fetch(req: ManifestGet, signal: AbortSignal, local: () => Promise<Fetched>): Promise<Fetched> {
-    const digest = req.expect;
-    if (digest === null || !verifiable(digest) || !this.store.up) return local();
-    const id = SharedManifests.id(cacheScope(req.client.registry), req.name, digest);
+  async fetch<R>(want: SharedManifestWant, signal: AbortSignal, local: () => Promise<R>, manifestOf: (r: R) => CachedManifest | null, fromStored: (m: CachedManifest) => R): Promise<R> {
+    const { digest } = want;
+    if (!verifiable(digest) || !this.store.up) return local();
+    const id = SharedManifests.id(want.scope, want.repository, digest);
     // The read and the lock together get one deadline: the store never costs a pull more.
     const budgetEnd = performance.now() + this.store.config.deadlineMs;
     const left = (): number => Math.max(1, Math.round(budgetEnd - performance.now()));
-    const fromStore = async (deadlineMs?: number): Promise<Fetched | null> => {
+    const fromStore = async (deadlineMs?: number): Promise<R | null> => {
       const m = await this.read(id, digest, deadlineMs);
       if (m === null) return null;
       this.stats.hit++;
-      req.logFields.cluster = "hit";
-      req.state.cache.put(cacheScope(req.client.registry), req.name, m);
-      return { kind: "manifest", manifest: m };
+      want.logFields.cluster = "hit";
+      return fromStored(m);
     };
     const hit = await fromStore(left());
     if (hit !== null) return hit;
@@ -159,17 +159,17 @@ export class SharedManifests {
       if (lock === "OK") {
         // Another replica may have written it and let go between our read and our lock.
         const late = await fromStore(left());
-        if (late === null) return await this.lead(req, id, lockKey, local);
+        if (late === null) return await this.lead(want, id, lockKey, local, manifestOf);
         void this.store.script(RELEASE, [lockKey], [this.replicaId]);
         return late;
       }
       if (lock === undefined) {
-        req.logFields.cluster = "down";
+        want.logFields.cluster = "down";
         return await local();
       }
       // Another replica is fetching it: wait for its word, the lock to go, or WAIT_MS.
       this.stats.waited++;
-      req.logFields.cluster = "waited";
+      want.logFields.cluster = "waited";
       const end = performance.now() + WAIT_MS;
       while (!woken && !signal.aborted && this.store.up && performance.now() < end) {
         await Promise.race([woke, Bun.sleep(Math.min(POLL_MS, Math.max(1, end - performance.now())))]);
@@ -184,19 +184,20 @@ export class SharedManifests {
     }
   }
 
-  private async lead(req: ManifestGet, id: string, lockKey: string, local: () => Promise<Fetched>): Promise<Fetched> {
+  private async lead<R>(want: SharedManifestWant, id: string, lockKey: string, local: () => Promise<R>, manifestOf: (r: R) => CachedManifest | null): Promise<R> {
     this.stats.led++;
-    req.logFields.cluster = "led";
-    let got: Fetched | null = null;
+    want.logFields.cluster = "led";
+    let got: CachedManifest | null = null;
     try {
-      got = await local();
-      return got;
+      const r = await local();
+      got = manifestOf(r);
+      return r;
     } finally {
       // Done (or failed): written, then the lock goes and the waiters read the store or fetch on
       // their own. The client that led is answered at once, not after the store.
       const done = got;
       void (async () => {
-        if (done?.kind === "manifest") await this.write(id, done.manifest, this.store.config.manifestTtlMs);
+        if (done !== null) await this.write(id, done, this.store.config.manifestTtlMs);
         await this.store.script(RELEASE, [lockKey], [this.replicaId]);
         this.store.publish(`m ${id}`);
       })();

@@ -4,7 +4,8 @@
  * replica saw it. Written when a replica sees a new figure (at most once a second per registry),
  * read with the heartbeat; the newest (by when it was seen) wins.
  */
-import type { QuotaTracker, RateLimit } from "../mirror/upstream-quota.ts";
+import type { QuotaTracker } from "../mirror/upstream-quota.ts";
+import type { RateLimit } from "../status/quota.ts";
 import type { Store } from "./store.ts";
 
 const WRITE_EVERY_MS = 1000;

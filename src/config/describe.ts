@@ -1,7 +1,7 @@
 /** What `crm -t` prints: the effective configuration, secrets left out. */
-import type { Config } from "../config.ts";
+import type { Config } from "./types.ts";
 import { formatDuration } from "./duration.ts";
-import { formatHostPort } from "../router.ts";
+import { formatHostPort } from "../net/host-port.ts";
 import { listenerIsTls } from "./listen.ts";
 import { describeTls } from "../tls/describe.ts";
 import { describeCluster } from "../cluster/config.ts";

@@ -4,7 +4,7 @@
  * `{ address, tls?, proxy_protocol? }` so one crm can serve a TLS port next to a plain one
  * (ACME http-01 and the redirect to https need a plain :80 beside :443).
  */
-import type { Checker } from "../config.ts";
+import type { Checker } from "./checker.ts";
 
 export interface ListenAddress {
   hostname: string;

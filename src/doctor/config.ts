@@ -8,7 +8,7 @@
  *       docker.io: library/busybox:latest
  *       registry.example.com: team/base:1
  */
-import type { Checker } from "../config.ts";
+import type { Checker } from "../config/checker.ts";
 import { CHECK_IMAGES } from "../client-config/image-ref.ts";
 
 export interface DoctorConfig {

@@ -4,11 +4,13 @@
  * a CONNECT pull needs, and what state the TLS certificate and the upstream quotas are in.
  * Exit 0 when every check passes, 1 otherwise.
  */
-import { findConfigFile, loadConfigFile, type Config } from "../config.ts";
+import { findConfigFile, loadConfigFile } from "../config/load.ts";
+import type { Config } from "../config/types.ts";
 import { createRuntime } from "../context.ts";
 import { ConfigError, ConfigErrors } from "../errors.ts";
 import type { Resolver } from "../net/resolver.ts";
-import { staticCertificateState, type CertificateState } from "../status/sources.ts";
+import type { CertificateState } from "../status/sources.ts";
+import { staticCertificateState } from "../tls/certificate-state.ts";
 import { checkListen } from "./listen.ts";
 import { checkCluster } from "../cluster/doctor.ts";
 import { checkRegistry } from "./registry.ts";

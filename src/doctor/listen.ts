@@ -4,7 +4,8 @@
  */
 import { existsSync, statSync, accessSync, constants } from "node:fs";
 import { dirname } from "node:path";
-import type { Config, ListenAddress } from "../config.ts";
+import type { Config } from "../config/types.ts";
+import type { ListenAddress } from "../config/listen.ts";
 import type { Report } from "./report.ts";
 
 async function crmAnswers(a: ListenAddress, tls: boolean): Promise<boolean> {

@@ -7,15 +7,17 @@
 import { isIP } from "node:net";
 import type { Runtime } from "../context.ts";
 import { DialError } from "../errors.ts";
-import { upstreamResponse } from "../upstream/as-response.ts";
+import { upstreamResponse } from "../mirror/upstream-response.ts";
 import { findChallenge } from "../mirror/auth/challenge.ts";
 import { MirrorError } from "../mirror/errors.ts";
 import { readSmallBody } from "../mirror/small-body.ts";
 import { TokenCache } from "../mirror/auth/token-cache.ts";
 import { fetchToken } from "../mirror/auth/token-fetch.ts";
 import { RegistryClient } from "../mirror/upstream.ts";
-import type { RegistryConfig } from "../registries.ts";
-import { describeQuota, parseRateLimit } from "../mirror/upstream-quota.ts";
+import type { RegistryConfig } from "../config/registries.ts";
+import { parseRateLimit } from "../mirror/upstream-quota.ts";
+import { describeQuota } from "../status/quota.ts";
+import { isDigest } from "../mirror/routes.ts";
 import type { Report } from "./report.ts";
 import { probeTls } from "./tls-probe.ts";
 
@@ -180,7 +182,21 @@ export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: str
       if (quota.remaining === 0) report.fail(`${n}: quota`, `${left}: pulls are refused with 429 until the window turns`, `wait, or give ${key} a username and password_file (a higher limit)`);
       else report.pass(`${n}: quota`, left);
     } else report.pass(`${n}: quota`, "the upstream reports no pull quota");
-    const d = r.response.headers.get("docker-content-digest") ?? r.firstDigest;
+    const named = r.response.headers.get("docker-content-digest") ?? r.firstDigest;
+    // The upstream's word: used in a request path and printed, so it must be a digest.
+    if (named !== null && !isDigest(named)) {
+      report.fail(`${n}: manifest`, `HEAD ${ref.repo}:${ref.ref} named a Docker-Content-Digest that is not a valid digest`, "the upstream is broken or hostile: check it");
+      report.skip(`${n}: blob redirect`, "manifest failed");
+      return hosts;
+    }
+    const d = named;
+    if (r.response.status === 404) {
+      // The upstream does not hold the probe image (a private or partial registry under a
+      // built-in name): routing, TLS and tokens worked to get this answer, so pulls can work.
+      report.warn(`${n}: manifest`, `HEAD ${ref.repo}:${ref.ref} answered 404: ${n} does not hold this image, but it answered through routing, TLS and tokens`, `set doctor.images.${n} to an image ${n} holds, to check manifests and blobs too`);
+      report.skip(`${n}: blob redirect`, `no image to check with (doctor.images.${n})`);
+      return hosts;
+    }
     if (r.response.status !== 200 || d === null) {
       report.fail(`${n}: manifest`, `HEAD ${ref.repo}:${ref.ref} answered ${r.response.status}${d === null && r.response.status === 200 ? " without Docker-Content-Digest" : ""}`, `set doctor.images.${n} to a public image that exists`);
       report.skip(`${n}: blob redirect`, "manifest failed");
@@ -242,9 +258,18 @@ async function firstBlob(client: RegistryClient, repo: string, digest: string, s
     const items = list as Array<{ digest?: string; platform?: { os?: string; architecture?: string } }>;
     const pick = items.find((m) => m.platform?.os === "linux" && m.platform.architecture === "amd64") ?? items[0];
     if (!pick?.digest) throw new Error("the index names no manifest");
-    doc = await get(pick.digest);
+    doc = await get(checkedDigest(pick.digest, "the index"));
   }
   const config = (doc.config as { digest?: string } | undefined)?.digest ?? (doc.layers as Array<{ digest?: string }> | undefined)?.[0]?.digest;
   if (!config) throw new Error("the manifest names no blob");
-  return config;
+  return checkedDigest(config, "the manifest");
+}
+
+/**
+ * A digest read from a manifest body goes into a request path and onto the screen: anything but
+ * the digest grammar (a terminal escape, a path) is refused, and not repeated in the message.
+ */
+function checkedDigest(value: unknown, where: string): string {
+  if (typeof value !== "string" || !isDigest(value)) throw new Error(`${where} names a blob by something that is not a valid digest`);
+  return value;
 }

@@ -1,9 +1,10 @@
 /**
  * The doctor's answer: one row per check (what was checked, what came out, what to do), printed
  * as a table for people or as JSON for scripts. A check that could not run because an earlier one
- * failed is "skip", and says which.
+ * failed is "skip", and says which. "warn" is something to look at that does not break pulls (a
+ * probe image the upstream does not hold): the run still succeeds. Only "fail" makes it fail.
  */
-export type Result = "pass" | "fail" | "skip";
+export type Result = "pass" | "warn" | "fail" | "skip";
 
 export interface CheckRow {
   check: string;
@@ -20,6 +21,10 @@ export class Report {
     this.rows.push({ check, result: "pass", detail, fix: "" });
   }
 
+  warn(check: string, detail: string, fix: string): void {
+    this.rows.push({ check, result: "warn", detail, fix });
+  }
+
   fail(check: string, detail: string, fix: string): void {
     this.rows.push({ check, result: "fail", detail, fix });
   }
@@ -28,12 +33,26 @@ export class Report {
     this.rows.push({ check, result: "skip", detail, fix: "" });
   }
 
+  /** No check failed (a skipped check follows a failure, or a warning, or a missing probe image). */
   get ok(): boolean {
-    return this.rows.every((r) => r.result === "pass");
+    return rowsOk(this.rows);
   }
 }
 
-const LABEL: Record<Result, string> = { pass: "ok", fail: "FAIL", skip: "skip" };
+function rowsOk(rows: readonly CheckRow[]): boolean {
+  return rows.every((r) => r.result !== "fail");
+}
+
+const LABEL: Record<Result, string> = { pass: "ok", warn: "WARN", fail: "FAIL", skip: "skip" };
+
+/**
+ * Details carry upstream-controlled text (error messages, header values): a terminal escape in a
+ * cell could rewrite the screen or the title. Line breaks and tabs become spaces, every other
+ * control character (C0, DEL, C1) is dropped.
+ */
+export function printable(s: string): string {
+  return s.replace(/[\t\n\r]/g, " ").replace(/[\u0000-\u001f\u007f-\u009f]/g, "");
+}
 
 /** Fixed-width columns; a long detail or fix wraps onto lines of its own under its column. */
 export function renderTable(rows: readonly CheckRow[], width = 120): string {
@@ -55,17 +74,18 @@ export function renderTable(rows: readonly CheckRow[], width = 120): string {
   };
   const lines = [`${"CHECK".padEnd(checkW)}  ${"RESULT".padEnd(resultW)}  FIX`, `${"-".repeat(checkW)}  ${"-".repeat(resultW)}  ${"-".repeat(3)}`];
   for (const r of rows) {
-    const left = wrap(r.check, checkW);
-    const mid = wrap(`${LABEL[r.result]}: ${r.detail}`, resultW);
-    const right = r.fix === "" ? [""] : wrap(r.fix, fixW);
+    const left = wrap(printable(r.check), checkW);
+    const mid = wrap(printable(`${LABEL[r.result]}: ${r.detail}`), resultW);
+    const right = r.fix === "" ? [""] : wrap(printable(r.fix), fixW);
     const n = Math.max(left.length, mid.length, right.length);
     for (let i = 0; i < n; i++) lines.push(`${(left[i] ?? "").padEnd(checkW)}  ${(mid[i] ?? "").padEnd(resultW)}  ${right[i] ?? ""}`.trimEnd());
   }
-  const failed = rows.filter((r) => r.result !== "pass").length;
-  lines.push("", failed === 0 ? `all ${rows.length} checks passed` : `${failed} of ${rows.length} checks did not pass`);
+  const failed = rows.filter((r) => r.result === "fail").length;
+  const other = rows.filter((r) => r.result === "warn" || r.result === "skip").length;
+  lines.push("", failed > 0 ? `${failed + other} of ${rows.length} checks did not pass (${failed} failed)` : other > 0 ? `no check failed; ${other} of ${rows.length} warned or were skipped` : `all ${rows.length} checks passed`);
   return lines.join("\n") + "\n";
 }
 
 export function renderJson(rows: readonly CheckRow[]): string {
-  return JSON.stringify({ ok: rows.every((r) => r.result === "pass"), checks: rows }, null, 2) + "\n";
+  return JSON.stringify({ ok: rowsOk(rows), checks: rows }, null, 2) + "\n";
 }

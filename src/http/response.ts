@@ -5,8 +5,7 @@
  * would read it as the next response), and a short body never looks complete.
  */
 import type { Outbox } from "../net/outbox.ts";
-import type { UpstreamBody } from "../upstream/body.ts";
-import { relayedBody } from "../upstream/relayed.ts";
+import { relayedBody, type RelaySource } from "./relayed.ts";
 import { STATUS_TEXT } from "./status.ts";
 
 export interface WriteOptions {
@@ -143,7 +142,7 @@ export async function writeResponse(out: Outbox, res: Response, opts: WriteOptio
 async function relay(
   out: Outbox,
   head: string,
-  body: UpstreamBody,
+  body: RelaySource,
   framing: "none" | "length" | "chunked" | "close",
   length: number | null,
   passChunks: boolean,

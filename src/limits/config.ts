@@ -4,7 +4,7 @@
  * Every one is off unless set, so a private instance pays nothing for them.
  */
 import { parseCidr } from "../access/cidr.ts";
-import { parseSize } from "../config.ts";
+import { parseSize, type Checker } from "../config/checker.ts";
 
 export interface FairShareLimits {
   /** Requests a client may start per second, on average; null: no rate limit. */
@@ -21,11 +21,6 @@ export interface FairShareLimits {
 
 export const FAIR_SHARE_KEYS = ["requests_per_second", "burst", "client_bandwidth", "total_bandwidth", "exempt_clients"] as const;
 
-export interface FairShareChecks {
-  fail(path: string, value: unknown, rule: string): void;
-  stringList(path: string, value: unknown): string[] | null;
-}
-
 /** "20MiB/s", "100Mbit/s"-free: sizes per second in the max_body size syntax, "/s" optional. */
 export function parseRate(value: unknown): number | string {
   const text = typeof value === "string" ? value.trim().replace(/\s*\/\s*s(ec)?$/i, "") : value;
@@ -34,7 +29,7 @@ export function parseRate(value: unknown): number | string {
   return n;
 }
 
-export function buildFairShare(c: FairShareChecks, l: Record<string, unknown>): FairShareLimits {
+export function buildFairShare(c: Checker, l: Record<string, unknown>): FairShareLimits {
   let requestsPerSecond: number | null = null;
   if (l.requests_per_second !== undefined && l.requests_per_second !== null) {
     const v = l.requests_per_second;

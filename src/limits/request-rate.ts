@@ -7,11 +7,16 @@
 import { CidrList } from "../access/cidr.ts";
 import { clientKey } from "../access/client-address.ts";
 import type { FairShareLimits } from "./config.ts";
-import type { SharedRate } from "../cluster/rate.ts";
 
 interface Bucket {
   tokens: number;
   at: number;
+}
+
+/** The rate counted once for every replica (cluster/rate.ts implements it). */
+export interface SharedRateCounter {
+  /** null: allowed; a number: seconds to wait; undefined: the store did not decide. */
+  take(clientKey: string, rate: number, burst: number): Promise<number | null | undefined>;
 }
 
 /** Buckets kept before idle (full) ones are dropped; bounds memory under a spray of addresses. */
@@ -23,7 +28,7 @@ export class RequestRate {
   private burst = 1;
   private exempt: CidrList | null = null;
   /** Set by the cluster (cluster/rate.ts): the rate is counted once for every replica. */
-  shared: SharedRate | null = null;
+  shared: SharedRateCounter | null = null;
 
   constructor(limits: FairShareLimits) {
     this.configure(limits);

@@ -4,13 +4,12 @@
  * each request is answered from its registry's upstream, authenticated and redirected
  * server-side (upstream.ts), and streamed back (response.ts).
  */
-import type { Exchange } from "../connection.ts";
+import type { Exchange, LocalHandler, LocalRoute } from "../proxy/exchange.ts";
 import type { Runtime } from "../context.ts";
-import { DialError } from "../errors.ts";
+import { DialError, HttpError } from "../errors.ts";
 import { headerValue } from "../http/head.ts";
-import type { LocalHandler } from "../local.ts";
 import { dialFailure } from "./dial-failure.ts";
-import { API_VERSION_HEADER, errorResponse, jsonResponse, MirrorError } from "./errors.ts";
+import { API_VERSION_HEADER, codeForStatus, errorResponse, jsonResponse, MirrorError } from "./errors.ts";
 import { ManifestService } from "./manifests/service.ts";
 import { meteredFetch } from "./metered.ts";
 import { clientResponse } from "./response.ts";
@@ -18,8 +17,8 @@ import { parseMirrorTarget, pullScope, upstreamPath, type PullRoute } from "./ro
 import { mirrorState, type MirrorState } from "./state.ts";
 import { enforceRules, rulesFor, type RuleSet } from "./rules.ts";
 import { TokenCache } from "./auth/token-cache.ts";
-import { isRequestsPath, requestsAnswer } from "../status/requests-endpoint.ts";
 import { RegistryClient } from "./upstream.ts";
+import { confineMirrorAnswer, resourceOf } from "./content-safety.ts";
 
 export const REQUEST_ID_HEADER = "x-crm-request-id";
 
@@ -27,25 +26,25 @@ export const REQUEST_ID_HEADER = "x-crm-request-id";
 const FORWARDED = ["accept", "accept-encoding", "range", "if-range", "if-none-match", "if-modified-since", "user-agent"];
 
 export function createMirrorHandler(rt: Runtime): LocalHandler {
-  const tokens = new TokenCache(Date.now, 4096, rt.cluster?.tokens ?? null);
-  const clients = new Map<string, RegistryClient>();
-  for (const reg of rt.config.mirror.registries.values()) clients.set(reg.name, new RegistryClient(rt, reg, tokens));
   // Kept across reloads (state.ts); the manifest service only holds requests in flight.
   const state = mirrorState(rt);
+  const tokens = new TokenCache(Date.now, 4096, state.shared?.tokens ?? null);
+  const clients = new Map<string, RegistryClient>();
+  for (const reg of rt.config.mirror.registries.values()) clients.set(reg.name, new RegistryClient(rt, reg, tokens));
   const mirror: Mirror = { clients, state, manifests: new ManifestService(rt, state), rules: rulesFor(rt.config.mirror) };
-  return async (ex) => {
-    let res: Response;
-    const target = ex.route.kind === "local" ? ex.route.path : ex.head.target;
-    try {
-      res = isRequestsPath(target) ? requestsAnswer(ex, rt, target) : await handle(ex, rt, mirror);
-    } catch (e) {
-      res = failure(e, ex, rt);
-    }
-    if (!res.headers.has(API_VERSION_HEADER[0])) res.headers.set(API_VERSION_HEADER[0], API_VERSION_HEADER[1]);
-    // Marks every mirror answer as crm's: a runtime that silently used the upstream has none.
-    res.headers.set(REQUEST_ID_HEADER, ex.id);
-    return res;
-  };
+  return async (ex) => markMirrorAnswer(await handle(ex, rt, mirror), ex);
+}
+
+/**
+ * Every mirror answer, errors included, carries the API version and crm's request id, and the
+ * upstream's bytes on crm's origin are never rendered (content-safety.ts).
+ */
+export function markMirrorAnswer(res: Response, ex: Exchange<LocalRoute>): Response {
+  if (!res.headers.has(API_VERSION_HEADER[0])) res.headers.set(API_VERSION_HEADER[0], API_VERSION_HEADER[1]);
+  // Marks every mirror answer as crm's: a runtime that silently used the upstream has none.
+  res.headers.set(REQUEST_ID_HEADER, ex.id);
+  confineMirrorAnswer(res.headers, resourceOf(ex.route.path), res.status);
+  return res;
 }
 
 interface Mirror {
@@ -55,13 +54,13 @@ interface Mirror {
   rules: ReadonlyMap<string, RuleSet>;
 }
 
-async function handle(ex: Exchange, rt: Runtime, { clients, state, manifests, rules }: Mirror): Promise<Response> {
+async function handle(ex: Exchange<LocalRoute>, rt: Runtime, { clients, state, manifests, rules }: Mirror): Promise<Response> {
   const method = ex.head.method;
   if (method !== "GET" && method !== "HEAD") {
     throw new MirrorError(405, "UNSUPPORTED", `${method.slice(0, 20)} is not supported: crm mirrors pulls only`, { headers: { allow: "GET, HEAD" } });
   }
   // local.ts hands over the path with mirror.path_prefix already removed.
-  const route = parseMirrorTarget(ex.route.kind === "local" ? ex.route.path : ex.head.target, rt.config.mirror);
+  const route = parseMirrorTarget(ex.route.path, rt.config.mirror);
   // The version check every client starts with; crm needs no credentials from its clients.
   if (route.kind === "base") return jsonResponse(200, "{}");
 
@@ -91,19 +90,30 @@ async function handle(ex: Exchange, rt: Runtime, { clients, state, manifests, ru
 }
 
 function logRoute(ex: Exchange, route: PullRoute): void {
-  ex.logFields.registry = route.registry.name;
-  ex.logFields.repo = route.name;
-  ex.logFields.ref = route.reference ?? "tags/list";
+  ex.pull = { registry: route.registry.name, repo: route.name, ref: route.reference ?? "tags/list" };
 }
 
-function failure(e: unknown, ex: Exchange, rt: Runtime): Response {
+function isAbort(e: unknown): boolean {
+  return e instanceof Error && (e.name === "AbortError" || e.name === "TimeoutError");
+}
+
+/**
+ * A failure inside the mirror as registry clients parse it (OCI error JSON); proxy/error-answer.ts,
+ * the one place errors become answers, calls it for mirror exchanges.
+ */
+export function mirrorFailure(e: unknown, ex: Exchange<LocalRoute>, rt: Runtime): Response {
   let err: MirrorError;
   if (e instanceof MirrorError) err = e;
   else if (e instanceof DialError) err = dialFailure(e, "upstream");
-  else {
+  else if (e instanceof HttpError) err = new MirrorError(e.status, codeForStatus(e.status, "manifests"), e.message, { headers: e.headers, cause: e });
+  else if (isAbort(e) || ex.signal.aborted) {
+    // A cancelled upstream request (the client left, or a deadline) is never an internal error.
+    rt.log.debug("mirror request cancelled", { client: ex.client, reason: e instanceof Error ? e.message : String(e) });
+    err = new MirrorError(503, "UNAVAILABLE", "the upstream request was cancelled");
+  } else {
     rt.log.error("mirror handler failed", { client: ex.client, error: e instanceof Error ? e.message : String(e) });
     err = new MirrorError(500, "UNKNOWN", "internal error");
   }
   ex.logFields.error = err.message;
-  return errorResponse(err);
+  return markMirrorAnswer(errorResponse(err), ex);
 }

@@ -55,7 +55,11 @@ export async function clientResponse(route: PullRoute, method: "GET" | "HEAD", r
     throw new MirrorError(502, "UNAVAILABLE", `upstream ${route.registry.name} answered ${up.status} without a Location`);
   }
   if (up.status >= 400) {
-    if (method === "HEAD") return new Response(null, { status: up.status, headers });
+    if (method === "HEAD") {
+      // The type a GET gets (errorPassThrough always answers OCI error JSON), not the upstream's.
+      headers.set("content-type", "application/json");
+      return new Response(null, { status: up.status, headers });
+    }
     return errorPassThrough(route, up, headers, bodyTimeoutMs);
   }
   const noBody = method === "HEAD" || up.status === 304 || up.status === 204;

@@ -13,8 +13,8 @@
  * Docker's reference parser uses) but is not configured is refused with NAME_UNKNOWN instead of
  * being looked up as a repository of the default registry, so the operator sees what is missing.
  */
-import type { MirrorConfig } from "../config.ts";
-import type { RegistryConfig } from "../registries.ts";
+import type { MirrorConfig } from "../config/types.ts";
+import type { RegistryConfig } from "../config/registries.ts";
 import { MirrorError } from "./errors.ts";
 
 export type Resource = "manifests" | "blobs" | "tags" | "referrers";

@@ -5,7 +5,7 @@
  * number of segments. Deny wins; a non-empty allow list admits only what it names. A refusal is
  * OCI `DENIED` naming the rule, so `docker pull` and skopeo print why.
  */
-import type { MirrorConfig } from "../config.ts";
+import type { Checker } from "../config/checker.ts";
 import { MirrorError } from "./errors.ts";
 
 export interface ImageRules {
@@ -18,15 +18,8 @@ export const RULE_KEYS = ["allow", "deny", "deny_message"] as const;
 
 const PATTERN = /^[a-z0-9._\-/*]+$/;
 
-export interface RuleChecks {
-  fail(path: string, value: unknown, rule: string): void;
-  object(path: string, value: unknown, known: readonly string[]): Record<string, unknown> | null;
-  stringList(path: string, value: unknown): string[] | null;
-  string(path: string, value: unknown): string | null;
-}
-
 /** Parses a `rules` mapping at `path`; null when absent. */
-export function buildRules(c: RuleChecks, path: string, raw: unknown): ImageRules | null {
+export function buildRules(c: Checker, path: string, raw: unknown): ImageRules | null {
   const o = c.object(path, raw, RULE_KEYS);
   if (o === null) return null;
   const list = (key: "allow" | "deny"): string[] => {
@@ -105,7 +98,10 @@ export function enforceRules(rules: RuleSet | null, registry: string, name: stri
 }
 
 /** The rule set each registry answers to: its own rules, else mirror.rules; none when neither is set. */
-export function rulesFor(mirror: MirrorConfig): ReadonlyMap<string, RuleSet> {
+export function rulesFor(mirror: {
+  rules: ImageRules | null;
+  registries: ReadonlyMap<string, { name: string; rules?: ImageRules | null }>;
+}): ReadonlyMap<string, RuleSet> {
   const out = new Map<string, RuleSet>();
   const global = mirror.rules === null ? null : new RuleSet(mirror.rules, "mirror.rules");
   for (const reg of mirror.registries.values()) {

@@ -5,19 +5,9 @@
  * and an upstream 429 turned into a TOOMANYREQUESTS that tells the operator the fix.
  */
 import type { Logger } from "../log.ts";
-import type { RegistryConfig } from "../registries.ts";
+import type { RegistryConfig } from "../config/registries.ts";
+import type { QuotaView, RateLimit } from "../status/quota.ts";
 import { MirrorError } from "./errors.ts";
-
-export interface RateLimit {
-  limit: number;
-  remaining: number;
-  /** The `w=` window in seconds, when given. */
-  windowS: number | null;
-  /** `docker-ratelimit-source`: the address (or account) the upstream counts against. */
-  source: string | null;
-  /** When crm saw it (ms since the epoch). */
-  at: number;
-}
 
 /** Under this share of the limit, one warning line is logged. */
 const LOW_SHARE = 0.1;
@@ -46,17 +36,6 @@ export function parseRateLimit(headers: Headers, now = Date.now()): RateLimit | 
     source: source !== null && source.length <= MAX_FIELD ? source : null,
     at: now,
   };
-}
-
-export interface QuotaView extends RateLimit {
-  registry: string;
-}
-
-/** "76 of 100 per 6 h": how the status page and crm doctor say a quota. */
-export function describeQuota(q: RateLimit): string {
-  const w = q.windowS;
-  const window = w === null ? "" : ` per ${w >= 3600 ? `${+(w / 3600).toFixed(1)} h` : `${w} s`}`;
-  return `${q.remaining} of ${q.limit}${window}`;
 }
 
 /** Per registry: the latest figures, 429s, and the manifest GETs that cost quota. */

@@ -8,9 +8,9 @@
 import { createHash } from "node:crypto";
 import type { Runtime } from "../context.ts";
 import { DialError } from "../errors.ts";
-import { upstreamResponse } from "../upstream/as-response.ts";
+import { upstreamResponse } from "./upstream-response.ts";
 import { redactUrl } from "../log.ts";
-import type { RegistryConfig } from "../registries.ts";
+import type { RegistryConfig } from "../config/registries.ts";
 import { findChallenge, type Challenge } from "./auth/challenge.ts";
 import { dialFailure } from "./dial-failure.ts";
 import { MirrorError } from "./errors.ts";

@@ -5,7 +5,7 @@
 import type { Socket, SocketHandler } from "bun";
 import { classifyNetworkError, DialError, PrivateAddressError } from "../errors.ts";
 import type { Resolver } from "./resolver.ts";
-import { formatHostPort } from "../router.ts";
+import { formatHostPort } from "./host-port.ts";
 
 /**
  * Looks `host` up for `target`: a refusal by the SSRF guard becomes DialError "private", any

@@ -15,15 +15,23 @@ const MAX_REGISTRIES = 64;
 /** Requests and tunnels that are not mirror pulls are counted under this name. */
 export const PROXY_GROUP = "proxy";
 
+/** What the mirror says about a pull: the status record keeps these as fields of their own. */
+export interface PullFields {
+  registry: string;
+  repo: string;
+  /** Tag, digest, or "tags/list". */
+  ref: string;
+}
+
 export interface ActiveInput {
   id: string;
   client: string;
   method: string;
   /** Read when shown, so a request nobody looks at never pays for redacting its target. */
   target: () => string;
-  /** Read when shown: the kind and the mirror's fields (registry, repo, ref) are known only later. */
+  /** Read when shown: the kind and the mirror's pull fields are known only later. */
   kind: () => string;
-  fields: () => Readonly<Record<string, string | number>>;
+  pull: () => PullFields | null;
   bytes: () => number;
 }
 
@@ -136,9 +144,8 @@ export class ActivityBoard {
     const t = this.now();
     return [...this.inFlight].map((a) => {
         const { input } = a;
-        const f = input.fields();
-        const str = (k: string): string | null => (f[k] === undefined ? null : String(f[k]));
-        return { id: input.id, client: input.client, kind: input.kind(), method: input.method, target: input.target(), registry: str("registry"), repo: str("repo"), ref: str("ref"), bytes: a.sampled, rate: Math.round(a.rate), ms: t - a.started };
+        const p = input.pull();
+        return { id: input.id, client: input.client, kind: input.kind(), method: input.method, target: input.target(), registry: p?.registry ?? null, repo: p?.repo ?? null, ref: p?.ref ?? null, bytes: a.sampled, rate: Math.round(a.rate), ms: t - a.started };
       });
   }
 
@@ -189,8 +196,8 @@ export class ActivityBoard {
 
 /** Mirror pulls count under their registry, proxy traffic together, crm's own pages not at all. */
 function groupOf(a: ActiveInput): string | null {
-  const registry = a.fields().registry;
-  if (registry !== undefined) return String(registry);
+  const pull = a.pull();
+  if (pull !== null) return pull.registry;
   const kind = a.kind();
   return kind === "connect" || kind === "forward" || kind === "mitm" ? PROXY_GROUP : null;
 }

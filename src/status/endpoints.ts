@@ -1,12 +1,10 @@
 /**
- * `/` (the live page), `/status.json` (its data) and `/status.js` (its script). Access is the
- * index page's: with access.users set they ask for a user's credentials, also when
+ * `/` (the live page), `/status.json` (its data) and `/status.js` (its script). Readable from
+ * `status.clients` (loopback by default); then access is the index page's: with access.users set they ask for a user's credentials, also when
  * access.mirror_auth is false (a browser can send them; Docker's registry-mirrors cannot).
  */
-import type { Exchange } from "../connection.ts";
+import type { Exchange } from "../proxy/exchange.ts";
 import type { Runtime } from "../context.ts";
-import { HttpError } from "../errors.ts";
-import { headerValue } from "../http/head.ts";
 import { textResponse } from "../http/response.ts";
 import { PAGE_CSP, renderStatusPage } from "./page.ts";
 import { STATUS_SCRIPT } from "./script.ts";
@@ -26,12 +24,6 @@ function answer(body: string, type: string, extra: Record<string, string> = {}):
 
 export async function statusEndpoint(ex: Exchange, rt: Runtime, path: string): Promise<Response> {
   if (ex.head.method !== "GET" && ex.head.method !== "HEAD") return textResponse(405, "method not allowed", { allow: "GET, HEAD" });
-  try {
-    await rt.access.authenticate("page", headerValue(ex.head.headers, "authorization"), ex.client);
-  } catch (e) {
-    if (!(e instanceof HttpError)) throw e;
-    return textResponse(e.status, `crm: ${e.message}`, e.headers);
-  }
   if (path === "/status.json") return answer(JSON.stringify(buildSnapshot(rt)), "application/json");
   if (path === "/status.js") return answer(STATUS_SCRIPT, "text/javascript; charset=utf-8");
   return answer(renderStatusPage(rt), "text/html; charset=utf-8", { "content-security-policy": PAGE_CSP, "referrer-policy": "no-referrer" });

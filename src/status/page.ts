@@ -6,7 +6,7 @@
  */
 import type { Runtime } from "../context.ts";
 import { renderIndex } from "./setup.ts";
-import { describeQuota } from "../mirror/upstream-quota.ts";
+import { describeQuota } from "./quota.ts";
 import { buildSnapshot, RECENT, type StatusSnapshot } from "./snapshot.ts";
 
 const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);

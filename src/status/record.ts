@@ -2,13 +2,12 @@
  * Where requests and tunnels enter and leave the status record: `trackExchange` when a request's
  * handler starts (the activity board shows it in flight), `recordExchange` when its answer is
  * written (the journal keeps it, the board counts it), and the same pair for CONNECT tunnels.
- * The mirror's log fields (registry, repo, ref) become fields of their own so `--check` can
- * match a pull; the rest stay notes.
+ * The mirror's pull (registry, repo, ref) is a typed field of the exchange and of the entry, so
+ * `--check` can match a pull; the log fields stay notes.
  */
-import type { Exchange } from "../connection.ts";
+import type { Exchange } from "../proxy/exchange.ts";
 import type { Runtime } from "../context.ts";
 import type { Active } from "./activity.ts";
-import type { JournalEntry } from "./journal.ts";
 
 /** `mountPrefix` (mirror.path_prefix) is itself a credential for Docker's mirrors: it is never kept. */
 function withoutPrefix(target: string, mountPrefix: string): string {
@@ -17,18 +16,13 @@ function withoutPrefix(target: string, mountPrefix: string): string {
 
 export function trackExchange(rt: Runtime, ex: Exchange, target: () => string, kind: () => string, bytes: () => number): void {
   const prefix = rt.config.mirror.pathPrefix;
-  ex.tracked = rt.activity.begin({ id: ex.id, client: ex.client, method: ex.head.method, target: () => withoutPrefix(target(), prefix), kind, fields: () => ex.logFields, bytes });
+  ex.tracked = rt.activity.begin({ id: ex.id, client: ex.client, method: ex.head.method, target: () => withoutPrefix(target(), prefix), kind, pull: () => ex.pull, bytes });
 }
 
 export function recordExchange(rt: Runtime, ex: Exchange, kind: string, target: string, status: number, bytesIn: number, bytesOut: number, ms: number, note: string | undefined): void {
   if (ex.tracked) rt.activity.end(ex.tracked, status, bytesIn + bytesOut);
   // crm's own endpoints (health checks, the status page polling itself) would push the pulls out.
   if (kind === "local") return;
-  const { registry, repo, ref, ...rest } = ex.logFields;
-  const named: Partial<Pick<JournalEntry, "registry" | "repo" | "ref">> = {};
-  if (registry !== undefined) named.registry = String(registry);
-  if (repo !== undefined) named.repo = String(repo);
-  if (ref !== undefined) named.ref = String(ref);
   rt.journal.record({
     id: ex.id,
     client: ex.client,
@@ -39,12 +33,10 @@ export function recordExchange(rt: Runtime, ex: Exchange, kind: string, target: 
     bytesIn,
     bytesOut,
     ms: Math.round(ms),
-    ...named,
-    notes: { ...rest, note },
+    ...ex.pull,
+    notes: { ...ex.logFields, note },
   });
 }
-
-const NO_FIELDS: Readonly<Record<string, string | number>> = Object.freeze({});
 
 export interface TunnelRecord {
   id: string;
@@ -56,7 +48,7 @@ export interface TunnelRecord {
 
 /** A tunnel is in flight from its dial to its close; `bytes` reads both directions. */
 export function trackTunnel(rt: Runtime, t: TunnelRecord, bytes: () => number): void {
-  t.tracked = rt.activity.begin({ id: t.id, client: t.client, method: "CONNECT", target: () => t.target, kind: () => "connect", fields: () => NO_FIELDS, bytes });
+  t.tracked = rt.activity.begin({ id: t.id, client: t.client, method: "CONNECT", target: () => t.target, kind: () => "connect", pull: () => null, bytes });
 }
 
 export function recordTunnel(rt: Runtime, t: TunnelRecord, status: number, bytesIn: number, bytesOut: number, ms: number, note?: string): void {

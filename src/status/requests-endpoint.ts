@@ -5,7 +5,7 @@
  * shows a client only its own requests. `_crm` can never be a repository name (OCI names start
  * with a letter or digit), so it cannot shadow an image.
  */
-import type { Exchange } from "../connection.ts";
+import type { Exchange } from "../proxy/exchange.ts";
 import type { Runtime } from "../context.ts";
 
 export const REQUESTS_PATH = "/v2/_crm/requests";

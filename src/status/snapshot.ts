@@ -11,9 +11,8 @@ import type { ActiveView, RegistryView } from "./activity.ts";
 import { BUCKET_MS } from "./activity.ts";
 import { hintFor } from "./hints.ts";
 import type { JournalEntry } from "./journal.ts";
-import type { QuotaView } from "../mirror/upstream-quota.ts";
-import type { CertificateState, ManifestCacheState } from "./sources.ts";
-import type { ClusterStatus } from "../cluster/index.ts";
+import type { QuotaView } from "./quota.ts";
+import type { CertificateState, ClusterStatus, ManifestCacheState } from "./sources.ts";
 
 export const RECENT = 100;
 const ERRORS = 20;

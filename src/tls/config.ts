@@ -4,7 +4,7 @@
  * listeners are TLS, and what ACME needs from them.
  */
 import { resolve } from "node:path";
-import type { Checker } from "../config.ts";
+import type { Checker } from "../config/checker.ts";
 import { ConfigError } from "../errors.ts";
 import { listenerIsTls, type ListenAddress } from "../config/listen.ts";
 

@@ -3,7 +3,7 @@
  * what state_dir holds now (names, expiry), so an operator sees before starting what will be
  * served and whether a new order is needed.
  */
-import type { Config } from "../config.ts";
+import type { Config } from "../config/types.ts";
 import { CertStore } from "./cert-store.ts";
 import { renewalTime } from "./renewal.ts";
 

@@ -3,7 +3,7 @@
  * (`tls.acme`, renewed by AcmeCertificates). The server asks it what to serve, routes http-01
  * challenges to it, and reads its status for /metrics and the index page.
  */
-import type { Config } from "../config.ts";
+import type { Config } from "../config/types.ts";
 import type { Runtime } from "../context.ts";
 import { describePem } from "./cert-store.ts";
 import { AcmeCertificates, type ServedCertificate } from "./renewal.ts";

@@ -6,6 +6,7 @@
  * one read whatever the upstream sends and however slowly the client reads.
  */
 import { DialError } from "../errors.ts";
+import type { RelaySource } from "../http/relayed.ts";
 import type { BodyFramer } from "./body-framer.ts";
 import type { UpstreamConn } from "./connect.ts";
 
@@ -14,7 +15,7 @@ const STREAM_AHEAD = 256 * 1024;
 
 type Sink = { raw: boolean; write(bytes: Uint8Array): boolean; end(): void; fail(e: Error): void };
 
-export class UpstreamBody {
+export class UpstreamBody implements RelaySource {
   private sink: Sink | null = null;
   private pending: Buffer[] = [];
   private pendingBytes = 0;

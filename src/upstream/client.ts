@@ -13,7 +13,7 @@ import type { HeaderList } from "../http/head.ts";
 import { connectionHas, wantsKeepAlive } from "../http/head.ts";
 import { responseFraming } from "../http/response-framing.ts";
 import type { Resolver } from "../net/resolver.ts";
-import { formatHostPort } from "../router.ts";
+import { formatHostPort } from "../net/host-port.ts";
 import { BodyFramer } from "./body-framer.ts";
 import { UpstreamBody } from "./body.ts";
 import { openConn, type TlsOptions, type UpstreamConn } from "./connect.ts";

@@ -1,8 +1,8 @@
 /** Starts a real crm on 127.0.0.1:0 for a test and reads its log lines. */
-import { buildConfig } from "../../src/config.ts";
+import { buildConfig } from "../../src/config/load.ts";
 import type { LogLevel } from "../../src/log.ts";
 import type { Resolver } from "../../src/net/resolver.ts";
-import { CrmServer } from "../../src/server.ts";
+import { CrmServer } from "../../src/proxy/server.ts";
 
 export interface TestCrm {
   server: CrmServer;

@@ -6,7 +6,14 @@
  * starting their own. With a cluster (cluster/tokens.ts) a key missing here is looked up in the
  * shared store before it is fetched, and a fetched token is shared.
  */
-import type { SharedTokens } from "../../cluster/tokens.ts";
+
+/** Tokens shared with other replicas (cluster/tokens.ts implements it). */
+export interface SharedTokenStore {
+  /** A token another replica fetched, with the ms it may still be used; null: fetch one. */
+  get(key: string): Promise<{ token: string; leftMs: number } | null>;
+  put(key: string, token: string, useForMs: number): void;
+  invalidate(key: string, token: string): void;
+}
 
 /** Token lifetime when the answer has no `expires_in` (distribution token-auth spec). */
 export const DEFAULT_EXPIRES_IN_S = 60;
@@ -45,7 +52,7 @@ export class TokenCache {
     private readonly now: () => number = Date.now,
     /** Keys are per repository; bound the map for a long-running mirror of many repositories. */
     private readonly maxEntries = 4096,
-    private readonly shared: SharedTokens | null = null,
+    private readonly shared: SharedTokenStore | null = null,
   ) {}
 
   get size(): number {
@@ -74,7 +81,7 @@ export class TokenCache {
   }
 
   /** Another replica's token when the store has one, else a fetch whose token is then shared. */
-  private async viaShared(key: string, shared: SharedTokens, fetchToken: () => Promise<IssuedToken>): Promise<string> {
+  private async viaShared(key: string, shared: SharedTokenStore, fetchToken: () => Promise<IssuedToken>): Promise<string> {
     const got = await shared.get(key);
     if (got !== null) {
       this.put(key, got.token, this.now() + got.leftMs);

@@ -10,7 +10,7 @@
  *    so a trusted host name cannot be used to reach any service on that host.
  */
 import { HostMatcher, normalizeHost, type HostPolicy } from "../../host-policy.ts";
-import type { RegistryConfig } from "../../registries.ts";
+import type { RegistryConfig } from "../../config/registries.ts";
 
 /** A refusal says why, and what the operator changes if the target is genuine (`fix`). */
 export type TargetCheck = { ok: true; host: string } | { ok: false; host: string; reason: string; fix: string };

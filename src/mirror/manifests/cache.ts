@@ -4,7 +4,7 @@
  * (fetch.ts), so a hit needs no upstream request at all. Bounded in bytes, LRU; a
  * manifest over the OCI size limit is never kept. Blobs are never cached anywhere.
  */
-import type { RegistryConfig } from "../../registries.ts";
+import type { RegistryConfig } from "../../config/registries.ts";
 import type { ManifestCacheConfig } from "./config.ts";
 
 /** OCI distribution: registries may refuse manifests over 4 MiB; crm streams those, never keeps them. */

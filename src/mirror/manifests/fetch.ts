@@ -15,6 +15,7 @@ import { SingleFlight } from "./single-flight.ts";
 import { readSmallBody } from "../small-body.ts";
 import type { MirrorState } from "../state.ts";
 import type { RegistryClient } from "../upstream.ts";
+import { quotaFields, type QuotaFields } from "../quota-headers.ts";
 
 /** Algorithms crm can check; a digest of any other is passed through, never cached. */
 const HASHES: Record<string, string> = { sha256: "sha256", sha512: "sha512" };
@@ -29,10 +30,13 @@ function digestOf(algorithm: string, bytes: Uint8Array): string {
 }
 
 export type Fetched =
-  /** Checked against its digest (and cached when it fits). */
-  | { kind: "manifest"; manifest: CachedManifest }
-  /** A small answer every waiter may send as is: an upstream error, or a manifest crm could not check. */
-  | { kind: "answer"; status: number; headers: Headers; body: Uint8Array }
+  /** Checked against its digest (and cached when it fits); `quota`: the GET's quota fields (quota-headers.ts). */
+  | { kind: "manifest"; manifest: CachedManifest; quota: QuotaFields }
+  /**
+   * A small answer every waiter may send as is: an upstream error, or a manifest crm could not
+   * check. `accept`: the Accept it was asked with (an error may depend on it, service.ts).
+   */
+  | { kind: "answer"; status: number; headers: Headers; body: Uint8Array; accept: string | null }
   /** Too big to hold: the first taker streams it; later ones (or all) get null and fetch on their own. */
   | { kind: "stream"; take(): Response | null };
 
@@ -61,8 +65,17 @@ export class ManifestFetcher {
   get(req: ManifestGet, signal: AbortSignal): Promise<{ value: Fetched; leader: boolean }> {
     const key = [req.client.registry.name, req.name, req.reference, req.expect === null ? (req.headers.get("accept") ?? "") : ""].join("\n");
     // With a cluster, a GET by digest is first shared with the other replicas (cluster/manifests.ts).
-    const cluster = req.rt.cluster;
-    if (cluster !== null && req.expect !== null) return this.flights.run(key, signal, (shared) => cluster.manifests.fetch(req, shared, () => fetchManifest(req, shared, this.budget)));
+    const cluster = req.state.shared?.manifests ?? null;
+    if (cluster !== null && req.expect !== null) {
+      const scope = cacheScope(req.client.registry);
+      const want = { scope, repository: req.name, digest: req.expect, logFields: req.logFields };
+      // Read from the store: kept in memory too; it caused no upstream exchange, so no quota fields.
+      const fromStore = (m: CachedManifest): Fetched => {
+        req.state.cache.put(scope, req.name, m);
+        return { kind: "manifest", manifest: m, quota: [] };
+      };
+      return this.flights.run(key, signal, (shared) => cluster.fetch<Fetched>(want, shared, () => fetchManifest(req, shared, this.budget), (r) => (r.kind === "manifest" ? r.manifest : null), fromStore));
+    }
     return this.flights.run(key, signal, (shared) => fetchManifest(req, shared, this.budget));
   }
 }
@@ -89,7 +102,7 @@ async function fetchManifest(req: ManifestGet, signal: AbortSignal, budget: Memo
   if (res.status !== 200 || encoded) {
     if (res.status >= 200 && res.status < 300) return streamOnce(res, upHeaders);
     const { bytes } = await readSmallBody(res, ERROR_BODY_LIMIT, timeoutMs);
-    return { kind: "answer", status: res.status, headers: upHeaders, body: bytes };
+    return { kind: "answer", status: res.status, headers: upHeaders, body: bytes, accept: req.headers.get("accept") };
   }
   const lengthText = res.headers.get("content-length");
   const declared = lengthText !== null && /^\d+$/.test(lengthText) ? Number(lengthText) : null;
@@ -116,7 +129,7 @@ async function fetchManifest(req: ManifestGet, signal: AbortSignal, budget: Memo
   const want = req.expect ?? named;
   if (want === null || !verifiable(want)) {
     // Nothing to check the bytes against: pass them on as received, keep nothing.
-    return { kind: "answer", status: 200, headers: upHeaders, body: bytes };
+    return { kind: "answer", status: 200, headers: upHeaders, body: bytes, accept: req.headers.get("accept") };
   }
   const got = digestOf(want.slice(0, want.indexOf(":")), bytes);
   if (got !== want) {
@@ -128,7 +141,7 @@ async function fetchManifest(req: ManifestGet, signal: AbortSignal, budget: Memo
   }
   const manifest: CachedManifest = { digest: want, body: bytes, mediaType: res.headers.get("content-type"), etag: res.headers.get("etag") };
   state.cache.put(cacheScope(client.registry), req.name, manifest);
-  return { kind: "manifest", manifest };
+  return { kind: "manifest", manifest, quota: quotaFields(res.headers) };
 }
 
 /** Hands the answer to the first taker; the others get null and send their own request. */

@@ -17,6 +17,7 @@ import { isDigest, pullScope, type PullRoute } from "../routes.ts";
 import { SingleFlight } from "./single-flight.ts";
 import type { MirrorState } from "../state.ts";
 import type { RegistryClient } from "../upstream.ts";
+import { quotaFields, setQuotaFields, type QuotaFields } from "../quota-headers.ts";
 
 export interface ManifestRequest {
   method: "GET" | "HEAD";
@@ -87,9 +88,11 @@ export class ManifestService {
     }
     if (!verifiable(digest)) return this.bypass(req, "unverifiable");
     req.logFields.digest = digest;
+    // The HEAD was an upstream exchange: its quota fields go with the answer, also from memory.
+    const headQuota = quotaFields(head.headers);
     const hit = this.state.cache.get(cacheScope(req.route.registry), req.route.name, digest);
-    if (hit) return this.fromCache(req, hit, "hit");
-    return this.fetched(req, digest, digest, true);
+    if (hit) return this.fromCache(req, hit, "hit", headQuota);
+    return this.fetched(req, digest, digest, true, headQuota);
   }
 
   /** HEAD by tag, once for all concurrent identical requests (same registry, repository, tag, Accept). */
@@ -119,7 +122,7 @@ export class ManifestService {
    * `tagFallback`: the digest came from a HEAD by tag. An upstream that names a digest it then
    * does not serve by digest (a redirecting front that routes tags only) gets the client's GET by tag.
    */
-  private async fetched(req: ManifestRequest, reference: string, expect: string | null, tagFallback = false): Promise<Response> {
+  private async fetched(req: ManifestRequest, reference: string, expect: string | null, tagFallback = false, headQuota: QuotaFields = []): Promise<Response> {
     const { route } = req;
     const headers = new Headers();
     for (const name of ["accept", "user-agent"]) {
@@ -129,11 +132,16 @@ export class ManifestService {
     const get = { rt: this.rt, state: this.state, client: req.client, name: route.name, reference, expect, headers, scope: pullScope(route), logFields: req.logFields };
     const { value, leader } = await this.fetcher.get(get, req.signal);
     if (tagFallback && value.kind === "answer" && value.status === 404) return this.bypass(req, "digest-unknown");
-    return this.answer(req, value, leader);
+    // By digest the flight is shared whatever the Accept, but an error may be the Accept's doing (a
+    // distribution registry answers 404 for an index the Accept does not name): a waiter that
+    // asked otherwise asks for itself.
+    if (!leader && value.kind === "answer" && value.status >= 400 && value.accept !== req.headers.get("accept")) return this.bypass(req, "accept-differs");
+    return this.answer(req, value, leader, headQuota);
   }
 
-  private async answer(req: ManifestRequest, got: Fetched, leader: boolean): Promise<Response> {
-    if (got.kind === "manifest") return this.fromCache(req, got.manifest, leader ? "miss" : "shared");
+  private async answer(req: ManifestRequest, got: Fetched, leader: boolean, headQuota: QuotaFields): Promise<Response> {
+    // The GET's own fields are the newest count; the tag's HEAD's when the GET sent none.
+    if (got.kind === "manifest") return this.fromCache(req, got.manifest, leader ? "miss" : "shared", got.quota.length > 0 ? got.quota : headQuota);
     if (got.kind === "answer") {
       req.logFields.cache = leader ? "uncached" : "shared";
       const body = req.method === "HEAD" ? null : memoryBody(got.body, this.budget);
@@ -152,10 +160,15 @@ export class ManifestService {
     return req.passThrough();
   }
 
-  /** The upstream's own fields for these bytes: Content-Type, Docker-Content-Digest, Content-Length, ETag. */
-  private fromCache(req: ManifestRequest, m: CachedManifest, how: string): Response | Promise<Response> {
+  /**
+   * The upstream's own fields for these bytes: Content-Type, Docker-Content-Digest, Content-Length,
+   * ETag; plus `quota`, the quota fields of the upstream exchange this answer caused (none when
+   * it caused none).
+   */
+  private fromCache(req: ManifestRequest, m: CachedManifest, how: string, quota: QuotaFields = []): Response | Promise<Response> {
     req.logFields.cache = how;
     const headers = new Headers({ "docker-content-digest": m.digest, "content-length": String(m.body.byteLength), [API_VERSION_HEADER[0]]: API_VERSION_HEADER[1] });
+    setQuotaFields(headers, quota);
     if (m.mediaType !== null) headers.set("content-type", m.mediaType);
     if (m.etag !== null) headers.set("etag", m.etag);
     const inm = req.headers.get("if-none-match");

@@ -3,7 +3,7 @@
  * at once cost one. The first caller for a key runs the work; callers arriving while it runs get
  * its result (or its error). The work is cancelled only when every caller waiting for it has
  * gone (their signals aborted): one client leaving must not fail the others, and nobody left
- * means nobody to pay for. Nothing is kept after it settles: what outlives a flight is the
+ * means nobody to pay for. A cancelled flight is never joined: its outcome is an abort. Nothing is kept after it settles: what outlives a flight is the
  * manifest cache's business.
  */
 import { MirrorError } from "../errors.ts";
@@ -24,6 +24,12 @@ export class SingleFlight<T> {
   /** `leader` is true for the caller whose `work` ran. `signal` is the caller's own. */
   async run(key: string, signal: AbortSignal, work: (signal: AbortSignal) => Promise<T>): Promise<{ value: T; leader: boolean }> {
     let flight = this.running.get(key);
+    // Every waiter of that one left and it was cancelled; its work may still run (a token fetch
+    // ignores the abort), but its outcome is an abort nobody may be handed: start afresh.
+    if (flight !== undefined && flight.abort.signal.aborted) {
+      this.running.delete(key);
+      flight = undefined;
+    }
     const leader = flight === undefined;
     if (!flight) {
       const abort = new AbortController();
@@ -42,7 +48,11 @@ export class SingleFlight<T> {
     const left = new Promise<never>((_, reject) => {
       onAbort = () => {
         reject(new MirrorError(499, "UNKNOWN", "client went away"));
-        if (--f.waiting === 0) f.abort.abort();
+        if (--f.waiting === 0) {
+          f.abort.abort();
+          // Not joinable from now on (see above); a later caller starts its own flight.
+          if (this.running.get(key) === f) this.running.delete(key);
+        }
       };
       if (signal.aborted) onAbort();
       else signal.addEventListener("abort", onAbort, { once: true });

@@ -5,12 +5,14 @@
  * timer per socket.
  */
 import type { Socket, SocketHandler, SocketListener } from "bun";
-import type { ListenAddress } from "./config.ts";
+import type { ListenAddress } from "../config/listen.ts";
 import { Connection, type Dispatcher, type SocketData } from "./connection.ts";
-import { clientKey } from "./access/client-address.ts";
-import type { Runtime } from "./context.ts";
-import { HttpError } from "./errors.ts";
-import { errorHead } from "./http/response.ts";
+import { clientKey } from "../access/client-address.ts";
+import { peerAddress } from "../access/peer-address.ts";
+import type { Runtime } from "../context.ts";
+import { HttpError } from "../errors.ts";
+import { errorHead } from "../http/response.ts";
+import { CHALLENGE_ONLY } from "../tls/challenge-budget.ts";
 
 const SWEEP_MS = 250;
 
@@ -71,6 +73,9 @@ export function connectionHandlers(conns: ConnectionSet, create: (s: Socket<Sock
   };
 }
 
+/** How a connection was let in: as a client, or as a stranger that may reach only ACME challenges. */
+export type Admitted = "client" | "challenge-only";
+
 /**
  * Admission at accept: clients outside access.clients are closed at once (no answer that would
  * confirm a proxy is here); over a connection limit they get a complete 503/429 with Retry-After.
@@ -78,20 +83,30 @@ export function connectionHandlers(conns: ConnectionSet, create: (s: Socket<Sock
 export class Admission {
   private readonly perClient = new Map<string, number>();
   private total = 0;
+  /** Challenge-only connections (admitStranger), apart from the clients' counts. */
+  private readonly strangers = new Map<string, number>();
+  private strangerTotal = 0;
 
   constructor(private readonly rt: Runtime) {}
 
-  /** `openToAll`: a plain listener beside ACME lets anyone in for http-01 (tls/plain-listener.ts restricts the rest). */
-  admit(s: Socket<SocketData>, openToAll = false): boolean {
+  /**
+   * `openToAll`: a plain listener beside ACME lets anyone in for http-01 (plain-listener.ts
+   * restricts the rest). Such a stranger is "challenge-only": counted in its own small budget
+   * (tls/challenge-budget.ts), never in max_connections, so strangers cannot lock users out.
+   * null: refused (the socket is already closed or answered).
+   */
+  admit(s: Socket<SocketData>, openToAll = false): Admitted | null {
     // A unix-socket peer has no address (Bun gives undefined); it is admitted by the socket's
     // file mode, and counted under one name for the per-client limit.
-    const ip: string | undefined = s.remoteAddress;
+    const raw: string | undefined = s.remoteAddress;
+    const ip = raw === undefined ? undefined : peerAddress(raw);
     const { rt } = this;
     if (ip === undefined) return this.count("unix");
-    if (!openToAll && !rt.access.clientAllowed(ip)) {
+    if (!rt.access.clientAllowed(ip)) {
+      if (openToAll) return this.admitStranger(s, ip);
       rt.log.debug("client not in access.clients, closed", { client: ip });
       s.terminate();
-      return false;
+      return null;
     }
     const { maxConnections, maxConnectionsPerClient } = rt.config.limits;
     const mine = this.perClient.get(clientKey(ip)) ?? 0;
@@ -104,9 +119,22 @@ export class Admission {
     if (refusal !== null) {
       rt.log.warn("connection refused: limit reached", { client: ip, total: this.total, from_client: mine });
       s.end(refusal);
-      return false;
+      return null;
     }
     return this.count(ip);
+  }
+
+  private admitStranger(s: Socket<SocketData>, ip: string): Admitted | null {
+    const key = clientKey(ip);
+    const mine = this.strangers.get(key) ?? 0;
+    if (this.strangerTotal >= CHALLENGE_ONLY.total || mine >= CHALLENGE_ONLY.perClient) {
+      this.rt.log.debug("connection refused: challenge-only budget reached", { client: ip, total: this.strangerTotal, from_client: mine });
+      s.end(errorHead(this.strangerTotal >= CHALLENGE_ONLY.total ? 503 : 429, "crm: too many connections", { "retry-after": "5" }));
+      return null;
+    }
+    this.strangerTotal++;
+    this.strangers.set(key, mine + 1);
+    return "challenge-only";
   }
 
   /**
@@ -132,15 +160,22 @@ export class Admission {
   }
 
   /** Counted per IPv4 address or IPv6 /64 (clientKey), like the other per-client limits. */
-  private count(ip: string): boolean {
+  private count(ip: string): Admitted {
     const key = clientKey(ip);
     this.total++;
     this.perClient.set(key, (this.perClient.get(key) ?? 0) + 1);
-    return true;
+    return "client";
   }
 
-  release(ip: string): void {
+  release(ip: string, challengeOnly = false): void {
     const key = clientKey(ip);
+    if (challengeOnly) {
+      this.strangerTotal--;
+      const n = (this.strangers.get(key) ?? 1) - 1;
+      if (n <= 0) this.strangers.delete(key);
+      else this.strangers.set(key, n);
+      return;
+    }
     this.total--;
     const n = (this.perClient.get(key) ?? 1) - 1;
     if (n <= 0) this.perClient.delete(key);
@@ -168,10 +203,13 @@ export function listen(
   const socket: SocketHandler<SocketData> = {
     ...handlers,
     open(s) {
-      if (admission.admit(s, openToAll)) handlers.open?.(s);
+      const admitted = admission.admit(s, openToAll);
+      if (admitted === null) return;
+      handlers.open?.(s);
+      if (admitted === "challenge-only") s.data.conn?.limitToChallenges();
     },
     close(s, err) {
-      if (s.data.conn !== null) admission.release(s.data.conn.peer);
+      if (s.data.conn !== null) admission.release(s.data.conn.peer, s.data.conn.challengeOnly);
       handlers.close?.(s, err);
     },
   };

@@ -6,14 +6,14 @@
  * its log lines apply unchanged.
  */
 import type { Socket } from "bun";
-import type { Config } from "./config.ts";
-import { HttpError } from "./errors.ts";
+import type { Config } from "../config/types.ts";
+import { HttpError } from "../errors.ts";
 import { Connection, type Dispatcher, type SocketData } from "./connection.ts";
-import type { Runtime } from "./context.ts";
-import { HostMatcher } from "./host-policy.ts";
+import type { Runtime } from "../context.ts";
+import { HostMatcher } from "../host-policy.ts";
 import { ALPN_HTTP1, connectionHandlers, type ConnectionSet } from "./listener.ts";
-import { CertCache, LeafIssuer, caWarnings, loadCa, normalizeHost, type Ca } from "./pki/index.ts";
-import { formatHostPort } from "./router.ts";
+import { CertCache, LeafIssuer, caWarnings, loadCa, normalizeHost, type Ca } from "../pki/index.ts";
+import { formatHostPort } from "../net/host-port.ts";
 import { ESTABLISHED } from "./tunnel.ts";
 
 

@@ -4,47 +4,34 @@
  * the next request when both sides allow. CONNECT hands the socket to a tunnel.
  */
 import type { Socket } from "bun";
-import { stripForwarding } from "./access/client-address.ts";
-import { DialError, HttpError } from "./errors.ts";
-import type { Runtime } from "./context.ts";
-import { BodyFeeder } from "./http/body.ts";
-import { headerValue, readRequestHead, requestFraming, wantsKeepAlive, type RequestHead } from "./http/head.ts";
-import { errorHead, textResponse, writeResponse } from "./http/response.ts";
-import { formatHeaders, redactUrl } from "./log.ts";
-import type { RequestKind } from "./metrics.ts";
-import { Outbox } from "./net/outbox.ts";
-import { readProxyHeader } from "./access/proxy-protocol.ts";
-import { route, type Authority, type Route } from "./router.ts";
-import { asStreamResponse, discardBody } from "./upstream/relayed.ts";
-import type { Active } from "./status/activity.ts";
-import { recordExchange, recordRefusal, trackExchange } from "./status/record.ts";
+import { stripForwarding } from "../access/client-address.ts";
+import { DialError, HttpError } from "../errors.ts";
+import type { Runtime } from "../context.ts";
+import { BodyFeeder } from "../http/body.ts";
+import { headerValue, readRequestHead, requestFraming, wantsKeepAlive, type RequestHead } from "../http/head.ts";
+import { errorHead, writeResponse, type WriteResult } from "../http/response.ts";
+import { formatHeaders, redactUrl } from "../log.ts";
+import type { RequestKind } from "../metrics.ts";
+import { Outbox } from "../net/outbox.ts";
+import { readProxyHeader } from "../access/proxy-protocol.ts";
+import { isForward, isLocal, type Authority, type ConnectRoute, type Exchange, type ForwardRoute, type HttpRoute, type LocalRoute, type Route } from "./exchange.ts";
+import { errorAnswer } from "./error-answer.ts";
+import { admit } from "./request-gate.ts";
+import { route } from "./router.ts";
+import { asStreamResponse, discardBody } from "../http/relayed.ts";
+import { recordExchange, recordRefusal, trackExchange } from "../status/record.ts";
+import { peerAddress } from "../access/peer-address.ts";
+import { CHALLENGE_ONLY } from "../tls/challenge-budget.ts";
 
 export interface SocketData {
   conn: Connection | null;
 }
 
-/** What a handler gets for one request. */
-export interface Exchange {
-  head: RequestHead;
-  route: Extract<Route, { kind: "forward" | "local" }>;
-  /** The request body as it arrives (piped to the upstream socket by the forward path), or null. */
-  body: BodyFeeder | null;
-  client: string;
-  /** This request's id in rt.journal; the mirror sends it as X-Crm-Request-Id. */
-  id: string;
-  /** Aborted when the client goes away: cancels the upstream request. */
-  signal: AbortSignal;
-  /** Fields the handler wants on the request's log line (token state, registry, ...). */
-  logFields: Record<string, string | number>;
-  /** Set by a local route that is really a feature of its own (the mirror), for logs and metrics. */
-  kind?: RequestKind;
-  /** Its entry on the activity board while in flight (status/record.ts). */
-  tracked: Active | null;
-}
-
+/** Where a routed request goes, one entry per route kind. */
 export interface Dispatcher {
-  http(ex: Exchange): Promise<Response>;
-  connect(conn: Connection, route: Extract<Route, { kind: "connect" }>, head: RequestHead, rest: Buffer): void;
+  forward(ex: Exchange<ForwardRoute>): Promise<Response>;
+  local(ex: Exchange<LocalRoute>): Promise<Response>;
+  connect(conn: Connection, route: ConnectRoute, head: RequestHead, rest: Buffer): void;
 }
 
 /** Hooks a CONNECT handler installs to receive the client's side of the socket. */
@@ -85,6 +72,19 @@ export class Connection {
   private peerEnded = false;
   private paused = false;
   private tunnel: TunnelPeer | null = null;
+  /**
+   * A PROXY header other than v2 LOCAL came first: the bytes are a client's relayed by the
+   * balancer, so their forwarding fields are not believed even when `peer` is still the balancer
+   * (a header without an address: v1 UNKNOWN, v2 UNSPEC or UNIX).
+   */
+  private relayed = false;
+  /** Bytes of a next request arrived before an answer was done: a FIN then means "no more requests". */
+  private pipelined = false;
+  /**
+   * A stranger on the plain listener beside ACME (listener.ts admitStranger): it may reach only
+   * the challenge route, so it gets a short head timeout and no proxy request is considered.
+   */
+  challengeOnly = false;
   /** A malformed request body seen mid-stream: it, not the handler's failure, is the answer. */
   private bodyError: HttpError | null = null;
 
@@ -100,10 +100,23 @@ export class Connection {
   ) {
     this.outbox = new Outbox(socket as Socket<unknown>);
     // A unix-socket peer has no address: the socket's file mode decides who reaches it.
-    this.peer = client ?? socket.remoteAddress ?? "unix";
+    const remote = socket.remoteAddress as string | undefined;
+    this.peer = client ?? (remote === undefined ? "unix" : peerAddress(remote));
     this.client = this.peer;
     this.deadline = Date.now() + rt.config.timeouts.headerMs;
     if (proxied !== null) this.phase = "proxy";
+  }
+
+  /** Marks a challenge-only connection (see `challengeOnly`). */
+  limitToChallenges(): void {
+    this.challengeOnly = true;
+    this.deadline = Math.min(this.deadline, Date.now() + this.headMs);
+  }
+
+  /** How long a request head may take (and, for a stranger, the wait for the next one). */
+  private get headMs(): number {
+    const { headerMs } = this.rt.config.timeouts;
+    return this.challengeOnly ? Math.min(headerMs, CHALLENGE_ONLY.headMs) : headerMs;
   }
 
   get idle(): boolean {
@@ -124,7 +137,7 @@ export class Connection {
         this.readProxy();
         return;
       case "head":
-        if (this.buf === null) this.deadline = Date.now() + this.rt.config.timeouts.headerMs;
+        if (this.buf === null) this.deadline = Date.now() + this.headMs;
         this.buf = this.buf ? Buffer.concat([this.buf, d]) : d;
         this.readHead();
         return;
@@ -149,7 +162,14 @@ export class Connection {
     if (this.phase === "upgraded") return;
     this.peerEnded = true;
     if (this.phase === "tunnel") this.tunnel?.end();
-    else if (this.phase === "request") this.feeder?.fail(new Error("client sent FIN mid-body"));
+    else if (this.phase === "request") {
+      if (this.feeder !== null) this.feeder.fail(new Error("client sent FIN mid-body"));
+      // A FIN after a bodiless request, with nothing pipelined, is a client that gave up: its
+      // upstream request is cancelled as for an RST. After a body it may be an HTTP/1.0-style
+      // half-close that still waits for the answer (the feeder ignores a FIN after the body).
+      // A client that pipelined sends its FIN after its last request and still reads every answer.
+      else if (this.buf === null && !this.pipelined) this.abort?.abort(new Error("client sent FIN"));
+    }
     else if (this.phase === "head" || this.phase === "proxy") {
       if (this.buf !== null && this.buf.length > 0) this.fail(new HttpError(400, "connection closed inside the request head"));
       else this.close();
@@ -290,6 +310,7 @@ export class Connection {
     if (r.kind === "incomplete") return;
     this.buf = null;
     this.phase = "head";
+    this.relayed = !r.local;
     if (r.client !== null && r.client !== this.peer) {
       const from = this.peer;
       if (!(this.proxied as ProxiedHook)(this, from, r.client)) return;
@@ -337,78 +358,102 @@ export class Connection {
       d = rest;
     }
     // Bytes past this request's body: a pipelined request, read after the response.
+    if (d.length > 0) this.pipelined = true;
     this.buf = this.buf ? Buffer.concat([this.buf, d]) : d;
     this.pause();
   }
 
+  /**
+   * One request, in the order its checks must run: who it is from, the gate (rate, credentials)
+   * for proxy requests, the route (allow-list), then the exchange with its handler.
+   */
   private async handle(head: RequestHead, rest: Buffer): Promise<void> {
     this.requests++;
     const started = performance.now();
-    // Behind a trusted front the request names its client; anyone else's forwarding fields go.
-    // Inside a decrypted tunnel the client is the tunnel's, and no field in it is vouched for.
-    if (this.secureAuthority === null) this.client = this.rt.clientAddress.resolve(this.peer, head.headers);
-    else stripForwarding(head.headers);
-    if (this.client !== this.peer && !this.rt.access.clientAllowed(this.client)) {
-      // access.clients holds for the client a trusted front names, as for a direct one.
-      this.rt.log.info("client not in access.clients, refused", { client: this.client, via: this.peer });
-      this.fail(new HttpError(403, "crm: your address is not in access.clients"), head.method);
-      return;
-    }
+    if (!this.identify(head)) return;
     // From here on, bytes belong to this request (its body, a tunnel's first bytes), never to a
     // new head: while authentication awaits, they are held in `buf` and taken up below.
     this.phase = "request";
     this.deadline = Infinity;
-    // Proxy requests authenticate before the allow-list is consulted, so a stranger cannot map
-    // the allow-list by telling 403 from 407. RFC 9110 §11.7.2: the credentials are crm's own
-    // and are removed as hop-by-hop before anything is forwarded.
-    const proxyRequest = this.secureAuthority === null && (head.method === "CONNECT" || !head.target.startsWith("/"));
-    if (proxyRequest && this.rt.rate.enabled) {
-      // With a cluster the rate is counted in its store: paused like authentication below.
-      if (this.rt.rate.shared !== null) this.pause();
-      const wait = this.rt.rate.shared !== null ? await this.rt.rate.check(this.client) : this.rt.rate.take(this.client);
-      if (this.isClosed) return;
-      if (wait !== null) {
-        this.rt.metrics.limited(this.client, "rate");
-        this.rt.log.info("rate limited", { client: this.client, method: head.method, target: redactUrl(head.target), retry_after: wait });
-        this.fail(new HttpError(429, "too many requests from your address (limits.requests_per_second)", { headers: { "retry-after": String(wait) } }), head.method);
-        return;
-      }
-    }
-    if (proxyRequest && this.rt.access.required("proxy")) {
-      this.pause();
-      try {
-        await this.rt.access.authenticate("proxy", headerValue(head.headers, "proxy-authorization"), this.client);
-      } catch (e) {
-        if ((e as HttpError).status === 429) this.rt.metrics.limited(this.client, "brake");
-        this.rt.log.info("proxy authentication failed", { client: this.client, method: head.method, target: redactUrl(head.target), status: (e as HttpError).status });
-        this.fail(e as HttpError, head.method);
-        return;
-      }
-      // The client may have gone while the password was checked: nothing may be dialled for it.
-      if (this.isClosed) return;
-    }
+    if (!(await this.passGate(head))) return;
     if (this.buf !== null) {
       rest = Buffer.concat([rest, this.buf]);
       this.buf = null;
     }
-    let r: Route;
-    try {
-      r = route(head, this.rt.policy, this.secureAuthority);
-    } catch (e) {
-      const err = e as HttpError;
-      this.rt.metrics.observe(head.method === "CONNECT" ? "connect" : "forward", err.status, 0, 0, (performance.now() - started) / 1000);
-      if (err.status === 403) this.rt.log.info("refused", { client: this.client, method: head.method, target: redactUrl(head.target), reason: err.message });
-      recordRefusal(this.rt, this.client, head.method === "CONNECT" ? "connect" : "forward", head.method, redactUrl(head.target), err.status, err.message);
-      this.fail(err, head.method);
-      return;
-    }
+    const r = this.routeOrRefuse(head, started);
+    if (r === null) return;
     if (r.kind === "connect") {
       this.phase = "tunnel";
       this.resume();
       this.dispatch.connect(this, r, head, rest);
       return;
     }
+    await this.exchange(head, r, rest, started);
+  }
 
+  /** Who the request is from; false when that client is refused (the answer is sent). */
+  private identify(head: RequestHead): boolean {
+    // Behind a trusted front the request names its client; anyone else's forwarding fields go.
+    // Inside a decrypted tunnel the client is the tunnel's, and no field in it is vouched for.
+    // After a PROXY header the bytes are the relayed client's: the same holds for its fields.
+    if (this.secureAuthority === null && !this.relayed) this.client = this.rt.clientAddress.resolve(this.peer, head.headers);
+    else stripForwarding(head.headers);
+    if (this.client !== this.peer && !this.rt.access.clientAllowed(this.client)) {
+      // access.clients holds for the client a trusted front names, as for a direct one.
+      this.rt.log.info("client not in access.clients, refused", { client: this.client, via: this.peer });
+      this.fail(new HttpError(403, "crm: your address is not in access.clients"), head.method);
+      return false;
+    }
+    return true;
+  }
+
+  /** Proxy requests pass request-gate.ts; false when refused (answered) or the client left. */
+  private async passGate(head: RequestHead): Promise<boolean> {
+    // Proxy requests authenticate before the allow-list is consulted, so a stranger cannot map
+    // the allow-list by telling 403 from 407. RFC 9110 §11.7.2: the credentials are crm's own
+    // and are removed as hop-by-hop before anything is forwarded.
+    const proxyRequest = this.secureAuthority === null && (head.method === "CONNECT" || !head.target.startsWith("/"));
+    // A stranger let in for ACME challenges never proxies: refused before any limit or password
+    // check spends anything on it (plain-listener.ts answers its challenge requests).
+    if (proxyRequest && this.challengeOnly) {
+      this.rt.log.debug("proxy request from outside access.clients on the ACME plain listener, refused", { client: this.client });
+      this.fail(new HttpError(403, "crm: only ACME challenges are answered for your address"), head.method);
+      return false;
+    }
+    if (proxyRequest) {
+      let refusal = admit(this.rt, "proxy", this.client, headerValue(head.headers, "proxy-authorization"));
+      if (refusal instanceof Promise) {
+        this.pause();
+        refusal = await refusal;
+        // The client may have gone while the password was checked: nothing may be dialled for it.
+        if (refusal === null && this.isClosed) return false;
+      }
+      if (refusal !== null) {
+        const what = refusal.reason === "rate" ? "rate limited" : "proxy authentication failed";
+        this.rt.log.info(what, { client: this.client, method: head.method, target: redactUrl(head.target), status: refusal.status, retry_after: refusal.headers["retry-after"] });
+        this.fail(new HttpError(refusal.status, refusal.message, { headers: refusal.headers }), head.method);
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /** The route (allow-list applied); null when refused, which is answered, counted and recorded. */
+  private routeOrRefuse(head: RequestHead, started: number): Route | null {
+    try {
+      return route(head, this.rt.policy, this.secureAuthority);
+    } catch (e) {
+      const err = e as HttpError;
+      this.rt.metrics.observe(head.method === "CONNECT" ? "connect" : "forward", err.status, 0, 0, (performance.now() - started) / 1000);
+      if (err.status === 403) this.rt.log.info("refused", { client: this.client, method: head.method, target: redactUrl(head.target), reason: err.message });
+      recordRefusal(this.rt, this.client, head.method === "CONNECT" ? "connect" : "forward", head.method, redactUrl(head.target), err.status, err.message);
+      this.fail(err, head.method);
+      return null;
+    }
+  }
+
+  /** The request's body reader, after the checks that refuse it (417, 413); undefined when refused. */
+  private bodyOf(head: RequestHead, r: HttpRoute, rest: Buffer): BodyFeeder | null | undefined {
     let feeder: BodyFeeder | null = null;
     try {
       const framing = requestFraming(head);
@@ -425,9 +470,15 @@ export class Connection {
       }
     } catch (e) {
       this.fail(e as HttpError, head.method);
-      return;
+      return undefined;
     }
+    return feeder;
+  }
 
+  /** An HTTP request with its handler: dispatch, write the answer, then keep or end the connection. */
+  private async exchange(head: RequestHead, r: HttpRoute, rest: Buffer, started: number): Promise<void> {
+    const feeder = this.bodyOf(head, r, rest);
+    if (feeder === undefined) return;
     this.touch();
     this.feeder = feeder;
     const abort = new AbortController();
@@ -435,7 +486,7 @@ export class Connection {
     if (rest.length > 0) this.onRequestBytes(rest);
     if (this.buf === null && (feeder === null || feeder.wantsMore)) this.resume();
 
-    const ex: Exchange = { head, route: r, body: feeder, client: this.client, id: this.rt.journal.nextId(), signal: abort.signal, logFields: {}, tracked: null };
+    const ex: Exchange = { head, route: r, body: feeder, client: this.client, id: this.rt.journal.nextId(), signal: abort.signal, logFields: {}, pull: null, tracked: null };
     if (this.rt.log.enabled("debug")) this.rt.log.debug(`> ${head.method} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(head.headers) });
     let sent = 0;
     trackExchange(this.rt, ex, () => redactUrl(r.kind === "forward" ? r.url.href : head.target), () => (this.secureAuthority ? "mitm" : (ex.kind ?? ex.route.kind)), () => sent + (feeder?.bytes ?? 0));
@@ -443,10 +494,12 @@ export class Connection {
     // Every error crm answers itself ends the connection (nothing of a failed exchange lingers).
     let ownError = false;
     try {
-      res = await this.dispatch.http(ex);
+      res = await (isForward(ex) ? this.dispatch.forward(ex) : isLocal(ex) ? this.dispatch.local(ex) : Promise.reject(new Error("no handler for this route")));
     } catch (e) {
-      res = this.errorResponse(e, ex);
-      ownError = true;
+      // A malformed request body seen mid-stream, not the handler's failure, is the answer.
+      const answer = errorAnswer(this.bodyError ?? e, ex, this.rt);
+      res = answer.res;
+      ownError = answer.close;
     }
     // Bandwidth limits pace the body's reads from the upstream side (bandwidth.ts).
     if (this.rt.bandwidth.active) res = this.rt.bandwidth.pace(asStreamResponse(res), this.client);
@@ -468,7 +521,11 @@ export class Connection {
     this.feeder = null;
     this.bodyError = null;
     if (this.isClosed) return;
-    const bodyRead = feeder === null || feeder.complete;
+    await this.afterAnswer(head, res, w, feeder === null || feeder.complete);
+  }
+
+  /** After an answer: the next request on this connection, or its end (cut, reset or flushed). */
+  private async afterAnswer(head: RequestHead, res: Response, w: WriteResult, bodyRead: boolean): Promise<void> {
     if (!w.keepAlive || !bodyRead || this.rt.draining || (this.peerEnded && this.buf === null)) {
       // An incomplete body must look truncated to the client, so nothing more is flushed. When
       // the close itself delimits the body (HTTP/1.0, no Content-Length), a FIN would make the cut
@@ -479,26 +536,14 @@ export class Connection {
       return;
     }
     this.phase = "head";
-    this.deadline = Date.now() + this.rt.config.timeouts.idleMs;
+    this.deadline = Date.now() + (this.challengeOnly ? this.headMs : this.rt.config.timeouts.idleMs);
     if (this.buf !== null) {
-      this.deadline = Date.now() + this.rt.config.timeouts.headerMs;
+      this.deadline = Date.now() + this.headMs;
       this.resume();
       this.readHead();
       // The client has finished sending, so a head still incomplete now never will be.
       if (this.peerEnded && this.phase === "head" && this.buf !== null) this.fail(new HttpError(400, "connection closed inside the request head"));
     } else this.resume();
-  }
-
-  private errorResponse(e: unknown, ex: Exchange): Response {
-    if (this.bodyError) e = this.bodyError;
-    if (e instanceof HttpError || e instanceof DialError) {
-      const status = e.status;
-      if (e instanceof DialError) this.rt.metrics.upstreamError(e.reason);
-      if (e instanceof DialError) this.rt.log.warn("upstream failed", { client: this.client, target: redactUrl(ex.head.target), reason: e.message });
-      return textResponse(status, `crm: ${e.message.replace(/^crm: /, "")}`, e instanceof HttpError ? e.headers : {});
-    }
-    this.rt.log.error("handler failed", { client: this.client, target: redactUrl(ex.head.target), error: e instanceof Error ? e.message : String(e) });
-    return textResponse(500, "crm: internal error");
   }
 
   private logRequest(ex: Exchange, status: number, bytesOut: number, started: number, note?: string): void {
@@ -516,6 +561,7 @@ export class Connection {
       in: this.feeder?.bytes ?? 0,
       out: bytesOut,
       ms: Math.round(ms),
+      ...ex.pull,
       ...ex.logFields,
       note,
     });

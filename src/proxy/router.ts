@@ -3,20 +3,13 @@
  * crm itself. The allow-list is applied here, before any DNS lookup or dial, so no handler can
  * forget it.
  */
-import { HttpError } from "./errors.ts";
-import type { HostPolicy } from "./host-policy.ts";
-import { normalizeHost } from "./host-policy.ts";
-import type { RequestHead } from "./http/head.ts";
+import { HttpError } from "../errors.ts";
+import type { HostPolicy } from "../host-policy.ts";
+import { normalizeHost } from "../host-policy.ts";
+import type { RequestHead } from "../http/head.ts";
+import { formatHostPort } from "../net/host-port.ts";
+import type { Authority, Route } from "./exchange.ts";
 
-export type Route =
-  | { kind: "connect"; host: string; port: number }
-  | { kind: "forward"; url: URL; host: string; port: number }
-  | { kind: "local"; path: string };
-
-export interface Authority {
-  host: string;
-  port: number;
-}
 
 /**
  * Splits `host:port` (RFC 9110 §7.2, IPv6 in brackets). Userinfo, percent-encoding and anything
@@ -42,10 +35,6 @@ export function parseAuthority(text: string, defaultPort: number | null): Author
 function refuse(policy: HostPolicy, host: string, port: number): void {
   const d = policy.check(host, port);
   if (!d.allowed) throw new HttpError(403, `crm: ${formatHostPort(host, port)} is not allowed (${d.reason})`);
-}
-
-export function formatHostPort(host: string, port: number): string {
-  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
 /**

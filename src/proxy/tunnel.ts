@@ -6,11 +6,11 @@
  */
 import type { Socket, SocketHandler } from "bun";
 import type { Connection } from "./connection.ts";
-import { dial } from "./net/dial.ts";
-import { DialError } from "./errors.ts";
-import { Outbox } from "./net/outbox.ts";
-import { formatHostPort } from "./router.ts";
-import { recordTunnel, trackTunnel, type TunnelRecord } from "./status/record.ts";
+import { dial } from "../net/dial.ts";
+import { DialError } from "../errors.ts";
+import { Outbox } from "../net/outbox.ts";
+import { formatHostPort } from "../net/host-port.ts";
+import { recordTunnel, trackTunnel, type TunnelRecord } from "../status/record.ts";
 
 /** The exact CONNECT answer (RFC 9110 §9.3.6: a 2xx carries no Content-Length or Transfer-Encoding). */
 export const ESTABLISHED = "HTTP/1.1 200 Connection Established\r\n\r\n";

@@ -1,37 +1,58 @@
 /**
  * A handler's answer whose body is still on the upstream socket. The handler returns an ordinary
- * Response (status, fields, no body) with the UpstreamBody attached here; the writer
- * (http/response.ts) finds it and pipes the upstream's bytes into the client's Outbox as they
+ * Response (status, fields, no body) with the RelaySource attached here; the writer
+ * (response.ts) finds it and pipes the upstream's bytes into the client's Outbox as they
  * come, pausing either socket for the other, with no ReadableStream between them. Code that needs
  * a stream (bandwidth pacing) asks for one and gets the body's content.
  */
-import type { UpstreamBody } from "./body.ts";
 
 /**
- * The body rides on the Response (and on streams made by UpstreamBody.stream(), which a Response
+ * A body still on its source socket, as the writer needs it. http/ owns this interface and
+ * upstream/body.ts implements it, so the copier never imports the socket's module.
+ */
+export interface RelaySource {
+  /** "length", "chunked", "close" or "none": how the bytes on the wire are framed. */
+  readonly framing: string;
+  /** Every byte has arrived (or the body failed). */
+  readonly done: boolean;
+  /** A reader has taken the body (stream, relay or contents). */
+  readonly consumed: boolean;
+  /** Writes the body's bytes as framed on the wire; resolves at its end, rejects on a cut. */
+  relay(write: (bytes: Uint8Array) => boolean): Promise<void>;
+  /** Writes the body's content (chunked framing removed). */
+  contents(write: (bytes: Uint8Array) => boolean): Promise<void>;
+  /** The writer drained: let the source read again. */
+  resume(): void;
+  /** Nobody will read the rest: free the source. */
+  cancel(): void;
+  stream(): ReadableStream<Uint8Array>;
+}
+
+/**
+ * The body rides on the Response (and on streams made by RelaySource.stream(), which a Response
  * may carry on untouched: the mirror's answers) as a symbol-keyed property, not in a WeakMap: an
  * entry per request in a long-lived table is the churn linked-list.ts describes, and a weak one
  * adds work to every collection.
  */
 const BODY = Symbol("crm.upstreamBody");
-type Carrier = { [BODY]?: UpstreamBody };
-const carried = (o: object): UpstreamBody | undefined => (o as Carrier)[BODY];
+type Carrier = { [BODY]?: RelaySource };
+const carried = (o: object): RelaySource | undefined => (o as Carrier)[BODY];
 
-export function relayedResponse(body: UpstreamBody, init: ResponseInit): Response {
+export function relayedResponse(body: RelaySource, init: ResponseInit): Response {
   const res = new Response(null, init);
   (res as Carrier)[BODY] = body;
   return res;
 }
 
 /** `body.stream()`, marked so a writer that gets it unread can relay the raw bytes instead. */
-export function relayableStream(body: UpstreamBody): ReadableStream<Uint8Array> {
+export function relayableStream(body: RelaySource): ReadableStream<Uint8Array> {
   const s = body.stream();
   (s as Carrier)[BODY] = body;
   return s;
 }
 
 /** The upstream body behind `res`, if it is a relayed answer or carries a relayable stream nobody has read. */
-export function relayedBody(res: Response): UpstreamBody | null {
+export function relayedBody(res: Response): RelaySource | null {
   const direct = carried(res);
   if (direct) return direct;
   const s = res.body;

@@ -2,14 +2,14 @@
  * The absolute-form forward path (and MITM's decrypted requests): the request goes to its target
  * on crm's upstream client (src/upstream/), hop-by-hop fields removed and Via added both ways,
  * bodies streamed untouched: never decompressed, never re-encoded, never buffered whole. The
- * answer's body stays on the upstream socket until the writer relays it (upstream/relayed.ts).
+ * answer's body stays on the upstream socket until the writer relays it (http/relayed.ts).
  */
-import type { Exchange } from "./connection.ts";
-import type { Runtime } from "./context.ts";
-import { HttpError } from "./errors.ts";
-import { endToEnd, addVia } from "./http/hop-by-hop.ts";
-import { headerValue, requestFraming } from "./http/head.ts";
-import { relayedResponse } from "./upstream/relayed.ts";
+import type { Exchange, ForwardRoute } from "./exchange.ts";
+import type { Runtime } from "../context.ts";
+import { HttpError } from "../errors.ts";
+import { endToEnd, addVia } from "../http/hop-by-hop.ts";
+import { headerValue, requestFraming } from "../http/head.ts";
+import { relayedResponse } from "../http/relayed.ts";
 
 /**
  * Fields crm sets itself from the URL (Host: RFC 9112 §3.2.2, the target's authority), answered already
@@ -19,8 +19,7 @@ const NOT_FORWARDED = new Set(["host", "expect", "via", "content-length"]);
 /** Fields of the answer the writer sets itself (framing) or crm rebuilds (Via). */
 const NOT_RELAYED = new Set(["content-length", "via"]);
 
-export async function forward(ex: Exchange, rt: Runtime): Promise<Response> {
-  if (ex.route.kind !== "forward") throw new Error("forward() called for a non-forward route");
+export async function forward(ex: Exchange<ForwardRoute>, rt: Runtime): Promise<Response> {
   const { head } = ex;
   // A body on GET or HEAD has no defined meaning (RFC 9110 §9.3.1) and servers split on it.
   if (ex.body !== null && (head.method === "GET" || head.method === "HEAD")) {

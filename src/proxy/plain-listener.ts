@@ -5,11 +5,13 @@
  * For clients in access.clients, proxy requests (CONNECT, absolute-form) pass through unchanged,
  * so the proxy works here too; everyone else gets only the challenges.
  */
-import type { Dispatcher, Exchange } from "../connection.ts";
+import type { Dispatcher } from "./connection.ts";
+import type { Exchange, LocalRoute } from "./exchange.ts";
 import type { Runtime } from "../context.ts";
 import { headerValue } from "../http/head.ts";
 import { textResponse } from "../http/response.ts";
-import { formatHostPort, parseAuthority } from "../router.ts";
+import { formatHostPort } from "../net/host-port.ts";
+import { parseAuthority } from "./router.ts";
 
 export const CHALLENGE_PREFIX = "/.well-known/acme-challenge/";
 
@@ -24,20 +26,21 @@ export interface PlainListenerHooks {
 
 export function plainListenerDispatcher(inner: Dispatcher, rt: Runtime, hooks: PlainListenerHooks): Dispatcher {
   return {
-    http(ex) {
-      // Strangers were let in only for the CA's validators (see `openToAll` in listener.ts): they
-      // get an origin-form GET/HEAD of a challenge and nothing else, not even a proxy request.
+    // Strangers were let in only for the CA's validators (see `openToAll` in listener.ts): they
+    // get an origin-form GET/HEAD of a challenge and nothing else, not even a proxy request.
+    forward(ex) {
+      if (!rt.access.clientAllowed(ex.client)) return Promise.resolve(strangerRefused(ex));
+      return inner.forward(ex);
+    },
+    local(ex) {
       const stranger = !rt.access.clientAllowed(ex.client);
-      const path = ex.route.kind === "local" ? (ex.route.path.split("?")[0] ?? "") : null;
-      if (path !== null && path.startsWith(CHALLENGE_PREFIX) && (!stranger || ex.head.method === "GET" || ex.head.method === "HEAD")) {
+      const path = ex.route.path.split("?")[0] ?? "";
+      if (path.startsWith(CHALLENGE_PREFIX) && (!stranger || ex.head.method === "GET" || ex.head.method === "HEAD")) {
         return Promise.resolve(answerChallenge(ex, rt, hooks, path.slice(CHALLENGE_PREFIX.length)));
       }
-      if (stranger) {
-        ex.kind = "local";
-        return Promise.resolve(textResponse(403, "crm: only ACME challenges are answered for your address"));
-      }
-      if (path !== null && rt.config.tls?.redirectHttp) return Promise.resolve(redirect(ex, hooks.httpsPort(), rt.config.tls.acme?.domains ?? hooks.certificateNames()));
-      return inner.http(ex);
+      if (stranger) return Promise.resolve(strangerRefused(ex));
+      if (rt.config.tls?.redirectHttp) return Promise.resolve(redirect(ex, hooks.httpsPort(), rt.config.tls.acme?.domains ?? hooks.certificateNames()));
+      return inner.local(ex);
     },
     connect(conn, route, head, rest) {
       if (!rt.access.clientAllowed(conn.client)) {
@@ -49,7 +52,12 @@ export function plainListenerDispatcher(inner: Dispatcher, rt: Runtime, hooks: P
   };
 }
 
-function answerChallenge(ex: Exchange, rt: Runtime, hooks: PlainListenerHooks, token: string): Response {
+function strangerRefused(ex: Exchange): Response {
+  ex.kind = "local";
+  return textResponse(403, "crm: only ACME challenges are answered for your address");
+}
+
+function answerChallenge(ex: Exchange<LocalRoute>, rt: Runtime, hooks: PlainListenerHooks, token: string): Response {
   if (ex.head.method !== "GET" && ex.head.method !== "HEAD") return textResponse(405, "method not allowed", { allow: "GET, HEAD" });
   const answer = /^[A-Za-z0-9_-]{1,256}$/.test(token) ? hooks.challenge(token) : null;
   ex.kind = "local";
@@ -65,7 +73,7 @@ function answerChallenge(ex: Exchange, rt: Runtime, hooks: PlainListenerHooks, t
  * from files) is sent to its first name instead: no redirect to a name crm cannot serve, or to
  * whatever a client put in Host.
  */
-function redirect(ex: Exchange, port: number | null, names: readonly string[]): Response {
+function redirect(ex: Exchange<LocalRoute>, port: number | null, names: readonly string[]): Response {
   const hostHeader = headerValue(ex.head.headers, "host");
   let host: string;
   try {
@@ -79,7 +87,7 @@ function redirect(ex: Exchange, port: number | null, names: readonly string[]): 
     host = first;
   }
   const authority = port === null || port === 443 ? (host.includes(":") ? `[${host}]` : host) : formatHostPort(host, port);
-  const location = `https://${authority}${ex.route.kind === "local" ? ex.route.path : "/"}`;
+  const location = `https://${authority}${ex.route.path}`;
   const status = ex.head.method === "GET" || ex.head.method === "HEAD" ? 301 : 308;
   return textResponse(status, `crm: use ${location}\n`, { location });
 }

@@ -4,26 +4,26 @@
  */
 import { readFileSync } from "node:fs";
 import type { SocketListener } from "bun";
-import type { Config } from "./config.ts";
-import { acmeCertificateState, certificateStateOf } from "./status/sources.ts";
+import type { Config } from "../config/types.ts";
+import { acmeCertificateState, certificateStateOf } from "../tls/certificate-state.ts";
 import type { Connection, Dispatcher, SocketData } from "./connection.ts";
-import { applyConfig, createRuntime, type Runtime } from "./context.ts";
+import { applyConfig, createRuntime, type Runtime } from "../context.ts";
 import { forward } from "./forward.ts";
 import { Admission, ConnectionSet, listen, type ListenTls } from "./listener.ts";
-import { plainListenerDispatcher } from "./tls/plain-listener.ts";
+import { plainListenerDispatcher } from "./plain-listener.ts";
 import { local, type LocalRoutes } from "./local.ts";
-import type { LogSink } from "./log.ts";
-import { createMirrorHandler } from "./mirror/index.ts";
-import { openProxyWarnings } from "./access/exposure.ts";
+import type { LogSink } from "../log.ts";
+import { createMirrorHandler } from "../mirror/index.ts";
+import { openProxyWarnings } from "../access/exposure.ts";
 import { Mitm } from "./mitm.ts";
-import type { Resolver } from "./net/resolver.ts";
-import { formatHostPort } from "./router.ts";
+import type { Resolver } from "../net/resolver.ts";
+import { formatHostPort } from "../net/host-port.ts";
 import { openTunnel } from "./tunnel.ts";
-import { listenerIsTls } from "./config/listen.ts";
-import { TlsCertificates } from "./tls/index.ts";
-import { renderTlsMetrics } from "./tls/status.ts";
-import { prepareUnixPath, removeSocket, setSocketMode, socketInode } from "./net/unix-socket.ts";
-import { Cluster } from "./cluster/index.ts";
+import { listenerIsTls } from "../config/listen.ts";
+import { TlsCertificates } from "../tls/index.ts";
+import { renderTlsMetrics } from "../tls/status.ts";
+import { prepareUnixPath, removeSocket, setSocketMode, socketInode } from "../net/unix-socket.ts";
+import { Cluster } from "../cluster/index.ts";
 
 export interface StartOptions {
   /** Where log lines go (tests read them); stderr by default. */
@@ -84,6 +84,8 @@ export class CrmServer {
   readonly certificates: TlsCertificates;
   /** Set when MITM is enabled. */
   mitm: Mitm | null = null;
+  /** State shared with the other replicas (cluster:); null without a cluster section. */
+  cluster: Cluster | null = null;
 
   private constructor(
     readonly rt: Runtime,
@@ -91,7 +93,8 @@ export class CrmServer {
   ) {
     this.admission = new Admission(rt);
     this.dispatch = {
-      http: (ex) => (ex.route.kind === "forward" ? forward(ex, rt) : local(ex, rt, ext)),
+      forward: (ex) => forward(ex, rt),
+      local: (ex) => local(ex, rt, ext),
       connect: (conn, r, _head, rest) => {
         if (ext.intercept?.(conn, r.host, r.port, rest)) return;
         openTunnel(conn, r.host, r.port, rest);
@@ -120,7 +123,7 @@ export class CrmServer {
     const rt = createRuntime(config, opts.sink, opts.resolver);
     const server = new CrmServer(rt, { mirror: null, intercept: null });
     // Before the mirror is built, so its token cache and quota are shared; a refused password stops start-up.
-    if (config.cluster !== null) rt.cluster = await Cluster.start(rt, config.cluster);
+    if (config.cluster !== null) server.cluster = await Cluster.start(rt, config.cluster);
     server.applyFeatures(prepared);
     // Never waits for a CA: without a stored certificate a temporary one is served at once.
     await server.certificates.configure(config, prepared.tls);
@@ -283,6 +286,6 @@ export class CrmServer {
     }
     this.conns.stop();
     this.rt.upstream.close();
-    void this.rt.cluster?.stop();
+    void this.cluster?.stop();
   }
 }

@@ -8,7 +8,7 @@
  */
 import type { Runtime } from "../context.ts";
 import type { HeaderList } from "../http/head.ts";
-import { relayableStream } from "./relayed.ts";
+import { relayableStream } from "../http/relayed.ts";
 
 export interface SimpleRequest {
   method: string;
