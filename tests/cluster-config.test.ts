@@ -41,7 +41,10 @@ describe("cluster config", () => {
 
   test("defaults, and crm -t prints the set-up without the password", () => {
     writeFileSync(join(dir, "pw"), "hunter2-store\n");
-    const { config } = buildConfig({ cluster: { redis: "redis://redis.internal:6379/2", password_file: "pw" } }, join(dir, "c.yaml"));
+    const { config } = buildConfig(
+      { cluster: { redis: "redis://redis.internal:6379/2", password_file: "pw" } },
+      join(dir, "c.yaml"),
+    );
     const k = config.cluster!;
     expect(k.password).toBe("hunter2-store");
     expect(k.keyPrefix).toBe("crm:");
@@ -49,20 +52,32 @@ describe("cluster config", () => {
     expect(k.manifestTtlMs).toBe(24 * 3600_000);
     expect(k.shareTokens).toBe(true);
     const text = describeConfig(config);
-    expect(text).toContain('cluster: redis://redis.internal:6379/2 (password from ');
+    expect(text).toContain("cluster: redis://redis.internal:6379/2 (password from ");
     expect(text).toContain('key_prefix "crm:", deadline 100ms');
     expect(text).toContain("per replica: connection caps, bandwidth pacing");
     expect(text).not.toContain("hunter2");
   });
 
   test("every error names its key; unknown keys get a did-you-mean", () => {
-    expect(errorsOf({ cluster: { redis: "redis://r:6379", key_prefx: "x:" } })).toContain("cluster.key_prefx: unknown key \"key_prefx\" in cluster (did you mean cluster.key_prefix?)");
-    expect(errorsOf({ cluster: { redis: "redis://user:pw@r:6379" } })).toContain("cluster.redis: must not carry user:password");
-    expect(errorsOf({ cluster: { redis: "http://r:6379" } })).toContain("cluster.redis: \"http://r:6379\" must be a redis:// or rediss:// URL");
+    expect(errorsOf({ cluster: { redis: "redis://r:6379", key_prefx: "x:" } })).toContain(
+      'cluster.key_prefx: unknown key "key_prefx" in cluster (did you mean cluster.key_prefix?)',
+    );
+    expect(errorsOf({ cluster: { redis: "redis://user:pw@r:6379" } })).toContain(
+      "cluster.redis: must not carry user:password",
+    );
+    expect(errorsOf({ cluster: { redis: "http://r:6379" } })).toContain(
+      'cluster.redis: "http://r:6379" must be a redis:// or rediss:// URL',
+    );
     expect(errorsOf({ cluster: { key_prefix: "x:" } })).toContain("cluster.redis: missing");
-    expect(errorsOf({ cluster: { redis: "redis://r", deadline: "10s" } })).toContain("cluster.deadline: \"10s\" must be from 1ms to 5s");
-    expect(errorsOf({ cluster: { redis: "redis://r", password_file: "nope" } })).toMatch(/cluster\.password_file: cannot read .*nope: ENOENT/);
-    expect(errorsOf({ cluster: { redis: "redis://r", ca_file: "pw" } })).toContain("cluster.ca_file: needs a rediss:// URL");
+    expect(errorsOf({ cluster: { redis: "redis://r", deadline: "10s" } })).toContain(
+      'cluster.deadline: "10s" must be from 1ms to 5s',
+    );
+    expect(errorsOf({ cluster: { redis: "redis://r", password_file: "nope" } })).toMatch(
+      /cluster\.password_file: cannot read .*nope: ENOENT/,
+    );
+    expect(errorsOf({ cluster: { redis: "redis://r", ca_file: "pw" } })).toContain(
+      "cluster.ca_file: needs a rediss:// URL",
+    );
   });
 });
 
@@ -80,7 +95,10 @@ describe.skipIf(skip)("crm doctor: the cluster store", () => {
   let n = 0;
   async function doctor(cfg: Record<string, unknown>) {
     const file = join(dir, `d${++n}.json`);
-    writeFileSync(file, JSON.stringify({ listen: "127.0.0.1:0", mirror: { enabled: false }, ...cfg }));
+    writeFileSync(
+      file,
+      JSON.stringify({ listen: "127.0.0.1:0", mirror: { enabled: false }, ...cfg }),
+    );
     const r = await diagnose({ configPath: file, json: false });
     return (name: string) => {
       const hit = r.rows.find((x) => x.check === name);
@@ -92,11 +110,20 @@ describe.skipIf(skip)("crm doctor: the cluster store", () => {
   test("answers, latency, version; a prefix used by another config's replicas fails", async () => {
     const row = await doctor({ cluster: { redis: redis.url, key_prefix: "doc1:" } });
     expect(row("cluster store").result).toBe("pass");
-    expect(row("cluster store").detail).toMatch(/Redis \d+\.\d+\.\d+, PING \d+\.\d ms \(median of 5; deadline 100 ms\)/);
+    expect(row("cluster store").detail).toMatch(
+      /Redis \d+\.\d+\.\d+, PING \d+\.\d ms \(median of 5; deadline 100 ms\)/,
+    );
     expect(row("cluster key prefix").result).toBe("pass");
 
     // A replica of another config (other rate limit) is alive under the same prefix.
-    const other = await startCrm({ mirror: { enabled: false }, limits: { requests_per_second: 5 }, cluster: { redis: redis.url, key_prefix: "doc1:" } }, "info");
+    const other = await startCrm(
+      {
+        mirror: { enabled: false },
+        limits: { requests_per_second: 5 },
+        cluster: { redis: redis.url, key_prefix: "doc1:" },
+      },
+      "info",
+    );
     try {
       await other.server.cluster!.heartbeat.beat();
       const row2 = await doctor({ cluster: { redis: redis.url, key_prefix: "doc1:" } });
@@ -104,14 +131,22 @@ describe.skipIf(skip)("crm doctor: the cluster store", () => {
       expect(row2("cluster key prefix").detail).toContain(`${other.server.cluster!.id}`);
       expect(row2("cluster key prefix").fix).toContain("own cluster.key_prefix");
       // The same config under that prefix is its own fleet: pass.
-      const row3 = await doctor({ limits: { requests_per_second: 5 }, cluster: { redis: redis.url, key_prefix: "doc1:" } });
+      const row3 = await doctor({
+        limits: { requests_per_second: 5 },
+        cluster: { redis: redis.url, key_prefix: "doc1:" },
+      });
       expect(row3("cluster key prefix").result).toBe("pass");
       // A running replica of the first config warns (once) when it sees the other.
-      const mine = await startCrm({ mirror: { enabled: false }, cluster: { redis: redis.url, key_prefix: "doc1:" } }, "info");
+      const mine = await startCrm(
+        { mirror: { enabled: false }, cluster: { redis: redis.url, key_prefix: "doc1:" } },
+        "info",
+      );
       try {
         await mine.server.cluster!.heartbeat.beat();
         await mine.server.cluster!.heartbeat.beat();
-        const warned = mine.logs.filter((l) => /replicas of another config share this cluster.key_prefix/.test(l));
+        const warned = mine.logs.filter((l) =>
+          /replicas of another config share this cluster.key_prefix/.test(l),
+        );
         expect(warned.length).toBe(1);
         expect(warned[0]).toContain(other.server.cluster!.id);
       } finally {

@@ -14,12 +14,23 @@ import { startCrm, type TestCrm } from "./support/crm.ts";
 import { deadPort } from "./support/mirror-upstreams.ts";
 import { HUB_ACCEPT, startFakeHub } from "./support/fake-hub.ts";
 import { missingNginx } from "./support/nginx.ts";
-import { MANIFEST_ACCEPT, runSkopeo, sha256Digest, startRegistry, type RegistryFixture } from "./support/registry.ts";
+import {
+  MANIFEST_ACCEPT,
+  runSkopeo,
+  sha256Digest,
+  startRegistry,
+  type RegistryFixture,
+} from "./support/registry.ts";
 import { startRedis, type RedisFixture } from "./support/redis.ts";
 import { makeLeaf, makeTestCa } from "./support/tls.ts";
 import { missingTools } from "./support/tools.ts";
 
-const skip = missingTools("cluster (replicas sharing a Redis)", ["docker-registry", "skopeo", "redis-server"]) || missingNginx();
+const skip =
+  missingTools("cluster (replicas sharing a Redis)", [
+    "docker-registry",
+    "skopeo",
+    "redis-server",
+  ]) || missingNginx();
 
 let fx: RegistryFixture;
 let redis: RedisFixture;
@@ -56,12 +67,26 @@ function mirrorConfig(extra: Record<string, unknown> = {}): Record<string, unkno
   };
 }
 
-async function replicas(opts: { n?: number; store?: RedisFixture; cluster?: Record<string, unknown>; extra?: Record<string, unknown>; front?: boolean } = {}): Promise<Replicas> {
+async function replicas(
+  opts: {
+    n?: number;
+    store?: RedisFixture;
+    cluster?: Record<string, unknown>;
+    extra?: Record<string, unknown>;
+    front?: boolean;
+  } = {},
+): Promise<Replicas> {
   const prefix = `t${++prefixes}-${process.pid}:`;
   const store = opts.store ?? redis;
   const crms: TestCrm[] = [];
   for (let i = 0; i < (opts.n ?? 3); i++) {
-    const crm = await startCrm(mirrorConfig({ cluster: { redis: store.url, key_prefix: prefix, ...opts.cluster }, ...opts.extra }), "info");
+    const crm = await startCrm(
+      mirrorConfig({
+        cluster: { redis: store.url, key_prefix: prefix, ...opts.cluster },
+        ...opts.extra,
+      }),
+      "info",
+    );
     running.push(crm);
     crms.push(crm);
   }
@@ -76,14 +101,40 @@ async function replicas(opts: { n?: number; store?: RedisFixture; cluster?: Reco
 async function registriesConf(port: number): Promise<string> {
   const file = join(fx.dir, `cluster-registries-${port}.conf`);
   // The primary is a dead port: a copy that left the mirror would fail, never reach the registry.
-  await writeFile(file, ['unqualified-search-registries = []', "[[registry]]", 'prefix = "reg.test"', `location = "127.0.0.1:${deadPort()}"`, "insecure = true", "[[registry.mirror]]", `location = "127.0.0.1:${port}/reg.test"`, "insecure = true", ""].join("\n"));
+  await writeFile(
+    file,
+    [
+      "unqualified-search-registries = []",
+      "[[registry]]",
+      'prefix = "reg.test"',
+      `location = "127.0.0.1:${deadPort()}"`,
+      "insecure = true",
+      "[[registry.mirror]]",
+      `location = "127.0.0.1:${port}/reg.test"`,
+      "insecure = true",
+      "",
+    ].join("\n"),
+  );
   return file;
 }
 
 let pulls = 0;
 async function pullAll(conf: string, repo: string, tag: string): Promise<void> {
   const dest = join(fx.dir, `pull-${++pulls}`);
-  await runSkopeo(fx, ["--registries-conf", conf, "copy", "--all", "--preserve-digests", "--quiet", `docker://reg.test/${repo}:${tag}`, `oci:${dest}:${tag}`], { timeoutMs: 120_000 });
+  await runSkopeo(
+    fx,
+    [
+      "--registries-conf",
+      conf,
+      "copy",
+      "--all",
+      "--preserve-digests",
+      "--quiet",
+      `docker://reg.test/${repo}:${tag}`,
+      `oci:${dest}:${tag}`,
+    ],
+    { timeoutMs: 120_000 },
+  );
 }
 
 /**
@@ -99,11 +150,13 @@ function registryManifestGets(mark: string): Map<string, number> {
   const out = new Map<string, number>();
   const text = fx.logs();
   const at = mark === "" ? 0 : text.lastIndexOf(mark);
-  if (at < 0) throw new Error("the registry log scrolled past the mark: too much logged in between");
+  if (at < 0)
+    throw new Error("the registry log scrolled past the mark: too much logged in between");
   for (const line of text.slice(at + mark.length).split("\n")) {
     if (!/http\.request\.method=GET\b/.test(line)) continue;
     const m = /http\.request\.uri="?\/v2\/[^"\s]*\/manifests\/([^"\s?]+)/.exec(line);
-    if (m && /response completed/.test(line)) out.set(m[1] as string, (out.get(m[1] as string) ?? 0) + 1);
+    if (m && /response completed/.test(line))
+      out.set(m[1] as string, (out.get(m[1] as string) ?? 0) + 1);
   }
   return out;
 }
@@ -114,12 +167,34 @@ async function metric(crm: TestCrm, name: string): Promise<number> {
   return hit === undefined ? NaN : Number(hit.slice(name.length + 1));
 }
 
-const getManifest = (base: string, repo: string, ref: string, init: RequestInit = {}): Promise<Response> =>
-  fetch(`${base}/v2/${repo}/manifests/${ref}?ns=reg.test`, { proxy: false, ...init, headers: { accept: MANIFEST_ACCEPT, ...(init.headers as Record<string, string> | undefined) } } as RequestInit);
+const getManifest = (
+  base: string,
+  repo: string,
+  ref: string,
+  init: RequestInit = {},
+): Promise<Response> =>
+  fetch(`${base}/v2/${repo}/manifests/${ref}?ns=reg.test`, {
+    proxy: false,
+    ...init,
+    headers: { accept: MANIFEST_ACCEPT, ...(init.headers as Record<string, string> | undefined) },
+  } as RequestInit);
 
 /** Copies an image inside the registry (anonymous push is allowed by the fixture). */
 async function copyInRegistry(from: string, to: string): Promise<void> {
-  await runSkopeo(fx, ["copy", "--all", "--preserve-digests", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", `docker://${fx.host}/${from}`, `docker://${fx.host}/${to}`], { timeoutMs: 60_000 });
+  await runSkopeo(
+    fx,
+    [
+      "copy",
+      "--all",
+      "--preserve-digests",
+      "--quiet",
+      "--src-tls-verify=false",
+      "--dest-tls-verify=false",
+      `docker://${fx.host}/${from}`,
+      `docker://${fx.host}/${to}`,
+    ],
+    { timeoutMs: 60_000 },
+  );
 }
 
 describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
@@ -129,11 +204,15 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     const img = fx.images.index;
     const mark = logMark();
     // Three rounds of ten at once: concurrent misses on different replicas must share one GET.
-    for (let round = 0; round < 3; round++) await Promise.all(Array.from({ length: 10 }, () => pullAll(conf, img.repo, img.tag)));
+    for (let round = 0; round < 3; round++)
+      await Promise.all(Array.from({ length: 10 }, () => pullAll(conf, img.repo, img.tag)));
     const gets = registryManifestGets(mark);
-    console.log(`[cluster] registry log for 30 pulls: ${fx.logs().length - fx.logs().lastIndexOf(mark)} bytes of the 256 KiB kept`);
+    console.log(
+      `[cluster] registry log for 30 pulls: ${fx.logs().length - fx.logs().lastIndexOf(mark)} bytes of the 256 KiB kept`,
+    );
     const manifests = [img.digest, ...img.children.map((c) => c.digest)];
-    for (const d of manifests) expect({ digest: d, gets: gets.get(d) ?? 0 }).toEqual({ digest: d, gets: 1 });
+    for (const d of manifests)
+      expect({ digest: d, gets: gets.get(d) ?? 0 }).toEqual({ digest: d, gets: 1 });
     // Nothing else of this image was fetched with a GET (tags are resolved with HEAD).
     expect([...gets.entries()].filter(([ref]) => !manifests.includes(ref))).toEqual([]);
     // crm's own count agrees: over all replicas, one GET per manifest.
@@ -145,9 +224,13 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
       await c.server.cluster!.heartbeat.beat();
       expect(c.server.cluster!.heartbeat.replicas.length).toBe(3);
     }
-    const status = (await (await fetch(`${r.crms[0]!.url}/status.json`, { proxy: false } as RequestInit)).json()) as { cluster: { up: boolean; replicas: Array<{ id: string; version: string }> } };
+    const status = (await (
+      await fetch(`${r.crms[0]!.url}/status.json`, { proxy: false } as RequestInit)
+    ).json()) as { cluster: { up: boolean; replicas: Array<{ id: string; version: string }> } };
     expect(status.cluster.up).toBe(true);
-    expect(status.cluster.replicas.map((x) => x.id).sort()).toEqual(r.crms.map((c) => c.server.cluster!.id).sort());
+    expect(status.cluster.replicas.map((x) => x.id).sort()).toEqual(
+      r.crms.map((c) => c.server.cluster!.id).sort(),
+    );
     const page = await (await fetch(`${r.crms[0]!.url}/`, { proxy: false } as RequestInit)).text();
     expect(page).toContain("<h2>Replicas</h2>");
     expect(page).toContain("3 live replicas");
@@ -163,12 +246,17 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
       expect(res.headers.get("docker-content-digest")).toBe(fx.images.index.digest);
       expect(sha256Digest(new Uint8Array(await res.arrayBuffer()))).toBe(fx.images.index.digest);
     }
-    await copyInRegistry(`${fx.images.multiLayer.repo}:${fx.images.multiLayer.tag}`, "team/moving:v1");
+    await copyInRegistry(
+      `${fx.images.multiLayer.repo}:${fx.images.multiLayer.tag}`,
+      "team/moving:v1",
+    );
     for (const c of r.crms) {
       const res = await getManifest(c.url, "team/moving", "v1");
       expect(res.status).toBe(200);
       expect(res.headers.get("docker-content-digest")).toBe(fx.images.multiLayer.digest);
-      expect(sha256Digest(new Uint8Array(await res.arrayBuffer()))).toBe(fx.images.multiLayer.digest);
+      expect(sha256Digest(new Uint8Array(await res.arrayBuffer()))).toBe(
+        fx.images.multiLayer.digest,
+      );
     }
   }, 120_000);
 
@@ -182,7 +270,9 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     const afterFirst = fx.token!.calls();
     expect(afterFirst).toBeGreaterThan(before);
     for (const c of r.crms.slice(1)) {
-      const res = await fetch(`${c.url}/v2/${img.repo}/blobs/${img.config!.digest}?ns=reg.test`, { proxy: false } as RequestInit);
+      const res = await fetch(`${c.url}/v2/${img.repo}/blobs/${img.config!.digest}?ns=reg.test`, {
+        proxy: false,
+      } as RequestInit);
       expect(res.status).toBe(200);
       await res.arrayBuffer();
     }
@@ -194,7 +284,9 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     const img = fx.images.multiLayer;
     const before = fx.token!.calls();
     for (const c of r.crms) {
-      const res = await fetch(`${c.url}/v2/${img.repo}/blobs/${img.config!.digest}?ns=reg.test`, { proxy: false } as RequestInit);
+      const res = await fetch(`${c.url}/v2/${img.repo}/blobs/${img.config!.digest}?ns=reg.test`, {
+        proxy: false,
+      } as RequestInit);
       expect(res.status).toBe(200);
       await res.arrayBuffer();
     }
@@ -203,7 +295,10 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
 
   test("requests_per_second is refused by whichever replica the client reaches", async () => {
     // One request per 100 s after a burst of 3: only the store's count can refuse the 4th.
-    const r = await replicas({ front: false, extra: { limits: { requests_per_second: 0.01, burst: 3 } } });
+    const r = await replicas({
+      front: false,
+      extra: { limits: { requests_per_second: 0.01, burst: 3 } },
+    });
     const statuses: number[][] = r.crms.map(() => []);
     for (let i = 0; i < 9; i++) {
       const res = await fetch(`${r.crms[i % 3]!.url}/v2/`, { proxy: false } as RequestInit);
@@ -214,9 +309,15 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     expect(statuses.flat().filter((s) => s === 200).length).toBe(3);
     for (const s of statuses) expect(s.slice(1)).toEqual([429, 429]);
     // Forward-proxy requests draw on the same shared bucket.
-    const origin = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("origin") });
+    const origin = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: () => new Response("origin"),
+    });
     try {
-      const fwd = await fetch(`http://127.0.0.1:${origin.port}/`, { proxy: r.crms[2]!.url } as RequestInit);
+      const fwd = await fetch(`http://127.0.0.1:${origin.port}/`, {
+        proxy: r.crms[2]!.url,
+      } as RequestInit);
       expect(fwd.status).toBe(429);
       await fwd.arrayBuffer();
     } finally {
@@ -226,13 +327,31 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
 
   test("a forward-proxy request under a shared rate is relayed whole (the paused connection resumes)", async () => {
     const body = "x".repeat(200_000);
-    const origin = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: async (req) => new Response(req.method === "POST" ? await req.text() : body) });
+    const origin = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: async (req) => new Response(req.method === "POST" ? await req.text() : body),
+    });
     try {
-      const r = await replicas({ front: false, n: 1, extra: { allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port], limits: { requests_per_second: 100, burst: 100 } } });
-      const get = await fetch(`http://127.0.0.1:${origin.port}/`, { proxy: r.crms[0]!.url } as RequestInit);
+      const r = await replicas({
+        front: false,
+        n: 1,
+        extra: {
+          allowed_hosts: ["127.0.0.1"],
+          allowed_ports: [origin.port],
+          limits: { requests_per_second: 100, burst: 100 },
+        },
+      });
+      const get = await fetch(`http://127.0.0.1:${origin.port}/`, {
+        proxy: r.crms[0]!.url,
+      } as RequestInit);
       expect(get.status).toBe(200);
       expect((await get.text()).length).toBe(body.length);
-      const post = await fetch(`http://127.0.0.1:${origin.port}/echo`, { method: "POST", body, proxy: r.crms[0]!.url } as RequestInit);
+      const post = await fetch(`http://127.0.0.1:${origin.port}/echo`, {
+        method: "POST",
+        body,
+        proxy: r.crms[0]!.url,
+      } as RequestInit);
       expect(post.status).toBe(200);
       expect((await post.text()).length).toBe(body.length);
     } finally {
@@ -246,7 +365,10 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     const wrong = "Basic " + Buffer.from("alice:wrong").toString("base64");
     const statuses: number[] = [];
     for (let i = 0; i < 40; i++) {
-      const res = await fetch(`${r.crms[i % 3]!.url}/v2/`, { proxy: false, headers: { authorization: wrong } } as RequestInit);
+      const res = await fetch(`${r.crms[i % 3]!.url}/v2/`, {
+        proxy: false,
+        headers: { authorization: wrong },
+      } as RequestInit);
       await res.arrayBuffer();
       statuses.push(res.status);
     }
@@ -265,7 +387,17 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     try {
       // Right digest in the header, other bytes: what a tampered or corrupted entry looks like.
       const evil = new TextEncoder().encode('{"schemaVersion":2,"layers":["evil"]}');
-      await store.set(key, encodeManifest({ digest: child.digest, body: evil, mediaType: child.mediaType, etag: null }), "PX", 60_000);
+      await store.set(
+        key,
+        encodeManifest({
+          digest: child.digest,
+          body: evil,
+          mediaType: child.mediaType,
+          etag: null,
+        }),
+        "PX",
+        60_000,
+      );
       const mark = logMark();
       const res = await getManifest(r.crms[0]!.url, img.repo, child.digest);
       expect(res.status).toBe(200);
@@ -289,12 +421,28 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
 
       // Garbage, and an entry naming another digest: deleted, never served.
       const other = img.children[0]!;
-      const otherKey = r.prefix + "m:" + SharedManifests.id(cacheScope(reg), img.repo, other.digest);
-      await store.set(otherKey, encodeManifest({ digest: child.digest, body: new Uint8Array(await (await getManifest(r.crms[1]!.url, img.repo, child.digest)).arrayBuffer()), mediaType: null, etag: null }), "PX", 60_000);
+      const otherKey =
+        r.prefix + "m:" + SharedManifests.id(cacheScope(reg), img.repo, other.digest);
+      await store.set(
+        otherKey,
+        encodeManifest({
+          digest: child.digest,
+          body: new Uint8Array(
+            await (await getManifest(r.crms[1]!.url, img.repo, child.digest)).arrayBuffer(),
+          ),
+          mediaType: null,
+          etag: null,
+        }),
+        "PX",
+        60_000,
+      );
       const third = await getManifest(r.crms[1]!.url, img.repo, other.digest);
       expect(sha256Digest(new Uint8Array(await third.arrayBuffer()))).toBe(other.digest);
       await store.set(key, "not a manifest at all", "PX", 60_000);
-      const fresh = await startCrm(mirrorConfig({ cluster: { redis: redis.url, key_prefix: r.prefix } }), "info");
+      const fresh = await startCrm(
+        mirrorConfig({ cluster: { redis: redis.url, key_prefix: r.prefix } }),
+        "info",
+      );
       running.push(fresh);
       const fourth = await getManifest(fresh.url, img.repo, child.digest);
       expect(sha256Digest(new Uint8Array(await fourth.arrayBuffer()))).toBe(child.digest);
@@ -341,10 +489,16 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     own.signal("SIGKILL");
     await Promise.all(Array.from({ length: 6 }, timed("team/outage-b")));
     const maxWait = Math.max(...r.crms.map((c) => c.server.cluster!.store.maxWaitMs));
-    for (const c of r.crms) console.log(`[cluster] replica store calls: ${JSON.stringify(c.server.cluster!.store.stats)}`);
-    console.log(`[cluster] pulls with the store stopped/killed: ${latencies.length}, slowest ${Math.round(Math.max(...latencies))} ms, median ${Math.round(latencies.sort((a, b) => a - b)[latencies.length >> 1]!)} ms; longest store call ${Math.round(maxWait)} ms (deadline 100 ms)`);
+    for (const c of r.crms)
+      console.log(
+        `[cluster] replica store calls: ${JSON.stringify(c.server.cluster!.store.stats)}`,
+      );
+    console.log(
+      `[cluster] pulls with the store stopped/killed: ${latencies.length}, slowest ${Math.round(Math.max(...latencies))} ms, median ${Math.round(latencies.sort((a, b) => a - b)[latencies.length >> 1]!)} ms; longest store call ${Math.round(maxWait)} ms (deadline 100 ms)`,
+    );
     // One warning per outage per replica, not one per request.
-    for (const c of r.crms) expect(c.logs.filter((l) => /cluster store down/.test(l)).length).toBe(1);
+    for (const c of r.crms)
+      expect(c.logs.filter((l) => /cluster store down/.test(l)).length).toBe(1);
 
     // Back: every replica reconnects by itself, and a new manifest is fetched upstream once.
     await own.restart();
@@ -352,7 +506,10 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
       await c.waitLog(/cluster store back/, 15_000);
       expect(await metric(c, "crm_cluster_up")).toBe(1);
     }
-    await copyInRegistry(`${fx.images.multiLayer.repo}:${fx.images.multiLayer.tag}`, "team/after-restart:v1");
+    await copyInRegistry(
+      `${fx.images.multiLayer.repo}:${fx.images.multiLayer.tag}`,
+      "team/after-restart:v1",
+    );
     const mark = logMark();
     for (const c of r.crms) {
       const res = await getManifest(c.url, "team/after-restart", fx.images.multiLayer.digest);
@@ -368,12 +525,21 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     const prefix = `quota-${process.pid}:`;
     const crms: TestCrm[] = [];
     for (let i = 0; i < 2; i++) {
-      const crm = await startCrm({ mirror: { default_registry: "hub.test", registries: { "hub.test": hub.url } }, cluster: { redis: redis.url, key_prefix: prefix } }, "info");
+      const crm = await startCrm(
+        {
+          mirror: { default_registry: "hub.test", registries: { "hub.test": hub.url } },
+          cluster: { redis: redis.url, key_prefix: prefix },
+        },
+        "info",
+      );
       running.push(crm);
       crms.push(crm);
     }
     const [a, b] = crms as [TestCrm, TestCrm];
-    const res = await fetch(`${a.url}/v2/library/multi/manifests/${hub.image().index.digest}`, { proxy: false, headers: { accept: HUB_ACCEPT } } as RequestInit);
+    const res = await fetch(`${a.url}/v2/library/multi/manifests/${hub.image().index.digest}`, {
+      proxy: false,
+      headers: { accept: HUB_ACCEPT },
+    } as RequestInit);
     expect(res.status).toBe(200);
     await res.arrayBuffer();
     expect(await metric(a, 'crm_upstream_ratelimit_remaining{registry="hub.test"}')).toBe(99);
@@ -387,7 +553,9 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     }
     expect(await metric(b, 'crm_upstream_ratelimit_remaining{registry="hub.test"}')).toBe(99);
     expect(await metric(b, 'crm_upstream_ratelimit_limit{registry="hub.test"}')).toBe(100);
-    const page = await (await fetch(`${b.url}/status.json`, { proxy: false } as RequestInit)).json() as { quota: Array<{ registry: string; remaining: number }> };
+    const page = (await (
+      await fetch(`${b.url}/status.json`, { proxy: false } as RequestInit)
+    ).json()) as { quota: Array<{ registry: string; remaining: number }> };
     expect(page.quota).toEqual([expect.objectContaining({ registry: "hub.test", remaining: 99 })]);
   }, 60_000);
 
@@ -398,7 +566,15 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     running.push(tls);
     await writeFile(join(tls.dir, "crm-ca.crt"), ca.cert);
     await writeFile(join(tls.dir, "crm-password"), "tls-secret\n");
-    const r = await replicas({ store: tls, front: false, n: 2, cluster: { ca_file: join(tls.dir, "crm-ca.crt"), password_file: join(tls.dir, "crm-password") } });
+    const r = await replicas({
+      store: tls,
+      front: false,
+      n: 2,
+      cluster: {
+        ca_file: join(tls.dir, "crm-ca.crt"),
+        password_file: join(tls.dir, "crm-password"),
+      },
+    });
     for (const c of r.crms) expect(c.server.cluster!.store.up).toBe(true);
     const img = fx.images.multiLayer;
     const mark = logMark();
@@ -413,9 +589,16 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     const locked = await startRedis({ password: "right-one" });
     running.push(locked);
     await writeFile(join(locked.dir, "wrong"), "not-it\n");
-    const wrong = startCrm(mirrorConfig({ cluster: { redis: locked.url, password_file: join(locked.dir, "wrong") } }), "info");
-    await expect(wrong).rejects.toThrow(/cluster\.redis: redis:\/\/127\.0\.0\.1:\d+\/0 refused crm's credentials: WRONGPASS.*cluster\.password_file/);
+    const wrong = startCrm(
+      mirrorConfig({ cluster: { redis: locked.url, password_file: join(locked.dir, "wrong") } }),
+      "info",
+    );
+    await expect(wrong).rejects.toThrow(
+      /cluster\.redis: redis:\/\/127\.0\.0\.1:\d+\/0 refused crm's credentials: WRONGPASS.*cluster\.password_file/,
+    );
     const none = startCrm(mirrorConfig({ cluster: { redis: locked.url } }), "info");
-    await expect(none).rejects.toThrow(/refused crm's credentials: NOAUTH.*no cluster\.password_file is set/);
+    await expect(none).rejects.toThrow(
+      /refused crm's credentials: NOAUTH.*no cluster\.password_file is set/,
+    );
   }, 60_000);
 });

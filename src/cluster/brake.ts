@@ -59,14 +59,23 @@ export class SharedBrake {
   private keys(client: string): string[] {
     // One hash slot per client ({...}), should the store ever be a Cluster.
     const k = `{${client}}`;
-    return [this.store.key("b", k, "attempts"), this.store.key("b", k, "failures"), this.store.key("b", k, "block")];
+    return [
+      this.store.key("b", k, "attempts"),
+      this.store.key("b", k, "failures"),
+      this.store.key("b", k, "block"),
+    ];
   }
 
   /** undefined: the store did not decide (the local brake does). */
   async begin(client: string): Promise<BrakeStart | undefined> {
     const ticket = `${this.replicaId}:${crypto.randomUUID()}`;
-    const got = await this.store.script(BEGIN, this.keys(client), [String(FAILURES_PER_MINUTE), String(WINDOW_MS), ticket]);
-    if (!Array.isArray(got) || typeof got[0] !== "number" || typeof got[1] !== "number") return undefined;
+    const got = await this.store.script(BEGIN, this.keys(client), [
+      String(FAILURES_PER_MINUTE),
+      String(WINDOW_MS),
+      ticket,
+    ]);
+    if (!Array.isArray(got) || typeof got[0] !== "number" || typeof got[1] !== "number")
+      return undefined;
     return got[0] === 0 ? { kind: "check", ticket } : { kind: "braked", ms: got[1] };
   }
 
@@ -78,6 +87,11 @@ export class SharedBrake {
 
   /** The check failed (or a shared one did): counted, and past the limit the address is blocked. */
   async fail(client: string): Promise<void> {
-    await this.store.script(FAIL, this.keys(client), [String(FAILURES_PER_MINUTE), String(WINDOW_MS), String(BLOCK_MS), `${this.replicaId}:${crypto.randomUUID()}`]);
+    await this.store.script(FAIL, this.keys(client), [
+      String(FAILURES_PER_MINUTE),
+      String(WINDOW_MS),
+      String(BLOCK_MS),
+      `${this.replicaId}:${crypto.randomUUID()}`,
+    ]);
   }
 }

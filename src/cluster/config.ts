@@ -40,7 +40,16 @@ export interface ClusterConfig {
   manifestTtlMs: number;
 }
 
-export const CLUSTER_KEYS = ["redis", "username", "password_file", "ca_file", "key_prefix", "share_tokens", "deadline", "manifest_ttl"] as const;
+export const CLUSTER_KEYS = [
+  "redis",
+  "username",
+  "password_file",
+  "ca_file",
+  "key_prefix",
+  "share_tokens",
+  "deadline",
+  "manifest_ttl",
+] as const;
 export const DEFAULT_DEADLINE_MS = 100;
 export const DEFAULT_MANIFEST_TTL_MS = 24 * 3_600_000;
 
@@ -49,25 +58,44 @@ export function buildCluster(c: Checker, raw: unknown, file: string): ClusterCon
   if (o === null) return null;
   const text = c.string("cluster.redis", o.redis);
   if (text === null) {
-    if (o.redis === undefined) c.rule("cluster.redis", 'missing; it is required in a cluster section (e.g. "redis://redis:6379/0")');
+    if (o.redis === undefined)
+      c.rule(
+        "cluster.redis",
+        'missing; it is required in a cluster section (e.g. "redis://redis:6379/0")',
+      );
     return null;
   }
   let url: URL;
   try {
     url = new URL(text);
   } catch (cause) {
-    c.errors.push(new ConfigError("cluster.redis", `${JSON.stringify(text)} is not a URL`, { cause }));
+    c.errors.push(
+      new ConfigError("cluster.redis", `${JSON.stringify(text)} is not a URL`, { cause }),
+    );
     return null;
   }
-  if (url.protocol !== "redis:" && url.protocol !== "rediss:" && url.protocol !== "valkey:" && url.protocol !== "valkeys:") {
-    c.fail("cluster.redis", text, "must be a redis:// or rediss:// URL (one endpoint; see README, Scaling out)");
+  if (
+    url.protocol !== "redis:" &&
+    url.protocol !== "rediss:" &&
+    url.protocol !== "valkey:" &&
+    url.protocol !== "valkeys:"
+  ) {
+    c.fail(
+      "cluster.redis",
+      text,
+      "must be a redis:// or rediss:// URL (one endpoint; see README, Scaling out)",
+    );
     return null;
   }
   if (url.username || url.password) {
-    c.rule("cluster.redis", "must not carry user:password (the URL is not shown); use cluster.username and cluster.password_file");
+    c.rule(
+      "cluster.redis",
+      "must not carry user:password (the URL is not shown); use cluster.username and cluster.password_file",
+    );
     return null;
   }
-  if (url.pathname !== "" && url.pathname !== "/" && !/^\/\d{1,2}$/.test(url.pathname)) c.fail("cluster.redis", text, "path must be a database number such as /0");
+  if (url.pathname !== "" && url.pathname !== "/" && !/^\/\d{1,2}$/.test(url.pathname))
+    c.fail("cluster.redis", text, "path must be a database number such as /0");
   const read = (key: string, v: unknown): { text: string; path: string } | null => {
     const name = c.string(`cluster.${key}`, v);
     if (name === null) return null;
@@ -75,7 +103,13 @@ export function buildCluster(c: Checker, raw: unknown, file: string): ClusterCon
     try {
       return { text: readFileSync(p, "utf8"), path: p };
     } catch (cause) {
-      c.errors.push(new ConfigError(`cluster.${key}`, `cannot read ${p}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}`, { cause }));
+      c.errors.push(
+        new ConfigError(
+          `cluster.${key}`,
+          `cannot read ${p}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}`,
+          { cause },
+        ),
+      );
       return null;
     }
   };
@@ -85,11 +119,22 @@ export function buildCluster(c: Checker, raw: unknown, file: string): ClusterCon
   if (ca !== null && !tls) c.rule("cluster.ca_file", "needs a rediss:// URL in cluster.redis");
   let keyPrefix = "crm:";
   if (o.key_prefix !== undefined && o.key_prefix !== null) {
-    if (typeof o.key_prefix === "string" && /^[A-Za-z0-9:._{}-]{1,64}$/.test(o.key_prefix)) keyPrefix = o.key_prefix;
-    else c.fail("cluster.key_prefix", o.key_prefix, "must be 1-64 letters, digits or : . _ - { } (e.g. \"crm:\" or \"crm-eu:\")");
+    if (typeof o.key_prefix === "string" && /^[A-Za-z0-9:._{}-]{1,64}$/.test(o.key_prefix))
+      keyPrefix = o.key_prefix;
+    else
+      c.fail(
+        "cluster.key_prefix",
+        o.key_prefix,
+        'must be 1-64 letters, digits or : . _ - { } (e.g. "crm:" or "crm-eu:")',
+      );
   }
   const deadlineMs = c.duration("cluster.deadline", o.deadline, DEFAULT_DEADLINE_MS);
-  if (deadlineMs < 1 || deadlineMs > 5000) c.fail("cluster.deadline", o.deadline, "must be from 1ms to 5s (a pull waits at most this long for the store)");
+  if (deadlineMs < 1 || deadlineMs > 5000)
+    c.fail(
+      "cluster.deadline",
+      o.deadline,
+      "must be from 1ms to 5s (a pull waits at most this long for the store)",
+    );
   const manifestTtlMs = c.duration("cluster.manifest_ttl", o.manifest_ttl, DEFAULT_MANIFEST_TTL_MS);
   if (manifestTtlMs < 1000) c.fail("cluster.manifest_ttl", o.manifest_ttl, "must be at least 1s");
   const password = pw === null ? null : pw.text.replace(/\r?\n$/, "");
@@ -112,7 +157,12 @@ export function buildCluster(c: Checker, raw: unknown, file: string): ClusterCon
 /** `crm -t` lines: what is shared and where; the password only as "set". */
 export function describeCluster(k: ClusterConfig | null): string[] {
   if (k === null) return ["cluster: off (every replica keeps its own state)"];
-  const auth = [k.username !== null ? `user ${k.username}` : null, k.password !== null ? `password from ${k.passwordFile}` : "no password"].filter((v) => v !== null).join(", ");
+  const auth = [
+    k.username !== null ? `user ${k.username}` : null,
+    k.password !== null ? `password from ${k.passwordFile}` : "no password",
+  ]
+    .filter((v) => v !== null)
+    .join(", ");
   return [
     `cluster: ${k.url.href} (${auth}${k.caFile !== null ? `, CA ${k.caFile}` : ""}), key_prefix ${JSON.stringify(k.keyPrefix)}, deadline ${formatDuration(k.deadlineMs)}`,
     `  shared: manifests (ttl ${formatDuration(k.manifestTtlMs)}), manifest single flight, ${k.shareTokens ? "upstream tokens, " : ""}requests_per_second, password brake, upstream quota, heartbeats`,

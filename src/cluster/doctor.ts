@@ -21,7 +21,13 @@ export async function checkCluster(config: Config, report: Report): Promise<void
   const probe = await probeStore(k, 3000);
   if (probe.kind !== "ok") {
     const auth = probe.kind === "refused" && isAuthRefusal(probe.message);
-    report.fail("cluster store", `${where}: ${probe.message}`, auth ? "fix cluster.password_file (and cluster.username), or the store's ACL" : "start the store or fix cluster.redis; until it answers every replica decides alone (pulls still work)");
+    report.fail(
+      "cluster store",
+      `${where}: ${probe.message}`,
+      auth
+        ? "fix cluster.password_file (and cluster.username), or the store's ACL"
+        : "start the store or fix cluster.redis; until it answers every replica decides alone (pulls still work)",
+    );
     report.skip("cluster key prefix", "the store did not answer");
     return;
   }
@@ -30,12 +36,20 @@ export async function checkCluster(config: Config, report: Report): Promise<void
   try {
     store = await Store.open(k, () => silent);
   } catch (e) {
-    report.fail("cluster store", `${where}: ${(e as Error).message}`, "fix cluster.password_file (and cluster.username)");
+    report.fail(
+      "cluster store",
+      `${where}: ${(e as Error).message}`,
+      "fix cluster.password_file (and cluster.username)",
+    );
     return;
   }
   try {
     if (!store.up) {
-      report.fail("cluster store", `${where}: answers a plain command but crm's client cannot connect: ${store.lastError ?? "?"}`, "check cluster.redis (rediss:// and ca_file for TLS)");
+      report.fail(
+        "cluster store",
+        `${where}: answers a plain command but crm's client cannot connect: ${store.lastError ?? "?"}`,
+        "check cluster.redis (rediss:// and ca_file for TLS)",
+      );
       return;
     }
     const times: number[] = [];
@@ -48,19 +62,45 @@ export async function checkCluster(config: Config, report: Report): Promise<void
     }
     const info = (await store.call((c) => c.send("INFO", ["server"]), 2000)) as string | undefined;
     const version = /(?:valkey_version|redis_version):([\d.]+)/.exec(info ?? "")?.[1] ?? "?";
-    const server = /valkey_version/.test(info ?? "") || /server_name:valkey/.test(info ?? "") ? "Valkey" : "Redis";
+    const server =
+      /valkey_version/.test(info ?? "") || /server_name:valkey/.test(info ?? "")
+        ? "Valkey"
+        : "Redis";
     times.sort((a, b) => a - b);
     const median = times[times.length >> 1];
-    if (median === undefined) report.fail("cluster store", `${where}: connected, then no answer to PING`, "check the store's load and the network to it");
-    else if (median > k.deadlineMs / 2) report.fail("cluster store", `${where}: ${server} ${version} answers in ${median.toFixed(1)} ms (median of ${times.length}), over half of cluster.deadline ${k.deadlineMs} ms: replicas will often decide alone`, "put the store closer to crm (same zone) or raise cluster.deadline");
-    else report.pass("cluster store", `${where}: ${server} ${version}, PING ${median.toFixed(1)} ms (median of ${times.length}; deadline ${k.deadlineMs} ms)`);
+    if (median === undefined)
+      report.fail(
+        "cluster store",
+        `${where}: connected, then no answer to PING`,
+        "check the store's load and the network to it",
+      );
+    else if (median > k.deadlineMs / 2)
+      report.fail(
+        "cluster store",
+        `${where}: ${server} ${version} answers in ${median.toFixed(1)} ms (median of ${times.length}), over half of cluster.deadline ${k.deadlineMs} ms: replicas will often decide alone`,
+        "put the store closer to crm (same zone) or raise cluster.deadline",
+      );
+    else
+      report.pass(
+        "cluster store",
+        `${where}: ${server} ${version}, PING ${median.toFixed(1)} ms (median of ${times.length}; deadline ${k.deadlineMs} ms)`,
+      );
     const major = Number(version.split(".")[0]);
-    if (server === "Redis" && major > 0 && major < 6) report.fail("cluster store version", `Redis ${version}`, "crm needs Redis 6 or later (or Valkey 7+)");
+    if (server === "Redis" && major > 0 && major < 6)
+      report.fail(
+        "cluster store version",
+        `Redis ${version}`,
+        "crm needs Redis 6 or later (or Valkey 7+)",
+      );
 
     const mine = configFingerprint(config);
     const replicas = (await readReplicas(store)) ?? [];
     const foreign = replicas.filter((r) => r.config !== mine);
-    if (foreign.length === 0) report.pass("cluster key prefix", `${replicas.length} live ${replicas.length === 1 ? "replica" : "replicas"} under ${JSON.stringify(k.keyPrefix)}, all with this config (fingerprint ${mine})`);
+    if (foreign.length === 0)
+      report.pass(
+        "cluster key prefix",
+        `${replicas.length} live ${replicas.length === 1 ? "replica" : "replicas"} under ${JSON.stringify(k.keyPrefix)}, all with this config (fingerprint ${mine})`,
+      );
     else
       report.fail(
         "cluster key prefix",

@@ -14,13 +14,15 @@ export const HEARTBEAT_MS = 5000;
 export const STALE_MS = 3 * HEARTBEAT_MS;
 const MAX_FIELD = 2048;
 
-
 export function replicasKey(store: Store): string {
   return store.key("replicas");
 }
 
 /** The live replicas under the prefix, oldest entries dropped. */
-export async function readReplicas(store: Store, now = Date.now()): Promise<ReplicaView[] | undefined> {
+export async function readReplicas(
+  store: Store,
+  now = Date.now(),
+): Promise<ReplicaView[] | undefined> {
   const all = await store.call((c) => c.hgetall(replicasKey(store)));
   if (all === undefined || all === null) return undefined;
   const out: ReplicaView[] = [];
@@ -33,9 +35,19 @@ export async function readReplicas(store: Store, now = Date.now()): Promise<Repl
       r = null;
     }
     if (r === null || typeof r.at !== "number" || now - r.at > STALE_MS) stale.push(id);
-    else out.push({ id: String(r.id).slice(0, 100), version: String(r.version).slice(0, 40), host: String(r.host).slice(0, 100), uptimeS: Number(r.uptimeS) || 0, active: Number(r.active) || 0, config: String(r.config).slice(0, 40), at: r.at });
+    else
+      out.push({
+        id: String(r.id).slice(0, 100),
+        version: String(r.version).slice(0, 40),
+        host: String(r.host).slice(0, 100),
+        uptimeS: Number(r.uptimeS) || 0,
+        active: Number(r.active) || 0,
+        config: String(r.config).slice(0, 40),
+        at: r.at,
+      });
   }
-  if (stale.length > 0) void store.call((c) => c.hdel(replicasKey(store), stale[0] as string, ...stale.slice(1)));
+  if (stale.length > 0)
+    void store.call((c) => c.hdel(replicasKey(store), stale[0] as string, ...stale.slice(1)));
   return out.sort((a, b) => a.id.localeCompare(b.id));
 }
 

@@ -28,11 +28,16 @@ import { SharedTokens } from "./tokens.ts";
  * would serve each other's manifests and count each other's clients (doctor says so).
  */
 export function configFingerprint(config: Config): string {
-  const registries = [...config.mirror.registries.values()].map((r) => [r.name, r.upstream.href, r.username ?? ""]).sort();
-  const shape = { registries, rate: [config.limits.requestsPerSecond, config.limits.burst], users: [...config.access.users.keys()].sort() };
+  const registries = [...config.mirror.registries.values()]
+    .map((r) => [r.name, r.upstream.href, r.username ?? ""])
+    .sort();
+  const shape = {
+    registries,
+    rate: [config.limits.requestsPerSecond, config.limits.burst],
+    users: [...config.access.users.keys()].sort(),
+  };
   return createHash("sha256").update(JSON.stringify(shape)).digest("hex").slice(0, 12);
 }
-
 
 export class Cluster {
   readonly id: string;
@@ -59,7 +64,15 @@ export class Cluster {
     // Read each beat: a reload may change what this replica runs.
     this.heartbeat = new Heartbeat(
       store,
-      () => ({ id: this.id, version: VERSION, host: hostname().slice(0, 100), uptimeS: Math.round((Date.now() - rt.startedAt) / 1000), active: rt.activity.activeView().filter((a) => a.kind !== "local").length, config: configFingerprint(rt.config), at: Date.now() }),
+      () => ({
+        id: this.id,
+        version: VERSION,
+        host: hostname().slice(0, 100),
+        uptimeS: Math.round((Date.now() - rt.startedAt) / 1000),
+        active: rt.activity.activeView().filter((a) => a.kind !== "local").length,
+        config: configFingerprint(rt.config),
+        at: Date.now(),
+      }),
       () => this.afterBeat(),
     );
   }
@@ -70,8 +83,18 @@ export class Cluster {
     const c = new Cluster(store, config, rt);
     rt.rate.shared = c.rate;
     rt.access.shared = c.brake;
-    shareMirrorState(rt, { manifests: c.manifests, tokens: c.tokens, quota: (tracker) => c.quota.attach(tracker) });
-    rt.metrics.sections.push(() => [...store.metricLines(), ...c.manifests.metricLines(), "# HELP crm_cluster_replicas Live replicas under this key prefix, as last read.", "# TYPE crm_cluster_replicas gauge", `crm_cluster_replicas ${c.heartbeat.replicas.length}`]);
+    shareMirrorState(rt, {
+      manifests: c.manifests,
+      tokens: c.tokens,
+      quota: (tracker) => c.quota.attach(tracker),
+    });
+    rt.metrics.sections.push(() => [
+      ...store.metricLines(),
+      ...c.manifests.metricLines(),
+      "# HELP crm_cluster_replicas Live replicas under this key prefix, as last read.",
+      "# TYPE crm_cluster_replicas gauge",
+      `crm_cluster_replicas ${c.heartbeat.replicas.length}`,
+    ]);
     rt.sources.cluster = () => c.status();
     c.heartbeat.start();
     return c;
@@ -84,16 +107,31 @@ export class Cluster {
     await this.quota.pull();
     const mine = configFingerprint(this.rt.config);
     const foreign = this.heartbeat.replicas.filter((r) => r.config !== mine);
-    const seen = foreign.map((r) => r.id).sort().join(",");
+    const seen = foreign
+      .map((r) => r.id)
+      .sort()
+      .join(",");
     if (seen !== "" && seen !== this.foreignSeen) {
-      this.rt.log.warn("replicas of another config share this cluster.key_prefix: they share manifests, limits and tokens with this one (crm doctor names them)", { prefix: this.config.keyPrefix, replicas: foreign.map((r) => `${r.id}@${r.host}`).join(" ") });
+      this.rt.log.warn(
+        "replicas of another config share this cluster.key_prefix: they share manifests, limits and tokens with this one (crm doctor names them)",
+        {
+          prefix: this.config.keyPrefix,
+          replicas: foreign.map((r) => `${r.id}@${r.host}`).join(" "),
+        },
+      );
     }
     this.foreignSeen = seen;
   }
 
   status(): ClusterStatus {
     // The page names no upstream URL, and no store address either: only what kind it is.
-    return { up: this.store.up, store: this.config.tls ? "redis over TLS" : "redis", prefix: this.config.keyPrefix, lastError: this.store.lastError, replicas: this.heartbeat.replicas };
+    return {
+      up: this.store.up,
+      store: this.config.tls ? "redis over TLS" : "redis",
+      prefix: this.config.keyPrefix,
+      lastError: this.store.lastError,
+      replicas: this.heartbeat.replicas,
+    };
   }
 
   async stop(): Promise<void> {

@@ -16,7 +16,10 @@ import { createHash } from "node:crypto";
 import type { Logger } from "../log.ts";
 import { MAX_CACHED_MANIFEST, type CachedManifest } from "../mirror/manifests/cache.ts";
 import { verifiable } from "../mirror/manifests/fetch.ts";
-import type { SharedManifests as SharedManifestsHook, SharedManifestWant } from "../mirror/manifests/shared.ts";
+import type {
+  SharedManifests as SharedManifestsHook,
+  SharedManifestWant,
+} from "../mirror/manifests/shared.ts";
 import { script, type Store } from "./store.ts";
 
 const MAGIC = "crm-manifest/1\n";
@@ -30,7 +33,9 @@ export const WAIT_MS = 3000;
 const POLL_MS = 250;
 
 /** Releases a lock only if it is still this replica's. */
-const RELEASE = script("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0");
+const RELEASE = script(
+  "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+);
 
 interface Header {
   digest: string;
@@ -39,7 +44,11 @@ interface Header {
 }
 
 export function encodeManifest(m: CachedManifest): Uint8Array {
-  const head = Buffer.from(MAGIC + JSON.stringify({ digest: m.digest, mediaType: m.mediaType, etag: m.etag } satisfies Header) + "\n");
+  const head = Buffer.from(
+    MAGIC +
+      JSON.stringify({ digest: m.digest, mediaType: m.mediaType, etag: m.etag } satisfies Header) +
+      "\n",
+  );
   const out = new Uint8Array(head.byteLength + m.body.byteLength);
   out.set(head, 0);
   out.set(m.body, head.byteLength);
@@ -49,7 +58,11 @@ export function encodeManifest(m: CachedManifest): Uint8Array {
 /** The entry as stored, or why it is not a manifest with the digest `want`. */
 export function decodeManifest(bytes: Uint8Array, want: string): CachedManifest | string {
   const magic = Buffer.from(MAGIC);
-  if (bytes.byteLength < magic.byteLength || !Buffer.from(bytes.subarray(0, magic.byteLength)).equals(magic)) return "not a crm manifest entry";
+  if (
+    bytes.byteLength < magic.byteLength ||
+    !Buffer.from(bytes.subarray(0, magic.byteLength)).equals(magic)
+  )
+    return "not a crm manifest entry";
   const nl = bytes.indexOf(10, magic.byteLength);
   if (nl < 0 || nl - magic.byteLength > MAX_HEADER) return "no header line";
   let h: Header;
@@ -58,7 +71,8 @@ export function decodeManifest(bytes: Uint8Array, want: string): CachedManifest 
   } catch {
     return "header is not JSON";
   }
-  if (typeof h !== "object" || h === null || h.digest !== want) return `entry names digest ${String((h as Header | null)?.digest).slice(0, 80)}`;
+  if (typeof h !== "object" || h === null || h.digest !== want)
+    return `entry names digest ${String((h as Header | null)?.digest).slice(0, 80)}`;
   const str = (v: unknown): string | null => (typeof v === "string" && v.length <= 256 ? v : null);
   const body = bytes.slice(nl + 1);
   if (body.byteLength > MAX_CACHED_MANIFEST) return "body over the manifest size limit";
@@ -113,7 +127,11 @@ export class SharedManifests implements SharedManifestsHook {
     const m = decodeManifest(bytes, digest);
     if (typeof m !== "string") return m;
     this.stats.poisoned++;
-    this.log().warn("cluster store held a wrong manifest entry; deleted, not served", { key, digest, why: m });
+    this.log().warn("cluster store held a wrong manifest entry; deleted, not served", {
+      key,
+      digest,
+      why: m,
+    });
     void this.store.call((c) => c.del(key));
     return null;
   }
@@ -128,7 +146,13 @@ export class SharedManifests implements SharedManifestsHook {
    * A GET by digest, shared with the other replicas; `local` is this replica's own upstream GET
    * (fetch.ts), which also fills the memory cache.
    */
-  async fetch<R>(want: SharedManifestWant, signal: AbortSignal, local: () => Promise<R>, manifestOf: (r: R) => CachedManifest | null, fromStored: (m: CachedManifest) => R): Promise<R> {
+  async fetch<R>(
+    want: SharedManifestWant,
+    signal: AbortSignal,
+    local: () => Promise<R>,
+    manifestOf: (r: R) => CachedManifest | null,
+    fromStored: (m: CachedManifest) => R,
+  ): Promise<R> {
     const { digest } = want;
     if (!verifiable(digest) || !this.store.up) return local();
     const id = SharedManifests.id(want.scope, want.repository, digest);
@@ -155,7 +179,10 @@ export class SharedManifests implements SharedManifestsHook {
     set.add(wake);
     const lockKey = this.store.key("l", id);
     try {
-      const lock = (await this.store.call((c) => c.send("SET", [lockKey, this.replicaId, "NX", "PX", String(LOCK_MS)]), left())) as string | null | undefined;
+      const lock = (await this.store.call(
+        (c) => c.send("SET", [lockKey, this.replicaId, "NX", "PX", String(LOCK_MS)]),
+        left(),
+      )) as string | null | undefined;
       if (lock === "OK") {
         // Another replica may have written it and let go between our read and our lock.
         const late = await fromStore(left());
@@ -172,7 +199,10 @@ export class SharedManifests implements SharedManifestsHook {
       want.logFields.cluster = "waited";
       const end = performance.now() + WAIT_MS;
       while (!woken && !signal.aborted && this.store.up && performance.now() < end) {
-        await Promise.race([woke, Bun.sleep(Math.min(POLL_MS, Math.max(1, end - performance.now())))]);
+        await Promise.race([
+          woke,
+          Bun.sleep(Math.min(POLL_MS, Math.max(1, end - performance.now()))),
+        ]);
         if (woken || !this.store.up) break;
         const held = await this.store.call((c) => c.exists(lockKey));
         if (held !== true) break;
@@ -184,7 +214,13 @@ export class SharedManifests implements SharedManifestsHook {
     }
   }
 
-  private async lead<R>(want: SharedManifestWant, id: string, lockKey: string, local: () => Promise<R>, manifestOf: (r: R) => CachedManifest | null): Promise<R> {
+  private async lead<R>(
+    want: SharedManifestWant,
+    id: string,
+    lockKey: string,
+    local: () => Promise<R>,
+    manifestOf: (r: R) => CachedManifest | null,
+  ): Promise<R> {
     this.stats.led++;
     want.logFields.cluster = "led";
     let got: CachedManifest | null = null;
@@ -208,7 +244,9 @@ export class SharedManifests implements SharedManifestsHook {
     return [
       "# HELP crm_cluster_manifests_total Shared manifest store use: hit (served from the store), miss, poisoned (a wrong entry deleted), waited (for another replica's upstream GET), led (this replica's GET for the others), written.",
       "# TYPE crm_cluster_manifests_total counter",
-      ...Object.entries(this.stats).map(([k, v]) => `crm_cluster_manifests_total{result="${k}"} ${v}`),
+      ...Object.entries(this.stats).map(
+        ([k, v]) => `crm_cluster_manifests_total{result="${k}"} ${v}`,
+      ),
     ];
   }
 }

@@ -7,7 +7,8 @@
  */
 import type { ClusterConfig } from "./config.ts";
 
-export type ProbeResult = { kind: "ok" } | { kind: "refused"; message: string } | { kind: "unreachable"; message: string };
+export type ProbeResult =
+  { kind: "ok" } | { kind: "refused"; message: string } | { kind: "unreachable"; message: string };
 
 /** RESP array of bulk strings. */
 function command(args: string[]): string {
@@ -16,13 +17,21 @@ function command(args: string[]): string {
 
 /** The first reply line, or why there is none within `ms`. */
 export async function probeStore(k: ClusterConfig, ms: number): Promise<ProbeResult> {
-  const args = k.password === null ? ["PING"] : k.username === null ? ["AUTH", k.password] : ["AUTH", k.username, k.password];
+  const args =
+    k.password === null
+      ? ["PING"]
+      : k.username === null
+        ? ["AUTH", k.password]
+        : ["AUTH", k.username, k.password];
   const port = Number(k.url.port || 6379);
   const hostname = k.url.hostname.replace(/^\[|\]$/g, "");
   let resolveFn: (r: ProbeResult) => void = () => {};
   const done = new Promise<ProbeResult>((r) => (resolveFn = r));
   let buf = "";
-  const timer = setTimeout(() => resolveFn({ kind: "unreachable", message: `no answer within ${ms} ms` }), ms);
+  const timer = setTimeout(
+    () => resolveFn({ kind: "unreachable", message: `no answer within ${ms} ms` }),
+    ms,
+  );
   let socket: Awaited<ReturnType<typeof Bun.connect>> | null = null;
   try {
     socket = await Bun.connect({
@@ -41,7 +50,11 @@ export async function probeStore(k: ClusterConfig, ms: number): Promise<ProbeRes
           const line = (nl < 0 ? buf : buf.slice(0, nl)).slice(0, 300);
           if (line.startsWith("+")) resolveFn({ kind: "ok" });
           else if (line.startsWith("-")) resolveFn({ kind: "refused", message: line.slice(1) });
-          else resolveFn({ kind: "unreachable", message: `unexpected answer ${JSON.stringify(line.slice(0, 40))}: is this a Redis/Valkey port?` });
+          else
+            resolveFn({
+              kind: "unreachable",
+              message: `unexpected answer ${JSON.stringify(line.slice(0, 40))}: is this a Redis/Valkey port?`,
+            });
         },
         close() {
           resolveFn({ kind: "unreachable", message: "closed the connection without an answer" });
@@ -67,5 +80,7 @@ export async function probeStore(k: ClusterConfig, ms: number): Promise<ProbeRes
 
 /** A refusal that no retry can fix: the password or user is wrong, or one is needed. */
 export function isAuthRefusal(message: string): boolean {
-  return /^(WRONGPASS|NOAUTH|NOPERM)|invalid password|without any password configured/i.test(message);
+  return /^(WRONGPASS|NOAUTH|NOPERM)|invalid password|without any password configured/i.test(
+    message,
+  );
 }

@@ -36,7 +36,9 @@ export class SharedQuota {
       this.pending.delete(registry);
       if (latest === undefined) return;
       this.written.set(registry, Date.now());
-      void this.store.call((c) => c.hset(this.store.key("quota"), { [registry]: JSON.stringify(latest) }));
+      void this.store.call((c) =>
+        c.hset(this.store.key("quota"), { [registry]: JSON.stringify(latest) }),
+      );
     }, wait);
     timer.unref?.();
     this.timers.set(registry, timer);
@@ -55,8 +57,19 @@ export class SharedQuota {
       } catch {
         continue;
       }
-      if (typeof rl.limit !== "number" || typeof rl.remaining !== "number" || typeof rl.at !== "number") continue;
-      const clean: RateLimit = { limit: rl.limit, remaining: rl.remaining, windowS: typeof rl.windowS === "number" ? rl.windowS : null, source: typeof rl.source === "string" ? rl.source.slice(0, 200) : null, at: rl.at };
+      if (
+        typeof rl.limit !== "number" ||
+        typeof rl.remaining !== "number" ||
+        typeof rl.at !== "number"
+      )
+        continue;
+      const clean: RateLimit = {
+        limit: rl.limit,
+        remaining: rl.remaining,
+        windowS: typeof rl.windowS === "number" ? rl.windowS : null,
+        source: typeof rl.source === "string" ? rl.source.slice(0, 200) : null,
+        at: rl.at,
+      };
       for (const t of this.trackers) t.merge(registry.slice(0, 200), clean);
     }
   }

@@ -29,7 +29,11 @@ export class SharedRate {
   /** null: allowed; a number: seconds to wait; undefined: the store did not decide. */
   async take(clientKey: string, rate: number, burst: number): Promise<number | null | undefined> {
     const interval = Math.max(1, Math.round(1e6 / rate));
-    const got = await this.store.script(GCRA, [this.store.key("r", clientKey)], [String(interval), String(interval * burst)]);
+    const got = await this.store.script(
+      GCRA,
+      [this.store.key("r", clientKey)],
+      [String(interval), String(interval * burst)],
+    );
     if (typeof got !== "number") return undefined;
     if (got < 0) return null;
     return Math.max(1, Math.ceil(got / 1e6));

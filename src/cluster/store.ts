@@ -69,7 +69,10 @@ export class Store {
     }
     s.lastError = probe.kind === "ok" ? failure : probe.message;
     s.stats.downs++;
-    log().warn("cluster store unreachable; every replica-shared decision is local until it answers (reconnecting in the background)", { store: config.url.href, error: s.lastError });
+    log().warn(
+      "cluster store unreachable; every replica-shared decision is local until it answers (reconnecting in the background)",
+      { store: config.url.href, error: s.lastError },
+    );
     s.scheduleReconnect();
     return s;
   }
@@ -88,7 +91,10 @@ export class Store {
    * than the configured deadline (what is left of a request's budget) that runs out says nothing
    * about the store, so only a full deadline's silence marks it down.
    */
-  async call<T>(fn: (c: RedisClient) => Promise<T>, deadlineMs = this.config.deadlineMs): Promise<T | undefined> {
+  async call<T>(
+    fn: (c: RedisClient) => Promise<T>,
+    deadlineMs = this.config.deadlineMs,
+  ): Promise<T | undefined> {
     const c = this.client;
     if (!this.upState || c === null) {
       this.stats.skipped++;
@@ -98,7 +104,9 @@ export class Store {
     let timer: ReturnType<typeof setTimeout> | undefined;
     // When the timer fires, one more turn of the event loop reads what the socket already holds:
     // a reply that arrived in time but was not read yet (a busy loop) still wins the race.
-    const deadline = new Promise<typeof TIMEOUT>((r) => (timer = setTimeout(() => setImmediate(() => r(TIMEOUT)), deadlineMs)));
+    const deadline = new Promise<typeof TIMEOUT>(
+      (r) => (timer = setTimeout(() => setImmediate(() => r(TIMEOUT)), deadlineMs)),
+    );
     try {
       const v = await Promise.race([fn(c), deadline]);
       if (v === TIMEOUT) {
@@ -107,7 +115,8 @@ export class Store {
         // late: the store may be fine and this process busy (a loaded event loop reads replies
         // late). This decision is local; only silence on an idle loop marks the store down.
         const late = performance.now() - started > deadlineMs * 1.5;
-        if (deadlineMs < this.config.deadlineMs || this.lastAnswerAt > started || late) return undefined;
+        if (deadlineMs < this.config.deadlineMs || this.lastAnswerAt > started || late)
+          return undefined;
         // A stopped store keeps its TCP connection open: silence is how it looks. Every later
         // call must not pay the deadline again, so the connection is dropped and re-made.
         this.markDown(`no answer within ${deadlineMs} ms`);
@@ -175,7 +184,9 @@ export class Store {
       `crm_cluster_up ${this.upState ? 1 : 0}`,
       "# HELP crm_cluster_calls_total Store calls by result (skipped: the store was down, local state decided).",
       "# TYPE crm_cluster_calls_total counter",
-      ...(["ok", "timeout", "error", "skipped"] as const).map((r) => `crm_cluster_calls_total{result="${r}"} ${this.stats[r]}`),
+      ...(["ok", "timeout", "error", "skipped"] as const).map(
+        (r) => `crm_cluster_calls_total{result="${r}"} ${this.stats[r]}`,
+      ),
     ];
   }
 
@@ -194,7 +205,9 @@ export class Store {
     });
     let sub: RedisClient | null = null;
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<typeof TIMEOUT>((r) => (timer = setTimeout(() => r(TIMEOUT), CONNECT_MS + 500)));
+    const timeout = new Promise<typeof TIMEOUT>(
+      (r) => (timer = setTimeout(() => r(TIMEOUT), CONNECT_MS + 500)),
+    );
     try {
       const ready = (async () => {
         await client.connect();
@@ -204,7 +217,8 @@ export class Store {
         });
       })();
       ready.catch(() => {});
-      if ((await Promise.race([ready, timeout])) === TIMEOUT) throw new Error(`no answer within ${CONNECT_MS} ms`);
+      if ((await Promise.race([ready, timeout])) === TIMEOUT)
+        throw new Error(`no answer within ${CONNECT_MS} ms`);
     } catch (e) {
       client.close();
       (sub as RedisClient | null)?.close();
@@ -239,7 +253,10 @@ export class Store {
     this.lastError = reason;
     this.stats.downs++;
     this.dropConnections();
-    this.log().warn("cluster store down; replica-shared decisions are local until it is back (reconnecting in the background)", { store: this.config.url.href, error: reason.slice(0, 200) });
+    this.log().warn(
+      "cluster store down; replica-shared decisions are local until it is back (reconnecting in the background)",
+      { store: this.config.url.href, error: reason.slice(0, 200) },
+    );
     for (const fn of this.downListeners) fn();
     this.attempts = 0;
     this.scheduleReconnect();

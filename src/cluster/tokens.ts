@@ -12,7 +12,9 @@ import { script, type Store } from "./store.ts";
 /** The token and its remaining time, read in one step (the store's clock, not ours). */
 const GET_WITH_TTL = script("return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}");
 /** Drops the entry only if it still holds the token the upstream refused. */
-const DROP_IF = script("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0");
+const DROP_IF = script(
+  "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+);
 /** A shared token with less left than this is fetched again rather than used. */
 const MIN_LEFT_MS = 1000;
 const MAX_TOKEN = 16 * 1024;
@@ -30,7 +32,14 @@ export class SharedTokens {
     const got = await this.store.script(GET_WITH_TTL, [this.keyOf(key)], []);
     if (!Array.isArray(got)) return null;
     const [token, ttl] = got as [unknown, unknown];
-    if (typeof token !== "string" || token === "" || token.length > MAX_TOKEN || typeof ttl !== "number" || ttl < MIN_LEFT_MS) return null;
+    if (
+      typeof token !== "string" ||
+      token === "" ||
+      token.length > MAX_TOKEN ||
+      typeof ttl !== "number" ||
+      ttl < MIN_LEFT_MS
+    )
+      return null;
     this.hits++;
     return { token, leftMs: ttl };
   }

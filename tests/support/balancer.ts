@@ -46,14 +46,33 @@ http {
 }
 `;
     await writeFile(join(dir, "nginx.conf"), conf);
-    const proc = Bun.spawn([NGINX, "-p", dir, "-c", join(dir, "nginx.conf"), "-e", join(dir, "logs", "error.log"), "-g", "daemon off;"], { stdout: "ignore", stderr: "pipe" });
+    const proc = Bun.spawn(
+      [
+        NGINX,
+        "-p",
+        dir,
+        "-c",
+        join(dir, "nginx.conf"),
+        "-e",
+        join(dir, "logs", "error.log"),
+        "-g",
+        "daemon off;",
+      ],
+      { stdout: "ignore", stderr: "pipe" },
+    );
     for (;;) {
       if (proc.exitCode !== null) {
         const log = await readFile(join(dir, "logs", "error.log"), "utf8").catch(() => "");
-        throw new Error(`nginx exited with ${proc.exitCode}: ${await new Response(proc.stderr).text()} ${log}`);
+        throw new Error(
+          `nginx exited with ${proc.exitCode}: ${await new Response(proc.stderr).text()} ${log}`,
+        );
       }
       try {
-        const s = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data() {}, error() {} } });
+        const s = await Bun.connect({
+          hostname: "127.0.0.1",
+          port,
+          socket: { data() {}, error() {} },
+        });
         s.end();
         break;
       } catch {

@@ -12,7 +12,8 @@ import { join } from "node:path";
 import { freePorts, startOnFreePorts } from "./ports.ts";
 import type { Pem } from "./tls.ts";
 
-export const REDIS_SERVER = Bun.which("redis-server") ?? Bun.which("valkey-server") ?? "redis-server";
+export const REDIS_SERVER =
+  Bun.which("redis-server") ?? Bun.which("valkey-server") ?? "redis-server";
 
 export interface RedisFixture {
   port: number;
@@ -45,8 +46,36 @@ export async function startRedis(opts: RedisOptions = {}): Promise<RedisFixture>
   let proc: Bun.Subprocess<"ignore", "pipe", "pipe"> | null = null;
   let output = "";
   const args = (port: number): string[] => {
-    const a = [REDIS_SERVER, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no", "--loglevel", "notice"];
-    if (opts.tls) a.push("--port", "0", "--tls-port", String(port), "--tls-cert-file", join(dir, "server.crt"), "--tls-key-file", join(dir, "server.key"), "--tls-ca-cert-file", join(dir, "ca.crt"), "--tls-auth-clients", "no");
+    const a = [
+      REDIS_SERVER,
+      "--bind",
+      "127.0.0.1",
+      "--save",
+      "",
+      "--appendonly",
+      "no",
+      "--dir",
+      dir,
+      "--daemonize",
+      "no",
+      "--loglevel",
+      "notice",
+    ];
+    if (opts.tls)
+      a.push(
+        "--port",
+        "0",
+        "--tls-port",
+        String(port),
+        "--tls-cert-file",
+        join(dir, "server.crt"),
+        "--tls-key-file",
+        join(dir, "server.key"),
+        "--tls-ca-cert-file",
+        join(dir, "ca.crt"),
+        "--tls-auth-clients",
+        "no",
+      );
     else a.push("--port", String(port));
     if (opts.password !== undefined) a.push("--requirepass", opts.password);
     return a;
@@ -57,15 +86,18 @@ export async function startRedis(opts: RedisOptions = {}): Promise<RedisFixture>
     proc = p;
     const decoder = new TextDecoder();
     void (async () => {
-      for await (const chunk of p.stdout) output = (output + decoder.decode(chunk)).slice(-64 * 1024);
+      for await (const chunk of p.stdout)
+        output = (output + decoder.decode(chunk)).slice(-64 * 1024);
     })().catch(() => {});
     void (async () => {
-      for await (const chunk of p.stderr) output = (output + decoder.decode(chunk)).slice(-64 * 1024);
+      for await (const chunk of p.stderr)
+        output = (output + decoder.decode(chunk)).slice(-64 * 1024);
     })().catch(() => {});
     // Ready when it says so; a bind failure is its own error (startOnFreePorts retries it).
     for (;;) {
       if (/Ready to accept connections/.test(output)) return;
-      if (p.exitCode !== null) throw new Error(`redis-server exited with ${p.exitCode}: ${output.slice(-2000)}`);
+      if (p.exitCode !== null)
+        throw new Error(`redis-server exited with ${p.exitCode}: ${output.slice(-2000)}`);
       await Bun.sleep(20);
     }
   };
@@ -84,7 +116,11 @@ export async function startRedis(opts: RedisOptions = {}): Promise<RedisFixture>
     async client() {
       const u = new URL(url);
       if (opts.password !== undefined) u.password = opts.password;
-      const c = new RedisClient(u.href, { tls: opts.tls ? { ca: opts.tls.ca.cert } : false, enableOfflineQueue: false, autoReconnect: false });
+      const c = new RedisClient(u.href, {
+        tls: opts.tls ? { ca: opts.tls.ca.cert } : false,
+        enableOfflineQueue: false,
+        autoReconnect: false,
+      });
       await c.connect();
       return c;
     },

@@ -21,5 +21,11 @@ export interface SharedManifests {
    * across replicas. `manifestOf`: the verified manifest in a local result (to share it);
    * `fromStore`: a result made of a manifest read from the store.
    */
-  fetch<R>(want: SharedManifestWant, signal: AbortSignal, local: () => Promise<R>, manifestOf: (r: R) => CachedManifest | null, fromStore: (m: CachedManifest) => R): Promise<R>;
+  fetch<R>(
+    want: SharedManifestWant,
+    signal: AbortSignal,
+    local: () => Promise<R>,
+    manifestOf: (r: R) => CachedManifest | null,
+    fromStore: (m: CachedManifest) => R,
+  ): Promise<R>;
 }
