@@ -129,7 +129,8 @@ export class Cluster {
       up: this.store.up,
       store: this.config.tls ? "redis over TLS" : "redis",
       prefix: this.config.keyPrefix,
-      lastError: this.store.lastError,
+      // A connection error may name the store's address: it is left out like the URL.
+      lastError: this.store.lastError?.replace(/\[?[\w.:-]+\]?:\d{1,5}\b/g, "<store>") ?? null,
       replicas: this.heartbeat.replicas,
     };
   }
