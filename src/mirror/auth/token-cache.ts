@@ -68,30 +68,36 @@ export class TokenCache {
     if (hit && this.now() < hit.refreshAt) return { token: hit.token, source: "cached" };
     const running = this.inflight.get(key);
     if (running) return { token: await running, source: "cached" };
+    // A token another replica fetched counts as cached: no token request went out for it.
+    let source: TokenSource = "fetched";
     const fetching = this.shared === null ? fetchToken().then((issued) => {
       this.store(key, issued);
       return issued.token;
-    }) : this.viaShared(key, this.shared, fetchToken);
+    }) : this.viaShared(key, this.shared, fetchToken).then((got) => {
+      source = got.source;
+      return got.token;
+    });
     this.inflight.set(key, fetching);
     try {
-      return { token: await fetching, source: "fetched" };
+      const token = await fetching;
+      return { token, source };
     } finally {
       this.inflight.delete(key);
     }
   }
 
   /** Another replica's token when the store has one, else a fetch whose token is then shared. */
-  private async viaShared(key: string, shared: SharedTokenStore, fetchToken: () => Promise<IssuedToken>): Promise<string> {
+  private async viaShared(key: string, shared: SharedTokenStore, fetchToken: () => Promise<IssuedToken>): Promise<{ token: string; source: TokenSource }> {
     const got = await shared.get(key);
     if (got !== null) {
       this.put(key, got.token, this.now() + got.leftMs);
-      return got.token;
+      return { token: got.token, source: "cached" };
     }
     const issued = await fetchToken();
     const at = this.now();
     this.store(key, issued);
     shared.put(key, issued.token, refreshAt(at, issued.expiresIn) - at);
-    return issued.token;
+    return { token: issued.token, source: "fetched" };
   }
 
   /**
