@@ -82,7 +82,9 @@ async function replicas(
   for (let i = 0; i < (opts.n ?? 3); i++) {
     const crm = await startCrm(
       mirrorConfig({
-        cluster: { redis: store.url, key_prefix: prefix, ...opts.cluster },
+        // What these tests count (GETs, refusals) must not hinge on a loaded machine answering
+        // within 100 ms: a generous deadline here; the outage test runs with the default.
+        cluster: { redis: store.url, key_prefix: prefix, deadline: "2s", ...opts.cluster },
         ...opts.extra,
       }),
       "info",
@@ -440,7 +442,7 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
       expect(sha256Digest(new Uint8Array(await third.arrayBuffer()))).toBe(other.digest);
       await store.set(key, "not a manifest at all", "PX", 60_000);
       const fresh = await startCrm(
-        mirrorConfig({ cluster: { redis: redis.url, key_prefix: r.prefix } }),
+        mirrorConfig({ cluster: { redis: redis.url, key_prefix: r.prefix, deadline: "2s" } }),
         "info",
       );
       running.push(fresh);
@@ -455,7 +457,7 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
   test("Redis stopped (SIGSTOP, then SIGKILL) mid-run: pulls go on; warning and gauge; restarted: sharing resumes", async () => {
     const own = await startRedis();
     running.push(own);
-    const r = await replicas({ store: own });
+    const r = await replicas({ store: own, cluster: { deadline: "100ms" } });
     const conf = await registriesConf(r.front!.port);
     const img = fx.images.index;
     await pullAll(conf, img.repo, img.tag);
@@ -528,7 +530,7 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
       const crm = await startCrm(
         {
           mirror: { default_registry: "hub.test", registries: { "hub.test": hub.url } },
-          cluster: { redis: redis.url, key_prefix: prefix },
+          cluster: { redis: redis.url, key_prefix: prefix, deadline: "2s" },
         },
         "info",
       );
