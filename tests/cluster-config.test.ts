@@ -157,6 +157,55 @@ describe.skipIf(skip)("crm doctor: the cluster store", () => {
     }
   }, 30_000);
 
+  test("a store that refuses crm's password fails with the key to fix", async () => {
+    const locked = await startRedis({ password: "doctor-secret" });
+    try {
+      writeFileSync(join(dir, "wrong-pw"), "nope\n");
+      const row = await doctor({
+        cluster: { redis: locked.url, password_file: join(dir, "wrong-pw") },
+      });
+      expect(row("cluster store").result).toBe("fail");
+      expect(row("cluster store").detail).toMatch(/WRONGPASS/);
+      expect(row("cluster store").fix).toContain("cluster.password_file");
+      writeFileSync(join(dir, "right-pw"), "doctor-secret\n");
+      const ok = await doctor({
+        cluster: { redis: locked.url, password_file: join(dir, "right-pw") },
+      });
+      expect(ok("cluster store").result).toBe("pass");
+    } finally {
+      await locked.stop();
+    }
+  }, 30_000);
+
+  test("a reload keeps the replica sharing (brake, rate, mirror state)", async () => {
+    const hash = await Bun.password.hash("pw", { algorithm: "bcrypt", cost: 4 });
+    const raw = {
+      mirror: {
+        enabled: true,
+        registries: { "reg.test": "http://127.0.0.1:1" },
+        default_registry: "reg.test",
+      },
+      access: { users: { a: hash } },
+      limits: { requests_per_second: 5 },
+      cluster: { redis: redis.url, key_prefix: "reload:" },
+    };
+    const crm = await startCrm(raw, "info");
+    try {
+      const brake = crm.server.rt.access.shared;
+      expect(brake).not.toBeNull();
+      const { config } = buildConfig(
+        { listen: "127.0.0.1:0", allow_private_networks: true, ...raw, log_level: "warn" },
+        "test.yaml",
+      );
+      await crm.server.reload(config);
+      expect(crm.server.rt.access.shared).toBe(brake);
+      expect(crm.server.rt.rate.shared).not.toBeNull();
+      expect(crm.logs.some((l) => /cluster section changed/.test(l))).toBe(false);
+    } finally {
+      await crm.stop();
+    }
+  }, 30_000);
+
   test("a dead store fails with what to do", async () => {
     const row = await doctor({ cluster: { redis: "redis://127.0.0.1:1/0" } });
     expect(row("cluster store").result).toBe("fail");
