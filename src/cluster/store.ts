@@ -204,6 +204,7 @@ export class Store {
       tls: config.tls ? (config.ca !== null ? { ca: config.ca } : true) : false,
     });
     let sub: RedisClient | null = null;
+    let abandoned = false;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<typeof TIMEOUT>(
       (r) => (timer = setTimeout(() => r(TIMEOUT), CONNECT_MS + 500)),
@@ -211,8 +212,11 @@ export class Store {
     try {
       const ready = (async () => {
         await client.connect();
-        sub = await client.duplicate();
-        await sub.subscribe(this.channel, (message) => {
+        const made = await client.duplicate();
+        sub = made;
+        // Given up on while it was being made: it must not stay open.
+        if (abandoned) made.close();
+        await made.subscribe(this.channel, (message) => {
           for (const fn of this.messageListeners) fn(message);
         });
       })();
@@ -220,6 +224,7 @@ export class Store {
       if ((await Promise.race([ready, timeout])) === TIMEOUT)
         throw new Error(`no answer within ${CONNECT_MS} ms`);
     } catch (e) {
+      abandoned = true;
       client.close();
       (sub as RedisClient | null)?.close();
       return e instanceof Error ? e.message : String(e);
