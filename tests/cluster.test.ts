@@ -5,6 +5,7 @@
  * store entry must never be served, and a store that stops or dies must cost no pull.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { chromium } from "playwright-core";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { cacheScope } from "../src/mirror/manifests/cache.ts";
@@ -602,5 +603,59 @@ describe.skipIf(skip)("cluster: replicas sharing one Redis", () => {
     await expect(none).rejects.toThrow(
       /refused crm's credentials: NOAUTH.*no cluster\.password_file is set/,
     );
+  }, 60_000);
+});
+
+const skipBrowser = missingTools("cluster: the replicas table in a browser", [
+  "redis-server",
+  "chromium",
+]);
+
+describe.skipIf(skipBrowser)("cluster: the status page in Chromium", () => {
+  test("lists the live replicas and says when the store stops answering", async () => {
+    const own = await startRedis();
+    running.push(own);
+    const crms: TestCrm[] = [];
+    for (let i = 0; i < 2; i++) {
+      const crm = await startCrm(
+        { mirror: { enabled: false }, cluster: { redis: own.url, key_prefix: "page:" } },
+        "warn",
+      );
+      running.push(crm);
+      crms.push(crm);
+    }
+    for (const c of crms) await c.server.cluster!.heartbeat.beat();
+    const browser = await chromium.launch({
+      executablePath: "/usr/bin/chromium",
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+      ],
+    });
+    try {
+      const page = await browser.newPage();
+      await page.goto(`${crms[0]!.url}/`);
+      await page.locator("#live", { hasText: /^live, updated/ }).waitFor({ timeout: 10_000 });
+      const table = await page.textContent("#replicas");
+      for (const c of crms) expect(table).toContain(c.server.cluster!.id);
+      expect(await page.textContent("#cluster")).toContain(
+        "store answering (prefix page:); 2 live",
+      );
+      // Stopped: the next call that needs it marks it down, and the page says so on its next poll.
+      own.signal("SIGSTOP");
+      await crms[0]!.server.cluster!.heartbeat.beat();
+      await page.locator("#cluster", { hasText: /NOT answering/ }).waitFor({ timeout: 10_000 });
+      expect(await page.getAttribute("#cluster", "class")).toBe("bad");
+    } finally {
+      own.signal("SIGCONT");
+      await browser.close();
+    }
   }, 60_000);
 });
