@@ -5,10 +5,11 @@
  *   bun scripts/bench.ts [--quick] [--only NAME[,NAME...]] [--base GIT-REF]
  *
  * NAMEs (sections, run in this order): connect, forward, rate, idle, slow, binary, mitm, mirror,
- * parallel (8 concurrent transfers: forward and mirror), manifests, limits, cluster (replicas sharing
- * one redis-server: scripts/bench/cluster.ts).
+ * parallel (8 concurrent transfers: forward and mirror), manifests, limits, fleet (16 clients pull
+ * one blob at once through a capped uplink: mirror.fanout), cluster (replicas sharing one
+ * redis-server: scripts/bench/cluster.ts).
  * --base: the previous build the limits rows compare against (default HEAD~1).
- * --quick: small sizes and short runs (a smoke test, < 90 s); the full run stays < ~8 min.
+ * --quick: small sizes and short runs (a smoke test, < 90 s); the full run stays < ~10 min.
  *
  * Peers: where nginx is installed (/usr/sbin/nginx) it runs as a reverse proxy of the same origin
  * (scripts/bench/nginx.ts) in the rate, mirror and parallel sections, as rows with an "n" suffix
@@ -58,7 +59,7 @@ import { sectionCluster } from "./bench/cluster.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const BUN = process.execPath;
-const SECTIONS = ["connect", "forward", "rate", "idle", "slow", "binary", "mitm", "mirror", "parallel", "manifests", "limits", "cluster"] as const;
+const SECTIONS = ["connect", "forward", "rate", "idle", "slow", "binary", "mitm", "mirror", "parallel", "manifests", "limits", "fleet", "cluster"] as const;
 type Section = (typeof SECTIONS)[number];
 
 // ---------------------------------------------------------------- arguments and sizes
@@ -100,7 +101,7 @@ const { quick: QUICK, only: ONLY, base: BASE_REF } = parseCli(process.argv.slice
 
 const P = QUICK
   ? { bulk: 64 * MiB, bulkRuns: 3, rateSeconds: 2, rateRuns: 1, tunnels: 500, slowSeconds: 4, readyRuns: 3, hosts: 50, hostRuns: 1, deadlineMs: 150_000 }
-  : { bulk: GiB, bulkRuns: 5, rateSeconds: 4, rateRuns: 3, tunnels: 5000, slowSeconds: 20, readyRuns: 5, hosts: 50, hostRuns: 3, deadlineMs: 540_000 };
+  : { bulk: GiB, bulkRuns: 5, rateSeconds: 4, rateRuns: 3, tunnels: 5000, slowSeconds: 20, readyRuns: 5, hosts: 50, hostRuns: 3, deadlineMs: 660_000 };
 /** Any single curl transfer gives up after this (a 1 GiB transfer at 20 MiB/s). */
 const BULK_MAX_S = QUICK ? 30 : 60;
 
@@ -1007,7 +1008,10 @@ async function sectionParallel(): Promise<void> {
   const crm = await startCrm({
     allowed_hosts: ["127.0.0.1"],
     allowed_ports: [originPorts.http, originPorts.registry],
-    mirror: { registries: { "reg.test": `http://127.0.0.1:${originPorts.registry}` }, default_registry: "reg.test" },
+    // Eight independent transfers, as through the peers: with fan-out on, the 8 pulls of one blob
+    // would share one download (row 11 measures that) and be checked against BLOB_DIGEST, which
+    // is not the digest of the origin's bytes.
+    mirror: { registries: { "reg.test": `http://127.0.0.1:${originPorts.registry}` }, default_registry: "reg.test", fanout: { enabled: false } },
   });
   const upstreams = { http: originPorts.http, registry: originPorts.registry };
   /** Row id suffix, variant name, how the row says it, the running nginx (or null). */
@@ -1069,7 +1073,15 @@ async function sectionParallel(): Promise<void> {
 // ---------------------------------------------------------------- limits (fair shares)
 
 /** The previous build's sources (`git archive BASE_REF src`), runnable with this checkout's node_modules. */
-async function previousBuild(): Promise<{ main: string; commit: string }> {
+let previousBuilt: Promise<{ main: string; commit: string }> | null = null;
+
+/** Extracted once per run (the limits and fleet sections both compare against it). */
+function previousBuild(): Promise<{ main: string; commit: string }> {
+  previousBuilt ??= extractPreviousBuild();
+  return previousBuilt;
+}
+
+async function extractPreviousBuild(): Promise<{ main: string; commit: string }> {
   const rev = await run(["git", "-C", ROOT, "rev-parse", "--short", BASE_REF], 5000);
   if (rev.code !== 0) throw new Error(`git rev-parse ${BASE_REF}: ${rev.stderr.trim()}`);
   const dir = join(tmp, "previous");
@@ -1149,6 +1161,116 @@ async function sectionLimits(): Promise<void> {
   }
 }
 
+// ---------------------------------------------------------------- fleet (fan-out)
+
+/**
+ * Issue 19's fleet row: 16 clients pull one blob at the same moment from an origin behind a relay
+ * that caps what the origin sends, over all its connections, at FLEET_RATE (an uplink;
+ * scripts/bench/fleet-relay.ts). Wall time until all 16 are done and the bytes the origin sent,
+ * for the clients going direct (each its own download), through crm (mirror.fanout: one shared
+ * download) and through nginx as a reverse proxy; and one client alone, the yardstick for crm's
+ * wall time. The blob is zeros with its real digest: a shared download is hashed. Then the
+ * single-pull cost of the fan-out code: the 1 GiB mirror blob through crm and through the build
+ * before it (--base), alternating, rate and crm CPU-s/GiB.
+ */
+const FLEET_CLIENTS = 16;
+const FLEET_RATE = 200 * MiB;
+
+async function sectionFleet(): Promise<void> {
+  const size = (QUICK ? 64 : 256) * MiB;
+  const zeros = new Uint8Array(MiB);
+  const hasher = new Bun.CryptoHasher("sha256");
+  for (let left = size; left > 0; left -= MiB) hasher.update(left >= MiB ? zeros : zeros.subarray(0, left));
+  const digest = "sha256:" + hasher.digest("hex");
+  const specPath = join(tmp, "fleet-origin.json");
+  const spec: OriginSpec = { file: join(tmp, "sparse-1g.bin"), tls: originLeaf, blob: { digest, size, mode: "file" }, lifetimeMs: LIFETIME_MS };
+  writeFileSync(specPath, JSON.stringify(spec));
+  const originChild = spawnChild([BUN, join(ROOT, "scripts/bench/origin.ts"), specPath], { cwd: ROOT });
+  const fleetOrigin = JSON.parse(await originChild.firstLine(15_000)) as OriginPorts;
+  const relayChild = spawnChild([BUN, join(ROOT, "scripts/bench/fleet-relay.ts"), String(fleetOrigin.registry), String(FLEET_RATE), String(LIFETIME_MS)], { cwd: ROOT });
+  const relay = JSON.parse(await relayChild.firstLine(15_000)) as { port: number; control: number };
+  const sent = async (): Promise<number> => ((await (await fetch(`http://127.0.0.1:${relay.control}/bytes`)).json()) as { bytes: number }).bytes;
+  const crm = await startCrm({
+    allowed_hosts: ["127.0.0.1"],
+    allowed_ports: [relay.port],
+    mirror: { registries: { "reg.test": `http://127.0.0.1:${relay.port}` }, default_registry: "reg.test" },
+  });
+  const ng = await startPeer({ registry: relay.port });
+  const path = `/v2/library/big/blobs/${digest}`;
+  const maxS = Math.ceil((FLEET_CLIENTS * size) / FLEET_RATE) * 4 + 30;
+  try {
+    const pullAll = async (url: string, n: number): Promise<{ wall: number; bytes: number }> => {
+      const b0 = await sent();
+      const t0 = performance.now();
+      const all = await Promise.all(Array.from({ length: n }, () => curl(url, [], maxS)));
+      const wall = (performance.now() - t0) / 1000;
+      for (const r of all) checkTransfer({ name: url, url, args: [] }, r, size);
+      // The relay may still be passing the last bytes it read; they were sent by the origin all the same.
+      return { wall, bytes: (await sent()) - b0 };
+    };
+    const direct = `http://127.0.0.1:${relay.port}${path}`;
+    const viaCrm = `http://127.0.0.1:${crm.port}/v2/reg.test/library/big/blobs/${digest}`;
+    // Not measured: the origin reads its file into the page cache, crm learns the registry.
+    checkTransfer({ name: "warm-up", url: viaCrm, args: [] }, await curl(viaCrm, [], maxS), size);
+    const runs = QUICK ? 1 : 3;
+    const results = new Map<string, Array<{ wall: number; bytes: number }>>();
+    // Name, URL, clients, rounds: the slow peers (16× the bytes through the cap, ~20 s) once, the short ones every round.
+    const variants: Array<[string, string, number, number]> = [
+      ["alone", direct, 1, runs],
+      ["direct", direct, FLEET_CLIENTS, 1],
+      ["crm", viaCrm, FLEET_CLIENTS, runs],
+      ...(ng ? [["nginx", `http://127.0.0.1:${ng.ports.registry}${path}`, FLEET_CLIENTS, 1] as [string, string, number, number]] : []),
+    ];
+    for (let r = 0; r < runs; r++) {
+      for (const [name, url, n, rounds] of variants) {
+        if (r >= rounds) continue;
+        const got = await pullAll(url, n);
+        results.set(name, [...(results.get(name) ?? []), got]);
+      }
+    }
+    const wall = (name: string): number => median((results.get(name) ?? []).map((v) => v.wall));
+    const bytes = (name: string): number => median((results.get(name) ?? []).map((v) => v.bytes));
+    const alone = wall("alone");
+    const shown = (name: string): string => `${wall(name).toFixed(2)} s, origin sent ${fmtBytes(bytes(name))} (${(bytes(name) / size).toFixed(2)}× the blob)`;
+    const what = `${FLEET_CLIENTS} clients pull one ${fmtBytes(size)} blob at once, origin capped at ${fmtRate(FLEET_RATE)}`;
+    row({ id: "11", metric: `fleet: ${what}: wall until all are done (ratio: ÷ one client alone, ${alone.toFixed(2)} s)`, crm: `${wall("crm").toFixed(2)} s`, direct: `${wall("direct").toFixed(2)} s`, ratio: x(wall("crm") / alone), target: "≤ 1.5× one alone", result: atMost(wall("crm") / alone, 1.5) });
+    row({ id: "11b", metric: "fleet: bytes the origin sent (ratio: ÷ the blob)", crm: fmtBytes(bytes("crm")), direct: fmtBytes(bytes("direct")), ratio: x(bytes("crm") / size), target: "≤ 1.1× the blob", result: atMost(bytes("crm") / size, 1.1) });
+    if (ng) row({ id: "11n", metric: `fleet through nginx, reverse proxy of the origin, 1 worker (peer, not crm)`, crm: shown("nginx"), direct: shown("direct"), ratio: x(wall("nginx") / alone), target: "info", result: "—" });
+    else missingPeerRow("11n", "fleet through nginx");
+    const fan = await (await fetch(`http://127.0.0.1:${crm.port}/metrics`)).text();
+    const m = (name: string): string => fan.split("\n").filter((l) => l.startsWith(name)).map((l) => l.replace(/^crm_mirror_fanout_/, "")).join(", ") || `${name.replace(/^crm_mirror_fanout_/, "")} none`;
+    note(`fleet: walls per run ${[...results].map(([k, v]) => `${k} ${v.map((e) => e.wall.toFixed(2)).join("/")} s`).join("; ")}; crm fan-out counters ${m("crm_mirror_fanout_downloads_total")}, ${m("crm_mirror_fanout_joins_total")}, ${m("crm_mirror_fanout_detached_total")}, ${m("crm_mirror_fanout_lag_waits_total")}, ${m("crm_mirror_fanout_lag_wait_seconds_total")}, ${m("crm_mirror_fanout_not_shared_total")}; crm RSS ${(rssKiB(crm.pid) / 1024).toFixed(0)} MiB after the runs`);
+  } finally {
+    await Promise.all([crm.stop(), ng?.stop(), relayChild.stop(), originChild.stop()]);
+  }
+
+  // The single pull: fan-out's bookkeeping on the path of every blob GET, against the build before it.
+  const mirror = { mirror: { registries: { "reg.test": `http://127.0.0.1:${originPorts.registry}` }, default_registry: "reg.test" } };
+  const prev = await previousBuild();
+  const [cur, old] = [await startCrm(mirror), await startCrm(mirror, prev.main)];
+  try {
+    const blob = (c: Crm): string => `http://127.0.0.1:${c.port}/v2/reg.test/library/big/blobs/${BLOB_DIGEST}`;
+    for (const c of [cur, old]) checkTransfer({ name: "warm-up", url: blob(c), args: [] }, await curl(blob(c), [], BULK_MAX_S), P.bulk);
+    const res = await bulk(
+      [
+        { name: "previous", url: blob(old), args: [], pid: old.pid },
+        { name: "crm", url: blob(cur), args: [], pid: cur.pid },
+      ],
+      P.bulk,
+      P.bulkRuns,
+    );
+    const c = res.rate.get("crm") ?? NaN;
+    const p = res.rate.get("previous") ?? NaN;
+    row({ id: "11s", metric: `${fmtBytes(P.bulk)} mirror blob, one pull (fan-out on, nothing to share), vs previous build ${prev.commit}`, crm: fmtRate(c), direct: `${fmtRate(p)} (previous)`, ratio: x(c / p), target: "≥ 0.95×", result: atLeast(c / p, 0.95) });
+    const cc = res.cpuPerGiB.get("crm") ?? NaN;
+    const pc = res.cpuPerGiB.get("previous") ?? NaN;
+    row({ id: "11c", metric: "same runs: crm CPU-seconds per GiB vs previous build", crm: `${cc.toFixed(2)} CPU-s/GiB`, direct: `${pc.toFixed(2)} CPU-s/GiB (previous)`, ratio: x(cc / pc), target: "≤ 1.05×", result: atMost(cc / pc, 1.05) });
+    note(`fleet single pull, MiB/s per run: ${[...res.runs].map(([k, v]) => `${k} ${v.map((r) => (r / MiB).toFixed(0)).join(", ")}`).join("; ")}`);
+  } finally {
+    await Promise.all([cur.stop(), old.stop()]);
+  }
+}
+
 // ---------------------------------------------------------------- main
 
 /**
@@ -1204,6 +1326,7 @@ const SECTION_FNS: Record<Section, () => Promise<void>> = {
   parallel: sectionParallel,
   manifests: sectionManifests,
   limits: sectionLimits,
+  fleet: sectionFleet,
   cluster: () => sectionCluster({ root: ROOT, bun: BUN, tmp, lifetimeMs: LIFETIME_MS, rateSeconds: P.rateSeconds, rateRuns: P.rateRuns, startCrm, row, note }),
 };
 
@@ -1250,7 +1373,7 @@ async function main(): Promise<void> {
     console.log(machineText);
     await startOrigin();
     console.log(`origin: ${JSON.stringify(originPorts)} (pid ${originPid})`);
-    if (ONLY.has("connect") || ONLY.has("forward") || ONLY.has("mitm") || ONLY.has("mirror") || ONLY.has("parallel") || ONLY.has("slow") || ONLY.has("limits")) await calibrateOrigin();
+    if (ONLY.has("connect") || ONLY.has("forward") || ONLY.has("mitm") || ONLY.has("mirror") || ONLY.has("parallel") || ONLY.has("slow") || ONLY.has("limits") || ONLY.has("fleet")) await calibrateOrigin();
     for (const s of SECTIONS) {
       if (!ONLY.has(s) || exiting) continue;
       const t0 = performance.now();

@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { startCrm, type TestCrm } from "./support/crm.ts";
-import { startBigBlobServer, startFakeRegistry, type BigBlobServer, type FakeRegistry } from "./support/mirror-upstreams.ts";
+import { patternDigest, startBigBlobServer, startFakeRegistry, type BigBlobServer, type FakeRegistry } from "./support/mirror-upstreams.ts";
 import { startTcp } from "./support/origins.ts";
 import { rawConnect, run } from "./support/raw.ts";
 import { missingTools } from "./support/tools.ts";
@@ -79,7 +79,8 @@ describe.skipIf(missingTools("fair shares", ["curl"]))("total_bandwidth", () => 
   });
 
   test("a greedy client pulling 8 blobs in parallel does not starve a second one", async () => {
-    const url = `${crm.url}/v2/big/app/blobs/${BLOB}`;
+    // The blob's real digest: these pulls share one download (mirror.fanout), which checks it.
+    const url = `${crm.url}/v2/big/app/blobs/${patternDigest(24 * MiB)}`;
     const greedy = Array.from({ length: 8 }, () =>
       Bun.spawn(["curl", "-sS", "--noproxy", "*", "--interface", "127.0.0.2", "-o", "/dev/null", url], { stdout: "ignore", stderr: "ignore" }),
     );

@@ -50,6 +50,7 @@ export const LAYERS: ReadonlyArray<readonly [name: string, patterns: readonly st
       "tls/config.ts",
       "mirror/rules.ts",
       "mirror/manifests/config.ts",
+      "mirror/fanout/config.ts",
       "doctor/config.ts",
       "client-config/image-ref.ts",
       "status/config.ts",

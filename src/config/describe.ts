@@ -29,6 +29,8 @@ export function describeConfig(c: Config): string {
     lines.push(`mirror: enabled at ${c.mirror.pathPrefix !== "" ? "/<prefix>" : ""}/v2/, default registry ${c.mirror.defaultRegistry}`);
     const mc = c.mirror.manifestCache;
     lines.push(`  manifest cache: ${mc.enabled ? `on, max_size ${mc.maxSize} bytes` : "off"}`);
+    const fo = c.mirror.fanout;
+    lines.push(`  blob fan-out: ${fo.enabled ? `on, window ${fo.window} bytes, budget ${fo.budget} bytes, lag_grace ${fo.lagGraceMs} ms` : "off"}`);
     for (const r of c.mirror.registries.values()) {
       const creds = r.username ? ` (credentials: ${r.username}, password set)` : "";
       lines.push(`  ${r.name} -> ${r.upstream.href}${creds}`);

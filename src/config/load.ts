@@ -12,6 +12,7 @@ import { buildDoctorConfig } from "../doctor/config.ts";
 import { ConfigError, ConfigErrors } from "../errors.ts";
 import { buildFairShare, FAIR_SHARE_KEYS } from "../limits/config.ts";
 import { LOG_LEVELS, type LogFormat, type LogLevel } from "../log.ts";
+import { buildFanout } from "../mirror/fanout/config.ts";
 import { buildManifestCache } from "../mirror/manifests/config.ts";
 import { buildRules } from "../mirror/rules.ts";
 import { buildStatusConfig } from "../status/config.ts";
@@ -242,7 +243,7 @@ function buildLimits(c: Checker, raw: unknown): Limits {
 }
 
 function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
-  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries", "path_prefix", "manifest_cache", "rules"]) ?? {};
+  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries", "path_prefix", "manifest_cache", "rules", "fanout"]) ?? {};
   const enabled = c.bool("mirror.enabled", m.enabled, true);
   let pathPrefix = m.path_prefix === "" ? "" : (c.string("mirror.path_prefix", m.path_prefix) ?? "");
   if (pathPrefix !== "") {
@@ -266,5 +267,5 @@ function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
     c.fail("mirror.default_registry", defaultRegistry, `must be one of the mirrored registries (${[...registries.keys()].join(", ")})`);
   }
   const manifestCache = buildManifestCache(c, m.manifest_cache);
-  return { enabled, pathPrefix, defaultRegistry, registries, manifestCache, rules: buildRules(c, "mirror.rules", m.rules) };
+  return { enabled, pathPrefix, defaultRegistry, registries, manifestCache, rules: buildRules(c, "mirror.rules", m.rules), fanout: buildFanout(c, m.fanout) };
 }

@@ -7,6 +7,7 @@ import type { ClusterConfig } from "../cluster/config.ts";
 import type { DoctorConfig } from "../doctor/config.ts";
 import type { FairShareLimits } from "../limits/config.ts";
 import type { LogFormat, LogLevel } from "../log.ts";
+import type { FanoutConfig } from "../mirror/fanout/config.ts";
 import type { ManifestCacheConfig } from "../mirror/manifests/config.ts";
 import type { ImageRules } from "../mirror/rules.ts";
 import type { StatusConfig } from "../status/config.ts";
@@ -42,6 +43,8 @@ export interface MirrorConfig {
   defaultRegistry: string;
   registries: ReadonlyMap<string, RegistryConfig>;
   manifestCache: ManifestCacheConfig;
+  /** One upstream download per blob in flight (mirror.fanout, src/mirror/fanout/). */
+  fanout: FanoutConfig;
   /** Image rules for registries without their own (mirror.rules). */
   rules: ImageRules | null;
 }

@@ -19,6 +19,8 @@ import { enforceRules, rulesFor, type RuleSet } from "./rules.ts";
 import { TokenCache } from "./auth/token-cache.ts";
 import { RegistryClient } from "./upstream.ts";
 import { confineMirrorAnswer, resourceOf } from "./content-safety.ts";
+import { fanoutRegistry, type FanoutRegistry } from "./fanout/registry.ts";
+import { serveShared } from "./fanout/serve.ts";
 
 export const REQUEST_ID_HEADER = "x-crm-request-id";
 
@@ -26,12 +28,13 @@ export const REQUEST_ID_HEADER = "x-crm-request-id";
 const FORWARDED = ["accept", "accept-encoding", "range", "if-range", "if-none-match", "if-modified-since", "user-agent"];
 
 export function createMirrorHandler(rt: Runtime): LocalHandler {
-  // Kept across reloads (state.ts); the manifest service only holds requests in flight.
-  const state = mirrorState(rt);
-  const tokens = new TokenCache(Date.now, 4096, state.shared?.tokens ?? null);
+  // With a cluster, tokens are shared with the other replicas (mirror/state.ts MirrorShared).
+  const tokens = new TokenCache(Date.now, 4096, mirrorState(rt).shared?.tokens ?? null);
   const clients = new Map<string, RegistryClient>();
   for (const reg of rt.config.mirror.registries.values()) clients.set(reg.name, new RegistryClient(rt, reg, tokens));
-  const mirror: Mirror = { clients, state, manifests: new ManifestService(rt, state), rules: rulesFor(rt.config.mirror) };
+  // Kept across reloads (state.ts); the manifest service only holds requests in flight.
+  const state = mirrorState(rt);
+  const mirror: Mirror = { clients, state, manifests: new ManifestService(rt, state), rules: rulesFor(rt.config.mirror), fanout: fanoutRegistry(rt) };
   return async (ex) => markMirrorAnswer(await handle(ex, rt, mirror), ex);
 }
 
@@ -52,9 +55,10 @@ interface Mirror {
   state: MirrorState;
   manifests: ManifestService;
   rules: ReadonlyMap<string, RuleSet>;
+  fanout: FanoutRegistry;
 }
 
-async function handle(ex: Exchange<LocalRoute>, rt: Runtime, { clients, state, manifests, rules }: Mirror): Promise<Response> {
+async function handle(ex: Exchange<LocalRoute>, rt: Runtime, { clients, state, manifests, rules, fanout }: Mirror): Promise<Response> {
   const method = ex.head.method;
   if (method !== "GET" && method !== "HEAD") {
     throw new MirrorError(405, "UNSUPPORTED", `${method.slice(0, 20)} is not supported: crm mirrors pulls only`, { headers: { allow: "GET, HEAD" } });
@@ -76,10 +80,13 @@ async function handle(ex: Exchange<LocalRoute>, rt: Runtime, { clients, state, m
     if (v !== null) headers.set(name, v);
   }
   if (!headers.has("user-agent")) headers.set("user-agent", "crm");
-  const passThrough = async (): Promise<Response> => {
-    const result = await meteredFetch(rt, state, client, { method, path: upstreamPath(route), headers, scope: pullScope(route), signal: ex.signal, resource: route.resource }, ex.logFields);
+  const answer = async (h: Headers, signal: AbortSignal): Promise<Response> => {
+    const result = await meteredFetch(rt, state, client, { method, path: upstreamPath(route), headers: h, scope: pullScope(route), signal, resource: route.resource }, ex.logFields);
     return clientResponse(route, method, result, rt.config.mirror.pathPrefix, rt.config.timeouts.upstreamHeaderMs);
   };
+  const passThrough = (): Promise<Response> => answer(headers, ex.signal);
+  // Concurrent GETs of one blob share one upstream download (fanout/serve.ts says which).
+  if (route.resource === "blobs") return (await serveShared(fanout, { route, method, headers, signal: ex.signal, logFields: ex.logFields, answer })) ?? passThrough();
   const reference = route.reference;
   // A manifest by tag or digest may be answered from memory (manifests/service.ts); with a query it is not the plain resource.
   if (route.resource === "manifests" && reference !== null && route.query.size === 0) {
