@@ -1,8 +1,8 @@
 /**
  * The `cluster` rows of `npm run bench` (issue 20): crm replicas sharing one redis-server.
- *   10  manifest GET by digest with the memory cache cold (too small to hold it) and the manifest
+ *   12  manifest GET by digest with the memory cache cold (too small to hold it) and the manifest
  *       in Redis, against the registry direct (req/s, wrk).
- *   11  upstream manifest GETs for 50 parallel pulls spread over 3 replicas, with the cluster and
+ *   12b upstream manifest GETs for 50 parallel pulls spread over 3 replicas, with the cluster and
  *       without it (target: 1 per manifest).
  * The registry is the fake Docker Hub (scripts/bench/hub.ts); redis-server runs without
  * persistence on a loopback port; everything is a child process stopped by the bench.
@@ -75,7 +75,7 @@ async function startRedis(): Promise<{ port: number; child: Child }> {
 export async function sectionCluster(ctx: ClusterBenchContext): Promise<void> {
   if (Bun.which("redis-server") === null) {
     ctx.row({
-      id: "10",
+      id: "12",
       metric: "cluster rows",
       crm: "redis-server not installed",
       direct: "—",
@@ -106,7 +106,7 @@ export async function sectionCluster(ctx: ClusterBenchContext): Promise<void> {
   const n = (v: number): string => Math.round(v).toLocaleString("en-US");
   const x = (v: number): string => (Number.isFinite(v) ? `${v.toFixed(2)}×` : "—");
   try {
-    // 10: every request misses memory (max_size 1 holds nothing) and is served from Redis.
+    // 12: every request misses memory (max_size 1 holds nothing) and is served from Redis.
     const cold = await ctx.startCrm({
       mirror: { ...mirror, manifest_cache: { max_size: 1 } },
       cluster: { redis: `redis://127.0.0.1:${redis.port}/0`, key_prefix: "bench10:" },
@@ -158,7 +158,7 @@ export async function sectionCluster(ctx: ClusterBenchContext): Promise<void> {
     const c = median(rps.get("crm") ?? []);
     const d = median(rps.get("direct") ?? []);
     ctx.row({
-      id: "10",
+      id: "12",
       metric: `manifest GET by digest, memory cache cold (max_size 1), manifest in Redis (wrk ${opts.threads}t ${opts.conns}c ${opts.seconds}s)`,
       crm: `${n(c)} req/s`,
       direct: `${n(d)} req/s (registry direct)`,
@@ -167,11 +167,11 @@ export async function sectionCluster(ctx: ClusterBenchContext): Promise<void> {
       result: "—",
     });
     ctx.note(
-      `cluster: during row 10's crm runs (${n(crmRequests)} requests) the registry saw ${upstreamDuring} manifest GETs; crm read the manifest from Redis ${n(hits)} times (concurrent identical requests share one read: single flight)`,
+      `cluster: during row 12's crm runs (${n(crmRequests)} requests) the registry saw ${upstreamDuring} manifest GETs; crm read the manifest from Redis ${n(hits)} times (concurrent identical requests share one read: single flight)`,
     );
     await cold.stop();
 
-    // 11: 50 pulls (HEAD by tag, GET index, GET amd64) spread over 3 replicas.
+    // 12b: 50 pulls (HEAD by tag, GET index, GET amd64) spread over 3 replicas.
     const N = 50;
     const pull = async (base: string): Promise<void> => {
       const head = await fetch(`${base}/v2/library/multi/manifests/latest`, {
@@ -209,7 +209,7 @@ export async function sectionCluster(ctx: ClusterBenchContext): Promise<void> {
     }
     const per = (gets.cluster ?? NaN) / 2;
     ctx.row({
-      id: "11",
+      id: "12b",
       metric: `upstream manifest GETs for ${N} parallel pulls over 3 replicas (index + 1 platform manifest)`,
       crm: `${gets.cluster} with cluster (${per} per manifest)`,
       direct: `${gets.alone} without cluster`,
