@@ -58,6 +58,27 @@ describe("cluster config", () => {
     expect(text).not.toContain("hunter2");
   });
 
+  test("crm -t prints the cluster set-up (the command itself)", async () => {
+    writeFileSync(join(dir, "pw-t"), "t-secret-store\n");
+    const file = join(dir, "t.yaml");
+    writeFileSync(
+      file,
+      `listen: "127.0.0.1:0"\ncluster:\n  redis: "rediss://store.internal:6380/1"\n  password_file: pw-t\n  key_prefix: "crm-eu:"\n  share_tokens: false\n  deadline: 50ms\n`,
+    );
+    const p = Bun.spawn(
+      [process.execPath, join(import.meta.dir, "..", "src/main.ts"), "-t", "-config", file],
+      { stdout: "pipe", stderr: "pipe" },
+    );
+    const [out, code] = await Promise.all([new Response(p.stdout).text(), p.exited]);
+    expect(code).toBe(0);
+    expect(out).toContain("cluster: rediss://store.internal:6380/1 (password from ");
+    expect(out).toContain('key_prefix "crm-eu:", deadline 50ms');
+    expect(out).toContain(
+      "per replica: connection caps, bandwidth pacing, upstream tokens (share_tokens: false)",
+    );
+    expect(out).not.toContain("t-secret-store");
+  });
+
   test("every error names its key; unknown keys get a did-you-mean", () => {
     expect(errorsOf({ cluster: { redis: "redis://r:6379", key_prefx: "x:" } })).toContain(
       'cluster.key_prefx: unknown key "key_prefx" in cluster (did you mean cluster.key_prefix?)',
