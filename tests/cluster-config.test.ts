@@ -34,9 +34,10 @@ const errorsOf = (raw: Record<string, unknown>): string => {
 };
 
 describe("cluster config", () => {
-  test("absent: null, and -t says every replica keeps its own state", () => {
+  test("absent: null, and crm -t prints what it always printed", () => {
     const { config } = buildConfig({}, "c.yaml");
     expect(config.cluster).toBeNull();
+    expect(describeConfig(config)).not.toContain("cluster");
   });
 
   test("defaults, and crm -t prints the set-up without the password", () => {
