@@ -81,6 +81,7 @@ describe("cluster config", () => {
   });
 
   test("every error names its key; unknown keys get a did-you-mean", () => {
+    writeFileSync(join(dir, "pw"), "not a certificate\n");
     expect(errorsOf({ cluster: { redis: "redis://r:6379", key_prefx: "x:" } })).toContain(
       'cluster.key_prefx: unknown key "key_prefx" in cluster (did you mean cluster.key_prefix?)',
     );
@@ -99,6 +100,9 @@ describe("cluster config", () => {
     );
     expect(errorsOf({ cluster: { redis: "redis://r", ca_file: "pw" } })).toContain(
       "cluster.ca_file: needs a rediss:// URL",
+    );
+    expect(errorsOf({ cluster: { redis: "rediss://r", ca_file: "pw" } })).toMatch(
+      /cluster\.ca_file: .*pw is not a PEM certificate/,
     );
   });
 });

@@ -15,6 +15,7 @@
  * The password is never part of the URL crm prints (`crm -t`) or logs: a URL with user info is
  * refused, like a registry's upstream.
  */
+import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import type { Checker } from "../config/checker.ts";
@@ -117,6 +118,13 @@ export function buildCluster(c: Checker, raw: unknown, file: string): ClusterCon
   const ca = read("ca_file", o.ca_file);
   const tls = url.protocol === "rediss:" || url.protocol === "valkeys:";
   if (ca !== null && !tls) c.rule("cluster.ca_file", "needs a rediss:// URL in cluster.redis");
+  if (ca !== null) {
+    try {
+      new X509Certificate(ca.text);
+    } catch {
+      c.rule("cluster.ca_file", `${ca.path} is not a PEM certificate`);
+    }
+  }
   let keyPrefix = "crm:";
   if (o.key_prefix !== undefined && o.key_prefix !== null) {
     if (typeof o.key_prefix === "string" && /^[A-Za-z0-9:._{}-]{1,64}$/.test(o.key_prefix))
