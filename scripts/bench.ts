@@ -6,7 +6,8 @@
  *
  * NAMEs (sections, run in this order): connect, forward, rate, idle, slow, binary, mitm, mirror,
  * parallel (8 concurrent transfers: forward and mirror), manifests, limits, fleet (16 clients pull
- * one blob at once through a capped uplink: mirror.fanout).
+ * one blob at once through a capped uplink: mirror.fanout), cluster (replicas sharing one
+ * redis-server: scripts/bench/cluster.ts).
  * --base: the previous build the limits rows compare against (default HEAD~1).
  * --quick: small sizes and short runs (a smoke test, < 90 s); the full run stays < ~10 min.
  *
@@ -54,10 +55,11 @@ import {
 import { NGINX_BIN, NGINX_SETUP, startNginx, TUNED_BUFFER, type Nginx } from "./bench/nginx.ts";
 import type { BodyMode, OriginPorts, OriginSpec } from "./bench/origin.ts";
 import type { RefMitmSpec } from "./bench/ref-mitm.ts";
+import { sectionCluster } from "./bench/cluster.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const BUN = process.execPath;
-const SECTIONS = ["connect", "forward", "rate", "idle", "slow", "binary", "mitm", "mirror", "parallel", "manifests", "limits", "fleet"] as const;
+const SECTIONS = ["connect", "forward", "rate", "idle", "slow", "binary", "mitm", "mirror", "parallel", "manifests", "limits", "fleet", "cluster"] as const;
 type Section = (typeof SECTIONS)[number];
 
 // ---------------------------------------------------------------- arguments and sizes
@@ -1325,6 +1327,7 @@ const SECTION_FNS: Record<Section, () => Promise<void>> = {
   manifests: sectionManifests,
   limits: sectionLimits,
   fleet: sectionFleet,
+  cluster: () => sectionCluster({ root: ROOT, bun: BUN, tmp, lifetimeMs: LIFETIME_MS, rateSeconds: P.rateSeconds, rateRuns: P.rateRuns, startCrm, row, note }),
 };
 
 function report(started: number, machineText: string): void {

@@ -68,7 +68,7 @@ export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver 
     upstream: new UpstreamClient(),
     journal: new RequestJournal(),
     activity: new ActivityBoard(),
-    sources: { quota: null, manifestCache: null, certificate: () => certificateStateOf(rt.config) },
+    sources: { quota: null, manifestCache: null, certificate: () => certificateStateOf(rt.config), cluster: null },
     draining: false,
     startedAt,
     sink,
@@ -85,7 +85,10 @@ export function applyConfig(rt: Runtime, config: Config): void {
   rt.config = config;
   rt.policy = new HostPolicy(config.allowedHosts, config.allowedPorts);
   rt.log = loggerFor(config, rt.sink);
+  const shared = rt.access.shared;
   rt.access = new AccessControl(config);
+  // The shared brake belongs to the cluster, which a reload does not restart.
+  rt.access.shared = shared;
   rt.clientAddress = new ClientAddress(config.access.trustedProxies, config.access.forwardedHeader);
   rt.rate.configure(config.limits);
   rt.bandwidth.configure(config.limits);

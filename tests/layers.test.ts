@@ -55,21 +55,24 @@ export const LAYERS: ReadonlyArray<readonly [name: string, patterns: readonly st
       "doctor/config.ts",
       "client-config/image-ref.ts",
       "status/config.ts",
+      "cluster/config.ts",
     ],
   ],
   // crm's HTTP/1.1 client for every upstream request.
   ["upstream", ["upstream/"]],
   // State built from the Config that handlers read: access, limits, certificates, metrics, the Runtime.
-  ["services", ["access/", "limits/", "tls/", "metrics.ts", "status/activity.ts", "status/journal.ts", "context.ts"]],
+  ["services", ["access/", "limits/", "tls/", "metrics.ts", "status/activity.ts", "status/journal.ts", "context.ts", "cluster/store.ts", "cluster/probe.ts", "cluster/rate.ts", "cluster/brake.ts", "cluster/tokens.ts", "cluster/heartbeat.ts"]],
   // What a handler is given: the exchange types and the route it was sent by.
   ["exchange", ["proxy/exchange.ts", "proxy/router.ts"]],
   // The status record, page and endpoints (handlers of their own, below the mirror that feeds them).
   ["status", ["status/"]],
   ["mirror", ["mirror/"]],
+  // What replicas share through a store (cluster:), plugged into the mirror, limits and access.
+  ["cluster", ["cluster/"]],
   // Accept, read heads, route, dispatch, write answers.
   ["proxy", ["proxy/"]],
   // Commands: each is a whole program over the layers below.
-  ["commands", ["main.ts", "cli.ts", "config/describe.ts", "pki/command.ts", "doctor/", "client-config/"]],
+  ["commands", ["main.ts", "cli.ts", "config/describe.ts", "pki/command.ts", "doctor/", "client-config/", "cluster/doctor.ts"]],
 ];
 
 function modules(dir: string, out: string[] = []): string[] {

@@ -23,6 +23,16 @@ const VERIFIED_MAX = 1024;
 /** Addresses tracked before the least recently used are dropped; bounds memory under a spray of addresses. */
 const TRACKED_MAX = 10_000;
 
+/**
+ * The brake counted once for every replica (cluster/brake.ts implements it). `undefined`: the
+ * store did not decide, the local brake does.
+ */
+export interface SharedBrakeCounter {
+  begin(client: string): Promise<{ kind: "check"; ticket: string } | { kind: "braked"; ms: number } | undefined>;
+  refund(client: string, ticket: string): void;
+  fail(client: string): Promise<void>;
+}
+
 /** "page": the index page `/`, which names allowed hosts and registries. */
 export type Realm = "proxy" | "mirror" | "page";
 
@@ -60,6 +70,8 @@ export class AccessControl {
   private dummyHash: string | null = null;
   /** Full password verifications started, for tests and metrics. */
   fullChecks = 0;
+  /** Set by the cluster (cluster/brake.ts): attempts are counted once for every replica. */
+  shared: SharedBrakeCounter | null = null;
 
   private readonly metricsClients: CidrList;
 
@@ -110,7 +122,23 @@ export class AccessControl {
     if (until > now) throw braked(until - now);
     let check = this.inFlight.get(cred.key);
     let counted: number | null = null;
-    if (check === undefined) {
+    // The cluster's count decides when the store answers; the local window when it does not.
+    let ticket: string | null = null;
+    if (check === undefined && this.shared !== null) {
+      const s = await this.shared.begin(key);
+      if (s?.kind === "braked") throw braked(s.ms);
+      if (s?.kind === "check") {
+        check = this.inFlight.get(cred.key);
+        if (check !== undefined) this.shared.refund(key, s.ticket);
+        else ticket = s.ticket;
+      }
+    }
+    if (ticket !== null) {
+      this.fullChecks++;
+      check = this.verify(cred, hash);
+      this.inFlight.set(cred.key, check);
+      void check.finally(() => this.inFlight.delete(cred.key));
+    } else if (check === undefined) {
       const a = this.window(key, now);
       if (a.times.length >= FAILURES_PER_MINUTE) {
         // Ten checks failed or still running. While some still run (and may be refunded), a retry
@@ -128,9 +156,11 @@ export class AccessControl {
     const ok = await check;
     if (ok) {
       if (counted !== null) this.refund(key, counted);
+      if (ticket !== null) this.shared?.refund(key, ticket);
       return cred.name;
     }
     this.recordFailure(key);
+    if (this.shared !== null) await this.shared.fail(key);
     throw challenge(realm);
   }
 

@@ -5,6 +5,7 @@ import { formatHostPort } from "../net/host-port.ts";
 import { listenerIsTls } from "./listen.ts";
 import { describeTls } from "../tls/describe.ts";
 import { DEFAULT_STALE_IF_ERROR_MS } from "../mirror/manifests/config.ts";
+import { describeCluster } from "../cluster/config.ts";
 
 export function describeConfig(c: Config): string {
   const t = c.timeouts;
@@ -42,6 +43,7 @@ export function describeConfig(c: Config): string {
     }
   } else lines.push("mirror: disabled");
   lines.push(...describePublic(c));
+  if (c.cluster !== null) lines.push(...describeCluster(c.cluster));
   return lines.join("\n");
 }
 

@@ -7,6 +7,7 @@ import { resolve } from "node:path";
 import YAML from "yaml";
 import { parseCidr } from "../access/cidr.ts";
 import { buildForwardedHeader, buildTrustedProxies } from "../access/client-address.ts";
+import { buildCluster } from "../cluster/config.ts";
 import { buildDoctorConfig } from "../doctor/config.ts";
 import { ConfigError, ConfigErrors } from "../errors.ts";
 import { buildFairShare, FAIR_SHARE_KEYS } from "../limits/config.ts";
@@ -84,7 +85,7 @@ export function parseConfigText(text: string, file: string): unknown {
 }
 
 
-const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "allow_private_networks", "insecure_tls", "log_level", "log_format", "access", "metrics", "tls", "unix_socket_mode", "public_url", "limits", "mitm", "mirror", "timeouts", "doctor", "status"] as const;
+const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "allow_private_networks", "insecure_tls", "log_level", "log_format", "access", "metrics", "tls", "unix_socket_mode", "public_url", "limits", "mitm", "mirror", "timeouts", "doctor", "status", "cluster"] as const;
 
 
 
@@ -193,9 +194,10 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
 
   const doctor = buildDoctorConfig(c, root.doctor);
   const status = buildStatusConfig(c, root.status);
+  const cluster = buildCluster(c, root.cluster, file);
 
   if (c.errors.length > 0) throw new ConfigErrors(file, c.errors);
-  const config: Config = Object.freeze({ file, tls, unixSocketMode, metrics, publicUrl, listen, allowedHosts, allowedPorts, allowPrivateNetworks, insecureTls, logLevel, logFormat, access, limits, mitm, mirror, timeouts, doctor, status });
+  const config: Config = Object.freeze({ file, tls, unixSocketMode, metrics, publicUrl, listen, allowedHosts, allowedPorts, allowPrivateNetworks, insecureTls, logLevel, logFormat, access, limits, mitm, mirror, timeouts, doctor, status, cluster });
   return { config, warnings: c.warnings };
 }
 

@@ -3,6 +3,7 @@
  * limits, mirror, doctor); this file only assembles them, so it imports types and nothing else.
  */
 import type { ForwardedHeader } from "../access/client-address.ts";
+import type { ClusterConfig } from "../cluster/config.ts";
 import type { DoctorConfig } from "../doctor/config.ts";
 import type { FairShareLimits } from "../limits/config.ts";
 import type { LogFormat, LogLevel } from "../log.ts";
@@ -104,6 +105,8 @@ export interface Config {
   doctor: DoctorConfig;
   /** Who may read the status page (status/config.ts). */
   status: StatusConfig;
+  /** State shared with other replicas (cluster/config.ts); null: every replica keeps its own. */
+  cluster: ClusterConfig | null;
 }
 
 export const DEFAULT_ALLOWED_HOSTS: readonly string[] = [

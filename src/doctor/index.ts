@@ -12,6 +12,7 @@ import type { Resolver } from "../net/resolver.ts";
 import type { CertificateState } from "../status/sources.ts";
 import { staticCertificateState } from "../tls/certificate-state.ts";
 import { checkListen } from "./listen.ts";
+import { checkCluster } from "../cluster/doctor.ts";
 import { checkRegistry } from "./registry.ts";
 import { upstreamsOf } from "../config/registries.ts";
 import { renderJson, renderTable, Report } from "./report.ts";
@@ -65,6 +66,8 @@ export async function diagnose(opts: DoctorOptions): Promise<Report> {
   if (needed.size === 0) report.skip("allow-list (CONNECT pulls)", "no registry host learned");
   else if (missing.length === 0) report.pass("allow-list (CONNECT pulls)", `allowed_hosts and allowed_ports cover ${[...needed.keys()].join(", ")}`);
   else report.fail("allow-list (CONNECT pulls)", `a pull through HTTPS_PROXY needs ${missing.join(", ")}, which allowed_hosts/allowed_ports refuse`, `add ${missing.map((m) => m.replace(/:\d+$/, "")).join(", ")} to allowed_hosts (and the ports to allowed_ports), or use crm only as a mirror`);
+
+  await checkCluster(config, report);
 
   const cert = (opts.certificate ?? staticCertificateState)(config);
   if (cert.mode === "none") report.pass("TLS certificate", "no TLS on the listener (plain http): Docker needs https or insecure-registries for a mirror off localhost");

@@ -13,6 +13,12 @@ interface Bucket {
   at: number;
 }
 
+/** The rate counted once for every replica (cluster/rate.ts implements it). */
+export interface SharedRateCounter {
+  /** null: allowed; a number: seconds to wait; undefined: the store did not decide. */
+  take(clientKey: string, rate: number, burst: number): Promise<number | null | undefined>;
+}
+
 /** Buckets kept before idle (full) ones are dropped; bounds memory under a spray of addresses. */
 const MAX_BUCKETS = 50_000;
 
@@ -21,6 +27,8 @@ export class RequestRate {
   private rate: number | null = null;
   private burst = 1;
   private exempt: CidrList | null = null;
+  /** Set by the cluster (cluster/rate.ts): the rate is counted once for every replica. */
+  shared: SharedRateCounter | null = null;
 
   constructor(limits: FairShareLimits) {
     this.configure(limits);
@@ -58,6 +66,18 @@ export class RequestRate {
       return null;
     }
     return Math.max(1, Math.ceil((1 - b.tokens) / rate));
+  }
+
+  /**
+   * take(), counted in the cluster's store when there is one; the local bucket decides when the
+   * store does not answer within its deadline.
+   */
+  async check(client: string): Promise<number | null> {
+    const rate = this.rate;
+    if (rate === null || this.shared === null) return this.take(client);
+    if (this.exempt !== null && this.exempt.match(client) !== null) return null;
+    const got = await this.shared.take(clientKey(client), rate, this.burst);
+    return got === undefined ? this.take(client) : got;
   }
 
   private prune(now: number): void {

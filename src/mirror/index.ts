@@ -30,7 +30,8 @@ export const REQUEST_ID_HEADER = "x-crm-request-id";
 const FORWARDED = ["accept", "accept-encoding", "range", "if-range", "if-none-match", "if-modified-since", "user-agent"];
 
 export function createMirrorHandler(rt: Runtime): LocalHandler {
-  const tokens = new TokenCache();
+  // With a cluster, tokens are shared with the other replicas (mirror/state.ts MirrorShared).
+  const tokens = new TokenCache(Date.now, 4096, mirrorState(rt).shared?.tokens ?? null);
   const clients = new Map<string, MirrorClient>();
   // One client per registry; a registry with several upstreams gets a chain that fails over (upstreams.ts).
   const health = upstreamHealth(rt);

@@ -44,12 +44,15 @@ export class QuotaTracker {
   private readonly low = new Set<string>();
   private readonly rejected = new Map<string, number>();
   private readonly manifestGets = new Map<string, number>();
+  /** Set by the cluster (cluster/quota.ts): each new figure is shared with the other replicas. */
+  shared: ((registry: string, rl: RateLimit) => void) | null = null;
 
   /** Reads the ratelimit fields of any upstream answer. */
   observe(registry: string, headers: Headers, log: Logger): void {
     const rl = parseRateLimit(headers);
     if (rl === null) return;
     this.latest.set(registry, rl);
+    this.shared?.(registry, rl);
     const isLow = rl.remaining < rl.limit * LOW_SHARE;
     if (isLow && !this.low.has(registry)) {
       this.low.add(registry);
@@ -61,6 +64,12 @@ export class QuotaTracker {
         ...(rl.source !== null ? { source: rl.source } : {}),
       });
     } else if (!isLow) this.low.delete(registry);
+  }
+
+  /** Another replica's figure (cluster/quota.ts): kept when it is newer than this one's. */
+  merge(registry: string, rl: RateLimit): void {
+    const mine = this.latest.get(registry);
+    if (mine === undefined || mine.at < rl.at) this.latest.set(registry, rl);
   }
 
   /** An upstream manifest GET went out: the request Docker Hub counts. */

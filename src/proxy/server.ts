@@ -23,6 +23,7 @@ import { listenerIsTls } from "../config/listen.ts";
 import { TlsCertificates } from "../tls/index.ts";
 import { renderTlsMetrics } from "../tls/status.ts";
 import { prepareUnixPath, removeSocket, setSocketMode, socketInode } from "../net/unix-socket.ts";
+import { Cluster } from "../cluster/index.ts";
 
 export interface StartOptions {
   /** Where log lines go (tests read them); stderr by default. */
@@ -83,6 +84,8 @@ export class CrmServer {
   readonly certificates: TlsCertificates;
   /** Set when MITM is enabled. */
   mitm: Mitm | null = null;
+  /** State shared with the other replicas (cluster:); null without a cluster section. */
+  cluster: Cluster | null = null;
 
   private constructor(
     readonly rt: Runtime,
@@ -119,6 +122,8 @@ export class CrmServer {
     const prepared = await prepare(config);
     const rt = createRuntime(config, opts.sink, opts.resolver);
     const server = new CrmServer(rt, { mirror: null, intercept: null });
+    // Before the mirror is built, so its token cache and quota are shared; a refused password stops start-up.
+    if (config.cluster !== null) server.cluster = await Cluster.start(rt, config.cluster);
     server.applyFeatures(prepared);
     // Never waits for a CA: without a stored certificate a temporary one is served at once.
     await server.certificates.configure(config, prepared.tls);
@@ -218,6 +223,7 @@ export class CrmServer {
     const same = (a: Config["listen"], b: Config["listen"]): boolean => JSON.stringify(a) === JSON.stringify(b);
     const prepared = await prepare(config);
     if (!same(config.listen, rt.config.listen)) rt.log.warn("listen addresses changed; they apply after a restart");
+    if (JSON.stringify(config.cluster) !== JSON.stringify(rt.config.cluster)) rt.log.warn("cluster section changed; it applies after a restart");
     // A changed acme section starts a new manager; the same one keeps its schedule.
     await this.certificates.configure(config, prepared.tls);
     const next = this.certificates.served;
@@ -280,5 +286,6 @@ export class CrmServer {
     }
     this.conns.stop();
     this.rt.upstream.close();
+    void this.cluster?.stop();
   }
 }

@@ -47,6 +47,14 @@ function cacheText(s: StatusSnapshot): string {
   return `${n(m.entries, "manifest", "manifests")}, ${m.bytes} bytes; ${n(m.hits, "hit", "hits")}, ${n(m.misses, "miss", "misses")}`;
 }
 
+/** The shared store as this replica sees it; the live replicas are a table (status.js). */
+function clusterText(s: StatusSnapshot): string {
+  const k = s.cluster;
+  if (k === null) return "";
+  const replicas = `${k.replicas.length} live ${k.replicas.length === 1 ? "replica" : "replicas"}`;
+  return k.up ? `store ${k.store} answering (prefix ${k.prefix}); ${replicas}` : `store ${k.store} NOT answering${k.lastError !== null ? ` (${k.lastError})` : ""}: this replica decides alone until it is back`;
+}
+
 /** The set-up part of the index page, with registries named but never their upstream URLs. */
 function setupSection(rt: Runtime): string {
   const html = renderIndex(rt.config);
@@ -78,7 +86,7 @@ ${table("registries")}
 ${table("errors")}
 <h2>Last ${RECENT} requests</h2>
 ${table("recent")}
-<h2>State</h2>
+${s.cluster !== null ? `<h2>Replicas</h2>\n<p id="cluster" class="${s.cluster.up ? "ok" : "bad"}">${esc(clusterText(s))}</p>\n${table("replicas")}\n` : ""}<h2>State</h2>
 <dl>
 <dt>TLS certificate</dt><dd id="certificate">${esc(certificateText(s))}</dd>
 <dt>Upstream quota</dt><dd id="quota">${esc(quotaText(s))}</dd>

@@ -88,6 +88,13 @@ export const STATUS_SCRIPT = String.raw`(function () {
     fill("errors", ["time", "request", "status", "error", "hint"],
       s.errors.map(function (e) { return [time(e.time), (e.registry ? e.registry + " " : "") + e.what, e.status, e.message, e.hint]; }),
       "no errors");
+    if (s.cluster && $("replicas")) {
+      $("cluster").textContent = s.cluster.up ? "store answering (prefix " + s.cluster.prefix + "); " + s.cluster.replicas.length + " live" : "store NOT answering" + (s.cluster.lastError ? " (" + s.cluster.lastError + ")" : "") + ": this replica decides alone until it is back";
+      $("cluster").className = s.cluster.up ? "ok" : "bad";
+      fill("replicas", ["replica", "version", "host", "up for", "in flight", "config"],
+        s.cluster.replicas.map(function (r) { return [r.id, r.version, r.host, dur(r.uptimeS * 1000), r.active, r.config]; }),
+        "no heartbeat read yet");
+    }
     $("live").textContent = "live, updated " + time(s.now);
     $("live").className = "ok";
   }

@@ -12,7 +12,7 @@ import { BUCKET_MS } from "./activity.ts";
 import { hintFor } from "./hints.ts";
 import type { JournalEntry } from "./journal.ts";
 import type { QuotaView } from "./quota.ts";
-import type { CertificateState, ManifestCacheState, ResilienceState } from "./sources.ts";
+import type { CertificateState, ClusterStatus, ManifestCacheState, ResilienceState } from "./sources.ts";
 
 export const RECENT = 100;
 const ERRORS = 20;
@@ -66,6 +66,8 @@ export interface StatusSnapshot {
   certificate: CertificateState;
   /** Upstream states of registries with several, and blob resumes; null while the mirror is off. */
   resilience: ResilienceState | null;
+  /** null: no cluster section (one replica). */
+  cluster: ClusterStatus | null;
 }
 
 /** A URL anywhere in a message becomes its host: upstream URLs are not shown. */
@@ -148,5 +150,6 @@ export function buildSnapshot(rt: Runtime): StatusSnapshot {
     manifestCache: rt.sources.manifestCache?.state() ?? null,
     certificate: rt.sources.certificate(),
     resilience: rt.sources.resilience?.state() ?? null,
+    cluster: rt.sources.cluster?.() ?? null,
   };
 }

@@ -47,4 +47,29 @@ export interface StatusSources {
   manifestCache: ManifestCacheSource | null;
   resilience?: ResilienceSource | null;
   certificate(): CertificateState;
+  /** The shared store and the live replicas (cluster/index.ts); null without a cluster section. */
+  cluster: (() => ClusterStatus) | null;
+}
+
+/** One live replica, as its heartbeat says (cluster/heartbeat.ts). */
+export interface ReplicaView {
+  id: string;
+  version: string;
+  host: string;
+  uptimeS: number;
+  active: number;
+  /** A fingerprint of the config it runs (cluster/index.ts configFingerprint). */
+  config: string;
+  /** When it last said so (ms since the epoch, its own clock). */
+  at: number;
+}
+
+/** The shared store as this replica sees it (cluster/index.ts). */
+export interface ClusterStatus {
+  up: boolean;
+  /** "redis" or "redis over TLS": never the address. */
+  store: string;
+  prefix: string;
+  lastError: string | null;
+  replicas: ReplicaView[];
 }

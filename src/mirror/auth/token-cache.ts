@@ -3,8 +3,17 @@
  * services and a pull of one image is dozens of requests for one scope, so each key
  * (registry + realm + service + scope + credential) is fetched once per lifetime, and concurrent
  * requests for a key that is being fetched wait for that one fetch (single-flight) instead of
- * starting their own.
+ * starting their own. With a cluster (cluster/tokens.ts) a key missing here is looked up in the
+ * shared store before it is fetched, and a fetched token is shared.
  */
+
+/** Tokens shared with other replicas (cluster/tokens.ts implements it). */
+export interface SharedTokenStore {
+  /** A token another replica fetched, with the ms it may still be used; null: fetch one. */
+  get(key: string): Promise<{ token: string; leftMs: number } | null>;
+  put(key: string, token: string, useForMs: number): void;
+  invalidate(key: string, token: string): void;
+}
 
 /** Token lifetime when the answer has no `expires_in` (distribution token-auth spec). */
 export const DEFAULT_EXPIRES_IN_S = 60;
@@ -43,6 +52,7 @@ export class TokenCache {
     private readonly now: () => number = Date.now,
     /** Keys are per repository; bound the map for a long-running mirror of many repositories. */
     private readonly maxEntries = 4096,
+    private readonly shared: SharedTokenStore | null = null,
   ) {}
 
   get size(): number {
@@ -58,16 +68,36 @@ export class TokenCache {
     if (hit && this.now() < hit.refreshAt) return { token: hit.token, source: "cached" };
     const running = this.inflight.get(key);
     if (running) return { token: await running, source: "cached" };
-    const fetching = fetchToken().then((issued) => {
+    // A token another replica fetched counts as cached: no token request went out for it.
+    let source: TokenSource = "fetched";
+    const fetching = this.shared === null ? fetchToken().then((issued) => {
       this.store(key, issued);
       return issued.token;
+    }) : this.viaShared(key, this.shared, fetchToken).then((got) => {
+      source = got.source;
+      return got.token;
     });
     this.inflight.set(key, fetching);
     try {
-      return { token: await fetching, source: "fetched" };
+      const token = await fetching;
+      return { token, source };
     } finally {
       this.inflight.delete(key);
     }
+  }
+
+  /** Another replica's token when the store has one, else a fetch whose token is then shared. */
+  private async viaShared(key: string, shared: SharedTokenStore, fetchToken: () => Promise<IssuedToken>): Promise<{ token: string; source: TokenSource }> {
+    const got = await shared.get(key);
+    if (got !== null) {
+      this.put(key, got.token, this.now() + got.leftMs);
+      return { token: got.token, source: "cached" };
+    }
+    const issued = await fetchToken();
+    const at = this.now();
+    this.store(key, issued);
+    shared.put(key, issued.token, refreshAt(at, issued.expiresIn) - at);
+    return { token: issued.token, source: "fetched" };
   }
 
   /**
@@ -76,11 +106,16 @@ export class TokenCache {
    */
   invalidate(key: string, token: string): void {
     if (this.entries.get(key)?.token === token) this.entries.delete(key);
+    this.shared?.invalidate(key, token);
   }
 
   private store(key: string, issued: IssuedToken): void {
+    this.put(key, issued.token, refreshAt(this.now(), issued.expiresIn));
+  }
+
+  private put(key: string, token: string, until: number): void {
     this.entries.delete(key); // re-insert at the end: Map order is the eviction order
-    this.entries.set(key, { token: issued.token, refreshAt: refreshAt(this.now(), issued.expiresIn) });
+    this.entries.set(key, { token, refreshAt: until });
     if (this.entries.size <= this.maxEntries) return;
     const now = this.now();
     for (const [k, e] of this.entries) if (e.refreshAt <= now) this.entries.delete(k);

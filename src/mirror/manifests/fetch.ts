@@ -66,6 +66,18 @@ export class ManifestFetcher {
   /** By digest the bytes are fixed, so Accept is not part of the key; by tag it decides the answer. */
   get(req: ManifestGet, signal: AbortSignal): Promise<{ value: Fetched; leader: boolean }> {
     const key = [req.client.registry.name, req.name, req.reference, req.expect === null ? (req.headers.get("accept") ?? "") : ""].join("\n");
+    // With a cluster, a GET by digest is first shared with the other replicas (cluster/manifests.ts).
+    const cluster = req.state.shared?.manifests ?? null;
+    if (cluster !== null && req.expect !== null) {
+      const scope = cacheScope(req.client.registry);
+      const want = { scope, repository: req.name, digest: req.expect, logFields: req.logFields };
+      // Read from the store: kept in memory too; it caused no upstream exchange, so no quota fields.
+      const fromStore = (m: CachedManifest): Fetched => {
+        req.state.cache.put(scope, req.name, m);
+        return { kind: "manifest", manifest: m, quota: [] };
+      };
+      return this.flights.run(key, signal, (shared) => cluster.fetch<Fetched>(want, shared, () => fetchManifest(req, shared, this.budget), (r) => (r.kind === "manifest" ? r.manifest : null), fromStore));
+    }
     return this.flights.run(key, signal, (shared) => fetchManifest(req, shared, this.budget));
   }
 }

@@ -1,0 +1,252 @@
+/**
+ * Manifests shared by every replica: a manifest one replica has checked against its digest is
+ * written to the store (bytes, media type, digest, ETag; TTL cluster.manifest_ttl), so another
+ * replica that misses in memory pays no upstream pull for it. What is read back is data from the
+ * network: its digest is checked again before it is served, and a wrong (poisoned, truncated,
+ * foreign) entry is deleted and never served.
+ *
+ * Single flight across replicas: before its upstream GET by digest a replica takes a short lock
+ * (SET NX PX). A replica that finds the lock taken waits for the holder's "done" message
+ * (pub/sub) or for the lock to go (polled), at most WAIT_MS, then reads the store; if the entry
+ * is still not there it sends its own request. With the store down nobody waits: each replica
+ * fetches as it would alone. Tags are never stored: a tag is resolved upstream each time
+ * (manifests/service.ts), only the digest it names is shared.
+ */
+import { createHash } from "node:crypto";
+import type { Logger } from "../log.ts";
+import { MAX_CACHED_MANIFEST, type CachedManifest } from "../mirror/manifests/cache.ts";
+import { verifiable } from "../mirror/manifests/fetch.ts";
+import type {
+  SharedManifests as SharedManifestsHook,
+  SharedManifestWant,
+} from "../mirror/manifests/shared.ts";
+import { script, type Store } from "./store.ts";
+
+const MAGIC = "crm-manifest/1\n";
+/** The JSON line after the magic: digest, media type, ETag. */
+const MAX_HEADER = 2048;
+/** How long a lock holder may take before others stop trusting it (its own fetch goes on). */
+const LOCK_MS = 10_000;
+/** How long a replica waits for another's upstream GET before sending its own. */
+export const WAIT_MS = 3000;
+/** The poll beside pub/sub: a lost message (or a holder that died) costs at most this. */
+const POLL_MS = 250;
+
+/** Releases a lock only if it is still this replica's. */
+const RELEASE = script(
+  "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+);
+
+interface Header {
+  digest: string;
+  mediaType: string | null;
+  etag: string | null;
+}
+
+export function encodeManifest(m: CachedManifest): Uint8Array {
+  const head = Buffer.from(
+    MAGIC +
+      JSON.stringify({ digest: m.digest, mediaType: m.mediaType, etag: m.etag } satisfies Header) +
+      "\n",
+  );
+  const out = new Uint8Array(head.byteLength + m.body.byteLength);
+  out.set(head, 0);
+  out.set(m.body, head.byteLength);
+  return out;
+}
+
+/** The entry as stored, or why it is not a manifest with the digest `want`. */
+export function decodeManifest(bytes: Uint8Array, want: string): CachedManifest | string {
+  const magic = Buffer.from(MAGIC);
+  if (
+    bytes.byteLength < magic.byteLength ||
+    !Buffer.from(bytes.subarray(0, magic.byteLength)).equals(magic)
+  )
+    return "not a crm manifest entry";
+  const nl = bytes.indexOf(10, magic.byteLength);
+  if (nl < 0 || nl - magic.byteLength > MAX_HEADER) return "no header line";
+  let h: Header;
+  try {
+    h = JSON.parse(Buffer.from(bytes.subarray(magic.byteLength, nl)).toString("utf8")) as Header;
+  } catch {
+    return "header is not JSON";
+  }
+  if (typeof h !== "object" || h === null || h.digest !== want)
+    return `entry names digest ${String((h as Header | null)?.digest).slice(0, 80)}`;
+  const str = (v: unknown): string | null => (typeof v === "string" && v.length <= 256 ? v : null);
+  const body = bytes.slice(nl + 1);
+  if (body.byteLength > MAX_CACHED_MANIFEST) return "body over the manifest size limit";
+  const alg = want.slice(0, want.indexOf(":"));
+  const got = `${alg}:${createHash(alg).update(body).digest("hex")}`;
+  if (got !== want) return `bytes hash to ${got}`;
+  return { digest: want, body, mediaType: str(h.mediaType), etag: str(h.etag) };
+}
+
+export class SharedManifests implements SharedManifestsHook {
+  readonly stats = { hit: 0, miss: 0, poisoned: 0, waited: 0, led: 0, written: 0 };
+  /** Keys this replica waits on → wake-ups. */
+  private readonly waiters = new Map<string, Set<() => void>>();
+
+  constructor(
+    private readonly store: Store,
+    private readonly replicaId: string,
+    private readonly log: () => Logger,
+  ) {
+    store.onMessage((message) => {
+      if (!message.startsWith("m ")) return;
+      const set = this.waiters.get(message.slice(2));
+      if (set) for (const wake of set) wake();
+    });
+    store.onDown(() => {
+      for (const set of this.waiters.values()) for (const wake of set) wake();
+    });
+  }
+
+  /** The entry's key without the prefix: whose manifests (cache.ts cacheScope), repository, digest. */
+  static id(scope: string, repository: string, digest: string): string {
+    return `${createHash("sha256").update(scope).digest("hex").slice(0, 16)}:${repository}:${digest}`;
+  }
+
+  keyOf(id: string): string {
+    return this.store.key("m", id);
+  }
+
+  /**
+   * A verified entry, or null (absent, store down, or wrong: then deleted). Its size is asked
+   * first: an entry over the manifest limit is never read into memory.
+   */
+  async read(id: string, digest: string, deadlineMs?: number): Promise<CachedManifest | null> {
+    const key = this.keyOf(id);
+    const bytes = await this.store.call(async (c) => {
+      const size = Number(await c.send("STRLEN", [key]));
+      if (size === 0) return null;
+      if (size > MAX_CACHED_MANIFEST + MAGIC.length + MAX_HEADER + 1) return new Uint8Array(0);
+      return c.getBuffer(key);
+    }, deadlineMs);
+    if (bytes === undefined || bytes === null) return null;
+    const m = decodeManifest(bytes, digest);
+    if (typeof m !== "string") return m;
+    this.stats.poisoned++;
+    this.log().warn("cluster store held a wrong manifest entry; deleted, not served", {
+      key,
+      digest,
+      why: m,
+    });
+    void this.store.call((c) => c.del(key));
+    return null;
+  }
+
+  async write(id: string, m: CachedManifest, ttlMs: number): Promise<void> {
+    if (m.body.byteLength > MAX_CACHED_MANIFEST) return;
+    const ok = await this.store.call((c) => c.set(this.keyOf(id), encodeManifest(m), "PX", ttlMs));
+    if (ok !== undefined) this.stats.written++;
+  }
+
+  /**
+   * A GET by digest, shared with the other replicas; `local` is this replica's own upstream GET
+   * (fetch.ts), which also fills the memory cache.
+   */
+  async fetch<R>(
+    want: SharedManifestWant,
+    signal: AbortSignal,
+    local: () => Promise<R>,
+    manifestOf: (r: R) => CachedManifest | null,
+    fromStored: (m: CachedManifest) => R,
+  ): Promise<R> {
+    const { digest } = want;
+    if (!verifiable(digest) || !this.store.up) return local();
+    const id = SharedManifests.id(want.scope, want.repository, digest);
+    // The read and the lock together get one deadline: the store never costs a pull more.
+    const budgetEnd = performance.now() + this.store.config.deadlineMs;
+    const left = (): number => Math.max(1, Math.round(budgetEnd - performance.now()));
+    const fromStore = async (deadlineMs?: number): Promise<R | null> => {
+      const m = await this.read(id, digest, deadlineMs);
+      if (m === null) return null;
+      this.stats.hit++;
+      want.logFields.cluster = "hit";
+      return fromStored(m);
+    };
+    const hit = await fromStore(left());
+    if (hit !== null) return hit;
+    this.stats.miss++;
+
+    // Listening before the lock is tried: a holder that finishes in between still wakes us.
+    let woken = false;
+    let wake: () => void = () => {};
+    const woke = new Promise<void>((r) => (wake = () => ((woken = true), r())));
+    let set = this.waiters.get(id);
+    if (!set) this.waiters.set(id, (set = new Set()));
+    set.add(wake);
+    const lockKey = this.store.key("l", id);
+    try {
+      const lock = (await this.store.call(
+        (c) => c.send("SET", [lockKey, this.replicaId, "NX", "PX", String(LOCK_MS)]),
+        left(),
+      )) as string | null | undefined;
+      if (lock === "OK") {
+        // Another replica may have written it and let go between our read and our lock.
+        const late = await fromStore(left());
+        if (late === null) return await this.lead(want, id, lockKey, local, manifestOf);
+        void this.store.script(RELEASE, [lockKey], [this.replicaId]);
+        return late;
+      }
+      if (lock === undefined) {
+        want.logFields.cluster = "down";
+        return await local();
+      }
+      // Another replica is fetching it: wait for its word, the lock to go, or WAIT_MS.
+      this.stats.waited++;
+      want.logFields.cluster = "waited";
+      const end = performance.now() + WAIT_MS;
+      while (!woken && !signal.aborted && this.store.up && performance.now() < end) {
+        await Promise.race([
+          woke,
+          Bun.sleep(Math.min(POLL_MS, Math.max(1, end - performance.now()))),
+        ]);
+        if (woken || !this.store.up) break;
+        const held = await this.store.call((c) => c.exists(lockKey));
+        if (held !== true) break;
+      }
+      return (await fromStore()) ?? (await local());
+    } finally {
+      set.delete(wake);
+      if (set.size === 0 && this.waiters.get(id) === set) this.waiters.delete(id);
+    }
+  }
+
+  private async lead<R>(
+    want: SharedManifestWant,
+    id: string,
+    lockKey: string,
+    local: () => Promise<R>,
+    manifestOf: (r: R) => CachedManifest | null,
+  ): Promise<R> {
+    this.stats.led++;
+    want.logFields.cluster = "led";
+    let got: CachedManifest | null = null;
+    try {
+      const r = await local();
+      got = manifestOf(r);
+      return r;
+    } finally {
+      // Done (or failed): written, then the lock goes and the waiters read the store or fetch on
+      // their own. The client that led is answered at once, not after the store.
+      const done = got;
+      void (async () => {
+        if (done !== null) await this.write(id, done, this.store.config.manifestTtlMs);
+        await this.store.script(RELEASE, [lockKey], [this.replicaId]);
+        this.store.publish(`m ${id}`);
+      })();
+    }
+  }
+
+  metricLines(): string[] {
+    return [
+      "# HELP crm_cluster_manifests_total Shared manifest store use: hit (served from the store), miss, poisoned (a wrong entry deleted), waited (for another replica's upstream GET), led (this replica's GET for the others), written.",
+      "# TYPE crm_cluster_manifests_total counter",
+      ...Object.entries(this.stats).map(
+        ([k, v]) => `crm_cluster_manifests_total{result="${k}"} ${v}`,
+      ),
+    ];
+  }
+}
