@@ -13,7 +13,7 @@ describe("clientKey: link-local and NAT64", () => {
     expect(clientKey("fe80::2")).toBe("fe80::2");
     expect(clientKey("FE80:0:0:0:0:0:0:2")).toBe("fe80::2");
     expect(clientKey("febf::9")).toBe("febf::9");
-    expect(clientKey("fec0::1")).toBe("fec0::/64"); // outside /10
+    expect(clientKey("fec0::1")).toBe("fec0:0:0:0::/64"); // outside /10
   });
   test("64:ff9b::/96 counts by the embedded IPv4 address", () => {
     expect(clientKey("64:ff9b::192.0.2.1")).toBe("192.0.2.1");
