@@ -78,7 +78,11 @@ export class Connection {
    * (a header without an address: v1 UNKNOWN, v2 UNSPEC or UNIX).
    */
   private relayed = false;
-  /** Bytes of a next request arrived before an answer was done: a FIN then means "no more requests". */
+  /**
+   * Bytes of a next request arrived before this request's answer was done: a FIN then means "no
+   * more requests". Per request (reset in handle): one pipelined pair must not make every later
+   * FIN on the connection look like the end of a pipeline.
+   */
   private pipelined = false;
   /**
    * A stranger on the plain listener beside ACME (listener.ts admitStranger): it may reach only
@@ -369,6 +373,7 @@ export class Connection {
    */
   private async handle(head: RequestHead, rest: Buffer): Promise<void> {
     this.requests++;
+    this.pipelined = false;
     const started = performance.now();
     if (!this.identify(head)) return;
     // From here on, bytes belong to this request (its body, a tunnel's first bytes), never to a
