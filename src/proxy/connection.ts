@@ -80,8 +80,8 @@ export class Connection {
   private relayed = false;
   /**
    * Bytes of a next request arrived before this request's answer was done: a FIN then means "no
-   * more requests". Per request (reset in handle): one pipelined pair must not make every later
-   * FIN on the connection look like the end of a pipeline.
+   * more requests". Reset once every answer is out and nothing is buffered (afterAnswer): one
+   * pipelined pair must not make every later FIN on the connection look like the end of a pipeline.
    */
   private pipelined = false;
   /**
@@ -373,7 +373,6 @@ export class Connection {
    */
   private async handle(head: RequestHead, rest: Buffer): Promise<void> {
     this.requests++;
-    this.pipelined = false;
     const started = performance.now();
     if (!this.identify(head)) return;
     // From here on, bytes belong to this request (its body, a tunnel's first bytes), never to a
@@ -548,7 +547,11 @@ export class Connection {
       this.readHead();
       // The client has finished sending, so a head still incomplete now never will be.
       if (this.peerEnded && this.phase === "head" && this.buf !== null) this.fail(new HttpError(400, "connection closed inside the request head"));
-    } else this.resume();
+    } else {
+      // Idle with every answer out: the pipeline, if there was one, is over.
+      this.pipelined = false;
+      this.resume();
+    }
   }
 
   private logRequest(ex: Exchange, status: number, bytesOut: number, started: number, note?: string): void {
