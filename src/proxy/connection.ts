@@ -488,6 +488,12 @@ export class Connection {
     const abort = new AbortController();
     this.abort = abort;
     if (rest.length > 0) this.onRequestBytes(rest);
+    // A FIN that came before this controller did (in the request's own packet, or while the
+    // password was checked) would otherwise be lost: the same rule as onEnd, applied now.
+    if (this.peerEnded && this.buf === null && !this.pipelined) {
+      if (feeder === null) abort.abort(new Error("client sent FIN"));
+      else if (feeder.wantsMore) feeder.fail(new Error("client sent FIN mid-body"));
+    }
     if (this.buf === null && (feeder === null || feeder.wantsMore)) this.resume();
 
     const ex: Exchange = { head, route: r, body: feeder, client: this.client, id: this.rt.journal.nextId(), signal: abort.signal, logFields: {}, pull: null, tracked: null };
