@@ -28,6 +28,23 @@ export function buildTrustedProxies(c: Checker, value: unknown): string[] {
 }
 
 /**
+ * Who a connection is from when its PROXY header named nobody (v1 UNKNOWN, v2 UNSPEC or UNIX, v2
+ * LOCAL, which HAProxy also sends for clients of its unix-socket frontends). Not the balancer's
+ * address: that would hand every such client the balancer's standing in status.clients,
+ * metrics.clients, access.clients and its request journal. Not an address at all, so it matches
+ * no CIDR list; limits count it under the balancer's key (clientKey), where it came from.
+ */
+const UNKNOWN_VIA = "unknown via ";
+
+export function unknownClient(balancer: string): string {
+  return UNKNOWN_VIA + balancer;
+}
+
+export function isUnknownClient(client: string): boolean {
+  return client.startsWith(UNKNOWN_VIA);
+}
+
+/**
  * What limits count a client by: an IPv4 address, or the /64 of an IPv6 one (one subscriber's
  * LAN gets a whole /64, so counting each address would hand one client 2^64 brake windows,
  * buckets and fair shares). Two kinds of IPv6 address are not a subscriber's /64: a link-local
@@ -36,6 +53,7 @@ export function buildTrustedProxies(c: Checker, value: unknown): string[] {
  * translator shares its /64) by the IPv4 address it carries. Logs and metrics keep the full address.
  */
 export function clientKey(address: string): string {
+  if (isUnknownClient(address)) return clientKey(address.slice(UNKNOWN_VIA.length));
   // Callers pass normalised addresses (peer-address.ts); a mapped one slipping through must
   // still not become the one /64 every IPv4 client shares.
   if (isIP(address) !== 6 || /^::ffff:/i.test(address)) address = peerAddress(address);

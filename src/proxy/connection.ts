@@ -4,7 +4,7 @@
  * the next request when both sides allow. CONNECT hands the socket to a tunnel.
  */
 import type { Socket } from "bun";
-import { stripForwarding } from "../access/client-address.ts";
+import { isUnknownClient, stripForwarding, unknownClient } from "../access/client-address.ts";
 import { DialError, HttpError } from "../errors.ts";
 import type { Runtime } from "../context.ts";
 import { BodyFeeder } from "../http/body.ts";
@@ -72,12 +72,6 @@ export class Connection {
   private peerEnded = false;
   private paused = false;
   private tunnel: TunnelPeer | null = null;
-  /**
-   * A PROXY header other than v2 LOCAL came first: the bytes are a client's relayed by the
-   * balancer, so their forwarding fields are not believed even when `peer` is still the balancer
-   * (a header without an address: v1 UNKNOWN, v2 UNSPEC or UNIX).
-   */
-  private relayed = false;
   /**
    * Bytes of a next request arrived before this request's answer was done: a FIN then means "no
    * more requests". Reset once every answer is out and nothing is buffered (afterAnswer): one
@@ -314,8 +308,10 @@ export class Connection {
     if (r.kind === "incomplete") return;
     this.buf = null;
     this.phase = "head";
-    this.relayed = !r.local;
-    if (r.client !== null && r.client !== this.peer) {
+    // No client named (v1 UNKNOWN, v2 UNSPEC, UNIX or LOCAL): an identity that is no address
+    // (client-address.ts unknownClient), while `peer` stays the balancer for its connection count.
+    if (r.client === null) this.client = unknownClient(this.peer);
+    else if (r.client !== this.peer) {
       const from = this.peer;
       if (!(this.proxied as ProxiedHook)(this, from, r.client)) return;
       this.peer = r.client;
@@ -399,10 +395,14 @@ export class Connection {
   private identify(head: RequestHead): boolean {
     // Behind a trusted front the request names its client; anyone else's forwarding fields go.
     // Inside a decrypted tunnel the client is the tunnel's, and no field in it is vouched for.
-    // After a PROXY header the bytes are the relayed client's: the same holds for its fields.
-    if (this.secureAuthority === null && !this.relayed) this.client = this.rt.clientAddress.resolve(this.peer, head.headers);
+    // On a PROXY listener the header names the client, and the bytes after it are a client's,
+    // v2 LOCAL included (HAProxy sends LOCAL for relayed clients of unix-socket frontends): the
+    // same holds for its fields.
+    if (this.secureAuthority === null && this.proxied === null) this.client = this.rt.clientAddress.resolve(this.peer, head.headers);
     else stripForwarding(head.headers);
-    if (this.client !== this.peer && !this.rt.access.clientAllowed(this.client)) {
+    // A balancer's health check (v2 LOCAL) names no client and must still reach /healthz.
+    const healthCheck = isUnknownClient(this.client) && head.target === "/healthz";
+    if (this.client !== this.peer && !healthCheck && !this.rt.access.clientAllowed(this.client)) {
       // access.clients holds for the client a trusted front names, as for a direct one.
       this.rt.log.info("client not in access.clients, refused", { client: this.client, via: this.peer });
       this.fail(new HttpError(403, "crm: your address is not in access.clients"), head.method);
