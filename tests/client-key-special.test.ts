@@ -29,3 +29,14 @@ describe("clientKey: link-local and NAT64", () => {
     expect(r.take("64:ff9b::192.0.2.2", 1000)).toBeNull();
   });
 });
+
+describe("networkKey: the stranger budget's network", () => {
+  test("IPv4 /24, IPv6 /48, IPv4-mapped as IPv4", async () => {
+    const { networkKey } = await import("../src/access/client-address.ts");
+    expect(networkKey("192.0.2.7")).toBe("192.0.2.0/24");
+    expect(networkKey("::ffff:192.0.2.9")).toBe("192.0.2.0/24");
+    expect(networkKey("2001:db8:1:2::1")).toBe("2001:db8:1::/48");
+    expect(networkKey("2001:db8:1:ffff::1")).toBe("2001:db8:1::/48");
+    expect(networkKey("unix")).toBe("unix");
+  });
+});

@@ -72,6 +72,22 @@ export function clientKey(address: string): string {
     .join(":")}::/64`;
 }
 
+/**
+ * A network, not a host: an IPv4 /24 or an IPv6 /48 (what one site or one small hosting
+ * customer gets). For budgets a stranger must not be able to fill by holding many addresses of
+ * its own (the challenge-only budget beside ACME); anything not an address is itself.
+ */
+export function networkKey(address: string): string {
+  if (isUnknownClient(address)) return networkKey(address.slice(UNKNOWN_VIA.length));
+  const ip = peerAddress(address);
+  if (isIP(ip) === 4) return `${ip.split(".").slice(0, 3).join(".")}.0/24`;
+  if (isIP(ip) !== 6) return ip;
+  return `${ipv6Groups(ip.split("%")[0] as string)
+    .slice(0, 3)
+    .map((g) => g.toString(16))
+    .join(":")}::/48`;
+}
+
 /** The eight 16-bit groups of a valid IPv6 address (no zone), a dotted IPv4 tail as two groups. */
 function ipv6Groups(plain: string): number[] {
   const parse = (part: string): number[] =>

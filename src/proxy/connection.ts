@@ -521,7 +521,9 @@ export class Connection {
     if (this.rt.log.enabled("debug")) this.rt.log.debug(`< ${res.status} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(res.headers) });
     // A client that pipelined more requests before its FIN still gets every answer.
     const ended = this.peerEnded && this.buf === null;
-    const keepAlive = wantsKeepAlive(head) && !this.rt.draining && !ended && !ownError;
+    // A stranger's connection serves one challenge answer: a kept-alive one would be a budget
+    // slot it could hold with a GET now and then, keeping the CA's validators out.
+    const keepAlive = wantsKeepAlive(head) && !this.rt.draining && !ended && !ownError && !this.challengeOnly;
     const w = await writeResponse(this.outbox, res, { method: head.method, version: head.version, keepAlive, progress: (bytes) => {
         sent = bytes;
         this.touch();
