@@ -4,6 +4,7 @@
  * direction pauses its source while the other side's Outbox is full, and a FIN is passed on
  * with shutdown() so half-closed streams deliver everything (bun.md: half-close).
  */
+import { refusingSelf } from "../net/self-targets.ts";
 import type { Socket, SocketHandler } from "bun";
 import type { Connection } from "./connection.ts";
 import { dial } from "../net/dial.ts";
@@ -66,7 +67,8 @@ class Tunnel {
     if (rest.length > 0) this.fromClient(rest);
     let up: Socket<UpstreamData>;
     try {
-      up = await dial<UpstreamData>(conn.rt.resolve, host, port, conn.rt.config.timeouts.connectMs, upstreamHandlers, { tunnel: null });
+      // Never to crm itself (net/self-targets.ts): the tunnel's bytes would arrive from crm's own address.
+      up = await dial<UpstreamData>(refusingSelf(conn.rt.resolve, conn.rt.self, port), host, port, conn.rt.config.timeouts.connectMs, upstreamHandlers, { tunnel: null });
     } catch (e) {
       const err = e as DialError;
       conn.rt.metrics.upstreamError(err.reason);
