@@ -9,7 +9,7 @@ import { DialError } from "../src/errors.ts";
 import { staticResolver } from "../src/net/resolver.ts";
 import { UpstreamClient } from "../src/upstream/client.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
-import { startFakeRegistry } from "./support/mirror-upstreams.ts";
+import { LAYER_DIGEST, startFakeRegistry, startTokenServer } from "./support/mirror-upstreams.ts";
 import { startOrigin } from "./support/origins.ts";
 import { rawConnect } from "./support/raw.ts";
 import { makeLeaf, makeTestCa } from "./support/tls.ts";
@@ -137,5 +137,24 @@ test("upstream client: an abort during the TLS connect sends nothing", async () 
     client.close();
     relay.stop(true);
     tlsOrigin.stop(true);
+  }
+}, 20000);
+
+test("mirror: a blob request whose FIN came with it costs nothing upstream, not even a token", async () => {
+  const tokens = startTokenServer();
+  const registry = startFakeRegistry({ auth: { kind: "bearer", tokens } });
+  const m = await startCrm({ allowed_ports: [Number(new URL(tokens.url).port)], mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } } }, "info");
+  try {
+    const path = `/v2/app/blobs/${LAYER_DIGEST}`;
+    const c = await rawConnect(m.port);
+    c.write(`GET ${path} HTTP/1.1\r\nHost: crm\r\n\r\n`);
+    c.socket.shutdown();
+    await until(() => tokens.calls() > 0 || registry.seen.some((s) => s.url.includes("/blobs/")) || m.logs.some((l) => l.includes(path)));
+    expect([tokens.calls(), registry.seen.filter((s) => s.url.includes("/blobs/")).length]).toEqual([0, 0]);
+    c.socket.end();
+  } finally {
+    await m.stop();
+    registry.stop();
+    tokens.stop();
   }
 }, 20000);
