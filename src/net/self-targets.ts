@@ -3,9 +3,13 @@
  * crm itself comes back in from crm's own address: 127.0.0.1, inside the loopback defaults of
  * status.clients and metrics.clients, and past access.clients. So when allow_private_networks
  * and the allow-list would let such a target through, /status.json and /metrics would open to
- * any client. The root of it is the dial, not the endpoints (a CONNECT tunnel carries no field
- * crm could mark): the address a target resolves to, with its port, is compared with the bound
- * listeners, a wildcard listener standing for every address of this host, and refused.
+ * any client. The root of it is the dial, which hands the client crm's own address: the address
+ * a target resolves to, with its port, is compared with the bound listeners (a wildcard listener
+ * stands for every address of this host). A forward request to crm is refused (crm's upstream
+ * connections are pooled and shared, so none can carry one client's identity; the client can ask
+ * crm directly). A CONNECT to crm is kept (a client with crm as HTTPS_PROXY pulling from crm's own
+ * TLS mirror name does that), but its tunnel's socket is noted, and the connection crm accepts
+ * from it is the tunnelling client's, not crm's (`claimedBy`).
  */
 import { isIP } from "node:net";
 import { networkInterfaces } from "node:os";
@@ -23,6 +27,23 @@ export interface BoundAddress {
 export class SelfTargets {
   private listeners: () => readonly BoundAddress[] = () => [];
   private local: { at: number; addresses: Set<string> } | null = null;
+  /** Tunnels crm opened to itself: "address|port" of the tunnel socket's own end → the client. */
+  private readonly tunnels = new Map<string, string>();
+
+  /** A tunnel to crm itself is open from `local`: connections from there are `client`'s. */
+  noteTunnel(localAddress: string, localPort: number, client: string): () => void {
+    const key = `${plain(localAddress)}|${localPort}`;
+    this.tunnels.set(key, client);
+    return () => {
+      if (this.tunnels.get(key) === client) this.tunnels.delete(key);
+    };
+  }
+
+  /** The client whose tunnel to crm this accepted connection is, or null. */
+  claimedBy(remoteAddress: string | undefined, remotePort: number | undefined): string | null {
+    if (remoteAddress === undefined || remotePort === undefined || this.tunnels.size === 0) return null;
+    return this.tunnels.get(`${plain(remoteAddress)}|${remotePort}`) ?? null;
+  }
 
   /** The server names its bound listeners once they are bound (port 0 resolved). */
   setListeners(listeners: () => readonly BoundAddress[]): void {

@@ -398,7 +398,13 @@ export class Connection {
     // On a PROXY listener the header names the client, and the bytes after it are a client's,
     // v2 LOCAL included (HAProxy sends LOCAL for relayed clients of unix-socket frontends): the
     // same holds for its fields.
-    if (this.secureAuthority === null && this.proxied === null) this.client = this.rt.clientAddress.resolve(this.peer, head.headers);
+    // From a tunnel crm opened to itself the client is the one that asked for the tunnel, never
+    // crm's own address, and nothing it sends about a client is vouched for (net/self-targets.ts).
+    const tunnelled = this.rt.self.claimedBy(this.socket.remoteAddress, this.socket.remotePort);
+    if (tunnelled !== null) {
+      this.client = tunnelled;
+      stripForwarding(head.headers);
+    } else if (this.secureAuthority === null && this.proxied === null) this.client = this.rt.clientAddress.resolve(this.peer, head.headers);
     else stripForwarding(head.headers);
     // A balancer's health check (v2 LOCAL) names no client and must still reach /healthz.
     const healthCheck = isUnknownClient(this.client) && head.target === "/healthz";

@@ -4,7 +4,6 @@
  * direction pauses its source while the other side's Outbox is full, and a FIN is passed on
  * with shutdown() so half-closed streams deliver everything (bun.md: half-close).
  */
-import { refusingSelf } from "../net/self-targets.ts";
 import type { Socket, SocketHandler } from "bun";
 import type { Connection } from "./connection.ts";
 import { dial } from "../net/dial.ts";
@@ -42,6 +41,8 @@ const upstreamHandlers: SocketHandler<UpstreamData> = {
 
 class Tunnel {
   private upstream: Socket<UpstreamData> | null = null;
+  /** Set for a tunnel to crm itself: drops its note in rt.self. */
+  private forgetSelf: (() => void) | null = null;
   private upOut: Outbox | null = null;
   private early: Buffer[] = [];
   private earlyBytes = 0;
@@ -67,8 +68,7 @@ class Tunnel {
     if (rest.length > 0) this.fromClient(rest);
     let up: Socket<UpstreamData>;
     try {
-      // Never to crm itself (net/self-targets.ts): the tunnel's bytes would arrive from crm's own address.
-      up = await dial<UpstreamData>(refusingSelf(conn.rt.resolve, conn.rt.self, port), host, port, conn.rt.config.timeouts.connectMs, upstreamHandlers, { tunnel: null });
+      up = await dial<UpstreamData>(conn.rt.resolve, host, port, conn.rt.config.timeouts.connectMs, upstreamHandlers, { tunnel: null });
     } catch (e) {
       const err = e as DialError;
       conn.rt.metrics.upstreamError(err.reason);
@@ -85,6 +85,9 @@ class Tunnel {
     }
     up.data.tunnel = this;
     this.upstream = up;
+    // A tunnel to crm itself: what crm accepts from it is this client's, not crm's own address
+    // (net/self-targets.ts). Noted before any of the client's bytes go through.
+    if (conn.rt.self.matches(up.remoteAddress, port)) this.forgetSelf = conn.rt.self.noteTunnel(up.localAddress, up.localPort, conn.client);
     conn.rt.metrics.tunnelOpened();
     this.record = { id: conn.rt.journal.nextId(), client: conn.client, target: this.target };
     trackTunnel(conn.rt, this.record, () => this.bytesUp + this.bytesDown);
@@ -199,6 +202,7 @@ class Tunnel {
   private finish(): void {
     if (this.done) return;
     this.done = true;
+    this.forgetSelf?.();
     const { conn } = this;
     const seconds = (performance.now() - this.started) / 1000;
     if (this.upstream) conn.rt.metrics.tunnelClosed();
