@@ -7,7 +7,14 @@ import { expect, test } from "bun:test";
 import { renderJson, renderTable, type CheckRow } from "../src/doctor/report.ts";
 
 const HOSTILE = "realm \u009b2J\u009d0;pwned\u009c \u202eevil\u202c \u2066x\u2069 \u0007\u001b[31m";
-const rows: CheckRow[] = [{ check: `docker.io token\u009b`, result: "fail", detail: HOSTILE, fix: `ask \u202dthe\u202a admin\u2067` }];
+const rows: CheckRow[] = [
+  {
+    check: `docker.io token\u009b`,
+    result: "fail",
+    detail: HOSTILE,
+    fix: `ask \u202dthe\u202a admin\u2067`,
+  },
+];
 const forbidden = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/;
 
 test("--json carries no C1 or bidi control from upstream strings", () => {

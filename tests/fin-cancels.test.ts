@@ -27,7 +27,14 @@ beforeAll(async () => {
       if (p !== "/slow") return new Response("ok");
       req.signal.addEventListener("abort", () => aborted.push(p));
       // Endless, slow: only a cancel ends it.
-      return new Response(new ReadableStream({ async pull(c) { await Bun.sleep(100); c.enqueue(new Uint8Array(10)); } }));
+      return new Response(
+        new ReadableStream({
+          async pull(c) {
+            await Bun.sleep(100);
+            c.enqueue(new Uint8Array(10));
+          },
+        }),
+      );
     },
   });
   crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port] }, "warn");
@@ -41,7 +48,8 @@ async function until(pred: () => boolean): Promise<void> {
   while (!pred()) await Bun.sleep(20);
 }
 
-const req = (p: string): string => `GET http://127.0.0.1:${origin.port}/${p} HTTP/1.1\r\nHost: x\r\n\r\n`;
+const req = (p: string): string =>
+  `GET http://127.0.0.1:${origin.port}/${p} HTTP/1.1\r\nHost: x\r\n\r\n`;
 
 test("after one pipelined pair, a later request's FIN still cancels its upstream request", async () => {
   aborted.length = 0;
@@ -59,15 +67,31 @@ test("after one pipelined pair, a later request's FIN still cancels its upstream
 
 test("FIN in the request's own write, while the password is checked: nothing goes upstream", async () => {
   const seen: string[] = [];
-  const o = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch(req) {
-    seen.push(new URL(req.url).pathname);
-    return new Response(new ReadableStream({ async pull(c) { await Bun.sleep(100); c.enqueue(new Uint8Array(10)); } }));
-  } });
+  const o = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch(req) {
+      seen.push(new URL(req.url).pathname);
+      return new Response(
+        new ReadableStream({
+          async pull(c) {
+            await Bun.sleep(100);
+            c.enqueue(new Uint8Array(10));
+          },
+        }),
+      );
+    },
+  });
   const users = { alice: await Bun.password.hash("pw", { algorithm: "argon2id" }) };
-  const withUsers = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [o.port], access: { users } }, "info");
+  const withUsers = await startCrm(
+    { allowed_hosts: ["127.0.0.1"], allowed_ports: [o.port], access: { users } },
+    "info",
+  );
   try {
     const c = await rawConnect(withUsers.port);
-    c.write(`GET http://127.0.0.1:${o.port}/gone HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic ${btoa("alice:pw")}\r\n\r\n`);
+    c.write(
+      `GET http://127.0.0.1:${o.port}/gone HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic ${btoa("alice:pw")}\r\n\r\n`,
+    );
     c.socket.shutdown();
     // Either crm records the request as ended, or the origin sees it (the defect).
     await until(() => seen.length > 0 || withUsers.logs.some((l) => l.includes("/gone")));
@@ -81,7 +105,10 @@ test("FIN in the request's own write, while the password is checked: nothing goe
 
 test("mirror: FIN in the request's own write: no manifest GET reaches the registry", async () => {
   const registry = startFakeRegistry({ auth: { kind: "none" }, slowMs: 1500 });
-  const m = await startCrm({ mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } } }, "info");
+  const m = await startCrm(
+    { mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } } },
+    "info",
+  );
   try {
     const c = await rawConnect(m.port);
     c.write("GET /v2/slow/x/manifests/v1 HTTP/1.1\r\nHost: crm\r\n\r\n");
@@ -108,7 +135,13 @@ test("upstream client: an abort during the TLS connect sends nothing", async () 
     socket: {
       open(s) {
         ac.abort(new Error("client sent FIN"));
-        s.data = { up: Bun.connect({ hostname: "127.0.0.1", port: tlsOrigin.port as number, socket: { data: (_u, d) => void s.write(d), close: () => void s.end(), error() {} } }) };
+        s.data = {
+          up: Bun.connect({
+            hostname: "127.0.0.1",
+            port: tlsOrigin.port as number,
+            socket: { data: (_u, d) => void s.write(d), close: () => void s.end(), error() {} },
+          }),
+        };
       },
       async data(s, d) {
         (await s.data.up)?.write(d);
@@ -124,7 +157,16 @@ test("upstream client: an abort during the TLS connect sends nothing", async () 
     const before = tlsOrigin.seen.length;
     let err: unknown = null;
     try {
-      await client.request({ url: new URL(`https://localhost:${relay.port}/never`), method: "GET", headers: [], headTimeoutMs: 5000, connectTimeoutMs: 5000, resolve: staticResolver({ localhost: "127.0.0.1" }), insecureTls: false, signal: ac.signal });
+      await client.request({
+        url: new URL(`https://localhost:${relay.port}/never`),
+        method: "GET",
+        headers: [],
+        headTimeoutMs: 5000,
+        connectTimeoutMs: 5000,
+        resolve: staticResolver({ localhost: "127.0.0.1" }),
+        insecureTls: false,
+        signal: ac.signal,
+      });
     } catch (e) {
       err = e;
     }
@@ -143,14 +185,27 @@ test("upstream client: an abort during the TLS connect sends nothing", async () 
 test("mirror: a blob request whose FIN came with it costs nothing upstream, not even a token", async () => {
   const tokens = startTokenServer();
   const registry = startFakeRegistry({ auth: { kind: "bearer", tokens } });
-  const m = await startCrm({ allowed_ports: [Number(new URL(tokens.url).port)], mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } } }, "info");
+  const m = await startCrm(
+    {
+      allowed_ports: [Number(new URL(tokens.url).port)],
+      mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } },
+    },
+    "info",
+  );
   try {
     const path = `/v2/app/blobs/${LAYER_DIGEST}`;
     const c = await rawConnect(m.port);
     c.write(`GET ${path} HTTP/1.1\r\nHost: crm\r\n\r\n`);
     c.socket.shutdown();
-    await until(() => tokens.calls() > 0 || registry.seen.some((s) => s.url.includes("/blobs/")) || m.logs.some((l) => l.includes(path)));
-    expect([tokens.calls(), registry.seen.filter((s) => s.url.includes("/blobs/")).length]).toEqual([0, 0]);
+    await until(
+      () =>
+        tokens.calls() > 0 ||
+        registry.seen.some((s) => s.url.includes("/blobs/")) ||
+        m.logs.some((l) => l.includes(path)),
+    );
+    expect([tokens.calls(), registry.seen.filter((s) => s.url.includes("/blobs/")).length]).toEqual(
+      [0, 0],
+    );
     c.socket.end();
   } finally {
     await m.stop();

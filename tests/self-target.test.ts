@@ -12,15 +12,32 @@ import { sendFrom } from "./support/raw.ts";
 
 test("a forward request to crm's own listener is refused; status.json and /metrics stay closed", async () => {
   const [port] = freePorts(1) as [number];
-  const crm = await startCrm({ listen: `127.0.0.1:${port}`, allowed_hosts: ["127.0.0.1", "localhost"], allowed_ports: [port], status: { clients: ["127.0.0.1/32"] }, metrics: { clients: ["127.0.0.1/32"] } }, "info");
+  const crm = await startCrm(
+    {
+      listen: `127.0.0.1:${port}`,
+      allowed_hosts: ["127.0.0.1", "localhost"],
+      allowed_ports: [port],
+      status: { clients: ["127.0.0.1/32"] },
+      metrics: { clients: ["127.0.0.1/32"] },
+    },
+    "info",
+  );
   try {
     for (const path of ["/status.json", "/metrics"]) {
-      const via = await sendFrom("127.0.0.2", port, `GET http://127.0.0.1:${port}${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`);
+      const via = await sendFrom(
+        "127.0.0.2",
+        port,
+        `GET http://127.0.0.1:${port}${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`,
+      );
       expect([path, via.split("\r\n")[0]]).toEqual([path, "HTTP/1.1 403 Forbidden"]);
       expect(via).toContain("crm's own listener");
     }
     // Nothing reached crm's own endpoints from crm's own address.
-    expect(crm.logs.filter((l) => /GET \/(status\.json|metrics) /.test(l) && l.includes("client=127.0.0.1 "))).toEqual([]);
+    expect(
+      crm.logs.filter(
+        (l) => /GET \/(status\.json|metrics) /.test(l) && l.includes("client=127.0.0.1 "),
+      ),
+    ).toEqual([]);
   } finally {
     await crm.stop();
   }
@@ -28,17 +45,43 @@ test("a forward request to crm's own listener is refused; status.json and /metri
 
 test("a CONNECT to crm's own listener works, and what comes through it is the tunnelling client's", async () => {
   const [port] = freePorts(1) as [number];
-  const crm = await startCrm({ listen: `127.0.0.1:${port}`, allowed_hosts: ["127.0.0.1", "localhost"], allowed_ports: [port], status: { clients: ["127.0.0.1/32"] }, metrics: { clients: ["127.0.0.1/32"] }, access: { trusted_proxies: ["127.0.0.1/32"] } }, "info");
+  const crm = await startCrm(
+    {
+      listen: `127.0.0.1:${port}`,
+      allowed_hosts: ["127.0.0.1", "localhost"],
+      allowed_ports: [port],
+      status: { clients: ["127.0.0.1/32"] },
+      metrics: { clients: ["127.0.0.1/32"] },
+      access: { trusted_proxies: ["127.0.0.1/32"] },
+    },
+    "info",
+  );
   try {
-    const inner = (path: string): string => `GET ${path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 127.0.0.1\r\nConnection: close\r\n\r\n`;
+    const inner = (path: string): string =>
+      `GET ${path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 127.0.0.1\r\nConnection: close\r\n\r\n`;
     for (const path of ["/status.json", "/metrics"]) {
-      const tunnel = await sendFrom("127.0.0.2", port, `CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n${inner(path)}`);
-      expect([path, tunnel]).toEqual([path, expect.stringMatching(/^HTTP\/1\.1 200 [^]*\r\n\r\nHTTP\/1\.1 403 /)]);
+      const tunnel = await sendFrom(
+        "127.0.0.2",
+        port,
+        `CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n${inner(path)}`,
+      );
+      expect([path, tunnel]).toEqual([
+        path,
+        expect.stringMatching(/^HTTP\/1\.1 200 [^]*\r\n\r\nHTTP\/1\.1 403 /),
+      ]);
     }
     // The tunnel still carries a client's own requests to crm.
-    const health = await sendFrom("127.0.0.2", port, `CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n${inner("/healthz")}`);
+    const health = await sendFrom(
+      "127.0.0.2",
+      port,
+      `CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n${inner("/healthz")}`,
+    );
     expect(health).toMatch(/\r\n\r\nHTTP\/1\.1 200 [^]*ok\n$/);
-    expect(crm.logs.filter((l) => /GET \/(status\.json|metrics) /.test(l) && !l.includes("client=127.0.0.2 "))).toEqual([]);
+    expect(
+      crm.logs.filter(
+        (l) => /GET \/(status\.json|metrics) /.test(l) && !l.includes("client=127.0.0.2 "),
+      ),
+    ).toEqual([]);
   } finally {
     await crm.stop();
   }

@@ -41,7 +41,8 @@ export class SelfTargets {
 
   /** The client whose tunnel to crm this accepted connection is, or null. */
   claimedBy(remoteAddress: string | undefined, remotePort: number | undefined): string | null {
-    if (remoteAddress === undefined || remotePort === undefined || this.tunnels.size === 0) return null;
+    if (remoteAddress === undefined || remotePort === undefined || this.tunnels.size === 0)
+      return null;
     return this.tunnels.get(`${plain(remoteAddress)}|${remotePort}`) ?? null;
   }
 
@@ -63,11 +64,13 @@ export class SelfTargets {
   }
 
   private isLocal(address: string): boolean {
-    if (address === "::1" || /^127\./.test(address) || address === "0.0.0.0" || address === "::") return true;
+    if (address === "::1" || /^127\./.test(address) || address === "0.0.0.0" || address === "::")
+      return true;
     const now = Date.now();
     if (this.local === null || now - this.local.at > INTERFACES_TTL_MS) {
       const addresses = new Set<string>();
-      for (const list of Object.values(networkInterfaces())) for (const i of list ?? []) addresses.add(plain(i.address));
+      for (const list of Object.values(networkInterfaces()))
+        for (const i of list ?? []) addresses.add(plain(i.address));
       this.local = { at: now, addresses };
     }
     return this.local.addresses.has(address);
@@ -89,7 +92,11 @@ function isWildcard(h: string): boolean {
 
 /** Lower case, no brackets or zone, IPv4-mapped IPv6 as IPv4. */
 function plain(address: string): string {
-  let a = address.replace(/^\[|\]$/g, "").split("%")[0]?.toLowerCase() ?? "";
+  let a =
+    address
+      .replace(/^\[|\]$/g, "")
+      .split("%")[0]
+      ?.toLowerCase() ?? "";
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(a);
   if (mapped) a = mapped[1] as string;
   if (isIP(a) === 6) {
