@@ -3,6 +3,7 @@
  * the logger, and the metrics. A reload (SIGHUP) swaps the config-derived fields in one step
  * between two events; a request already running keeps the objects it read at its start.
  */
+import { SelfTargets } from "./net/self-targets.ts";
 import type { Config } from "./config/types.ts";
 import { AccessControl } from "./access/access.ts";
 import { Bandwidth } from "./limits/bandwidth.ts";
@@ -36,6 +37,8 @@ export interface Runtime {
    * (a mirror's configured upstream): those are not chosen by a client.
    */
   readonly resolveConfigured: Resolver;
+  /** crm's own listeners, which no client's target may be (net/self-targets.ts). */
+  readonly self: SelfTargets;
   readonly metrics: Metrics;
   /** Kept-alive upstream connections and the client that uses them (src/upstream/). */
   readonly upstream: UpstreamClient;
@@ -64,6 +67,7 @@ export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver 
     // Read through rt so a reload that flips allow_private_networks applies at once.
     resolve: guardedResolver(resolve, () => rt.config.allowPrivateNetworks),
     resolveConfigured: resolve,
+    self: new SelfTargets(),
     metrics: new Metrics(startedAt),
     upstream: new UpstreamClient(),
     journal: new RequestJournal(),

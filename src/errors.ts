@@ -41,7 +41,7 @@ export class HttpError extends Error {
 }
 
 /** Why a dial failed; each reason maps to one status (RFC 9110 §15.6.3 502, §15.6.5 504). */
-export type DialFailure = "refused" | "dns" | "timeout" | "reset" | "tls" | "unreachable" | "private" | "framing" | "other";
+export type DialFailure = "refused" | "dns" | "timeout" | "reset" | "tls" | "unreachable" | "private" | "self" | "framing" | "other";
 
 export class DialError extends Error {
   override name = "DialError";
@@ -56,7 +56,7 @@ export class DialError extends Error {
     this.detail = options?.detail ?? null;
   }
   get status(): number {
-    if (this.reason === "private") return 403;
+    if (this.reason === "private" || this.reason === "self") return 403;
     return this.reason === "timeout" ? 504 : 502;
   }
 }
@@ -77,6 +77,8 @@ function describeDialFailure(reason: DialFailure): string {
       return "network unreachable";
     case "private":
       return "resolves to a non-public address (set allow_private_networks: true to allow)";
+    case "self":
+      return "is crm's own listener (a request crm sends itself would come back from crm's own address)";
     case "framing":
       return "answered with a message framing crm cannot relay";
     default:
@@ -93,6 +95,18 @@ export class PrivateAddressError extends Error {
     readonly range: string,
   ) {
     super(`${host} resolves to ${address} (in ${range}), a non-public address`);
+  }
+}
+
+/** A client's target resolves to one of crm's own listeners (net/self-targets.ts). */
+export class SelfTargetError extends Error {
+  override name = "SelfTargetError";
+  constructor(
+    readonly host: string,
+    readonly address: string,
+    readonly port: number,
+  ) {
+    super(`${host} resolves to ${address}, and port ${port} there is crm's own listener`);
   }
 }
 

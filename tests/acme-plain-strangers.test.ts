@@ -72,8 +72,10 @@ test("a stranger has a small connection budget of its own", async () => {
     for (let i = 0; i < CHALLENGE_ONLY.perClient; i++) held.push((await hold("127.0.0.2", plainPort)).socket);
     await Bun.sleep(50);
     expect(await sendFrom("127.0.0.2", plainPort, "GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: crm.test\r\nConnection: close\r\n\r\n")).toMatch(/^HTTP\/1\.1 429 /);
-    // Another stranger is not affected, and neither is a client in access.clients.
-    expect(await sendFrom("127.0.0.3", plainPort, "GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: crm.test\r\nConnection: close\r\n\r\n")).toMatch(/^HTTP\/1\.1 404 /);
+    // Strangers count by network (IPv4 /24): another address of the same /24 is the same stranger.
+    expect(await sendFrom("127.0.0.3", plainPort, "GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: crm.test\r\nConnection: close\r\n\r\n")).toMatch(/^HTTP\/1\.1 429 /);
+    // A stranger from another network is not affected, and neither is a client in access.clients.
+    expect(await sendFrom("127.0.1.3", plainPort, "GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: crm.test\r\nConnection: close\r\n\r\n")).toMatch(/^HTTP\/1\.1 404 /);
     expect(await sendFrom("127.0.0.1", plainPort, healthz)).toMatch(/^HTTP\/1\.1 200 /);
   } finally {
     for (const s of held) s.destroy();
@@ -113,3 +115,34 @@ test("a stranger's proxy request is refused before its password is checked", asy
     await crm.stop();
   }
 });
+
+test("a stranger's connection is closed after one answer, even when it asks to keep it", async () => {
+  const { crm, plainPort } = await start();
+  try {
+    const stranger = await hold("127.0.1.2", plainPort);
+    stranger.socket.write("GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: crm.test\r\n\r\n");
+    const got = await stranger.closed;
+    expect(got).toMatch(/^HTTP\/1\.1 404 [^]*connection: close/i);
+  } finally {
+    await crm.stop();
+  }
+});
+
+test("a full stranger budget closes its oldest connection for a newcomer, so a validator still gets its answer", async () => {
+  const { crm, plainPort } = await start();
+  const held: Array<{ socket: Socket; closed: Promise<string> }> = [];
+  try {
+    // The whole budget, held by CHALLENGE_ONLY.total / perClient networks.
+    const networks = CHALLENGE_ONLY.total / CHALLENGE_ONLY.perClient;
+    for (let n = 0; n < networks; n++) for (let i = 0; i < CHALLENGE_ONLY.perClient; i++) held.push(await hold(`127.0.${10 + n}.${1 + i}`, plainPort));
+    let firstClosed = false;
+    void (held[0] as { closed: Promise<string> }).closed.then(() => (firstClosed = true));
+    const validator = await sendFrom("127.0.200.1", plainPort, "GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: crm.test\r\nConnection: close\r\n\r\n");
+    expect(validator).toMatch(/^HTTP\/1\.1 404 /);
+    await (held[0] as { closed: Promise<string> }).closed;
+    expect(firstClosed).toBe(true);
+  } finally {
+    for (const h of held) h.socket.destroy();
+    await crm.stop();
+  }
+}, 30000);

@@ -138,3 +138,44 @@ test("no table cell carries a control character, whatever a row says", () => {
   expect(table).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/);
   expect(table).toContain("x[2Jy");
 });
+
+test("a 404 from a web server that is not a registry is FAIL, not a warning", async () => {
+  // A docs site or a wrong vhost: /v2/ is a page, every other path an HTML 404.
+  const up = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch(req) {
+      const p = new URL(req.url).pathname;
+      if (p === "/v2/") return new Response("<html>docs v2</html>", { headers: { "content-type": "text/html" } });
+      return new Response("<html>not found</html>", { status: 404, headers: { "content-type": "text/html" } });
+    },
+  });
+  try {
+    const report = await diagnose({ configPath: configFile(up.port as number, "library/busybox:latest"), json: false });
+    const row = report.rows.find((r) => r.check === "docker.io: manifest");
+    expect(row?.result).toBe("fail");
+    expect(row?.fix).toContain("upstream");
+    expect(report.ok).toBe(false);
+  } finally {
+    up.stop(true);
+  }
+});
+
+test("a registry that does not name its API version still warns when its 404 is an OCI MANIFEST_UNKNOWN", async () => {
+  const up = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch(req) {
+      const p = new URL(req.url).pathname;
+      if (p === "/v2/") return new Response("{}");
+      return Response.json({ errors: [{ code: "MANIFEST_UNKNOWN", message: "manifest unknown" }] }, { status: 404 });
+    },
+  });
+  try {
+    const report = await diagnose({ configPath: configFile(up.port as number, "library/app:gone"), json: false });
+    expect(report.rows.find((r) => r.check === "docker.io: manifest")?.result).toBe("warn");
+    expect(report.ok).toBe(true);
+  } finally {
+    up.stop(true);
+  }
+});

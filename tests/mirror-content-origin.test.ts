@@ -8,6 +8,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
 import { chromium, type Browser } from "playwright-core";
+import { mirrorContentType } from "../src/mirror/content-safety.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { missingTools } from "./support/tools.ts";
 
@@ -41,6 +42,12 @@ beforeAll(async () => {
       if (path === "/v2/evil/page/tags/list") return html();
       if (/^\/v2\/good\/app\/manifests\//.test(path)) {
         return new Response(req.method === "HEAD" ? null : okManifest, { headers: { "content-type": OCI_MANIFEST, "content-length": String(Buffer.byteLength(okManifest)), "docker-content-digest": digestOf(okManifest) } });
+      }
+      // A manifest type with a list smuggled behind its parameters, and one spelled in capitals with a parameter.
+      const typed = /^\/v2\/(mixed|param)\/app\/manifests\//.exec(path);
+      if (typed) {
+        const type = typed[1] === "mixed" ? "application/json; a=b, text/html" : "APPLICATION/VND.OCI.IMAGE.MANIFEST.V1+JSON; charset=utf-8";
+        return new Response(req.method === "HEAD" ? null : okManifest, { headers: { "content-type": type, "content-length": String(Buffer.byteLength(okManifest)), "docker-content-digest": digestOf(okManifest) } });
       }
       return Response.json({ errors: [{ code: "NAME_UNKNOWN", message: "no" }] }, { status: 404, headers: { "content-type": "text/html" } });
     },
@@ -77,6 +84,32 @@ test("every mirror answer carries nosniff and a sandboxing CSP; blobs are octet-
     if (typeof type === "string") expect([path, method, r.headers.get("content-type")]).toEqual([path, method, type]);
     else expect(r.headers.get("content-type") ?? "").toMatch(type);
   }
+});
+
+test("a kept manifest type goes out as its bare lower-case essence; a type with a comma is not a manifest type, fresh or from the manifest cache", async () => {
+  const ask = (path: string, method = "GET") => fetch(`${crm.url}${path}`, { method, proxy: false } as RequestInit);
+  const cases: Array<[string, string, string]> = [
+    ["/v2/mixed/app/manifests/v1", "GET", "application/octet-stream"],
+    ["/v2/mixed/app/manifests/v1", "HEAD", "application/octet-stream"],
+    [`/v2/mixed/app/manifests/${digestOf(okManifest)}`, "GET", "application/octet-stream"],
+    [`/v2/mixed/app/manifests/${digestOf(okManifest)}`, "GET", "application/octet-stream"],
+    ["/v2/param/app/manifests/v1", "GET", OCI_MANIFEST],
+    [`/v2/param/app/manifests/${digestOf(okManifest)}`, "GET", OCI_MANIFEST],
+    [`/v2/param/app/manifests/${digestOf(okManifest)}`, "GET", OCI_MANIFEST],
+  ];
+  for (const [path, method, type] of cases) {
+    const r = await ask(path, method);
+    await r.arrayBuffer();
+    expect([path, method, r.status, r.headers.get("content-type")]).toEqual([path, method, 200, type]);
+  }
+});
+
+test("mirrorContentType: the essence of a manifest type, octet-stream for anything else", () => {
+  expect(mirrorContentType("application/json; a=b, text/html")).toBe("application/octet-stream");
+  expect(mirrorContentType("application/json;,text/html")).toBe("application/octet-stream");
+  expect(mirrorContentType('application/json; charset="x, text/html"')).toBe("application/octet-stream");
+  expect(mirrorContentType("Application/JSON; charset=utf-8")).toBe("application/json");
+  expect(mirrorContentType("text/html")).toBe("application/octet-stream");
 });
 
 const skip = missingTools("hostile content in a browser", ["chromium"]);

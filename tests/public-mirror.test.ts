@@ -281,7 +281,7 @@ describe("request rate", () => {
     expect(clientKey("2001:0db8:0001:0002:ffff:0:0:9")).toBe("2001:db8:1:2::/64");
     expect(clientKey("1:2::3:4:5:6:7")).toBe("1:2:0:3::/64");
     expect(clientKey("::2:3:4:5:6:7:8")).toBe("0:2:3:4::/64");
-    expect(clientKey("64:ff9b::192.0.2.1")).toBe("64:ff9b:0:0::/64");
+    expect(clientKey("64:ff9b::192.0.2.1")).toBe("192.0.2.1");
     expect(clientKey("192.0.2.1")).toBe("192.0.2.1");
     expect(clientKey("unix")).toBe("unix");
   });

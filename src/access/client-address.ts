@@ -28,26 +28,81 @@ export function buildTrustedProxies(c: Checker, value: unknown): string[] {
 }
 
 /**
+ * Who a connection is from when its PROXY header named nobody (v1 UNKNOWN, v2 UNSPEC or UNIX, v2
+ * LOCAL, which HAProxy also sends for clients of its unix-socket frontends). Not the balancer's
+ * address: that would hand every such client the balancer's standing in status.clients,
+ * metrics.clients, access.clients and its request journal. Not an address at all, so it matches
+ * no CIDR list; limits count it under the balancer's key (clientKey), where it came from.
+ */
+const UNKNOWN_VIA = "unknown via ";
+
+export function unknownClient(balancer: string): string {
+  return UNKNOWN_VIA + balancer;
+}
+
+export function isUnknownClient(client: string): boolean {
+  return client.startsWith(UNKNOWN_VIA);
+}
+
+/**
  * What limits count a client by: an IPv4 address, or the /64 of an IPv6 one (one subscriber's
  * LAN gets a whole /64, so counting each address would hand one client 2^64 brake windows,
- * buckets and fair shares). Logs and metrics keep the full address.
+ * buckets and fair shares). Two kinds of IPv6 address are not a subscriber's /64: a link-local
+ * one (fe80::/10, every host on the link shares fe80::/64, so one neighbour would lock out all
+ * others) counts by its full address, and a NAT64 one (64:ff9b::/96, every IPv4 host behind the
+ * translator shares its /64) by the IPv4 address it carries. Logs and metrics keep the full address.
  */
 export function clientKey(address: string): string {
+  if (isUnknownClient(address)) return clientKey(address.slice(UNKNOWN_VIA.length));
   // Callers pass normalised addresses (peer-address.ts); a mapped one slipping through must
   // still not become the one /64 every IPv4 client shares.
   if (isIP(address) !== 6 || /^::ffff:/i.test(address)) address = peerAddress(address);
   if (isIP(address) !== 6) return address;
-  const plain = address.split("%")[0] as string;
-  const [head = "", tail] = plain.split("::");
-  const h = head === "" ? [] : head.split(":");
-  const t = tail === undefined || tail === "" ? [] : tail.split(":");
-  // A dotted IPv4 tail is two groups; it never reaches the first four.
-  const tailGroups = t.length + (t.length > 0 && (t[t.length - 1] as string).includes(".") ? 1 : 0);
-  const groups = tail === undefined ? h : [...h, ...Array<string>(Math.max(0, 8 - h.length - tailGroups)).fill("0"), ...t];
+  const groups = ipv6Groups(address.split("%")[0] as string);
+  // fe80::/10: the first 10 bits are 1111 1110 10.
+  if (((groups[0] as number) & 0xffc0) === 0xfe80) return peerAddress(address);
+  if (groups[0] === 0x64 && groups[1] === 0xff9b && groups.slice(2, 6).every((g) => g === 0)) {
+    const a = groups[6] as number;
+    const b = groups[7] as number;
+    return `${a >> 8}.${a & 255}.${b >> 8}.${b & 255}`;
+  }
   return `${groups
     .slice(0, 4)
-    .map((g) => parseInt(g, 16).toString(16))
+    .map((g) => g.toString(16))
     .join(":")}::/64`;
+}
+
+/**
+ * A network, not a host: an IPv4 /24 or an IPv6 /48 (what one site or one small hosting
+ * customer gets). For budgets a stranger must not be able to fill by holding many addresses of
+ * its own (the challenge-only budget beside ACME); anything not an address is itself.
+ */
+export function networkKey(address: string): string {
+  if (isUnknownClient(address)) return networkKey(address.slice(UNKNOWN_VIA.length));
+  const ip = peerAddress(address);
+  if (isIP(ip) === 4) return `${ip.split(".").slice(0, 3).join(".")}.0/24`;
+  if (isIP(ip) !== 6) return ip;
+  return `${ipv6Groups(ip.split("%")[0] as string)
+    .slice(0, 3)
+    .map((g) => g.toString(16))
+    .join(":")}::/48`;
+}
+
+/** The eight 16-bit groups of a valid IPv6 address (no zone), a dotted IPv4 tail as two groups. */
+function ipv6Groups(plain: string): number[] {
+  const parse = (part: string): number[] =>
+    part === ""
+      ? []
+      : part.split(":").flatMap((g) => {
+          if (!g.includes(".")) return [parseInt(g, 16)];
+          const [a = 0, b = 0, c = 0, d = 0] = g.split(".").map(Number);
+          return [(a << 8) | b, (c << 8) | d];
+        });
+  const [head = "", tail] = plain.split("::");
+  const h = parse(head);
+  if (tail === undefined) return h;
+  const t = parse(tail);
+  return [...h, ...Array<number>(Math.max(0, 8 - h.length - t.length)).fill(0), ...t];
 }
 
 /** Which field a trusted front sets to name its client (`access.forwarded_header`). */

@@ -112,10 +112,13 @@ export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: str
   // GET /v2/ and its challenge
   const base = url.origin + url.pathname.replace(/\/+$/, "");
   let challengeHeader: string | null;
+  // Whether /v2/ says it is the distribution API: then a 404 of the probe image is a registry's.
+  let registryApi = false;
   try {
     const res = await upstreamResponse(rt, new URL(base + "/v2/"), { method: "GET", headers: { "user-agent": "crm-doctor" } }, AbortSignal.timeout(rt.config.timeouts.upstreamHeaderMs * 2), rt.config.timeouts.upstreamHeaderMs, true);
     await res.body?.cancel().catch(() => {});
     challengeHeader = res.headers.get("www-authenticate");
+    registryApi = res.headers.has("docker-distribution-api-version");
     const date = Date.parse(res.headers.get("date") ?? "");
     if (Number.isFinite(date) && Math.abs(date - Date.now()) / 1000 > MAX_SKEW_S) {
       const skew = Math.round((Date.now() - date) / 1000);
@@ -192,6 +195,13 @@ export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: str
       return hosts;
     }
     const d = named;
+    // Only a registry's 404 proves routing, TLS and tokens work: a web server that is not one
+    // (a wrong vhost, a docs site) answers 404 to every path, and pulls through it all fail.
+    if (r.response.status === 404 && !(registryApi || r.response.headers.has("docker-distribution-api-version") || (await registry404(client, ref, scope, signal, rt.config.timeouts.upstreamHeaderMs)))) {
+      report.fail(`${n}: manifest`, `HEAD ${ref.repo}:${ref.ref} answered 404, and neither /v2/ nor the answer is a registry's (no Docker-Distribution-API-Version, no MANIFEST_UNKNOWN or NAME_UNKNOWN error)`, `check ${key}.upstream: it must be the registry's API endpoint (Docker Hub is https://registry-1.docker.io)`);
+      report.skip(`${n}: blob redirect`, "manifest failed");
+      return hosts;
+    }
     if (r.response.status === 404) {
       // The upstream does not hold the probe image (a private or partial registry under a
       // built-in name): routing, TLS and tokens worked to get this answer, so pulls can work.
@@ -227,6 +237,26 @@ export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: str
     report.fail(`${n}: blob redirect`, why(e), fix);
   }
   return hosts;
+}
+
+/**
+ * A HEAD's 404 has no body: the GET of the same manifest says whether it is a registry's "not
+ * here" (OCI error codes MANIFEST_UNKNOWN or NAME_UNKNOWN, distribution-spec §error codes).
+ */
+async function registry404(client: RegistryClient, ref: { repo: string; ref: string }, scope: string, signal: AbortSignal, timeoutMs: number): Promise<boolean> {
+  try {
+    const r = await client.fetch({ method: "GET", path: `/v2/${ref.repo}/manifests/${ref.ref}`, headers: new Headers({ accept: MANIFEST_ACCEPT, "user-agent": "crm-doctor" }), scope, signal });
+    if (r.response.status !== 404) {
+      await r.response.body?.cancel().catch(() => {});
+      return false;
+    }
+    const { bytes, truncated } = await readSmallBody(r.response, 64 * 1024, timeoutMs);
+    if (truncated) return false;
+    const body = JSON.parse(new TextDecoder().decode(bytes)) as { errors?: unknown };
+    return Array.isArray(body.errors) && body.errors.some((e: unknown) => typeof e === "object" && e !== null && ["MANIFEST_UNKNOWN", "NAME_UNKNOWN"].includes(String((e as { code?: unknown }).code)));
+  } catch {
+    return false;
+  }
 }
 
 function splitImage(image: string): { repo: string; ref: string } {

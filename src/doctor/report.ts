@@ -47,11 +47,13 @@ const LABEL: Record<Result, string> = { pass: "ok", warn: "WARN", fail: "FAIL", 
 
 /**
  * Details carry upstream-controlled text (error messages, header values): a terminal escape in a
- * cell could rewrite the screen or the title. Line breaks and tabs become spaces, every other
- * control character (C0, DEL, C1) is dropped.
+ * cell could rewrite the screen or the title, and a bidi override (U+202A-202E, U+2066-2069)
+ * could make a row read as something else. Line breaks and tabs become spaces, every other
+ * control character (C0, DEL, C1) and every bidi embedding, override or isolate is dropped. The
+ * JSON output gets the same: JSON.stringify escapes C0 but passes C1 and bidi controls as they are.
  */
 export function printable(s: string): string {
-  return s.replace(/[\t\n\r]/g, " ").replace(/[\u0000-\u001f\u007f-\u009f]/g, "");
+  return s.replace(/[\t\n\r]/g, " ").replace(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, "");
 }
 
 /** Fixed-width columns; a long detail or fix wraps onto lines of its own under its column. */
@@ -87,5 +89,6 @@ export function renderTable(rows: readonly CheckRow[], width = 120): string {
 }
 
 export function renderJson(rows: readonly CheckRow[]): string {
-  return JSON.stringify({ ok: rowsOk(rows), checks: rows }, null, 2) + "\n";
+  const checks = rows.map((r) => ({ check: printable(r.check), result: r.result, detail: printable(r.detail), fix: printable(r.fix) }));
+  return JSON.stringify({ ok: rowsOk(rows), checks }, null, 2) + "\n";
 }

@@ -35,9 +35,17 @@ export function resourceOf(target: string): MirrorResource {
   return "other";
 }
 
-/** The media type without parameters, lower-case. */
-function essence(type: string): string {
-  return (type.split(";")[0] ?? "").trim().toLowerCase();
+/**
+ * The Content-Type a mirror answer (or a cached manifest) may carry for what the upstream sent:
+ * the lower-cased essence of a manifest type, without parameters, or application/octet-stream.
+ * A value with a comma is never a manifest type: it is two values folded into one field (or a
+ * list smuggled into one), and a browser may take the last one (`application/json; a=b,
+ * text/html` renders as text/html in Chromium), whatever crm judged by the first.
+ */
+export function mirrorContentType(type: string): string {
+  if (type.includes(",")) return OCTET;
+  const essence = (type.split(";")[0] ?? "").trim().toLowerCase();
+  return MANIFEST_TYPES.has(essence) ? essence : OCTET;
 }
 
 /** Sets the safe Content-Type and the no-render fields on a mirror answer, in place. */
@@ -50,7 +58,6 @@ export function confineMirrorAnswer(headers: Headers, resource: MirrorResource, 
     return;
   }
   if (type === null) return;
-  const e = essence(type);
   // Tags lists, referrers (an OCI index) and crm's own answers are JSON of these types too.
-  if (!MANIFEST_TYPES.has(e)) headers.set("content-type", OCTET);
+  headers.set("content-type", mirrorContentType(type));
 }

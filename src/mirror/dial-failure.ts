@@ -13,6 +13,7 @@ const REASON: Record<DialError["reason"], string> = {
   tls: "TLS handshake failed",
   unreachable: "network unreachable",
   private: "resolves to a non-public address (allow_private_networks is off)",
+  self: "is crm's own listener",
   framing: "answered with a message framing crm cannot relay",
   other: "connection failed",
 };

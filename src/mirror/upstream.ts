@@ -85,6 +85,9 @@ export class RegistryClient {
   }
 
   async fetch(req: UpstreamRequest): Promise<UpstreamResult> {
+    // A client already gone costs nothing upstream, not even a token (the token fetch ignores
+    // aborts, being shared); the upstream client checks again after every await of its own.
+    if (req.signal.aborted) throw new MirrorError(499, "UNKNOWN", "client went away");
     let auth = await this.initialAuth(req.scope);
     let answeredChallenge = false;
     let retriedInvalid = false;

@@ -3,17 +3,18 @@
  * DialError whose reason picks the status: refused/DNS → 502, timeout → 504.
  */
 import type { Socket, SocketHandler } from "bun";
-import { classifyNetworkError, DialError, PrivateAddressError } from "../errors.ts";
+import { classifyNetworkError, DialError, PrivateAddressError, SelfTargetError } from "../errors.ts";
 import type { Resolver } from "./resolver.ts";
 import { formatHostPort } from "./host-port.ts";
 
 /**
- * Looks `host` up for `target`: a refusal by the SSRF guard becomes DialError "private", any
+ * Looks `host` up for `target`: a refusal by the SSRF guard becomes DialError "private", a target
+ * that is crm itself "self" (net/self-targets.ts), any
  * other lookup failure "dns". Shared by tunnels and fetch so both answer alike.
  */
 export function lookupTarget(resolve: Resolver, host: string, target: string): Promise<string> {
   return resolve(host).catch((cause: unknown) => {
-    throw new DialError(cause instanceof PrivateAddressError ? "private" : "dns", target, { cause });
+    throw new DialError(cause instanceof PrivateAddressError ? "private" : cause instanceof SelfTargetError ? "self" : "dns", target, { cause });
   });
 }
 

@@ -4,7 +4,7 @@
  * the next request when both sides allow. CONNECT hands the socket to a tunnel.
  */
 import type { Socket } from "bun";
-import { stripForwarding } from "../access/client-address.ts";
+import { isUnknownClient, stripForwarding, unknownClient } from "../access/client-address.ts";
 import { DialError, HttpError } from "../errors.ts";
 import type { Runtime } from "../context.ts";
 import { BodyFeeder } from "../http/body.ts";
@@ -73,12 +73,10 @@ export class Connection {
   private paused = false;
   private tunnel: TunnelPeer | null = null;
   /**
-   * A PROXY header other than v2 LOCAL came first: the bytes are a client's relayed by the
-   * balancer, so their forwarding fields are not believed even when `peer` is still the balancer
-   * (a header without an address: v1 UNKNOWN, v2 UNSPEC or UNIX).
+   * Bytes of a next request arrived before this request's answer was done: a FIN then means "no
+   * more requests". Reset once every answer is out and nothing is buffered (afterAnswer): one
+   * pipelined pair must not make every later FIN on the connection look like the end of a pipeline.
    */
-  private relayed = false;
-  /** Bytes of a next request arrived before an answer was done: a FIN then means "no more requests". */
   private pipelined = false;
   /**
    * A stranger on the plain listener beside ACME (listener.ts admitStranger): it may reach only
@@ -310,8 +308,10 @@ export class Connection {
     if (r.kind === "incomplete") return;
     this.buf = null;
     this.phase = "head";
-    this.relayed = !r.local;
-    if (r.client !== null && r.client !== this.peer) {
+    // No client named (v1 UNKNOWN, v2 UNSPEC, UNIX or LOCAL): an identity that is no address
+    // (client-address.ts unknownClient), while `peer` stays the balancer for its connection count.
+    if (r.client === null) this.client = unknownClient(this.peer);
+    else if (r.client !== this.peer) {
       const from = this.peer;
       if (!(this.proxied as ProxiedHook)(this, from, r.client)) return;
       this.peer = r.client;
@@ -395,10 +395,20 @@ export class Connection {
   private identify(head: RequestHead): boolean {
     // Behind a trusted front the request names its client; anyone else's forwarding fields go.
     // Inside a decrypted tunnel the client is the tunnel's, and no field in it is vouched for.
-    // After a PROXY header the bytes are the relayed client's: the same holds for its fields.
-    if (this.secureAuthority === null && !this.relayed) this.client = this.rt.clientAddress.resolve(this.peer, head.headers);
+    // On a PROXY listener the header names the client, and the bytes after it are a client's,
+    // v2 LOCAL included (HAProxy sends LOCAL for relayed clients of unix-socket frontends): the
+    // same holds for its fields.
+    // From a tunnel crm opened to itself the client is the one that asked for the tunnel, never
+    // crm's own address, and nothing it sends about a client is vouched for (net/self-targets.ts).
+    const tunnelled = this.rt.self.claimedBy(this.socket.remoteAddress, this.socket.remotePort);
+    if (tunnelled !== null) {
+      this.client = tunnelled;
+      stripForwarding(head.headers);
+    } else if (this.secureAuthority === null && this.proxied === null) this.client = this.rt.clientAddress.resolve(this.peer, head.headers);
     else stripForwarding(head.headers);
-    if (this.client !== this.peer && !this.rt.access.clientAllowed(this.client)) {
+    // A balancer's health check (v2 LOCAL) names no client and must still reach /healthz.
+    const healthCheck = isUnknownClient(this.client) && head.target === "/healthz";
+    if (this.client !== this.peer && !healthCheck && !this.rt.access.clientAllowed(this.client)) {
       // access.clients holds for the client a trusted front names, as for a direct one.
       this.rt.log.info("client not in access.clients, refused", { client: this.client, via: this.peer });
       this.fail(new HttpError(403, "crm: your address is not in access.clients"), head.method);
@@ -484,6 +494,12 @@ export class Connection {
     const abort = new AbortController();
     this.abort = abort;
     if (rest.length > 0) this.onRequestBytes(rest);
+    // A FIN that came before this controller did (in the request's own packet, or while the
+    // password was checked) would otherwise be lost: the same rule as onEnd, applied now.
+    if (this.peerEnded && this.buf === null && !this.pipelined) {
+      if (feeder === null) abort.abort(new Error("client sent FIN"));
+      else if (feeder.wantsMore) feeder.fail(new Error("client sent FIN mid-body"));
+    }
     if (this.buf === null && (feeder === null || feeder.wantsMore)) this.resume();
 
     const ex: Exchange = { head, route: r, body: feeder, client: this.client, id: this.rt.journal.nextId(), signal: abort.signal, logFields: {}, pull: null, tracked: null };
@@ -511,7 +527,9 @@ export class Connection {
     if (this.rt.log.enabled("debug")) this.rt.log.debug(`< ${res.status} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(res.headers) });
     // A client that pipelined more requests before its FIN still gets every answer.
     const ended = this.peerEnded && this.buf === null;
-    const keepAlive = wantsKeepAlive(head) && !this.rt.draining && !ended && !ownError;
+    // A stranger's connection serves one challenge answer: a kept-alive one would be a budget
+    // slot it could hold with a GET now and then, keeping the CA's validators out.
+    const keepAlive = wantsKeepAlive(head) && !this.rt.draining && !ended && !ownError && !this.challengeOnly;
     const w = await writeResponse(this.outbox, res, { method: head.method, version: head.version, keepAlive, progress: (bytes) => {
         sent = bytes;
         this.touch();
@@ -543,7 +561,11 @@ export class Connection {
       this.readHead();
       // The client has finished sending, so a head still incomplete now never will be.
       if (this.peerEnded && this.phase === "head" && this.buf !== null) this.fail(new HttpError(400, "connection closed inside the request head"));
-    } else this.resume();
+    } else {
+      // Idle with every answer out: the pipeline, if there was one, is over.
+      this.pipelined = false;
+      this.resume();
+    }
   }
 
   private logRequest(ex: Exchange, status: number, bytesOut: number, started: number, note?: string): void {

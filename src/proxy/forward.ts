@@ -10,6 +10,7 @@ import { HttpError } from "../errors.ts";
 import { endToEnd, addVia } from "../http/hop-by-hop.ts";
 import { headerValue, requestFraming } from "../http/head.ts";
 import { relayedResponse } from "../http/relayed.ts";
+import { refusingSelf } from "../net/self-targets.ts";
 
 /**
  * Fields crm sets itself from the URL (Host: RFC 9112 §3.2.2, the target's authority), answered already
@@ -39,7 +40,8 @@ export async function forward(ex: Exchange<ForwardRoute>, rt: Runtime): Promise<
     signal: ex.signal,
     headTimeoutMs: rt.config.timeouts.upstreamHeaderMs,
     connectTimeoutMs: rt.config.timeouts.connectMs,
-    resolve: rt.resolve,
+    // The SSRF guard, and never crm itself: it would come back in from crm's own address.
+    resolve: refusingSelf(rt.resolve, rt.self, Number(url.port) || (url.protocol === "https:" ? 443 : 80)),
     insecureTls: rt.config.insecureTls,
   });
   // Framing fields go (the writer frames the body), hop-by-hop ones too (RFC 9110 §7.6.1), and

@@ -7,7 +7,7 @@
 import type { Socket, SocketHandler, SocketListener } from "bun";
 import type { ListenAddress } from "../config/listen.ts";
 import { Connection, type Dispatcher, type SocketData } from "./connection.ts";
-import { clientKey } from "../access/client-address.ts";
+import { clientKey, networkKey } from "../access/client-address.ts";
 import { peerAddress } from "../access/peer-address.ts";
 import type { Runtime } from "../context.ts";
 import { HttpError } from "../errors.ts";
@@ -83,9 +83,10 @@ export type Admitted = "client" | "challenge-only";
 export class Admission {
   private readonly perClient = new Map<string, number>();
   private total = 0;
-  /** Challenge-only connections (admitStranger), apart from the clients' counts. */
+  /** Challenge-only connections (admitStranger), apart from the clients' counts, by networkKey. */
   private readonly strangers = new Map<string, number>();
-  private strangerTotal = 0;
+  /** Every challenge-only connection with its network, oldest first (eviction order). */
+  private readonly strangerSockets = new Map<Socket<SocketData>, string>();
 
   constructor(private readonly rt: Runtime) {}
 
@@ -124,17 +125,42 @@ export class Admission {
     return this.count(ip);
   }
 
+  /**
+   * A stranger counts against its network (IPv4 /24, IPv6 /48: holding many addresses of one
+   * network buys no more) and the strangers' total. When the total is full the oldest stranger
+   * connection makes room: refusing the newcomer would let whoever holds the budget first keep
+   * the CA's validators out for as long as it likes, while evicting the oldest means a holder must
+   * outpace every newcomer, and a validator needs its connection for one answer only.
+   */
   private admitStranger(s: Socket<SocketData>, ip: string): Admitted | null {
-    const key = clientKey(ip);
+    const key = networkKey(ip);
     const mine = this.strangers.get(key) ?? 0;
-    if (this.strangerTotal >= CHALLENGE_ONLY.total || mine >= CHALLENGE_ONLY.perClient) {
-      this.rt.log.debug("connection refused: challenge-only budget reached", { client: ip, total: this.strangerTotal, from_client: mine });
-      s.end(errorHead(this.strangerTotal >= CHALLENGE_ONLY.total ? 503 : 429, "crm: too many connections", { "retry-after": "5" }));
+    if (mine >= CHALLENGE_ONLY.perClient) {
+      this.rt.log.debug("connection refused: challenge-only budget of its network reached", { client: ip, network: key, from_network: mine });
+      s.end(errorHead(429, "crm: too many connections", { "retry-after": "5" }));
       return null;
     }
-    this.strangerTotal++;
+    if (this.strangerSockets.size >= CHALLENGE_ONLY.total) {
+      const [oldest] = this.strangerSockets.keys();
+      if (oldest !== undefined) {
+        this.rt.log.debug("challenge-only budget full: oldest stranger connection closed", { client: ip });
+        this.releaseStranger(oldest);
+        oldest.terminate();
+      }
+    }
+    this.strangerSockets.set(s, key);
     this.strangers.set(key, mine + 1);
     return "challenge-only";
+  }
+
+  /** A challenge-only connection has ended (or was evicted); a second call is a no-op. */
+  releaseStranger(s: Socket<SocketData>): void {
+    const key = this.strangerSockets.get(s);
+    if (key === undefined) return;
+    this.strangerSockets.delete(s);
+    const n = (this.strangers.get(key) ?? 1) - 1;
+    if (n <= 0) this.strangers.delete(key);
+    else this.strangers.set(key, n);
   }
 
   /**
@@ -167,15 +193,8 @@ export class Admission {
     return "client";
   }
 
-  release(ip: string, challengeOnly = false): void {
+  release(ip: string): void {
     const key = clientKey(ip);
-    if (challengeOnly) {
-      this.strangerTotal--;
-      const n = (this.strangers.get(key) ?? 1) - 1;
-      if (n <= 0) this.strangers.delete(key);
-      else this.strangers.set(key, n);
-      return;
-    }
     this.total--;
     const n = (this.perClient.get(key) ?? 1) - 1;
     if (n <= 0) this.perClient.delete(key);
@@ -209,7 +228,8 @@ export function listen(
       if (admitted === "challenge-only") s.data.conn?.limitToChallenges();
     },
     close(s, err) {
-      if (s.data.conn !== null) admission.release(s.data.conn.peer, s.data.conn.challengeOnly);
+      if (s.data.conn?.challengeOnly) admission.releaseStranger(s);
+      else if (s.data.conn) admission.release(s.data.conn.peer);
       handlers.close?.(s, err);
     },
   };

@@ -5,6 +5,7 @@
  * host over verified TLS, so the forward path's rules (hop-by-hop, Via, streaming, errors) and
  * its log lines apply unchanged.
  */
+import { refusingSelf } from "../net/self-targets.ts";
 import type { Socket } from "bun";
 import type { Config } from "../config/types.ts";
 import { HttpError } from "../errors.ts";
@@ -75,7 +76,7 @@ export class Mitm {
     }
     conn.outbox.write(ESTABLISHED);
     conn.handOver();
-    this.rt.upstream.preconnect(new URL(`https://${target}/`), this.rt.resolve, this.rt.config.insecureTls, this.rt.config.timeouts.connectMs);
+    this.rt.upstream.preconnect(new URL(`https://${target}/`), refusingSelf(this.rt.resolve, this.rt.self, Number(new URL(`https://${target}/`).port) || 443), this.rt.config.insecureTls, this.rt.config.timeouts.connectMs);
     const data: TlsData = { conn: null, handshaken: false, reported: false };
     const base = connectionHandlers(this.conns, (s) => new Connection(s, this.rt, this.dispatch, { host, port }, conn.client));
     const [, tls] = (conn.socket as Socket<SocketData>).upgradeTLS<TlsData>({

@@ -134,6 +134,8 @@ export class CrmServer {
       server.stopNow();
       throw new Error(`cannot listen: ${(cause as Error).message}`, { cause });
     }
+    // Read at each check: a listener rebound for a new certificate keeps its address and port.
+    rt.self.setListeners(() => server.addresses);
     for (const b of server.bound) rt.log.info("listening", { address: server.describe(b), tls: b.tls ? "on" : undefined });
     for (const w of openProxyWarnings(config)) rt.log.warn(w);
     server.certificates.start();

@@ -41,6 +41,8 @@ const upstreamHandlers: SocketHandler<UpstreamData> = {
 
 class Tunnel {
   private upstream: Socket<UpstreamData> | null = null;
+  /** Set for a tunnel to crm itself: drops its note in rt.self. */
+  private forgetSelf: (() => void) | null = null;
   private upOut: Outbox | null = null;
   private early: Buffer[] = [];
   private earlyBytes = 0;
@@ -83,6 +85,9 @@ class Tunnel {
     }
     up.data.tunnel = this;
     this.upstream = up;
+    // A tunnel to crm itself: what crm accepts from it is this client's, not crm's own address
+    // (net/self-targets.ts). Noted before any of the client's bytes go through.
+    if (conn.rt.self.matches(up.remoteAddress, port)) this.forgetSelf = conn.rt.self.noteTunnel(up.localAddress, up.localPort, conn.client);
     conn.rt.metrics.tunnelOpened();
     this.record = { id: conn.rt.journal.nextId(), client: conn.client, target: this.target };
     trackTunnel(conn.rt, this.record, () => this.bytesUp + this.bytesDown);
@@ -197,6 +202,7 @@ class Tunnel {
   private finish(): void {
     if (this.done) return;
     this.done = true;
+    this.forgetSelf?.();
     const { conn } = this;
     const seconds = (performance.now() - this.started) / 1000;
     if (this.upstream) conn.rt.metrics.tunnelClosed();

@@ -5,6 +5,7 @@
  * shows a client only its own requests. `_crm` can never be a repository name (OCI names start
  * with a letter or digit), so it cannot shadow an image.
  */
+import { isUnknownClient } from "../access/client-address.ts";
 import type { Exchange } from "../proxy/exchange.ts";
 import type { Runtime } from "../context.ts";
 
@@ -30,7 +31,9 @@ export function requestsAnswer(ex: Exchange, rt: Runtime, target: string): Respo
   const q = target.indexOf("?");
   const afterText = new URLSearchParams(q < 0 ? "" : target.slice(q + 1)).get("after") ?? "0";
   const after = /^\d{1,15}$/.test(afterText) ? Number(afterText) : 0;
-  const own = rt.journal.after(after, ex.client).slice(-MAX_ANSWER);
+  // A client its balancer did not name shares its identity with every other such client: none of
+  // those requests is provably its own, so it is shown none.
+  const own = isUnknownClient(ex.client) ? [] : rt.journal.after(after, ex.client).slice(-MAX_ANSWER);
   const answer: RequestsAnswer = {
     instance: rt.journal.instance,
     client: ex.client,

@@ -5,9 +5,9 @@
  * max_connections_per_client, in a small budget of their own, and a silent one is cut sooner.
  */
 export const CHALLENGE_ONLY = {
-  /** Open connections from all such clients together (a CA validates from a handful of places). */
+  /** Open connections from all such clients together (a CA validates from a handful of places); when full, the oldest is closed for a newcomer. */
   total: 64,
-  /** Open connections from one such client (IPv4 address or IPv6 /64). */
+  /** Open connections from one such network (IPv4 /24 or IPv6 /48); over it a newcomer is refused. */
   perClient: 4,
   /** Longest wait for a request head (and between requests) on such a connection. */
   headMs: 3_000,

@@ -123,20 +123,30 @@ export class UpstreamClient {
 
   async request(req: UpstreamRequest): Promise<UpstreamResponse> {
     const started = Date.now();
+    // The signal is checked before the first await and after every one: a client that left (FIN
+    // or RST) while crm resolved, connected or waited for a preconnect must cost no upstream
+    // request (for Docker Hub, a counted pull). A connection got meanwhile goes back to the pool.
+    throwIfAborted(req, formatHostPort(req.url.hostname, Number(req.url.port) || 0));
     const { address, port, tls, key, target } = await this.origin(req.url, req.resolve, req.insecureTls, req.connectTimeoutMs);
     const idempotent = req.method === "GET" || req.method === "HEAD";
     for (let attempt = 0; ; attempt++) {
-      req.signal?.throwIfAborted();
+      throwIfAborted(req, target);
       let conn = attempt === 0 ? this.pool.take(key) : null;
       const opening = attempt === 0 && conn === null ? this.opening.get(key) : undefined;
       // A preconnect under way: wait for it rather than open a second connection.
-      if (opening) conn = (await opening) === null ? null : this.pool.take(key);
+      if (opening) {
+        conn = (await opening) === null ? null : this.pool.take(key);
+        if (req.signal?.aborted) this.giveBack(conn);
+        throwIfAborted(req, target);
+      }
       if (conn === null) {
         const remaining = Math.max(1, Math.min(req.connectTimeoutMs, req.headTimeoutMs - (Date.now() - started)));
         conn = await openConn(address, port, tls, remaining, target, key).catch((e: unknown) => {
           throw abortedOr(req, e, target);
         });
         this.opened++;
+        if (req.signal?.aborted) this.giveBack(conn);
+        throwIfAborted(req, target);
       }
       const reused = conn.uses > 0;
       conn.uses++;
@@ -149,9 +159,19 @@ export class UpstreamClient {
     }
   }
 
+  /** An unused connection back to the pool (nothing was written on it), or nothing for null. */
+  private giveBack(conn: UpstreamConn | null): void {
+    if (conn !== null && !conn.closed) this.pool.put(conn);
+  }
+
   /** Writes the request on `conn` and reads the answer's head. */
   private exchange(conn: UpstreamConn, req: UpstreamRequest, target: string, started: number): Promise<UpstreamResponse> {
     return new Promise<UpstreamResponse>((resolve, reject) => {
+      // Nothing is written for a client already gone; the untouched connection stays usable.
+      if (req.signal?.aborted) {
+        this.giveBack(conn);
+        return reject(abortError(req, target));
+      }
       let buf: Buffer = Buffer.alloc(0);
       let gotBytes = false;
       let settled = false;
@@ -233,6 +253,11 @@ export class UpstreamClient {
     resolve: (r: UpstreamResponse) => void,
     reject: (e: Error) => void,
   ): void {
+    // The client left as the head arrived: its body is never read, so the connection cannot be reused.
+    if (req.signal?.aborted) {
+      conn.destroy();
+      return reject(abortError(req, target));
+    }
     const framing = responseFraming({ status: head.status, method: req.method, version: head.version, headers: head.headers });
     if (!framing.ok) {
       conn.destroy();
@@ -309,6 +334,15 @@ async function writeBody(conn: UpstreamConn, body: RequestBody, length: number |
   if (chunked) conn.outbox.write(pieces > 0 ? "\r\n0\r\n\r\n" : "0\r\n\r\n");
   await conn.outbox.drained();
   if (conn.closed) throw new Error("upstream connection closed");
+}
+
+/** What a request whose client left fails with: a dial failure "request aborted", with the reason. */
+function abortError(req: UpstreamRequest, target: string): DialError {
+  return new DialError("other", target, { cause: req.signal?.reason, detail: "request aborted" });
+}
+
+function throwIfAborted(req: UpstreamRequest, target: string): void {
+  if (req.signal?.aborted) throw abortError(req, target);
 }
 
 function abortedOr(req: UpstreamRequest, e: unknown, target: string): unknown {

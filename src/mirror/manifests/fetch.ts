@@ -18,6 +18,7 @@ import { readSmallBody } from "../small-body.ts";
 import type { MirrorState } from "../state.ts";
 import type { MirrorClient } from "../upstreams.ts";
 import { quotaFields, type QuotaFields } from "../quota-headers.ts";
+import { mirrorContentType } from "../content-safety.ts";
 
 /** Algorithms crm can check; a digest of any other is passed through, never cached. */
 const HASHES: Record<string, string> = { sha256: "sha256", sha512: "sha512" };
@@ -140,7 +141,9 @@ async function fetchManifest(req: ManifestGet, signal: AbortSignal, budget: Memo
       detail: { registry, expected: want, got },
     });
   }
-  const manifest: CachedManifest = { digest: want, body: bytes, mediaType: res.headers.get("content-type"), etag: res.headers.get("etag") };
+  // Stored as it may be served (content-safety.ts): a cached answer never carries what a fresh one may not.
+  const type = res.headers.get("content-type");
+  const manifest: CachedManifest = { digest: want, body: bytes, mediaType: type === null ? null : mirrorContentType(type), etag: res.headers.get("etag") };
   state.cache.put(cacheScope(client.registry), req.name, manifest);
   return { kind: "manifest", manifest, quota: quotaFields(res.headers) };
 }

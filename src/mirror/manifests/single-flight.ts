@@ -23,6 +23,9 @@ export class SingleFlight<T> {
 
   /** `leader` is true for the caller whose `work` ran. `signal` is the caller's own. */
   async run(key: string, signal: AbortSignal, work: (signal: AbortSignal) => Promise<T>): Promise<{ value: T; leader: boolean }> {
+    // A caller already gone starts nothing and joins nothing (its request would still go
+    // upstream: a token fetch ignores the abort, and for Docker Hub a manifest GET is a pull).
+    if (signal.aborted) throw new MirrorError(499, "UNKNOWN", "client went away");
     let flight = this.running.get(key);
     // Every waiter of that one left and it was cancelled; its work may still run (a token fetch
     // ignores the abort), but its outcome is an abort nobody may be handed: start afresh.
