@@ -3,7 +3,7 @@
  * so a cut answer can be continued with crm's own chunks (or must be cut when it cannot).
  */
 import { expect, test } from "bun:test";
-import { ChunkPosition } from "../src/mirror/chunk-position.ts";
+import { ChunkPosition } from "../src/mirror/upstream/chunk-position.ts";
 
 const enc = (s: string): Uint8Array => Buffer.from(s, "latin1");
 

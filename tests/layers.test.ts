@@ -51,7 +51,7 @@ export const LAYERS: ReadonlyArray<readonly [name: string, patterns: readonly st
       "mirror/rules.ts",
       "mirror/manifests/config.ts",
       "mirror/fanout/config.ts",
-      "mirror/upstreams-config.ts",
+      "mirror/upstream/failover-config.ts",
       "doctor/config.ts",
       "client-config/image-ref.ts",
       "status/config.ts",

@@ -4,7 +4,7 @@ import { buildConfig } from "../src/config/load.ts";
 import { ConfigErrors } from "../src/errors.ts";
 import { Logger } from "../src/log.ts";
 import { MAX_CACHED_MANIFEST, ManifestCache, type CachedManifest } from "../src/mirror/manifests/cache.ts";
-import { parseRateLimit, QuotaTracker } from "../src/mirror/upstream-quota.ts";
+import { parseRateLimit, QuotaTracker } from "../src/mirror/upstream/quota.ts";
 import { SingleFlight } from "../src/mirror/manifests/single-flight.ts";
 import { DEFAULT_REGISTRIES } from "../src/config/registries.ts";
 

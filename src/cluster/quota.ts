@@ -1,10 +1,10 @@
 /**
- * The upstream quota figures (`ratelimit-*` of the last manifest answer, upstream-quota.ts)
+ * The upstream quota figures (`ratelimit-*` of the last manifest answer, mirror/upstream/quota.ts)
  * shared per registry, so any replica's /metrics and status page show the latest figure whichever
  * replica saw it. Written when a replica sees a new figure (at most once a second per registry),
  * read with the heartbeat; the newest (by when it was seen) wins.
  */
-import type { QuotaTracker } from "../mirror/upstream-quota.ts";
+import type { QuotaTracker } from "../mirror/upstream/quota.ts";
 import type { RateLimit } from "../status/quota.ts";
 import type { Store } from "./store.ts";
 

@@ -15,7 +15,7 @@ import { LOG_LEVELS, type LogFormat, type LogLevel } from "../log.ts";
 import { buildFanout } from "../mirror/fanout/config.ts";
 import { buildManifestCache } from "../mirror/manifests/config.ts";
 import { buildRules } from "../mirror/rules.ts";
-import { buildFailover } from "../mirror/upstreams-config.ts";
+import { buildFailover } from "../mirror/upstream/failover-config.ts";
 import { buildStatusConfig } from "../status/config.ts";
 import { buildTls, checkTlsListeners } from "../tls/config.ts";
 import { Checker, parseSize, show, type Obj } from "./checker.ts";

@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { ConfigError } from "../errors.ts";
 import { buildRules, type ImageRules } from "../mirror/rules.ts";
-import { buildUpstreamList } from "../mirror/upstreams-config.ts";
+import { buildUpstreamList } from "../mirror/upstream/failover-config.ts";
 import { show, type Checker, type Obj } from "./checker.ts";
 
 export interface RegistryConfig {
@@ -16,7 +16,7 @@ export interface RegistryConfig {
   /** Where crm sends /v2/ requests: https://registry-1.docker.io */
   upstream: URL;
   /**
-   * `upstreams`: every upstream in the order tried (mirror/upstreams.ts), `upstream` first;
+   * `upstreams`: every upstream in the order tried (mirror/upstream/failover.ts), `upstream` first;
    * absent when only `upstream` is configured.
    */
   upstreams?: readonly URL[];
@@ -81,7 +81,7 @@ export function buildRegistry(c: Checker, path: string, name: string, v: unknown
   let o: Obj = typeof v === "string" ? { upstream: v } : (c.object(path, v, ["upstream", "upstreams", "username", "password", "password_file", "redirect_hosts", "rules"]) ?? {});
   let upstreams: URL[] | null = null;
   if (o.upstreams !== undefined) {
-    // Several upstreams, tried in order (mirror/upstreams.ts); the first is the registry's `upstream`.
+    // Several upstreams, tried in order (mirror/upstream/failover.ts); the first is the registry's `upstream`.
     upstreams = buildUpstreamList(c, path, o.upstreams, o.upstream !== undefined);
     if (upstreams === null) return null;
     o = { ...o, upstream: (upstreams[0] as URL).href };

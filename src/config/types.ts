@@ -10,7 +10,7 @@ import type { LogFormat, LogLevel } from "../log.ts";
 import type { FanoutConfig } from "../mirror/fanout/config.ts";
 import type { ManifestCacheConfig } from "../mirror/manifests/config.ts";
 import type { ImageRules } from "../mirror/rules.ts";
-import type { FailoverConfig } from "../mirror/upstreams-config.ts";
+import type { FailoverConfig } from "../mirror/upstream/failover-config.ts";
 import type { StatusConfig } from "../status/config.ts";
 import type { TlsListenConfig } from "../tls/config.ts";
 import type { ListenAddress } from "./listen.ts";

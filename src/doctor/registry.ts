@@ -7,15 +7,15 @@
 import { isIP } from "node:net";
 import type { Runtime } from "../context.ts";
 import { DialError } from "../errors.ts";
-import { upstreamResponse } from "../mirror/upstream-response.ts";
+import { upstreamResponse } from "../mirror/upstream/as-response.ts";
 import { findChallenge } from "../mirror/auth/challenge.ts";
 import { MirrorError } from "../mirror/errors.ts";
 import { readSmallBody } from "../mirror/small-body.ts";
 import { TokenCache } from "../mirror/auth/token-cache.ts";
 import { fetchToken } from "../mirror/auth/token-fetch.ts";
-import { RegistryClient } from "../mirror/upstream.ts";
+import { RegistryClient } from "../mirror/upstream/registry-client.ts";
 import type { RegistryConfig } from "../config/registries.ts";
-import { parseRateLimit } from "../mirror/upstream-quota.ts";
+import { parseRateLimit } from "../mirror/upstream/quota.ts";
 import { describeQuota } from "../status/quota.ts";
 import { isDigest } from "../mirror/routes.ts";
 import type { Report } from "./report.ts";

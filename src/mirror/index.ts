@@ -2,16 +2,16 @@
  * The pull-through registry mirror at `/v2/`: Docker's registry-mirrors, containerd hosts.toml
  * (`?ns=`) and containers/image registries.conf mirrors all land here. Nothing is cached on disk;
  * each request is answered from its registry's upstream, authenticated and redirected
- * server-side (upstream.ts), and streamed back (response.ts).
+ * server-side (upstream/registry-client.ts), and streamed back (response.ts).
  */
 import type { Exchange, LocalHandler, LocalRoute } from "../proxy/exchange.ts";
 import type { Runtime } from "../context.ts";
 import { DialError, HttpError } from "../errors.ts";
 import { headerValue } from "../http/head.ts";
-import { dialFailure } from "./dial-failure.ts";
+import { dialFailure } from "./upstream/dial-failure.ts";
 import { API_VERSION_HEADER, codeForStatus, errorResponse, jsonResponse, MirrorError } from "./errors.ts";
 import { ManifestService } from "./manifests/service.ts";
-import { meteredFetch, type MeteredRequest } from "./metered.ts";
+import { meteredFetch, type MeteredRequest } from "./upstream/metered.ts";
 import { clientResponse } from "./response.ts";
 import { isDigest, parseMirrorTarget, pullScope, upstreamPath, type PullRoute } from "./routes.ts";
 import { mirrorState, type MirrorState } from "./state.ts";
@@ -20,9 +20,9 @@ import { TokenCache } from "./auth/token-cache.ts";
 import { confineMirrorAnswer, resourceOf } from "./content-safety.ts";
 import { fanoutRegistry, type FanoutRegistry } from "./fanout/registry.ts";
 import { serveShared } from "./fanout/serve.ts";
-import { UpstreamChain, upstreamHealth, type MirrorClient } from "./upstreams.ts";
-import { blobRangeFetch, resumable, resumeStats } from "./resume.ts";
-import { registerResilience } from "./resilience.ts";
+import { UpstreamChain, upstreamHealth, type MirrorClient } from "./upstream/failover.ts";
+import { blobRangeFetch, resumable, resumeStats } from "./upstream/resume.ts";
+import { registerResilience } from "./upstream/resilience.ts";
 
 export const REQUEST_ID_HEADER = "x-crm-request-id";
 
@@ -33,7 +33,7 @@ export function createMirrorHandler(rt: Runtime): LocalHandler {
   // With a cluster, tokens are shared with the other replicas (mirror/state.ts MirrorShared).
   const tokens = new TokenCache(Date.now, 4096, mirrorState(rt).shared?.tokens ?? null);
   const clients = new Map<string, MirrorClient>();
-  // One client per registry; a registry with several upstreams gets a chain that fails over (upstreams.ts).
+  // One client per registry; a registry with several upstreams gets a chain that fails over (upstream/failover.ts).
   const health = upstreamHealth(rt);
   // Registered at start, so /metrics shows the resume counter (at zero) before the first resume.
   resumeStats(rt);
@@ -91,7 +91,7 @@ async function handle(ex: Exchange<LocalRoute>, rt: Runtime, { clients, state, m
     if (v !== null) headers.set(name, v);
   }
   if (!headers.has("user-agent")) headers.set("user-agent", "crm");
-  // Every upstream answer by digest continues over a dropped connection (resume.ts), the shared
+  // Every upstream answer by digest continues over a dropped connection (upstream/resume.ts), the shared
   // blob downloads of fanout/ included; HEAD has no body.
   const answer = async (h: Headers, signal: AbortSignal): Promise<Response> => {
     const req: MeteredRequest = { method, path: upstreamPath(route), headers: h, scope: pullScope(route), signal, resource: route.resource };

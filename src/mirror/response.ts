@@ -7,7 +7,7 @@ import { API_VERSION_HEADER, codeForStatus, jsonResponse, MirrorError, ociErrorB
 import { rewriteLink } from "./link.ts";
 import type { PullRoute } from "./routes.ts";
 import { readSmallBody } from "./small-body.ts";
-import type { UpstreamResult } from "./upstream.ts";
+import type { UpstreamResult } from "./upstream/registry-client.ts";
 
 /** Fields a registry client or containerd acts on (registry-clients.md); nothing else is passed. */
 const PASSED = new Set([

@@ -5,7 +5,7 @@
  */
 import type { Runtime } from "../context.ts";
 import { ManifestCache } from "./manifests/cache.ts";
-import { QuotaTracker } from "./upstream-quota.ts";
+import { QuotaTracker } from "./upstream/quota.ts";
 import type { SharedManifests } from "./manifests/shared.ts";
 import type { SharedTokenStore } from "./auth/token-cache.ts";
 

@@ -1,6 +1,6 @@
 /**
  * An upstream pull quota as the status page, /metrics readers and `crm doctor` show it. Status
- * defines the shape it reads; the mirror's quota tracker (mirror/upstream-quota.ts) fills it.
+ * defines the shape it reads; the mirror's quota tracker (mirror/upstream/quota.ts) fills it.
  */
 export interface RateLimit {
   limit: number;

@@ -31,7 +31,7 @@ export interface CertificateState {
   error?: string;
 }
 
-/** Upstream failover and blob resumes (mirror/resilience.ts); absent while the mirror is off. */
+/** Upstream failover and blob resumes (mirror/upstream/resilience.ts); absent while the mirror is off. */
 export interface ResilienceState {
   /** `upstream`: its place in the registry's list, from 1 (the page shows no upstream URL or host). */
   upstreams: Array<{ registry: string; upstream: number; state: "healthy" | "backoff"; failures: number; retryInS: number; reason: string | null }>;

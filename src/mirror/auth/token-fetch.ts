@@ -5,11 +5,11 @@
  */
 import type { Runtime } from "../../context.ts";
 import { DialError } from "../../errors.ts";
-import { upstreamResponse } from "../upstream-response.ts";
+import { upstreamResponse } from "../upstream/as-response.ts";
 import { redactUrl } from "../../log.ts";
 import type { RegistryConfig } from "../../config/registries.ts";
 import type { Challenge } from "./challenge.ts";
-import { dialFailure } from "../dial-failure.ts";
+import { dialFailure } from "../upstream/dial-failure.ts";
 import { MirrorError } from "../errors.ts";
 import { readSmallBody } from "../small-body.ts";
 import { DEFAULT_EXPIRES_IN_S, type IssuedToken } from "./token-cache.ts";

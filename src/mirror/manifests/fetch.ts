@@ -10,13 +10,13 @@ import type { Runtime } from "../../context.ts";
 import { MirrorError } from "../errors.ts";
 import { cacheScope, MAX_CACHED_MANIFEST, type CachedManifest } from "./cache.ts";
 import type { MemoryBudget } from "./memory-body.ts";
-import { meteredFetch, type MeteredRequest } from "../metered.ts";
-import { blobRangeFetch, resumable } from "../resume.ts";
+import { meteredFetch, type MeteredRequest } from "../upstream/metered.ts";
+import { blobRangeFetch, resumable } from "../upstream/resume.ts";
 import { asStreamResponse } from "../../http/relayed.ts";
 import { SingleFlight } from "./single-flight.ts";
 import { readSmallBody } from "../small-body.ts";
 import type { MirrorState } from "../state.ts";
-import type { MirrorClient } from "../upstreams.ts";
+import type { MirrorClient } from "../upstream/failover.ts";
 import { quotaFields, type QuotaFields } from "../quota-headers.ts";
 import { mirrorContentType } from "../content-safety.ts";
 
@@ -93,7 +93,7 @@ async function fetchManifest(req: ManifestGet, signal: AbortSignal, budget: Memo
   // The flight's signal: aborted only when every waiting client has gone.
   const get: MeteredRequest = { method: "GET", path: `/v2/${req.name}/manifests/${req.reference}`, headers, scope: req.scope, signal, resource: "manifests" };
   const result = await meteredFetch(rt, state, client, get, req.logFields);
-  // By digest the bytes are fixed: a body the upstream drops is continued (resume.ts).
+  // By digest the bytes are fixed: a body the upstream drops is continued (upstream/resume.ts).
   const res =
     req.expect === null
       ? result.response

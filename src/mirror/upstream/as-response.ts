@@ -6,9 +6,9 @@
  * on unread (the mirror's blobs) gets it relayed as raw bytes: the writer finds the socket behind
  * it (relayed.ts) and no stream is read at all.
  */
-import type { Runtime } from "../context.ts";
-import type { HeaderList } from "../http/head.ts";
-import { relayableStream } from "../http/relayed.ts";
+import type { Runtime } from "../../context.ts";
+import type { HeaderList } from "../../http/head.ts";
+import { relayableStream } from "../../http/relayed.ts";
 
 export interface SimpleRequest {
   method: string;

@@ -1,9 +1,9 @@
 /**
  * Config for more than one upstream per registry: `mirror.registries.<name>.upstreams: [URL, ...]`
  * (beside `upstream`, never both) and `mirror.failover`, the back-off and per-attempt deadline
- * upstreams.ts uses. Its own module so config.ts only hooks it in.
+ * failover.ts uses. Its own module so config/load.ts only hooks it in.
  */
-import type { Checker } from "../config/checker.ts";
+import type { Checker } from "../../config/checker.ts";
 
 export interface FailoverConfig {
   /** A failing upstream is skipped this long first; each further failure doubles it. */

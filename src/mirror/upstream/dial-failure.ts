@@ -2,8 +2,8 @@
  * A network failure on the way to an upstream, as the client sees it: 502 (or 504 for a
  * timeout) with a short reason naming which upstream, never addresses or stack traces.
  */
-import type { DialError } from "../errors.ts";
-import { MirrorError } from "./errors.ts";
+import type { DialError } from "../../errors.ts";
+import { MirrorError } from "../errors.ts";
 
 const REASON: Record<DialError["reason"], string> = {
   refused: "connection refused",

@@ -18,12 +18,12 @@
  * The body stays relayable (upstream/relayed.ts): the writer pipes it socket to socket as before,
  * this class only stands between two upstream answers.
  */
-import type { Runtime } from "../context.ts";
-import { relayedBody, relayedResponse, type RelaySource } from "../http/relayed.ts";
+import type { Runtime } from "../../context.ts";
+import { relayedBody, relayedResponse, type RelaySource } from "../../http/relayed.ts";
 import { ChunkPosition } from "./chunk-position.ts";
 import { meteredFetch, type MeteredRequest } from "./metered.ts";
-import type { MirrorState } from "./state.ts";
-import type { MirrorClient } from "./upstreams.ts";
+import type { MirrorState } from "../state.ts";
+import type { MirrorClient } from "./failover.ts";
 
 /** Re-requests per answer before the client's connection is cut. */
 export const MAX_RESUMES = 3;

@@ -4,10 +4,10 @@
  * made visible: gauges per registry, one warning when it runs low, the figure on the index page,
  * and an upstream 429 turned into a TOOMANYREQUESTS that tells the operator the fix.
  */
-import type { Logger } from "../log.ts";
-import type { RegistryConfig } from "../config/registries.ts";
-import type { QuotaView, RateLimit } from "../status/quota.ts";
-import { MirrorError } from "./errors.ts";
+import type { Logger } from "../../log.ts";
+import type { RegistryConfig } from "../../config/registries.ts";
+import type { QuotaView, RateLimit } from "../../status/quota.ts";
+import { MirrorError } from "../errors.ts";
 
 /** Under this share of the limit, one warning line is logged. */
 const LOW_SHARE = 0.1;

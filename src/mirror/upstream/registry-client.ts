@@ -6,17 +6,17 @@
  * own host:port only (a signed CDN URL refuses a request that carries one).
  */
 import { createHash } from "node:crypto";
-import type { Runtime } from "../context.ts";
-import { DialError } from "../errors.ts";
-import { upstreamResponse } from "./upstream-response.ts";
-import { redactUrl } from "../log.ts";
-import type { RegistryConfig } from "../config/registries.ts";
-import { findChallenge, type Challenge } from "./auth/challenge.ts";
+import type { Runtime } from "../../context.ts";
+import { DialError } from "../../errors.ts";
+import { upstreamResponse } from "./as-response.ts";
+import { redactUrl } from "../../log.ts";
+import type { RegistryConfig } from "../../config/registries.ts";
+import { findChallenge, type Challenge } from "../auth/challenge.ts";
 import { dialFailure } from "./dial-failure.ts";
-import { MirrorError } from "./errors.ts";
-import type { TokenCache } from "./auth/token-cache.ts";
-import { basicAuthorization, fetchToken } from "./auth/token-fetch.ts";
-import { RegistryTrust } from "./auth/trust.ts";
+import { MirrorError } from "../errors.ts";
+import type { TokenCache } from "../auth/token-cache.ts";
+import { basicAuthorization, fetchToken } from "../auth/token-fetch.ts";
+import { RegistryTrust } from "../auth/trust.ts";
 
 /** Go's http.Client and containerd stop at 10 as well. */
 export const MAX_REDIRECTS = 10;
@@ -35,7 +35,7 @@ export interface UpstreamRequest {
   signal: AbortSignal;
   /**
    * Deadline for each answer's head on this request, instead of timeouts.upstream_header: a
-   * failover attempt (upstreams.ts) must leave time for the next upstream within containerd's 30 s.
+   * failover attempt (failover.ts) must leave time for the next upstream within containerd's 30 s.
    */
   headTimeoutMs?: number;
 }

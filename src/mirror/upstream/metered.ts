@@ -3,12 +3,12 @@
  * token cache use, manifest GETs (the requests Docker Hub counts as pulls), the quota figures the
  * answer reports, and a 429 turned into the TOOMANYREQUESTS that names the fix.
  */
-import type { Runtime } from "../context.ts";
-import type { Resource } from "./routes.ts";
-import { readSmallBody } from "./small-body.ts";
-import type { MirrorState } from "./state.ts";
-import type { UpstreamRequest, UpstreamResult } from "./upstream.ts";
-import type { MirrorClient } from "./upstreams.ts";
+import type { Runtime } from "../../context.ts";
+import type { Resource } from "../routes.ts";
+import { readSmallBody } from "../small-body.ts";
+import type { MirrorState } from "../state.ts";
+import type { UpstreamRequest, UpstreamResult } from "./registry-client.ts";
+import type { MirrorClient } from "./failover.ts";
 
 /** A 429's body is small OCI JSON (response.ts keeps the same bound). */
 const ERROR_BODY_LIMIT = 64 * 1024;

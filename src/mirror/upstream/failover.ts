@@ -14,13 +14,13 @@
  * redirects, connect, head): containerd ≥ 2.3 gives up on a head after 30 s, so a failover must
  * answer inside that. A registry with one upstream takes exactly today's path.
  */
-import type { Runtime } from "../context.ts";
-import { DialError } from "../errors.ts";
-import { upstreamsOf, type RegistryConfig } from "../config/registries.ts";
-import type { TokenCache } from "./auth/token-cache.ts";
-import { MirrorError } from "./errors.ts";
-import type { FailoverConfig } from "./upstreams-config.ts";
-import { RegistryClient, type UpstreamRequest, type UpstreamResult } from "./upstream.ts";
+import type { Runtime } from "../../context.ts";
+import { DialError } from "../../errors.ts";
+import { upstreamsOf, type RegistryConfig } from "../../config/registries.ts";
+import type { TokenCache } from "../auth/token-cache.ts";
+import { MirrorError } from "../errors.ts";
+import type { FailoverConfig } from "./failover-config.ts";
+import { RegistryClient, type UpstreamRequest, type UpstreamResult } from "./registry-client.ts";
 
 /** What the mirror asks of a registry's upstream side: one client, or a chain of them. */
 export type MirrorClient = Pick<RegistryClient, "registry" | "fetch">;
