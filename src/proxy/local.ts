@@ -9,7 +9,7 @@ import { textResponse as text } from "../http/response.ts";
 import { errorResponse, MirrorError } from "../mirror/errors.ts";
 import { markMirrorAnswer } from "../mirror/index.ts";
 import { statusAllowed } from "../status/config.ts";
-import { isStatusPath, statusEndpoint } from "../status/endpoints.ts";
+import { isStatusPath, statusEndpoint } from "../status/live/endpoints.ts";
 import { isRequestsPath, requestsAnswer } from "../status/requests-endpoint.ts";
 import { admit } from "./request-gate.ts";
 

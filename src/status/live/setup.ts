@@ -5,7 +5,7 @@
  * and no upstream URL (a LAN registry's address is nobody's business). With access.users set,
  * endpoints.ts serves the page to users only.
  */
-import type { Config } from "../config/types.ts";
+import type { Config } from "../../config/types.ts";
 
 const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 

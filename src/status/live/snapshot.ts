@@ -5,14 +5,14 @@
  * Shown to operators, so it carries no secret: no credentials, no mirror.path_prefix, no
  * registry upstream URLs (names only), and a forward target only as its host.
  */
-import pkg from "../../package.json" with { type: "json" };
-import type { Runtime } from "../context.ts";
-import type { ActiveView, RegistryView } from "./activity.ts";
-import { BUCKET_MS } from "./activity.ts";
+import pkg from "../../../package.json" with { type: "json" };
+import type { Runtime } from "../../context.ts";
+import type { ActiveView, RegistryView } from "../activity.ts";
+import { BUCKET_MS } from "../activity.ts";
 import { hintFor } from "./hints.ts";
-import type { JournalEntry } from "./journal.ts";
-import type { QuotaView } from "./quota.ts";
-import type { CertificateState, ClusterStatus, ManifestCacheState, ResilienceState } from "./sources.ts";
+import type { JournalEntry } from "../journal.ts";
+import type { QuotaView } from "../quota.ts";
+import type { CertificateState, ClusterStatus, ManifestCacheState, ResilienceState } from "../sources.ts";
 
 export const RECENT = 100;
 const ERRORS = 20;

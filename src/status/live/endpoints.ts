@@ -3,9 +3,9 @@
  * `status.clients` (loopback by default); then access is the index page's: with access.users set they ask for a user's credentials, also when
  * access.mirror_auth is false (a browser can send them; Docker's registry-mirrors cannot).
  */
-import type { Exchange } from "../proxy/exchange.ts";
-import type { Runtime } from "../context.ts";
-import { textResponse } from "../http/response.ts";
+import type { Exchange } from "../../proxy/exchange.ts";
+import type { Runtime } from "../../context.ts";
+import { textResponse } from "../../http/response.ts";
 import { PAGE_CSP, renderStatusPage } from "./page.ts";
 import { STATUS_SCRIPT } from "./script.ts";
 import { buildSnapshot } from "./snapshot.ts";

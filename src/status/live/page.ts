@@ -4,9 +4,9 @@
  * tables are filled by /status.js from /status.json, so the page needs no framework and no
  * external asset, and its static parts work without JavaScript. Its CSP forbids inline script.
  */
-import type { Runtime } from "../context.ts";
+import type { Runtime } from "../../context.ts";
 import { renderIndex } from "./setup.ts";
-import { describeQuota } from "./quota.ts";
+import { describeQuota } from "../quota.ts";
 import { buildSnapshot, RECENT, scrubUrls, type StatusSnapshot } from "./snapshot.ts";
 
 const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
