@@ -1,0 +1,50 @@
+/**
+ * The cluster (src/cluster/) against a hostile or sick store: what the adversarial review of
+ * issue 20 found, each as a test that failed before its fix. Real crm, real registry, real
+ * redis-server; the store's contents are written by hand the way a compromised or buggy peer
+ * could.
+ */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { startCrm, type TestCrm } from "./support/crm.ts";
+import { MANIFEST_ACCEPT, startRegistry, type RegistryFixture } from "./support/registry.ts";
+import { startRedis, type RedisFixture } from "./support/redis.ts";
+
+let fx: RegistryFixture;
+let redis: RedisFixture;
+const running: TestCrm[] = [];
+beforeAll(async () => {
+  fx = await startRegistry({ auth: "token" });
+  redis = await startRedis();
+}, 90_000);
+afterAll(async () => {
+  for (const c of running) await c.stop();
+  await redis?.stop();
+  await fx?.stop();
+}, 30_000);
+
+async function crm(prefix: string, extra: Record<string, unknown> = {}, cluster: Record<string, unknown> = {}): Promise<TestCrm> {
+  const c = await startCrm(
+    {
+      timeouts: { header: "300ms" },
+      allowed_ports: [80, 443, Number(new URL(fx.token!.url).port)],
+      mirror: { default_registry: "reg.test", registries: { "reg.test": fx.url } },
+      cluster: { redis: redis.url, key_prefix: prefix, deadline: "2s", ...cluster },
+      ...extra,
+    },
+    "info",
+  );
+  running.push(c);
+  return c;
+}
+const get = (base: string, repo: string, ref: string, h: Record<string, string> = {}): Promise<Response> =>
+  fetch(`${base}/v2/${repo}/manifests/${ref}?ns=reg.test`, { proxy: false, headers: { accept: MANIFEST_ACCEPT, ...h } } as RequestInit);
+
+test("concurrent first logins with the right password share one brake decision and one check", async () => {
+  const hash = await Bun.password.hash("right", { algorithm: "bcrypt", cost: 4 });
+  const a = await crm("f1:", { access: { users: { alice: hash } } });
+  const good = { authorization: "Basic " + Buffer.from("alice:right").toString("base64") };
+  const res = await Promise.all(Array.from({ length: 20 }, () => fetch(`${a.url}/v2/`, { proxy: false, headers: good } as RequestInit)));
+  await Promise.all(res.map((r) => r.arrayBuffer()));
+  expect(res.map((r) => r.status).filter((s) => s === 429)).toEqual([]);
+  expect(a.server.rt.access.fullChecks).toBe(1);
+}, 30000);
