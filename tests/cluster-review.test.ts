@@ -48,3 +48,28 @@ test("concurrent first logins with the right password share one brake decision a
   expect(res.map((r) => r.status).filter((s) => s === 429)).toEqual([]);
   expect(a.server.rt.access.fullChecks).toBe(1);
 }, 30000);
+
+test("a stopped store is marked down even while the event loop is busy", async () => {
+  const own = await startRedis();
+  try {
+    const a = await crm("f2:", { limits: { requests_per_second: 5000 } }, { redis: own.url, deadline: "100ms" });
+    const img = fx.images.index;
+    await (await get(a.url, img.repo, img.tag)).arrayBuffer();
+    // Every timer fires late and replies are read late: each timeout has an excuse.
+    const busy = setInterval(() => {
+      const e = performance.now() + 60;
+      while (performance.now() < e) {}
+    }, 40);
+    own.signal("SIGSTOP");
+    try {
+      for (let i = 0; i < 20 && a.server.cluster!.store.stats.downs === 0; i++)
+        await (await get(a.url, img.repo, img.children[i % 2]!.digest)).arrayBuffer();
+    } finally {
+      clearInterval(busy);
+      own.signal("SIGCONT");
+    }
+    expect(a.server.cluster!.store.stats.downs).toBeGreaterThan(0);
+  } finally {
+    await own.stop();
+  }
+}, 90000);

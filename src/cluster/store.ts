@@ -19,6 +19,10 @@ const TIMEOUT = Symbol("timeout");
 const CONNECT_MS = 2000;
 const RECONNECT_MIN_MS = 200;
 const RECONNECT_MAX_MS = 5000;
+/** Full-deadline timeouts in a row that mark the store down even on a busy event loop. */
+const DOWN_AFTER_TIMEOUTS = 3;
+/** Deadlines without any answer that mark the store down whatever else happens. */
+const SILENT_DEADLINES = 3;
 
 export type StoreClient = RedisClient;
 
@@ -40,6 +44,10 @@ export class Store {
   maxWaitMs = 0;
   /** When the store last answered anything (performance.now()). */
   private lastAnswerAt = 0;
+  /** Calls given the full deadline that ran out since the last answer. */
+  private fullTimeouts = 0;
+  /** When the oldest call that ran out since the last answer started; null: none did. */
+  private silentSince: number | null = null;
   readonly channel: string;
 
   private constructor(
@@ -111,17 +119,27 @@ export class Store {
       const v = await Promise.race([fn(c), deadline]);
       if (v === TIMEOUT) {
         this.stats.timeout++;
+        if (deadlineMs >= this.config.deadlineMs) this.fullTimeouts++;
+        // The oldest call still unanswered since the store last answered anything.
+        if (this.silentSince === null || this.lastAnswerAt > this.silentSince) this.silentSince = started;
+        const silentMs = performance.now() - this.silentSince;
         // Answers to other calls while this one waited, or a deadline timer that itself fired
         // late: the store may be fine and this process busy (a loaded event loop reads replies
-        // late). This decision is local; only silence on an idle loop marks the store down.
+        // late), so one such timeout decides locally. But a stopped store looks the same from a
+        // busy loop: DOWN_AFTER_TIMEOUTS full deadlines in a row, or SILENT_DEADLINES deadlines
+        // with no answer at all, mark it down whatever the excuse.
         const late = performance.now() - started > deadlineMs * 1.5;
-        if (deadlineMs < this.config.deadlineMs || this.lastAnswerAt > started || late)
-          return undefined;
+        const excused = deadlineMs < this.config.deadlineMs || this.lastAnswerAt > started || late;
+        const hopeless =
+          this.fullTimeouts >= DOWN_AFTER_TIMEOUTS || silentMs >= SILENT_DEADLINES * this.config.deadlineMs;
+        if (excused && !hopeless) return undefined;
         // A stopped store keeps its TCP connection open: silence is how it looks. Every later
         // call must not pay the deadline again, so the connection is dropped and re-made.
-        this.markDown(`no answer within ${deadlineMs} ms`);
+        this.markDown(`no answer within ${deadlineMs} ms${hopeless ? ` (nothing for ${Math.round(silentMs)} ms)` : ""}`);
         return undefined;
       }
+      this.fullTimeouts = 0;
+      this.silentSince = null;
       this.stats.ok++;
       this.lastAnswerAt = performance.now();
       return v;
@@ -129,6 +147,10 @@ export class Store {
       const message = e instanceof Error ? e.message : String(e);
       if (!c.connected || this.client !== c) this.markDown(message);
       else {
+        // An error reply is an answer: the store is there.
+        this.lastAnswerAt = performance.now();
+        this.fullTimeouts = 0;
+        this.silentSince = null;
         this.stats.error++;
         this.log().debug("cluster store call failed", { error: message.slice(0, 200) });
       }
@@ -291,6 +313,8 @@ export class Store {
     this.upState = true;
     this.lastError = null;
     this.attempts = 0;
+    this.fullTimeouts = 0;
+    this.silentSince = null;
     this.log().info("cluster store back; sharing resumed", { store: this.config.url.href });
   }
 }
