@@ -5,6 +5,8 @@
  * could.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
+import { cacheScope } from "../src/mirror/manifests/cache.ts";
+import { encodeManifest, SharedManifests } from "../src/cluster/manifests.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { MANIFEST_ACCEPT, startRegistry, type RegistryFixture } from "./support/registry.ts";
 import { startRedis, type RedisFixture } from "./support/redis.ts";
@@ -73,3 +75,37 @@ test("a stopped store is marked down even while the event loop is busy", async (
     await own.stop();
   }
 }, 90000);
+
+test("a right-digest entry with a wrong media type or a forged ETag is deleted, never served nor kept in memory", async () => {
+  const prefix = "f4:";
+  const a = await crm(prefix);
+  const img = fx.images.index;
+  const child = img.children[1]!;
+  const reg = a.server.rt.config.mirror.registries.get("reg.test")!;
+  const key = prefix + "m:" + SharedManifests.id(cacheScope(reg), img.repo, child.digest);
+  const body = new Uint8Array(await (await get(a.url, img.repo, child.digest)).arrayBuffer());
+  const s = await redis.client();
+  const seen: string[] = [];
+  const poisons: Array<[string, string | null]> = [
+    ["application/vnd.oci.image.index.v1+json", null],
+    ["x\r\nset-cookie: a=b", null],
+    [child.mediaType, '"x"\r\nX-Evil: 1'],
+  ];
+  try {
+    for (const [mediaType, etag] of poisons) {
+      const b = await crm(prefix);
+      await s.set(key, encodeManifest({ digest: child.digest, body, mediaType, etag }), "PX", 60000);
+      const r = await get(b.url, img.repo, child.digest);
+      await r.arrayBuffer();
+      await s.del(key);
+      const again = await get(b.url, img.repo, child.digest);
+      await again.arrayBuffer();
+      seen.push(`${r.status} ${r.headers.get("content-type")} ${r.headers.get("x-evil")} / ${again.status} ${again.headers.get("content-type")}`);
+      expect(b.server.cluster!.manifests.stats.poisoned).toBe(1);
+    }
+  } finally {
+    s.close();
+  }
+  const want = `200 ${child.mediaType} null / 200 ${child.mediaType}`;
+  expect(seen).toEqual([want, want, want]);
+}, 60000);

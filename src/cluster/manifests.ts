@@ -16,6 +16,7 @@ import { createHash } from "node:crypto";
 import type { Logger } from "../log.ts";
 import { MAX_CACHED_MANIFEST, type CachedManifest } from "../mirror/manifests/cache.ts";
 import { verifiable } from "../mirror/manifests/fetch.ts";
+import { mirrorContentType } from "../mirror/content-safety.ts";
 import type {
   SharedManifests as SharedManifestsHook,
   SharedManifestWant,
@@ -79,7 +80,41 @@ export function decodeManifest(bytes: Uint8Array, want: string): CachedManifest 
   const alg = want.slice(0, want.indexOf(":"));
   const got = `${alg}:${createHash(alg).update(body).digest("hex")}`;
   if (got !== want) return `bytes hash to ${got}`;
-  return { digest: want, body, mediaType: str(h.mediaType), etag: str(h.etag) };
+  const mediaType = str(h.mediaType);
+  const etag = str(h.etag);
+  // Right bytes are not enough: the type and ETag become header fields of the answer.
+  const typeWrong = mediaTypeProblem(mediaType, body);
+  if (typeWrong !== null) return typeWrong;
+  if (etag !== null && !ETAG.test(etag)) return "ETag is not a quoted entity tag";
+  return { digest: want, body, mediaType, etag };
+}
+
+/** An entity tag as RFC 9110 spells it: what an ETag field may carry, nothing to split a head with. */
+const ETAG = /^(W\/)?"[\x21\x23-\x7e]*"$/;
+
+/** A kept ETag a store entry may carry (null when the upstream's is not one). */
+export function safeEtag(etag: string | null): string | null {
+  return etag !== null && etag.length <= 256 && ETAG.test(etag) ? etag : null;
+}
+
+/**
+ * null when `type` is what this replica would have kept for these bytes: absent, or a bare
+ * manifest type (or application/octet-stream, what crm keeps for any other) that agrees with the
+ * body's own mediaType field when it has one.
+ */
+function mediaTypeProblem(type: string | null, body: Uint8Array): string | null {
+  if (type === null) return null;
+  if (mirrorContentType(type) !== type) return `media type ${JSON.stringify(type.slice(0, 80))} is not a manifest type`;
+  if (type === "application/octet-stream") return null;
+  let own: unknown;
+  try {
+    own = (JSON.parse(Buffer.from(body).toString("utf8")) as { mediaType?: unknown } | null)?.mediaType;
+  } catch {
+    own = undefined;
+  }
+  if (typeof own === "string" && own.toLowerCase() !== type && type !== "application/json")
+    return `media type ${type} but the manifest says ${own.slice(0, 80)}`;
+  return null;
 }
 
 export class SharedManifests implements SharedManifestsHook {
@@ -138,7 +173,9 @@ export class SharedManifests implements SharedManifestsHook {
 
   async write(id: string, m: CachedManifest, ttlMs: number): Promise<void> {
     if (m.body.byteLength > MAX_CACHED_MANIFEST) return;
-    const ok = await this.store.call((c) => c.set(this.keyOf(id), encodeManifest(m), "PX", ttlMs));
+    // An ETag the readers would refuse is not shared (the bytes still are).
+    const kept = { ...m, etag: safeEtag(m.etag) };
+    const ok = await this.store.call((c) => c.set(this.keyOf(id), encodeManifest(kept), "PX", ttlMs));
     if (ok !== undefined) this.stats.written++;
   }
 
