@@ -109,3 +109,26 @@ test("a right-digest entry with a wrong media type or a forged ETag is deleted, 
   const want = `200 ${child.mediaType} null / 200 ${child.mediaType}`;
   expect(seen).toEqual([want, want, want]);
 }, 60000);
+
+test("a shared token that cannot be a Bearer credential is not used, nor kept past the store's cleaning", async () => {
+  const prefix = "f5:";
+  const a = await crm(prefix);
+  const img = fx.images.multiLayer;
+  await (await get(a.url, img.repo, img.tag)).arrayBuffer();
+  const s = await redis.client();
+  const statuses: number[] = [];
+  try {
+    const keys = (await s.send("KEYS", [prefix + "t:*"])) as string[];
+    expect(keys.length).toBeGreaterThan(0);
+    for (const bad of ["x\r\nX-Injected: 1", "tök€n"]) {
+      for (const k of keys) await s.set(k, bad, "PX", 3_600_000_000);
+      const b = await crm(prefix);
+      statuses.push((await get(b.url, img.repo, img.tag)).status);
+      for (const k of keys) await s.del(k);
+      statuses.push((await get(b.url, img.repo, img.tag)).status);
+    }
+  } finally {
+    s.close();
+  }
+  expect(statuses).toEqual([200, 200, 200, 200]);
+}, 60000);

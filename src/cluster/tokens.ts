@@ -7,6 +7,7 @@
  * `cluster.share_tokens: false` keeps them per replica.
  */
 import { createHash } from "node:crypto";
+import { B64TOKEN } from "../mirror/auth/token-cache.ts";
 import { script, type Store } from "./store.ts";
 
 /** The token and its remaining time, read in one step (the store's clock, not ours). */
@@ -18,6 +19,12 @@ const DROP_IF = script(
 /** A shared token with less left than this is fetched again rather than used. */
 const MIN_LEFT_MS = 1000;
 const MAX_TOKEN = 16 * 1024;
+/**
+ * A shared token is used this long at most, whatever TTL the entry claims: an entry written by
+ * hand (or a sick peer) must not pin a token in every replica's memory for days.
+ */
+const MAX_LEFT_MS = 60 * 60_000;
+
 
 export class SharedTokens {
   hits = 0;
@@ -36,17 +43,18 @@ export class SharedTokens {
       typeof token !== "string" ||
       token === "" ||
       token.length > MAX_TOKEN ||
+      !B64TOKEN.test(token) ||
       typeof ttl !== "number" ||
       ttl < MIN_LEFT_MS
     )
       return null;
     this.hits++;
-    return { token, leftMs: ttl };
+    return { token, leftMs: Math.min(ttl, MAX_LEFT_MS) };
   }
 
   /** `useForMs`: until the token cache's own refresh point (token-cache.ts refreshAt). */
   put(key: string, token: string, useForMs: number): void {
-    if (useForMs < MIN_LEFT_MS || token.length > MAX_TOKEN) return;
+    if (useForMs < MIN_LEFT_MS || token.length > MAX_TOKEN || !B64TOKEN.test(token)) return;
     void this.store.call((c) => c.set(this.keyOf(key), token, "PX", Math.floor(useForMs)));
   }
 
