@@ -7,7 +7,6 @@
  * `cluster.share_tokens: false` keeps them per replica.
  */
 import { createHash } from "node:crypto";
-import { B64TOKEN } from "../mirror/auth/token-cache.ts";
 import { script, type Store } from "./store.ts";
 
 /** The token and its remaining time, read in one step (the store's clock, not ours). */
@@ -24,6 +23,12 @@ const MAX_TOKEN = 16 * 1024;
  * hand (or a sick peer) must not pin a token in every replica's memory for days.
  */
 const MAX_LEFT_MS = 60 * 60_000;
+/**
+ * RFC 6750 b64token (token-cache.ts has the same for fetched tokens; this layer sits below the
+ * mirror): anything else (CR/LF, non-Latin-1) cannot go into an Authorization field, so a shared
+ * "token" with it would fail every pull: it is none.
+ */
+const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
 
 
 export class SharedTokens {
