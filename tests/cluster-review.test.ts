@@ -132,3 +132,26 @@ test("a shared token that cannot be a Bearer credential is not used, nor kept pa
   }
   expect(statuses).toEqual([200, 200, 200, 200]);
 }, 60000);
+
+test("the shared quota hash: only configured registries, nothing dated in the future, no forged /metrics line", async () => {
+  const prefix = "f6:";
+  const a = await crm(prefix);
+  await (await get(a.url, fx.images.multiLayer.repo, fx.images.multiLayer.tag)).arrayBuffer();
+  const s = await redis.client();
+  const future = JSON.stringify({ limit: 100, remaining: 5, windowS: 60, source: "x", at: Date.now() + 1e12 });
+  const many: Record<string, string> = { 'evil"} 1\ncrm_forged_metric 42\n#': future, "reg.test": future };
+  for (let i = 0; i < 5000; i++) many["junk" + i] = JSON.stringify({ limit: 100, remaining: 5, windowS: 60, source: "x", at: Date.now() });
+  await s.hset(prefix + "quota", many);
+  s.close();
+  await a.server.cluster!.quota.pull();
+  const m = await (await fetch(`${a.url}/metrics`, { proxy: false } as RequestInit)).text();
+  const lines = m.split("\n");
+  expect(lines.filter((l) => l.startsWith("crm_forged_metric"))).toEqual([]);
+  expect(lines.filter((l) => l.includes('registry="junk')).length).toBe(0);
+  expect(lines.filter((l) => l.startsWith('crm_upstream_ratelimit_remaining{registry="reg.test"} 5'))).toEqual([]);
+}, 60000);
+
+test("metric label values are escaped as the exposition format says", async () => {
+  const { labelValue } = await import("../src/metrics.ts");
+  expect(labelValue('a"} 1\ncrm_x 2\\')).toBe('a\\"} 1\\ncrm_x 2\\\\');
+});
