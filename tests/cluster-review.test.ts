@@ -155,3 +155,27 @@ test("metric label values are escaped as the exposition format says", async () =
   const { labelValue } = await import("../src/metrics.ts");
   expect(labelValue('a"} 1\ncrm_x 2\\')).toBe('a\\"} 1\\ncrm_x 2\\\\');
 });
+
+test("a GCRA state the script never wrote (huge, inf, text) starts the bucket over: the rate still holds", async () => {
+  const prefix = "f8:";
+  const a = await crm(prefix, { limits: { requests_per_second: 1, burst: 2 } });
+  const s = await redis.client();
+  const seen: string[] = [];
+  try {
+    for (const state of ["1e30", "inf", "abc", "-1e30"]) {
+      await s.set(prefix + "r:127.0.0.1", state);
+      const st: number[] = [];
+      for (let i = 0; i < 6; i++) {
+        const r = await fetch(`${a.url}/v2/`, { proxy: false } as RequestInit);
+        await r.arrayBuffer();
+        st.push(r.status);
+      }
+      const retry = await fetch(`${a.url}/v2/`, { proxy: false } as RequestInit);
+      await retry.arrayBuffer();
+      seen.push(`${state}: ${st.filter((x) => x === 429).length > 0} ${Number(retry.headers.get("retry-after")) <= 3}`);
+    }
+  } finally {
+    s.close();
+  }
+  expect(seen).toEqual(["1e30: true true", "inf: true true", "abc: true true", "-1e30: true true"]);
+}, 30000);
