@@ -179,3 +179,37 @@ test("a GCRA state the script never wrote (huge, inf, text) starts the bucket ov
   }
   expect(seen).toEqual(["1e30: true true", "inf: true true", "abc: true true", "-1e30: true true"]);
 }, 30000);
+
+test("a manifest lock without a TTL is taken over; a waiter that fetched for itself shares what it got", async () => {
+  const prefix = "f9:";
+  const a = await crm(prefix);
+  const img = fx.images.index;
+  const reg = a.server.rt.config.mirror.registries.get("reg.test")!;
+  const s = await redis.client();
+  const written = async (key: string): Promise<boolean> => {
+    // The write follows the answer (the client is not kept waiting for it).
+    for (let i = 0; i < 100; i++) {
+      if (await s.exists(key)) return true;
+      await Bun.sleep(20);
+    }
+    return false;
+  };
+  try {
+    const [c0, c1] = [img.children[0]!, img.children[1]!];
+    const id0 = SharedManifests.id(cacheScope(reg), img.repo, c0.digest);
+    await s.send("SET", [prefix + "l:" + id0, "dead-replica"]);
+    expect((await get(a.url, img.repo, c0.digest)).status).toBe(200);
+    expect(a.server.cluster!.manifests.stats.led).toBe(1);
+    expect(a.server.cluster!.manifests.stats.waited).toBe(0);
+    expect(await written(prefix + "m:" + id0)).toBe(true);
+
+    // A holder that died with its lock still timed: the waiter gives up, fetches, and shares.
+    const id1 = SharedManifests.id(cacheScope(reg), img.repo, c1.digest);
+    await s.send("SET", [prefix + "l:" + id1, "dead-replica", "PX", "60000"]);
+    expect((await get(a.url, img.repo, c1.digest)).status).toBe(200);
+    expect(a.server.cluster!.manifests.stats.waited).toBe(1);
+    expect(await written(prefix + "m:" + id1)).toBe(true);
+  } finally {
+    s.close();
+  }
+}, 30000);

@@ -33,6 +33,19 @@ export const WAIT_MS = 3000;
 /** The poll beside pub/sub: a lost message (or a holder that died) costs at most this. */
 const POLL_MS = 250;
 
+/**
+ * Takes the lock (SET NX PX); a lock without a TTL (written by hand, or by a broken peer) would
+ * never go, so it is taken over. "OK": taken; anything else: held by another.
+ */
+const LOCK = script(`
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'OK' end
+if redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 'OK'
+end
+return 'HELD'
+`);
+
 /** Releases a lock only if it is still this replica's. */
 const RELEASE = script(
   "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
@@ -216,10 +229,7 @@ export class SharedManifests implements SharedManifestsHook {
     set.add(wake);
     const lockKey = this.store.key("l", id);
     try {
-      const lock = (await this.store.call(
-        (c) => c.send("SET", [lockKey, this.replicaId, "NX", "PX", String(LOCK_MS)]),
-        left(),
-      )) as string | null | undefined;
+      const lock = await this.store.script(LOCK, [lockKey], [this.replicaId, String(LOCK_MS)], left());
       if (lock === "OK") {
         // Another replica may have written it and let go between our read and our lock.
         const late = await fromStore(left());
@@ -244,7 +254,14 @@ export class SharedManifests implements SharedManifestsHook {
         const held = await this.store.call((c) => c.exists(lockKey));
         if (held !== true) break;
       }
-      return (await fromStore()) ?? (await local());
+      const stored = await fromStore();
+      if (stored !== null) return stored;
+      // Nobody shared it in time: this replica's own GET is shared in turn, so the next one
+      // does not wait for nothing again.
+      const r = await local();
+      const m = manifestOf(r);
+      if (m !== null) void this.write(id, m, this.store.config.manifestTtlMs);
+      return r;
     } finally {
       set.delete(wake);
       if (set.size === 0 && this.waiters.get(id) === set) this.waiters.delete(id);

@@ -163,7 +163,7 @@ export class Store {
   }
 
   /** An atomic script: EVALSHA, and EVAL once when the store does not have it yet (NOSCRIPT). */
-  script(s: Script, keys: string[], args: string[]): Promise<unknown> {
+  script(s: Script, keys: string[], args: string[], deadlineMs?: number): Promise<unknown> {
     return this.call(async (c) => {
       const tail = [String(keys.length), ...keys, ...args];
       try {
@@ -172,7 +172,7 @@ export class Store {
         if (!/NOSCRIPT/i.test((e as Error).message)) throw e;
         return (await c.send("EVAL", [s.source, ...tail])) as unknown;
       }
-    });
+    }, deadlineMs);
   }
 
   /** Fire and forget within the deadline (the result is nobody's business). */
