@@ -213,3 +213,27 @@ test("a manifest lock without a TTL is taken over; a waiter that fetched for its
     s.close();
   }
 }, 30000);
+
+test("a huge replicas hash of ghosts dated ahead costs a beat a bounded read: the store stays up, the ghosts go", async () => {
+  const prefix = "f7:";
+  const s = await redis.client();
+  const ghost = JSON.stringify({ id: "g", version: "v", host: "h\u202e", uptimeS: 1, active: 1, config: "c", at: Date.now() + 1e12, pad: "x".repeat(300) });
+  try {
+    for (let j = 0; j < 10; j++) {
+      const many: Record<string, string> = {};
+      for (let i = 0; i < 10000; i++) many[`ghost-${j}-${i}`] = ghost;
+      await s.hset(prefix + "replicas", many);
+    }
+    const a = await crm(prefix, {}, { deadline: "100ms" });
+    const hb = a.server.cluster!.heartbeat;
+    for (let i = 0; i < 3; i++) await hb.beat();
+    expect(a.server.cluster!.store.stats.downs).toBe(0);
+    expect(a.server.cluster!.store.stats.timeout).toBe(0);
+    expect(hb.replicas.map((r) => r.id)).toEqual([a.server.cluster!.id]);
+    // Each beat dropped the ghosts it read.
+    expect(Number(await s.send("HLEN", [prefix + "replicas"]))).toBeLessThan(100_001);
+  } finally {
+    await s.del(prefix + "replicas");
+    s.close();
+  }
+}, 60000);
