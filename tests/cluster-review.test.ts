@@ -237,3 +237,55 @@ test("a huge replicas hash of ghosts dated ahead costs a beat a bounded read: th
     s.close();
   }
 }, 60000);
+
+test("a store slower than half the deadline: each request's hooks share one store budget", async () => {
+  const delay = 80;
+  // A TCP relay to redis-server that delays every reply by `delay` ms.
+  type D = { up: Awaited<ReturnType<typeof Bun.connect>> | null; buf: Uint8Array[] };
+  const relay = Bun.listen<D>({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: {
+      async open(sock) {
+        sock.data = { up: null, buf: [] };
+        sock.data.up = await Bun.connect({
+          hostname: "127.0.0.1",
+          port: redis.port,
+          socket: {
+            data(_u, d) {
+              const copy = new Uint8Array(d);
+              setTimeout(() => {
+                try {
+                  sock.write(copy);
+                } catch {}
+              }, delay);
+            },
+            close() {
+              setTimeout(() => sock.end(), delay);
+            },
+          },
+        });
+        for (const b of sock.data.buf) sock.data.up.write(b);
+      },
+      data(sock, d) {
+        if (sock.data.up) sock.data.up.write(d);
+        else sock.data.buf.push(new Uint8Array(d));
+      },
+      close(sock) {
+        sock.data.up?.end();
+      },
+    },
+  });
+  try {
+    const a = await crm("f3:", { limits: { requests_per_second: 1000 } }, { redis: `redis://127.0.0.1:${relay.port}/0`, deadline: "100ms" });
+    const img = fx.images.index;
+    for (const ref of [img.tag, img.children[0]!.digest, img.children[1]!.digest, img.children[0]!.digest])
+      expect((await get(a.url, img.repo, ref)).status).toBe(200);
+    const { stats } = a.server.cluster!.store;
+    // The rate took 80 ms of each request's 100: a later hook is not sent a full deadline again.
+    expect(stats.overBudget).toBeGreaterThan(0);
+    expect(stats.downs).toBe(0);
+  } finally {
+    relay.stop(true);
+  }
+}, 60000);

@@ -82,7 +82,7 @@ export class SharedBrake {
   /** The check passed: it does not count. */
   refund(client: string, ticket: string): void {
     const [attempts] = this.keys(client);
-    void this.store.call((c) => c.send("ZREM", [attempts as string, ticket]));
+    this.store.detached((c) => c.send("ZREM", [attempts as string, ticket]));
   }
 
   /** The check failed (or a shared one did): counted, and past the limit the address is blocked. */

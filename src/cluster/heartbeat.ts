@@ -78,7 +78,7 @@ export async function readReplicas(
       });
   }
   if (stale.length > 0)
-    void store.call((c) => c.hdel(replicasKey(store), stale[0] as string, ...stale.slice(1)));
+    store.detached((c) => c.hdel(replicasKey(store), stale[0] as string, ...stale.slice(1)));
   return out.sort((a, b) => a.id.localeCompare(b.id));
 }
 

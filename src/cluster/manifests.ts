@@ -21,6 +21,7 @@ import type {
   SharedManifests as SharedManifestsHook,
   SharedManifestWant,
 } from "../mirror/manifests/shared.ts";
+import { detachedFromBudget } from "./budget.ts";
 import { script, type Store } from "./store.ts";
 
 const MAGIC = "crm-manifest/1\n";
@@ -180,7 +181,7 @@ export class SharedManifests implements SharedManifestsHook {
       digest,
       why: m,
     });
-    void this.store.call((c) => c.del(key));
+    this.store.detached((c) => c.del(key));
     return null;
   }
 
@@ -234,7 +235,7 @@ export class SharedManifests implements SharedManifestsHook {
         // Another replica may have written it and let go between our read and our lock.
         const late = await fromStore(left());
         if (late === null) return await this.lead(want, id, lockKey, local, manifestOf);
-        void this.store.script(RELEASE, [lockKey], [this.replicaId]);
+        this.store.detachedScript(RELEASE, [lockKey], [this.replicaId]);
         return late;
       }
       if (lock === undefined) {
@@ -260,7 +261,7 @@ export class SharedManifests implements SharedManifestsHook {
       // does not wait for nothing again.
       const r = await local();
       const m = manifestOf(r);
-      if (m !== null) void this.write(id, m, this.store.config.manifestTtlMs);
+      if (m !== null) void detachedFromBudget(() => this.write(id, m, this.store.config.manifestTtlMs));
       return r;
     } finally {
       set.delete(wake);
@@ -286,11 +287,11 @@ export class SharedManifests implements SharedManifestsHook {
       // Done (or failed): written, then the lock goes and the waiters read the store or fetch on
       // their own. The client that led is answered at once, not after the store.
       const done = got;
-      void (async () => {
+      void detachedFromBudget(async () => {
         if (done !== null) await this.write(id, done, this.store.config.manifestTtlMs);
         await this.store.script(RELEASE, [lockKey], [this.replicaId]);
         this.store.publish(`m ${id}`);
-      })();
+      });
     }
   }
 

@@ -42,7 +42,7 @@ export class SharedQuota {
       this.pending.delete(registry);
       if (latest === undefined) return;
       this.written.set(registry, Date.now());
-      void this.store.call((c) =>
+      this.store.detached((c) =>
         c.hset(this.store.key("quota"), { [registry]: JSON.stringify(latest) }),
       );
     }, wait);

@@ -12,6 +12,7 @@
 import { RedisClient } from "bun";
 import type { Logger } from "../log.ts";
 import type { ClusterConfig } from "./config.ts";
+import { detachedFromBudget, storeBudget } from "./budget.ts";
 import { isAuthRefusal, probeStore } from "./probe.ts";
 
 const TIMEOUT = Symbol("timeout");
@@ -39,7 +40,8 @@ export class Store {
   lastError: string | null = null;
   private readonly downListeners = new Set<() => void>();
   private readonly messageListeners = new Set<(message: string) => void>();
-  readonly stats = { ok: 0, timeout: 0, error: 0, skipped: 0, downs: 0 };
+  /** overBudget: not sent, the request had spent its store budget (budget.ts). */
+  readonly stats = { ok: 0, timeout: 0, error: 0, skipped: 0, overBudget: 0, downs: 0 };
   /** The longest a call waited, in ms (doctor, bench, tests read it). */
   maxWaitMs = 0;
   /** When the store last answered anything (performance.now()). */
@@ -108,6 +110,16 @@ export class Store {
       this.stats.skipped++;
       return undefined;
     }
+    // What is left of the request's store budget (budget.ts) caps this call's deadline.
+    const budget = storeBudget();
+    if (budget !== null) {
+      const left = Math.floor(this.config.deadlineMs - budget.spentMs);
+      if (left < 1) {
+        this.stats.overBudget++;
+        return undefined;
+      }
+      deadlineMs = Math.min(deadlineMs, left);
+    }
     const started = performance.now();
     let timer: ReturnType<typeof setTimeout> | undefined;
     // When the timer fires, one more turn of the event loop reads what the socket already holds:
@@ -158,6 +170,7 @@ export class Store {
     } finally {
       clearTimeout(timer);
       const waited = performance.now() - started;
+      if (budget !== null) budget.spentMs += waited;
       if (waited > this.maxWaitMs) this.maxWaitMs = waited;
     }
   }
@@ -177,7 +190,20 @@ export class Store {
 
   /** Fire and forget within the deadline (the result is nobody's business). */
   publish(message: string): void {
-    void this.call((c) => c.publish(this.channel, message));
+    this.detached((c) => c.publish(this.channel, message));
+  }
+
+  /**
+   * A call no request waits for (a write after the answer, a refund): outside any request's
+   * store budget, fire and forget.
+   */
+  detached<T>(fn: (c: RedisClient) => Promise<T>): void {
+    void detachedFromBudget(() => this.call(fn));
+  }
+
+  /** A script no request waits for (see detached). */
+  detachedScript(s: Script, keys: string[], args: string[]): void {
+    void detachedFromBudget(() => this.script(s, keys, args));
   }
 
   /** Called on every message of this prefix's channel; returns the unsubscribe. */
@@ -204,11 +230,12 @@ export class Store {
       "# HELP crm_cluster_up 1 while the shared store (cluster.redis) answers, 0 while this replica decides alone.",
       "# TYPE crm_cluster_up gauge",
       `crm_cluster_up ${this.upState ? 1 : 0}`,
-      "# HELP crm_cluster_calls_total Store calls by result (skipped: the store was down, local state decided).",
+      "# HELP crm_cluster_calls_total Store calls by result (skipped: the store was down; over_budget: the request had spent its store budget; local state decided both).",
       "# TYPE crm_cluster_calls_total counter",
       ...(["ok", "timeout", "error", "skipped"] as const).map(
         (r) => `crm_cluster_calls_total{result="${r}"} ${this.stats[r]}`,
       ),
+      `crm_cluster_calls_total{result="over_budget"} ${this.stats.overBudget}`,
     ];
   }
 

@@ -60,10 +60,10 @@ export class SharedTokens {
   /** `useForMs`: until the token cache's own refresh point (token-cache.ts refreshAt). */
   put(key: string, token: string, useForMs: number): void {
     if (useForMs < MIN_LEFT_MS || token.length > MAX_TOKEN || !B64TOKEN.test(token)) return;
-    void this.store.call((c) => c.set(this.keyOf(key), token, "PX", Math.floor(useForMs)));
+    this.store.detached((c) => c.set(this.keyOf(key), token, "PX", Math.floor(useForMs)));
   }
 
   invalidate(key: string, token: string): void {
-    void this.store.script(DROP_IF, [this.keyOf(key)], [token]);
+    this.store.detachedScript(DROP_IF, [this.keyOf(key)], [token]);
   }
 }
