@@ -40,7 +40,12 @@ export async function readReplicas(
     const got: Array<[string, string]> = [];
     let cursor = "0";
     do {
-      const page = (await c.send("HSCAN", [replicasKey(store), cursor, "COUNT", String(SCAN_COUNT)])) as unknown;
+      const page = (await c.send("HSCAN", [
+        replicasKey(store),
+        cursor,
+        "COUNT",
+        String(SCAN_COUNT),
+      ])) as unknown;
       if (!Array.isArray(page) || !Array.isArray(page[1])) break;
       cursor = String(page[0]);
       const flat = page[1] as unknown[];

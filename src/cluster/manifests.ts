@@ -118,11 +118,13 @@ export function safeEtag(etag: string | null): string | null {
  */
 function mediaTypeProblem(type: string | null, body: Uint8Array): string | null {
   if (type === null) return null;
-  if (mirrorContentType(type) !== type) return `media type ${JSON.stringify(type.slice(0, 80))} is not a manifest type`;
+  if (mirrorContentType(type) !== type)
+    return `media type ${JSON.stringify(type.slice(0, 80))} is not a manifest type`;
   if (type === "application/octet-stream") return null;
   let own: unknown;
   try {
-    own = (JSON.parse(Buffer.from(body).toString("utf8")) as { mediaType?: unknown } | null)?.mediaType;
+    own = (JSON.parse(Buffer.from(body).toString("utf8")) as { mediaType?: unknown } | null)
+      ?.mediaType;
   } catch {
     own = undefined;
   }
@@ -189,7 +191,9 @@ export class SharedManifests implements SharedManifestsHook {
     if (m.body.byteLength > MAX_CACHED_MANIFEST) return;
     // An ETag the readers would refuse is not shared (the bytes still are).
     const kept = { ...m, etag: safeEtag(m.etag) };
-    const ok = await this.store.call((c) => c.set(this.keyOf(id), encodeManifest(kept), "PX", ttlMs));
+    const ok = await this.store.call((c) =>
+      c.set(this.keyOf(id), encodeManifest(kept), "PX", ttlMs),
+    );
     if (ok !== undefined) this.stats.written++;
   }
 
@@ -230,7 +234,12 @@ export class SharedManifests implements SharedManifestsHook {
     set.add(wake);
     const lockKey = this.store.key("l", id);
     try {
-      const lock = await this.store.script(LOCK, [lockKey], [this.replicaId, String(LOCK_MS)], left());
+      const lock = await this.store.script(
+        LOCK,
+        [lockKey],
+        [this.replicaId, String(LOCK_MS)],
+        left(),
+      );
       if (lock === "OK") {
         // Another replica may have written it and let go between our read and our lock.
         const late = await fromStore(left());
@@ -261,7 +270,8 @@ export class SharedManifests implements SharedManifestsHook {
       // does not wait for nothing again.
       const r = await local();
       const m = manifestOf(r);
-      if (m !== null) void detachedFromBudget(() => this.write(id, m, this.store.config.manifestTtlMs));
+      if (m !== null)
+        void detachedFromBudget(() => this.write(id, m, this.store.config.manifestTtlMs));
       return r;
     } finally {
       set.delete(wake);

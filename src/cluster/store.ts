@@ -133,7 +133,8 @@ export class Store {
         this.stats.timeout++;
         if (deadlineMs >= this.config.deadlineMs) this.fullTimeouts++;
         // The oldest call still unanswered since the store last answered anything.
-        if (this.silentSince === null || this.lastAnswerAt > this.silentSince) this.silentSince = started;
+        if (this.silentSince === null || this.lastAnswerAt > this.silentSince)
+          this.silentSince = started;
         const silentMs = performance.now() - this.silentSince;
         // Answers to other calls while this one waited, or a deadline timer that itself fired
         // late: the store may be fine and this process busy (a loaded event loop reads replies
@@ -143,11 +144,14 @@ export class Store {
         const late = performance.now() - started > deadlineMs * 1.5;
         const excused = deadlineMs < this.config.deadlineMs || this.lastAnswerAt > started || late;
         const hopeless =
-          this.fullTimeouts >= DOWN_AFTER_TIMEOUTS || silentMs >= SILENT_DEADLINES * this.config.deadlineMs;
+          this.fullTimeouts >= DOWN_AFTER_TIMEOUTS ||
+          silentMs >= SILENT_DEADLINES * this.config.deadlineMs;
         if (excused && !hopeless) return undefined;
         // A stopped store keeps its TCP connection open: silence is how it looks. Every later
         // call must not pay the deadline again, so the connection is dropped and re-made.
-        this.markDown(`no answer within ${deadlineMs} ms${hopeless ? ` (nothing for ${Math.round(silentMs)} ms)` : ""}`);
+        this.markDown(
+          `no answer within ${deadlineMs} ms${hopeless ? ` (nothing for ${Math.round(silentMs)} ms)` : ""}`,
+        );
         return undefined;
       }
       this.fullTimeouts = 0;

@@ -30,7 +30,6 @@ const MAX_LEFT_MS = 60 * 60_000;
  */
 const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
 
-
 export class SharedTokens {
   hits = 0;
   constructor(private readonly store: Store) {}
