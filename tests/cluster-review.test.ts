@@ -289,3 +289,23 @@ test("a store slower than half the deadline: each request's hooks share one stor
     relay.stop(true);
   }
 }, 60000);
+
+test("a store that refuses writes (OOM) counts as down, said once", async () => {
+  const own = await startRedis();
+  const admin = await own.client();
+  try {
+    const a = await crm("l1:", {}, { redis: own.url, deadline: "500ms" });
+    const img = fx.images.index;
+    await admin.send("CONFIG", ["SET", "maxmemory", "1"]);
+    for (let i = 0; i < 6; i++) {
+      expect((await get(a.url, img.repo, img.children[i % 2]!.digest)).status).toBe(200);
+      await Bun.sleep(300);
+    }
+    const warned = a.logs.filter((l) => /cluster store down/.test(l) && /OOM/.test(l) && /warn/i.test(l));
+    expect(a.server.cluster!.store.stats.downs).toBeGreaterThan(0);
+    expect(warned.length).toBe(1);
+  } finally {
+    admin.close();
+    await own.stop();
+  }
+}, 60000);

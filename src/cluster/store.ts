@@ -16,6 +16,8 @@ import { detachedFromBudget, storeBudget } from "./budget.ts";
 import { isAuthRefusal, probeStore } from "./probe.ts";
 
 const TIMEOUT = Symbol("timeout");
+/** Error replies that say the store cannot take writes at all (not this one command's fault). */
+const WRITE_REFUSAL = /^(?:ERR )?(READONLY|OOM|MISCONF)\b/i;
 /** A connect (TCP, TLS, HELLO) is not on a request's path: it may take longer than a call. */
 const CONNECT_MS = 2000;
 const RECONNECT_MIN_MS = 200;
@@ -46,6 +48,10 @@ export class Store {
   maxWaitMs = 0;
   /** When the store last answered anything (performance.now()). */
   private lastAnswerAt = 0;
+  /** READONLY, OOM or MISCONF when the last down was such a refusal (said once). */
+  private lastRefusal: string | null = null;
+  /** When the store last came (back) up. */
+  private upSince = 0;
   /** Calls given the full deadline that ran out since the last answer. */
   private fullTimeouts = 0;
   /** When the oldest call that ran out since the last answer started; null: none did. */
@@ -161,7 +167,11 @@ export class Store {
       return v;
     } catch (e) {
       const message = e instanceof Error ? e.message : String(e);
+      const refusal = WRITE_REFUSAL.exec(message)?.[1]?.toUpperCase() ?? null;
       if (!c.connected || this.client !== c) this.markDown(message);
+      // A read-only replica, a full or misconfigured store: it answers, but nothing can be
+      // shared through it, so it counts as down (crm_cluster_up 0) rather than a quiet failure.
+      else if (refusal !== null) this.markDown(message, refusal);
       else {
         // An error reply is an answer: the store is there.
         this.lastAnswerAt = performance.now();
@@ -305,18 +315,24 @@ export class Store {
     }
   }
 
-  private markDown(reason: string): void {
+  private markDown(reason: string, refusal: string | null = null): void {
     if (!this.upState) return;
     this.upState = false;
     this.lastError = reason;
     this.stats.downs++;
     this.dropConnections();
-    this.log().warn(
-      "cluster store down; replica-shared decisions are local until it is back (reconnecting in the background)",
-      { store: this.config.url.href, error: reason.slice(0, 200) },
-    );
+    // The same refusal again after a reconnect: said once, and the back-off keeps growing
+    // (a read-only store accepts the connection each time).
+    const again =
+      refusal !== null && refusal === this.lastRefusal && performance.now() - this.upSince < 60_000;
+    this.lastRefusal = refusal;
+    const fields = { store: this.config.url.href, error: reason.slice(0, 200) };
+    const message =
+      "cluster store down; replica-shared decisions are local until it is back (reconnecting in the background)";
+    if (again) this.log().debug(message, fields);
+    else this.log().warn(message, fields);
     for (const fn of this.downListeners) fn();
-    this.attempts = 0;
+    if (!again) this.attempts = 0;
     this.scheduleReconnect();
   }
 
@@ -342,11 +358,19 @@ export class Store {
       return;
     }
     this.upState = true;
+    this.upSince = performance.now();
     this.lastError = null;
-    this.attempts = 0;
+    // A store that refused writes keeps its back-off: it will likely refuse again.
+    if (this.lastRefusal === null) this.attempts = 0;
     this.fullTimeouts = 0;
     this.silentSince = null;
-    this.log().info("cluster store back; sharing resumed", { store: this.config.url.href });
+    // After a repeated refusal the store may refuse again: that "back" is not news.
+    if (this.lastRefusal === null)
+      this.log().info("cluster store back; sharing resumed", { store: this.config.url.href });
+    else
+      this.log().debug("cluster store reconnected after refusing writes", {
+        store: this.config.url.href,
+      });
   }
 }
 
