@@ -309,3 +309,18 @@ test("a store that refuses writes (OOM) counts as down, said once", async () => 
     await own.stop();
   }
 }, 60000);
+
+test("the logger escapes C0, C1 and bidi control characters in text and JSON lines", async () => {
+  const { Logger } = await import("../src/log.ts");
+  const lines: string[] = [];
+  const evil = "ab\u202ecd\u0085\u001b[31m\u2066x";
+  for (const format of ["text", "json"] as const) {
+    const log = new Logger({ level: "info", format, sink: (l: string) => lines.push(l) });
+    log.warn(`msg ${evil}`, { [`k${evil}`]: evil, plain: "ok" });
+  }
+  for (const l of lines) expect(l).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/);
+  expect(lines[0]).toContain("\\u202e");
+  expect(lines[0]).toContain("plain=ok");
+  // The JSON line still parses to the same value.
+  expect(JSON.parse(lines[1]!)[`k${evil}`]).toBe(evil);
+});
