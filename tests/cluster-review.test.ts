@@ -24,7 +24,11 @@ afterAll(async () => {
   await fx?.stop();
 }, 30_000);
 
-async function crm(prefix: string, extra: Record<string, unknown> = {}, cluster: Record<string, unknown> = {}): Promise<TestCrm> {
+async function crm(
+  prefix: string,
+  extra: Record<string, unknown> = {},
+  cluster: Record<string, unknown> = {},
+): Promise<TestCrm> {
   const c = await startCrm(
     {
       timeouts: { header: "300ms" },
@@ -38,14 +42,26 @@ async function crm(prefix: string, extra: Record<string, unknown> = {}, cluster:
   running.push(c);
   return c;
 }
-const get = (base: string, repo: string, ref: string, h: Record<string, string> = {}): Promise<Response> =>
-  fetch(`${base}/v2/${repo}/manifests/${ref}?ns=reg.test`, { proxy: false, headers: { accept: MANIFEST_ACCEPT, ...h } } as RequestInit);
+const get = (
+  base: string,
+  repo: string,
+  ref: string,
+  h: Record<string, string> = {},
+): Promise<Response> =>
+  fetch(`${base}/v2/${repo}/manifests/${ref}?ns=reg.test`, {
+    proxy: false,
+    headers: { accept: MANIFEST_ACCEPT, ...h },
+  } as RequestInit);
 
 test("concurrent first logins with the right password share one brake decision and one check", async () => {
   const hash = await Bun.password.hash("right", { algorithm: "bcrypt", cost: 4 });
   const a = await crm("f1:", { access: { users: { alice: hash } } });
   const good = { authorization: "Basic " + Buffer.from("alice:right").toString("base64") };
-  const res = await Promise.all(Array.from({ length: 20 }, () => fetch(`${a.url}/v2/`, { proxy: false, headers: good } as RequestInit)));
+  const res = await Promise.all(
+    Array.from({ length: 20 }, () =>
+      fetch(`${a.url}/v2/`, { proxy: false, headers: good } as RequestInit),
+    ),
+  );
   await Promise.all(res.map((r) => r.arrayBuffer()));
   expect(res.map((r) => r.status).filter((s) => s === 429)).toEqual([]);
   expect(a.server.rt.access.fullChecks).toBe(1);
@@ -54,7 +70,11 @@ test("concurrent first logins with the right password share one brake decision a
 test("a stopped store is marked down even while the event loop is busy", async () => {
   const own = await startRedis();
   try {
-    const a = await crm("f2:", { limits: { requests_per_second: 5000 } }, { redis: own.url, deadline: "100ms" });
+    const a = await crm(
+      "f2:",
+      { limits: { requests_per_second: 5000 } },
+      { redis: own.url, deadline: "100ms" },
+    );
     const img = fx.images.index;
     await (await get(a.url, img.repo, img.tag)).arrayBuffer();
     // Every timer fires late and replies are read late: each timeout has an excuse.
@@ -94,13 +114,20 @@ test("a right-digest entry with a wrong media type or a forged ETag is deleted, 
   try {
     for (const [mediaType, etag] of poisons) {
       const b = await crm(prefix);
-      await s.set(key, encodeManifest({ digest: child.digest, body, mediaType, etag }), "PX", 60000);
+      await s.set(
+        key,
+        encodeManifest({ digest: child.digest, body, mediaType, etag }),
+        "PX",
+        60000,
+      );
       const r = await get(b.url, img.repo, child.digest);
       await r.arrayBuffer();
       await s.del(key);
       const again = await get(b.url, img.repo, child.digest);
       await again.arrayBuffer();
-      seen.push(`${r.status} ${r.headers.get("content-type")} ${r.headers.get("x-evil")} / ${again.status} ${again.headers.get("content-type")}`);
+      seen.push(
+        `${r.status} ${r.headers.get("content-type")} ${r.headers.get("x-evil")} / ${again.status} ${again.headers.get("content-type")}`,
+      );
       expect(b.server.cluster!.manifests.stats.poisoned).toBe(1);
     }
   } finally {
@@ -138,9 +165,25 @@ test("the shared quota hash: only configured registries, nothing dated in the fu
   const a = await crm(prefix);
   await (await get(a.url, fx.images.multiLayer.repo, fx.images.multiLayer.tag)).arrayBuffer();
   const s = await redis.client();
-  const future = JSON.stringify({ limit: 100, remaining: 5, windowS: 60, source: "x", at: Date.now() + 1e12 });
-  const many: Record<string, string> = { 'evil"} 1\ncrm_forged_metric 42\n#': future, "reg.test": future };
-  for (let i = 0; i < 5000; i++) many["junk" + i] = JSON.stringify({ limit: 100, remaining: 5, windowS: 60, source: "x", at: Date.now() });
+  const future = JSON.stringify({
+    limit: 100,
+    remaining: 5,
+    windowS: 60,
+    source: "x",
+    at: Date.now() + 1e12,
+  });
+  const many: Record<string, string> = {
+    'evil"} 1\ncrm_forged_metric 42\n#': future,
+    "reg.test": future,
+  };
+  for (let i = 0; i < 5000; i++)
+    many["junk" + i] = JSON.stringify({
+      limit: 100,
+      remaining: 5,
+      windowS: 60,
+      source: "x",
+      at: Date.now(),
+    });
   await s.hset(prefix + "quota", many);
   s.close();
   await a.server.cluster!.quota.pull();
@@ -148,7 +191,9 @@ test("the shared quota hash: only configured registries, nothing dated in the fu
   const lines = m.split("\n");
   expect(lines.filter((l) => l.startsWith("crm_forged_metric"))).toEqual([]);
   expect(lines.filter((l) => l.includes('registry="junk')).length).toBe(0);
-  expect(lines.filter((l) => l.startsWith('crm_upstream_ratelimit_remaining{registry="reg.test"} 5'))).toEqual([]);
+  expect(
+    lines.filter((l) => l.startsWith('crm_upstream_ratelimit_remaining{registry="reg.test"} 5')),
+  ).toEqual([]);
 }, 60000);
 
 test("metric label values are escaped as the exposition format says", async () => {
@@ -172,7 +217,9 @@ test("a GCRA state the script never wrote (huge, inf, text) starts the bucket ov
       }
       const retry = await fetch(`${a.url}/v2/`, { proxy: false } as RequestInit);
       await retry.arrayBuffer();
-      seen.push(`${state}: ${st.filter((x) => x === 429).length > 0} ${Number(retry.headers.get("retry-after")) <= 3}`);
+      seen.push(
+        `${state}: ${st.filter((x) => x === 429).length > 0} ${Number(retry.headers.get("retry-after")) <= 3}`,
+      );
     }
   } finally {
     s.close();
@@ -217,7 +264,16 @@ test("a manifest lock without a TTL is taken over; a waiter that fetched for its
 test("a huge replicas hash of ghosts dated ahead costs a beat a bounded read: the store stays up, the ghosts go", async () => {
   const prefix = "f7:";
   const s = await redis.client();
-  const ghost = JSON.stringify({ id: "g", version: "v", host: "h\u202e", uptimeS: 1, active: 1, config: "c", at: Date.now() + 1e12, pad: "x".repeat(300) });
+  const ghost = JSON.stringify({
+    id: "g",
+    version: "v",
+    host: "h\u202e",
+    uptimeS: 1,
+    active: 1,
+    config: "c",
+    at: Date.now() + 1e12,
+    pad: "x".repeat(300),
+  });
   try {
     for (let j = 0; j < 10; j++) {
       const many: Record<string, string> = {};
@@ -277,9 +333,18 @@ test("a store slower than half the deadline: each request's hooks share one stor
     },
   });
   try {
-    const a = await crm("f3:", { limits: { requests_per_second: 1000 } }, { redis: `redis://127.0.0.1:${relay.port}/0`, deadline: "100ms" });
+    const a = await crm(
+      "f3:",
+      { limits: { requests_per_second: 1000 } },
+      { redis: `redis://127.0.0.1:${relay.port}/0`, deadline: "100ms" },
+    );
     const img = fx.images.index;
-    for (const ref of [img.tag, img.children[0]!.digest, img.children[1]!.digest, img.children[0]!.digest])
+    for (const ref of [
+      img.tag,
+      img.children[0]!.digest,
+      img.children[1]!.digest,
+      img.children[0]!.digest,
+    ])
       expect((await get(a.url, img.repo, ref)).status).toBe(200);
     const { stats } = a.server.cluster!.store;
     // The rate took 80 ms of each request's 100: a later hook is not sent a full deadline again.
@@ -301,7 +366,9 @@ test("a store that refuses writes (OOM) counts as down, said once", async () => 
       expect((await get(a.url, img.repo, img.children[i % 2]!.digest)).status).toBe(200);
       await Bun.sleep(300);
     }
-    const warned = a.logs.filter((l) => /cluster store down/.test(l) && /OOM/.test(l) && /warn/i.test(l));
+    const warned = a.logs.filter(
+      (l) => /cluster store down/.test(l) && /OOM/.test(l) && /warn/i.test(l),
+    );
     expect(a.server.cluster!.store.stats.downs).toBeGreaterThan(0);
     expect(warned.length).toBe(1);
   } finally {
@@ -318,9 +385,30 @@ test("the logger escapes C0, C1 and bidi control characters in text and JSON lin
     const log = new Logger({ level: "info", format, sink: (l: string) => lines.push(l) });
     log.warn(`msg ${evil}`, { [`k${evil}`]: evil, plain: "ok" });
   }
-  for (const l of lines) expect(l).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/);
+  for (const l of lines)
+    expect(l).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/);
   expect(lines[0]).toContain("\\u202e");
   expect(lines[0]).toContain("plain=ok");
   // The JSON line still parses to the same value.
   expect(JSON.parse(lines[1]!)[`k${evil}`]).toBe(evil);
 });
+
+test("a brake block longer than crm ever sets is cut to BLOCK_MS", async () => {
+  const { BLOCK_MS } = await import("../src/access/access.ts");
+  const prefix = "l4:";
+  const hash = await Bun.password.hash("right", { algorithm: "bcrypt", cost: 4 });
+  const a = await crm(prefix, { access: { users: { alice: hash } } });
+  const s = await redis.client();
+  try {
+    const block = `${prefix}b:{127.0.0.1}:block`;
+    await s.send("SET", [block, "1", "PX", String(365 * 24 * 3600 * 1000)]);
+    const bad = { authorization: "Basic " + Buffer.from("alice:wrong").toString("base64") };
+    const r = await fetch(`${a.url}/v2/`, { proxy: false, headers: bad } as RequestInit);
+    await r.arrayBuffer();
+    expect(r.status).toBe(429);
+    expect(Number(r.headers.get("retry-after"))).toBeLessThanOrEqual(BLOCK_MS / 1000);
+    expect(Number(await s.send("PTTL", [block]))).toBeLessThanOrEqual(BLOCK_MS);
+  } finally {
+    s.close();
+  }
+}, 30000);
