@@ -71,16 +71,16 @@ export class Logger {
     if (this.json) {
       const o: Record<string, unknown> = { time: new Date().toISOString(), level, msg };
       if (fields) for (const [k, v] of Object.entries(fields)) if (v !== undefined && !(k in o)) o[k] = v;
-      this.sink(this.redact(JSON.stringify(o)), level);
+      this.sink(this.redact(escapeUnsafe(JSON.stringify(o))), level);
       return;
     }
     const c = this.color ? pc : noColor;
     const tag = { debug: c.gray("DEBUG"), info: c.cyan("INFO "), warn: c.yellow("WARN "), error: c.red("ERROR") }[level];
-    let line = `${c.dim(new Date().toISOString())} ${tag} ${msg}`;
+    let line = `${c.dim(new Date().toISOString())} ${tag} ${plain(msg)}`;
     if (fields) {
       for (const [k, v] of Object.entries(fields)) {
         if (v === undefined) continue;
-        line += ` ${c.dim(k + "=")}${formatValue(v)}`;
+        line += ` ${c.dim(plain(k) + "=")}${formatValue(v)}`;
       }
     }
     this.sink(this.redact(line), level);
@@ -98,10 +98,32 @@ function escapeRegExp(s: string): string {
 const identity = (s: string): string => s;
 const noColor = { gray: identity, cyan: identity, yellow: identity, red: identity, dim: identity };
 
-/** Values with spaces or quotes are quoted so a line stays machine-splittable. */
+/**
+ * Characters JSON.stringify leaves as they are but a terminal or a log viewer acts on: DEL, C1
+ * controls, bidi overrides and isolates, line and paragraph separators. A value from the network
+ * (a header, a store entry) must not reorder or hide what an operator reads.
+ */
+const UNSAFE = /[\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+/** Any control character, C0 included (a test, so not global: no lastIndex to carry). */
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
+
+/** A JSON text with those characters as \uXXXX escapes (still the same JSON value). */
+function escapeUnsafe(json: string): string {
+  return json.replace(UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
+/**
+ * Values with spaces, quotes or control characters are quoted (and escaped) so a line stays
+ * machine-splittable and shows what it holds.
+ */
 function formatValue(v: string | number | boolean | null): string {
   const s = String(v);
-  return s === "" || /[\s"=]/.test(s) ? JSON.stringify(s) : s;
+  return s === "" || /[\s"=]/.test(s) || CONTROL.test(s) ? escapeUnsafe(JSON.stringify(s)) : s;
+}
+
+/** A message or key: printed bare, but with any control character escaped. */
+function plain(s: string): string {
+  return CONTROL.test(s) ? escapeUnsafe(JSON.stringify(s)).slice(1, -1) : s;
 }
 
 /** Header values that carry secrets: logged as their scheme and length only. */

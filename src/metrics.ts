@@ -32,6 +32,15 @@ export interface Gauges {
   tls?(): readonly CertificateStatus[];
 }
 
+/**
+ * A label value as the exposition format escapes it (backslash, double quote, newline): a value
+ * that came from the network (a registry name read from the shared store, a client key, an
+ * upstream's reason) must not end its series and start a forged one.
+ */
+export function labelValue(s: string): string {
+  return s.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+}
+
 export class Metrics {
   private readonly requests = new Map<string, number>();
   private readonly bytes = new Map<string, number>();
@@ -113,7 +122,7 @@ export class Metrics {
       out.push(`crm_bytes_total{kind="${kind}",direction="${dir}"} ${v}`);
     }
     family("crm_upstream_errors_total", "counter", "Failed upstream connections and requests, by reason.");
-    for (const [k, v] of this.upstreamErrors) out.push(`crm_upstream_errors_total{reason="${k}"} ${v}`);
+    for (const [k, v] of this.upstreamErrors) out.push(`crm_upstream_errors_total{reason="${labelValue(k)}"} ${v}`);
     family("crm_request_duration_seconds", "histogram", "Time from request head to the end of the answer.");
     for (const [kind, h] of this.durations) {
       let cum = 0;
@@ -126,11 +135,11 @@ export class Metrics {
       out.push(`crm_request_duration_seconds_count{kind="${kind}"} ${h.count}`);
     }
     family("crm_client_requests_total", "counter", `Requests and tunnels by client address (the first ${MAX_CLIENTS}; later ones as "other").`);
-    for (const [k, c] of this.clients) out.push(`crm_client_requests_total{client="${k}"} ${c.requests}`);
+    for (const [k, c] of this.clients) out.push(`crm_client_requests_total{client="${labelValue(k)}"} ${c.requests}`);
     family("crm_client_bytes_out_total", "counter", "Body bytes sent to each client.");
-    for (const [k, c] of this.clients) out.push(`crm_client_bytes_out_total{client="${k}"} ${c.bytesOut}`);
+    for (const [k, c] of this.clients) out.push(`crm_client_bytes_out_total{client="${labelValue(k)}"} ${c.bytesOut}`);
     family("crm_client_limited_total", "counter", "Requests refused by a per-client limit, by client and limit.");
-    for (const [k, c] of this.clients) for (const [limit, n] of c.limited) out.push(`crm_client_limited_total{client="${k}",limit="${limit}"} ${n}`);
+    for (const [k, c] of this.clients) for (const [limit, n] of c.limited) out.push(`crm_client_limited_total{client="${labelValue(k)}",limit="${labelValue(limit)}"} ${n}`);
     family("crm_active_connections", "gauge", "Open client connections (a decrypted MITM stream counts as its own).");
     out.push(`crm_active_connections ${this.gauges.connections()}`);
     family("crm_active_tunnels", "gauge", "Open CONNECT tunnels.");

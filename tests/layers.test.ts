@@ -61,7 +61,7 @@ export const LAYERS: ReadonlyArray<readonly [name: string, patterns: readonly st
   // crm's HTTP/1.1 client for every upstream request.
   ["upstream", ["upstream/"]],
   // State built from the Config that handlers read: access, limits, certificates, metrics, the Runtime.
-  ["services", ["access/", "limits/", "tls/", "metrics.ts", "status/activity.ts", "status/journal.ts", "context.ts", "cluster/store.ts", "cluster/probe.ts", "cluster/rate.ts", "cluster/brake.ts", "cluster/tokens.ts", "cluster/heartbeat.ts"]],
+  ["services", ["access/", "limits/", "tls/", "metrics.ts", "status/activity.ts", "status/journal.ts", "context.ts", "cluster/store.ts", "cluster/budget.ts", "cluster/probe.ts", "cluster/rate.ts", "cluster/brake.ts", "cluster/tokens.ts", "cluster/heartbeat.ts"]],
   // What a handler is given: the exchange types and the route it was sent by.
   ["exchange", ["proxy/exchange.ts", "proxy/router.ts"]],
   // The status record, page and endpoints (handlers of their own, below the mirror that feeds them).

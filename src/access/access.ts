@@ -43,6 +43,9 @@ interface Credentials {
   key: string;
 }
 
+/** A check's result: passed, failed, or not made because the address is braked. */
+type CheckOutcome = boolean | { brakedMs: number };
+
 /** Full checks started (in flight or failed) within the window, per address. */
 interface Attempts {
   /** Start times of checks that failed or are still running. */
@@ -65,7 +68,7 @@ export class AccessControl {
   private readonly attempts = new Map<string, Attempts>();
   private readonly blockedUntil = new Map<string, number>();
   /** Checks under way, by credential digest: parallel requests with the same credentials share one. */
-  private readonly inFlight = new Map<string, Promise<boolean>>();
+  private readonly inFlight = new Map<string, Promise<CheckOutcome>>();
   /** What unknown names are verified against; until it is made, the first user's hash (same cost, result ignored). */
   private dummyHash: string | null = null;
   /** Full password verifications started, for tests and metrics. */
@@ -120,48 +123,54 @@ export class AccessControl {
 
     const until = this.blockedUntil.get(key) ?? 0;
     if (until > now) throw braked(until - now);
+    // Registered before anything is awaited: identical credentials arriving together share one
+    // brake decision (local or the cluster's) and one check, never one each.
     let check = this.inFlight.get(cred.key);
-    let counted: number | null = null;
-    // The cluster's count decides when the store answers; the local window when it does not.
-    let ticket: string | null = null;
-    if (check === undefined && this.shared !== null) {
-      const s = await this.shared.begin(key);
-      if (s?.kind === "braked") throw braked(s.ms);
-      if (s?.kind === "check") {
-        check = this.inFlight.get(cred.key);
-        if (check !== undefined) this.shared.refund(key, s.ticket);
-        else ticket = s.ticket;
-      }
-    }
-    if (ticket !== null) {
-      this.fullChecks++;
-      check = this.verify(cred, hash);
-      this.inFlight.set(cred.key, check);
-      void check.finally(() => this.inFlight.delete(cred.key));
-    } else if (check === undefined) {
-      const a = this.window(key, now);
-      if (a.times.length >= FAILURES_PER_MINUTE) {
-        // Ten checks failed or still running. While some still run (and may be refunded), a retry
-        // soon may pass; otherwise the oldest must leave the window first.
-        const inFlight = a.times.length > a.failed.length;
-        throw braked(inFlight ? 1000 : Math.max(1000, (a.times[0] ?? now) + WINDOW_MS - now));
-      }
-      a.times.push(now);
-      counted = now;
-      this.fullChecks++;
-      check = this.verify(cred, hash);
-      this.inFlight.set(cred.key, check);
-      void check.finally(() => this.inFlight.delete(cred.key));
+    if (check === undefined) {
+      const started = this.startCheck(cred, hash, key, now);
+      check = started;
+      this.inFlight.set(cred.key, started);
+      void started.finally(() => {
+        if (this.inFlight.get(cred.key) === started) this.inFlight.delete(cred.key);
+      }).catch(() => {});
     }
     const ok = await check;
-    if (ok) {
-      if (counted !== null) this.refund(key, counted);
-      if (ticket !== null) this.shared?.refund(key, ticket);
-      return cred.name;
-    }
+    if (typeof ok === "object") throw braked(ok.brakedMs);
+    if (ok) return cred.name;
     this.recordFailure(key);
     if (this.shared !== null) await this.shared.fail(key);
     throw challenge(realm);
+  }
+
+  /**
+   * One full check, counted when it starts and refunded when it passes. The cluster's count
+   * decides when the store answers; the local window when it does not.
+   */
+  private async startCheck(cred: Credentials, hash: string | undefined, key: string, now: number): Promise<CheckOutcome> {
+    const shared = this.shared;
+    if (shared !== null) {
+      const s = await shared.begin(key);
+      if (s?.kind === "braked") return { brakedMs: s.ms };
+      if (s?.kind === "check") {
+        this.fullChecks++;
+        const ok = await this.verify(cred, hash);
+        if (ok) shared.refund(key, s.ticket);
+        return ok;
+      }
+      now = Date.now();
+    }
+    const a = this.window(key, now);
+    if (a.times.length >= FAILURES_PER_MINUTE) {
+      // Ten checks failed or still running. While some still run (and may be refunded), a retry
+      // soon may pass; otherwise the oldest must leave the window first.
+      const inFlight = a.times.length > a.failed.length;
+      return { brakedMs: inFlight ? 1000 : Math.max(1000, (a.times[0] ?? now) + WINDOW_MS - now) };
+    }
+    a.times.push(now);
+    this.fullChecks++;
+    const ok = await this.verify(cred, hash);
+    if (ok) this.refund(key, now);
+    return ok;
   }
 
   private async verify(cred: Credentials, hash: string | undefined): Promise<boolean> {

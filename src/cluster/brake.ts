@@ -11,12 +11,19 @@ import { script, type Store } from "./store.ts";
 const WINDOW_MS = 60_000;
 
 /**
- * KEYS: attempts (zset), failures (zset), block. ARGV: max, window ms, ticket.
+ * KEYS: attempts (zset), failures (zset), block. ARGV: max, window ms, ticket, block ms.
  * Returns {0, ticket-score} when a check may start, {1, ms} when braked.
  */
 const BEGIN = script(`
 local left = redis.call('PTTL', KEYS[3])
-if left > 0 then return {1, left} end
+if left > 0 then
+  -- No block this script sets lasts longer than ARGV[4]: a longer one was not written by crm.
+  if left > tonumber(ARGV[4]) then
+    left = tonumber(ARGV[4])
+    redis.call('PEXPIRE', KEYS[3], left)
+  end
+  return {1, left}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[2])
@@ -73,16 +80,19 @@ export class SharedBrake {
       String(FAILURES_PER_MINUTE),
       String(WINDOW_MS),
       ticket,
+      String(BLOCK_MS),
     ]);
     if (!Array.isArray(got) || typeof got[0] !== "number" || typeof got[1] !== "number")
       return undefined;
-    return got[0] === 0 ? { kind: "check", ticket } : { kind: "braked", ms: got[1] };
+    return got[0] === 0
+      ? { kind: "check", ticket }
+      : { kind: "braked", ms: Math.min(Math.max(got[1], 0), BLOCK_MS) };
   }
 
   /** The check passed: it does not count. */
   refund(client: string, ticket: string): void {
     const [attempts] = this.keys(client);
-    void this.store.call((c) => c.send("ZREM", [attempts as string, ticket]));
+    this.store.detached((c) => c.send("ZREM", [attempts as string, ticket]));
   }
 
   /** The check failed (or a shared one did): counted, and past the limit the address is blocked. */

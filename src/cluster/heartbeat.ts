@@ -18,36 +18,72 @@ export function replicasKey(store: Store): string {
   return store.key("replicas");
 }
 
-/** The live replicas under the prefix, oldest entries dropped. */
+/** Entries read per beat at most: a hash grown huge (ghosts, or a hostile writer) costs no more. */
+const MAX_READ = 512;
+const SCAN_COUNT = 128;
+/** How far ahead of this replica's clock another's beat may be dated. */
+const MAX_SKEW_MS = 60_000;
+
+/** Control characters (C0, C1) and bidi overrides: a field from the store must not carry them. */
+const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+const clean = (v: unknown, max: number): string => String(v).replace(UNSAFE, "").slice(0, max);
+
+/**
+ * The live replicas under the prefix, stale and future-dated entries dropped. Read with HSCAN up
+ * to MAX_READ entries (not HGETALL), so a huge hash never makes a beat overrun its deadline.
+ */
 export async function readReplicas(
   store: Store,
   now = Date.now(),
 ): Promise<ReplicaView[] | undefined> {
-  const all = await store.call((c) => c.hgetall(replicasKey(store)));
-  if (all === undefined || all === null) return undefined;
+  const all = await store.call(async (c) => {
+    const got: Array<[string, string]> = [];
+    let cursor = "0";
+    do {
+      const page = (await c.send("HSCAN", [
+        replicasKey(store),
+        cursor,
+        "COUNT",
+        String(SCAN_COUNT),
+      ])) as unknown;
+      if (!Array.isArray(page) || !Array.isArray(page[1])) break;
+      cursor = String(page[0]);
+      const flat = page[1] as unknown[];
+      for (let i = 0; i + 1 < flat.length; i += 2) got.push([String(flat[i]), String(flat[i + 1])]);
+    } while (cursor !== "0" && got.length < MAX_READ);
+    return got.slice(0, MAX_READ);
+  });
+  if (all === undefined) return undefined;
   const out: ReplicaView[] = [];
   const stale: string[] = [];
-  for (const [id, text] of Object.entries(all)) {
+  for (const [id, text] of all) {
     let r: ReplicaView | null = null;
     try {
       r = text.length <= MAX_FIELD ? (JSON.parse(text) as ReplicaView) : null;
     } catch {
       r = null;
     }
-    if (r === null || typeof r.at !== "number" || now - r.at > STALE_MS) stale.push(id);
+    if (
+      r === null ||
+      typeof r.at !== "number" ||
+      !(now - r.at <= STALE_MS) ||
+      // A beat dated ahead would stay "live" until then: a ghost.
+      r.at > now + MAX_SKEW_MS
+    )
+      stale.push(id);
     else
       out.push({
-        id: String(r.id).slice(0, 100),
-        version: String(r.version).slice(0, 40),
-        host: String(r.host).slice(0, 100),
-        uptimeS: Number(r.uptimeS) || 0,
-        active: Number(r.active) || 0,
-        config: String(r.config).slice(0, 40),
+        id: clean(r.id, 100),
+        version: clean(r.version, 40),
+        host: clean(r.host, 100),
+        uptimeS: Number.isFinite(Number(r.uptimeS)) ? Number(r.uptimeS) : 0,
+        active: Number.isFinite(Number(r.active)) ? Number(r.active) : 0,
+        config: clean(r.config, 40),
         at: r.at,
       });
   }
   if (stale.length > 0)
-    void store.call((c) => c.hdel(replicasKey(store), stale[0] as string, ...stale.slice(1)));
+    store.detached((c) => c.hdel(replicasKey(store), stale[0] as string, ...stale.slice(1)));
   return out.sort((a, b) => a.id.localeCompare(b.id));
 }
 
@@ -72,8 +108,14 @@ export class Heartbeat {
     const me = this.self();
     await this.store.call((c) => c.hset(replicasKey(this.store), { [me.id]: JSON.stringify(me) }));
     const list = await readReplicas(this.store);
-    // While the store is down this replica only knows itself.
-    this.replicas = list ?? [me];
+    // While the store is down this replica only knows itself; with a huge hash its own entry may
+    // lie beyond what one read takes, but it is live all the same.
+    this.replicas =
+      list === undefined
+        ? [me]
+        : list.some((r) => r.id === me.id)
+          ? list
+          : [...list, me].sort((a, b) => a.id.localeCompare(b.id));
     await this.alsoEach();
   }
 

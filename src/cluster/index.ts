@@ -60,7 +60,7 @@ export class Cluster {
     this.tokens = config.shareTokens ? new SharedTokens(store) : null;
     this.rate = new SharedRate(store);
     this.brake = new SharedBrake(store, this.id);
-    this.quota = new SharedQuota(store);
+    this.quota = new SharedQuota(store, () => rt.config.mirror.registries);
     // Read each beat: a reload may change what this replica runs.
     this.heartbeat = new Heartbeat(
       store,

@@ -16,10 +16,12 @@ import { createHash } from "node:crypto";
 import type { Logger } from "../log.ts";
 import { MAX_CACHED_MANIFEST, type CachedManifest } from "../mirror/manifests/cache.ts";
 import { verifiable } from "../mirror/manifests/fetch.ts";
+import { mirrorContentType } from "../mirror/content-safety.ts";
 import type {
   SharedManifests as SharedManifestsHook,
   SharedManifestWant,
 } from "../mirror/manifests/shared.ts";
+import { detachedFromBudget } from "./budget.ts";
 import { script, type Store } from "./store.ts";
 
 const MAGIC = "crm-manifest/1\n";
@@ -31,6 +33,19 @@ const LOCK_MS = 10_000;
 export const WAIT_MS = 3000;
 /** The poll beside pub/sub: a lost message (or a holder that died) costs at most this. */
 const POLL_MS = 250;
+
+/**
+ * Takes the lock (SET NX PX); a lock without a TTL (written by hand, or by a broken peer) would
+ * never go, so it is taken over. "OK": taken; anything else: held by another.
+ */
+const LOCK = script(`
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'OK' end
+if redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 'OK'
+end
+return 'HELD'
+`);
 
 /** Releases a lock only if it is still this replica's. */
 const RELEASE = script(
@@ -79,7 +94,43 @@ export function decodeManifest(bytes: Uint8Array, want: string): CachedManifest 
   const alg = want.slice(0, want.indexOf(":"));
   const got = `${alg}:${createHash(alg).update(body).digest("hex")}`;
   if (got !== want) return `bytes hash to ${got}`;
-  return { digest: want, body, mediaType: str(h.mediaType), etag: str(h.etag) };
+  const mediaType = str(h.mediaType);
+  const etag = str(h.etag);
+  // Right bytes are not enough: the type and ETag become header fields of the answer.
+  const typeWrong = mediaTypeProblem(mediaType, body);
+  if (typeWrong !== null) return typeWrong;
+  if (etag !== null && !ETAG.test(etag)) return "ETag is not a quoted entity tag";
+  return { digest: want, body, mediaType, etag };
+}
+
+/** An entity tag as RFC 9110 spells it: what an ETag field may carry, nothing to split a head with. */
+const ETAG = /^(W\/)?"[\x21\x23-\x7e]*"$/;
+
+/** A kept ETag a store entry may carry (null when the upstream's is not one). */
+export function safeEtag(etag: string | null): string | null {
+  return etag !== null && etag.length <= 256 && ETAG.test(etag) ? etag : null;
+}
+
+/**
+ * null when `type` is what this replica would have kept for these bytes: absent, or a bare
+ * manifest type (or application/octet-stream, what crm keeps for any other) that agrees with the
+ * body's own mediaType field when it has one.
+ */
+function mediaTypeProblem(type: string | null, body: Uint8Array): string | null {
+  if (type === null) return null;
+  if (mirrorContentType(type) !== type)
+    return `media type ${JSON.stringify(type.slice(0, 80))} is not a manifest type`;
+  if (type === "application/octet-stream") return null;
+  let own: unknown;
+  try {
+    own = (JSON.parse(Buffer.from(body).toString("utf8")) as { mediaType?: unknown } | null)
+      ?.mediaType;
+  } catch {
+    own = undefined;
+  }
+  if (typeof own === "string" && own.toLowerCase() !== type && type !== "application/json")
+    return `media type ${type} but the manifest says ${own.slice(0, 80)}`;
+  return null;
 }
 
 export class SharedManifests implements SharedManifestsHook {
@@ -132,13 +183,17 @@ export class SharedManifests implements SharedManifestsHook {
       digest,
       why: m,
     });
-    void this.store.call((c) => c.del(key));
+    this.store.detached((c) => c.del(key));
     return null;
   }
 
   async write(id: string, m: CachedManifest, ttlMs: number): Promise<void> {
     if (m.body.byteLength > MAX_CACHED_MANIFEST) return;
-    const ok = await this.store.call((c) => c.set(this.keyOf(id), encodeManifest(m), "PX", ttlMs));
+    // An ETag the readers would refuse is not shared (the bytes still are).
+    const kept = { ...m, etag: safeEtag(m.etag) };
+    const ok = await this.store.call((c) =>
+      c.set(this.keyOf(id), encodeManifest(kept), "PX", ttlMs),
+    );
     if (ok !== undefined) this.stats.written++;
   }
 
@@ -179,15 +234,17 @@ export class SharedManifests implements SharedManifestsHook {
     set.add(wake);
     const lockKey = this.store.key("l", id);
     try {
-      const lock = (await this.store.call(
-        (c) => c.send("SET", [lockKey, this.replicaId, "NX", "PX", String(LOCK_MS)]),
+      const lock = await this.store.script(
+        LOCK,
+        [lockKey],
+        [this.replicaId, String(LOCK_MS)],
         left(),
-      )) as string | null | undefined;
+      );
       if (lock === "OK") {
         // Another replica may have written it and let go between our read and our lock.
         const late = await fromStore(left());
         if (late === null) return await this.lead(want, id, lockKey, local, manifestOf);
-        void this.store.script(RELEASE, [lockKey], [this.replicaId]);
+        this.store.detachedScript(RELEASE, [lockKey], [this.replicaId]);
         return late;
       }
       if (lock === undefined) {
@@ -207,7 +264,15 @@ export class SharedManifests implements SharedManifestsHook {
         const held = await this.store.call((c) => c.exists(lockKey));
         if (held !== true) break;
       }
-      return (await fromStore()) ?? (await local());
+      const stored = await fromStore();
+      if (stored !== null) return stored;
+      // Nobody shared it in time: this replica's own GET is shared in turn, so the next one
+      // does not wait for nothing again.
+      const r = await local();
+      const m = manifestOf(r);
+      if (m !== null)
+        void detachedFromBudget(() => this.write(id, m, this.store.config.manifestTtlMs));
+      return r;
     } finally {
       set.delete(wake);
       if (set.size === 0 && this.waiters.get(id) === set) this.waiters.delete(id);
@@ -232,11 +297,11 @@ export class SharedManifests implements SharedManifestsHook {
       // Done (or failed): written, then the lock goes and the waiters read the store or fetch on
       // their own. The client that led is answered at once, not after the store.
       const done = got;
-      void (async () => {
+      void detachedFromBudget(async () => {
         if (done !== null) await this.write(id, done, this.store.config.manifestTtlMs);
         await this.store.script(RELEASE, [lockKey], [this.replicaId]);
         this.store.publish(`m ${id}`);
-      })();
+      });
     }
   }
 

@@ -10,13 +10,19 @@ import type { Store } from "./store.ts";
 
 const WRITE_EVERY_MS = 1000;
 const MAX_FIELD = 1024;
+/** How far ahead of this replica's clock another's figure may be dated. */
+const MAX_SKEW_MS = 60_000;
 
 export class SharedQuota {
   private readonly written = new Map<string, number>();
   private readonly pending = new Map<string, RateLimit>();
   private readonly timers = new Map<string, ReturnType<typeof setTimeout>>();
   private trackers: QuotaTracker[] = [];
-  constructor(private readonly store: Store) {}
+  constructor(
+    private readonly store: Store,
+    /** The configured registry names: the only ones another replica's figures are taken for. */
+    private readonly registries: () => ReadonlySet<string> | ReadonlyMap<string, unknown>,
+  ) {}
 
   /** A tracker (mirror/state.ts) whose figures are shared. */
   attach(tracker: QuotaTracker): void {
@@ -36,7 +42,7 @@ export class SharedQuota {
       this.pending.delete(registry);
       if (latest === undefined) return;
       this.written.set(registry, Date.now());
-      void this.store.call((c) =>
+      this.store.detached((c) =>
         c.hset(this.store.key("quota"), { [registry]: JSON.stringify(latest) }),
       );
     }, wait);
@@ -49,8 +55,12 @@ export class SharedQuota {
     if (this.trackers.length === 0) return;
     const all = await this.store.call((c) => c.hgetall(this.store.key("quota")));
     if (all === undefined || all === null) return;
+    const mine = this.registries();
+    const now = Date.now();
     for (const [registry, text] of Object.entries(all)) {
-      if (text.length > MAX_FIELD) continue;
+      // The hash is the network's: a name this config does not have would only be a new series
+      // on /metrics (without bound, and with whatever characters it holds).
+      if (!mine.has(registry) || text.length > MAX_FIELD) continue;
       let rl: RateLimit;
       try {
         rl = JSON.parse(text) as RateLimit;
@@ -60,7 +70,11 @@ export class SharedQuota {
       if (
         typeof rl.limit !== "number" ||
         typeof rl.remaining !== "number" ||
-        typeof rl.at !== "number"
+        typeof rl.at !== "number" ||
+        !Number.isFinite(rl.limit) ||
+        !Number.isFinite(rl.remaining) ||
+        // A figure "seen" in the future would win over every real one until then.
+        !(rl.at <= now + MAX_SKEW_MS)
       )
         continue;
       const clean: RateLimit = {
@@ -70,7 +84,7 @@ export class SharedQuota {
         source: typeof rl.source === "string" ? rl.source.slice(0, 200) : null,
         at: rl.at,
       };
-      for (const t of this.trackers) t.merge(registry.slice(0, 200), clean);
+      for (const t of this.trackers) t.merge(registry, clean);
     }
   }
 }

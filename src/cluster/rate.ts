@@ -15,10 +15,12 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+local tat = tonumber(redis.call('GET', KEYS[1]))
+-- Not a time this script wrote (absent, text, NaN, inf, or later than any it could): start over.
+if tat == nil or tat ~= tat or tat > now + tau + interval then tat = now end
 if tat < now then tat = now end
 local nxt = tat + interval
-if nxt - now > tau then return math.floor(nxt - now - tau) end
+if nxt - now > tau then return math.min(math.floor(nxt - now - tau), tau + interval) end
 redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', math.floor((nxt - now) / 1000) + 1)
 return -1
 `);
@@ -35,7 +37,9 @@ export class SharedRate {
       [String(interval), String(interval * burst)],
     );
     if (typeof got !== "number") return undefined;
-    if (got < 0) return null;
-    return Math.max(1, Math.ceil(got / 1e6));
+    // Only the script's own "allowed" allows: any other negative number is not an answer.
+    if (got === -1) return null;
+    if (!(got >= 0)) return undefined;
+    return Math.max(1, Math.ceil(Math.min(got, interval * (burst + 1)) / 1e6));
   }
 }

@@ -12,13 +12,20 @@
 import { RedisClient } from "bun";
 import type { Logger } from "../log.ts";
 import type { ClusterConfig } from "./config.ts";
+import { detachedFromBudget, storeBudget } from "./budget.ts";
 import { isAuthRefusal, probeStore } from "./probe.ts";
 
 const TIMEOUT = Symbol("timeout");
+/** Error replies that say the store cannot take writes at all (not this one command's fault). */
+const WRITE_REFUSAL = /^(?:ERR )?(READONLY|OOM|MISCONF)\b/i;
 /** A connect (TCP, TLS, HELLO) is not on a request's path: it may take longer than a call. */
 const CONNECT_MS = 2000;
 const RECONNECT_MIN_MS = 200;
 const RECONNECT_MAX_MS = 5000;
+/** Full-deadline timeouts in a row that mark the store down even on a busy event loop. */
+const DOWN_AFTER_TIMEOUTS = 3;
+/** Deadlines without any answer that mark the store down whatever else happens. */
+const SILENT_DEADLINES = 3;
 
 export type StoreClient = RedisClient;
 
@@ -35,11 +42,20 @@ export class Store {
   lastError: string | null = null;
   private readonly downListeners = new Set<() => void>();
   private readonly messageListeners = new Set<(message: string) => void>();
-  readonly stats = { ok: 0, timeout: 0, error: 0, skipped: 0, downs: 0 };
+  /** overBudget: not sent, the request had spent its store budget (budget.ts). */
+  readonly stats = { ok: 0, timeout: 0, error: 0, skipped: 0, overBudget: 0, downs: 0 };
   /** The longest a call waited, in ms (doctor, bench, tests read it). */
   maxWaitMs = 0;
   /** When the store last answered anything (performance.now()). */
   private lastAnswerAt = 0;
+  /** READONLY, OOM or MISCONF when the last down was such a refusal (said once). */
+  private lastRefusal: string | null = null;
+  /** When the store last came (back) up. */
+  private upSince = 0;
+  /** Calls given the full deadline that ran out since the last answer. */
+  private fullTimeouts = 0;
+  /** When the oldest call that ran out since the last answer started; null: none did. */
+  private silentSince: number | null = null;
   readonly channel: string;
 
   private constructor(
@@ -100,6 +116,16 @@ export class Store {
       this.stats.skipped++;
       return undefined;
     }
+    // What is left of the request's store budget (budget.ts) caps this call's deadline.
+    const budget = storeBudget();
+    if (budget !== null) {
+      const left = Math.floor(this.config.deadlineMs - budget.spentMs);
+      if (left < 1) {
+        this.stats.overBudget++;
+        return undefined;
+      }
+      deadlineMs = Math.min(deadlineMs, left);
+    }
     const started = performance.now();
     let timer: ReturnType<typeof setTimeout> | undefined;
     // When the timer fires, one more turn of the event loop reads what the socket already holds:
@@ -111,24 +137,46 @@ export class Store {
       const v = await Promise.race([fn(c), deadline]);
       if (v === TIMEOUT) {
         this.stats.timeout++;
+        if (deadlineMs >= this.config.deadlineMs) this.fullTimeouts++;
+        // The oldest call still unanswered since the store last answered anything.
+        if (this.silentSince === null || this.lastAnswerAt > this.silentSince)
+          this.silentSince = started;
+        const silentMs = performance.now() - this.silentSince;
         // Answers to other calls while this one waited, or a deadline timer that itself fired
         // late: the store may be fine and this process busy (a loaded event loop reads replies
-        // late). This decision is local; only silence on an idle loop marks the store down.
+        // late), so one such timeout decides locally. But a stopped store looks the same from a
+        // busy loop: DOWN_AFTER_TIMEOUTS full deadlines in a row, or SILENT_DEADLINES deadlines
+        // with no answer at all, mark it down whatever the excuse.
         const late = performance.now() - started > deadlineMs * 1.5;
-        if (deadlineMs < this.config.deadlineMs || this.lastAnswerAt > started || late)
-          return undefined;
+        const excused = deadlineMs < this.config.deadlineMs || this.lastAnswerAt > started || late;
+        const hopeless =
+          this.fullTimeouts >= DOWN_AFTER_TIMEOUTS ||
+          silentMs >= SILENT_DEADLINES * this.config.deadlineMs;
+        if (excused && !hopeless) return undefined;
         // A stopped store keeps its TCP connection open: silence is how it looks. Every later
         // call must not pay the deadline again, so the connection is dropped and re-made.
-        this.markDown(`no answer within ${deadlineMs} ms`);
+        this.markDown(
+          `no answer within ${deadlineMs} ms${hopeless ? ` (nothing for ${Math.round(silentMs)} ms)` : ""}`,
+        );
         return undefined;
       }
+      this.fullTimeouts = 0;
+      this.silentSince = null;
       this.stats.ok++;
       this.lastAnswerAt = performance.now();
       return v;
     } catch (e) {
       const message = e instanceof Error ? e.message : String(e);
+      const refusal = WRITE_REFUSAL.exec(message)?.[1]?.toUpperCase() ?? null;
       if (!c.connected || this.client !== c) this.markDown(message);
+      // A read-only replica, a full or misconfigured store: it answers, but nothing can be
+      // shared through it, so it counts as down (crm_cluster_up 0) rather than a quiet failure.
+      else if (refusal !== null) this.markDown(message, refusal);
       else {
+        // An error reply is an answer: the store is there.
+        this.lastAnswerAt = performance.now();
+        this.fullTimeouts = 0;
+        this.silentSince = null;
         this.stats.error++;
         this.log().debug("cluster store call failed", { error: message.slice(0, 200) });
       }
@@ -136,12 +184,13 @@ export class Store {
     } finally {
       clearTimeout(timer);
       const waited = performance.now() - started;
+      if (budget !== null) budget.spentMs += waited;
       if (waited > this.maxWaitMs) this.maxWaitMs = waited;
     }
   }
 
   /** An atomic script: EVALSHA, and EVAL once when the store does not have it yet (NOSCRIPT). */
-  script(s: Script, keys: string[], args: string[]): Promise<unknown> {
+  script(s: Script, keys: string[], args: string[], deadlineMs?: number): Promise<unknown> {
     return this.call(async (c) => {
       const tail = [String(keys.length), ...keys, ...args];
       try {
@@ -150,12 +199,25 @@ export class Store {
         if (!/NOSCRIPT/i.test((e as Error).message)) throw e;
         return (await c.send("EVAL", [s.source, ...tail])) as unknown;
       }
-    });
+    }, deadlineMs);
   }
 
   /** Fire and forget within the deadline (the result is nobody's business). */
   publish(message: string): void {
-    void this.call((c) => c.publish(this.channel, message));
+    this.detached((c) => c.publish(this.channel, message));
+  }
+
+  /**
+   * A call no request waits for (a write after the answer, a refund): outside any request's
+   * store budget, fire and forget.
+   */
+  detached<T>(fn: (c: RedisClient) => Promise<T>): void {
+    void detachedFromBudget(() => this.call(fn));
+  }
+
+  /** A script no request waits for (see detached). */
+  detachedScript(s: Script, keys: string[], args: string[]): void {
+    void detachedFromBudget(() => this.script(s, keys, args));
   }
 
   /** Called on every message of this prefix's channel; returns the unsubscribe. */
@@ -182,11 +244,12 @@ export class Store {
       "# HELP crm_cluster_up 1 while the shared store (cluster.redis) answers, 0 while this replica decides alone.",
       "# TYPE crm_cluster_up gauge",
       `crm_cluster_up ${this.upState ? 1 : 0}`,
-      "# HELP crm_cluster_calls_total Store calls by result (skipped: the store was down, local state decided).",
+      "# HELP crm_cluster_calls_total Store calls by result (skipped: the store was down; over_budget: the request had spent its store budget; local state decided both).",
       "# TYPE crm_cluster_calls_total counter",
       ...(["ok", "timeout", "error", "skipped"] as const).map(
         (r) => `crm_cluster_calls_total{result="${r}"} ${this.stats[r]}`,
       ),
+      `crm_cluster_calls_total{result="over_budget"} ${this.stats.overBudget}`,
     ];
   }
 
@@ -252,18 +315,24 @@ export class Store {
     }
   }
 
-  private markDown(reason: string): void {
+  private markDown(reason: string, refusal: string | null = null): void {
     if (!this.upState) return;
     this.upState = false;
     this.lastError = reason;
     this.stats.downs++;
     this.dropConnections();
-    this.log().warn(
-      "cluster store down; replica-shared decisions are local until it is back (reconnecting in the background)",
-      { store: this.config.url.href, error: reason.slice(0, 200) },
-    );
+    // The same refusal again after a reconnect: said once, and the back-off keeps growing
+    // (a read-only store accepts the connection each time).
+    const again =
+      refusal !== null && refusal === this.lastRefusal && performance.now() - this.upSince < 60_000;
+    this.lastRefusal = refusal;
+    const fields = { store: this.config.url.href, error: reason.slice(0, 200) };
+    const message =
+      "cluster store down; replica-shared decisions are local until it is back (reconnecting in the background)";
+    if (again) this.log().debug(message, fields);
+    else this.log().warn(message, fields);
     for (const fn of this.downListeners) fn();
-    this.attempts = 0;
+    if (!again) this.attempts = 0;
     this.scheduleReconnect();
   }
 
@@ -289,9 +358,19 @@ export class Store {
       return;
     }
     this.upState = true;
+    this.upSince = performance.now();
     this.lastError = null;
-    this.attempts = 0;
-    this.log().info("cluster store back; sharing resumed", { store: this.config.url.href });
+    // A store that refused writes keeps its back-off: it will likely refuse again.
+    if (this.lastRefusal === null) this.attempts = 0;
+    this.fullTimeouts = 0;
+    this.silentSince = null;
+    // After a repeated refusal the store may refuse again: that "back" is not news.
+    if (this.lastRefusal === null)
+      this.log().info("cluster store back; sharing resumed", { store: this.config.url.href });
+    else
+      this.log().debug("cluster store reconnected after refusing writes", {
+        store: this.config.url.href,
+      });
   }
 }
 

@@ -18,6 +18,17 @@ const DROP_IF = script(
 /** A shared token with less left than this is fetched again rather than used. */
 const MIN_LEFT_MS = 1000;
 const MAX_TOKEN = 16 * 1024;
+/**
+ * A shared token is used this long at most, whatever TTL the entry claims: an entry written by
+ * hand (or a sick peer) must not pin a token in every replica's memory for days.
+ */
+const MAX_LEFT_MS = 60 * 60_000;
+/**
+ * RFC 6750 b64token (token-cache.ts has the same for fetched tokens; this layer sits below the
+ * mirror): anything else (CR/LF, non-Latin-1) cannot go into an Authorization field, so a shared
+ * "token" with it would fail every pull: it is none.
+ */
+const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
 
 export class SharedTokens {
   hits = 0;
@@ -36,21 +47,22 @@ export class SharedTokens {
       typeof token !== "string" ||
       token === "" ||
       token.length > MAX_TOKEN ||
+      !B64TOKEN.test(token) ||
       typeof ttl !== "number" ||
       ttl < MIN_LEFT_MS
     )
       return null;
     this.hits++;
-    return { token, leftMs: ttl };
+    return { token, leftMs: Math.min(ttl, MAX_LEFT_MS) };
   }
 
   /** `useForMs`: until the token cache's own refresh point (token-cache.ts refreshAt). */
   put(key: string, token: string, useForMs: number): void {
-    if (useForMs < MIN_LEFT_MS || token.length > MAX_TOKEN) return;
-    void this.store.call((c) => c.set(this.keyOf(key), token, "PX", Math.floor(useForMs)));
+    if (useForMs < MIN_LEFT_MS || token.length > MAX_TOKEN || !B64TOKEN.test(token)) return;
+    this.store.detached((c) => c.set(this.keyOf(key), token, "PX", Math.floor(useForMs)));
   }
 
   invalidate(key: string, token: string): void {
-    void this.store.script(DROP_IF, [this.keyOf(key)], [token]);
+    this.store.detachedScript(DROP_IF, [this.keyOf(key)], [token]);
   }
 }

@@ -22,6 +22,7 @@ import { asStreamResponse, discardBody } from "../http/relayed.ts";
 import { recordExchange, recordRefusal, trackExchange } from "../status/record.ts";
 import { peerAddress } from "../access/peer-address.ts";
 import { CHALLENGE_ONLY } from "../tls/challenge-budget.ts";
+import { withStoreBudget } from "../cluster/budget.ts";
 
 export interface SocketData {
   conn: Connection | null;
@@ -338,7 +339,9 @@ export class Connection {
     }
     if (r.kind === "incomplete") return;
     this.buf = null;
-    void this.handle(r.head, r.rest);
+    const { head, rest } = r;
+    // With a cluster, the request's hooks share one store budget (cluster/budget.ts).
+    void (this.rt.access.shared !== null ? withStoreBudget(() => this.handle(head, rest)) : this.handle(head, rest));
   }
 
   private onRequestBytes(d: Buffer): void {

@@ -35,6 +35,12 @@ interface Entry {
 }
 
 /**
+ * RFC 6750 b64token: what a Bearer credential is made of. Anything else (CR/LF, non-Latin-1)
+ * cannot go into an Authorization field: a "token" with it would fail every pull, so it is none.
+ */
+export const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
+
+/**
  * When a token received at `receivedAt` stops being used. The margin is min(30 s, 10 % of the
  * lifetime): a 300 s Docker Hub token is renewed at 270 s, a 2 s test token at 1.8 s. The local
  * receive time is the base, not the service's `issued_at`, so clock skew cannot stretch it.

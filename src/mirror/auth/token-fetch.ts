@@ -12,7 +12,7 @@ import type { Challenge } from "./challenge.ts";
 import { dialFailure } from "../upstream/dial-failure.ts";
 import { MirrorError } from "../errors.ts";
 import { readSmallBody } from "../small-body.ts";
-import { DEFAULT_EXPIRES_IN_S, type IssuedToken } from "./token-cache.ts";
+import { B64TOKEN, DEFAULT_EXPIRES_IN_S, type IssuedToken } from "./token-cache.ts";
 import type { RegistryTrust } from "./trust.ts";
 
 /** Token answers are a few KiB; anything bigger is not a token service. */
@@ -79,7 +79,7 @@ export function parseTokenAnswer(bytes: Uint8Array): IssuedToken | null {
   if (typeof doc !== "object" || doc === null) return null;
   const o = doc as { token?: unknown; access_token?: unknown; expires_in?: unknown };
   const token = typeof o.token === "string" && o.token !== "" ? o.token : typeof o.access_token === "string" && o.access_token !== "" ? o.access_token : null;
-  if (token === null) return null;
+  if (token === null || !B64TOKEN.test(token)) return null;
   const expiresIn = typeof o.expires_in === "number" && Number.isFinite(o.expires_in) && o.expires_in > 0 ? o.expires_in : DEFAULT_EXPIRES_IN_S;
   return { token, expiresIn };
 }

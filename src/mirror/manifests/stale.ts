@@ -9,6 +9,7 @@
  * Bounded: at most MAX_TAGS remembered, least recently resolved dropped first.
  */
 import type { Runtime } from "../../context.ts";
+import { labelValue } from "../../metrics.ts";
 
 const MAX_TAGS = 10_000;
 
@@ -51,7 +52,7 @@ export class TagMemory {
     ];
     for (const [k, n] of this.served) {
       const [registry, reason] = k.split("\n") as [string, string];
-      out.push(`crm_mirror_stale_manifests_total{registry="${registry.replace(/["\\]/g, "")}",reason="${reason.replace(/["\\]/g, "")}"} ${n}`);
+      out.push(`crm_mirror_stale_manifests_total{registry="${labelValue(registry)}",reason="${labelValue(reason)}"} ${n}`);
     }
     return out;
   }

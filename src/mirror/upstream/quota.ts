@@ -8,6 +8,7 @@ import type { Logger } from "../../log.ts";
 import type { RegistryConfig } from "../../config/registries.ts";
 import type { QuotaView, RateLimit } from "../../status/quota.ts";
 import { MirrorError } from "../errors.ts";
+import { labelValue } from "../../metrics.ts";
 
 /** Under this share of the limit, one warning line is logged. */
 const LOW_SHARE = 0.1;
@@ -115,7 +116,7 @@ export class QuotaTracker {
     const out: string[] = [];
     const family = (name: string, type: string, help: string, values: Iterable<[string, number]>): void => {
       out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
-      for (const [registry, v] of values) out.push(`${name}{registry="${registry}"} ${v}`);
+      for (const [registry, v] of values) out.push(`${name}{registry="${labelValue(registry)}"} ${v}`);
     };
     family("crm_upstream_ratelimit_remaining", "gauge", "Pulls left in the upstream's window (ratelimit-remaining), as last seen.", [...this.latest].map(([r, rl]) => [r, rl.remaining]));
     family("crm_upstream_ratelimit_limit", "gauge", "The upstream's pull limit per window (ratelimit-limit), as last seen.", [...this.latest].map(([r, rl]) => [r, rl.limit]));

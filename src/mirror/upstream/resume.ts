@@ -24,6 +24,7 @@ import { ChunkPosition } from "./chunk-position.ts";
 import { meteredFetch, type MeteredRequest } from "./metered.ts";
 import type { MirrorState } from "../state.ts";
 import type { MirrorClient } from "./failover.ts";
+import { labelValue } from "../../metrics.ts";
 
 /** Re-requests per answer before the client's connection is cut. */
 export const MAX_RESUMES = 3;
@@ -94,7 +95,7 @@ export class ResumeStats {
     ];
     for (const [k, n] of this.counts) {
       const [registry, result] = k.split("\n") as [string, string];
-      out.push(`crm_mirror_blob_resumes_total{registry="${registry.replace(/["\\]/g, "")}",result="${result}"} ${n}`);
+      out.push(`crm_mirror_blob_resumes_total{registry="${labelValue(registry)}",result="${result}"} ${n}`);
     }
     return out;
   }
