@@ -11,7 +11,7 @@
 import { createHash } from "node:crypto";
 import type { PullRoute } from "../routes.ts";
 import type { FanoutRegistry, InFlight } from "./registry.ts";
-import { relayableStream, type RelaySource } from "../../http/relayed.ts";
+import { discardBody, relayableStream, relayedBody, type RelaySource } from "../../http/relayed.ts";
 import { SharedDownload, type OwnRequest } from "./shared-download.ts";
 
 export interface BlobRequest {
@@ -71,7 +71,8 @@ async function lead(fan: FanoutRegistry, key: string, digest: { algorithm: "sha2
   }
   done();
   const length = contentLength(res);
-  if (res.status !== 200 || length === null || res.body === null || req.signal.aborted) {
+  // The answer's body may be a relayed source with no stream (a resuming body, mirror/resume.ts).
+  if (res.status !== 200 || length === null || (res.body === null && relayedBody(res) === null) || req.signal.aborted) {
     // Errors, redirects crm could not follow, bodies of unknown size: answered as without fan-out.
     entry.settle(null);
     return res;
@@ -168,16 +169,18 @@ function ownRequest(req: BlobRequest, total: number): OwnRequest {
     if (res.status === 206) {
       const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(res.headers.get("content-range") ?? "");
       if (m === null || Number(m[1]) !== from || Number(m[2]) !== to || (m[3] !== "*" && Number(m[3]) !== total)) {
-        await res.body?.cancel().catch(() => {});
+        await discardBody(res);
         throw new Error(`own range request for bytes ${from}-${to} answered Content-Range ${JSON.stringify(res.headers.get("content-range"))}`);
       }
     } else if (res.status === 200 && contentLength(res) === total) skip = from;
     else {
-      await res.body?.cancel().catch(() => {});
+      await discardBody(res);
       throw new Error(`own range request for bytes ${from}-${to} answered ${res.status}`);
     }
-    if (res.body === null) throw new Error(`own range request for bytes ${from}-${to} answered without a body`);
-    return { reader: res.body.getReader(), skip };
+    // A resuming answer (mirror/resume.ts) is a relayed source with no stream of its own.
+    const stream = res.body ?? relayedBody(res)?.stream() ?? null;
+    if (stream === null) throw new Error(`own range request for bytes ${from}-${to} answered without a body`);
+    return { reader: stream.getReader(), skip };
   };
 }
 
