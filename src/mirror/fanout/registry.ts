@@ -29,7 +29,7 @@ export interface InFlight {
   released: boolean;
 }
 
-export type NotShared = "over_budget" | "late";
+export type NotShared = "over_budget" | "late" | "range" | "ended";
 
 export class FanoutRegistry {
   private readonly inFlight = new Map<string, InFlight>();
@@ -147,7 +147,7 @@ export class FanoutRegistry {
       "# HELP crm_mirror_fanout_lag_wait_seconds_total Time shared downloads spent waiting for readers at their window's edge.",
       "# TYPE crm_mirror_fanout_lag_wait_seconds_total counter",
       `crm_mirror_fanout_lag_wait_seconds_total ${(this.counts.waitedMs / 1000).toFixed(3)}`,
-      "# HELP crm_mirror_fanout_not_shared_total Blob GETs that could not share a download, by reason (over_budget: no window left; late: byte 0 had left the window).",
+      "# HELP crm_mirror_fanout_not_shared_total Blob GETs that could not share a download, by reason (over_budget: no window left; late: byte 0 had left the window; range: a range that does not reach the blob's end or starts far beyond the bytes received; ended: the download had failed or been cancelled).",
       "# TYPE crm_mirror_fanout_not_shared_total counter",
     ];
     for (const [reason, n] of this.notShared) out.push(`crm_mirror_fanout_not_shared_total{reason="${reason}"} ${n}`);

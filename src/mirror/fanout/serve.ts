@@ -2,7 +2,8 @@
  * Which blob GETs share a download, and the client's answer when one does (the mirror's one call
  * into fan-out, from mirror/index.ts). A GET without Range starts a shared download, or joins the
  * one in flight for the same registry, account, repository and digest; a GET with a single
- * `bytes=` range only joins (if the download still has or will have its first byte). Everything
+ * `bytes=` range to the blob's end (`N-` or a suffix) only joins (if the download still has or
+ * will have its first byte; a range ending earlier would end before the digest is known). Everything
  * else (HEAD, conditional requests, multi-range, digests crm cannot hash, a download whose byte 0
  * has left the window, the budget spent) is answered by the caller's own request, as without
  * fan-out. Rules, auth, fair shares and bandwidth pacing all happened or happen per client around
@@ -118,6 +119,12 @@ async function join(fan: FanoutRegistry, entry: InFlight, range: RangeAsk | null
     }
     // Unsatisfiable (or empty): the upstream's own 416 is the answer.
     if (from > to || from >= total) return null;
+    // A range ending before the blob's end would end before the digest is known: its own request.
+    if (to !== total - 1) {
+      fan.count("range");
+      req.logFields.fanout = "range";
+      return null;
+    }
   }
   const stream = download.join(from, to + 1, req.signal, ownRequest(req, total));
   if (stream === null) {

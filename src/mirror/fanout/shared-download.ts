@@ -144,9 +144,11 @@ export class SharedDownload {
   /**
    * A new reader for bytes [start, end) (end exclusive, at most `total`), or null when the bytes
    * from `start` on are no longer all here or to come (the caller makes its own request).
+   * Only ranges that end at the blob's end share: a reader's last byte is what is held back until
+   * the digest is known, so a range ending earlier would get a clean end before any verdict.
    */
   join(start: number, end: number, signal: AbortSignal, ownRequest: OwnRequest): RelaySource | null {
-    if (!this.joinable || start < this.base || end > this.total || start > end) return null;
+    if (!this.joinable || start < this.base || end !== this.total || start > end) return null;
     const r = new Reader(start, end, ownRequest, this.lagGraceMs);
     this.readers.add(r);
     this.attachedCount++;
