@@ -85,4 +85,53 @@ describe("fan-out review findings", () => {
     expect(rw.error?.message).toContain("do not match");
     expect(rt.error?.message).toContain("do not match");
   });
+
+  for (const how of ["the upstream resets", "the attached reader leaves"] as const) {
+    test(`a detached reader whose first part came from corrupted shared bytes is cut, never cleanly ended, when ${how}`, async () => {
+      const log: string[] = [];
+      const src = source(bad, 16 * KiB, how === "the upstream resets" ? 900 * KiB : null);
+      const d = new SharedDownload(src.res, data.byteLength, { algorithm: "sha256", hex }, 128 * KiB, observer(log));
+      const fastAc = new AbortController();
+      const fast = d.join(0, data.byteLength, fastAc.signal, noOwn)!.stream().getReader();
+      const slow = d.join(0, data.byteLength, never, ownFrom(data))!.stream().getReader();
+      // Its first piece holds the corrupted byte 10; then it stops while the other reads on.
+      const slowParts: Uint8Array[] = [(await slow.read()).value!];
+      while (!log.includes("detached")) await fast.read();
+      if (how === "the attached reader leaves") fastAc.abort();
+      else await readAll(fast);
+      const rs = await readAll(slow, slowParts);
+      expect(rs.error?.message).toContain("do not match");
+      expect(rs.bytes.byteLength).toBeLessThan(data.byteLength);
+    });
+  }
+
+  test("a detached reader whose own range answer is corrupted is cut before its last byte", async () => {
+    const log: string[] = [];
+    const d = new SharedDownload(source(data).res, data.byteLength, { algorithm: "sha256", hex }, 128 * KiB, observer(log));
+    const fast = d.join(0, data.byteLength, never, noOwn)!.stream().getReader();
+    const badOwn = Buffer.from(data);
+    badOwn[600 * KiB] = (badOwn[600 * KiB] as number) ^ 1;
+    const slow = d.join(0, data.byteLength, never, ownFrom(badOwn))!.stream().getReader();
+    const parts: Uint8Array[] = [(await slow.read()).value!];
+    const rf = readAll(fast);
+    while (!log.includes("detached")) await Bun.sleep(5);
+    const rs = await readAll(slow, parts);
+    expect((await rf).error).toBeNull();
+    expect(rs.error?.message).toContain("do not match");
+    expect(rs.bytes.byteLength).toBe(data.byteLength - 1);
+  });
+
+  test("a detached reader finishes on its own while the attached reader stalls (it never waits on the shared verdict)", async () => {
+    const log: string[] = [];
+    const d = new SharedDownload(source(data).res, data.byteLength, { algorithm: "sha256", hex }, 128 * KiB, observer(log));
+    const a = d.join(0, data.byteLength, never, noOwn)!.stream().getReader();
+    const det = d.join(0, data.byteLength, never, ownFrom(data))!.stream().getReader();
+    const parts: Uint8Array[] = [(await det.read()).value!];
+    while (!log.includes("detached")) await a.read();
+    // `a` reads no more: the shared download cannot reach its verdict while it stalls.
+    const r = await readAll(det, parts);
+    expect(r.error).toBeNull();
+    expect(sha(r.bytes)).toBe(hex);
+    await a.cancel();
+  });
 });

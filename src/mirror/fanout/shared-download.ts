@@ -21,6 +21,14 @@
  * byte is held back until the digest is known: on a mismatch each reader's stream fails before
  * its last byte, which the writer turns into a cut connection, never a clean end.
  *
+ * A detached reader checks its own bytes: the hash state at each chunk's start is kept with the
+ * window (CryptoHasher.copy(), a few hundred bytes each), so at the detach point the reader takes
+ * the hash of bytes [0, its offset), adds its own request's bytes, and holds its last byte until
+ * its own digest is known. It never waits on the shared download's verdict (which needs every
+ * attached reader to finish, however slow), and neither a shared download that ends unchecked
+ * (its last attached reader left, the upstream broke off) nor a corrupted own answer can give it
+ * a clean end with wrong bytes.
+ *
  * When the last attached reader leaves, the upstream download is cancelled.
  *
  * A reader is handed to the writer as a RelaySource (upstream/relayed.ts): the writer pushes its
@@ -74,8 +82,10 @@ class Reader {
   own: ChunkReader | null = null;
   ownSkip = 0;
   ownAbort: AbortController | null = null;
-  /** The last byte of an own request's body, held until the shared download's verdict. */
+  /** The last byte of an own request's body, held until the reader's own digest is known. */
   held: Uint8Array | null = null;
+  /** A detached reader's hash of every byte it was given (null when the download was not hashed). */
+  hasher: Bun.CryptoHasher | null = null;
   constructor(
     public pos: number,
     /** Exclusive. */
@@ -107,6 +117,8 @@ export class SharedDownload {
   private fastest = 0;
   private waiters: Reader[] = [];
   private hasher: Bun.CryptoHasher | null = null;
+  /** While hashed: the hash state before each chunk in `chunks` (same index), for readers that detach. */
+  private readonly snaps: Array<Bun.CryptoHasher | null> = [];
   private verdict: Verdict = "pending";
   private started = false;
   private finished = false;
@@ -205,7 +217,10 @@ export class SharedDownload {
       this.fail(new Error(`upstream sent more than its Content-Length of ${this.total} bytes`), "unchecked");
       return false;
     }
-    this.hasher?.update(b);
+    if (this.hasher !== null) {
+      this.snaps.push(this.hasher.copy());
+      this.hasher.update(b);
+    } else this.snaps.push(null);
     this.chunks.push(b);
     this.starts.push(this.received);
     this.received += b.byteLength;
@@ -293,8 +308,8 @@ export class SharedDownload {
 
   /**
    * Ends the download. "mismatch" cuts every reader, attached or on its own request; otherwise
-   * only the attached ones when `cutAttached` (the upstream broke off), and readers on their own
-   * request get their held last byte.
+   * only the attached ones when `cutAttached` (the upstream broke off); readers on their own
+   * request go on and check their own bytes.
    */
   private fail(err: Error, verdict: Verdict, cutAttached = verdict === "mismatch"): void {
     const wasFinished = this.finished;
@@ -334,7 +349,10 @@ export class SharedDownload {
     // Joining is allowed only while byte 0 is in the window, so the hash can catch up from it.
     if (this.base !== 0) return;
     this.hasher = new Bun.CryptoHasher(this.digest.algorithm);
-    for (let i = this.first; i < this.chunks.length; i++) this.hasher.update(this.chunks[i] as Uint8Array);
+    for (let i = this.first; i < this.chunks.length; i++) {
+      this.snaps[i] = this.hasher.copy();
+      this.hasher.update(this.chunks[i] as Uint8Array);
+    }
     if (this.finished && this.verdict === "pending") this.judge();
   }
 
@@ -360,18 +378,30 @@ export class SharedDownload {
       if (s + c.byteLength > keep) break;
       this.retained -= c.byteLength;
       this.chunks[this.first] = EMPTY;
+      this.snaps[this.first] = null;
       this.first++;
       this.base = s + c.byteLength;
     }
     if (this.first > 1024 && this.first * 2 > this.chunks.length) {
       this.chunks.splice(0, this.first);
       this.starts.splice(0, this.first);
+      this.snaps.splice(0, this.first);
       this.first = 0;
     }
     if (this.base > 0 && this.joinable) this.unlist();
   }
 
   private detach(r: Reader): void {
+    if (this.hasher !== null) {
+      // The hash of bytes [0, r.pos): the state at its chunk's start plus the part of it before r.pos.
+      const i = this.chunkAt(r.pos);
+      const snap = this.snaps[i];
+      if (snap !== null && snap !== undefined) {
+        const h = snap.copy();
+        h.update((this.chunks[i] as Uint8Array).subarray(0, r.pos - (this.starts[i] as number)));
+        r.hasher = h;
+      }
+    }
     r.attached = false;
     this.attachedCount--;
     this.observer.detached();
@@ -524,7 +554,8 @@ export class SharedDownload {
 
   /**
    * The next bytes of a detached reader's own request (opened on first use), or null at its end.
-   * While the shared download is hashed, its last byte waits for the verdict.
+   * A reader that detached from a hashed download holds its last byte until its own digest (the
+   * shared bytes it had, then its own) is known; a mismatch fails it before that byte.
    */
   private async nextOwn(r: Reader): Promise<Uint8Array | null> {
     if (r.own === null) {
@@ -536,9 +567,8 @@ export class SharedDownload {
     for (;;) {
       if (r.failure !== null) throw r.failure;
       if (r.held !== null) {
-        while (this.verdict === "pending" && r.failure === null) await new Promise<void>((resolve) => this.waitFor(r, resolve));
-        if (r.failure !== null) throw r.failure;
         const last = r.held;
+        this.verifyOwn(r, last);
         r.held = null;
         r.pos += last.byteLength;
         return last;
@@ -555,14 +585,27 @@ export class SharedDownload {
       }
       if (v.byteLength === 0) continue;
       if (r.pos + v.byteLength > r.end) throw new Error("own upstream request sent more bytes than asked for");
-      if (r.pos + v.byteLength === r.end && this.hasher !== null && this.verdict === "pending") {
+      if (r.pos + v.byteLength === r.end && r.hasher !== null) {
         r.held = v.subarray(v.byteLength - 1);
         v = v.subarray(0, v.byteLength - 1);
         if (v.byteLength === 0) continue;
       }
+      r.hasher?.update(v);
       r.pos += v.byteLength;
       return v;
     }
+  }
+
+  /** A detached reader's last byte `last`: throws (the reader is cut before it) unless its bytes match the digest. */
+  private verifyOwn(r: Reader, last: Uint8Array): void {
+    const h = r.hasher;
+    if (h === null) return;
+    r.hasher = null;
+    h.update(last);
+    const got = h.digest("hex");
+    if (got === this.digest.hex) return;
+    r.failure ??= new Error(`blob bytes do not match ${this.digest.algorithm}:${this.digest.hex} (a reader on its own range request)`);
+    throw r.failure;
   }
 
   // Pull mode (code that wraps streams): one read, one piece.
@@ -679,6 +722,7 @@ export class SharedDownload {
     this.unlist();
     this.chunks.length = 0;
     this.starts.length = 0;
+    this.snaps.length = 0;
     this.first = 0;
     this.retained = 0;
     this.observer.disposed();
