@@ -134,4 +134,38 @@ describe("fan-out review findings", () => {
     expect(sha(r.bytes)).toBe(hex);
     await a.cancel();
   });
+
+  test("a range joiner far ahead of the bytes received does not join (it would set the pace without reading)", async () => {
+    const big = randomBytes(4096 * KiB);
+    const src = source(big);
+    const d = new SharedDownload(src.res, big.byteLength, { algorithm: "sha256", hex: sha(big) }, 256 * KiB, observer([]));
+    const a = d.join(0, big.byteLength, never, ownFrom(big))!.stream().getReader();
+    const bAc = new AbortController();
+    const b = d.join(0, big.byteLength, bAc.signal, noOwn)!.stream().getReader();
+    expect(d.join(3584 * KiB, big.byteLength, never, noOwn)).toBeNull();
+    await a.read();
+    await b.read();
+    await b.read();
+    // The fastest reader leaves: the pace is the remaining reader's, which stopped reading.
+    bAc.abort();
+    await Bun.sleep(100);
+    expect(src.pulled()).toBeLessThan(1024 * KiB);
+    await a.cancel();
+  });
+
+  test("several stalled readers hold the download back for one lag_grace in all, not one each", async () => {
+    const big = randomBytes(2048 * KiB);
+    const log: string[] = [];
+    const d = new SharedDownload(source(big).res, big.byteLength, { algorithm: "sha256", hex: sha(big) }, 256 * KiB, observer(log), 100);
+    const fast = d.join(0, big.byteLength, never, noOwn)!.stream().getReader();
+    const stalled: Array<{ read(): Promise<unknown>; cancel(): Promise<void> }> = [];
+    for (let i = 1; i <= 4; i++) stalled.push(d.join(0, big.byteLength, never, ownFrom(big))!.stream().getReader());
+    // Each reads a different number of pieces, then stops: each in turn is the slowest at the edge.
+    for (const [i, r] of stalled.entries()) for (let j = 0; j <= i; j++) await r.read();
+    const rf = await readAll(fast);
+    expect(rf.error).toBeNull();
+    expect(sha(rf.bytes)).toBe(sha(big));
+    expect(log.filter((l) => l.startsWith("waited")).length).toBe(1);
+    for (const r of stalled) await r.cancel();
+  });
 });

@@ -344,6 +344,28 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     expect(gets[2]?.headers.range).toBe(`bytes=${Number(own?.[1]) + 8 * MiB}-${LAYER_SIZE - 1}`);
   }, 120_000);
 
+  test("shared blob requests ask the upstream for identity encoding (the sharing key holds no encoding)", async () => {
+    const { crm, relay, blobGets } = await setupCut({}, image.layer, {});
+    const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
+    const pulls = Array.from({ length: 2 }, (_, i) => curlDigest(url, join(fx.dir, `enc-${i}.bin`), ["-H", "Accept-Encoding: gzip"]));
+    await joined(crm, 1);
+    relay.openGate();
+    for (const r of await Promise.all(pulls)) expect(r.digest).toBe(image.layer);
+    expect(blobGets()).toHaveLength(1);
+    expect(blobGets()[0]?.headers["accept-encoding"]).toBe("identity");
+  }, 120_000);
+
+  test("a blob smaller than the window reserves only its size from the budget", async () => {
+    const { crm, relay } = await setup({ window: "128MiB", budget: "256MiB" });
+    const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
+    const pull = curlDigest(url, join(fx.dir, "small-reserve.bin"));
+    while (metric(crm, "crm_mirror_fanout_downloads_total") < 1) await Bun.sleep(20);
+    expect(metric(crm, "crm_mirror_fanout_reserved_bytes")).toBe(LAYER_SIZE);
+    relay.openGate();
+    expect((await pull).digest).toBe(image.layer);
+    expect(metric(crm, "crm_mirror_fanout_reserved_bytes")).toBe(0);
+  }, 120_000);
+
   test("enabled: false keeps one upstream GET per client", async () => {
     const { crm } = await setup({ enabled: false }, {});
     const since = fx.logs().length;
@@ -362,7 +384,9 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     while (metric(crm, "crm_mirror_fanout_downloads_total") < 1) await Bun.sleep(20);
     const head = await fetch(url, { method: "HEAD" });
     expect(head.status).toBe(200);
-    const from = 10 * MiB + 3;
+    // A range joins only if it starts within the read-ahead (1 MiB here) of the bytes received.
+    while (metric(crm, "crm_mirror_fanout_window_bytes") < 1.5 * MiB) await Bun.sleep(20);
+    const from = 2 * MiB + 3;
     const to = LAYER_SIZE - 1;
     const part = fetch(url, { headers: { range: `bytes=${from}-` } });
     await joined(crm, 1);

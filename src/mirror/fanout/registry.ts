@@ -23,8 +23,8 @@ export interface InFlight {
   /** Requests waiting for the head; when all of them are gone the upstream request is aborted. */
   waiting: number;
   readonly controller: AbortController;
-  /** The window this download reserved from the budget. */
-  readonly reserved: number;
+  /** The window this download reserved from the budget (cut to the blob's size once known). */
+  reserved: number;
   settle(d: SharedDownload | null): void;
   released: boolean;
 }
@@ -84,6 +84,13 @@ export class FanoutRegistry {
     this.inFlight.set(key, entry);
     this.live.add(entry);
     return entry;
+  }
+
+  /** Gives back the part of `entry`'s reservation above `bytes` (a blob smaller than the window). */
+  shrink(entry: InFlight, bytes: number): void {
+    if (entry.released || bytes >= entry.reserved) return;
+    this.reserved -= entry.reserved - bytes;
+    entry.reserved = bytes;
   }
 
   /** No one may join `entry` any more. */
@@ -152,7 +159,7 @@ export class FanoutRegistry {
     ];
     for (const [reason, n] of this.notShared) out.push(`crm_mirror_fanout_not_shared_total{reason="${reason}"} ${n}`);
     out.push(
-      "# HELP crm_mirror_fanout_in_flight Shared blob downloads with readers now.",
+      "# HELP crm_mirror_fanout_in_flight Shared blob downloads holding a window now (waiting for the upstream's head, or with readers).",
       "# TYPE crm_mirror_fanout_in_flight gauge",
       `crm_mirror_fanout_in_flight ${this.live.size}`,
       "# HELP crm_mirror_fanout_window_bytes Bytes held in shared downloads' windows now.",

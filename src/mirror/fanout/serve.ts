@@ -14,6 +14,7 @@ import type { PullRoute } from "../routes.ts";
 import type { FanoutRegistry, InFlight } from "./registry.ts";
 import { discardBody, relayableStream, relayedBody, type RelaySource } from "../../http/relayed.ts";
 import { SharedDownload, type OwnRequest } from "./shared-download.ts";
+import { MAX_SKIP } from "../resume.ts";
 
 export interface BlobRequest {
   route: PullRoute;
@@ -64,7 +65,7 @@ async function lead(fan: FanoutRegistry, key: string, digest: { algorithm: "sha2
   let res: Response;
   try {
     // The download outlives this client if others join: its own signal, aborted when no one waits or reads.
-    res = await req.answer(req.headers, entry.controller.signal);
+    res = await req.answer(identity(req.headers), entry.controller.signal);
   } catch (e) {
     done();
     entry.settle(null);
@@ -72,12 +73,16 @@ async function lead(fan: FanoutRegistry, key: string, digest: { algorithm: "sha2
   }
   done();
   const length = contentLength(res);
+  const encoding = res.headers.get("content-encoding");
   // The answer's body may be a relayed source with no stream (a resuming body, mirror/resume.ts).
-  if (res.status !== 200 || length === null || (res.body === null && relayedBody(res) === null) || req.signal.aborted) {
+  // An encoded answer (asked for identity, got something else) is not the blob's bytes: not shared.
+  if (res.status !== 200 || length === null || (res.body === null && relayedBody(res) === null) || req.signal.aborted || (encoding !== null && encoding.trim().toLowerCase() !== "identity")) {
     // Errors, redirects crm could not follow, bodies of unknown size: answered as without fan-out.
     entry.settle(null);
     return res;
   }
+  // A blob smaller than the window never needs more of the budget than its own size.
+  fan.shrink(entry, Math.max(1, Math.min(entry.reserved, length)));
   const download = new SharedDownload(res, length, digest, entry.reserved, {
     detached: () => {
       fan.detached();
@@ -119,17 +124,14 @@ async function join(fan: FanoutRegistry, entry: InFlight, range: RangeAsk | null
     }
     // Unsatisfiable (or empty): the upstream's own 416 is the answer.
     if (from > to || from >= total) return null;
-    // A range ending before the blob's end would end before the digest is known: its own request.
-    if (to !== total - 1) {
-      fan.count("range");
-      req.logFields.fanout = "range";
-      return null;
-    }
   }
-  const stream = download.join(from, to + 1, req.signal, ownRequest(req, total));
+  // A range ending before the blob's end would end before the digest is known, one far ahead would
+  // set the pace without reading; a download that failed or is gone has nothing to share.
+  const why = download.refusal(from, to + 1);
+  const stream = why === null ? download.join(from, to + 1, req.signal, ownRequest(req, total)) : null;
   if (stream === null) {
-    fan.count("late");
-    req.logFields.fanout = "late";
+    fan.count(why ?? "late");
+    req.logFields.fanout = why ?? "late";
     return null;
   }
   fan.joined();
@@ -169,7 +171,7 @@ function answer(entry: InFlight, body: RelaySource, from: number, end: number, r
  */
 function ownRequest(req: BlobRequest, total: number): OwnRequest {
   return async (from, to, signal) => {
-    const headers = new Headers(req.headers);
+    const headers = identity(req.headers);
     headers.set("range", `bytes=${from}-${to}`);
     const res = await req.answer(headers, AbortSignal.any([req.signal, signal]));
     let skip = 0;
@@ -179,16 +181,27 @@ function ownRequest(req: BlobRequest, total: number): OwnRequest {
         await discardBody(res);
         throw new Error(`own range request for bytes ${from}-${to} answered Content-Range ${JSON.stringify(res.headers.get("content-range"))}`);
       }
-    } else if (res.status === 200 && contentLength(res) === total) skip = from;
+    } else if (res.status === 200 && contentLength(res) === total && from <= MAX_SKIP) skip = from;
     else {
       await discardBody(res);
-      throw new Error(`own range request for bytes ${from}-${to} answered ${res.status}`);
+      const why = res.status === 200 && from > MAX_SKIP ? `200 (no range support: ${from} bytes would have to be read and dropped, more than ${MAX_SKIP})` : String(res.status);
+      throw new Error(`own range request for bytes ${from}-${to} answered ${why}`);
     }
     // A resuming answer (mirror/resume.ts) is a relayed source with no stream of its own.
     const stream = res.body ?? relayedBody(res)?.stream() ?? null;
     if (stream === null) throw new Error(`own range request for bytes ${from}-${to} answered without a body`);
     return { reader: stream.getReader(), skip };
   };
+}
+
+/**
+ * The request fields for a shared download: `Accept-Encoding: identity`, since the sharing key
+ * holds no encoding (every reader gets the blob's own bytes, which the digest checks).
+ */
+function identity(h: Headers): Headers {
+  const out = new Headers(h);
+  out.set("accept-encoding", "identity");
+  return out;
 }
 
 function contentLength(res: Response): number | null {

@@ -9,8 +9,8 @@
  * behind the window's start (a slow client, or one paced by client_bandwidth) is detached: it
  * neither slows the others nor pins memory, and continues from its own offset on its own upstream
  * request (`Range: bytes=<offset>-`), so its client still sees one whole answer. Before that, the
- * upstream waits for a reader at the window's edge, at most `lagGraceMs` in total per reader
- * (mirror.fanout.lag_grace): a client that stalls for a moment (a descheduled process, a lost
+ * upstream waits for a reader at the window's edge, at most `lagGraceMs` in total per download
+ * (mirror.fanout.lag_grace, however many readers stall): a client that stalls for a moment (a descheduled process, a lost
  * packet) then costs the others that moment rather than a second upstream download, and one that
  * stays slow is detached once its grace is spent and holds no one back again.
  *
@@ -129,6 +129,11 @@ export class SharedDownload {
   private pump: ChunkReader | null = null;
   private resumePump: (() => void) | null = null;
   private readonly readAhead: number;
+  /**
+   * What is left of the time this download may wait for readers at its window's edge, all of
+   * them together: K stalled readers must not hold the others K × lag_grace.
+   */
+  private graceLeftMs: number;
   /** The reader the upstream waits for now (it is at the window's edge), since when, and the timer that ends its grace. */
   private hold: { reader: Reader; since: number; timer: ReturnType<typeof setTimeout> } | null = null;
 
@@ -142,6 +147,7 @@ export class SharedDownload {
     private readonly lagGraceMs = 0,
   ) {
     this.readAhead = Math.min(MAX_READ_AHEAD, Math.max(64 * 1024, Math.floor(window / 4)));
+    this.graceLeftMs = lagGraceMs;
   }
 
   get canJoin(): boolean {
@@ -160,7 +166,7 @@ export class SharedDownload {
    * the digest is known, so a range ending earlier would get a clean end before any verdict.
    */
   join(start: number, end: number, signal: AbortSignal, ownRequest: OwnRequest): RelaySource | null {
-    if (!this.joinable || start < this.base || end !== this.total || start > end) return null;
+    if (this.refusal(start, end) !== null) return null;
     const r = new Reader(start, end, ownRequest, this.lagGraceMs);
     this.readers.add(r);
     this.attachedCount++;
@@ -172,6 +178,19 @@ export class SharedDownload {
     return new ReaderBody(this, r);
   }
 
+
+  /**
+   * Why a reader for [start, end) may not join now, or null if it may: "ended" (the download
+   * failed or was cancelled), "late" (byte 0 left the window), "range" (the range does not reach
+   * the blob's end, or starts beyond the bytes received and the read-ahead: a joiner that far
+   * ahead would set the pace without reading).
+   */
+  refusal(start: number, end: number): "ended" | "late" | "range" | null {
+    if (this.finished && this.verdict !== "ok" && this.verdict !== "pending") return "ended";
+    if (!this.joinable || start < this.base) return "late";
+    if (end !== this.total || start > end || start > this.received + this.readAhead) return "range";
+    return null;
+  }
 
   // ------------------------------------------------------------------ upstream side
 
@@ -242,7 +261,9 @@ export class SharedDownload {
     if (this.received - this.fastest >= this.readAhead) return false;
     let slowest: Reader | null = null;
     for (const r of this.readers) if (r.attached && r.pos < r.end && (slowest === null || r.pos < slowest.pos)) slowest = r;
-    const atEdge = slowest !== null && slowest.graceMs > 0 && this.received - slowest.pos >= this.window - this.readAhead && this.received < this.total;
+    // A window that holds the whole blob never pushes anyone out: no reason to wait.
+    const atEdge =
+      slowest !== null && slowest.graceMs > 0 && this.graceLeftMs > 0 && this.window < this.total && this.received - slowest.pos >= this.window - this.readAhead && this.received < this.total;
     if (!atEdge) {
       this.endHold();
       return true;
@@ -253,10 +274,12 @@ export class SharedDownload {
       const timer = setTimeout(() => {
         // Its grace is spent: it goes on its own request when the next read leaves it behind.
         if (this.hold?.reader !== reader) return;
+        const downloadLimited = this.graceLeftMs <= reader.graceMs;
         this.endHold();
         reader.graceMs = 0;
+        if (downloadLimited) this.graceLeftMs = 0;
         this.resumeIfWanted();
-      }, reader.graceMs);
+      }, Math.min(reader.graceMs, this.graceLeftMs));
       this.hold = { reader, since: performance.now(), timer };
     }
     return false;
@@ -269,6 +292,7 @@ export class SharedDownload {
     clearTimeout(h.timer);
     const ms = performance.now() - h.since;
     h.reader.graceMs = Math.max(0, h.reader.graceMs - ms);
+    this.graceLeftMs = Math.max(0, this.graceLeftMs - ms);
     this.observer.waited(ms);
   }
 
@@ -711,7 +735,9 @@ export class SharedDownload {
 
   private recomputeFastest(): void {
     let f = 0;
-    for (const r of this.readers) if (r.attached && r.pos > f) f = r.pos;
+    // A range joiner that has not reached the bytes received yet counts from there: it must not
+    // let the upstream be read on at the pace of no one.
+    for (const r of this.readers) if (r.attached) f = Math.max(f, Math.min(r.pos, this.received));
     this.fastest = f;
     this.resumeIfWanted();
   }
