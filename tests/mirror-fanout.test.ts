@@ -10,6 +10,7 @@ import { readFile, readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Socket } from "bun";
 import { startCrm, type TestCrm } from "./support/crm.ts";
+import { startCuttingRelay, type CuttingRelay, type RelayRequest } from "./support/cutting-relay.ts";
 import { startPacingRelay, type PacingRelay } from "./support/pacing-relay.ts";
 import { freePorts } from "./support/ports.ts";
 import { runSkopeo, sha256Digest, startRegistry, type RegistryFixture } from "./support/registry.ts";
@@ -275,6 +276,96 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     await crm.waitLog(/do not match their digest/);
   }, 120_000);
 
+  /**
+   * crm → pacing relay (gate) → cutting relay → registry: `cuts` says after how many body bytes the
+   * cutting relay breaks the blob GET numbered n (0 = the first) of `digest`.
+   */
+  async function setupCut(fanout: Record<string, unknown>, digest: string, cuts: Record<number, number>): Promise<{ crm: TestCrm; relay: PacingRelay; blobGets: () => RelayRequest[] }> {
+    const u = new URL(fx.url);
+    const isBlobGet = (r: RelayRequest): boolean => r.method === "GET" && r.path.endsWith(`/blobs/${digest}`);
+    let n = 0;
+    const cutter: CuttingRelay = await startCuttingRelay({ host: u.hostname, port: Number(u.port) }, (r) => {
+      if (!isBlobGet(r)) return { kind: "pass" };
+      const at = cuts[n++];
+      return at === undefined ? { kind: "pass" } : { kind: "pass", cutAfter: at };
+    });
+    started.push(cutter);
+    const r = startPacingRelay(cutter.port, { rate: RATE, gateAfter: GATE });
+    started.push(r);
+    const crm = await startCrm(
+      {
+        timeouts: { header: "300ms" },
+        mirror: { default_registry: "reg.test", registries: { "reg.test": `http://127.0.0.1:${r.port}` }, fanout },
+      },
+      "info",
+    );
+    started.push(crm);
+    return { crm, relay: r, blobGets: () => cutter.requests.filter(isBlobGet) };
+  }
+
+  test("a shared download whose upstream drops is resumed: every reader gets the whole blob, from one download and one range request", async () => {
+    const cutAt = 20 * MiB;
+    const { crm, relay, blobGets } = await setupCut({}, image.layer, { 0: cutAt });
+    const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
+    const pulls = Array.from({ length: 4 }, (_, i) => curlDigest(url, join(fx.dir, `cut-shared-${i}.bin`)));
+    await joined(crm, 3);
+    relay.openGate();
+    for (const r of await Promise.all(pulls)) {
+      expect(r.exit).toBe(0);
+      expect(r.digest).toBe(image.layer);
+    }
+    const gets = blobGets();
+    expect(gets).toHaveLength(2);
+    expect(gets[0]?.headers.range).toBeUndefined();
+    expect(gets[1]?.headers.range).toBe(`bytes=${cutAt}-${LAYER_SIZE - 1}`);
+    expect(metric(crm, "crm_mirror_fanout_downloads_total")).toBe(1);
+    expect(crm.logs.some((l) => l.includes("mirror blob resume") && l.includes(`at=${cutAt}`))).toBe(true);
+  }, 120_000);
+
+  test("a detached reader's own range request is resumed too when its upstream drops", async () => {
+    const { crm, relay, blobGets } = await setupCut({ window: "4MiB", budget: "16MiB", lag_grace: "0s" }, image.layer, { 1: 8 * MiB });
+    const stalled = await rawGet(crm.port, `/v2/reg.test/${REPO}/blobs/${image.layer}`);
+    await stalled.waitBytes(64 * 1024);
+    stalled.pause();
+    const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
+    const others = Array.from({ length: 2 }, (_, i) => curlDigest(url, join(fx.dir, `cut-own-${i}.bin`)));
+    await joined(crm, 2);
+    relay.openGate();
+    for (const r of await Promise.all(others)) expect(r.digest).toBe(image.layer);
+    expect(metric(crm, "crm_mirror_fanout_detached_total")).toBeGreaterThanOrEqual(1);
+    stalled.resume();
+    const body = await stalled.done;
+    expect(sha256Digest(body)).toBe(image.layer);
+    const gets = blobGets();
+    expect(gets).toHaveLength(3);
+    const own = /^bytes=(\d+)-(\d+)$/.exec(gets[1]?.headers.range ?? "");
+    expect(own).not.toBeNull();
+    expect(Number(own?.[2])).toBe(LAYER_SIZE - 1);
+    expect(gets[2]?.headers.range).toBe(`bytes=${Number(own?.[1]) + 8 * MiB}-${LAYER_SIZE - 1}`);
+  }, 120_000);
+
+  test("shared blob requests ask the upstream for identity encoding (the sharing key holds no encoding)", async () => {
+    const { crm, relay, blobGets } = await setupCut({}, image.layer, {});
+    const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
+    const pulls = Array.from({ length: 2 }, (_, i) => curlDigest(url, join(fx.dir, `enc-${i}.bin`), ["-H", "Accept-Encoding: gzip"]));
+    await joined(crm, 1);
+    relay.openGate();
+    for (const r of await Promise.all(pulls)) expect(r.digest).toBe(image.layer);
+    expect(blobGets()).toHaveLength(1);
+    expect(blobGets()[0]?.headers["accept-encoding"]).toBe("identity");
+  }, 120_000);
+
+  test("a blob smaller than the window reserves only its size from the budget", async () => {
+    const { crm, relay } = await setup({ window: "128MiB", budget: "256MiB" });
+    const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
+    const pull = curlDigest(url, join(fx.dir, "small-reserve.bin"));
+    while (metric(crm, "crm_mirror_fanout_downloads_total") < 1) await Bun.sleep(20);
+    expect(metric(crm, "crm_mirror_fanout_reserved_bytes")).toBe(LAYER_SIZE);
+    relay.openGate();
+    expect((await pull).digest).toBe(image.layer);
+    expect(metric(crm, "crm_mirror_fanout_reserved_bytes")).toBe(0);
+  }, 120_000);
+
   test("enabled: false keeps one upstream GET per client", async () => {
     const { crm } = await setup({ enabled: false }, {});
     const since = fx.logs().length;
@@ -293,10 +384,14 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     while (metric(crm, "crm_mirror_fanout_downloads_total") < 1) await Bun.sleep(20);
     const head = await fetch(url, { method: "HEAD" });
     expect(head.status).toBe(200);
-    const from = 10 * MiB + 3;
-    const to = 30 * MiB;
-    const part = fetch(url, { headers: { range: `bytes=${from}-${to}` } });
+    // A range joins only if it starts within the read-ahead (1 MiB here) of the bytes received.
+    while (metric(crm, "crm_mirror_fanout_window_bytes") < 1.5 * MiB) await Bun.sleep(20);
+    const from = 2 * MiB + 3;
+    const to = LAYER_SIZE - 1;
+    const part = fetch(url, { headers: { range: `bytes=${from}-` } });
     await joined(crm, 1);
+    // A range that ends before the blob's end would end before the digest is known: its own request.
+    const bounded = fetch(url, { headers: { range: `bytes=${from}-${30 * MiB}` } });
     relay.openGate();
     const res = await part;
     expect(res.status).toBe(206);
@@ -305,7 +400,11 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     expect((await whole).digest).toBe(image.layer);
     const blob = await readFile(join(fx.dir, "range-whole.bin"));
     expect(Buffer.compare(Buffer.from(bytes), blob.subarray(from, to + 1))).toBe(0);
-    expect(registryGets(image.layer, since)).toHaveLength(1);
+    const b = await bounded;
+    expect(b.status).toBe(206);
+    expect(Buffer.compare(Buffer.from(await b.arrayBuffer()), blob.subarray(from, 30 * MiB + 1))).toBe(0);
+    expect(registryGets(image.layer, since)).toHaveLength(2);
+    expect(crm.server.rt.metrics.render()).toContain('crm_mirror_fanout_not_shared_total{reason="range"} 1');
   }, 120_000);
 });
 

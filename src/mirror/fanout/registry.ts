@@ -23,13 +23,13 @@ export interface InFlight {
   /** Requests waiting for the head; when all of them are gone the upstream request is aborted. */
   waiting: number;
   readonly controller: AbortController;
-  /** The window this download reserved from the budget. */
-  readonly reserved: number;
+  /** The window this download reserved from the budget (cut to the blob's size once known). */
+  reserved: number;
   settle(d: SharedDownload | null): void;
   released: boolean;
 }
 
-export type NotShared = "over_budget" | "late";
+export type NotShared = "over_budget" | "late" | "range" | "ended";
 
 export class FanoutRegistry {
   private readonly inFlight = new Map<string, InFlight>();
@@ -84,6 +84,13 @@ export class FanoutRegistry {
     this.inFlight.set(key, entry);
     this.live.add(entry);
     return entry;
+  }
+
+  /** Gives back the part of `entry`'s reservation above `bytes` (a blob smaller than the window). */
+  shrink(entry: InFlight, bytes: number): void {
+    if (entry.released || bytes >= entry.reserved) return;
+    this.reserved -= entry.reserved - bytes;
+    entry.reserved = bytes;
   }
 
   /** No one may join `entry` any more. */
@@ -147,12 +154,12 @@ export class FanoutRegistry {
       "# HELP crm_mirror_fanout_lag_wait_seconds_total Time shared downloads spent waiting for readers at their window's edge.",
       "# TYPE crm_mirror_fanout_lag_wait_seconds_total counter",
       `crm_mirror_fanout_lag_wait_seconds_total ${(this.counts.waitedMs / 1000).toFixed(3)}`,
-      "# HELP crm_mirror_fanout_not_shared_total Blob GETs that could not share a download, by reason (over_budget: no window left; late: byte 0 had left the window).",
+      "# HELP crm_mirror_fanout_not_shared_total Blob GETs that could not share a download, by reason (over_budget: no window left; late: byte 0 had left the window; range: a range that does not reach the blob's end or starts far beyond the bytes received; ended: the download had failed or been cancelled).",
       "# TYPE crm_mirror_fanout_not_shared_total counter",
     ];
     for (const [reason, n] of this.notShared) out.push(`crm_mirror_fanout_not_shared_total{reason="${reason}"} ${n}`);
     out.push(
-      "# HELP crm_mirror_fanout_in_flight Shared blob downloads with readers now.",
+      "# HELP crm_mirror_fanout_in_flight Shared blob downloads holding a window now (waiting for the upstream's head, or with readers).",
       "# TYPE crm_mirror_fanout_in_flight gauge",
       `crm_mirror_fanout_in_flight ${this.live.size}`,
       "# HELP crm_mirror_fanout_window_bytes Bytes held in shared downloads' windows now.",

@@ -2,7 +2,8 @@
  * Which blob GETs share a download, and the client's answer when one does (the mirror's one call
  * into fan-out, from mirror/index.ts). A GET without Range starts a shared download, or joins the
  * one in flight for the same registry, account, repository and digest; a GET with a single
- * `bytes=` range only joins (if the download still has or will have its first byte). Everything
+ * `bytes=` range to the blob's end (`N-` or a suffix) only joins (if the download still has or
+ * will have its first byte; a range ending earlier would end before the digest is known). Everything
  * else (HEAD, conditional requests, multi-range, digests crm cannot hash, a download whose byte 0
  * has left the window, the budget spent) is answered by the caller's own request, as without
  * fan-out. Rules, auth, fair shares and bandwidth pacing all happened or happen per client around
@@ -11,8 +12,9 @@
 import { createHash } from "node:crypto";
 import type { PullRoute } from "../routes.ts";
 import type { FanoutRegistry, InFlight } from "./registry.ts";
-import { relayableStream, type RelaySource } from "../../http/relayed.ts";
+import { discardBody, relayableStream, relayedBody, type RelaySource } from "../../http/relayed.ts";
 import { SharedDownload, type OwnRequest } from "./shared-download.ts";
+import { MAX_SKIP } from "../upstream/resume.ts";
 
 export interface BlobRequest {
   route: PullRoute;
@@ -63,7 +65,7 @@ async function lead(fan: FanoutRegistry, key: string, digest: { algorithm: "sha2
   let res: Response;
   try {
     // The download outlives this client if others join: its own signal, aborted when no one waits or reads.
-    res = await req.answer(req.headers, entry.controller.signal);
+    res = await req.answer(identity(req.headers), entry.controller.signal);
   } catch (e) {
     done();
     entry.settle(null);
@@ -71,11 +73,16 @@ async function lead(fan: FanoutRegistry, key: string, digest: { algorithm: "sha2
   }
   done();
   const length = contentLength(res);
-  if (res.status !== 200 || length === null || res.body === null || req.signal.aborted) {
+  const encoding = res.headers.get("content-encoding");
+  // The answer's body may be a relayed source with no stream (a resuming body, mirror/resume.ts).
+  // An encoded answer (asked for identity, got something else) is not the blob's bytes: not shared.
+  if (res.status !== 200 || length === null || (res.body === null && relayedBody(res) === null) || req.signal.aborted || (encoding !== null && encoding.trim().toLowerCase() !== "identity")) {
     // Errors, redirects crm could not follow, bodies of unknown size: answered as without fan-out.
     entry.settle(null);
     return res;
   }
+  // A blob smaller than the window never needs more of the budget than its own size.
+  fan.shrink(entry, Math.max(1, Math.min(entry.reserved, length)));
   const download = new SharedDownload(res, length, digest, entry.reserved, {
     detached: () => {
       fan.detached();
@@ -118,10 +125,13 @@ async function join(fan: FanoutRegistry, entry: InFlight, range: RangeAsk | null
     // Unsatisfiable (or empty): the upstream's own 416 is the answer.
     if (from > to || from >= total) return null;
   }
-  const stream = download.join(from, to + 1, req.signal, ownRequest(req, total));
+  // A range ending before the blob's end would end before the digest is known, one far ahead would
+  // set the pace without reading; a download that failed or is gone has nothing to share.
+  const why = download.refusal(from, to + 1);
+  const stream = why === null ? download.join(from, to + 1, req.signal, ownRequest(req, total)) : null;
   if (stream === null) {
-    fan.count("late");
-    req.logFields.fanout = "late";
+    fan.count(why ?? "late");
+    req.logFields.fanout = why ?? "late";
     return null;
   }
   fan.joined();
@@ -161,24 +171,37 @@ function answer(entry: InFlight, body: RelaySource, from: number, end: number, r
  */
 function ownRequest(req: BlobRequest, total: number): OwnRequest {
   return async (from, to, signal) => {
-    const headers = new Headers(req.headers);
+    const headers = identity(req.headers);
     headers.set("range", `bytes=${from}-${to}`);
     const res = await req.answer(headers, AbortSignal.any([req.signal, signal]));
     let skip = 0;
     if (res.status === 206) {
       const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(res.headers.get("content-range") ?? "");
       if (m === null || Number(m[1]) !== from || Number(m[2]) !== to || (m[3] !== "*" && Number(m[3]) !== total)) {
-        await res.body?.cancel().catch(() => {});
+        await discardBody(res);
         throw new Error(`own range request for bytes ${from}-${to} answered Content-Range ${JSON.stringify(res.headers.get("content-range"))}`);
       }
-    } else if (res.status === 200 && contentLength(res) === total) skip = from;
+    } else if (res.status === 200 && contentLength(res) === total && from <= MAX_SKIP) skip = from;
     else {
-      await res.body?.cancel().catch(() => {});
-      throw new Error(`own range request for bytes ${from}-${to} answered ${res.status}`);
+      await discardBody(res);
+      const why = res.status === 200 && from > MAX_SKIP ? `200 (no range support: ${from} bytes would have to be read and dropped, more than ${MAX_SKIP})` : String(res.status);
+      throw new Error(`own range request for bytes ${from}-${to} answered ${why}`);
     }
-    if (res.body === null) throw new Error(`own range request for bytes ${from}-${to} answered without a body`);
-    return { reader: res.body.getReader(), skip };
+    // A resuming answer (mirror/resume.ts) is a relayed source with no stream of its own.
+    const stream = res.body ?? relayedBody(res)?.stream() ?? null;
+    if (stream === null) throw new Error(`own range request for bytes ${from}-${to} answered without a body`);
+    return { reader: stream.getReader(), skip };
   };
+}
+
+/**
+ * The request fields for a shared download: `Accept-Encoding: identity`, since the sharing key
+ * holds no encoding (every reader gets the blob's own bytes, which the digest checks).
+ */
+function identity(h: Headers): Headers {
+  const out = new Headers(h);
+  out.set("accept-encoding", "identity");
+  return out;
 }
 
 function contentLength(res: Response): number | null {

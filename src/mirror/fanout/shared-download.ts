@@ -9,8 +9,8 @@
  * behind the window's start (a slow client, or one paced by client_bandwidth) is detached: it
  * neither slows the others nor pins memory, and continues from its own offset on its own upstream
  * request (`Range: bytes=<offset>-`), so its client still sees one whole answer. Before that, the
- * upstream waits for a reader at the window's edge, at most `lagGraceMs` in total per reader
- * (mirror.fanout.lag_grace): a client that stalls for a moment (a descheduled process, a lost
+ * upstream waits for a reader at the window's edge, at most `lagGraceMs` in total per download
+ * (mirror.fanout.lag_grace, however many readers stall): a client that stalls for a moment (a descheduled process, a lost
  * packet) then costs the others that moment rather than a second upstream download, and one that
  * stays slow is detached once its grace is spent and holds no one back again.
  *
@@ -20,6 +20,14 @@
  * the window and follows the stream from there. While a download is hashed, every reader's last
  * byte is held back until the digest is known: on a mismatch each reader's stream fails before
  * its last byte, which the writer turns into a cut connection, never a clean end.
+ *
+ * A detached reader checks its own bytes: the hash state at each chunk's start is kept with the
+ * window (CryptoHasher.copy(), a few hundred bytes each), so at the detach point the reader takes
+ * the hash of bytes [0, its offset), adds its own request's bytes, and holds its last byte until
+ * its own digest is known. It never waits on the shared download's verdict (which needs every
+ * attached reader to finish, however slow), and neither a shared download that ends unchecked
+ * (its last attached reader left, the upstream broke off) nor a corrupted own answer can give it
+ * a clean end with wrong bytes.
  *
  * When the last attached reader leaves, the upstream download is cancelled.
  *
@@ -74,8 +82,10 @@ class Reader {
   own: ChunkReader | null = null;
   ownSkip = 0;
   ownAbort: AbortController | null = null;
-  /** The last byte of an own request's body, held until the shared download's verdict. */
+  /** The last byte of an own request's body, held until the reader's own digest is known. */
   held: Uint8Array | null = null;
+  /** A detached reader's hash of every byte it was given (null when the download was not hashed). */
+  hasher: Bun.CryptoHasher | null = null;
   constructor(
     public pos: number,
     /** Exclusive. */
@@ -107,6 +117,8 @@ export class SharedDownload {
   private fastest = 0;
   private waiters: Reader[] = [];
   private hasher: Bun.CryptoHasher | null = null;
+  /** While hashed: the hash state before each chunk in `chunks` (same index), for readers that detach. */
+  private readonly snaps: Array<Bun.CryptoHasher | null> = [];
   private verdict: Verdict = "pending";
   private started = false;
   private finished = false;
@@ -117,6 +129,11 @@ export class SharedDownload {
   private pump: ChunkReader | null = null;
   private resumePump: (() => void) | null = null;
   private readonly readAhead: number;
+  /**
+   * What is left of the time this download may wait for readers at its window's edge, all of
+   * them together: K stalled readers must not hold the others K × lag_grace.
+   */
+  private graceLeftMs: number;
   /** The reader the upstream waits for now (it is at the window's edge), since when, and the timer that ends its grace. */
   private hold: { reader: Reader; since: number; timer: ReturnType<typeof setTimeout> } | null = null;
 
@@ -130,6 +147,7 @@ export class SharedDownload {
     private readonly lagGraceMs = 0,
   ) {
     this.readAhead = Math.min(MAX_READ_AHEAD, Math.max(64 * 1024, Math.floor(window / 4)));
+    this.graceLeftMs = lagGraceMs;
   }
 
   get canJoin(): boolean {
@@ -144,9 +162,11 @@ export class SharedDownload {
   /**
    * A new reader for bytes [start, end) (end exclusive, at most `total`), or null when the bytes
    * from `start` on are no longer all here or to come (the caller makes its own request).
+   * Only ranges that end at the blob's end share: a reader's last byte is what is held back until
+   * the digest is known, so a range ending earlier would get a clean end before any verdict.
    */
   join(start: number, end: number, signal: AbortSignal, ownRequest: OwnRequest): RelaySource | null {
-    if (!this.joinable || start < this.base || end > this.total || start > end) return null;
+    if (this.refusal(start, end) !== null) return null;
     const r = new Reader(start, end, ownRequest, this.lagGraceMs);
     this.readers.add(r);
     this.attachedCount++;
@@ -158,6 +178,19 @@ export class SharedDownload {
     return new ReaderBody(this, r);
   }
 
+
+  /**
+   * Why a reader for [start, end) may not join now, or null if it may: "ended" (the download
+   * failed or was cancelled), "late" (byte 0 left the window), "range" (the range does not reach
+   * the blob's end, or starts beyond the bytes received and the read-ahead: a joiner that far
+   * ahead would set the pace without reading).
+   */
+  refusal(start: number, end: number): "ended" | "late" | "range" | null {
+    if (this.finished && this.verdict !== "ok" && this.verdict !== "pending") return "ended";
+    if (!this.joinable || start < this.base) return "late";
+    if (end !== this.total || start > end || start > this.received + this.readAhead) return "range";
+    return null;
+  }
 
   // ------------------------------------------------------------------ upstream side
 
@@ -203,7 +236,10 @@ export class SharedDownload {
       this.fail(new Error(`upstream sent more than its Content-Length of ${this.total} bytes`), "unchecked");
       return false;
     }
-    this.hasher?.update(b);
+    if (this.hasher !== null) {
+      this.snaps.push(this.hasher.copy());
+      this.hasher.update(b);
+    } else this.snaps.push(null);
     this.chunks.push(b);
     this.starts.push(this.received);
     this.received += b.byteLength;
@@ -225,7 +261,9 @@ export class SharedDownload {
     if (this.received - this.fastest >= this.readAhead) return false;
     let slowest: Reader | null = null;
     for (const r of this.readers) if (r.attached && r.pos < r.end && (slowest === null || r.pos < slowest.pos)) slowest = r;
-    const atEdge = slowest !== null && slowest.graceMs > 0 && this.received - slowest.pos >= this.window - this.readAhead && this.received < this.total;
+    // A window that holds the whole blob never pushes anyone out: no reason to wait.
+    const atEdge =
+      slowest !== null && slowest.graceMs > 0 && this.graceLeftMs > 0 && this.window < this.total && this.received - slowest.pos >= this.window - this.readAhead && this.received < this.total;
     if (!atEdge) {
       this.endHold();
       return true;
@@ -236,10 +274,12 @@ export class SharedDownload {
       const timer = setTimeout(() => {
         // Its grace is spent: it goes on its own request when the next read leaves it behind.
         if (this.hold?.reader !== reader) return;
+        const downloadLimited = this.graceLeftMs <= reader.graceMs;
         this.endHold();
         reader.graceMs = 0;
+        if (downloadLimited) this.graceLeftMs = 0;
         this.resumeIfWanted();
-      }, reader.graceMs);
+      }, Math.min(reader.graceMs, this.graceLeftMs));
       this.hold = { reader, since: performance.now(), timer };
     }
     return false;
@@ -252,6 +292,7 @@ export class SharedDownload {
     clearTimeout(h.timer);
     const ms = performance.now() - h.since;
     h.reader.graceMs = Math.max(0, h.reader.graceMs - ms);
+    this.graceLeftMs = Math.max(0, this.graceLeftMs - ms);
     this.observer.waited(ms);
   }
 
@@ -291,8 +332,8 @@ export class SharedDownload {
 
   /**
    * Ends the download. "mismatch" cuts every reader, attached or on its own request; otherwise
-   * only the attached ones when `cutAttached` (the upstream broke off), and readers on their own
-   * request get their held last byte.
+   * only the attached ones when `cutAttached` (the upstream broke off); readers on their own
+   * request go on and check their own bytes.
    */
   private fail(err: Error, verdict: Verdict, cutAttached = verdict === "mismatch"): void {
     const wasFinished = this.finished;
@@ -332,7 +373,10 @@ export class SharedDownload {
     // Joining is allowed only while byte 0 is in the window, so the hash can catch up from it.
     if (this.base !== 0) return;
     this.hasher = new Bun.CryptoHasher(this.digest.algorithm);
-    for (let i = this.first; i < this.chunks.length; i++) this.hasher.update(this.chunks[i] as Uint8Array);
+    for (let i = this.first; i < this.chunks.length; i++) {
+      this.snaps[i] = this.hasher.copy();
+      this.hasher.update(this.chunks[i] as Uint8Array);
+    }
     if (this.finished && this.verdict === "pending") this.judge();
   }
 
@@ -358,18 +402,30 @@ export class SharedDownload {
       if (s + c.byteLength > keep) break;
       this.retained -= c.byteLength;
       this.chunks[this.first] = EMPTY;
+      this.snaps[this.first] = null;
       this.first++;
       this.base = s + c.byteLength;
     }
     if (this.first > 1024 && this.first * 2 > this.chunks.length) {
       this.chunks.splice(0, this.first);
       this.starts.splice(0, this.first);
+      this.snaps.splice(0, this.first);
       this.first = 0;
     }
     if (this.base > 0 && this.joinable) this.unlist();
   }
 
   private detach(r: Reader): void {
+    if (this.hasher !== null) {
+      // The hash of bytes [0, r.pos): the state at its chunk's start plus the part of it before r.pos.
+      const i = this.chunkAt(r.pos);
+      const snap = this.snaps[i];
+      if (snap !== null && snap !== undefined) {
+        const h = snap.copy();
+        h.update((this.chunks[i] as Uint8Array).subarray(0, r.pos - (this.starts[i] as number)));
+        r.hasher = h;
+      }
+    }
     r.attached = false;
     this.attachedCount--;
     this.observer.detached();
@@ -522,7 +578,8 @@ export class SharedDownload {
 
   /**
    * The next bytes of a detached reader's own request (opened on first use), or null at its end.
-   * While the shared download is hashed, its last byte waits for the verdict.
+   * A reader that detached from a hashed download holds its last byte until its own digest (the
+   * shared bytes it had, then its own) is known; a mismatch fails it before that byte.
    */
   private async nextOwn(r: Reader): Promise<Uint8Array | null> {
     if (r.own === null) {
@@ -534,9 +591,8 @@ export class SharedDownload {
     for (;;) {
       if (r.failure !== null) throw r.failure;
       if (r.held !== null) {
-        while (this.verdict === "pending" && r.failure === null) await new Promise<void>((resolve) => this.waitFor(r, resolve));
-        if (r.failure !== null) throw r.failure;
         const last = r.held;
+        this.verifyOwn(r, last);
         r.held = null;
         r.pos += last.byteLength;
         return last;
@@ -553,14 +609,27 @@ export class SharedDownload {
       }
       if (v.byteLength === 0) continue;
       if (r.pos + v.byteLength > r.end) throw new Error("own upstream request sent more bytes than asked for");
-      if (r.pos + v.byteLength === r.end && this.hasher !== null && this.verdict === "pending") {
+      if (r.pos + v.byteLength === r.end && r.hasher !== null) {
         r.held = v.subarray(v.byteLength - 1);
         v = v.subarray(0, v.byteLength - 1);
         if (v.byteLength === 0) continue;
       }
+      r.hasher?.update(v);
       r.pos += v.byteLength;
       return v;
     }
+  }
+
+  /** A detached reader's last byte `last`: throws (the reader is cut before it) unless its bytes match the digest. */
+  private verifyOwn(r: Reader, last: Uint8Array): void {
+    const h = r.hasher;
+    if (h === null) return;
+    r.hasher = null;
+    h.update(last);
+    const got = h.digest("hex");
+    if (got === this.digest.hex) return;
+    r.failure ??= new Error(`blob bytes do not match ${this.digest.algorithm}:${this.digest.hex} (a reader on its own range request)`);
+    throw r.failure;
   }
 
   // Pull mode (code that wraps streams): one read, one piece.
@@ -666,7 +735,9 @@ export class SharedDownload {
 
   private recomputeFastest(): void {
     let f = 0;
-    for (const r of this.readers) if (r.attached && r.pos > f) f = r.pos;
+    // A range joiner that has not reached the bytes received yet counts from there: it must not
+    // let the upstream be read on at the pace of no one.
+    for (const r of this.readers) if (r.attached) f = Math.max(f, Math.min(r.pos, this.received));
     this.fastest = f;
     this.resumeIfWanted();
   }
@@ -677,6 +748,7 @@ export class SharedDownload {
     this.unlist();
     this.chunks.length = 0;
     this.starts.length = 0;
+    this.snaps.length = 0;
     this.first = 0;
     this.retained = 0;
     this.observer.disposed();

@@ -255,20 +255,31 @@ class ResumingBody implements RelaySource {
 
   stream(): ReadableStream<Uint8Array> {
     let started = false;
+    // Once the reader cancelled, the controller is closed: enqueue/close/error on it would throw
+    // (an unhandled rejection), and the last bytes or the end may still come after a cancel.
+    let open = true;
     return new ReadableStream<Uint8Array>(
       {
         pull: (c) => {
           if (started) return this.resume();
           started = true;
           this.run((b) => {
+            if (!open) return false;
             c.enqueue(b);
             return (c.desiredSize ?? 0) > -STREAM_AHEAD;
           }, false).then(
-            () => c.close(),
-            (e: unknown) => c.error(e),
+            () => {
+              if (open) c.close();
+            },
+            (e: unknown) => {
+              if (open) c.error(e);
+            },
           );
         },
-        cancel: () => this.cancel(),
+        cancel: () => {
+          open = false;
+          this.cancel();
+        },
       },
       { highWaterMark: 0, size: (b) => b?.byteLength ?? 0 },
     );
