@@ -20,11 +20,27 @@ const root = resolve(import.meta.dir, "..");
 /** Compiles one target; throws with the compiler's output on failure. */
 export async function buildTarget(target: string, outfile: string): Promise<void> {
   const p = Bun.spawn(
-    [process.execPath, "build", join(root, "src/main.ts"), "--compile", "--minify", "--bytecode", "--format=esm", `--target=${target}`, "--outfile", outfile],
+    [
+      process.execPath,
+      "build",
+      join(root, "src/main.ts"),
+      "--compile",
+      "--minify",
+      "--bytecode",
+      "--format=esm",
+      `--target=${target}`,
+      "--outfile",
+      outfile,
+    ],
     { cwd: root, stdout: "pipe", stderr: "pipe" },
   );
-  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-  if (code !== 0) throw new Error(`bun build --target=${target} failed (exit ${code}):\n${out}${err}`);
+  const [out, err, code] = await Promise.all([
+    new Response(p.stdout).text(),
+    new Response(p.stderr).text(),
+    p.exited,
+  ]);
+  if (code !== 0)
+    throw new Error(`bun build --target=${target} failed (exit ${code}):\n${out}${err}`);
 }
 
 export function sha256File(path: string): string {

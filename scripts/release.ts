@@ -16,7 +16,18 @@
  * Archives are reproducible: sorted members, owner 0:0, mtimes from SOURCE_DATE_EPOCH (default:
  * the last commit's time), gzip without a timestamp. Needs `tar` and `gzip`; `zip` is optional.
  */
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { TARGETS, buildTarget, sha256File } from "./build.ts";
@@ -67,7 +78,11 @@ function members(target: string, binary: string): Member[] {
 
 async function exec(cmd: string[], cwd: string): Promise<string> {
   const p = Bun.spawn(cmd, { cwd, stdout: "pipe", stderr: "pipe" });
-  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  const [out, err, code] = await Promise.all([
+    new Response(p.stdout).text(),
+    new Response(p.stderr).text(),
+    p.exited,
+  ]);
   if (code !== 0) throw new Error(`${cmd.join(" ")} failed (exit ${code}):\n${out}${err}`);
   return out;
 }
@@ -102,25 +117,51 @@ async function tarFlags(epoch: number): Promise<string[]> {
   } catch {
     gnu = false;
   }
-  return gnu ? ["--sort=name", "--owner=0", "--group=0", "--numeric-owner", `--mtime=@${epoch}`, "--format=gnu"] : [];
+  return gnu
+    ? [
+        "--sort=name",
+        "--owner=0",
+        "--group=0",
+        "--numeric-owner",
+        `--mtime=@${epoch}`,
+        "--format=gnu",
+      ]
+    : [];
 }
 
-async function tarGz(stage: string, top: string, archive: string, flags: readonly string[]): Promise<void> {
-  const tar = Bun.spawn(["tar", ...flags, "-cf", "-", top], { cwd: stage, stdout: "pipe", stderr: "pipe" });
-  const gzip = Bun.spawn(["gzip", "-n"], { stdin: tar.stdout, stdout: Bun.file(archive), stderr: "pipe" });
+async function tarGz(
+  stage: string,
+  top: string,
+  archive: string,
+  flags: readonly string[],
+): Promise<void> {
+  const tar = Bun.spawn(["tar", ...flags, "-cf", "-", top], {
+    cwd: stage,
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const gzip = Bun.spawn(["gzip", "-n"], {
+    stdin: tar.stdout,
+    stdout: Bun.file(archive),
+    stderr: "pipe",
+  });
   const [tarErr, gzErr, tarCode, gzCode] = await Promise.all([
     new Response(tar.stderr).text(),
     new Response(gzip.stderr).text(),
     tar.exited,
     gzip.exited,
   ]);
-  if (tarCode !== 0 || gzCode !== 0) throw new Error(`packing ${archive} failed: tar exit ${tarCode}, gzip exit ${gzCode}\n${tarErr}${gzErr}`);
+  if (tarCode !== 0 || gzCode !== 0)
+    throw new Error(
+      `packing ${archive} failed: tar exit ${tarCode}, gzip exit ${gzCode}\n${tarErr}${gzErr}`,
+    );
 }
 
 function prepareOut(out: string, isDefault: boolean): void {
   if (existsSync(out)) {
     if (isDefault) rmSync(out, { recursive: true, force: true });
-    else if (readdirSync(out).length > 0) throw new Error(`${out} is not empty; give an empty or new directory with --out`);
+    else if (readdirSync(out).length > 0)
+      throw new Error(`${out} is not empty; give an empty or new directory with --out`);
   }
   mkdirSync(out, { recursive: true });
 }
@@ -128,11 +169,18 @@ function prepareOut(out: string, isDefault: boolean): void {
 /** Builds, packs and checksums; returns what it made. */
 export async function release(opts: ReleaseOptions = {}): Promise<ReleaseArtifact[]> {
   const log = opts.log ?? ((line: string) => console.log(line));
-  const version = (JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { version: string }).version;
-  const wanted = opts.targets && opts.targets.length > 0 ? opts.targets : TARGETS.map((t) => t.target);
+  const version = (
+    JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { version: string }
+  ).version;
+  const wanted =
+    opts.targets && opts.targets.length > 0 ? opts.targets : TARGETS.map((t) => t.target);
   const unknown = wanted.filter((w) => !TARGETS.some((t) => t.target === w));
-  if (unknown.length > 0) throw new Error(`unknown target ${unknown.join(", ")}; known: ${TARGETS.map((t) => t.target).join(", ")}`);
-  for (const tool of ["tar", "gzip"]) if (!hasCommand(tool)) throw new Error(`${tool} is needed to pack the release archives`);
+  if (unknown.length > 0)
+    throw new Error(
+      `unknown target ${unknown.join(", ")}; known: ${TARGETS.map((t) => t.target).join(", ")}`,
+    );
+  for (const tool of ["tar", "gzip"])
+    if (!hasCommand(tool)) throw new Error(`${tool} is needed to pack the release archives`);
   const zip = hasCommand("zip");
 
   const out = resolve(opts.out ?? join(root, "dist/release"));
@@ -152,7 +200,10 @@ export async function release(opts: ReleaseOptions = {}): Promise<ReleaseArtifac
       chmodSync(binary, 0o755);
       if (t.target === hostTarget()) {
         const v = (await exec([binary, "--version"], root)).trim();
-        if (!v.startsWith(`crm ${version} `)) throw new Error(`${binary} --version printed ${JSON.stringify(v)}, expected crm ${version}`);
+        if (!v.startsWith(`crm ${version} `))
+          throw new Error(
+            `${binary} --version printed ${JSON.stringify(v)}, expected crm ${version}`,
+          );
       }
 
       const top = join(stage, name);
@@ -208,13 +259,21 @@ function parseCli(argv: readonly string[]): ReleaseOptions {
       opts.out = v;
     } else if (a.startsWith("--out=")) opts.out = a.slice("--out=".length);
     else if (a === "--help" || a === "-h") {
-      console.log("usage: bun scripts/release.ts [--out DIR] [TARGET...]   (targets: " + TARGETS.map((t) => t.target).join(", ") + ")");
+      console.log(
+        "usage: bun scripts/release.ts [--out DIR] [TARGET...]   (targets: " +
+          TARGETS.map((t) => t.target).join(", ") +
+          ")",
+      );
       process.exit(0);
     } else if (a.startsWith("-")) throw new Error(`unknown option ${a}`);
     else opts.targets.push(a);
   }
   const env = process.env.CRM_RELEASE_TARGETS;
-  if (opts.targets.length === 0 && env) opts.targets = env.split(",").map((s) => s.trim()).filter(Boolean);
+  if (opts.targets.length === 0 && env)
+    opts.targets = env
+      .split(",")
+      .map((s) => s.trim())
+      .filter(Boolean);
   return opts;
 }
 

@@ -18,11 +18,27 @@
  * if a check fails. Everything is on 127.0.0.1.
  */
 import { createHash } from "node:crypto";
-import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import {
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Socket } from "bun";
-import { header, openRaw, parseResponses, startFaultyUpstream, waitUntil, type FaultyUpstream, type ParsedResponse, type RawConn } from "../tests/support/faulty-upstreams.ts";
+import {
+  header,
+  openRaw,
+  parseResponses,
+  startFaultyUpstream,
+  waitUntil,
+  type FaultyUpstream,
+  type ParsedResponse,
+  type RawConn,
+} from "../tests/support/faulty-upstreams.ts";
 import { startOrigin } from "../tests/support/origins.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -129,7 +145,12 @@ function startEcho(): { port: number; open: () => number; stop: () => void } {
 type UploadState = "receiving" | "complete" | "aborted";
 
 /** Upload sink and download source that record whether each transfer ended or was cut. */
-function startRecorder(): { port: number; uploads: Map<string, { state: UploadState; bytes: number }>; downloads: Map<string, { state: "streaming" | "done" | "cancelled"; bytes: number }>; stop: () => void } {
+function startRecorder(): {
+  port: number;
+  uploads: Map<string, { state: UploadState; bytes: number }>;
+  downloads: Map<string, { state: "streaming" | "done" | "cancelled"; bytes: number }>;
+  stop: () => void;
+} {
   const uploads = new Map<string, { state: UploadState; bytes: number }>();
   const downloads = new Map<string, { state: "streaming" | "done" | "cancelled"; bytes: number }>();
   const server = Bun.serve({
@@ -204,7 +225,13 @@ interface Child {
 }
 
 async function startChild(configPath: string): Promise<Child> {
-  const proc = Bun.spawn([process.execPath, join(root, "src/main.ts"), "-c", configPath], { cwd: root, stdout: "pipe", stderr: "pipe", stdin: "ignore", env: { ...process.env, NO_COLOR: "1" } });
+  const proc = Bun.spawn([process.execPath, join(root, "src/main.ts"), "-c", configPath], {
+    cwd: root,
+    stdout: "pipe",
+    stderr: "pipe",
+    stdin: "ignore",
+    env: { ...process.env, NO_COLOR: "1" },
+  });
   const lines = { info: 0, warn: 0, error: 0, other: 0 };
   const lastProblems: string[] = [];
   let resolvePort: (p: number) => void = () => {};
@@ -230,15 +257,25 @@ async function startChild(configPath: string): Promise<Child> {
         else if (line.includes(" WARN ")) lines.warn++;
         else if (line.includes(" ERROR ")) lines.error++;
         else lines.other++;
-        if ((line.includes(" ERROR ") || (!line.includes(" INFO ") && !line.includes(" WARN ") && !line.includes(" DEBUG "))) && lastProblems.length < 30) lastProblems.push(line.slice(0, 400));
+        if (
+          (line.includes(" ERROR ") ||
+            (!line.includes(" INFO ") && !line.includes(" WARN ") && !line.includes(" DEBUG "))) &&
+          lastProblems.length < 30
+        )
+          lastProblems.push(line.slice(0, 400));
       }
     }
   };
   void pumpStream(proc.stderr as ReadableStream<Uint8Array>);
   void pumpStream(proc.stdout as ReadableStream<Uint8Array>);
   const exited = proc.exited;
-  void exited.then((code) => rejectPort(new Error(`crm exited with ${code} before listening:\n${early.join("\n")}`)));
-  const timer = setTimeout(() => rejectPort(new Error(`crm did not log "listening" within 15 s:\n${early.join("\n")}`)), 15_000);
+  void exited.then((code) =>
+    rejectPort(new Error(`crm exited with ${code} before listening:\n${early.join("\n")}`)),
+  );
+  const timer = setTimeout(
+    () => rejectPort(new Error(`crm did not log "listening" within 15 s:\n${early.join("\n")}`)),
+    15_000,
+  );
   const port = await portP;
   clearTimeout(timer);
   return { proc, pid: proc.pid, port, lines, lastProblems, exited };
@@ -248,7 +285,11 @@ async function startChild(configPath: string): Promise<Child> {
 // Clients
 
 /** Reads one response on `conn` (methods: what it answers); drops the consumed bytes. */
-async function readResponse(conn: RawConn, method: string, ms: number): Promise<{ r: ParsedResponse | null; error: string | null; closed: boolean; timedOut: boolean }> {
+async function readResponse(
+  conn: RawConn,
+  method: string,
+  ms: number,
+): Promise<{ r: ParsedResponse | null; error: string | null; closed: boolean; timedOut: boolean }> {
   let last: ReturnType<typeof parseResponses> | null = null;
   const done = (): boolean => {
     last = parseResponses(conn.received(), [method], conn.closed);
@@ -279,7 +320,12 @@ function patternBytes(n: number): Buffer {
 const sha256 = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
 
 /** One keep-alive HTTP client doing absolute-form requests through crm until `until`. */
-async function httpClient(id: number, crmPort: number, originPort: number, until: number): Promise<void> {
+async function httpClient(
+  id: number,
+  crmPort: number,
+  originPort: number,
+  until: number,
+): Promise<void> {
   let conn: RawConn | null = null;
   let n = 0;
   const base = `http://127.0.0.1:${originPort}`;
@@ -311,7 +357,11 @@ async function httpClient(id: number, crmPort: number, originPort: number, until
         conn = null;
         continue;
       }
-      const { r, error, closed, timedOut } = await readResponse(conn, kind === 2 ? "POST" : "GET", 15_000);
+      const { r, error, closed, timedOut } = await readResponse(
+        conn,
+        kind === 2 ? "POST" : "GET",
+        15_000,
+      );
       if (error) {
         surprise("http-bad-response", `client ${id}: ${error}`);
       } else if (r === null) {
@@ -327,16 +377,26 @@ async function httpClient(id: number, crmPort: number, originPort: number, until
         } catch {
           /* checked below */
         }
-        if (j.length !== size || j.sha256 !== sha256(body as Buffer)) surprise("http-wrong-echo", `client ${id}: sent ${size} bytes, origin saw ${j.length}`);
+        if (j.length !== size || j.sha256 !== sha256(body as Buffer))
+          surprise("http-wrong-echo", `client ${id}: sent ${size} bytes, origin saw ${j.length}`);
         else count("http:ok");
       } else if (r.body.length !== size || !patternOk(r.body)) {
-        surprise("http-wrong-body", `client ${id}: asked ${size} bytes, got ${r.body.length} (${r.framing}) marked complete`);
+        surprise(
+          "http-wrong-body",
+          `client ${id}: asked ${size} bytes, got ${r.body.length} (${r.framing}) marked complete`,
+        );
       } else {
         // (Bun.serve may size a short stream itself, so `&chunked` can still arrive with a length.)
         if (kind === 1) count(`info:streamed-body-framed-by:${r.framing}`);
         count("http:ok");
       }
-      if (r === null || !r.complete || error || closed || header(r, "connection")?.toLowerCase() === "close") {
+      if (
+        r === null ||
+        !r.complete ||
+        error ||
+        closed ||
+        header(r, "connection")?.toLowerCase() === "close"
+      ) {
         conn.socket.terminate();
         conn = null;
       }
@@ -351,14 +411,33 @@ async function httpClient(id: number, crmPort: number, originPort: number, until
 }
 
 /** One request on a fresh connection; resolves with what came back by the deadline. */
-async function oneShot(crmPort: number, request: string, method: string, ms: number): Promise<{ r: ParsedResponse | null; error: string | null; closed: boolean; reset: boolean; timedOut: boolean; raw: string }> {
+async function oneShot(
+  crmPort: number,
+  request: string,
+  method: string,
+  ms: number,
+): Promise<{
+  r: ParsedResponse | null;
+  error: string | null;
+  closed: boolean;
+  reset: boolean;
+  timedOut: boolean;
+  raw: string;
+}> {
   const conn = await openRaw(crmPort);
   try {
     await conn.send(request);
     // Wait for the close too: a truncated body is judged with the close.
     await waitUntil(conn, () => conn.closed, ms);
     const p = parseResponses(conn.received(), [method], conn.closed);
-    return { r: p.responses.find((x) => x.status >= 200) ?? null, error: p.error, closed: conn.closed, reset: conn.resetSeen, timedOut: !conn.closed, raw: conn.received().toString("latin1", 0, 200) };
+    return {
+      r: p.responses.find((x) => x.status >= 200) ?? null,
+      error: p.error,
+      closed: conn.closed,
+      reset: conn.resetSeen,
+      timedOut: !conn.closed,
+      raw: conn.received().toString("latin1", 0, 200),
+    };
   } finally {
     conn.socket.terminate();
   }
@@ -373,64 +452,111 @@ interface Upstreams {
   recorder: ReturnType<typeof startRecorder>;
 }
 
-const FAULTS = ["reset-mid-body", "stall", "garbage", "chunked-cut-between", "chunked-cut-inside", "chunked-cut-http10", "vanish-mid-upload", "vanish-mid-download"] as const;
+const FAULTS = [
+  "reset-mid-body",
+  "stall",
+  "garbage",
+  "chunked-cut-between",
+  "chunked-cut-inside",
+  "chunked-cut-http10",
+  "vanish-mid-upload",
+  "vanish-mid-download",
+] as const;
 type Fault = (typeof FAULTS)[number];
 
 let faultSeq = 0;
 async function faultCase(kind: Fault, crmPort: number, u: Upstreams): Promise<void> {
-  const get = (port: number, path = "/"): string => `GET http://127.0.0.1:${port}${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`;
+  const get = (port: number, path = "/"): string =>
+    `GET http://127.0.0.1:${port}${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`;
   const id = `${kind}-${++faultSeq}`;
   const wait = UPSTREAM_HEADER_MS + 4000;
   switch (kind) {
     case "reset-mid-body": {
       const x = await oneShot(crmPort, get(u.reset.port), "GET", wait);
       if (x.error) return surprise(kind, `bad response: ${x.error}`);
-      if (x.r === null) return x.closed ? count(`fault:${kind}:closed-before-head`) : surprise(kind, "no answer, no close");
+      if (x.r === null)
+        return x.closed
+          ? count(`fault:${kind}:closed-before-head`)
+          : surprise(kind, "no answer, no close");
       if (x.r.status >= 500 && x.r.complete) return count(`fault:${kind}:${x.r.status}`);
-      if (x.r.status === 200 && x.r.framing === "length" && !x.r.complete && x.closed) return count(`fault:${kind}:truncated-as-expected`);
-      return surprise(kind, `status ${x.r.status} framing ${x.r.framing} complete=${x.r.complete} body ${x.r.body.length}/${x.r.declared} closed=${x.closed}`);
+      if (x.r.status === 200 && x.r.framing === "length" && !x.r.complete && x.closed)
+        return count(`fault:${kind}:truncated-as-expected`);
+      return surprise(
+        kind,
+        `status ${x.r.status} framing ${x.r.framing} complete=${x.r.complete} body ${x.r.body.length}/${x.r.declared} closed=${x.closed}`,
+      );
     }
     case "stall": {
       const started = Date.now();
       const x = await oneShot(crmPort, get(u.stall.port), "GET", wait);
-      if (x.r?.status === 504 && x.r.complete && x.closed) return count(`fault:${kind}:504-as-expected`);
-      return surprise(kind, `expected 504 within ${wait} ms; got ${x.r?.status ?? "nothing"} after ${Date.now() - started} ms: ${JSON.stringify(x.raw)}`);
+      if (x.r?.status === 504 && x.r.complete && x.closed)
+        return count(`fault:${kind}:504-as-expected`);
+      return surprise(
+        kind,
+        `expected 504 within ${wait} ms; got ${x.r?.status ?? "nothing"} after ${Date.now() - started} ms: ${JSON.stringify(x.raw)}`,
+      );
     }
     case "garbage": {
       const x = await oneShot(crmPort, get(u.garbage.port), "GET", wait);
-      if (x.r?.status === 502 && x.r.complete && x.closed) return count(`fault:${kind}:502-as-expected`);
-      return surprise(kind, `expected 502; got ${x.r?.status ?? "nothing"}: ${JSON.stringify(x.raw)}`);
+      if (x.r?.status === 502 && x.r.complete && x.closed)
+        return count(`fault:${kind}:502-as-expected`);
+      return surprise(
+        kind,
+        `expected 502; got ${x.r?.status ?? "nothing"}: ${JSON.stringify(x.raw)}`,
+      );
     }
     case "chunked-cut-between":
     case "chunked-cut-inside": {
       const up = kind === "chunked-cut-between" ? u.cutBetween : u.cutInside;
       const x = await oneShot(crmPort, get(up.port), "GET", wait);
       if (x.error) return surprise(kind, `bad response: ${x.error}`);
-      if (x.r === null) return x.closed ? count(`fault:${kind}:closed-before-head`) : surprise(kind, "no answer, no close");
+      if (x.r === null)
+        return x.closed
+          ? count(`fault:${kind}:closed-before-head`)
+          : surprise(kind, "no answer, no close");
       if (x.r.status >= 500 && x.r.complete) return count(`fault:${kind}:${x.r.status}`);
-      if (x.r.status === 200 && x.r.framing === "chunked" && !x.r.complete && x.closed) return count(`fault:${kind}:no-last-chunk-as-expected`);
-      return surprise(kind, `a cut chunked body arrived as status ${x.r.status} framing ${x.r.framing} complete=${x.r.complete} (${x.r.body.length} bytes) closed=${x.closed}`);
+      if (x.r.status === 200 && x.r.framing === "chunked" && !x.r.complete && x.closed)
+        return count(`fault:${kind}:no-last-chunk-as-expected`);
+      return surprise(
+        kind,
+        `a cut chunked body arrived as status ${x.r.status} framing ${x.r.framing} complete=${x.r.complete} (${x.r.body.length} bytes) closed=${x.closed}`,
+      );
     }
     case "chunked-cut-http10": {
       // An HTTP/1.0 client gets a body of unknown length delimited by the close: only a reset
       // (not a FIN) can tell it that the body was cut.
-      const x = await oneShot(crmPort, `GET http://127.0.0.1:${u.cutInside.port}/ HTTP/1.0\r\nHost: 127.0.0.1:${u.cutInside.port}\r\n\r\n`, "GET", wait);
+      const x = await oneShot(
+        crmPort,
+        `GET http://127.0.0.1:${u.cutInside.port}/ HTTP/1.0\r\nHost: 127.0.0.1:${u.cutInside.port}\r\n\r\n`,
+        "GET",
+        wait,
+      );
       if (x.error) return surprise(kind, `bad response: ${x.error}`);
-      if (x.r === null) return x.closed ? count(`fault:${kind}:closed-before-head`) : surprise(kind, "no answer, no close");
+      if (x.r === null)
+        return x.closed
+          ? count(`fault:${kind}:closed-before-head`)
+          : surprise(kind, "no answer, no close");
       if (x.r.status >= 500 && x.r.complete) return count(`fault:${kind}:${x.r.status}`);
       if (x.r.status === 200 && x.reset) return count(`fault:${kind}:reset-as-expected`);
-      if (x.r.status === 200 && x.r.framing === "length" && !x.r.complete) return count(`fault:${kind}:short-length-as-expected`);
-      return surprise(kind, `a cut body reached an HTTP/1.0 client as a whole one: status ${x.r.status}, framing ${x.r.framing}, ${x.r.body.length} bytes, ended by ${x.reset ? "reset" : x.closed ? "a clean FIN" : "nothing"}`);
+      if (x.r.status === 200 && x.r.framing === "length" && !x.r.complete)
+        return count(`fault:${kind}:short-length-as-expected`);
+      return surprise(
+        kind,
+        `a cut body reached an HTTP/1.0 client as a whole one: status ${x.r.status}, framing ${x.r.framing}, ${x.r.body.length} bytes, ended by ${x.reset ? "reset" : x.closed ? "a clean FIN" : "nothing"}`,
+      );
     }
     case "vanish-mid-upload": {
       const declared = 1024 * 1024;
       const conn = await openRaw(crmPort);
       try {
-        await conn.send(`POST http://127.0.0.1:${u.recorder.port}/upload?id=${id} HTTP/1.1\r\nHost: 127.0.0.1:${u.recorder.port}\r\nContent-Type: application/octet-stream\r\nContent-Length: ${declared}\r\n\r\n`);
+        await conn.send(
+          `POST http://127.0.0.1:${u.recorder.port}/upload?id=${id} HTTP/1.1\r\nHost: 127.0.0.1:${u.recorder.port}\r\nContent-Type: application/octet-stream\r\nContent-Length: ${declared}\r\n\r\n`,
+        );
         await conn.send(Buffer.alloc(declared / 2, 0x62));
         // Let the half body reach the upstream, then vanish.
         const end = Date.now() + 1000;
-        while (Date.now() < end && (u.recorder.uploads.get(id)?.bytes ?? 0) < declared / 4) await Bun.sleep(5);
+        while (Date.now() < end && (u.recorder.uploads.get(id)?.bytes ?? 0) < declared / 4)
+          await Bun.sleep(5);
       } finally {
         conn.socket.terminate();
       }
@@ -484,7 +610,10 @@ async function openTunnel(i: number, crmPort: number, echoPort: number): Promise
   const ping = `ping-${i}\n`;
   await conn.send(ping);
   const want = established + ping;
-  if (!(await waitUntil(conn, () => conn.bytes >= want.length || conn.closed, 10_000)) || conn.received().toString("latin1") !== want) {
+  if (
+    !(await waitUntil(conn, () => conn.bytes >= want.length || conn.closed, 10_000)) ||
+    conn.received().toString("latin1") !== want
+  ) {
     conn.socket.terminate();
     return `echo: ${JSON.stringify(conn.received().toString("latin1").slice(established.length, 80))}`;
   }
@@ -497,20 +626,31 @@ async function checkTunnel(t: Tunnel): Promise<string | null> {
   if (t.conn.closed) return "closed by crm while idle";
   const msg = `bye-${t.i}\n`;
   await t.conn.send(msg);
-  if (!(await waitUntil(t.conn, () => t.conn.bytes >= msg.length || t.conn.closed, 10_000))) return "no echo within 10 s";
+  if (!(await waitUntil(t.conn, () => t.conn.bytes >= msg.length || t.conn.closed, 10_000)))
+    return "no echo within 10 s";
   const got = t.conn.received().toString("latin1");
   return got === msg ? null : `echo ${JSON.stringify(got.slice(0, 40))}`;
 }
 
-async function inBatches<T, R>(items: readonly T[], size: number, f: (x: T) => Promise<R>): Promise<R[]> {
+async function inBatches<T, R>(
+  items: readonly T[],
+  size: number,
+  f: (x: T) => Promise<R>,
+): Promise<R[]> {
   const out: R[] = [];
-  for (let i = 0; i < items.length; i += size) out.push(...(await Promise.all(items.slice(i, i + size).map(f))));
+  for (let i = 0; i < items.length; i += size)
+    out.push(...(await Promise.all(items.slice(i, i + size).map(f))));
   return out;
 }
 
 async function healthz(port: number): Promise<number> {
   try {
-    const x = await oneShot(port, "GET /healthz HTTP/1.1\r\nHost: crm\r\nConnection: close\r\n\r\n", "GET", 5000);
+    const x = await oneShot(
+      port,
+      "GET /healthz HTTP/1.1\r\nHost: crm\r\nConnection: close\r\n\r\n",
+      "GET",
+      5000,
+    );
     return x.r?.status ?? 0;
   } catch {
     return 0;
@@ -521,7 +661,9 @@ async function healthz(port: number): Promise<number> {
 // Main
 
 async function main(): Promise<number> {
-  say(`mode=${short ? "short" : "full"} tunnels=${TUNNELS} clients=${CLIENTS} duration=${DURATION_MS / 1000}s fault_workers=${FAULT_WORKERS}`);
+  say(
+    `mode=${short ? "short" : "full"} tunnels=${TUNNELS} clients=${CLIENTS} duration=${DURATION_MS / 1000}s fault_workers=${FAULT_WORKERS}`,
+  );
   const echo = startEcho();
   const origin = startOrigin();
   const warmOrigin = startOrigin();
@@ -533,7 +675,17 @@ async function main(): Promise<number> {
     cutInside: startFaultyUpstream("chunked-cut", { cut: "inside" }),
     recorder: startRecorder(),
   };
-  const ports = [echo.port, origin.port, warmOrigin.port, u.reset.port, u.stall.port, u.garbage.port, u.cutBetween.port, u.cutInside.port, u.recorder.port] as number[];
+  const ports = [
+    echo.port,
+    origin.port,
+    warmOrigin.port,
+    u.reset.port,
+    u.stall.port,
+    u.garbage.port,
+    u.cutBetween.port,
+    u.cutInside.port,
+    u.recorder.port,
+  ] as number[];
   const dir = mkdtempSync(join(tmpdir(), "crm-soak-"));
   const configPath = join(dir, "config.json");
   writeFileSync(
@@ -548,7 +700,13 @@ async function main(): Promise<number> {
         allowed_ports: ports,
         mirror: { enabled: false },
         limits: { max_connections: 19_000, max_connections_per_client: 19_000 },
-        timeouts: { header: "5s", connect: "3s", idle: "300s", upstream_header: `${UPSTREAM_HEADER_MS}ms`, shutdown_grace: "3s" },
+        timeouts: {
+          header: "5s",
+          connect: "3s",
+          idle: "300s",
+          upstream_header: `${UPSTREAM_HEADER_MS}ms`,
+          shutdown_grace: "3s",
+        },
       },
       null,
       2,
@@ -572,15 +730,27 @@ async function main(): Promise<number> {
 
     // Warm-up: every code path once, against an origin that is then stopped (its pooled
     // upstream connections close), so lazily created state is in the baseline and no socket is.
-    for (let i = 0; i < 20; i++) await oneShot(child.port, `GET http://127.0.0.1:${warmOrigin.port}/bytes?n=5000 HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n`, "GET", 5000);
-    const warmTunnels = (await Promise.all(Array.from({ length: 20 }, (_, i) => openTunnel(-1 - i, child.port, echo.port)))).filter((t): t is Tunnel => typeof t !== "string");
+    for (let i = 0; i < 20; i++)
+      await oneShot(
+        child.port,
+        `GET http://127.0.0.1:${warmOrigin.port}/bytes?n=5000 HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n`,
+        "GET",
+        5000,
+      );
+    const warmTunnels = (
+      await Promise.all(
+        Array.from({ length: 20 }, (_, i) => openTunnel(-1 - i, child.port, echo.port)),
+      )
+    ).filter((t): t is Tunnel => typeof t !== "string");
     for (const t of warmTunnels) t.conn.socket.terminate();
     await faultCase("garbage", child.port, u);
     warmOrigin.stop(true);
     await Bun.sleep(1500);
     const rssBase = rssBytes(child.pid);
     const fdsBase = fds(child.pid);
-    say(`baseline: RSS ${mib(rssBase)} (at start ${mib(rssStart)}), fds ${fdsBase.total} (sockets ${fdsBase.sockets}; at start ${fdsStart.total})`);
+    say(
+      `baseline: RSS ${mib(rssBase)} (at start ${mib(rssStart)}), fds ${fdsBase.total} (sockets ${fdsBase.sockets}; at start ${fdsStart.total})`,
+    );
 
     sampler = setInterval(() => {
       try {
@@ -600,8 +770,11 @@ async function main(): Promise<number> {
     );
     const tunnels = opened.filter((t): t is Tunnel => typeof t !== "string");
     const tunnelFailures = opened.filter((t): t is string => typeof t === "string");
-    for (const f of tunnelFailures) count(`tunnel:open-failed:${f.replace(/\d+/g, "N").slice(0, 60)}`);
-    say(`${tunnels.length}/${TUNNELS} tunnels open in ${Date.now() - rampStart} ms; crm RSS ${mib(rssBytes(child.pid))}, fds ${fdCount(child.pid)}`);
+    for (const f of tunnelFailures)
+      count(`tunnel:open-failed:${f.replace(/\d+/g, "N").slice(0, 60)}`);
+    say(
+      `${tunnels.length}/${TUNNELS} tunnels open in ${Date.now() - rampStart} ms; crm RSS ${mib(rssBytes(child.pid))}, fds ${fdCount(child.pid)}`,
+    );
 
     // 2. HTTP clients and fault workers for the duration.
     const until = Date.now() + DURATION_MS;
@@ -618,14 +791,20 @@ async function main(): Promise<number> {
         }
       }
     };
-    await Promise.all([...Array.from({ length: CLIENTS }, (_, i) => httpClient(i, child.port, origin.port as number, until)), ...Array.from({ length: FAULT_WORKERS }, (_, w) => faultLoop(w))]);
+    await Promise.all([
+      ...Array.from({ length: CLIENTS }, (_, i) =>
+        httpClient(i, child.port, origin.port as number, until),
+      ),
+      ...Array.from({ length: FAULT_WORKERS }, (_, w) => faultLoop(w)),
+    ]);
     say(`load done: crm RSS ${mib(rssBytes(child.pid))}, fds ${fdCount(child.pid)}`);
 
     // 3. Every tunnel must still work after idling through the load; then close them all
     //    (half gracefully with FIN, half abruptly).
     const tunnelResults = await inBatches(tunnels, 500, checkTunnel);
     const deadTunnels = tunnelResults.filter((r) => r !== null);
-    for (const d of deadTunnels) count(`tunnel:dead:${(d as string).replace(/\d+/g, "N").slice(0, 60)}`);
+    for (const d of deadTunnels)
+      count(`tunnel:dead:${(d as string).replace(/\d+/g, "N").slice(0, 60)}`);
     await inBatches(tunnels, 500, async (t) => {
       if (t.i % 2 === 0) {
         t.conn.socket.end();
@@ -656,7 +835,11 @@ async function main(): Promise<number> {
     for (;;) {
       fdsAfter = fds(child.pid);
       rssAfter = rssBytes(child.pid);
-      if ((fdsAfter.total <= fdsBase.total + FD_SLACK && rssAfter <= rssBase + RSS_SLACK_BYTES) || Date.now() > settleEnd) break;
+      if (
+        (fdsAfter.total <= fdsBase.total + FD_SLACK && rssAfter <= rssBase + RSS_SLACK_BYTES) ||
+        Date.now() > settleEnd
+      )
+        break;
       await Bun.sleep(500);
     }
     if (sampler) clearInterval(sampler);
@@ -664,28 +847,74 @@ async function main(): Promise<number> {
 
     // Uploads cut by their client must never have reached the upstream as complete, and
     // downloads whose client vanished must have been cancelled upstream.
-    const uploadStates = pendingUploads.map((id) => u.recorder.uploads.get(id)?.state ?? "never-arrived");
-    const downloadStates = pendingDownloads.map((id) => u.recorder.downloads.get(id)?.state ?? "never-arrived");
+    const uploadStates = pendingUploads.map(
+      (id) => u.recorder.uploads.get(id)?.state ?? "never-arrived",
+    );
+    const downloadStates = pendingDownloads.map(
+      (id) => u.recorder.downloads.get(id)?.state ?? "never-arrived",
+    );
     for (const s of uploadStates) count(`upstream-saw:vanished-upload:${s}`);
     for (const s of downloadStates) count(`upstream-saw:vanished-download:${s}`);
     const completeUploads = uploadStates.filter((s) => s === "complete").length;
-    if (completeUploads > 0) surprise("vanish-mid-upload", `${completeUploads} uploads cut by their client reached the upstream as complete`);
+    if (completeUploads > 0)
+      surprise(
+        "vanish-mid-upload",
+        `${completeUploads} uploads cut by their client reached the upstream as complete`,
+      );
     u.recorder.stop();
 
     const httpOk = counts.get("http:ok") ?? 0;
-    const httpErrors = [...counts].filter(([k]) => k.startsWith("http:error:")).reduce((a, [, v]) => a + v, 0);
-    const unexpectedTotal = [...counts].filter(([k]) => k.startsWith("unexpected:")).reduce((a, [, v]) => a + v, 0);
-    const faultsExpected = [...counts].filter(([k]) => k.startsWith("fault:") && !k.endsWith(":sent")).reduce((a, [, v]) => a + v, 0);
+    const httpErrors = [...counts]
+      .filter(([k]) => k.startsWith("http:error:"))
+      .reduce((a, [, v]) => a + v, 0);
+    const unexpectedTotal = [...counts]
+      .filter(([k]) => k.startsWith("unexpected:"))
+      .reduce((a, [, v]) => a + v, 0);
+    const faultsExpected = [...counts]
+      .filter(([k]) => k.startsWith("fault:") && !k.endsWith(":sent"))
+      .reduce((a, [, v]) => a + v, 0);
 
     check("tunnels: all opened", tunnelFailures.length === 0, `${tunnels.length}/${TUNNELS}`);
-    check("tunnels: all still echo after the load", deadTunnels.length === 0, `${tunnels.length - deadTunnels.length}/${tunnels.length}`);
-    check("HTTP clients: requests done, none failed", httpOk > 0 && httpErrors === 0, `${httpOk} ok, ${httpErrors} errors`);
-    check("no error answered as success (unexpected outcomes)", unexpectedTotal === 0, `${unexpectedTotal} unexpected`);
-    check("every fault kind was exercised", FAULTS.every((f) => (counts.get(`tried:${f}`) ?? 0) > 0), FAULTS.map((f) => `${f}=${counts.get(`tried:${f}`) ?? 0}`).join(" "));
-    check("vanished uploads never reached the upstream as complete", completeUploads === 0, `${uploadStates.length} cut uploads: ${summarize(uploadStates)}`);
-    check("vanished downloads were cancelled upstream", downloadStates.every((s) => s !== "streaming"), `${downloadStates.length} cut downloads: ${summarize(downloadStates)}`);
-    check("RSS back near baseline", rssAfter <= rssBase + RSS_SLACK_BYTES, `baseline ${mib(rssBase)}, peak ${mib(peakRss)}, after ${mib(rssAfter)} (allowed ≤ baseline + ${mib(RSS_SLACK_BYTES)})`);
-    check("open fds back to baseline", fdsAfter.total <= fdsBase.total + FD_SLACK, `before ${fdsBase.total}, peak ${peakFds}, after ${fdsAfter.total} (sockets ${fdsBase.sockets} → ${fdsAfter.sockets})`);
+    check(
+      "tunnels: all still echo after the load",
+      deadTunnels.length === 0,
+      `${tunnels.length - deadTunnels.length}/${tunnels.length}`,
+    );
+    check(
+      "HTTP clients: requests done, none failed",
+      httpOk > 0 && httpErrors === 0,
+      `${httpOk} ok, ${httpErrors} errors`,
+    );
+    check(
+      "no error answered as success (unexpected outcomes)",
+      unexpectedTotal === 0,
+      `${unexpectedTotal} unexpected`,
+    );
+    check(
+      "every fault kind was exercised",
+      FAULTS.every((f) => (counts.get(`tried:${f}`) ?? 0) > 0),
+      FAULTS.map((f) => `${f}=${counts.get(`tried:${f}`) ?? 0}`).join(" "),
+    );
+    check(
+      "vanished uploads never reached the upstream as complete",
+      completeUploads === 0,
+      `${uploadStates.length} cut uploads: ${summarize(uploadStates)}`,
+    );
+    check(
+      "vanished downloads were cancelled upstream",
+      downloadStates.every((s) => s !== "streaming"),
+      `${downloadStates.length} cut downloads: ${summarize(downloadStates)}`,
+    );
+    check(
+      "RSS back near baseline",
+      rssAfter <= rssBase + RSS_SLACK_BYTES,
+      `baseline ${mib(rssBase)}, peak ${mib(peakRss)}, after ${mib(rssAfter)} (allowed ≤ baseline + ${mib(RSS_SLACK_BYTES)})`,
+    );
+    check(
+      "open fds back to baseline",
+      fdsAfter.total <= fdsBase.total + FD_SLACK,
+      `before ${fdsBase.total}, peak ${peakFds}, after ${fdsAfter.total} (sockets ${fdsBase.sockets} → ${fdsAfter.sockets})`,
+    );
     check("crm logged no ERROR line", child.lines.error === 0, `${child.lines.error} ERROR lines`);
 
     // 6. Clean exit on SIGTERM.
@@ -695,25 +924,54 @@ async function main(): Promise<number> {
 
     // Summary
     const rows: Array<[string, string]> = [
-      ["mode", `${short ? "short" : "full"}: ${TUNNELS} tunnels, ${CLIENTS} HTTP clients, ${DURATION_MS / 1000}s, ${FAULT_WORKERS} fault workers`],
+      [
+        "mode",
+        `${short ? "short" : "full"}: ${TUNNELS} tunnels, ${CLIENTS} HTTP clients, ${DURATION_MS / 1000}s, ${FAULT_WORKERS} fault workers`,
+      ],
       ["crm RSS at start / baseline", `${mib(rssStart)} / ${mib(rssBase)}`],
       ["crm RSS peak", mib(peakRss)],
       ["crm RSS after (settled)", mib(rssAfter)],
       ["crm fds before / peak / after", `${fdsBase.total} / ${peakFds} / ${fdsAfter.total}`],
-      ["tunnels opened / alive at end", `${tunnels.length} / ${tunnels.length - deadTunnels.length}`],
+      [
+        "tunnels opened / alive at end",
+        `${tunnels.length} / ${tunnels.length - deadTunnels.length}`,
+      ],
       ["HTTP requests ok / errors", `${httpOk} / ${httpErrors}`],
       ["fault cases with the expected outcome", String(faultsExpected)],
-      ["crm log lines info / warn / error", `${child.lines.info} / ${child.lines.warn} / ${child.lines.error}`],
+      [
+        "crm log lines info / warn / error",
+        `${child.lines.info} / ${child.lines.warn} / ${child.lines.error}`,
+      ],
       ["unexpected outcomes", String(unexpectedTotal)],
       ["wall time", elapsed()],
     ];
     console.log("\n" + table(["metric", "value"], rows));
-    console.log("\n" + table(["outcome", "count"], [...counts].sort((a, b) => a[0].localeCompare(b[0])).map(([k, v]) => [k, String(v)])));
-    if (unexpected.length > 0) console.log(`\nunexpected outcomes (first ${unexpected.length}):\n  - ${unexpected.slice(0, 10).join("\n  - ")}`);
-    if (child.lastProblems.length > 0) console.log(`\ncrm ERROR / unformatted stderr lines:\n  ${child.lastProblems.join("\n  ")}`);
-    console.log("\n" + table(["check", "result", "detail"], checks.map((c) => [c.name, c.ok ? "PASS" : "FAIL", c.detail])));
+    console.log(
+      "\n" +
+        table(
+          ["outcome", "count"],
+          [...counts].sort((a, b) => a[0].localeCompare(b[0])).map(([k, v]) => [k, String(v)]),
+        ),
+    );
+    if (unexpected.length > 0)
+      console.log(
+        `\nunexpected outcomes (first ${unexpected.length}):\n  - ${unexpected.slice(0, 10).join("\n  - ")}`,
+      );
+    if (child.lastProblems.length > 0)
+      console.log(`\ncrm ERROR / unformatted stderr lines:\n  ${child.lastProblems.join("\n  ")}`);
+    console.log(
+      "\n" +
+        table(
+          ["check", "result", "detail"],
+          checks.map((c) => [c.name, c.ok ? "PASS" : "FAIL", c.detail]),
+        ),
+    );
     const failed = checks.filter((c) => !c.ok);
-    console.log(failed.length === 0 ? "\nsoak: all checks passed" : `\nsoak: ${failed.length} check(s) failed`);
+    console.log(
+      failed.length === 0
+        ? "\nsoak: all checks passed"
+        : `\nsoak: ${failed.length} check(s) failed`,
+    );
     return failed.length === 0 ? 0 : 1;
   } finally {
     if (sampler) clearInterval(sampler);
@@ -735,8 +993,13 @@ function summarize(states: string[]): string {
 
 function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  const line = (cells: string[]): string => "| " + cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join(" | ") + " |";
-  return [line(headers), "|" + widths.map((w) => "-".repeat(w + 2)).join("|") + "|", ...rows.map(line)].join("\n");
+  const line = (cells: string[]): string =>
+    "| " + cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join(" | ") + " |";
+  return [
+    line(headers),
+    "|" + widths.map((w) => "-".repeat(w + 2)).join("|") + "|",
+    ...rows.map(line),
+  ].join("\n");
 }
 
 if (import.meta.main) {

@@ -43,7 +43,10 @@ export function parseArgs(argv: readonly string[]): Command {
   if (argv[0] === "passwd") {
     const name = argv[1];
     if (name === undefined || argv.length > 2 || !/^[A-Za-z0-9._-]{1,64}$/.test(name)) {
-      return { kind: "error", message: "usage: crm passwd NAME (1-64 letters, digits, '.', '_' or '-')" };
+      return {
+        kind: "error",
+        message: "usage: crm passwd NAME (1-64 letters, digits, '.', '_' or '-')",
+      };
     }
     return { kind: "passwd", name };
   }
@@ -59,7 +62,8 @@ export function parseArgs(argv: readonly string[]): Command {
       case "--config":
       case "-c": {
         const v = inline ?? argv[++i];
-        if (v === undefined || v === "") return { kind: "error", message: `${flag} needs a file path` };
+        if (v === undefined || v === "")
+          return { kind: "error", message: `${flag} needs a file path` };
         configPath = v;
         break;
       }
@@ -84,7 +88,11 @@ export function parseArgs(argv: readonly string[]): Command {
 }
 
 function parseCaArgs(argv: readonly string[]): Command {
-  if (argv[0] !== "init") return { kind: "error", message: `unknown ca command ${JSON.stringify(argv[0] ?? "")} (try: crm ca init)` };
+  if (argv[0] !== "init")
+    return {
+      kind: "error",
+      message: `unknown ca command ${JSON.stringify(argv[0] ?? "")} (try: crm ca init)`,
+    };
   let outDir = ".";
   let cn: string | null = null;
   let days: number | null = null;
@@ -103,9 +111,11 @@ function parseCaArgs(argv: readonly string[]): Command {
       cn = v;
     } else if (a === "--days" || a === "-days") {
       const v = next();
-      if (!v || !/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 36500) return { kind: "error", message: "--days needs a whole number from 1 to 36500" };
+      if (!v || !/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 36500)
+        return { kind: "error", message: "--days needs a whole number from 1 to 36500" };
       days = Number(v);
-    } else return { kind: "error", message: `unknown argument ${JSON.stringify(a)} for crm ca init` };
+    } else
+      return { kind: "error", message: `unknown argument ${JSON.stringify(a)} for crm ca init` };
   }
   return { kind: "ca-init", outDir, cn, days, force };
 }

@@ -54,7 +54,11 @@ export interface Runtime {
   readonly sink: LogSink | undefined;
 }
 
-export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver = systemResolver): Runtime {
+export function createRuntime(
+  config: Config,
+  sink?: LogSink,
+  resolve: Resolver = systemResolver,
+): Runtime {
   const startedAt = Date.now();
   const rt: Runtime = {
     config,
@@ -72,7 +76,12 @@ export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver 
     upstream: new UpstreamClient(),
     journal: new RequestJournal(),
     activity: new ActivityBoard(),
-    sources: { quota: null, manifestCache: null, certificate: () => certificateStateOf(rt.config), cluster: null },
+    sources: {
+      quota: null,
+      manifestCache: null,
+      certificate: () => certificateStateOf(rt.config),
+      cluster: null,
+    },
     draining: false,
     startedAt,
     sink,
@@ -81,7 +90,12 @@ export function createRuntime(config: Config, sink?: LogSink, resolve: Resolver 
 }
 
 function loggerFor(config: Config, sink: LogSink | undefined): Logger {
-  return new Logger({ level: config.logLevel, format: config.logFormat, sink, secretPaths: [config.mirror.pathPrefix] });
+  return new Logger({
+    level: config.logLevel,
+    format: config.logFormat,
+    sink,
+    secretPaths: [config.mirror.pathPrefix],
+  });
 }
 
 /** Applies a new config to a running runtime (SIGHUP). */

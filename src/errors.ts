@@ -22,7 +22,10 @@ export class ConfigErrors extends Error {
     readonly file: string,
     readonly errors: ConfigError[],
   ) {
-    super(`${file}: ${errors.length} error${errors.length === 1 ? "" : "s"}:\n` + errors.map((e) => `  - ${e.message}`).join("\n"));
+    super(
+      `${file}: ${errors.length} error${errors.length === 1 ? "" : "s"}:\n` +
+        errors.map((e) => `  - ${e.message}`).join("\n"),
+    );
   }
 }
 
@@ -32,7 +35,7 @@ export class HttpError extends Error {
   constructor(
     readonly status: number,
     message: string,
-    options?: ErrorOptions & { headers?: Record<string, string>; },
+    options?: ErrorOptions & { headers?: Record<string, string> },
   ) {
     super(message, options);
     this.headers = options?.headers ?? {};
@@ -41,7 +44,17 @@ export class HttpError extends Error {
 }
 
 /** Why a dial failed; each reason maps to one status (RFC 9110 §15.6.3 502, §15.6.5 504). */
-export type DialFailure = "refused" | "dns" | "timeout" | "reset" | "tls" | "unreachable" | "private" | "self" | "framing" | "other";
+export type DialFailure =
+  | "refused"
+  | "dns"
+  | "timeout"
+  | "reset"
+  | "tls"
+  | "unreachable"
+  | "private"
+  | "self"
+  | "framing"
+  | "other";
 
 export class DialError extends Error {
   override name = "DialError";
@@ -52,7 +65,10 @@ export class DialError extends Error {
     readonly target: string,
     options?: ErrorOptions & { detail?: string },
   ) {
-    super(`${target}: ${describeDialFailure(reason)}${options?.detail ? `: ${options.detail}` : ""}`, options);
+    super(
+      `${target}: ${describeDialFailure(reason)}${options?.detail ? `: ${options.detail}` : ""}`,
+      options,
+    );
     this.detail = options?.detail ?? null;
   }
   get status(): number {
@@ -116,9 +132,26 @@ export function classifyNetworkError(err: unknown): DialFailure {
   const code = errorCode(err);
   const msg = err instanceof Error ? err.message : String(err);
   if (code === "ECONNREFUSED" || /refused/i.test(msg)) return "refused";
-  if (code === "ENOTFOUND" || code === "EAI_AGAIN" || code === "EAI_NONAME" || /dns|getaddrinfo|resolve/i.test(msg) || code === "DNSException") return "dns";
-  if (code === "ETIMEDOUT" || code === "TimeoutError" || code === "ABORT_ERR" && /timeout/i.test(msg)) return "timeout";
-  if (code === "ECONNRESET" || code === "EPIPE" || /reset|socket closed|ConnectionClosed/i.test(msg)) return "reset";
+  if (
+    code === "ENOTFOUND" ||
+    code === "EAI_AGAIN" ||
+    code === "EAI_NONAME" ||
+    /dns|getaddrinfo|resolve/i.test(msg) ||
+    code === "DNSException"
+  )
+    return "dns";
+  if (
+    code === "ETIMEDOUT" ||
+    code === "TimeoutError" ||
+    (code === "ABORT_ERR" && /timeout/i.test(msg))
+  )
+    return "timeout";
+  if (
+    code === "ECONNRESET" ||
+    code === "EPIPE" ||
+    /reset|socket closed|ConnectionClosed/i.test(msg)
+  )
+    return "reset";
   if (/tls|certificate|CERT_|SSL|self.signed|UNABLE_TO/i.test(code + " " + msg)) return "tls";
   if (code === "ENETUNREACH" || code === "EHOSTUNREACH") return "unreachable";
   return "other";

@@ -6,7 +6,8 @@
  */
 const REGEX_CHARS = /[\^$*+?()[\]{}|\\]/;
 
-export type HostPattern = { kind: "exact"; name: string; source: string } | { kind: "regex"; re: RegExp; source: string };
+export type HostPattern =
+  { kind: "exact"; name: string; source: string } | { kind: "regex"; re: RegExp; source: string };
 
 export function isRegexEntry(entry: string): boolean {
   return REGEX_CHARS.test(entry);
@@ -68,7 +69,8 @@ export class HostMatcher {
   }
 }
 
-export type PolicyDecision = { allowed: true; host: string } | { allowed: false; host: string; reason: string };
+export type PolicyDecision =
+  { allowed: true; host: string } | { allowed: false; host: string; reason: string };
 
 /** Host plus port: the question every CONNECT and forward request asks before any DNS lookup. */
 export class HostPolicy {
@@ -95,7 +97,8 @@ export class HostPolicy {
   check(rawHost: string, port: number): PolicyDecision {
     const host = normalizeHost(rawHost);
     if (host === "") return { allowed: false, host: rawHost, reason: "invalid host name" };
-    if (!this.hosts.matches(host)) return { allowed: false, host, reason: "host not in allowed_hosts" };
+    if (!this.hosts.matches(host))
+      return { allowed: false, host, reason: "host not in allowed_hosts" };
     if (!this.ports.has(port)) return { allowed: false, host, reason: "port not in allowed_ports" };
     return { allowed: true, host };
   }

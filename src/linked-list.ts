@@ -18,7 +18,8 @@ export class LinkedList<T extends Linked<T>> {
 
   push(item: T): void {
     // Pushed twice, an item would corrupt the links and the size: a caller's bug, said loudly.
-    if (item.prev !== null || item.next !== null || this.first === item) throw new Error("item is already in the list");
+    if (item.prev !== null || item.next !== null || this.first === item)
+      throw new Error("item is already in the list");
     item.prev = this.last;
     item.next = null;
     if (this.last) this.last.next = item;

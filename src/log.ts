@@ -42,7 +42,10 @@ export class Logger {
     this.level = opts.level;
     const paths = (opts.secretPaths ?? []).filter((p) => p !== "");
     // A whole path segment only: `/s3cret` hides `/s3cret/v2/...`, not `/s3cretary`.
-    this.secretPaths = paths.length > 0 ? new RegExp(`(?:${paths.map(escapeRegExp).join("|")})(?=[/?#\\s"]|$)`, "g") : null;
+    this.secretPaths =
+      paths.length > 0
+        ? new RegExp(`(?:${paths.map(escapeRegExp).join("|")})(?=[/?#\\s"]|$)`, "g")
+        : null;
     this.json = opts.format === "json";
     this.min = rank[opts.level];
     this.sink = opts.sink ?? stderrSink;
@@ -70,12 +73,18 @@ export class Logger {
     if (rank[level] < this.min) return;
     if (this.json) {
       const o: Record<string, unknown> = { time: new Date().toISOString(), level, msg };
-      if (fields) for (const [k, v] of Object.entries(fields)) if (v !== undefined && !(k in o)) o[k] = v;
+      if (fields)
+        for (const [k, v] of Object.entries(fields)) if (v !== undefined && !(k in o)) o[k] = v;
       this.sink(this.redact(escapeUnsafe(JSON.stringify(o))), level);
       return;
     }
     const c = this.color ? pc : noColor;
-    const tag = { debug: c.gray("DEBUG"), info: c.cyan("INFO "), warn: c.yellow("WARN "), error: c.red("ERROR") }[level];
+    const tag = {
+      debug: c.gray("DEBUG"),
+      info: c.cyan("INFO "),
+      warn: c.yellow("WARN "),
+      error: c.red("ERROR"),
+    }[level];
     let line = `${c.dim(new Date().toISOString())} ${tag} ${plain(msg)}`;
     if (fields) {
       for (const [k, v] of Object.entries(fields)) {
@@ -105,7 +114,8 @@ const noColor = { gray: identity, cyan: identity, yellow: identity, red: identit
  */
 const UNSAFE = /[\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
 /** Any control character, C0 included (a test, so not global: no lastIndex to carry). */
-const CONTROL = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
+const CONTROL =
+  /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
 
 /** A JSON text with those characters as \uXXXX escapes (still the same JSON value). */
 function escapeUnsafe(json: string): string {
@@ -132,12 +142,16 @@ const SECRET_HEADERS = new Set(["authorization", "proxy-authorization", "cookie"
 export function redactHeaderValue(name: string, value: string): string {
   if (!SECRET_HEADERS.has(name.toLowerCase())) return value;
   const space = value.indexOf(" ");
-  const scheme = space > 0 && /^[A-Za-z][A-Za-z0-9._-]*$/.test(value.slice(0, space)) ? value.slice(0, space) + " " : "";
+  const scheme =
+    space > 0 && /^[A-Za-z][A-Za-z0-9._-]*$/.test(value.slice(0, space))
+      ? value.slice(0, space) + " "
+      : "";
   return `${scheme}<redacted, ${value.length - scheme.length} bytes>`;
 }
 
 /** Query parameters that carry credentials (signed CDN URLs, token endpoints). */
-const SECRET_QUERY = /^(token|access_token|refresh_token|password|signature|sig|x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential|expires|verify|key)$/i;
+const SECRET_QUERY =
+  /^(token|access_token|refresh_token|password|signature|sig|x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential|expires|verify|key)$/i;
 
 /** Redacts token-bearing query values in a path or URL, keeping their length for debugging. */
 export function redactUrl(target: string): string {
@@ -152,7 +166,9 @@ export function redactUrl(target: string): string {
       const eq = kv.indexOf("=");
       if (eq < 0) return kv;
       const k = kv.slice(0, eq);
-      return SECRET_QUERY.test(decodeURIComponentSafe(k)) ? `${k}=<redacted, ${kv.length - eq - 1} bytes>` : kv;
+      return SECRET_QUERY.test(decodeURIComponentSafe(k))
+        ? `${k}=<redacted, ${kv.length - eq - 1} bytes>`
+        : kv;
     });
   return target.slice(0, q + 1) + parts.join("&");
 }

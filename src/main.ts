@@ -81,9 +81,15 @@ async function main(argv: string[]): Promise<void> {
     try {
       const next = loadConfigFile(config.file);
       for (const w of next.warnings) server.rt.log.warn(`config: ${w}`);
-      server.reload(next.config).catch((e: unknown) => server.rt.log.error("reload refused; keeping the running configuration", { error: (e as Error).message }));
+      server.reload(next.config).catch((e: unknown) =>
+        server.rt.log.error("reload refused; keeping the running configuration", {
+          error: (e as Error).message,
+        }),
+      );
     } catch (e) {
-      server.rt.log.error("reload refused; keeping the running configuration", { error: (e as Error).message });
+      server.rt.log.error("reload refused; keeping the running configuration", {
+        error: (e as Error).message,
+      });
     }
   });
   process.on("SIGTERM", () => onSignal("SIGTERM"));

@@ -56,7 +56,13 @@ export class Metrics {
 
   constructor(private readonly startedAt = Date.now()) {}
 
-  observe(kind: RequestKind, status: number, bytesIn: number, bytesOut: number, seconds: number): void {
+  observe(
+    kind: RequestKind,
+    status: number,
+    bytesIn: number,
+    bytesOut: number,
+    seconds: number,
+  ): void {
     const cls = status === 0 ? "none" : `${Math.floor(status / 100)}xx`;
     inc(this.requests, `${kind}|${cls}`, 1);
     inc(this.bytes, `${kind}|in`, bytesIn);
@@ -66,7 +72,8 @@ export class Metrics {
       h = { counts: BUCKETS.map(() => 0), sum: 0, count: 0 };
       this.durations.set(kind, h);
     }
-    for (let i = 0; i < BUCKETS.length; i++) if (seconds <= (BUCKETS[i] as number)) (h.counts[i] as number)++, (i = BUCKETS.length);
+    for (let i = 0; i < BUCKETS.length; i++)
+      if (seconds <= (BUCKETS[i] as number)) ((h.counts[i] as number)++, (i = BUCKETS.length));
     h.sum += seconds;
     h.count++;
   }
@@ -111,19 +118,36 @@ export class Metrics {
     const family = (name: string, type: string, help: string): void => {
       out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
     };
-    family("crm_requests_total", "counter", "Requests and tunnels handled, by kind and status class.");
+    family(
+      "crm_requests_total",
+      "counter",
+      "Requests and tunnels handled, by kind and status class.",
+    );
     for (const [k, v] of this.requests) {
       const [kind, cls] = k.split("|");
       out.push(`crm_requests_total{kind="${kind}",status="${cls}"} ${v}`);
     }
-    family("crm_bytes_total", "counter", "Body bytes relayed, by kind and direction (in: from clients, out: to clients).");
+    family(
+      "crm_bytes_total",
+      "counter",
+      "Body bytes relayed, by kind and direction (in: from clients, out: to clients).",
+    );
     for (const [k, v] of this.bytes) {
       const [kind, dir] = k.split("|");
       out.push(`crm_bytes_total{kind="${kind}",direction="${dir}"} ${v}`);
     }
-    family("crm_upstream_errors_total", "counter", "Failed upstream connections and requests, by reason.");
-    for (const [k, v] of this.upstreamErrors) out.push(`crm_upstream_errors_total{reason="${labelValue(k)}"} ${v}`);
-    family("crm_request_duration_seconds", "histogram", "Time from request head to the end of the answer.");
+    family(
+      "crm_upstream_errors_total",
+      "counter",
+      "Failed upstream connections and requests, by reason.",
+    );
+    for (const [k, v] of this.upstreamErrors)
+      out.push(`crm_upstream_errors_total{reason="${labelValue(k)}"} ${v}`);
+    family(
+      "crm_request_duration_seconds",
+      "histogram",
+      "Time from request head to the end of the answer.",
+    );
     for (const [kind, h] of this.durations) {
       let cum = 0;
       BUCKETS.forEach((b, i) => {
@@ -134,18 +158,39 @@ export class Metrics {
       out.push(`crm_request_duration_seconds_sum{kind="${kind}"} ${h.sum.toFixed(6)}`);
       out.push(`crm_request_duration_seconds_count{kind="${kind}"} ${h.count}`);
     }
-    family("crm_client_requests_total", "counter", `Requests and tunnels by client address (the first ${MAX_CLIENTS}; later ones as "other").`);
-    for (const [k, c] of this.clients) out.push(`crm_client_requests_total{client="${labelValue(k)}"} ${c.requests}`);
+    family(
+      "crm_client_requests_total",
+      "counter",
+      `Requests and tunnels by client address (the first ${MAX_CLIENTS}; later ones as "other").`,
+    );
+    for (const [k, c] of this.clients)
+      out.push(`crm_client_requests_total{client="${labelValue(k)}"} ${c.requests}`);
     family("crm_client_bytes_out_total", "counter", "Body bytes sent to each client.");
-    for (const [k, c] of this.clients) out.push(`crm_client_bytes_out_total{client="${labelValue(k)}"} ${c.bytesOut}`);
-    family("crm_client_limited_total", "counter", "Requests refused by a per-client limit, by client and limit.");
-    for (const [k, c] of this.clients) for (const [limit, n] of c.limited) out.push(`crm_client_limited_total{client="${labelValue(k)}",limit="${labelValue(limit)}"} ${n}`);
-    family("crm_active_connections", "gauge", "Open client connections (a decrypted MITM stream counts as its own).");
+    for (const [k, c] of this.clients)
+      out.push(`crm_client_bytes_out_total{client="${labelValue(k)}"} ${c.bytesOut}`);
+    family(
+      "crm_client_limited_total",
+      "counter",
+      "Requests refused by a per-client limit, by client and limit.",
+    );
+    for (const [k, c] of this.clients)
+      for (const [limit, n] of c.limited)
+        out.push(
+          `crm_client_limited_total{client="${labelValue(k)}",limit="${labelValue(limit)}"} ${n}`,
+        );
+    family(
+      "crm_active_connections",
+      "gauge",
+      "Open client connections (a decrypted MITM stream counts as its own).",
+    );
     out.push(`crm_active_connections ${this.gauges.connections()}`);
     family("crm_active_tunnels", "gauge", "Open CONNECT tunnels.");
     out.push(`crm_active_tunnels ${this.tunnels}`);
     family("crm_mirror_token_cache_total", "counter", "Mirror upstream token lookups, by result.");
-    out.push(`crm_mirror_token_cache_total{result="hit"} ${this.tokenCacheHits}`, `crm_mirror_token_cache_total{result="miss"} ${this.tokenCacheMisses}`);
+    out.push(
+      `crm_mirror_token_cache_total{result="hit"} ${this.tokenCacheHits}`,
+      `crm_mirror_token_cache_total{result="miss"} ${this.tokenCacheMisses}`,
+    );
     family("crm_mitm_certificates", "gauge", "Leaf certificates in the MITM cache.");
     out.push(`crm_mitm_certificates ${this.gauges.certificates()}`);
     for (const section of this.sections) out.push(...section());

@@ -56,7 +56,9 @@ describe("CIDR ranges", () => {
     expect(NON_PUBLIC.match(ip) !== null).toBe(blocked);
   });
   test("config errors for bad CIDRs name the entry", () => {
-    expect(() => buildConfig({ access: { clients: ["10.0.0.0/8", "nope"] } }, "t")).toThrow(/access\.clients\[1\]: "nope" is not an IPv4 or IPv6 address/);
+    expect(() => buildConfig({ access: { clients: ["10.0.0.0/8", "nope"] } }, "t")).toThrow(
+      /access\.clients\[1\]: "nope" is not an IPv4 or IPv6 address/,
+    );
   });
   test("a plain password in access.users is refused without echoing it", () => {
     let msg = "";
@@ -73,24 +75,61 @@ describe("CIDR ranges", () => {
 describe("users", () => {
   let crm: TestCrm;
   beforeAll(async () => {
-    crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port], access: { users: { alice: hash } } });
+    crm = await startCrm({
+      allowed_hosts: ["127.0.0.1"],
+      allowed_ports: [origin.port],
+      access: { users: { alice: hash } },
+    });
   });
   afterAll(() => crm.stop());
 
   test("forward without credentials → 407 with a Basic challenge", async () => {
-    const r = await run(["curl", "-sS", "-i", "--noproxy", "", "-x", crm.url, `http://127.0.0.1:${origin.port}/x`]);
+    const r = await run([
+      "curl",
+      "-sS",
+      "-i",
+      "--noproxy",
+      "",
+      "-x",
+      crm.url,
+      `http://127.0.0.1:${origin.port}/x`,
+    ]);
     expect(r.stdout).toMatch(/^HTTP\/1\.1 407 /);
     expect(r.stdout).toContain('proxy-authenticate: Basic realm="crm"');
   });
 
   test("forward and CONNECT with --proxy-user work; the upstream never sees crm's credentials", async () => {
     const before = origin.seen.length;
-    const r = await run(["curl", "-sS", "--noproxy", "", "-x", crm.url, "--proxy-user", `alice:${PASSWORD}`, `http://127.0.0.1:${origin.port}/echo`]);
+    const r = await run([
+      "curl",
+      "-sS",
+      "--noproxy",
+      "",
+      "-x",
+      crm.url,
+      "--proxy-user",
+      `alice:${PASSWORD}`,
+      `http://127.0.0.1:${origin.port}/echo`,
+    ]);
     const body = JSON.parse(r.stdout) as { headers: Record<string, string> };
     expect(body.headers["proxy-authorization"]).toBeUndefined();
-    const t = await run(["curl", "-sS", "-p", "--noproxy", "", "-x", crm.url, "--proxy-user", `alice:${PASSWORD}`, `http://127.0.0.1:${origin.port}/tunnelled`]);
+    const t = await run([
+      "curl",
+      "-sS",
+      "-p",
+      "--noproxy",
+      "",
+      "-x",
+      crm.url,
+      "--proxy-user",
+      `alice:${PASSWORD}`,
+      `http://127.0.0.1:${origin.port}/tunnelled`,
+    ]);
     expect(t.stdout).toBe("origin GET /tunnelled");
-    for (const s of origin.seen.slice(before)) expect(JSON.stringify(s.headers)).not.toContain(Buffer.from(`alice:${PASSWORD}`).toString("base64"));
+    for (const s of origin.seen.slice(before))
+      expect(JSON.stringify(s.headers)).not.toContain(
+        Buffer.from(`alice:${PASSWORD}`).toString("base64"),
+      );
     expect(crm.logs.join("\n")).not.toContain(Buffer.from(`alice:${PASSWORD}`).toString("base64"));
     expect(crm.logs.join("\n")).not.toContain(PASSWORD);
   });
@@ -102,11 +141,16 @@ describe("users", () => {
     const smuggled = `GET http://127.0.0.1:${origin.port}/smuggled HTTP/1.1\r\nHost: x\r\n\r\n`;
     const c = await rawConnect(crm.port);
     const auth = Buffer.from(`alice:${PASSWORD}`).toString("base64");
-    c.write(`POST http://127.0.0.1:${origin.port}/echo HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic ${auth}\r\nContent-Length: ${smuggled.length}\r\nConnection: close\r\n\r\n`);
+    c.write(
+      `POST http://127.0.0.1:${origin.port}/echo HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic ${auth}\r\nContent-Length: ${smuggled.length}\r\nConnection: close\r\n\r\n`,
+    );
     await Bun.sleep(1);
     c.write(smuggled);
     await c.closed();
-    const body = JSON.parse(c.text().slice(c.text().indexOf("\r\n\r\n") + 4)) as { length: number; method: string };
+    const body = JSON.parse(c.text().slice(c.text().indexOf("\r\n\r\n") + 4)) as {
+      length: number;
+      method: string;
+    };
     expect(body.method).toBe("POST");
     expect(body.length).toBe(smuggled.length);
     expect(origin.seen.slice(before).map((x) => x.url)).toEqual(["/echo"]);
@@ -121,18 +165,56 @@ describe("users", () => {
     const no = await run(["curl", "-sS", "-i", "--noproxy", "*", `${crm.url}/v2/`]);
     expect(no.stdout).toMatch(/^HTTP\/1\.1 401 /);
     expect(no.stdout).toContain('www-authenticate: Basic realm="crm"');
-    const yes = await run(["curl", "-sS", "-i", "--noproxy", "*", "-u", `alice:${PASSWORD}`, `${crm.url}/v2/`]);
+    const yes = await run([
+      "curl",
+      "-sS",
+      "-i",
+      "--noproxy",
+      "*",
+      "-u",
+      `alice:${PASSWORD}`,
+      `${crm.url}/v2/`,
+    ]);
     expect(yes.stdout).not.toMatch(/^HTTP\/1\.1 401 /);
   });
 
   test("10 failures in a minute → 429 with Retry-After, even with the right password", async () => {
-    const local = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port], access: { users: { alice: hash } } });
+    const local = await startCrm({
+      allowed_hosts: ["127.0.0.1"],
+      allowed_ports: [origin.port],
+      access: { users: { alice: hash } },
+    });
     try {
       for (let i = 0; i < 10; i++) {
-        const r = await run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--noproxy", "", "-x", local.url, "--proxy-user", "alice:wrong", `http://127.0.0.1:${origin.port}/`]);
+        const r = await run([
+          "curl",
+          "-sS",
+          "-o",
+          "/dev/null",
+          "-w",
+          "%{http_code}",
+          "--noproxy",
+          "",
+          "-x",
+          local.url,
+          "--proxy-user",
+          "alice:wrong",
+          `http://127.0.0.1:${origin.port}/`,
+        ]);
         expect(r.stdout).toBe("407");
       }
-      const r = await run(["curl", "-sS", "-i", "--noproxy", "", "-x", local.url, "--proxy-user", `alice:${PASSWORD}`, `http://127.0.0.1:${origin.port}/`]);
+      const r = await run([
+        "curl",
+        "-sS",
+        "-i",
+        "--noproxy",
+        "",
+        "-x",
+        local.url,
+        "--proxy-user",
+        `alice:${PASSWORD}`,
+        `http://127.0.0.1:${origin.port}/`,
+      ]);
       expect(r.stdout).toMatch(/^HTTP\/1\.1 429 /);
       expect(r.stdout).toMatch(/retry-after: \d+/);
     } finally {
@@ -141,15 +223,50 @@ describe("users", () => {
   });
 
   test("mirror.path_prefix and access.mirror_auth: false (Docker cannot send credentials)", async () => {
-    const local = await startCrm({ access: { users: { alice: hash }, mirror_auth: false }, mirror: { path_prefix: "/s3cret" } });
+    const local = await startCrm({
+      access: { users: { alice: hash }, mirror_auth: false },
+      mirror: { path_prefix: "/s3cret" },
+    });
     try {
-      const open = await run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--noproxy", "*", `${local.url}/s3cret/v2/`]);
+      const open = await run([
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--noproxy",
+        "*",
+        `${local.url}/s3cret/v2/`,
+      ]);
       expect(open.stdout).not.toBe("401");
       expect(open.stdout).not.toBe("404");
-      const hidden = await run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--noproxy", "*", `${local.url}/v2/`]);
+      const hidden = await run([
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--noproxy",
+        "*",
+        `${local.url}/v2/`,
+      ]);
       expect(hidden.stdout).toBe("404");
       // The proxy side still needs credentials.
-      const proxy = await run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--noproxy", "", "-x", local.url, "http://127.0.0.1:9/"]);
+      const proxy = await run([
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--noproxy",
+        "",
+        "-x",
+        local.url,
+        "http://127.0.0.1:9/",
+      ]);
       expect(proxy.stdout).toBe("407");
     } finally {
       await local.stop();
@@ -184,7 +301,11 @@ describe("SSRF guard (allow_private_networks: false, the default)", () => {
   let crm: TestCrm;
   beforeAll(async () => {
     crm = await startCrm(
-      { allow_private_networks: false, allowed_hosts: ["127.0.0.1", "rebind.test", "169.254.169.254", "::1"], allowed_ports: [80, origin.port] },
+      {
+        allow_private_networks: false,
+        allowed_hosts: ["127.0.0.1", "rebind.test", "169.254.169.254", "::1"],
+        allowed_ports: [80, origin.port],
+      },
       "info",
       staticResolver({ "rebind.test": "127.0.0.1" }),
     );
@@ -192,10 +313,19 @@ describe("SSRF guard (allow_private_networks: false, the default)", () => {
   afterAll(() => crm.stop());
 
   test.each([
-    ["forward to 127.0.0.1", () => `GET http://127.0.0.1:${origin.port}/ HTTP/1.1\r\nHost: x\r\n\r\n`],
-    ["forward to a name resolving to 127.0.0.1", () => `GET http://rebind.test:${origin.port}/ HTTP/1.1\r\nHost: x\r\n\r\n`],
+    [
+      "forward to 127.0.0.1",
+      () => `GET http://127.0.0.1:${origin.port}/ HTTP/1.1\r\nHost: x\r\n\r\n`,
+    ],
+    [
+      "forward to a name resolving to 127.0.0.1",
+      () => `GET http://rebind.test:${origin.port}/ HTTP/1.1\r\nHost: x\r\n\r\n`,
+    ],
     ["CONNECT to the cloud metadata address", () => "CONNECT 169.254.169.254:80 HTTP/1.1\r\n\r\n"],
-    ["CONNECT to a name resolving to 127.0.0.1", () => `CONNECT rebind.test:${origin.port} HTTP/1.1\r\n\r\n`],
+    [
+      "CONNECT to a name resolving to 127.0.0.1",
+      () => `CONNECT rebind.test:${origin.port} HTTP/1.1\r\n\r\n`,
+    ],
     ["CONNECT to ::1", () => `CONNECT [::1]:${origin.port} HTTP/1.1\r\n\r\n`],
   ])("%s → 403", async (_name, req) => {
     const before = origin.seen.length;
@@ -240,15 +370,31 @@ describe("limits", () => {
   });
 
   test("max_body: a sized body over the limit → 413 at once, before 100 Continue", async () => {
-    const crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port], limits: { max_body: "1KiB" } });
+    const crm = await startCrm({
+      allowed_hosts: ["127.0.0.1"],
+      allowed_ports: [origin.port],
+      limits: { max_body: "1KiB" },
+    });
     try {
       const c = await rawConnect(crm.port);
-      c.write(`POST http://127.0.0.1:${origin.port}/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n`);
+      c.write(
+        `POST http://127.0.0.1:${origin.port}/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n`,
+      );
       await c.closed();
       expect(c.text()).toMatch(/^HTTP\/1\.1 413 [^]*exceeds limits\.max_body/);
       expect(c.text()).not.toContain("100 Continue");
 
-      const ok = await run(["curl", "-sS", "--noproxy", "", "-x", crm.url, "--data-binary", "small", `http://127.0.0.1:${origin.port}/echo`]);
+      const ok = await run([
+        "curl",
+        "-sS",
+        "--noproxy",
+        "",
+        "-x",
+        crm.url,
+        "--data-binary",
+        "small",
+        `http://127.0.0.1:${origin.port}/echo`,
+      ]);
       expect((JSON.parse(ok.stdout) as { length: number }).length).toBe(5);
     } finally {
       await crm.stop();
@@ -256,10 +402,16 @@ describe("limits", () => {
   });
 
   test("max_body: a chunked body that grows over the limit → 413", async () => {
-    const crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port], limits: { max_body: "1KiB" } });
+    const crm = await startCrm({
+      allowed_hosts: ["127.0.0.1"],
+      allowed_ports: [origin.port],
+      limits: { max_body: "1KiB" },
+    });
     try {
       const c = await rawConnect(crm.port);
-      c.write(`POST http://127.0.0.1:${origin.port}/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n${"a".repeat(0x800)}\r\n0\r\n\r\n`);
+      c.write(
+        `POST http://127.0.0.1:${origin.port}/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n${"a".repeat(0x800)}\r\n0\r\n\r\n`,
+      );
       await c.closed();
       expect(c.text()).toMatch(/^HTTP\/1\.1 413 [^]*exceeds limits\.max_body/);
     } finally {

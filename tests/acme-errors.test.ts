@@ -11,7 +11,13 @@ import { createRuntime } from "../src/context.ts";
 import { buildConfig } from "../src/config/load.ts";
 import { AcmeError, explainProblem, issueCertificate, parseRetryAfter } from "../src/tls/acme.ts";
 import { CertStore } from "../src/tls/cert-store.ts";
-import { AcmeCertificates, renewalTime, retryDelay, RETRY_BASE_MS, RETRY_MAX_MS } from "../src/tls/renewal.ts";
+import {
+  AcmeCertificates,
+  renewalTime,
+  retryDelay,
+  RETRY_BASE_MS,
+  RETRY_MAX_MS,
+} from "../src/tls/renewal.ts";
 import type { AcmeConfig } from "../src/tls/config.ts";
 import type { TCPSocketListener } from "bun";
 
@@ -29,15 +35,33 @@ beforeAll(() => {
     fetch(req) {
       const u = new URL(req.url);
       const base = `http://127.0.0.1:${ca.port}`;
-      const nonce = { "replay-nonce": `n${Math.random().toString(36).slice(2)}`, "cache-control": "no-store" };
-      if (u.pathname === "/dir") return Response.json({ newNonce: `${base}/nonce`, newAccount: `${base}/acct`, newOrder: `${base}/order` });
+      const nonce = {
+        "replay-nonce": `n${Math.random().toString(36).slice(2)}`,
+        "cache-control": "no-store",
+      };
+      if (u.pathname === "/dir")
+        return Response.json({
+          newNonce: `${base}/nonce`,
+          newAccount: `${base}/acct`,
+          newOrder: `${base}/order`,
+        });
       if (u.pathname === "/nonce") return new Response(null, { status: 200, headers: nonce });
       if (u.pathname === "/acct") {
         accountCalls++;
-        return new Response(JSON.stringify({ type: "urn:ietf:params:acme:error:rateLimited", detail: "too many new registrations from this IP" }), {
-          status: 429,
-          headers: { ...nonce, "content-type": "application/problem+json", "retry-after": "3600" },
-        });
+        return new Response(
+          JSON.stringify({
+            type: "urn:ietf:params:acme:error:rateLimited",
+            detail: "too many new registrations from this IP",
+          }),
+          {
+            status: 429,
+            headers: {
+              ...nonce,
+              "content-type": "application/problem+json",
+              "retry-after": "3600",
+            },
+          },
+        );
       }
       return new Response("not found", { status: 404 });
     },
@@ -60,13 +84,33 @@ const acmeConfig = (dir: string): AcmeConfig => ({
 });
 
 test.each([
-  ["dns", "DNS problem: NXDOMAIN looking up A for crm.example.com", /crm\.example\.com does not resolve for the CA .*create an A \(and\/or AAAA\) record for crm\.example\.com/],
-  ["connection", "Timeout during connect (likely firewall problem)", /port 80 is unreachable; make sure crm\.example\.com resolves to this host, crm has a plain listener on :80/],
-  ["unauthorized", "Invalid response from http://crm.example.com/.well-known/acme-challenge/x: 404", /probably resolves to another host/],
-  ["caa", "CAA record for crm.example.com prevents issuance", /a CAA record forbids acme\.example\.test to issue for crm\.example\.com .*CAA 0 issue "letsencrypt\.org"/],
-  ["rejectedIdentifier", "Cannot issue for \"crm.internal\"", /will not issue for crm\.example\.com/],
+  [
+    "dns",
+    "DNS problem: NXDOMAIN looking up A for crm.example.com",
+    /crm\.example\.com does not resolve for the CA .*create an A \(and\/or AAAA\) record for crm\.example\.com/,
+  ],
+  [
+    "connection",
+    "Timeout during connect (likely firewall problem)",
+    /port 80 is unreachable; make sure crm\.example\.com resolves to this host, crm has a plain listener on :80/,
+  ],
+  [
+    "unauthorized",
+    "Invalid response from http://crm.example.com/.well-known/acme-challenge/x: 404",
+    /probably resolves to another host/,
+  ],
+  [
+    "caa",
+    "CAA record for crm.example.com prevents issuance",
+    /a CAA record forbids acme\.example\.test to issue for crm\.example\.com .*CAA 0 issue "letsencrypt\.org"/,
+  ],
+  ["rejectedIdentifier", 'Cannot issue for "crm.internal"', /will not issue for crm\.example\.com/],
 ])("CA problem %s says what to do", (type, detail, message) => {
-  const e = explainProblem({ type: `urn:ietf:params:acme:error:${type}`, detail, retryAfterMs: null }, "crm.example.com", DIR);
+  const e = explainProblem(
+    { type: `urn:ietf:params:acme:error:${type}`, detail, retryAfterMs: null },
+    "crm.example.com",
+    DIR,
+  );
   expect(e).toBeInstanceOf(AcmeError);
   expect(e.message).toMatch(message);
   expect(e.message).toContain(detail);
@@ -74,7 +118,16 @@ test.each([
 
 test("rate limited: the message names the CA's retry time", () => {
   const now = Date.parse("2026-01-01T00:00:00Z");
-  const e = explainProblem({ type: "urn:ietf:params:acme:error:rateLimited", detail: "too many certificates", retryAfterMs: 7200_000 }, "crm.example.com", DIR, now);
+  const e = explainProblem(
+    {
+      type: "urn:ietf:params:acme:error:rateLimited",
+      detail: "too many certificates",
+      retryAfterMs: 7200_000,
+    },
+    "crm.example.com",
+    DIR,
+    now,
+  );
   expect(e.failure).toBe("rate-limited");
   expect(e.message).toContain("the CA allows a new try after 2026-01-01T02:00:00.000Z");
   expect(parseRetryAfter("120")).toBe(120_000);
@@ -83,7 +136,12 @@ test("rate limited: the message names the CA's retry time", () => {
 });
 
 test("backoff doubles from 5 min to 4 h and never undercuts Retry-After; renewal at a third of the lifetime", () => {
-  expect([1, 2, 3, 4].map((n) => retryDelay(n, null))).toEqual([RETRY_BASE_MS, 2 * RETRY_BASE_MS, 4 * RETRY_BASE_MS, 8 * RETRY_BASE_MS]);
+  expect([1, 2, 3, 4].map((n) => retryDelay(n, null))).toEqual([
+    RETRY_BASE_MS,
+    2 * RETRY_BASE_MS,
+    4 * RETRY_BASE_MS,
+    8 * RETRY_BASE_MS,
+  ]);
   expect(retryDelay(20, null)).toBe(RETRY_MAX_MS);
   expect(retryDelay(1, 3 * 3600_000)).toBe(3 * 3600_000);
   const day = 86400_000;
@@ -95,7 +153,12 @@ test("a real 429 from the CA becomes a rate-limit error with its Retry-After, an
   const dir = join(work, "rl");
   const store = new CertStore(dir);
   store.prepare();
-  const err = await issueCertificate({ config: acmeConfig(dir), store, tokens: new Map(), progress: () => {} }).catch((e: unknown) => e);
+  const err = await issueCertificate({
+    config: acmeConfig(dir),
+    store,
+    tokens: new Map(),
+    progress: () => {},
+  }).catch((e: unknown) => e);
   expect(err).toBeInstanceOf(AcmeError);
   expect((err as AcmeError).failure).toBe("rate-limited");
   expect((err as AcmeError).retryAfterMs).toBe(3600_000);
@@ -106,7 +169,9 @@ test("a real 429 from the CA becomes a rate-limit error with its Retry-After, an
   const lines: string[] = [];
   const rt = createRuntime(buildConfig({}, "t.yaml").config, (l) => lines.push(l));
   const swaps: string[] = [];
-  const certs = await AcmeCertificates.load(acmeConfig(join(work, "rl2")), rt, (p) => swaps.push(p.cert));
+  const certs = await AcmeCertificates.load(acmeConfig(join(work, "rl2")), rt, (p) =>
+    swaps.push(p.cert),
+  );
   const before = Date.now();
   expect(await certs.renewNow()).toBe(false);
   certs.stop();
@@ -115,7 +180,11 @@ test("a real 429 from the CA becomes a rate-limit error with its Retry-After, an
   expect(s.renewalFailures).toBe(1);
   expect(s.nextAttemptAt).toBeGreaterThanOrEqual(before + 3600_000);
   expect(swaps).toEqual([]);
-  expect(lines.some((l) => /ERROR ACME: could not get a certificate .*rate limited by the CA .*retry_at=/.test(l))).toBe(true);
+  expect(
+    lines.some((l) =>
+      /ERROR ACME: could not get a certificate .*rate limited by the CA .*retry_at=/.test(l),
+    ),
+  ).toBe(true);
 });
 
 test("a renewal that fails keeps the current certificate, with an error line every interval and the failing metric", async () => {
@@ -135,10 +204,17 @@ test("a renewal that fails keeps the current certificate, with an error line eve
     expect(certs.served.cert).toBe(leaf.cert);
     const s = certs.status();
     expect([s.source, s.state]).toEqual(["acme", "renewal failing"]);
-    expect(lines.some((l) => /ERROR ACME: renewal failed .*serving="the current certificate until it expires at \d{4}-/.test(l))).toBe(true);
+    expect(
+      lines.some((l) =>
+        /ERROR ACME: renewal failed .*serving="the current certificate until it expires at \d{4}-/.test(
+          l,
+        ),
+      ),
+    ).toBe(true);
     // Two reminders at 50 ms intervals; waited for, since one stalled event loop (GC, a busy machine) merges them.
-    const reminders = (): number => lines.filter((l) => l.includes("ERROR ACME: the certificate could not be renewed")).length;
-    for (const end = Date.now() + 5000; reminders() < 2 && Date.now() < end; ) await Bun.sleep(20);
+    const reminders = (): number =>
+      lines.filter((l) => l.includes("ERROR ACME: the certificate could not be renewed")).length;
+    for (const end = Date.now() + 5000; reminders() < 2 && Date.now() < end;) await Bun.sleep(20);
     expect(reminders()).toBeGreaterThanOrEqual(2);
     const m = renderTlsMetrics([certs.status()]).join("\n");
     expect(m).toContain('crm_tls_renewal_failing{name="crm.test"} 1');
@@ -153,7 +229,11 @@ test("a state_dir that cannot be created stops start-up with a message naming it
   const file = join(work, "not-a-dir");
   writeFileSync(file, "");
   const rt = createRuntime(buildConfig({}, "t.yaml").config, () => {});
-  await expect(AcmeCertificates.load(acmeConfig(join(file, "state")), rt, () => {})).rejects.toThrow(`tls.acme.state_dir: cannot create ${file}/state: ENOTDIR (systemd: StateDirectory=crm)`);
+  await expect(
+    AcmeCertificates.load(acmeConfig(join(file, "state")), rt, () => {}),
+  ).rejects.toThrow(
+    `tls.acme.state_dir: cannot create ${file}/state: ENOTDIR (systemd: StateDirectory=crm)`,
+  );
 });
 
 test("renew_before at least the lifetime: renewal at half the lifetime, an hour after issuance at the earliest", () => {
@@ -187,13 +267,27 @@ test("a reload keeps the backoff and the CA's Retry-After: no new order per SIGH
     tls: { cert: leaf.cert, key: leaf.key },
     fetch() {
       hits++;
-      return Response.json({ type: "urn:ietf:params:acme:error:rateLimited", detail: "too many", status: 429 }, { status: 429, headers: { "retry-after": "3600", "content-type": "application/problem+json" } });
+      return Response.json(
+        { type: "urn:ietf:params:acme:error:rateLimited", detail: "too many", status: 429 },
+        {
+          status: 429,
+          headers: { "retry-after": "3600", "content-type": "application/problem+json" },
+        },
+      );
     },
   });
   const [plainPort, tlsPort] = freePorts(2) as [number, number];
   const raw = {
     listen: [`127.0.0.1:${tlsPort}`, { address: `127.0.0.1:${plainPort}`, tls: false }],
-    tls: { acme: { domains: ["crm.test"], email: "a@crm.test", directory: `https://127.0.0.1:${limited.port}/dir`, ca_bundle: caFile, state_dir: join(work, "reload-state") } },
+    tls: {
+      acme: {
+        domains: ["crm.test"],
+        email: "a@crm.test",
+        directory: `https://127.0.0.1:${limited.port}/dir`,
+        ca_bundle: caFile,
+        state_dir: join(work, "reload-state"),
+      },
+    },
     allowed_hosts: ["crm.test"],
   };
   const crm = await startCrm(raw, "info");
@@ -203,7 +297,10 @@ test("a reload keeps the backoff and the CA's Retry-After: no new order per SIGH
     const hitsBefore = hits;
     expect(first?.nextAttemptAt).toBeGreaterThan(Date.now() + 3000_000);
     for (let i = 0; i < 3; i++) {
-      await crm.server.reload(buildConfig({ log_level: "info", allow_private_networks: true, ...raw }, "test.yaml").config);
+      await crm.server.reload(
+        buildConfig({ log_level: "info", allow_private_networks: true, ...raw }, "test.yaml")
+          .config,
+      );
     }
     await crm.waitLog(/configuration reloaded/);
     await Bun.sleep(300);
@@ -223,14 +320,22 @@ describe("a CA that does not answer properly", () => {
   const chunk = new TextEncoder().encode("x".repeat(1 << 16));
   beforeAll(() => {
     // Accepts, reads the request, never answers.
-    silent = Bun.serve({ hostname: "127.0.0.1", port: 0, idleTimeout: 0, fetch: () => new Promise<Response>(() => {}) });
+    silent = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      idleTimeout: 0,
+      fetch: () => new Promise<Response>(() => {}),
+    });
     // A "directory" of 64 MiB (the review's 1.5 GB body took 5 GB of RSS).
     huge = Bun.serve({
       hostname: "127.0.0.1",
       port: 0,
       fetch() {
         let n = 0;
-        return new Response(new ReadableStream({ pull: (c) => (n++ < 1024 ? c.enqueue(chunk) : c.close()) }), { headers: { "content-type": "application/json" } });
+        return new Response(
+          new ReadableStream({ pull: (c) => (n++ < 1024 ? c.enqueue(chunk) : c.close()) }),
+          { headers: { "content-type": "application/json" } },
+        );
       },
     });
     // Reads the request head and closes without a byte of answer.
@@ -241,23 +346,40 @@ describe("a CA that does not answer properly", () => {
     huge.stop(true);
     dropper.stop(true);
   });
-  const cfg = (port: number | undefined, dir: string): AcmeConfig => ({ ...acmeConfig(join(work, dir)), directory: `http://127.0.0.1:${port}/dir` });
-  const issue = async (config: AcmeConfig, limits: { requestTimeoutMs?: number; orderDeadlineMs?: number } = {}): Promise<AcmeError> => {
+  const cfg = (port: number | undefined, dir: string): AcmeConfig => ({
+    ...acmeConfig(join(work, dir)),
+    directory: `http://127.0.0.1:${port}/dir`,
+  });
+  const issue = async (
+    config: AcmeConfig,
+    limits: { requestTimeoutMs?: number; orderDeadlineMs?: number } = {},
+  ): Promise<AcmeError> => {
     const store = new CertStore(config.stateDir);
     store.prepare();
-    const err = await issueCertificate({ config, store, tokens: new Map(), progress: () => {}, ...limits }).catch((e: unknown) => e);
+    const err = await issueCertificate({
+      config,
+      store,
+      tokens: new Map(),
+      progress: () => {},
+      ...limits,
+    }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(AcmeError);
     return err as AcmeError;
   };
 
   test("silence: a request timeout, with a message that says the CA did not answer", async () => {
     const e = await issue(cfg(silent.port, "silent"), { requestTimeoutMs: 1000 });
-    expect(e.message).toMatch(/^the CA at http:\/\/127\.0\.0\.1:\d+\/dir did not answer within 1 s/);
+    expect(e.message).toMatch(
+      /^the CA at http:\/\/127\.0\.0\.1:\d+\/dir did not answer within 1 s/,
+    );
     expect(e.failure).toBe("unreachable-ca");
   });
 
   test("an order that outlives its deadline fails, whatever the request timeout", async () => {
-    const e = await issue(cfg(silent.port, "deadline"), { requestTimeoutMs: 600_000, orderDeadlineMs: 1000 });
+    const e = await issue(cfg(silent.port, "deadline"), {
+      requestTimeoutMs: 600_000,
+      orderDeadlineMs: 1000,
+    });
     expect(e.message).toMatch(/^the order did not finish within 1 s/);
   });
 
@@ -268,21 +390,29 @@ describe("a CA that does not answer properly", () => {
 
   test("a connection closed without an answer says so (not acme-client's TypeError)", async () => {
     const e = await issue(cfg(dropper.port, "drop"));
-    expect(e.message).toMatch(/^the CA at http:\/\/127\.0\.0\.1:\d+\/dir closed the connection without an answer/);
+    expect(e.message).toMatch(
+      /^the CA at http:\/\/127\.0\.0\.1:\d+\/dir closed the connection without an answer/,
+    );
     expect(e.message).not.toContain("undefined is not an object");
   });
 
   test("a silent CA counts as a failure: backoff, the error line, the failing state", async () => {
     const lines: string[] = [];
     const rt = createRuntime(buildConfig({}, "t.yaml").config, (l) => lines.push(l));
-    const certs = await AcmeCertificates.load(cfg(silent.port, "silent-mgr"), rt, () => {}, { requestTimeoutMs: 500 });
+    const certs = await AcmeCertificates.load(cfg(silent.port, "silent-mgr"), rt, () => {}, {
+      requestTimeoutMs: 500,
+    });
     try {
       const before = Date.now();
       expect(await certs.renewNow()).toBe(false);
       const s = certs.status();
       expect(s.renewalFailures).toBe(1);
       expect(s.nextAttemptAt).toBeGreaterThanOrEqual(before + RETRY_BASE_MS);
-      expect(lines.some((l) => /ERROR ACME: could not get a certificate .*did not answer within/.test(l))).toBe(true);
+      expect(
+        lines.some((l) =>
+          /ERROR ACME: could not get a certificate .*did not answer within/.test(l),
+        ),
+      ).toBe(true);
     } finally {
       certs.stop();
     }
@@ -322,21 +452,41 @@ test("the next order trusts the ca_bundle it is given, not the one a previous or
     port: 0,
     hostname: "127.0.0.1",
     tls: { cert: leaf.cert, key: leaf.key },
-    fetch: () => Response.json({ type: "urn:ietf:params:acme:error:rateLimited", detail: "too many", status: 429 }, { status: 429, headers: { "retry-after": "3600", "content-type": "application/problem+json" } }),
+    fetch: () =>
+      Response.json(
+        { type: "urn:ietf:params:acme:error:rateLimited", detail: "too many", status: 429 },
+        {
+          status: 429,
+          headers: { "retry-after": "3600", "content-type": "application/problem+json" },
+        },
+      ),
   });
   const order = async (caBundlePath: string | null, name: string): Promise<string> => {
-    const config: AcmeConfig = { ...acmeConfig(join(work, name)), directory: `https://127.0.0.1:${server.port}/dir`, caBundlePath };
+    const config: AcmeConfig = {
+      ...acmeConfig(join(work, name)),
+      directory: `https://127.0.0.1:${server.port}/dir`,
+      caBundlePath,
+    };
     const store = new CertStore(config.stateDir);
     store.prepare();
-    const e = await issueCertificate({ config, store, tokens: new Map(), progress: () => {} }).catch((err: unknown) => err);
+    const e = await issueCertificate({
+      config,
+      store,
+      tokens: new Map(),
+      progress: () => {},
+    }).catch((err: unknown) => err);
     expect(e).toBeInstanceOf(AcmeError);
     return (e as AcmeError).message;
   };
   try {
     expect(await order(rightFile, "bundle-1")).toContain("too many");
     // As after a SIGHUP that changed tls.acme.ca_bundle (or dropped it): the CA is no longer trusted.
-    expect(await order(otherFile, "bundle-2")).toMatch(/^cannot reach the ACME directory .*tls\.acme\.ca_bundle/);
-    expect(await order(null, "bundle-3")).toMatch(/^cannot reach the ACME directory .*tls\.acme\.ca_bundle/);
+    expect(await order(otherFile, "bundle-2")).toMatch(
+      /^cannot reach the ACME directory .*tls\.acme\.ca_bundle/,
+    );
+    expect(await order(null, "bundle-3")).toMatch(
+      /^cannot reach the ACME directory .*tls\.acme\.ca_bundle/,
+    );
     expect(await order(rightFile, "bundle-4")).toContain("too many");
   } finally {
     server.stop(true);

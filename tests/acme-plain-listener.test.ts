@@ -19,7 +19,11 @@ let origin: ReturnType<typeof Bun.serve>;
 
 beforeAll(() => {
   work = mkdtempSync(join(tmpdir(), "crm-acme-plain-"));
-  origin = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: (r) => new Response(`ORIGIN SAW ${new URL(r.url).pathname}\n`) });
+  origin = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    fetch: (r) => new Response(`ORIGIN SAW ${new URL(r.url).pathname}\n`),
+  });
 });
 
 afterAll(() => {
@@ -27,16 +31,30 @@ afterAll(() => {
   rmSync(work, { recursive: true, force: true });
 });
 
-async function startLocked(clients: string[], redirect: boolean): Promise<{ crm: TestCrm; plainPort: number }> {
+async function startLocked(
+  clients: string[],
+  redirect: boolean,
+): Promise<{ crm: TestCrm; plainPort: number }> {
   const [plainPort, tlsPort, deadCa] = freePorts(3) as [number, number, number];
   const crm = await startCrm(
     {
       listen: [`127.0.0.1:${tlsPort}`, { address: `127.0.0.1:${plainPort}`, tls: false }],
-      tls: { redirect_http: redirect, acme: { domains: ["crm.test"], email: "a@crm.test", directory: `https://127.0.0.1:${deadCa}/dir`, state_dir: join(work, `s-${plainPort}`) } },
+      tls: {
+        redirect_http: redirect,
+        acme: {
+          domains: ["crm.test"],
+          email: "a@crm.test",
+          directory: `https://127.0.0.1:${deadCa}/dir`,
+          state_dir: join(work, `s-${plainPort}`),
+        },
+      },
       access: { clients },
       allowed_hosts: ["origin.test"],
       allowed_ports: [origin.port],
-      mirror: { default_registry: "reg.test", registries: { "reg.test": `http://127.0.0.1:${origin.port}` } },
+      mirror: {
+        default_registry: "reg.test",
+        registries: { "reg.test": `http://127.0.0.1:${origin.port}` },
+      },
     },
     "info",
     staticResolver({ "origin.test": "127.0.0.1" }),
@@ -53,45 +71,65 @@ async function exchange(port: number, req: string): Promise<string> {
   return c.text();
 }
 
-const abs = () => `GET http://origin.test:${origin.port}/x HTTP/1.1\r\nHost: origin.test:${origin.port}\r\nConnection: close\r\n\r\n`;
-const local = (method: string, path: string) => `${method} ${path} HTTP/1.1\r\nHost: crm.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`;
+const abs = () =>
+  `GET http://origin.test:${origin.port}/x HTTP/1.1\r\nHost: origin.test:${origin.port}\r\nConnection: close\r\n\r\n`;
+const local = (method: string, path: string) =>
+  `${method} ${path} HTTP/1.1\r\nHost: crm.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`;
 
-describe.each([false, true])("redirect_http %p: a stranger on the ACME plain listener", (redirect) => {
-  let crm: TestCrm;
-  let plainPort: number;
-  beforeAll(async () => {
-    ({ crm, plainPort } = await startLocked(["10.0.0.0/8"], redirect));
-  });
-  afterAll(async () => {
-    await crm.stop();
-  });
+describe.each([false, true])(
+  "redirect_http %p: a stranger on the ACME plain listener",
+  (redirect) => {
+    let crm: TestCrm;
+    let plainPort: number;
+    beforeAll(async () => {
+      ({ crm, plainPort } = await startLocked(["10.0.0.0/8"], redirect));
+    });
+    afterAll(async () => {
+      await crm.stop();
+    });
 
-  test("gets no absolute-form proxying, no CONNECT, no local endpoint, no redirect", async () => {
-    const forward = await exchange(plainPort, abs());
-    expect(forward).not.toContain("ORIGIN SAW");
-    expect(forward).toMatch(/^HTTP\/1\.1 403 /);
-    const absChallenge = await exchange(plainPort, `GET http://origin.test:${origin.port}/.well-known/acme-challenge/x HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n`);
-    expect(absChallenge).not.toContain("ORIGIN SAW");
-    expect(absChallenge).toMatch(/^HTTP\/1\.1 403 /);
-    const tunnel = await exchange(plainPort, `CONNECT origin.test:${origin.port} HTTP/1.1\r\nHost: origin.test:${origin.port}\r\n\r\n`);
-    expect(tunnel).not.toMatch(/^HTTP\/1\.1 200/);
-    for (const path of ["/v2/", "/", "/metrics", "/healthz", "/.well-known/acme-challenge/../../metrics"]) {
-      const r = await exchange(plainPort, local("GET", path));
-      expect(r).toMatch(/^HTTP\/1\.1 (403|404) /);
-      expect(r).not.toMatch(/location:/i);
-      expect(r).not.toContain("ORIGIN SAW");
-    }
-    const post = await exchange(plainPort, local("POST", "/.well-known/acme-challenge/abc"));
-    expect(post).toMatch(/^HTTP\/1\.1 403 /);
-  });
+    test("gets no absolute-form proxying, no CONNECT, no local endpoint, no redirect", async () => {
+      const forward = await exchange(plainPort, abs());
+      expect(forward).not.toContain("ORIGIN SAW");
+      expect(forward).toMatch(/^HTTP\/1\.1 403 /);
+      const absChallenge = await exchange(
+        plainPort,
+        `GET http://origin.test:${origin.port}/.well-known/acme-challenge/x HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n`,
+      );
+      expect(absChallenge).not.toContain("ORIGIN SAW");
+      expect(absChallenge).toMatch(/^HTTP\/1\.1 403 /);
+      const tunnel = await exchange(
+        plainPort,
+        `CONNECT origin.test:${origin.port} HTTP/1.1\r\nHost: origin.test:${origin.port}\r\n\r\n`,
+      );
+      expect(tunnel).not.toMatch(/^HTTP\/1\.1 200/);
+      for (const path of [
+        "/v2/",
+        "/",
+        "/metrics",
+        "/healthz",
+        "/.well-known/acme-challenge/../../metrics",
+      ]) {
+        const r = await exchange(plainPort, local("GET", path));
+        expect(r).toMatch(/^HTTP\/1\.1 (403|404) /);
+        expect(r).not.toMatch(/location:/i);
+        expect(r).not.toContain("ORIGIN SAW");
+      }
+      const post = await exchange(plainPort, local("POST", "/.well-known/acme-challenge/abc"));
+      expect(post).toMatch(/^HTTP\/1\.1 403 /);
+    });
 
-  test("still reaches the challenge route with GET and HEAD", async () => {
-    for (const method of ["GET", "HEAD"]) {
-      const r = await exchange(plainPort, local(method, "/.well-known/acme-challenge/no-such-token"));
-      expect(r).toMatch(/^HTTP\/1\.1 404 /);
-    }
-  });
-});
+    test("still reaches the challenge route with GET and HEAD", async () => {
+      for (const method of ["GET", "HEAD"]) {
+        const r = await exchange(
+          plainPort,
+          local(method, "/.well-known/acme-challenge/no-such-token"),
+        );
+        expect(r).toMatch(/^HTTP\/1\.1 404 /);
+      }
+    });
+  },
+);
 
 test("a client in access.clients keeps proxying through the plain listener", async () => {
   const { crm, plainPort } = await startLocked(["127.0.0.0/8"], false);
@@ -104,10 +142,27 @@ test("a client in access.clients keeps proxying through the plain listener", asy
 
 test("proxy_protocol on a plain listener beside tls.acme is refused: anyone could name an allowed client", () => {
   expect(() =>
-    buildConfig({ listen: [":443", { address: ":80", tls: false, proxy_protocol: true }], tls: { acme: { domains: ["crm.example.com"] } } }, "/etc/crm/t.yaml"),
-  ).toThrow(/listen\[1\]\.proxy_protocol: true cannot be used on a plain listener beside tls\.acme/);
+    buildConfig(
+      {
+        listen: [":443", { address: ":80", tls: false, proxy_protocol: true }],
+        tls: { acme: { domains: ["crm.example.com"] } },
+      },
+      "/etc/crm/t.yaml",
+    ),
+  ).toThrow(
+    /listen\[1\]\.proxy_protocol: true cannot be used on a plain listener beside tls\.acme/,
+  );
   // Without ACME the plain listener keeps its accept-time check, so proxy_protocol stays allowed there.
-  expect(() => buildConfig({ listen: [":443", { address: ":80", tls: false, proxy_protocol: true }], access: { trusted_proxies: ["10.0.0.0/8"] }, tls: { cert_path: "c.pem", key_path: "k.pem" } }, "/etc/crm/t.yaml")).not.toThrow();
+  expect(() =>
+    buildConfig(
+      {
+        listen: [":443", { address: ":80", tls: false, proxy_protocol: true }],
+        access: { trusted_proxies: ["10.0.0.0/8"] },
+        tls: { cert_path: "c.pem", key_path: "k.pem" },
+      },
+      "/etc/crm/t.yaml",
+    ),
+  ).not.toThrow();
 });
 
 test("redirect_http with cert_path/key_path sends a foreign Host to the certificate's name, not to the Host", async () => {
@@ -117,12 +172,28 @@ test("redirect_http with cert_path/key_path sends a foreign Host to the certific
   writeFileSync(join(work, "c.pem"), leaf.cert);
   writeFileSync(join(work, "k.pem"), leaf.key);
   const [plainPort, tlsPort] = freePorts(2) as [number, number];
-  const crm = await startCrm({ listen: [`127.0.0.1:${tlsPort}`, { address: `127.0.0.1:${plainPort}`, tls: false }], tls: { redirect_http: true, cert_path: join(work, "c.pem"), key_path: join(work, "k.pem") } }, "info");
+  const crm = await startCrm(
+    {
+      listen: [`127.0.0.1:${tlsPort}`, { address: `127.0.0.1:${plainPort}`, tls: false }],
+      tls: { redirect_http: true, cert_path: join(work, "c.pem"), key_path: join(work, "k.pem") },
+    },
+    "info",
+  );
   try {
-    const location = async (host: string) => /\r\nlocation: ([^\r]*)/i.exec(await exchange(plainPort, `GET /path?q=1 HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`))?.[1];
-    for (const host of ["evil.example", "evil.example:1", "[::1]"]) expect(await location(host)).toBe(`https://crm.test:${tlsPort}/path?q=1`);
+    const location = async (host: string) =>
+      /\r\nlocation: ([^\r]*)/i.exec(
+        await exchange(
+          plainPort,
+          `GET /path?q=1 HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`,
+        ),
+      )?.[1];
+    for (const host of ["evil.example", "evil.example:1", "[::1]"])
+      expect(await location(host)).toBe(`https://crm.test:${tlsPort}/path?q=1`);
     // Not a host at all: 400, no Location.
-    const userinfo = await exchange(plainPort, `GET / HTTP/1.1\r\nHost: crm.test@evil.example\r\nConnection: close\r\n\r\n`);
+    const userinfo = await exchange(
+      plainPort,
+      `GET / HTTP/1.1\r\nHost: crm.test@evil.example\r\nConnection: close\r\n\r\n`,
+    );
     expect(userinfo).toMatch(/^HTTP\/1\.1 400 /);
     expect(userinfo).not.toMatch(/location:/i);
     expect(await location("mirror.test")).toBe(`https://mirror.test:${tlsPort}/path?q=1`);

@@ -20,13 +20,25 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-async function start(extra: Record<string, unknown> = {}): Promise<{ crm: TestCrm; plainPort: number }> {
+async function start(
+  extra: Record<string, unknown> = {},
+): Promise<{ crm: TestCrm; plainPort: number }> {
   const [plainPort, tlsPort, deadCa] = freePorts(3) as [number, number, number];
   const crm = await startCrm(
     {
       listen: [`127.0.0.1:${tlsPort}`, { address: `127.0.0.1:${plainPort}`, tls: false }],
-      tls: { acme: { domains: ["crm.test"], email: "a@crm.test", directory: `https://127.0.0.1:${deadCa}/dir`, state_dir: join(work, `s-${plainPort}`) } },
-      access: { clients: ["127.0.0.1/32"], users: { alice: await Bun.password.hash("pw", { algorithm: "argon2id" }) } },
+      tls: {
+        acme: {
+          domains: ["crm.test"],
+          email: "a@crm.test",
+          directory: `https://127.0.0.1:${deadCa}/dir`,
+          state_dir: join(work, `s-${plainPort}`),
+        },
+      },
+      access: {
+        clients: ["127.0.0.1/32"],
+        users: { alice: await Bun.password.hash("pw", { algorithm: "argon2id" }) },
+      },
       allowed_hosts: ["origin.test"],
       ...extra,
     },
@@ -41,7 +53,9 @@ function hold(from: string, port: number): Promise<{ socket: Socket; closed: Pro
     const got: Buffer[] = [];
     let done: (s: string) => void = () => {};
     const closed = new Promise<string>((r) => (done = r));
-    const socket = connect({ host: "127.0.0.1", port, localAddress: from }, () => resolve({ socket, closed }));
+    const socket = connect({ host: "127.0.0.1", port, localAddress: from }, () =>
+      resolve({ socket, closed }),
+    );
     socket.on("data", (d: Buffer) => got.push(d));
     socket.on("close", () => done(Buffer.concat(got).toString("latin1")));
     socket.on("error", reject);
@@ -69,13 +83,32 @@ test("a stranger has a small connection budget of its own", async () => {
   const { crm, plainPort } = await start();
   const held: Socket[] = [];
   try {
-    for (let i = 0; i < CHALLENGE_ONLY.perClient; i++) held.push((await hold("127.0.0.2", plainPort)).socket);
+    for (let i = 0; i < CHALLENGE_ONLY.perClient; i++)
+      held.push((await hold("127.0.0.2", plainPort)).socket);
     await Bun.sleep(50);
-    expect(await sendFrom("127.0.0.2", plainPort, "GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: crm.test\r\nConnection: close\r\n\r\n")).toMatch(/^HTTP\/1\.1 429 /);
+    expect(
+      await sendFrom(
+        "127.0.0.2",
+        plainPort,
+        "GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: crm.test\r\nConnection: close\r\n\r\n",
+      ),
+    ).toMatch(/^HTTP\/1\.1 429 /);
     // Strangers count by network (IPv4 /24): another address of the same /24 is the same stranger.
-    expect(await sendFrom("127.0.0.3", plainPort, "GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: crm.test\r\nConnection: close\r\n\r\n")).toMatch(/^HTTP\/1\.1 429 /);
+    expect(
+      await sendFrom(
+        "127.0.0.3",
+        plainPort,
+        "GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: crm.test\r\nConnection: close\r\n\r\n",
+      ),
+    ).toMatch(/^HTTP\/1\.1 429 /);
     // A stranger from another network is not affected, and neither is a client in access.clients.
-    expect(await sendFrom("127.0.1.3", plainPort, "GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: crm.test\r\nConnection: close\r\n\r\n")).toMatch(/^HTTP\/1\.1 404 /);
+    expect(
+      await sendFrom(
+        "127.0.1.3",
+        plainPort,
+        "GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: crm.test\r\nConnection: close\r\n\r\n",
+      ),
+    ).toMatch(/^HTTP\/1\.1 404 /);
     expect(await sendFrom("127.0.0.1", plainPort, healthz)).toMatch(/^HTTP\/1\.1 200 /);
   } finally {
     for (const s of held) s.destroy();
@@ -103,13 +136,27 @@ test("a stranger's proxy request is refused before its password is checked", asy
   const { crm, plainPort } = await start();
   try {
     const auth = `Proxy-Authorization: Basic ${btoa("alice:wrong")}\r\n`;
-    const forward = await sendFrom("127.0.0.2", plainPort, `GET http://origin.test/x HTTP/1.1\r\nHost: origin.test\r\n${auth}Connection: close\r\n\r\n`);
+    const forward = await sendFrom(
+      "127.0.0.2",
+      plainPort,
+      `GET http://origin.test/x HTTP/1.1\r\nHost: origin.test\r\n${auth}Connection: close\r\n\r\n`,
+    );
     expect(forward).toMatch(/^HTTP\/1\.1 403 /);
-    const tunnel = await sendFrom("127.0.0.2", plainPort, `CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n${auth}\r\n`);
+    const tunnel = await sendFrom(
+      "127.0.0.2",
+      plainPort,
+      `CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n${auth}\r\n`,
+    );
     expect(tunnel).not.toMatch(/^HTTP\/1\.1 (200|407)/);
     expect(crm.server.rt.access.fullChecks).toBe(0);
     // A client in access.clients still has its password checked.
-    expect(await sendFrom("127.0.0.1", plainPort, `GET http://origin.test/x HTTP/1.1\r\nHost: origin.test\r\n${auth}Connection: close\r\n\r\n`)).toMatch(/^HTTP\/1\.1 407 /);
+    expect(
+      await sendFrom(
+        "127.0.0.1",
+        plainPort,
+        `GET http://origin.test/x HTTP/1.1\r\nHost: origin.test\r\n${auth}Connection: close\r\n\r\n`,
+      ),
+    ).toMatch(/^HTTP\/1\.1 407 /);
     expect(crm.server.rt.access.fullChecks).toBe(1);
   } finally {
     await crm.stop();
@@ -134,10 +181,16 @@ test("a full stranger budget closes its oldest connection for a newcomer, so a v
   try {
     // The whole budget, held by CHALLENGE_ONLY.total / perClient networks.
     const networks = CHALLENGE_ONLY.total / CHALLENGE_ONLY.perClient;
-    for (let n = 0; n < networks; n++) for (let i = 0; i < CHALLENGE_ONLY.perClient; i++) held.push(await hold(`127.0.${10 + n}.${1 + i}`, plainPort));
+    for (let n = 0; n < networks; n++)
+      for (let i = 0; i < CHALLENGE_ONLY.perClient; i++)
+        held.push(await hold(`127.0.${10 + n}.${1 + i}`, plainPort));
     let firstClosed = false;
     void (held[0] as { closed: Promise<string> }).closed.then(() => (firstClosed = true));
-    const validator = await sendFrom("127.0.200.1", plainPort, "GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: crm.test\r\nConnection: close\r\n\r\n");
+    const validator = await sendFrom(
+      "127.0.200.1",
+      plainPort,
+      "GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: crm.test\r\nConnection: close\r\n\r\n",
+    );
     expect(validator).toMatch(/^HTTP\/1\.1 404 /);
     await (held[0] as { closed: Promise<string> }).closed;
     expect(firstClosed).toBe(true);

@@ -19,7 +19,13 @@ import { MANIFEST_ACCEPT, startRegistry, type RegistryFixture } from "./support/
 import { missingTools } from "./support/tools.ts";
 
 const root = resolve(import.meta.dir, "..");
-const skip = missingTools("README quick start with pebble", ["pebble", "pebble-challtestsrv", "curl", "docker-registry", "skopeo"]);
+const skip = missingTools("README quick start with pebble", [
+  "pebble",
+  "pebble-challtestsrv",
+  "curl",
+  "docker-registry",
+  "skopeo",
+]);
 
 /** The heredoc of the quick start's config step. */
 export function quickStartConfig(readme: string): string {
@@ -45,7 +51,11 @@ describe.skipIf(skip)("README quick start", () => {
     // crm's ports stay held while the other servers start: their bind(0) must not be handed them.
     const held = reservePorts(3);
     [plainPort, tlsPort] = held.ports as [number, number];
-    const [, p, r] = await Promise.all([buildTarget("bun-linux-x64", binary), startPebble({ httpPort: plainPort, tlsPort: held.ports[2] as number }), startRegistry({ auth: "none" })]);
+    const [, p, r] = await Promise.all([
+      buildTarget("bun-linux-x64", binary),
+      startPebble({ httpPort: plainPort, tlsPort: held.ports[2] as number }),
+      startRegistry({ auth: "none" }),
+    ]);
     held.release();
     pebble = p;
     fx = r;
@@ -60,15 +70,25 @@ describe.skipIf(skip)("README quick start", () => {
   test("six lines: the config as written", () => {
     const text = quickStartConfig(readFileSync(join(root, "README.md"), "utf8"));
     expect(text.trim().split("\n")).toHaveLength(6);
-    const cfg = YAML.parse(text) as { listen: unknown[]; tls: { redirect_http: boolean; acme: Record<string, unknown> } };
+    const cfg = YAML.parse(text) as {
+      listen: unknown[];
+      tls: { redirect_http: boolean; acme: Record<string, unknown> };
+    };
     expect(cfg.listen).toEqual([":443", { address: ":80", tls: false }]);
     expect(cfg.tls.acme.domains).toEqual(["crm.example.com"]);
     // Substitutions for a machine without the internet; nothing else changes.
-    cfg.listen = [`127.0.0.1:${tlsPort}`, { ...(cfg.listen[1] as object), address: `127.0.0.1:${plainPort}` }];
+    cfg.listen = [
+      `127.0.0.1:${tlsPort}`,
+      { ...(cfg.listen[1] as object), address: `127.0.0.1:${plainPort}` },
+    ];
     cfg.tls.acme.domains = ["crm.test"];
     cfg.tls.acme.email = "you@crm.test";
     Object.assign(cfg.tls.acme, { directory: pebble.directory, ca_bundle: pebble.caBundlePath });
-    const full = { ...cfg, allow_private_networks: true, mirror: { registries: { "docker.io": fx.url } } };
+    const full = {
+      ...cfg,
+      allow_private_networks: true,
+      mirror: { registries: { "docker.io": fx.url } },
+    };
     cfgFile = join(work, "config.yaml");
     writeFileSync(cfgFile, YAML.stringify(full));
   });
@@ -78,8 +98,12 @@ describe.skipIf(skip)("README quick start", () => {
     const env = { ...process.env, STATE_DIRECTORY: state };
     const check = await run([binary, "-t", "-config", cfgFile], { env });
     // The one warning comes from the test's own substitution of :80.
-    expect(check.stderr).toBe("crm: warning: tls.acme: the CA validates http-01 on port 80, and no plain listener is on :80 (fine only if port 80 is forwarded to one)\n");
-    expect(check.stdout).toContain("tls: ACME http-01 for crm.test; plain listeners redirect to https");
+    expect(check.stderr).toBe(
+      "crm: warning: tls.acme: the CA validates http-01 on port 80, and no plain listener is on :80 (fine only if port 80 is forwarded to one)\n",
+    );
+    expect(check.stdout).toContain(
+      "tls: ACME http-01 for crm.test; plain listeners redirect to https",
+    );
     expect(check.stdout).toContain(`state_dir ${state};`);
     expect(check.stdout).toContain("stored certificate: none");
 
@@ -91,24 +115,59 @@ describe.skipIf(skip)("README quick start", () => {
     try {
       const end = Date.now() + 60_000;
       while (!err.includes("ACME: certificate issued")) {
-        if (Date.now() > end || p.exitCode !== null) throw new Error(`no certificate; crm said:\n${err}`);
+        if (Date.now() > end || p.exitCode !== null)
+          throw new Error(`no certificate; crm said:\n${err}`);
         await Bun.sleep(50);
       }
       expect(err).toContain("serving a temporary self-signed one while issuance is under way");
       expect(statSync(state).mode & 0o777).toBe(0o700);
       const rootPem = join(work, "root.pem");
       writeFileSync(rootPem, await pebble.root());
-      const curl = (args: string[]) => run(["curl", "-sS", "--noproxy", "*", "--cacert", rootPem, "--resolve", `crm.test:${tlsPort}:127.0.0.1`, ...args]);
+      const curl = (args: string[]) =>
+        run([
+          "curl",
+          "-sS",
+          "--noproxy",
+          "*",
+          "--cacert",
+          rootPem,
+          "--resolve",
+          `crm.test:${tlsPort}:127.0.0.1`,
+          ...args,
+        ]);
       expect((await curl([`https://crm.test:${tlsPort}/healthz`])).stdout).toBe("ok\n");
       // What docker pull asks a mirror first: the ping, then the manifest by tag.
-      const ping = await curl(["-o", "/dev/null", "-w", "%{http_code}", `https://crm.test:${tlsPort}/v2/`]);
+      const ping = await curl([
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        `https://crm.test:${tlsPort}/v2/`,
+      ]);
       expect(["200", "401"]).toContain(ping.stdout);
       const img = fx.images.multiLayer;
-      const manifest = await curl(["-I", "-H", `Accept: ${MANIFEST_ACCEPT}`, `https://crm.test:${tlsPort}/v2/${img.repo}/manifests/${img.tag}`]);
+      const manifest = await curl([
+        "-I",
+        "-H",
+        `Accept: ${MANIFEST_ACCEPT}`,
+        `https://crm.test:${tlsPort}/v2/${img.repo}/manifests/${img.tag}`,
+      ]);
       expect(manifest.stdout).toMatch(/^HTTP\/1\.1 200/);
       expect(manifest.stdout.toLowerCase()).toContain(`docker-content-digest: ${img.digest}`);
       // :80 redirects to https.
-      const redirect = await run(["curl", "-sS", "--noproxy", "*", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H", "Host: crm.test", `http://127.0.0.1:${plainPort}/v2/`]);
+      const redirect = await run([
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "-H",
+        "Host: crm.test",
+        `http://127.0.0.1:${plainPort}/v2/`,
+      ]);
       expect(redirect.stdout).toBe(`301 https://crm.test:${tlsPort}/v2/`);
     } finally {
       p.kill("SIGTERM");

@@ -24,7 +24,15 @@ describe.skipIf(skip)("ACME renewal with pebble (one-hour certificates)", () => 
   const resolver = staticResolver({ "crm.test": "127.0.0.1" });
   const config = (stateDir: string, acme: Record<string, unknown>) => ({
     listen: [`127.0.0.1:${tlsPort}`, { address: `127.0.0.1:${plainPort}`, tls: false }],
-    tls: { acme: { domains: ["crm.test"], directory: pebble.directory, ca_bundle: pebble.caBundlePath, state_dir: stateDir, ...acme } },
+    tls: {
+      acme: {
+        domains: ["crm.test"],
+        directory: pebble.directory,
+        ca_bundle: pebble.caBundlePath,
+        state_dir: stateDir,
+        ...acme,
+      },
+    },
     allowed_hosts: ["crm.test"],
   });
 
@@ -33,7 +41,11 @@ describe.skipIf(skip)("ACME renewal with pebble (one-hour certificates)", () => 
     // Held while pebble picks its own ports, so it cannot be handed crm's.
     const held = reservePorts(3);
     [plainPort, tlsPort] = held.ports as [number, number];
-    pebble = await startPebble({ httpPort: plainPort, tlsPort: held.ports[2] as number, validityPeriod: 3600 });
+    pebble = await startPebble({
+      httpPort: plainPort,
+      tlsPort: held.ports[2] as number,
+      validityPeriod: 3600,
+    });
     held.release();
   }, 60_000);
 
@@ -43,12 +55,25 @@ describe.skipIf(skip)("ACME renewal with pebble (one-hour certificates)", () => 
   });
 
   test("renew_before 2h on a one-hour certificate: one order, a warning, the renewal late in the lifetime but before expiry", async () => {
-    const crm = await startCrm(config(join(work, "loop"), { email: "ops@crm.test", renew_before: "2h" }), "info", resolver);
+    const crm = await startCrm(
+      config(join(work, "loop"), { email: "ops@crm.test", renew_before: "2h" }),
+      "info",
+      resolver,
+    );
     try {
       await crm.waitLog(/ACME: certificate issued/, 60_000);
       await Bun.sleep(1500);
-      expect(crm.logs.filter((l) => /ACME: (certificate issued|certificate renewed|renewing)/.test(l)).length).toBe(1);
-      expect(crm.logs.some((l) => /WARN +ACME: tls\.acme\.renew_before is not shorter than the certificate's lifetime/.test(l))).toBe(true);
+      expect(
+        crm.logs.filter((l) => /ACME: (certificate issued|certificate renewed|renewing)/.test(l))
+          .length,
+      ).toBe(1);
+      expect(
+        crm.logs.some((l) =>
+          /WARN +ACME: tls\.acme\.renew_before is not shorter than the certificate's lifetime/.test(
+            l,
+          ),
+        ),
+      ).toBe(true);
       const s = crm.server.certificates.status()[0];
       expect(s?.source).toBe("acme");
       expect(s?.nextAttemptAt).toBeGreaterThan(Date.now() + HOUR / 2);

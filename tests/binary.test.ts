@@ -54,7 +54,10 @@ test("binary: version, check, proxy, healthz, SIGTERM → exit 0", async () => {
   expect(version.stdout).toMatch(/^crm \d+\.\d+\.\d+/);
 
   const cfg = join(dir, "config.yaml");
-  writeFileSync(cfg, `listen: "127.0.0.1:0"\nallow_private_networks: true\nallowed_hosts: ["127.0.0.1"]\nallowed_ports: [${origin.port}]\n`);
+  writeFileSync(
+    cfg,
+    `listen: "127.0.0.1:0"\nallow_private_networks: true\nallowed_hosts: ["127.0.0.1"]\nallowed_ports: [${origin.port}]\n`,
+  );
   const check = await run([binary, "-t", "-c", cfg]);
   expect(check.code).toBe(0);
   expect(check.stdout).toContain("configuration OK");
@@ -73,7 +76,15 @@ test("binary: version, check, proxy, healthz, SIGTERM → exit 0", async () => {
   const logs: string[] = [];
   try {
     const port = await waitListening(p.stderr, logs);
-    const proxied = await run(["curl", "-sS", "--noproxy", "", "-x", `http://127.0.0.1:${port}`, `http://127.0.0.1:${origin.port}/through-binary`]);
+    const proxied = await run([
+      "curl",
+      "-sS",
+      "--noproxy",
+      "",
+      "-x",
+      `http://127.0.0.1:${port}`,
+      `http://127.0.0.1:${origin.port}/through-binary`,
+    ]);
     expect(proxied.stdout).toBe("origin GET /through-binary");
     const health = await run(["curl", "-sS", "--noproxy", "*", `http://127.0.0.1:${port}/healthz`]);
     expect(health.stdout).toBe("ok\n");

@@ -29,8 +29,15 @@ let crm: TestCrm;
 
 beforeAll(async () => {
   // Accepts and never reads: fetch's writes back up, then crm's queue fills.
-  upstream = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { open: (s) => s.pause(), data() {}, close() {}, error() {} } });
-  crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [upstream.port], mirror: { enabled: false } }, "info");
+  upstream = Bun.listen({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: { open: (s) => s.pause(), data() {}, close() {}, error() {} },
+  });
+  crm = await startCrm(
+    { allowed_hosts: ["127.0.0.1"], allowed_ports: [upstream.port], mirror: { enabled: false } },
+    "info",
+  );
 });
 
 afterAll(async () => {
@@ -77,7 +84,8 @@ async function flood(block: Buffer, prefix = "") {
     }
   }
   const during = held();
-  const status = parseResponses(conn.received(), ["POST"], conn.closed).responses[0]?.status ?? null;
+  const status =
+    parseResponses(conn.received(), ["POST"], conn.closed).responses[0]?.status ?? null;
   s.terminate();
   // The next flood's baseline must not include this one being freed.
   while (crm.server.connectionCount > 0) await Bun.sleep(20);
@@ -85,7 +93,9 @@ async function flood(block: Buffer, prefix = "") {
 }
 
 function report(name: string, r: Awaited<ReturnType<typeof flood>>): void {
-  console.log(`${name}: sent ${(r.sent / MiB).toFixed(1)} MiB, ${r.status === null ? (r.stalled ? "crm stopped reading" : "no answer") : `answer ${r.status}`}; held +${(r.held / MiB).toFixed(2)} MiB, RSS +${(r.rss / MiB).toFixed(1)} MiB (after GC)`);
+  console.log(
+    `${name}: sent ${(r.sent / MiB).toFixed(1)} MiB, ${r.status === null ? (r.stalled ? "crm stopped reading" : "no answer") : `answer ${r.status}`}; held +${(r.held / MiB).toFixed(2)} MiB, RSS +${(r.rss / MiB).toFixed(1)} MiB (after GC)`,
+  );
 }
 
 describe("one connection's chunked body to an upstream that never reads", () => {
@@ -95,16 +105,25 @@ describe("one connection's chunked body to an upstream that never reads", () => 
     // Within Go's overhead allowance: accepted, so only the queue's accounting bounds it.
     ["1-byte chunks + 10-byte extensions", null, `1;${"e".repeat(10)}\r\na\r\n`.repeat(4_000), ""],
     ["1-byte chunks + 4000-byte extensions", 400, `1;${"e".repeat(4000)}\r\na\r\n`.repeat(16), ""],
-    ["a trailer section that never ends", 431, `X-Trailer: ${"t".repeat(4000)}\r\n`.repeat(16), "1\r\na\r\n0\r\n"],
+    [
+      "a trailer section that never ends",
+      431,
+      `X-Trailer: ${"t".repeat(4000)}\r\n`.repeat(16),
+      "1\r\na\r\n0\r\n",
+    ],
   ];
-  test.each(shapes)("%s: answer %p, memory stays bounded", async (name, status, block, prefix) => {
-    const r = await flood(Buffer.from(block), prefix);
-    report(name, r);
-    expect(r.status).toBe(status);
-    if (name === "1-byte chunks") expect(r.stalled).toBe(true);
-    expect(r.held).toBeLessThan(HELD_LIMIT);
-    expect(r.rss).toBeLessThan(RSS_LIMIT);
-  }, 60_000);
+  test.each(shapes)(
+    "%s: answer %p, memory stays bounded",
+    async (name, status, block, prefix) => {
+      const r = await flood(Buffer.from(block), prefix);
+      report(name, r);
+      expect(r.status).toBe(status);
+      if (name === "1-byte chunks") expect(r.stalled).toBe(true);
+      expect(r.held).toBeLessThan(HELD_LIMIT);
+      expect(r.rss).toBeLessThan(RSS_LIMIT);
+    },
+    60_000,
+  );
 });
 
 describe("the decoder's bounds and the feeder's accounting, as functions", () => {
@@ -125,8 +144,14 @@ describe("the decoder's bounds and the feeder's accounting, as functions", () =>
   });
 
   test("framing overhead is allowed per chunk and per data byte, not without end", () => {
-    expect(decode(`1\r\na\r\n`.repeat(100_000) + "0\r\n\r\n")).toEqual({ payload: 100_000, error: null });
-    expect(decode(`1;${"e".repeat(10)}\r\na\r\n`.repeat(100_000) + "0\r\n\r\n")).toEqual({ payload: 100_000, error: null });
+    expect(decode(`1\r\na\r\n`.repeat(100_000) + "0\r\n\r\n")).toEqual({
+      payload: 100_000,
+      error: null,
+    });
+    expect(decode(`1;${"e".repeat(10)}\r\na\r\n`.repeat(100_000) + "0\r\n\r\n")).toEqual({
+      payload: 100_000,
+      error: null,
+    });
     const padded = decode(`1;${"e".repeat(4000)}\r\na\r\n`.repeat(100));
     expect(padded.error?.status).toBe(400);
     expect(padded.error?.message).toMatch(/too much framing/);
@@ -145,7 +170,10 @@ describe("the decoder's bounds and the feeder's accounting, as functions", () =>
     let paused = 0;
     const feeder = new BodyFeeder({ kind: "chunked" }, { pause: () => paused++, resume: () => {} });
     // One 512 KiB read (Bun's largest) holding 1-byte chunks, as the attack sends them.
-    const read = Buffer.from(`1;${"e".repeat(10)}\r\na\r\n`.repeat(Math.floor((512 * 1024) / 17)), "latin1");
+    const read = Buffer.from(
+      `1;${"e".repeat(10)}\r\na\r\n`.repeat(Math.floor((512 * 1024) / 17)),
+      "latin1",
+    );
     feeder.feed(read);
     const reader = feeder.stream.getReader();
     const { value } = await reader.read();

@@ -5,7 +5,16 @@
  * file now has a random name and is created with 'wx', as tls/cert-store.ts does.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  lstatSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { installFiles } from "../src/client-config/install.ts";
@@ -24,12 +33,18 @@ test("--write does not follow a symlink planted at the temporary file's name", (
   // Every name the old code could pick for this process.
   const planted = join(dir, `daemon.json.crm-tmp-${process.pid}`);
   symlinkSync(victim, planted);
-  const [r] = installFiles([{ path: target, content: '{"registry-mirrors":["http://crm:8080"]}\n' }]);
+  const [r] = installFiles([
+    { path: target, content: '{"registry-mirrors":["http://crm:8080"]}\n' },
+  ]);
   expect(r?.state).toBe("replaced");
   expect(readFileSync(target, "utf8")).toBe('{"registry-mirrors":["http://crm:8080"]}\n');
   expect(readFileSync(victim, "utf8")).toBe("precious\n");
   expect(statSync(victim).mode & 0o777).toBe(0o600);
   expect(lstatSync(planted).isSymbolicLink()).toBe(true);
   // No temporary file is left behind.
-  expect(readdirSync(dir).filter((n) => n.includes(".crm-tmp-") && n !== `daemon.json.crm-tmp-${process.pid}`)).toEqual([]);
+  expect(
+    readdirSync(dir).filter(
+      (n) => n.includes(".crm-tmp-") && n !== `daemon.json.crm-tmp-${process.pid}`,
+    ),
+  ).toEqual([]);
 });

@@ -28,17 +28,36 @@ describe("defaults", () => {
   const { config, warnings } = buildConfig({}, "t.yaml");
   test("an empty file is a working config", () => {
     expect(warnings).toEqual([]);
-    expect(config.listen).toEqual([{ hostname: "0.0.0.0", port: 8080, source: ":8080", tls: null, proxyProtocol: false }]);
+    expect(config.listen).toEqual([
+      { hostname: "0.0.0.0", port: 8080, source: ":8080", tls: null, proxyProtocol: false },
+    ]);
     expect(config.allowedHosts).toEqual([...DEFAULT_ALLOWED_HOSTS]);
     expect(config.allowedPorts).toEqual([80, 443]);
     expect(config.insecureTls).toBe(false);
     expect(config.logLevel).toBe("info");
     expect(config.mitm.enabled).toBe(false);
-    expect(config.timeouts).toEqual({ headerMs: 10_000, connectMs: 10_000, idleMs: 300_000, shutdownGraceMs: 30_000, upstreamHeaderMs: 60_000 });
+    expect(config.timeouts).toEqual({
+      headerMs: 10_000,
+      connectMs: 10_000,
+      idleMs: 300_000,
+      shutdownGraceMs: 30_000,
+      upstreamHeaderMs: 60_000,
+    });
   });
   test("the default allow-list is exactly the documented one", () => {
     expect([...DEFAULT_ALLOWED_HOSTS].sort()).toEqual(
-      ["docker.io", "registry-1.docker.io", "auth.docker.io", "production.cloudflare.docker.com", "production.cloudfront.docker.com", "gcr.io", "k8s.io", "registry.k8s.io", "docker.elastic.co", "ghcr.io"].sort(),
+      [
+        "docker.io",
+        "registry-1.docker.io",
+        "auth.docker.io",
+        "production.cloudflare.docker.com",
+        "production.cloudfront.docker.com",
+        "gcr.io",
+        "k8s.io",
+        "registry.k8s.io",
+        "docker.elastic.co",
+        "ghcr.io",
+      ].sort(),
     );
   });
   test("the config is frozen", () => {
@@ -67,13 +86,19 @@ describe("each key", () => {
     if (typeof a === "object") expect([a.hostname, a.port]).toEqual([hostname, port]);
   });
   test("listen may be a list", () => {
-    expect(buildConfig({ listen: ["127.0.0.1:1", "[::1]:2"] }, "t").config.listen.map((l) => l.port)).toEqual([1, 2]);
+    expect(
+      buildConfig({ listen: ["127.0.0.1:1", "[::1]:2"] }, "t").config.listen.map((l) => l.port),
+    ).toEqual([1, 2]);
   });
   test("allowed_hosts replaces the defaults", () => {
-    expect(buildConfig({ allowed_hosts: ["example.test"] }, "t").config.allowedHosts).toEqual(["example.test"]);
+    expect(buildConfig({ allowed_hosts: ["example.test"] }, "t").config.allowedHosts).toEqual([
+      "example.test",
+    ]);
   });
   test("allowed_ports", () => {
-    expect(buildConfig({ allowed_ports: [443, 5000] }, "t").config.allowedPorts).toEqual([443, 5000]);
+    expect(buildConfig({ allowed_ports: [443, 5000] }, "t").config.allowedPorts).toEqual([
+      443, 5000,
+    ]);
   });
   test("insecure_tls", () => {
     expect(buildConfig({ insecure_tls: true }, "t").config.insecureTls).toBe(true);
@@ -82,12 +107,44 @@ describe("each key", () => {
     expect(buildConfig({ log_level: l }, "t").config.logLevel).toBe(l.toLowerCase() as "debug");
   });
   test("timeouts accept durations in any unit, and bare seconds", () => {
-    const t = buildConfig({ timeouts: { header: "500ms", connect: "3s", idle: "5m", shutdown_grace: "1h", upstream_header: 20 } }, "t").config.timeouts;
-    expect(t).toEqual({ headerMs: 500, connectMs: 3000, idleMs: 300_000, shutdownGraceMs: 3_600_000, upstreamHeaderMs: 20_000 });
+    const t = buildConfig(
+      {
+        timeouts: {
+          header: "500ms",
+          connect: "3s",
+          idle: "5m",
+          shutdown_grace: "1h",
+          upstream_header: 20,
+        },
+      },
+      "t",
+    ).config.timeouts;
+    expect(t).toEqual({
+      headerMs: 500,
+      connectMs: 3000,
+      idleMs: 300_000,
+      shutdownGraceMs: 3_600_000,
+      upstreamHeaderMs: 20_000,
+    });
   });
   test("mitm is parsed and validated", () => {
-    const m = buildConfig({ mitm: { enabled: true, ca_cert_path: "/x/ca.crt", ca_key_path: "/x/ca.key", hosts: ["a.test"] } }, "t").config.mitm;
-    expect(m).toEqual({ enabled: true, caCertPath: "/x/ca.crt", caKeyPath: "/x/ca.key", hosts: ["a.test"] });
+    const m = buildConfig(
+      {
+        mitm: {
+          enabled: true,
+          ca_cert_path: "/x/ca.crt",
+          ca_key_path: "/x/ca.key",
+          hosts: ["a.test"],
+        },
+      },
+      "t",
+    ).config.mitm;
+    expect(m).toEqual({
+      enabled: true,
+      caCertPath: "/x/ca.crt",
+      caKeyPath: "/x/ca.key",
+      hosts: ["a.test"],
+    });
   });
   test("durations", () => {
     expect(parseDuration("1m30s")).toBe(90_000);
@@ -101,25 +158,52 @@ describe("each key", () => {
 
 describe("every error names the key path, the value and the rule", () => {
   test.each([
-    [{ allowed_hosts: ["docker.io", "a.test", "b.test", "^("] }, 'allowed_hosts[3]: invalid regular expression "^(": '],
+    [
+      { allowed_hosts: ["docker.io", "a.test", "b.test", "^("] },
+      'allowed_hosts[3]: invalid regular expression "^(": ',
+    ],
     [{ allowed_hosts: "docker.io" }, 'allowed_hosts: "docker.io" must be a list'],
     [{ allowed_hosts: ["bad host"] }, 'allowed_hosts[0]: "bad host" is not a valid host name'],
     [{ allowed_hosts: [42] }, "allowed_hosts[0]: 42 must be a non-empty string"],
-    [{ allowed_ports: [443, 70000] }, "allowed_ports[1]: 70000 must be a port number from 1 to 65535"],
+    [
+      { allowed_ports: [443, 70000] },
+      "allowed_ports[1]: 70000 must be a port number from 1 to 65535",
+    ],
     [{ allowed_ports: 443 }, "allowed_ports: 443 must be a list of ports"],
     [{ listen: "localhost:http" }, 'listen: "localhost:http" must be a port or address'],
     [{ listen: "99999" }, 'listen: "99999" port must be between 0 and 65535'],
     [{ insecure_tls: "yes" }, 'insecure_tls: "yes" must be true or false'],
     [{ log_level: "verbose" }, 'log_level: "verbose" must be one of debug, info, warn, error'],
-    [{ timeouts: { idle: "forever" } }, 'timeouts.idle: "forever" must be a duration such as "30s"'],
+    [
+      { timeouts: { idle: "forever" } },
+      'timeouts.idle: "forever" must be a duration such as "30s"',
+    ],
     [{ timeouts: { header: "0s" } }, 'timeouts.header: "0s" must be greater than zero'],
     [{ timeouts: "30s" }, 'timeouts: "30s" must be a mapping'],
-    [{ mitm: { enabled: true } }, "mitm.ca_cert_path: missing; it is required when mitm.enabled is true"],
+    [
+      { mitm: { enabled: true } },
+      "mitm.ca_cert_path: missing; it is required when mitm.enabled is true",
+    ],
     [{ mitm: { enabled: "on" } }, 'mitm.enabled: "on" must be true or false'],
     [{ mitm: { hosts: ["(("] } }, 'mitm.hosts[0]: invalid regular expression "(("'],
-    [{ mirror: { default_registry: "nope.io" } }, 'mirror.default_registry: "nope.io" must be one of the mirrored registries'],
-    [{ mirror: { registries: { "quay.io": "ftp://quay.io" } } }, 'mirror.registries.quay.io.upstream: "ftp://quay.io" must be an https:// (or http://) URL'],
-    [{ mirror: { registries: { "quay.io": { upstream: "https://quay.io", password_file: "/nonexistent/pass" } } } }, "mirror.registries.quay.io.password_file: cannot read /nonexistent/pass: ENOENT"],
+    [
+      { mirror: { default_registry: "nope.io" } },
+      'mirror.default_registry: "nope.io" must be one of the mirrored registries',
+    ],
+    [
+      { mirror: { registries: { "quay.io": "ftp://quay.io" } } },
+      'mirror.registries.quay.io.upstream: "ftp://quay.io" must be an https:// (or http://) URL',
+    ],
+    [
+      {
+        mirror: {
+          registries: {
+            "quay.io": { upstream: "https://quay.io", password_file: "/nonexistent/pass" },
+          },
+        },
+      },
+      "mirror.registries.quay.io.password_file: cannot read /nonexistent/pass: ENOENT",
+    ],
   ])("%j", (raw, message) => {
     const errs = errorsOf(raw);
     expect(errs.some((e) => e.startsWith(message))).toBe(true);
@@ -130,38 +214,82 @@ describe("every error names the key path, the value and the rule", () => {
   });
 
   test("unknown keys are errors naming the key, its path and the nearest known key", () => {
-    const errs = errorsOf({ allowed_host: ["docker.io"], timeouts: { idel: "1m" }, mirror: { rule: [] }, access: { clientz: [] }, mitm: { enabled: false, zzzzzz: 1 } });
-    expect(errs).toContain('allowed_host: unknown key "allowed_host" at the top level (did you mean allowed_hosts?); crm refuses to run with a setting it does not understand');
-    expect(errs.some((e) => e.startsWith('timeouts.idel: unknown key "idel" in timeouts (did you mean timeouts.idle?)'))).toBe(true);
-    expect(errs.some((e) => e.startsWith('access.clientz: unknown key "clientz" in access (did you mean access.clients?)'))).toBe(true);
+    const errs = errorsOf({
+      allowed_host: ["docker.io"],
+      timeouts: { idel: "1m" },
+      mirror: { rule: [] },
+      access: { clientz: [] },
+      mitm: { enabled: false, zzzzzz: 1 },
+    });
+    expect(errs).toContain(
+      'allowed_host: unknown key "allowed_host" at the top level (did you mean allowed_hosts?); crm refuses to run with a setting it does not understand',
+    );
+    expect(
+      errs.some((e) =>
+        e.startsWith('timeouts.idel: unknown key "idel" in timeouts (did you mean timeouts.idle?)'),
+      ),
+    ).toBe(true);
+    expect(
+      errs.some((e) =>
+        e.startsWith(
+          'access.clientz: unknown key "clientz" in access (did you mean access.clients?)',
+        ),
+      ),
+    ).toBe(true);
     // Nothing close: the section's keys are listed instead.
-    expect(errs.some((e) => e.startsWith('mitm.zzzzzz: unknown key "zzzzzz" in mitm (known keys: enabled, ca_cert_path, ca_key_path, hosts)'))).toBe(true);
+    expect(
+      errs.some((e) =>
+        e.startsWith(
+          'mitm.zzzzzz: unknown key "zzzzzz" in mitm (known keys: enabled, ca_cert_path, ca_key_path, hosts)',
+        ),
+      ),
+    ).toBe(true);
     expect(errs.some((e) => e.startsWith('mirror.rule: unknown key "rule" in mirror'))).toBe(true);
     expect(errs).toHaveLength(5);
   });
 
   test("a pathologically long unknown key gets no suggestion (the distance is quadratic), only the known keys", () => {
     // A long candidate one edit away: matched below the cap, never computed above it.
-    expect(nearest("a".repeat(MAX_WORD), ["a".repeat(MAX_WORD - 1)])).toBe("a".repeat(MAX_WORD - 1));
+    expect(nearest("a".repeat(MAX_WORD), ["a".repeat(MAX_WORD - 1)])).toBe(
+      "a".repeat(MAX_WORD - 1),
+    );
     expect(nearest("a".repeat(MAX_WORD + 1), ["a".repeat(MAX_WORD)])).toBeNull();
     const errs = errorsOf({ ["m".repeat(1_000_000)]: 1 });
     expect(errs).toHaveLength(1);
-    expect(errs[0]).toStartWith(`${"m".repeat(100)}: unknown key "${"m".repeat(100)}" at the top level (known keys: `);
+    expect(errs[0]).toStartWith(
+      `${"m".repeat(100)}: unknown key "${"m".repeat(100)}" at the top level (known keys: `,
+    );
   });
 
   test("errors and unknown keys are reported together, and no placeholder is shown as a value", () => {
-    const errs = errorsOf({ log_level: "loud", tls: { cert_path: "c.pem" }, typo_key: 1, access: { users: { alice: "plain-password" } } });
+    const errs = errorsOf({
+      log_level: "loud",
+      tls: { cert_path: "c.pem" },
+      typo_key: 1,
+      access: { users: { alice: "plain-password" } },
+    });
     expect(errs).toContain('log_level: "loud" must be one of debug, info, warn, error');
     expect(errs.some((e) => e.startsWith('typo_key: unknown key "typo_key"'))).toBe(true);
     expect(errs).toContain("tls: needs both cert_path and key_path; missing: key_path");
-    expect(errs.some((e) => e.startsWith("access.users.alice: must be a password hash"))).toBe(true);
+    expect(errs.some((e) => e.startsWith("access.users.alice: must be a password hash"))).toBe(
+      true,
+    );
     expect(errs.join("\n")).not.toMatch(/"<[a-z ]+>"|plain-password/);
-    const creds = errorsOf({ mirror: { default_registry: "quay.io", registries: { "quay.io": { upstream: "https://quay.io", username: "robot" } } } });
-    expect(creds).toEqual(["mirror.registries.quay.io: username and password (or password_file) must be given together; password is missing"]);
+    const creds = errorsOf({
+      mirror: {
+        default_registry: "quay.io",
+        registries: { "quay.io": { upstream: "https://quay.io", username: "robot" } },
+      },
+    });
+    expect(creds).toEqual([
+      "mirror.registries.quay.io: username and password (or password_file) must be given together; password is missing",
+    ]);
   });
 
   test("a registry password never appears in an error", () => {
-    const errs = errorsOf({ mirror: { registries: { "quay.io": "https://robot:s3cret@quay.io" } } });
+    const errs = errorsOf({
+      mirror: { registries: { "quay.io": "https://robot:s3cret@quay.io" } },
+    });
     expect(errs.join("\n")).not.toContain("s3cret");
     expect(errs.join("\n")).toContain("must not carry user:password");
   });
@@ -179,7 +307,9 @@ describe("finding and parsing the file", () => {
   });
   test("none found names the three files and the flag", () => {
     const d = mkdtempSync(join(dir, "none-"));
-    expect(() => findConfigFile(null, d)).toThrow(/config\.yaml, config\.yml, config\.json.*-config PATH/);
+    expect(() => findConfigFile(null, d)).toThrow(
+      /config\.yaml, config\.yml, config\.json.*-config PATH/,
+    );
   });
   test("an explicit path that does not exist", () => {
     expect(() => findConfigFile("nope.yaml", dir)).toThrow(ConfigError);
@@ -215,36 +345,63 @@ describe("command line", () => {
     [[], { kind: "run", configPath: null, check: false }],
     [["--version"], { kind: "version" }],
     [["--help"], { kind: "help" }],
-    [["ca", "init", "--out", "/tmp/x", "--days", "30", "--force"], { kind: "ca-init", outDir: "/tmp/x", cn: null, days: 30, force: true }],
+    [
+      ["ca", "init", "--out", "/tmp/x", "--days", "30", "--force"],
+      { kind: "ca-init", outDir: "/tmp/x", cn: null, days: 30, force: true },
+    ],
   ])("%j", (argv, cmd) => {
     expect(parseArgs(argv)).toEqual(cmd as ReturnType<typeof parseArgs>);
   });
-  test.each([[["-config"]], [["--bogus"]], [["ca", "init", "--days", "x"]], [["ca", "burn"]]])("%j is an error", (argv) => {
-    expect(parseArgs(argv).kind).toBe("error");
-  });
+  test.each([[["-config"]], [["--bogus"]], [["ca", "init", "--days", "x"]], [["ca", "burn"]]])(
+    "%j is an error",
+    (argv) => {
+      expect(parseArgs(argv).kind).toBe("error");
+    },
+  );
 });
 
 describe("crm -t output", () => {
   test("an unknown key stops crm -t and start-up with every error and every unknown key", async () => {
     const f = join(dir, "typo.yaml");
-    writeFileSync(f, 'listen: "127.0.0.1:0"\nlog_level: loud\nallowed_host: [a.test]\nmirror:\n  registries: { "quay.io": "https://quay.io" }\n  default_registry: quay.io\n  path_prefx: /x\n');
+    writeFileSync(
+      f,
+      'listen: "127.0.0.1:0"\nlog_level: loud\nallowed_host: [a.test]\nmirror:\n  registries: { "quay.io": "https://quay.io" }\n  default_registry: quay.io\n  path_prefx: /x\n',
+    );
     const main = join(import.meta.dir, "..", "src", "main.ts");
-    for (const args of [["-t", "-c", f], ["-c", f]]) {
+    for (const args of [
+      ["-t", "-c", f],
+      ["-c", f],
+    ]) {
       const p = Bun.spawn([process.execPath, main, ...args], { stdout: "pipe", stderr: "pipe" });
-      const [code, stdout, stderr] = await Promise.all([p.exited, new Response(p.stdout).text(), new Response(p.stderr).text()]);
+      const [code, stdout, stderr] = await Promise.all([
+        p.exited,
+        new Response(p.stdout).text(),
+        new Response(p.stderr).text(),
+      ]);
       expect(code).toBe(1);
       expect(stdout).not.toContain("configuration OK");
       expect(stderr).toContain("3 errors");
       expect(stderr).toContain('log_level: "loud" must be one of');
-      expect(stderr).toContain('allowed_host: unknown key "allowed_host" at the top level (did you mean allowed_hosts?)');
-      expect(stderr).toContain('mirror.path_prefx: unknown key "path_prefx" in mirror (did you mean mirror.path_prefix?)');
+      expect(stderr).toContain(
+        'allowed_host: unknown key "allowed_host" at the top level (did you mean allowed_hosts?)',
+      );
+      expect(stderr).toContain(
+        'mirror.path_prefx: unknown key "path_prefx" in mirror (did you mean mirror.path_prefix?)',
+      );
     }
   });
 
   test("describes the effective config and never prints a password", async () => {
     const { describeConfig } = await import("../src/config/describe.ts");
     const { config } = buildConfig(
-      { mirror: { default_registry: "quay.io", registries: { "quay.io": { upstream: "https://quay.io", username: "robot", password: "sup3r-s3cret" } } } },
+      {
+        mirror: {
+          default_registry: "quay.io",
+          registries: {
+            "quay.io": { upstream: "https://quay.io", username: "robot", password: "sup3r-s3cret" },
+          },
+        },
+      },
       "t.yaml",
     );
     const text = describeConfig(config);

@@ -7,7 +7,18 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { missingTools } from "./support/tools.ts";
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import YAML from "yaml";
@@ -17,7 +28,9 @@ import { TARGETS } from "../scripts/build.ts";
 import { releaseName } from "../scripts/release.ts";
 
 const root = resolve(import.meta.dir, "..");
-const version = (JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { version: string }).version;
+const version = (
+  JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { version: string }
+).version;
 const work = mkdtempSync(join(tmpdir(), "crm-deploy-"));
 const releaseDir = join(work, "release");
 const name = releaseName(version, "bun-linux-x64");
@@ -31,9 +44,22 @@ interface Run {
   stderr: string;
 }
 
-async function run(cmd: string[], opts: { cwd?: string; env?: Record<string, string> } = {}): Promise<Run> {
-  const p = Bun.spawn(cmd, { cwd: opts.cwd ?? root, env: { ...process.env, ...opts.env }, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
-  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+async function run(
+  cmd: string[],
+  opts: { cwd?: string; env?: Record<string, string> } = {},
+): Promise<Run> {
+  const p = Bun.spawn(cmd, {
+    cwd: opts.cwd ?? root,
+    env: { ...process.env, ...opts.env },
+    stdout: "pipe",
+    stderr: "pipe",
+    stdin: "ignore",
+  });
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(p.stdout).text(),
+    new Response(p.stderr).text(),
+    p.exited,
+  ]);
   return { code, stdout, stderr };
 }
 
@@ -42,7 +68,13 @@ const mode = (p: string): number => statSync(p).mode & 0o777;
 
 beforeAll(async () => {
   // The release script as `npm run release` runs it, limited to one target for speed.
-  const r = await run([process.execPath, "scripts/release.ts", "--out", releaseDir, "bun-linux-x64"]);
+  const r = await run([
+    process.execPath,
+    "scripts/release.ts",
+    "--out",
+    releaseDir,
+    "bun-linux-x64",
+  ]);
   if (r.code !== 0) throw new Error(`release failed (exit ${r.code}):\n${r.stdout}${r.stderr}`);
   mkdirSync(extracted);
   const x = await run(["tar", "-xzf", join(releaseDir, `${name}.tar.gz`), "-C", extracted]);
@@ -68,7 +100,9 @@ describe("release", () => {
       });
     const files = entries.filter((e) => !e.path.endsWith("/"));
     expect(files.map((e) => e.path).sort()).toEqual(
-      ["README.md", "config.example.yaml", "crm", "deploy/crm.service", "scripts/install.sh"].map((p) => `${name}/${p}`),
+      ["README.md", "config.example.yaml", "crm", "deploy/crm.service", "scripts/install.sh"].map(
+        (p) => `${name}/${p}`,
+      ),
     );
     for (const e of entries) expect(e.owner).toBe("0/0");
     const perms = Object.fromEntries(files.map((e) => [e.path.slice(name.length + 1), e.perms]));
@@ -82,7 +116,12 @@ describe("release", () => {
   });
 
   test("archive members are the repository's files and the released binary", () => {
-    for (const p of ["README.md", "config.example.yaml", "deploy/crm.service", "scripts/install.sh"]) {
+    for (const p of [
+      "README.md",
+      "config.example.yaml",
+      "deploy/crm.service",
+      "scripts/install.sh",
+    ]) {
       expect(readFileSync(join(extracted, name, p), "utf8")).toBe(read(p));
     }
     expect(Buffer.compare(readFileSync(crm), readFileSync(join(releaseDir, name)))).toBe(0);
@@ -90,7 +129,12 @@ describe("release", () => {
 
   test("SHA256SUMS covers archive and binary and verifies with sha256sum -c", async () => {
     const sums = readFileSync(join(releaseDir, "SHA256SUMS"), "utf8");
-    expect(sums.trim().split("\n").map((l) => l.split(/\s+/)[1])).toEqual([name, `${name}.tar.gz`]);
+    expect(
+      sums
+        .trim()
+        .split("\n")
+        .map((l) => l.split(/\s+/)[1]),
+    ).toEqual([name, `${name}.tar.gz`]);
     const check = await run(["sha256sum", "-c", "SHA256SUMS"], { cwd: releaseDir });
     expect(check.code).toBe(0);
     expect(check.stdout).toContain(`${name}.tar.gz: OK`);
@@ -104,10 +148,22 @@ describe("release", () => {
   });
 
   test("unknown targets and a non-empty --out are refused before building", async () => {
-    const bad = await run([process.execPath, "scripts/release.ts", "--out", join(work, "nope"), "bun-plan9-x64"]);
+    const bad = await run([
+      process.execPath,
+      "scripts/release.ts",
+      "--out",
+      join(work, "nope"),
+      "bun-plan9-x64",
+    ]);
     expect(bad.code).toBe(1);
     expect(bad.stderr).toContain("unknown target bun-plan9-x64");
-    const full = await run([process.execPath, "scripts/release.ts", "--out", releaseDir, "bun-linux-x64"]);
+    const full = await run([
+      process.execPath,
+      "scripts/release.ts",
+      "--out",
+      releaseDir,
+      "bun-linux-x64",
+    ]);
     expect(full.code).toBe(1);
     expect(full.stderr).toContain("is not empty");
   });
@@ -121,7 +177,8 @@ function parseUnit(text: string): { directives: Array<[string, string]>; comment
   for (const raw of text.split("\n")) {
     const line = raw.trim();
     if (line.startsWith("#") || line.startsWith(";")) comments.push(line.replace(/^[#;]\s*/, ""));
-    else if (line.includes("=")) directives.push([line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)]);
+    else if (line.includes("="))
+      directives.push([line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)]);
   }
   return { directives, comments };
 }
@@ -148,7 +205,10 @@ describe("systemd unit", () => {
     const stop = one("TimeoutStopSec") ?? "";
     expect(stop).toMatch(/^\d+s?$/);
     const stopMs = parseInt(stop, 10) * 1000;
-    const example = buildConfig(YAML.parse(read("config.example.yaml")), "config.example.yaml").config;
+    const example = buildConfig(
+      YAML.parse(read("config.example.yaml")),
+      "config.example.yaml",
+    ).config;
     for (const grace of [DEFAULT_TIMEOUTS.shutdownGraceMs, example.timeouts.shutdownGraceMs]) {
       expect(stopMs).toBeGreaterThan(grace);
       expect(stopMs).toBeLessThanOrEqual(grace + 30_000);
@@ -185,23 +245,29 @@ describe("systemd unit", () => {
     expect(comments).toContain("CapabilityBoundingSet=");
   });
 
-  test.skipIf(missingTools("systemd unit", ["systemd-analyze"]))("systemd-analyze verify finds nothing to complain about", async () => {
-    const analyze = Bun.which("systemd-analyze");
-    if (analyze === null) throw new Error("systemd-analyze not found: apt-get install systemd (it needs no running systemd)");
-    // verify checks that Exec binaries exist: point them at the built binary.
-    const dir = join(work, "unit");
-    mkdirSync(dir, { recursive: true });
-    const unit = join(dir, "crm.service");
-    writeFileSync(unit, unitText.replaceAll("/usr/local/bin/crm", crm));
-    const v = await run([analyze, "verify", unit]);
-    const about = (v.stdout + v.stderr).split("\n").filter((l) => l.includes("crm.service"));
-    expect(about).toEqual([]);
-    expect(v.code).toBe(0);
-    // For information only: the exposure score (lower is better), if this systemd can do it offline.
-    const s = await run([analyze, "security", "--offline=yes", "--no-pager", unit]);
-    const score = /Overall exposure level for crm\.service: (.+)/.exec(s.stdout + s.stderr)?.[1];
-    if (score) console.log(`systemd-analyze security: ${score}`);
-  });
+  test.skipIf(missingTools("systemd unit", ["systemd-analyze"]))(
+    "systemd-analyze verify finds nothing to complain about",
+    async () => {
+      const analyze = Bun.which("systemd-analyze");
+      if (analyze === null)
+        throw new Error(
+          "systemd-analyze not found: apt-get install systemd (it needs no running systemd)",
+        );
+      // verify checks that Exec binaries exist: point them at the built binary.
+      const dir = join(work, "unit");
+      mkdirSync(dir, { recursive: true });
+      const unit = join(dir, "crm.service");
+      writeFileSync(unit, unitText.replaceAll("/usr/local/bin/crm", crm));
+      const v = await run([analyze, "verify", unit]);
+      const about = (v.stdout + v.stderr).split("\n").filter((l) => l.includes("crm.service"));
+      expect(about).toEqual([]);
+      expect(v.code).toBe(0);
+      // For information only: the exposure score (lower is better), if this systemd can do it offline.
+      const s = await run([analyze, "security", "--offline=yes", "--no-pager", unit]);
+      const score = /Overall exposure level for crm\.service: (.+)/.exec(s.stdout + s.stderr)?.[1];
+      if (score) console.log(`systemd-analyze security: ${score}`);
+    },
+  );
 
   test("the ExecStartPre check accepts the config install.sh writes", async () => {
     const c = await run([crm, "-t", "-config", join(root, "config.example.yaml")]);
@@ -214,9 +280,14 @@ describe("systemd unit", () => {
 describe("install.sh", () => {
   const script = join(root, "scripts/install.sh");
   const sh = Bun.which("dash") ?? "/bin/sh";
-  const install = (target: string, args: string[], env: Record<string, string> = {}): Promise<Run> =>
+  const install = (
+    target: string,
+    args: string[],
+    env: Record<string, string> = {},
+  ): Promise<Run> =>
     run([sh, script, ...args], { env: { CRM_ROOT: target, CRM_SYSTEMD: "yes", ...env } });
-  const listTree = (dir: string): string[] => (existsSync(dir) ? (readdirSync(dir, { recursive: true }) as string[]).sort() : []);
+  const listTree = (dir: string): string[] =>
+    existsSync(dir) ? (readdirSync(dir, { recursive: true }) as string[]).sort() : [];
 
   test("is POSIX sh (and clean under shellcheck, when installed)", async () => {
     expect((await run([sh, "-n", script])).code).toBe(0);
@@ -249,11 +320,15 @@ describe("install.sh", () => {
     expect(readFileSync(config, "utf8")).toBe(read("config.example.yaml"));
     expect(mode(unit)).toBe(0o644);
     expect(readFileSync(unit, "utf8")).toBe(read("deploy/crm.service"));
-    expect(readFileSync(join(target, "usr/local/share/doc/crm/README.md"), "utf8")).toBe(read("README.md"));
+    expect(readFileSync(join(target, "usr/local/share/doc/crm/README.md"), "utf8")).toBe(
+      read("README.md"),
+    );
     expect(listTree(target).filter((p) => p.includes(".tmp."))).toEqual([]);
 
     // The operator edits the config; an upgrade must not touch it.
-    const edited = read("config.example.yaml").replace('listen: "127.0.0.1:8080"', 'listen: "127.0.0.1:9090"') + "# local change\n";
+    const edited =
+      read("config.example.yaml").replace('listen: "127.0.0.1:8080"', 'listen: "127.0.0.1:9090"') +
+      "# local change\n";
     writeFileSync(config, edited);
     chmodSync(config, 0o640);
     const inode = statSync(bin).ino;
@@ -318,11 +393,16 @@ describe("install.sh", () => {
   test("from an unpacked release archive, and with no config.example.yaml anywhere", async () => {
     // The archive's own copy finds its config.example.yaml and crm.service beside the binary.
     const target = join(work, "root-archive");
-    const fromArchive = await run([sh, join(extracted, name, "scripts/install.sh"), join(extracted, name, "crm")], {
-      env: { CRM_ROOT: target, CRM_SYSTEMD: "yes" },
-    });
+    const fromArchive = await run(
+      [sh, join(extracted, name, "scripts/install.sh"), join(extracted, name, "crm")],
+      {
+        env: { CRM_ROOT: target, CRM_SYSTEMD: "yes" },
+      },
+    );
     expect(fromArchive.code).toBe(0);
-    expect(readFileSync(join(target, "etc/crm/config.yaml"), "utf8")).toBe(read("config.example.yaml"));
+    expect(readFileSync(join(target, "etc/crm/config.yaml"), "utf8")).toBe(
+      read("config.example.yaml"),
+    );
     expect(existsSync(join(target, "etc/systemd/system/crm.service"))).toBe(true);
 
     // A lone binary and script: a minimal config that passes crm -t, and no unit to install.
@@ -332,7 +412,9 @@ describe("install.sh", () => {
     chmodSync(join(lone, "crm"), 0o755);
     copyFileSync(script, join(lone, "install.sh"));
     const target2 = join(work, "root-lone");
-    const r = await run([sh, join(lone, "install.sh"), join(lone, "crm")], { env: { CRM_ROOT: target2, CRM_SYSTEMD: "yes" } });
+    const r = await run([sh, join(lone, "install.sh"), join(lone, "crm")], {
+      env: { CRM_ROOT: target2, CRM_SYSTEMD: "yes" },
+    });
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("a built-in minimal config");
     expect(r.stdout).toContain("configuration OK");
@@ -374,18 +456,26 @@ describe("Dockerfile", () => {
   const finalStageAt = ins.lastIndexOf(froms.at(-1) as Instruction);
   const buildStage = ins.slice(0, finalStageAt);
   const finalStage = ins.slice(finalStageAt);
-  const entrypoint = JSON.parse(finalStage.find((i) => i.cmd === "ENTRYPOINT")?.args ?? "null") as string[];
+  const entrypoint = JSON.parse(
+    finalStage.find((i) => i.cmd === "ENTRYPOINT")?.args ?? "null",
+  ) as string[];
 
   test("two stages: node build stage, distroless glibc runtime", () => {
-    expect(froms.map((f) => f.args)).toEqual(["--platform=$BUILDPLATFORM node:20-bookworm-slim AS build", "gcr.io/distroless/base-nossl-debian12:nonroot"]);
+    expect(froms.map((f) => f.args)).toEqual([
+      "--platform=$BUILDPLATFORM node:20-bookworm-slim AS build",
+      "gcr.io/distroless/base-nossl-debian12:nonroot",
+    ]);
   });
 
   test("the runtime base has every library the binary links", async () => {
     // base-nossl carries glibc only: no libstdc++, libgcc_s or libssl.
     const ldd = await run(["ldd", crm]);
     expect(ldd.code).toBe(0);
-    const libs = [...ldd.stdout.matchAll(/^\s*(\S+)/gm)].map((m) => (m[1] ?? "").replace(/^.*\//, ""));
-    const glibc = /^(linux-vdso\.so\.1|libc\.so\.6|libm\.so\.6|libpthread\.so\.0|libdl\.so\.2|librt\.so\.1|ld-linux-x86-64\.so\.2)$/;
+    const libs = [...ldd.stdout.matchAll(/^\s*(\S+)/gm)].map((m) =>
+      (m[1] ?? "").replace(/^.*\//, ""),
+    );
+    const glibc =
+      /^(linux-vdso\.so\.1|libc\.so\.6|libm\.so\.6|libpthread\.so\.0|libdl\.so\.2|librt\.so\.1|ld-linux-x86-64\.so\.2)$/;
     expect(libs.filter((l) => !glibc.test(l))).toEqual([]);
   });
 
@@ -396,10 +486,16 @@ describe("Dockerfile", () => {
     expect(copies).toContainEqual(["deploy/container-config.yaml", "/etc/crm/config.yaml"]);
     // The build stage writes /out/crm from dist/crm-linux-${arch}, the file build.ts makes for
     // bun-linux-${arch}, for both architectures the RUN maps TARGETARCH to.
-    const buildRun = buildStage.filter((i) => i.cmd === "RUN").map((i) => i.args).join("\n");
+    const buildRun = buildStage
+      .filter((i) => i.cmd === "RUN")
+      .map((i) => i.args)
+      .join("\n");
     expect(buildRun).toContain('npm run build -- "bun-linux-${arch}"');
     expect(buildRun).toContain('cp "dist/crm-linux-${arch}" /out/crm');
-    for (const [docker, arch] of [["amd64", "x64"], ["arm64", "arm64"]] as const) {
+    for (const [docker, arch] of [
+      ["amd64", "x64"],
+      ["arm64", "arm64"],
+    ] as const) {
       expect(buildRun).toContain(`${docker}) arch=${arch}`);
       expect(TARGETS.find((t) => t.target === `bun-linux-${arch}`)?.file).toBe(`crm-linux-${arch}`);
     }
@@ -450,7 +546,9 @@ type Doc = Record<string, any>;
 
 describe("Kubernetes manifests", () => {
   const dir = join(root, "deploy/kubernetes");
-  const files = readdirSync(dir).filter((f) => f.endsWith(".yaml") || f.endsWith(".yml")).sort();
+  const files = readdirSync(dir)
+    .filter((f) => f.endsWith(".yaml") || f.endsWith(".yml"))
+    .sort();
   const texts = Object.fromEntries(files.map((f) => [f, readFileSync(join(dir, f), "utf8")]));
   const docs: Array<{ file: string; doc: Doc }> = [];
   for (const f of files) {
@@ -474,10 +572,15 @@ describe("Kubernetes manifests", () => {
   const container = pod.containers[0];
   const crmConfigText = configMap.data["config.yaml"] as string;
   const crmConfig = buildConfig(YAML.parse(crmConfigText), "configmap");
-  const containerPort = (port: number | string): number => (typeof port === "number" ? port : container.ports.find((p: Doc) => p.name === port)?.containerPort);
+  const containerPort = (port: number | string): number =>
+    typeof port === "number"
+      ? port
+      : container.ports.find((p: Doc) => p.name === port)?.containerPort;
 
   test("every file parses; kinds and apiVersions; kustomization lists the rest", () => {
-    const kinds = Object.fromEntries(docs.map((d) => [d.file, `${d.doc.apiVersion} ${d.doc.kind}`]));
+    const kinds = Object.fromEntries(
+      docs.map((d) => [d.file, `${d.doc.apiVersion} ${d.doc.kind}`]),
+    );
     expect(kinds).toEqual({
       "configmap.yaml": "v1 ConfigMap",
       "deployment.yaml": "apps/v1 Deployment",
@@ -486,9 +589,13 @@ describe("Kubernetes manifests", () => {
       "pdb.yaml": "policy/v1 PodDisruptionBudget",
       "kustomization.yaml": "kustomize.config.k8s.io/v1beta1 Kustomization",
     });
-    expect([...kustomization.resources].sort()).toEqual(files.filter((f) => f !== "kustomization.yaml"));
+    expect([...kustomization.resources].sort()).toEqual(
+      files.filter((f) => f !== "kustomization.yaml"),
+    );
     // The image kustomize substitutes is this version of the Dockerfile's image.
-    expect(kustomization.images).toEqual([{ name: container.image, newName: expect.any(String), newTag: version }]);
+    expect(kustomization.images).toEqual([
+      { name: container.image, newName: expect.any(String), newTag: version },
+    ]);
   });
 
   test("the ConfigMap's config passes crm's validator and listens on the container port", async () => {
@@ -514,7 +621,9 @@ describe("Kubernetes manifests", () => {
       expect(containerPort(probe.httpGet.port)).toBe(8080);
     }
     const preStopMs = (container.lifecycle?.preStop?.sleep?.seconds ?? 0) * 1000;
-    expect(pod.terminationGracePeriodSeconds * 1000).toBeGreaterThan(crmConfig.config.timeouts.shutdownGraceMs + preStopMs);
+    expect(pod.terminationGracePeriodSeconds * 1000).toBeGreaterThan(
+      crmConfig.config.timeouts.shutdownGraceMs + preStopMs,
+    );
     // The image's ENTRYPOINT picks the config; the manifest must not replace it.
     expect(container.command).toBeUndefined();
     expect(container.args).toBeUndefined();
@@ -545,10 +654,21 @@ describe("Kubernetes manifests", () => {
   test("Service and HPA point at the Deployment", () => {
     expect(service.spec.type).toBe("ClusterIP");
     expect(service.spec.selector).toEqual(deployment.spec.template.metadata.labels);
-    expect(service.spec.ports.map((p: Doc) => [p.port, containerPort(p.targetPort)])).toEqual([[8080, 8080]]);
-    expect(hpa.spec.scaleTargetRef).toEqual({ apiVersion: "apps/v1", kind: "Deployment", name: deployment.metadata.name });
+    expect(service.spec.ports.map((p: Doc) => [p.port, containerPort(p.targetPort)])).toEqual([
+      [8080, 8080],
+    ]);
+    expect(hpa.spec.scaleTargetRef).toEqual({
+      apiVersion: "apps/v1",
+      kind: "Deployment",
+      name: deployment.metadata.name,
+    });
     expect([hpa.spec.minReplicas, hpa.spec.maxReplicas]).toEqual([2, 10]);
-    expect(hpa.spec.metrics).toEqual([{ type: "Resource", resource: { name: "cpu", target: { type: "Utilization", averageUtilization: 70 } } }]);
+    expect(hpa.spec.metrics).toEqual([
+      {
+        type: "Resource",
+        resource: { name: "cpu", target: { type: "Utilization", averageUtilization: 70 } },
+      },
+    ]);
     // Utilization is relative to the request, so there must be one.
     expect(container.resources.requests.cpu).toBeDefined();
   });
@@ -562,7 +682,12 @@ describe("Kubernetes manifests", () => {
         .split("\n")
         .filter((l) => !l.trim().startsWith("#"))
         .join("\n");
-      expect([f, /\b(password|passwd|password_file|secret|token)\b|\$argon2|\$2[aby]\$|BEGIN [A-Z ]*PRIVATE KEY/i.test(code)]).toEqual([f, false]);
+      expect([
+        f,
+        /\b(password|passwd|password_file|secret|token)\b|\$argon2|\$2[aby]\$|BEGIN [A-Z ]*PRIVATE KEY/i.test(
+          code,
+        ),
+      ]).toEqual([f, false]);
     }
   });
 });

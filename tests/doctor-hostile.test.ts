@@ -51,14 +51,29 @@ test("a probe image the upstream does not hold (404 MANIFEST_UNKNOWN) is a warni
   const row = (name: string) => report.rows.find((r) => r.check === name);
   expect(row("docker.io: manifest")).toMatchObject({ result: "warn" });
   expect(row("docker.io: manifest")?.detail).toContain("404");
-  expect(`${row("docker.io: manifest")?.detail} ${row("docker.io: manifest")?.fix}`).toContain("doctor.images.docker.io");
+  expect(`${row("docker.io: manifest")?.detail} ${row("docker.io: manifest")?.fix}`).toContain(
+    "doctor.images.docker.io",
+  );
   expect(row("docker.io: blob redirect")?.result).toBe("skip");
   expect(report.rows.filter((r) => r.result === "fail")).toEqual([]);
   expect(report.ok).toBe(true);
-  const cli = await run([process.execPath, join(import.meta.dir, "..", "src", "main.ts"), "doctor", "-config", file]);
+  const cli = await run([
+    process.execPath,
+    join(import.meta.dir, "..", "src", "main.ts"),
+    "doctor",
+    "-config",
+    file,
+  ]);
   expect(cli.code).toBe(0);
   expect(cli.stdout).toMatch(/WARN: HEAD library\/app:not-here answered 404/);
-  const json = await run([process.execPath, join(import.meta.dir, "..", "src", "main.ts"), "doctor", "-config", file, "--json"]);
+  const json = await run([
+    process.execPath,
+    join(import.meta.dir, "..", "src", "main.ts"),
+    "doctor",
+    "-config",
+    file,
+    "--json",
+  ]);
   expect(json.code).toBe(0);
   expect((JSON.parse(json.stdout) as { ok: boolean }).ok).toBe(true);
 });
@@ -74,7 +89,10 @@ test("what still breaks pulls still fails: a 403 DENIED on the probe image is FA
     },
   });
   try {
-    const report = await diagnose({ configPath: configFile(up.port as number, "library/app:v1"), json: false });
+    const report = await diagnose({
+      configPath: configFile(up.port as number, "library/app:v1"),
+      json: false,
+    });
     expect(report.rows.find((r) => r.check === "docker.io: manifest")?.result).toBe("fail");
     expect(report.ok).toBe(false);
   } finally {
@@ -93,14 +111,22 @@ test("digests from a manifest body or header are checked against the digest gram
       const url = new URL(req.url);
       paths.push(decodeURIComponent(url.pathname));
       if (url.pathname === "/v2/") return new Response("{}");
-      if (/\/manifests\/v1$/.test(url.pathname) && req.method === "HEAD") return new Response(null, { headers: { "docker-content-digest": "sha256:" + "b".repeat(64) } });
+      if (/\/manifests\/v1$/.test(url.pathname) && req.method === "HEAD")
+        return new Response(null, {
+          headers: { "docker-content-digest": "sha256:" + "b".repeat(64) },
+        });
       // The manifest by digest names a config blob whose "digest" is a terminal escape.
       const body = JSON.stringify({ schemaVersion: 2, config: { digest: evilDigest }, layers: [] });
-      return new Response(body, { headers: { "content-type": "application/vnd.oci.image.manifest.v1+json" } });
+      return new Response(body, {
+        headers: { "content-type": "application/vnd.oci.image.manifest.v1+json" },
+      });
     },
   });
   try {
-    const report = await diagnose({ configPath: configFile(up.port as number, "library/app:v1"), json: false });
+    const report = await diagnose({
+      configPath: configFile(up.port as number, "library/app:v1"),
+      json: false,
+    });
     const blob = report.rows.find((r) => r.check === "docker.io: blob redirect");
     expect(blob?.result).toBe("fail");
     expect(blob?.detail).toContain("not a valid digest");
@@ -124,7 +150,10 @@ test("an upstream's Docker-Content-Digest header that is not a digest is refused
     },
   });
   try {
-    const report = await diagnose({ configPath: configFile(up.port as number, "library/app:v1"), json: false });
+    const report = await diagnose({
+      configPath: configFile(up.port as number, "library/app:v1"),
+      json: false,
+    });
     const row = report.rows.find((r) => r.check === "docker.io: manifest");
     expect(row?.result).toBe("fail");
     expect(renderTable(report.rows)).not.toContain("\x1b");
@@ -134,7 +163,14 @@ test("an upstream's Docker-Content-Digest header that is not a digest is refused
 });
 
 test("no table cell carries a control character, whatever a row says", () => {
-  const table = renderTable([{ check: "x\x1b[2Jy", result: "fail", detail: "a\x1b]0;title\x07b\u009bc\rd", fix: "e\x00f\x7fg" }]);
+  const table = renderTable([
+    {
+      check: "x\x1b[2Jy",
+      result: "fail",
+      detail: "a\x1b]0;title\x07b\u009bc\rd",
+      fix: "e\x00f\x7fg",
+    },
+  ]);
   expect(table).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/);
   expect(table).toContain("x[2Jy");
 });
@@ -146,12 +182,19 @@ test("a 404 from a web server that is not a registry is FAIL, not a warning", as
     port: 0,
     fetch(req) {
       const p = new URL(req.url).pathname;
-      if (p === "/v2/") return new Response("<html>docs v2</html>", { headers: { "content-type": "text/html" } });
-      return new Response("<html>not found</html>", { status: 404, headers: { "content-type": "text/html" } });
+      if (p === "/v2/")
+        return new Response("<html>docs v2</html>", { headers: { "content-type": "text/html" } });
+      return new Response("<html>not found</html>", {
+        status: 404,
+        headers: { "content-type": "text/html" },
+      });
     },
   });
   try {
-    const report = await diagnose({ configPath: configFile(up.port as number, "library/busybox:latest"), json: false });
+    const report = await diagnose({
+      configPath: configFile(up.port as number, "library/busybox:latest"),
+      json: false,
+    });
     const row = report.rows.find((r) => r.check === "docker.io: manifest");
     expect(row?.result).toBe("fail");
     expect(row?.fix).toContain("upstream");
@@ -168,11 +211,17 @@ test("a registry that does not name its API version still warns when its 404 is 
     fetch(req) {
       const p = new URL(req.url).pathname;
       if (p === "/v2/") return new Response("{}");
-      return Response.json({ errors: [{ code: "MANIFEST_UNKNOWN", message: "manifest unknown" }] }, { status: 404 });
+      return Response.json(
+        { errors: [{ code: "MANIFEST_UNKNOWN", message: "manifest unknown" }] },
+        { status: 404 },
+      );
     },
   });
   try {
-    const report = await diagnose({ configPath: configFile(up.port as number, "library/app:gone"), json: false });
+    const report = await diagnose({
+      configPath: configFile(up.port as number, "library/app:gone"),
+      json: false,
+    });
     expect(report.rows.find((r) => r.check === "docker.io: manifest")?.result).toBe("warn");
     expect(report.ok).toBe(true);
   } finally {

@@ -34,7 +34,9 @@ test("every upstream of a registry is checked on its own rows: the dead first on
       allowed_hosts: ["127.0.0.1"],
       allowed_ports: [Number(live.port)],
       timeouts: { connect: "2s", upstream_header: "5s" },
-      mirror: { registries: { "docker.io": { upstreams: [`http://127.0.0.1:${deadPort()}`, reg.url] } } },
+      mirror: {
+        registries: { "docker.io": { upstreams: [`http://127.0.0.1:${deadPort()}`, reg.url] } },
+      },
       doctor: { images: { "docker.io": "team/app:v1" } },
     }),
   );

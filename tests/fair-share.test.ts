@@ -6,7 +6,13 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { startCrm, type TestCrm } from "./support/crm.ts";
-import { patternDigest, startBigBlobServer, startFakeRegistry, type BigBlobServer, type FakeRegistry } from "./support/mirror-upstreams.ts";
+import {
+  patternDigest,
+  startBigBlobServer,
+  startFakeRegistry,
+  type BigBlobServer,
+  type FakeRegistry,
+} from "./support/mirror-upstreams.ts";
 import { startTcp } from "./support/origins.ts";
 import { rawConnect, run } from "./support/raw.ts";
 import { missingTools } from "./support/tools.ts";
@@ -15,8 +21,19 @@ const MiB = 1024 * 1024;
 const BLOB = `sha256:${"b".repeat(64)}`;
 
 /** The blob server is the registry's redirect target on a port of its own: allowed_ports must name it. */
-async function mirrorFor(registry: FakeRegistry, limits: Record<string, unknown>, big: BigBlobServer): Promise<TestCrm> {
-  return startCrm({ limits, allowed_ports: [80, 443, Number(new URL(big.url).port)], mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } } }, "info");
+async function mirrorFor(
+  registry: FakeRegistry,
+  limits: Record<string, unknown>,
+  big: BigBlobServer,
+): Promise<TestCrm> {
+  return startCrm(
+    {
+      limits,
+      allowed_ports: [80, 443, Number(new URL(big.url).port)],
+      mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } },
+    },
+    "info",
+  );
 }
 
 describe("client_bandwidth", () => {
@@ -58,7 +75,9 @@ describe("client_bandwidth", () => {
     expect(seconds).toBeGreaterThanOrEqual(9);
     // Paced by delaying reads, not by buffering: far less than the blob is ever held.
     expect(rssPeak - rssBefore).toBeLessThan(64 * MiB);
-    console.log(`client_bandwidth 10MiB/s: 100 MiB in ${seconds.toFixed(1)} s (${(100 / seconds).toFixed(2)} MiB/s), RSS growth ${((rssPeak - rssBefore) / MiB).toFixed(1)} MiB`);
+    console.log(
+      `client_bandwidth 10MiB/s: 100 MiB in ${seconds.toFixed(1)} s (${(100 / seconds).toFixed(2)} MiB/s), RSS growth ${((rssPeak - rssBefore) / MiB).toFixed(1)} MiB`,
+    );
   }, 60_000);
 });
 
@@ -70,7 +89,11 @@ describe.skipIf(missingTools("fair shares", ["curl"]))("total_bandwidth", () => 
   beforeAll(async () => {
     big = startBigBlobServer(24 * MiB);
     registry = startFakeRegistry({ auth: { kind: "none" }, bigBase: big.url });
-    crm = await mirrorFor(registry, { total_bandwidth: "16MiB/s", exempt_clients: ["127.0.0.9/32"] }, big);
+    crm = await mirrorFor(
+      registry,
+      { total_bandwidth: "16MiB/s", exempt_clients: ["127.0.0.9/32"] },
+      big,
+    );
   });
   afterAll(async () => {
     await crm.stop();
@@ -82,16 +105,36 @@ describe.skipIf(missingTools("fair shares", ["curl"]))("total_bandwidth", () => 
     // The blob's real digest: these pulls share one download (mirror.fanout), which checks it.
     const url = `${crm.url}/v2/big/app/blobs/${patternDigest(24 * MiB)}`;
     const greedy = Array.from({ length: 8 }, () =>
-      Bun.spawn(["curl", "-sS", "--noproxy", "*", "--interface", "127.0.0.2", "-o", "/dev/null", url], { stdout: "ignore", stderr: "ignore" }),
+      Bun.spawn(
+        ["curl", "-sS", "--noproxy", "*", "--interface", "127.0.0.2", "-o", "/dev/null", url],
+        { stdout: "ignore", stderr: "ignore" },
+      ),
     );
     try {
       await Bun.sleep(1000);
-      const modest = await run(["curl", "-sS", "--noproxy", "*", "--interface", "127.0.0.3", "-o", "/dev/null", "-w", "%{size_download} %{speed_download}", url], { timeoutMs: 60_000 });
+      const modest = await run(
+        [
+          "curl",
+          "-sS",
+          "--noproxy",
+          "*",
+          "--interface",
+          "127.0.0.3",
+          "-o",
+          "/dev/null",
+          "-w",
+          "%{size_download} %{speed_download}",
+          url,
+        ],
+        { timeoutMs: 60_000 },
+      );
       const [size, speed] = modest.stdout.split(" ").map(Number) as [number, number];
       expect(size).toBe(24 * MiB);
       // Fair share with two active clients is half the cap; at least a third must reach it.
       expect(speed).toBeGreaterThanOrEqual(CAP / 3);
-      console.log(`total_bandwidth 16MiB/s: modest client (1 stream) got ${(speed / MiB).toFixed(2)} MiB/s = ${((speed / CAP) * 100).toFixed(0)}% of the cap next to 8 greedy streams`);
+      console.log(
+        `total_bandwidth 16MiB/s: modest client (1 stream) got ${(speed / MiB).toFixed(2)} MiB/s = ${((speed / CAP) * 100).toFixed(0)}% of the cap next to 8 greedy streams`,
+      );
     } finally {
       for (const p of greedy) p.kill();
       await Promise.all(greedy.map((p) => p.exited));
@@ -99,7 +142,22 @@ describe.skipIf(missingTools("fair shares", ["curl"]))("total_bandwidth", () => 
   }, 90_000);
 
   test("an exempt client is not paced", async () => {
-    const r = await run(["curl", "-sS", "--noproxy", "*", "--interface", "127.0.0.9", "-o", "/dev/null", "-w", "%{size_download} %{speed_download}", `${crm.url}/v2/big/app/blobs/${BLOB}`], { timeoutMs: 60_000 });
+    const r = await run(
+      [
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "--interface",
+        "127.0.0.9",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download} %{speed_download}",
+        `${crm.url}/v2/big/app/blobs/${BLOB}`,
+      ],
+      { timeoutMs: 60_000 },
+    );
     const [size, speed] = r.stdout.split(" ").map(Number) as [number, number];
     expect(size).toBe(24 * MiB);
     // Not a speed test: an exempt client is simply not held to the cap (loopback runs far above it).
@@ -110,7 +168,14 @@ describe.skipIf(missingTools("fair shares", ["curl"]))("total_bandwidth", () => 
 describe("tunnels are paced too", () => {
   test("20 MiB through a CONNECT tunnel at client_bandwidth 10MiB/s take at least 1.6 s (2 s less the 0.25 s burst)", async () => {
     const tcp = startTcp("push", 20 * MiB);
-    const crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [tcp.port], limits: { client_bandwidth: "10MiB/s" } }, "info");
+    const crm = await startCrm(
+      {
+        allowed_hosts: ["127.0.0.1"],
+        allowed_ports: [tcp.port],
+        limits: { client_bandwidth: "10MiB/s" },
+      },
+      "info",
+    );
     try {
       const t0 = performance.now();
       const c = await rawConnect(crm.port);

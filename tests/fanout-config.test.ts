@@ -18,12 +18,29 @@ function errorsOf(fanout: unknown): string[] {
 describe("mirror.fanout", () => {
   test("defaults: on, a 32 MiB window, a 256 MiB budget, 1 s of lag grace", () => {
     expect(buildConfig({}, "t.yaml").config.mirror.fanout).toEqual(DEFAULT_FANOUT);
-    expect(DEFAULT_FANOUT).toEqual({ enabled: true, window: 32 * 1024 * 1024, budget: 256 * 1024 * 1024, lagGraceMs: 1000 });
+    expect(DEFAULT_FANOUT).toEqual({
+      enabled: true,
+      window: 32 * 1024 * 1024,
+      budget: 256 * 1024 * 1024,
+      lagGraceMs: 1000,
+    });
   });
 
   test("sizes and enabled are read", () => {
-    expect(buildConfig({ mirror: { fanout: { enabled: false, window: "8MiB", budget: "1GiB", lag_grace: "250ms" } } }, "t.yaml").config.mirror.fanout).toEqual({ enabled: false, window: 8 * 1024 * 1024, budget: 1024 ** 3, lagGraceMs: 250 });
-    expect(buildConfig({ mirror: { fanout: { lag_grace: 0 } } }, "t.yaml").config.mirror.fanout.lagGraceMs).toBe(0);
+    expect(
+      buildConfig(
+        {
+          mirror: {
+            fanout: { enabled: false, window: "8MiB", budget: "1GiB", lag_grace: "250ms" },
+          },
+        },
+        "t.yaml",
+      ).config.mirror.fanout,
+    ).toEqual({ enabled: false, window: 8 * 1024 * 1024, budget: 1024 ** 3, lagGraceMs: 250 });
+    expect(
+      buildConfig({ mirror: { fanout: { lag_grace: 0 } } }, "t.yaml").config.mirror.fanout
+        .lagGraceMs,
+    ).toBe(0);
   });
 
   test("an unknown key names the nearest known one", () => {
@@ -36,7 +53,9 @@ describe("mirror.fanout", () => {
     expect(errorsOf({ enabled: "yes" }).join("\n")).toContain("mirror.fanout.enabled");
     expect(errorsOf({ window: "lots" }).join("\n")).toContain("mirror.fanout.window");
     expect(errorsOf({ window: 10 }).join("\n")).toContain("at least 64KiB");
-    expect(errorsOf({ window: "64MiB", budget: "32MiB" }).join("\n")).toContain("mirror.fanout.budget");
+    expect(errorsOf({ window: "64MiB", budget: "32MiB" }).join("\n")).toContain(
+      "mirror.fanout.budget",
+    );
     expect(errorsOf("on").join("\n")).toContain("mirror.fanout");
     expect(errorsOf({ lag_grace: "soon" }).join("\n")).toContain("mirror.fanout.lag_grace");
     expect(errorsOf({ lag_grace: "1m" }).join("\n")).toContain("at most 30s");
@@ -51,6 +70,15 @@ describe("Range forms a shared download may serve", () => {
   });
 
   test("anything else is answered by the client's own request", () => {
-    for (const v of ["bytes=0-1,5-6", "items=0-1", "bytes=5-1", "bytes=-", "bytes=-0", "bytes=abc", `bytes=${"9".repeat(20)}-`]) expect(parseRange(v)).toBe("unsupported");
+    for (const v of [
+      "bytes=0-1,5-6",
+      "items=0-1",
+      "bytes=5-1",
+      "bytes=-",
+      "bytes=-0",
+      "bytes=abc",
+      `bytes=${"9".repeat(20)}-`,
+    ])
+      expect(parseRange(v)).toBe("unsupported");
   });
 });

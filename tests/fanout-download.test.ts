@@ -10,20 +10,30 @@ import { SharedDownload, type DownloadObserver } from "../src/mirror/fanout/shar
 
 const KiB = 1024;
 
-function source(data: Uint8Array, chunk = 16 * KiB): { res: Response; cancelled: () => boolean; pulled: () => number } {
+function source(
+  data: Uint8Array,
+  chunk = 16 * KiB,
+): { res: Response; cancelled: () => boolean; pulled: () => number } {
   let off = 0;
   let cancelled = false;
-  const stream = new ReadableStream<Uint8Array>({
-    pull(c) {
-      if (off >= data.byteLength) return c.close();
-      c.enqueue(data.subarray(off, Math.min(off + chunk, data.byteLength)));
-      off += chunk;
+  const stream = new ReadableStream<Uint8Array>(
+    {
+      pull(c) {
+        if (off >= data.byteLength) return c.close();
+        c.enqueue(data.subarray(off, Math.min(off + chunk, data.byteLength)));
+        off += chunk;
+      },
+      cancel() {
+        cancelled = true;
+      },
     },
-    cancel() {
-      cancelled = true;
-    },
-  }, { highWaterMark: 0 });
-  return { res: new Response(stream, { headers: { "content-length": String(data.byteLength) } }), cancelled: () => cancelled, pulled: () => Math.min(off, data.byteLength) };
+    { highWaterMark: 0 },
+  );
+  return {
+    res: new Response(stream, { headers: { "content-length": String(data.byteLength) } }),
+    cancelled: () => cancelled,
+    pulled: () => Math.min(off, data.byteLength),
+  };
 }
 
 const observer = (log: string[]): DownloadObserver => ({
@@ -38,7 +48,9 @@ const noOwn = async (): Promise<never> => {
   throw new Error("no own request in this test");
 };
 
-async function readStream(s: ReadableStream<Uint8Array>): Promise<{ bytes: Buffer; error: Error | null }> {
+async function readStream(
+  s: ReadableStream<Uint8Array>,
+): Promise<{ bytes: Buffer; error: Error | null }> {
   const parts: Uint8Array[] = [];
   const r = s.getReader();
   try {
@@ -53,7 +65,9 @@ async function readStream(s: ReadableStream<Uint8Array>): Promise<{ bytes: Buffe
   return { bytes: Buffer.concat(parts), error: null };
 }
 
-async function relayAll(body: { relay(w: (b: Uint8Array) => boolean): Promise<void> }): Promise<{ bytes: Buffer; error: Error | null }> {
+async function relayAll(body: {
+  relay(w: (b: Uint8Array) => boolean): Promise<void>;
+}): Promise<{ bytes: Buffer; error: Error | null }> {
   const parts: Uint8Array[] = [];
   try {
     await body.relay((b) => {
@@ -73,7 +87,13 @@ describe("SharedDownload over a plain stream", () => {
   test("two readers, one relayed and one streamed, get the exact bytes; the digest is checked", async () => {
     const log: string[] = [];
     const src = source(data);
-    const d = new SharedDownload(src.res, data.byteLength, { algorithm: "sha256", hex }, 256 * KiB, observer(log));
+    const d = new SharedDownload(
+      src.res,
+      data.byteLength,
+      { algorithm: "sha256", hex },
+      256 * KiB,
+      observer(log),
+    );
     const never = new AbortController().signal;
     const a = d.join(0, data.byteLength, never, noOwn);
     const b = d.join(0, data.byteLength, never, noOwn);
@@ -91,7 +111,13 @@ describe("SharedDownload over a plain stream", () => {
   test("a wrong digest: both readers fail before their last byte", async () => {
     const log: string[] = [];
     const src = source(data);
-    const d = new SharedDownload(src.res, data.byteLength, { algorithm: "sha256", hex: "0".repeat(64) }, 1024 * KiB, observer(log));
+    const d = new SharedDownload(
+      src.res,
+      data.byteLength,
+      { algorithm: "sha256", hex: "0".repeat(64) },
+      1024 * KiB,
+      observer(log),
+    );
     const never = new AbortController().signal;
     const a = d.join(0, data.byteLength, never, noOwn)!;
     const b = d.join(0, data.byteLength, never, noOwn)!;
@@ -105,7 +131,13 @@ describe("SharedDownload over a plain stream", () => {
 
   test("a range joiner gets exactly its bytes; a join below the window's start is refused", async () => {
     const src = source(data);
-    const d = new SharedDownload(src.res, data.byteLength, { algorithm: "sha256", hex }, 128 * KiB, observer([]));
+    const d = new SharedDownload(
+      src.res,
+      data.byteLength,
+      { algorithm: "sha256", hex },
+      128 * KiB,
+      observer([]),
+    );
     const never = new AbortController().signal;
     const whole = d.join(0, data.byteLength, never, noOwn)!;
     const part = d.join(1000, data.byteLength, never, noOwn)!;
@@ -118,7 +150,13 @@ describe("SharedDownload over a plain stream", () => {
 
   test("the last reader leaving cancels the upstream body", async () => {
     const src = source(data);
-    const d = new SharedDownload(src.res, data.byteLength, { algorithm: "sha256", hex }, 128 * KiB, observer([]));
+    const d = new SharedDownload(
+      src.res,
+      data.byteLength,
+      { algorithm: "sha256", hex },
+      128 * KiB,
+      observer([]),
+    );
     const ac = new AbortController();
     const a = d.join(0, data.byteLength, ac.signal, noOwn)!;
     const reader = a.stream().getReader();

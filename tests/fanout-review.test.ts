@@ -7,12 +7,21 @@
  */
 import { describe, expect, test } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
-import { SharedDownload, type ChunkReader, type DownloadObserver, type OwnRequest } from "../src/mirror/fanout/shared-download.ts";
+import {
+  SharedDownload,
+  type ChunkReader,
+  type DownloadObserver,
+  type OwnRequest,
+} from "../src/mirror/fanout/shared-download.ts";
 
 const KiB = 1024;
 
 /** A body of `data` in `chunk`-byte pieces, pulled; errors with a reset once `failAt` bytes went. */
-function source(data: Uint8Array, chunk = 16 * KiB, failAt: number | null = null): { res: Response; pulled: () => number } {
+function source(
+  data: Uint8Array,
+  chunk = 16 * KiB,
+  failAt: number | null = null,
+): { res: Response; pulled: () => number } {
   let off = 0;
   const stream = new ReadableStream<Uint8Array>(
     {
@@ -25,7 +34,10 @@ function source(data: Uint8Array, chunk = 16 * KiB, failAt: number | null = null
     },
     { highWaterMark: 0 },
   );
-  return { res: new Response(stream, { headers: { "content-length": String(data.byteLength) } }), pulled: () => Math.min(off, data.byteLength) };
+  return {
+    res: new Response(stream, { headers: { "content-length": String(data.byteLength) } }),
+    pulled: () => Math.min(off, data.byteLength),
+  };
 }
 
 const observer = (log: string[]): DownloadObserver => ({
@@ -53,7 +65,10 @@ const ownFrom =
     return { reader: s.getReader() as ChunkReader, skip: 0 };
   };
 
-async function readAll(r: { read(): Promise<{ done: boolean; value?: Uint8Array }> }, parts: Uint8Array[] = []): Promise<{ bytes: Buffer; error: Error | null }> {
+async function readAll(
+  r: { read(): Promise<{ done: boolean; value?: Uint8Array }> },
+  parts: Uint8Array[] = [],
+): Promise<{ bytes: Buffer; error: Error | null }> {
   try {
     for (;;) {
       const { done, value } = await r.read();
@@ -76,12 +91,21 @@ describe("fan-out review findings", () => {
   bad[10] = (bad[10] as number) ^ 0xff;
 
   test("a range that ends before the blob's end is not shared (it would end before the verdict)", async () => {
-    const d = new SharedDownload(source(bad).res, data.byteLength, { algorithm: "sha256", hex }, 2048 * KiB, observer([]));
+    const d = new SharedDownload(
+      source(bad).res,
+      data.byteLength,
+      { algorithm: "sha256", hex },
+      2048 * KiB,
+      observer([]),
+    );
     const whole = d.join(0, data.byteLength, never, noOwn)!;
     expect(d.join(0, 100, never, noOwn)).toBeNull();
     // A range to the end still joins, and is cut with everyone on a mismatch.
     const tail = d.join(5, data.byteLength, never, noOwn)!;
-    const [rw, rt] = await Promise.all([readAll(whole.stream().getReader()), readAll(tail.stream().getReader())]);
+    const [rw, rt] = await Promise.all([
+      readAll(whole.stream().getReader()),
+      readAll(tail.stream().getReader()),
+    ]);
     expect(rw.error?.message).toContain("do not match");
     expect(rt.error?.message).toContain("do not match");
   });
@@ -90,7 +114,13 @@ describe("fan-out review findings", () => {
     test(`a detached reader whose first part came from corrupted shared bytes is cut, never cleanly ended, when ${how}`, async () => {
       const log: string[] = [];
       const src = source(bad, 16 * KiB, how === "the upstream resets" ? 900 * KiB : null);
-      const d = new SharedDownload(src.res, data.byteLength, { algorithm: "sha256", hex }, 128 * KiB, observer(log));
+      const d = new SharedDownload(
+        src.res,
+        data.byteLength,
+        { algorithm: "sha256", hex },
+        128 * KiB,
+        observer(log),
+      );
       const fastAc = new AbortController();
       const fast = d.join(0, data.byteLength, fastAc.signal, noOwn)!.stream().getReader();
       const slow = d.join(0, data.byteLength, never, ownFrom(data))!.stream().getReader();
@@ -107,7 +137,13 @@ describe("fan-out review findings", () => {
 
   test("a detached reader whose own range answer is corrupted is cut before its last byte", async () => {
     const log: string[] = [];
-    const d = new SharedDownload(source(data).res, data.byteLength, { algorithm: "sha256", hex }, 128 * KiB, observer(log));
+    const d = new SharedDownload(
+      source(data).res,
+      data.byteLength,
+      { algorithm: "sha256", hex },
+      128 * KiB,
+      observer(log),
+    );
     const fast = d.join(0, data.byteLength, never, noOwn)!.stream().getReader();
     const badOwn = Buffer.from(data);
     badOwn[600 * KiB] = (badOwn[600 * KiB] as number) ^ 1;
@@ -123,7 +159,13 @@ describe("fan-out review findings", () => {
 
   test("a detached reader finishes on its own while the attached reader stalls (it never waits on the shared verdict)", async () => {
     const log: string[] = [];
-    const d = new SharedDownload(source(data).res, data.byteLength, { algorithm: "sha256", hex }, 128 * KiB, observer(log));
+    const d = new SharedDownload(
+      source(data).res,
+      data.byteLength,
+      { algorithm: "sha256", hex },
+      128 * KiB,
+      observer(log),
+    );
     const a = d.join(0, data.byteLength, never, noOwn)!.stream().getReader();
     const det = d.join(0, data.byteLength, never, ownFrom(data))!.stream().getReader();
     const parts: Uint8Array[] = [(await det.read()).value!];
@@ -138,7 +180,13 @@ describe("fan-out review findings", () => {
   test("a range joiner far ahead of the bytes received does not join (it would set the pace without reading)", async () => {
     const big = randomBytes(4096 * KiB);
     const src = source(big);
-    const d = new SharedDownload(src.res, big.byteLength, { algorithm: "sha256", hex: sha(big) }, 256 * KiB, observer([]));
+    const d = new SharedDownload(
+      src.res,
+      big.byteLength,
+      { algorithm: "sha256", hex: sha(big) },
+      256 * KiB,
+      observer([]),
+    );
     const a = d.join(0, big.byteLength, never, ownFrom(big))!.stream().getReader();
     const bAc = new AbortController();
     const b = d.join(0, big.byteLength, bAc.signal, noOwn)!.stream().getReader();
@@ -156,10 +204,18 @@ describe("fan-out review findings", () => {
   test("several stalled readers hold the download back for one lag_grace in all, not one each", async () => {
     const big = randomBytes(2048 * KiB);
     const log: string[] = [];
-    const d = new SharedDownload(source(big).res, big.byteLength, { algorithm: "sha256", hex: sha(big) }, 256 * KiB, observer(log), 100);
+    const d = new SharedDownload(
+      source(big).res,
+      big.byteLength,
+      { algorithm: "sha256", hex: sha(big) },
+      256 * KiB,
+      observer(log),
+      100,
+    );
     const fast = d.join(0, big.byteLength, never, noOwn)!.stream().getReader();
     const stalled: Array<{ read(): Promise<unknown>; cancel(): Promise<void> }> = [];
-    for (let i = 1; i <= 4; i++) stalled.push(d.join(0, big.byteLength, never, ownFrom(big))!.stream().getReader());
+    for (let i = 1; i <= 4; i++)
+      stalled.push(d.join(0, big.byteLength, never, ownFrom(big))!.stream().getReader());
     // Each reads a different number of pieces, then stops: each in turn is the slowest at the edge.
     for (const [i, r] of stalled.entries()) for (let j = 0; j <= i; j++) await r.read();
     const rf = await readAll(fast);

@@ -12,14 +12,20 @@ import { startCrm, type TestCrm } from "./support/crm.ts";
 const MiB = 1024 * 1024;
 let crm: TestCrm;
 let origin: ReturnType<typeof startOrigin>;
-const chunked = startScriptedUpstream(() => ({ bytes: Buffer.from(`HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-up: 1\r\n\r\n${CHUNKS}`), after: "keep" }));
+const chunked = startScriptedUpstream(() => ({
+  bytes: Buffer.from(`HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-up: 1\r\n\r\n${CHUNKS}`),
+  after: "keep",
+}));
 const CHUNKS = "5;name=value\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
 let big: ReturnType<typeof startPusher>;
 
 beforeAll(async () => {
   origin = startOrigin();
   big = startPusher(128 * MiB, null, true);
-  crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port, chunked.port, big.port] }, "warn");
+  crm = await startCrm(
+    { allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port, chunked.port, big.port] },
+    "warn",
+  );
 });
 afterAll(async () => {
   await crm.stop();
@@ -48,8 +54,15 @@ async function exchange(request: string): Promise<Buffer> {
 test("a chunked upstream body reaches the client as it came, extensions and all", async () => {
   const chunks = CHUNKS;
   const up = chunked;
-  const out = (await exchange(`GET http://127.0.0.1:${up.port}/c HTTP/1.1\r\nHost: 127.0.0.1:${up.port}\r\nConnection: close\r\n\r\n`)).toString("latin1");
-  const [head = "", body] = out.split("\r\n\r\n", 2).length === 2 ? [out.slice(0, out.indexOf("\r\n\r\n")), out.slice(out.indexOf("\r\n\r\n") + 4)] : [out, ""];
+  const out = (
+    await exchange(
+      `GET http://127.0.0.1:${up.port}/c HTTP/1.1\r\nHost: 127.0.0.1:${up.port}\r\nConnection: close\r\n\r\n`,
+    )
+  ).toString("latin1");
+  const [head = "", body] =
+    out.split("\r\n\r\n", 2).length === 2
+      ? [out.slice(0, out.indexOf("\r\n\r\n")), out.slice(out.indexOf("\r\n\r\n") + 4)]
+      : [out, ""];
   expect(head).toMatch(/^HTTP\/1\.1 200 /);
   expect(head.toLowerCase()).toContain("transfer-encoding: chunked");
   expect(head.toLowerCase()).toContain("via: 1.1 crm");
@@ -57,7 +70,9 @@ test("a chunked upstream body reaches the client as it came, extensions and all"
 });
 
 test("an HTTP/1.0 client gets an upstream's chunked body de-chunked, delimited by the close", async () => {
-  const out = (await exchange(`GET http://127.0.0.1:${chunked.port}/c HTTP/1.0\r\n\r\n`)).toString("latin1");
+  const out = (await exchange(`GET http://127.0.0.1:${chunked.port}/c HTTP/1.0\r\n\r\n`)).toString(
+    "latin1",
+  );
   expect(out.toLowerCase()).not.toContain("transfer-encoding");
   expect(out.slice(out.indexOf("\r\n\r\n") + 4)).toBe("hello world");
 });
@@ -84,7 +99,9 @@ test("a client that stops reading holds the upstream back: crm does not buffer t
       socket: {
         open(s) {
           client = s;
-          s.write(`GET http://127.0.0.1:${upstream.port}/big HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`);
+          s.write(
+            `GET http://127.0.0.1:${upstream.port}/big HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`,
+          );
         },
         data(_s, d) {
           got += d.byteLength;
@@ -102,7 +119,9 @@ test("a client that stops reading holds the upstream back: crm does not buffer t
     last = pushed();
     await Bun.sleep(200);
   }
-  console.log(`slow reader: upstream pushed ${(pushed() / MiB).toFixed(1)} MiB of ${total / MiB} MiB while the client read ${(got / MiB).toFixed(1)} MiB`);
+  console.log(
+    `slow reader: upstream pushed ${(pushed() / MiB).toFixed(1)} MiB of ${total / MiB} MiB while the client read ${(got / MiB).toFixed(1)} MiB`,
+  );
   expect(pushed()).toBeLessThan(48 * MiB);
   client.resume();
   await done;

@@ -14,14 +14,27 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { HttpError } from "../src/errors.ts";
 import { ChunkedDecoder } from "../src/http/chunked.ts";
-import { headerValues, MAX_HEAD, readRequestHead, requestFraming, type BodyFraming, type RequestHead } from "../src/http/head.ts";
+import {
+  headerValues,
+  MAX_HEAD,
+  readRequestHead,
+  requestFraming,
+  type BodyFraming,
+  type RequestHead,
+} from "../src/http/head.ts";
 import { HostPolicy, normalizeHost } from "../src/host-policy.ts";
 import { staticResolver } from "../src/net/resolver.ts";
 import type { Route } from "../src/proxy/exchange.ts";
 import { route } from "../src/proxy/router.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { caseSeed, Rng } from "./support/rng.ts";
-import { header, openRaw, parseResponses, waitUntil, type ParsedResponse } from "./support/faulty-upstreams.ts";
+import {
+  header,
+  openRaw,
+  parseResponses,
+  waitUntil,
+  type ParsedResponse,
+} from "./support/faulty-upstreams.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Parameters
@@ -39,7 +52,8 @@ const SEED = envInt("CRM_FUZZ_SEED", DEFAULT_SEED) >>> 0;
 const UNIT_CASES = envInt("CRM_FUZZ_CASES", 20_000);
 const SOCKET_CASES = envInt("CRM_FUZZ_SOCKET_CASES", 300);
 const ONLY_UNIT = process.env.CRM_FUZZ_CASE !== undefined ? envInt("CRM_FUZZ_CASE", 0) : null;
-const ONLY_SOCKET = process.env.CRM_FUZZ_SOCKET_CASE !== undefined ? envInt("CRM_FUZZ_SOCKET_CASE", 0) : null;
+const ONLY_SOCKET =
+  process.env.CRM_FUZZ_SOCKET_CASE !== undefined ? envInt("CRM_FUZZ_SOCKET_CASE", 0) : null;
 /** Socket cases run this many at a time. */
 const CONCURRENCY = 24;
 /** A socket case that has neither an answer nor a close after this long is a hang. */
@@ -75,24 +89,163 @@ interface GenCtx {
 }
 
 const METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "CONNECT", "PATCH", "TRACE"];
-const ODD_METHODS = ["get", "Get", "G ET", "", "M-SEARCH", "PROPFIND", "BREW", "GET\x00", "\x00GET", "G\tET", "GE(T", "GET/", "X".repeat(300), u8("ÄGET"), "PRI", "*", "-", "~!#$%&'*+-.^_`|", "CONNECT\x7f", "HEAD\r"];
-const VERSIONS = ["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/0.9", "HTTP/1.2", "http/1.1", "HTTP/1.1 ", "HTTP/1", "HTTP/1.10", "HTTP/11", "HTTP/1.1\x00", "HTTP /1.1", "HTTPS/1.1", "", "HTTP/9.9", u8("HTTP/1.１"), "HTTP/1.1\t", "HTTP/3"];
-const PATHS = ["/", "/v2/", "/healthz", "/healthz?x=1", "//v2/", "/v2/library/alpine/manifests/latest", "/%2e%2e/%2e%2e/etc/passwd", "/../..", "/a?b=c#frag", "?q", "", "/\\", "/x y", "/\x00", "/\x7f", "/" + u8("é"), "/;param", "/v2/%00", "/?", "/#", "/v2/_catalog?n=1&last=a"];
-const SCHEMES = ["http://", "https://", "HTTP://", "Http://", "hTtPs://", "ftp://", "ws://", "http:/", "http:", "http:///", "", "//", "https:\\\\"];
+const ODD_METHODS = [
+  "get",
+  "Get",
+  "G ET",
+  "",
+  "M-SEARCH",
+  "PROPFIND",
+  "BREW",
+  "GET\x00",
+  "\x00GET",
+  "G\tET",
+  "GE(T",
+  "GET/",
+  "X".repeat(300),
+  u8("ÄGET"),
+  "PRI",
+  "*",
+  "-",
+  "~!#$%&'*+-.^_`|",
+  "CONNECT\x7f",
+  "HEAD\r",
+];
+const VERSIONS = [
+  "HTTP/1.1",
+  "HTTP/1.0",
+  "HTTP/2.0",
+  "HTTP/0.9",
+  "HTTP/1.2",
+  "http/1.1",
+  "HTTP/1.1 ",
+  "HTTP/1",
+  "HTTP/1.10",
+  "HTTP/11",
+  "HTTP/1.1\x00",
+  "HTTP /1.1",
+  "HTTPS/1.1",
+  "",
+  "HTTP/9.9",
+  u8("HTTP/1.１"),
+  "HTTP/1.1\t",
+  "HTTP/3",
+];
+const PATHS = [
+  "/",
+  "/v2/",
+  "/healthz",
+  "/healthz?x=1",
+  "//v2/",
+  "/v2/library/alpine/manifests/latest",
+  "/%2e%2e/%2e%2e/etc/passwd",
+  "/../..",
+  "/a?b=c#frag",
+  "?q",
+  "",
+  "/\\",
+  "/x y",
+  "/\x00",
+  "/\x7f",
+  "/" + u8("é"),
+  "/;param",
+  "/v2/%00",
+  "/?",
+  "/#",
+  "/v2/_catalog?n=1&last=a",
+];
+const SCHEMES = [
+  "http://",
+  "https://",
+  "HTTP://",
+  "Http://",
+  "hTtPs://",
+  "ftp://",
+  "ws://",
+  "http:/",
+  "http:",
+  "http:///",
+  "",
+  "//",
+  "https:\\\\",
+];
 
 function trickyHost(rng: Rng, ctx: GenCtx): string {
   const h = ctx.host;
   return rng.pick([
-    h, h, h.toUpperCase(), h + ".", h + "..", "." + h, `user:pass@${h}`, `@${h}`, `${h}@evil.test`, `user@${h}`, h.replace(".", "%2e"), "%31%32%37.0.0.1",
-    "[::1]", "[::ffff:127.0.0.1]", "[fe80::1%25eth0]", "[::1", "::1", "[]", "[127.0.0.1]", "[::g]", "2130706433", "0x7f.0.0.1", "0177.0.0.1", "127.1",
-    "127.0.0.999", "1.2.3.999", "127.0.0.0x1", "127.0.0.1.", "a..b.test", "-a.test", "a-.test", "a_b.test", u8("über.test"), "xn--bcher-kva.test",
-    "x".repeat(254), ("a".repeat(63) + ".").repeat(4) + "test", "", h + "\\", h + "#frag", h + "?q", "localhost", "0", "0.0.0.0", "evil.test", `${h}.evil.test`, h + ":",
+    h,
+    h,
+    h.toUpperCase(),
+    h + ".",
+    h + "..",
+    "." + h,
+    `user:pass@${h}`,
+    `@${h}`,
+    `${h}@evil.test`,
+    `user@${h}`,
+    h.replace(".", "%2e"),
+    "%31%32%37.0.0.1",
+    "[::1]",
+    "[::ffff:127.0.0.1]",
+    "[fe80::1%25eth0]",
+    "[::1",
+    "::1",
+    "[]",
+    "[127.0.0.1]",
+    "[::g]",
+    "2130706433",
+    "0x7f.0.0.1",
+    "0177.0.0.1",
+    "127.1",
+    "127.0.0.999",
+    "1.2.3.999",
+    "127.0.0.0x1",
+    "127.0.0.1.",
+    "a..b.test",
+    "-a.test",
+    "a-.test",
+    "a_b.test",
+    u8("über.test"),
+    "xn--bcher-kva.test",
+    "x".repeat(254),
+    ("a".repeat(63) + ".").repeat(4) + "test",
+    "",
+    h + "\\",
+    h + "#frag",
+    h + "?q",
+    "localhost",
+    "0",
+    "0.0.0.0",
+    "evil.test",
+    `${h}.evil.test`,
+    h + ":",
   ]);
 }
 
 function trickyPort(rng: Rng, ctx: GenCtx): string {
   const p = ctx.port;
-  return rng.pick(["", `:${p}`, `:${p}`, `:${p}`, ":0", ":65535", ":65536", ":99999", ":999999999999", ":-1", ":+80", `:0${p}`, ":", ":80", ":443", `:${p}x`, `:${p}:${p}`, ":0x50", `:${p} `, ": " + p]);
+  return rng.pick([
+    "",
+    `:${p}`,
+    `:${p}`,
+    `:${p}`,
+    ":0",
+    ":65535",
+    ":65536",
+    ":99999",
+    ":999999999999",
+    ":-1",
+    ":+80",
+    `:0${p}`,
+    ":",
+    ":80",
+    ":443",
+    `:${p}x`,
+    `:${p}:${p}`,
+    ":0x50",
+    `:${p} `,
+    ": " + p,
+  ]);
 }
 
 function trickyPath(rng: Rng): string {
@@ -115,8 +268,55 @@ function trickyTarget(rng: Rng, ctx: GenCtx, method: string): string {
   }
 }
 
-const CL_VALUES = ["0", "5", "19", "100", "-1", "+5", "0x5", "5, 5", "5,6", " 5", "5 ", "99999999999999999", "999999999999999", "1e3", "5\x0b", "\x0c5", "\xa05", "5\xa0", u8("٥"), "", "00005", "18446744073709551616", "5\t", "5;", "5 5", ",5", "5,"];
-const TE_VALUES = ["chunked", "Chunked", "CHUNKED", "gzip, chunked", "chunked, gzip", "identity", "chunked, chunked", "chunked\x0b", "\x0cchunked", "\xa0chunked", "chunked;q=1", "", ",chunked", "chunked,", " chunked ", "chunked\x00", "xchunked", "gzip"];
+const CL_VALUES = [
+  "0",
+  "5",
+  "19",
+  "100",
+  "-1",
+  "+5",
+  "0x5",
+  "5, 5",
+  "5,6",
+  " 5",
+  "5 ",
+  "99999999999999999",
+  "999999999999999",
+  "1e3",
+  "5\x0b",
+  "\x0c5",
+  "\xa05",
+  "5\xa0",
+  u8("٥"),
+  "",
+  "00005",
+  "18446744073709551616",
+  "5\t",
+  "5;",
+  "5 5",
+  ",5",
+  "5,",
+];
+const TE_VALUES = [
+  "chunked",
+  "Chunked",
+  "CHUNKED",
+  "gzip, chunked",
+  "chunked, gzip",
+  "identity",
+  "chunked, chunked",
+  "chunked\x0b",
+  "\x0cchunked",
+  "\xa0chunked",
+  "chunked;q=1",
+  "",
+  ",chunked",
+  "chunked,",
+  " chunked ",
+  "chunked\x00",
+  "xchunked",
+  "gzip",
+];
 
 function interestingHeader(rng: Rng, ctx: GenCtx): string {
   switch (rng.int(14)) {
@@ -129,15 +329,62 @@ function interestingHeader(rng: Rng, ctx: GenCtx): string {
     case 4:
       return "Transfer-Encoding: " + rng.pick(TE_VALUES);
     case 5:
-      return rng.pick(["Transfer-Encoding : chunked", "Transfer-Encoding\t: chunked", " Transfer-Encoding: chunked", "Transfer_Encoding: chunked", "Content-Length : 5", "\tContent-Length: 5", "Content-Length\x00: 5", "transfer-encoding:chunked", "CONTENT-LENGTH:5"]);
+      return rng.pick([
+        "Transfer-Encoding : chunked",
+        "Transfer-Encoding\t: chunked",
+        " Transfer-Encoding: chunked",
+        "Transfer_Encoding: chunked",
+        "Content-Length : 5",
+        "\tContent-Length: 5",
+        "Content-Length\x00: 5",
+        "transfer-encoding:chunked",
+        "CONTENT-LENGTH:5",
+      ]);
     case 6:
-      return "Expect: " + rng.pick(["100-continue", "100-Continue", "nothing", "", "100-continue, x"]);
+      return (
+        "Expect: " + rng.pick(["100-continue", "100-Continue", "nothing", "", "100-continue, x"])
+      );
     case 7:
-      return rng.pick(["Connection: close", "Connection: keep-alive", "Connection: content-length", "Connection: transfer-encoding", "Connection: close, keep-alive", "Proxy-Connection: close", "Connection: host", "Keep-Alive: timeout=5"]);
+      return rng.pick([
+        "Connection: close",
+        "Connection: keep-alive",
+        "Connection: content-length",
+        "Connection: transfer-encoding",
+        "Connection: close, keep-alive",
+        "Proxy-Connection: close",
+        "Connection: host",
+        "Keep-Alive: timeout=5",
+      ]);
     case 8:
-      return rng.pick(["Proxy-Authorization: Basic Zm9vOmJhcg==", "Upgrade: websocket", "TE: trailers", "Via: 1.1 crm", "Authorization: Bearer x", "Max-Forwards: 0"]);
+      return rng.pick([
+        "Proxy-Authorization: Basic Zm9vOmJhcg==",
+        "Upgrade: websocket",
+        "TE: trailers",
+        "Via: 1.1 crm",
+        "Authorization: Bearer x",
+        "Max-Forwards: 0",
+      ]);
     case 9:
-      return rng.pick(["X-Empty:", "X-NUL: a\x00b", "X-CTL: a\x01b", "X-DEL: a\x7fb", "X-Tab: a\tb", "X-8bit: \xe9\xff", ":no-name", "No-Colon", "X\x00: y", u8("X-Ä: y"), "X-Fold: a\r\n b", "Host:", "Host: a, b", "X-VT: \x0bv\x0b", "X-FF: \x0cv", "X-NBSP: \xa0v\xa0", "X-CR: a\rb", "X-LF: a\nb"]);
+      return rng.pick([
+        "X-Empty:",
+        "X-NUL: a\x00b",
+        "X-CTL: a\x01b",
+        "X-DEL: a\x7fb",
+        "X-Tab: a\tb",
+        "X-8bit: \xe9\xff",
+        ":no-name",
+        "No-Colon",
+        "X\x00: y",
+        u8("X-Ä: y"),
+        "X-Fold: a\r\n b",
+        "Host:",
+        "Host: a, b",
+        "X-VT: \x0bv\x0b",
+        "X-FF: \x0cv",
+        "X-NBSP: \xa0v\xa0",
+        "X-CR: a\rb",
+        "X-LF: a\nb",
+      ]);
     case 10:
       return "X-Huge: " + "h".repeat(rng.pick([100, 8000, 20_000, 70_000]));
     case 11:
@@ -145,7 +392,13 @@ function interestingHeader(rng: Rng, ctx: GenCtx): string {
     case 12:
       return randomToken(rng) + ":" + randomValue(rng);
     default:
-      return rng.pick(["Accept: */*", "User-Agent: fuzz/1.0", "Accept-Encoding: gzip", "Docker-Distribution-Api-Version: registry/2.0", "Range: bytes=0-1"]);
+      return rng.pick([
+        "Accept: */*",
+        "User-Agent: fuzz/1.0",
+        "Accept-Encoding: gzip",
+        "Docker-Distribution-Api-Version: registry/2.0",
+        "Range: bytes=0-1",
+      ]);
   }
 }
 
@@ -153,13 +406,19 @@ const TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefgh
 function randomToken(rng: Rng): string {
   let s = "";
   const n = rng.range(1, 12);
-  for (let i = 0; i < n; i++) s += rng.chance(0.97) ? TOKEN_CHARS[rng.int(TOKEN_CHARS.length)] : String.fromCharCode(rng.int(256));
+  for (let i = 0; i < n; i++)
+    s += rng.chance(0.97)
+      ? TOKEN_CHARS[rng.int(TOKEN_CHARS.length)]
+      : String.fromCharCode(rng.int(256));
   return s;
 }
 function randomValue(rng: Rng): string {
   let s = "";
   const n = rng.range(0, 30);
-  for (let i = 0; i < n; i++) s += rng.chance(0.93) ? String.fromCharCode(rng.range(0x20, 0x7e)) : String.fromCharCode(rng.int(256));
+  for (let i = 0; i < n; i++)
+    s += rng.chance(0.93)
+      ? String.fromCharCode(rng.range(0x20, 0x7e))
+      : String.fromCharCode(rng.int(256));
   return s;
 }
 
@@ -172,7 +431,28 @@ function chunkedBody(rng: Rng): string {
     const hex = size.toString(16);
     const sizeText = rng.chance(0.7)
       ? hex
-      : rng.pick([hex.toUpperCase(), "0" + hex, hex + " ", hex + "\t;ext=v", hex + ';ext="q;x"', hex + ";\r", hex + "\x0b", hex + "\x0c", hex + "\xa0", hex + "\r", " " + hex, "-" + hex, "0x" + hex, "0000000000000" + hex, "zz", "", (size + rng.range(-1, 2)).toString(16), hex + ";" + "e".repeat(5000), "fffffffffffff", "ffffffffffff"]);
+      : rng.pick([
+          hex.toUpperCase(),
+          "0" + hex,
+          hex + " ",
+          hex + "\t;ext=v",
+          hex + ';ext="q;x"',
+          hex + ";\r",
+          hex + "\x0b",
+          hex + "\x0c",
+          hex + "\xa0",
+          hex + "\r",
+          " " + hex,
+          "-" + hex,
+          "0x" + hex,
+          "0000000000000" + hex,
+          "zz",
+          "",
+          (size + rng.range(-1, 2)).toString(16),
+          hex + ";" + "e".repeat(5000),
+          "fffffffffffff",
+          "ffffffffffff",
+        ]);
     const eol = rng.chance(0.9) ? "\r\n" : rng.pick(["\n", "\r", "", "\r\r\n"]);
     const data = rng.chance(0.8) ? "d".repeat(size) : rng.bytes(size);
     const after = rng.chance(0.9) ? "\r\n" : rng.pick(["\n", "", "x\r\n", "\r"]);
@@ -180,7 +460,16 @@ function chunkedBody(rng: Rng): string {
   }
   s += rng.chance(0.9) ? "0" : rng.pick(["00", "0;ext", "0 ", "0\x0b", "000000000000000"]);
   s += "\r\n";
-  s += rng.chance(0.7) ? "" : rng.pick(["X-T: 1\r\n", "X-T: a\rb\r\n", "garbage\r\n", "X-T: \x00\r\n", "Content-Length: 5\r\n", ": x\r\n"]);
+  s += rng.chance(0.7)
+    ? ""
+    : rng.pick([
+        "X-T: 1\r\n",
+        "X-T: a\rb\r\n",
+        "garbage\r\n",
+        "X-T: \x00\r\n",
+        "Content-Length: 5\r\n",
+        ": x\r\n",
+      ]);
   s += rng.chance(0.9) ? "\r\n" : rng.pick(["", "\n", "\r"]);
   if (rng.chance(0.1)) s = s.slice(0, rng.int(s.length + 1));
   return s;
@@ -213,7 +502,31 @@ function localize(text: string, ctx: GenCtx): string {
   return text.replace(/\b(?:registry|auth)\.test(?::\d+)?|\[::1\]:443/g, `${ctx.host}:${ctx.port}`);
 }
 
-const INTERESTING_BYTES = ["\x00", "\r", "\n", "\t", " ", ":", ";", ",", "\x7f", "\xff", "\x80", "\x0b", "\x0c", "\xa0", "@", "%", "[", "]", "/", "?", "#", '"', "\\"];
+const INTERESTING_BYTES = [
+  "\x00",
+  "\r",
+  "\n",
+  "\t",
+  " ",
+  ":",
+  ";",
+  ",",
+  "\x7f",
+  "\xff",
+  "\x80",
+  "\x0b",
+  "\x0c",
+  "\xa0",
+  "@",
+  "%",
+  "[",
+  "]",
+  "/",
+  "?",
+  "#",
+  '"',
+  "\\",
+];
 
 type Mutation = (s: string, rng: Rng, ctx: GenCtx) => string;
 
@@ -226,7 +539,10 @@ function joinHead(lines: string[], body: string): string {
   return lines.join("\r\n") + "\r\n\r\n" + body;
 }
 /** Applies `f` to the head's lines if the input has a head, else returns the input. */
-function onLines(s: string, f: (lines: string[], body: string) => { lines: string[]; body: string } | string[]): string {
+function onLines(
+  s: string,
+  f: (lines: string[], body: string) => { lines: string[]; body: string } | string[],
+): string {
   const h = splitHead(s);
   if (!h) return s;
   const r = f(h.lines, h.body);
@@ -243,25 +559,39 @@ function replaceAllOnce(s: string, from: string, to: string, rng: Rng): string {
 }
 
 const MUTATIONS: Array<[string, Mutation]> = [
-  ["bitflip", (s, rng) => {
-    if (s.length === 0) return s;
-    const i = rng.int(s.length);
-    return s.slice(0, i) + String.fromCharCode(s.charCodeAt(i) ^ (1 << rng.int(8))) + s.slice(i + 1);
-  }],
-  ["insert-byte", (s, rng) => {
-    const i = pos(s, rng);
-    const b = rng.chance(0.7) ? rng.pick(INTERESTING_BYTES) : String.fromCharCode(rng.int(256));
-    return s.slice(0, i) + b.repeat(rng.chance(0.9) ? 1 : rng.range(2, 20)) + s.slice(i);
-  }],
-  ["delete-range", (s, rng) => {
-    const i = rng.int(s.length);
-    return s.slice(0, i) + s.slice(i + rng.range(1, 8));
-  }],
-  ["duplicate-range", (s, rng) => {
-    const i = rng.int(s.length);
-    const j = Math.min(s.length, i + rng.range(1, 40));
-    return s.slice(0, j) + s.slice(i, j) + s.slice(j);
-  }],
+  [
+    "bitflip",
+    (s, rng) => {
+      if (s.length === 0) return s;
+      const i = rng.int(s.length);
+      return (
+        s.slice(0, i) + String.fromCharCode(s.charCodeAt(i) ^ (1 << rng.int(8))) + s.slice(i + 1)
+      );
+    },
+  ],
+  [
+    "insert-byte",
+    (s, rng) => {
+      const i = pos(s, rng);
+      const b = rng.chance(0.7) ? rng.pick(INTERESTING_BYTES) : String.fromCharCode(rng.int(256));
+      return s.slice(0, i) + b.repeat(rng.chance(0.9) ? 1 : rng.range(2, 20)) + s.slice(i);
+    },
+  ],
+  [
+    "delete-range",
+    (s, rng) => {
+      const i = rng.int(s.length);
+      return s.slice(0, i) + s.slice(i + rng.range(1, 8));
+    },
+  ],
+  [
+    "duplicate-range",
+    (s, rng) => {
+      const i = rng.int(s.length);
+      const j = Math.min(s.length, i + rng.range(1, 40));
+      return s.slice(0, j) + s.slice(i, j) + s.slice(j);
+    },
+  ],
   ["truncate", (s, rng) => s.slice(0, rng.int(s.length + 1))],
   ["crlf-to-lf", (s, rng) => replaceAllOnce(s, "\r\n", "\n", rng)],
   ["crlf-to-cr", (s, rng) => replaceAllOnce(s, "\r\n", "\r", rng)],
@@ -269,97 +599,171 @@ const MUTATIONS: Array<[string, Mutation]> = [
   ["remove-crlf", (s, rng) => replaceAllOnce(s, "\r\n", "", rng)],
   ["duplicate-crlf", (s, rng) => replaceAllOnce(s, "\r\n", "\r\n\r\n", rng)],
   ["all-lf", (s) => s.replaceAll("\r\n", "\n")],
-  ["swap-header-lines", (s, rng) => onLines(s, (lines) => {
-    if (lines.length < 3) return lines;
-    const a = rng.range(1, lines.length - 1);
-    const b = rng.range(1, lines.length - 1);
-    const out = [...lines];
-    [out[a], out[b]] = [lines[b] as string, lines[a] as string];
-    return out;
-  })],
-  ["swap-request-line", (s, rng) => onLines(s, (lines) => {
-    if (lines.length < 2) return lines;
-    const a = rng.range(1, lines.length - 1);
-    const out = [...lines];
-    [out[0], out[a]] = [lines[a] as string, lines[0] as string];
-    return out;
-  })],
-  ["remove-header-line", (s, rng) => onLines(s, (lines) => (lines.length < 2 ? lines : lines.filter((_, i) => i !== rng.range(1, lines.length - 1))))],
-  ["duplicate-header-line", (s, rng) => onLines(s, (lines) => {
-    if (lines.length < 2) return lines;
-    const a = rng.range(1, lines.length - 1);
-    return [...lines.slice(0, a + 1), lines[a] as string, ...lines.slice(a + 1)];
-  })],
-  ["replace-method", (s, rng) => onLines(s, (lines) => {
-    const parts = (lines[0] ?? "").split(" ");
-    parts[0] = rng.chance(0.5) ? rng.pick(METHODS) : rng.pick(ODD_METHODS);
-    return [parts.join(" "), ...lines.slice(1)];
-  })],
-  ["replace-target", (s, rng, ctx) => onLines(s, (lines) => {
-    const parts = (lines[0] ?? "").split(" ");
-    parts[1] = trickyTarget(rng, ctx, parts[0] ?? "GET");
-    return [parts.join(" "), ...lines.slice(1)];
-  })],
-  ["replace-version", (s, rng) => onLines(s, (lines) => {
-    const parts = (lines[0] ?? "").split(" ");
-    parts[parts.length - 1] = rng.pick(VERSIONS);
-    return [parts.join(" "), ...lines.slice(1)];
-  })],
-  ["insert-header", (s, rng, ctx) => onLines(s, (lines) => {
-    const at = rng.range(1, lines.length);
-    return [...lines.slice(0, at), interestingHeader(rng, ctx), ...lines.slice(at)];
-  })],
-  ["chunked-body", (s, rng) => onLines(s, (lines) => {
-    const kept = lines.filter((l, i) => i === 0 || !/^(content-length|transfer-encoding):/i.test(l));
-    if (rng.chance(0.85)) kept.push("Transfer-Encoding: " + (rng.chance(0.8) ? "chunked" : rng.pick(TE_VALUES)));
-    if (rng.chance(0.1)) kept.push("Content-Length: " + rng.pick(CL_VALUES));
-    return { lines: kept, body: chunkedBody(rng) };
-  })],
-  ["content-length-body", (s, rng) => onLines(s, (lines, body) => {
-    const kept = lines.filter((l, i) => i === 0 || !/^(content-length|transfer-encoding):/i.test(l));
-    const b = rng.chance(0.5) ? body : "c".repeat(rng.int(40));
-    const declared = rng.pick([b.length, b.length, Math.max(0, b.length - rng.range(1, 5)), b.length + rng.range(1, 50)]);
-    kept.push(`Content-Length: ${rng.chance(0.9) ? declared : rng.pick(CL_VALUES)}`);
-    return { lines: kept, body: b };
-  })],
-  ["odd-spaces", (s, rng) => onLines(s, (lines) => {
-    const i = rng.int(lines.length);
-    const l = lines[i] ?? "";
-    const out = [...lines];
-    switch (rng.int(6)) {
-      case 0:
-        out[i] = l.replace(" ", "  ");
-        break;
-      case 1:
-        out[i] = " " + l;
-        break;
-      case 2:
-        out[i] = l + rng.pick([" ", "\t", "\x0b", "\xa0"]);
-        break;
-      case 3:
-        out[i] = l.replace(" ", "\t");
-        break;
-      case 4:
-        out[i] = l.replace(":", rng.pick([" :", ":\x0b", ":\x0c", ":\xa0", "\t:"]));
-        break;
-      default:
-        out[i] = l.replace(/ /g, "");
-    }
-    return out;
-  })],
-  ["huge-value", (s, rng) => onLines(s, (lines) => {
-    const i = rng.int(lines.length);
-    const n = rng.pick([1000, 8200, 17_000, 66_000]);
-    const out = [...lines];
-    out[i] = (lines[i] ?? "") + "v".repeat(n);
-    return out;
-  })],
-  ["leading-empty-lines", (s, rng) => "\r\n".repeat(rng.chance(0.9) ? rng.range(1, 4) : rng.range(33_000, 40_000)) + s],
-  ["non-ascii", (s, rng) => {
-    const i = pos(s, rng);
-    return s.slice(0, i) + rng.pick([u8("é"), u8("€"), u8("\u2028"), "\xc3", "\xff\xfe", u8("\ufeff")]) + s.slice(i);
-  }],
-  ["append-request", (s, rng, ctx) => s + (rng.chance(0.5) ? localize(rng.pick(corpus).text, ctx) : randomHead(rng, ctx))],
+  [
+    "swap-header-lines",
+    (s, rng) =>
+      onLines(s, (lines) => {
+        if (lines.length < 3) return lines;
+        const a = rng.range(1, lines.length - 1);
+        const b = rng.range(1, lines.length - 1);
+        const out = [...lines];
+        [out[a], out[b]] = [lines[b] as string, lines[a] as string];
+        return out;
+      }),
+  ],
+  [
+    "swap-request-line",
+    (s, rng) =>
+      onLines(s, (lines) => {
+        if (lines.length < 2) return lines;
+        const a = rng.range(1, lines.length - 1);
+        const out = [...lines];
+        [out[0], out[a]] = [lines[a] as string, lines[0] as string];
+        return out;
+      }),
+  ],
+  [
+    "remove-header-line",
+    (s, rng) =>
+      onLines(s, (lines) =>
+        lines.length < 2 ? lines : lines.filter((_, i) => i !== rng.range(1, lines.length - 1)),
+      ),
+  ],
+  [
+    "duplicate-header-line",
+    (s, rng) =>
+      onLines(s, (lines) => {
+        if (lines.length < 2) return lines;
+        const a = rng.range(1, lines.length - 1);
+        return [...lines.slice(0, a + 1), lines[a] as string, ...lines.slice(a + 1)];
+      }),
+  ],
+  [
+    "replace-method",
+    (s, rng) =>
+      onLines(s, (lines) => {
+        const parts = (lines[0] ?? "").split(" ");
+        parts[0] = rng.chance(0.5) ? rng.pick(METHODS) : rng.pick(ODD_METHODS);
+        return [parts.join(" "), ...lines.slice(1)];
+      }),
+  ],
+  [
+    "replace-target",
+    (s, rng, ctx) =>
+      onLines(s, (lines) => {
+        const parts = (lines[0] ?? "").split(" ");
+        parts[1] = trickyTarget(rng, ctx, parts[0] ?? "GET");
+        return [parts.join(" "), ...lines.slice(1)];
+      }),
+  ],
+  [
+    "replace-version",
+    (s, rng) =>
+      onLines(s, (lines) => {
+        const parts = (lines[0] ?? "").split(" ");
+        parts[parts.length - 1] = rng.pick(VERSIONS);
+        return [parts.join(" "), ...lines.slice(1)];
+      }),
+  ],
+  [
+    "insert-header",
+    (s, rng, ctx) =>
+      onLines(s, (lines) => {
+        const at = rng.range(1, lines.length);
+        return [...lines.slice(0, at), interestingHeader(rng, ctx), ...lines.slice(at)];
+      }),
+  ],
+  [
+    "chunked-body",
+    (s, rng) =>
+      onLines(s, (lines) => {
+        const kept = lines.filter(
+          (l, i) => i === 0 || !/^(content-length|transfer-encoding):/i.test(l),
+        );
+        if (rng.chance(0.85))
+          kept.push("Transfer-Encoding: " + (rng.chance(0.8) ? "chunked" : rng.pick(TE_VALUES)));
+        if (rng.chance(0.1)) kept.push("Content-Length: " + rng.pick(CL_VALUES));
+        return { lines: kept, body: chunkedBody(rng) };
+      }),
+  ],
+  [
+    "content-length-body",
+    (s, rng) =>
+      onLines(s, (lines, body) => {
+        const kept = lines.filter(
+          (l, i) => i === 0 || !/^(content-length|transfer-encoding):/i.test(l),
+        );
+        const b = rng.chance(0.5) ? body : "c".repeat(rng.int(40));
+        const declared = rng.pick([
+          b.length,
+          b.length,
+          Math.max(0, b.length - rng.range(1, 5)),
+          b.length + rng.range(1, 50),
+        ]);
+        kept.push(`Content-Length: ${rng.chance(0.9) ? declared : rng.pick(CL_VALUES)}`);
+        return { lines: kept, body: b };
+      }),
+  ],
+  [
+    "odd-spaces",
+    (s, rng) =>
+      onLines(s, (lines) => {
+        const i = rng.int(lines.length);
+        const l = lines[i] ?? "";
+        const out = [...lines];
+        switch (rng.int(6)) {
+          case 0:
+            out[i] = l.replace(" ", "  ");
+            break;
+          case 1:
+            out[i] = " " + l;
+            break;
+          case 2:
+            out[i] = l + rng.pick([" ", "\t", "\x0b", "\xa0"]);
+            break;
+          case 3:
+            out[i] = l.replace(" ", "\t");
+            break;
+          case 4:
+            out[i] = l.replace(":", rng.pick([" :", ":\x0b", ":\x0c", ":\xa0", "\t:"]));
+            break;
+          default:
+            out[i] = l.replace(/ /g, "");
+        }
+        return out;
+      }),
+  ],
+  [
+    "huge-value",
+    (s, rng) =>
+      onLines(s, (lines) => {
+        const i = rng.int(lines.length);
+        const n = rng.pick([1000, 8200, 17_000, 66_000]);
+        const out = [...lines];
+        out[i] = (lines[i] ?? "") + "v".repeat(n);
+        return out;
+      }),
+  ],
+  [
+    "leading-empty-lines",
+    (s, rng) => "\r\n".repeat(rng.chance(0.9) ? rng.range(1, 4) : rng.range(33_000, 40_000)) + s,
+  ],
+  [
+    "non-ascii",
+    (s, rng) => {
+      const i = pos(s, rng);
+      return (
+        s.slice(0, i) +
+        rng.pick([u8("é"), u8("€"), u8("\u2028"), "\xc3", "\xff\xfe", u8("\ufeff")]) +
+        s.slice(i)
+      );
+    },
+  ],
+  [
+    "append-request",
+    (s, rng, ctx) =>
+      s + (rng.chance(0.5) ? localize(rng.pick(corpus).text, ctx) : randomHead(rng, ctx)),
+  ],
 ];
 
 function mutate(seed: string, rng: Rng, ctx: GenCtx, applied: string[]): string {
@@ -402,7 +806,10 @@ function violate(v: Violations, property: string, c: FuzzCase, detail: string): 
   let list = v.get(property);
   if (!list) v.set(property, (list = []));
   if (list.length < 8) {
-    const input = c.input.length > 300 ? JSON.stringify(c.input.slice(0, 300)) + `... (${c.input.length} bytes)` : JSON.stringify(c.input);
+    const input =
+      c.input.length > 300
+        ? JSON.stringify(c.input.slice(0, 300)) + `... (${c.input.length} bytes)`
+        : JSON.stringify(c.input);
     list.push(`case ${c.index} [${c.how}]: ${detail}\n      input (latin1): ${input}`);
   } else if (list.length === 8) list.push("... more");
 }
@@ -411,30 +818,60 @@ function errorOk(e: unknown): e is HttpError {
   return e instanceof HttpError && Number.isInteger(e.status) && e.status >= 400 && e.status <= 599;
 }
 function describeError(e: unknown): string {
-  return e instanceof Error ? `${e.constructor.name}(${e instanceof HttpError ? e.status + " " : ""}${e.message})` : String(e);
+  return e instanceof Error
+    ? `${e.constructor.name}(${e instanceof HttpError ? e.status + " " : ""}${e.message})`
+    : String(e);
 }
 
 /** Policies the router is checked against: strict names, a subnet regex, and anything goes. */
 const ALL_PORTS = Array.from({ length: 65535 }, (_, i) => i + 1);
 const POLICIES: Array<{ name: string; policy: HostPolicy }> = [
-  { name: "strict", policy: new HostPolicy(["registry.test", "auth.test", "127.0.0.1", "::1", "origin.test"], [80, 443, 5000]) },
-  { name: "subnet-regex", policy: new HostPolicy([String.raw`127\.0\.0\.\d+`, String.raw`10\.\d+\.\d+\.\d+`, String.raw`.*\.test`], [80, 443, 5000]) },
+  {
+    name: "strict",
+    policy: new HostPolicy(
+      ["registry.test", "auth.test", "127.0.0.1", "::1", "origin.test"],
+      [80, 443, 5000],
+    ),
+  },
+  {
+    name: "subnet-regex",
+    policy: new HostPolicy(
+      [String.raw`127\.0\.0\.\d+`, String.raw`10\.\d+\.\d+\.\d+`, String.raw`.*\.test`],
+      [80, 443, 5000],
+    ),
+  },
   { name: "permissive", policy: new HostPolicy([".*"], ALL_PORTS) },
 ];
 
 function serialize(h: RequestHead): string {
-  return `${h.method} ${h.target} ${h.version}\r\n` + h.headers.map(([k, v]) => `${k}: ${v}\r\n`).join("") + "\r\n";
+  return (
+    `${h.method} ${h.target} ${h.version}\r\n` +
+    h.headers.map(([k, v]) => `${k}: ${v}\r\n`).join("") +
+    "\r\n"
+  );
 }
 
-function checkHead(v: Violations, c: FuzzCase, head: RequestHead, slice: Buffer, start: number, end: number, rest: Buffer): void {
+function checkHead(
+  v: Violations,
+  c: FuzzCase,
+  head: RequestHead,
+  slice: Buffer,
+  start: number,
+  end: number,
+  rest: Buffer,
+): void {
   const bad: string[] = [];
   if (!TOKEN.test(head.method)) bad.push(`method ${JSON.stringify(head.method)} is not a token`);
-  if (head.target === "" || /[\x00-\x20\x7f-\xff]/.test(head.target)) bad.push(`target ${JSON.stringify(head.target)} has SP/CTL/non-ASCII`);
-  if (head.version !== "HTTP/1.1" && head.version !== "HTTP/1.0") bad.push(`version ${JSON.stringify(head.version)}`);
+  if (head.target === "" || /[\x00-\x20\x7f-\xff]/.test(head.target))
+    bad.push(`target ${JSON.stringify(head.target)} has SP/CTL/non-ASCII`);
+  if (head.version !== "HTTP/1.1" && head.version !== "HTTP/1.0")
+    bad.push(`version ${JSON.stringify(head.version)}`);
   for (const [k, val] of head.headers) {
     if (!TOKEN.test(k)) bad.push(`header name ${JSON.stringify(k)} is not a token`);
-    if (/[\x00-\x08\x0a-\x1f\x7f]/.test(val)) bad.push(`header ${k} value ${JSON.stringify(val)} has a control character`);
-    if (val !== val.replace(OWS_EDGES, "")) bad.push(`header ${k} value ${JSON.stringify(val)} keeps edge whitespace`);
+    if (/[\x00-\x08\x0a-\x1f\x7f]/.test(val))
+      bad.push(`header ${k} value ${JSON.stringify(val)} has a control character`);
+    if (val !== val.replace(OWS_EDGES, ""))
+      bad.push(`header ${k} value ${JSON.stringify(val)} keeps edge whitespace`);
   }
   if (head.size !== end + 4) bad.push(`size ${head.size}, head ends at ${end + 4}`);
   if (!rest.equals(slice.subarray(end + 4))) bad.push("rest is not the bytes after the head");
@@ -443,17 +880,31 @@ function checkHead(v: Violations, c: FuzzCase, head: RequestHead, slice: Buffer,
   // Round trip: what crm parsed is exactly what the bytes say (fields minus OWS), and it reparses to itself.
   const lines = slice.toString("latin1", start, end).split("\r\n");
   const rt: string[] = [];
-  if (lines[0] !== `${head.method} ${head.target} ${head.version}`) rt.push(`request line ${JSON.stringify(lines[0])} read as ${head.method} ${head.target} ${head.version}`);
-  if (lines.length - 1 !== head.headers.length) rt.push(`${lines.length - 1} field lines, ${head.headers.length} fields`);
+  if (lines[0] !== `${head.method} ${head.target} ${head.version}`)
+    rt.push(
+      `request line ${JSON.stringify(lines[0])} read as ${head.method} ${head.target} ${head.version}`,
+    );
+  if (lines.length - 1 !== head.headers.length)
+    rt.push(`${lines.length - 1} field lines, ${head.headers.length} fields`);
   head.headers.forEach(([k, val], i) => {
     const raw = lines[i + 1] ?? "";
     const rawValue = raw.slice(k.length + 1).replace(OWS_EDGES, "");
-    if (!raw.startsWith(k + ":") || rawValue !== val) rt.push(`field line ${JSON.stringify(raw)} read as ${JSON.stringify(k)}: ${JSON.stringify(val)}`);
+    if (!raw.startsWith(k + ":") || rawValue !== val)
+      rt.push(
+        `field line ${JSON.stringify(raw)} read as ${JSON.stringify(k)}: ${JSON.stringify(val)}`,
+      );
   });
   try {
     const again = readRequestHead(toBuf(serialize(head)));
     if (again.kind !== "head") rt.push("serialized head is incomplete");
-    else if (JSON.stringify([again.head.method, again.head.target, again.head.version, again.head.headers]) !== JSON.stringify([head.method, head.target, head.version, head.headers])) {
+    else if (
+      JSON.stringify([
+        again.head.method,
+        again.head.target,
+        again.head.version,
+        again.head.headers,
+      ]) !== JSON.stringify([head.method, head.target, head.version, head.headers])
+    ) {
       rt.push("serialized head reparses differently");
     }
   } catch (e) {
@@ -471,42 +922,94 @@ function checkFraming(v: Violations, c: FuzzCase, head: RequestHead, f: BodyFram
   if (f.kind === "chunked") {
     if (te.length === 0) bad.push("chunked without Transfer-Encoding");
     if (head.version !== "HTTP/1.1") bad.push("chunked in HTTP/1.0");
-    const codings = te.join(",").split(",").map((s) => s.replace(OWS_EDGES, "").toLowerCase()).filter((s) => s !== "");
-    if (codings.length !== 1 || codings[0] !== "chunked") bad.push(`codings ${JSON.stringify(codings)} taken as chunked`);
+    const codings = te
+      .join(",")
+      .split(",")
+      .map((s) => s.replace(OWS_EDGES, "").toLowerCase())
+      .filter((s) => s !== "");
+    if (codings.length !== 1 || codings[0] !== "chunked")
+      bad.push(`codings ${JSON.stringify(codings)} taken as chunked`);
   } else if (f.kind === "length") {
     if (!Number.isSafeInteger(f.length) || f.length < 1) bad.push(`length ${f.length}`);
     if (cl.length === 0) bad.push("length without Content-Length");
-    const values = new Set(cl.join(",").split(",").map((s) => s.replace(OWS_EDGES, "")));
-    if (values.size !== 1 || !/^\d+$/.test([...values][0] ?? "") || Number([...values][0]) !== f.length) bad.push(`Content-Length ${JSON.stringify(cl)} read as ${f.length}`);
+    const values = new Set(
+      cl
+        .join(",")
+        .split(",")
+        .map((s) => s.replace(OWS_EDGES, "")),
+    );
+    if (
+      values.size !== 1 ||
+      !/^\d+$/.test([...values][0] ?? "") ||
+      Number([...values][0]) !== f.length
+    )
+      bad.push(`Content-Length ${JSON.stringify(cl)} read as ${f.length}`);
   } else {
     if (te.length > 0) bad.push("Transfer-Encoding ignored");
-    if (cl.length > 0 && cl.join(",").split(",").some((s) => !/^0+$/.test(s.replace(OWS_EDGES, "")))) bad.push(`Content-Length ${JSON.stringify(cl)} read as no body`);
+    if (
+      cl.length > 0 &&
+      cl
+        .join(",")
+        .split(",")
+        .some((s) => !/^0+$/.test(s.replace(OWS_EDGES, "")))
+    )
+      bad.push(`Content-Length ${JSON.stringify(cl)} read as no body`);
   }
   if (bad.length > 0) violate(v, "framing follows RFC 9112 §6.3", c, bad.join("; "));
 }
 
-function checkRoute(v: Violations, c: FuzzCase, head: RequestHead, r: Route, p: { name: string; policy: HostPolicy }): void {
+function checkRoute(
+  v: Violations,
+  c: FuzzCase,
+  head: RequestHead,
+  r: Route,
+  p: { name: string; policy: HostPolicy },
+): void {
   const bad: string[] = [];
   if (head.method === "CONNECT" && r.kind !== "connect") bad.push(`CONNECT routed as ${r.kind}`);
   if (r.kind === "connect" || r.kind === "forward") {
-    if (r.host === "" || normalizeHost(r.host) !== r.host) bad.push(`host ${JSON.stringify(r.host)} is not normalized`);
+    if (r.host === "" || normalizeHost(r.host) !== r.host)
+      bad.push(`host ${JSON.stringify(r.host)} is not normalized`);
     if (!Number.isInteger(r.port) || r.port < 1 || r.port > 65535) bad.push(`port ${r.port}`);
-    if (!p.policy.check(r.host, r.port).allowed) bad.push(`${r.host}:${r.port} is not allowed by the policy`);
+    if (!p.policy.check(r.host, r.port).allowed)
+      bad.push(`${r.host}:${r.port} is not allowed by the policy`);
   }
   if (r.kind === "forward") {
-    if (!/^https?:\/\//i.test(head.target)) bad.push(`forward from target ${JSON.stringify(head.target)}`);
-    if (r.url.protocol !== "http:" && r.url.protocol !== "https:") bad.push(`protocol ${r.url.protocol}`);
+    if (!/^https?:\/\//i.test(head.target))
+      bad.push(`forward from target ${JSON.stringify(head.target)}`);
+    if (r.url.protocol !== "http:" && r.url.protocol !== "https:")
+      bad.push(`protocol ${r.url.protocol}`);
     const urlPort = Number(r.url.port) || (r.url.protocol === "https:" ? 443 : 80);
     if (urlPort !== r.port) bad.push(`url port ${urlPort} but route port ${r.port}`);
     const urlHost = r.url.hostname.replace(/^\[|\]$/g, "");
     // IPv6 has several spellings of one address (::ffff:127.0.0.1 is ::ffff:7f00:1): compare canonical forms.
-    const canonical = r.host.includes(":") ? new URL(`http://[${r.host}]/`).hostname.replace(/^\[|\]$/g, "") : r.host;
-    if (urlHost !== canonical) violate(v, "the host checked against the allow-list is the host dialled", c, `policy ${p.name}: route host ${JSON.stringify(r.host)} but URL (which fetch dials) has ${JSON.stringify(urlHost)}`);
+    const canonical = r.host.includes(":")
+      ? new URL(`http://[${r.host}]/`).hostname.replace(/^\[|\]$/g, "")
+      : r.host;
+    if (urlHost !== canonical)
+      violate(
+        v,
+        "the host checked against the allow-list is the host dialled",
+        c,
+        `policy ${p.name}: route host ${JSON.stringify(r.host)} but URL (which fetch dials) has ${JSON.stringify(urlHost)}`,
+      );
   }
-  if (r.kind === "local" && !(r.path === head.target && (head.target.startsWith("/") || (head.target === "*" && head.method === "OPTIONS")))) {
+  if (
+    r.kind === "local" &&
+    !(
+      r.path === head.target &&
+      (head.target.startsWith("/") || (head.target === "*" && head.method === "OPTIONS"))
+    )
+  ) {
     bad.push(`local route for ${JSON.stringify(head.target)}`);
   }
-  if (bad.length > 0) violate(v, "routes are consistent with the target and the policy", c, `policy ${p.name}: ${bad.join("; ")}`);
+  if (bad.length > 0)
+    violate(
+      v,
+      "routes are consistent with the target and the policy",
+      c,
+      `policy ${p.name}: ${bad.join("; ")}`,
+    );
 }
 
 interface Decoded {
@@ -521,13 +1024,19 @@ function crmDecode(body: Buffer, cuts: number[]): Decoded {
   const out: Uint8Array[] = [];
   let consumed = 0;
   let error: unknown = null;
-  const bounds = [0, ...cuts.filter((x) => x > 0 && x < body.length).sort((a, b) => a - b), body.length];
+  const bounds = [
+    0,
+    ...cuts.filter((x) => x > 0 && x < body.length).sort((a, b) => a - b),
+    body.length,
+  ];
   try {
     for (let i = 0; i + 1 < bounds.length && !d.done; i++) {
       const piece = body.subarray(bounds[i], bounds[i + 1]);
       const n = d.feed(piece, (p) => out.push(Buffer.from(p)));
-      if (n < 0 || n > piece.length) throw new Error(`feed returned ${n} for ${piece.length} bytes`);
-      if (!d.done && n !== piece.length) throw new Error(`feed consumed ${n} of ${piece.length} bytes but is not done`);
+      if (n < 0 || n > piece.length)
+        throw new Error(`feed returned ${n} for ${piece.length} bytes`);
+      if (!d.done && n !== piece.length)
+        throw new Error(`feed consumed ${n} of ${piece.length} bytes but is not done`);
       consumed += n;
     }
   } catch (e) {
@@ -540,7 +1049,12 @@ function crmDecode(body: Buffer, cuts: number[]): Decoded {
  * A strict reference decoder (RFC 9112 §7.1): sizes are HEXDIG, then optional SP/HTAB before an
  * extension or the CRLF; nothing else. Extensions and trailers are only split on CRLF, like crm.
  */
-function refDecode(body: Buffer): { payload: Buffer; consumed: number; done: boolean; error: string | null } {
+function refDecode(body: Buffer): {
+  payload: Buffer;
+  consumed: number;
+  done: boolean;
+  error: string | null;
+} {
   const out: Buffer[] = [];
   let i = 0;
   const line = (): string | null => {
@@ -554,37 +1068,82 @@ function refDecode(body: Buffer): { payload: Buffer; consumed: number; done: boo
     const l = line();
     if (l === null) return { payload: Buffer.concat(out), consumed: i, done: false, error: null };
     const m = /^([0-9a-fA-F]+)[ \t]*(;[^\r\n]*)?$/.exec(l);
-    if (!m) return { payload: Buffer.concat(out), consumed: i, done: false, error: `size line ${JSON.stringify(l.slice(0, 30))}` };
+    if (!m)
+      return {
+        payload: Buffer.concat(out),
+        consumed: i,
+        done: false,
+        error: `size line ${JSON.stringify(l.slice(0, 30))}`,
+      };
     const size = parseInt(m[1] as string, 16);
     if (size === 0) {
       for (;;) {
         const t = line();
-        if (t === null) return { payload: Buffer.concat(out), consumed: i, done: false, error: null };
+        if (t === null)
+          return { payload: Buffer.concat(out), consumed: i, done: false, error: null };
         if (t === "") return { payload: Buffer.concat(out), consumed: i, done: true, error: null };
-        if (t.includes("\r") || t.includes("\n")) return { payload: Buffer.concat(out), consumed: i, done: false, error: "bare CR/LF in trailer" };
+        if (t.includes("\r") || t.includes("\n"))
+          return {
+            payload: Buffer.concat(out),
+            consumed: i,
+            done: false,
+            error: "bare CR/LF in trailer",
+          };
       }
     }
-    if (i + size + 2 > body.length) return { payload: Buffer.concat(out), consumed: i, done: false, error: null };
+    if (i + size + 2 > body.length)
+      return { payload: Buffer.concat(out), consumed: i, done: false, error: null };
     out.push(body.subarray(i, i + size));
-    if (body[i + size] !== 0x0d || body[i + size + 1] !== 0x0a) return { payload: Buffer.concat(out), consumed: i, done: false, error: "no CRLF after data" };
+    if (body[i + size] !== 0x0d || body[i + size + 1] !== 0x0a)
+      return { payload: Buffer.concat(out), consumed: i, done: false, error: "no CRLF after data" };
     i += size + 2;
   }
 }
 
 function checkChunked(v: Violations, c: FuzzCase, body: Buffer, rng: Rng): Decoded {
   const whole = crmDecode(body, []);
-  if (whole.error !== null && !errorOk(whole.error)) violate(v, "only HttpError 4xx/5xx is thrown", c, `ChunkedDecoder threw ${describeError(whole.error)}`);
+  if (whole.error !== null && !errorOk(whole.error))
+    violate(
+      v,
+      "only HttpError 4xx/5xx is thrown",
+      c,
+      `ChunkedDecoder threw ${describeError(whole.error)}`,
+    );
   const cuts = Array.from({ length: rng.range(1, 6) }, () => rng.int(body.length + 1));
   const split = crmDecode(body, cuts);
-  if (!whole.payload.equals(split.payload) || whole.done !== split.done || (whole.error === null) !== (split.error === null) || (whole.done && whole.consumed !== split.consumed)) {
-    violate(v, "chunked decoding does not depend on how the bytes arrive", c, `whole: done=${whole.done} consumed=${whole.consumed} error=${describeError(whole.error)}; split at ${cuts}: done=${split.done} consumed=${split.consumed} error=${describeError(split.error)}`);
+  if (
+    !whole.payload.equals(split.payload) ||
+    whole.done !== split.done ||
+    (whole.error === null) !== (split.error === null) ||
+    (whole.done && whole.consumed !== split.consumed)
+  ) {
+    violate(
+      v,
+      "chunked decoding does not depend on how the bytes arrive",
+      c,
+      `whole: done=${whole.done} consumed=${whole.consumed} error=${describeError(whole.error)}; split at ${cuts}: done=${split.done} consumed=${split.consumed} error=${describeError(split.error)}`,
+    );
   }
   const ref = refDecode(body);
   if (whole.error === null && ref.error !== null && (whole.done || whole.consumed > ref.consumed)) {
-    violate(v, "chunk size lines are read strictly (RFC 9112 §7.1)", c, `crm accepted what the strict reader refuses (${ref.error}); crm done=${whole.done}`);
+    violate(
+      v,
+      "chunk size lines are read strictly (RFC 9112 §7.1)",
+      c,
+      `crm accepted what the strict reader refuses (${ref.error}); crm done=${whole.done}`,
+    );
   }
-  if (whole.done && ref.done && (!whole.payload.equals(ref.payload) || whole.consumed !== ref.consumed)) {
-    violate(v, "chunked payload matches the reference decoder", c, `crm ${whole.payload.length} bytes / consumed ${whole.consumed}, reference ${ref.payload.length} / ${ref.consumed}`);
+  if (
+    whole.done &&
+    ref.done &&
+    (!whole.payload.equals(ref.payload) || whole.consumed !== ref.consumed)
+  ) {
+    violate(
+      v,
+      "chunked payload matches the reference decoder",
+      c,
+      `crm ${whole.payload.length} bytes / consumed ${whole.consumed}, reference ${ref.payload.length} / ${ref.consumed}`,
+    );
   }
   return whole;
 }
@@ -597,18 +1156,37 @@ function checkUnitCase(v: Violations, c: FuzzCase): void {
   for (let req = 0; req < 4 && off < buf.length; req++) {
     const slice = buf.subarray(off);
     let start = 0;
-    while (slice.length >= start + 2 && slice[start] === 0x0d && slice[start + 1] === 0x0a) start += 2;
+    while (slice.length >= start + 2 && slice[start] === 0x0d && slice[start + 1] === 0x0a)
+      start += 2;
     const end = slice.indexOf("\r\n\r\n", start);
     let r;
     try {
       r = readRequestHead(slice);
     } catch (e) {
-      if (!errorOk(e)) violate(v, "only HttpError 4xx/5xx is thrown", c, `readRequestHead threw ${describeError(e)}`);
+      if (!errorOk(e))
+        violate(
+          v,
+          "only HttpError 4xx/5xx is thrown",
+          c,
+          `readRequestHead threw ${describeError(e)}`,
+        );
       return;
     }
     if (r.kind === "incomplete") {
-      if (end >= 0) violate(v, '"incomplete" only while no CRLFCRLF has arrived', c, `CRLFCRLF at ${end} but incomplete`);
-      if (slice.length > MAX_HEAD) violate(v, '"incomplete" only while the bytes received fit in MAX_HEAD', c, `${slice.length} bytes received (${start} of them leading CRLFs), still "incomplete": crm keeps buffering`);
+      if (end >= 0)
+        violate(
+          v,
+          '"incomplete" only while no CRLFCRLF has arrived',
+          c,
+          `CRLFCRLF at ${end} but incomplete`,
+        );
+      if (slice.length > MAX_HEAD)
+        violate(
+          v,
+          '"incomplete" only while the bytes received fit in MAX_HEAD',
+          c,
+          `${slice.length} bytes received (${start} of them leading CRLFs), still "incomplete": crm keeps buffering`,
+        );
       return;
     }
     if (end < 0) {
@@ -621,22 +1199,41 @@ function checkUnitCase(v: Violations, c: FuzzCase): void {
       try {
         checkRoute(v, c, head, route(head, p.policy), p);
       } catch (e) {
-        if (!errorOk(e)) violate(v, "only HttpError 4xx/5xx is thrown", c, `route (policy ${p.name}) threw ${describeError(e)}`);
+        if (!errorOk(e))
+          violate(
+            v,
+            "only HttpError 4xx/5xx is thrown",
+            c,
+            `route (policy ${p.name}) threw ${describeError(e)}`,
+          );
       }
     }
     // Inside a MITM tunnel, origin-form goes to the tunnel's host. (`OPTIONS *` is still answered
     // by crm itself there, a nit noted in the fuzz report, not checked here.)
     try {
       const m = route(head, POLICIES[0]!.policy, { host: "registry.test", port: 443 });
-      if ((m.kind === "local" && head.target !== "*") || m.kind === "connect") violate(v, "routes are consistent with the target and the policy", c, `MITM route ${m.kind}`);
+      if ((m.kind === "local" && head.target !== "*") || m.kind === "connect")
+        violate(
+          v,
+          "routes are consistent with the target and the policy",
+          c,
+          `MITM route ${m.kind}`,
+        );
     } catch (e) {
-      if (!errorOk(e)) violate(v, "only HttpError 4xx/5xx is thrown", c, `route (MITM) threw ${describeError(e)}`);
+      if (!errorOk(e))
+        violate(v, "only HttpError 4xx/5xx is thrown", c, `route (MITM) threw ${describeError(e)}`);
     }
     let f: BodyFraming;
     try {
       f = requestFraming(head);
     } catch (e) {
-      if (!errorOk(e)) violate(v, "only HttpError 4xx/5xx is thrown", c, `requestFraming threw ${describeError(e)}`);
+      if (!errorOk(e))
+        violate(
+          v,
+          "only HttpError 4xx/5xx is thrown",
+          c,
+          `requestFraming threw ${describeError(e)}`,
+        );
       return;
     }
     checkFraming(v, c, head, f);
@@ -657,7 +1254,16 @@ function checkUnitCase(v: Violations, c: FuzzCase): void {
 describe("corpus of real client requests", () => {
   test("has the expected requests, byte-exact with CRLF", () => {
     const names = corpus.map((c) => c.name);
-    for (const n of ["curl-get-absolute.txt", "docker-v2-ping.txt", "containerd-head-manifest.txt", "skopeo-get-manifest.txt", "go-connect.txt", "chunked-post.txt", "pipelined-pair.txt", "http10-keepalive.txt"]) {
+    for (const n of [
+      "curl-get-absolute.txt",
+      "docker-v2-ping.txt",
+      "containerd-head-manifest.txt",
+      "skopeo-get-manifest.txt",
+      "go-connect.txt",
+      "chunked-post.txt",
+      "pipelined-pair.txt",
+      "http10-keepalive.txt",
+    ]) {
       expect(names).toContain(n);
     }
     for (const c of corpus) {
@@ -667,31 +1273,34 @@ describe("corpus of real client requests", () => {
     }
   });
 
-  test.each(corpus.map((c) => [c.name, c.text] as const))("%s parses, frames and routes", (name, text) => {
-    const policy = POLICIES[0]!.policy;
-    let buf = toBuf(text);
-    let requests = 0;
-    while (buf.length > 0) {
-      const r = readRequestHead(buf);
-      if (r.kind !== "head") throw new Error(`${name}: incomplete`);
-      requests++;
-      const rt = route(r.head, policy);
-      expect(["connect", "forward", "local"]).toContain(rt.kind);
-      const f = requestFraming(r.head);
-      if (f.kind === "chunked") {
-        const d = crmDecode(r.rest, []);
-        expect(d.error).toBeNull();
-        expect(d.done).toBe(true);
-        expect(d.payload.toString()).toBe("hello, worldabcdefghijklmnopqrstuvwxyz");
-        buf = r.rest.subarray(d.consumed);
-      } else if (f.kind === "length") {
-        expect(r.rest.length).toBeGreaterThanOrEqual(f.length);
-        buf = r.rest.subarray(f.length);
-      } else buf = r.rest;
-      if (rt.kind === "connect") break;
-    }
-    expect(requests).toBe(name === "pipelined-pair.txt" ? 2 : 1);
-  });
+  test.each(corpus.map((c) => [c.name, c.text] as const))(
+    "%s parses, frames and routes",
+    (name, text) => {
+      const policy = POLICIES[0]!.policy;
+      let buf = toBuf(text);
+      let requests = 0;
+      while (buf.length > 0) {
+        const r = readRequestHead(buf);
+        if (r.kind !== "head") throw new Error(`${name}: incomplete`);
+        requests++;
+        const rt = route(r.head, policy);
+        expect(["connect", "forward", "local"]).toContain(rt.kind);
+        const f = requestFraming(r.head);
+        if (f.kind === "chunked") {
+          const d = crmDecode(r.rest, []);
+          expect(d.error).toBeNull();
+          expect(d.done).toBe(true);
+          expect(d.payload.toString()).toBe("hello, worldabcdefghijklmnopqrstuvwxyz");
+          buf = r.rest.subarray(d.consumed);
+        } else if (f.kind === "length") {
+          expect(r.rest.length).toBeGreaterThanOrEqual(f.length);
+          buf = r.rest.subarray(f.length);
+        } else buf = r.rest;
+        if (rt.kind === "connect") break;
+      }
+      expect(requests).toBe(name === "pipelined-pair.txt" ? 2 : 1);
+    },
+  );
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -704,7 +1313,8 @@ describe("unit fuzz: readRequestHead → requestFraming → route → ChunkedDec
 
   test(`${ONLY_UNIT === null ? UNIT_CASES : 1} cases run`, () => {
     const t0 = performance.now();
-    const indexes = ONLY_UNIT === null ? Array.from({ length: UNIT_CASES }, (_, i) => i) : [ONLY_UNIT];
+    const indexes =
+      ONLY_UNIT === null ? Array.from({ length: UNIT_CASES }, (_, i) => i) : [ONLY_UNIT];
     const kinds = { "random-bytes": 0, "random-head": 0, mutation: 0 };
     for (const i of indexes) {
       const c = makeCase(1, i, UNIT_CTX);
@@ -713,7 +1323,9 @@ describe("unit fuzz: readRequestHead → requestFraming → route → ChunkedDec
       checkUnitCase(violations, c);
       ran++;
     }
-    console.log(`unit fuzz: ${ran} cases (${JSON.stringify(kinds)}) in ${Math.round(performance.now() - t0)} ms; seed=${SEED}`);
+    console.log(
+      `unit fuzz: ${ran} cases (${JSON.stringify(kinds)}) in ${Math.round(performance.now() - t0)} ms; seed=${SEED}`,
+    );
     expect(ran).toBe(indexes.length);
   });
 
@@ -732,7 +1344,8 @@ describe("unit fuzz: readRequestHead → requestFraming → route → ChunkedDec
   ];
   test.each(properties)("property: %s", (property) => {
     const found = violations.get(property) ?? [];
-    if (found.length > 0) console.log(`\nseed=${SEED} property "${property}" violated:\n  - ${found.join("\n  - ")}\n`);
+    if (found.length > 0)
+      console.log(`\nseed=${SEED} property "${property}" violated:\n  - ${found.join("\n  - ")}\n`);
     expect(found).toEqual([]);
   });
 
@@ -761,8 +1374,14 @@ describe("crm bugs found by fuzzing (minimal reproductions)", () => {
   test.each([
     ["Content-Length: 5\x0b", "POST /x HTTP/1.1\r\nContent-Length: 5\x0b\r\n\r\nhello"],
     ["Content-Length: \x0c5", "POST /x HTTP/1.1\r\nContent-Length: \x0c5\r\n\r\nhello"],
-    ["Transfer-Encoding: chunked\x0b", "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\x0b\r\n\r\n"],
-    ["Transfer-Encoding: \xa0chunked (NBSP)", "POST /x HTTP/1.1\r\nTransfer-Encoding: \xa0chunked\r\n\r\n"],
+    [
+      "Transfer-Encoding: chunked\x0b",
+      "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\x0b\r\n\r\n",
+    ],
+    [
+      "Transfer-Encoding: \xa0chunked (NBSP)",
+      "POST /x HTTP/1.1\r\nTransfer-Encoding: \xa0chunked\r\n\r\n",
+    ],
   ])("a field value with %s at its edge is refused, not trimmed", (_name, text) => {
     // String.prototype.trim() strips VT, FF and NBSP as well as SP/HTAB (RFC 9110 §5.6.3 OWS is SP/HTAB only),
     // and the control-character check runs after the trim.
@@ -787,7 +1406,13 @@ describe("crm bugs found by fuzzing (minimal reproductions)", () => {
 
   test("an allow-listed host that the URL parser refuses is a 400, not a TypeError", () => {
     const policy = new HostPolicy([String.raw`10\.1\.\d+\.\d+`], [80]);
-    const head: RequestHead = { method: "GET", target: "http://10.1.2.999/", version: "HTTP/1.1", headers: [], size: 0 };
+    const head: RequestHead = {
+      method: "GET",
+      target: "http://10.1.2.999/",
+      version: "HTTP/1.1",
+      headers: [],
+      size: 0,
+    };
     let err: unknown = null;
     try {
       route(head, policy);
@@ -797,17 +1422,26 @@ describe("crm bugs found by fuzzing (minimal reproductions)", () => {
     expect(describeError(err)).toMatch(/^HttpError\(400 /);
   });
 
-  test.each(["http://2130706433/", "http://0x7f.1/", "http://0177.0.0.1/", "http://127.1/"])("%s: the host the allow-list saw is the host fetch dials", (target) => {
-    const policy = new HostPolicy([".*"], [80]);
-    const head: RequestHead = { method: "GET", target, version: "HTTP/1.1", headers: [], size: 0 };
-    let r: Route | null = null;
-    try {
-      r = route(head, policy);
-    } catch (e) {
-      expect(errorOk(e)).toBe(true); // refusing such names is also correct
-    }
-    if (r?.kind === "forward") expect(r.url.hostname).toBe(r.host);
-  });
+  test.each(["http://2130706433/", "http://0x7f.1/", "http://0177.0.0.1/", "http://127.1/"])(
+    "%s: the host the allow-list saw is the host fetch dials",
+    (target) => {
+      const policy = new HostPolicy([".*"], [80]);
+      const head: RequestHead = {
+        method: "GET",
+        target,
+        version: "HTTP/1.1",
+        headers: [],
+        size: 0,
+      };
+      let r: Route | null = null;
+      try {
+        r = route(head, policy);
+      } catch (e) {
+        expect(errorOk(e)).toBe(true); // refusing such names is also correct
+      }
+      if (r?.kind === "forward") expect(r.url.hostname).toBe(r.host);
+    },
+  );
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -871,13 +1505,22 @@ interface SocketOutcome {
   detail: string;
 }
 
-async function socketCase(port: number, c: FuzzCase, fin: boolean, pieces: number[]): Promise<SocketOutcome> {
+async function socketCase(
+  port: number,
+  c: FuzzCase,
+  fin: boolean,
+  pieces: number[],
+): Promise<SocketOutcome> {
   const input = toBuf(c.input);
   const methods = requestMethods(input);
   const conn = await openRaw(port);
   const started = Date.now();
   try {
-    const bounds = [0, ...pieces.filter((p) => p > 0 && p < input.length).sort((a, b) => a - b), input.length];
+    const bounds = [
+      0,
+      ...pieces.filter((p) => p > 0 && p < input.length).sort((a, b) => a - b),
+      input.length,
+    ];
     for (let i = 0; i + 1 < bounds.length; i++) {
       if (i > 0) await Bun.sleep(10);
       if (!(await conn.send(input.subarray(bounds[i], bounds[i + 1])))) break;
@@ -888,7 +1531,14 @@ async function socketCase(port: number, c: FuzzCase, fin: boolean, pieces: numbe
       const p = parseResponses(conn.received(), methods, false);
       if (p.error) return true;
       const last = p.responses.at(-1);
-      return last !== undefined && (last.tunnel || (last.status >= 200 && last.complete && p.rest.length === 0 && header(last, "connection")?.toLowerCase() !== "close"));
+      return (
+        last !== undefined &&
+        (last.tunnel ||
+          (last.status >= 200 &&
+            last.complete &&
+            p.rest.length === 0 &&
+            header(last, "connection")?.toLowerCase() !== "close"))
+      );
     };
     for (;;) {
       const left = CASE_DEADLINE_MS - (Date.now() - started);
@@ -901,11 +1551,18 @@ async function socketCase(port: number, c: FuzzCase, fin: boolean, pieces: numbe
       if (conn.bytes === before && !conn.closed) break;
     }
     // Give a closing answer its FIN.
-    await waitUntil(conn, () => conn.closed, Math.max(0, Math.min(200, CASE_DEADLINE_MS - (Date.now() - started))));
+    await waitUntil(
+      conn,
+      () => conn.closed,
+      Math.max(0, Math.min(200, CASE_DEADLINE_MS - (Date.now() - started))),
+    );
   } finally {
     conn.socket.terminate();
   }
-  if (process.env.CRM_FUZZ_DEBUG === "bytes") console.log(`received (closed=${conn.closed}, methods ${methods}): ${JSON.stringify(conn.received().toString("latin1"))}`);
+  if (process.env.CRM_FUZZ_DEBUG === "bytes")
+    console.log(
+      `received (closed=${conn.closed}, methods ${methods}): ${JSON.stringify(conn.received().toString("latin1"))}`,
+    );
   return judge(conn.received(), methods, conn.closed);
 }
 
@@ -915,37 +1572,92 @@ function judge(bytes: Buffer, methods: string[], closed: boolean): SocketOutcome
   const statuses = p.responses.map((r) => r.status);
   if (p.error) {
     // Read again as if no request were HEAD: if that parses, crm sent a body with a HEAD answer.
-    const asGet = parseResponses(bytes, methods.map((m) => (m === "HEAD" ? "GET" : m)), closed);
-    const headIdx = p.responses.findIndex((r, i) => r.status >= 200 && methods[Math.min(p.responses.slice(0, i).filter((x) => x.status >= 200).length, methods.length - 1)] === "HEAD" && (r.declared ?? 0) > 0);
+    const asGet = parseResponses(
+      bytes,
+      methods.map((m) => (m === "HEAD" ? "GET" : m)),
+      closed,
+    );
+    const headIdx = p.responses.findIndex(
+      (r, i) =>
+        r.status >= 200 &&
+        methods[
+          Math.min(
+            p.responses.slice(0, i).filter((x) => x.status >= 200).length,
+            methods.length - 1,
+          )
+        ] === "HEAD" &&
+        (r.declared ?? 0) > 0,
+    );
     if (!asGet.error && headIdx >= 0) {
       const r = p.responses[headIdx] as ParsedResponse;
-      return { kind: "body-in-answer-to-HEAD", statuses, detail: `${r.status} to HEAD with ${r.declared} body bytes: ${JSON.stringify(bytes.toString("latin1").slice(0, 160))}` };
+      return {
+        kind: "body-in-answer-to-HEAD",
+        statuses,
+        detail: `${r.status} to HEAD with ${r.declared} body bytes: ${JSON.stringify(bytes.toString("latin1").slice(0, 160))}`,
+      };
     }
-    return { kind: "bad-response", statuses, detail: `${p.error}; received ${JSON.stringify(bytes.toString("latin1").slice(0, 160))}` };
+    return {
+      kind: "bad-response",
+      statuses,
+      detail: `${p.error}; received ${JSON.stringify(bytes.toString("latin1").slice(0, 160))}`,
+    };
   }
-  if (bytes.length === 0) return closed ? { kind: "clean-close", statuses, detail: "" } : { kind: "hang", statuses, detail: `no answer and no close within ${CASE_DEADLINE_MS} ms` };
+  if (bytes.length === 0)
+    return closed
+      ? { kind: "clean-close", statuses, detail: "" }
+      : { kind: "hang", statuses, detail: `no answer and no close within ${CASE_DEADLINE_MS} ms` };
   const finals = p.responses.filter((r) => r.status >= 200);
   const last: ParsedResponse | undefined = p.responses.at(-1);
   if (last === undefined || finals.length === 0) {
-    return closed ? { kind: "truncated-then-close", statuses, detail: "" } : { kind: "hang", statuses, detail: `only ${JSON.stringify(bytes.toString("latin1").slice(0, 80))} within ${CASE_DEADLINE_MS} ms` };
+    return closed
+      ? { kind: "truncated-then-close", statuses, detail: "" }
+      : {
+          kind: "hang",
+          statuses,
+          detail: `only ${JSON.stringify(bytes.toString("latin1").slice(0, 80))} within ${CASE_DEADLINE_MS} ms`,
+        };
   }
   for (const [i, r] of p.responses.entries()) {
     const closing = header(r, "connection")?.toLowerCase() === "close";
     if (closing && r.complete && (i < p.responses.length - 1 || p.rest.length > 0)) {
-      return { kind: "bytes-after-close-answer", statuses, detail: `more bytes after a "connection: close" ${r.status} answer` };
+      return {
+        kind: "bytes-after-close-answer",
+        statuses,
+        detail: `more bytes after a "connection: close" ${r.status} answer`,
+      };
     }
   }
   if (last.tunnel) return { kind: "tunnel", statuses, detail: "" };
-  if (!last.complete && last.status >= 400 && header(last, "connection")?.toLowerCase() === "close" && header(last, "via") === null) {
+  if (
+    !last.complete &&
+    last.status >= 400 &&
+    header(last, "connection")?.toLowerCase() === "close" &&
+    header(last, "via") === null
+  ) {
     // crm's own error answers (errorHead) are written in one piece: short means a wrong Content-Length.
-    return { kind: "short-error-answer", statuses, detail: `${last.status} declares ${last.declared} body bytes, ${last.body.length} sent: ${JSON.stringify(bytes.toString("latin1").slice(0, 200))}` };
+    return {
+      kind: "short-error-answer",
+      statuses,
+      detail: `${last.status} declares ${last.declared} body bytes, ${last.body.length} sent: ${JSON.stringify(bytes.toString("latin1").slice(0, 200))}`,
+    };
   }
   if (!last.complete) {
     // A truncated message is a visible error only if the connection closed.
-    return closed ? { kind: "truncated-then-close", statuses, detail: "" } : { kind: "hang", statuses, detail: `answer ${last.status} incomplete after ${CASE_DEADLINE_MS} ms` };
+    return closed
+      ? { kind: "truncated-then-close", statuses, detail: "" }
+      : {
+          kind: "hang",
+          statuses,
+          detail: `answer ${last.status} incomplete after ${CASE_DEADLINE_MS} ms`,
+        };
   }
   const closing = header(last, "connection")?.toLowerCase() === "close";
-  if (closing && !closed) return { kind: "close-answer-not-closed", statuses, detail: `${last.status} with "connection: close" but the connection stayed open` };
+  if (closing && !closed)
+    return {
+      kind: "close-answer-not-closed",
+      statuses,
+      detail: `${last.status} with "connection: close" but the connection stayed open`,
+    };
   if (last.status >= 400 && closing) return { kind: "error-then-close", statuses, detail: "" };
   return { kind: closed ? "answered-then-close" : "answered", statuses, detail: "" };
 }
@@ -966,7 +1678,12 @@ function startFuzzOrigin(): ReturnType<typeof Bun.serve> {
     idleTimeout: 10,
     fetch(req) {
       const body = `origin ${req.method} ${req.url.length > 100 ? req.url.slice(0, 100) + "..." : req.url}\n`;
-      return new Response(body, { headers: { "content-type": "text/plain", "content-length": String(Buffer.byteLength(body)) } });
+      return new Response(body, {
+        headers: {
+          "content-type": "text/plain",
+          "content-length": String(Buffer.byteLength(body)),
+        },
+      });
     },
     error() {
       return new Response("origin error\n", { status: 500 });
@@ -1003,7 +1720,8 @@ describe("socket fuzz: mutated requests against a running crm", () => {
 
   test(`${ONLY_SOCKET === null ? SOCKET_CASES : 1} cases run over sockets, ${CONCURRENCY} at a time`, async () => {
     const t0 = performance.now();
-    const indexes = ONLY_SOCKET === null ? Array.from({ length: SOCKET_CASES }, (_, i) => i) : [ONLY_SOCKET];
+    const indexes =
+      ONLY_SOCKET === null ? Array.from({ length: SOCKET_CASES }, (_, i) => i) : [ONLY_SOCKET];
     const kinds = new Map<string, number>();
     const statusCounts = new Map<number, number>();
     let next = 0;
@@ -1013,17 +1731,31 @@ describe("socket fuzz: mutated requests against a running crm", () => {
         const c = makeCase(2, i, ctx);
         const rng = new Rng(caseSeed(SEED, 3, i));
         const fin = rng.chance(0.5);
-        const pieces = rng.chance(0.3) ? Array.from({ length: rng.range(1, 3) }, () => rng.int(c.input.length)) : [];
-        if (ONLY_SOCKET !== null) console.log(`socket case ${i} [${c.how}] fin=${fin} pieces=${pieces}: ${JSON.stringify(c.input)}`);
+        const pieces = rng.chance(0.3)
+          ? Array.from({ length: rng.range(1, 3) }, () => rng.int(c.input.length))
+          : [];
+        if (ONLY_SOCKET !== null)
+          console.log(
+            `socket case ${i} [${c.how}] fin=${fin} pieces=${pieces}: ${JSON.stringify(c.input)}`,
+          );
         const o = await socketCase(crm.port, c, fin, pieces);
         kinds.set(o.kind, (kinds.get(o.kind) ?? 0) + 1);
         for (const s of o.statuses) statusCounts.set(s, (statusCounts.get(s) ?? 0) + 1);
-        if (process.env.CRM_FUZZ_DEBUG && o.kind === process.env.CRM_FUZZ_DEBUG) console.log(`debug case ${i} fin=${fin} pieces=${pieces}: ${JSON.stringify(c.input.slice(0, 600))}`);
+        if (process.env.CRM_FUZZ_DEBUG && o.kind === process.env.CRM_FUZZ_DEBUG)
+          console.log(
+            `debug case ${i} fin=${fin} pieces=${pieces}: ${JSON.stringify(c.input.slice(0, 600))}`,
+          );
         if (VIOLATIONS.some(([k]) => k === o.kind)) {
           const list = found.get(o.kind) ?? [];
           found.set(o.kind, list);
-          const input = c.input.length > 400 ? JSON.stringify(c.input.slice(0, 400)) + `... (${c.input.length} bytes)` : JSON.stringify(c.input);
-          if (list.length < 8) list.push(`socket case ${i} [${c.how}] fin=${fin}: ${o.detail}; statuses ${o.statuses.join(",")}\n      input (latin1): ${input}`);
+          const input =
+            c.input.length > 400
+              ? JSON.stringify(c.input.slice(0, 400)) + `... (${c.input.length} bytes)`
+              : JSON.stringify(c.input);
+          if (list.length < 8)
+            list.push(
+              `socket case ${i} [${c.how}] fin=${fin}: ${o.detail}; statuses ${o.statuses.join(",")}\n      input (latin1): ${input}`,
+            );
         }
       }
     };
@@ -1076,7 +1808,9 @@ describe("socket fuzz: mutated requests against a running crm", () => {
   test("crm bug repro: an error answer to HEAD has no body", async () => {
     const conn = await openRaw(crm.port);
     // A refused port: 403 from Connection.fail(), which always writes errorHead()'s text body.
-    await conn.send("HEAD http://127.0.0.1:1/v2/library/alpine/manifests/latest HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n");
+    await conn.send(
+      "HEAD http://127.0.0.1:1/v2/library/alpine/manifests/latest HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n",
+    );
     await waitUntil(conn, () => conn.closed, 2000);
     conn.socket.terminate();
     const text = conn.received().toString("latin1");

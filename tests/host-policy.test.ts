@@ -48,7 +48,10 @@ describe("allow-list: exact entries", () => {
 });
 
 describe("allow-list: regular expressions", () => {
-  const p = new HostPolicy([String.raw`docker\.io`, String.raw`^[a-z0-9-]+\.pkg\.dev$`, "a|b.test"], [443]);
+  const p = new HostPolicy(
+    [String.raw`docker\.io`, String.raw`^[a-z0-9-]+\.pkg\.dev$`, "a|b.test"],
+    [443],
+  );
   test("an expression matches the WHOLE name, never a substring", () => {
     expect(p.check("docker.io", 443).allowed).toBe(true);
     expect(p.check("docker.io.evil.test", 443).allowed).toBe(false);
@@ -131,7 +134,10 @@ describe("request targets: bypass attempts", () => {
   });
 
   test("the target wins over Host and the default port follows the scheme", () => {
-    const r = route({ ...head("GET", "https://docker.io/v2/?a=1"), headers: [["Host", "evil.test"]] }, policy);
+    const r = route(
+      { ...head("GET", "https://docker.io/v2/?a=1"), headers: [["Host", "evil.test"]] },
+      policy,
+    );
     expect(r.kind).toBe("forward");
     if (r.kind === "forward") {
       expect(r.url.href).toBe("https://docker.io/v2/?a=1");

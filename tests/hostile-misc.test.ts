@@ -50,7 +50,11 @@ describe("index page", () => {
   const mirror = { default_registry: "lan.test", registries: { "lan.test": lan } };
 
   test("with access.users set, / asks for credentials (even with mirror_auth: false) and names registries, never their upstreams", async () => {
-    const crm = await startCrm({ allowed_hosts: ["internal.example"], access: { users: { alice: hash }, mirror_auth: false }, mirror });
+    const crm = await startCrm({
+      allowed_hosts: ["internal.example"],
+      access: { users: { alice: hash }, mirror_auth: false },
+      mirror,
+    });
     try {
       const anon = await fetch(crm.url + "/");
       const anonText = await anon.text();
@@ -58,11 +62,15 @@ describe("index page", () => {
       expect(anon.headers.get("www-authenticate")).toBe('Basic realm="crm"');
       expect(anonText).not.toContain("internal.example");
       expect(anonText).not.toContain("lan.test");
-      const wrong = await fetch(crm.url + "/", { headers: { authorization: "Basic " + btoa("alice:nope") } });
+      const wrong = await fetch(crm.url + "/", {
+        headers: { authorization: "Basic " + btoa("alice:nope") },
+      });
       expect(wrong.status).toBe(401);
       await wrong.arrayBuffer();
 
-      const ok = await fetch(crm.url + "/", { headers: { authorization: "Basic " + btoa(`alice:${PASSWORD}`) } });
+      const ok = await fetch(crm.url + "/", {
+        headers: { authorization: "Basic " + btoa(`alice:${PASSWORD}`) },
+      });
       const page = await ok.text();
       expect(ok.status).toBe(200);
       expect(page).toContain("internal.example");
@@ -89,9 +97,24 @@ describe("index page", () => {
 
 describe("mirror.path_prefix in logs", () => {
   test.each(["text", "json"])("every %s line shows the prefix as /<prefix>", async (format) => {
-    const crm = await startCrm({ log_format: format, mirror: { path_prefix: "/s3cr3t-path", default_registry: "dead.test", registries: { "dead.test": "http://127.0.0.1:9" } } }, "debug");
+    const crm = await startCrm(
+      {
+        log_format: format,
+        mirror: {
+          path_prefix: "/s3cr3t-path",
+          default_registry: "dead.test",
+          registries: { "dead.test": "http://127.0.0.1:9" },
+        },
+      },
+      "debug",
+    );
     try {
-      for (const path of ["/s3cr3t-path/v2/", "/s3cr3t-path/v2/team/app/manifests/v1", "/s3cr3t-pathology"]) await (await fetch(crm.url + path)).arrayBuffer();
+      for (const path of [
+        "/s3cr3t-path/v2/",
+        "/s3cr3t-path/v2/team/app/manifests/v1",
+        "/s3cr3t-pathology",
+      ])
+        await (await fetch(crm.url + path)).arrayBuffer();
       await crm.waitLog(/s3cr3t-pathology/);
       const lines = crm.logs.join("\n");
       expect(lines).toContain("/<prefix>/v2/team/app/manifests/v1");
@@ -103,11 +126,27 @@ describe("mirror.path_prefix in logs", () => {
 });
 
 describe("open proxy warning", () => {
-  const warningsFor = (raw: Record<string, unknown>): string[] => openProxyWarnings(buildConfig(raw, "t.yaml").config);
+  const warningsFor = (raw: Record<string, unknown>): string[] =>
+    openProxyWarnings(buildConfig(raw, "t.yaml").config);
 
   test("listening beyond loopback with neither access.clients nor access.users is warned about, per address", () => {
-    expect(warningsFor({})).toEqual(["anyone who can reach :8080 may use this proxy; set access.clients or access.users"]);
-    expect(warningsFor({ listen: [8081, "[::]:8082", "10.0.0.5:8083", "crm.internal:8084", "127.0.0.1:8085", "[::1]:8086", "localhost:8087", "/run/crm.sock"] })).toEqual([
+    expect(warningsFor({})).toEqual([
+      "anyone who can reach :8080 may use this proxy; set access.clients or access.users",
+    ]);
+    expect(
+      warningsFor({
+        listen: [
+          8081,
+          "[::]:8082",
+          "10.0.0.5:8083",
+          "crm.internal:8084",
+          "127.0.0.1:8085",
+          "[::1]:8086",
+          "localhost:8087",
+          "/run/crm.sock",
+        ],
+      }),
+    ).toEqual([
       "anyone who can reach :8081 may use this proxy; set access.clients or access.users",
       "anyone who can reach [::]:8082 may use this proxy; set access.clients or access.users",
       "anyone who can reach 10.0.0.5:8083 may use this proxy; set access.clients or access.users",
@@ -123,22 +162,47 @@ describe("open proxy warning", () => {
 
   test("the mirror is open when access.users guards only the proxy (mirror_auth: false); a /0 client range admits everyone", async () => {
     const hash = await Bun.password.hash("a long password", { algorithm: "argon2id" });
-    expect(warningsFor({ listen: "0.0.0.0:8080", access: { users: { alice: hash }, mirror_auth: false } })).toEqual([
+    expect(
+      warningsFor({
+        listen: "0.0.0.0:8080",
+        access: { users: { alice: hash }, mirror_auth: false },
+      }),
+    ).toEqual([
       "anyone who can reach 0.0.0.0:8080 may use the mirror at /v2/: access.mirror_auth is false, so access.users does not apply to it; set access.clients to your clients' ranges",
     ]);
-    expect(warningsFor({ listen: "0.0.0.0:8080", access: { users: { alice: hash }, mirror_auth: false, clients: ["10.0.0.0/8"] } })).toEqual([]);
+    expect(
+      warningsFor({
+        listen: "0.0.0.0:8080",
+        access: { users: { alice: hash }, mirror_auth: false, clients: ["10.0.0.0/8"] },
+      }),
+    ).toEqual([]);
     // A secret path is the mirror's credential then.
-    expect(warningsFor({ listen: "0.0.0.0:8080", access: { users: { alice: hash }, mirror_auth: false }, mirror: { path_prefix: "/s3cret" } })).toEqual([]);
-    expect(warningsFor({ listen: "0.0.0.0:8080", access: { clients: ["10.0.0.0/8", "0.0.0.0/0"] } })).toEqual([
+    expect(
+      warningsFor({
+        listen: "0.0.0.0:8080",
+        access: { users: { alice: hash }, mirror_auth: false },
+        mirror: { path_prefix: "/s3cret" },
+      }),
+    ).toEqual([]);
+    expect(
+      warningsFor({ listen: "0.0.0.0:8080", access: { clients: ["10.0.0.0/8", "0.0.0.0/0"] } }),
+    ).toEqual([
       "anyone who can reach 0.0.0.0:8080 may use this proxy (access.clients has 0.0.0.0/0, which admits every address); set access.clients or access.users",
     ]);
     expect(warningsFor({ listen: "[::]:8080", access: { clients: ["::/0"] } })).toEqual([
       "anyone who can reach [::]:8080 may use this proxy (access.clients has ::/0, which admits every address); set access.clients or access.users",
     ]);
-    expect(warningsFor({ listen: "[::]:8080", access: { clients: ["::/0"], users: { alice: hash }, mirror_auth: false } })).toEqual([
+    expect(
+      warningsFor({
+        listen: "[::]:8080",
+        access: { clients: ["::/0"], users: { alice: hash }, mirror_auth: false },
+      }),
+    ).toEqual([
       "anyone who can reach [::]:8080 may use the mirror at /v2/: access.mirror_auth is false, so access.users does not apply to it (access.clients has ::/0, which admits every address); set access.clients to your clients' ranges",
     ]);
-    expect(warningsFor({ listen: "[::]:8080", access: { clients: ["::/0"], users: { alice: hash } } })).toEqual([]);
+    expect(
+      warningsFor({ listen: "[::]:8080", access: { clients: ["::/0"], users: { alice: hash } } }),
+    ).toEqual([]);
   });
 
   test("a loopback crm starts without the warning; the warning is a start-up log line", async () => {

@@ -14,14 +14,36 @@ describe("RequestJournal", () => {
     const j = new RequestJournal(3, "abcd");
     const ids = Array.from({ length: 5 }, () => j.nextId());
     expect(ids[0]).toBe("abcd-1");
-    ids.forEach((id, i) => j.record({ id, client: i % 2 ? "10.0.0.2" : "10.0.0.1", kind: "mirror", method: "GET", target: "/v2/" + "x".repeat(1000), status: 200, bytesIn: 0, bytesOut: 1, ms: 1 }));
+    ids.forEach((id, i) =>
+      j.record({
+        id,
+        client: i % 2 ? "10.0.0.2" : "10.0.0.1",
+        kind: "mirror",
+        method: "GET",
+        target: "/v2/" + "x".repeat(1000),
+        status: 200,
+        bytesIn: 0,
+        bytesOut: 1,
+        ms: 1,
+      }),
+    );
     expect(j.entries().map((e) => e.seq)).toEqual([3, 4, 5]);
     expect(j.recent(2).map((e) => e.seq)).toEqual([5, 4]);
     expect(j.after(3, "10.0.0.1").map((e) => e.seq)).toEqual([5]);
     // Strings are cut so a hostile target cannot grow the ring.
     expect(j.entries()[0]!.target.length).toBeLessThan(310);
     // An id of another instance (a restarted crm, another replica) is not recorded.
-    j.record({ id: "ffff-9", client: "x", kind: "local", method: "GET", target: "/", status: 200, bytesIn: 0, bytesOut: 0, ms: 0 });
+    j.record({
+      id: "ffff-9",
+      client: "x",
+      kind: "local",
+      method: "GET",
+      target: "/",
+      status: 200,
+      bytesIn: 0,
+      bytesOut: 0,
+      ms: 0,
+    });
     expect(j.entries().map((e) => e.seq)).toEqual([3, 4, 5]);
   });
 });
@@ -31,7 +53,10 @@ describe("X-Crm-Request-Id and /v2/_crm/requests", () => {
   let crm: TestCrm;
   beforeAll(async () => {
     reg = startFakeRegistry({ auth: { kind: "none" } });
-    crm = await startCrm({ mirror: { path_prefix: "/s3cret", registries: { "docker.io": reg.url } } }, "warn");
+    crm = await startCrm(
+      { mirror: { path_prefix: "/s3cret", registries: { "docker.io": reg.url } } },
+      "warn",
+    );
   });
   afterAll(async () => {
     await crm.stop();
@@ -55,8 +80,16 @@ describe("X-Crm-Request-Id and /v2/_crm/requests", () => {
     const answer = (await res.json()) as RequestsAnswer;
     expect(answer.client).toBe("127.0.0.1");
     const entry = answer.requests.find((r) => r.id === manId);
-    expect(entry).toMatchObject({ kind: "mirror", method: "HEAD", registry: "docker.io", repo: "library/app", ref: "v1" });
-    expect(answer.requests.find((r) => r.id === missing.headers.get("x-crm-request-id"))?.status).toBeGreaterThanOrEqual(400);
+    expect(entry).toMatchObject({
+      kind: "mirror",
+      method: "HEAD",
+      registry: "docker.io",
+      repo: "library/app",
+      ref: "v1",
+    });
+    expect(
+      answer.requests.find((r) => r.id === missing.headers.get("x-crm-request-id"))?.status,
+    ).toBeGreaterThanOrEqual(400);
     // The base request itself is not "after" its own id; the secret path is never recorded.
     expect(answer.requests.some((r) => r.id === baseId)).toBe(false);
     expect(JSON.stringify(answer)).not.toContain("s3cret");

@@ -61,7 +61,25 @@ export const LAYERS: ReadonlyArray<readonly [name: string, patterns: readonly st
   // crm's HTTP/1.1 client for every upstream request.
   ["upstream", ["upstream/"]],
   // State built from the Config that handlers read: access, limits, certificates, metrics, the Runtime.
-  ["services", ["access/", "limits/", "tls/", "metrics.ts", "status/activity.ts", "status/journal.ts", "context.ts", "cluster/store.ts", "cluster/budget.ts", "cluster/probe.ts", "cluster/rate.ts", "cluster/brake.ts", "cluster/tokens.ts", "cluster/heartbeat.ts"]],
+  [
+    "services",
+    [
+      "access/",
+      "limits/",
+      "tls/",
+      "metrics.ts",
+      "status/activity.ts",
+      "status/journal.ts",
+      "context.ts",
+      "cluster/store.ts",
+      "cluster/budget.ts",
+      "cluster/probe.ts",
+      "cluster/rate.ts",
+      "cluster/brake.ts",
+      "cluster/tokens.ts",
+      "cluster/heartbeat.ts",
+    ],
+  ],
   // What a handler is given: the exchange types and the route it was sent by.
   ["exchange", ["proxy/exchange.ts", "proxy/router.ts"]],
   // The status record, page and endpoints (handlers of their own, below the mirror that feeds them).
@@ -72,7 +90,18 @@ export const LAYERS: ReadonlyArray<readonly [name: string, patterns: readonly st
   // Accept, read heads, route, dispatch, write answers.
   ["proxy", ["proxy/"]],
   // Commands: each is a whole program over the layers below.
-  ["commands", ["main.ts", "cli.ts", "config/describe.ts", "pki/command.ts", "doctor/", "client-config/", "cluster/doctor.ts"]],
+  [
+    "commands",
+    [
+      "main.ts",
+      "cli.ts",
+      "config/describe.ts",
+      "pki/command.ts",
+      "doctor/",
+      "client-config/",
+      "cluster/doctor.ts",
+    ],
+  ],
 ];
 
 function modules(dir: string, out: string[] = []): string[] {
@@ -96,7 +125,8 @@ function layerOf(mod: string): number | null {
 }
 
 /** Every relative specifier: `from "x"` (imports, type imports, re-exports), `import("x")`, `import "x"`. */
-const SPECIFIER = /\bfrom\s*["']([^"']+)["']|\bimport\s*\(\s*["']([^"']+)["']\s*\)|^\s*import\s*["']([^"']+)["']/gm;
+const SPECIFIER =
+  /\bfrom\s*["']([^"']+)["']|\bimport\s*\(\s*["']([^"']+)["']\s*\)|^\s*import\s*["']([^"']+)["']/gm;
 
 function importsOf(mod: string): string[] {
   const text = readFileSync(join(SRC, mod), "utf8").replace(/\/\*[\s\S]*?\*\/|^\s*\/\/.*$/gm, "");
@@ -156,7 +186,8 @@ describe("layers", () => {
 
   test("every import resolves to a module of src/", () => {
     const missing: string[] = [];
-    for (const [m, targets] of graph) for (const t of targets) if (!graph.has(t)) missing.push(`${m} → ${t}`);
+    for (const [m, targets] of graph)
+      for (const t of targets) if (!graph.has(t)) missing.push(`${m} → ${t}`);
     expect(missing).toEqual([]);
   });
 
@@ -166,7 +197,8 @@ describe("layers", () => {
       const from = layerOf(m) as number;
       for (const t of targets) {
         const to = layerOf(t);
-        if (to !== null && to > from) up.push(`${m} (${LAYERS[from]?.[0]}) → ${t} (${LAYERS[to]?.[0]})`);
+        if (to !== null && to > from)
+          up.push(`${m} (${LAYERS[from]?.[0]}) → ${t} (${LAYERS[to]?.[0]})`);
       }
     }
     expect(up).toEqual([]);

@@ -3,12 +3,21 @@ import { describe, expect, test } from "bun:test";
 import { buildConfig } from "../src/config/load.ts";
 import { ConfigErrors } from "../src/errors.ts";
 import { Logger } from "../src/log.ts";
-import { MAX_CACHED_MANIFEST, ManifestCache, type CachedManifest } from "../src/mirror/manifests/cache.ts";
+import {
+  MAX_CACHED_MANIFEST,
+  ManifestCache,
+  type CachedManifest,
+} from "../src/mirror/manifests/cache.ts";
 import { parseRateLimit, QuotaTracker } from "../src/mirror/upstream/quota.ts";
 import { SingleFlight } from "../src/mirror/manifests/single-flight.ts";
 import { DEFAULT_REGISTRIES } from "../src/config/registries.ts";
 
-const m = (digest: string, size: number): CachedManifest => ({ digest, body: new Uint8Array(size), mediaType: "application/vnd.oci.image.manifest.v1+json", etag: null });
+const m = (digest: string, size: number): CachedManifest => ({
+  digest,
+  body: new Uint8Array(size),
+  mediaType: "application/vnd.oci.image.manifest.v1+json",
+  etag: null,
+});
 
 describe("ManifestCache", () => {
   test("bounded in bytes, least recently used out first", () => {
@@ -53,24 +62,38 @@ describe("ManifestCache", () => {
 describe("rate-limit headers", () => {
   test("Docker Hub's fields, the older comma form, and garbage", () => {
     const h = (o: Record<string, string>) => new Headers(o);
-    expect(parseRateLimit(h({ "ratelimit-limit": "100;w=21600", "ratelimit-remaining": "76;w=21600", "docker-ratelimit-source": "192.0.2.1" }), 5)).toEqual({
+    expect(
+      parseRateLimit(
+        h({
+          "ratelimit-limit": "100;w=21600",
+          "ratelimit-remaining": "76;w=21600",
+          "docker-ratelimit-source": "192.0.2.1",
+        }),
+        5,
+      ),
+    ).toEqual({
       limit: 100,
       remaining: 76,
       windowS: 21600,
       source: "192.0.2.1",
       at: 5,
     });
-    expect(parseRateLimit(h({ "ratelimit-limit": "100, 100;w=21600", "ratelimit-remaining": "3" }))).toMatchObject({ limit: 100, remaining: 3, windowS: null, source: null });
+    expect(
+      parseRateLimit(h({ "ratelimit-limit": "100, 100;w=21600", "ratelimit-remaining": "3" })),
+    ).toMatchObject({ limit: 100, remaining: 3, windowS: null, source: null });
     expect(parseRateLimit(h({ "ratelimit-limit": "lots", "ratelimit-remaining": "1" }))).toBeNull();
     expect(parseRateLimit(h({ "ratelimit-remaining": "1" }))).toBeNull();
-    expect(parseRateLimit(h({ "ratelimit-limit": "9".repeat(300), "ratelimit-remaining": "1" }))).toBeNull();
+    expect(
+      parseRateLimit(h({ "ratelimit-limit": "9".repeat(300), "ratelimit-remaining": "1" })),
+    ).toBeNull();
   });
 
   test("one warning when remaining falls under 10 %, again only after it recovered", () => {
     const lines: string[] = [];
     const log = new Logger({ level: "info", format: "text", sink: (l) => lines.push(l) });
     const q = new QuotaTracker();
-    const at = (n: number) => new Headers({ "ratelimit-limit": "100;w=21600", "ratelimit-remaining": `${n};w=21600` });
+    const at = (n: number) =>
+      new Headers({ "ratelimit-limit": "100;w=21600", "ratelimit-remaining": `${n};w=21600` });
     for (const n of [50, 10, 9, 5, 0]) q.observe("docker.io", at(n), log);
     expect(lines.filter((l) => l.includes("quota running low"))).toHaveLength(1);
     q.observe("docker.io", at(100), log);
@@ -82,12 +105,20 @@ describe("rate-limit headers", () => {
   test("a 429 names the fix: credentials for anonymous crm, a better account otherwise", () => {
     const q = new QuotaTracker();
     const hub = DEFAULT_REGISTRIES.find((r) => r.name === "docker.io")!;
-    const anon = q.tooManyRequests({ ...hub, username: null, password: null }, new Headers({ "retry-after": "30" }));
+    const anon = q.tooManyRequests(
+      { ...hub, username: null, password: null },
+      new Headers({ "retry-after": "30" }),
+    );
     expect(anon.status).toBe(429);
     expect(anon.code).toBe("TOOMANYREQUESTS");
-    expect(anon.message).toBe("docker.io rate limit reached for this crm's address; configure credentials for docker.io under mirror.registries");
+    expect(anon.message).toBe(
+      "docker.io rate limit reached for this crm's address; configure credentials for docker.io under mirror.registries",
+    );
     expect(anon.headers["retry-after"]).toBe("30");
-    const withUser = q.tooManyRequests({ ...hub, username: "robot", password: "secret" }, new Headers());
+    const withUser = q.tooManyRequests(
+      { ...hub, username: "robot", password: "secret" },
+      new Headers(),
+    );
     expect(withUser.message).toContain("for the account configured for docker.io");
     expect(withUser.message).not.toContain("secret");
     expect(withUser.headers["retry-after"]).toBe("60");
@@ -96,9 +127,13 @@ describe("rate-limit headers", () => {
 });
 
 describe("mirror.manifest_cache config", () => {
-  const build = (mc: unknown) => buildConfig({ mirror: { manifest_cache: mc } }, "t.yaml").config.mirror.manifestCache;
+  const build = (mc: unknown) =>
+    buildConfig({ mirror: { manifest_cache: mc } }, "t.yaml").config.mirror.manifestCache;
   test("on by default with 64 MiB; sizes in units", () => {
-    expect(buildConfig({}, "t.yaml").config.mirror.manifestCache).toEqual({ enabled: true, maxSize: 64 * 1024 * 1024 });
+    expect(buildConfig({}, "t.yaml").config.mirror.manifestCache).toEqual({
+      enabled: true,
+      maxSize: 64 * 1024 * 1024,
+    });
     expect(build({ max_size: "16MiB" })).toEqual({ enabled: true, maxSize: 16 * 1024 * 1024 });
     expect(build({ enabled: false })).toEqual({ enabled: false, maxSize: 64 * 1024 * 1024 });
   });

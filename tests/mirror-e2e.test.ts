@@ -12,7 +12,14 @@ import { startCrm, type TestCrm } from "./support/crm.ts";
 import { deadPort } from "./support/mirror-upstreams.ts";
 import { run } from "./support/raw.ts";
 import { missingTools } from "./support/tools.ts";
-import { MANIFEST_ACCEPT, registryFetch, runSkopeo, sha256Digest, startRegistry, type RegistryFixture } from "./support/registry.ts";
+import {
+  MANIFEST_ACCEPT,
+  registryFetch,
+  runSkopeo,
+  sha256Digest,
+  startRegistry,
+  type RegistryFixture,
+} from "./support/registry.ts";
 
 const skipE2E = missingTools("mirror end-to-end", ["docker-registry", "skopeo", "curl"]);
 
@@ -41,7 +48,7 @@ describe.skipIf(skipE2E)("crm mirroring a real registry", () => {
     await writeFile(
       registriesConf,
       [
-        'unqualified-search-registries = []',
+        "unqualified-search-registries = []",
         "[[registry]]",
         'prefix = "reg.test"',
         `location = "127.0.0.1:${deadPort()}"`,
@@ -66,7 +73,13 @@ describe.skipIf(skipE2E)("crm mirroring a real registry", () => {
     const img = fx.images.multiLayer;
     const tokensBefore = fx.token!.calls();
     const dest = join(fx.dir, "out-multi");
-    await skopeo(["copy", "--preserve-digests", "--quiet", `docker://reg.test/${img.repo}:${img.tag}`, `dir:${dest}`]);
+    await skopeo([
+      "copy",
+      "--preserve-digests",
+      "--quiet",
+      `docker://reg.test/${img.repo}:${img.tag}`,
+      `dir:${dest}`,
+    ]);
 
     const manifest = await readFile(join(dest, "manifest.json"));
     expect(sha256Digest(manifest)).toBe(img.digest);
@@ -76,16 +89,31 @@ describe.skipIf(skipE2E)("crm mirroring a real registry", () => {
       expect(sha256Digest(bytes)).toBe(blob.digest);
     }
     // crm, not skopeo, answered the registry's challenge.
-    expect(fx.token!.callLog.slice(tokensBefore).map((c) => c.scope)).toContainEqual([`repository:${img.repo}:pull`]);
-    await crm.waitLog(new RegExp(`GET /v2/reg\\.test/${img.repo}/blobs/${img.layers[1]!.digest} .*status=200 .*registry=reg\\.test repo=${img.repo}`));
+    expect(fx.token!.callLog.slice(tokensBefore).map((c) => c.scope)).toContainEqual([
+      `repository:${img.repo}:pull`,
+    ]);
+    await crm.waitLog(
+      new RegExp(
+        `GET /v2/reg\\.test/${img.repo}/blobs/${img.layers[1]!.digest} .*status=200 .*registry=reg\\.test repo=${img.repo}`,
+      ),
+    );
   }, 30_000);
 
   test("skopeo copies the multi-arch index with --all through crm", async () => {
     const img = fx.images.index;
     const dest = join(fx.dir, "out-index");
-    await skopeo(["copy", "--all", "--preserve-digests", "--quiet", `docker://reg.test/${img.repo}:${img.tag}`, `oci:${dest}:${img.tag}`]);
+    await skopeo([
+      "copy",
+      "--all",
+      "--preserve-digests",
+      "--quiet",
+      `docker://reg.test/${img.repo}:${img.tag}`,
+      `oci:${dest}:${img.tag}`,
+    ]);
 
-    const layout = JSON.parse(await readFile(join(dest, "index.json"), "utf8")) as { manifests: Array<{ digest: string }> };
+    const layout = JSON.parse(await readFile(join(dest, "index.json"), "utf8")) as {
+      manifests: Array<{ digest: string }>;
+    };
     expect(layout.manifests.map((m) => m.digest)).toEqual([img.digest]);
     const blobs = new Set(await readdir(join(dest, "blobs", "sha256")));
     for (const d of [img.digest, ...img.children.map((c) => c.digest)]) {
@@ -98,7 +126,16 @@ describe.skipIf(skipE2E)("crm mirroring a real registry", () => {
 
   test("containerd style: HEAD manifest with ?ns= gets Docker-Content-Digest and Content-Length", async () => {
     const img = fx.images.index;
-    const r = await run(["curl", "-sS", "--noproxy", "*", "-I", "-H", `Accept: ${MANIFEST_ACCEPT}`, `${crm.url}/v2/${img.repo}/manifests/${img.tag}?ns=reg.test`]);
+    const r = await run([
+      "curl",
+      "-sS",
+      "--noproxy",
+      "*",
+      "-I",
+      "-H",
+      `Accept: ${MANIFEST_ACCEPT}`,
+      `${crm.url}/v2/${img.repo}/manifests/${img.tag}?ns=reg.test`,
+    ]);
     expect(r.code).toBe(0);
     const head = r.stdout.toLowerCase();
     expect(head).toMatch(/^http\/1\.1 200/);
@@ -111,12 +148,26 @@ describe.skipIf(skipE2E)("crm mirroring a real registry", () => {
   test("containerd style: GET blob with Range and ?ns= is 206 with the exact bytes", async () => {
     const img = fx.images.multiLayer;
     const big = img.layers.reduce((a, b) => (b.size > a.size ? b : a));
-    const direct = await registryFetch(fx, `/v2/${img.repo}/blobs/${big.digest}`, { scope: [`repository:${img.repo}:pull`] });
+    const direct = await registryFetch(fx, `/v2/${img.repo}/blobs/${big.digest}`, {
+      scope: [`repository:${img.repo}:pull`],
+    });
     const whole = new Uint8Array(await direct.arrayBuffer());
     expect(sha256Digest(whole)).toBe(big.digest);
 
     const bodyFile = join(fx.dir, "range.bin");
-    const r = await run(["curl", "-sS", "--noproxy", "*", "-D", "-", "-o", bodyFile, "-r", "1000-1999", `${crm.url}/v2/${img.repo}/blobs/${big.digest}?ns=reg.test`]);
+    const r = await run([
+      "curl",
+      "-sS",
+      "--noproxy",
+      "*",
+      "-D",
+      "-",
+      "-o",
+      bodyFile,
+      "-r",
+      "1000-1999",
+      `${crm.url}/v2/${img.repo}/blobs/${big.digest}?ns=reg.test`,
+    ]);
     expect(r.code).toBe(0);
     const head = r.stdout.toLowerCase();
     expect(head).toMatch(/^http\/1\.1 206/);
@@ -131,28 +182,52 @@ describe.skipIf(skipE2E)("crm mirroring a real registry", () => {
       const out = new Map<string, string>();
       for (const line of fx.logs().split("\n")) {
         // logfmt quotes a value with a colon in it (a digest).
-        if (!line.includes('msg="response completed"') || !new RegExp(`http\\.request\\.uri="?/v2/${img.repo}/manifests/`).test(line)) continue;
+        if (
+          !line.includes('msg="response completed"') ||
+          !new RegExp(`http\\.request\\.uri="?/v2/${img.repo}/manifests/`).test(line)
+        )
+          continue;
         const id = /http\.request\.id=(\S+)/.exec(line)?.[1];
         const method = /http\.request\.method=(\S+)/.exec(line)?.[1];
         if (id && method) out.set(id, method);
       }
       return out;
     };
-    await skopeo(["copy", "--all", "--preserve-digests", "--quiet", `docker://reg.test/${img.repo}:${img.tag}`, `oci:${join(fx.dir, "pull-1")}:${img.tag}`]);
+    await skopeo([
+      "copy",
+      "--all",
+      "--preserve-digests",
+      "--quiet",
+      `docker://reg.test/${img.repo}:${img.tag}`,
+      `oci:${join(fx.dir, "pull-1")}:${img.tag}`,
+    ]);
     const before = manifestLines();
     // The first pull (here or in an earlier test) did GET the index and both platform manifests.
     expect([...before.values()].filter((m) => m === "GET").length).toBeGreaterThanOrEqual(3);
 
     const dest = join(fx.dir, "pull-2");
-    await skopeo(["copy", "--all", "--preserve-digests", "--quiet", `docker://reg.test/${img.repo}:${img.tag}`, `oci:${dest}:${img.tag}`]);
-    const layout = JSON.parse(await readFile(join(dest, "index.json"), "utf8")) as { manifests: Array<{ digest: string }> };
+    await skopeo([
+      "copy",
+      "--all",
+      "--preserve-digests",
+      "--quiet",
+      `docker://reg.test/${img.repo}:${img.tag}`,
+      `oci:${dest}:${img.tag}`,
+    ]);
+    const layout = JSON.parse(await readFile(join(dest, "index.json"), "utf8")) as {
+      manifests: Array<{ digest: string }>;
+    };
     expect(layout.manifests.map((m) => m.digest)).toEqual([img.digest]);
     for (const d of [img.digest, ...img.children.map((c) => c.digest)]) {
-      expect(sha256Digest(await readFile(join(dest, "blobs", "sha256", d.slice("sha256:".length))))).toBe(d);
+      expect(
+        sha256Digest(await readFile(join(dest, "blobs", "sha256", d.slice("sha256:".length)))),
+      ).toBe(d);
     }
     // distribution logs a request when it completes; give the last line a moment to arrive.
     await Bun.sleep(200);
-    const fresh = [...manifestLines()].filter(([id]) => !before.has(id)).map(([, method]) => method);
+    const fresh = [...manifestLines()]
+      .filter(([id]) => !before.has(id))
+      .map(([, method]) => method);
     expect(fresh.length).toBeGreaterThan(0); // the tag was resolved again: a moved tag would be seen
     expect(fresh.every((m) => m === "HEAD")).toBe(true);
   }, 60_000);

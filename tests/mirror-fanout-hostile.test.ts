@@ -8,7 +8,14 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import type { Socket } from "bun";
 import { startCrm, type TestCrm } from "./support/crm.ts";
-import { parseRangeHeader, sha, startHostile, type Hostile, type Plan, type Req } from "./support/hostile-registry.ts";
+import {
+  parseRangeHeader,
+  sha,
+  startHostile,
+  type Hostile,
+  type Plan,
+  type Req,
+} from "./support/hostile-registry.ts";
 
 const MiB = 1024 * 1024;
 const DATA = randomBytes(16 * MiB);
@@ -24,13 +31,26 @@ afterEach(async () => {
 async function setup(plan: (r: Req) => Plan): Promise<{ crm: TestCrm; up: Hostile }> {
   const up = startHostile(plan);
   stops.push(() => up.stop());
-  const crm = await startCrm({ timeouts: { header: "2s" }, mirror: { default_registry: "reg.test", registries: { "reg.test": `http://127.0.0.1:${up.port}` }, fanout: FAN } }, "warn");
+  const crm = await startCrm(
+    {
+      timeouts: { header: "2s" },
+      mirror: {
+        default_registry: "reg.test",
+        registries: { "reg.test": `http://127.0.0.1:${up.port}` },
+        fanout: FAN,
+      },
+    },
+    "warn",
+  );
   stops.push(() => crm.stop());
   return { crm, up };
 }
 
 const metric = (crm: TestCrm, name: string): number => {
-  const line = crm.server.rt.metrics.render().split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"));
+  const line = crm.server.rt.metrics
+    .render()
+    .split("\n")
+    .find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"));
   return line === undefined ? 0 : Number(line.split(" ").pop());
 };
 async function until(f: () => boolean): Promise<void> {
@@ -82,11 +102,22 @@ async function raw(port: number, path: string): Promise<Raw> {
 const shared = (body: Uint8Array): Plan => ({ body, gateAt: 128 * 1024, delayMs: 1 });
 const ranged = (r: Req, src: Uint8Array): Plan => {
   const [a, b] = parseRangeHeader(r.range, src.byteLength) as [number, number];
-  return { status: 206, headers: { "content-range": `bytes ${a}-${b}/${src.byteLength}`, "content-length": String(b - a + 1) }, body: src.subarray(a, b + 1) };
+  return {
+    status: 206,
+    headers: {
+      "content-range": `bytes ${a}-${b}/${src.byteLength}`,
+      "content-length": String(b - a + 1),
+    },
+    body: src.subarray(a, b + 1),
+  };
 };
 
 /** A fast reader and one that stops until it is detached, then reads its own range request to the end. */
-async function detachedRun(crm: TestCrm, up: Hostile, leave: boolean): Promise<{ clean: boolean; body: Buffer }> {
+async function detachedRun(
+  crm: TestCrm,
+  up: Hostile,
+  leave: boolean,
+): Promise<{ clean: boolean; body: Buffer }> {
   const f = await raw(crm.port, PATH);
   await until(() => metric(crm, "crm_mirror_fanout_downloads_total") >= 1);
   const s = await raw(crm.port, PATH);

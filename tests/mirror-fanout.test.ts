@@ -10,10 +10,19 @@ import { readFile, readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Socket } from "bun";
 import { startCrm, type TestCrm } from "./support/crm.ts";
-import { startCuttingRelay, type CuttingRelay, type RelayRequest } from "./support/cutting-relay.ts";
+import {
+  startCuttingRelay,
+  type CuttingRelay,
+  type RelayRequest,
+} from "./support/cutting-relay.ts";
 import { startPacingRelay, type PacingRelay } from "./support/pacing-relay.ts";
 import { freePorts } from "./support/ports.ts";
-import { runSkopeo, sha256Digest, startRegistry, type RegistryFixture } from "./support/registry.ts";
+import {
+  runSkopeo,
+  sha256Digest,
+  startRegistry,
+  type RegistryFixture,
+} from "./support/registry.ts";
 import { missingTools } from "./support/tools.ts";
 
 const skip = missingTools("mirror fan-out", ["docker-registry", "skopeo", "curl"]);
@@ -55,15 +64,27 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
       .logs()
       .slice(since)
       .split("\n")
-      .filter((l) => l.includes("http.request.method=GET") && l.includes(`http.request.uri="${blobPath(digest)}"`) && l.includes("response completed"));
+      .filter(
+        (l) =>
+          l.includes("http.request.method=GET") &&
+          l.includes(`http.request.uri="${blobPath(digest)}"`) &&
+          l.includes("response completed"),
+      );
 
-  async function setup(fanout: Record<string, unknown>, relay: { gateAfter?: number; corruptAt?: number } = { gateAfter: GATE }): Promise<{ crm: TestCrm; relay: PacingRelay }> {
+  async function setup(
+    fanout: Record<string, unknown>,
+    relay: { gateAfter?: number; corruptAt?: number } = { gateAfter: GATE },
+  ): Promise<{ crm: TestCrm; relay: PacingRelay }> {
     const r = startPacingRelay(Number(new URL(fx.url).port), { rate: RATE, ...relay });
     started.push(r);
     const crm = await startCrm(
       {
         timeouts: { header: "300ms" },
-        mirror: { default_registry: "reg.test", registries: { "reg.test": `http://127.0.0.1:${r.port}` }, fanout },
+        mirror: {
+          default_registry: "reg.test",
+          registries: { "reg.test": `http://127.0.0.1:${r.port}` },
+          fanout,
+        },
       },
       "info",
     );
@@ -72,7 +93,10 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
   }
 
   const metric = (crm: TestCrm, name: string): number => {
-    const line = crm.server.rt.metrics.render().split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"));
+    const line = crm.server.rt.metrics
+      .render()
+      .split("\n")
+      .find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"));
     return line === undefined ? 0 : Number(line.split(" ").pop());
   };
 
@@ -85,7 +109,9 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     const { crm, relay } = await setup({});
     const since = fx.logs().length;
     const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
-    const pulls = Array.from({ length: 16 }, (_, i) => curlDigest(url, join(fx.dir, `curl-${i}.bin`)));
+    const pulls = Array.from({ length: 16 }, (_, i) =>
+      curlDigest(url, join(fx.dir, `curl-${i}.bin`)),
+    );
     await joined(crm, 15);
     relay.openGate();
     const results = await Promise.all(pulls);
@@ -104,13 +130,40 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     const { crm, relay } = await setup({});
     const since = fx.logs().length;
     const conf = join(fx.dir, `fanout-registries-${crm.port}.conf`);
-    await writeFile(conf, ['unqualified-search-registries = []', "[[registry]]", 'prefix = "reg.test"', `location = "127.0.0.1:${freePorts(1)[0]}"`, "insecure = true", "[[registry.mirror]]", `location = "127.0.0.1:${crm.port}/reg.test"`, "insecure = true", ""].join("\n"));
+    await writeFile(
+      conf,
+      [
+        "unqualified-search-registries = []",
+        "[[registry]]",
+        'prefix = "reg.test"',
+        `location = "127.0.0.1:${freePorts(1)[0]}"`,
+        "insecure = true",
+        "[[registry.mirror]]",
+        `location = "127.0.0.1:${crm.port}/reg.test"`,
+        "insecure = true",
+        "",
+      ].join("\n"),
+    );
     const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
     const copies = Array.from({ length: 8 }, (_, i) => {
       const dest = join(fx.dir, `skopeo-${crm.port}-${i}`);
-      return runSkopeo(fx, ["--registries-conf", conf, "copy", "--preserve-digests", "--quiet", `docker://reg.test/${REPO}:v1`, `dir:${dest}`], { timeoutMs: 110_000 }).then(() => dest);
+      return runSkopeo(
+        fx,
+        [
+          "--registries-conf",
+          conf,
+          "copy",
+          "--preserve-digests",
+          "--quiet",
+          `docker://reg.test/${REPO}:v1`,
+          `dir:${dest}`,
+        ],
+        { timeoutMs: 110_000 },
+      ).then(() => dest);
     });
-    const curls = Array.from({ length: 8 }, (_, i) => curlDigest(url, join(fx.dir, `mixed-${i}.bin`)));
+    const curls = Array.from({ length: 8 }, (_, i) =>
+      curlDigest(url, join(fx.dir, `mixed-${i}.bin`)),
+    );
     await joined(crm, 15);
     relay.openGate();
     for (const r of await Promise.all(curls)) expect(r.digest).toBe(image.layer);
@@ -124,52 +177,57 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     expect(registryGets(image.layer, since)).toHaveLength(1);
   }, 120_000);
 
-  for (const grace of ["0s", "1s"]) test(`a client that stops reading falls behind and detaches (lag_grace ${grace}); the others finish, memory stays bounded, it completes on its own range request`, async () => {
-    const window = 4 * MiB;
-    const budget = 16 * MiB;
-    const { crm, relay } = await setup({ window: "4MiB", budget: "16MiB", lag_grace: grace });
-    const since = fx.logs().length;
-    const stalled = await rawGet(crm.port, `/v2/reg.test/${REPO}/blobs/${image.layer}`);
-    // It has its head and first bytes; now it stops reading.
-    await stalled.waitBytes(64 * 1024);
-    stalled.pause();
-    const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
-    const others = Array.from({ length: 3 }, (_, i) => curlDigest(url, join(fx.dir, `fast-${i}.bin`)));
-    await joined(crm, 3);
-    Bun.gc(true);
-    const rssBefore = process.memoryUsage.rss();
-    relay.openGate();
-    let peakWindow = 0;
-    let peakRss = 0;
-    let done = false;
-    const sampler = (async () => {
-      while (!done) {
-        peakWindow = Math.max(peakWindow, metric(crm, "crm_mirror_fanout_window_bytes"));
-        await Bun.sleep(25);
-      }
-    })();
-    const results = await Promise.all(others);
-    done = true;
-    await sampler;
-    for (const r of results) expect(r.digest).toBe(image.layer);
-    // While the stalled client still holds its connection: it was detached, and nothing pins the blob.
-    expect(metric(crm, "crm_mirror_fanout_detached_total")).toBeGreaterThanOrEqual(1);
-    // With a grace the download waited for it first (at most 1 s in all); without, never.
-    if (grace === "0s") expect(metric(crm, "crm_mirror_fanout_lag_waits_total")).toBe(0);
-    else expect(metric(crm, "crm_mirror_fanout_lag_waits_total")).toBeGreaterThanOrEqual(1);
-    expect(metric(crm, "crm_mirror_fanout_lag_wait_seconds_total")).toBeLessThanOrEqual(grace === "0s" ? 0 : 1.1);
-    expect(peakWindow).toBeLessThanOrEqual(window + 1 * MiB);
-    Bun.gc(true);
-    peakRss = process.memoryUsage.rss();
-    expect(peakRss - rssBefore).toBeLessThan(budget);
-    // It resumes: the rest comes from its own range request; the bytes are the blob's.
-    stalled.resume();
-    const body = await stalled.done;
-    expect(body.byteLength).toBe(LAYER_SIZE);
-    expect(sha256Digest(body)).toBe(image.layer);
-    const gets = registryGets(image.layer, since);
-    expect(gets).toHaveLength(2);
-  }, 120_000);
+  for (const grace of ["0s", "1s"])
+    test(`a client that stops reading falls behind and detaches (lag_grace ${grace}); the others finish, memory stays bounded, it completes on its own range request`, async () => {
+      const window = 4 * MiB;
+      const budget = 16 * MiB;
+      const { crm, relay } = await setup({ window: "4MiB", budget: "16MiB", lag_grace: grace });
+      const since = fx.logs().length;
+      const stalled = await rawGet(crm.port, `/v2/reg.test/${REPO}/blobs/${image.layer}`);
+      // It has its head and first bytes; now it stops reading.
+      await stalled.waitBytes(64 * 1024);
+      stalled.pause();
+      const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
+      const others = Array.from({ length: 3 }, (_, i) =>
+        curlDigest(url, join(fx.dir, `fast-${i}.bin`)),
+      );
+      await joined(crm, 3);
+      Bun.gc(true);
+      const rssBefore = process.memoryUsage.rss();
+      relay.openGate();
+      let peakWindow = 0;
+      let peakRss = 0;
+      let done = false;
+      const sampler = (async () => {
+        while (!done) {
+          peakWindow = Math.max(peakWindow, metric(crm, "crm_mirror_fanout_window_bytes"));
+          await Bun.sleep(25);
+        }
+      })();
+      const results = await Promise.all(others);
+      done = true;
+      await sampler;
+      for (const r of results) expect(r.digest).toBe(image.layer);
+      // While the stalled client still holds its connection: it was detached, and nothing pins the blob.
+      expect(metric(crm, "crm_mirror_fanout_detached_total")).toBeGreaterThanOrEqual(1);
+      // With a grace the download waited for it first (at most 1 s in all); without, never.
+      if (grace === "0s") expect(metric(crm, "crm_mirror_fanout_lag_waits_total")).toBe(0);
+      else expect(metric(crm, "crm_mirror_fanout_lag_waits_total")).toBeGreaterThanOrEqual(1);
+      expect(metric(crm, "crm_mirror_fanout_lag_wait_seconds_total")).toBeLessThanOrEqual(
+        grace === "0s" ? 0 : 1.1,
+      );
+      expect(peakWindow).toBeLessThanOrEqual(window + 1 * MiB);
+      Bun.gc(true);
+      peakRss = process.memoryUsage.rss();
+      expect(peakRss - rssBefore).toBeLessThan(budget);
+      // It resumes: the rest comes from its own range request; the bytes are the blob's.
+      stalled.resume();
+      const body = await stalled.done;
+      expect(body.byteLength).toBe(LAYER_SIZE);
+      expect(sha256Digest(body)).toBe(image.layer);
+      const gets = registryGets(image.layer, since);
+      expect(gets).toHaveLength(2);
+    }, 120_000);
 
   test("backpressure: with its only reader stalled, the upstream is not read on (memory and the uplink are spared)", async () => {
     const { crm, relay } = await setup({ window: "4MiB", budget: "16MiB" }, {});
@@ -218,10 +276,16 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
   test("a client paced by client_bandwidth falls behind, detaches and still gets the whole blob; the others are not slowed to its pace", async () => {
     const { crm, relay } = await setup({ window: "4MiB", budget: "16MiB" });
     // Only 127.0.0.2 is paced (the others are exempt); crm listens on 127.0.0.1, curl binds the source.
-    crm.server.rt.bandwidth.configure({ ...crm.server.rt.config.limits, clientBandwidth: 16 * MiB, exemptClients: ["127.0.0.1/32"] });
+    crm.server.rt.bandwidth.configure({
+      ...crm.server.rt.config.limits,
+      clientBandwidth: 16 * MiB,
+      exemptClients: ["127.0.0.1/32"],
+    });
     const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
     const paced = curlDigest(url, join(fx.dir, "paced.bin"), ["--interface", "127.0.0.2"]);
-    const fast = Array.from({ length: 2 }, (_, i) => curlDigest(url, join(fx.dir, `unpaced-${i}.bin`)));
+    const fast = Array.from({ length: 2 }, (_, i) =>
+      curlDigest(url, join(fx.dir, `unpaced-${i}.bin`)),
+    );
     await joined(crm, 2);
     relay.openGate();
     const fastDone = await Promise.all(fast);
@@ -238,7 +302,10 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     const since = fx.logs().length;
     const first = await rawGet(crm.port, `/v2/reg.test/${REPO}/blobs/${image.layer}`);
     await first.waitBytes(12 * MiB);
-    const late = await curlDigest(`${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`, join(fx.dir, "late.bin"));
+    const late = await curlDigest(
+      `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`,
+      join(fx.dir, "late.bin"),
+    );
     expect(late.digest).toBe(image.layer);
     expect(sha256Digest(await first.done)).toBe(image.layer);
     expect(registryGets(image.layer, since)).toHaveLength(2);
@@ -253,10 +320,14 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     await holder.waitBytes(64 * 1024);
     holder.pause();
     const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.config}`;
-    const results = await Promise.all(Array.from({ length: 3 }, (_, i) => curlDigest(url, join(fx.dir, `budget-${i}.bin`))));
+    const results = await Promise.all(
+      Array.from({ length: 3 }, (_, i) => curlDigest(url, join(fx.dir, `budget-${i}.bin`))),
+    );
     for (const r of results) expect(r.digest).toBe(image.config);
     expect(registryGets(image.config, since)).toHaveLength(3);
-    expect(crm.server.rt.metrics.render()).toContain('crm_mirror_fanout_not_shared_total{reason="over_budget"} 3');
+    expect(crm.server.rt.metrics.render()).toContain(
+      'crm_mirror_fanout_not_shared_total{reason="over_budget"} 3',
+    );
     holder.resume();
     expect(sha256Digest(await holder.done)).toBe(image.layer);
   }, 120_000);
@@ -264,7 +335,9 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
   test("a relay that corrupts one byte: every reader is cut before its end, the mismatch is counted", async () => {
     const { crm, relay } = await setup({}, { gateAfter: GATE, corruptAt: 20 * MiB });
     const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
-    const pulls = Array.from({ length: 4 }, (_, i) => curlDigest(url, join(fx.dir, `corrupt-${i}.bin`)));
+    const pulls = Array.from({ length: 4 }, (_, i) =>
+      curlDigest(url, join(fx.dir, `corrupt-${i}.bin`)),
+    );
     await joined(crm, 3);
     relay.openGate();
     for (const r of await Promise.all(pulls)) {
@@ -280,22 +353,34 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
    * crm → pacing relay (gate) → cutting relay → registry: `cuts` says after how many body bytes the
    * cutting relay breaks the blob GET numbered n (0 = the first) of `digest`.
    */
-  async function setupCut(fanout: Record<string, unknown>, digest: string, cuts: Record<number, number>): Promise<{ crm: TestCrm; relay: PacingRelay; blobGets: () => RelayRequest[] }> {
+  async function setupCut(
+    fanout: Record<string, unknown>,
+    digest: string,
+    cuts: Record<number, number>,
+  ): Promise<{ crm: TestCrm; relay: PacingRelay; blobGets: () => RelayRequest[] }> {
     const u = new URL(fx.url);
-    const isBlobGet = (r: RelayRequest): boolean => r.method === "GET" && r.path.endsWith(`/blobs/${digest}`);
+    const isBlobGet = (r: RelayRequest): boolean =>
+      r.method === "GET" && r.path.endsWith(`/blobs/${digest}`);
     let n = 0;
-    const cutter: CuttingRelay = await startCuttingRelay({ host: u.hostname, port: Number(u.port) }, (r) => {
-      if (!isBlobGet(r)) return { kind: "pass" };
-      const at = cuts[n++];
-      return at === undefined ? { kind: "pass" } : { kind: "pass", cutAfter: at };
-    });
+    const cutter: CuttingRelay = await startCuttingRelay(
+      { host: u.hostname, port: Number(u.port) },
+      (r) => {
+        if (!isBlobGet(r)) return { kind: "pass" };
+        const at = cuts[n++];
+        return at === undefined ? { kind: "pass" } : { kind: "pass", cutAfter: at };
+      },
+    );
     started.push(cutter);
     const r = startPacingRelay(cutter.port, { rate: RATE, gateAfter: GATE });
     started.push(r);
     const crm = await startCrm(
       {
         timeouts: { header: "300ms" },
-        mirror: { default_registry: "reg.test", registries: { "reg.test": `http://127.0.0.1:${r.port}` }, fanout },
+        mirror: {
+          default_registry: "reg.test",
+          registries: { "reg.test": `http://127.0.0.1:${r.port}` },
+          fanout,
+        },
       },
       "info",
     );
@@ -307,7 +392,9 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     const cutAt = 20 * MiB;
     const { crm, relay, blobGets } = await setupCut({}, image.layer, { 0: cutAt });
     const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
-    const pulls = Array.from({ length: 4 }, (_, i) => curlDigest(url, join(fx.dir, `cut-shared-${i}.bin`)));
+    const pulls = Array.from({ length: 4 }, (_, i) =>
+      curlDigest(url, join(fx.dir, `cut-shared-${i}.bin`)),
+    );
     await joined(crm, 3);
     relay.openGate();
     for (const r of await Promise.all(pulls)) {
@@ -319,16 +406,24 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     expect(gets[0]?.headers.range).toBeUndefined();
     expect(gets[1]?.headers.range).toBe(`bytes=${cutAt}-${LAYER_SIZE - 1}`);
     expect(metric(crm, "crm_mirror_fanout_downloads_total")).toBe(1);
-    expect(crm.logs.some((l) => l.includes("mirror blob resume") && l.includes(`at=${cutAt}`))).toBe(true);
+    expect(
+      crm.logs.some((l) => l.includes("mirror blob resume") && l.includes(`at=${cutAt}`)),
+    ).toBe(true);
   }, 120_000);
 
   test("a detached reader's own range request is resumed too when its upstream drops", async () => {
-    const { crm, relay, blobGets } = await setupCut({ window: "4MiB", budget: "16MiB", lag_grace: "0s" }, image.layer, { 1: 8 * MiB });
+    const { crm, relay, blobGets } = await setupCut(
+      { window: "4MiB", budget: "16MiB", lag_grace: "0s" },
+      image.layer,
+      { 1: 8 * MiB },
+    );
     const stalled = await rawGet(crm.port, `/v2/reg.test/${REPO}/blobs/${image.layer}`);
     await stalled.waitBytes(64 * 1024);
     stalled.pause();
     const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
-    const others = Array.from({ length: 2 }, (_, i) => curlDigest(url, join(fx.dir, `cut-own-${i}.bin`)));
+    const others = Array.from({ length: 2 }, (_, i) =>
+      curlDigest(url, join(fx.dir, `cut-own-${i}.bin`)),
+    );
     await joined(crm, 2);
     relay.openGate();
     for (const r of await Promise.all(others)) expect(r.digest).toBe(image.layer);
@@ -347,7 +442,9 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
   test("shared blob requests ask the upstream for identity encoding (the sharing key holds no encoding)", async () => {
     const { crm, relay, blobGets } = await setupCut({}, image.layer, {});
     const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
-    const pulls = Array.from({ length: 2 }, (_, i) => curlDigest(url, join(fx.dir, `enc-${i}.bin`), ["-H", "Accept-Encoding: gzip"]));
+    const pulls = Array.from({ length: 2 }, (_, i) =>
+      curlDigest(url, join(fx.dir, `enc-${i}.bin`), ["-H", "Accept-Encoding: gzip"]),
+    );
     await joined(crm, 1);
     relay.openGate();
     for (const r of await Promise.all(pulls)) expect(r.digest).toBe(image.layer);
@@ -370,7 +467,9 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     const { crm } = await setup({ enabled: false }, {});
     const since = fx.logs().length;
     const url = `${crm.url}/v2/reg.test/${REPO}/blobs/${image.layer}`;
-    const results = await Promise.all(Array.from({ length: 3 }, (_, i) => curlDigest(url, join(fx.dir, `off-${i}.bin`))));
+    const results = await Promise.all(
+      Array.from({ length: 3 }, (_, i) => curlDigest(url, join(fx.dir, `off-${i}.bin`))),
+    );
     for (const r of results) expect(r.digest).toBe(image.layer);
     expect(registryGets(image.layer, since)).toHaveLength(3);
     expect(metric(crm, "crm_mirror_fanout_downloads_total")).toBe(0);
@@ -402,9 +501,13 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
     expect(Buffer.compare(Buffer.from(bytes), blob.subarray(from, to + 1))).toBe(0);
     const b = await bounded;
     expect(b.status).toBe(206);
-    expect(Buffer.compare(Buffer.from(await b.arrayBuffer()), blob.subarray(from, 30 * MiB + 1))).toBe(0);
+    expect(
+      Buffer.compare(Buffer.from(await b.arrayBuffer()), blob.subarray(from, 30 * MiB + 1)),
+    ).toBe(0);
     expect(registryGets(image.layer, since)).toHaveLength(2);
-    expect(crm.server.rt.metrics.render()).toContain('crm_mirror_fanout_not_shared_total{reason="range"} 1');
+    expect(crm.server.rt.metrics.render()).toContain(
+      'crm_mirror_fanout_not_shared_total{reason="range"} 1',
+    );
   }, 120_000);
 });
 
@@ -412,7 +515,14 @@ describe.skipIf(skip)("mirror fan-out: one upstream download per blob in flight"
 
 async function pushImage(fx: RegistryFixture): Promise<Image> {
   const layer = randomBytes(LAYER_SIZE);
-  const config = Buffer.from(JSON.stringify({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [sha256Digest(layer)] }, config: {} }));
+  const config = Buffer.from(
+    JSON.stringify({
+      architecture: "amd64",
+      os: "linux",
+      rootfs: { type: "layers", diff_ids: [sha256Digest(layer)] },
+      config: {},
+    }),
+  );
   const push = async (data: Uint8Array): Promise<string> => {
     const digest = sha256Digest(data);
     const post = await fetch(`${fx.url}/v2/${REPO}/blobs/uploads/`, { method: "POST" });
@@ -420,7 +530,11 @@ async function pushImage(fx: RegistryFixture): Promise<Image> {
     if (post.status !== 202) throw new Error(`upload start answered ${post.status}`);
     const loc = new URL(post.headers.get("location") ?? "", fx.url);
     loc.searchParams.set("digest", digest);
-    const put = await fetch(loc, { method: "PUT", body: data, headers: { "content-type": "application/octet-stream" } });
+    const put = await fetch(loc, {
+      method: "PUT",
+      body: data,
+      headers: { "content-type": "application/octet-stream" },
+    });
     await put.arrayBuffer();
     if (put.status !== 201) throw new Error(`upload of ${digest} answered ${put.status}`);
     return digest;
@@ -430,18 +544,39 @@ async function pushImage(fx: RegistryFixture): Promise<Image> {
   const manifest = JSON.stringify({
     schemaVersion: 2,
     mediaType: "application/vnd.docker.distribution.manifest.v2+json",
-    config: { mediaType: "application/vnd.docker.container.image.v1+json", size: config.byteLength, digest: configDigest },
-    layers: [{ mediaType: "application/vnd.docker.image.rootfs.diff.tar.gzip", size: layer.byteLength, digest: layerDigest }],
+    config: {
+      mediaType: "application/vnd.docker.container.image.v1+json",
+      size: config.byteLength,
+      digest: configDigest,
+    },
+    layers: [
+      {
+        mediaType: "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        size: layer.byteLength,
+        digest: layerDigest,
+      },
+    ],
   });
-  const put = await fetch(`${fx.url}/v2/${REPO}/manifests/v1`, { method: "PUT", body: manifest, headers: { "content-type": "application/vnd.docker.distribution.manifest.v2+json" } });
+  const put = await fetch(`${fx.url}/v2/${REPO}/manifests/v1`, {
+    method: "PUT",
+    body: manifest,
+    headers: { "content-type": "application/vnd.docker.distribution.manifest.v2+json" },
+  });
   await put.arrayBuffer();
   if (put.status !== 201) throw new Error(`manifest put answered ${put.status}`);
   return { layer: layerDigest, config: configDigest, manifest: sha256Digest(manifest) };
 }
 
 /** curl to a file; its exit code, the bytes written and their sha256. */
-async function curlDigest(url: string, out: string, extra: string[] = []): Promise<{ exit: number; size: number; digest: string }> {
-  const p = Bun.spawn(["curl", "-sS", ...extra, "-o", out, url], { stdout: "ignore", stderr: "pipe" });
+async function curlDigest(
+  url: string,
+  out: string,
+  extra: string[] = [],
+): Promise<{ exit: number; size: number; digest: string }> {
+  const p = Bun.spawn(["curl", "-sS", ...extra, "-o", out, url], {
+    stdout: "ignore",
+    stderr: "pipe",
+  });
   const exit = await p.exited;
   let data: Buffer;
   try {
@@ -449,7 +584,11 @@ async function curlDigest(url: string, out: string, extra: string[] = []): Promi
   } catch {
     data = Buffer.alloc(0);
   }
-  return { exit, size: data.byteLength, digest: "sha256:" + createHash("sha256").update(data).digest("hex") };
+  return {
+    exit,
+    size: data.byteLength,
+    digest: "sha256:" + createHash("sha256").update(data).digest("hex"),
+  };
 }
 
 interface RawGet {
@@ -480,11 +619,13 @@ async function rawGet(port: number, path: string): Promise<RawGet> {
       if (end < 0) return;
       const head = all.subarray(0, end).toString("latin1");
       const m = /\r\ncontent-length:\s*(\d+)/i.exec(head);
-      if (!head.startsWith("HTTP/1.1 200") || m === null) return fail(new Error(`unexpected head: ${head}`));
+      if (!head.startsWith("HTTP/1.1 200") || m === null)
+        return fail(new Error(`unexpected head: ${head}`));
       bodyStart = end + 4;
       length = Number(m[1]);
     }
-    if (got - bodyStart >= length) finish(Buffer.concat(parts).subarray(bodyStart, bodyStart + length));
+    if (got - bodyStart >= length)
+      finish(Buffer.concat(parts).subarray(bodyStart, bodyStart + length));
   };
   const socket: Socket<undefined> = await Bun.connect({
     hostname: "127.0.0.1",

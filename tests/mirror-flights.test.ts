@@ -7,7 +7,11 @@
  */
 import { afterEach, expect, test } from "bun:test";
 import { startCrm, type TestCrm } from "./support/crm.ts";
-import { MANIFEST_DIGEST, startFakeRegistry, startTokenServer } from "./support/mirror-upstreams.ts";
+import {
+  MANIFEST_DIGEST,
+  startFakeRegistry,
+  startTokenServer,
+} from "./support/mirror-upstreams.ts";
 import { startOrigin } from "./support/origins.ts";
 import { rawConnect } from "./support/raw.ts";
 
@@ -25,13 +29,24 @@ test("a flight whose every waiter left is not joined: the next client gets the m
   const tokens = startTokenServer({ delayMs: 400 });
   const registry = startFakeRegistry({ auth: { kind: "bearer", tokens } });
   running.push(tokens, registry);
-  const crm = await startCrm({ allowed_ports: [Number(new URL(tokens.url).port)], mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } } }, "info");
+  const crm = await startCrm(
+    {
+      allowed_ports: [Number(new URL(tokens.url).port)],
+      mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } },
+    },
+    "info",
+  );
   running.push(crm);
   const path = `/v2/app/manifests/${MANIFEST_DIGEST}`;
   const ac = new AbortController();
-  const first = fetch(`${crm.url}${path}`, { proxy: false, signal: ac.signal } as RequestInit).catch((e: unknown) => e);
+  const first = fetch(`${crm.url}${path}`, {
+    proxy: false,
+    signal: ac.signal,
+  } as RequestInit).catch((e: unknown) => e);
   // The flight is waiting for its token (which no client's abort cancels): now its only waiter leaves.
-  await until(() => registry.seen.some((s) => s.url === path && s.headers.authorization === undefined));
+  await until(() =>
+    registry.seen.some((s) => s.url === path && s.headers.authorization === undefined),
+  );
   await Bun.sleep(50);
   ac.abort();
   expect(await first).toBeInstanceOf(Error);
@@ -44,7 +59,10 @@ test("a flight whose every waiter left is not joined: the next client gets the m
 test("a client's FIN while its GET waits upstream cancels the upstream request", async () => {
   const registry = startFakeRegistry({ auth: { kind: "none" }, slowMs: 1500 });
   running.push(registry);
-  const crm = await startCrm({ mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } } }, "info");
+  const crm = await startCrm(
+    { mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } } },
+    "info",
+  );
   running.push(crm);
   const before = registry.slowAborts();
   const c = await rawConnect(crm.port);
@@ -60,10 +78,15 @@ test("a client's FIN while its GET waits upstream cancels the upstream request",
 test("an HTTP/1.0-style half-close after a request body still gets its answer", async () => {
   const origin = startOrigin();
   running.push({ stop: () => origin.stop(true) });
-  const crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port] }, "info");
+  const crm = await startCrm(
+    { allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port] },
+    "info",
+  );
   running.push(crm);
   const c = await rawConnect(crm.port);
-  c.write(`POST http://127.0.0.1:${origin.port}/echo HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello`);
+  c.write(
+    `POST http://127.0.0.1:${origin.port}/echo HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello`,
+  );
   c.socket.shutdown();
   await c.closed(20_000);
   expect(c.text()).toMatch(/^HTTP\/1\.1 200 [^]*"length":5/);
@@ -82,17 +105,43 @@ test("by digest, a waiter whose Accept differs re-asks when the shared answer is
     async fetch(req) {
       const path = new URL(req.url).pathname;
       if (path === "/v2/" || path === "/v2") return Response.json({});
-      if (path !== `/v2/app/manifests/${digest}`) return Response.json({ errors: [{ code: "NAME_UNKNOWN", message: "no" }] }, { status: 404 });
+      if (path !== `/v2/app/manifests/${digest}`)
+        return Response.json(
+          { errors: [{ code: "NAME_UNKNOWN", message: "no" }] },
+          { status: 404 },
+        );
       started++;
       await Bun.sleep(300);
-      if (!(req.headers.get("accept") ?? "").includes(INDEX)) return Response.json({ errors: [{ code: "MANIFEST_UNKNOWN", message: "manifest unknown" }] }, { status: 404 });
-      return new Response(req.method === "HEAD" ? null : body, { headers: { "content-type": INDEX, "docker-content-digest": digest, "content-length": String(body.length) } });
+      if (!(req.headers.get("accept") ?? "").includes(INDEX))
+        return Response.json(
+          { errors: [{ code: "MANIFEST_UNKNOWN", message: "manifest unknown" }] },
+          { status: 404 },
+        );
+      return new Response(req.method === "HEAD" ? null : body, {
+        headers: {
+          "content-type": INDEX,
+          "docker-content-digest": digest,
+          "content-length": String(body.length),
+        },
+      });
     },
   });
   running.push({ stop: () => upstream.stop(true) });
-  const crm: TestCrm = await startCrm({ mirror: { default_registry: "reg.test", registries: { "reg.test": `http://127.0.0.1:${upstream.port}` } } }, "info");
+  const crm: TestCrm = await startCrm(
+    {
+      mirror: {
+        default_registry: "reg.test",
+        registries: { "reg.test": `http://127.0.0.1:${upstream.port}` },
+      },
+    },
+    "info",
+  );
   running.push(crm);
-  const ask = (accept: string) => fetch(`${crm.url}/v2/app/manifests/${digest}`, { proxy: false, headers: { accept } } as RequestInit);
+  const ask = (accept: string) =>
+    fetch(`${crm.url}/v2/app/manifests/${digest}`, {
+      proxy: false,
+      headers: { accept },
+    } as RequestInit);
   const narrow = ask(IMAGE);
   await until(() => started > 0);
   const wide = ask(`${IMAGE}, ${INDEX}`);

@@ -17,14 +17,23 @@ beforeAll(async () => {
     port: 0,
     fetch: () => Response.json({ name: "team/app", tags: ["a", "b"] }, { headers: { link } }),
   });
-  crm = await startCrm({ mirror: { path_prefix: "/p", default_registry: "reg.test", registries: { "reg.test": `http://127.0.0.1:${upstream.port}` } } });
+  crm = await startCrm({
+    mirror: {
+      path_prefix: "/p",
+      default_registry: "reg.test",
+      registries: { "reg.test": `http://127.0.0.1:${upstream.port}` },
+    },
+  });
 });
 afterAll(async () => {
   await crm.stop();
   upstream.stop(true);
 });
 
-async function linkThroughCrm(value: string, path = "/p/v2/team/app/tags/list?n=2"): Promise<string | null> {
+async function linkThroughCrm(
+  value: string,
+  path = "/p/v2/team/app/tags/list?n=2",
+): Promise<string | null> {
   link = value;
   const r = await fetch(crm.url + path);
   await r.arrayBuffer();
@@ -41,17 +50,26 @@ test("every Link value pointing at the registry is rewritten; values pointing el
       `<http://127.0.0.1:${(upstream.port ?? 0) + 1}/v2/team/app/tags/list?last=z>; rel="last"`,
     ].join(", "),
   );
-  expect(got).toBe('</p/v2/team/app/tags/list?n=2&last=b>; rel="next", </p/v2/team/app/tags/list?n=2>; rel="first"; title="page, one"');
+  expect(got).toBe(
+    '</p/v2/team/app/tags/list?n=2&last=b>; rel="next", </p/v2/team/app/tags/list?n=2>; rel="first"; title="page, one"',
+  );
 });
 
 test("a Link with only foreign values, or a malformed one, is removed", async () => {
-  expect(await linkThroughCrm('<https://evil.example/v2/team/app/tags/list?last=a>; rel="next"')).toBeNull();
+  expect(
+    await linkThroughCrm('<https://evil.example/v2/team/app/tags/list?last=a>; rel="next"'),
+  ).toBeNull();
   expect(await linkThroughCrm('/v2/team/app/tags/list?last=a; rel="next"')).toBeNull();
 });
 
 test("the ns routing survives on every rewritten value", async () => {
-  const got = await linkThroughCrm('</v2/team/app/tags/list?last=a>; rel="next", </v2/team/app/tags/list>; rel="first"', "/p/v2/team/app/tags/list?ns=reg.test");
-  expect(got).toBe('</p/v2/team/app/tags/list?last=a&ns=reg.test>; rel="next", </p/v2/team/app/tags/list?ns=reg.test>; rel="first"');
+  const got = await linkThroughCrm(
+    '</v2/team/app/tags/list?last=a>; rel="next", </v2/team/app/tags/list>; rel="first"',
+    "/p/v2/team/app/tags/list?ns=reg.test",
+  );
+  expect(got).toBe(
+    '</p/v2/team/app/tags/list?last=a&ns=reg.test>; rel="next", </p/v2/team/app/tags/list?ns=reg.test>; rel="first"',
+  );
 });
 
 test("parseLinkValues: quoted commas do not split; a list longer than 16 is refused", () => {

@@ -9,7 +9,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildConfig } from "../src/config/load.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
-import { HUB_ACCEPT, sha256, startFakeHub, type FakeHub, type HubImage } from "./support/fake-hub.ts";
+import {
+  HUB_ACCEPT,
+  sha256,
+  startFakeHub,
+  type FakeHub,
+  type HubImage,
+} from "./support/fake-hub.ts";
 import { deadPort } from "./support/mirror-upstreams.ts";
 import { run } from "./support/raw.ts";
 import { prepareSkopeo, runSkopeo } from "./support/registry.ts";
@@ -31,14 +37,20 @@ afterEach(async () => {
   for (const r of running.splice(0)) await r.stop();
 });
 
-async function setup(opts: { limit?: number; cache?: Record<string, unknown> } = {}): Promise<{ hub: FakeHub; crm: TestCrm }> {
+async function setup(
+  opts: { limit?: number; cache?: Record<string, unknown> } = {},
+): Promise<{ hub: FakeHub; crm: TestCrm }> {
   const hub = startFakeHub({ limit: opts.limit ?? 1000 });
   running.push(hub);
   const crm = await startCrm(
     {
       // skopeo tries https first on an insecure mirror; crm answers its ClientHello at this timeout.
       timeouts: { header: "300ms" },
-      mirror: { default_registry: "hub.test", registries: { "hub.test": hub.url }, ...(opts.cache ? { manifest_cache: opts.cache } : {}) },
+      mirror: {
+        default_registry: "hub.test",
+        registries: { "hub.test": hub.url },
+        ...(opts.cache ? { manifest_cache: opts.cache } : {}),
+      },
     },
     "info",
   );
@@ -47,7 +59,11 @@ async function setup(opts: { limit?: number; cache?: Record<string, unknown> } =
 }
 
 const get = (crm: TestCrm, path: string, init: RequestInit = {}): Promise<Response> =>
-  fetch(`${crm.url}${path}`, { proxy: false, ...init, headers: { accept: HUB_ACCEPT, ...(init.headers as Record<string, string> | undefined) } } as RequestInit);
+  fetch(`${crm.url}${path}`, {
+    proxy: false,
+    ...init,
+    headers: { accept: HUB_ACCEPT, ...(init.headers as Record<string, string> | undefined) },
+  } as RequestInit);
 
 async function metric(crm: TestCrm, line: string): Promise<number> {
   const text = await (await fetch(`${crm.url}/metrics`, { proxy: false } as RequestInit)).text();
@@ -61,15 +77,40 @@ async function registriesConf(crm: TestCrm): Promise<string> {
   // The primary is a dead port: a copy that left the mirror would fail, never reach the hub.
   await writeFile(
     file,
-    ['unqualified-search-registries = []', "[[registry]]", 'prefix = "hub.test"', `location = "127.0.0.1:${deadPort()}"`, "insecure = true", "[[registry.mirror]]", `location = "127.0.0.1:${crm.port}/hub.test"`, "insecure = true", ""].join("\n"),
+    [
+      "unqualified-search-registries = []",
+      "[[registry]]",
+      'prefix = "hub.test"',
+      `location = "127.0.0.1:${deadPort()}"`,
+      "insecure = true",
+      "[[registry.mirror]]",
+      `location = "127.0.0.1:${crm.port}/hub.test"`,
+      "insecure = true",
+      "",
+    ].join("\n"),
   );
   return file;
 }
 
 /** skopeo copy --all into an OCI layout; checks every manifest of the image arrived intact. */
 async function skopeoAll(conf: string, dest: string, img: HubImage): Promise<void> {
-  await runSkopeo({ dir }, ["--registries-conf", conf, "copy", "--all", "--preserve-digests", "--quiet", "docker://hub.test/library/multi:latest", `oci:${dest}:latest`], { timeoutMs: 170_000 });
-  const layout = JSON.parse(await readFile(join(dest, "index.json"), "utf8")) as { manifests: Array<{ digest: string }> };
+  await runSkopeo(
+    { dir },
+    [
+      "--registries-conf",
+      conf,
+      "copy",
+      "--all",
+      "--preserve-digests",
+      "--quiet",
+      "docker://hub.test/library/multi:latest",
+      `oci:${dest}:latest`,
+    ],
+    { timeoutMs: 170_000 },
+  );
+  const layout = JSON.parse(await readFile(join(dest, "index.json"), "utf8")) as {
+    manifests: Array<{ digest: string }>;
+  };
   expect(layout.manifests.map((m) => m.digest)).toEqual([img.index.digest]);
   const blobs = new Set(await readdir(join(dest, "blobs", "sha256")));
   for (const d of [img.index.digest, ...img.platforms.flatMap((p) => [p.digest, ...p.blobs])]) {
@@ -81,16 +122,34 @@ async function skopeoAll(conf: string, dest: string, img: HubImage): Promise<voi
 
 /** skopeo copy of the linux/amd64 image only into a dir: layout. */
 async function skopeoOne(conf: string, dest: string, img: HubImage): Promise<void> {
-  await runSkopeo({ dir }, ["--registries-conf", conf, "--override-os", "linux", "--override-arch", "amd64", "copy", "--preserve-digests", "--quiet", "docker://hub.test/library/multi:latest", `dir:${dest}`], { timeoutMs: 170_000 });
+  await runSkopeo(
+    { dir },
+    [
+      "--registries-conf",
+      conf,
+      "--override-os",
+      "linux",
+      "--override-arch",
+      "amd64",
+      "copy",
+      "--preserve-digests",
+      "--quiet",
+      "docker://hub.test/library/multi:latest",
+      `dir:${dest}`,
+    ],
+    { timeoutMs: 170_000 },
+  );
   const amd64 = img.platforms[0]!;
   expect(sha256(await readFile(join(dest, "manifest.json")))).toBe(amd64.digest);
-  for (const b of amd64.blobs) expect(sha256(await readFile(join(dest, b.slice("sha256:".length))))).toBe(b);
+  for (const b of amd64.blobs)
+    expect(sha256(await readFile(join(dest, b.slice("sha256:".length))))).toBe(b);
 }
 
 /** curl as containerd resolves and fetches: HEAD by tag (?ns=), then GETs by digest. */
 async function curlContainerd(crm: TestCrm, dest: string, img: HubImage): Promise<void> {
   const base = `${crm.url}/v2/library/multi/manifests`;
-  const curl = (args: string[]) => run(["curl", "-sS", "--noproxy", "*", "-H", `Accept: ${HUB_ACCEPT}`, ...args]);
+  const curl = (args: string[]) =>
+    run(["curl", "-sS", "--noproxy", "*", "-H", `Accept: ${HUB_ACCEPT}`, ...args]);
   const head = await curl(["-I", `${base}/latest?ns=hub.test`]);
   expect(head.code).toBe(0);
   const digest = /^docker-content-digest:\s*(\S+)/im.exec(head.stdout)?.[1];
@@ -99,14 +158,18 @@ async function curlContainerd(crm: TestCrm, dest: string, img: HubImage): Promis
   const indexFile = join(dest + "-index.json");
   expect((await curl(["-f", "-o", indexFile, `${base}/${digest}?ns=hub.test`])).code).toBe(0);
   expect(sha256(await readFile(indexFile))).toBe(img.index.digest);
-  const index = JSON.parse(await readFile(indexFile, "utf8")) as { manifests: Array<{ digest: string; platform: { architecture: string } }> };
+  const index = JSON.parse(await readFile(indexFile, "utf8")) as {
+    manifests: Array<{ digest: string; platform: { architecture: string } }>;
+  };
   const amd64 = index.manifests.find((m) => m.platform.architecture === "amd64")!;
   const mFile = dest + "-amd64.json";
   expect((await curl(["-f", "-o", mFile, `${base}/${amd64.digest}?ns=hub.test`])).code).toBe(0);
   expect(sha256(await readFile(mFile))).toBe(img.platforms[0]!.digest);
   for (const b of img.platforms[0]!.blobs) {
     const f = `${dest}-${b.slice(7, 19)}`;
-    expect((await curl(["-f", "-o", f, `${crm.url}/v2/library/multi/blobs/${b}?ns=hub.test`])).code).toBe(0);
+    expect(
+      (await curl(["-f", "-o", f, `${crm.url}/v2/library/multi/blobs/${b}?ns=hub.test`])).code,
+    ).toBe(0);
     expect(sha256(await readFile(f))).toBe(b);
   }
 }
@@ -114,38 +177,42 @@ async function curlContainerd(crm: TestCrm, dest: string, img: HubImage): Promis
 /** GETs the hub saw, by path. */
 function getsByPath(hub: FakeHub): Map<string, number> {
   const m = new Map<string, number>();
-  for (const r of hub.manifestRequests) if (r.startsWith("GET ")) m.set(r.slice(4), (m.get(r.slice(4)) ?? 0) + 1);
+  for (const r of hub.manifestRequests)
+    if (r.startsWith("GET ")) m.set(r.slice(4), (m.get(r.slice(4)) ?? 0) + 1);
   return m;
 }
 
 describe.skipIf(skipTools)("real clients", () => {
-  test(
-    "20 parallel pulls of one multi-arch image (skopeo --all, skopeo one platform, curl as containerd): one upstream GET per manifest, the rest HEADs",
-    async () => {
-      const { hub, crm } = await setup();
-      const conf = await registriesConf(crm);
-      const img = hub.image();
-      const pulls: Array<Promise<void>> = [];
-      for (let i = 0; i < 20; i++) {
-        const dest = join(dir, `par-${i}`);
-        if (i % 3 === 0) pulls.push(skopeoAll(conf, dest, img));
-        else if (i % 3 === 1) pulls.push(skopeoOne(conf, dest, img));
-        else pulls.push(curlContainerd(crm, dest, img));
-      }
-      await Promise.all(pulls);
-      const base = "/v2/library/multi/manifests/";
-      expect(getsByPath(hub)).toEqual(new Map([img.index.digest, img.platforms[0]!.digest, img.platforms[1]!.digest].map((d) => [base + d, 1])));
-      const heads = hub.manifestRequests.filter((r) => r.startsWith("HEAD "));
-      expect(heads.length).toBeGreaterThan(0);
-      // Every HEAD was a tag resolution; nothing else reached the hub.
-      expect(new Set(heads)).toEqual(new Set([`HEAD ${base}latest`]));
-      expect(hub.manifestRequests.length).toBe(3 + heads.length);
-      expect(await metric(crm, 'crm_upstream_manifest_gets_total{registry="hub.test"}')).toBe(3);
-      expect(await metric(crm, 'crm_mirror_manifest_cache_total{result="hit"}')).toBeGreaterThan(0);
-      expect(await metric(crm, "crm_mirror_manifest_cache_entries")).toBe(3);
-    },
-    240_000,
-  );
+  test("20 parallel pulls of one multi-arch image (skopeo --all, skopeo one platform, curl as containerd): one upstream GET per manifest, the rest HEADs", async () => {
+    const { hub, crm } = await setup();
+    const conf = await registriesConf(crm);
+    const img = hub.image();
+    const pulls: Array<Promise<void>> = [];
+    for (let i = 0; i < 20; i++) {
+      const dest = join(dir, `par-${i}`);
+      if (i % 3 === 0) pulls.push(skopeoAll(conf, dest, img));
+      else if (i % 3 === 1) pulls.push(skopeoOne(conf, dest, img));
+      else pulls.push(curlContainerd(crm, dest, img));
+    }
+    await Promise.all(pulls);
+    const base = "/v2/library/multi/manifests/";
+    expect(getsByPath(hub)).toEqual(
+      new Map(
+        [img.index.digest, img.platforms[0]!.digest, img.platforms[1]!.digest].map((d) => [
+          base + d,
+          1,
+        ]),
+      ),
+    );
+    const heads = hub.manifestRequests.filter((r) => r.startsWith("HEAD "));
+    expect(heads.length).toBeGreaterThan(0);
+    // Every HEAD was a tag resolution; nothing else reached the hub.
+    expect(new Set(heads)).toEqual(new Set([`HEAD ${base}latest`]));
+    expect(hub.manifestRequests.length).toBe(3 + heads.length);
+    expect(await metric(crm, 'crm_upstream_manifest_gets_total{registry="hub.test"}')).toBe(3);
+    expect(await metric(crm, 'crm_mirror_manifest_cache_total{result="hit"}')).toBeGreaterThan(0);
+    expect(await metric(crm, "crm_mirror_manifest_cache_entries")).toBe(3);
+  }, 240_000);
 
   test("the tag moved upstream between two pulls: the second pull gets the new digest and its layers", async () => {
     const { hub, crm } = await setup();
@@ -157,8 +224,13 @@ describe.skipIf(skipTools)("real clients", () => {
     await skopeoAll(conf, join(dir, "move-2"), moved);
     await curlContainerd(crm, join(dir, "move-3"), moved);
     // Each manifest of each version was fetched once.
-    const all = [first, moved].flatMap((i) => [i.index.digest, ...i.platforms.map((p) => p.digest)]);
-    expect(getsByPath(hub)).toEqual(new Map(all.map((d) => [`/v2/library/multi/manifests/${d}`, 1])));
+    const all = [first, moved].flatMap((i) => [
+      i.index.digest,
+      ...i.platforms.map((p) => p.digest),
+    ]);
+    expect(getsByPath(hub)).toEqual(
+      new Map(all.map((d) => [`/v2/library/multi/manifests/${d}`, 1])),
+    );
   }, 120_000);
 });
 
@@ -193,7 +265,9 @@ describe("by digest and by tag", () => {
     const { hub, crm } = await setup();
     const img = hub.image();
     for (let i = 0; i < 3; i++) {
-      const res = await get(crm, "/v2/library/multi/manifests/latest", { headers: { accept: "application/vnd.oci.image.index.v1+json" } });
+      const res = await get(crm, "/v2/library/multi/manifests/latest", {
+        headers: { accept: "application/vnd.oci.image.index.v1+json" },
+      });
       expect(res.status).toBe(200);
       expect(res.headers.get("docker-content-digest")).toBe(img.index.digest);
       expect(sha256(new Uint8Array(await res.arrayBuffer()))).toBe(img.index.digest);
@@ -217,7 +291,14 @@ describe("by digest and by tag", () => {
   test("50 concurrent GETs by tag cost one upstream GET (single flight)", async () => {
     const { hub, crm } = await setup();
     const img = hub.image();
-    const answers = await Promise.all(Array.from({ length: 50 }, () => get(crm, "/v2/library/multi/manifests/latest").then(async (r) => ({ status: r.status, body: new Uint8Array(await r.arrayBuffer()) }))));
+    const answers = await Promise.all(
+      Array.from({ length: 50 }, () =>
+        get(crm, "/v2/library/multi/manifests/latest").then(async (r) => ({
+          status: r.status,
+          body: new Uint8Array(await r.arrayBuffer()),
+        })),
+      ),
+    );
     for (const a of answers) {
       expect(a.status).toBe(200);
       expect(sha256(a.body)).toBe(img.index.digest);
@@ -237,7 +318,11 @@ describe("by digest and by tag", () => {
         expect(sha256(new Uint8Array(await res.arrayBuffer()))).toBe(img.index.digest);
       }
       expect(hub.gets()).toBe(2); // a tag cannot be resolved without its GET here
-      expect(hub.manifestRequests.filter((r) => r.startsWith("GET ")).every((r) => r.endsWith("/latest"))).toBe(true);
+      expect(
+        hub.manifestRequests
+          .filter((r) => r.startsWith("GET "))
+          .every((r) => r.endsWith("/latest")),
+      ).toBe(true);
       const byDigest = await get(crm, `/v2/${repo}/x/manifests/${img.index.digest}`);
       expect(sha256(new Uint8Array(await byDigest.arrayBuffer()))).toBe(img.index.digest);
       expect(hub.gets()).toBe(2);
@@ -252,7 +337,8 @@ describe("bad input is never served from memory", () => {
     for (let i = 0; i < 2; i++) {
       const res = await get(crm, `/v2/tampered/x/manifests/${img.index.digest}`);
       expect(res.status).toBe(502);
-      const err = ((await res.json()) as { errors: Array<{ code: string; message: string }> }).errors[0]!;
+      const err = ((await res.json()) as { errors: Array<{ code: string; message: string }> })
+        .errors[0]!;
       expect(err.code).toBe("DIGEST_INVALID");
       expect(err.message).toContain(`does not match the requested digest ${img.index.digest}`);
     }
@@ -269,7 +355,9 @@ describe("bad input is never served from memory", () => {
     for (let i = 0; i < 2; i++) {
       const res = await get(crm, "/v2/liar/x/manifests/latest");
       expect(res.status).toBe(502);
-      expect(((await res.json()) as { errors: Array<{ code: string }> }).errors[0]!.code).toBe("DIGEST_INVALID");
+      expect(((await res.json()) as { errors: Array<{ code: string }> }).errors[0]!.code).toBe(
+        "DIGEST_INVALID",
+      );
     }
     expect(hub.gets()).toBe(2);
     expect(await metric(crm, "crm_mirror_manifest_cache_entries")).toBe(0);
@@ -281,9 +369,14 @@ describe("bad input is never served from memory", () => {
     for (let i = 0; i < 2; i++) {
       const res = await get(crm, `/v2/library/multi/manifests/${ref}`);
       expect(res.status).toBe(404);
-      expect(((await res.json()) as { errors: Array<{ code: string; message: string }> }).errors[0]).toMatchObject({ code: "MANIFEST_UNKNOWN", message: "manifest unknown" });
+      expect(
+        ((await res.json()) as { errors: Array<{ code: string; message: string }> }).errors[0],
+      ).toMatchObject({ code: "MANIFEST_UNKNOWN", message: "manifest unknown" });
     }
-    expect(hub.manifestRequests).toEqual([`GET /v2/library/multi/manifests/${ref}`, `GET /v2/library/multi/manifests/${ref}`]);
+    expect(hub.manifestRequests).toEqual([
+      `GET /v2/library/multi/manifests/${ref}`,
+      `GET /v2/library/multi/manifests/${ref}`,
+    ]);
   });
 
   test("a manifest over 4 MiB is streamed byte-exact and never cached (with and without Content-Length)", async () => {
@@ -298,7 +391,13 @@ describe("bad input is never served from memory", () => {
     // The one sent without Content-Length was read up to the limit, then fetched again to stream.
     expect(hub.gets()).toBe(3);
     // Concurrent requests for one: the first streams the shared answer, the others their own.
-    const together = await Promise.all(Array.from({ length: 5 }, () => get(crm, "/v2/fill/x/manifests/5000000-together").then(async (r) => sha256(new Uint8Array(await r.arrayBuffer())))));
+    const together = await Promise.all(
+      Array.from({ length: 5 }, () =>
+        get(crm, "/v2/fill/x/manifests/5000000-together").then(async (r) =>
+          sha256(new Uint8Array(await r.arrayBuffer())),
+        ),
+      ),
+    );
     expect(new Set(together).size).toBe(1);
     expect(hub.gets()).toBe(3 + 5);
     expect(await metric(crm, "crm_mirror_manifest_cache_entries")).toBe(0);
@@ -328,7 +427,9 @@ describe("the size bound", () => {
     expect(entries).toBeGreaterThanOrEqual(7);
     expect(evictions).toBe(176 - entries);
     // 160 MB went through; the cache may keep 8 MiB of it.
-    console.log(`manifest cache fill: ${bytes} bytes in ${entries} entries, ${evictions} evictions, RSS ${(rssBefore / 2 ** 20).toFixed(0)} → ${(rssAfter / 2 ** 20).toFixed(0)} MiB`);
+    console.log(
+      `manifest cache fill: ${bytes} bytes in ${entries} entries, ${evictions} evictions, RSS ${(rssBefore / 2 ** 20).toFixed(0)} → ${(rssAfter / 2 ** 20).toFixed(0)} MiB`,
+    );
     expect(rssAfter - rssBefore).toBeLessThan(64 * 1024 * 1024);
     // LRU: the newest is a hit, an early one was evicted.
     const gets = hub.gets();
@@ -345,14 +446,32 @@ describe("the size bound", () => {
     await (await get(crm, path)).arrayBuffer();
     await (await get(crm, path)).arrayBuffer();
     expect(hub.gets()).toBe(1);
-    const raw = { listen: "127.0.0.1:0", allow_private_networks: true, log_level: "info", timeouts: { header: "300ms" } };
-    const off = buildConfig({ ...raw, mirror: { default_registry: "hub.test", registries: { "hub.test": hub.url }, manifest_cache: { enabled: false } } }, "test.yaml").config;
+    const raw = {
+      listen: "127.0.0.1:0",
+      allow_private_networks: true,
+      log_level: "info",
+      timeouts: { header: "300ms" },
+    };
+    const off = buildConfig(
+      {
+        ...raw,
+        mirror: {
+          default_registry: "hub.test",
+          registries: { "hub.test": hub.url },
+          manifest_cache: { enabled: false },
+        },
+      },
+      "test.yaml",
+    ).config;
     await crm.server.reload(off);
     expect(await metric(crm, "crm_mirror_manifest_cache_entries")).toBe(0);
     await (await get(crm, path)).arrayBuffer();
     await (await get(crm, path)).arrayBuffer();
     expect(hub.gets()).toBe(3);
-    const on = buildConfig({ ...raw, mirror: { default_registry: "hub.test", registries: { "hub.test": hub.url } } }, "test.yaml").config;
+    const on = buildConfig(
+      { ...raw, mirror: { default_registry: "hub.test", registries: { "hub.test": hub.url } } },
+      "test.yaml",
+    ).config;
     await crm.server.reload(on);
     await (await get(crm, path)).arrayBuffer();
     await (await get(crm, path)).arrayBuffer();
@@ -378,12 +497,25 @@ describe("quota you can see", () => {
     expect(refused.status).toBe(429);
     expect(refused.headers.get("retry-after")).toBe("60");
     expect(refused.headers.get("ratelimit-remaining")).toBe("0;w=21600");
-    const err = ((await refused.json()) as { errors: Array<{ code: string; message: string; detail: Record<string, unknown> }> }).errors[0]!;
+    const err = (
+      (await refused.json()) as {
+        errors: Array<{ code: string; message: string; detail: Record<string, unknown> }>;
+      }
+    ).errors[0]!;
     expect(err.code).toBe("TOOMANYREQUESTS");
-    expect(err.message).toBe("hub.test rate limit reached for this crm's address; configure credentials for hub.test under mirror.registries");
-    expect(err.detail).toMatchObject({ registry: "hub.test", limit: 2, remaining: 0, upstream: "You have reached your pull rate limit." });
+    expect(err.message).toBe(
+      "hub.test rate limit reached for this crm's address; configure credentials for hub.test under mirror.registries",
+    );
+    expect(err.detail).toMatchObject({
+      registry: "hub.test",
+      limit: 2,
+      remaining: 0,
+      upstream: "You have reached your pull rate limit.",
+    });
     hub.retryAfter = "120";
-    const again = await get(crm, `/v2/library/multi/manifests/${img.platforms[1]!.digest}`, { method: "GET" });
+    const again = await get(crm, `/v2/library/multi/manifests/${img.platforms[1]!.digest}`, {
+      method: "GET",
+    });
     expect(again.status).toBe(429);
     expect(again.headers.get("retry-after")).toBe("120");
     await again.arrayBuffer();
@@ -396,7 +528,9 @@ describe("quota you can see", () => {
     expect(sha256(new Uint8Array(await cached.arrayBuffer()))).toBe(img.index.digest);
 
     expect(crm.logs.filter((l) => l.includes("upstream pull quota running low"))).toHaveLength(1);
-    expect(crm.logs.find((l) => l.includes("upstream pull quota running low"))).toMatch(/registry=hub\.test remaining=0 limit=2 window_s=21600 source=127\.0\.0\.1/);
+    expect(crm.logs.find((l) => l.includes("upstream pull quota running low"))).toMatch(
+      /registry=hub\.test remaining=0 limit=2 window_s=21600 source=127\.0\.0\.1/,
+    );
     const page = await (await fetch(`${crm.url}/`, { proxy: false } as RequestInit)).text();
     expect(page).toContain("Upstream quota");
     expect(page).toContain("hub.test: 0 of 2 per 6 h left");

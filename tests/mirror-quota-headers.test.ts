@@ -12,17 +12,29 @@ let hub: FakeHub;
 let crm: TestCrm;
 beforeAll(async () => {
   hub = startFakeHub({ limit: 1000 });
-  crm = await startCrm({ mirror: { default_registry: "hub.test", registries: { "hub.test": hub.url } } }, "info");
+  crm = await startCrm(
+    { mirror: { default_registry: "hub.test", registries: { "hub.test": hub.url } } },
+    "info",
+  );
 });
 afterAll(async () => {
   await crm.stop();
   hub.stop();
 });
 
-const ask = (method: "GET" | "HEAD", path: string): Promise<Response> => fetch(`${crm.url}${path}`, { method, proxy: false, headers: { accept: HUB_ACCEPT } } as RequestInit);
+const ask = (method: "GET" | "HEAD", path: string): Promise<Response> =>
+  fetch(`${crm.url}${path}`, {
+    method,
+    proxy: false,
+    headers: { accept: HUB_ACCEPT },
+  } as RequestInit);
 
 /** The quota fields of an answer, or null for each one missing. */
-const quota = (r: Response): Array<string | null> => [r.headers.get("ratelimit-limit"), r.headers.get("ratelimit-remaining"), r.headers.get("docker-ratelimit-source")];
+const quota = (r: Response): Array<string | null> => [
+  r.headers.get("ratelimit-limit"),
+  r.headers.get("ratelimit-remaining"),
+  r.headers.get("docker-ratelimit-source"),
+];
 
 test("a HEAD by tag (Docker's quota check) carries the upstream's quota fields", async () => {
   const r = await ask("HEAD", "/v2/library/multi/manifests/latest");

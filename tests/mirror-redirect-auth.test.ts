@@ -8,7 +8,12 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import type { Server } from "bun";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 
-const MANIFEST = JSON.stringify({ schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json", config: {}, layers: [] });
+const MANIFEST = JSON.stringify({
+  schemaVersion: 2,
+  mediaType: "application/vnd.oci.image.manifest.v1+json",
+  config: {},
+  layers: [],
+});
 const DIGEST = "sha256:" + new Bun.CryptoHasher("sha256").update(MANIFEST).digest("hex");
 
 interface Seen {
@@ -39,11 +44,18 @@ beforeAll(async () => {
           { errors: [{ code: "UNAUTHORIZED", message: "authentication required" }] },
           {
             status: 401,
-            headers: { "www-authenticate": `Bearer realm="http://localhost:${second.port}/token",service="second.test",scope="repository:proj/images/pause:pull"` },
+            headers: {
+              "www-authenticate": `Bearer realm="http://localhost:${second.port}/token",service="second.test",scope="repository:proj/images/pause:pull"`,
+            },
           },
         );
       }
-      return new Response(MANIFEST, { headers: { "content-type": "application/vnd.oci.image.manifest.v1+json", "docker-content-digest": DIGEST } });
+      return new Response(MANIFEST, {
+        headers: {
+          "content-type": "application/vnd.oci.image.manifest.v1+json",
+          "docker-content-digest": DIGEST,
+        },
+      });
     },
   });
   first = Bun.serve({
@@ -52,10 +64,18 @@ beforeAll(async () => {
     fetch(req) {
       const url = new URL(req.url);
       if (req.headers.get("authorization") !== "Basic " + btoa("robot:first-secret")) {
-        return new Response("{}", { status: 401, headers: { "www-authenticate": 'Basic realm="first"' } });
+        return new Response("{}", {
+          status: 401,
+          headers: { "www-authenticate": 'Basic realm="first"' },
+        });
       }
       if (url.pathname === "/v2/pause/manifests/3.9") {
-        return new Response(null, { status: 307, headers: { location: `http://localhost:${second.port}/v2/proj/images/pause/manifests/3.9` } });
+        return new Response(null, {
+          status: 307,
+          headers: {
+            location: `http://localhost:${second.port}/v2/proj/images/pause/manifests/3.9`,
+          },
+        });
       }
       return new Response("{}", { status: 404 });
     },
@@ -65,7 +85,14 @@ beforeAll(async () => {
     allowed_ports: [80, 443, second.port ?? 0],
     mirror: {
       default_registry: "k8s.test",
-      registries: { "k8s.test": { upstream: `http://127.0.0.1:${first.port}`, username: "robot", password: "first-secret", redirect_hosts: ["localhost"] } },
+      registries: {
+        "k8s.test": {
+          upstream: `http://127.0.0.1:${first.port}`,
+          username: "robot",
+          password: "first-secret",
+          redirect_hosts: ["localhost"],
+        },
+      },
     },
   });
 });
@@ -83,7 +110,8 @@ test("the redirect target's own challenge is answered with an anonymous token fr
   expect(res.headers.get("docker-content-digest")).toBe(DIGEST);
   expect(tokenCalls).toEqual([{ scope: "repository:proj/images/pause:pull", authorization: null }]);
   // The second host saw no credentials of the first, only its own token.
-  for (const s of secondSeen) expect(s.authorization === null || s.authorization === "Bearer second-token").toBe(true);
+  for (const s of secondSeen)
+    expect(s.authorization === null || s.authorization === "Bearer second-token").toBe(true);
 
   const again = await fetch(`${crm.url}/v2/pause/manifests/3.9`, { proxy: false } as RequestInit);
   expect(again.status).toBe(200);

@@ -7,7 +7,11 @@
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { startCrm, type TestCrm } from "./support/crm.ts";
-import { openRaw, startScriptedUpstream, type ScriptedUpstream } from "./support/faulty-upstreams.ts";
+import {
+  openRaw,
+  startScriptedUpstream,
+  type ScriptedUpstream,
+} from "./support/faulty-upstreams.ts";
 
 const DIGEST = `sha256:${"c".repeat(64)}`;
 const CHUNKS = "5;part=one\r\nhello\r\n6;part=two\r\n world\r\n0\r\n\r\n";
@@ -30,13 +34,22 @@ function startRedirectingRegistry() {
       },
       data(s, d) {
         s.data.buf += d.toString("latin1");
-        for (let end = s.data.buf.indexOf("\r\n\r\n"); end >= 0; end = s.data.buf.indexOf("\r\n\r\n")) {
+        for (
+          let end = s.data.buf.indexOf("\r\n\r\n");
+          end >= 0;
+          end = s.data.buf.indexOf("\r\n\r\n")
+        ) {
           const head = s.data.buf.slice(0, end);
           s.data.buf = s.data.buf.slice(end + 4);
-          if (head.startsWith("GET /cdn/")) s.write("HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 5\r\n\r\nhello");
+          if (head.startsWith("GET /cdn/"))
+            s.write(
+              "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 5\r\n\r\nhello",
+            );
           else {
             const body = '<a href="/cdn/x">Temporary Redirect</a>.\n';
-            s.write(`HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:${l.port}/cdn/x\r\ncontent-type: text/html\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+            s.write(
+              `HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:${l.port}/cdn/x\r\ncontent-type: text/html\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
+            );
           }
         }
       },
@@ -49,13 +62,39 @@ beforeAll(async () => {
   upstream = startScriptedUpstream((head) => {
     if (head.startsWith("GET /v2/library/gone/")) {
       const body = '{"errors":[{"code":"BLOB_UNKNOWN","message":"no such blob"}]}';
-      return { bytes: Buffer.from(`HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n${body.length.toString(16)};x=y\r\n${body}\r\n0\r\n\r\n`), after: "keep" };
+      return {
+        bytes: Buffer.from(
+          `HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n${body.length.toString(16)};x=y\r\n${body}\r\n0\r\n\r\n`,
+        ),
+        after: "keep",
+      };
     }
-    return { bytes: Buffer.from(`HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ndocker-content-digest: ${DIGEST}\r\ntransfer-encoding: chunked\r\n\r\n${CHUNKS}`), after: "keep" };
+    return {
+      bytes: Buffer.from(
+        `HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ndocker-content-digest: ${DIGEST}\r\ntransfer-encoding: chunked\r\n\r\n${CHUNKS}`,
+      ),
+      after: "keep",
+    };
   });
-  crm = await startCrm({ mirror: { default_registry: "reg.test", registries: { "reg.test": `http://127.0.0.1:${upstream.port}` } } }, "warn");
+  crm = await startCrm(
+    {
+      mirror: {
+        default_registry: "reg.test",
+        registries: { "reg.test": `http://127.0.0.1:${upstream.port}` },
+      },
+    },
+    "warn",
+  );
   redirecting = startRedirectingRegistry();
-  crmRedirect = await startCrm({ mirror: { default_registry: "reg.test", registries: { "reg.test": `http://127.0.0.1:${redirecting.port}` } } }, "warn");
+  crmRedirect = await startCrm(
+    {
+      mirror: {
+        default_registry: "reg.test",
+        registries: { "reg.test": `http://127.0.0.1:${redirecting.port}` },
+      },
+    },
+    "warn",
+  );
 });
 
 afterAll(async () => {

@@ -8,7 +8,16 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 import { startCuttingRelay, type CuttingRelay } from "./support/cutting-relay.ts";
-import { LAYER_BLOB, LAYER_DIGEST, startCdn, startFakeRegistry, startTokenServer, type Cdn, type FakeRegistry, type TokenServer } from "./support/mirror-upstreams.ts";
+import {
+  LAYER_BLOB,
+  LAYER_DIGEST,
+  startCdn,
+  startFakeRegistry,
+  startTokenServer,
+  type Cdn,
+  type FakeRegistry,
+  type TokenServer,
+} from "./support/mirror-upstreams.ts";
 
 let tokens: TokenServer;
 let cdn: Cdn;
@@ -20,11 +29,17 @@ beforeAll(async () => {
   tokens = startTokenServer({ expiresIn: 300 });
   cdn = startCdn("localhost");
   relay = await startCuttingRelay({ host: "127.0.0.1", port: Number(new URL(cdn.url).port) });
-  hub = startFakeRegistry({ auth: { kind: "bearer", tokens }, cdnBase: `http://localhost:${relay.port}` });
+  hub = startFakeRegistry({
+    auth: { kind: "bearer", tokens },
+    cdnBase: `http://localhost:${relay.port}`,
+  });
   crm = await startCrm(
     {
       allowed_ports: [80, 443, Number(new URL(tokens.url).port), relay.port],
-      mirror: { default_registry: "docker.io", registries: { "docker.io": { upstream: hub.url, redirect_hosts: ["localhost"] } } },
+      mirror: {
+        default_registry: "docker.io",
+        registries: { "docker.io": { upstream: hub.url, redirect_hosts: ["localhost"] } },
+      },
     },
     "info",
   );
@@ -41,8 +56,17 @@ afterAll(async () => {
 test("a blob cut on its CDN hop is resumed through the registry: a fresh signed URL, then Range on the CDN", async () => {
   const cut = Math.floor(LAYER_BLOB.byteLength * 0.3);
   let n = 0;
-  relay.plan = (r) => (r.method === "GET" && r.path.includes("/blobs/") && n++ === 0 ? { kind: "pass", cutAfter: cut } : { kind: "pass" });
-  const registryGets = () => hub.seen.filter((s) => s.method === "GET" && s.url.includes(`/blobs/${LAYER_DIGEST}`) && s.headers.authorization !== undefined).length;
+  relay.plan = (r) =>
+    r.method === "GET" && r.path.includes("/blobs/") && n++ === 0
+      ? { kind: "pass", cutAfter: cut }
+      : { kind: "pass" };
+  const registryGets = () =>
+    hub.seen.filter(
+      (s) =>
+        s.method === "GET" &&
+        s.url.includes(`/blobs/${LAYER_DIGEST}`) &&
+        s.headers.authorization !== undefined,
+    ).length;
   const before = registryGets();
   const res = await fetch(`${crm.url}/v2/cdn/app/blobs/${LAYER_DIGEST}`);
   expect(res.status).toBe(200);

@@ -10,13 +10,24 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startCrm, type TestCrm } from "./support/crm.ts";
-import { startCuttingRelay, type CuttingRelay, type RelayPlan, type RelayRequest } from "./support/cutting-relay.ts";
+import {
+  startCuttingRelay,
+  type CuttingRelay,
+  type RelayPlan,
+  type RelayRequest,
+} from "./support/cutting-relay.ts";
 import { deadPort } from "./support/mirror-upstreams.ts";
 import { runSkopeo, startRegistry, type RegistryFixture } from "./support/registry.ts";
 import { startContainerd, type RuntimeProcess } from "./support/runtimes.ts";
 import { missingTools } from "./support/tools.ts";
 
-const skip = missingTools("mirror resume", ["docker-registry", "skopeo", "curl", "containerd", "ctr"]);
+const skip = missingTools("mirror resume", [
+  "docker-registry",
+  "skopeo",
+  "curl",
+  "containerd",
+  "ctr",
+]);
 
 describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
   let fx: RegistryFixture;
@@ -28,7 +39,10 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
   const repo = "library/multi";
 
   /** A blob GET with a token (crm's very first request of the run only learns the challenge: 401). */
-  const isBlobGet = (r: RelayRequest): boolean => r.method === "GET" && r.path.includes(`/blobs/${blob.digest}`) && r.headers.authorization !== undefined;
+  const isBlobGet = (r: RelayRequest): boolean =>
+    r.method === "GET" &&
+    r.path.includes(`/blobs/${blob.digest}`) &&
+    r.headers.authorization !== undefined;
   const blobGets = (): RelayRequest[] => relay.requests.filter(isBlobGet);
   /** Cut the blob GETs numbered in `cuts` (0 = the first) after that share of the blob; pass everything else. */
   const cutting = (cuts: Record<number, RelayPlan & { kind: "pass" }>): CuttingRelay["plan"] => {
@@ -40,7 +54,13 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
   };
   const at = (share: number): number => Math.floor(blob.size * share);
   /** crm's request log lines for the blob: one per client request. */
-  const clientBlobRequests = (): number => crm.logs.filter((l) => l.includes(`blobs/${blob.digest}`) && /\bstatus=\d{3}\b/.test(l) && !/mirror (upstream|blob resume)/.test(l)).length;
+  const clientBlobRequests = (): number =>
+    crm.logs.filter(
+      (l) =>
+        l.includes(`blobs/${blob.digest}`) &&
+        /\bstatus=\d{3}\b/.test(l) &&
+        !/mirror (upstream|blob resume)/.test(l),
+    ).length;
 
   const reset = (plan: CuttingRelay["plan"]): void => {
     relay.requests.length = 0;
@@ -48,9 +68,24 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
     relay.plan = plan;
   };
 
-  const curlBlob = async (extra: string[] = []): Promise<{ code: number; body: Buffer; stderr: string }> => {
+  const curlBlob = async (
+    extra: string[] = [],
+  ): Promise<{ code: number; body: Buffer; stderr: string }> => {
     const out = join(dir, `curl-${Math.random().toString(36).slice(2)}`);
-    const p = Bun.spawn(["curl", "-sS", "-v", "--noproxy", "*", "-o", out, ...extra, `${crm.url}/v2/${repo}/blobs/${blob.digest}`], { stdout: "pipe", stderr: "pipe" });
+    const p = Bun.spawn(
+      [
+        "curl",
+        "-sS",
+        "-v",
+        "--noproxy",
+        "*",
+        "-o",
+        out,
+        ...extra,
+        `${crm.url}/v2/${repo}/blobs/${blob.digest}`,
+      ],
+      { stdout: "pipe", stderr: "pipe" },
+    );
     const stderr = await new Response(p.stderr).text();
     const code = await p.exited;
     const body = await readFile(out).catch(() => Buffer.alloc(0));
@@ -63,7 +98,10 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
     dir = await mkdtemp(join(tmpdir(), "crm-resume-"));
     fx = await startRegistry({ auth: "token" });
     const layers = [...fx.images.multiLayer.layers].sort((a, b) => b.size - a.size);
-    blob = { digest: (layers[0] as { digest: string }).digest, size: (layers[0] as { size: number }).size };
+    blob = {
+      digest: (layers[0] as { digest: string }).digest,
+      size: (layers[0] as { size: number }).size,
+    };
     const u = new URL(fx.url);
     relay = await startCuttingRelay({ host: u.hostname, port: Number(u.port) });
     crm = await startCrm(
@@ -96,7 +134,9 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
       expect(gets.length).toBe(2);
       expect(gets[0]?.headers.range).toBeUndefined();
       expect(gets[1]?.headers.range).toBe(`bytes=${at(share)}-${blob.size - 1}`);
-      expect(crm.logs.some((l) => l.includes("mirror blob resume") && l.includes(`at=${at(share)}`))).toBe(true);
+      expect(
+        crm.logs.some((l) => l.includes("mirror blob resume") && l.includes(`at=${at(share)}`)),
+      ).toBe(true);
       expect(clientBlobRequests()).toBe(1);
       expect(r.stderr.match(/^> GET /gm)?.length).toBe(1);
     });
@@ -121,7 +161,9 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
   });
 
   test("curl: an upstream without range support (200 to a Range) is read past what was sent", async () => {
-    reset(cutting({ 0: { kind: "pass", cutAfter: at(0.3) }, 1: { kind: "pass", stripRange: true } }));
+    reset(
+      cutting({ 0: { kind: "pass", cutAfter: at(0.3) }, 1: { kind: "pass", stripRange: true } }),
+    );
     const r = await curlBlob();
     expect(r.code).toBe(0);
     expect(r.body.length).toBe(blob.size);
@@ -138,13 +180,24 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
     expect(r.code).toBe(0);
     expect(r.stderr).toMatch(/< HTTP\/1\.1 206/);
     expect(r.stderr).toContain(`content-range: bytes ${from}-${to}/${blob.size}`);
-    const full = await (await fetch(`${fx.url}/v2/${repo}/blobs/${blob.digest}`, { headers: { authorization: `Bearer ${fx.token?.mint([`repository:${repo}:pull`]) ?? ""}` } })).arrayBuffer();
+    const full = await (
+      await fetch(`${fx.url}/v2/${repo}/blobs/${blob.digest}`, {
+        headers: { authorization: `Bearer ${fx.token?.mint([`repository:${repo}:pull`]) ?? ""}` },
+      })
+    ).arrayBuffer();
     expect(Buffer.compare(r.body, Buffer.from(full).subarray(from, to + 1))).toBe(0);
     expect(blobGets()[1]?.headers.range).toBe(`bytes=${from + at(0.4)}-${to}`);
   });
 
   test("three failures in a row end as today: the client's body is cut, never complete-looking", async () => {
-    reset(cutting({ 0: { kind: "pass", cutAfter: at(0.2) }, 1: { kind: "pass", cutAfter: 1000 }, 2: { kind: "pass", cutAfter: 1000 }, 3: { kind: "pass", cutAfter: 1000 } }));
+    reset(
+      cutting({
+        0: { kind: "pass", cutAfter: at(0.2) },
+        1: { kind: "pass", cutAfter: 1000 },
+        2: { kind: "pass", cutAfter: 1000 },
+        3: { kind: "pass", cutAfter: 1000 },
+      }),
+    );
     const r = await curlBlob();
     expect(r.code).not.toBe(0);
     expect(r.body.length).toBeLessThan(blob.size);
@@ -152,10 +205,16 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
     expect(blobGets().length).toBe(4);
     expect(crm.logs.some((l) => l.includes("mirror blob resume gave up"))).toBe(true);
     const metrics = await (await fetch(`${crm.url}/metrics`)).text();
-    expect(metrics).toMatch(/crm_mirror_blob_resumes_total\{registry="reg\.test",result="exhausted"\} [1-9]/);
-    expect(metrics).toMatch(/crm_mirror_blob_resumes_total\{registry="reg\.test",result="continued"\} [1-9]/);
+    expect(metrics).toMatch(
+      /crm_mirror_blob_resumes_total\{registry="reg\.test",result="exhausted"\} [1-9]/,
+    );
+    expect(metrics).toMatch(
+      /crm_mirror_blob_resumes_total\{registry="reg\.test",result="continued"\} [1-9]/,
+    );
     const page = await (await fetch(`${crm.url}/`)).text();
-    expect(page).toMatch(/reg\.test: \d+ continued, \d+ refused, [1-9]\d* cut after every re-request failed/);
+    expect(page).toMatch(
+      /reg\.test: \d+ continued, \d+ refused, [1-9]\d* cut after every re-request failed/,
+    );
   });
 
   test("curl: an upstream that goes silent mid-body (connection open) is resumed after timeouts.upstream_header", async () => {
@@ -170,13 +229,20 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
     try {
       reset(cutting({ 0: { kind: "pass", stallAfter: at(0.5) } }));
       // This crm's first blob GET learns the challenge (401), uncounted by isBlobGet.
-      const p = Bun.spawn(["curl", "-sS", "--noproxy", "*", `${quick.url}/v2/${repo}/blobs/${blob.digest}`], { stdout: "pipe", stderr: "pipe" });
+      const p = Bun.spawn(
+        ["curl", "-sS", "--noproxy", "*", `${quick.url}/v2/${repo}/blobs/${blob.digest}`],
+        { stdout: "pipe", stderr: "pipe" },
+      );
       const body = Buffer.from(await new Response(p.stdout).arrayBuffer());
       expect(await p.exited).toBe(0);
       expect(sha(body)).toBe(blob.digest);
       expect(blobGets().length).toBe(2);
       expect(blobGets()[1]?.headers.range).toBe(`bytes=${at(0.5)}-${blob.size - 1}`);
-      expect(quick.logs.some((l) => l.includes("mirror blob resume") && l.includes("sent nothing for 1000 ms"))).toBe(true);
+      expect(
+        quick.logs.some(
+          (l) => l.includes("mirror blob resume") && l.includes("sent nothing for 1000 ms"),
+        ),
+      ).toBe(true);
     } finally {
       await quick.stop();
     }
@@ -185,15 +251,31 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
   test("a manifest by digest whose upstream body is cut is resumed (and its digest checked)", async () => {
     const m = fx.images.multiLayer;
     let n = 0;
-    reset((r) => (r.method === "GET" && r.path.endsWith(`/manifests/${m.digest}`) && r.headers.authorization !== undefined && n++ === 0 ? { kind: "pass", cutAfter: Math.floor(m.size / 2) } : { kind: "pass" }));
-    const res = await fetch(`${crm.url}/v2/${repo}/manifests/${m.digest}`, { headers: { accept: m.mediaType } });
+    reset((r) =>
+      r.method === "GET" &&
+      r.path.endsWith(`/manifests/${m.digest}`) &&
+      r.headers.authorization !== undefined &&
+      n++ === 0
+        ? { kind: "pass", cutAfter: Math.floor(m.size / 2) }
+        : { kind: "pass" },
+    );
+    const res = await fetch(`${crm.url}/v2/${repo}/manifests/${m.digest}`, {
+      headers: { accept: m.mediaType },
+    });
     expect(res.status).toBe(200);
     const body = Buffer.from(await res.arrayBuffer());
     expect(sha(body)).toBe(m.digest);
-    const gets = relay.requests.filter((r) => r.method === "GET" && r.path.endsWith(`/manifests/${m.digest}`) && r.headers.authorization !== undefined);
+    const gets = relay.requests.filter(
+      (r) =>
+        r.method === "GET" &&
+        r.path.endsWith(`/manifests/${m.digest}`) &&
+        r.headers.authorization !== undefined,
+    );
     expect(gets.length).toBe(2);
     expect(gets[1]?.headers.range).toBe(`bytes=${Math.floor(m.size / 2)}-${m.size - 1}`);
-    expect(crm.logs.some((l) => l.includes("mirror blob resume") && l.includes(m.digest))).toBe(true);
+    expect(crm.logs.some((l) => l.includes("mirror blob resume") && l.includes(m.digest))).toBe(
+      true,
+    );
   });
 
   test("HEAD is never resumed (nothing to resume) and answers as before", async () => {
@@ -211,22 +293,41 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
     ["a cut inside a chunk", () => ({ kind: "pass", chunked: true, cutAfter: at(0.6) })],
   ];
 
-  for (const [what, plan] of CUTS) test(`skopeo copy gets the whole image over ${what} with no retry of its own`, async () => {
-    reset(cutting({ 0: plan() }));
-    const dest = join(dir, `skopeo-out-${Math.random().toString(36).slice(2)}`);
-    const r = await runSkopeo(fx, ["--debug", "copy", "--src-tls-verify=false", "--preserve-digests", `docker://127.0.0.1:${crm.port}/${repo}:v1`, `dir:${dest}`], { timeoutMs: 120_000 });
-    const layer = await readFile(join(dest, blob.digest.slice("sha256:".length)));
-    expect(sha(layer)).toBe(blob.digest);
-    // containers/image logs "reconnecting" when it resumes a blob itself.
-    expect(r.stderr).not.toMatch(/reconnecting|retrying/i);
-    expect(blobGets().length).toBe(2);
-    expect(clientBlobRequests()).toBe(1);
-  }, 120_000);
+  for (const [what, plan] of CUTS)
+    test(`skopeo copy gets the whole image over ${what} with no retry of its own`, async () => {
+      reset(cutting({ 0: plan() }));
+      const dest = join(dir, `skopeo-out-${Math.random().toString(36).slice(2)}`);
+      const r = await runSkopeo(
+        fx,
+        [
+          "--debug",
+          "copy",
+          "--src-tls-verify=false",
+          "--preserve-digests",
+          `docker://127.0.0.1:${crm.port}/${repo}:v1`,
+          `dir:${dest}`,
+        ],
+        { timeoutMs: 120_000 },
+      );
+      const layer = await readFile(join(dest, blob.digest.slice("sha256:".length)));
+      expect(sha(layer)).toBe(blob.digest);
+      // containers/image logs "reconnecting" when it resumes a blob itself.
+      expect(r.stderr).not.toMatch(/reconnecting|retrying/i);
+      expect(blobGets().length).toBe(2);
+      expect(clientBlobRequests()).toBe(1);
+    }, 120_000);
 
   describe("containerd", () => {
     let ctrd: RuntimeProcess;
     const dead = `http://127.0.0.1:${deadPort()}`;
-    const env = { HTTPS_PROXY: dead, HTTP_PROXY: dead, https_proxy: dead, http_proxy: dead, NO_PROXY: "127.0.0.1,localhost", no_proxy: "127.0.0.1,localhost" };
+    const env = {
+      HTTPS_PROXY: dead,
+      HTTP_PROXY: dead,
+      https_proxy: dead,
+      http_proxy: dead,
+      NO_PROXY: "127.0.0.1,localhost",
+      no_proxy: "127.0.0.1,localhost",
+    };
     beforeAll(async () => {
       ctrd = await startContainerd(join(dir, "containerd"), env);
     }, 90_000);
@@ -235,27 +336,76 @@ describe.skipIf(skip)("resume when the upstream drops mid-blob", () => {
     }, 30_000);
 
     let round = 0;
-    for (const [what, plan] of CUTS) test(`ctr pull gets the whole image over ${what} with no retry of its own`, async () => {
-      reset(cutting({ 0: plan() }));
-      // A namespace of its own each time, its content removed before: containerd must fetch the blob.
-      const ns = `crm-resume-${++round}`;
-      const ctr = (args: string[]) => Bun.spawnSync(["ctr", "--address", ctrd.socket, "-n", ns, ...args], { env: { ...process.env, ...env } });
-      for (let i = 1; i < round; i++) {
-        Bun.spawnSync(["ctr", "--address", ctrd.socket, "-n", `crm-resume-${i}`, "images", "rm", "--sync", `127.0.0.1:${crm.port}/${repo}:v1`], { env: { ...process.env, ...env } });
-        Bun.spawnSync(["ctr", "--address", ctrd.socket, "-n", `crm-resume-${i}`, "content", "rm", blob.digest], { env: { ...process.env, ...env } });
-      }
-      const p = Bun.spawn(["ctr", "--address", ctrd.socket, "-n", ns, "--debug", "images", "pull", "--plain-http", "--snapshotter", "native", `127.0.0.1:${crm.port}/${repo}:v1`], {
-        stdout: "pipe",
-        stderr: "pipe",
-        env: { ...process.env, ...env },
-      });
-      const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-      expect({ code, out: out.slice(-2000), err: err.slice(-2000) }).toMatchObject({ code: 0 });
-      expect(err).not.toMatch(/retry|reconnect/i);
-      expect(blobGets().length).toBe(2);
-      expect(clientBlobRequests()).toBe(1);
-      // containerd checked the digest of what it wrote.
-      expect(ctr(["content", "ls", "-q"]).stdout.toString()).toContain(blob.digest);
-    }, 120_000);
+    for (const [what, plan] of CUTS)
+      test(`ctr pull gets the whole image over ${what} with no retry of its own`, async () => {
+        reset(cutting({ 0: plan() }));
+        // A namespace of its own each time, its content removed before: containerd must fetch the blob.
+        const ns = `crm-resume-${++round}`;
+        const ctr = (args: string[]) =>
+          Bun.spawnSync(["ctr", "--address", ctrd.socket, "-n", ns, ...args], {
+            env: { ...process.env, ...env },
+          });
+        for (let i = 1; i < round; i++) {
+          Bun.spawnSync(
+            [
+              "ctr",
+              "--address",
+              ctrd.socket,
+              "-n",
+              `crm-resume-${i}`,
+              "images",
+              "rm",
+              "--sync",
+              `127.0.0.1:${crm.port}/${repo}:v1`,
+            ],
+            { env: { ...process.env, ...env } },
+          );
+          Bun.spawnSync(
+            [
+              "ctr",
+              "--address",
+              ctrd.socket,
+              "-n",
+              `crm-resume-${i}`,
+              "content",
+              "rm",
+              blob.digest,
+            ],
+            { env: { ...process.env, ...env } },
+          );
+        }
+        const p = Bun.spawn(
+          [
+            "ctr",
+            "--address",
+            ctrd.socket,
+            "-n",
+            ns,
+            "--debug",
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            "native",
+            `127.0.0.1:${crm.port}/${repo}:v1`,
+          ],
+          {
+            stdout: "pipe",
+            stderr: "pipe",
+            env: { ...process.env, ...env },
+          },
+        );
+        const [out, err, code] = await Promise.all([
+          new Response(p.stdout).text(),
+          new Response(p.stderr).text(),
+          p.exited,
+        ]);
+        expect({ code, out: out.slice(-2000), err: err.slice(-2000) }).toMatchObject({ code: 0 });
+        expect(err).not.toMatch(/retry|reconnect/i);
+        expect(blobGets().length).toBe(2);
+        expect(clientBlobRequests()).toBe(1);
+        // containerd checked the digest of what it wrote.
+        expect(ctr(["content", "ls", "-q"]).stdout.toString()).toContain(blob.digest);
+      }, 120_000);
   });
 });

@@ -36,11 +36,24 @@ beforeAll(async () => {
   tokens = startTokenServer();
   big = startBigBlobServer();
   // Big blobs come from a CDN-like host, as on Docker Hub: 307 from the registry, then the bytes.
-  registry = startFakeRegistry({ auth: { kind: "bearer", tokens }, bigBase: big.url, slowMs: 3000 });
+  registry = startFakeRegistry({
+    auth: { kind: "bearer", tokens },
+    bigBase: big.url,
+    slowMs: 3000,
+  });
   held = startBigBlobServer(HELD_SIZE);
   heldRegistry = startFakeRegistry({ auth: { kind: "none" }, bigBase: held.url });
   const ports = [tokens.url, big.url, held.url].map((u) => Number(new URL(u).port));
-  crm = await startCrm({ allowed_ports: [80, 443, ...ports], mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url, "held.test": heldRegistry.url } } }, "info");
+  crm = await startCrm(
+    {
+      allowed_ports: [80, 443, ...ports],
+      mirror: {
+        default_registry: "reg.test",
+        registries: { "reg.test": registry.url, "held.test": heldRegistry.url },
+      },
+    },
+    "info",
+  );
 });
 
 afterAll(async () => {
@@ -52,7 +65,8 @@ afterAll(async () => {
   tokens.stop();
 });
 
-const get = (path: string, init: RequestInit = {}) => fetch(`${crm.url}${path}`, { proxy: false, ...init } as RequestInit);
+const get = (path: string, init: RequestInit = {}) =>
+  fetch(`${crm.url}${path}`, { proxy: false, ...init } as RequestInit);
 
 async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
   const end = Date.now() + ms;
@@ -81,7 +95,9 @@ test("a 64 MiB blob streams byte-exact (sha256) with its Content-Length", async 
 
 test("a Range deep inside the big blob is exact", async () => {
   const start = 60_000_000;
-  const res = await get(`/v2/big/blob/blobs/${BIG}`, { headers: { range: `bytes=${start}-${start + 99_999}` } });
+  const res = await get(`/v2/big/blob/blobs/${BIG}`, {
+    headers: { range: `bytes=${start}-${start + 99_999}` },
+  });
   expect(res.status).toBe(206);
   expect(res.headers.get("content-range")).toBe(`bytes ${start}-${start + 99_999}/${BIG_SIZE}`);
   expect(Buffer.from(await res.arrayBuffer()).equals(pattern(100_000, start))).toBe(true);
@@ -96,7 +112,7 @@ test("a client that stops reading holds the upstream back; disconnecting cancels
   // Nothing reads now. Socket buffers fill up (some MiB on loopback), then the upstream must
   // stall; if crm buffered, the whole blob would leave the upstream meanwhile.
   let settled = -1;
-  for (const end = Date.now() + 3000; Date.now() < end && held.bytesWritten() !== settled; ) {
+  for (const end = Date.now() + 3000; Date.now() < end && held.bytesWritten() !== settled;) {
     settled = held.bytesWritten();
     await Bun.sleep(200);
   }
@@ -110,7 +126,14 @@ test("a client that disconnects before the upstream answers aborts the upstream 
   const aborts = registry.slowAborts();
   const ac = new AbortController();
   const pending = get("/v2/slow/x/manifests/v1", { signal: ac.signal }).catch((e: unknown) => e);
-  await until(() => registry.seen.some((s) => s.url === "/v2/slow/x/manifests/v1" && s.headers.authorization !== undefined), 2000, "slow request upstream");
+  await until(
+    () =>
+      registry.seen.some(
+        (s) => s.url === "/v2/slow/x/manifests/v1" && s.headers.authorization !== undefined,
+      ),
+    2000,
+    "slow request upstream",
+  );
   ac.abort();
   expect(await pending).toBeInstanceOf(Error);
   await until(() => registry.slowAborts() > aborts, 1500, "upstream abort");

@@ -7,7 +7,16 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { TokenCache, refreshAt, type IssuedToken } from "../src/mirror/auth/token-cache.ts";
 import { parseTokenAnswer } from "../src/mirror/auth/token-fetch.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
-import { CONFIG_DIGEST, LAYER_BLOB, LAYER_DIGEST, MANIFEST, startFakeRegistry, startTokenServer, type FakeRegistry, type TokenServer } from "./support/mirror-upstreams.ts";
+import {
+  CONFIG_DIGEST,
+  LAYER_BLOB,
+  LAYER_DIGEST,
+  MANIFEST,
+  startFakeRegistry,
+  startTokenServer,
+  type FakeRegistry,
+  type TokenServer,
+} from "./support/mirror-upstreams.ts";
 
 describe("TokenCache on a fake clock", () => {
   const setup = () => {
@@ -44,7 +53,11 @@ describe("TokenCache on a fake clock", () => {
 
   test("keys are independent", async () => {
     const { cache, fetcher, fetches } = setup();
-    await Promise.all([cache.get("a", fetcher(60)), cache.get("b", fetcher(60)), cache.get("a", fetcher(60))]);
+    await Promise.all([
+      cache.get("a", fetcher(60)),
+      cache.get("b", fetcher(60)),
+      cache.get("a", fetcher(60)),
+    ]);
     expect(fetches).toHaveLength(2);
   });
 
@@ -83,9 +96,15 @@ describe("TokenCache on a fake clock", () => {
 
   test("token answers: token or access_token, expires_in defaulting to 60", () => {
     const enc = (o: unknown) => new TextEncoder().encode(JSON.stringify(o));
-    expect(parseTokenAnswer(enc({ token: "a", expires_in: 300 }))).toEqual({ token: "a", expiresIn: 300 });
+    expect(parseTokenAnswer(enc({ token: "a", expires_in: 300 }))).toEqual({
+      token: "a",
+      expiresIn: 300,
+    });
     expect(parseTokenAnswer(enc({ access_token: "b" }))).toEqual({ token: "b", expiresIn: 60 });
-    expect(parseTokenAnswer(enc({ token: "", access_token: "c", expires_in: -5 }))).toEqual({ token: "c", expiresIn: 60 });
+    expect(parseTokenAnswer(enc({ token: "", access_token: "c", expires_in: -5 }))).toEqual({
+      token: "c",
+      expiresIn: 60,
+    });
     expect(parseTokenAnswer(enc({ expires_in: 5 }))).toBeNull();
     expect(parseTokenAnswer(new TextEncoder().encode("<html>"))).toBeNull();
   });
@@ -101,7 +120,13 @@ describe("parallel pulls through crm", () => {
     // The delay makes the 20 pulls really overlap the first token fetch.
     tokens = startTokenServer({ expiresIn: EXPIRES_IN, delayMs: 100 });
     registry = startFakeRegistry({ auth: { kind: "bearer", tokens } });
-    crm = await startCrm({ allowed_ports: [80, 443, Number(new URL(tokens.url).port)], mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } } }, "info");
+    crm = await startCrm(
+      {
+        allowed_ports: [80, 443, Number(new URL(tokens.url).port)],
+        mirror: { default_registry: "reg.test", registries: { "reg.test": registry.url } },
+      },
+      "info",
+    );
   });
 
   afterAll(async () => {
@@ -113,21 +138,29 @@ describe("parallel pulls through crm", () => {
   /** What a client does for one image: resolve, manifest, config, layer. */
   async function pullImage(repo: string): Promise<void> {
     const get = async (path: string, method = "GET"): Promise<Response> => {
-      const res = await fetch(`${crm.url}/v2/${repo}/${path}`, { method, proxy: false } as RequestInit);
-      if (res.status !== 200) throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
+      const res = await fetch(`${crm.url}/v2/${repo}/${path}`, {
+        method,
+        proxy: false,
+      } as RequestInit);
+      if (res.status !== 200)
+        throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
       return res;
     };
     await (await get("manifests/v1", "HEAD")).arrayBuffer();
     expect(await (await get("manifests/v1")).text()).toBe(MANIFEST);
     await (await get(`blobs/${CONFIG_DIGEST}`)).arrayBuffer();
-    expect((await (await get(`blobs/${LAYER_DIGEST}`)).arrayBuffer()).byteLength).toBe(LAYER_BLOB.byteLength);
+    expect((await (await get(`blobs/${LAYER_DIGEST}`)).arrayBuffer()).byteLength).toBe(
+      LAYER_BLOB.byteLength,
+    );
   }
 
   test("20 parallel pulls of one image (and 20 of another) fetch one token per scope; after expiry, one more", async () => {
     const a = "repository:team/one:pull";
     const b = "repository:team/two:pull";
     const t0 = performance.now();
-    await Promise.all(Array.from({ length: 20 }, (_, i) => pullImage(i % 2 === 0 ? "team/one" : "team/two")));
+    await Promise.all(
+      Array.from({ length: 20 }, (_, i) => pullImage(i % 2 === 0 ? "team/one" : "team/two")),
+    );
     await Promise.all(Array.from({ length: 20 }, () => pullImage("team/one")));
     // Everything so far must fit in the first window for the count to mean anything.
     expect(performance.now() - t0).toBeLessThan(EXPIRES_IN * 900);
@@ -142,6 +175,8 @@ describe("parallel pulls through crm", () => {
     const infos = crm.logs.filter((l) => / INFO .*repo=team\/one /.test(l));
     expect(infos.filter((l) => l.includes("token=fetched"))).toHaveLength(2);
     // A blob GET that joined another one's download (mirror.fanout) used no token of its own.
-    expect(infos.filter((l) => l.includes("token=cached") || l.includes("fanout=joined")).length).toBeGreaterThan(100);
+    expect(
+      infos.filter((l) => l.includes("token=cached") || l.includes("fanout=joined")).length,
+    ).toBeGreaterThan(100);
   }, 10_000);
 });

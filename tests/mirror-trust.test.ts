@@ -9,7 +9,12 @@ import type { Server } from "bun";
 import { staticResolver } from "../src/net/resolver.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
 
-const MANIFEST = JSON.stringify({ schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json", config: {}, layers: [] });
+const MANIFEST = JSON.stringify({
+  schemaVersion: 2,
+  mediaType: "application/vnd.oci.image.manifest.v1+json",
+  config: {},
+  layers: [],
+});
 const MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json";
 // The real digest: the manifest cache checks the bytes against it.
 const MANIFEST_DIGEST = "sha256:" + new Bun.CryptoHasher("sha256").update(MANIFEST).digest("hex");
@@ -38,7 +43,14 @@ afterAll(() => {
 
 /** A registry that is its own token service (`/token`, `/token2`), like a LAN registry. */
 function startLanRegistry(): LanRegistry {
-  const lan: LanRegistry = { server: null as unknown as Server<undefined>, port: 0, v2Requests: 0, tokenRequests: {}, realm: "/token", broken: new Set() };
+  const lan: LanRegistry = {
+    server: null as unknown as Server<undefined>,
+    port: 0,
+    v2Requests: 0,
+    tokenRequests: {},
+    realm: "/token",
+    broken: new Set(),
+  };
   lan.server = Bun.serve({
     hostname: "127.0.0.1",
     port: 0,
@@ -50,12 +62,19 @@ function startLanRegistry(): LanRegistry {
         return Response.json({ token: `tok${url.pathname}`, expires_in: 300 });
       }
       lan.v2Requests++;
-      const realm = lan.realm.startsWith("/") ? `http://localhost:${lan.port}${lan.realm}` : lan.realm;
+      const realm = lan.realm.startsWith("/")
+        ? `http://localhost:${lan.port}${lan.realm}`
+        : lan.realm;
       const want = `Bearer tok${lan.realm.startsWith("/") ? lan.realm : ""}`;
       if (req.headers.get("authorization") !== want) {
-        return Response.json({ errors: [{ code: "UNAUTHORIZED", message: "authentication required" }] }, { status: 401, headers: { "www-authenticate": `Bearer realm="${realm}",service="lan"` } });
+        return Response.json(
+          { errors: [{ code: "UNAUTHORIZED", message: "authentication required" }] },
+          { status: 401, headers: { "www-authenticate": `Bearer realm="${realm}",service="lan"` } },
+        );
       }
-      return new Response(MANIFEST, { headers: { "content-type": MANIFEST_TYPE, "docker-content-digest": MANIFEST_DIGEST } });
+      return new Response(MANIFEST, {
+        headers: { "content-type": MANIFEST_TYPE, "docker-content-digest": MANIFEST_DIGEST },
+      });
     },
   });
   lan.port = lan.server.port ?? 0;
@@ -66,7 +85,14 @@ function startLanRegistry(): LanRegistry {
 /** crm with the SSRF guard on; `localhost` is the only name, mapped to loopback. */
 function startGuardedCrm(lan: LanRegistry, extra: Record<string, unknown> = {}): Promise<TestCrm> {
   return startCrm(
-    { allow_private_networks: false, mirror: { default_registry: "lan.test", registries: { "lan.test": { upstream: `http://localhost:${lan.port}` } } }, ...extra },
+    {
+      allow_private_networks: false,
+      mirror: {
+        default_registry: "lan.test",
+        registries: { "lan.test": { upstream: `http://localhost:${lan.port}` } },
+      },
+      ...extra,
+    },
     "debug",
     staticResolver({ localhost: "127.0.0.1" }),
   );
@@ -132,7 +158,11 @@ describe("mirror token handling", () => {
 describe("SSRF exemption only for registries the operator named", () => {
   test("a built-in default registry whose name resolves to loopback is refused by the guard", async () => {
     // A poisoned or pinned answer for registry-1.docker.io: checked, never dialled.
-    crm = await startCrm({ allow_private_networks: false }, "debug", staticResolver({ "registry-1.docker.io": "127.0.0.1" }));
+    crm = await startCrm(
+      { allow_private_networks: false },
+      "debug",
+      staticResolver({ "registry-1.docker.io": "127.0.0.1" }),
+    );
     const r = await manifest(crm, "library/alpine");
     expect(r.status).toBe(502);
     expect(r.text).toContain("upstream docker.io: resolves to a non-public address");
@@ -146,7 +176,8 @@ describe("redirect and realm trust checks the port", () => {
       port: 0,
       fetch: (req) => {
         const url = new URL(req.url);
-        if (url.pathname.includes("/blobs/")) return new Response(null, { status: 307, headers: { location: target() } });
+        if (url.pathname.includes("/blobs/"))
+          return new Response(null, { status: 307, headers: { location: target() } });
         return new Response("{}", { status: 404 });
       },
     });
@@ -157,15 +188,24 @@ describe("redirect and realm trust checks the port", () => {
 
   test("a redirect to another port of the registry's own host is refused unless that port is in allowed_ports", async () => {
     let hits = 0;
-    const other = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => (hits++, new Response("secret service")) });
+    const other = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: () => (hits++, new Response("secret service")),
+    });
     servers.push(other);
     const up = startRedirecting(() => `http://127.0.0.1:${other.port}/internal?sig=1`);
-    const mirror = { default_registry: "up.test", registries: { "up.test": { upstream: `http://127.0.0.1:${up.port}` } } };
+    const mirror = {
+      default_registry: "up.test",
+      registries: { "up.test": { upstream: `http://127.0.0.1:${up.port}` } },
+    };
     crm = await startCrm({ mirror });
     const r = await fetch(crm.url + blob);
     const text = await r.text();
     expect(r.status).toBe(502);
-    expect(text).toContain(`port ${other.port} is not up.test's own port, 443, 80 or in allowed_ports`);
+    expect(text).toContain(
+      `port ${other.port} is not up.test's own port, 443, 80 or in allowed_ports`,
+    );
     expect(hits).toBe(0);
     await crm.stop();
 

@@ -52,7 +52,14 @@ beforeAll(async () => {
     allowed_hosts: ["allowed.test"],
     // Token services and the CDN listen on their own loopback ports; a realm or redirect may only
     // go to the registry's own port, 443, 80 or allowed_ports.
-    allowed_ports: [80, 443, Number(new URL(tokens.url).port), Number(new URL(cdn.url).port), Number(new URL(strictTokens.url).port), Number(new URL(farTokens.url).port)],
+    allowed_ports: [
+      80,
+      443,
+      Number(new URL(tokens.url).port),
+      Number(new URL(cdn.url).port),
+      Number(new URL(strictTokens.url).port),
+      Number(new URL(farTokens.url).port),
+    ],
     timeouts: { upstream_header: "400ms" },
     mirror: {
       default_registry: "docker.io",
@@ -60,9 +67,17 @@ beforeAll(async () => {
         "docker.io": { upstream: hub.url, redirect_hosts: ["localhost"] },
         // The same upstream without redirect_hosts: its CDN hop must be refused.
         "nocdn.test": hub.url,
-        "second.test": { upstream: second.url, username: "robot", password_file: join(dir, "robot.pass") },
+        "second.test": {
+          upstream: second.url,
+          username: "robot",
+          password_file: join(dir, "robot.pass"),
+        },
         "dead.test": `http://127.0.0.1:${deadPort()}`,
-        "strict.test": { upstream: strict.url, username: "robot", password_file: join(dir, "robot.pass") },
+        "strict.test": {
+          upstream: strict.url,
+          username: "robot",
+          password_file: join(dir, "robot.pass"),
+        },
         "wrongpass.test": { upstream: strict.url, username: "robot", password: "not-the-password" },
         "far.test": far.url,
       },
@@ -83,14 +98,19 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const get = (path: string, init: RequestInit = {}): Promise<Response> => fetch(crm.url + path, { proxy: false, ...init } as RequestInit);
+const get = (path: string, init: RequestInit = {}): Promise<Response> =>
+  fetch(crm.url + path, { proxy: false, ...init } as RequestInit);
 
 /** The upstream requests made since `mark` (an index into `seen`). */
 const since = (r: FakeRegistry | Cdn, mark: number) => r.seen.slice(mark);
 
-async function ociError(res: Response): Promise<{ code: string; message: string; detail: unknown }> {
+async function ociError(
+  res: Response,
+): Promise<{ code: string; message: string; detail: unknown }> {
   expect(res.headers.get("content-type")).toMatch(/^application\/json/);
-  const body = (await res.json()) as { errors: Array<{ code: string; message: string; detail: unknown }> };
+  const body = (await res.json()) as {
+    errors: Array<{ code: string; message: string; detail: unknown }>;
+  };
   expect(body.errors).toHaveLength(1);
   return body.errors[0]!;
 }
@@ -109,7 +129,10 @@ describe("routes", () => {
 
   test("methods other than GET and HEAD get 405 with Allow, as OCI JSON", async () => {
     for (const method of ["POST", "PUT", "DELETE", "PATCH"]) {
-      const res = await get(`/v2/library/alpine/blobs/uploads/`, { method, body: method === "DELETE" ? undefined : "x" });
+      const res = await get(`/v2/library/alpine/blobs/uploads/`, {
+        method,
+        body: method === "DELETE" ? undefined : "x",
+      });
       expect(res.status).toBe(405);
       expect(res.headers.get("allow")).toBe("GET, HEAD");
       expect(res.headers.get("docker-distribution-api-version")).toBe("registry/2.0");
@@ -146,7 +169,9 @@ describe("routes", () => {
     const res = await get("/v2/alpine/manifests/v1");
     expect(res.status).toBe(200);
     expect(since(hub, mark).map((s) => s.url)).toContain("/v2/library/alpine/manifests/v1");
-    await crm.waitLog(/GET \/v2\/alpine\/manifests\/v1 .*status=200 .*registry=docker\.io repo=library\/alpine ref=v1 token=(fetched|cached)/);
+    await crm.waitLog(
+      /GET \/v2\/alpine\/manifests\/v1 .*status=200 .*registry=docker\.io repo=library\/alpine ref=v1 token=(fetched|cached)/,
+    );
   });
 
   test("?ns= picks the registry and is not forwarded", async () => {
@@ -156,7 +181,9 @@ describe("routes", () => {
     // The tag is resolved with a HEAD, then fetched by digest (manifest cache); the first may
     // draw the Basic challenge. None carries ns.
     const seen = since(second, mark);
-    expect(new Set(seen.map((s) => `${s.method} ${s.url}`))).toEqual(new Set(["HEAD /v2/team/app/manifests/v1", `GET /v2/team/app/manifests/${MANIFEST_DIGEST}`]));
+    expect(new Set(seen.map((s) => `${s.method} ${s.url}`))).toEqual(
+      new Set(["HEAD /v2/team/app/manifests/v1", `GET /v2/team/app/manifests/${MANIFEST_DIGEST}`]),
+    );
   });
 
   test("a configured registry as first path segment routes there, the prefix removed", async () => {
@@ -168,13 +195,18 @@ describe("routes", () => {
   });
 
   test("a registry that is not configured is 404 NAME_UNKNOWN listing what is mirrored", async () => {
-    for (const path of ["/v2/gcr.io/distroless/static/manifests/nonroot", "/v2/distroless/static/manifests/nonroot?ns=gcr.io"]) {
+    for (const path of [
+      "/v2/gcr.io/distroless/static/manifests/nonroot",
+      "/v2/distroless/static/manifests/nonroot?ns=gcr.io",
+    ]) {
       const res = await get(path);
       expect(res.status).toBe(404);
       const err = await ociError(res);
       expect(err.code).toBe("NAME_UNKNOWN");
       expect(err.message).toContain("gcr.io");
-      expect(err.message).toContain("docker.io, nocdn.test, second.test, dead.test, strict.test, wrongpass.test, far.test");
+      expect(err.message).toContain(
+        "docker.io, nocdn.test, second.test, dead.test, strict.test, wrongpass.test, far.test",
+      );
     }
   });
 });
@@ -187,18 +219,25 @@ describe("upstream auth, server-side", () => {
     expect(res.headers.get("www-authenticate")).toBeNull();
     expect(await res.text()).toBe(MANIFEST);
     expect(tokens.calls()).toBe(before + 1);
-    expect(tokens.log.at(-1)).toMatchObject({ scope: "repository:team/bearer:pull", service: tokens.service, authorization: null });
+    expect(tokens.log.at(-1)).toMatchObject({
+      scope: "repository:team/bearer:pull",
+      service: tokens.service,
+      authorization: null,
+    });
   });
 
   test("the client's own Authorization never reaches the upstream or the token service", async () => {
     const hubMark = hub.seen.length;
     const tokenMark = tokens.log.length;
-    const res = await get("/v2/team/clientauth/manifests/v1", { headers: { authorization: `Bearer ${CLIENT_SECRET}` } });
+    const res = await get("/v2/team/clientauth/manifests/v1", {
+      headers: { authorization: `Bearer ${CLIENT_SECRET}` },
+    });
     expect(res.status).toBe(200);
     const seen = since(hub, hubMark);
     expect(seen.length).toBeGreaterThan(0);
     for (const s of seen) expect(JSON.stringify(s.headers)).not.toContain(CLIENT_SECRET);
-    for (const t of tokens.log.slice(tokenMark)) expect(t.authorization ?? "").not.toContain(CLIENT_SECRET);
+    for (const t of tokens.log.slice(tokenMark))
+      expect(t.authorization ?? "").not.toContain(CLIENT_SECRET);
     // The upstream did get crm's own token.
     expect(seen.at(-1)?.headers.authorization).toMatch(/^Bearer tok-/);
   });
@@ -246,13 +285,17 @@ describe("upstream auth, server-side", () => {
     expect(res.status).toBe(502);
     const err = await ociError(res);
     expect(err.code).toBe("UNAUTHORIZED");
-    expect(err.message).toBe("token service 127.0.0.1 answered 401 to the credentials configured for wrongpass.test");
+    expect(err.message).toBe(
+      "token service 127.0.0.1 answered 401 to the credentials configured for wrongpass.test",
+    );
   });
 
   test("a token realm on a host the registry may not use is refused before any token request", async () => {
     const res = await get("/v2/far.test/team/app/manifests/v1");
     expect(res.status).toBe(502);
-    expect((await ociError(res)).message).toContain("token realm host localhost refused for far.test");
+    expect((await ociError(res)).message).toContain(
+      "token realm host localhost refused for far.test",
+    );
     expect(farTokens.calls()).toBe(0);
   });
 
@@ -284,7 +327,9 @@ describe("redirects, server-side", () => {
   });
 
   test("Range goes through the redirect: 206 with Content-Range from the CDN", async () => {
-    const res = await get(`/v2/cdn/app/blobs/${LAYER_DIGEST}`, { headers: { range: "bytes=100-1123" } });
+    const res = await get(`/v2/cdn/app/blobs/${LAYER_DIGEST}`, {
+      headers: { range: "bytes=100-1123" },
+    });
     expect(res.status).toBe(206);
     expect(res.headers.get("content-range")).toBe(`bytes 100-1123/${LAYER_BLOB.byteLength}`);
     expect(res.headers.get("content-length")).toBe("1024");
@@ -318,7 +363,9 @@ describe("redirects, server-side", () => {
     const res = await get(`/v2/loop/x/blobs/${LAYER_DIGEST}`);
     expect(res.status).toBe(502);
     expect((await ociError(res)).message).toContain("more than 10");
-    expect(since(hub, mark).filter((s) => s.url.startsWith("/v2/loop/")).length).toBeLessThanOrEqual(11 + 1);
+    expect(
+      since(hub, mark).filter((s) => s.url.startsWith("/v2/loop/")).length,
+    ).toBeLessThanOrEqual(11 + 1);
   });
 });
 
@@ -347,7 +394,9 @@ describe("faithful pass-through", () => {
     expect(c.text()).toMatch(/^HTTP\/1\.1 304 /);
     expect(c.text().toLowerCase()).toContain(`etag: "${MANIFEST_DIGEST}"`);
     const h = since(hub, mark).at(-1)!.headers;
-    expect(h.accept).toBe("application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json");
+    expect(h.accept).toBe(
+      "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
+    );
     expect(h["user-agent"]).toBe("containerd/1.7");
     expect(h["if-none-match"]).toBe(`"${MANIFEST_DIGEST}"`);
     expect(h.range).toBe("bytes=0-");
@@ -360,11 +409,17 @@ describe("faithful pass-through", () => {
   });
 
   test("Range on a registry blob: 206 + Content-Range, and 416 passes through", async () => {
-    const res = await get(`/v2/library/alpine/blobs/${LAYER_DIGEST}`, { headers: { range: "bytes=1000-" } });
+    const res = await get(`/v2/library/alpine/blobs/${LAYER_DIGEST}`, {
+      headers: { range: "bytes=1000-" },
+    });
     expect(res.status).toBe(206);
-    expect(res.headers.get("content-range")).toBe(`bytes 1000-${LAYER_BLOB.byteLength - 1}/${LAYER_BLOB.byteLength}`);
+    expect(res.headers.get("content-range")).toBe(
+      `bytes 1000-${LAYER_BLOB.byteLength - 1}/${LAYER_BLOB.byteLength}`,
+    );
     expect(new Uint8Array(await res.arrayBuffer())).toEqual(LAYER_BLOB.subarray(1000));
-    const bad = await get(`/v2/library/alpine/blobs/${LAYER_DIGEST}`, { headers: { range: `bytes=${LAYER_BLOB.byteLength}-` } });
+    const bad = await get(`/v2/library/alpine/blobs/${LAYER_DIGEST}`, {
+      headers: { range: `bytes=${LAYER_BLOB.byteLength}-` },
+    });
     expect(bad.status).toBe(416);
     expect(bad.headers.get("content-range")).toBe(`bytes */${LAYER_BLOB.byteLength}`);
     expect(bad.headers.get("docker-distribution-api-version")).toBe("registry/2.0");
@@ -380,7 +435,8 @@ describe("faithful pass-through", () => {
     const err = await ociError(res);
     expect(err).toMatchObject({
       code: "TOOMANYREQUESTS",
-      message: "docker.io rate limit reached for this crm's address; configure credentials for docker.io under mirror.registries",
+      message:
+        "docker.io rate limit reached for this crm's address; configure credentials for docker.io under mirror.registries",
       detail: { registry: "docker.io", limit: 100, remaining: 0, window_s: 21600 },
     });
   });
@@ -388,7 +444,10 @@ describe("faithful pass-through", () => {
   test("an upstream 404 passes with the upstream's OCI error", async () => {
     const res = await get("/v2/library/alpine/manifests/nosuch");
     expect(res.status).toBe(404);
-    expect(await ociError(res)).toMatchObject({ code: "MANIFEST_UNKNOWN", message: "manifest unknown" });
+    expect(await ociError(res)).toMatchObject({
+      code: "MANIFEST_UNKNOWN",
+      message: "manifest unknown",
+    });
   });
 
   test("tags/list Link points at crm, keeping the prefix or ns, and the next page works", async () => {
@@ -400,19 +459,33 @@ describe("faithful pass-through", () => {
     expect(await page2.json()).toEqual({ name: "team/app", tags: ["c", "d"] });
 
     const viaNs = await get("/v2/team/app/tags/list?n=4&ns=second.test");
-    expect(viaNs.headers.get("link")).toBe('</v2/team/app/tags/list?n=4&last=d&ns=second.test>; rel="next"');
+    expect(viaNs.headers.get("link")).toBe(
+      '</v2/team/app/tags/list?n=4&last=d&ns=second.test>; rel="next"',
+    );
     const viaDefault = await get("/v2/alpine/tags/list?n=5");
     expect(viaDefault.headers.get("link")).toBe('</v2/alpine/tags/list?n=5&last=e>; rel="next"');
   });
 
   test("behind mirror.path_prefix the Link carries the prefix too", async () => {
-    const prefixed = await startCrm({ mirror: { path_prefix: "/s3cr3t", default_registry: "second.test", registries: { "second.test": { upstream: second.url, username: "robot", password: PASSWORD } } } });
+    const prefixed = await startCrm({
+      mirror: {
+        path_prefix: "/s3cr3t",
+        default_registry: "second.test",
+        registries: {
+          "second.test": { upstream: second.url, username: "robot", password: PASSWORD },
+        },
+      },
+    });
     try {
-      const res = await fetch(`${prefixed.url}/s3cr3t/v2/team/app/tags/list?n=2`, { proxy: false } as RequestInit);
+      const res = await fetch(`${prefixed.url}/s3cr3t/v2/team/app/tags/list?n=2`, {
+        proxy: false,
+      } as RequestInit);
       expect(res.status).toBe(200);
       const link = res.headers.get("link");
       expect(link).toBe('</s3cr3t/v2/team/app/tags/list?n=2&last=b>; rel="next"');
-      const next = await fetch(prefixed.url + link!.slice(1, link!.indexOf(">")), { proxy: false } as RequestInit);
+      const next = await fetch(prefixed.url + link!.slice(1, link!.indexOf(">")), {
+        proxy: false,
+      } as RequestInit);
       expect(await next.json()).toEqual({ name: "team/app", tags: ["c", "d"] });
     } finally {
       await prefixed.stop();
@@ -440,10 +513,14 @@ describe("failures", () => {
 
 describe("logs", () => {
   test("one info line per request with registry, repo, ref, token; no secret ever logged", async () => {
-    const res = await get(`/v2/cdn/logged/blobs/${LAYER_DIGEST}`, { headers: { authorization: `Bearer ${CLIENT_SECRET}` } });
+    const res = await get(`/v2/cdn/logged/blobs/${LAYER_DIGEST}`, {
+      headers: { authorization: `Bearer ${CLIENT_SECRET}` },
+    });
     await res.arrayBuffer();
     const line = await crm.waitLog(/INFO .*GET \/v2\/cdn\/logged\/blobs\//);
-    expect(line).toMatch(/status=200 in=0 out=307200 ms=\d+ registry=docker\.io repo=cdn\/logged ref=sha256:[0-9a-f]{64} token=fetched redirect=localhost/);
+    expect(line).toMatch(
+      /status=200 in=0 out=307200 ms=\d+ registry=docker\.io repo=cdn\/logged ref=sha256:[0-9a-f]{64} token=fetched redirect=localhost/,
+    );
     const all = crm.logs.join("\n");
     expect(all).not.toContain(PASSWORD);
     expect(all).not.toContain("not-the-password");

@@ -20,12 +20,15 @@ let origin: ReturnType<typeof startOrigin>;
 beforeAll(async () => {
   const mitmCa = await initCa({ outDir: join(dir, "ca") });
   origin = startOrigin(await makeLeaf(await makeTestCa("origin CA"), ["127.0.0.1"]));
-  crm = await startCrm({
-    allowed_hosts: ["127.0.0.1"],
-    allowed_ports: [origin.port],
-    insecure_tls: true,
-    mitm: { enabled: true, ca_cert_path: mitmCa.certPath, ca_key_path: mitmCa.keyPath },
-  }, "warn");
+  crm = await startCrm(
+    {
+      allowed_hosts: ["127.0.0.1"],
+      allowed_ports: [origin.port],
+      insecure_tls: true,
+      mitm: { enabled: true, ca_cert_path: mitmCa.certPath, ca_key_path: mitmCa.keyPath },
+    },
+    "warn",
+  );
 });
 afterAll(async () => {
   await crm.stop();
@@ -36,7 +39,9 @@ afterAll(async () => {
 /** CONNECT through crm, then TLS with crm's leaf; resolves once the client's handshake is done. */
 function mitmTunnel(port: number): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {
-    const raw = netConnect(crm.port, "127.0.0.1", () => raw.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`));
+    const raw = netConnect(crm.port, "127.0.0.1", () =>
+      raw.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`),
+    );
     raw.once("data", (d) => {
       if (!d.toString().startsWith("HTTP/1.1 200")) return reject(new Error(d.toString()));
       const tls = tlsConnect({ socket: raw, rejectUnauthorized: false }, () => resolve(tls));

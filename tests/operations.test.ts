@@ -35,20 +35,33 @@ describe("/metrics", () => {
   test("values move as traffic flows", async () => {
     const crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port, 1] });
     try {
-      const get = async (): Promise<string> => (await run(["curl", "-sS", "--noproxy", "*", `${crm.url}/metrics`])).stdout;
+      const get = async (): Promise<string> =>
+        (await run(["curl", "-sS", "--noproxy", "*", `${crm.url}/metrics`])).stdout;
       const before = await get();
       expect(before).toContain("# TYPE crm_requests_total counter");
       const fwd = /^crm_requests_total\{kind="forward",status="2xx"\}/;
       const n0 = metricValue(before, fwd);
-      await run(["curl", "-sS", "--noproxy", "", "-x", crm.url, `http://127.0.0.1:${origin.port}/bytes?n=1000`]);
+      await run([
+        "curl",
+        "-sS",
+        "--noproxy",
+        "",
+        "-x",
+        crm.url,
+        `http://127.0.0.1:${origin.port}/bytes?n=1000`,
+      ]);
       await run(["curl", "-sS", "--noproxy", "", "-x", crm.url, "http://127.0.0.1:1/"]);
       await run(["curl", "-sS", "--noproxy", "", "-x", crm.url, "http://refused.test/"]);
       const after = await get();
       expect(metricValue(after, fwd)).toBe(n0 + 1);
-      expect(metricValue(after, /^crm_bytes_total\{kind="forward",direction="out"\}/)).toBeGreaterThanOrEqual(1000);
+      expect(
+        metricValue(after, /^crm_bytes_total\{kind="forward",direction="out"\}/),
+      ).toBeGreaterThanOrEqual(1000);
       expect(metricValue(after, /^crm_upstream_errors_total\{reason="refused"\}/)).toBe(1);
       expect(metricValue(after, /^crm_requests_total\{kind="forward",status="4xx"\}/)).toBe(1);
-      expect(metricValue(after, /^crm_request_duration_seconds_count\{kind="forward"\}/)).toBeGreaterThanOrEqual(2);
+      expect(
+        metricValue(after, /^crm_request_duration_seconds_count\{kind="forward"\}/),
+      ).toBeGreaterThanOrEqual(2);
       expect(metricValue(after, /^crm_process_resident_memory_bytes/)).toBeGreaterThan(1e6);
       expect(metricValue(after, /^crm_process_open_fds/)).toBeGreaterThan(3);
       expect(after).toMatch(/^crm_uptime_seconds \d/m);
@@ -62,8 +75,36 @@ describe("/metrics", () => {
     const crm = await startCrm({ metrics: { clients: ["10.0.0.0/8"] } });
     const off = await startCrm({ metrics: { enabled: false } });
     try {
-      expect((await run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--noproxy", "*", `${crm.url}/metrics`])).stdout).toBe("403");
-      expect((await run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--noproxy", "*", `${off.url}/metrics`])).stdout).toBe("404");
+      expect(
+        (
+          await run([
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--noproxy",
+            "*",
+            `${crm.url}/metrics`,
+          ])
+        ).stdout,
+      ).toBe("403");
+      expect(
+        (
+          await run([
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--noproxy",
+            "*",
+            `${off.url}/metrics`,
+          ])
+        ).stdout,
+      ).toBe("404");
     } finally {
       await crm.stop();
       await off.stop();
@@ -72,9 +113,20 @@ describe("/metrics", () => {
 });
 
 test("log_format: json gives one parseable object per line with stable fields", async () => {
-  const crm = await startCrm({ log_format: "json", allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port] }, "info");
+  const crm = await startCrm(
+    { log_format: "json", allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port] },
+    "info",
+  );
   try {
-    await run(["curl", "-sS", "--noproxy", "", "-x", crm.url, `http://127.0.0.1:${origin.port}/json`]);
+    await run([
+      "curl",
+      "-sS",
+      "--noproxy",
+      "",
+      "-x",
+      crm.url,
+      `http://127.0.0.1:${origin.port}/json`,
+    ]);
     await crm.waitLog(/"msg":"GET /);
     const objs = crm.logs.map((l) => JSON.parse(l) as Record<string, unknown>);
     const req = objs.find((o) => typeof o.msg === "string" && o.msg.startsWith("GET "));
@@ -91,16 +143,58 @@ describe("HTTPS listener", () => {
     const leaf = await makeLeaf(ca, ["127.0.0.1", "localhost"]);
     writeFileSync(join(dir, "tls.crt"), leaf.cert);
     writeFileSync(join(dir, "tls.key"), leaf.key);
-    const crm = await startCrm({ tls: { cert_path: join(dir, "tls.crt"), key_path: join(dir, "tls.key") }, allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port] });
+    const crm = await startCrm({
+      tls: { cert_path: join(dir, "tls.crt"), key_path: join(dir, "tls.key") },
+      allowed_hosts: ["127.0.0.1"],
+      allowed_ports: [origin.port],
+    });
     try {
       const url = `https://127.0.0.1:${crm.port}`;
-      const health = await run(["curl", "-sS", "--noproxy", "*", "--cacert", caFile, `${url}/healthz`]);
+      const health = await run([
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "--cacert",
+        caFile,
+        `${url}/healthz`,
+      ]);
       expect(health.stdout).toBe("ok\n");
-      const v2 = await run(["curl", "-sS", "-i", "--noproxy", "*", "--cacert", caFile, `${url}/v2/`]);
+      const v2 = await run([
+        "curl",
+        "-sS",
+        "-i",
+        "--noproxy",
+        "*",
+        "--cacert",
+        caFile,
+        `${url}/v2/`,
+      ]);
       expect(v2.stdout.toLowerCase()).toContain("docker-distribution-api-version: registry/2.0");
-      const fwd = await run(["curl", "-sS", "--noproxy", "", "--proxy", url, "--proxy-cacert", caFile, `http://127.0.0.1:${origin.port}/over-https-proxy`]);
+      const fwd = await run([
+        "curl",
+        "-sS",
+        "--noproxy",
+        "",
+        "--proxy",
+        url,
+        "--proxy-cacert",
+        caFile,
+        `http://127.0.0.1:${origin.port}/over-https-proxy`,
+      ]);
       expect(fwd.stdout).toBe("origin GET /over-https-proxy");
-      const tunnel = await run(["curl", "-sS", "-p", "--noproxy", "", "--proxy", url, "--proxy-cacert", caFile, `http://127.0.0.1:${origin.port}/tunnel-in-tls`]);
+      const tunnel = await run([
+        "curl",
+        "-sS",
+        "-p",
+        "--noproxy",
+        "",
+        "--proxy",
+        url,
+        "--proxy-cacert",
+        caFile,
+        `http://127.0.0.1:${origin.port}/tunnel-in-tls`,
+      ]);
       expect(tunnel.stdout).toBe("origin GET /tunnel-in-tls");
       const plain = await rawConnect(crm.port);
       plain.write("GET /healthz HTTP/1.1\r\n\r\n");
@@ -112,8 +206,16 @@ describe("HTTPS listener", () => {
   });
 
   test("an unreadable certificate stops start-up naming the file", async () => {
-    const { config } = buildConfig({ listen: "127.0.0.1:0", tls: { cert_path: join(dir, "missing.crt"), key_path: join(dir, "missing.key") } }, join(dir, "c.yaml"));
-    await expect(CrmServer.start(config, { sink: () => {} })).rejects.toThrow(/tls\.cert_path: cannot read .*missing\.crt: ENOENT/);
+    const { config } = buildConfig(
+      {
+        listen: "127.0.0.1:0",
+        tls: { cert_path: join(dir, "missing.crt"), key_path: join(dir, "missing.key") },
+      },
+      join(dir, "c.yaml"),
+    );
+    await expect(CrmServer.start(config, { sink: () => {} })).rejects.toThrow(
+      /tls\.cert_path: cannot read .*missing\.crt: ENOENT/,
+    );
   });
 });
 
@@ -123,7 +225,15 @@ describe("unix sockets and several listeners", () => {
     const crm = await startCrm({ listen: ["127.0.0.1:0", sock], unix_socket_mode: "0600" });
     try {
       expect(statSync(sock).mode & 0o777).toBe(0o600);
-      const r = await run(["curl", "-sS", "--noproxy", "*", "--unix-socket", sock, "http://crm/healthz"]);
+      const r = await run([
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "--unix-socket",
+        sock,
+        "http://crm/healthz",
+      ]);
       expect(r.stdout).toBe("ok\n");
       const t = await run(["curl", "-sS", "--noproxy", "*", `${crm.url}/healthz`]);
       expect(t.stdout).toBe("ok\n");
@@ -135,9 +245,20 @@ describe("unix sockets and several listeners", () => {
 
   test("a unix-socket client (no address) is served when access.clients is set, and counted", async () => {
     const sock = join(dir, "acl.sock");
-    const crm = await startCrm({ listen: ["127.0.0.1:0", sock], access: { clients: ["10.0.0.0/8"] } });
+    const crm = await startCrm({
+      listen: ["127.0.0.1:0", sock],
+      access: { clients: ["10.0.0.0/8"] },
+    });
     try {
-      const r = await run(["curl", "-sS", "--noproxy", "*", "--unix-socket", sock, "http://crm/healthz"]);
+      const r = await run([
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "--unix-socket",
+        sock,
+        "http://crm/healthz",
+      ]);
       expect(r.stdout).toBe("ok\n");
       await crm.waitLog(/GET \/healthz kind=local client=unix status=200/);
       // TCP from 127.0.0.1 is still outside access.clients.
@@ -154,7 +275,9 @@ describe("unix sockets and several listeners", () => {
     const f = join(dir, "not-a-socket");
     writeFileSync(f, "precious");
     const { config } = buildConfig({ listen: f }, "t.yaml");
-    await expect(CrmServer.start(config, { sink: () => {} })).rejects.toThrow(/exists and is not a socket/);
+    await expect(CrmServer.start(config, { sink: () => {} })).rejects.toThrow(
+      /exists and is not a socket/,
+    );
     expect(await Bun.file(f).text()).toBe("precious");
   });
 
@@ -163,17 +286,31 @@ describe("unix sockets and several listeners", () => {
     const other = Bun.listen({ unix: live, socket: { data() {} } });
     try {
       const { config } = buildConfig({ listen: live }, "t.yaml");
-      await expect(CrmServer.start(config, { sink: () => {} })).rejects.toThrow(/another process is listening/);
+      await expect(CrmServer.start(config, { sink: () => {} })).rejects.toThrow(
+        /another process is listening/,
+      );
     } finally {
       other.stop(true);
     }
     // A stale socket: a socket file nobody listens on.
     const stale = join(dir, "stale.sock");
-    const p = Bun.spawnSync(["python3", "-c", `import socket; s=socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(stale)})`]);
+    const p = Bun.spawnSync([
+      "python3",
+      "-c",
+      `import socket; s=socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(stale)})`,
+    ]);
     expect(p.exitCode).toBe(0);
     const crm = await startCrm({ listen: stale });
     try {
-      const r = await run(["curl", "-sS", "--noproxy", "*", "--unix-socket", stale, "http://crm/healthz"]);
+      const r = await run([
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "--unix-socket",
+        stale,
+        "http://crm/healthz",
+      ]);
       expect(r.stdout).toBe("ok\n");
     } finally {
       await crm.stop();
@@ -184,24 +321,59 @@ describe("unix sockets and several listeners", () => {
 describe("reload", () => {
   test("a new allow-list applies while a tunnel stays open; a broken config is refused", async () => {
     const echo = startTcp("echo");
-    const crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [echo.port, origin.port], log_level: "info" });
+    const crm = await startCrm({
+      allowed_hosts: ["127.0.0.1"],
+      allowed_ports: [echo.port, origin.port],
+      log_level: "info",
+    });
     try {
       const tunnel = await rawConnect(crm.port);
       tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\n\r\n`);
       await tunnel.waitFor("\r\n\r\n");
-      const next = buildConfig({ listen: "127.0.0.1:0", allow_private_networks: true, allowed_hosts: ["localhost"], allowed_ports: [echo.port, origin.port], log_level: "debug" }, "new.yaml").config;
+      const next = buildConfig(
+        {
+          listen: "127.0.0.1:0",
+          allow_private_networks: true,
+          allowed_hosts: ["localhost"],
+          allowed_ports: [echo.port, origin.port],
+          log_level: "debug",
+        },
+        "new.yaml",
+      ).config;
       await crm.server.reload(next);
       // Still open and relaying.
       tunnel.write("still-here");
       await tunnel.waitFor("still-here");
       expect(tunnel.ended).toBe(false);
       // New requests see the new list.
-      const r = await run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--noproxy", "", "-x", crm.url, `http://127.0.0.1:${origin.port}/`]);
+      const r = await run([
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--noproxy",
+        "",
+        "-x",
+        crm.url,
+        `http://127.0.0.1:${origin.port}/`,
+      ]);
       expect(r.stdout).toBe("403");
       expect(crm.server.rt.config.logLevel).toBe("debug");
       await crm.waitLog(/configuration reloaded/);
       // A config whose files cannot be read is refused, and the running one stays.
-      const broken = buildConfig({ listen: "127.0.0.1:0", mitm: { enabled: true, ca_cert_path: join(dir, "nope.crt"), ca_key_path: join(dir, "nope.key") } }, "broken.yaml").config;
+      const broken = buildConfig(
+        {
+          listen: "127.0.0.1:0",
+          mitm: {
+            enabled: true,
+            ca_cert_path: join(dir, "nope.crt"),
+            ca_key_path: join(dir, "nope.key"),
+          },
+        },
+        "broken.yaml",
+      ).config;
       await expect(crm.server.reload(broken)).rejects.toThrow(/nope\.crt/);
       expect(crm.server.rt.config.allowedHosts).toEqual(["localhost"]);
       tunnel.socket.end();
@@ -214,7 +386,10 @@ describe("reload", () => {
   test("SIGHUP on the real process: reload, and an invalid file is refused with an error line", async () => {
     const cfg = join(dir, "hup.yaml");
     writeFileSync(cfg, `listen: "127.0.0.1:0"\nallowed_hosts: ["a.test"]\n`);
-    const p = Bun.spawn([process.execPath, join(import.meta.dir, "..", "src", "main.ts"), "-c", cfg], { stderr: "pipe", stdout: "ignore" });
+    const p = Bun.spawn(
+      [process.execPath, join(import.meta.dir, "..", "src", "main.ts"), "-c", cfg],
+      { stderr: "pipe", stdout: "ignore" },
+    );
     const chunks: string[] = [];
     const reader = p.stderr.getReader();
     void (async () => {
@@ -250,11 +425,26 @@ test("GET / shows this instance's URL and set-up, and no secret", async () => {
   const crm = await startCrm({
     public_url: "https://crm.example.test",
     access: { users: { alice: hash }, mirror_auth: false },
-    mirror: { path_prefix: "/hidden-path-123", registries: { "quay.io": { upstream: "https://quay.io", username: "robot", password: "robot-secret-pw" } }, default_registry: "quay.io" },
+    mirror: {
+      path_prefix: "/hidden-path-123",
+      registries: {
+        "quay.io": { upstream: "https://quay.io", username: "robot", password: "robot-secret-pw" },
+      },
+      default_registry: "quay.io",
+    },
   });
   try {
     // With access.users set the page is for users only (issue 14); here alice reads it.
-    const r = await run(["curl", "-sS", "-i", "--noproxy", "*", "-u", "alice:a long password", `${crm.url}/`]);
+    const r = await run([
+      "curl",
+      "-sS",
+      "-i",
+      "--noproxy",
+      "*",
+      "-u",
+      "alice:a long password",
+      `${crm.url}/`,
+    ]);
     expect(r.stdout).toContain("content-type: text/html");
     expect(r.stdout).toContain("https://crm.example.test");
     expect(r.stdout).toContain("registry-mirrors");
@@ -262,7 +452,8 @@ test("GET / shows this instance's URL and set-up, and no secret", async () => {
     expect(r.stdout).toContain("registries.conf");
     expect(r.stdout).toContain("HTTPS_PROXY");
     expect(r.stdout).toContain("quay.io");
-    for (const secret of ["hidden-path-123", "robot-secret-pw", hash, "alice"]) expect(r.stdout).not.toContain(secret);
+    for (const secret of ["hidden-path-123", "robot-secret-pw", hash, "alice"])
+      expect(r.stdout).not.toContain(secret);
     // The live status page (issue 12) loads crm's own script file; no inline script can run (CSP).
     expect(r.stdout.match(/<script/g)).toEqual(["<script"]);
     expect(r.stdout).toContain('<script src="status.js" defer></script>');

@@ -27,8 +27,13 @@ test("a field value with a million inner and trailing spaces is trimmed in one p
 test("a chunk size followed by spaces before its extension still parses", () => {
   const d = new ChunkedDecoder();
   let payload = "";
-  d.feed(Buffer.from("5 \t ;a=b\r\nhello\r\n0\r\n\r\n"), (p) => (payload += Buffer.from(p).toString()));
+  d.feed(
+    Buffer.from("5 \t ;a=b\r\nhello\r\n0\r\n\r\n"),
+    (p) => (payload += Buffer.from(p).toString()),
+  );
   expect(payload).toBe("hello");
   expect(d.done).toBe(true);
-  expect(() => new ChunkedDecoder().feed(Buffer.from(" 5\r\nhello\r\n"), () => {})).toThrow(/invalid chunk size/);
+  expect(() => new ChunkedDecoder().feed(Buffer.from(" 5\r\nhello\r\n"), () => {})).toThrow(
+    /invalid chunk size/,
+  );
 });

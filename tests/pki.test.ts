@@ -1,7 +1,15 @@
 /** src/pki: loading a CA, issuing leaves, creating a CA — checked with node:crypto, openssl and curl. */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { X509Certificate, createPublicKey, generateKeyPairSync, type KeyObject } from "node:crypto";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as der from "../src/pki/der.ts";
@@ -29,7 +37,16 @@ import {
   type Ca,
 } from "../src/pki/index.ts";
 import { runCaInit } from "../src/pki/command.ts";
-import { KU, ext, keyId, nameCN, parseCertificate, randomSerial, signCertificate, toPem } from "../src/pki/x509.ts";
+import {
+  KU,
+  ext,
+  keyId,
+  nameCN,
+  parseCertificate,
+  randomSerial,
+  signCertificate,
+  toPem,
+} from "../src/pki/x509.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "crm-pki-"));
 const isRoot = process.getuid?.() === 0;
@@ -47,24 +64,48 @@ function write(name: string, data: string | Buffer, mode = 0o600): string {
 
 type KeyKind = "rsa" | "p256" | "p384";
 function keyPair(kind: KeyKind): { privateKey: KeyObject; publicKey: KeyObject } {
-  return kind === "rsa" ? generateKeyPairSync("rsa", { modulusLength: 2048 }) : generateKeyPairSync("ec", { namedCurve: kind === "p256" ? "P-256" : "P-384" });
+  return kind === "rsa"
+    ? generateKeyPairSync("rsa", { modulusLength: 2048 })
+    : generateKeyPairSync("ec", { namedCurve: kind === "p256" ? "P-256" : "P-384" });
 }
 
 /** A certificate for `key` with arbitrary extensions and dates, to build the broken CAs. */
-function customCert(key: KeyObject, extensions: Buffer[], notBefore = new Date(Date.now() - HOUR), notAfter = new Date(Date.now() + DAY)): string {
+function customCert(
+  key: KeyObject,
+  extensions: Buffer[],
+  notBefore = new Date(Date.now() - HOUR),
+  notAfter = new Date(Date.now() + DAY),
+): string {
   const spki = keyPublicDer(key);
   const name = nameCN("custom");
   return toPem(
-    signCertificate({ serial: randomSerial(), issuer: name, subject: name, notBefore, notAfter, spki, extensions: [...extensions, ext.subjectKeyId(keyId(spki))] }, key, key.asymmetricKeyType === "rsa" ? "rsa-sha256" : "ecdsa-sha256"),
+    signCertificate(
+      {
+        serial: randomSerial(),
+        issuer: name,
+        subject: name,
+        notBefore,
+        notAfter,
+        spki,
+        extensions: [...extensions, ext.subjectKeyId(keyId(spki))],
+      },
+      key,
+      key.asymmetricKeyType === "rsa" ? "rsa-sha256" : "ecdsa-sha256",
+    ),
   );
 }
 // Bun's createPublicKey throws on a KeyObject that is already public (Node accepts it).
-const keyPublicDer = (key: KeyObject): Buffer => (key.type === "public" ? key : createPublicKey(key)).export({ type: "spki", format: "der" });
+const keyPublicDer = (key: KeyObject): Buffer =>
+  (key.type === "public" ? key : createPublicKey(key)).export({ type: "spki", format: "der" });
 
 async function run(cmd: string[]): Promise<{ code: number; out: string; err: string }> {
   // Async on purpose: a synchronous spawn would block the event loop serving the TLS under test.
   const p = Bun.spawn(cmd, { stdout: "pipe", stderr: "pipe" });
-  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  const [out, err, code] = await Promise.all([
+    new Response(p.stdout).text(),
+    new Response(p.stderr).text(),
+    p.exited,
+  ]);
   return { code, out, err };
 }
 
@@ -77,7 +118,8 @@ function sigAlgOid(certPem: string): string {
   return der.readOid(buf, id);
 }
 
-const firstCert = (pem: string): X509Certificate => new X509Certificate(pem.slice(0, pem.indexOf("-----END CERTIFICATE-----") + 25));
+const firstCert = (pem: string): X509Certificate =>
+  new X509Certificate(pem.slice(0, pem.indexOf("-----END CERTIFICATE-----") + 25));
 
 let ecCa: Ca;
 let rsaCa: Ca;
@@ -90,7 +132,10 @@ beforeAll(async () => {
   ecCa = await loadCa(ec.certPath, ec.keyPath);
   const rsa = keyPair("rsa");
   rsaCaPath = write("rsa-ca.crt", selfSignedCa(rsa.privateKey, { cn: "crm test RSA CA" }), 0o644);
-  rsaCa = await loadCa(rsaCaPath, write("rsa-ca.key", rsa.privateKey.export({ type: "pkcs1", format: "pem" })));
+  rsaCa = await loadCa(
+    rsaCaPath,
+    write("rsa-ca.key", rsa.privateKey.export({ type: "pkcs1", format: "pem" })),
+  );
 });
 
 describe("loadCa accepts", () => {
@@ -105,13 +150,30 @@ describe("loadCa accepts", () => {
   for (const [kind, format] of formats) {
     test(`${kind} key as ${format}, certificate made by openssl`, async () => {
       const { privateKey } = keyPair(kind);
-      const keyPath = write(`ok-${kind}-${format}.key`, privateKey.export({ type: format, format: "pem" }) as string);
+      const keyPath = write(
+        `ok-${kind}-${format}.key`,
+        privateKey.export({ type: format, format: "pem" }) as string,
+      );
       const certPath = join(dir, `ok-${kind}-${format}.crt`);
       // An independent tool makes the certificate, so the parser is not only tested against itself.
       // openssl's default CA has no keyUsage (allowed by loadCa, refused by -x509_strict); add it half the time.
       const withKu = format === "pkcs8";
       const kuArgs = withKu ? ["-addext", "keyUsage=critical,keyCertSign,cRLSign"] : [];
-      const r = await run(["openssl", "req", "-x509", "-key", keyPath, "-out", certPath, "-subj", `/O=crm tests/CN=${kind} ${format}`, "-days", "2", "-sha256", ...kuArgs]);
+      const r = await run([
+        "openssl",
+        "req",
+        "-x509",
+        "-key",
+        keyPath,
+        "-out",
+        certPath,
+        "-subj",
+        `/O=crm tests/CN=${kind} ${format}`,
+        "-days",
+        "2",
+        "-sha256",
+        ...kuArgs,
+      ]);
       expect(r.err).not.toContain("error");
       expect(r.code).toBe(0);
       const ca = await loadCa(certPath, keyPath);
@@ -122,7 +184,16 @@ describe("loadCa accepts", () => {
       expect(leaf.verify(ca.cert.publicKey)).toBe(true);
       expect(leaf.checkIssued(ca.cert)).toBe(true); // "this was issued by other"
       const leafPath = write(`ok-${kind}-${format}-leaf.pem`, issued.certPem, 0o644);
-      const v = await run(["openssl", "verify", ...(withKu ? ["-x509_strict"] : []), "-purpose", "sslserver", "-CAfile", certPath, leafPath]);
+      const v = await run([
+        "openssl",
+        "verify",
+        ...(withKu ? ["-x509_strict"] : []),
+        "-purpose",
+        "sslserver",
+        "-CAfile",
+        certPath,
+        leafPath,
+      ]);
       expect(v.err).toBe("");
       expect(v.out.trim()).toBe(`${leafPath}: OK`);
     });
@@ -132,7 +203,10 @@ describe("loadCa accepts", () => {
     const { privateKey } = keyPair("p256");
     const certPem = selfSignedCa(privateKey);
     const params = "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n";
-    const both = write("combined.pem", params + privateKey.export({ type: "sec1", format: "pem" }) + certPem);
+    const both = write(
+      "combined.pem",
+      params + privateKey.export({ type: "sec1", format: "pem" }) + certPem,
+    );
     const ca = await loadCa(both, both);
     expect(ca.certPem).toBe(certPem);
   });
@@ -140,7 +214,12 @@ describe("loadCa accepts", () => {
 
 describe("loadCa rejects, each with its own error", () => {
   const seen = new Map<string, CaError>();
-  async function expectError<T extends CaError>(cls: new (...a: never[]) => T, certPath: string, keyPath: string, mentions: string): Promise<T> {
+  async function expectError<T extends CaError>(
+    cls: new (...a: never[]) => T,
+    certPath: string,
+    keyPath: string,
+    mentions: string,
+  ): Promise<T> {
     const err = await loadCa(certPath, keyPath).then(
       () => null,
       (e: unknown) => e,
@@ -156,7 +235,12 @@ describe("loadCa rejects, each with its own error", () => {
   const ecKey = (): string => join(dir, "ec", "ca.key");
 
   test("missing file", async () => {
-    const e = await expectError(CaFileMissingError, join(dir, "nope.crt"), ecKey(), join(dir, "nope.crt"));
+    const e = await expectError(
+      CaFileMissingError,
+      join(dir, "nope.crt"),
+      ecKey(),
+      join(dir, "nope.crt"),
+    );
     expect((e.cause as NodeJS.ErrnoException).code).toBe("ENOENT");
     await expectError(CaFileMissingError, ecCaPath, join(dir, "nope.key"), "nope.key");
   });
@@ -172,22 +256,55 @@ describe("loadCa rejects, each with its own error", () => {
   });
 
   test("garbage, DER and swapped files for the certificate", async () => {
-    await expectError(CaCertInvalidError, write("garbage.crt", "hello, I am not a certificate\n"), ecKey(), "no PEM certificate");
+    await expectError(
+      CaCertInvalidError,
+      write("garbage.crt", "hello, I am not a certificate\n"),
+      ecKey(),
+      "no PEM certificate",
+    );
     await expectError(CaCertInvalidError, write("empty.crt", ""), ecKey(), "no PEM certificate");
     const broken = toPem(Buffer.from("30 82 01 00 02 01 01".replaceAll(" ", ""), "hex"));
-    const e = await expectError(CaCertInvalidError, write("broken.crt", broken), ecKey(), "cannot parse certificate");
+    const e = await expectError(
+      CaCertInvalidError,
+      write("broken.crt", broken),
+      ecKey(),
+      "cannot parse certificate",
+    );
     expect(e.cause).toBeInstanceOf(Error);
-    await expectError(CaCertInvalidError, write("der.crt", ecCa.cert.raw), ecKey(), "looks like DER");
+    await expectError(
+      CaCertInvalidError,
+      write("der.crt", ecCa.cert.raw),
+      ecKey(),
+      "looks like DER",
+    );
     await expectError(CaCertInvalidError, ecKey(), ecCaPath, "swapped");
   });
 
   test("garbage, encrypted and unsupported keys", async () => {
-    await expectError(CaKeyInvalidError, ecCaPath, write("garbage.key", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), "cannot parse PRIVATE KEY");
-    await expectError(CaKeyInvalidError, ecCaPath, write("text.key", "password123\n"), "no PEM private key");
+    await expectError(
+      CaKeyInvalidError,
+      ecCaPath,
+      write("garbage.key", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
+      "cannot parse PRIVATE KEY",
+    );
+    await expectError(
+      CaKeyInvalidError,
+      ecCaPath,
+      write("text.key", "password123\n"),
+      "no PEM private key",
+    );
     const { privateKey } = keyPair("p256");
-    const encrypted = privateKey.export({ type: "pkcs8", format: "pem", cipher: "aes-256-cbc", passphrase: "x" }) as string;
+    const encrypted = privateKey.export({
+      type: "pkcs8",
+      format: "pem",
+      cipher: "aes-256-cbc",
+      passphrase: "x",
+    }) as string;
     await expectError(CaKeyInvalidError, ecCaPath, write("encrypted.key", encrypted), "encrypted");
-    const ed = generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" }) as string;
+    const ed = generateKeyPairSync("ed25519").privateKey.export({
+      type: "pkcs8",
+      format: "pem",
+    }) as string;
     await expectError(CaKeyUnsupportedError, ecCaPath, write("ed25519.key", ed), "ed25519");
   });
 
@@ -198,29 +315,67 @@ describe("loadCa rejects, each with its own error", () => {
   test("not a CA: CA:FALSE, and no basicConstraints at all", async () => {
     const { privateKey } = keyPair("p256");
     const key = write("server.key", privateKey.export({ type: "pkcs8", format: "pem" }));
-    await expectError(CaNotCaError, write("server.crt", customCert(privateKey, [ext.basicConstraints(false)])), key, "not a CA");
-    await expectError(CaNotCaError, write("v1ish.crt", customCert(privateKey, [])), key, "not a CA");
+    await expectError(
+      CaNotCaError,
+      write("server.crt", customCert(privateKey, [ext.basicConstraints(false)])),
+      key,
+      "not a CA",
+    );
+    await expectError(
+      CaNotCaError,
+      write("v1ish.crt", customCert(privateKey, [])),
+      key,
+      "not a CA",
+    );
   });
 
   test("keyUsage without keyCertSign", async () => {
     const { privateKey } = keyPair("p256");
     const key = write("noksign.key", privateKey.export({ type: "pkcs8", format: "pem" }));
-    await expectError(CaNoKeyCertSignError, write("noksign.crt", customCert(privateKey, [ext.basicConstraints(true), ext.keyUsage([KU.digitalSignature, KU.cRLSign])])), key, "keyCertSign");
+    await expectError(
+      CaNoKeyCertSignError,
+      write(
+        "noksign.crt",
+        customCert(privateKey, [
+          ext.basicConstraints(true),
+          ext.keyUsage([KU.digitalSignature, KU.cRLSign]),
+        ]),
+      ),
+      key,
+      "keyCertSign",
+    );
   });
 
   test("expired and not yet valid", async () => {
     const { privateKey } = keyPair("p256");
     const key = write("dated.key", privateKey.export({ type: "sec1", format: "pem" }));
     const now = Date.now();
-    const old = selfSignedCa(privateKey, { notBefore: new Date(now - 10 * DAY), notAfter: new Date(now - DAY) });
+    const old = selfSignedCa(privateKey, {
+      notBefore: new Date(now - 10 * DAY),
+      notAfter: new Date(now - DAY),
+    });
     await expectError(CaExpiredError, write("expired.crt", old), key, "expired on");
-    const future = selfSignedCa(privateKey, { notBefore: new Date(now + DAY), notAfter: new Date(now + 10 * DAY) });
+    const future = selfSignedCa(privateKey, {
+      notBefore: new Date(now + DAY),
+      notAfter: new Date(now + 10 * DAY),
+    });
     await expectError(CaNotYetValidError, write("future.crt", future), key, "not valid until");
   });
 
   test("every failure above had a distinct code", () => {
     expect([...seen.keys()].sort()).toEqual(
-      ["CA_CERT_INVALID", "CA_EXPIRED", "CA_FILE_MISSING", "CA_FILE_UNREADABLE", "CA_KEY_INVALID", "CA_KEY_MISMATCH", "CA_KEY_UNSUPPORTED", "CA_NOT_CA", "CA_NOT_YET_VALID", "CA_NO_KEYCERTSIGN"].sort(),
+      [
+        "CA_CERT_INVALID",
+        "CA_EXPIRED",
+        "CA_FILE_MISSING",
+        "CA_FILE_UNREADABLE",
+        "CA_KEY_INVALID",
+        "CA_KEY_MISMATCH",
+        "CA_KEY_UNSUPPORTED",
+        "CA_NOT_CA",
+        "CA_NOT_YET_VALID",
+        "CA_NO_KEYCERTSIGN",
+      ].sort(),
     );
   });
 });
@@ -251,7 +406,9 @@ describe("LeafIssuer", () => {
       expect(leaf.checkHost("registry-1.docker.io")).toBe("registry-1.docker.io");
       expect(leaf.checkHost("docker.io")).toBeUndefined();
       expect(leaf.ca).toBe(false);
-      expect(sigAlgOid(issued.certPem)).toBe(kind === "ec" ? "1.2.840.10045.4.3.2" : "1.2.840.113549.1.1.11");
+      expect(sigAlgOid(issued.certPem)).toBe(
+        kind === "ec" ? "1.2.840.10045.4.3.2" : "1.2.840.113549.1.1.11",
+      );
 
       const parsed = parseCertificate(leaf.raw);
       expect(parsed.issuer.equals(ca.subjectDer)).toBe(true);
@@ -263,7 +420,9 @@ describe("LeafIssuer", () => {
       // AKI must equal the CA's SKI, or OpenSSL refuses the CA as issuer.
       expect(parsed.extensions.get("2.5.29.35")?.value.includes(ca.keyId)).toBe(true);
       expect(parsed.extensions.has("2.5.29.14")).toBe(true);
-      expect(parsed.extensions.get("2.5.29.37")?.value.includes(der.oid("1.3.6.1.5.5.7.3.1"))).toBe(true);
+      expect(parsed.extensions.get("2.5.29.37")?.value.includes(der.oid("1.3.6.1.5.5.7.3.1"))).toBe(
+        true,
+      );
       expect(parsed.extensions.get("2.5.29.15")?.critical).toBe(true);
 
       const serial = leaf.serialNumber;
@@ -277,7 +436,9 @@ describe("LeafIssuer", () => {
       const encoded = serialNode ? der.content(leaf.raw, serialNode) : Buffer.alloc(0);
       expect(encoded.length).toBeLessThanOrEqual(20);
       expect((encoded[0] ?? 0x80) & 0x80).toBe(0);
-      expect(new X509Certificate(issuer.issue("registry-1.docker.io").certPem).serialNumber).not.toBe(serial);
+      expect(
+        new X509Certificate(issuer.issue("registry-1.docker.io").certPem).serialNumber,
+      ).not.toBe(serial);
 
       const v4 = new X509Certificate(issuer.issue("127.0.0.1").certPem);
       expect(v4.checkIP("127.0.0.1")).toBe("127.0.0.1");
@@ -296,23 +457,40 @@ describe("LeafIssuer", () => {
     const leaf = new X509Certificate(issuer.issue(long).certPem);
     expect(leaf.checkHost(long)).toBe(long);
     expect(leaf.subject).toBe(`CN=${long.slice(0, 64)}`);
-    expect(new X509Certificate(issuer.issue("Registry.Example.COM.").certPem).checkHost("registry.example.com")).toBe("registry.example.com");
-    expect(new X509Certificate(issuer.issue("bücher.example").certPem).subjectAltName).toBe("DNS:xn--bcher-kva.example");
-    for (const bad of ["", "a b", "evil.com/x", "x:443", "[not-an-ip]"]) expect(() => issuer.issue(bad)).toThrow(InvalidHostError);
+    expect(
+      new X509Certificate(issuer.issue("Registry.Example.COM.").certPem).checkHost(
+        "registry.example.com",
+      ),
+    ).toBe("registry.example.com");
+    expect(new X509Certificate(issuer.issue("bücher.example").certPem).subjectAltName).toBe(
+      "DNS:xn--bcher-kva.example",
+    );
+    for (const bad of ["", "a b", "evil.com/x", "x:443", "[not-an-ip]"])
+      expect(() => issuer.issue(bad)).toThrow(InvalidHostError);
     const issued = issuer.issue("short.example");
-    expect(Math.round((issued.notAfter.getTime() - issued.notBefore.getTime()) / HOUR)).toBe(2 * 24 + 1);
+    expect(Math.round((issued.notAfter.getTime() - issued.notBefore.getTime()) / HOUR)).toBe(
+      2 * 24 + 1,
+    );
     expect(() => new LeafIssuer(ecCa, { days: 0 })).toThrow(RangeError);
   });
 
   test("a leaf never outlives its CA", async () => {
     const { privateKey } = keyPair("p256");
     const caEnd = new Date(Date.now() + 2 * DAY);
-    const ca = await loadCa(write("short-ca.crt", selfSignedCa(privateKey, { notAfter: caEnd })), write("short-ca.key", privateKey.export({ type: "pkcs8", format: "pem" })));
-    expect(new LeafIssuer(ca).issue("x.example").notAfter.getTime()).toBe(Math.floor(caEnd.getTime() / 1000) * 1000);
+    const ca = await loadCa(
+      write("short-ca.crt", selfSignedCa(privateKey, { notAfter: caEnd })),
+      write("short-ca.key", privateKey.export({ type: "pkcs8", format: "pem" })),
+    );
+    expect(new LeafIssuer(ca).issue("x.example").notAfter.getTime()).toBe(
+      Math.floor(caEnd.getTime() / 1000) * 1000,
+    );
   });
 
   test("timing: 1 and 50 leaves, EC and RSA CAs", () => {
-    for (const [name, ca] of [["EC P-256", ecCa], ["RSA-2048", rsaCa]] as const) {
+    for (const [name, ca] of [
+      ["EC P-256", ecCa],
+      ["RSA-2048", rsaCa],
+    ] as const) {
       const t0 = performance.now();
       const issuer = new LeafIssuer(ca);
       const tCtor = performance.now() - t0;
@@ -322,7 +500,9 @@ describe("LeafIssuer", () => {
       const t2 = performance.now();
       for (let i = 0; i < 50; i++) issuer.issue(`host${i}.example.com`);
       const tFifty = performance.now() - t2;
-      console.log(`[pki timing] ${name} CA: LeafIssuer ctor ${tCtor.toFixed(2)} ms, first leaf ${tOne.toFixed(3)} ms, 50 leaves ${tFifty.toFixed(2)} ms (${(tFifty / 50).toFixed(3)} ms each)`);
+      console.log(
+        `[pki timing] ${name} CA: LeafIssuer ctor ${tCtor.toFixed(2)} ms, first leaf ${tOne.toFixed(3)} ms, 50 leaves ${tFifty.toFixed(2)} ms (${(tFifty / 50).toFixed(3)} ms each)`,
+      );
       expect(tFifty).toBeLessThan(2000);
     }
   });
@@ -334,12 +514,33 @@ describe("real clients accept the chain", () => {
     for (const s of servers) s.stop(true);
   });
   function serve(cert: { certPem: string; keyPem: string }): number {
-    const s = Bun.serve({ port: 0, hostname: "127.0.0.1", tls: { cert: cert.certPem, key: cert.keyPem }, fetch: () => new Response("hello from the leaf\n") });
+    const s = Bun.serve({
+      port: 0,
+      hostname: "127.0.0.1",
+      tls: { cert: cert.certPem, key: cert.keyPem },
+      fetch: () => new Response("hello from the leaf\n"),
+    });
     servers.push(s);
     return s.port ?? 0;
   }
-  const curl = (caPath: string, url: string, port: number): Promise<{ code: number; out: string; err: string }> =>
-    run(["curl", "-sS", "--noproxy", "*", "--max-time", "10", "--resolve", `localhost:${port}:127.0.0.1`, "--cacert", caPath, url]);
+  const curl = (
+    caPath: string,
+    url: string,
+    port: number,
+  ): Promise<{ code: number; out: string; err: string }> =>
+    run([
+      "curl",
+      "-sS",
+      "--noproxy",
+      "*",
+      "--max-time",
+      "10",
+      "--resolve",
+      `localhost:${port}:127.0.0.1`,
+      "--cacert",
+      caPath,
+      url,
+    ]);
 
   for (const kind of ["ec", "rsa"] as const) {
     test(`${kind} CA: curl, openssl verify and Bun fetch`, async () => {
@@ -362,11 +563,27 @@ describe("real clients accept the chain", () => {
       expect(wrong.code).toBe(60);
 
       for (const issued of [byName, byIp]) {
-        const leafPath = write(`${kind}-leaf-${issued === byName ? "name" : "ip"}.pem`, issued.certPem, 0o644);
-        const v = await run(["openssl", "verify", "-x509_strict", "-purpose", "sslserver", "-CAfile", caPath, leafPath]);
+        const leafPath = write(
+          `${kind}-leaf-${issued === byName ? "name" : "ip"}.pem`,
+          issued.certPem,
+          0o644,
+        );
+        const v = await run([
+          "openssl",
+          "verify",
+          "-x509_strict",
+          "-purpose",
+          "sslserver",
+          "-CAfile",
+          caPath,
+          leafPath,
+        ]);
         expect(v.out.trim()).toBe(`${leafPath}: OK`);
       }
-      const viaFetch = await fetch(`https://127.0.0.1:${ipPort}/`, { tls: { ca: ca.certPem }, proxy: undefined });
+      const viaFetch = await fetch(`https://127.0.0.1:${ipPort}/`, {
+        tls: { ca: ca.certPem },
+        proxy: undefined,
+      });
       expect(await viaFetch.text()).toBe("hello from the leaf\n");
     });
   }
@@ -374,7 +591,12 @@ describe("real clients accept the chain", () => {
   test("intermediate CA: the leaf is served with the intermediate, curl trusts only the root", async () => {
     const root = keyPair("p256");
     // Not selfSignedCa: its pathLen 0 forbids intermediates (curl says "path length constraint exceeded").
-    const rootPem = customCert(root.privateKey, [ext.basicConstraints(true), ext.keyUsage([KU.keyCertSign])], undefined, new Date(Date.now() + 60 * DAY));
+    const rootPem = customCert(
+      root.privateKey,
+      [ext.basicConstraints(true), ext.keyUsage([KU.keyCertSign])],
+      undefined,
+      new Date(Date.now() + 60 * DAY),
+    );
     const rootPath = write("root.crt", rootPem, 0o644);
     const inter = keyPair("p384");
     const interSpki = keyPublicDer(inter.publicKey);
@@ -386,12 +608,20 @@ describe("real clients accept the chain", () => {
         notBefore: new Date(Date.now() - HOUR),
         notAfter: new Date(Date.now() + 30 * DAY),
         spki: interSpki,
-        extensions: [ext.basicConstraints(true, 0), ext.keyUsage([KU.keyCertSign]), ext.subjectKeyId(keyId(interSpki)), ext.authorityKeyId(keyId(keyPublicDer(root.publicKey)))],
+        extensions: [
+          ext.basicConstraints(true, 0),
+          ext.keyUsage([KU.keyCertSign]),
+          ext.subjectKeyId(keyId(interSpki)),
+          ext.authorityKeyId(keyId(keyPublicDer(root.publicKey))),
+        ],
       },
       root.privateKey,
       "ecdsa-sha256",
     );
-    const ca = await loadCa(write("inter.crt", toPem(interDer), 0o644), write("inter.key", inter.privateKey.export({ type: "sec1", format: "pem" })));
+    const ca = await loadCa(
+      write("inter.crt", toPem(interDer), 0o644),
+      write("inter.key", inter.privateKey.export({ type: "sec1", format: "pem" })),
+    );
     expect(caWarnings(ca).join("\n")).toContain("not self-signed");
     const issued = new LeafIssuer(ca).issue("localhost");
     expect(issued.certPem.match(/BEGIN CERTIFICATE/g)?.length).toBe(2);
@@ -498,9 +728,13 @@ describe("initCa", () => {
     process.stdout.write = ((s: string) => ((printed += s), true)) as typeof process.stdout.write;
     process.stderr.write = ((s: string) => ((printed += s), true)) as typeof process.stderr.write;
     try {
-      expect(await runCaInit({ kind: "ca-init", outDir: out, cn: null, days: null, force: false })).toBe(0);
+      expect(
+        await runCaInit({ kind: "ca-init", outDir: out, cn: null, days: null, force: false }),
+      ).toBe(0);
       expect(printed).toContain("update-ca-certificates");
-      expect(await runCaInit({ kind: "ca-init", outDir: out, cn: null, days: null, force: false })).toBe(1);
+      expect(
+        await runCaInit({ kind: "ca-init", outDir: out, cn: null, days: null, force: false }),
+      ).toBe(1);
       expect(printed).toContain("already exists");
     } finally {
       process.stdout.write = original;

@@ -40,7 +40,14 @@ interface PresendOrigin {
  */
 function startPresendOrigin(mode: Mode): PresendOrigin {
   const sockets = new Set<Socket<{ n: number; buf: string; drain?: () => void }>>();
-  const o: PresendOrigin = { port: 0, accepted: 0, open: 0, bogusSent: false, requests: [], stop: () => {} };
+  const o: PresendOrigin = {
+    port: 0,
+    accepted: 0,
+    open: 0,
+    bogusSent: false,
+    requests: [],
+    stop: () => {},
+  };
   const listener = Bun.listen<{ n: number; buf: string; drain?: () => void }>({
     hostname: "127.0.0.1",
     port: 0,
@@ -58,7 +65,11 @@ function startPresendOrigin(mode: Mode): PresendOrigin {
       },
       data(s, d) {
         s.data.buf += d.toString("latin1");
-        for (let end = s.data.buf.indexOf("\r\n\r\n"); end >= 0; end = s.data.buf.indexOf("\r\n\r\n")) {
+        for (
+          let end = s.data.buf.indexOf("\r\n\r\n");
+          end >= 0;
+          end = s.data.buf.indexOf("\r\n\r\n")
+        ) {
           const head = s.data.buf.slice(0, end);
           s.data.buf = s.data.buf.slice(end + 4);
           const mine = o.requests[s.data.n] as string[];
@@ -68,7 +79,15 @@ function startPresendOrigin(mode: Mode): PresendOrigin {
             s.write(FIRST + BOGUS);
             o.bogusSent = true;
           } else if (mode === "big-same-write") {
-            writeAll(s, Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${BIG}\r\n\r\n`), Buffer.alloc(BIG, 0x61), Buffer.from(BOGUS)]), () => (o.bogusSent = true));
+            writeAll(
+              s,
+              Buffer.concat([
+                Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${BIG}\r\n\r\n`),
+                Buffer.alloc(BIG, 0x61),
+                Buffer.from(BOGUS),
+              ]),
+              () => (o.bogusSent = true),
+            );
           } else if (mode === "while-idle") {
             s.write(FIRST);
             setTimeout(() => {
@@ -97,7 +116,11 @@ function startPresendOrigin(mode: Mode): PresendOrigin {
 }
 
 /** Writes `buf` whole, waiting for drain (Bun's write takes only what fits). */
-function writeAll(s: Socket<{ n: number; buf: string; drain?: () => void }>, buf: Buffer, done: () => void): void {
+function writeAll(
+  s: Socket<{ n: number; buf: string; drain?: () => void }>,
+  buf: Buffer,
+  done: () => void,
+): void {
   const n = s.write(buf);
   if (n >= buf.byteLength) return done();
   s.data.drain = () => {
@@ -122,7 +145,15 @@ afterEach(() => {
 
 const resolve = staticResolver({});
 function req(port: number, path: string): UpstreamRequest {
-  return { url: new URL(`http://127.0.0.1:${port}${path}`), method: "GET", headers: [], headTimeoutMs: 5000, connectTimeoutMs: 5000, resolve, insecureTls: false };
+  return {
+    url: new URL(`http://127.0.0.1:${port}${path}`),
+    method: "GET",
+    headers: [],
+    headTimeoutMs: 5000,
+    connectTimeoutMs: 5000,
+    resolve,
+    insecureTls: false,
+  };
 }
 
 describe("upstream client: a socket that got bytes nobody asked for is never reused", () => {
@@ -139,7 +170,10 @@ describe("upstream client: a socket that got bytes nobody asked for is never reu
     expect(r2.headers.find(([k]) => k.toLowerCase() === "x-answer")?.[1]).toBe("real");
     expect(Buffer.from(await r2.body.readAll(100)).toString()).toBe("real");
     expect(client.opened).toBe(2);
-    expect(o.requests).toEqual([[expect.stringMatching(/^GET \/one /)], [expect.stringMatching(/^GET \/two /)]]);
+    expect(o.requests).toEqual([
+      [expect.stringMatching(/^GET \/one /)],
+      [expect.stringMatching(/^GET \/two /)],
+    ]);
     client.close();
   });
 
@@ -182,8 +216,13 @@ describe("through crm: the next request on the client's connection gets the real
     const crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [o.port] }, "info");
     try {
       const conn = await openRaw(crm.port);
-      const get = (path: string): Promise<boolean> => conn.send(`GET http://127.0.0.1:${o.port}${path} HTTP/1.1\r\nHost: 127.0.0.1:${o.port}\r\n\r\n`);
-      const answers = (): number => parseResponses(conn.received(), ["GET"], conn.closed).responses.filter((r) => r.complete).length;
+      const get = (path: string): Promise<boolean> =>
+        conn.send(
+          `GET http://127.0.0.1:${o.port}${path} HTTP/1.1\r\nHost: 127.0.0.1:${o.port}\r\n\r\n`,
+        );
+      const answers = (): number =>
+        parseResponses(conn.received(), ["GET"], conn.closed).responses.filter((r) => r.complete)
+          .length;
       await get("/one");
       await waitUntil(conn, () => conn.closed || answers() >= 1, 5000);
       await until(() => o.bogusSent, "the bogus answer");

@@ -26,7 +26,13 @@ beforeAll(async () => {
   echo = startTcp("echo");
   crm = await startCrm(
     {
-      allowed_hosts: ["127.0.0.1", "origin.test", "nxdomain.test", "hang.test", String.raw`re\d+\.test`],
+      allowed_hosts: [
+        "127.0.0.1",
+        "origin.test",
+        "nxdomain.test",
+        "hang.test",
+        String.raw`re\d+\.test`,
+      ],
       allowed_ports: [origin.port, tlsOrigin.port, echo.port, 1],
       timeouts: { header: "400ms", connect: "300ms", upstream_header: "500ms", idle: "2s" },
     },
@@ -52,14 +58,20 @@ describe("curl as a real client", () => {
     expect(r.stdout).toMatch(/^HTTP\/1\.1 200 OK/);
     expect(r.stdout).toContain("origin GET /hello");
     expect(r.stdout.toLowerCase()).toContain("via: 1.1 crm");
-    await crm.waitLog(/INFO .*GET http:\/\/127\.0\.0\.1:\d+\/hello kind=forward client=127\.0\.0\.1 status=200 in=0 out=17 ms=\d+/);
+    await crm.waitLog(
+      /INFO .*GET http:\/\/127\.0\.0\.1:\d+\/hello kind=forward client=127\.0\.0\.1 status=200 in=0 out=17 ms=\d+/,
+    );
   });
 
   test("HTTPS through a CONNECT tunnel, verified against the test CA", async () => {
     const r = await curl(["--cacert", caFile, `https://127.0.0.1:${tlsOrigin.port}/secure`]);
     expect(r.stderr).toBe("");
     expect(r.stdout).toBe("origin GET /secure");
-    await crm.waitLog(new RegExp(`CONNECT 127\\.0\\.0\\.1:${tlsOrigin.port} kind=connect .*status=200 in=\\d+ out=\\d+`));
+    await crm.waitLog(
+      new RegExp(
+        `CONNECT 127\\.0\\.0\\.1:${tlsOrigin.port} kind=connect .*status=200 in=\\d+ out=\\d+`,
+      ),
+    );
   });
 
   test("a CONNECT to a name goes through the resolver, and the certificate matches the name", async () => {
@@ -75,7 +87,9 @@ describe("curl as a real client", () => {
   test("a refused host gets 403 naming host and port, and an info line", async () => {
     const r = await curl(["-i", "http://docker.io.evil.test/"]);
     expect(r.stdout).toMatch(/^HTTP\/1\.1 403 Forbidden/);
-    expect(r.stdout).toContain("crm: docker.io.evil.test:80 is not allowed (host not in allowed_hosts)");
+    expect(r.stdout).toContain(
+      "crm: docker.io.evil.test:80 is not allowed (host not in allowed_hosts)",
+    );
     await crm.waitLog(/INFO .*refused .*target=http:\/\/docker\.io\.evil\.test\//);
   });
 
@@ -91,7 +105,11 @@ describe("curl as a real client", () => {
   });
 
   test("keep-alive: several requests on one client connection", async () => {
-    const r = await curl(["-v", `http://127.0.0.1:${origin.port}/a`, `http://127.0.0.1:${origin.port}/b`]);
+    const r = await curl([
+      "-v",
+      `http://127.0.0.1:${origin.port}/a`,
+      `http://127.0.0.1:${origin.port}/b`,
+    ]);
     expect(r.stdout).toBe("origin GET /aorigin GET /b");
     expect(r.stderr).toMatch(/Re-using existing connection/);
   });
@@ -100,8 +118,18 @@ describe("curl as a real client", () => {
     const file = join(dir, "upload.bin");
     const data = pattern(32 * 1024 * 1024);
     writeFileSync(file, data);
-    const r = await curl(["--data-binary", `@${file}`, "-H", "content-type: application/octet-stream", `http://127.0.0.1:${origin.port}/echo`]);
-    const body = JSON.parse(r.stdout) as { length: number; sha256: string; headers: Record<string, string> };
+    const r = await curl([
+      "--data-binary",
+      `@${file}`,
+      "-H",
+      "content-type: application/octet-stream",
+      `http://127.0.0.1:${origin.port}/echo`,
+    ]);
+    const body = JSON.parse(r.stdout) as {
+      length: number;
+      sha256: string;
+      headers: Record<string, string>;
+    };
     expect(body.length).toBe(data.byteLength);
     expect(body.sha256).toBe(sha256(data));
     expect(body.headers["content-length"]).toBe(String(data.byteLength));
@@ -111,7 +139,13 @@ describe("curl as a real client", () => {
     const file = join(dir, "chunked.bin");
     const data = pattern(3 * 1024 * 1024 + 7);
     writeFileSync(file, data);
-    const r = await curl(["-H", "transfer-encoding: chunked", "--data-binary", `@${file}`, `http://127.0.0.1:${origin.port}/echo`]);
+    const r = await curl([
+      "-H",
+      "transfer-encoding: chunked",
+      "--data-binary",
+      `@${file}`,
+      `http://127.0.0.1:${origin.port}/echo`,
+    ]);
     const body = JSON.parse(r.stdout) as { length: number; sha256: string };
     expect(body.length).toBe(data.byteLength);
     expect(body.sha256).toBe(sha256(data));
@@ -119,7 +153,11 @@ describe("curl as a real client", () => {
 
   test("a large download (sized and chunked) is byte-exact", async () => {
     for (const q of ["", "&chunked"]) {
-      const r = await run(["sh", "-c", `curl -sS --noproxy '' -x ${crm.url} 'http://127.0.0.1:${origin.port}/bytes?n=67108864${q}' | sha256sum`]);
+      const r = await run([
+        "sh",
+        "-c",
+        `curl -sS --noproxy '' -x ${crm.url} 'http://127.0.0.1:${origin.port}/bytes?n=67108864${q}' | sha256sum`,
+      ]);
       expect(r.stdout.split(" ")[0]).toBe(sha256(pattern(64 * 1024 * 1024)));
     }
   });
@@ -127,7 +165,14 @@ describe("curl as a real client", () => {
   test("Expect: 100-continue is answered, then the body is forwarded", async () => {
     const file = join(dir, "expect.bin");
     writeFileSync(file, pattern(2 * 1024 * 1024));
-    const r = await curl(["-v", "-H", "Expect: 100-continue", "--data-binary", `@${file}`, `http://127.0.0.1:${origin.port}/echo`]);
+    const r = await curl([
+      "-v",
+      "-H",
+      "Expect: 100-continue",
+      "--data-binary",
+      `@${file}`,
+      `http://127.0.0.1:${origin.port}/echo`,
+    ]);
     expect(r.stderr).toContain("HTTP/1.1 100 Continue");
     expect((JSON.parse(r.stdout) as { length: number }).length).toBe(2 * 1024 * 1024);
   });
@@ -140,8 +185,18 @@ describe("faithful forwarding", () => {
       `GET http://127.0.0.1:${origin.port}/echo HTTP/1.1\r\nHost: ignored.test\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic c2VjcmV0\r\nProxy-Connection: keep-alive\r\nUpgrade: websocket\r\nX-End: 2\r\nVia: 1.0 upstream-proxy\r\n\r\n`,
     );
     const text = await c.waitFor(/\}$/);
-    const json = JSON.parse(text.slice(text.indexOf("\r\n\r\n") + 4)) as { headers: Record<string, string> };
-    for (const h of ["x-hop", "keep-alive", "te", "proxy-authorization", "proxy-connection", "upgrade"]) expect(json.headers[h]).toBeUndefined();
+    const json = JSON.parse(text.slice(text.indexOf("\r\n\r\n") + 4)) as {
+      headers: Record<string, string>;
+    };
+    for (const h of [
+      "x-hop",
+      "keep-alive",
+      "te",
+      "proxy-authorization",
+      "proxy-connection",
+      "upgrade",
+    ])
+      expect(json.headers[h]).toBeUndefined();
     expect(json.headers["x-end"]).toBe("2");
     expect(json.headers.host).toBe(`127.0.0.1:${origin.port}`);
     expect(json.headers.via).toBe("1.0 upstream-proxy, 1.1 crm");
@@ -156,7 +211,11 @@ describe("faithful forwarding", () => {
   });
 
   test("a gzip body is passed through untouched, with its length and encoding", async () => {
-    const r = await run(["sh", "-c", `curl -sS --noproxy '' -x ${crm.url} -D ${dir}/h.txt http://127.0.0.1:${origin.port}/gzip | sha256sum`]);
+    const r = await run([
+      "sh",
+      "-c",
+      `curl -sS --noproxy '' -x ${crm.url} -D ${dir}/h.txt http://127.0.0.1:${origin.port}/gzip | sha256sum`,
+    ]);
     expect(r.stdout.split(" ")[0]).toBe(sha256(GZIP_BODY));
     const headers = (await Bun.file(`${dir}/h.txt`).text()).toLowerCase();
     expect(headers).toContain("content-encoding: gzip");
@@ -165,7 +224,9 @@ describe("faithful forwarding", () => {
 
   test("no Accept-Encoding is invented when the client sent none", async () => {
     const r = await curl([`http://127.0.0.1:${origin.port}/echo`]);
-    expect((JSON.parse(r.stdout) as { headers: Record<string, string> }).headers["accept-encoding"]).toBeUndefined();
+    expect(
+      (JSON.parse(r.stdout) as { headers: Record<string, string> }).headers["accept-encoding"],
+    ).toBeUndefined();
   });
 
   test("several Set-Cookie fields stay separate", async () => {
@@ -178,7 +239,9 @@ describe("faithful forwarding", () => {
     c.write(`HEAD http://127.0.0.1:${origin.port}/gzip HTTP/1.1\r\nHost: x\r\n\r\n`);
     c.write(`GET http://127.0.0.1:${origin.port}/status?code=204 HTTP/1.1\r\nHost: x\r\n\r\n`);
     c.write(`GET http://127.0.0.1:${origin.port}/status?code=304 HTTP/1.1\r\nHost: x\r\n\r\n`);
-    c.write(`GET http://127.0.0.1:${origin.port}/last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+    c.write(
+      `GET http://127.0.0.1:${origin.port}/last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`,
+    );
     await c.closed();
     const t = c.text();
     const statuses = [...t.matchAll(/^HTTP\/1\.1 (\d+)/gm)].map((m) => m[1]);
@@ -189,15 +252,31 @@ describe("faithful forwarding", () => {
 
   test("an https:// absolute target is fetched over TLS (and refused when unverifiable)", async () => {
     const c = await rawConnect(crm.port);
-    c.write(`GET https://127.0.0.1:${tlsOrigin.port}/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+    c.write(
+      `GET https://127.0.0.1:${tlsOrigin.port}/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`,
+    );
     await c.closed();
     // The test CA is not trusted by crm, and insecure_tls is off: 502 naming TLS.
     expect(c.text()).toMatch(/^HTTP\/1\.1 502 Bad Gateway/);
     expect(c.text()).toContain("TLS handshake failed");
 
-    const insecure = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [tlsOrigin.port], insecure_tls: true });
+    const insecure = await startCrm({
+      allowed_hosts: ["127.0.0.1"],
+      allowed_ports: [tlsOrigin.port],
+      insecure_tls: true,
+    });
     try {
-      const r = await run(["curl", "-sS", "--noproxy", "", "--proxy", insecure.url, "--request-target", `https://127.0.0.1:${tlsOrigin.port}/x`, `http://127.0.0.1:${tlsOrigin.port}/`]);
+      const r = await run([
+        "curl",
+        "-sS",
+        "--noproxy",
+        "",
+        "--proxy",
+        insecure.url,
+        "--request-target",
+        `https://127.0.0.1:${tlsOrigin.port}/x`,
+        `http://127.0.0.1:${tlsOrigin.port}/`,
+      ]);
       expect(r.stdout).toBe("origin GET /x");
     } finally {
       await insecure.stop();
@@ -225,13 +304,41 @@ describe("bad input gets a precise answer, then close", () => {
     ["garbage request line", "GARBAGE\r\n\r\n", /^HTTP\/1\.1 400 /],
     ["lower-case junk method", "G(T / HTTP/1.1\r\n\r\n", /^HTTP\/1\.1 400 /],
     ["HTTP/2.0", "GET / HTTP/2.0\r\n\r\n", /^HTTP\/1\.1 505 /],
-    ["both Content-Length and Transfer-Encoding", `POST http://127.0.0.1:1/ HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n`, /^HTTP\/1\.1 400 [^]*both Content-Length and Transfer-Encoding/],
-    ["differing Content-Length", `POST /healthz HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n`, /^HTTP\/1\.1 400 [^]*conflicting Content-Length/],
-    ["obsolete line folding", "GET /healthz HTTP/1.1\r\nX-A: 1\r\n  folded\r\n\r\n", /^HTTP\/1\.1 400 [^]*folding/],
-    ["space before colon", "GET /healthz HTTP/1.1\r\nX-A : 1\r\n\r\n", /^HTTP\/1\.1 400 [^]*invalid header name/],
-    ["CONNECT without a port", "CONNECT 127.0.0.1 HTTP/1.1\r\n\r\n", /^HTTP\/1\.1 400 [^]*host:port/],
-    ["unknown origin-form path", "GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n", /^HTTP\/1\.1 404 /],
-    ["bad chunk size", `POST http://127.0.0.1:${0}/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n`, /^HTTP\/1\.1 (400|403) /],
+    [
+      "both Content-Length and Transfer-Encoding",
+      `POST http://127.0.0.1:1/ HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n`,
+      /^HTTP\/1\.1 400 [^]*both Content-Length and Transfer-Encoding/,
+    ],
+    [
+      "differing Content-Length",
+      `POST /healthz HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n`,
+      /^HTTP\/1\.1 400 [^]*conflicting Content-Length/,
+    ],
+    [
+      "obsolete line folding",
+      "GET /healthz HTTP/1.1\r\nX-A: 1\r\n  folded\r\n\r\n",
+      /^HTTP\/1\.1 400 [^]*folding/,
+    ],
+    [
+      "space before colon",
+      "GET /healthz HTTP/1.1\r\nX-A : 1\r\n\r\n",
+      /^HTTP\/1\.1 400 [^]*invalid header name/,
+    ],
+    [
+      "CONNECT without a port",
+      "CONNECT 127.0.0.1 HTTP/1.1\r\n\r\n",
+      /^HTTP\/1\.1 400 [^]*host:port/,
+    ],
+    [
+      "unknown origin-form path",
+      "GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n",
+      /^HTTP\/1\.1 404 /,
+    ],
+    [
+      "bad chunk size",
+      `POST http://127.0.0.1:${0}/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n`,
+      /^HTTP\/1\.1 (400|403) /,
+    ],
   ];
   test.each(cases)("%s", async (_name, request, expected) => {
     const c = await rawConnect(crm.port);
@@ -243,7 +350,9 @@ describe("bad input gets a precise answer, then close", () => {
 
   test("a bad chunk size on an allowed target is 400", async () => {
     const c = await rawConnect(crm.port);
-    c.write(`POST http://127.0.0.1:${origin.port}/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n`);
+    c.write(
+      `POST http://127.0.0.1:${origin.port}/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n`,
+    );
     await c.closed();
     expect(c.text()).toMatch(/^HTTP\/1\.1 400 [^]*invalid chunk size/);
   });
@@ -282,7 +391,9 @@ describe("bad input gets a precise answer, then close", () => {
 
   test("pipelined requests followed by the client's FIN are all answered", async () => {
     const c = await rawConnect(crm.port);
-    c.write(`GET http://127.0.0.1:${origin.port}/p1 HTTP/1.1\r\nHost: x\r\n\r\nGET http://127.0.0.1:${origin.port}/p2 HTTP/1.1\r\nHost: x\r\n\r\n`);
+    c.write(
+      `GET http://127.0.0.1:${origin.port}/p1 HTTP/1.1\r\nHost: x\r\n\r\nGET http://127.0.0.1:${origin.port}/p2 HTTP/1.1\r\nHost: x\r\n\r\n`,
+    );
     c.socket.shutdown();
     await c.closed();
     expect(c.text()).toContain("origin GET /p1");
@@ -301,7 +412,9 @@ describe("bad input gets a precise answer, then close", () => {
 
   test("pipelined requests are answered in order", async () => {
     const c = await rawConnect(crm.port);
-    c.write(`GET http://127.0.0.1:${origin.port}/one HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\n\r\nGET http://127.0.0.1:${origin.port}/three HTTP/1.1\r\nConnection: close\r\n\r\n`);
+    c.write(
+      `GET http://127.0.0.1:${origin.port}/one HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\n\r\nGET http://127.0.0.1:${origin.port}/three HTTP/1.1\r\nConnection: close\r\n\r\n`,
+    );
     await c.closed();
     const t = c.text();
     expect(t.indexOf("origin GET /one")).toBeLessThan(t.indexOf("ok\n"));
@@ -348,7 +461,9 @@ describe("upstream failures", () => {
 describe("CONNECT tunnel", () => {
   test("exactly `200 Connection Established`, and bytes sent with the head are kept", async () => {
     const c = await rawConnect(crm.port);
-    c.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\nhello-early`);
+    c.write(
+      `CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\nhello-early`,
+    );
     const t = await c.waitFor("hello-early");
     expect(t).toBe("HTTP/1.1 200 Connection Established\r\n\r\nhello-early");
     c.socket.end();
@@ -392,7 +507,8 @@ describe("CONNECT tunnel", () => {
       expect(sha256(body)).toBe(sha256(pattern(1024 * 1024)));
       c.write("after-fin");
       const until = Date.now() + 3000;
-      while (!Buffer.concat(pusher.received).toString().includes("after-fin") && Date.now() < until) await Bun.sleep(5);
+      while (!Buffer.concat(pusher.received).toString().includes("after-fin") && Date.now() < until)
+        await Bun.sleep(5);
       expect(Buffer.concat(pusher.received).toString()).toContain("after-fin");
       c.socket.end();
     } finally {
@@ -402,7 +518,11 @@ describe("CONNECT tunnel", () => {
   });
 
   test("an idle tunnel is closed after timeouts.idle; a busy one is not", async () => {
-    const local = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [echo.port], timeouts: { idle: "600ms" } });
+    const local = await startCrm({
+      allowed_hosts: ["127.0.0.1"],
+      allowed_ports: [echo.port],
+      timeouts: { idle: "600ms" },
+    });
     try {
       const idle = await rawConnect(local.port);
       idle.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\n\r\n`);
@@ -424,14 +544,21 @@ describe("CONNECT tunnel", () => {
 
 describe("idle requests", () => {
   test("a client that stops reading a response is cut after timeouts.idle, and the upstream is released", async () => {
-    const local = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port], timeouts: { idle: "600ms" } });
+    const local = await startCrm({
+      allowed_hosts: ["127.0.0.1"],
+      allowed_ports: [origin.port],
+      timeouts: { idle: "600ms" },
+    });
     try {
       const c = await rawConnect(local.port);
       c.write(`GET http://127.0.0.1:${origin.port}/bytes?n=1073741824 HTTP/1.1\r\nHost: x\r\n\r\n`);
       await c.waitFor("200 OK");
       c.socket.pause();
       await local.waitLog(/WARN .*request idle timeout, closing/, 5000);
-      await local.waitLog(/GET http:\/\/127\.0\.0\.1:\d+\/bytes\?n=1073741824 kind=forward .*status=200 .*note=incomplete/, 5000);
+      await local.waitLog(
+        /GET http:\/\/127\.0\.0\.1:\d+\/bytes\?n=1073741824 kind=forward .*status=200 .*note=incomplete/,
+        5000,
+      );
       c.socket.terminate();
     } finally {
       await local.stop();
@@ -440,9 +567,25 @@ describe("idle requests", () => {
 
   test("a slow but steady transfer is not cut", async () => {
     // Ten chunks 200 ms apart: the exchange lasts three idle windows, with progress in each.
-    const local = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port], timeouts: { idle: "600ms" } });
+    const local = await startCrm({
+      allowed_hosts: ["127.0.0.1"],
+      allowed_ports: [origin.port],
+      timeouts: { idle: "600ms" },
+    });
     try {
-      const r = await run(["curl", "-sS", "--noproxy", "", "-x", local.url, "-o", "/dev/null", "-w", "%{size_download} %{time_total}", `http://127.0.0.1:${origin.port}/trickle?n=10&ms=200`]);
+      const r = await run([
+        "curl",
+        "-sS",
+        "--noproxy",
+        "",
+        "-x",
+        local.url,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download} %{time_total}",
+        `http://127.0.0.1:${origin.port}/trickle?n=10&ms=200`,
+      ]);
       const [size, seconds] = r.stdout.split(" ");
       expect(size).toBe("10240");
       expect(Number(seconds)).toBeGreaterThan(1.8);
@@ -462,8 +605,15 @@ describe("/healthz and shutdown", () => {
   });
 
   test("shutdown: running requests finish, /healthz says 503, new connections are refused", async () => {
-    const local = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port], timeouts: { shutdown_grace: "5s", upstream_header: "5s" } });
-    const slow = fetch(`http://127.0.0.1:${local.port}/`, { proxy: `http://127.0.0.1:${local.port}`, headers: {} } as RequestInit).catch(() => null);
+    const local = await startCrm({
+      allowed_hosts: ["127.0.0.1"],
+      allowed_ports: [origin.port],
+      timeouts: { shutdown_grace: "5s", upstream_header: "5s" },
+    });
+    const slow = fetch(`http://127.0.0.1:${local.port}/`, {
+      proxy: `http://127.0.0.1:${local.port}`,
+      headers: {},
+    } as RequestInit).catch(() => null);
     void slow;
     const c = await rawConnect(local.port);
     c.write(`GET http://127.0.0.1:${origin.port}/slow?ms=700 HTTP/1.1\r\nHost: x\r\n\r\n`);
@@ -483,7 +633,11 @@ describe("/healthz and shutdown", () => {
   });
 
   test("shutdown cuts what is left after the grace period", async () => {
-    const local = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [echo.port], timeouts: { shutdown_grace: "300ms" } });
+    const local = await startCrm({
+      allowed_hosts: ["127.0.0.1"],
+      allowed_ports: [echo.port],
+      timeouts: { shutdown_grace: "300ms" },
+    });
     const c = await rawConnect(local.port);
     c.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\n\r\n`);
     await c.waitFor("\r\n\r\n");
@@ -497,7 +651,9 @@ describe("/healthz and shutdown", () => {
 describe("logging", () => {
   test("debug shows headers with credentials redacted to scheme and length", async () => {
     const c = await rawConnect(crm.port);
-    c.write(`GET http://127.0.0.1:${origin.port}/cookies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer abcdefghij\r\nProxy-Authorization: Basic dXNlcjpwYXNz\r\nCookie: session=topsecret\r\nConnection: close\r\n\r\n`);
+    c.write(
+      `GET http://127.0.0.1:${origin.port}/cookies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer abcdefghij\r\nProxy-Authorization: Basic dXNlcjpwYXNz\r\nCookie: session=topsecret\r\nConnection: close\r\n\r\n`,
+    );
     await c.closed();
     const req = await crm.waitLog(/DEBUG > GET http:\/\/127\.0\.0\.1:\d+\/cookies .*Authorization/);
     expect(req).toContain("Authorization: Bearer <redacted, 10 bytes>");
@@ -506,6 +662,7 @@ describe("logging", () => {
     const res = await crm.waitLog(/DEBUG < 200 http:\/\/127\.0\.0\.1:\d+\/cookies/);
     expect(res).toContain("set-cookie: <redacted");
     const all = crm.logs.join("\n");
-    for (const secret of ["abcdefghij", "dXNlcjpwYXNz", "topsecret", "a=1; Path"]) expect(all).not.toContain(secret);
+    for (const secret of ["abcdefghij", "dXNlcjpwYXNz", "topsecret", "a=1; Path"])
+      expect(all).not.toContain(secret);
   });
 });

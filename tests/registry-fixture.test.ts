@@ -39,7 +39,9 @@ beforeAll(async () => {
     await Promise.all(started.map((r) => (r.status === "fulfilled" ? r.value.stop() : undefined)));
     throw (failed as PromiseRejectedResult).reason;
   }
-  [fx, tlsFx, openFx, privateFx] = started.map((r) => (r as PromiseFulfilledResult<RegistryFixture>).value) as [RegistryFixture, RegistryFixture, RegistryFixture, RegistryFixture];
+  [fx, tlsFx, openFx, privateFx] = started.map(
+    (r) => (r as PromiseFulfilledResult<RegistryFixture>).value,
+  ) as [RegistryFixture, RegistryFixture, RegistryFixture, RegistryFixture];
   startMs = performance.now() - t0;
   // Hooks get bun's 5 s default, not bunfig's test timeout; four registries on a busy 2-CPU box
   // (other test files running in parallel) can need more.
@@ -76,13 +78,18 @@ describe.skipIf(skip)("token-auth registry over http", () => {
     const { repo, tag } = fx.images.index;
     const res = await fetch(`${fx.url}/v2/${repo}/manifests/${tag}`, { proxy: false });
     expect(res.status).toBe(401);
-    expect(challengeParams(res.headers.get("www-authenticate")).scope).toBe(`repository:${repo}:pull`);
+    expect(challengeParams(res.headers.get("www-authenticate")).scope).toBe(
+      `repository:${repo}:pull`,
+    );
   });
 
   test("token then index manifest and blob, digests verified", async () => {
     const before = fx.token!.calls();
     const { index, multiLayer } = fx.images;
-    const token = await getToken(fx, [`repository:${index.repo}:pull`, `repository:${multiLayer.repo}:pull`]);
+    const token = await getToken(fx, [
+      `repository:${index.repo}:pull`,
+      `repository:${multiLayer.repo}:pull`,
+    ]);
     expect(fx.token!.calls()).toBe(before + 1);
     expect(fx.token!.callLog.at(-1)).toMatchObject({
       authorization: null,
@@ -100,13 +107,18 @@ describe.skipIf(skip)("token-auth registry over http", () => {
     const body = new Uint8Array(await man.arrayBuffer());
     expect(sha256Digest(body)).toBe(index.digest);
     expect(man.headers.get("docker-content-digest")).toBe(index.digest);
-    const parsed = JSON.parse(new TextDecoder().decode(body)) as { manifests: Array<{ platform: { architecture: string } }> };
+    const parsed = JSON.parse(new TextDecoder().decode(body)) as {
+      manifests: Array<{ platform: { architecture: string } }>;
+    };
     expect(parsed.manifests.map((m) => m.platform.architecture)).toEqual(["amd64", "arm64"]);
 
     const big = multiLayer.layers.reduce((a, b) => (b.size > a.size ? b : a));
     expect(multiLayer.layers.length).toBeGreaterThanOrEqual(3);
     expect(big.size).toBeGreaterThanOrEqual(2 * 1024 * 1024);
-    const blob = await fetch(`${fx.url}/v2/${multiLayer.repo}/blobs/${big.digest}`, { headers: auth, proxy: false });
+    const blob = await fetch(`${fx.url}/v2/${multiLayer.repo}/blobs/${big.digest}`, {
+      headers: auth,
+      proxy: false,
+    });
     expect(blob.status).toBe(200);
     const blobBytes = new Uint8Array(await blob.arrayBuffer());
     expect(blobBytes.length).toBe(big.size);
@@ -119,12 +131,20 @@ describe.skipIf(skip)("token-auth registry over http", () => {
     const basic = "Basic " + Buffer.from(`alice:${USERS.alice}`).toString("base64");
     for (const call of pushes) expect(call.authorization).toBe(basic);
 
-    await expect(getToken(fx, [`repository:${fx.images.multiLayer.repo}:push`], { user: "alice", password: "nope" })).rejects.toThrow(/401/);
+    await expect(
+      getToken(fx, [`repository:${fx.images.multiLayer.repo}:push`], {
+        user: "alice",
+        password: "nope",
+      }),
+    ).rejects.toThrow(/401/);
   });
 
   test("an anonymous token does not allow push", async () => {
     const repo = fx.images.multiLayer.repo;
-    const res = await registryFetch(fx, `/v2/${repo}/blobs/uploads/`, { method: "POST", scope: [`repository:${repo}:pull,push`] });
+    const res = await registryFetch(fx, `/v2/${repo}/blobs/uploads/`, {
+      method: "POST",
+      scope: [`repository:${repo}:pull,push`],
+    });
     expect(res.status).toBe(401);
     await res.arrayBuffer();
   });
@@ -144,13 +164,22 @@ describe.skipIf(skip)("token-auth registry over http", () => {
   test("skopeo inspect pulls through the token flow", async () => {
     const { repo, tag, digest, layers } = fx.images.multiLayer;
     const before = fx.token!.calls();
-    const { stdout } = await runSkopeo(fx, ["inspect", "--tls-verify=false", `docker://${fx.host}/${repo}:${tag}`]);
+    const { stdout } = await runSkopeo(fx, [
+      "inspect",
+      "--tls-verify=false",
+      `docker://${fx.host}/${repo}:${tag}`,
+    ]);
     const info = JSON.parse(stdout) as { Digest: string; Layers: string[] };
     expect(info.Digest).toBe(digest);
     expect(info.Layers).toEqual(layers.map((l) => l.digest));
     expect(fx.token!.calls()).toBeGreaterThan(before);
 
-    const raw = await runSkopeo(fx, ["inspect", "--raw", "--tls-verify=false", `docker://${fx.host}/${fx.images.index.repo}:${fx.images.index.tag}`]);
+    const raw = await runSkopeo(fx, [
+      "inspect",
+      "--raw",
+      "--tls-verify=false",
+      `docker://${fx.host}/${fx.images.index.repo}:${fx.images.index.tag}`,
+    ]);
     expect(sha256Digest(raw.stdout)).toBe(fx.images.index.digest);
   });
 });
@@ -175,7 +204,12 @@ describe.skipIf(skip)("token-auth registry over https", () => {
 
   test("skopeo verifies the registry and the realm with --cert-dir", async () => {
     const { repo, tag, digest } = tlsFx.images.multiLayer;
-    const { stdout } = await runSkopeo(tlsFx, ["inspect", "--cert-dir", tlsFx.certDir!, `docker://${tlsFx.host}/${repo}:${tag}`]);
+    const { stdout } = await runSkopeo(tlsFx, [
+      "inspect",
+      "--cert-dir",
+      tlsFx.certDir!,
+      `docker://${tlsFx.host}/${repo}:${tag}`,
+    ]);
     expect((JSON.parse(stdout) as { Digest: string }).Digest).toBe(digest);
   });
 });
@@ -186,7 +220,9 @@ describe.skipIf(skip)("registry without auth", () => {
     const res = await fetch(`${openFx.url}/v2/`, { proxy: false });
     expect(res.status).toBe(200);
     const { repo, tag, digest } = openFx.images.index;
-    const man = await registryFetch(openFx, `/v2/${repo}/manifests/${tag}`, { headers: { accept: MANIFEST_ACCEPT } });
+    const man = await registryFetch(openFx, `/v2/${repo}/manifests/${tag}`, {
+      headers: { accept: MANIFEST_ACCEPT },
+    });
     expect(man.headers.get("docker-content-digest")).toBe(digest);
     await man.arrayBuffer();
   });
@@ -197,17 +233,27 @@ describe.skipIf(skip)("registry with anonymousPull: false", () => {
     const { repo, tag, digest } = privateFx.images.multiLayer;
     const path = `/v2/${repo}/manifests/${tag}`;
     const headers = { accept: MANIFEST_ACCEPT };
-    const anon = await registryFetch(privateFx, path, { headers, scope: [`repository:${repo}:pull`] });
+    const anon = await registryFetch(privateFx, path, {
+      headers,
+      scope: [`repository:${repo}:pull`],
+    });
     expect(anon.status).toBe(401);
     await anon.arrayBuffer();
 
     const creds = { user: "alice", password: USERS.alice };
-    const res = await registryFetch(privateFx, path, { headers, scope: [`repository:${repo}:pull`], creds });
+    const res = await registryFetch(privateFx, path, {
+      headers,
+      scope: [`repository:${repo}:pull`],
+      creds,
+    });
     expect(res.status).toBe(200);
     expect(res.headers.get("docker-content-digest")).toBe(digest);
     await res.arrayBuffer();
 
-    const tokenRes = await fetch(`${privateFx.token!.realm}?service=${privateFx.token!.service}&scope=repository:${repo}:pull`, { proxy: false });
+    const tokenRes = await fetch(
+      `${privateFx.token!.realm}?service=${privateFx.token!.service}&scope=repository:${repo}:pull`,
+      { proxy: false },
+    );
     expect(((await tokenRes.json()) as { expires_in: number }).expires_in).toBe(300);
   });
 });

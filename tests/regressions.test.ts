@@ -44,10 +44,15 @@ function silentUpstream() {
 
 test("client that disconnects while its proxy credentials are checked gets no CONNECT tunnel (no leaked upstream socket)", async () => {
   const up = silentUpstream();
-  const crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [up.port], access: { users: { alice: hash } } }, "info");
+  const crm = await startCrm(
+    { allowed_hosts: ["127.0.0.1"], allowed_ports: [up.port], access: { users: { alice: hash } } },
+    "info",
+  );
   try {
     const c = await rawConnect(crm.port);
-    c.write(`CONNECT 127.0.0.1:${up.port} HTTP/1.1\r\nHost: 127.0.0.1:${up.port}\r\nProxy-Authorization: ${AUTH}\r\n\r\n`);
+    c.write(
+      `CONNECT 127.0.0.1:${up.port} HTTP/1.1\r\nHost: 127.0.0.1:${up.port}\r\nProxy-Authorization: ${AUTH}\r\n\r\n`,
+    );
     c.socket.terminate(); // gone while argon2 runs
     await Bun.sleep(1000);
     const metrics = await (await fetch(`${crm.url}/metrics`)).text();
@@ -62,10 +67,19 @@ test("client that disconnects while its proxy credentials are checked gets no CO
 
 test("client that disconnects while its proxy credentials are checked: its forward request is not sent upstream", async () => {
   const before = origin.seen.length;
-  const crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port], access: { users: { alice: hash } } }, "info");
+  const crm = await startCrm(
+    {
+      allowed_hosts: ["127.0.0.1"],
+      allowed_ports: [origin.port],
+      access: { users: { alice: hash } },
+    },
+    "info",
+  );
   try {
     const c = await rawConnect(crm.port);
-    c.write(`DELETE http://127.0.0.1:${origin.port}/gone-client HTTP/1.1\r\nHost: a\r\nProxy-Authorization: ${AUTH}\r\n\r\n`);
+    c.write(
+      `DELETE http://127.0.0.1:${origin.port}/gone-client HTTP/1.1\r\nHost: a\r\nProxy-Authorization: ${AUTH}\r\n\r\n`,
+    );
     c.socket.terminate();
     await Bun.sleep(1000);
     expect(origin.seen.slice(before).map((s) => s.url)).not.toContain("/gone-client");
@@ -81,10 +95,19 @@ test("CONNECT: more than 64 KiB sent before the dial completes does not stall th
     await Bun.sleep(300);
     return "127.0.0.1";
   };
-  const crm = await startCrm({ allowed_hosts: ["slow.test"], allowed_ports: [up.port] }, "info", slow);
+  const crm = await startCrm(
+    { allowed_hosts: ["slow.test"], allowed_ports: [up.port] },
+    "info",
+    slow,
+  );
   try {
     const c = await rawConnect(crm.port);
-    c.write(Buffer.concat([Buffer.from(`CONNECT slow.test:${up.port} HTTP/1.1\r\nHost: slow.test:${up.port}\r\n\r\n`), Buffer.alloc(100 * 1024, 0x61)]));
+    c.write(
+      Buffer.concat([
+        Buffer.from(`CONNECT slow.test:${up.port} HTTP/1.1\r\nHost: slow.test:${up.port}\r\n\r\n`),
+        Buffer.alloc(100 * 1024, 0x61),
+      ]),
+    );
     await c.waitFor("aaaa", 3000);
     await Bun.sleep(300);
     c.write("later-bytes");
@@ -96,10 +119,19 @@ test("CONNECT: more than 64 KiB sent before the dial completes does not stall th
 });
 
 test("a password in the request target's userinfo is not written to the log when proxy auth fails", async () => {
-  const crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port], access: { users: { alice: hash } } }, "info");
+  const crm = await startCrm(
+    {
+      allowed_hosts: ["127.0.0.1"],
+      allowed_ports: [origin.port],
+      access: { users: { alice: hash } },
+    },
+    "info",
+  );
   try {
     const c = await rawConnect(crm.port);
-    c.write(`GET http://bob:TopSecretPw@127.0.0.1:${origin.port}/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+    c.write(
+      `GET http://bob:TopSecretPw@127.0.0.1:${origin.port}/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`,
+    );
     await c.closed();
     await crm.waitLog(/proxy authentication failed/);
     expect(crm.logs.join("\n")).not.toContain("TopSecretPw");
@@ -109,10 +141,15 @@ test("a password in the request target's userinfo is not written to the log when
 });
 
 test("identical repeated Content-Length values (accepted by the parser) are forwarded as one, not answered 502", async () => {
-  const crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port] }, "info");
+  const crm = await startCrm(
+    { allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port] },
+    "info",
+  );
   try {
     const c = await rawConnect(crm.port);
-    c.write(`POST http://127.0.0.1:${origin.port}/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello`);
+    c.write(
+      `POST http://127.0.0.1:${origin.port}/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello`,
+    );
     await c.closed();
     expect(c.text()).toMatch(/^HTTP\/1\.1 200 /);
     expect(c.text()).toContain('"length":5');
@@ -125,7 +162,9 @@ test("a GET with a body gets a clear 400, not a false upstream failure", async (
   const crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [origin.port] });
   try {
     const c = await rawConnect(crm.port);
-    c.write(`GET http://127.0.0.1:${origin.port}/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello`);
+    c.write(
+      `GET http://127.0.0.1:${origin.port}/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello`,
+    );
     await c.closed();
     expect(c.text()).toMatch(/^HTTP\/1\.1 400 [^]*cannot forward a request body with GET/);
     expect(crm.logs.join("\n")).not.toContain("upstream failed");

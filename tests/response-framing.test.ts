@@ -16,7 +16,15 @@ import { writeResponse } from "../src/http/response.ts";
 import { Outbox } from "../src/net/outbox.ts";
 import { initCa } from "../src/pki/index.ts";
 import { startCrm, type TestCrm } from "./support/crm.ts";
-import { header, openRaw, parseResponses, startScriptedUpstream, waitUntil, type ScriptedAnswer, type ScriptedUpstream } from "./support/faulty-upstreams.ts";
+import {
+  header,
+  openRaw,
+  parseResponses,
+  startScriptedUpstream,
+  waitUntil,
+  type ScriptedAnswer,
+  type ScriptedUpstream,
+} from "./support/faulty-upstreams.ts";
 import { run } from "./support/raw.ts";
 import { makeLeaf, makeTestCa } from "./support/tls.ts";
 import { missingTools } from "./support/tools.ts";
@@ -40,12 +48,23 @@ const ANSWERS: Record<string, string> = {
 };
 
 /** Blob digests the hostile upstream answers like the paths above, for the mirror. */
-const MIRROR_BLOBS: Record<string, string> = { [`sha256:${"a".repeat(64)}`]: "/cl-te", [`sha256:${"b".repeat(64)}`]: "/cl-te-big" };
+const MIRROR_BLOBS: Record<string, string> = {
+  [`sha256:${"a".repeat(64)}`]: "/cl-te",
+  [`sha256:${"b".repeat(64)}`]: "/cl-te-big",
+};
 
 function hostileAnswer(head: string): ScriptedAnswer {
   const target = head.split(" ")[1] ?? "/";
-  const path = target.startsWith("/v2/") ? (MIRROR_BLOBS[target.split("/").at(-1) ?? ""] ?? "/next") : target;
-  return { bytes: Buffer.from(ANSWERS[path] ?? "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", "latin1"), after: "keep" };
+  const path = target.startsWith("/v2/")
+    ? (MIRROR_BLOBS[target.split("/").at(-1) ?? ""] ?? "/next")
+    : target;
+  return {
+    bytes: Buffer.from(
+      ANSWERS[path] ?? "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+      "latin1",
+    ),
+    after: "keep",
+  };
 }
 
 let hostile: ScriptedUpstream;
@@ -59,7 +78,11 @@ beforeAll(async () => {
   hostile = startScriptedUpstream(hostileAnswer);
   const originCa = await makeTestCa("origin CA");
   hostileTls = startScriptedUpstream(hostileAnswer, await makeLeaf(originCa, ["127.0.0.1"]));
-  good = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("good", { headers: { "x-origin": "good", "content-length": "4" } }) });
+  good = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch: () => new Response("good", { headers: { "x-origin": "good", "content-length": "4" } }),
+  });
   const ca = await initCa({ outDir: join(dir, "ca") });
   mitmCaPath = ca.certPath;
   crm = await startCrm(
@@ -67,8 +90,16 @@ beforeAll(async () => {
       allowed_hosts: ["127.0.0.1"],
       allowed_ports: [hostile.port, hostileTls.port, good.port],
       insecure_tls: true,
-      mitm: { enabled: true, ca_cert_path: ca.certPath, ca_key_path: ca.keyPath, hosts: ["127.0.0.1"] },
-      mirror: { default_registry: "reg.test", registries: { "reg.test": `http://127.0.0.1:${hostile.port}` } },
+      mitm: {
+        enabled: true,
+        ca_cert_path: ca.certPath,
+        ca_key_path: ca.keyPath,
+        hosts: ["127.0.0.1"],
+      },
+      mirror: {
+        default_registry: "reg.test",
+        registries: { "reg.test": `http://127.0.0.1:${hostile.port}` },
+      },
     },
     "info",
   );
@@ -86,12 +117,18 @@ afterAll(async () => {
 async function pipelined(first: string) {
   const conn = await openRaw(crm.port);
   const hostHdr = first.startsWith("http://") ? new URL(first).host : "crm";
-  await conn.send(`GET ${first} HTTP/1.1\r\nHost: ${hostHdr}\r\n\r\nGET http://127.0.0.1:${good.port}/after HTTP/1.1\r\nHost: 127.0.0.1:${good.port}\r\n\r\n`);
+  await conn.send(
+    `GET ${first} HTTP/1.1\r\nHost: ${hostHdr}\r\n\r\nGET http://127.0.0.1:${good.port}/after HTTP/1.1\r\nHost: 127.0.0.1:${good.port}\r\n\r\n`,
+  );
   await waitUntil(
     conn,
     () => {
       const p = parseResponses(conn.received(), ["GET", "GET"], conn.closed);
-      return conn.closed || p.error !== null || (p.responses.length >= 2 && p.responses.every((r) => r.complete));
+      return (
+        conn.closed ||
+        p.error !== null ||
+        (p.responses.length >= 2 && p.responses.every((r) => r.complete))
+      );
     },
     5000,
   );
@@ -106,9 +143,17 @@ describe("Content-Length next to Transfer-Encoding: relayed chunked, the forged 
   const cases: Array<[string, string, string]> = [
     ["forward, small body", `http://127.0.0.1:0/cl-te`, "hello" + FORGED],
     ["forward, fields in the other order", `http://127.0.0.1:0/te-cl`, "hello" + FORGED],
-    ["forward, body over 16 KiB (streamed)", `http://127.0.0.1:0/cl-te-big`, "hello" + FORGED + PAD],
+    [
+      "forward, body over 16 KiB (streamed)",
+      `http://127.0.0.1:0/cl-te-big`,
+      "hello" + FORGED + PAD,
+    ],
     ["mirror blob, small body", `/v2/library/x/blobs/sha256:${"a".repeat(64)}`, "hello" + FORGED],
-    ["mirror blob, body over 16 KiB", `/v2/library/x/blobs/sha256:${"b".repeat(64)}`, "hello" + FORGED + PAD],
+    [
+      "mirror blob, body over 16 KiB",
+      `/v2/library/x/blobs/sha256:${"b".repeat(64)}`,
+      "hello" + FORGED + PAD,
+    ],
   ];
   test.each(cases)("%s", async (_name, target, body) => {
     const first = target.replace("127.0.0.1:0", `127.0.0.1:${hostile.port}`);
@@ -151,40 +196,94 @@ describe("framings crm cannot relay faithfully are a 502 that says why", () => {
   });
 });
 
-describe.skipIf(missingTools("response-framing (curl)", ["curl"]))("a real keep-alive client (curl, two URLs, one connection)", () => {
-  test("forward proxy: the second URL gets the good origin's answer", async () => {
-    const r = await run(["curl", "-sS", "--noproxy", "", "-x", crm.url, `http://127.0.0.1:${hostile.port}/cl-te`, `http://127.0.0.1:${good.port}/after`]);
-    expect(r.stderr).toBe("");
-    expect(r.stdout).toBe("hello" + FORGED + "good");
-  });
+describe.skipIf(missingTools("response-framing (curl)", ["curl"]))(
+  "a real keep-alive client (curl, two URLs, one connection)",
+  () => {
+    test("forward proxy: the second URL gets the good origin's answer", async () => {
+      const r = await run([
+        "curl",
+        "-sS",
+        "--noproxy",
+        "",
+        "-x",
+        crm.url,
+        `http://127.0.0.1:${hostile.port}/cl-te`,
+        `http://127.0.0.1:${good.port}/after`,
+      ]);
+      expect(r.stderr).toBe("");
+      expect(r.stdout).toBe("hello" + FORGED + "good");
+    });
 
-  test("MITM: the second request on the decrypted connection gets the upstream's real answer", async () => {
-    const r = await run(["curl", "-sS", "-v", "--noproxy", "", "-x", crm.url, "--cacert", mitmCaPath, `https://127.0.0.1:${hostileTls.port}/cl-te`, `https://127.0.0.1:${hostileTls.port}/next`]);
-    expect(r.code).toBe(0);
-    expect(r.stderr).toMatch(/Re-using existing|left intact/i);
-    expect(r.stdout).toBe("hello" + FORGED + "real-next");
-  });
-});
+    test("MITM: the second request on the decrypted connection gets the upstream's real answer", async () => {
+      const r = await run([
+        "curl",
+        "-sS",
+        "-v",
+        "--noproxy",
+        "",
+        "-x",
+        crm.url,
+        "--cacert",
+        mitmCaPath,
+        `https://127.0.0.1:${hostileTls.port}/cl-te`,
+        `https://127.0.0.1:${hostileTls.port}/next`,
+      ]);
+      expect(r.code).toBe(0);
+      expect(r.stderr).toMatch(/Re-using existing|left intact/i);
+      expect(r.stdout).toBe("hello" + FORGED + "real-next");
+    });
+  },
+);
 
 describe("responseFraming (the pure decision)", () => {
-  const f = (headers: Array<[string, string]>, status = 200, method = "GET", version?: string) => responseFraming({ status, method, headers, version });
+  const f = (headers: Array<[string, string]>, status = 200, method = "GET", version?: string) =>
+    responseFraming({ status, method, headers, version });
   test("Transfer-Encoding wins over Content-Length, which is not relayed", () => {
-    expect(f([["Content-Length", "5"], ["Transfer-Encoding", "chunked"]])).toEqual({ ok: true, body: "chunked", contentLength: null });
-    expect(f([["transfer-encoding", " Chunked "]])).toEqual({ ok: true, body: "chunked", contentLength: null });
+    expect(
+      f([
+        ["Content-Length", "5"],
+        ["Transfer-Encoding", "chunked"],
+      ]),
+    ).toEqual({ ok: true, body: "chunked", contentLength: null });
+    expect(f([["transfer-encoding", " Chunked "]])).toEqual({
+      ok: true,
+      body: "chunked",
+      contentLength: null,
+    });
   });
   test("lengths: one value, identical repeats, or a refusal", () => {
     expect(f([["content-length", "5"]])).toEqual({ ok: true, body: "length", contentLength: 5 });
     expect(f([["content-length", "5, 5"]])).toEqual({ ok: true, body: "length", contentLength: 5 });
-    expect(f([["content-length", "5"], ["content-length", "6"]]).ok).toBe(false);
-    for (const bad of ["-1", "+5", "5x", "", "1".repeat(16)]) expect(f([["content-length", bad]]).ok).toBe(false);
+    expect(
+      f([
+        ["content-length", "5"],
+        ["content-length", "6"],
+      ]).ok,
+    ).toBe(false);
+    for (const bad of ["-1", "+5", "5x", "", "1".repeat(16)])
+      expect(f([["content-length", bad]]).ok).toBe(false);
   });
   test("only exactly chunked is relayable; HTTP/1.0 with Transfer-Encoding is faulty", () => {
-    for (const te of ["gzip, chunked", "chunked, chunked", "gzip", "identity", "", "xchunked"]) expect(f([["transfer-encoding", te]]).ok).toBe(false);
+    for (const te of ["gzip, chunked", "chunked, chunked", "gzip", "identity", "", "xchunked"])
+      expect(f([["transfer-encoding", te]]).ok).toBe(false);
     expect(f([["transfer-encoding", "chunked"]], 200, "GET", "HTTP/1.0").ok).toBe(false);
   });
   test("no body by rule; the length a HEAD answer declares is kept", () => {
-    expect(f([["content-length", "42"]], 200, "HEAD")).toEqual({ ok: true, body: "none", contentLength: 42 });
-    expect(f([["content-length", "42"], ["transfer-encoding", "chunked"]], 200, "HEAD")).toEqual({ ok: true, body: "none", contentLength: null });
+    expect(f([["content-length", "42"]], 200, "HEAD")).toEqual({
+      ok: true,
+      body: "none",
+      contentLength: 42,
+    });
+    expect(
+      f(
+        [
+          ["content-length", "42"],
+          ["transfer-encoding", "chunked"],
+        ],
+        200,
+        "HEAD",
+      ),
+    ).toEqual({ ok: true, body: "none", contentLength: null });
     expect(f([], 304)).toEqual({ ok: true, body: "none", contentLength: null });
     expect(f([])).toEqual({ ok: true, body: "close", contentLength: null });
   });
@@ -195,11 +294,25 @@ describe("the writer never sends more than the Content-Length it declared", () =
   async function writeThrough(res: Response) {
     let server: Socket<undefined> | null = null;
     const ready = Promise.withResolvers<void>();
-    const l = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { open: (s) => ((server = s), ready.resolve()), data() {}, drain() {}, close() {}, error() {} } });
+    const l = Bun.listen({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        open: (s) => ((server = s), ready.resolve()),
+        data() {},
+        drain() {},
+        close() {},
+        error() {},
+      },
+    });
     const client = await openRaw(l.port);
     await ready.promise;
     const out = new Outbox(server! as Socket<unknown>);
-    const w = await writeResponse(out, res, { method: "GET", version: "HTTP/1.1", keepAlive: true });
+    const w = await writeResponse(out, res, {
+      method: "GET",
+      version: "HTTP/1.1",
+      keepAlive: true,
+    });
     await out.drained();
     await Bun.sleep(50);
     (server! as Socket<undefined>).end();
@@ -212,7 +325,8 @@ describe("the writer never sends more than the Content-Length it declared", () =
     new Response(
       new ReadableStream<Uint8Array>({
         start(c) {
-          for (let i = 0; i < total; i += 1000) c.enqueue(new Uint8Array(Math.min(1000, total - i)).fill(0x61));
+          for (let i = 0; i < total; i += 1000)
+            c.enqueue(new Uint8Array(Math.min(1000, total - i)).fill(0x61));
           c.close();
         },
       }),

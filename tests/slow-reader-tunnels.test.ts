@@ -41,7 +41,12 @@ beforeAll(async () => {
       // The origin's CA is made here and unknown to crm (mitm.test.ts covers verification).
       insecure_tls: true,
       // Only the origin is decrypted: the raw pusher, reached as tunnel.test, stays a plain tunnel.
-      mitm: { enabled: true, ca_cert_path: mitmCa.certPath, ca_key_path: mitmCa.keyPath, hosts: ["127.0.0.1"] },
+      mitm: {
+        enabled: true,
+        ca_cert_path: mitmCa.certPath,
+        ca_key_path: mitmCa.keyPath,
+        hosts: ["127.0.0.1"],
+      },
       // The stalled reader must outlive the measurement; the idle cut is tested in proxy.test.ts.
       timeouts: { idle: "60s" },
     },
@@ -94,7 +99,8 @@ function connectThrough(target: string, request: string | null): Promise<Reader>
           head += d.toString("latin1");
           const end = head.indexOf("\r\n\r\n");
           if (end < 0) return;
-          if (!head.startsWith("HTTP/1.1 200")) return reject(new Error(`CONNECT answered: ${head}`));
+          if (!head.startsWith("HTTP/1.1 200"))
+            return reject(new Error(`CONNECT answered: ${head}`));
           got += head.length - end - 4;
           if (request === null) return resolve(reader(s));
           upgraded = true;
@@ -135,7 +141,11 @@ function connectThrough(target: string, request: string | null): Promise<Reader>
  * Stops reading once bytes flow and waits until the upstream stops too: it must have stopped far
  * short of the body, with RSS bounded. Then reads again: every byte of the body arrives.
  */
-async function holdsBackThenDelivers(label: string, r: Reader, pushed: () => number): Promise<void> {
+async function holdsBackThenDelivers(
+  label: string,
+  r: Reader,
+  pushed: () => number,
+): Promise<void> {
   const before = rss();
   while (r.got() === 0) await Bun.sleep(5);
   r.socket.pause();
@@ -145,7 +155,9 @@ async function holdsBackThenDelivers(label: string, r: Reader, pushed: () => num
     await Bun.sleep(300);
   }
   const growth = rss() - before;
-  console.log(`${label} slow reader: upstream pushed ${(last / MiB).toFixed(1)} MiB of ${TOTAL / MiB}, client read ${(r.got() / MiB).toFixed(1)} MiB, RSS +${(growth / MiB).toFixed(1)} MiB`);
+  console.log(
+    `${label} slow reader: upstream pushed ${(last / MiB).toFixed(1)} MiB of ${TOTAL / MiB}, client read ${(r.got() / MiB).toFixed(1)} MiB, RSS +${(growth / MiB).toFixed(1)} MiB`,
+  );
   expect(last).toBeLessThan(TOTAL / 2);
   expect(growth).toBeLessThan(RSS_LIMIT);
   r.socket.resume();
@@ -155,10 +167,18 @@ async function holdsBackThenDelivers(label: string, r: Reader, pushed: () => num
 }
 
 test("a CONNECT tunnel whose client stops reading holds the upstream back; RSS stays bounded", async () => {
-  await holdsBackThenDelivers("tunnel", await connectThrough(`tunnel.test:${raw.port}`, null), raw.pushed);
+  await holdsBackThenDelivers(
+    "tunnel",
+    await connectThrough(`tunnel.test:${raw.port}`, null),
+    raw.pushed,
+  );
 });
 
 test("MITM: a client that stops reading the decrypted answer holds the TLS origin back; RSS stays bounded", async () => {
   const target = `127.0.0.1:${origin.port}`;
-  await holdsBackThenDelivers("MITM", await connectThrough(target, `GET /big HTTP/1.1\r\nHost: ${target}\r\n\r\n`), origin.pushed);
+  await holdsBackThenDelivers(
+    "MITM",
+    await connectThrough(target, `GET /big HTTP/1.1\r\nHost: ${target}\r\n\r\n`),
+    origin.pushed,
+  );
 });

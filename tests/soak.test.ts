@@ -8,7 +8,13 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { startCrm, type TestCrm } from "./support/crm.ts";
-import { openRaw, parseResponses, startFaultyUpstream, waitUntil, type FaultyUpstream } from "./support/faulty-upstreams.ts";
+import {
+  openRaw,
+  parseResponses,
+  startFaultyUpstream,
+  waitUntil,
+  type FaultyUpstream,
+} from "./support/faulty-upstreams.ts";
 
 describe("one fault at a time", () => {
   let crm: TestCrm;
@@ -38,7 +44,9 @@ describe("one fault at a time", () => {
 
   async function get(port: number, version = "HTTP/1.1") {
     const conn = await openRaw(crm.port);
-    await conn.send(`GET http://127.0.0.1:${port}/blob ${version}\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+    await conn.send(
+      `GET http://127.0.0.1:${port}/blob ${version}\r\nHost: 127.0.0.1:${port}\r\n\r\n`,
+    );
     await waitUntil(conn, () => conn.closed, 3000);
     conn.socket.terminate();
     const p = parseResponses(conn.received(), ["GET"], conn.closed);
@@ -71,13 +79,19 @@ describe("one fault at a time", () => {
     expect(closed).toBe(true);
   });
 
-  test.each([["between chunks", "cutBetween"], ["inside a chunk", "cutInside"]])("upstream closes a chunked body %s: no terminating 0-chunk reaches the client", async (_name, key) => {
-    const { r, closed } = await get(up[key]!.port);
-    expect(closed).toBe(true);
-    expect(r?.status).toBe(200);
-    expect(r?.framing).toBe("chunked");
-    expect(r?.complete).toBe(false);
-  });
+  test.each([
+    ["between chunks", "cutBetween"],
+    ["inside a chunk", "cutInside"],
+  ])(
+    "upstream closes a chunked body %s: no terminating 0-chunk reaches the client",
+    async (_name, key) => {
+      const { r, closed } = await get(up[key]!.port);
+      expect(closed).toBe(true);
+      expect(r?.status).toBe(200);
+      expect(r?.framing).toBe("chunked");
+      expect(r?.complete).toBe(false);
+    },
+  );
 
   test("crm bug repro: an HTTP/1.0 client gets a cut body of unknown length as a reset, not a clean close", async () => {
     // HTTP/1.0 has no chunked coding: crm delimits the body by closing the connection, so a
@@ -94,9 +108,18 @@ describe("one fault at a time", () => {
 
 test("soak --short: load and faults leave crm alive, honest and without leaks", async () => {
   const root = join(import.meta.dir, "..");
-  const p = Bun.spawn([process.execPath, join(root, "scripts/soak.ts"), "--short"], { cwd: root, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const p = Bun.spawn([process.execPath, join(root, "scripts/soak.ts"), "--short"], {
+    cwd: root,
+    stdout: "pipe",
+    stderr: "pipe",
+    stdin: "ignore",
+  });
   const killer = setTimeout(() => p.kill("SIGKILL"), 110_000);
-  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  const [out, err, code] = await Promise.all([
+    new Response(p.stdout).text(),
+    new Response(p.stderr).text(),
+    p.exited,
+  ]);
   clearTimeout(killer);
   console.log(out + (err ? `\nstderr:\n${err}` : ""));
   expect(out.includes("soak: all checks passed")).toBe(true);

@@ -95,11 +95,20 @@ describe("SSRF guard: IANA special-purpose registries", () => {
   });
 
   test("the resolver refuses what the guard refuses, naming the range, before any dial", async () => {
-    const resolve = guardedResolver(staticResolver({ "meta.test": "fec0::1", "nat64.test": "64:ff9b::a9fe:a9fe", "ok.test": "64:ff9b::808:808" }), () => false);
+    const resolve = guardedResolver(
+      staticResolver({
+        "meta.test": "fec0::1",
+        "nat64.test": "64:ff9b::a9fe:a9fe",
+        "ok.test": "64:ff9b::808:808",
+      }),
+      () => false,
+    );
     const err = await resolve("meta.test").catch((e: unknown) => e);
     expect(err).toBeInstanceOf(PrivateAddressError);
     expect((err as PrivateAddressError).range).toBe("fec0::/10");
-    expect(((await resolve("nat64.test").catch((e: unknown) => e)) as PrivateAddressError).range).toBe("64:ff9b::/96 embedding 169.254.0.0/16");
+    expect(
+      ((await resolve("nat64.test").catch((e: unknown) => e)) as PrivateAddressError).range,
+    ).toBe("64:ff9b::/96 embedding 169.254.0.0/16");
     expect(await resolve("ok.test")).toBe("64:ff9b::808:808");
   });
 });

@@ -25,7 +25,15 @@ describe("activity board and snapshot", () => {
     const board = new ActivityBoard(() => now);
     let sent = 0;
     let pull: PullFields | null = null;
-    const entry = board.begin({ id: "a-1", client: "10.0.0.1", method: "GET", target: () => "/v2/library/x/blobs/sha256:00", kind: () => "mirror", pull: () => pull, bytes: () => sent });
+    const entry = board.begin({
+      id: "a-1",
+      client: "10.0.0.1",
+      method: "GET",
+      target: () => "/v2/library/x/blobs/sha256:00",
+      kind: () => "mirror",
+      pull: () => pull,
+      bytes: () => sent,
+    });
     pull = { registry: "docker.io", repo: "library/x", ref: "sha256:00" };
     sent = 5000;
     now += 2000;
@@ -45,10 +53,23 @@ describe("activity board and snapshot", () => {
   });
 
   test("targets are described without upstream URLs or queries", () => {
-    expect(describeTarget("forward", "http://deb.example.org:8080/pool/x.deb?sig=1", null, null)).toBe("deb.example.org:8080");
-    expect(describeTarget("mirror", "/v2/library/a/manifests/v1", "library/a", "v1")).toBe("library/a:v1");
-    expect(describeTarget("mirror", "/v2/library/a/blobs/sha256:" + "ab".repeat(32), "library/a", "sha256:" + "ab".repeat(32))).toBe("library/a blob sha256:abababababab…");
-    expect(scrubUrls("redirect to https://user:pw@cdn.example.com/p?sig=s refused")).toBe("redirect to cdn.example.com refused");
+    expect(
+      describeTarget("forward", "http://deb.example.org:8080/pool/x.deb?sig=1", null, null),
+    ).toBe("deb.example.org:8080");
+    expect(describeTarget("mirror", "/v2/library/a/manifests/v1", "library/a", "v1")).toBe(
+      "library/a:v1",
+    );
+    expect(
+      describeTarget(
+        "mirror",
+        "/v2/library/a/blobs/sha256:" + "ab".repeat(32),
+        "library/a",
+        "sha256:" + "ab".repeat(32),
+      ),
+    ).toBe("library/a blob sha256:abababababab…");
+    expect(scrubUrls("redirect to https://user:pw@cdn.example.com/p?sig=s refused")).toBe(
+      "redirect to cdn.example.com refused",
+    );
   });
 });
 
@@ -61,14 +82,19 @@ describe("status endpoints over HTTP", () => {
 
   test("with access.users and mirror_auth, /, /status.json and /status.js ask for the mirror's credentials", async () => {
     const hash = await Bun.password.hash("pw-for-status", { algorithm: "argon2id" });
-    const crm = await startCrm({ access: { users: { alice: hash } }, mirror: { registries: { "docker.io": reg.url } } }, "warn");
+    const crm = await startCrm(
+      { access: { users: { alice: hash } }, mirror: { registries: { "docker.io": reg.url } } },
+      "warn",
+    );
     try {
       for (const p of ["/", "/status.json", "/status.js"]) {
         const res = await fetch(crm.url + p);
         expect(res.status).toBe(401);
         expect(res.headers.get("www-authenticate")).toBe('Basic realm="crm"');
       }
-      const ok = await fetch(crm.url + "/status.json", { headers: { authorization: "Basic " + btoa("alice:pw-for-status") } });
+      const ok = await fetch(crm.url + "/status.json", {
+        headers: { authorization: "Basic " + btoa("alice:pw-for-status") },
+      });
       expect(ok.status).toBe(200);
     } finally {
       await crm.stop();
@@ -76,7 +102,17 @@ describe("status endpoints over HTTP", () => {
   });
 
   test("no secret and no upstream URL: not the path prefix, not a registry password, not the upstream", async () => {
-    const crm = await startCrm({ mirror: { path_prefix: "/hidden-path-77", registries: { "docker.io": { upstream: reg.url, username: "robot", password: "robot-pw-77" } } } }, "warn");
+    const crm = await startCrm(
+      {
+        mirror: {
+          path_prefix: "/hidden-path-77",
+          registries: {
+            "docker.io": { upstream: reg.url, username: "robot", password: "robot-pw-77" },
+          },
+        },
+      },
+      "warn",
+    );
     try {
       await (await fetch(`${crm.url}/hidden-path-77/v2/library/app/manifests/v1`)).text();
       await (await fetch(`${crm.url}/hidden-path-77/v2/other.test/x/manifests/v1`)).text();
@@ -85,14 +121,18 @@ describe("status endpoints over HTTP", () => {
       const html = await page.text();
       const snap = JSON.parse(json) as StatusSnapshot;
       expect(snap.recent.map((r) => r.what)).toContain("library/app:v1");
-      expect(snap.errors[0]).toMatchObject({ status: 404, hint: "add the registry to mirror.registries (crm doctor checks it end to end)" });
+      expect(snap.errors[0]).toMatchObject({
+        status: 404,
+        hint: "add the registry to mirror.registries (crm doctor checks it end to end)",
+      });
       expect(snap.errors[0]!.message).toContain("registry other.test is not mirrored here");
       // The mirror tracks both: this upstream reports no quota, and the one manifest pulled is cached.
       expect(snap.quota).toEqual([]);
       expect(snap.manifestCache).toMatchObject({ entries: 1, misses: 1 });
       expect(snap.certificate).toEqual({ mode: "none" });
       for (const text of [json, html]) {
-        for (const secret of ["hidden-path-77", "robot-pw-77", reg.url, `127.0.0.1:${reg.port}`]) expect(text).not.toContain(secret);
+        for (const secret of ["hidden-path-77", "robot-pw-77", reg.url, `127.0.0.1:${reg.port}`])
+          expect(text).not.toContain(secret);
       }
       // Static parts without JavaScript: state and set-up are in the HTML itself.
       expect(html).toContain("no TLS on this listener");
@@ -124,11 +164,31 @@ describe.skipIf(skip)("status page in Chromium", () => {
   beforeAll(async () => {
     fx = await startRegistry({ auth: "token" });
     slowReg = startFakeRegistry({ auth: { kind: "none" }, slowMs: 4000 });
-    crm = await startCrm({ timeouts: { header: "300ms" }, allowed_ports: [80, 443, ...(fx.token ? [Number(new URL(fx.token.url).port)] : [])], mirror: { default_registry: "reg.test", registries: { "reg.test": fx.url, "slow.test": slowReg.url } } }, "warn");
+    crm = await startCrm(
+      {
+        timeouts: { header: "300ms" },
+        allowed_ports: [80, 443, ...(fx.token ? [Number(new URL(fx.token.url).port)] : [])],
+        mirror: {
+          default_registry: "reg.test",
+          registries: { "reg.test": fx.url, "slow.test": slowReg.url },
+        },
+      },
+      "warn",
+    );
     browser = await chromium.launch({
       executablePath: "/usr/bin/chromium",
       // Loopback only: every other name fails to resolve inside the browser.
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"],
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+      ],
     });
   }, 60_000);
 
@@ -141,9 +201,28 @@ describe.skipIf(skip)("status page in Chromium", () => {
 
   test("an image pulled through crm appears on the page, a request in flight shows while it runs, the sparkline is drawn", async () => {
     const conf = join(fx.dir, "status-registries.conf");
-    writeFileSync(conf, ['[[registry]]', 'prefix = "reg.test"', `location = "127.0.0.1:${deadPort()}"`, "insecure = true", "[[registry.mirror]]", `location = "127.0.0.1:${crm.port}/reg.test"`, "insecure = true", ""].join("\n"));
+    writeFileSync(
+      conf,
+      [
+        "[[registry]]",
+        'prefix = "reg.test"',
+        `location = "127.0.0.1:${deadPort()}"`,
+        "insecure = true",
+        "[[registry.mirror]]",
+        `location = "127.0.0.1:${crm.port}/reg.test"`,
+        "insecure = true",
+        "",
+      ].join("\n"),
+    );
     const img = fx.images.multiLayer;
-    await runSkopeo(fx, ["--registries-conf", conf, "copy", "--quiet", `docker://reg.test/${img.repo}:${img.tag}`, `dir:${join(fx.dir, "status-out")}`]);
+    await runSkopeo(fx, [
+      "--registries-conf",
+      conf,
+      "copy",
+      "--quiet",
+      `docker://reg.test/${img.repo}:${img.tag}`,
+      `dir:${join(fx.dir, "status-out")}`,
+    ]);
 
     const page = await browser.newPage({ viewport: { width: 1280, height: 1400 } });
     await page.goto(`${crm.url}/`);
@@ -164,7 +243,9 @@ describe.skipIf(skip)("status page in Chromium", () => {
     mkdirSync(join(SCREENSHOT, ".."), { recursive: true });
     await page.screenshot({ path: SCREENSHOT, fullPage: true });
     await slow;
-    await page.locator("#active td", { hasText: "slow/app:v1" }).waitFor({ state: "detached", timeout: 10_000 });
+    await page
+      .locator("#active td", { hasText: "slow/app:v1" })
+      .waitFor({ state: "detached", timeout: 10_000 });
     expect(await page.textContent("#recent")).toContain("slow.test GET slow/app:v1");
     const shot = new Uint8Array(await Bun.file(SCREENSHOT).arrayBuffer());
     expect([...shot.slice(0, 8)]).toEqual([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);

@@ -17,7 +17,10 @@ const IDLE_MS = 1000;
 const PER_CLIENT = 3;
 
 /** Answers any request with a 1 MB Content-Length and then one byte of it every 300 ms. */
-function startTrickler(): TCPSocketListener<{ timer?: Timer }> & { open: () => number; accepted: () => number } {
+function startTrickler(): TCPSocketListener<{ timer?: Timer }> & {
+  open: () => number;
+  accepted: () => number;
+} {
   const sockets = new Set<Socket<{ timer?: Timer }>>();
   let accepted = 0;
   const l = Bun.listen<{ timer?: Timer }>({
@@ -50,7 +53,15 @@ let crm: TestCrm;
 
 beforeAll(async () => {
   trickler = startTrickler();
-  crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [trickler.port], timeouts: { idle: `${IDLE_MS}ms` }, limits: { max_connections_per_client: PER_CLIENT } }, "info");
+  crm = await startCrm(
+    {
+      allowed_hosts: ["127.0.0.1"],
+      allowed_ports: [trickler.port],
+      timeouts: { idle: `${IDLE_MS}ms` },
+      limits: { max_connections_per_client: PER_CLIENT },
+    },
+    "info",
+  );
 });
 
 afterAll(async () => {
@@ -91,7 +102,13 @@ test("a trickling upstream holds at most max_connections_per_client connections 
   expect(trickler.accepted()).toBe(PER_CLIENT);
 
   // Another client is not affected.
-  expect(await sendFrom("127.0.0.2", crm.port, "GET /healthz HTTP/1.1\r\nHost: crm\r\nConnection: close\r\n\r\n")).toMatch(/^HTTP\/1\.1 200 /);
+  expect(
+    await sendFrom(
+      "127.0.0.2",
+      crm.port,
+      "GET /healthz HTTP/1.1\r\nHost: crm\r\nConnection: close\r\n\r\n",
+    ),
+  ).toMatch(/^HTTP\/1\.1 200 /);
 
   // The client leaves: crm closes every upstream socket it held for it.
   for (const c of held) c.socket.terminate();
@@ -104,4 +121,3 @@ test("a trickling upstream holds at most max_connections_per_client connections 
   expect(await waitUntil(again, () => bodyBytes(again) > 0, 5000)).toBe(true);
   again.socket.terminate();
 }, 30_000);
-

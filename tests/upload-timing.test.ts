@@ -37,9 +37,18 @@ afterAll(async () => {
 });
 
 test("an upload slower than upstream_header is relayed whole and answered", async () => {
-  crm = await startCrm({ allowed_hosts: ["127.0.0.1"], allowed_ports: [upstream.port], timeouts: { upstream_header: "1s" } }, "warn");
+  crm = await startCrm(
+    {
+      allowed_hosts: ["127.0.0.1"],
+      allowed_ports: [upstream.port],
+      timeouts: { upstream_header: "1s" },
+    },
+    "warn",
+  );
   const c = await rawConnect(crm.port);
-  c.write(`PUT http://127.0.0.1:${upstream.port}/upload HTTP/1.1\r\nHost: 127.0.0.1:${upstream.port}\r\nContent-Length: ${TOTAL}\r\n\r\n`);
+  c.write(
+    `PUT http://127.0.0.1:${upstream.port}/upload HTTP/1.1\r\nHost: 127.0.0.1:${upstream.port}\r\nContent-Length: ${TOTAL}\r\n\r\n`,
+  );
   // 40 bytes over about 2 s: twice the head timeout, steadily.
   for (let i = 0; i < TOTAL && !c.ended; i++) {
     c.write("x");

@@ -11,13 +11,29 @@ import { startScriptedUpstream } from "./support/faulty-upstreams.ts";
 import { pattern, sha256, startOrigin } from "./support/origins.ts";
 import { makeLeaf, makeTestCa, type Pem } from "./support/tls.ts";
 
-const resolve = staticResolver({ "origin.test": "127.0.0.1", localhost: "127.0.0.1", "other.test": "127.0.0.1" });
+const resolve = staticResolver({
+  "origin.test": "127.0.0.1",
+  localhost: "127.0.0.1",
+  "other.test": "127.0.0.1",
+});
 
 function req(url: string, over: Partial<UpstreamRequest> = {}): UpstreamRequest {
-  return { url: new URL(url), method: "GET", headers: [], headTimeoutMs: 5000, connectTimeoutMs: 5000, resolve, insecureTls: false, ...over };
+  return {
+    url: new URL(url),
+    method: "GET",
+    headers: [],
+    headTimeoutMs: 5000,
+    connectTimeoutMs: 5000,
+    resolve,
+    insecureTls: false,
+    ...over,
+  };
 }
 
-async function text(client: UpstreamClient, r: UpstreamRequest): Promise<{ status: number; body: string }> {
+async function text(
+  client: UpstreamClient,
+  r: UpstreamRequest,
+): Promise<{ status: number; body: string }> {
   const res = await client.request(r);
   return { status: res.status, body: Buffer.from(await res.body.readAll(1 << 20)).toString() };
 }
@@ -49,7 +65,11 @@ afterAll(() => {
 describe("pool", () => {
   test("sequential requests reuse one kept-alive connection", async () => {
     const client = new UpstreamClient();
-    for (let i = 0; i < 5; i++) expect(await text(client, req(`http://origin.test:${origin.port}/p${i}`))).toEqual({ status: 200, body: `origin GET /p${i}` });
+    for (let i = 0; i < 5; i++)
+      expect(await text(client, req(`http://origin.test:${origin.port}/p${i}`))).toEqual({
+        status: 200,
+        body: `origin GET /p${i}`,
+      });
     expect(client.opened).toBe(1);
     expect(client.pool.idleCount).toBe(1);
     expect(origin.seen.at(-1)?.headers.host).toBe(`origin.test:${origin.port}`);
@@ -58,18 +78,26 @@ describe("pool", () => {
   });
 
   test("idle sockets are bounded per origin and in total", async () => {
-    const client = new UpstreamClient({ pool: { maxIdlePerOrigin: 2, maxIdleTotal: 3, idleTimeoutMs: 30_000 } });
-    await Promise.all([1, 2, 3, 4].map((i) => text(client, req(`http://origin.test:${origin.port}/a${i}`))));
+    const client = new UpstreamClient({
+      pool: { maxIdlePerOrigin: 2, maxIdleTotal: 3, idleTimeoutMs: 30_000 },
+    });
+    await Promise.all(
+      [1, 2, 3, 4].map((i) => text(client, req(`http://origin.test:${origin.port}/a${i}`))),
+    );
     expect(client.opened).toBe(4);
     expect(client.pool.idleCount).toBe(2);
     // A second origin (another name, same IP: another key) fills the total bound.
-    await Promise.all([1, 2].map((i) => text(client, req(`http://localhost:${origin.port}/b${i}`))));
+    await Promise.all(
+      [1, 2].map((i) => text(client, req(`http://localhost:${origin.port}/b${i}`))),
+    );
     expect(client.pool.idleCount).toBe(3);
     client.close();
   });
 
   test("an idle connection is closed after the idle timeout", async () => {
-    const client = new UpstreamClient({ pool: { maxIdlePerOrigin: 4, maxIdleTotal: 4, idleTimeoutMs: 30 } });
+    const client = new UpstreamClient({
+      pool: { maxIdlePerOrigin: 4, maxIdleTotal: 4, idleTimeoutMs: 30 },
+    });
     await text(client, req(`http://origin.test:${origin.port}/x`));
     expect(client.pool.idleCount).toBe(1);
     await Bun.sleep(120);
@@ -80,12 +108,21 @@ describe("pool", () => {
   });
 
   test("a connection the upstream closed while idle is dropped before reuse", async () => {
-    const up = startScriptedUpstream(() => ({ bytes: Buffer.from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"), after: "end" }));
+    const up = startScriptedUpstream(() => ({
+      bytes: Buffer.from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+      after: "end",
+    }));
     const client = new UpstreamClient();
-    expect(await text(client, req(`http://127.0.0.1:${up.port}/`))).toEqual({ status: 200, body: "ok" });
+    expect(await text(client, req(`http://127.0.0.1:${up.port}/`))).toEqual({
+      status: 200,
+      body: "ok",
+    });
     for (let i = 0; i < 50 && client.pool.idleCount > 0; i++) await Bun.sleep(10);
     expect(client.pool.idleCount).toBe(0);
-    expect(await text(client, req(`http://127.0.0.1:${up.port}/`))).toEqual({ status: 200, body: "ok" });
+    expect(await text(client, req(`http://127.0.0.1:${up.port}/`))).toEqual({
+      status: 200,
+      body: "ok",
+    });
     expect(client.opened).toBe(2);
     client.close();
     up.stop();
@@ -98,27 +135,44 @@ describe("pool", () => {
     ["HTTP/1.1", "connection: Keep-Alive, CLOSE\r\n", 2],
     ["HTTP/1.0", "", 2],
     ["HTTP/1.0", "connection: Keep-Alive\r\n", 1],
-  ])("an %s answer with %j is kept for reuse only when it asks to be: %d connection(s) for two requests", async (version, field, connections) => {
-    const up = startScriptedUpstream(() => ({ bytes: Buffer.from(`${version} 200 OK\r\n${field}content-length: 2\r\n\r\nok`), after: "keep" }));
-    const client = new UpstreamClient();
-    for (let i = 0; i < 2; i++) expect(await text(client, req(`http://127.0.0.1:${up.port}/${i}`))).toEqual({ status: 200, body: "ok" });
-    expect(client.opened).toBe(connections);
-    expect(up.heads).toHaveLength(2);
-    client.close();
-    up.stop();
-  });
+  ])(
+    "an %s answer with %j is kept for reuse only when it asks to be: %d connection(s) for two requests",
+    async (version, field, connections) => {
+      const up = startScriptedUpstream(() => ({
+        bytes: Buffer.from(`${version} 200 OK\r\n${field}content-length: 2\r\n\r\nok`),
+        after: "keep",
+      }));
+      const client = new UpstreamClient();
+      for (let i = 0; i < 2; i++)
+        expect(await text(client, req(`http://127.0.0.1:${up.port}/${i}`))).toEqual({
+          status: 200,
+          body: "ok",
+        });
+      expect(client.opened).toBe(connections);
+      expect(up.heads).toHaveLength(2);
+      client.close();
+      up.stop();
+    },
+  );
 
   /** First answer kept alive; the next request on that socket gets a FIN and no answer. */
   function closesSecond(): ReturnType<typeof startScriptedUpstream> {
     let n = 0;
-    return startScriptedUpstream(() => (n++ === 1 ? { bytes: Buffer.alloc(0), after: "end" } : { bytes: Buffer.from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"), after: "keep" }));
+    return startScriptedUpstream(() =>
+      n++ === 1
+        ? { bytes: Buffer.alloc(0), after: "end" }
+        : { bytes: Buffer.from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"), after: "keep" },
+    );
   }
 
   test("a GET failing on a reused socket before any answer byte is retried once on a new one", async () => {
     const up = closesSecond();
     const client = new UpstreamClient();
     await text(client, req(`http://127.0.0.1:${up.port}/one`));
-    expect(await text(client, req(`http://127.0.0.1:${up.port}/two`))).toEqual({ status: 200, body: "ok" });
+    expect(await text(client, req(`http://127.0.0.1:${up.port}/two`))).toEqual({
+      status: 200,
+      body: "ok",
+    });
     expect(up.heads.length).toBe(3);
     expect(client.opened).toBe(2);
     client.close();
@@ -129,7 +183,11 @@ describe("pool", () => {
     const up = closesSecond();
     const client = new UpstreamClient();
     await text(client, req(`http://127.0.0.1:${up.port}/one`));
-    const e = await failure(client.request(req(`http://127.0.0.1:${up.port}/two`, { method: "POST", body: Buffer.from("data") })));
+    const e = await failure(
+      client.request(
+        req(`http://127.0.0.1:${up.port}/two`, { method: "POST", body: Buffer.from("data") }),
+      ),
+    );
     expect(e.reason).toBe("reset");
     expect(up.heads.length).toBe(2);
     expect(client.opened).toBe(1);
@@ -141,7 +199,10 @@ describe("pool", () => {
 describe("TLS", () => {
   test("verifies against the system roots plus extra CAs, with SNI", async () => {
     const client = new UpstreamClient({ extraCa: [ca.cert] });
-    expect(await text(client, req(`https://localhost:${tlsOrigin.port}/tls`))).toEqual({ status: 200, body: "origin GET /tls" });
+    expect(await text(client, req(`https://localhost:${tlsOrigin.port}/tls`))).toEqual({
+      status: 200,
+      body: "origin GET /tls",
+    });
     await text(client, req(`https://localhost:${tlsOrigin.port}/tls2`));
     expect(client.opened).toBe(1);
     client.close();
@@ -159,7 +220,9 @@ describe("TLS", () => {
     const client = new UpstreamClient();
     const e = await failure(client.request(req(`https://localhost:${tlsOrigin.port}/`)));
     expect(e.reason).toBe("tls");
-    expect(await text(client, req(`https://other.test:${tlsOrigin.port}/i`, { insecureTls: true }))).toEqual({ status: 200, body: "origin GET /i" });
+    expect(
+      await text(client, req(`https://other.test:${tlsOrigin.port}/i`, { insecureTls: true })),
+    ).toEqual({ status: 200, body: "origin GET /i" });
     const again = await failure(client.request(req(`https://other.test:${tlsOrigin.port}/`)));
     expect(again.reason).toBe("tls");
     client.close();
@@ -200,7 +263,10 @@ describe("bodies", () => {
 
   test("a chunked body is passed on byte for byte, framing included", async () => {
     const raw = "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n";
-    const up = startScriptedUpstream(() => ({ bytes: Buffer.from(`HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n${raw}`), after: "keep" }));
+    const up = startScriptedUpstream(() => ({
+      bytes: Buffer.from(`HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n${raw}`),
+      after: "keep",
+    }));
     const client = new UpstreamClient();
     const res = await client.request(req(`http://127.0.0.1:${up.port}/`));
     const parts: Uint8Array[] = [];
@@ -219,13 +285,30 @@ describe("bodies", () => {
         ? { bytes: Buffer.from("HTTP/1.1 200 OK\r\n\r\nuntil the end"), after: "end" }
         : head.startsWith("HEAD")
           ? { bytes: Buffer.from("HTTP/1.1 200 OK\r\ncontent-length: 99\r\n\r\n"), after: "keep" }
-          : { bytes: Buffer.from(`HTTP/1.1 ${head.includes("/304") ? 304 : 204} X\r\ncontent-length: 7\r\n\r\n`), after: "keep" },
+          : {
+              bytes: Buffer.from(
+                `HTTP/1.1 ${head.includes("/304") ? 304 : 204} X\r\ncontent-length: 7\r\n\r\n`,
+              ),
+              after: "keep",
+            },
     );
     const client = new UpstreamClient();
-    expect(await text(client, req(`http://127.0.0.1:${up.port}/close`))).toEqual({ status: 200, body: "until the end" });
-    expect(await text(client, req(`http://127.0.0.1:${up.port}/h`, { method: "HEAD" }))).toEqual({ status: 200, body: "" });
-    expect(await text(client, req(`http://127.0.0.1:${up.port}/204`))).toEqual({ status: 204, body: "" });
-    expect(await text(client, req(`http://127.0.0.1:${up.port}/304`))).toEqual({ status: 304, body: "" });
+    expect(await text(client, req(`http://127.0.0.1:${up.port}/close`))).toEqual({
+      status: 200,
+      body: "until the end",
+    });
+    expect(await text(client, req(`http://127.0.0.1:${up.port}/h`, { method: "HEAD" }))).toEqual({
+      status: 200,
+      body: "",
+    });
+    expect(await text(client, req(`http://127.0.0.1:${up.port}/204`))).toEqual({
+      status: 204,
+      body: "",
+    });
+    expect(await text(client, req(`http://127.0.0.1:${up.port}/304`))).toEqual({
+      status: 304,
+      body: "",
+    });
     expect(client.opened).toBe(2);
     client.close();
     up.stop();
@@ -246,21 +329,36 @@ describe("bodies", () => {
           at = end;
         }
       };
-      const feeder = new BodyFeeder({ kind: "length", length: n }, {
-        pause: () => (paused = true),
-        resume: () => {
-          paused = false;
-          queueMicrotask(pump);
+      const feeder = new BodyFeeder(
+        { kind: "length", length: n },
+        {
+          pause: () => (paused = true),
+          resume: () => {
+            paused = false;
+            queueMicrotask(pump);
+          },
         },
-      });
+      );
       return feeder;
     }
     for (const bodyLength of [n, null]) {
-      const res = await client.request(req(`http://origin.test:${origin.port}/echo`, { method: "PUT", body: source(), bodyLength }));
-      const seen = JSON.parse(Buffer.from(await res.body.readAll(1 << 16)).toString()) as { length: number; sha256: string; headers: Record<string, string> };
+      const res = await client.request(
+        req(`http://origin.test:${origin.port}/echo`, {
+          method: "PUT",
+          body: source(),
+          bodyLength,
+        }),
+      );
+      const seen = JSON.parse(Buffer.from(await res.body.readAll(1 << 16)).toString()) as {
+        length: number;
+        sha256: string;
+        headers: Record<string, string>;
+      };
       expect(seen.length).toBe(n);
       expect(seen.sha256).toBe(sha256(data));
-      expect(bodyLength === null ? seen.headers["transfer-encoding"] : seen.headers["content-length"]).toBe(bodyLength === null ? "chunked" : String(n));
+      expect(
+        bodyLength === null ? seen.headers["transfer-encoding"] : seen.headers["content-length"],
+      ).toBe(bodyLength === null ? "chunked" : String(n));
     }
     client.close();
   });
@@ -273,8 +371,16 @@ describe("hostile upstreams", () => {
     ["bare LF", "HTTP/1.1 200 OK\ncontent-length: 0\n\n", /bare LF/],
     ["bad status line", "HTTP/1.1 2000 OK\r\n\r\n", /malformed status line/],
     ["folding", "HTTP/1.1 200 OK\r\nx: a\r\n b\r\ncontent-length: 0\r\n\r\n", /folding/],
-    ["differing lengths", "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab", /differing Content-Length/],
-    ["gzip TE", "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n", /relays only "chunked"/],
+    [
+      "differing lengths",
+      "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+      /differing Content-Length/,
+    ],
+    [
+      "gzip TE",
+      "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+      /relays only "chunked"/,
+    ],
     ["101", "HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n", /101/],
     ["huge head", `HTTP/1.1 200 OK\r\nx: ${"a".repeat(70 * 1024)}\r\n\r\n`, /too large/],
   ];
@@ -292,15 +398,28 @@ describe("hostile upstreams", () => {
   }
 
   test("1xx answers are dropped; the final answer is read", async () => {
-    const up = startScriptedUpstream(() => ({ bytes: Buffer.from("HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbody"), after: "keep" }));
+    const up = startScriptedUpstream(() => ({
+      bytes: Buffer.from(
+        "HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbody",
+      ),
+      after: "keep",
+    }));
     const client = new UpstreamClient();
-    expect(await text(client, req(`http://127.0.0.1:${up.port}/`))).toEqual({ status: 200, body: "body" });
+    expect(await text(client, req(`http://127.0.0.1:${up.port}/`))).toEqual({
+      status: 200,
+      body: "body",
+    });
     client.close();
     up.stop();
   });
 
   test("TE and CL together: chunked wins, the length is not relayed", async () => {
-    const up = startScriptedUpstream(() => ({ bytes: Buffer.from("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n"), after: "keep" }));
+    const up = startScriptedUpstream(() => ({
+      bytes: Buffer.from(
+        "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n",
+      ),
+      after: "keep",
+    }));
     const client = new UpstreamClient();
     const res = await client.request(req(`http://127.0.0.1:${up.port}/`));
     expect(res.contentLength).toBeNull();
@@ -310,7 +429,12 @@ describe("hostile upstreams", () => {
   });
 
   test("a broken chunked body fails the body, and the socket is not reused", async () => {
-    const up = startScriptedUpstream(() => ({ bytes: Buffer.from("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nbodyXX0\r\n\r\n"), after: "keep" }));
+    const up = startScriptedUpstream(() => ({
+      bytes: Buffer.from(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nbodyXX0\r\n\r\n",
+      ),
+      after: "keep",
+    }));
     const client = new UpstreamClient();
     const res = await client.request(req(`http://127.0.0.1:${up.port}/`));
     const e = await failure(res.body.readAll(100));
@@ -321,7 +445,10 @@ describe("hostile upstreams", () => {
   });
 
   test("a body cut short by the close is an error, not a short success", async () => {
-    const up = startScriptedUpstream(() => ({ bytes: Buffer.from("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"), after: "end" }));
+    const up = startScriptedUpstream(() => ({
+      bytes: Buffer.from("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"),
+      after: "end",
+    }));
     const client = new UpstreamClient();
     const res = await client.request(req(`http://127.0.0.1:${up.port}/`));
     const e = await failure(res.body.readAll(100));
@@ -331,9 +458,15 @@ describe("hostile upstreams", () => {
   });
 
   test("bytes after the framed body: the answer is delivered, the socket is not kept", async () => {
-    const up = startScriptedUpstream(() => ({ bytes: Buffer.from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n"), after: "keep" }));
+    const up = startScriptedUpstream(() => ({
+      bytes: Buffer.from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n"),
+      after: "keep",
+    }));
     const client = new UpstreamClient();
-    expect(await text(client, req(`http://127.0.0.1:${up.port}/`))).toEqual({ status: 200, body: "ok" });
+    expect(await text(client, req(`http://127.0.0.1:${up.port}/`))).toEqual({
+      status: 200,
+      body: "ok",
+    });
     expect(client.pool.idleCount).toBe(0);
     client.close();
     up.stop();
@@ -342,12 +475,16 @@ describe("hostile upstreams", () => {
   test("no head within upstream_header: 504; an abort ends the wait", async () => {
     const up = startScriptedUpstream(() => ({ bytes: Buffer.from("HTTP/1.1 2"), after: "keep" }));
     const client = new UpstreamClient();
-    const e = await failure(client.request(req(`http://127.0.0.1:${up.port}/`, { headTimeoutMs: 100 })));
+    const e = await failure(
+      client.request(req(`http://127.0.0.1:${up.port}/`, { headTimeoutMs: 100 })),
+    );
     expect(e.reason).toBe("timeout");
     expect(e.status).toBe(504);
     const ac = new AbortController();
     setTimeout(() => ac.abort(), 50);
-    const aborted = await failure(client.request(req(`http://127.0.0.1:${up.port}/`, { signal: ac.signal })));
+    const aborted = await failure(
+      client.request(req(`http://127.0.0.1:${up.port}/`, { signal: ac.signal })),
+    );
     expect(aborted.message).toMatch(/aborted/);
     client.close();
     up.stop();
@@ -356,7 +493,13 @@ describe("hostile upstreams", () => {
   test("the SSRF guard judges the address dialled", async () => {
     const { guardedResolver } = await import("../src/net/resolver.ts");
     const client = new UpstreamClient();
-    const e = await failure(client.request(req(`http://origin.test:${origin.port}/`, { resolve: guardedResolver(resolve, () => false) })));
+    const e = await failure(
+      client.request(
+        req(`http://origin.test:${origin.port}/`, {
+          resolve: guardedResolver(resolve, () => false),
+        }),
+      ),
+    );
     expect(e.reason).toBe("private");
     expect(client.opened).toBe(0);
     client.close();

@@ -9,7 +9,11 @@ import { startPacingRelay } from "../../tests/support/pacing-relay.ts";
 
 const [origin = "0", rate = "0", lifetime = "600000"] = process.argv.slice(2);
 const relay = startPacingRelay(Number(origin), { rate: Number(rate) });
-const control = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => Response.json({ bytes: relay.upstreamBytes() }) });
+const control = Bun.serve({
+  hostname: "127.0.0.1",
+  port: 0,
+  fetch: () => Response.json({ bytes: relay.upstreamBytes() }),
+});
 process.stdout.write(JSON.stringify({ port: relay.port, control: control.port }) + "\n");
 const stop = (): void => {
   relay.stop();

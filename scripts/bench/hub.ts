@@ -13,11 +13,22 @@ const control = Bun.serve({
   fetch(req) {
     const path = new URL(req.url).pathname;
     if (path === "/reset") hub.manifestRequests.length = 0;
-    return Response.json({ gets: hub.gets(), heads: hub.heads(), byPath: hub.manifestRequests.filter((r) => r.startsWith("GET ")).sort() });
+    return Response.json({
+      gets: hub.gets(),
+      heads: hub.heads(),
+      byPath: hub.manifestRequests.filter((r) => r.startsWith("GET ")).sort(),
+    });
   },
 });
 const img = hub.image();
-process.stdout.write(JSON.stringify({ port: Number(new URL(hub.url).port), control: control.port, index: img.index.digest, amd64: img.platforms[0]?.digest }) + "\n");
+process.stdout.write(
+  JSON.stringify({
+    port: Number(new URL(hub.url).port),
+    control: control.port,
+    index: img.index.digest,
+    amd64: img.platforms[0]?.digest,
+  }) + "\n",
+);
 const stop = (): void => {
   hub.stop();
   void control.stop(true);

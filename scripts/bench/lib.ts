@@ -7,7 +7,9 @@ import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 
 /** Children's environment: no proxy variables, so "direct" really is direct. */
 export const CHILD_ENV: Record<string, string> = Object.fromEntries(
-  Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined && !/^(https?|all|no)_proxy$/i.test(e[0])),
+  Object.entries(process.env).filter(
+    (e): e is [string, string] => e[1] !== undefined && !/^(https?|all|no)_proxy$/i.test(e[0]),
+  ),
 );
 
 const children = new Set<Subprocess>();
@@ -39,14 +41,27 @@ export interface Child {
   stop(): Promise<void>;
 }
 
-export function spawnChild(cmd: string[], opts: { cwd?: string; env?: Record<string, string> } = {}): Child {
-  const proc = Bun.spawn(cmd, { cwd: opts.cwd, env: opts.env ?? CHILD_ENV, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+export function spawnChild(
+  cmd: string[],
+  opts: { cwd?: string; env?: Record<string, string> } = {},
+): Child {
+  const proc = Bun.spawn(cmd, {
+    cwd: opts.cwd,
+    env: opts.env ?? CHILD_ENV,
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
   children.add(proc);
   let err = "";
   let out = "";
   const errWaiters: Array<() => void> = [];
   const outWaiters: Array<() => void> = [];
-  const pump = async (s: ReadableStream<Uint8Array>, onText: (t: string) => void, waiters: Array<() => void>): Promise<void> => {
+  const pump = async (
+    s: ReadableStream<Uint8Array>,
+    onText: (t: string) => void,
+    waiters: Array<() => void>,
+  ): Promise<void> => {
     const dec = new TextDecoder();
     try {
       for await (const chunk of s) {
@@ -60,14 +75,25 @@ export function spawnChild(cmd: string[], opts: { cwd?: string; env?: Record<str
   };
   void pump(proc.stderr, (t) => (err = (err + t).slice(-16384)), errWaiters);
   void pump(proc.stdout, (t) => (out = (out + t).slice(-16384)), outWaiters);
-  const until = async <T>(check: () => T | null, waiters: Array<() => void>, timeoutMs: number, what: string): Promise<T> => {
+  const until = async <T>(
+    check: () => T | null,
+    waiters: Array<() => void>,
+    timeoutMs: number,
+    what: string,
+  ): Promise<T> => {
     const end = performance.now() + timeoutMs;
     for (;;) {
       const v = check();
       if (v !== null) return v;
-      if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`${cmd.join(" ")} exited (${proc.exitCode ?? proc.signalCode}) before ${what}; stderr:\n${err.slice(-3000)}`);
+      if (proc.exitCode !== null || proc.signalCode !== null)
+        throw new Error(
+          `${cmd.join(" ")} exited (${proc.exitCode ?? proc.signalCode}) before ${what}; stderr:\n${err.slice(-3000)}`,
+        );
       const left = end - performance.now();
-      if (left <= 0) throw new Error(`${cmd.join(" ")}: no ${what} within ${timeoutMs} ms; stderr:\n${err.slice(-3000)}`);
+      if (left <= 0)
+        throw new Error(
+          `${cmd.join(" ")}: no ${what} within ${timeoutMs} ms; stderr:\n${err.slice(-3000)}`,
+        );
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, Math.min(left, 50));
         waiters.push(() => {
@@ -81,8 +107,15 @@ export function spawnChild(cmd: string[], opts: { cwd?: string; env?: Record<str
     proc,
     pid: proc.pid,
     stderrTail: () => err,
-    firstLine: (timeoutMs) => until(() => (out.includes("\n") ? (out.split("\n")[0] as string) : null), outWaiters, timeoutMs, "output line"),
-    waitStderr: (re, timeoutMs) => until(() => re.exec(err), errWaiters, timeoutMs, `stderr matching ${re}`),
+    firstLine: (timeoutMs) =>
+      until(
+        () => (out.includes("\n") ? (out.split("\n")[0] as string) : null),
+        outWaiters,
+        timeoutMs,
+        "output line",
+      ),
+    waitStderr: (re, timeoutMs) =>
+      until(() => re.exec(err), errWaiters, timeoutMs, `stderr matching ${re}`),
     stop: () => stopChild(proc),
   };
 }
@@ -100,7 +133,10 @@ export async function run(cmd: string[], timeoutMs: number): Promise<RunResult> 
   const proc = Bun.spawn(cmd, { env: CHILD_ENV, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
   children.add(proc);
   const t = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
-  const [stdout, stderr] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+  const [stdout, stderr] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+  ]);
   const code = await proc.exited;
   clearTimeout(t);
   children.delete(proc);
@@ -117,9 +153,29 @@ export interface CurlResult {
 
 /** One curl transfer to /dev/null; `extra` are curl options before the URL. */
 export async function curl(url: string, extra: string[], maxTimeS: number): Promise<CurlResult> {
-  const r = await run(["curl", "-sS", "--max-time", String(maxTimeS), "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}\\n", ...extra, url], (maxTimeS + 5) * 1000);
+  const r = await run(
+    [
+      "curl",
+      "-sS",
+      "--max-time",
+      String(maxTimeS),
+      "-o",
+      "/dev/null",
+      "-w",
+      "%{http_code} %{size_download} %{time_total}\\n",
+      ...extra,
+      url,
+    ],
+    (maxTimeS + 5) * 1000,
+  );
   const [status = "0", bytes = "0", seconds = "0"] = r.stdout.trim().split(/\s+/);
-  return { status: Number(status), bytes: Number(bytes), seconds: Number(seconds), exit: r.code, stderr: r.stderr.trim() };
+  return {
+    status: Number(status),
+    bytes: Number(bytes),
+    seconds: Number(seconds),
+    exit: r.code,
+    stderr: r.stderr.trim(),
+  };
 }
 
 export interface WrkResult {
@@ -137,8 +193,19 @@ function toMs(v: string): number {
   return m[2] === "us" ? n / 1000 : m[2] === "ms" ? n : m[2] === "s" ? n * 1000 : n * 60_000;
 }
 
-export async function wrk(target: string, opts: { threads: number; conns: number; seconds: number; script?: string }): Promise<WrkResult> {
-  const cmd = ["wrk", `-t${opts.threads}`, `-c${opts.conns}`, `-d${opts.seconds}s`, "--latency", "--timeout", "5s"];
+export async function wrk(
+  target: string,
+  opts: { threads: number; conns: number; seconds: number; script?: string },
+): Promise<WrkResult> {
+  const cmd = [
+    "wrk",
+    `-t${opts.threads}`,
+    `-c${opts.conns}`,
+    `-d${opts.seconds}s`,
+    "--latency",
+    "--timeout",
+    "5s",
+  ];
   if (opts.script) cmd.push("-s", opts.script);
   cmd.push(target);
   const r = await run(cmd, (opts.seconds + 15) * 1000);
@@ -146,8 +213,20 @@ export async function wrk(target: string, opts: { threads: number; conns: number
   // Anchored: "92.50%" in the thread stats must not be read as the 50th percentile.
   const p50 = toMs(/^\s*50%\s+(\S+)/m.exec(r.stdout)?.[1] ?? "");
   const requests = Number(/(\d+) requests in/.exec(r.stdout)?.[1] ?? "0");
-  const problems = [/Non-2xx or 3xx responses: \d+/.exec(r.stdout)?.[0], /Socket errors: [^\n]+/.exec(r.stdout)?.[0]].filter((x) => x !== undefined);
-  return { rps, p50ms: p50, requests, errors: problems.length > 0 || r.code !== 0 ? (problems.join("; ") || `wrk exit ${r.code}: ${r.stderr.trim()}`) : null, raw: r.stdout };
+  const problems = [
+    /Non-2xx or 3xx responses: \d+/.exec(r.stdout)?.[0],
+    /Socket errors: [^\n]+/.exec(r.stdout)?.[0],
+  ].filter((x) => x !== undefined);
+  return {
+    rps,
+    p50ms: p50,
+    requests,
+    errors:
+      problems.length > 0 || r.code !== 0
+        ? problems.join("; ") || `wrk exit ${r.code}: ${r.stderr.trim()}`
+        : null,
+    raw: r.stdout,
+  };
 }
 
 /** VmRSS of a process in KiB (0 if it is gone). */
@@ -204,7 +283,8 @@ export function listeningPorts(pid: number): number[] {
     for (const line of text.split("\n").slice(1)) {
       const f = line.trim().split(/\s+/);
       // local_address is f[1] (HEX_IP:HEX_PORT), st is f[3] (0A = LISTEN), inode is f[9].
-      if (f[3] === "0A" && inodes.has(f[9] ?? "")) ports.push(parseInt((f[1] ?? "").split(":")[1] ?? "0", 16));
+      if (f[3] === "0A" && inodes.has(f[9] ?? ""))
+        ports.push(parseInt((f[1] ?? "").split(":")[1] ?? "0", 16));
     }
   }
   return ports;
@@ -232,7 +312,11 @@ export function fmtRate(bytesPerS: number): string {
 /** Busy CPU seconds of the whole machine so far (all cores; /proc/stat). */
 export function machineBusySeconds(): number {
   try {
-    const f = (readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "").trim().split(/\s+/).slice(1).map(Number);
+    const f = (readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "")
+      .trim()
+      .split(/\s+/)
+      .slice(1)
+      .map(Number);
     const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
     return (total - (f[3] ?? 0) - (f[4] ?? 0)) / clkTck;
   } catch {
@@ -241,7 +325,10 @@ export function machineBusySeconds(): number {
 }
 
 /** A reference proxy's last step: print `{"port":N}`, then serve until SIGTERM/SIGINT or `lifetimeMs`. */
-export function serveUntilStopped(listener: { port: number; stop(closeActive?: boolean): void }, lifetimeMs: number): void {
+export function serveUntilStopped(
+  listener: { port: number; stop(closeActive?: boolean): void },
+  lifetimeMs: number,
+): void {
   process.stdout.write(JSON.stringify({ port: listener.port }) + "\n");
   const stop = (): void => {
     listener.stop(true);

@@ -14,7 +14,8 @@ import { spawnChild, type Child } from "./lib.ts";
 export const NGINX_BIN = "/usr/sbin/nginx";
 
 /** The directives that decide what nginx does per request, shown in the notes. */
-export const NGINX_SETUP = "worker_processes 1, proxy_buffering off, upstream keepalive 32, access_log off";
+export const NGINX_SETUP =
+  "worker_processes 1, proxy_buffering off, upstream keepalive 32, access_log off";
 
 /**
  * With proxy_buffering off nginx moves a body through one proxy_buffer_size buffer, by default
@@ -36,8 +37,14 @@ export interface Nginx {
   stop(): Promise<void>;
 }
 
-function config(dir: string, servers: Array<{ name: string; listen: number; upstream: number }>, buffer: string | undefined): string {
-  const buffers = buffer ? `\n      proxy_buffer_size ${buffer};\n      proxy_buffers 8 ${buffer};\n      proxy_busy_buffers_size ${buffer};` : "";
+function config(
+  dir: string,
+  servers: Array<{ name: string; listen: number; upstream: number }>,
+  buffer: string | undefined,
+): string {
+  const buffers = buffer
+    ? `\n      proxy_buffer_size ${buffer};\n      proxy_buffers 8 ${buffer};\n      proxy_busy_buffers_size ${buffer};`
+    : "";
   const blocks = servers.map(
     (s) => `
   upstream up_${s.name} {
@@ -76,7 +83,11 @@ ${blocks.join("\n")}
 /** The one child of the master (`/proc/PID/task/PID/children`), or 0 while there is none yet. */
 function workerOf(pid: number): number {
   try {
-    return Number(readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/)[0] ?? "0") || 0;
+    return (
+      Number(
+        readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/)[0] ?? "0",
+      ) || 0
+    );
   } catch {
     return 0;
   }
@@ -87,18 +98,32 @@ function workerOf(pid: number): number {
  * or answers null when nginx is not installed. Ready when every port answers an HTTP request.
  * `buffer`: proxy_buffer_size (and the buffers that must match it); nginx's default without.
  */
-export async function startNginx(dir: string, upstreams: Record<string, number>, buffer?: string): Promise<Nginx | null> {
+export async function startNginx(
+  dir: string,
+  upstreams: Record<string, number>,
+  buffer?: string,
+): Promise<Nginx | null> {
   if (!existsSync(NGINX_BIN)) return null;
   mkdirSync(dir, { recursive: true });
   // nginx has no port 0: it binds ports freed for it just before; one taken in between fails its
   // start with "Address already in use" in the error, which the caller reports.
   const entries = Object.entries(upstreams);
   const ports = freePorts(entries.length);
-  const servers = entries.map(([name, upstream], i) => ({ name, upstream, listen: ports[i] as number }));
+  const servers = entries.map(([name, upstream], i) => ({
+    name,
+    upstream,
+    listen: ports[i] as number,
+  }));
   const file = join(dir, "nginx.conf");
   writeFileSync(file, config(dir, servers, buffer));
-  const version = await Bun.spawn([NGINX_BIN, "-v"], { stdout: "ignore", stderr: "pipe" }).stderr.text();
-  const child = spawnChild([NGINX_BIN, "-e", join(dir, "error.log"), "-p", dir, "-c", file, "-g", "daemon off;"], { cwd: dir });
+  const version = await Bun.spawn([NGINX_BIN, "-v"], {
+    stdout: "ignore",
+    stderr: "pipe",
+  }).stderr.text();
+  const child = spawnChild(
+    [NGINX_BIN, "-e", join(dir, "error.log"), "-p", dir, "-c", file, "-g", "daemon off;"],
+    { cwd: dir },
+  );
   const stop = (): Promise<void> => child.stop();
   const end = performance.now() + 10_000;
   try {
@@ -108,8 +133,12 @@ export async function startNginx(dir: string, upstreams: Record<string, number>,
           .then(async (r) => (await r.arrayBuffer(), true))
           .catch(() => false);
         if (ok) break;
-        if (child.proc.exitCode !== null) throw new Error(`nginx exited (${child.proc.exitCode}): ${errorLog(dir)}`);
-        if (performance.now() > end) throw new Error(`nginx did not answer on 127.0.0.1:${s.listen} within 10 s: ${errorLog(dir)}`);
+        if (child.proc.exitCode !== null)
+          throw new Error(`nginx exited (${child.proc.exitCode}): ${errorLog(dir)}`);
+        if (performance.now() > end)
+          throw new Error(
+            `nginx did not answer on 127.0.0.1:${s.listen} within 10 s: ${errorLog(dir)}`,
+          );
         await Bun.sleep(10);
       }
     }

@@ -45,8 +45,18 @@ const MANIFEST = new TextEncoder().encode(
   JSON.stringify({
     schemaVersion: 2,
     mediaType: "application/vnd.oci.image.manifest.v1+json",
-    config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: `sha256:${"c".repeat(64)}`, size: 1234 },
-    layers: [{ mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: `sha256:${"d".repeat(64)}`, size: 31_415_926 }],
+    config: {
+      mediaType: "application/vnd.oci.image.config.v1+json",
+      digest: `sha256:${"c".repeat(64)}`,
+      size: 1234,
+    },
+    layers: [
+      {
+        mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+        digest: `sha256:${"d".repeat(64)}`,
+        size: 31_415_926,
+      },
+    ],
   }),
 );
 const MANIFEST_DIGEST = "sha256:" + new Bun.CryptoHasher("sha256").update(MANIFEST).digest("hex");
@@ -57,7 +67,8 @@ function blobOf(n: number): Blob {
   let b = blobs.get(n);
   if (!b) {
     const parts: Uint8Array[] = [];
-    for (let left = n; left > 0; left -= CHUNK.byteLength) parts.push(left >= CHUNK.byteLength ? CHUNK : CHUNK.subarray(0, left));
+    for (let left = n; left > 0; left -= CHUNK.byteLength)
+      parts.push(left >= CHUNK.byteLength ? CHUNK : CHUNK.subarray(0, left));
     b = new Blob(parts);
     if (blobs.size > 4) blobs.clear();
     blobs.set(n, b);
@@ -73,7 +84,11 @@ function body(mode: BodyMode, n: number, file: string): Blob | ReadableStream<Ui
     // Bun's direct stream: write() goes to the socket without a queue of chunks in between.
     const source = {
       type: "direct",
-      async pull(c: { write(b: Uint8Array): void; flush(): Promise<unknown> | unknown; close(): void }) {
+      async pull(c: {
+        write(b: Uint8Array): void;
+        flush(): Promise<unknown> | unknown;
+        close(): void;
+      }) {
         while (sent < n) {
           const k = Math.min(CHUNK.byteLength, n - sent);
           c.write(k === CHUNK.byteLength ? CHUNK : CHUNK.subarray(0, k));
@@ -83,7 +98,9 @@ function body(mode: BodyMode, n: number, file: string): Blob | ReadableStream<Ui
         c.close();
       },
     };
-    return new ReadableStream(source as unknown as ConstructorParameters<typeof ReadableStream<Uint8Array>>[0]);
+    return new ReadableStream(
+      source as unknown as ConstructorParameters<typeof ReadableStream<Uint8Array>>[0],
+    );
   }
   let sent = 0;
   return new ReadableStream<Uint8Array>({
@@ -96,8 +113,15 @@ function body(mode: BodyMode, n: number, file: string): Blob | ReadableStream<Ui
   });
 }
 
-function bytesResponse(mode: BodyMode, n: number, file: string, extra: Record<string, string> = {}): Response {
-  return new Response(body(mode, n, file), { headers: { "content-type": "application/octet-stream", "content-length": String(n), ...extra } });
+function bytesResponse(
+  mode: BodyMode,
+  n: number,
+  file: string,
+  extra: Record<string, string> = {},
+): Response {
+  return new Response(body(mode, n, file), {
+    headers: { "content-type": "application/octet-stream", "content-length": String(n), ...extra },
+  });
 }
 
 if (import.meta.main) {
@@ -129,7 +153,13 @@ if (import.meta.main) {
   };
 
   const http = Bun.serve({ hostname: "127.0.0.1", port: 0, idleTimeout: 120, fetch: handler });
-  const https = Bun.serve({ hostname: "127.0.0.1", port: 0, idleTimeout: 120, tls: spec.tls, fetch: handler });
+  const https = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    idleTimeout: 120,
+    tls: spec.tls,
+    fetch: handler,
+  });
   const blobPath = `/v2/library/big/blobs/${spec.blob.digest}`;
   const registry = Bun.serve({
     hostname: "127.0.0.1",
@@ -141,15 +171,26 @@ if (import.meta.main) {
       const api = { "docker-distribution-api-version": "registry/2.0" };
       if (path === "/v2/" || path === "/v2") return Response.json({}, { headers: api });
       if (path === "/v2/library/big/manifests/latest") {
-        const headers = { ...api, "content-type": "application/vnd.oci.image.manifest.v1+json", "content-length": String(MANIFEST.byteLength), "docker-content-digest": MANIFEST_DIGEST };
+        const headers = {
+          ...api,
+          "content-type": "application/vnd.oci.image.manifest.v1+json",
+          "content-length": String(MANIFEST.byteLength),
+          "docker-content-digest": MANIFEST_DIGEST,
+        };
         return new Response(req.method === "HEAD" ? null : MANIFEST, { headers });
       }
       if (path === blobPath) {
         const extra = { ...api, "docker-content-digest": spec.blob.digest };
-        if (req.method === "HEAD") return new Response(null, { headers: { ...extra, "content-length": String(spec.blob.size) } });
+        if (req.method === "HEAD")
+          return new Response(null, {
+            headers: { ...extra, "content-length": String(spec.blob.size) },
+          });
         return bytesResponse(blobMode, spec.blob.size, spec.file, extra);
       }
-      return Response.json({ errors: [{ code: "BLOB_UNKNOWN", message: "unknown" }] }, { status: 404, headers: api });
+      return Response.json(
+        { errors: [{ code: "BLOB_UNKNOWN", message: "unknown" }] },
+        { status: 404, headers: api },
+      );
     },
   });
   const tcp = Bun.listen<undefined>({
@@ -166,7 +207,12 @@ if (import.meta.main) {
       error() {},
     },
   });
-  const ports: OriginPorts = { http: http.port ?? 0, https: https.port ?? 0, registry: registry.port ?? 0, tcp: tcp.port };
+  const ports: OriginPorts = {
+    http: http.port ?? 0,
+    https: https.port ?? 0,
+    registry: registry.port ?? 0,
+    tcp: tcp.port,
+  };
   process.stdout.write(JSON.stringify(ports) + "\n");
   const stop = (): void => {
     void http.stop(true);

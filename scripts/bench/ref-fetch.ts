@@ -17,7 +17,10 @@ if (import.meta.main) {
     fetch(req, srv) {
       srv.timeout(req, 0);
       const u = new URL(req.url);
-      return fetch(`http://${origin}${u.pathname}${u.search}`, { decompress: false, proxy: false } as RequestInit);
+      return fetch(`http://${origin}${u.pathname}${u.search}`, {
+        decompress: false,
+        proxy: false,
+      } as RequestInit);
     },
   });
   process.stdout.write(JSON.stringify({ port: server.port }) + "\n");

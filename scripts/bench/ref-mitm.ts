@@ -71,10 +71,15 @@ if (import.meta.main) {
         if (s.data.up) return;
         // One CONNECT head per read: curl sends it in one segment and waits for the answer.
         const m = /^CONNECT ([^ :]+):(\d+) /.exec(d.toString("latin1"));
-        if (!m || !d.toString("latin1").endsWith("\r\n\r\n")) return void s.end("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        if (!m || !d.toString("latin1").endsWith("\r\n\r\n"))
+          return void s.end("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
         s.write("HTTP/1.1 200 Connection Established\r\n\r\n");
         s.data.up = true;
-        const [, tls] = s.upgradeTLS<Side>({ data: side(), tls: { ...spec.tls, ALPNProtocols: alpn }, socket: relay });
+        const [, tls] = s.upgradeTLS<Side>({
+          data: side(),
+          tls: { ...spec.tls, ALPNProtocols: alpn },
+          socket: relay,
+        });
         Bun.connect<Side>({
           hostname: "127.0.0.1",
           port: Number(m[2]),

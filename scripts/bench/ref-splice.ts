@@ -48,7 +48,13 @@ function flush(s: Socket<Side>): void {
   }
 }
 
-const side = (upstream: boolean): Side => ({ peer: null, queue: [], pausedPeer: false, head: null, upstream });
+const side = (upstream: boolean): Side => ({
+  peer: null,
+  queue: [],
+  pausedPeer: false,
+  head: null,
+  upstream,
+});
 
 if (import.meta.main) {
   const lifetimeMs = Number(process.argv[2] ?? "600000");
@@ -76,7 +82,12 @@ if (import.meta.main) {
         s.data = side(false);
         if (!fixed) return;
         s.pause();
-        void Bun.connect<Side>({ hostname: fixed[1] as string, port: Number(fixed[2]), data: side(true), socket: upstreamHandlers }).then(
+        void Bun.connect<Side>({
+          hostname: fixed[1] as string,
+          port: Number(fixed[2]),
+          data: side(true),
+          socket: upstreamHandlers,
+        }).then(
           (up) => {
             up.data.peer = s;
             s.data.peer = up;
@@ -97,7 +108,12 @@ if (import.meta.main) {
         const m = /^CONNECT ([^ :]+):(\d+) /.exec(buf.subarray(0, end).toString("latin1"));
         if (!m) return void s.end("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
         s.pause();
-        void Bun.connect<Side>({ hostname: m[1] as string, port: Number(m[2]), data: side(true), socket: upstreamHandlers }).then(
+        void Bun.connect<Side>({
+          hostname: m[1] as string,
+          port: Number(m[2]),
+          data: side(true),
+          socket: upstreamHandlers,
+        }).then(
           (up) => {
             up.data.peer = s;
             s.data.peer = up;

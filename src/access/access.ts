@@ -28,7 +28,9 @@ const TRACKED_MAX = 10_000;
  * store did not decide, the local brake does.
  */
 export interface SharedBrakeCounter {
-  begin(client: string): Promise<{ kind: "check"; ticket: string } | { kind: "braked"; ms: number } | undefined>;
+  begin(
+    client: string,
+  ): Promise<{ kind: "check"; ticket: string } | { kind: "braked"; ms: number } | undefined>;
   refund(client: string, ticket: string): void;
   fail(client: string): Promise<void>;
 }
@@ -57,7 +59,12 @@ interface Attempts {
 /** Hash options for Bun.password.hash with the cost of an existing hash, for the dummy. */
 function sameCost(hash: string): Parameters<typeof Bun.password.hash>[1] {
   const argon = /^\$(argon2id|argon2i|argon2d)\$v=\d+\$m=(\d+),t=(\d+)/.exec(hash);
-  if (argon) return { algorithm: argon[1] as "argon2id" | "argon2i" | "argon2d", memoryCost: Number(argon[2]), timeCost: Number(argon[3]) };
+  if (argon)
+    return {
+      algorithm: argon[1] as "argon2id" | "argon2i" | "argon2d",
+      memoryCost: Number(argon[2]),
+      timeCost: Number(argon[3]),
+    };
   const bcrypt = /^\$2[aby]\$(\d+)\$/.exec(hash);
   return { algorithm: "bcrypt", cost: bcrypt ? Number(bcrypt[1]) : 10 };
 }
@@ -130,9 +137,11 @@ export class AccessControl {
       const started = this.startCheck(cred, hash, key, now);
       check = started;
       this.inFlight.set(cred.key, started);
-      void started.finally(() => {
-        if (this.inFlight.get(cred.key) === started) this.inFlight.delete(cred.key);
-      }).catch(() => {});
+      void started
+        .finally(() => {
+          if (this.inFlight.get(cred.key) === started) this.inFlight.delete(cred.key);
+        })
+        .catch(() => {});
     }
     const ok = await check;
     if (typeof ok === "object") throw braked(ok.brakedMs);
@@ -146,7 +155,12 @@ export class AccessControl {
    * One full check, counted when it starts and refunded when it passes. The cluster's count
    * decides when the store answers; the local window when it does not.
    */
-  private async startCheck(cred: Credentials, hash: string | undefined, key: string, now: number): Promise<CheckOutcome> {
+  private async startCheck(
+    cred: Credentials,
+    hash: string | undefined,
+    key: string,
+    now: number,
+  ): Promise<CheckOutcome> {
     const shared = this.shared;
     if (shared !== null) {
       const s = await shared.begin(key);
@@ -174,7 +188,8 @@ export class AccessControl {
   }
 
   private async verify(cred: Credentials, hash: string | undefined): Promise<boolean> {
-    const against = hash ?? this.dummyHash ?? (this.config.access.users.values().next().value as string);
+    const against =
+      hash ?? this.dummyHash ?? (this.config.access.users.values().next().value as string);
     let ok = false;
     try {
       ok = await Bun.password.verify(cred.password, against);
@@ -183,7 +198,8 @@ export class AccessControl {
     }
     // An unknown name never passes, whatever the dummy check said.
     if (!ok || hash === undefined) return false;
-    if (this.verified.size >= VERIFIED_MAX) this.verified.delete(this.verified.keys().next().value as string);
+    if (this.verified.size >= VERIFIED_MAX)
+      this.verified.delete(this.verified.keys().next().value as string);
     this.verified.set(cred.key, Date.now() + VERIFIED_TTL_MS);
     return true;
   }
@@ -194,7 +210,8 @@ export class AccessControl {
     if (a === undefined) {
       // The least recently used window goes, never the whole table: a spray of new addresses
       // must not wipe the window of a guesser (or anyone) still active.
-      if (this.attempts.size >= TRACKED_MAX) this.attempts.delete(this.attempts.keys().next().value as string);
+      if (this.attempts.size >= TRACKED_MAX)
+        this.attempts.delete(this.attempts.keys().next().value as string);
       a = { times: [], failed: [] };
     } else this.attempts.delete(client);
     // (Re)inserted last: the Map's order is the order of use.
@@ -222,7 +239,8 @@ export class AccessControl {
       this.blockedUntil.set(client, now + BLOCK_MS);
       this.attempts.delete(client);
     }
-    if (this.blockedUntil.size > TRACKED_MAX) for (const [k, v] of this.blockedUntil) if (v <= now) this.blockedUntil.delete(k);
+    if (this.blockedUntil.size > TRACKED_MAX)
+      for (const [k, v] of this.blockedUntil) if (v <= now) this.blockedUntil.delete(k);
   }
 }
 
@@ -233,15 +251,25 @@ function parseBasic(header: string | null): Credentials | null {
   const colon = decoded.indexOf(":");
   if (colon <= 0) return null;
   // The key is a digest of the credentials, so no password sits in a table as text.
-  return { name: decoded.slice(0, colon), password: decoded.slice(colon + 1), key: createHash("sha256").update(decoded).digest("base64") };
+  return {
+    name: decoded.slice(0, colon),
+    password: decoded.slice(colon + 1),
+    key: createHash("sha256").update(decoded).digest("base64"),
+  };
 }
 
 function challenge(realm: Realm): HttpError {
   return realm === "proxy"
-    ? new HttpError(407, "proxy authentication required", { headers: { "proxy-authenticate": 'Basic realm="crm"' } })
-    : new HttpError(401, "authentication required", { headers: { "www-authenticate": 'Basic realm="crm"' } });
+    ? new HttpError(407, "proxy authentication required", {
+        headers: { "proxy-authenticate": 'Basic realm="crm"' },
+      })
+    : new HttpError(401, "authentication required", {
+        headers: { "www-authenticate": 'Basic realm="crm"' },
+      });
 }
 
 function braked(ms: number): HttpError {
-  return new HttpError(429, "too many failed logins; try again later", { headers: { "retry-after": String(Math.ceil(ms / 1000)) } });
+  return new HttpError(429, "too many failed logins; try again later", {
+    headers: { "retry-after": String(Math.ceil(ms / 1000)) },
+  });
 }

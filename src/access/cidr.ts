@@ -40,7 +40,8 @@ function v6Bits(s: string): bigint {
   const [head = "", tail] = s.split("::");
   const h = head === "" ? [] : head.split(":");
   const t = tail === undefined || tail === "" ? [] : tail.split(":");
-  const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill("0"), ...t];
+  const groups =
+    tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill("0"), ...t];
   return groups.reduce((acc, g) => (acc << 16n) | BigInt(parseInt(g, 16)), 0n);
 }
 
@@ -52,7 +53,8 @@ export function parseCidr(text: string): Cidr | string {
   const width = ip.v6 ? 128 : 32;
   let prefix = width;
   if (prefixText !== undefined) {
-    if (!/^\d{1,3}$/.test(prefixText) || Number(prefixText) > (isIP(addr) === 6 ? 128 : 32)) return `has an invalid prefix length (0-${width})`;
+    if (!/^\d{1,3}$/.test(prefixText) || Number(prefixText) > (isIP(addr) === 6 ? 128 : 32))
+      return `has an invalid prefix length (0-${width})`;
     prefix = Number(prefixText);
     // A mapped IPv6 range like ::ffff:10.0.0.0/104 is the IPv4 range /8.
     if (isIP(addr) === 6 && !ip.v6) prefix = Math.max(0, prefix - 96);
@@ -178,7 +180,8 @@ export class SpecialPurposeGuard {
 
   private judge(ip: { v6: boolean; bits: bigint }): RefusedRange | null {
     let best: { cidr: Cidr; reachable: Reachability } | null = null;
-    for (const e of this.table) if (cidrContains(e.cidr, ip) && (best === null || e.cidr.prefix > best.cidr.prefix)) best = e;
+    for (const e of this.table)
+      if (cidrContains(e.cidr, ip) && (best === null || e.cidr.prefix > best.cidr.prefix)) best = e;
     if (best === null || best.reachable === true) return null;
     if (best.reachable === false) return { source: best.cidr.source };
     const inner = this.judge({ v6: false, bits: ip.bits & 0xffffffffn });

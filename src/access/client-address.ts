@@ -22,7 +22,8 @@ export function buildTrustedProxies(c: Checker, value: unknown): string[] {
   list.forEach((entry, i) => {
     if (entry === UNIX_PEER) return;
     const r = parseCidr(entry);
-    if (typeof r === "string") c.fail(`access.trusted_proxies[${i}]`, entry, `${r} (or "unix" for unix-socket listeners)`);
+    if (typeof r === "string")
+      c.fail(`access.trusted_proxies[${i}]`, entry, `${r} (or "unix" for unix-socket listeners)`);
   });
   return list;
 }
@@ -111,7 +112,11 @@ export type ForwardedHeader = "x-forwarded-for" | "forwarded";
 export function buildForwardedHeader(c: Checker, value: unknown): ForwardedHeader {
   if (value === undefined || value === null) return "x-forwarded-for";
   if (value === "x-forwarded-for" || value === "forwarded") return value;
-  c.fail("access.forwarded_header", value, 'must be "x-forwarded-for" or "forwarded" (the field your front sets, overwriting or appending to what the client sent)');
+  c.fail(
+    "access.forwarded_header",
+    value,
+    'must be "x-forwarded-for" or "forwarded" (the field your front sets, overwriting or appending to what the client sent)',
+  );
   return "x-forwarded-for";
 }
 
@@ -134,7 +139,10 @@ function forwardedFor(values: string[]): Array<string | null> {
   const out: Array<string | null> = [];
   for (const v of values) {
     for (const element of v.split(",")) {
-      const pair = element.split(";").map((p) => p.trim()).find((p) => p.toLowerCase().startsWith("for="));
+      const pair = element
+        .split(";")
+        .map((p) => p.trim())
+        .find((p) => p.toLowerCase().startsWith("for="));
       if (pair !== undefined) out.push(cleanAddress(pair.slice(4)));
     }
   }
@@ -175,7 +183,12 @@ export class ClientAddress {
     }
     const values = headerValues(headers, this.header);
     stripForwarding(headers, this.header);
-    const chain = this.header === "forwarded" ? forwardedFor(values) : values.length > 0 ? values.join(",").split(",").map(cleanAddress) : [];
+    const chain =
+      this.header === "forwarded"
+        ? forwardedFor(values)
+        : values.length > 0
+          ? values.join(",").split(",").map(cleanAddress)
+          : [];
     // Walk from the nearest hop back: each trusted proxy vouches for the one before it.
     let client = peer;
     for (let i = chain.length - 1; i >= 0; i--) {
@@ -193,6 +206,11 @@ export function stripForwarding(headers: HeaderList, keep: ForwardedHeader | nul
   for (let i = headers.length - 1; i >= 0; i--) {
     const name = (headers[i] as [string, string])[0];
     // The length test first: this runs on every request, and almost no name has either length.
-    if ((name.length === 15 || name.length === 9) && /^(x-forwarded-for|forwarded)$/i.test(name) && name.toLowerCase() !== keep) headers.splice(i, 1);
+    if (
+      (name.length === 15 || name.length === 9) &&
+      /^(x-forwarded-for|forwarded)$/i.test(name) &&
+      name.toLowerCase() !== keep
+    )
+      headers.splice(i, 1);
   }
 }

@@ -31,11 +31,21 @@ export function openProxyWarnings(config: Config): string[] {
   const { clients, users, mirrorAuth } = config.access;
   const all = everyone(clients);
   if (clients.length > 0 && all === null) return [];
-  const exposed = config.listen.filter((a) => !isLoopback(a)).map((a) => (/^\d+$/.test(a.source) ? ":" + a.source : a.source));
+  const exposed = config.listen
+    .filter((a) => !isLoopback(a))
+    .map((a) => (/^\d+$/.test(a.source) ? ":" + a.source : a.source));
   const because = all === null ? "" : ` (access.clients has ${all}, which admits every address)`;
-  if (users.size === 0) return exposed.map((a) => `anyone who can reach ${a} may use this proxy${because}; set access.clients or access.users`);
+  if (users.size === 0)
+    return exposed.map(
+      (a) =>
+        `anyone who can reach ${a} may use this proxy${because}; set access.clients or access.users`,
+    );
   // Users guard the proxy, but with mirror_auth: false the mirror at /v2/ asks nobody, unless
   // it is served under a secret mirror.path_prefix (the documented set-up for Docker).
-  if (!mirrorAuth && config.mirror.enabled && config.mirror.pathPrefix === "") return exposed.map((a) => `anyone who can reach ${a} may use the mirror at /v2/: access.mirror_auth is false, so access.users does not apply to it${because}; set access.clients to your clients' ranges`);
+  if (!mirrorAuth && config.mirror.enabled && config.mirror.pathPrefix === "")
+    return exposed.map(
+      (a) =>
+        `anyone who can reach ${a} may use the mirror at /v2/: access.mirror_auth is false, so access.users does not apply to it${because}; set access.clients to your clients' ranges`,
+    );
   return [];
 }

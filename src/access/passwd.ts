@@ -2,7 +2,10 @@
  * `crm passwd NAME`: reads a password and prints the `access.users` line for it. The hash is
  * argon2id (Bun.password's default); the password itself is never printed or stored.
  */
-export async function runPasswd(name: string, input: NodeJS.ReadStream = process.stdin): Promise<number> {
+export async function runPasswd(
+  name: string,
+  input: NodeJS.ReadStream = process.stdin,
+): Promise<number> {
   let password: string;
   if (input.isTTY) {
     process.stderr.write("Note: the password is echoed as you type.\n");

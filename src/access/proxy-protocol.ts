@@ -7,7 +7,9 @@
 import { isIP } from "node:net";
 import { peerAddress } from "./peer-address.ts";
 
-const V2_SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
+const V2_SIGNATURE = Buffer.from([
+  0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a,
+]);
 const V1_PREFIX = Buffer.from("PROXY ", "latin1");
 /** Spec: a v1 line is at most 107 bytes with its CRLF. */
 const V1_MAX = 107;
@@ -36,7 +38,9 @@ function isPrefixOf(buf: Buffer, sig: Buffer): boolean {
 export function readProxyHeader(buf: Buffer): ProxyHeader {
   if (isPrefixOf(buf, V2_SIGNATURE)) return buf.length < 16 ? { kind: "incomplete" } : readV2(buf);
   if (isPrefixOf(buf, V1_PREFIX)) return readV1(buf);
-  throw new ProxyProtocolError("this listener expects a PROXY protocol header (listen[].proxy_protocol) and the connection did not start with one");
+  throw new ProxyProtocolError(
+    "this listener expects a PROXY protocol header (listen[].proxy_protocol) and the connection did not start with one",
+  );
 }
 
 function readV1(buf: Buffer): ProxyHeader {
@@ -51,8 +55,18 @@ function readV1(buf: Buffer): ProxyHeader {
   if (parts[1] === "UNKNOWN") return { kind: "header", client: null, local: false, rest };
   const [, proto, src, dst, sport, dport] = parts;
   const family = proto === "TCP4" ? 4 : proto === "TCP6" ? 6 : 0;
-  const port = (p: string | undefined): boolean => p !== undefined && /^\d{1,5}$/.test(p) && Number(p) <= 65535;
-  if (parts.length !== 6 || family === 0 || src === undefined || dst === undefined || isIP(src) !== family || isIP(dst) !== family || !port(sport) || !port(dport)) {
+  const port = (p: string | undefined): boolean =>
+    p !== undefined && /^\d{1,5}$/.test(p) && Number(p) <= 65535;
+  if (
+    parts.length !== 6 ||
+    family === 0 ||
+    src === undefined ||
+    dst === undefined ||
+    isIP(src) !== family ||
+    isIP(dst) !== family ||
+    !port(sport) ||
+    !port(dport)
+  ) {
     throw new ProxyProtocolError("malformed PROXY v1 line");
   }
   return { kind: "header", client: usable(normalize(src)), local: false, rest };
@@ -62,10 +76,12 @@ function readV2(buf: Buffer): ProxyHeader {
   const verCmd = buf[12] as number;
   const family = buf[13] as number;
   const len = buf.readUInt16BE(14);
-  if (verCmd >> 4 !== 2) throw new ProxyProtocolError(`PROXY v2 header with version ${verCmd >> 4}`);
+  if (verCmd >> 4 !== 2)
+    throw new ProxyProtocolError(`PROXY v2 header with version ${verCmd >> 4}`);
   const cmd = verCmd & 0x0f;
   if (cmd > 1) throw new ProxyProtocolError(`PROXY v2 header with unknown command ${cmd}`);
-  if (len > V2_MAX_BODY) throw new ProxyProtocolError(`PROXY v2 header of ${len} bytes (limit ${V2_MAX_BODY})`);
+  if (len > V2_MAX_BODY)
+    throw new ProxyProtocolError(`PROXY v2 header of ${len} bytes (limit ${V2_MAX_BODY})`);
   if (buf.length < 16 + len) return { kind: "incomplete" };
   const body = buf.subarray(16, 16 + len);
   const rest = buf.subarray(16 + len);
@@ -74,7 +90,12 @@ function readV2(buf: Buffer): ProxyHeader {
   const af = family >> 4;
   if (af === 1) {
     if (len < 12) throw new ProxyProtocolError("PROXY v2 IPv4 header too short");
-    return { kind: "header", client: usable([...body.subarray(0, 4)].join(".")), local: false, rest };
+    return {
+      kind: "header",
+      client: usable([...body.subarray(0, 4)].join(".")),
+      local: false,
+      rest,
+    };
   }
   if (af === 2) {
     if (len < 36) throw new ProxyProtocolError("PROXY v2 IPv6 header too short");
@@ -93,8 +114,13 @@ function readV2(buf: Buffer): ProxyHeader {
 function usable(ip: string): string {
   const v4 = isIP(ip) === 4;
   const first = v4 ? Number(ip.slice(0, ip.indexOf("."))) : 0;
-  const bad = v4 ? ip === "0.0.0.0" || ip === "255.255.255.255" || (first >= 224 && first <= 239) : ip === "::" || /^ff[0-9a-f]{2}:/.test(ip);
-  if (bad) throw new ProxyProtocolError(`PROXY header names ${ip} as the client (unspecified, multicast or broadcast): not an address a connection comes from`);
+  const bad = v4
+    ? ip === "0.0.0.0" || ip === "255.255.255.255" || (first >= 224 && first <= 239)
+    : ip === "::" || /^ff[0-9a-f]{2}:/.test(ip);
+  if (bad)
+    throw new ProxyProtocolError(
+      `PROXY header names ${ip} as the client (unspecified, multicast or broadcast): not an address a connection comes from`,
+    );
   return ip;
 }
 

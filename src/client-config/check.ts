@@ -23,7 +23,9 @@ const JOURNAL_WAIT_MS = 3_000;
 function authHeaders(): Record<string, string> {
   const user = process.env.CRM_MIRROR_USER;
   const pass = process.env.CRM_MIRROR_PASSWORD;
-  return user && pass !== undefined ? { authorization: `Basic ${Buffer.from(`${user}:${pass}`).toString("base64")}` } : {};
+  return user && pass !== undefined
+    ? { authorization: `Basic ${Buffer.from(`${user}:${pass}`).toString("base64")}` }
+    : {};
 }
 
 interface Pull {
@@ -39,27 +41,60 @@ interface Pull {
 function pullCommand(o: ClientConfigOptions, image: ImageRef): Pull | string {
   switch (o.runtime) {
     case "docker":
-      return Bun.which("docker") ? { cmd: ["docker", "pull", "-q", image.full], env: {}, fetchesBlob: false } : "the docker CLI is not installed on this node";
+      return Bun.which("docker")
+        ? { cmd: ["docker", "pull", "-q", image.full], env: {}, fetchesBlob: false }
+        : "the docker CLI is not installed on this node";
     case "containerd":
-      return Bun.which("ctr") ? { cmd: ["ctr", "images", "pull", "--hosts-dir", o.dest, image.full], env: {}, fetchesBlob: false } : "ctr (containerd's CLI) is not installed on this node";
+      return Bun.which("ctr")
+        ? {
+            cmd: ["ctr", "images", "pull", "--hosts-dir", o.dest, image.full],
+            env: {},
+            fetchesBlob: false,
+          }
+        : "ctr (containerd's CLI) is not installed on this node";
     case "podman": {
       // A drop-in is found by containers/image itself; a main file has to be named.
       const dropIn = basename(dirname(o.dest)) === "registries.conf.d";
       const env: Record<string, string> = dropIn ? {} : { CONTAINERS_REGISTRIES_CONF: o.dest };
       // skopeo 1.9 ignores CONTAINERS_REGISTRIES_CONF; its (hidden) flag is what it reads.
       // --config fetches the image's config blob too: a manifest alone proves nothing about blobs.
-      if (Bun.which("skopeo")) return { cmd: ["skopeo", ...(dropIn ? [] : ["--registries-conf", o.dest]), "inspect", "--raw", "--config", `docker://${image.full}`], env, fetchesBlob: true };
-      if (Bun.which("podman")) return { cmd: ["podman", "pull", "-q", image.full], env, fetchesBlob: false };
+      if (Bun.which("skopeo"))
+        return {
+          cmd: [
+            "skopeo",
+            ...(dropIn ? [] : ["--registries-conf", o.dest]),
+            "inspect",
+            "--raw",
+            "--config",
+            `docker://${image.full}`,
+          ],
+          env,
+          fetchesBlob: true,
+        };
+      if (Bun.which("podman"))
+        return { cmd: ["podman", "pull", "-q", image.full], env, fetchesBlob: false };
       return "neither skopeo nor podman is installed on this node";
     }
   }
 }
 
 async function run(p: Pull): Promise<{ code: number; output: string }> {
-  const proc = Bun.spawn(p.cmd, { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...p.env } });
+  const proc = Bun.spawn(p.cmd, {
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, ...p.env },
+  });
   const timer = setTimeout(() => proc.kill("SIGKILL"), PULL_TIMEOUT_MS);
-  const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]).finally(() => clearTimeout(timer));
-  return { code, output: (err.trim() || out.trim()).split("\n").slice(-3).join(" | ").slice(0, 600) };
+  const [out, err, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]).finally(() => clearTimeout(timer));
+  return {
+    code,
+    output: (err.trim() || out.trim()).split("\n").slice(-3).join(" | ").slice(0, 600),
+  };
 }
 
 type Entry = RequestsAnswer["requests"][number];
@@ -68,13 +103,21 @@ const is2xx = (r: Entry): boolean => r.status >= 200 && r.status < 300;
 const blobServed = (r: Entry): boolean => r.method === "GET" && is2xx(r);
 
 /** What crm answered this address for the image's manifest and blobs since `after`. */
-async function journalSince(base: string, after: number, image: ImageRef): Promise<{ answer: RequestsAnswer; manifest: Entry[]; blobs: Entry[] } | string> {
+async function journalSince(
+  base: string,
+  after: number,
+  image: ImageRef,
+): Promise<{ answer: RequestsAnswer; manifest: Entry[]; blobs: Entry[] } | string> {
   const end = Date.now() + JOURNAL_WAIT_MS;
   for (;;) {
     let answer: RequestsAnswer;
     try {
-      const res = await fetch(`${base}/v2/_crm/requests?after=${after}`, { headers: authHeaders(), signal: AbortSignal.timeout(10_000) });
-      if (res.status !== 200) return `crm answered ${res.status} for its request record (${base}/v2/_crm/requests)`;
+      const res = await fetch(`${base}/v2/_crm/requests?after=${after}`, {
+        headers: authHeaders(),
+        signal: AbortSignal.timeout(10_000),
+      });
+      if (res.status !== 200)
+        return `crm answered ${res.status} for its request record (${base}/v2/_crm/requests)`;
       answer = (await res.json()) as RequestsAnswer;
     } catch (e) {
       return `cannot read crm's request record: ${(e as Error).message}`;
@@ -82,7 +125,8 @@ async function journalSince(base: string, after: number, image: ImageRef): Promi
     const manifest = answer.requests.filter((r) => r.kind === "mirror" && aboutManifest(r, image));
     const blobs = answer.requests.filter((r) => r.kind === "mirror" && aboutBlob(r, image));
     // A pull that found its blobs on the node asks for none: then the wait runs out (a few s).
-    if ((manifest.some(is2xx) && blobs.some(blobServed)) || Date.now() > end) return { answer, manifest, blobs };
+    if ((manifest.some(is2xx) && blobs.some(blobServed)) || Date.now() > end)
+      return { answer, manifest, blobs };
     await Bun.sleep(200);
   }
 }
@@ -92,7 +136,8 @@ async function journalSince(base: string, after: number, image: ImageRef): Promi
  * not mirror) has no registry field, so its path is matched instead.
  */
 function aboutManifest(r: RequestsAnswer["requests"][number], image: ImageRef): boolean {
-  if (r.registry !== undefined) return r.registry === image.registry && r.repo === image.repo && r.ref === image.ref;
+  if (r.registry !== undefined)
+    return r.registry === image.registry && r.repo === image.repo && r.ref === image.ref;
   const short = image.repo.replace(/^library\//, "");
   return r.status >= 400 && r.target.includes(`/${short}/manifests/`);
 }
@@ -118,7 +163,11 @@ function fixFor(o: ClientConfigOptions): string {
 
 async function dockerLoaded(base: string): Promise<string | null> {
   if (!Bun.which("docker")) return null;
-  const r = await run({ cmd: ["docker", "info", "--format", "{{json .RegistryConfig.Mirrors}}"], env: {}, fetchesBlob: false });
+  const r = await run({
+    cmd: ["docker", "info", "--format", "{{json .RegistryConfig.Mirrors}}"],
+    env: {},
+    fetchesBlob: false,
+  });
   if (r.code !== 0) return `docker info failed: ${r.output}`;
   let mirrors: unknown;
   try {
@@ -133,23 +182,45 @@ async function dockerLoaded(base: string): Promise<string | null> {
 
 export async function runCheck(o: ClientConfigOptions): Promise<CheckReport> {
   const lines: string[] = [];
-  const fail = (what: string, fix?: string): CheckReport => ({ ok: false, lines: [...lines, `FAIL ${what}`, ...(fix ? [`     fix: ${fix}`] : [])] });
+  const fail = (what: string, fix?: string): CheckReport => ({
+    ok: false,
+    lines: [...lines, `FAIL ${what}`, ...(fix ? [`     fix: ${fix}`] : [])],
+  });
   const base = mirrorBase(o.mirror);
-  const imageText = o.image ?? CHECK_IMAGES[o.registries[0] ?? "docker.io"] ?? CHECK_IMAGES["docker.io"]!;
+  const imageText =
+    o.image ?? CHECK_IMAGES[o.registries[0] ?? "docker.io"] ?? CHECK_IMAGES["docker.io"]!;
   const image = parseImageRef(imageText);
   if (typeof image === "string") return fail(`--image ${image}`);
-  if (!o.registries.includes(image.registry)) return fail(`${image.full} is from ${image.registry}, which this config does not send through crm`, `add it to --registries or choose another --image`);
+  if (!o.registries.includes(image.registry))
+    return fail(
+      `${image.full} is from ${image.registry}, which this config does not send through crm`,
+      `add it to --registries or choose another --image`,
+    );
 
   let probeId: string | null;
   try {
-    const res = await fetch(`${base}/v2/`, { headers: authHeaders(), signal: AbortSignal.timeout(10_000) });
+    const res = await fetch(`${base}/v2/`, {
+      headers: authHeaders(),
+      signal: AbortSignal.timeout(10_000),
+    });
     await res.body?.cancel();
     probeId = res.headers.get("x-crm-request-id");
-    if (probeId === null) return fail(`${base}/v2/ answered ${res.status} without an X-Crm-Request-Id header: that URL is not crm (or a proxy in front drops the header)`, "point --mirror at crm itself");
-    if (res.status === 401) return fail(`crm at ${base} asks for credentials (access.users with mirror_auth)`, "set CRM_MIRROR_USER and CRM_MIRROR_PASSWORD for the check, and give the runtime the same credentials");
+    if (probeId === null)
+      return fail(
+        `${base}/v2/ answered ${res.status} without an X-Crm-Request-Id header: that URL is not crm (or a proxy in front drops the header)`,
+        "point --mirror at crm itself",
+      );
+    if (res.status === 401)
+      return fail(
+        `crm at ${base} asks for credentials (access.users with mirror_auth)`,
+        "set CRM_MIRROR_USER and CRM_MIRROR_PASSWORD for the check, and give the runtime the same credentials",
+      );
     if (res.status !== 200) return fail(`crm at ${base} answered ${res.status} for /v2/`);
   } catch (e) {
-    return fail(`cannot reach crm at ${base}: ${(e as Error).message}`, "check the address, the port and access.clients on the crm host");
+    return fail(
+      `cannot reach crm at ${base}: ${(e as Error).message}`,
+      "check the address, the port and access.clients on the crm host",
+    );
   }
   lines.push(`PASS crm answers at ${base} (request ${probeId})`);
   const after = Number(probeId.slice(probeId.lastIndexOf("-") + 1));
@@ -168,32 +239,67 @@ export async function runCheck(o: ClientConfigOptions): Promise<CheckReport> {
   const blobOk = seen.blobs.filter(blobServed);
   const blobBad = seen.blobs.filter((r) => r.status >= 300);
   const upstream = registryUpstream(image.registry).host;
-  const ids = (rs: RequestsAnswer["requests"]): string => rs.map((r) => r.id).slice(0, 4).join(", ");
-  const why = (rs: Entry[]): string => rs.map((r) => `${r.status}${r.notes.error ? ` (${r.notes.error})` : ""}`).slice(0, 2).join(", ");
-  const blobName = (r: Entry | undefined): string => (r?.ref ?? /\/blobs\/([^/?]+)/.exec(r?.target ?? "")?.[1] ?? "?").slice(0, 19) + "…";
-  const blobFix = "blob pulls through crm fail: fix what crm's answer names (its log has the same line), e.g. the blob host in mirror.registries.<name>.redirect_hosts";
+  const ids = (rs: RequestsAnswer["requests"]): string =>
+    rs
+      .map((r) => r.id)
+      .slice(0, 4)
+      .join(", ");
+  const why = (rs: Entry[]): string =>
+    rs
+      .map((r) => `${r.status}${r.notes.error ? ` (${r.notes.error})` : ""}`)
+      .slice(0, 2)
+      .join(", ");
+  const blobName = (r: Entry | undefined): string =>
+    (r?.ref ?? /\/blobs\/([^/?]+)/.exec(r?.target ?? "")?.[1] ?? "?").slice(0, 19) + "…";
+  const blobFix =
+    "blob pulls through crm fail: fix what crm's answer names (its log has the same line), e.g. the blob host in mirror.registries.<name>.redirect_hosts";
   if (ok.length > 0 && blobOk.length === 0 && blobBad.length > 0) {
     const what = `crm answered the manifest of ${image.full} (requests ${ids(ok)}), but ${why(blobBad)} for its blob ${blobName(blobBad[0])} (requests ${ids(blobBad)})`;
-    if (pulled.code === 0) return fail(`${what}, and ${o.runtime} silently fell back to ${upstream} for it`, blobFix);
+    if (pulled.code === 0)
+      return fail(`${what}, and ${o.runtime} silently fell back to ${upstream} for it`, blobFix);
     return fail(`${what}; ${o.runtime} said: ${pulled.output}`, blobFix);
   }
   if (pulled.code === 0 && ok.length > 0 && blobOk.length === 0 && pull.fetchesBlob) {
-    return fail(`${o.runtime} fetched the manifest of ${image.full} through crm but its blob without asking crm: a silent fallback to ${upstream} for blobs (crm saw no blob request from ${seen.answer.client})`, fixFor(o));
+    return fail(
+      `${o.runtime} fetched the manifest of ${image.full} through crm but its blob without asking crm: a silent fallback to ${upstream} for blobs (crm saw no blob request from ${seen.answer.client})`,
+      fixFor(o),
+    );
   }
   if (pulled.code === 0 && ok.length > 0) {
     const blobs = blobOk.length > 0 ? `, blobs ${ids(blobOk)}` : "";
-    lines.push(`PASS ${o.runtime} fetched ${image.full} through crm (requests ${ids(ok)}${blobs}, client ${seen.answer.client})`);
-    if (blobOk.length === 0) lines.push(`NOTE no blob was fetched: ${image.full} is already on this node, so blob pulls through crm are not proven; remove the image and run the check again`);
+    lines.push(
+      `PASS ${o.runtime} fetched ${image.full} through crm (requests ${ids(ok)}${blobs}, client ${seen.answer.client})`,
+    );
+    if (blobOk.length === 0)
+      lines.push(
+        `NOTE no blob was fetched: ${image.full} is already on this node, so blob pulls through crm are not proven; remove the image and run the check again`,
+      );
     return { ok: true, lines };
   }
   const badWhy = why(bad);
   if (pulled.code === 0 && bad.length > 0) {
-    return fail(`${o.runtime} fetched ${image.full}, but not from crm: crm answered ${badWhy} (requests ${ids(bad)}), and ${o.runtime} silently fell back to ${upstream}`, "fix what crm's answer names (its log has the same line), e.g. add the registry to mirror.registries");
+    return fail(
+      `${o.runtime} fetched ${image.full}, but not from crm: crm answered ${badWhy} (requests ${ids(bad)}), and ${o.runtime} silently fell back to ${upstream}`,
+      "fix what crm's answer names (its log has the same line), e.g. add the registry to mirror.registries",
+    );
   }
   if (pulled.code === 0) {
-    return fail(`${o.runtime} fetched ${image.full} without asking crm: a silent fallback to ${upstream} (crm saw no manifest request from ${seen.answer.client})`, fixFor(o));
+    return fail(
+      `${o.runtime} fetched ${image.full} without asking crm: a silent fallback to ${upstream} (crm saw no manifest request from ${seen.answer.client})`,
+      fixFor(o),
+    );
   }
-  if (bad.length > 0) return fail(`${o.runtime} could not fetch ${image.full}: crm answered ${badWhy} (requests ${ids(bad)}); ${o.runtime} said: ${pulled.output}`, "fix what crm's answer names (its log has the same line)");
-  if (ok.length > 0) return fail(`crm answered ${image.full} (requests ${ids(ok)}), but ${o.runtime} failed afterwards: ${pulled.output}`);
-  return fail(`${o.runtime} could not fetch ${image.full} and never asked crm for it; it said: ${pulled.output}`, fixFor(o));
+  if (bad.length > 0)
+    return fail(
+      `${o.runtime} could not fetch ${image.full}: crm answered ${badWhy} (requests ${ids(bad)}); ${o.runtime} said: ${pulled.output}`,
+      "fix what crm's answer names (its log has the same line)",
+    );
+  if (ok.length > 0)
+    return fail(
+      `crm answered ${image.full} (requests ${ids(ok)}), but ${o.runtime} failed afterwards: ${pulled.output}`,
+    );
+  return fail(
+    `${o.runtime} could not fetch ${image.full} and never asked crm for it; it said: ${pulled.output}`,
+    fixFor(o),
+  );
 }

@@ -8,7 +8,8 @@ import { join } from "node:path";
 import { mirrorBase, registryUpstream, type ClientConfigOptions } from "./options.ts";
 import type { Plan } from "./plan.ts";
 
-export const HOSTS_HEADER = "# written by crm client-config: pulls go to crm first, then to the registry itself";
+export const HOSTS_HEADER =
+  "# written by crm client-config: pulls go to crm first, then to the registry itself";
 
 export function hostsToml(registry: string, mirror: URL): string {
   const upstream = registryUpstream(registry);
@@ -24,7 +25,10 @@ export function hostsToml(registry: string, mirror: URL): string {
 
 export function planContainerd(o: ClientConfigOptions): Plan {
   return {
-    files: o.registries.map((r) => ({ path: join(o.dest, r, "hosts.toml"), content: hostsToml(r, o.mirror) })),
+    files: o.registries.map((r) => ({
+      path: join(o.dest, r, "hosts.toml"),
+      content: hostsToml(r, o.mirror),
+    })),
     notes: [
       `containerd reads these only with config_path = "${o.dest}" in /etc/containerd/config.toml: ` +
         `[plugins."io.containerd.grpc.v1.cri".registry] (config version 2) or [plugins."io.containerd.cri.v1.images".registry] (version 3), then systemctl restart containerd`,

@@ -25,7 +25,8 @@ export const CHECK_IMAGES: Record<string, string> = {
 
 export function parseImageRef(text: string): ImageRef | string {
   const s = text.trim();
-  if (!/^[a-zA-Z0-9][a-zA-Z0-9._:/@-]*$/.test(s)) return `${JSON.stringify(text)} is not an image reference such as docker.io/library/busybox:latest`;
+  if (!/^[a-zA-Z0-9][a-zA-Z0-9._:/@-]*$/.test(s))
+    return `${JSON.stringify(text)} is not an image reference such as docker.io/library/busybox:latest`;
   let rest = s;
   let registry = "docker.io";
   const slash = rest.indexOf("/");
@@ -46,7 +47,8 @@ export function parseImageRef(text: string): ImageRef | string {
       rest = rest.slice(0, colon);
     }
   }
-  if (rest === "" || ref === "") return `${JSON.stringify(text)} is not an image reference such as docker.io/library/busybox:latest`;
+  if (rest === "" || ref === "")
+    return `${JSON.stringify(text)} is not an image reference such as docker.io/library/busybox:latest`;
   const repo = registry === "docker.io" && !rest.includes("/") ? `library/${rest}` : rest;
   const full = `${registry}/${repo}${ref.includes(":") ? "@" : ":"}${ref}`;
   return { registry, repo, ref, full };

@@ -29,7 +29,9 @@ export async function runClientConfig(o: ClientConfigOptions, io: Io = stdio): P
   if (o.write) {
     try {
       for (const f of installFiles(plan.files)) {
-        io.out(`${f.state === "unchanged" ? "unchanged" : f.state === "created" ? "wrote" : "replaced"} ${f.path}${f.backup ? ` (previous file kept as ${f.backup})` : ""}\n`);
+        io.out(
+          `${f.state === "unchanged" ? "unchanged" : f.state === "created" ? "wrote" : "replaced"} ${f.path}${f.backup ? ` (previous file kept as ${f.backup})` : ""}\n`,
+        );
       }
     } catch (e) {
       io.err(`crm client-config: cannot write: ${(e as Error).message}\n`);

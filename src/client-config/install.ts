@@ -7,7 +7,20 @@
  * a random name and is created exclusively, so nothing planted beside the target is followed.
  */
 import { randomBytes } from "node:crypto";
-import { chmodSync, chownSync, constants, copyFileSync, lstatSync, mkdirSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  constants,
+  copyFileSync,
+  lstatSync,
+  mkdirSync,
+  readlinkSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { dirname, resolve } from "node:path";
 import { readIfExists, type PlannedFile } from "./plan.ts";
 
@@ -60,7 +73,10 @@ export function installFiles(files: readonly PlannedFile[], now = new Date()): I
     writeFileSync(tmp, f.content, { mode: 0o600, flag: "wx" });
     try {
       chmodSync(tmp, before === null ? 0o644 : before.mode & 0o7777);
-      if (before !== null && (before.uid !== process.getuid?.() || before.gid !== process.getgid?.())) {
+      if (
+        before !== null &&
+        (before.uid !== process.getuid?.() || before.gid !== process.getgid?.())
+      ) {
         try {
           chownSync(tmp, before.uid, before.gid);
         } catch {

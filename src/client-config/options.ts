@@ -38,12 +38,17 @@ export const CLIENT_CONFIG_USAGE = `usage: crm client-config docker|containerd|p
 
 const REGISTRY_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d+)?$/;
 
-export type Parsed = { kind: "client-config"; options: ClientConfigOptions } | { kind: "error"; message: string };
+export type Parsed =
+  { kind: "client-config"; options: ClientConfigOptions } | { kind: "error"; message: string };
 
 export function parseClientConfigArgs(argv: readonly string[]): Parsed {
-  const fail = (message: string): Parsed => ({ kind: "error", message: `${message}\n${CLIENT_CONFIG_USAGE}` });
+  const fail = (message: string): Parsed => ({
+    kind: "error",
+    message: `${message}\n${CLIENT_CONFIG_USAGE}`,
+  });
   const runtime = argv[0];
-  if (runtime === undefined || !(RUNTIMES as readonly string[]).includes(runtime)) return fail(`crm client-config needs a runtime: ${RUNTIMES.join(", ")}`);
+  if (runtime === undefined || !(RUNTIMES as readonly string[]).includes(runtime))
+    return fail(`crm client-config needs a runtime: ${RUNTIMES.join(", ")}`);
   let mirrorText: string | null = null;
   let registries: string[] | null = null;
   let write = false;
@@ -62,7 +67,10 @@ export function parseClientConfigArgs(argv: readonly string[]): Parsed {
       case "--registries": {
         const v = value();
         if (v === null) return fail("--registries needs a comma-separated list");
-        registries = v.split(",").map((s) => s.trim().toLowerCase()).filter((s) => s !== "");
+        registries = v
+          .split(",")
+          .map((s) => s.trim().toLowerCase())
+          .filter((s) => s !== "");
         break;
       }
       case "--dest":
@@ -83,23 +91,47 @@ export function parseClientConfigArgs(argv: readonly string[]): Parsed {
         return fail(`unknown argument ${JSON.stringify(a)} for crm client-config`);
     }
   }
-  if (mirrorText === null || mirrorText === "") return fail("--mirror URL is required (how this node reaches crm)");
+  if (mirrorText === null || mirrorText === "")
+    return fail("--mirror URL is required (how this node reaches crm)");
   let mirror: URL;
   try {
     mirror = new URL(mirrorText);
   } catch {
-    return fail(`--mirror ${JSON.stringify(mirrorText)} is not a URL; write it as https://crm.example.com or http://HOST:PORT`);
+    return fail(
+      `--mirror ${JSON.stringify(mirrorText)} is not a URL; write it as https://crm.example.com or http://HOST:PORT`,
+    );
   }
-  if (mirror.protocol !== "http:" && mirror.protocol !== "https:") return fail(`--mirror must be an http:// or https:// URL, not ${mirror.protocol}`);
-  if (mirror.username || mirror.password) return fail("--mirror must not carry user:password: runtimes do not send them from a mirror URL");
+  if (mirror.protocol !== "http:" && mirror.protocol !== "https:")
+    return fail(`--mirror must be an http:// or https:// URL, not ${mirror.protocol}`);
+  if (mirror.username || mirror.password)
+    return fail(
+      "--mirror must not carry user:password: runtimes do not send them from a mirror URL",
+    );
   if (mirror.search || mirror.hash) return fail("--mirror must not have a query or fragment");
   mirror = new URL(mirror.origin + mirror.pathname.replace(/\/+$/, ""));
   registries ??= runtime === "docker" ? ["docker.io"] : DEFAULT_REGISTRIES.map((r) => r.name);
   const bad = registries.filter((r) => !REGISTRY_NAME.test(r));
-  if (bad.length > 0) return fail(`--registries: ${bad.map((b) => JSON.stringify(b)).join(", ")} is not a registry host name such as docker.io`);
+  if (bad.length > 0)
+    return fail(
+      `--registries: ${bad.map((b) => JSON.stringify(b)).join(", ")} is not a registry host name such as docker.io`,
+    );
   if (registries.length === 0) return fail("--registries names no registry");
-  if (runtime === "docker" && !registries.includes("docker.io")) return fail("docker's registry-mirrors serve docker.io only: include docker.io in --registries");
-  return { kind: "client-config", options: { runtime: runtime as RuntimeName, mirror, registries, write, check, dest: dest ?? DEFAULT_DEST[runtime as RuntimeName], image } };
+  if (runtime === "docker" && !registries.includes("docker.io"))
+    return fail(
+      "docker's registry-mirrors serve docker.io only: include docker.io in --registries",
+    );
+  return {
+    kind: "client-config",
+    options: {
+      runtime: runtime as RuntimeName,
+      mirror,
+      registries,
+      write,
+      check,
+      dest: dest ?? DEFAULT_DEST[runtime as RuntimeName],
+      image,
+    },
+  };
 }
 
 /** The mirror URL as written in configs: `http://host:port` or `https://host/prefix`. */

@@ -25,6 +25,9 @@ export function readIfExists(path: string): string | null {
   try {
     return readFileSync(path, "utf8");
   } catch (cause) {
-    throw new PlanError(`cannot read ${path}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}`, { cause });
+    throw new PlanError(
+      `cannot read ${path}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}`,
+      { cause },
+    );
   }
 }

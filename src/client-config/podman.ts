@@ -67,16 +67,22 @@ export function planPodman(o: ClientConfigOptions, existing: string | null): Pla
   const start = rest.indexOf(BEGIN);
   if (start >= 0) {
     const end = rest.indexOf(END, start);
-    if (end < 0) throw new PlanError(`${o.dest}: the crm block has no "${END}" line; remove the block by hand and run again`);
+    if (end < 0)
+      throw new PlanError(
+        `${o.dest}: the crm block has no "${END}" line; remove the block by hand and run again`,
+      );
     rest = rest.slice(0, start) + rest.slice(end + END.length).replace(/^\r?\n/, "");
   }
   const taken = new Set(registryPrefixes(rest));
   const clash = o.registries.filter((r) => taken.has(r));
   if (clash.length > 0) {
-    throw new PlanError(`${o.dest} already has [[registry]] entries for ${clash.join(", ")}: remove them, or leave them out with --registries, or write crm's block to its own file with --dest /etc/containers/registries.conf.d/50-crm-mirror.conf`);
+    throw new PlanError(
+      `${o.dest} already has [[registry]] entries for ${clash.join(", ")}: remove them, or leave them out with --registries, or write crm's block to its own file with --dest /etc/containers/registries.conf.d/50-crm-mirror.conf`,
+    );
   }
   const sep = rest === "" || rest.endsWith("\n\n") ? "" : rest.endsWith("\n") ? "\n" : "\n\n";
   const notes = ["podman and skopeo read it on their next run; CRI-O needs systemctl reload crio"];
-  if (o.mirror.protocol === "http:") notes.push("the mirror is plain http: its entries carry insecure = true");
+  if (o.mirror.protocol === "http:")
+    notes.push("the mirror is plain http: its entries carry insecure = true");
   return { files: [{ path: o.dest, content: rest + sep + registriesBlock(o) }], notes };
 }

@@ -45,7 +45,10 @@ export class Checker {
     const near = nearest(key, known);
     const where = section ? `in ${section}` : "at the top level";
     const hint = near !== null ? `did you mean ${full(near)}?` : `known keys: ${known.join(", ")}`;
-    this.rule(full(key.slice(0, 100)), `unknown key ${show(key.slice(0, 100))} ${where} (${hint}); crm refuses to run with a setting it does not understand`);
+    this.rule(
+      full(key.slice(0, 100)),
+      `unknown key ${show(key.slice(0, 100))} ${where} (${hint}); crm refuses to run with a setting it does not understand`,
+    );
   }
 
   bool(path: string, value: unknown, dflt: boolean): boolean {
@@ -82,9 +85,16 @@ export class Checker {
     list.forEach((entry, i) => {
       try {
         const p = compileHostPattern(entry);
-        if (p.kind === "exact" && p.name === "") this.fail(`${path}[${i}]`, entry, "is not a valid host name");
+        if (p.kind === "exact" && p.name === "")
+          this.fail(`${path}[${i}]`, entry, "is not a valid host name");
       } catch (cause) {
-        this.errors.push(new ConfigError(`${path}[${i}]`, `invalid regular expression ${show(entry)}: ${(cause as Error).message}`, { cause }));
+        this.errors.push(
+          new ConfigError(
+            `${path}[${i}]`,
+            `invalid regular expression ${show(entry)}: ${(cause as Error).message}`,
+            { cause },
+          ),
+        );
       }
     });
     return list;
@@ -110,13 +120,27 @@ export function show(value: unknown): string {
   }
 }
 
-const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4 };
+const SIZE_UNITS: Record<string, number> = {
+  "": 1,
+  b: 1,
+  k: 1e3,
+  kb: 1e3,
+  m: 1e6,
+  mb: 1e6,
+  g: 1e9,
+  gb: 1e9,
+  kib: 1024,
+  mib: 1024 ** 2,
+  gib: 1024 ** 3,
+  tib: 1024 ** 4,
+};
 
 /** "512MiB", "10GiB", "1GB" or a number of bytes. */
 export function parseSize(value: unknown): number | string {
   if (typeof value === "number" && Number.isInteger(value) && value >= 0) return value;
   const m = typeof value === "string" ? /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(value) : null;
   const unit = SIZE_UNITS[(m?.[2] ?? "x").toLowerCase()];
-  if (!m || unit === undefined) return 'must be a size such as "512MiB", "10GiB" or a number of bytes';
+  if (!m || unit === undefined)
+    return 'must be a size such as "512MiB", "10GiB" or a number of bytes';
   return Math.round(Number(m[1]) * unit);
 }

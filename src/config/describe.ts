@@ -27,19 +27,30 @@ export function describeConfig(c: Config): string {
   ];
   if (c.mirror.enabled) {
     // The prefix is a credential (Docker's registry-mirrors URL): -t output ends up in CI logs.
-    lines.push(`mirror: enabled at ${c.mirror.pathPrefix !== "" ? "/<prefix>" : ""}/v2/, default registry ${c.mirror.defaultRegistry}`);
+    lines.push(
+      `mirror: enabled at ${c.mirror.pathPrefix !== "" ? "/<prefix>" : ""}/v2/, default registry ${c.mirror.defaultRegistry}`,
+    );
     const mc = c.mirror.manifestCache;
     lines.push(`  manifest cache: ${mc.enabled ? `on, max_size ${mc.maxSize} bytes` : "off"}`);
     const fo = c.mirror.fanout;
-    lines.push(`  blob fan-out: ${fo.enabled ? `on, window ${fo.window} bytes, budget ${fo.budget} bytes, lag_grace ${fo.lagGraceMs} ms` : "off"}`);
-    if (mc.enabled) lines.push(`  stale tags when every upstream fails: ${mc.staleIfErrorMs === 0 ? "off" : `within ${formatDuration(mc.staleIfErrorMs ?? DEFAULT_STALE_IF_ERROR_MS)}`}`);
+    lines.push(
+      `  blob fan-out: ${fo.enabled ? `on, window ${fo.window} bytes, budget ${fo.budget} bytes, lag_grace ${fo.lagGraceMs} ms` : "off"}`,
+    );
+    if (mc.enabled)
+      lines.push(
+        `  stale tags when every upstream fails: ${mc.staleIfErrorMs === 0 ? "off" : `within ${formatDuration(mc.staleIfErrorMs ?? DEFAULT_STALE_IF_ERROR_MS)}`}`,
+      );
     if ([...c.mirror.registries.values()].some((r) => (r.upstreams?.length ?? 1) > 1)) {
       const f = c.mirror.failover;
-      lines.push(`  failover: attempt_timeout ${formatDuration(f.attemptTimeoutMs)}, backoff ${formatDuration(f.backoffMs)} doubling to ${formatDuration(f.maxBackoffMs)}`);
+      lines.push(
+        `  failover: attempt_timeout ${formatDuration(f.attemptTimeoutMs)}, backoff ${formatDuration(f.backoffMs)} doubling to ${formatDuration(f.maxBackoffMs)}`,
+      );
     }
     for (const r of c.mirror.registries.values()) {
       const creds = r.username ? ` (credentials: ${r.username}, password set)` : "";
-      lines.push(`  ${r.name} -> ${(r.upstreams ?? [r.upstream]).map((u) => u.href).join(", then ")}${creds}`);
+      lines.push(
+        `  ${r.name} -> ${(r.upstreams ?? [r.upstream]).map((u) => u.href).join(", then ")}${creds}`,
+      );
     }
   } else lines.push("mirror: disabled");
   lines.push(...describePublic(c));
@@ -51,16 +62,25 @@ export function describeConfig(c: Config): string {
 function describePublic(c: Config): string[] {
   const out: string[] = [];
   const l = c.limits;
-  if (c.access.trustedProxies.length > 0) out.push(`trusted_proxies: ${c.access.trustedProxies.join(", ")}`);
+  if (c.access.trustedProxies.length > 0)
+    out.push(`trusted_proxies: ${c.access.trustedProxies.join(", ")}`);
   const fair = [
-    l.requestsPerSecond !== null ? `requests_per_second ${l.requestsPerSecond} (burst ${l.burst})` : null,
+    l.requestsPerSecond !== null
+      ? `requests_per_second ${l.requestsPerSecond} (burst ${l.burst})`
+      : null,
     l.clientBandwidth !== null ? `client_bandwidth ${l.clientBandwidth} B/s` : null,
     l.totalBandwidth !== null ? `total_bandwidth ${l.totalBandwidth} B/s` : null,
     l.exemptClients.length > 0 ? `exempt ${l.exemptClients.join(", ")}` : null,
   ].filter((v) => v !== null);
   if (fair.length > 0) out.push(`fair shares: ${fair.join(", ")}`);
-  const rules = (name: string, r: { allow: readonly string[]; deny: readonly string[] } | null | undefined): void => {
-    if (r) out.push(`${name}: allow ${r.allow.join(", ") || "all"}; deny ${r.deny.join(", ") || "none"}`);
+  const rules = (
+    name: string,
+    r: { allow: readonly string[]; deny: readonly string[] } | null | undefined,
+  ): void => {
+    if (r)
+      out.push(
+        `${name}: allow ${r.allow.join(", ") || "all"}; deny ${r.deny.join(", ") || "none"}`,
+      );
   };
   rules("mirror.rules", c.mirror.rules);
   for (const r of c.mirror.registries.values()) rules(`mirror.registries.${r.name}.rules`, r.rules);

@@ -7,7 +7,9 @@ const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_00
 /** Returns milliseconds, or an error message naming the rule. */
 export function parseDuration(value: unknown): number | string {
   if (typeof value === "number") {
-    return Number.isFinite(value) && value >= 0 ? Math.round(value * 1000) : "must be a non-negative number of seconds";
+    return Number.isFinite(value) && value >= 0
+      ? Math.round(value * 1000)
+      : "must be a non-negative number of seconds";
   }
   if (typeof value !== "string") return 'must be a duration such as "30s", "5m" or "1h"';
   const s = value.trim();
@@ -19,7 +21,8 @@ export function parseDuration(value: unknown): number | string {
     total += Number(m[1]) * (UNIT_MS[m[2] ?? ""] ?? 0);
     matched = re.lastIndex;
   }
-  if (s === "" || matched !== s.length) return 'must be a duration such as "30s", "5m" or "1h" (units: ms, s, m, h, d)';
+  if (s === "" || matched !== s.length)
+    return 'must be a duration such as "30s", "5m" or "1h" (units: ms, s, m, h, d)';
   return Math.round(total);
 }
 

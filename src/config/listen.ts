@@ -26,7 +26,8 @@ const FORMS = 'must be a port or address such as ":8080", "8080", "127.0.0.1:808
 /** Parses the address part (string or port); a string is the rule that was broken. */
 export function parseListen(value: unknown): ListenAddress | string {
   const source = String(value);
-  if (typeof value === "string" && value.startsWith("/")) return { hostname: "", port: 0, unix: value, source, tls: null, proxyProtocol: false };
+  if (typeof value === "string" && value.startsWith("/"))
+    return { hostname: "", port: 0, unix: value, source, tls: null, proxyProtocol: false };
   if (typeof value === "number") value = String(value);
   if (typeof value !== "string") return FORMS;
   const s = value.trim();
@@ -58,15 +59,21 @@ export function buildListen(c: Checker, raw: unknown): ListenAddress[] {
       }
       const a = parseListen(o.address);
       if (typeof a === "string") return c.fail(`${path}.address`, o.address, a);
-      const tls = o.tls === undefined || o.tls === null ? null : c.bool(`${path}.tls`, o.tls, false);
-      listen.push({ ...a, tls, proxyProtocol: c.bool(`${path}.proxy_protocol`, o.proxy_protocol, false) });
+      const tls =
+        o.tls === undefined || o.tls === null ? null : c.bool(`${path}.tls`, o.tls, false);
+      listen.push({
+        ...a,
+        tls,
+        proxyProtocol: c.bool(`${path}.proxy_protocol`, o.proxy_protocol, false),
+      });
       return;
     }
     const a = parseListen(v);
     if (typeof a === "string") c.fail(path, v, a);
     else listen.push(a);
   });
-  if (Array.isArray(rawListen) && rawListen.length === 0) c.fail("listen", rawListen, "must name at least one address");
+  if (Array.isArray(rawListen) && rawListen.length === 0)
+    c.fail("listen", rawListen, "must name at least one address");
   return listen;
 }
 
@@ -80,10 +87,19 @@ export function listenerIsTls(addr: ListenAddress, tlsSection: boolean): boolean
  * decrypted bytes: the two cannot share a listener, so the config says so instead of every
  * connection failing.
  */
-export function checkProxyProtocolTls(c: Checker, listen: readonly ListenAddress[], globalTls: boolean, listed: boolean): void {
+export function checkProxyProtocolTls(
+  c: Checker,
+  listen: readonly ListenAddress[],
+  globalTls: boolean,
+  listed: boolean,
+): void {
   listen.forEach((l, i) => {
     if (l.proxyProtocol && listenerIsTls(l, globalTls)) {
-      c.fail(`${listed ? `listen[${i}]` : "listen"}.proxy_protocol`, true, "cannot be combined with TLS on the same listener (the PROXY header precedes the TLS handshake): terminate TLS at the balancer");
+      c.fail(
+        `${listed ? `listen[${i}]` : "listen"}.proxy_protocol`,
+        true,
+        "cannot be combined with TLS on the same listener (the PROXY header precedes the TLS handshake): terminate TLS at the balancer",
+      );
     }
   });
 }
@@ -92,9 +108,19 @@ export function checkProxyProtocolTls(c: Checker, listen: readonly ListenAddress
  * A PROXY header names any address its sender likes, so it is believed only from the balancer:
  * without trusted_proxies a proxy_protocol listener would refuse every connection.
  */
-export function checkProxyProtocolTrust(c: Checker, listen: readonly ListenAddress[], trustedProxies: readonly string[], listed: boolean): void {
+export function checkProxyProtocolTrust(
+  c: Checker,
+  listen: readonly ListenAddress[],
+  trustedProxies: readonly string[],
+  listed: boolean,
+): void {
   if (trustedProxies.length > 0) return;
   listen.forEach((l, i) => {
-    if (l.proxyProtocol) c.fail(`${listed ? `listen[${i}]` : "listen"}.proxy_protocol`, true, "needs access.trusted_proxies: list the balancer's addresses in access.trusted_proxies");
+    if (l.proxyProtocol)
+      c.fail(
+        `${listed ? `listen[${i}]` : "listen"}.proxy_protocol`,
+        true,
+        "needs access.trusted_proxies: list the balancer's addresses in access.trusted_proxies",
+      );
   });
 }

@@ -19,7 +19,12 @@ import { buildFailover } from "../mirror/upstream/failover-config.ts";
 import { buildStatusConfig } from "../status/config.ts";
 import { buildTls, checkTlsListeners } from "../tls/config.ts";
 import { Checker, parseSize, show, type Obj } from "./checker.ts";
-import { buildListen, checkProxyProtocolTls, checkProxyProtocolTrust, type ListenAddress } from "./listen.ts";
+import {
+  buildListen,
+  checkProxyProtocolTls,
+  checkProxyProtocolTrust,
+  type ListenAddress,
+} from "./listen.ts";
 import { buildRegistry, DEFAULT_REGISTRIES, type RegistryConfig } from "./registries.ts";
 import {
   DEFAULT_ALLOWED_HOSTS,
@@ -75,19 +80,41 @@ export function parseConfigText(text: string, file: string): unknown {
     try {
       return JSON.parse(text) as unknown;
     } catch (cause) {
-      throw new ConfigError("", `${file} is not valid JSON: ${(cause as Error).message}`, { cause });
+      throw new ConfigError("", `${file} is not valid JSON: ${(cause as Error).message}`, {
+        cause,
+      });
     }
   }
   const doc = YAML.parseDocument(text, { uniqueKeys: true });
   const first = doc.errors[0];
-  if (first) throw new ConfigError("", `${file} is not valid YAML: ${first.message.split("\n")[0]}`, { cause: first });
+  if (first)
+    throw new ConfigError("", `${file} is not valid YAML: ${first.message.split("\n")[0]}`, {
+      cause: first,
+    });
   return doc.toJS() as unknown;
 }
 
-
-const TOP_KEYS = ["listen", "allowed_hosts", "allowed_ports", "allow_private_networks", "insecure_tls", "log_level", "log_format", "access", "metrics", "tls", "unix_socket_mode", "public_url", "limits", "mitm", "mirror", "timeouts", "doctor", "status", "cluster"] as const;
-
-
+const TOP_KEYS = [
+  "listen",
+  "allowed_hosts",
+  "allowed_ports",
+  "allow_private_networks",
+  "insecure_tls",
+  "log_level",
+  "log_format",
+  "access",
+  "metrics",
+  "tls",
+  "unix_socket_mode",
+  "public_url",
+  "limits",
+  "mitm",
+  "mirror",
+  "timeouts",
+  "doctor",
+  "status",
+  "cluster",
+] as const;
 
 const HASH_PREFIX = /^\$(argon2id|argon2i|argon2d|2a|2b|2y)\$/;
 
@@ -98,18 +125,22 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
 
   const listen: ListenAddress[] = buildListen(c, root.listen);
 
-  const allowedHosts = c.hostPatterns("allowed_hosts", root.allowed_hosts) ?? [...DEFAULT_ALLOWED_HOSTS];
+  const allowedHosts = c.hostPatterns("allowed_hosts", root.allowed_hosts) ?? [
+    ...DEFAULT_ALLOWED_HOSTS,
+  ];
   if (Array.isArray(root.allowed_hosts) && root.allowed_hosts.length === 0) {
     c.warnings.push("allowed_hosts: empty list; every forward and CONNECT request will be refused");
   }
 
   let allowedPorts = [...DEFAULT_ALLOWED_PORTS];
   if (root.allowed_ports !== undefined && root.allowed_ports !== null) {
-    if (!Array.isArray(root.allowed_ports)) c.fail("allowed_ports", root.allowed_ports, "must be a list of ports");
+    if (!Array.isArray(root.allowed_ports))
+      c.fail("allowed_ports", root.allowed_ports, "must be a list of ports");
     else {
       allowedPorts = [];
       root.allowed_ports.forEach((p, i) => {
-        if (typeof p === "number" && Number.isInteger(p) && p >= 1 && p <= 65535) allowedPorts.push(p);
+        if (typeof p === "number" && Number.isInteger(p) && p >= 1 && p <= 65535)
+          allowedPorts.push(p);
         else c.fail(`allowed_ports[${i}]`, p, "must be a port number from 1 to 65535");
       });
     }
@@ -133,15 +164,35 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
     else c.fail("log_format", root.log_format, "must be text or json");
   }
 
-  const t = c.object("timeouts", root.timeouts, ["header", "connect", "idle", "shutdown_grace", "upstream_header"]) ?? {};
+  const t =
+    c.object("timeouts", root.timeouts, [
+      "header",
+      "connect",
+      "idle",
+      "shutdown_grace",
+      "upstream_header",
+    ]) ?? {};
   const timeouts: Timeouts = {
     headerMs: c.duration("timeouts.header", t.header, DEFAULT_TIMEOUTS.headerMs),
     connectMs: c.duration("timeouts.connect", t.connect, DEFAULT_TIMEOUTS.connectMs),
     idleMs: c.duration("timeouts.idle", t.idle, DEFAULT_TIMEOUTS.idleMs),
-    shutdownGraceMs: c.duration("timeouts.shutdown_grace", t.shutdown_grace, DEFAULT_TIMEOUTS.shutdownGraceMs),
-    upstreamHeaderMs: c.duration("timeouts.upstream_header", t.upstream_header, DEFAULT_TIMEOUTS.upstreamHeaderMs),
+    shutdownGraceMs: c.duration(
+      "timeouts.shutdown_grace",
+      t.shutdown_grace,
+      DEFAULT_TIMEOUTS.shutdownGraceMs,
+    ),
+    upstreamHeaderMs: c.duration(
+      "timeouts.upstream_header",
+      t.upstream_header,
+      DEFAULT_TIMEOUTS.upstreamHeaderMs,
+    ),
   };
-  const positive = [["header", timeouts.headerMs], ["connect", timeouts.connectMs], ["idle", timeouts.idleMs], ["upstream_header", timeouts.upstreamHeaderMs]] as const;
+  const positive = [
+    ["header", timeouts.headerMs],
+    ["connect", timeouts.connectMs],
+    ["idle", timeouts.idleMs],
+    ["upstream_header", timeouts.upstreamHeaderMs],
+  ] as const;
   for (const [k, v] of positive) {
     if (v === 0) c.fail(`timeouts.${k}`, t[k], "must be greater than zero");
   }
@@ -154,8 +205,16 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
     hosts: c.hostPatterns("mitm.hosts", m.hosts),
   };
   if (mitm.enabled) {
-    if (mitm.caCertPath === null && m.ca_cert_path == null) c.rule("mitm.ca_cert_path", "missing; it is required when mitm.enabled is true (create one with `crm ca init`)");
-    if (mitm.caKeyPath === null && m.ca_key_path == null) c.rule("mitm.ca_key_path", "missing; it is required when mitm.enabled is true (create one with `crm ca init`)");
+    if (mitm.caCertPath === null && m.ca_cert_path == null)
+      c.rule(
+        "mitm.ca_cert_path",
+        "missing; it is required when mitm.enabled is true (create one with `crm ca init`)",
+      );
+    if (mitm.caKeyPath === null && m.ca_key_path == null)
+      c.rule(
+        "mitm.ca_key_path",
+        "missing; it is required when mitm.enabled is true (create one with `crm ca init`)",
+      );
   }
 
   const mirror = buildMirror(c, root.mirror, file);
@@ -166,7 +225,10 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
     const r = parseCidr(entry);
     if (typeof r === "string") c.fail(`metrics.clients[${i}]`, entry, r);
   });
-  const metrics: MetricsConfig = { enabled: c.bool("metrics.enabled", mt.enabled, true), clients: metricsClients };
+  const metrics: MetricsConfig = {
+    enabled: c.bool("metrics.enabled", mt.enabled, true),
+    clients: metricsClients,
+  };
 
   const tls = buildTls(c, root.tls, file);
   checkTlsListeners(c, tls, listen);
@@ -188,7 +250,9 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
       if (u.protocol !== "http:" && u.protocol !== "https:") throw new Error("not http(s)");
       publicUrl = u.href.replace(/\/$/, "");
     } catch (cause) {
-      c.errors.push(new ConfigError("public_url", `${show(pu)} must be an http:// or https:// URL`, { cause }));
+      c.errors.push(
+        new ConfigError("public_url", `${show(pu)} must be an http:// or https:// URL`, { cause }),
+      );
     }
   }
 
@@ -197,12 +261,40 @@ export function buildConfig(raw: unknown, file: string): LoadedConfig {
   const cluster = buildCluster(c, root.cluster, file);
 
   if (c.errors.length > 0) throw new ConfigErrors(file, c.errors);
-  const config: Config = Object.freeze({ file, tls, unixSocketMode, metrics, publicUrl, listen, allowedHosts, allowedPorts, allowPrivateNetworks, insecureTls, logLevel, logFormat, access, limits, mitm, mirror, timeouts, doctor, status, cluster });
+  const config: Config = Object.freeze({
+    file,
+    tls,
+    unixSocketMode,
+    metrics,
+    publicUrl,
+    listen,
+    allowedHosts,
+    allowedPorts,
+    allowPrivateNetworks,
+    insecureTls,
+    logLevel,
+    logFormat,
+    access,
+    limits,
+    mitm,
+    mirror,
+    timeouts,
+    doctor,
+    status,
+    cluster,
+  });
   return { config, warnings: c.warnings };
 }
 
 function buildAccess(c: Checker, raw: unknown): AccessConfig {
-  const a = c.object("access", raw, ["clients", "users", "mirror_auth", "trusted_proxies", "forwarded_header"]) ?? {};
+  const a =
+    c.object("access", raw, [
+      "clients",
+      "users",
+      "mirror_auth",
+      "trusted_proxies",
+      "forwarded_header",
+    ]) ?? {};
   const clients = c.stringList("access.clients", a.clients) ?? [];
   clients.forEach((entry, i) => {
     const r = parseCidr(entry);
@@ -211,17 +303,33 @@ function buildAccess(c: Checker, raw: unknown): AccessConfig {
   const users = new Map<string, string>();
   const u = c.object("access.users", a.users, Object.keys((a.users as Obj | undefined) ?? {}));
   for (const [name, hash] of Object.entries(u ?? {})) {
-    if (!/^[A-Za-z0-9._-]{1,64}$/.test(name)) c.fail("access.users", name, "user names are 1-64 letters, digits, '.', '_' or '-'");
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(name))
+      c.fail("access.users", name, "user names are 1-64 letters, digits, '.', '_' or '-'");
     else if (typeof hash !== "string" || !HASH_PREFIX.test(hash)) {
       // The value is a hash, so showing it is safe; a plain password here must not be echoed.
-      c.rule(`access.users.${name}`, "must be a password hash from `crm passwd NAME` (argon2id or bcrypt), never a plain password (the value is not shown)");
+      c.rule(
+        `access.users.${name}`,
+        "must be a password hash from `crm passwd NAME` (argon2id or bcrypt), never a plain password (the value is not shown)",
+      );
     } else users.set(name, hash);
   }
-  return { clients, users, mirrorAuth: c.bool("access.mirror_auth", a.mirror_auth, true), trustedProxies: buildTrustedProxies(c, a.trusted_proxies), forwardedHeader: buildForwardedHeader(c, a.forwarded_header) };
+  return {
+    clients,
+    users,
+    mirrorAuth: c.bool("access.mirror_auth", a.mirror_auth, true),
+    trustedProxies: buildTrustedProxies(c, a.trusted_proxies),
+    forwardedHeader: buildForwardedHeader(c, a.forwarded_header),
+  };
 }
 
 function buildLimits(c: Checker, raw: unknown): Limits {
-  const l = c.object("limits", raw, ["max_connections", "max_connections_per_client", "max_body", ...FAIR_SHARE_KEYS]) ?? {};
+  const l =
+    c.object("limits", raw, [
+      "max_connections",
+      "max_connections_per_client",
+      "max_body",
+      ...FAIR_SHARE_KEYS,
+    ]) ?? {};
   const count = (key: "max_connections" | "max_connections_per_client", dflt: number): number => {
     const v = l[key];
     if (v === undefined || v === null) return dflt;
@@ -237,24 +345,46 @@ function buildLimits(c: Checker, raw: unknown): Limits {
   }
   return {
     maxConnections: count("max_connections", DEFAULT_LIMITS.maxConnections),
-    maxConnectionsPerClient: count("max_connections_per_client", DEFAULT_LIMITS.maxConnectionsPerClient),
+    maxConnectionsPerClient: count(
+      "max_connections_per_client",
+      DEFAULT_LIMITS.maxConnectionsPerClient,
+    ),
     maxBody,
     ...buildFairShare(c, l),
   };
 }
 
 function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
-  const m = c.object("mirror", raw, ["enabled", "default_registry", "registries", "path_prefix", "manifest_cache", "rules", "fanout", "failover"]) ?? {};
+  const m =
+    c.object("mirror", raw, [
+      "enabled",
+      "default_registry",
+      "registries",
+      "path_prefix",
+      "manifest_cache",
+      "rules",
+      "fanout",
+      "failover",
+    ]) ?? {};
   const enabled = c.bool("mirror.enabled", m.enabled, true);
-  let pathPrefix = m.path_prefix === "" ? "" : (c.string("mirror.path_prefix", m.path_prefix) ?? "");
+  let pathPrefix =
+    m.path_prefix === "" ? "" : (c.string("mirror.path_prefix", m.path_prefix) ?? "");
   if (pathPrefix !== "") {
     pathPrefix = "/" + pathPrefix.replace(/^\/+|\/+$/g, "");
     if (!/^(\/[A-Za-z0-9._~-]+)+$/.test(pathPrefix) || pathPrefix === "/v2") {
-      c.fail("mirror.path_prefix", m.path_prefix, 'must be a path such as "/SECRET" (letters, digits, . _ ~ -), not /v2');
+      c.fail(
+        "mirror.path_prefix",
+        m.path_prefix,
+        'must be a path such as "/SECRET" (letters, digits, . _ ~ -), not /v2',
+      );
     }
   }
   let registries: Map<string, RegistryConfig>;
-  const r = c.object("mirror.registries", m.registries, Object.keys((m.registries as Obj | undefined) ?? {}));
+  const r = c.object(
+    "mirror.registries",
+    m.registries,
+    Object.keys((m.registries as Obj | undefined) ?? {}),
+  );
   if (r === null) registries = new Map(DEFAULT_REGISTRIES.map((d) => [d.name, d]));
   else {
     registries = new Map();
@@ -263,10 +393,25 @@ function buildMirror(c: Checker, raw: unknown, file: string): MirrorConfig {
       if (reg) registries.set(reg.name, reg);
     }
   }
-  const defaultRegistry = (c.string("mirror.default_registry", m.default_registry) ?? "docker.io").toLowerCase();
+  const defaultRegistry = (
+    c.string("mirror.default_registry", m.default_registry) ?? "docker.io"
+  ).toLowerCase();
   if (enabled && registries.size > 0 && !registries.has(defaultRegistry)) {
-    c.fail("mirror.default_registry", defaultRegistry, `must be one of the mirrored registries (${[...registries.keys()].join(", ")})`);
+    c.fail(
+      "mirror.default_registry",
+      defaultRegistry,
+      `must be one of the mirrored registries (${[...registries.keys()].join(", ")})`,
+    );
   }
   const manifestCache = buildManifestCache(c, m.manifest_cache);
-  return { enabled, pathPrefix, defaultRegistry, registries, manifestCache, rules: buildRules(c, "mirror.rules", m.rules), fanout: buildFanout(c, m.fanout), failover: buildFailover(c, m.failover) };
+  return {
+    enabled,
+    pathPrefix,
+    defaultRegistry,
+    registries,
+    manifestCache,
+    rules: buildRules(c, "mirror.rules", m.rules),
+    fanout: buildFanout(c, m.fanout),
+    failover: buildFailover(c, m.failover),
+  };
 }

@@ -38,7 +38,14 @@ export interface RegistryConfig {
 const PKG_DEV = String.raw`[a-z0-9-]+-docker\.pkg\.dev`;
 
 function reg(name: string, upstream: string, redirectHosts: string[]): RegistryConfig {
-  return { name, upstream: new URL(upstream), username: null, password: null, redirectHosts, operatorNamed: false };
+  return {
+    name,
+    upstream: new URL(upstream),
+    username: null,
+    password: null,
+    redirectHosts,
+    operatorNamed: false,
+  };
 }
 
 export const DEFAULT_REGISTRIES: readonly RegistryConfig[] = [
@@ -60,9 +67,15 @@ export const DEFAULT_REGISTRIES: readonly RegistryConfig[] = [
     String.raw`prod-registry-k8s-io-[a-z0-9-]+\.s3\.dualstack\.[a-z0-9-]+\.amazonaws\.com`,
     String.raw`prod-registry-k8s-io-[a-z0-9-]+\.s3\.[a-z0-9-]+\.amazonaws\.com`,
   ]),
-  reg("docker.elastic.co", "https://docker.elastic.co", ["docker-auth.elastic.co", String.raw`[a-z0-9]+\.cloudfront\.net`]),
+  reg("docker.elastic.co", "https://docker.elastic.co", [
+    "docker-auth.elastic.co",
+    String.raw`[a-z0-9]+\.cloudfront\.net`,
+  ]),
   reg("ghcr.io", "https://ghcr.io", ["pkg-containers.githubusercontent.com"]),
-  reg("quay.io", "https://quay.io", [String.raw`cdn\d*\.quay\.io`, String.raw`quayio-production-s3\.s3[a-z0-9.-]*\.amazonaws\.com`]),
+  reg("quay.io", "https://quay.io", [
+    String.raw`cdn\d*\.quay\.io`,
+    String.raw`quayio-production-s3\.s3[a-z0-9.-]*\.amazonaws\.com`,
+  ]),
 ];
 
 const REGISTRY_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d+)?$/;
@@ -73,12 +86,29 @@ export function upstreamsOf(reg: RegistryConfig): readonly URL[] {
 }
 
 /** One `mirror.registries.<name>` entry: a URL string or a mapping with credentials and rules. */
-export function buildRegistry(c: Checker, path: string, name: string, v: unknown, file: string): RegistryConfig | null {
+export function buildRegistry(
+  c: Checker,
+  path: string,
+  name: string,
+  v: unknown,
+  file: string,
+): RegistryConfig | null {
   if (!REGISTRY_NAME.test(name)) {
     c.fail(path, name, "registry name must be a host name such as docker.io or quay.io");
     return null;
   }
-  let o: Obj = typeof v === "string" ? { upstream: v } : (c.object(path, v, ["upstream", "upstreams", "username", "password", "password_file", "redirect_hosts", "rules"]) ?? {});
+  let o: Obj =
+    typeof v === "string"
+      ? { upstream: v }
+      : (c.object(path, v, [
+          "upstream",
+          "upstreams",
+          "username",
+          "password",
+          "password_file",
+          "redirect_hosts",
+          "rules",
+        ]) ?? {});
   let upstreams: URL[] | null = null;
   if (o.upstreams !== undefined) {
     // Several upstreams, tried in order (mirror/upstream/failover.ts); the first is the registry's `upstream`.
@@ -88,14 +118,17 @@ export function buildRegistry(c: Checker, path: string, name: string, v: unknown
   }
   const upstreamText = c.string(`${path}.upstream`, o.upstream);
   if (upstreamText === null) {
-    if (o.upstream === undefined) c.rule(`${path}.upstream`, "missing; it is required (an https:// URL)");
+    if (o.upstream === undefined)
+      c.rule(`${path}.upstream`, "missing; it is required (an https:// URL)");
     return null;
   }
   let upstream: URL;
   try {
     upstream = new URL(upstreamText);
   } catch (cause) {
-    c.errors.push(new ConfigError(`${path}.upstream`, `${show(upstreamText)} is not a URL`, { cause }));
+    c.errors.push(
+      new ConfigError(`${path}.upstream`, `${show(upstreamText)} is not a URL`, { cause }),
+    );
     return null;
   }
   if (upstream.protocol !== "https:" && upstream.protocol !== "http:") {
@@ -103,22 +136,37 @@ export function buildRegistry(c: Checker, path: string, name: string, v: unknown
     return null;
   }
   if (upstream.username || upstream.password) {
-    c.rule(`${path}.upstream`, "must not carry user:password (the URL is not shown); use username and password_file");
+    c.rule(
+      `${path}.upstream`,
+      "must not carry user:password (the URL is not shown); use username and password_file",
+    );
     return null;
   }
   const username = c.string(`${path}.username`, o.username);
-  let password = c.string(`${path}.password`, o.password === undefined ? undefined : String(o.password));
+  let password = c.string(
+    `${path}.password`,
+    o.password === undefined ? undefined : String(o.password),
+  );
   const passwordFile = c.string(`${path}.password_file`, o.password_file);
   if (passwordFile !== null) {
     const p = resolve(file, "..", passwordFile);
     try {
       password = readFileSync(p, "utf8").replace(/\r?\n$/, "");
     } catch (cause) {
-      c.errors.push(new ConfigError(`${path}.password_file`, `cannot read ${p}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}`, { cause }));
+      c.errors.push(
+        new ConfigError(
+          `${path}.password_file`,
+          `cannot read ${p}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}`,
+          { cause },
+        ),
+      );
     }
   }
   if ((username === null) !== (password === null)) {
-    c.rule(path, `username and password (or password_file) must be given together; ${username === null ? "username" : "password"} is missing`);
+    c.rule(
+      path,
+      `username and password (or password_file) must be given together; ${username === null ? "username" : "password"} is missing`,
+    );
   }
   const redirectHosts = c.hostPatterns(`${path}.redirect_hosts`, o.redirect_hosts) ?? [];
   return {

@@ -122,7 +122,13 @@ export const DEFAULT_ALLOWED_HOSTS: readonly string[] = [
   "ghcr.io",
 ];
 export const DEFAULT_ALLOWED_PORTS: readonly number[] = [80, 443];
-export const DEFAULT_TIMEOUTS: Timeouts = { headerMs: 10_000, connectMs: 10_000, idleMs: 300_000, shutdownGraceMs: 30_000, upstreamHeaderMs: 60_000 };
+export const DEFAULT_TIMEOUTS: Timeouts = {
+  headerMs: 10_000,
+  connectMs: 10_000,
+  idleMs: 300_000,
+  shutdownGraceMs: 30_000,
+  upstreamHeaderMs: 60_000,
+};
 
 export const DEFAULT_LIMITS: Limits = {
   maxConnections: 4096,

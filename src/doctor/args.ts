@@ -1,7 +1,8 @@
 /** `crm doctor` command line, kept apart so `crm` parses it without loading the checks. */
 export const DOCTOR_USAGE = "usage: crm doctor [-config PATH] [--json]\n";
 
-export type DoctorCommand = { kind: "doctor"; configPath: string | null; json: boolean } | { kind: "error"; message: string };
+export type DoctorCommand =
+  { kind: "doctor"; configPath: string | null; json: boolean } | { kind: "error"; message: string };
 
 export function parseDoctorArgs(argv: readonly string[]): DoctorCommand {
   let configPath: string | null = null;
@@ -15,7 +16,11 @@ export function parseDoctorArgs(argv: readonly string[]): DoctorCommand {
       if (!v) return { kind: "error", message: `${flag} needs a file path\n${DOCTOR_USAGE}` };
       configPath = v;
     } else if (a === "--json" || a === "-json") json = true;
-    else return { kind: "error", message: `unknown argument ${JSON.stringify(a)} for crm doctor\n${DOCTOR_USAGE}` };
+    else
+      return {
+        kind: "error",
+        message: `unknown argument ${JSON.stringify(a)} for crm doctor\n${DOCTOR_USAGE}`,
+      };
   }
   return { kind: "doctor", configPath, json };
 }

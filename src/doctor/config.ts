@@ -16,21 +16,32 @@ export interface DoctorConfig {
   images: ReadonlyMap<string, string>;
 }
 
-const REF = /^[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:\/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@[a-z0-9]+:[a-f0-9]{32,})$/;
+const REF =
+  /^[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:\/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@[a-z0-9]+:[a-f0-9]{32,})$/;
 
 /** The built-in image per registry, without the registry name. */
 export function defaultImages(): Map<string, string> {
   const out = new Map<string, string>();
-  for (const [registry, full] of Object.entries(CHECK_IMAGES)) out.set(registry, full.slice(registry.length + 1));
+  for (const [registry, full] of Object.entries(CHECK_IMAGES))
+    out.set(registry, full.slice(registry.length + 1));
   return out;
 }
 
 export function buildDoctorConfig(c: Checker, raw: unknown): DoctorConfig {
   const d = c.object("doctor", raw, ["images"]) ?? {};
   const images = defaultImages();
-  const given = c.object("doctor.images", d.images, Object.keys((d.images as Record<string, unknown> | undefined) ?? {}));
+  const given = c.object(
+    "doctor.images",
+    d.images,
+    Object.keys((d.images as Record<string, unknown> | undefined) ?? {}),
+  );
   for (const [registry, v] of Object.entries(given ?? {})) {
-    if (typeof v !== "string" || !REF.test(v)) c.fail(`doctor.images.${registry}`, v, 'must be "repository:tag" as the registry names it, e.g. "library/busybox:latest"');
+    if (typeof v !== "string" || !REF.test(v))
+      c.fail(
+        `doctor.images.${registry}`,
+        v,
+        'must be "repository:tag" as the registry names it, e.g. "library/busybox:latest"',
+      );
     else images.set(registry.toLowerCase(), v);
   }
   return { images };

@@ -40,7 +40,12 @@ export interface RegistryProbeOptions {
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let t: Timer | undefined;
-  return Promise.race([p, new Promise<never>((_, rej) => (t = setTimeout(() => rej(new Error(`${what}: no answer within ${ms} ms`)), ms)))]).finally(() => clearTimeout(t));
+  return Promise.race([
+    p,
+    new Promise<never>(
+      (_, rej) => (t = setTimeout(() => rej(new Error(`${what}: no answer within ${ms} ms`)), ms)),
+    ),
+  ]).finally(() => clearTimeout(t));
 }
 
 function tcpConnect(address: string, port: number, ms: number): Promise<void> {
@@ -54,23 +59,35 @@ function tcpConnect(address: string, port: number, ms: number): Promise<void> {
 const why = (e: unknown): string => {
   if (e instanceof DialError || e instanceof MirrorError) return e.message;
   const c = (e as NodeJS.ErrnoException).code;
-  return c ? `${c}${(e as Error).message && !(e as Error).message.includes(c) ? ` (${(e as Error).message})` : ""}` : (e as Error).message;
+  return c
+    ? `${c}${(e as Error).message && !(e as Error).message.includes(c) ? ` (${(e as Error).message})` : ""}`
+    : (e as Error).message;
 };
 
 /** `host:port` of a URL, the default port written out. */
 function hostPort(u: URL): [string, number] {
-  return [u.hostname.replace(/^\[|\]$/g, ""), Number(u.port) || (u.protocol === "https:" ? 443 : 80)];
+  return [
+    u.hostname.replace(/^\[|\]$/g, ""),
+    Number(u.port) || (u.protocol === "https:" ? 443 : 80),
+  ];
 }
 
 /** Hosts (and ports) a CONNECT pull of this registry needs, as learned from its answers. */
-export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: string | null, report: Report, opts: RegistryProbeOptions): Promise<Array<[string, number]>> {
+export async function checkRegistry(
+  rt: Runtime,
+  reg: RegistryConfig,
+  image: string | null,
+  report: Report,
+  opts: RegistryProbeOptions,
+): Promise<Array<[string, number]>> {
   const n = opts.label ?? reg.name;
   const url = reg.upstream;
   const host = url.hostname.replace(/^\[|\]$/g, "");
   const port = Number(url.port) || (url.protocol === "https:" ? 443 : 80);
   const hosts: Array<[string, number]> = [[host, port]];
   const key = `mirror.registries.${reg.name}`;
-  const skipRest = (from: string[], cause: string): void => from.forEach((c) => report.skip(`${n}: ${c}`, `${cause} failed`));
+  const skipRest = (from: string[], cause: string): void =>
+    from.forEach((c) => report.skip(`${n}: ${c}`, `${cause} failed`));
   const later = ["TCP", "TLS", "GET /v2/", "token realm", "manifest", "blob redirect"];
 
   // DNS
@@ -80,10 +97,18 @@ export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: str
     report.pass(`${n}: DNS`, `${host} is an IP address`);
   } else {
     try {
-      address = await withTimeout(rt.resolveConfigured(host), rt.config.timeouts.connectMs, `DNS ${host}`);
+      address = await withTimeout(
+        rt.resolveConfigured(host),
+        rt.config.timeouts.connectMs,
+        `DNS ${host}`,
+      );
       report.pass(`${n}: DNS`, `${host} → ${address}`);
     } catch (e) {
-      report.fail(`${n}: DNS`, `${host} does not resolve: ${why(e)}`, `check ${key}.upstream and this host's resolver (resolvectl query ${host}, /etc/resolv.conf)`);
+      report.fail(
+        `${n}: DNS`,
+        `${host} does not resolve: ${why(e)}`,
+        `check ${key}.upstream and this host's resolver (resolvectl query ${host}, /etc/resolv.conf)`,
+      );
       skipRest(later, "DNS");
       return hosts;
     }
@@ -93,7 +118,11 @@ export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: str
     await tcpConnect(address, port, rt.config.timeouts.connectMs);
     report.pass(`${n}: TCP`, `connected to ${address}:${port}`);
   } catch (e) {
-    report.fail(`${n}: TCP`, `cannot connect to ${address}:${port}: ${why(e)}`, `a firewall blocks outgoing port ${port}, or ${host} is down`);
+    report.fail(
+      `${n}: TCP`,
+      `cannot connect to ${address}:${port}: ${why(e)}`,
+      `a firewall blocks outgoing port ${port}, or ${host} is down`,
+    );
     skipRest(later.slice(1), "TCP");
     return hosts;
   }
@@ -101,7 +130,8 @@ export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: str
   if (url.protocol === "https:") {
     const v = await probeTls(address, port, host, rt.config.timeouts.connectMs, opts.extraCa);
     if (v.ok) report.pass(`${n}: TLS`, v.detail);
-    else if (rt.config.insecureTls) report.pass(`${n}: TLS`, `${v.detail} (insecure_tls is on: accepted)`);
+    else if (rt.config.insecureTls)
+      report.pass(`${n}: TLS`, `${v.detail} (insecure_tls is on: accepted)`);
     else {
       report.fail(`${n}: TLS`, v.detail, v.fix);
       skipRest(later.slice(2), "TLS");
@@ -115,19 +145,38 @@ export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: str
   // Whether /v2/ says it is the distribution API: then a 404 of the probe image is a registry's.
   let registryApi = false;
   try {
-    const res = await upstreamResponse(rt, new URL(base + "/v2/"), { method: "GET", headers: { "user-agent": "crm-doctor" } }, AbortSignal.timeout(rt.config.timeouts.upstreamHeaderMs * 2), rt.config.timeouts.upstreamHeaderMs, true);
+    const res = await upstreamResponse(
+      rt,
+      new URL(base + "/v2/"),
+      { method: "GET", headers: { "user-agent": "crm-doctor" } },
+      AbortSignal.timeout(rt.config.timeouts.upstreamHeaderMs * 2),
+      rt.config.timeouts.upstreamHeaderMs,
+      true,
+    );
     await res.body?.cancel().catch(() => {});
     challengeHeader = res.headers.get("www-authenticate");
     registryApi = res.headers.has("docker-distribution-api-version");
     const date = Date.parse(res.headers.get("date") ?? "");
     if (Number.isFinite(date) && Math.abs(date - Date.now()) / 1000 > MAX_SKEW_S) {
       const skew = Math.round((Date.now() - date) / 1000);
-      report.fail(`${n}: clock`, `this host's clock is ${Math.abs(skew)} s ${skew > 0 ? "ahead of" : "behind"} ${host}'s`, "tokens and certificates are judged by the clock: timedatectl set-ntp true");
+      report.fail(
+        `${n}: clock`,
+        `this host's clock is ${Math.abs(skew)} s ${skew > 0 ? "ahead of" : "behind"} ${host}'s`,
+        "tokens and certificates are judged by the clock: timedatectl set-ntp true",
+      );
     }
     if (res.status === 200) report.pass(`${n}: GET /v2/`, "200, no authentication needed");
-    else if (res.status === 401 && challengeHeader !== null) report.pass(`${n}: GET /v2/`, `401 with a ${challengeHeader.split(" ")[0]} challenge, as expected`);
+    else if (res.status === 401 && challengeHeader !== null)
+      report.pass(
+        `${n}: GET /v2/`,
+        `401 with a ${challengeHeader.split(" ")[0]} challenge, as expected`,
+      );
     else {
-      report.fail(`${n}: GET /v2/`, `answered ${res.status}${res.status === 401 ? " without WWW-Authenticate" : ""}: not a registry API at ${base}`, `check ${key}.upstream (Docker Hub is https://registry-1.docker.io)`);
+      report.fail(
+        `${n}: GET /v2/`,
+        `answered ${res.status}${res.status === 401 ? " without WWW-Authenticate" : ""}: not a registry API at ${base}`,
+        `check ${key}.upstream (Docker Hub is https://registry-1.docker.io)`,
+      );
       skipRest(later.slice(3), "GET /v2/");
       return hosts;
     }
@@ -147,27 +196,48 @@ export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: str
     try {
       realm = new URL(bearer.params.realm);
     } catch {
-      report.fail(`${n}: token realm`, `the challenge names an invalid realm ${JSON.stringify(bearer.params.realm.slice(0, 100))}`, "the upstream is misconfigured");
+      report.fail(
+        `${n}: token realm`,
+        `the challenge names an invalid realm ${JSON.stringify(bearer.params.realm.slice(0, 100))}`,
+        "the upstream is misconfigured",
+      );
     }
     if (realm !== null) {
       hosts.push(hostPort(realm));
       const allowed = client.trust.check(realm);
       if (!allowed.ok) {
-        report.fail(`${n}: token realm`, `realm host ${allowed.host} is not allowed: ${allowed.reason}`, allowed.fix);
+        report.fail(
+          `${n}: token realm`,
+          `realm host ${allowed.host} is not allowed: ${allowed.reason}`,
+          allowed.fix,
+        );
         skipRest(["manifest", "blob redirect"], "token realm");
         return hosts;
       }
       try {
         await fetchToken(rt, reg, client.trust, bearer, scope);
-        report.pass(`${n}: token realm`, `${realm.host} issued a token for ${scope}${reg.username ? ` as ${reg.username}` : " (anonymous)"}`);
+        report.pass(
+          `${n}: token realm`,
+          `${realm.host} issued a token for ${scope}${reg.username ? ` as ${reg.username}` : " (anonymous)"}`,
+        );
       } catch (e) {
-        report.fail(`${n}: token realm`, why(e), reg.username ? `check ${key}.username and password_file` : `the realm must be reachable from this host (DNS, firewall); private images need ${key}.username and password_file`);
+        report.fail(
+          `${n}: token realm`,
+          why(e),
+          reg.username
+            ? `check ${key}.username and password_file`
+            : `the realm must be reachable from this host (DNS, firewall); private images need ${key}.username and password_file`,
+        );
         skipRest(["manifest", "blob redirect"], "token realm");
         return hosts;
       }
     }
   } else if (findChallenge(challengeHeader, "basic") && reg.username === null) {
-    report.fail(`${n}: token realm`, "the registry asks for Basic credentials and none are configured", `set ${key}.username and password_file`);
+    report.fail(
+      `${n}: token realm`,
+      "the registry asks for Basic credentials and none are configured",
+      `set ${key}.username and password_file`,
+    );
   } else report.pass(`${n}: token realm`, "no token needed");
 
   // One HEAD of a known public manifest
@@ -179,38 +249,72 @@ export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: str
   const signal = AbortSignal.timeout(rt.config.timeouts.upstreamHeaderMs * 2);
   let digest: string;
   try {
-    const r = await client.fetch({ method: "HEAD", path: `/v2/${ref.repo}/manifests/${ref.ref}`, headers: new Headers({ accept: MANIFEST_ACCEPT, "user-agent": "crm-doctor" }), scope, signal });
+    const r = await client.fetch({
+      method: "HEAD",
+      path: `/v2/${ref.repo}/manifests/${ref.ref}`,
+      headers: new Headers({ accept: MANIFEST_ACCEPT, "user-agent": "crm-doctor" }),
+      scope,
+      signal,
+    });
     await r.response.body?.cancel().catch(() => {});
     const quota = parseRateLimit(r.response.headers);
     if (quota !== null) {
       const left = `pulls left: ${describeQuota(quota)}`;
-      if (quota.remaining === 0) report.fail(`${n}: quota`, `${left}: pulls are refused with 429 until the window turns`, `wait, or give ${key} a username and password_file (a higher limit)`);
+      if (quota.remaining === 0)
+        report.fail(
+          `${n}: quota`,
+          `${left}: pulls are refused with 429 until the window turns`,
+          `wait, or give ${key} a username and password_file (a higher limit)`,
+        );
       else report.pass(`${n}: quota`, left);
     } else report.pass(`${n}: quota`, "the upstream reports no pull quota");
     const named = r.response.headers.get("docker-content-digest") ?? r.firstDigest;
     // The upstream's word: used in a request path and printed, so it must be a digest.
     if (named !== null && !isDigest(named)) {
-      report.fail(`${n}: manifest`, `HEAD ${ref.repo}:${ref.ref} named a Docker-Content-Digest that is not a valid digest`, "the upstream is broken or hostile: check it");
+      report.fail(
+        `${n}: manifest`,
+        `HEAD ${ref.repo}:${ref.ref} named a Docker-Content-Digest that is not a valid digest`,
+        "the upstream is broken or hostile: check it",
+      );
       report.skip(`${n}: blob redirect`, "manifest failed");
       return hosts;
     }
     const d = named;
     // Only a registry's 404 proves routing, TLS and tokens work: a web server that is not one
     // (a wrong vhost, a docs site) answers 404 to every path, and pulls through it all fail.
-    if (r.response.status === 404 && !(registryApi || r.response.headers.has("docker-distribution-api-version") || (await registry404(client, ref, scope, signal, rt.config.timeouts.upstreamHeaderMs)))) {
-      report.fail(`${n}: manifest`, `HEAD ${ref.repo}:${ref.ref} answered 404, and neither /v2/ nor the answer is a registry's (no Docker-Distribution-API-Version, no MANIFEST_UNKNOWN or NAME_UNKNOWN error)`, `check ${key}.upstream: it must be the registry's API endpoint (Docker Hub is https://registry-1.docker.io)`);
+    if (
+      r.response.status === 404 &&
+      !(
+        registryApi ||
+        r.response.headers.has("docker-distribution-api-version") ||
+        (await registry404(client, ref, scope, signal, rt.config.timeouts.upstreamHeaderMs))
+      )
+    ) {
+      report.fail(
+        `${n}: manifest`,
+        `HEAD ${ref.repo}:${ref.ref} answered 404, and neither /v2/ nor the answer is a registry's (no Docker-Distribution-API-Version, no MANIFEST_UNKNOWN or NAME_UNKNOWN error)`,
+        `check ${key}.upstream: it must be the registry's API endpoint (Docker Hub is https://registry-1.docker.io)`,
+      );
       report.skip(`${n}: blob redirect`, "manifest failed");
       return hosts;
     }
     if (r.response.status === 404) {
       // The upstream does not hold the probe image (a private or partial registry under a
       // built-in name): routing, TLS and tokens worked to get this answer, so pulls can work.
-      report.warn(`${n}: manifest`, `HEAD ${ref.repo}:${ref.ref} answered 404: ${n} does not hold this image, but it answered through routing, TLS and tokens`, `set doctor.images.${n} to an image ${n} holds, to check manifests and blobs too`);
+      report.warn(
+        `${n}: manifest`,
+        `HEAD ${ref.repo}:${ref.ref} answered 404: ${n} does not hold this image, but it answered through routing, TLS and tokens`,
+        `set doctor.images.${n} to an image ${n} holds, to check manifests and blobs too`,
+      );
       report.skip(`${n}: blob redirect`, `no image to check with (doctor.images.${n})`);
       return hosts;
     }
     if (r.response.status !== 200 || d === null) {
-      report.fail(`${n}: manifest`, `HEAD ${ref.repo}:${ref.ref} answered ${r.response.status}${d === null && r.response.status === 200 ? " without Docker-Content-Digest" : ""}`, `set doctor.images.${n} to a public image that exists`);
+      report.fail(
+        `${n}: manifest`,
+        `HEAD ${ref.repo}:${ref.ref} answered ${r.response.status}${d === null && r.response.status === 200 ? " without Docker-Content-Digest" : ""}`,
+        `set doctor.images.${n} to a public image that exists`,
+      );
       report.skip(`${n}: blob redirect`, "manifest failed");
       return hosts;
     }
@@ -224,15 +328,41 @@ export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: str
 
   // The blob redirect: the manifest names a blob, whose GET leads to the CDN.
   try {
-    const blob = await firstBlob(client, ref.repo, digest, scope, signal, rt.config.timeouts.upstreamHeaderMs * 2);
-    const r = await client.fetch({ method: "HEAD", path: `/v2/${ref.repo}/blobs/${blob}`, headers: new Headers({ "user-agent": "crm-doctor" }), scope, signal });
+    const blob = await firstBlob(
+      client,
+      ref.repo,
+      digest,
+      scope,
+      signal,
+      rt.config.timeouts.upstreamHeaderMs * 2,
+    );
+    const r = await client.fetch({
+      method: "HEAD",
+      path: `/v2/${ref.repo}/blobs/${blob}`,
+      headers: new Headers({ "user-agent": "crm-doctor" }),
+      scope,
+      signal,
+    });
     await r.response.body?.cancel().catch(() => {});
     // The final answer's URL names the address crm dialled, with the redirect target's port.
-    if (r.redirectHost !== null) hosts.push([r.redirectHost, r.response.url ? hostPort(new URL(r.response.url))[1] : 443]);
-    if (r.response.status >= 400) report.fail(`${n}: blob redirect`, `blob ${blob.slice(0, 19)}… answered ${r.response.status}${r.redirectHost ? ` at ${r.redirectHost}` : ""}`, "the blob host refuses crm: check the upstream");
-    else report.pass(`${n}: blob redirect`, r.redirectHost ? `blobs come from ${r.redirectHost} (allowed)` : `blobs come from ${host} itself`);
+    if (r.redirectHost !== null)
+      hosts.push([r.redirectHost, r.response.url ? hostPort(new URL(r.response.url))[1] : 443]);
+    if (r.response.status >= 400)
+      report.fail(
+        `${n}: blob redirect`,
+        `blob ${blob.slice(0, 19)}… answered ${r.response.status}${r.redirectHost ? ` at ${r.redirectHost}` : ""}`,
+        "the blob host refuses crm: check the upstream",
+      );
+    else
+      report.pass(
+        `${n}: blob redirect`,
+        r.redirectHost
+          ? `blobs come from ${r.redirectHost} (allowed)`
+          : `blobs come from ${host} itself`,
+      );
   } catch (e) {
-    const detailFix = e instanceof MirrorError ? (e.detail as { fix?: unknown } | undefined)?.fix : undefined;
+    const detailFix =
+      e instanceof MirrorError ? (e.detail as { fix?: unknown } | undefined)?.fix : undefined;
     const fix = typeof detailFix === "string" ? detailFix : "check the upstream";
     report.fail(`${n}: blob redirect`, why(e), fix);
   }
@@ -243,9 +373,21 @@ export async function checkRegistry(rt: Runtime, reg: RegistryConfig, image: str
  * A HEAD's 404 has no body: the GET of the same manifest says whether it is a registry's "not
  * here" (OCI error codes MANIFEST_UNKNOWN or NAME_UNKNOWN, distribution-spec §error codes).
  */
-async function registry404(client: RegistryClient, ref: { repo: string; ref: string }, scope: string, signal: AbortSignal, timeoutMs: number): Promise<boolean> {
+async function registry404(
+  client: RegistryClient,
+  ref: { repo: string; ref: string },
+  scope: string,
+  signal: AbortSignal,
+  timeoutMs: number,
+): Promise<boolean> {
   try {
-    const r = await client.fetch({ method: "GET", path: `/v2/${ref.repo}/manifests/${ref.ref}`, headers: new Headers({ accept: MANIFEST_ACCEPT, "user-agent": "crm-doctor" }), scope, signal });
+    const r = await client.fetch({
+      method: "GET",
+      path: `/v2/${ref.repo}/manifests/${ref.ref}`,
+      headers: new Headers({ accept: MANIFEST_ACCEPT, "user-agent": "crm-doctor" }),
+      scope,
+      signal,
+    });
     if (r.response.status !== 404) {
       await r.response.body?.cancel().catch(() => {});
       return false;
@@ -253,7 +395,15 @@ async function registry404(client: RegistryClient, ref: { repo: string; ref: str
     const { bytes, truncated } = await readSmallBody(r.response, 64 * 1024, timeoutMs);
     if (truncated) return false;
     const body = JSON.parse(new TextDecoder().decode(bytes)) as { errors?: unknown };
-    return Array.isArray(body.errors) && body.errors.some((e: unknown) => typeof e === "object" && e !== null && ["MANIFEST_UNKNOWN", "NAME_UNKNOWN"].includes(String((e as { code?: unknown }).code)));
+    return (
+      Array.isArray(body.errors) &&
+      body.errors.some(
+        (e: unknown) =>
+          typeof e === "object" &&
+          e !== null &&
+          ["MANIFEST_UNKNOWN", "NAME_UNKNOWN"].includes(String((e as { code?: unknown }).code)),
+      )
+    );
   } catch {
     return false;
   }
@@ -263,13 +413,28 @@ function splitImage(image: string): { repo: string; ref: string } {
   const at = image.indexOf("@");
   if (at > 0) return { repo: image.slice(0, at), ref: image.slice(at + 1) };
   const colon = image.lastIndexOf(":");
-  return colon > 0 ? { repo: image.slice(0, colon), ref: image.slice(colon + 1) } : { repo: image, ref: "latest" };
+  return colon > 0
+    ? { repo: image.slice(0, colon), ref: image.slice(colon + 1) }
+    : { repo: image, ref: "latest" };
 }
 
 /** The config blob of the image (of its linux/amd64 manifest when it is an index). */
-async function firstBlob(client: RegistryClient, repo: string, digest: string, scope: string, signal: AbortSignal, timeoutMs: number): Promise<string> {
+async function firstBlob(
+  client: RegistryClient,
+  repo: string,
+  digest: string,
+  scope: string,
+  signal: AbortSignal,
+  timeoutMs: number,
+): Promise<string> {
   const get = async (ref: string): Promise<Record<string, unknown>> => {
-    const r = await client.fetch({ method: "GET", path: `/v2/${repo}/manifests/${ref}`, headers: new Headers({ accept: MANIFEST_ACCEPT, "user-agent": "crm-doctor" }), scope, signal });
+    const r = await client.fetch({
+      method: "GET",
+      path: `/v2/${repo}/manifests/${ref}`,
+      headers: new Headers({ accept: MANIFEST_ACCEPT, "user-agent": "crm-doctor" }),
+      scope,
+      signal,
+    });
     const len = Number(r.response.headers.get("content-length") ?? "0");
     if (r.response.status !== 200 || len > MANIFEST_LIMIT) {
       await r.response.body?.cancel().catch(() => {});
@@ -277,7 +442,10 @@ async function firstBlob(client: RegistryClient, repo: string, digest: string, s
     }
     // Content-Length may be absent (chunked): the cap is on the bytes read, not on the header.
     const body = await readSmallBody(r.response, MANIFEST_LIMIT, timeoutMs);
-    if (body.truncated) throw new Error(`GET manifest ${ref.slice(0, 19)}… sent more than ${MANIFEST_LIMIT} bytes, or broke off: not a manifest`);
+    if (body.truncated)
+      throw new Error(
+        `GET manifest ${ref.slice(0, 19)}… sent more than ${MANIFEST_LIMIT} bytes, or broke off: not a manifest`,
+      );
     try {
       return JSON.parse(new TextDecoder().decode(body.bytes)) as Record<string, unknown>;
     } catch {
@@ -287,12 +455,19 @@ async function firstBlob(client: RegistryClient, repo: string, digest: string, s
   let doc = await get(digest);
   const list = doc.manifests;
   if (Array.isArray(list)) {
-    const items = list as Array<{ digest?: string; platform?: { os?: string; architecture?: string } }>;
-    const pick = items.find((m) => m.platform?.os === "linux" && m.platform.architecture === "amd64") ?? items[0];
+    const items = list as Array<{
+      digest?: string;
+      platform?: { os?: string; architecture?: string };
+    }>;
+    const pick =
+      items.find((m) => m.platform?.os === "linux" && m.platform.architecture === "amd64") ??
+      items[0];
     if (!pick?.digest) throw new Error("the index names no manifest");
     doc = await get(checkedDigest(pick.digest, "the index"));
   }
-  const config = (doc.config as { digest?: string } | undefined)?.digest ?? (doc.layers as Array<{ digest?: string }> | undefined)?.[0]?.digest;
+  const config =
+    (doc.config as { digest?: string } | undefined)?.digest ??
+    (doc.layers as Array<{ digest?: string }> | undefined)?.[0]?.digest;
   if (!config) throw new Error("the manifest names no blob");
   return checkedDigest(config, "the manifest");
 }
@@ -302,6 +477,7 @@ async function firstBlob(client: RegistryClient, repo: string, digest: string, s
  * the digest grammar (a terminal escape, a path) is refused, and not repeated in the message.
  */
 function checkedDigest(value: unknown, where: string): string {
-  if (typeof value !== "string" || !isDigest(value)) throw new Error(`${where} names a blob by something that is not a valid digest`);
+  if (typeof value !== "string" || !isDigest(value))
+    throw new Error(`${where} names a blob by something that is not a valid digest`);
   return value;
 }

@@ -53,7 +53,9 @@ const LABEL: Record<Result, string> = { pass: "ok", warn: "WARN", fail: "FAIL", 
  * JSON output gets the same: JSON.stringify escapes C0 but passes C1 and bidi controls as they are.
  */
 export function printable(s: string): string {
-  return s.replace(/[\t\n\r]/g, " ").replace(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, "");
+  return s
+    .replace(/[\t\n\r]/g, " ")
+    .replace(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, "");
 }
 
 /** Fixed-width columns; a long detail or fix wraps onto lines of its own under its column. */
@@ -74,21 +76,39 @@ export function renderTable(rows: readonly CheckRow[], width = 120): string {
     if (line !== "" || out.length === 0) out.push(line);
     return out;
   };
-  const lines = [`${"CHECK".padEnd(checkW)}  ${"RESULT".padEnd(resultW)}  FIX`, `${"-".repeat(checkW)}  ${"-".repeat(resultW)}  ${"-".repeat(3)}`];
+  const lines = [
+    `${"CHECK".padEnd(checkW)}  ${"RESULT".padEnd(resultW)}  FIX`,
+    `${"-".repeat(checkW)}  ${"-".repeat(resultW)}  ${"-".repeat(3)}`,
+  ];
   for (const r of rows) {
     const left = wrap(printable(r.check), checkW);
     const mid = wrap(printable(`${LABEL[r.result]}: ${r.detail}`), resultW);
     const right = r.fix === "" ? [""] : wrap(printable(r.fix), fixW);
     const n = Math.max(left.length, mid.length, right.length);
-    for (let i = 0; i < n; i++) lines.push(`${(left[i] ?? "").padEnd(checkW)}  ${(mid[i] ?? "").padEnd(resultW)}  ${right[i] ?? ""}`.trimEnd());
+    for (let i = 0; i < n; i++)
+      lines.push(
+        `${(left[i] ?? "").padEnd(checkW)}  ${(mid[i] ?? "").padEnd(resultW)}  ${right[i] ?? ""}`.trimEnd(),
+      );
   }
   const failed = rows.filter((r) => r.result === "fail").length;
   const other = rows.filter((r) => r.result === "warn" || r.result === "skip").length;
-  lines.push("", failed > 0 ? `${failed + other} of ${rows.length} checks did not pass (${failed} failed)` : other > 0 ? `no check failed; ${other} of ${rows.length} warned or were skipped` : `all ${rows.length} checks passed`);
+  lines.push(
+    "",
+    failed > 0
+      ? `${failed + other} of ${rows.length} checks did not pass (${failed} failed)`
+      : other > 0
+        ? `no check failed; ${other} of ${rows.length} warned or were skipped`
+        : `all ${rows.length} checks passed`,
+  );
   return lines.join("\n") + "\n";
 }
 
 export function renderJson(rows: readonly CheckRow[]): string {
-  const checks = rows.map((r) => ({ check: printable(r.check), result: r.result, detail: printable(r.detail), fix: printable(r.fix) }));
+  const checks = rows.map((r) => ({
+    check: printable(r.check),
+    result: r.result,
+    detail: printable(r.detail),
+    fix: printable(r.fix),
+  }));
   return JSON.stringify({ ok: rowsOk(rows), checks }, null, 2) + "\n";
 }

@@ -89,7 +89,9 @@ export class BodyFeeder {
    * a malformed body).
    */
   pipe(write: (piece: Uint8Array) => boolean): Promise<void> {
-    return new Promise<void>((resolve, reject) => this.attach({ write: (p) => write(p), end: resolve, fail: reject }));
+    return new Promise<void>((resolve, reject) =>
+      this.attach({ write: (p) => write(p), end: resolve, fail: reject }),
+    );
   }
 
   /** The consumer has room again. */
@@ -144,7 +146,10 @@ export class BodyFeeder {
   fail(err: Error): void {
     if (this.finished) return;
     this.finished = true;
-    this.failure = err instanceof HttpError ? err : new Error("client closed the connection mid-body", { cause: err });
+    this.failure =
+      err instanceof HttpError
+        ? err
+        : new Error("client closed the connection mid-body", { cause: err });
     this.held = [];
     this.heldCharge = 0;
     this.settle();
@@ -176,12 +181,16 @@ export class BodyFeeder {
     for (const p of parts) n += p.byteLength;
     if (n === 0) return;
     this.bytes += n;
-    if (this.bytes > this.maxBytes) throw new HttpError(413, `request body exceeds limits.max_body (${this.maxBytes} bytes)`);
+    if (this.bytes > this.maxBytes)
+      throw new HttpError(413, `request body exceeds limits.max_body (${this.maxBytes} bytes)`);
     if (this.cancelled) return;
     const only = parts.length === 1 ? (parts[0] as Uint8Array) : null;
     // A view that uses most of its buffer is passed as it is; anything else is copied out, so
     // what stays alive is the payload, not the socket reads it came in.
-    const piece = only !== null && only.byteLength * 2 >= only.buffer.byteLength ? only : Buffer.concat(parts, n);
+    const piece =
+      only !== null && only.byteLength * 2 >= only.buffer.byteLength
+        ? only
+        : Buffer.concat(parts, n);
     const charge = Math.max(this.unchargedWire, piece.buffer.byteLength) + PIECE_COST;
     this.unchargedWire = 0;
     if (this.sink !== null && !this.full && this.held.length === 0) {

@@ -10,7 +10,8 @@ import { HttpError } from "../errors.ts";
 import { parseHeaderLines } from "./head.ts";
 
 const TCHAR = new Uint8Array(128);
-for (const c of "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") TCHAR[c.charCodeAt(0)] = 1;
+for (const c of "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+  TCHAR[c.charCodeAt(0)] = 1;
 
 function isTchar(c: number): boolean {
   return c < 128 && TCHAR[c] === 1;
@@ -34,7 +35,10 @@ export function checkChunkExtensions(ext: string): void {
     while (i < n && (at() === 0x20 || at() === 0x09)) i++;
   };
   const bad = (what: string): never => {
-    throw new HttpError(400, `invalid chunk extension: ${what} at byte ${i} (${JSON.stringify(ext.slice(Math.max(0, i - 10), i + 10))})`);
+    throw new HttpError(
+      400,
+      `invalid chunk extension: ${what} at byte ${i} (${JSON.stringify(ext.slice(Math.max(0, i - 10), i + 10))})`,
+    );
   };
   const token = (what: string): void => {
     const start = i;
@@ -120,7 +124,15 @@ export function checkTrailerLine(line: string): void {
   try {
     name = parseHeaderLines([line], 0, "chunked trailer")[0]?.[0] ?? "";
   } catch (e) {
-    throw new HttpError(400, `chunked trailer: ${e instanceof Error ? e.message : String(e)} in ${JSON.stringify(line.slice(0, 40))}`, { cause: e });
+    throw new HttpError(
+      400,
+      `chunked trailer: ${e instanceof Error ? e.message : String(e)} in ${JSON.stringify(line.slice(0, 40))}`,
+      { cause: e },
+    );
   }
-  if (FORBIDDEN_TRAILERS.has(name.toLowerCase())) throw new HttpError(400, `chunked trailer: field ${name} must not be sent in a trailer (RFC 9110 §6.5.1)`);
+  if (FORBIDDEN_TRAILERS.has(name.toLowerCase()))
+    throw new HttpError(
+      400,
+      `chunked trailer: field ${name} must not be sent in a trailer (RFC 9110 §6.5.1)`,
+    );
 }

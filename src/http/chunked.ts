@@ -49,12 +49,22 @@ export class ChunkedDecoder {
         throw new HttpError(400, "missing CRLF after chunk data");
       }
       if (this.state === "trailer" && ++this.trailerBytes > MAX_HEAD) {
-        throw new HttpError(431, `chunked trailer section too large (limit ${MAX_HEAD / 1024} KiB)`);
+        throw new HttpError(
+          431,
+          `chunked trailer section too large (limit ${MAX_HEAD / 1024} KiB)`,
+        );
       }
       if (byte !== 0x0a) {
         if (this.line.length >= MAX_LINE) {
-          if (this.state === "trailer") throw new HttpError(431, `chunked trailer line too long (limit ${MAX_LINE / 1024} KiB)`);
-          throw new HttpError(400, `chunk size line too long (limit ${MAX_LINE / 1024} KiB, extensions included)`);
+          if (this.state === "trailer")
+            throw new HttpError(
+              431,
+              `chunked trailer line too long (limit ${MAX_LINE / 1024} KiB)`,
+            );
+          throw new HttpError(
+            400,
+            `chunk size line too long (limit ${MAX_LINE / 1024} KiB, extensions included)`,
+          );
         }
         this.line += String.fromCharCode(byte);
         continue;
@@ -70,7 +80,11 @@ export class ChunkedDecoder {
         // The size line and the CRLF after the data are overhead; each chunk may bring 16 bytes of
         // it, plus twice its data: 1-byte chunks pass, kilobytes of extension per byte do not.
         this.excess = Math.max(0, this.excess + line.length + 4 - 16 - 2 * this.remaining);
-        if (this.excess > MAX_EXCESS) throw new HttpError(400, "chunked body has too much framing for its data (chunk extensions)");
+        if (this.excess > MAX_EXCESS)
+          throw new HttpError(
+            400,
+            "chunked body has too much framing for its data (chunk extensions)",
+          );
         this.state = this.remaining === 0 ? "trailer" : "data";
       } else if (line === "") {
         this.state = "done";
@@ -87,7 +101,8 @@ function parseChunkSize(line: string): number {
   // Only SP/HTAB may stand between the size and its extension (BWS, RFC 9112 §7.1.1).
   const hex = trimOwsEnd(semi < 0 ? line : line.slice(0, semi));
   // At most 12 hex digits (256 TiB): larger values are attacks on the arithmetic, not bodies.
-  if (!/^[0-9a-fA-F]{1,12}$/.test(hex)) throw new HttpError(400, `invalid chunk size ${JSON.stringify(hex.slice(0, 20))}`);
+  if (!/^[0-9a-fA-F]{1,12}$/.test(hex))
+    throw new HttpError(400, `invalid chunk size ${JSON.stringify(hex.slice(0, 20))}`);
   if (semi >= 0) checkChunkExtensions(line.slice(semi));
   return parseInt(hex, 16);
 }

@@ -56,7 +56,8 @@ export function readRequestHead(buf: Buffer): HeadResult {
   let start = 0;
   while (buf.length >= start + 2 && buf[start] === 0x0d && buf[start + 1] === 0x0a) start += 2;
   // One or two stray CRLFs are tolerated; a flood of them is not a request.
-  if (start > MAX_REQUEST_LINE) throw new HttpError(400, "too many empty lines before the request line");
+  if (start > MAX_REQUEST_LINE)
+    throw new HttpError(400, "too many empty lines before the request line");
   if (start > 0) buf = buf.subarray(start);
   const end = buf.indexOf(CRLFCRLF);
   const lineEnd = buf.indexOf(0x0a);
@@ -67,7 +68,8 @@ export function readRequestHead(buf: Buffer): HeadResult {
     if (buf.length > MAX_HEAD) throw new HttpError(431, "request head too large (limit 64 KiB)");
     // A head ending in bare LF (`\n\n`) will never see its CRLFCRLF: refuse it now rather than
     // leave the client waiting for the header timeout.
-    if (hasBareLf(buf)) throw new HttpError(400, "bare LF in request head: lines must end with CRLF");
+    if (hasBareLf(buf))
+      throw new HttpError(400, "bare LF in request head: lines must end with CRLF");
     return { kind: "incomplete" };
   }
   if (end + 4 > MAX_HEAD) throw new HttpError(431, "request head too large (limit 64 KiB)");
@@ -83,9 +85,11 @@ function parseHead(text: string): RequestHead {
   if (parts.length !== 3) throw new HttpError(400, "malformed request line");
   const [method = "", target = "", version = ""] = parts;
   if (!TOKEN.test(method)) throw new HttpError(400, "malformed request method");
-  if (target === "" || /[\x00-\x20\x7f-\xff]/.test(target)) throw new HttpError(400, "malformed request target");
+  if (target === "" || /[\x00-\x20\x7f-\xff]/.test(target))
+    throw new HttpError(400, "malformed request target");
   if (!/^HTTP\/\d\.\d$/.test(version)) throw new HttpError(400, "malformed HTTP version");
-  if (version !== "HTTP/1.1" && version !== "HTTP/1.0") throw new HttpError(505, `${version} not supported`);
+  if (version !== "HTTP/1.1" && version !== "HTTP/1.0")
+    throw new HttpError(505, `${version} not supported`);
   const headers = parseHeaderLines(lines, 1, "request head");
   return { method, target, version, headers, size: 0 };
 }
@@ -99,8 +103,10 @@ export function parseHeaderLines(lines: readonly string[], from: number, what: s
   const headers: HeaderList = [];
   for (let i = from; i < lines.length; i++) {
     const line = lines[i] ?? "";
-    if (line.includes("\r") || line.includes("\n")) throw new HttpError(400, `bare CR or LF in ${what}`);
-    if (line.startsWith(" ") || line.startsWith("\t")) throw new HttpError(400, `obsolete line folding in ${what}`);
+    if (line.includes("\r") || line.includes("\n"))
+      throw new HttpError(400, `bare CR or LF in ${what}`);
+    if (line.startsWith(" ") || line.startsWith("\t"))
+      throw new HttpError(400, `obsolete line folding in ${what}`);
     const colon = line.indexOf(":");
     if (colon <= 0) throw new HttpError(400, "malformed header line");
     const name = line.slice(0, colon);
@@ -115,7 +121,8 @@ export function parseHeaderLines(lines: readonly string[], from: number, what: s
 
 /** Whether a head that has not ended yet has a line ending in bare LF (it never will end). */
 export function hasBareLf(buf: Buffer): boolean {
-  for (let i = buf.indexOf(0x0a); i >= 0; i = buf.indexOf(0x0a, i + 1)) if (i === 0 || buf[i - 1] !== 0x0d) return true;
+  for (let i = buf.indexOf(0x0a); i >= 0; i = buf.indexOf(0x0a, i + 1))
+    if (i === 0 || buf[i - 1] !== 0x0d) return true;
   return false;
 }
 
@@ -123,7 +130,8 @@ export function hasBareLf(buf: Buffer): boolean {
 export function headerValues(headers: HeaderList, name: string): string[] {
   const lower = name.toLowerCase();
   const out: string[] = [];
-  for (const [k, v] of headers) if (k.length === lower.length && k.toLowerCase() === lower) out.push(v);
+  for (const [k, v] of headers)
+    if (k.length === lower.length && k.toLowerCase() === lower) out.push(v);
   return out;
 }
 
@@ -132,7 +140,8 @@ export function headerValue(headers: HeaderList, name: string): string | null {
   return all.length === 0 ? null : all.join(", ");
 }
 
-export type BodyFraming = { kind: "none" } | { kind: "length"; length: number } | { kind: "chunked" };
+export type BodyFraming =
+  { kind: "none" } | { kind: "length"; length: number } | { kind: "chunked" };
 
 /**
  * How the request body is delimited (RFC 9112 §6.3). Content-Length together with
@@ -141,12 +150,21 @@ export type BodyFraming = { kind: "none" } | { kind: "length"; length: number } 
 export function requestFraming(head: RequestHead): BodyFraming {
   const te = headerValues(head.headers, "transfer-encoding");
   const cl = headerValues(head.headers, "content-length");
-  if (te.length > 0 && cl.length > 0) throw new HttpError(400, "both Content-Length and Transfer-Encoding");
+  if (te.length > 0 && cl.length > 0)
+    throw new HttpError(400, "both Content-Length and Transfer-Encoding");
   if (te.length > 0) {
-    if (head.version === "HTTP/1.0") throw new HttpError(400, "Transfer-Encoding in an HTTP/1.0 request");
-    const codings = te.join(",").split(",").map((s) => ows(s).toLowerCase()).filter((s) => s !== "");
+    if (head.version === "HTTP/1.0")
+      throw new HttpError(400, "Transfer-Encoding in an HTTP/1.0 request");
+    const codings = te
+      .join(",")
+      .split(",")
+      .map((s) => ows(s).toLowerCase())
+      .filter((s) => s !== "");
     if (codings.length !== 1 || codings[0] !== "chunked") {
-      throw new HttpError(codings.at(-1) === "chunked" ? 501 : 400, `unsupported Transfer-Encoding ${JSON.stringify(te.join(", "))}`);
+      throw new HttpError(
+        codings.at(-1) === "chunked" ? 501 : 400,
+        `unsupported Transfer-Encoding ${JSON.stringify(te.join(", "))}`,
+      );
     }
     return { kind: "chunked" };
   }
@@ -170,5 +188,11 @@ export function wantsKeepAlive(head: { version: string; headers: HeaderList }): 
 
 /** Whether a Connection value lists `token` (lower-case; RFC 9110 §7.6.1: case-insensitive). */
 export function connectionHas(value: string | null, token: string): boolean {
-  return value !== null && value.toLowerCase().split(",").some((s) => s.trim() === token);
+  return (
+    value !== null &&
+    value
+      .toLowerCase()
+      .split(",")
+      .some((s) => s.trim() === token)
+  );
 }

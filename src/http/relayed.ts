@@ -65,7 +65,11 @@ export function relayedBody(res: Response): RelaySource | null {
 export function asStreamResponse(res: Response): Response {
   const body = carried(res);
   if (!body) return res;
-  return new Response(body.done ? null : body.stream(), { status: res.status, statusText: res.statusText, headers: res.headers });
+  return new Response(body.done ? null : body.stream(), {
+    status: res.status,
+    statusText: res.statusText,
+    headers: res.headers,
+  });
 }
 
 /** Drops whatever body `res` has (the client is gone). */

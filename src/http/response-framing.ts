@@ -34,7 +34,6 @@ export interface UpstreamHead {
 /** At most 15 digits, like a request's Content-Length: larger values are attacks on the arithmetic. */
 const LENGTH = /^\d{1,15}$/;
 
-
 export function responseFraming(head: UpstreamHead): ResponseFraming {
   const te: string[] = [];
   const cl: string[] = [];
@@ -43,28 +42,45 @@ export function responseFraming(head: UpstreamHead): ResponseFraming {
     if (l === "transfer-encoding") te.push(v);
     else if (l === "content-length") cl.push(v);
   }
-  const noBody = head.method === "HEAD" || head.status === 204 || head.status === 304 || head.status < 200;
+  const noBody =
+    head.method === "HEAD" || head.status === 204 || head.status === 304 || head.status < 200;
   if (te.length > 0) {
     const raw = te.join(", ");
     // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means its framing is faulty.
-    if (head.version === "HTTP/1.0") return { ok: false, reason: `Transfer-Encoding ${JSON.stringify(raw)} in an HTTP/1.0 answer` };
-    const codings = raw.split(",").map((s) => ows(s).toLowerCase()).filter((s) => s !== "");
+    if (head.version === "HTTP/1.0")
+      return {
+        ok: false,
+        reason: `Transfer-Encoding ${JSON.stringify(raw)} in an HTTP/1.0 answer`,
+      };
+    const codings = raw
+      .split(",")
+      .map((s) => ows(s).toLowerCase())
+      .filter((s) => s !== "");
     // Anything before "chunked" (gzip, ...) would reach the client still encoded and unlabelled;
     // anything without it ends by the close, which a second parser may read differently.
     if (codings.length !== 1 || codings[0] !== "chunked") {
-      return { ok: false, reason: `Transfer-Encoding ${JSON.stringify(raw)} (crm relays only "chunked")` };
+      return {
+        ok: false,
+        reason: `Transfer-Encoding ${JSON.stringify(raw)} (crm relays only "chunked")`,
+      };
     }
     return { ok: true, body: noBody ? "none" : "chunked", contentLength: null };
   }
   // The usual answer, one well-formed value (the head parser already trimmed it), needs no more.
-  if (cl.length === 1 && LENGTH.test(cl[0] as string)) return { ok: true, body: noBody ? "none" : "length", contentLength: Number(cl[0]) };
+  if (cl.length === 1 && LENGTH.test(cl[0] as string))
+    return { ok: true, body: noBody ? "none" : "length", contentLength: Number(cl[0]) };
   if (cl.length > 0) {
     const values = cl.join(",").split(",").map(ows);
     const bad = values.find((v) => !LENGTH.test(v));
-    if (bad !== undefined) return { ok: false, reason: `invalid Content-Length ${JSON.stringify(bad)}` };
+    if (bad !== undefined)
+      return { ok: false, reason: `invalid Content-Length ${JSON.stringify(bad)}` };
     const lengths = new Set(values.map(Number));
     // RFC 9110 §8.6: repeated identical values may be read as one; differing ones never.
-    if (lengths.size !== 1) return { ok: false, reason: `differing Content-Length values ${JSON.stringify(cl.join(", "))}` };
+    if (lengths.size !== 1)
+      return {
+        ok: false,
+        reason: `differing Content-Length values ${JSON.stringify(cl.join(", "))}`,
+      };
     const [length = 0] = lengths;
     return { ok: true, body: noBody ? "none" : "length", contentLength: length };
   }

@@ -33,7 +33,11 @@ function hasNoBody(status: number, method: string): boolean {
   return method === "HEAD" || status === 204 || status === 304 || (status >= 100 && status < 200);
 }
 
-export async function writeResponse(out: Outbox, res: Response, opts: WriteOptions): Promise<WriteResult> {
+export async function writeResponse(
+  out: Outbox,
+  res: Response,
+  opts: WriteOptions,
+): Promise<WriteResult> {
   const noBody = hasNoBody(res.status, opts.method);
   const lengthText = res.headers.get("content-length");
   const length = lengthText !== null && /^\d+$/.test(lengthText) ? Number(lengthText) : null;
@@ -46,22 +50,37 @@ export async function writeResponse(out: Outbox, res: Response, opts: WriteOptio
         : "close";
   const relayed = relayedBody(res);
   // An upstream's chunked body goes to an HTTP/1.1 client as it came, chunk framing and all.
-  const passChunks = relayed !== null && !noBody && framing === "chunked" && relayed.framing === "chunked";
+  const passChunks =
+    relayed !== null && !noBody && framing === "chunked" && relayed.framing === "chunked";
   const keepAlive = opts.keepAlive && framing !== "close";
 
   let head = `HTTP/1.1 ${res.status} ${res.statusText || STATUS_TEXT[res.status] || "Status"}\r\n`;
   for (const [k, v] of res.headers) {
-    if (k === "content-length" || k === "transfer-encoding" || k === "connection" || k === "set-cookie") continue;
+    if (
+      k === "content-length" ||
+      k === "transfer-encoding" ||
+      k === "connection" ||
+      k === "set-cookie"
+    )
+      continue;
     head += `${k}: ${v}\r\n`;
   }
   for (const c of res.headers.getSetCookie()) head += `set-cookie: ${c}\r\n`;
-  if (framing === "length" || (framing === "none" && length !== null && res.status !== 204 && res.status !== 304)) {
+  if (
+    framing === "length" ||
+    (framing === "none" && length !== null && res.status !== 204 && res.status !== 304)
+  ) {
     head += `content-length: ${length}\r\n`;
   } else if (framing === "chunked") head += "transfer-encoding: chunked\r\n";
   // HTTP/1.0 closes by default: a kept connection must be announced (RFC 9112 §C.2.2).
-  head += keepAlive ? (opts.version === "HTTP/1.0" ? "connection: keep-alive\r\n\r\n" : "\r\n") : "connection: close\r\n\r\n";
+  head += keepAlive
+    ? opts.version === "HTTP/1.0"
+      ? "connection: keep-alive\r\n\r\n"
+      : "\r\n"
+    : "connection: close\r\n\r\n";
 
-  if (relayed !== null && !noBody && !relayed.done) return relay(out, head, relayed, framing, length, passChunks, keepAlive, opts);
+  if (relayed !== null && !noBody && !relayed.done)
+    return relay(out, head, relayed, framing, length, passChunks, keepAlive, opts);
   if (relayed !== null) relayed.cancel();
 
   if (noBody || res.body === null) {
@@ -88,7 +107,14 @@ export async function writeResponse(out: Outbox, res: Response, opts: WriteOptio
     if (out.closed) return { bytes: 0, complete: false, keepAlive: false };
     if (body === "overflow") {
       // Nothing is sent yet, so the client can be told plainly instead of getting a cut body.
-      out.write(errorHead(502, "crm: the upstream sent more body bytes than its Content-Length", {}, opts.method));
+      out.write(
+        errorHead(
+          502,
+          "crm: the upstream sent more body bytes than its Content-Length",
+          {},
+          opts.method,
+        ),
+      );
       return { bytes: 0, complete: false, keepAlive: false };
     }
     const complete = body.byteLength === length;
@@ -120,7 +146,9 @@ export async function writeResponse(out: Outbox, res: Response, opts: WriteOptio
       if (framing === "chunked") {
         // The size line (after the previous chunk's CRLF) and the payload go out as two writes;
         // Buffer.concat would copy every chunk into a fresh allocation.
-        out.write(`${bytes === value.byteLength ? "" : "\r\n"}${value.byteLength.toString(16)}\r\n`);
+        out.write(
+          `${bytes === value.byteLength ? "" : "\r\n"}${value.byteLength.toString(16)}\r\n`,
+        );
         ok = out.write(value);
       } else ok = out.write(value);
       if (!ok) await out.drained();
@@ -196,13 +224,17 @@ async function relay(
     out.offDrained(resume);
   }
   if (over || out.closed) return { bytes, complete: false, keepAlive: false };
-  if (framing === "chunked" && !passChunks) out.write(bytes > 0 ? LAST_CHUNK_AFTER_DATA : LAST_CHUNK);
+  if (framing === "chunked" && !passChunks)
+    out.write(bytes > 0 ? LAST_CHUNK_AFTER_DATA : LAST_CHUNK);
   const complete = framing !== "length" || bytes === length;
   return { bytes, complete, keepAlive: keepAlive && complete };
 }
 
 /** The whole body if it has at most `limit` bytes; "overflow" (the rest cancelled) if it has more. */
-async function readAtMost(body: ReadableStream<Uint8Array>, limit: number): Promise<Uint8Array | "overflow"> {
+async function readAtMost(
+  body: ReadableStream<Uint8Array>,
+  limit: number,
+): Promise<Uint8Array | "overflow"> {
   const reader = body.getReader();
   const parts: Uint8Array[] = [];
   let n = 0;
@@ -223,7 +255,12 @@ async function readAtMost(body: ReadableStream<Uint8Array>, limit: number): Prom
  * A complete error answer: UTF-8 text body with its exact length (none for HEAD, RFC 9110
  * §9.3.2), then the caller closes.
  */
-export function errorHead(status: number, message: string, extra: Record<string, string> = {}, method = "GET"): Buffer {
+export function errorHead(
+  status: number,
+  message: string,
+  extra: Record<string, string> = {},
+  method = "GET",
+): Buffer {
   const body = Buffer.from(message + "\n", "utf8");
   let head = `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? "Error"}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${body.byteLength}\r\n`;
   for (const [k, v] of Object.entries(extra)) head += `${k}: ${v}\r\n`;
@@ -232,10 +269,18 @@ export function errorHead(status: number, message: string, extra: Record<string,
 }
 
 /** A small text/plain answer with its exact length: crm's own endpoints and error answers. */
-export function textResponse(status: number, body: string, headers: Record<string, string> = {}): Response {
+export function textResponse(
+  status: number,
+  body: string,
+  headers: Record<string, string> = {},
+): Response {
   const b = body.endsWith("\n") ? body : body + "\n";
   return new Response(b, {
     status,
-    headers: { "content-type": "text/plain; charset=utf-8", "content-length": String(Buffer.byteLength(b)), ...headers },
+    headers: {
+      "content-type": "text/plain; charset=utf-8",
+      "content-length": String(Buffer.byteLength(b)),
+      ...headers,
+    },
   });
 }

@@ -67,7 +67,8 @@ export class Bandwidth {
     this.clientRate = limits.clientBandwidth;
     this.total = limits.totalBandwidth === null ? null : bucket(limits.totalBandwidth, now);
     this.exempt = limits.exemptClients.length > 0 ? new CidrList(limits.exemptClients) : null;
-    for (const st of this.clients.values()) st.own = this.clientRate === null ? null : bucket(this.clientRate, now);
+    for (const st of this.clients.values())
+      st.own = this.clientRate === null ? null : bucket(this.clientRate, now);
     if (this.waiting.size > 0) this.run();
   }
 
@@ -106,7 +107,11 @@ export class Bandwidth {
     let st = this.clients.get(client);
     if (st === undefined) {
       if (this.clients.size >= MAX_IDLE_CLIENTS) this.prune();
-      st = { own: this.clientRate === null ? null : bucket(this.clientRate, now), queue: [], vtime: this.clock };
+      st = {
+        own: this.clientRate === null ? null : bucket(this.clientRate, now),
+        queue: [],
+        vtime: this.clock,
+      };
       this.clients.set(client, st);
     }
     return st;
@@ -166,7 +171,8 @@ export class Bandwidth {
 
   /** How long until some waiting client can be served. */
   private nextGrantMs(): number {
-    if (this.total !== null && this.total.tokens <= 0) return Math.max(1, (-this.total.tokens / this.total.rate) * 1000);
+    if (this.total !== null && this.total.tokens <= 0)
+      return Math.max(1, (-this.total.tokens / this.total.rate) * 1000);
     let ms = Infinity;
     for (const st of this.waiting) {
       if (st.own === null || st.own.tokens > 0) return 1;
@@ -211,6 +217,10 @@ export class Bandwidth {
       },
       { highWaterMark: 0 },
     );
-    return new Response(paced, { status: res.status, statusText: res.statusText, headers: res.headers });
+    return new Response(paced, {
+      status: res.status,
+      statusText: res.statusText,
+      headers: res.headers,
+    });
   }
 }

@@ -19,13 +19,20 @@ export interface FairShareLimits {
   exemptClients: readonly string[];
 }
 
-export const FAIR_SHARE_KEYS = ["requests_per_second", "burst", "client_bandwidth", "total_bandwidth", "exempt_clients"] as const;
+export const FAIR_SHARE_KEYS = [
+  "requests_per_second",
+  "burst",
+  "client_bandwidth",
+  "total_bandwidth",
+  "exempt_clients",
+] as const;
 
 /** "20MiB/s", "100Mbit/s"-free: sizes per second in the max_body size syntax, "/s" optional. */
 export function parseRate(value: unknown): number | string {
   const text = typeof value === "string" ? value.trim().replace(/\s*\/\s*s(ec)?$/i, "") : value;
   const n = parseSize(text);
-  if (typeof n === "string" || n < 1) return 'must be a rate such as "20MiB/s" or "500KiB/s" (bytes per second, at least 1)';
+  if (typeof n === "string" || n < 1)
+    return 'must be a rate such as "20MiB/s" or "500KiB/s" (bytes per second, at least 1)';
   return n;
 }
 
@@ -34,7 +41,12 @@ export function buildFairShare(c: Checker, l: Record<string, unknown>): FairShar
   if (l.requests_per_second !== undefined && l.requests_per_second !== null) {
     const v = l.requests_per_second;
     if (typeof v === "number" && Number.isFinite(v) && v > 0) requestsPerSecond = v;
-    else c.fail("limits.requests_per_second", v, "must be a number greater than 0 (requests per second per client)");
+    else
+      c.fail(
+        "limits.requests_per_second",
+        v,
+        "must be a number greater than 0 (requests per second per client)",
+      );
   }
   let burst = requestsPerSecond === null ? 0 : Math.max(1, Math.ceil(requestsPerSecond));
   if (l.burst !== undefined && l.burst !== null) {
@@ -58,5 +70,11 @@ export function buildFairShare(c: Checker, l: Record<string, unknown>): FairShar
     const r = parseCidr(entry);
     if (typeof r === "string") c.fail(`limits.exempt_clients[${i}]`, entry, r);
   });
-  return { requestsPerSecond, burst, clientBandwidth: rate("client_bandwidth"), totalBandwidth: rate("total_bandwidth"), exemptClients };
+  return {
+    requestsPerSecond,
+    burst,
+    clientBandwidth: rate("client_bandwidth"),
+    totalBandwidth: rate("total_bandwidth"),
+    exemptClients,
+  };
 }

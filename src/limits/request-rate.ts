@@ -82,7 +82,8 @@ export class RequestRate {
 
   private prune(now: number): void {
     const rate = this.rate ?? 1;
-    for (const [k, b] of this.buckets) if (b.tokens + ((now - b.at) / 1000) * rate >= this.burst) this.buckets.delete(k);
+    for (const [k, b] of this.buckets)
+      if (b.tokens + ((now - b.at) / 1000) * rate >= this.burst) this.buckets.delete(k);
     if (this.buckets.size >= MAX_BUCKETS) this.buckets.clear();
   }
 }

@@ -49,7 +49,11 @@ export function mirrorContentType(type: string): string {
 }
 
 /** Sets the safe Content-Type and the no-render fields on a mirror answer, in place. */
-export function confineMirrorAnswer(headers: Headers, resource: MirrorResource, status: number): void {
+export function confineMirrorAnswer(
+  headers: Headers,
+  resource: MirrorResource,
+  status: number,
+): void {
   headers.set("x-content-type-options", "nosniff");
   headers.set("content-security-policy", MIRROR_CSP);
   const type = headers.get("content-type");

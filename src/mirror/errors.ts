@@ -39,11 +39,19 @@ export class MirrorError extends Error {
 }
 
 /** Serialises one OCI error body; shared by crm's own errors and synthesised upstream ones. */
-export function ociErrorBody(code: OciErrorCode | string, message: string, detail: unknown = null): string {
+export function ociErrorBody(
+  code: OciErrorCode | string,
+  message: string,
+  detail: unknown = null,
+): string {
   return JSON.stringify({ errors: [{ code, message, detail }] });
 }
 
-export function jsonResponse(status: number, body: string, headers: Record<string, string> = {}): Response {
+export function jsonResponse(
+  status: number,
+  body: string,
+  headers: Record<string, string> = {},
+): Response {
   return new Response(body, {
     status,
     headers: {
@@ -60,8 +68,16 @@ export function errorResponse(err: MirrorError): Response {
 }
 
 /** The code a client expects for a status when the upstream gave no OCI body of its own. */
-export function codeForStatus(status: number, resource: "manifests" | "blobs" | "tags" | "referrers"): OciErrorCode {
-  if (status === 404) return resource === "blobs" ? "BLOB_UNKNOWN" : resource === "manifests" ? "MANIFEST_UNKNOWN" : "NAME_UNKNOWN";
+export function codeForStatus(
+  status: number,
+  resource: "manifests" | "blobs" | "tags" | "referrers",
+): OciErrorCode {
+  if (status === 404)
+    return resource === "blobs"
+      ? "BLOB_UNKNOWN"
+      : resource === "manifests"
+        ? "MANIFEST_UNKNOWN"
+        : "NAME_UNKNOWN";
   if (status === 429) return "TOOMANYREQUESTS";
   if (status === 401) return "UNAUTHORIZED";
   if (status === 403) return "DENIED";

@@ -48,7 +48,8 @@ export function parseLinkValues(header: string): LinkValue[] | null {
 export function rewriteLink(headers: Headers, route: PullRoute, mountPrefix: string): void {
   const link = headers.get("link");
   if (link === null) return;
-  const values = route.resource === "tags" || route.resource === "referrers" ? parseLinkValues(link) : null;
+  const values =
+    route.resource === "tags" || route.resource === "referrers" ? parseLinkValues(link) : null;
   const kept: string[] = [];
   for (const v of values ?? []) {
     let url: URL;

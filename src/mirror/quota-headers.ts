@@ -8,7 +8,11 @@
 export type QuotaFields = ReadonlyArray<readonly [string, string]>;
 
 export function isQuotaField(name: string): boolean {
-  return name === "docker-ratelimit-source" || name.startsWith("ratelimit-") || name.startsWith("x-ratelimit-");
+  return (
+    name === "docker-ratelimit-source" ||
+    name.startsWith("ratelimit-") ||
+    name.startsWith("x-ratelimit-")
+  );
 }
 
 /** The quota fields of an upstream answer (names lower-case, as Headers iterates them). */

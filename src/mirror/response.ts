@@ -3,7 +3,13 @@
  * streamed, never decompressed, never buffered), only the fields a registry client reads, the
  * pagination Link pointed back at crm, and OCI error JSON for every error status.
  */
-import { API_VERSION_HEADER, codeForStatus, jsonResponse, MirrorError, ociErrorBody } from "./errors.ts";
+import {
+  API_VERSION_HEADER,
+  codeForStatus,
+  jsonResponse,
+  MirrorError,
+  ociErrorBody,
+} from "./errors.ts";
 import { rewriteLink } from "./link.ts";
 import type { PullRoute } from "./routes.ts";
 import { readSmallBody } from "./small-body.ts";
@@ -41,7 +47,13 @@ function passedHeaders(upstream: Headers): Headers {
 }
 
 /** `mountPrefix`: mirror.path_prefix ("" or "/SECRET"), which crm's own links must carry. */
-export async function clientResponse(route: PullRoute, method: "GET" | "HEAD", result: UpstreamResult, mountPrefix: string, bodyTimeoutMs: number): Promise<Response> {
+export async function clientResponse(
+  route: PullRoute,
+  method: "GET" | "HEAD",
+  result: UpstreamResult,
+  mountPrefix: string,
+  bodyTimeoutMs: number,
+): Promise<Response> {
   const up = result.response;
   const headers = passedHeaders(up.headers);
   if (!headers.has("docker-content-digest") && result.firstDigest !== null && up.status < 300) {
@@ -52,7 +64,11 @@ export async function clientResponse(route: PullRoute, method: "GET" | "HEAD", r
   if (up.status >= 300 && up.status < 400 && up.status !== 304) {
     // A redirect crm could not follow (no Location): the client cannot either.
     await up.body?.cancel().catch(() => {});
-    throw new MirrorError(502, "UNAVAILABLE", `upstream ${route.registry.name} answered ${up.status} without a Location`);
+    throw new MirrorError(
+      502,
+      "UNAVAILABLE",
+      `upstream ${route.registry.name} answered ${up.status} without a Location`,
+    );
   }
   if (up.status >= 400) {
     if (method === "HEAD") {
@@ -71,23 +87,34 @@ export async function clientResponse(route: PullRoute, method: "GET" | "HEAD", r
  * An upstream 4xx/5xx: its own OCI error body if it sent one (clients show its message), else
  * an OCI error built from the status, so every error crm answers parses as OCI JSON.
  */
-async function errorPassThrough(route: PullRoute, up: Response, headers: Headers, timeoutMs: number): Promise<Response> {
+async function errorPassThrough(
+  route: PullRoute,
+  up: Response,
+  headers: Headers,
+  timeoutMs: number,
+): Promise<Response> {
   const { bytes, truncated } = await readSmallBody(up, ERROR_BODY_LIMIT, timeoutMs);
   let body: string | null = null;
   if (!truncated) {
     const text = new TextDecoder().decode(bytes);
     if (isOciErrorJson(text)) body = text;
   }
-  body ??= ociErrorBody(codeForStatus(up.status, route.resource), `upstream ${route.registry.name} answered ${up.status}`);
+  body ??= ociErrorBody(
+    codeForStatus(up.status, route.resource),
+    `upstream ${route.registry.name} answered ${up.status}`,
+  );
   const extra: Record<string, string> = {};
-  for (const [k, v] of headers) if (k !== "content-type" && k !== "content-length" && k !== "content-encoding") extra[k] = v;
+  for (const [k, v] of headers)
+    if (k !== "content-type" && k !== "content-length" && k !== "content-encoding") extra[k] = v;
   return jsonResponse(up.status, body, extra);
 }
 
 function isOciErrorJson(text: string): boolean {
   try {
     const doc = JSON.parse(text) as unknown;
-    return typeof doc === "object" && doc !== null && Array.isArray((doc as { errors?: unknown }).errors);
+    return (
+      typeof doc === "object" && doc !== null && Array.isArray((doc as { errors?: unknown }).errors)
+    );
   } catch {
     return false;
   }

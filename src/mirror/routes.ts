@@ -73,9 +73,14 @@ function looksLikeRegistry(segment: string): boolean {
 
 function notMirrored(registry: string, mirror: MirrorConfig): MirrorError {
   const known = [...mirror.registries.keys()];
-  return new MirrorError(404, "NAME_UNKNOWN", `registry ${registry} is not mirrored here; mirrored: ${known.length > 0 ? known.join(", ") : "none"}`, {
-    detail: { registry, mirrored: known },
-  });
+  return new MirrorError(
+    404,
+    "NAME_UNKNOWN",
+    `registry ${registry} is not mirrored here; mirrored: ${known.length > 0 ? known.join(", ") : "none"}`,
+    {
+      detail: { registry, mirrored: known },
+    },
+  );
 }
 
 /** Parses an origin-form target under /v2. Throws MirrorError (400/404) for anything else. */
@@ -84,7 +89,8 @@ export function parseMirrorTarget(target: string, mirror: MirrorConfig): MirrorR
   const path = q < 0 ? target : target.slice(0, q);
   const query = new URLSearchParams(q < 0 ? "" : target.slice(q + 1));
   if (path === "/v2" || path === "/v2/") return { kind: "base" };
-  if (!path.startsWith("/v2/")) throw new MirrorError(404, "UNSUPPORTED", "not an OCI distribution path");
+  if (!path.startsWith("/v2/"))
+    throw new MirrorError(404, "UNSUPPORTED", "not an OCI distribution path");
   const rest = path.slice("/v2/".length);
 
   let fullName: string;
@@ -101,31 +107,49 @@ export function parseMirrorTarget(target: string, mirror: MirrorConfig): MirrorR
     resource = pull[2] as Resource;
     reference = pull[3] ?? "";
   } else {
-    throw new MirrorError(404, "UNSUPPORTED", "crm mirrors the pull endpoints only: manifests, blobs, tags/list, referrers", {
-      detail: { path: path.slice(0, 200) },
-    });
+    throw new MirrorError(
+      404,
+      "UNSUPPORTED",
+      "crm mirrors the pull endpoints only: manifests, blobs, tags/list, referrers",
+      {
+        detail: { path: path.slice(0, 200) },
+      },
+    );
   }
 
   const { registry, via, clientName } = chooseRegistry(fullName, query, mirror);
 
   if (!isName(clientName)) {
-    throw new MirrorError(400, "NAME_INVALID", "invalid repository name", { detail: { name: clientName.slice(0, 300) } });
+    throw new MirrorError(400, "NAME_INVALID", "invalid repository name", {
+      detail: { name: clientName.slice(0, 300) },
+    });
   }
   if (reference !== null) {
     const wantsDigest = resource !== "manifests" || reference.includes(":");
     if (wantsDigest && !isDigest(reference)) {
-      throw new MirrorError(400, "DIGEST_INVALID", "invalid digest", { detail: { digest: reference.slice(0, 200) } });
+      throw new MirrorError(400, "DIGEST_INVALID", "invalid digest", {
+        detail: { digest: reference.slice(0, 200) },
+      });
     }
     if (!wantsDigest && !isTag(reference)) {
-      throw new MirrorError(400, "TAG_INVALID", "invalid tag", { detail: { tag: reference.slice(0, 200) } });
+      throw new MirrorError(400, "TAG_INVALID", "invalid tag", {
+        detail: { tag: reference.slice(0, 200) },
+      });
     }
   }
   // Docker Hub serves official images under library/; clients that mirror it may omit it.
-  const name = registry.name === "docker.io" && !clientName.includes("/") ? `library/${clientName}` : clientName;
+  const name =
+    registry.name === "docker.io" && !clientName.includes("/")
+      ? `library/${clientName}`
+      : clientName;
   return { kind: "pull", registry, via, clientName, name, resource, reference, query };
 }
 
-function chooseRegistry(fullName: string, query: URLSearchParams, mirror: MirrorConfig): { registry: RegistryConfig; via: RegistryVia; clientName: string } {
+function chooseRegistry(
+  fullName: string,
+  query: URLSearchParams,
+  mirror: MirrorConfig,
+): { registry: RegistryConfig; via: RegistryVia; clientName: string } {
   const ns = query.get("ns");
   if (ns !== null) {
     query.delete("ns");
@@ -147,7 +171,8 @@ function chooseRegistry(fullName: string, query: URLSearchParams, mirror: Mirror
 
 /** The upstream path of a route, below the registry's base URL. */
 export function upstreamPath(route: PullRoute): string {
-  const tail = route.resource === "tags" ? "tags/list" : `${route.resource}/${route.reference ?? ""}`;
+  const tail =
+    route.resource === "tags" ? "tags/list" : `${route.resource}/${route.reference ?? ""}`;
   const qs = route.query.toString();
   return `/v2/${route.name}/${tail}${qs ? `?${qs}` : ""}`;
 }
@@ -161,7 +186,8 @@ export function clientPath(route: PullRoute, query: URLSearchParams): string {
   q.delete("ns");
   if (route.via === "ns") q.set("ns", route.registry.name);
   const prefix = route.via === "prefix" ? `${route.registry.name}/` : "";
-  const tail = route.resource === "tags" ? "tags/list" : `${route.resource}/${route.reference ?? ""}`;
+  const tail =
+    route.resource === "tags" ? "tags/list" : `${route.resource}/${route.reference ?? ""}`;
   const qs = q.toString();
   return `/v2/${prefix}${route.clientName}/${tail}${qs ? `?${qs}` : ""}`;
 }

@@ -26,12 +26,20 @@ export function buildRules(c: Checker, path: string, raw: unknown): ImageRules |
     const l = c.stringList(`${path}.${key}`, o[key]) ?? [];
     l.forEach((p, i) => {
       if (!PATTERN.test(p) || p.includes("***") || p.startsWith("/") || p.endsWith("/")) {
-        c.fail(`${path}.${key}[${i}]`, p, 'must be a repository pattern such as "library/*", "bitnami/**" or "*/redis" (lower-case name characters, / and *)');
+        c.fail(
+          `${path}.${key}[${i}]`,
+          p,
+          'must be a repository pattern such as "library/*", "bitnami/**" or "*/redis" (lower-case name characters, / and *)',
+        );
       }
     });
     return l;
   };
-  return { allow: list("allow"), deny: list("deny"), denyMessage: c.string(`${path}.deny_message`, o.deny_message) };
+  return {
+    allow: list("allow"),
+    deny: list("deny"),
+    denyMessage: c.string(`${path}.deny_message`, o.deny_message),
+  };
 }
 
 /** A glob as a regular expression over the whole name. */
@@ -79,7 +87,10 @@ export class RuleSet {
     }
     if (this.allow.length > 0 && !this.allow.some(([, re]) => re.test(name))) {
       const rule = `${this.origin}.allow`;
-      return { rule, message: this.message(name, `is not in ${rule} (${this.rules.allow.join(", ")})`) };
+      return {
+        rule,
+        message: this.message(name, `is not in ${rule} (${this.rules.allow.join(", ")})`),
+      };
     }
     return null;
   }
@@ -94,7 +105,10 @@ export class RuleSet {
 export function enforceRules(rules: RuleSet | null, registry: string, name: string): void {
   if (rules === null) return;
   const v = rules.check(name);
-  if (v !== null) throw new MirrorError(403, "DENIED", v.message, { detail: { registry, repository: name, rule: v.rule } });
+  if (v !== null)
+    throw new MirrorError(403, "DENIED", v.message, {
+      detail: { registry, repository: name, rule: v.rule },
+    });
 }
 
 /** The rule set each registry answers to: its own rules, else mirror.rules; none when neither is set. */

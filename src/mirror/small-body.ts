@@ -4,7 +4,11 @@
  * the stream is cancelled, so a misbehaving upstream can make crm neither buffer megabytes nor
  * wait forever for a few bytes.
  */
-export async function readSmallBody(res: Response, limit: number, timeoutMs: number): Promise<{ bytes: Uint8Array; truncated: boolean }> {
+export async function readSmallBody(
+  res: Response,
+  limit: number,
+  timeoutMs: number,
+): Promise<{ bytes: Uint8Array; truncated: boolean }> {
   if (res.body === null) return { bytes: new Uint8Array(0), truncated: false };
   const reader = res.body.getReader();
   let timedOut = false;

@@ -41,7 +41,11 @@ export function shareMirrorState(rt: Runtime, shared: MirrorShared): void {
 export function mirrorState(rt: Runtime): MirrorState {
   let s = states.get(rt);
   if (!s) {
-    const made: MirrorState = { cache: new ManifestCache(rt.config.mirror.manifestCache), quota: new QuotaTracker(), shared: sharing.get(rt) ?? null };
+    const made: MirrorState = {
+      cache: new ManifestCache(rt.config.mirror.manifestCache),
+      quota: new QuotaTracker(),
+      shared: sharing.get(rt) ?? null,
+    };
     rt.metrics.sections.push(() => [...made.cache.metricLines(), ...made.quota.metricLines()]);
     rt.sources.quota = made.quota;
     rt.sources.manifestCache = made.cache;

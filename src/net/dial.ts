@@ -3,7 +3,12 @@
  * DialError whose reason picks the status: refused/DNS → 502, timeout → 504.
  */
 import type { Socket, SocketHandler } from "bun";
-import { classifyNetworkError, DialError, PrivateAddressError, SelfTargetError } from "../errors.ts";
+import {
+  classifyNetworkError,
+  DialError,
+  PrivateAddressError,
+  SelfTargetError,
+} from "../errors.ts";
 import type { Resolver } from "./resolver.ts";
 import { formatHostPort } from "./host-port.ts";
 
@@ -14,7 +19,15 @@ import { formatHostPort } from "./host-port.ts";
  */
 export function lookupTarget(resolve: Resolver, host: string, target: string): Promise<string> {
   return resolve(host).catch((cause: unknown) => {
-    throw new DialError(cause instanceof PrivateAddressError ? "private" : cause instanceof SelfTargetError ? "self" : "dns", target, { cause });
+    throw new DialError(
+      cause instanceof PrivateAddressError
+        ? "private"
+        : cause instanceof SelfTargetError
+          ? "self"
+          : "dns",
+      target,
+      { cause },
+    );
   });
 }
 

@@ -19,7 +19,8 @@ export const systemResolver: Resolver = async (host) => {
   if (isIP(host)) return host;
   const all = await lookup(host, { all: true });
   const pick = all.find((a) => a.family === 4) ?? all[0];
-  if (pick === undefined) throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${host}`), { code: "ENOTFOUND" });
+  if (pick === undefined)
+    throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${host}`), { code: "ENOTFOUND" });
   return pick.address;
 };
 
@@ -29,7 +30,8 @@ export function staticResolver(names: Record<string, string | "hang">): Resolver
     if (isIP(host)) return host;
     const a = names[host];
     if (a === "hang") return new Promise<string>(() => {});
-    if (a === undefined) throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${host}`), { code: "ENOTFOUND" });
+    if (a === undefined)
+      throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${host}`), { code: "ENOTFOUND" });
     return a;
   };
 }

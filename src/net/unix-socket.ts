@@ -16,7 +16,8 @@ export async function prepareUnixPath(path: string): Promise<void> {
     if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
     throw new UnixSocketError(`cannot inspect ${path}: ${(e as Error).message}`, { cause: e });
   }
-  if (!isSocket) throw new UnixSocketError(`${path} exists and is not a socket; refusing to replace it`);
+  if (!isSocket)
+    throw new UnixSocketError(`${path} exists and is not a socket; refusing to replace it`);
   let live = false;
   try {
     const probe = await Bun.connect({ unix: path, socket: { data() {} } });

@@ -5,7 +5,18 @@ import { X509Certificate, createPrivateKey, createPublicKey, type KeyObject } fr
 import { statSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import * as E from "./errors.ts";
-import { KU, OID, hasKeyUsage, keyId, parseCertificate, pemBlocks, readBasicConstraints, readSubjectKeyId, toPem, type SigAlg } from "./x509.ts";
+import {
+  KU,
+  OID,
+  hasKeyUsage,
+  keyId,
+  parseCertificate,
+  pemBlocks,
+  readBasicConstraints,
+  readSubjectKeyId,
+  toPem,
+  type SigAlg,
+} from "./x509.ts";
 
 export interface Ca {
   /** The CA certificate, re-encoded as a single PEM block. */
@@ -35,20 +46,34 @@ async function readCaFile(path: string, what: string): Promise<Buffer> {
     return await readFile(path);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === "ENOENT" || code === "ENOTDIR") throw new E.CaFileMissingError(path, `${what} file does not exist`, { cause: err });
-    const why = code === "EISDIR" ? "is a directory" : code === "EACCES" || code === "EPERM" ? "permission denied" : String(code ?? err);
+    if (code === "ENOENT" || code === "ENOTDIR")
+      throw new E.CaFileMissingError(path, `${what} file does not exist`, { cause: err });
+    const why =
+      code === "EISDIR"
+        ? "is a directory"
+        : code === "EACCES" || code === "EPERM"
+          ? "permission denied"
+          : String(code ?? err);
     throw new E.CaFileUnreadableError(path, `cannot read ${what} file: ${why}`, { cause: err });
   }
 }
 
-export async function loadCa(certPath: string, keyPath: string, now: Date = new Date()): Promise<Ca> {
+export async function loadCa(
+  certPath: string,
+  keyPath: string,
+  now: Date = new Date(),
+): Promise<Ca> {
   const certFile = await readCaFile(certPath, "CA certificate");
   const keyFile = await readCaFile(keyPath, "CA key");
   return parseCa(certFile, keyFile, { certPath, keyPath, now });
 }
 
 /** Same checks as loadCa, for PEM already in memory; paths are only used in messages. */
-export function parseCa(certPem: string | Buffer, keyPem: string | Buffer, opts: { certPath?: string; keyPath?: string; now?: Date } = {}): Ca {
+export function parseCa(
+  certPem: string | Buffer,
+  keyPem: string | Buffer,
+  opts: { certPath?: string; keyPath?: string; now?: Date } = {},
+): Ca {
   const certName = opts.certPath ?? "<CA certificate>";
   const keyName = opts.keyPath ?? "<CA key>";
   const { der: certDer, ignored } = certificateDer(certPem, certName);
@@ -65,26 +90,45 @@ export function parseCa(certPem: string | Buffer, keyPem: string | Buffer, opts:
     mayCertSign = ku === undefined || hasKeyUsage(ku, KU.keyCertSign);
     ski = subjectKeyId && readSubjectKeyId(subjectKeyId);
   } catch (err) {
-    throw new E.CaCertInvalidError(certName, `cannot parse certificate: ${(err as Error).message}`, { cause: err });
+    throw new E.CaCertInvalidError(
+      certName,
+      `cannot parse certificate: ${(err as Error).message}`,
+      { cause: err },
+    );
   }
 
   const key = privateKey(keyPem, keyName);
   const sigAlg = signatureAlgorithm(key, keyName);
 
   if (!isCa)
-    throw new E.CaNotCaError(certName, `certificate "${cert.subject}" is not a CA (basicConstraints CA:TRUE is missing); use a CA certificate, not a server certificate`);
+    throw new E.CaNotCaError(
+      certName,
+      `certificate "${cert.subject}" is not a CA (basicConstraints CA:TRUE is missing); use a CA certificate, not a server certificate`,
+    );
   if (!mayCertSign)
-    throw new E.CaNoKeyCertSignError(certName, `certificate "${cert.subject}" has a keyUsage extension without keyCertSign, so it may not sign certificates`);
+    throw new E.CaNoKeyCertSignError(
+      certName,
+      `certificate "${cert.subject}" has a keyUsage extension without keyCertSign, so it may not sign certificates`,
+    );
 
   const spki = (k: KeyObject): Buffer => k.export({ type: "spki", format: "der" });
   if (!spki(createPublicKey(key)).equals(spki(cert.publicKey)))
-    throw new E.CaKeyMismatchError(keyName, `private key does not match the certificate in ${certName}`);
+    throw new E.CaKeyMismatchError(
+      keyName,
+      `private key does not match the certificate in ${certName}`,
+    );
 
   const now = opts.now ?? new Date();
   if (now < parsed.notBefore)
-    throw new E.CaNotYetValidError(certName, `CA certificate is not valid until ${parsed.notBefore.toISOString()} (check the system clock)`);
+    throw new E.CaNotYetValidError(
+      certName,
+      `CA certificate is not valid until ${parsed.notBefore.toISOString()} (check the system clock)`,
+    );
   if (now > parsed.notAfter)
-    throw new E.CaExpiredError(certName, `CA certificate expired on ${parsed.notAfter.toISOString()}; generate a new CA and trust it again`);
+    throw new E.CaExpiredError(
+      certName,
+      `CA certificate expired on ${parsed.notAfter.toISOString()}; generate a new CA and trust it again`,
+    );
 
   const pem = toPem(certDer);
   return {
@@ -103,7 +147,9 @@ export function parseCa(certPem: string | Buffer, keyPem: string | Buffer, opts:
   };
 }
 
-function extensionsOf(p: ReturnType<typeof parseCertificate>): Record<"basicConstraints" | "keyUsage" | "subjectKeyId", Buffer | undefined> {
+function extensionsOf(
+  p: ReturnType<typeof parseCertificate>,
+): Record<"basicConstraints" | "keyUsage" | "subjectKeyId", Buffer | undefined> {
   return {
     basicConstraints: p.extensions.get(OID.basicConstraints)?.value,
     keyUsage: p.extensions.get(OID.keyUsage)?.value,
@@ -118,25 +164,48 @@ function certificateDer(input: string | Buffer, file: string): { der: Buffer; ig
   const first = certs[0];
   if (first) return { der: first.der, ignored: certs.length - 1 };
   if (blocks.some((b) => b.label.endsWith("PRIVATE KEY")))
-    throw new E.CaCertInvalidError(file, "contains a private key but no certificate (are the certificate and key paths swapped?)");
+    throw new E.CaCertInvalidError(
+      file,
+      "contains a private key but no certificate (are the certificate and key paths swapped?)",
+    );
   if (input.length > 0 && (typeof input === "string" ? input.charCodeAt(0) : input[0]) === 0x30)
-    throw new E.CaCertInvalidError(file, `looks like DER, not PEM; convert it with: openssl x509 -inform der -in ${file} -out ca.crt`);
-  throw new E.CaCertInvalidError(file, "no PEM certificate found (expected a -----BEGIN CERTIFICATE----- block)");
+    throw new E.CaCertInvalidError(
+      file,
+      `looks like DER, not PEM; convert it with: openssl x509 -inform der -in ${file} -out ca.crt`,
+    );
+  throw new E.CaCertInvalidError(
+    file,
+    "no PEM certificate found (expected a -----BEGIN CERTIFICATE----- block)",
+  );
 }
 
 function privateKey(input: string | Buffer, file: string): KeyObject {
   const blocks = pemBlocks(input.toString("latin1"));
-  if (blocks.some((b) => b.label === "ENCRYPTED PRIVATE KEY" || (KEY_LABELS.has(b.label) && b.hasHeaders)))
-    throw new E.CaKeyInvalidError(file, `private key is encrypted, which is not supported; decrypt it with: openssl pkey -in ${file} -out ca.key`);
+  if (
+    blocks.some(
+      (b) => b.label === "ENCRYPTED PRIVATE KEY" || (KEY_LABELS.has(b.label) && b.hasHeaders),
+    )
+  )
+    throw new E.CaKeyInvalidError(
+      file,
+      `private key is encrypted, which is not supported; decrypt it with: openssl pkey -in ${file} -out ca.key`,
+    );
   const block = blocks.find((b) => KEY_LABELS.has(b.label));
   if (!block) {
-    const hint = blocks.some((b) => b.label === "CERTIFICATE") ? " (it contains a certificate: are the certificate and key paths swapped?)" : "";
-    throw new E.CaKeyInvalidError(file, `no PEM private key found (expected PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)${hint}`);
+    const hint = blocks.some((b) => b.label === "CERTIFICATE")
+      ? " (it contains a certificate: are the certificate and key paths swapped?)"
+      : "";
+    throw new E.CaKeyInvalidError(
+      file,
+      `no PEM private key found (expected PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)${hint}`,
+    );
   }
   try {
     return createPrivateKey({ key: block.text, format: "pem" });
   } catch (err) {
-    throw new E.CaKeyInvalidError(file, `cannot parse ${block.label}: ${(err as Error).message}`, { cause: err });
+    throw new E.CaKeyInvalidError(file, `cannot parse ${block.label}: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
 }
 
@@ -144,7 +213,10 @@ function signatureAlgorithm(key: KeyObject, file: string): SigAlg {
   if (key.asymmetricKeyType === "rsa") return "rsa-sha256";
   const curve = key.asymmetricKeyDetails?.namedCurve ?? "";
   if (key.asymmetricKeyType === "ec" && CURVES.has(curve)) return "ecdsa-sha256";
-  const what = key.asymmetricKeyType === "ec" ? `EC curve ${curve || "(unnamed)"}` : `${key.asymmetricKeyType ?? "unknown"} key`;
+  const what =
+    key.asymmetricKeyType === "ec"
+      ? `EC curve ${curve || "(unnamed)"}`
+      : `${key.asymmetricKeyType ?? "unknown"} key`;
   throw new E.CaKeyUnsupportedError(file, `${what} is not supported; use RSA or EC P-256/P-384`);
 }
 
@@ -157,19 +229,28 @@ export function caWarnings(ca: Ca, now: Date = new Date()): string[] {
     try {
       const mode = statSync(ca.keyPath).mode & 0o777;
       if (mode & 0o077)
-        out.push(`${ca.keyPath}: CA key is readable by group/others (mode ${mode.toString(8).padStart(4, "0")}); run: chmod 600 ${ca.keyPath}`);
+        out.push(
+          `${ca.keyPath}: CA key is readable by group/others (mode ${mode.toString(8).padStart(4, "0")}); run: chmod 600 ${ca.keyPath}`,
+        );
     } catch {
       // The key was read a moment ago; a vanished file is not worth a second error here.
     }
   }
   const daysLeft = Math.floor((ca.notAfter.getTime() - now.getTime()) / DAY);
-  if (daysLeft < 30) out.push(`${ca.certPath ?? "CA certificate"}: expires in ${daysLeft} day(s), on ${ca.notAfter.toISOString()}`);
+  if (daysLeft < 30)
+    out.push(
+      `${ca.certPath ?? "CA certificate"}: expires in ${daysLeft} day(s), on ${ca.notAfter.toISOString()}`,
+    );
   const bits = ca.key.asymmetricKeyDetails?.modulusLength;
   if (ca.sigAlg === "rsa-sha256" && bits !== undefined && bits < 2048)
     out.push(`${ca.keyPath ?? "CA key"}: RSA-${bits} is weak; current clients may reject it`);
   if (ca.ignoredCertificates > 0)
-    out.push(`${ca.certPath ?? "CA certificate"}: ${ca.ignoredCertificates} further certificate(s) after the first are ignored`);
+    out.push(
+      `${ca.certPath ?? "CA certificate"}: ${ca.ignoredCertificates} further certificate(s) after the first are ignored`,
+    );
   if (ca.chainPem)
-    out.push(`${ca.certPath ?? "CA certificate"}: CA is not self-signed; it is sent with every leaf, and clients must trust its root`);
+    out.push(
+      `${ca.certPath ?? "CA certificate"}: CA is not self-signed; it is sent with every leaf, and clients must trust its root`,
+    );
   return out;
 }

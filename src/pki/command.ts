@@ -9,7 +9,12 @@ import { DEFAULT_CA_CN, initCa, trustInstructions } from "./init.ts";
 export async function runCaInit(cmd: Extract<Command, { kind: "ca-init" }>): Promise<number> {
   try {
     const cn = cmd.cn ?? DEFAULT_CA_CN;
-    const { certPath, keyPath } = await initCa({ outDir: cmd.outDir, cn, days: cmd.days ?? undefined, force: cmd.force });
+    const { certPath, keyPath } = await initCa({
+      outDir: cmd.outDir,
+      cn,
+      days: cmd.days ?? undefined,
+      force: cmd.force,
+    });
     const cert = new X509Certificate(readFileSync(certPath));
     process.stdout.write(
       `created ${certPath} and ${keyPath} (mode 0600)\n` +
@@ -28,5 +33,9 @@ export async function runCaInit(cmd: Extract<Command, { kind: "ca-init" }>): Pro
 }
 
 function isFsError(err: unknown): err is NodeJS.ErrnoException {
-  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === "string" && typeof (err as NodeJS.ErrnoException).syscall === "string";
+  return (
+    err instanceof Error &&
+    typeof (err as NodeJS.ErrnoException).code === "string" &&
+    typeof (err as NodeJS.ErrnoException).syscall === "string"
+  );
 }

@@ -50,7 +50,8 @@ export function oid(dotted: string): Buffer {
   const out: number[] = [];
   for (const arc of [a * 40 + b, ...rest]) {
     const chunk: number[] = [arc & 0x7f];
-    for (let n = Math.floor(arc / 128); n > 0; n = Math.floor(n / 128)) chunk.unshift(0x80 | (n & 0x7f));
+    for (let n = Math.floor(arc / 128); n > 0; n = Math.floor(n / 128))
+      chunk.unshift(0x80 | (n & 0x7f));
     out.push(...chunk);
   }
   return tlv(0x06, Buffer.from(out));
@@ -114,7 +115,7 @@ export function read(buf: Bytes, offset = 0, limit = buf.length): Node {
 
 export function children(buf: Bytes, node: Node): Node[] {
   const out: Node[] = [];
-  for (let p = node.body; p < node.end; ) {
+  for (let p = node.body; p < node.end;) {
     const c = read(buf, p, node.end);
     out.push(c);
     p = c.end;
@@ -122,8 +123,10 @@ export function children(buf: Bytes, node: Node): Node[] {
   return out;
 }
 
-export const content = (buf: Bytes, n: Node): Buffer => Buffer.from(buf.buffer, buf.byteOffset + n.body, n.end - n.body);
-export const whole = (buf: Bytes, n: Node): Buffer => Buffer.from(buf.buffer, buf.byteOffset + n.start, n.end - n.start);
+export const content = (buf: Bytes, n: Node): Buffer =>
+  Buffer.from(buf.buffer, buf.byteOffset + n.body, n.end - n.body);
+export const whole = (buf: Bytes, n: Node): Buffer =>
+  Buffer.from(buf.buffer, buf.byteOffset + n.start, n.end - n.start);
 
 export function readOid(buf: Bytes, n: Node): string {
   const b = content(buf, n);
@@ -143,9 +146,15 @@ export function readOid(buf: Bytes, n: Node): string {
 
 export function readTime(buf: Bytes, n: Node): Date {
   const s = content(buf, n).toString("ascii");
-  const m = (n.tag === 0x17 ? /^(\d\d)(\d\d)(\d\d)(\d\d)(\d\d)(\d\d)Z$/ : /^(\d{4})(\d\d)(\d\d)(\d\d)(\d\d)(\d\d)Z$/).exec(s);
+  const m = (
+    n.tag === 0x17
+      ? /^(\d\d)(\d\d)(\d\d)(\d\d)(\d\d)(\d\d)Z$/
+      : /^(\d{4})(\d\d)(\d\d)(\d\d)(\d\d)(\d\d)Z$/
+  ).exec(s);
   if (!m) throw new DerError(`unsupported time encoding "${s}"`);
   let y = Number(m[1]);
   if (n.tag === 0x17) y += y < 50 ? 2000 : 1900;
-  return new Date(Date.UTC(y, Number(m[2]) - 1, Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6])));
+  return new Date(
+    Date.UTC(y, Number(m[2]) - 1, Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6])),
+  );
 }

@@ -25,8 +25,12 @@ export interface InitCaOptions {
 }
 
 /** A self-signed CA certificate for `key`; exported so tests can make CAs of other key types. */
-export function selfSignedCa(key: KeyObject, opts: { cn?: string; notBefore?: Date; notAfter?: Date; days?: number } = {}): string {
-  if (key.asymmetricKeyType !== "rsa" && key.asymmetricKeyType !== "ec") throw new TypeError(`unsupported CA key type ${key.asymmetricKeyType}`);
+export function selfSignedCa(
+  key: KeyObject,
+  opts: { cn?: string; notBefore?: Date; notAfter?: Date; days?: number } = {},
+): string {
+  if (key.asymmetricKeyType !== "rsa" && key.asymmetricKeyType !== "ec")
+    throw new TypeError(`unsupported CA key type ${key.asymmetricKeyType}`);
   const spki = createPublicKey(key).export({ type: "spki", format: "der" });
   const name = nameCN(opts.cn ?? DEFAULT_CA_CN);
   const now = Date.now();
@@ -40,7 +44,12 @@ export function selfSignedCa(key: KeyObject, opts: { cn?: string; notBefore?: Da
       notAfter: opts.notAfter ?? new Date(now + (opts.days ?? DEFAULT_CA_DAYS) * 86_400_000),
       spki,
       // pathLen 0: this CA only ever signs leaves, so it cannot be used to mint sub-CAs.
-      extensions: [ext.basicConstraints(true, 0), ext.keyUsage([KU.keyCertSign, KU.cRLSign]), ext.subjectKeyId(id), ext.authorityKeyId(id)],
+      extensions: [
+        ext.basicConstraints(true, 0),
+        ext.keyUsage([KU.keyCertSign, KU.cRLSign]),
+        ext.subjectKeyId(id),
+        ext.authorityKeyId(id),
+      ],
     },
     key,
     key.asymmetricKeyType === "rsa" ? "rsa-sha256" : "ecdsa-sha256",
@@ -53,7 +62,11 @@ export async function initCa(opts: InitCaOptions): Promise<{ certPath: string; k
   const keyPath = join(opts.outDir, "ca.key");
   if (!opts.force) {
     for (const p of [keyPath, certPath])
-      if (existsSync(p)) throw new CaInitExistsError(p, "already exists; refusing to overwrite a CA that clients may trust (pass force to replace it)");
+      if (existsSync(p))
+        throw new CaInitExistsError(
+          p,
+          "already exists; refusing to overwrite a CA that clients may trust (pass force to replace it)",
+        );
   }
   // 0700 only applies to directories created here; an existing outDir keeps its mode.
   await mkdir(opts.outDir, { recursive: true, mode: 0o700 });
@@ -72,7 +85,12 @@ export async function initCa(opts: InitCaOptions): Promise<{ certPath: string; k
     await writeNew(certPath + suffix, certPem, 0o644);
     written.push(certPath + suffix);
     if (!opts.force) {
-      for (const p of [keyPath, certPath]) if (existsSync(p)) throw new CaInitExistsError(p, "appeared while the CA was being created; not overwriting it");
+      for (const p of [keyPath, certPath])
+        if (existsSync(p))
+          throw new CaInitExistsError(
+            p,
+            "appeared while the CA was being created; not overwriting it",
+          );
     }
     await rename(keyPath + suffix, keyPath);
     await rename(certPath + suffix, certPath);
@@ -95,7 +113,10 @@ async function writeNew(path: string, data: string, mode: number): Promise<void>
 }
 
 /** Human-readable steps to make clients trust the CA; `proxy` is the crm listen URL for the check. */
-export function trustInstructions(certPath: string, opts: { cn?: string; proxy?: string } = {}): string {
+export function trustInstructions(
+  certPath: string,
+  opts: { cn?: string; proxy?: string } = {},
+): string {
   const cn = opts.cn ?? DEFAULT_CA_CN;
   const proxy = opts.proxy ?? "http://127.0.0.1:8080";
   return `Trust the crm MITM CA (${certPath}) on the machines whose traffic you want to inspect.

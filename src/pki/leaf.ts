@@ -24,7 +24,10 @@ export interface LeafOptions {
 
 export class InvalidHostError extends Error {
   readonly code = "LEAF_INVALID_HOST";
-  constructor(readonly host: string, reason: string) {
+  constructor(
+    readonly host: string,
+    reason: string,
+  ) {
     super(`cannot issue a certificate for "${host}": ${reason}`);
     this.name = "InvalidHostError";
   }
@@ -49,7 +52,8 @@ export function normalizeHost(input: string): Host {
   // A zone ("fe80::1%eth0") is local to this machine and cannot appear in a certificate.
   const bare = h.replace(/%.*$/, "");
   const family = isIP(bare);
-  if (bracketed && family !== 6) throw new InvalidHostError(input, "brackets hold only IPv6 addresses");
+  if (bracketed && family !== 6)
+    throw new InvalidHostError(input, "brackets hold only IPv6 addresses");
   if (family === 4) return { name: bare, ip: Buffer.from(bare.split(".").map(Number)) };
   if (family === 6) return { name: bare, ip: ipv6Bytes(bare) };
   h = h.replace(/\.$/, "");
@@ -74,7 +78,8 @@ function ipv6Bytes(ip: string): Buffer {
   const [head = "", tail] = ip.split("::");
   const h = groups(head);
   const t = tail === undefined ? [] : groups(tail);
-  const words = tail === undefined ? h : [...h, ...new Array<number>(8 - h.length - t.length).fill(0), ...t];
+  const words =
+    tail === undefined ? h : [...h, ...new Array<number>(8 - h.length - t.length).fill(0), ...t];
   const out = Buffer.alloc(16);
   words.forEach((w, i) => out.writeUInt16BE(w, i * 2));
   return out;
@@ -115,7 +120,9 @@ export class LeafIssuer {
     const now = Math.floor(this.now().getTime() / 1000) * 1000;
     const notBefore = new Date(now - HOUR); // client clocks run behind
     // A leaf outliving its CA would only fail later and more confusingly.
-    const notAfter = new Date(Math.floor(Math.min(now + this.validityMs, this.ca.notAfter.getTime()) / 1000) * 1000);
+    const notAfter = new Date(
+      Math.floor(Math.min(now + this.validityMs, this.ca.notAfter.getTime()) / 1000) * 1000,
+    );
     const cert = signCertificate(
       {
         serial: randomSerial(),
@@ -124,7 +131,10 @@ export class LeafIssuer {
         notBefore,
         notAfter,
         spki: this.spki,
-        extensions: [...this.fixedExtensions, h.ip ? ext.subjectAltName([], [h.ip]) : ext.subjectAltName([h.name], [])],
+        extensions: [
+          ...this.fixedExtensions,
+          h.ip ? ext.subjectAltName([], [h.ip]) : ext.subjectAltName([h.name], []),
+        ],
       },
       this.ca.key,
       this.ca.sigAlg,

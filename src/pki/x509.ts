@@ -29,22 +29,41 @@ const ALG_ID: Record<SigAlg, Buffer> = {
 };
 
 export function extension(oid: string, critical: boolean, value: der.Bytes): Buffer {
-  return critical ? der.seq(der.oid(oid), der.bool(true), der.octets(value)) : der.seq(der.oid(oid), der.octets(value));
+  return critical
+    ? der.seq(der.oid(oid), der.bool(true), der.octets(value))
+    : der.seq(der.oid(oid), der.octets(value));
 }
 
 export const ext = {
   basicConstraints: (ca: boolean, pathLen?: number): Buffer =>
-    extension(OID.basicConstraints, true, ca ? der.seq(der.bool(true), ...(pathLen === undefined ? [] : [der.uint(pathLen)])) : der.seq()),
-  keyUsage: (bitNumbers: number[]): Buffer => extension(OID.keyUsage, true, der.namedBits(bitNumbers)),
-  extKeyUsage: (oids: string[]): Buffer => extension(OID.extKeyUsage, false, der.seq(...oids.map(der.oid))),
+    extension(
+      OID.basicConstraints,
+      true,
+      ca
+        ? der.seq(der.bool(true), ...(pathLen === undefined ? [] : [der.uint(pathLen)]))
+        : der.seq(),
+    ),
+  keyUsage: (bitNumbers: number[]): Buffer =>
+    extension(OID.keyUsage, true, der.namedBits(bitNumbers)),
+  extKeyUsage: (oids: string[]): Buffer =>
+    extension(OID.extKeyUsage, false, der.seq(...oids.map(der.oid))),
   subjectKeyId: (id: der.Bytes): Buffer => extension(OID.subjectKeyId, false, der.octets(id)),
-  authorityKeyId: (id: der.Bytes): Buffer => extension(OID.authorityKeyId, false, der.seq(der.implicit(0, id))),
+  authorityKeyId: (id: der.Bytes): Buffer =>
+    extension(OID.authorityKeyId, false, der.seq(der.implicit(0, id))),
   /** SAN entries are pre-encoded GeneralNames: dNSName [2] IA5String, iPAddress [7] OCTET STRING. */
   subjectAltName: (dns: string[], ips: der.Bytes[]): Buffer =>
-    extension(OID.subjectAltName, false, der.seq(...dns.map((d) => der.implicit(2, Buffer.from(d, "ascii"))), ...ips.map((ip) => der.implicit(7, ip)))),
+    extension(
+      OID.subjectAltName,
+      false,
+      der.seq(
+        ...dns.map((d) => der.implicit(2, Buffer.from(d, "ascii"))),
+        ...ips.map((ip) => der.implicit(7, ip)),
+      ),
+    ),
 };
 
-export const nameCN = (cn: string): Buffer => der.seq(der.set(der.seq(der.oid(OID.commonName), der.utf8(cn))));
+export const nameCN = (cn: string): Buffer =>
+  der.seq(der.set(der.seq(der.oid(OID.commonName), der.utf8(cn))));
 
 /** 16 random bytes with the top bit clear: positive, and never more than the 20-octet limit. */
 export function randomSerial(): Buffer {
@@ -56,7 +75,8 @@ export function randomSerial(): Buffer {
 /** RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits. Matches what OpenSSL puts in SKI. */
 export function keyId(spki: der.Bytes): Buffer {
   const [, bitString] = der.children(spki, der.read(spki));
-  if (!bitString || bitString.tag !== 0x03) throw new der.DerError("SubjectPublicKeyInfo without a BIT STRING");
+  if (!bitString || bitString.tag !== 0x03)
+    throw new der.DerError("SubjectPublicKeyInfo without a BIT STRING");
   return createHash("sha1").update(der.content(spki, bitString).subarray(1)).digest();
 }
 
@@ -90,7 +110,10 @@ export function signCertificate(spec: CertSpec, key: KeyObject, alg: SigAlg): Bu
 }
 
 export function toPem(body: der.Bytes, label = "CERTIFICATE"): string {
-  const b64 = Buffer.from(body).toString("base64").replace(/(.{64})/g, "$1\n").replace(/\n$/, "");
+  const b64 = Buffer.from(body)
+    .toString("base64")
+    .replace(/(.{64})/g, "$1\n")
+    .replace(/\n$/, "");
   return `-----BEGIN ${label}-----\n${b64}\n-----END ${label}-----\n`;
 }
 
@@ -107,7 +130,11 @@ export function pemBlocks(text: string): PemBlock[] {
   for (const m of text.matchAll(/-----BEGIN ([A-Z0-9 ]+)-----\r?\n([\s\S]*?)-----END \1-----/g)) {
     const body = m[2] ?? "";
     const hasHeaders = /^[A-Za-z-]+:/m.test(body);
-    const b64 = body.split(/\r?\n/).filter((l) => !l.includes(":")).join("").replace(/\s+/g, "");
+    const b64 = body
+      .split(/\r?\n/)
+      .filter((l) => !l.includes(":"))
+      .join("")
+      .replace(/\s+/g, "");
     // Buffer.from(…, "base64") silently skips junk; reject it so garbage is reported as garbage.
     if (!/^[A-Za-z0-9+/]*={0,2}$/.test(b64)) continue;
     out.push({ label: m[1] ?? "", der: Buffer.from(b64, "base64"), hasHeaders, text: m[0] });
@@ -130,7 +157,8 @@ export function parseCertificate(buf: der.Bytes): ParsedCert {
   let fields = der.children(buf, tbsNode);
   if (fields[0]?.tag === 0xa0) fields = fields.slice(1); // version is optional (v1)
   const [, , issuer, validity, subject, spki, ...rest] = fields;
-  if (!issuer || !validity || !subject || !spki) throw new der.DerError("TBSCertificate is missing fields");
+  if (!issuer || !validity || !subject || !spki)
+    throw new der.DerError("TBSCertificate is missing fields");
   const [nb, na] = der.children(buf, validity);
   if (!nb || !na) throw new der.DerError("Validity is missing fields");
   const extensions = new Map<string, { critical: boolean; value: Buffer }>();
@@ -141,7 +169,8 @@ export function parseCertificate(buf: der.Bytes): ParsedCert {
     const id = parts[0];
     const value = parts[parts.length - 1];
     if (!id || !value || parts.length < 2) throw new der.DerError("malformed Extension");
-    const critical = parts.length === 3 && parts[1]?.tag === 0x01 && (buf[parts[1].body] ?? 0) !== 0;
+    const critical =
+      parts.length === 3 && parts[1]?.tag === 0x01 && (buf[parts[1].body] ?? 0) !== 0;
     extensions.set(der.readOid(buf, id), { critical, value: der.content(buf, value) });
   }
   return {

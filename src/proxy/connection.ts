@@ -8,13 +8,29 @@ import { isUnknownClient, stripForwarding, unknownClient } from "../access/clien
 import { DialError, HttpError } from "../errors.ts";
 import type { Runtime } from "../context.ts";
 import { BodyFeeder } from "../http/body.ts";
-import { headerValue, readRequestHead, requestFraming, wantsKeepAlive, type RequestHead } from "../http/head.ts";
+import {
+  headerValue,
+  readRequestHead,
+  requestFraming,
+  wantsKeepAlive,
+  type RequestHead,
+} from "../http/head.ts";
 import { errorHead, writeResponse, type WriteResult } from "../http/response.ts";
 import { formatHeaders, redactUrl } from "../log.ts";
 import type { RequestKind } from "../metrics.ts";
 import { Outbox } from "../net/outbox.ts";
 import { readProxyHeader } from "../access/proxy-protocol.ts";
-import { isForward, isLocal, type Authority, type ConnectRoute, type Exchange, type ForwardRoute, type HttpRoute, type LocalRoute, type Route } from "./exchange.ts";
+import {
+  isForward,
+  isLocal,
+  type Authority,
+  type ConnectRoute,
+  type Exchange,
+  type ForwardRoute,
+  type HttpRoute,
+  type LocalRoute,
+  type Route,
+} from "./exchange.ts";
 import { errorAnswer } from "./error-answer.ts";
 import { admit } from "./request-gate.ts";
 import { route } from "./router.ts";
@@ -167,10 +183,11 @@ export class Connection {
       // upstream request is cancelled as for an RST. After a body it may be an HTTP/1.0-style
       // half-close that still waits for the answer (the feeder ignores a FIN after the body).
       // A client that pipelined sends its FIN after its last request and still reads every answer.
-      else if (this.buf === null && !this.pipelined) this.abort?.abort(new Error("client sent FIN"));
-    }
-    else if (this.phase === "head" || this.phase === "proxy") {
-      if (this.buf !== null && this.buf.length > 0) this.fail(new HttpError(400, "connection closed inside the request head"));
+      else if (this.buf === null && !this.pipelined)
+        this.abort?.abort(new Error("client sent FIN"));
+    } else if (this.phase === "head" || this.phase === "proxy") {
+      if (this.buf !== null && this.buf.length > 0)
+        this.fail(new HttpError(400, "connection closed inside the request head"));
       else this.close();
     }
   }
@@ -191,11 +208,13 @@ export class Connection {
       this.socket.terminate();
       return;
     }
-    if (this.phase === "proxy") this.fail(new HttpError(400, "PROXY protocol header not received in time"));
+    if (this.phase === "proxy")
+      this.fail(new HttpError(400, "PROXY protocol header not received in time"));
     else if (this.phase === "head") {
       // A client that never finished its head gets 408 (RFC 9110 §15.5.9); an idle kept-alive
       // connection is simply closed, as clients expect.
-      if (this.buf !== null || this.requests === 0) this.fail(new HttpError(408, "request head not received in time"));
+      if (this.buf !== null || this.requests === 0)
+        this.fail(new HttpError(408, "request head not received in time"));
       else this.close();
     } else if (this.phase === "tunnel") {
       this.rt.log.debug("tunnel idle timeout", { client: this.client });
@@ -254,7 +273,8 @@ export class Connection {
   fail(err: HttpError | DialError, method = "GET"): void {
     if (this.phase === "closed") return;
     // Anything else thrown while reading a request is still answered as a bad request.
-    if (!(err instanceof HttpError) && !(err instanceof DialError)) err = new HttpError(400, "malformed request", { cause: err });
+    if (!(err instanceof HttpError) && !(err instanceof DialError))
+      err = new HttpError(400, "malformed request", { cause: err });
     const headers = err instanceof HttpError ? err.headers : {};
     this.outbox.write(errorHead(err.status, err.message, headers, method));
     void this.closeAfterFlush();
@@ -294,15 +314,25 @@ export class Connection {
     const buf = this.buf as Buffer;
     // Only the balancer may name the client: from anyone else a PROXY header is a forged identity.
     if (!this.rt.clientAddress.trusts(this.peer)) {
-      this.rt.log.warn("PROXY header from a peer not in access.trusted_proxies, refused", { peer: this.peer });
-      this.fail(new HttpError(400, "this listener takes connections only from the balancers in access.trusted_proxies"));
+      this.rt.log.warn("PROXY header from a peer not in access.trusted_proxies, refused", {
+        peer: this.peer,
+      });
+      this.fail(
+        new HttpError(
+          400,
+          "this listener takes connections only from the balancers in access.trusted_proxies",
+        ),
+      );
       return;
     }
     let r;
     try {
       r = readProxyHeader(buf);
     } catch (e) {
-      this.rt.log.warn("connection without a valid PROXY header, refused", { peer: this.peer, reason: (e as Error).message });
+      this.rt.log.warn("connection without a valid PROXY header, refused", {
+        peer: this.peer,
+        reason: (e as Error).message,
+      });
       this.fail(new HttpError(400, (e as Error).message, { cause: e }));
       return;
     }
@@ -341,7 +371,9 @@ export class Connection {
     this.buf = null;
     const { head, rest } = r;
     // With a cluster, the request's hooks share one store budget (cluster/budget.ts).
-    void (this.rt.access.shared !== null ? withStoreBudget(() => this.handle(head, rest)) : this.handle(head, rest));
+    void (this.rt.access.shared !== null
+      ? withStoreBudget(() => this.handle(head, rest))
+      : this.handle(head, rest));
   }
 
   private onRequestBytes(d: Buffer): void {
@@ -407,13 +439,17 @@ export class Connection {
     if (tunnelled !== null) {
       this.client = tunnelled;
       stripForwarding(head.headers);
-    } else if (this.secureAuthority === null && this.proxied === null) this.client = this.rt.clientAddress.resolve(this.peer, head.headers);
+    } else if (this.secureAuthority === null && this.proxied === null)
+      this.client = this.rt.clientAddress.resolve(this.peer, head.headers);
     else stripForwarding(head.headers);
     // A balancer's health check (v2 LOCAL) names no client and must still reach /healthz.
     const healthCheck = isUnknownClient(this.client) && head.target === "/healthz";
     if (this.client !== this.peer && !healthCheck && !this.rt.access.clientAllowed(this.client)) {
       // access.clients holds for the client a trusted front names, as for a direct one.
-      this.rt.log.info("client not in access.clients, refused", { client: this.client, via: this.peer });
+      this.rt.log.info("client not in access.clients, refused", {
+        client: this.client,
+        via: this.peer,
+      });
       this.fail(new HttpError(403, "crm: your address is not in access.clients"), head.method);
       return false;
     }
@@ -425,16 +461,28 @@ export class Connection {
     // Proxy requests authenticate before the allow-list is consulted, so a stranger cannot map
     // the allow-list by telling 403 from 407. RFC 9110 §11.7.2: the credentials are crm's own
     // and are removed as hop-by-hop before anything is forwarded.
-    const proxyRequest = this.secureAuthority === null && (head.method === "CONNECT" || !head.target.startsWith("/"));
+    const proxyRequest =
+      this.secureAuthority === null && (head.method === "CONNECT" || !head.target.startsWith("/"));
     // A stranger let in for ACME challenges never proxies: refused before any limit or password
     // check spends anything on it (plain-listener.ts answers its challenge requests).
     if (proxyRequest && this.challengeOnly) {
-      this.rt.log.debug("proxy request from outside access.clients on the ACME plain listener, refused", { client: this.client });
-      this.fail(new HttpError(403, "crm: only ACME challenges are answered for your address"), head.method);
+      this.rt.log.debug(
+        "proxy request from outside access.clients on the ACME plain listener, refused",
+        { client: this.client },
+      );
+      this.fail(
+        new HttpError(403, "crm: only ACME challenges are answered for your address"),
+        head.method,
+      );
       return false;
     }
     if (proxyRequest) {
-      let refusal = admit(this.rt, "proxy", this.client, headerValue(head.headers, "proxy-authorization"));
+      let refusal = admit(
+        this.rt,
+        "proxy",
+        this.client,
+        headerValue(head.headers, "proxy-authorization"),
+      );
       if (refusal instanceof Promise) {
         this.pause();
         refusal = await refusal;
@@ -443,8 +491,17 @@ export class Connection {
       }
       if (refusal !== null) {
         const what = refusal.reason === "rate" ? "rate limited" : "proxy authentication failed";
-        this.rt.log.info(what, { client: this.client, method: head.method, target: redactUrl(head.target), status: refusal.status, retry_after: refusal.headers["retry-after"] });
-        this.fail(new HttpError(refusal.status, refusal.message, { headers: refusal.headers }), head.method);
+        this.rt.log.info(what, {
+          client: this.client,
+          method: head.method,
+          target: redactUrl(head.target),
+          status: refusal.status,
+          retry_after: refusal.headers["retry-after"],
+        });
+        this.fail(
+          new HttpError(refusal.status, refusal.message, { headers: refusal.headers }),
+          head.method,
+        );
         return false;
       }
     }
@@ -457,9 +514,29 @@ export class Connection {
       return route(head, this.rt.policy, this.secureAuthority);
     } catch (e) {
       const err = e as HttpError;
-      this.rt.metrics.observe(head.method === "CONNECT" ? "connect" : "forward", err.status, 0, 0, (performance.now() - started) / 1000);
-      if (err.status === 403) this.rt.log.info("refused", { client: this.client, method: head.method, target: redactUrl(head.target), reason: err.message });
-      recordRefusal(this.rt, this.client, head.method === "CONNECT" ? "connect" : "forward", head.method, redactUrl(head.target), err.status, err.message);
+      this.rt.metrics.observe(
+        head.method === "CONNECT" ? "connect" : "forward",
+        err.status,
+        0,
+        0,
+        (performance.now() - started) / 1000,
+      );
+      if (err.status === 403)
+        this.rt.log.info("refused", {
+          client: this.client,
+          method: head.method,
+          target: redactUrl(head.target),
+          reason: err.message,
+        });
+      recordRefusal(
+        this.rt,
+        this.client,
+        head.method === "CONNECT" ? "connect" : "forward",
+        head.method,
+        redactUrl(head.target),
+        err.status,
+        err.message,
+      );
       this.fail(err, head.method);
       return null;
     }
@@ -471,15 +548,20 @@ export class Connection {
     try {
       const framing = requestFraming(head);
       const expect = headerValue(head.headers, "expect");
-      if (expect !== null && expect.toLowerCase() !== "100-continue") throw new HttpError(417, `unsupported Expect: ${expect}`);
+      if (expect !== null && expect.toLowerCase() !== "100-continue")
+        throw new HttpError(417, `unsupported Expect: ${expect}`);
       const maxBody = r.kind === "forward" ? this.rt.config.limits.maxBody : Infinity;
       if (framing.kind === "length" && framing.length > maxBody) {
-        throw new HttpError(413, `request body of ${framing.length} bytes exceeds limits.max_body (${maxBody} bytes)`);
+        throw new HttpError(
+          413,
+          `request body of ${framing.length} bytes exceeds limits.max_body (${maxBody} bytes)`,
+        );
       }
       if (framing.kind !== "none") {
         feeder = new BodyFeeder(framing, this, maxBody);
         // RFC 9110 §10.1.1: the request passed every check, so the client may send its body.
-        if (expect !== null && r.kind === "forward" && rest.length === 0) this.outbox.write("HTTP/1.1 100 Continue\r\n\r\n");
+        if (expect !== null && r.kind === "forward" && rest.length === 0)
+          this.outbox.write("HTTP/1.1 100 Continue\r\n\r\n");
       }
     } catch (e) {
       this.fail(e as HttpError, head.method);
@@ -489,7 +571,12 @@ export class Connection {
   }
 
   /** An HTTP request with its handler: dispatch, write the answer, then keep or end the connection. */
-  private async exchange(head: RequestHead, r: HttpRoute, rest: Buffer, started: number): Promise<void> {
+  private async exchange(
+    head: RequestHead,
+    r: HttpRoute,
+    rest: Buffer,
+    started: number,
+  ): Promise<void> {
     const feeder = this.bodyOf(head, r, rest);
     if (feeder === undefined) return;
     this.touch();
@@ -505,15 +592,39 @@ export class Connection {
     }
     if (this.buf === null && (feeder === null || feeder.wantsMore)) this.resume();
 
-    const ex: Exchange = { head, route: r, body: feeder, client: this.client, id: this.rt.journal.nextId(), signal: abort.signal, logFields: {}, pull: null, tracked: null };
-    if (this.rt.log.enabled("debug")) this.rt.log.debug(`> ${head.method} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(head.headers) });
+    const ex: Exchange = {
+      head,
+      route: r,
+      body: feeder,
+      client: this.client,
+      id: this.rt.journal.nextId(),
+      signal: abort.signal,
+      logFields: {},
+      pull: null,
+      tracked: null,
+    };
+    if (this.rt.log.enabled("debug"))
+      this.rt.log.debug(`> ${head.method} ${redactUrl(head.target)}`, {
+        client: this.client,
+        headers: formatHeaders(head.headers),
+      });
     let sent = 0;
-    trackExchange(this.rt, ex, () => redactUrl(r.kind === "forward" ? r.url.href : head.target), () => (this.secureAuthority ? "mitm" : (ex.kind ?? ex.route.kind)), () => sent + (feeder?.bytes ?? 0));
+    trackExchange(
+      this.rt,
+      ex,
+      () => redactUrl(r.kind === "forward" ? r.url.href : head.target),
+      () => (this.secureAuthority ? "mitm" : (ex.kind ?? ex.route.kind)),
+      () => sent + (feeder?.bytes ?? 0),
+    );
     let res: Response;
     // Every error crm answers itself ends the connection (nothing of a failed exchange lingers).
     let ownError = false;
     try {
-      res = await (isForward(ex) ? this.dispatch.forward(ex) : isLocal(ex) ? this.dispatch.local(ex) : Promise.reject(new Error("no handler for this route")));
+      res = await (isForward(ex)
+        ? this.dispatch.forward(ex)
+        : isLocal(ex)
+          ? this.dispatch.local(ex)
+          : Promise.reject(new Error("no handler for this route")));
     } catch (e) {
       // A malformed request body seen mid-stream, not the handler's failure, is the answer.
       const answer = errorAnswer(this.bodyError ?? e, ex, this.rt);
@@ -527,16 +638,26 @@ export class Connection {
       this.logRequest(ex, res.status, 0, started, "client gone");
       return;
     }
-    if (this.rt.log.enabled("debug")) this.rt.log.debug(`< ${res.status} ${redactUrl(head.target)}`, { client: this.client, headers: formatHeaders(res.headers) });
+    if (this.rt.log.enabled("debug"))
+      this.rt.log.debug(`< ${res.status} ${redactUrl(head.target)}`, {
+        client: this.client,
+        headers: formatHeaders(res.headers),
+      });
     // A client that pipelined more requests before its FIN still gets every answer.
     const ended = this.peerEnded && this.buf === null;
     // A stranger's connection serves one challenge answer: a kept-alive one would be a budget
     // slot it could hold with a GET now and then, keeping the CA's validators out.
-    const keepAlive = wantsKeepAlive(head) && !this.rt.draining && !ended && !ownError && !this.challengeOnly;
-    const w = await writeResponse(this.outbox, res, { method: head.method, version: head.version, keepAlive, progress: (bytes) => {
+    const keepAlive =
+      wantsKeepAlive(head) && !this.rt.draining && !ended && !ownError && !this.challengeOnly;
+    const w = await writeResponse(this.outbox, res, {
+      method: head.method,
+      version: head.version,
+      keepAlive,
+      progress: (bytes) => {
         sent = bytes;
         this.touch();
-      } });
+      },
+    });
     this.logRequest(ex, res.status, w.bytes, started, w.complete ? undefined : "incomplete");
     this.abort = null;
     this.feeder = null;
@@ -546,24 +667,36 @@ export class Connection {
   }
 
   /** After an answer: the next request on this connection, or its end (cut, reset or flushed). */
-  private async afterAnswer(head: RequestHead, res: Response, w: WriteResult, bodyRead: boolean): Promise<void> {
+  private async afterAnswer(
+    head: RequestHead,
+    res: Response,
+    w: WriteResult,
+    bodyRead: boolean,
+  ): Promise<void> {
     if (!w.keepAlive || !bodyRead || this.rt.draining || (this.peerEnded && this.buf === null)) {
       // An incomplete body must look truncated to the client, so nothing more is flushed. When
       // the close itself delimits the body (HTTP/1.0, no Content-Length), a FIN would make the cut
       // body look whole: reset the connection instead (RFC 9112 §6.3, §8).
-      if (!w.complete && head.version === "HTTP/1.0" && !/^\d+$/.test(res.headers.get("content-length") ?? "")) this.reset();
+      if (
+        !w.complete &&
+        head.version === "HTTP/1.0" &&
+        !/^\d+$/.test(res.headers.get("content-length") ?? "")
+      )
+        this.reset();
       else if (!w.complete) this.close();
       else await this.closeAfterFlush();
       return;
     }
     this.phase = "head";
-    this.deadline = Date.now() + (this.challengeOnly ? this.headMs : this.rt.config.timeouts.idleMs);
+    this.deadline =
+      Date.now() + (this.challengeOnly ? this.headMs : this.rt.config.timeouts.idleMs);
     if (this.buf !== null) {
       this.deadline = Date.now() + this.headMs;
       this.resume();
       this.readHead();
       // The client has finished sending, so a head still incomplete now never will be.
-      if (this.peerEnded && this.phase === "head" && this.buf !== null) this.fail(new HttpError(400, "connection closed inside the request head"));
+      if (this.peerEnded && this.phase === "head" && this.buf !== null)
+        this.fail(new HttpError(400, "connection closed inside the request head"));
     } else {
       // Idle with every answer out: the pipeline, if there was one, is over.
       this.pipelined = false;
@@ -571,7 +704,13 @@ export class Connection {
     }
   }
 
-  private logRequest(ex: Exchange, status: number, bytesOut: number, started: number, note?: string): void {
+  private logRequest(
+    ex: Exchange,
+    status: number,
+    bytesOut: number,
+    started: number,
+    note?: string,
+  ): void {
     const kind: RequestKind = this.secureAuthority ? "mitm" : (ex.kind ?? ex.route.kind);
     const ms = performance.now() - started;
     this.rt.metrics.observe(kind, status, this.feeder?.bytes ?? 0, bytesOut, ms / 1000);

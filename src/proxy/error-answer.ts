@@ -23,16 +23,31 @@ export function errorAnswer(e: unknown, ex: Exchange, rt: Runtime): ErrorAnswer 
   if (e instanceof HttpError || e instanceof DialError) {
     if (e instanceof DialError) {
       rt.metrics.upstreamError(e.reason);
-      rt.log.warn("upstream failed", { client: ex.client, target: redactUrl(ex.head.target), reason: e.message });
+      rt.log.warn("upstream failed", {
+        client: ex.client,
+        target: redactUrl(ex.head.target),
+        reason: e.message,
+      });
     }
     const headers = e instanceof HttpError ? e.headers : {};
-    return { res: textResponse(e.status, `crm: ${e.message.replace(/^crm: /, "")}`, headers), close: true };
+    return {
+      res: textResponse(e.status, `crm: ${e.message.replace(/^crm: /, "")}`, headers),
+      close: true,
+    };
   }
   if (ex.signal.aborted) {
     // The client left (RST, FIN) or the request idled out: a cancellation, never an internal error.
-    rt.log.debug("request cancelled", { client: ex.client, target: redactUrl(ex.head.target), reason: e instanceof Error ? e.message : String(e) });
+    rt.log.debug("request cancelled", {
+      client: ex.client,
+      target: redactUrl(ex.head.target),
+      reason: e instanceof Error ? e.message : String(e),
+    });
     return { res: textResponse(503, "crm: request cancelled"), close: true };
   }
-  rt.log.error("handler failed", { client: ex.client, target: redactUrl(ex.head.target), error: e instanceof Error ? e.message : String(e) });
+  rt.log.error("handler failed", {
+    client: ex.client,
+    target: redactUrl(ex.head.target),
+    error: e instanceof Error ? e.message : String(e),
+  });
   return { res: textResponse(500, "crm: internal error"), close: true };
 }

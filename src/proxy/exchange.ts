@@ -59,7 +59,10 @@ export interface Exchange<R extends HttpRoute = HttpRoute> {
   tracked: Active | null;
 }
 
-export type Handler<R extends HttpRoute> = (ex: Exchange<R>, rt: Runtime) => Promise<Response> | Response;
+export type Handler<R extends HttpRoute> = (
+  ex: Exchange<R>,
+  rt: Runtime,
+) => Promise<Response> | Response;
 
 /** crm's own endpoints and the mirror: origin-form requests. */
 export type LocalHandler = Handler<LocalRoute>;

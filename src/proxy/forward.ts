@@ -41,7 +41,11 @@ export async function forward(ex: Exchange<ForwardRoute>, rt: Runtime): Promise<
     headTimeoutMs: rt.config.timeouts.upstreamHeaderMs,
     connectTimeoutMs: rt.config.timeouts.connectMs,
     // The SSRF guard, and never crm itself: it would come back in from crm's own address.
-    resolve: refusingSelf(rt.resolve, rt.self, Number(url.port) || (url.protocol === "https:" ? 443 : 80)),
+    resolve: refusingSelf(
+      rt.resolve,
+      rt.self,
+      Number(url.port) || (url.protocol === "https:" ? 443 : 80),
+    ),
     insecureTls: rt.config.insecureTls,
   });
   // Framing fields go (the writer frames the body), hop-by-hop ones too (RFC 9110 §7.6.1), and
@@ -50,7 +54,11 @@ export async function forward(ex: Exchange<ForwardRoute>, rt: Runtime): Promise<
   for (const [k, v] of endToEnd(up.headers, NOT_RELAYED)) out.append(k, v);
   if (up.contentLength !== null) out.set("content-length", String(up.contentLength));
   out.set("via", addVia(headerValue(up.headers, "via")));
-  return relayedResponse(up.body, { status: up.status, statusText: statusText(up.reason), headers: out });
+  return relayedResponse(up.body, {
+    status: up.status,
+    statusText: statusText(up.reason),
+    headers: out,
+  });
 }
 
 /** A reason phrase the Response constructor takes (obs-text and odd bytes are dropped). */

@@ -44,7 +44,10 @@ export class ConnectionSet {
 }
 
 /** Socket handlers that drive a Connection; shared by the plain listener and MITM's TLS sockets. */
-export function connectionHandlers(conns: ConnectionSet, create: (s: Socket<SocketData>) => Connection): SocketHandler<SocketData> {
+export function connectionHandlers(
+  conns: ConnectionSet,
+  create: (s: Socket<SocketData>) => Connection,
+): SocketHandler<SocketData> {
   return {
     open(s) {
       const c = create(s);
@@ -118,7 +121,11 @@ export class Admission {
           ? errorHead(429, "crm: too many connections from your address", { "retry-after": "5" })
           : null;
     if (refusal !== null) {
-      rt.log.warn("connection refused: limit reached", { client: ip, total: this.total, from_client: mine });
+      rt.log.warn("connection refused: limit reached", {
+        client: ip,
+        total: this.total,
+        from_client: mine,
+      });
       s.end(refusal);
       return null;
     }
@@ -136,14 +143,20 @@ export class Admission {
     const key = networkKey(ip);
     const mine = this.strangers.get(key) ?? 0;
     if (mine >= CHALLENGE_ONLY.perClient) {
-      this.rt.log.debug("connection refused: challenge-only budget of its network reached", { client: ip, network: key, from_network: mine });
+      this.rt.log.debug("connection refused: challenge-only budget of its network reached", {
+        client: ip,
+        network: key,
+        from_network: mine,
+      });
       s.end(errorHead(429, "crm: too many connections", { "retry-after": "5" }));
       return null;
     }
     if (this.strangerSockets.size >= CHALLENGE_ONLY.total) {
       const [oldest] = this.strangerSockets.keys();
       if (oldest !== undefined) {
-        this.rt.log.debug("challenge-only budget full: oldest stranger connection closed", { client: ip });
+        this.rt.log.debug("challenge-only budget full: oldest stranger connection closed", {
+          client: ip,
+        });
         this.releaseStranger(oldest);
         oldest.terminate();
       }
@@ -177,7 +190,11 @@ export class Admission {
     const mine = this.perClient.get(clientKey(to)) ?? 0;
     if (mine >= rt.config.limits.maxConnectionsPerClient) {
       rt.log.warn("connection refused: limit reached", { client: to, from_client: mine });
-      conn.fail(new HttpError(429, "crm: too many connections from your address", { headers: { "retry-after": "5" } }));
+      conn.fail(
+        new HttpError(429, "crm: too many connections from your address", {
+          headers: { "retry-after": "5" },
+        }),
+      );
       return false;
     }
     this.release(from);
@@ -217,8 +234,13 @@ export function listen(
   tls: ListenTls | null,
   openToAll = false,
 ): SocketListener<SocketData> {
-  const proxied = addr.proxyProtocol ? (c: Connection, from: string, to: string) => admission.rebind(c, from, to) : null;
-  const handlers = connectionHandlers(conns, (s) => new Connection(s, rt, dispatch, null, undefined, proxied));
+  const proxied = addr.proxyProtocol
+    ? (c: Connection, from: string, to: string) => admission.rebind(c, from, to)
+    : null;
+  const handlers = connectionHandlers(
+    conns,
+    (s) => new Connection(s, rt, dispatch, null, undefined, proxied),
+  );
   const socket: SocketHandler<SocketData> = {
     ...handlers,
     open(s) {
@@ -233,13 +255,23 @@ export function listen(
       handlers.close?.(s, err);
     },
   };
-  const common = { allowHalfOpen: true, data: { conn: null }, socket, ...(tls ? { tls: { ...tls, ALPNProtocols: ALPN_HTTP1 } } : {}) };
+  const common = {
+    allowHalfOpen: true,
+    data: { conn: null },
+    socket,
+    ...(tls ? { tls: { ...tls, ALPNProtocols: ALPN_HTTP1 } } : {}),
+  };
   // Bun cannot change a listener's certificate, so a new one is bound beside it on the same port
   // before the old one stops (server.ts swapCertificate): SO_REUSEPORT on TLS listeners only, so
   // that window has no refused connections. Plain listeners keep the exclusive bind.
   return addr.unix !== undefined
     ? Bun.listen<SocketData>({ unix: addr.unix, ...common })
-    : Bun.listen<SocketData>({ hostname: addr.hostname, port: addr.port, ...(tls ? { reusePort: true } : {}), ...common });
+    : Bun.listen<SocketData>({
+        hostname: addr.hostname,
+        port: addr.port,
+        ...(tls ? { reusePort: true } : {}),
+        ...common,
+      });
 }
 
 /** ALPN in wire format (length-prefixed): crm speaks HTTP/1.1 only. */

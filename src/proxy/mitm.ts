@@ -17,8 +17,6 @@ import { CertCache, LeafIssuer, caWarnings, loadCa, normalizeHost, type Ca } fro
 import { formatHostPort } from "../net/host-port.ts";
 import { ESTABLISHED } from "./tunnel.ts";
 
-
-
 interface TlsData extends SocketData {
   handshaken: boolean;
   reported: boolean;
@@ -41,7 +39,8 @@ export class Mitm {
   /** Loads and checks the CA; any problem stops start-up (never a silent fallback to tunnelling). */
   static async load(config: Config): Promise<{ ca: Ca; warnings: string[] }> {
     const { caCertPath, caKeyPath } = config.mitm;
-    if (caCertPath === null || caKeyPath === null) throw new Error("mitm.enabled needs ca_cert_path and ca_key_path");
+    if (caCertPath === null || caKeyPath === null)
+      throw new Error("mitm.enabled needs ca_cert_path and ca_key_path");
     const ca = await loadCa(caCertPath, caKeyPath);
     return { ca, warnings: caWarnings(ca) };
   }
@@ -57,7 +56,10 @@ export class Mitm {
     if (rest.length > 0) {
       // The client sent its ClientHello before our 200: those bytes were read as plain data and
       // cannot be fed back into a TLS layer. Curl, Go and Docker all wait for the 200.
-      this.rt.log.warn("MITM: client sent TLS data before the CONNECT answer; closing", { client: conn.client, target });
+      this.rt.log.warn("MITM: client sent TLS data before the CONNECT answer; closing", {
+        client: conn.client,
+        target,
+      });
       conn.close();
       return true;
     }
@@ -70,15 +72,36 @@ export class Mitm {
       normalizeHost(host);
       leaf = this.certs.get(host);
     } catch (e) {
-      this.rt.log.warn("MITM: cannot issue a certificate", { client: conn.client, target, reason: (e as Error).message });
-      conn.fail(new HttpError(502, `crm cannot issue a certificate for ${JSON.stringify(host)}: ${(e as Error).message}`));
+      this.rt.log.warn("MITM: cannot issue a certificate", {
+        client: conn.client,
+        target,
+        reason: (e as Error).message,
+      });
+      conn.fail(
+        new HttpError(
+          502,
+          `crm cannot issue a certificate for ${JSON.stringify(host)}: ${(e as Error).message}`,
+        ),
+      );
       return true;
     }
     conn.outbox.write(ESTABLISHED);
     conn.handOver();
-    this.rt.upstream.preconnect(new URL(`https://${target}/`), refusingSelf(this.rt.resolve, this.rt.self, Number(new URL(`https://${target}/`).port) || 443), this.rt.config.insecureTls, this.rt.config.timeouts.connectMs);
+    this.rt.upstream.preconnect(
+      new URL(`https://${target}/`),
+      refusingSelf(
+        this.rt.resolve,
+        this.rt.self,
+        Number(new URL(`https://${target}/`).port) || 443,
+      ),
+      this.rt.config.insecureTls,
+      this.rt.config.timeouts.connectMs,
+    );
     const data: TlsData = { conn: null, handshaken: false, reported: false };
-    const base = connectionHandlers(this.conns, (s) => new Connection(s, this.rt, this.dispatch, { host, port }, conn.client));
+    const base = connectionHandlers(
+      this.conns,
+      (s) => new Connection(s, this.rt, this.dispatch, { host, port }, conn.client),
+    );
     const [, tls] = (conn.socket as Socket<SocketData>).upgradeTLS<TlsData>({
       data,
       tls: { cert: leaf.certPem, key: leaf.keyPem, ALPNProtocols: ALPN_HTTP1 },
@@ -98,18 +121,31 @@ export class Mitm {
       },
     });
     if (tls.data.conn === null) {
-      const c = new Connection(tls as unknown as Socket<SocketData>, this.rt, this.dispatch, { host, port }, conn.client);
+      const c = new Connection(
+        tls as unknown as Socket<SocketData>,
+        this.rt,
+        this.dispatch,
+        { host, port },
+        conn.client,
+      );
       tls.data.conn = c;
       this.conns.add(c);
     }
-    this.rt.log.debug("MITM: intercepting", { client: conn.client, target, certificates: this.certs.size });
+    this.rt.log.debug("MITM: intercepting", {
+      client: conn.client,
+      target,
+      certificates: this.certs.size,
+    });
     return true;
   }
 
   private rejected(client: string, target: string, err: Error | null): void {
-    this.rt.log.warn(`MITM: TLS handshake with the client failed for ${target}; the client probably does not trust crm's CA (${this.ca.certPath ?? "mitm.ca_cert_path"}): install it as described in the README, section "MITM debugging"`, {
-      client,
-      reason: err?.message ?? "connection closed during the handshake",
-    });
+    this.rt.log.warn(
+      `MITM: TLS handshake with the client failed for ${target}; the client probably does not trust crm's CA (${this.ca.certPath ?? "mitm.ca_cert_path"}): install it as described in the README, section "MITM debugging"`,
+      {
+        client,
+        reason: err?.message ?? "connection closed during the handshake",
+      },
+    );
   }
 }

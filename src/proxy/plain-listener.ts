@@ -24,7 +24,11 @@ export interface PlainListenerHooks {
   httpsPort(): number | null;
 }
 
-export function plainListenerDispatcher(inner: Dispatcher, rt: Runtime, hooks: PlainListenerHooks): Dispatcher {
+export function plainListenerDispatcher(
+  inner: Dispatcher,
+  rt: Runtime,
+  hooks: PlainListenerHooks,
+): Dispatcher {
   return {
     // Strangers were let in only for the CA's validators (see `openToAll` in listener.ts): they
     // get an origin-form GET/HEAD of a challenge and nothing else, not even a proxy request.
@@ -35,11 +39,17 @@ export function plainListenerDispatcher(inner: Dispatcher, rt: Runtime, hooks: P
     local(ex) {
       const stranger = !rt.access.clientAllowed(ex.client);
       const path = ex.route.path.split("?")[0] ?? "";
-      if (path.startsWith(CHALLENGE_PREFIX) && (!stranger || ex.head.method === "GET" || ex.head.method === "HEAD")) {
+      if (
+        path.startsWith(CHALLENGE_PREFIX) &&
+        (!stranger || ex.head.method === "GET" || ex.head.method === "HEAD")
+      ) {
         return Promise.resolve(answerChallenge(ex, rt, hooks, path.slice(CHALLENGE_PREFIX.length)));
       }
       if (stranger) return Promise.resolve(strangerRefused(ex));
-      if (rt.config.tls?.redirectHttp) return Promise.resolve(redirect(ex, hooks.httpsPort(), rt.config.tls.acme?.domains ?? hooks.certificateNames()));
+      if (rt.config.tls?.redirectHttp)
+        return Promise.resolve(
+          redirect(ex, hooks.httpsPort(), rt.config.tls.acme?.domains ?? hooks.certificateNames()),
+        );
       return inner.local(ex);
     },
     connect(conn, route, head, rest) {
@@ -57,14 +67,25 @@ function strangerRefused(ex: Exchange): Response {
   return textResponse(403, "crm: only ACME challenges are answered for your address");
 }
 
-function answerChallenge(ex: Exchange<LocalRoute>, rt: Runtime, hooks: PlainListenerHooks, token: string): Response {
-  if (ex.head.method !== "GET" && ex.head.method !== "HEAD") return textResponse(405, "method not allowed", { allow: "GET, HEAD" });
+function answerChallenge(
+  ex: Exchange<LocalRoute>,
+  rt: Runtime,
+  hooks: PlainListenerHooks,
+  token: string,
+): Response {
+  if (ex.head.method !== "GET" && ex.head.method !== "HEAD")
+    return textResponse(405, "method not allowed", { allow: "GET, HEAD" });
   const answer = /^[A-Za-z0-9_-]{1,256}$/.test(token) ? hooks.challenge(token) : null;
   ex.kind = "local";
   ex.logFields.acme = answer === null ? "unknown token" : "challenge answered";
   if (answer === null) return textResponse(404, "crm: no ACME challenge is pending for this token");
   rt.log.info("ACME: answered an http-01 challenge", { client: ex.client });
-  return new Response(answer, { headers: { "content-type": "application/octet-stream", "content-length": String(Buffer.byteLength(answer)) } });
+  return new Response(answer, {
+    headers: {
+      "content-type": "application/octet-stream",
+      "content-length": String(Buffer.byteLength(answer)),
+    },
+  });
 }
 
 /**
@@ -73,20 +94,35 @@ function answerChallenge(ex: Exchange<LocalRoute>, rt: Runtime, hooks: PlainList
  * from files) is sent to its first name instead: no redirect to a name crm cannot serve, or to
  * whatever a client put in Host.
  */
-function redirect(ex: Exchange<LocalRoute>, port: number | null, names: readonly string[]): Response {
+function redirect(
+  ex: Exchange<LocalRoute>,
+  port: number | null,
+  names: readonly string[],
+): Response {
   const hostHeader = headerValue(ex.head.headers, "host");
   let host: string;
   try {
-    host = parseAuthority(hostHeader ?? "", 80).host.toLowerCase().replace(/\.$/, "");
+    host = parseAuthority(hostHeader ?? "", 80)
+      .host.toLowerCase()
+      .replace(/\.$/, "");
   } catch {
     return textResponse(400, "crm: a Host header is needed to redirect to https");
   }
   const first = names.find((n) => !n.startsWith("*."));
   if (!names.some((n) => covers(n, host))) {
-    if (first === undefined) return textResponse(400, "crm: the certificate names no host this request could be redirected to; use https directly");
+    if (first === undefined)
+      return textResponse(
+        400,
+        "crm: the certificate names no host this request could be redirected to; use https directly",
+      );
     host = first;
   }
-  const authority = port === null || port === 443 ? (host.includes(":") ? `[${host}]` : host) : formatHostPort(host, port);
+  const authority =
+    port === null || port === 443
+      ? host.includes(":")
+        ? `[${host}]`
+        : host
+      : formatHostPort(host, port);
   const location = `https://${authority}${ex.route.path}`;
   const status = ex.head.method === "GET" || ex.head.method === "HEAD" ? 301 : 308;
   return textResponse(status, `crm: use ${location}\n`, { location });

@@ -24,10 +24,23 @@ export interface Refusal {
  * Authorization). Synchronous unless a password must be checked, so a request without users
  * configured pays no promise for it. The status page is not rate limited (`rate: false`).
  */
-export function admit(rt: Runtime, realm: Realm, client: string, authorization: string | null, rate = true): Refusal | null | Promise<Refusal | null> {
+export function admit(
+  rt: Runtime,
+  realm: Realm,
+  client: string,
+  authorization: string | null,
+  rate = true,
+): Refusal | null | Promise<Refusal | null> {
   if (rate && rt.rate.enabled) {
     // With a cluster the rate is counted in its store (limits/request-rate.ts check): a promise.
-    if (rt.rate.shared !== null) return rt.rate.check(client).then((wait) => (wait !== null ? rateRefusal(rt, client, wait) : credentials(rt, realm, client, authorization)));
+    if (rt.rate.shared !== null)
+      return rt.rate
+        .check(client)
+        .then((wait) =>
+          wait !== null
+            ? rateRefusal(rt, client, wait)
+            : credentials(rt, realm, client, authorization),
+        );
     const wait = rt.rate.take(client);
     if (wait !== null) return rateRefusal(rt, client, wait);
   }
@@ -36,10 +49,20 @@ export function admit(rt: Runtime, realm: Realm, client: string, authorization: 
 
 function rateRefusal(rt: Runtime, client: string, wait: number): Refusal {
   rt.metrics.limited(client, "rate");
-  return { status: 429, reason: "rate", message: "too many requests from your address (limits.requests_per_second)", headers: { "retry-after": String(wait) } };
+  return {
+    status: 429,
+    reason: "rate",
+    message: "too many requests from your address (limits.requests_per_second)",
+    headers: { "retry-after": String(wait) },
+  };
 }
 
-function credentials(rt: Runtime, realm: Realm, client: string, authorization: string | null): Refusal | null | Promise<Refusal | null> {
+function credentials(
+  rt: Runtime,
+  realm: Realm,
+  client: string,
+  authorization: string | null,
+): Refusal | null | Promise<Refusal | null> {
   if (!rt.access.required(realm)) return null;
   return rt.access.authenticate(realm, authorization, client).then(
     () => null,

@@ -10,23 +10,24 @@ import type { RequestHead } from "../http/head.ts";
 import { formatHostPort } from "../net/host-port.ts";
 import type { Authority, Route } from "./exchange.ts";
 
-
 /**
  * Splits `host:port` (RFC 9110 §7.2, IPv6 in brackets). Userinfo, percent-encoding and anything
  * a resolver would not take are refused: a name is checked and dialled exactly as written.
  */
 export function parseAuthority(text: string, defaultPort: number | null): Authority {
-  if (text.includes("@")) throw new HttpError(400, "user information in the request target is not allowed");
+  if (text.includes("@"))
+    throw new HttpError(400, "user information in the request target is not allowed");
   if (text.includes("%")) throw new HttpError(400, "percent-encoded host names are not allowed");
   const m = /^(\[[^\]]*\]|[^:[\]]*)(?::(\d{1,5}))?$/.exec(text);
   if (!m) throw new HttpError(400, `malformed authority ${JSON.stringify(text.slice(0, 100))}`);
   const rawHost = m[1] ?? "";
   const portText = m[2];
-  if (portText === undefined && defaultPort === null) throw new HttpError(400, "CONNECT target must be host:port");
+  if (portText === undefined && defaultPort === null)
+    throw new HttpError(400, "CONNECT target must be host:port");
   const port = portText === undefined ? (defaultPort as number) : Number(portText);
   if (port < 1 || port > 65535) throw new HttpError(400, `invalid port ${portText}`);
   const host = normalizeHost(rawHost);
-  if (host === "" || (rawHost.startsWith("[") !== host.includes(":"))) {
+  if (host === "" || rawHost.startsWith("[") !== host.includes(":")) {
     throw new HttpError(400, `invalid host ${JSON.stringify(rawHost.slice(0, 100))}`);
   }
   return { host, port };
@@ -34,14 +35,19 @@ export function parseAuthority(text: string, defaultPort: number | null): Author
 
 function refuse(policy: HostPolicy, host: string, port: number): void {
   const d = policy.check(host, port);
-  if (!d.allowed) throw new HttpError(403, `crm: ${formatHostPort(host, port)} is not allowed (${d.reason})`);
+  if (!d.allowed)
+    throw new HttpError(403, `crm: ${formatHostPort(host, port)} is not allowed (${d.reason})`);
 }
 
 /**
  * `secureAuthority` is set on a decrypted MITM connection: there, origin-form requests go to the
  * CONNECT host over TLS rather than to crm's own endpoints.
  */
-export function route(head: RequestHead, policy: HostPolicy, secureAuthority: Authority | null = null): Route {
+export function route(
+  head: RequestHead,
+  policy: HostPolicy,
+  secureAuthority: Authority | null = null,
+): Route {
   const t = head.target;
   if (head.method === "CONNECT") {
     if (secureAuthority) throw new HttpError(400, "CONNECT inside an intercepted tunnel");
@@ -52,7 +58,10 @@ export function route(head: RequestHead, policy: HostPolicy, secureAuthority: Au
   }
   if (t.startsWith("/")) {
     if (secureAuthority) {
-      const url = exactUrl(`https://${formatHostPort(secureAuthority.host, secureAuthority.port)}${t}`, secureAuthority.host);
+      const url = exactUrl(
+        `https://${formatHostPort(secureAuthority.host, secureAuthority.port)}${t}`,
+        secureAuthority.host,
+      );
       return { kind: "forward", url, ...secureAuthority };
     }
     return { kind: "local", path: t };
@@ -67,7 +76,12 @@ export function route(head: RequestHead, policy: HostPolicy, secureAuthority: Au
   refuse(policy, a.host, a.port);
   let path = m[3] ?? "/";
   if (path.startsWith("?")) path = "/" + path;
-  return { kind: "forward", url: exactUrl(`${scheme}://${formatHostPort(a.host, a.port)}${path}`, a.host), host: a.host, port: a.port };
+  return {
+    kind: "forward",
+    url: exactUrl(`${scheme}://${formatHostPort(a.host, a.port)}${path}`, a.host),
+    host: a.host,
+    port: a.port,
+  };
 }
 
 /**
@@ -81,6 +95,7 @@ function exactUrl(text: string, host: string): URL {
   } catch (cause) {
     throw new HttpError(400, `invalid host ${JSON.stringify(host.slice(0, 100))}`, { cause });
   }
-  if (url.hostname.replace(/^\[|\]$/g, "") !== host) throw new HttpError(400, `ambiguous host ${JSON.stringify(host.slice(0, 100))}`);
+  if (url.hostname.replace(/^\[|\]$/g, "") !== host)
+    throw new HttpError(400, `ambiguous host ${JSON.stringify(host.slice(0, 100))}`);
   return url;
 }

@@ -46,13 +46,17 @@ interface Bound {
 
 /** Reads the HTTPS listener's certificate and key from files; failures name the file. */
 function readListenTls(config: Config): ListenTls | null {
-  if (config.tls === null || config.tls.certPath === null || config.tls.keyPath === null) return null;
+  if (config.tls === null || config.tls.certPath === null || config.tls.keyPath === null)
+    return null;
   const { certPath, keyPath } = config.tls;
   const read = (path: string, what: string): string => {
     try {
       return readFileSync(path, "utf8");
     } catch (cause) {
-      throw new Error(`tls.${what}: cannot read ${path}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}`, { cause });
+      throw new Error(
+        `tls.${what}: cannot read ${path}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}`,
+        { cause },
+      );
     }
   };
   return { cert: read(certPath, "cert_path"), key: read(keyPath, "key_path") };
@@ -109,7 +113,11 @@ export class CrmServer {
         return b ? (b.listener as SocketListener<SocketData> & { port: number }).port : null;
       },
     });
-    rt.metrics.gauges = { connections: () => this.conns.all.size, certificates: () => this.mitm?.cachedCertificates ?? 0, tls: () => this.certificates.status() };
+    rt.metrics.gauges = {
+      connections: () => this.conns.all.size,
+      certificates: () => this.mitm?.cachedCertificates ?? 0,
+      tls: () => this.certificates.status(),
+    };
     rt.metrics.sections.push(() => renderTlsMetrics(this.certificates.status()));
     // The status page shows what is served now, not what the files say.
     rt.sources.certificate = () => {
@@ -136,7 +144,8 @@ export class CrmServer {
     }
     // Read at each check: a listener rebound for a new certificate keeps its address and port.
     rt.self.setListeners(() => server.addresses);
-    for (const b of server.bound) rt.log.info("listening", { address: server.describe(b), tls: b.tls ? "on" : undefined });
+    for (const b of server.bound)
+      rt.log.info("listening", { address: server.describe(b), tls: b.tls ? "on" : undefined });
     for (const w of openProxyWarnings(config)) rt.log.warn(w);
     server.certificates.start();
     return server;
@@ -156,12 +165,11 @@ export class CrmServer {
   /** A TLS listener gets the current certificate; a plain one beside TLS answers ACME and may redirect. */
   private listenOn(addr: Config["listen"][number], tls: boolean): SocketListener<SocketData> {
     if (tls) return listen(addr, this.rt, this.dispatch, this.conns, this.admission, this.tls);
-    if (this.rt.config.tls === null) return listen(addr, this.rt, this.dispatch, this.conns, this.admission, null);
+    if (this.rt.config.tls === null)
+      return listen(addr, this.rt, this.dispatch, this.conns, this.admission, null);
     const acme = this.rt.config.tls.acme !== null;
     return listen(addr, this.rt, this.plainDispatch, this.conns, this.admission, null, acme);
   }
-
-
 
   /**
    * Bun cannot swap a listener's certificate: each TLS listener is re-bound on its address.
@@ -182,14 +190,29 @@ export class CrmServer {
    * old one stopped, so no connection is refused in between; open connections keep their sockets
    * and the old certificate. If the bind fails the old listener keeps serving, and it is retried.
    */
-  private rebind(b: Bound, old: SocketListener<SocketData>, addr: Config["listen"][number], tries: number): void {
+  private rebind(
+    b: Bound,
+    old: SocketListener<SocketData>,
+    addr: Config["listen"][number],
+    tries: number,
+  ): void {
     if (this.stopping || b.listener !== old) return;
     try {
       b.listener = this.listenOn(addr, true);
       old.stop(false);
     } catch (e) {
-      this.rt.log.error("cannot listen with the new certificate, the old one is still served; retrying", { address: formatHostPort(addr.hostname, addr.port), error: (e as Error).message, tries: tries + 1 });
-      setTimeout(() => this.rebind(b, old, addr, tries + 1), Math.min(30_000, 100 * 2 ** tries)).unref();
+      this.rt.log.error(
+        "cannot listen with the new certificate, the old one is still served; retrying",
+        {
+          address: formatHostPort(addr.hostname, addr.port),
+          error: (e as Error).message,
+          tries: tries + 1,
+        },
+      );
+      setTimeout(
+        () => this.rebind(b, old, addr, tries + 1),
+        Math.min(30_000, 100 * 2 ** tries),
+      ).unref();
     }
   }
 
@@ -208,7 +231,10 @@ export class CrmServer {
       const mitm = new Mitm(rt, p.mitm.ca, this.conns, this.dispatch);
       this.mitm = mitm;
       ext.intercept = (conn, host, port, rest) => mitm.intercept(conn, host, port, rest);
-      rt.log.warn("MITM enabled: CONNECT traffic is decrypted; use for debugging only", { ca: p.config.mitm.caCertPath, hosts: p.config.mitm.hosts?.join(",") ?? "all allowed" });
+      rt.log.warn("MITM enabled: CONNECT traffic is decrypted; use for debugging only", {
+        ca: p.config.mitm.caCertPath,
+        hosts: p.config.mitm.hosts?.join(",") ?? "all allowed",
+      });
     } else {
       this.mitm = null;
       ext.intercept = null;
@@ -222,10 +248,13 @@ export class CrmServer {
    */
   async reload(config: Config): Promise<void> {
     const { rt } = this;
-    const same = (a: Config["listen"], b: Config["listen"]): boolean => JSON.stringify(a) === JSON.stringify(b);
+    const same = (a: Config["listen"], b: Config["listen"]): boolean =>
+      JSON.stringify(a) === JSON.stringify(b);
     const prepared = await prepare(config);
-    if (!same(config.listen, rt.config.listen)) rt.log.warn("listen addresses changed; they apply after a restart");
-    if (JSON.stringify(config.cluster) !== JSON.stringify(rt.config.cluster)) rt.log.warn("cluster section changed; it applies after a restart");
+    if (!same(config.listen, rt.config.listen))
+      rt.log.warn("listen addresses changed; they apply after a restart");
+    if (JSON.stringify(config.cluster) !== JSON.stringify(rt.config.cluster))
+      rt.log.warn("cluster section changed; it applies after a restart");
     // A changed acme section starts a new manager; the same one keeps its schedule.
     await this.certificates.configure(config, prepared.tls);
     const next = this.certificates.served;
@@ -233,9 +262,14 @@ export class CrmServer {
     applyConfig(this.rt, config);
     this.applyFeatures(prepared);
     if (tlsChanged && next !== null) this.swapCertificate(next);
-    else if (tlsChanged) rt.log.warn("tls removed from the config; the listener stays TLS until a restart");
+    else if (tlsChanged)
+      rt.log.warn("tls removed from the config; the listener stays TLS until a restart");
     this.certificates.start();
-    rt.log.info("configuration reloaded", { file: config.file, allowed_hosts: config.allowedHosts.length, registries: config.mirror.registries.size });
+    rt.log.info("configuration reloaded", {
+      file: config.file,
+      allowed_hosts: config.allowedHosts.length,
+      registries: config.mirror.registries.size,
+    });
     for (const w of openProxyWarnings(config)) rt.log.warn(w);
   }
 
@@ -270,12 +304,16 @@ export class CrmServer {
     this.certificates.stop();
     for (const b of this.bound) b.listener.stop(false);
     const graceEnd = Date.now() + rt.config.timeouts.shutdownGraceMs;
-    rt.log.info("shutting down", { connections: this.conns.all.size, grace_ms: rt.config.timeouts.shutdownGraceMs });
+    rt.log.info("shutting down", {
+      connections: this.conns.all.size,
+      grace_ms: rt.config.timeouts.shutdownGraceMs,
+    });
     while (this.conns.all.size > 0 && Date.now() < graceEnd) {
       for (const c of this.conns.all) c.drain();
       await Bun.sleep(50);
     }
-    if (this.conns.all.size > 0) rt.log.warn("grace period over, closing connections", { connections: this.conns.all.size });
+    if (this.conns.all.size > 0)
+      rt.log.warn("grace period over, closing connections", { connections: this.conns.all.size });
     this.stopNow();
   }
 

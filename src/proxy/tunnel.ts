@@ -64,17 +64,46 @@ class Tunnel {
 
   async open(host: string, port: number, rest: Buffer): Promise<void> {
     const { conn } = this;
-    conn.becomeTunnel({ data: (d) => this.fromClient(d), end: () => this.clientEnd(), close: () => this.clientClose() });
+    conn.becomeTunnel({
+      data: (d) => this.fromClient(d),
+      end: () => this.clientEnd(),
+      close: () => this.clientClose(),
+    });
     if (rest.length > 0) this.fromClient(rest);
     let up: Socket<UpstreamData>;
     try {
-      up = await dial<UpstreamData>(conn.rt.resolve, host, port, conn.rt.config.timeouts.connectMs, upstreamHandlers, { tunnel: null });
+      up = await dial<UpstreamData>(
+        conn.rt.resolve,
+        host,
+        port,
+        conn.rt.config.timeouts.connectMs,
+        upstreamHandlers,
+        { tunnel: null },
+      );
     } catch (e) {
       const err = e as DialError;
       conn.rt.metrics.upstreamError(err.reason);
-      conn.rt.metrics.observe("connect", err.status, 0, 0, (performance.now() - this.started) / 1000);
-      conn.rt.log.warn("tunnel dial failed", { client: conn.client, target: this.target, reason: err.message });
-      recordTunnel(conn.rt, { id: conn.rt.journal.nextId(), client: conn.client, target: this.target }, err.status, 0, 0, performance.now() - this.started, err.message);
+      conn.rt.metrics.observe(
+        "connect",
+        err.status,
+        0,
+        0,
+        (performance.now() - this.started) / 1000,
+      );
+      conn.rt.log.warn("tunnel dial failed", {
+        client: conn.client,
+        target: this.target,
+        reason: err.message,
+      });
+      recordTunnel(
+        conn.rt,
+        { id: conn.rt.journal.nextId(), client: conn.client, target: this.target },
+        err.status,
+        0,
+        0,
+        performance.now() - this.started,
+        err.message,
+      );
       this.done = true;
       conn.fail(err);
       return;
@@ -87,7 +116,8 @@ class Tunnel {
     this.upstream = up;
     // A tunnel to crm itself: what crm accepts from it is this client's, not crm's own address
     // (net/self-targets.ts). Noted before any of the client's bytes go through.
-    if (conn.rt.self.matches(up.remoteAddress, port)) this.forgetSelf = conn.rt.self.noteTunnel(up.localAddress, up.localPort, conn.client);
+    if (conn.rt.self.matches(up.remoteAddress, port))
+      this.forgetSelf = conn.rt.self.noteTunnel(up.localAddress, up.localPort, conn.client);
     conn.rt.metrics.tunnelOpened();
     this.record = { id: conn.rt.journal.nextId(), client: conn.client, target: this.target };
     trackTunnel(conn.rt, this.record, () => this.bytesUp + this.bytesDown);
@@ -180,7 +210,12 @@ class Tunnel {
   }
 
   private maybeFinish(): void {
-    if (this.clientEnded && this.upstreamEnded && this.conn.outbox.backlog === 0 && (this.upOut?.backlog ?? 0) === 0) {
+    if (
+      this.clientEnded &&
+      this.upstreamEnded &&
+      this.conn.outbox.backlog === 0 &&
+      (this.upOut?.backlog ?? 0) === 0
+    ) {
       this.conn.close();
       this.upstream?.end();
       this.finish();
@@ -206,9 +241,16 @@ class Tunnel {
     const { conn } = this;
     const seconds = (performance.now() - this.started) / 1000;
     if (this.upstream) conn.rt.metrics.tunnelClosed();
-    conn.rt.metrics.observe("connect", this.upstream ? 200 : 0, this.bytesUp, this.bytesDown, seconds);
+    conn.rt.metrics.observe(
+      "connect",
+      this.upstream ? 200 : 0,
+      this.bytesUp,
+      this.bytesDown,
+      seconds,
+    );
     conn.rt.metrics.client(conn.client, this.bytesDown);
-    if (this.record) recordTunnel(conn.rt, this.record, 200, this.bytesUp, this.bytesDown, seconds * 1000);
+    if (this.record)
+      recordTunnel(conn.rt, this.record, 200, this.bytesUp, this.bytesDown, seconds * 1000);
     conn.rt.log.info(`CONNECT ${this.target}`, {
       kind: "connect",
       client: conn.client,

@@ -90,7 +90,17 @@ export class ActivityBoard {
 
   begin(input: ActiveInput): Active {
     const t = this.now();
-    const a: Active = { input, prev: null, next: null, ended: false, bytes: input.bytes, started: t, sampled: 0, sampledAt: t, rate: 0 };
+    const a: Active = {
+      input,
+      prev: null,
+      next: null,
+      ended: false,
+      bytes: input.bytes,
+      started: t,
+      sampled: 0,
+      sampledAt: t,
+      rate: 0,
+    };
     this.inFlight.push(a);
     // Sampling runs only while something is in flight (the timer stops at the first idle tick),
     // so an idle crm has no timer and a busy one does not start and stop one per request.
@@ -143,10 +153,22 @@ export class ActivityBoard {
     this.sample();
     const t = this.now();
     return [...this.inFlight].map((a) => {
-        const { input } = a;
-        const p = input.pull();
-        return { id: input.id, client: input.client, kind: input.kind(), method: input.method, target: input.target(), registry: p?.registry ?? null, repo: p?.repo ?? null, ref: p?.ref ?? null, bytes: a.sampled, rate: Math.round(a.rate), ms: t - a.started };
-      });
+      const { input } = a;
+      const p = input.pull();
+      return {
+        id: input.id,
+        client: input.client,
+        kind: input.kind(),
+        method: input.method,
+        target: input.target(),
+        registry: p?.registry ?? null,
+        repo: p?.repo ?? null,
+        ref: p?.ref ?? null,
+        bytes: a.sampled,
+        rate: Math.round(a.rate),
+        ms: t - a.started,
+      };
+    });
   }
 
   registries(): RegistryView[] {
@@ -154,7 +176,8 @@ export class ActivityBoard {
     return [...this.totals].map(([name, tot]) => {
       this.roll(tot, epoch);
       const spark: number[] = [];
-      for (let e = epoch - BUCKETS + 1; e <= epoch; e++) spark.push(tot.buckets[((e % BUCKETS) + BUCKETS) % BUCKETS] ?? 0);
+      for (let e = epoch - BUCKETS + 1; e <= epoch; e++)
+        spark.push(tot.buckets[((e % BUCKETS) + BUCKETS) % BUCKETS] ?? 0);
       return { name, requests: tot.requests, errors: tot.errors, bytes: tot.bytes, spark };
     });
   }
@@ -179,7 +202,13 @@ export class ActivityBoard {
     let tot = this.totals.get(name);
     if (!tot) {
       if (this.totals.size >= MAX_REGISTRIES) return null;
-      tot = { requests: 0, errors: 0, bytes: 0, buckets: new Array<number>(BUCKETS).fill(0), epoch: Math.floor(this.now() / BUCKET_MS) };
+      tot = {
+        requests: 0,
+        errors: 0,
+        bytes: 0,
+        buckets: new Array<number>(BUCKETS).fill(0),
+        epoch: Math.floor(this.now() / BUCKET_MS),
+      };
       this.totals.set(name, tot);
     }
     return tot;

@@ -35,7 +35,10 @@ export interface JournalEntry {
   notes: Record<string, string | number>;
 }
 
-export type JournalInput = Omit<JournalEntry, "id" | "seq" | "time" | "notes"> & { id: string; notes?: Record<string, string | number | undefined> };
+export type JournalInput = Omit<JournalEntry, "id" | "seq" | "time" | "notes"> & {
+  id: string;
+  notes?: Record<string, string | number | undefined>;
+};
 
 const cut = (s: string): string => (s.length > MAX_TEXT ? s.slice(0, MAX_TEXT) + "…" : s);
 
@@ -68,10 +71,11 @@ export class RequestJournal {
     if (seq === null) return;
     const notes: Record<string, string | number> = {};
     const given = input.notes;
-    if (given !== undefined) for (const k in given) {
-      const v = given[k];
-      if (v !== undefined) notes[k] = typeof v === "string" ? cut(v) : v;
-    }
+    if (given !== undefined)
+      for (const k in given) {
+        const v = given[k];
+        if (v !== undefined) notes[k] = typeof v === "string" ? cut(v) : v;
+      }
     const entry: JournalEntry = {
       id: input.id,
       seq,
@@ -113,7 +117,9 @@ export class RequestJournal {
 
   /** Entries for requests that started after id `seq`, optionally from one client address only. */
   after(seq: number, client?: string): JournalEntry[] {
-    return this.entries().filter((e) => e.seq > seq && (client === undefined || e.client === client));
+    return this.entries().filter(
+      (e) => e.seq > seq && (client === undefined || e.client === client),
+    );
   }
 }
 

@@ -20,7 +20,18 @@ export interface RequestsAnswer {
   client: string;
   /** Sequence number of the last request id handed out (this request's own). */
   last: number;
-  requests: Array<{ id: string; seq: number; method: string; target: string; status: number; registry?: string; repo?: string; ref?: string; kind: string; notes: Record<string, string | number> }>;
+  requests: Array<{
+    id: string;
+    seq: number;
+    method: string;
+    target: string;
+    status: number;
+    registry?: string;
+    repo?: string;
+    ref?: string;
+    kind: string;
+    notes: Record<string, string | number>;
+  }>;
 }
 
 export function isRequestsPath(target: string): boolean {
@@ -33,13 +44,32 @@ export function requestsAnswer(ex: Exchange, rt: Runtime, target: string): Respo
   const after = /^\d{1,15}$/.test(afterText) ? Number(afterText) : 0;
   // A client its balancer did not name shares its identity with every other such client: none of
   // those requests is provably its own, so it is shown none.
-  const own = isUnknownClient(ex.client) ? [] : rt.journal.after(after, ex.client).slice(-MAX_ANSWER);
+  const own = isUnknownClient(ex.client)
+    ? []
+    : rt.journal.after(after, ex.client).slice(-MAX_ANSWER);
   const answer: RequestsAnswer = {
     instance: rt.journal.instance,
     client: ex.client,
     last: rt.journal.last,
-    requests: own.map((e) => ({ id: e.id, seq: e.seq, kind: e.kind, method: e.method, target: e.target, status: e.status, registry: e.registry, repo: e.repo, ref: e.ref, notes: e.notes })),
+    requests: own.map((e) => ({
+      id: e.id,
+      seq: e.seq,
+      kind: e.kind,
+      method: e.method,
+      target: e.target,
+      status: e.status,
+      registry: e.registry,
+      repo: e.repo,
+      ref: e.ref,
+      notes: e.notes,
+    })),
   };
   const body = JSON.stringify(answer);
-  return new Response(body, { headers: { "content-type": "application/json", "cache-control": "no-store", "content-length": String(Buffer.byteLength(body)) } });
+  return new Response(body, {
+    headers: {
+      "content-type": "application/json",
+      "cache-control": "no-store",
+      "content-length": String(Buffer.byteLength(body)),
+    },
+  });
 }

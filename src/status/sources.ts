@@ -34,7 +34,14 @@ export interface CertificateState {
 /** Upstream failover and blob resumes (mirror/upstream/resilience.ts); absent while the mirror is off. */
 export interface ResilienceState {
   /** `upstream`: its place in the registry's list, from 1 (the page shows no upstream URL or host). */
-  upstreams: Array<{ registry: string; upstream: number; state: "healthy" | "backoff"; failures: number; retryInS: number; reason: string | null }>;
+  upstreams: Array<{
+    registry: string;
+    upstream: number;
+    state: "healthy" | "backoff";
+    failures: number;
+    retryInS: number;
+    reason: string | null;
+  }>;
   resumes: Array<{ registry: string; continued: number; refused: number; exhausted: number }>;
 }
 

@@ -11,7 +11,15 @@ import type * as AcmeClient from "acme-client";
 import type { AcmeConfig } from "./config.ts";
 import { describePem, type CertStore, type StoredCertificate } from "./cert-store.ts";
 
-export type AcmeFailure = "dns" | "connection" | "caa" | "rate-limited" | "wrong-answer" | "rejected" | "unreachable-ca" | "other";
+export type AcmeFailure =
+  | "dns"
+  | "connection"
+  | "caa"
+  | "rate-limited"
+  | "wrong-answer"
+  | "rejected"
+  | "unreachable-ca"
+  | "other";
 
 export class AcmeError extends Error {
   constructor(
@@ -88,7 +96,9 @@ async function loadClient(): Promise<typeof AcmeClient> {
 
 function installHooks(acme: typeof AcmeClient): void {
   const ax = acme.axios;
-  (ax.defaults as unknown as { acmeSettings: { retryMaxAttempts: number } }).acmeSettings.retryMaxAttempts = 0;
+  (
+    ax.defaults as unknown as { acmeSettings: { retryMaxAttempts: number } }
+  ).acmeSettings.retryMaxAttempts = 0;
   ax.defaults.maxContentLength = MAX_RESPONSE_BYTES;
   ax.defaults.maxBodyLength = MAX_RESPONSE_BYTES;
   ax.defaults.timeout = REQUEST_TIMEOUT_MS;
@@ -112,12 +122,24 @@ function installHooks(acme: typeof AcmeClient): void {
     const url = err?.config?.url;
     if (err instanceof Error && err.response === undefined && url) {
       const l = limits.get(originOf(url));
-      const timedOut = err.code === "ECONNABORTED" || err.code === "ETIMEDOUT" || (err.code === "ERR_CANCELED" && l !== undefined && !l.signal.aborted);
+      const timedOut =
+        err.code === "ECONNABORTED" ||
+        err.code === "ETIMEDOUT" ||
+        (err.code === "ERR_CANCELED" && l !== undefined && !l.signal.aborted);
       transport.set(originOf(url), { error: err, url, timedOut });
     }
     return Promise.reject(e);
   };
-  (ax.interceptors.response as unknown as { handlers: Array<{ fulfilled: null; rejected: typeof rejected; synchronous: boolean; runWhen: null }> }).handlers.unshift({ fulfilled: null, rejected, synchronous: false, runWhen: null });
+  (
+    ax.interceptors.response as unknown as {
+      handlers: Array<{
+        fulfilled: null;
+        rejected: typeof rejected;
+        synchronous: boolean;
+        runWhen: null;
+      }>;
+    }
+  ).handlers.unshift({ fulfilled: null, rejected, synchronous: false, runWhen: null });
   ax.interceptors.response.use((res) => {
     const data = res.data as { type?: unknown; detail?: unknown } | null;
     if (res.status >= 400 && data && typeof data.type === "string" && res.config.url) {
@@ -157,7 +179,12 @@ const hostOf = (directory: string): string => {
 };
 
 /** Turns a CA problem (RFC 8555 §6.7) about `domain` into a message that says what to do. */
-export function explainProblem(p: Pick<Problem, "type" | "detail" | "retryAfterMs">, domain: string | null, directory: string, now = Date.now()): AcmeError {
+export function explainProblem(
+  p: Pick<Problem, "type" | "detail" | "retryAfterMs">,
+  domain: string | null,
+  directory: string,
+  now = Date.now(),
+): AcmeError {
   const type = p.type.replace(/^urn:ietf:params:acme:error:/, "");
   const d = domain ?? "the domain";
   const said = p.detail ? ` (the CA said: ${p.detail})` : "";
@@ -165,37 +192,89 @@ export function explainProblem(p: Pick<Problem, "type" | "detail" | "retryAfterM
   const lookupFailed = /could not resolve|NXDOMAIN|SERVFAIL|no valid A|DNS problem/i.test(p.detail);
   switch (lookupFailed && (type === "connection" || type === "dns") ? "dns" : type) {
     case "dns":
-      return new AcmeError(`${d} does not resolve for the CA${said}: create an A (and/or AAAA) record for ${d} pointing to this host's public address, wait for DNS to propagate, and crm retries by itself`, "dns");
+      return new AcmeError(
+        `${d} does not resolve for the CA${said}: create an A (and/or AAAA) record for ${d} pointing to this host's public address, wait for DNS to propagate, and crm retries by itself`,
+        "dns",
+      );
     case "connection":
-      return new AcmeError(`the CA could not connect to http://${d}/.well-known/acme-challenge/${said}: port 80 is unreachable; make sure ${d} resolves to this host, crm has a plain listener on :80 ({address: ":80", tls: false}), and firewalls or security groups let port 80 in from the internet`, "connection");
+      return new AcmeError(
+        `the CA could not connect to http://${d}/.well-known/acme-challenge/${said}: port 80 is unreachable; make sure ${d} resolves to this host, crm has a plain listener on :80 ({address: ":80", tls: false}), and firewalls or security groups let port 80 in from the internet`,
+        "connection",
+      );
     case "unauthorized":
     case "incorrectResponse":
-      return new AcmeError(`the CA reached ${d} on port 80 but did not get crm's challenge answer${said}: ${d} probably resolves to another host, or something else answers port 80 there; point ${d} at this host and let crm's plain listener have :80`, "wrong-answer");
+      return new AcmeError(
+        `the CA reached ${d} on port 80 but did not get crm's challenge answer${said}: ${d} probably resolves to another host, or something else answers port 80 there; point ${d} at this host and let crm's plain listener have :80`,
+        "wrong-answer",
+      );
     case "caa":
-      return new AcmeError(`a CAA record forbids ${hostOf(directory)} to issue for ${d}${said}: add the CA to ${d}'s CAA record (Let's Encrypt: ${d}. CAA 0 issue "letsencrypt.org") or remove the record`, "caa");
+      return new AcmeError(
+        `a CAA record forbids ${hostOf(directory)} to issue for ${d}${said}: add the CA to ${d}'s CAA record (Let's Encrypt: ${d}. CAA 0 issue "letsencrypt.org") or remove the record`,
+        "caa",
+      );
     case "rateLimited": {
       const when = p.retryAfterMs !== null ? new Date(now + p.retryAfterMs).toISOString() : null;
-      return new AcmeError(`rate limited by the CA${said}; ${when ? `the CA allows a new try after ${when}, and crm waits until then` : "crm backs off before the next try"} (use directory: staging while testing)`, "rate-limited", p.retryAfterMs);
+      return new AcmeError(
+        `rate limited by the CA${said}; ${when ? `the CA allows a new try after ${when}, and crm waits until then` : "crm backs off before the next try"} (use directory: staging while testing)`,
+        "rate-limited",
+        p.retryAfterMs,
+      );
     }
     case "rejectedIdentifier":
-      return new AcmeError(`the CA will not issue for ${d}${said}: use a public DNS name you control in tls.acme.domains`, "rejected");
+      return new AcmeError(
+        `the CA will not issue for ${d}${said}: use a public DNS name you control in tls.acme.domains`,
+        "rejected",
+      );
     default:
       return new AcmeError(`the CA refused: ${type}${said}`, "other", p.retryAfterMs);
   }
 }
 
 /** A request that got no answer at all: say which, not acme-client's TypeError. */
-function explainNoAnswer(f: TransportFailure, directory: string, step: string, timeoutMs: number): AcmeError {
+function explainNoAnswer(
+  f: TransportFailure,
+  directory: string,
+  step: string,
+  timeoutMs: number,
+): AcmeError {
   const code = f.error.code;
   if (f.timedOut) {
-    return new AcmeError(`the CA at ${directory} did not answer within ${Math.round(timeoutMs / 1000)} s (${step}: ${f.url}); crm retries later; check that the CA is up and this host's outgoing https is not blocked or filtered`, "unreachable-ca", null, { cause: f.error });
+    return new AcmeError(
+      `the CA at ${directory} did not answer within ${Math.round(timeoutMs / 1000)} s (${step}: ${f.url}); crm retries later; check that the CA is up and this host's outgoing https is not blocked or filtered`,
+      "unreachable-ca",
+      null,
+      { cause: f.error },
+    );
   }
   if (/maxContentLength|maxBodyLength/.test(f.error.message)) {
-    return new AcmeError(`the CA at ${directory} sent an answer larger than ${MAX_RESPONSE_BYTES} bytes (${step}: ${f.url}); that is not an ACME document: check tls.acme.directory`, "other", null, { cause: f.error });
+    return new AcmeError(
+      `the CA at ${directory} sent an answer larger than ${MAX_RESPONSE_BYTES} bytes (${step}: ${f.url}); that is not an ACME document: check tls.acme.directory`,
+      "other",
+      null,
+      { cause: f.error },
+    );
   }
-  if (code === "ERR_CANCELED") return new AcmeError(`${step} was cancelled: the order ran past its deadline`, "unreachable-ca", null, { cause: f.error });
-  if (code !== "ECONNRESET" && code !== "EPIPE" && code !== undefined && /^(E[A-Z]+|ERR_|CERT_|DEPTH_|UNABLE_|SELF_SIGNED)/.test(code) && code !== "ERR_BAD_RESPONSE") return explainTransport(f.error, directory, step);
-  return new AcmeError(`the CA at ${directory} closed the connection without an answer (${step}: ${f.url}: ${f.error.message}); crm retries later; check tls.acme.directory and any proxy or firewall between`, "unreachable-ca", null, { cause: f.error });
+  if (code === "ERR_CANCELED")
+    return new AcmeError(
+      `${step} was cancelled: the order ran past its deadline`,
+      "unreachable-ca",
+      null,
+      { cause: f.error },
+    );
+  if (
+    code !== "ECONNRESET" &&
+    code !== "EPIPE" &&
+    code !== undefined &&
+    /^(E[A-Z]+|ERR_|CERT_|DEPTH_|UNABLE_|SELF_SIGNED)/.test(code) &&
+    code !== "ERR_BAD_RESPONSE"
+  )
+    return explainTransport(f.error, directory, step);
+  return new AcmeError(
+    `the CA at ${directory} closed the connection without an answer (${step}: ${f.url}: ${f.error.message}); crm retries later; check tls.acme.directory and any proxy or firewall between`,
+    "unreachable-ca",
+    null,
+    { cause: f.error },
+  );
 }
 
 /** A request that failed without a problem document: the CA itself is out of reach. */
@@ -226,12 +305,20 @@ export async function issueCertificate(opts: IssueOptions): Promise<StoredCertif
   const origin = originOf(config.directory);
   const deadlineMs = opts.orderDeadlineMs ?? ORDER_DEADLINE_MS;
   const abort = new AbortController();
-  limits.set(origin, { timeoutMs: opts.requestTimeoutMs ?? REQUEST_TIMEOUT_MS, signal: abort.signal });
+  limits.set(origin, {
+    timeoutMs: opts.requestTimeoutMs ?? REQUEST_TIMEOUT_MS,
+    signal: abort.signal,
+  });
   let timer: Timer | undefined;
   const deadline = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
       abort.abort();
-      reject(new AcmeError(`the order did not finish within ${Math.round(deadlineMs / 1000)} s (the CA at ${config.directory} is too slow or stopped answering); crm retries later`, "unreachable-ca"));
+      reject(
+        new AcmeError(
+          `the order did not finish within ${Math.round(deadlineMs / 1000)} s (the CA at ${config.directory} is too slow or stopped answering); crm retries later`,
+          "unreachable-ca",
+        ),
+      );
     }, deadlineMs);
   });
   const work = order(opts, origin);
@@ -253,12 +340,19 @@ function trustFor(origin: string, ca: string | null): void {
   else agents.set(origin, { ca, agent: new Agent({ ca, keepAlive: true }) });
 }
 
-async function order({ config, store, tokens, progress, requestTimeoutMs }: IssueOptions, origin: string): Promise<StoredCertificate> {
+async function order(
+  { config, store, tokens, progress, requestTimeoutMs }: IssueOptions,
+  origin: string,
+): Promise<StoredCertificate> {
   const acme = await loadClient();
   trustFor(origin, config.caBundlePath === null ? null : readFileSync(config.caBundlePath, "utf8"));
   problems.delete(origin);
   transport.delete(origin);
-  const step = async <T>(name: string, domain: string | null, run: () => Promise<T>): Promise<T> => {
+  const step = async <T>(
+    name: string,
+    domain: string | null,
+    run: () => Promise<T>,
+  ): Promise<T> => {
     try {
       return await run();
     } catch (e) {
@@ -268,8 +362,15 @@ async function order({ config, store, tokens, progress, requestTimeoutMs }: Issu
       if (p) throw explainProblem(p, domain, config.directory);
       const t = transport.get(origin);
       transport.delete(origin);
-      if (t) throw explainNoAnswer(t, config.directory, name, requestTimeoutMs ?? REQUEST_TIMEOUT_MS);
-      if (e instanceof Error && /^(E[A-Z]+|ERR_|CERT_|DEPTH_|UNABLE_|SELF_SIGNED)/.test(String((e as NodeJS.ErrnoException).code ?? ""))) throw explainTransport(e, config.directory, name);
+      if (t)
+        throw explainNoAnswer(t, config.directory, name, requestTimeoutMs ?? REQUEST_TIMEOUT_MS);
+      if (
+        e instanceof Error &&
+        /^(E[A-Z]+|ERR_|CERT_|DEPTH_|UNABLE_|SELF_SIGNED)/.test(
+          String((e as NodeJS.ErrnoException).code ?? ""),
+        )
+      )
+        throw explainTransport(e, config.directory, name);
       throw new AcmeError(`${name} failed: ${(e as Error).message}`, "other", null, { cause: e });
     }
   };
@@ -281,17 +382,27 @@ async function order({ config, store, tokens, progress, requestTimeoutMs }: Issu
     store.writeAccountKey(accountKey);
     progress("ACME: created an account key", { file: `${store.dir}/account.key` });
   }
-  const client = new acme.Client({ directoryUrl: config.directory, accountKey, backoffAttempts: 15, backoffMin: 1000, backoffMax: 10_000 });
+  const client = new acme.Client({
+    directoryUrl: config.directory,
+    accountKey,
+    backoffAttempts: 15,
+    backoffMin: 1000,
+    backoffMax: 10_000,
+  });
   const contact = config.email ? [`mailto:${config.email}`] : null;
   await step("account", null, async () => {
     // acme-client's createAccount on an existing account sends an update with whatever it was
     // given, and a CA may refuse an update that changes nothing (pebble: "empty update"): look
     // the account up, and update only a contact that differs.
     const existing = knownKey ? await existingAccount(client, origin) : null;
-    if (existing === null) await client.createAccount({ termsOfServiceAgreed: true, ...(contact ? { contact } : {}) });
-    else if (contact !== null && JSON.stringify(existing.contact ?? []) !== JSON.stringify(contact)) await client.updateAccount({ contact });
+    if (existing === null)
+      await client.createAccount({ termsOfServiceAgreed: true, ...(contact ? { contact } : {}) });
+    else if (contact !== null && JSON.stringify(existing.contact ?? []) !== JSON.stringify(contact))
+      await client.updateAccount({ contact });
   });
-  const order = await step("new order", config.domains[0] ?? null, () => client.createOrder({ identifiers: config.domains.map((value) => ({ type: "dns", value })) }));
+  const order = await step("new order", config.domains[0] ?? null, () =>
+    client.createOrder({ identifiers: config.domains.map((value) => ({ type: "dns", value })) }),
+  );
   progress("ACME: order placed", { names: config.domains.join(","), order: order.url });
   const authzs = await step("authorizations", null, () => client.getAuthorizations(order));
   const placed: string[] = [];
@@ -301,7 +412,11 @@ async function order({ config, store, tokens, progress, requestTimeoutMs }: Issu
         const domain = authz.identifier.value;
         if (authz.status === "valid") return;
         const ch = authz.challenges.find((c) => c.type === "http-01");
-        if (!ch) throw new AcmeError(`the CA offers no http-01 challenge for ${domain} (it offers ${authz.challenges.map((c) => c.type).join(", ")})`, "other");
+        if (!ch)
+          throw new AcmeError(
+            `the CA offers no http-01 challenge for ${domain} (it offers ${authz.challenges.map((c) => c.type).join(", ")})`,
+            "other",
+          );
         tokens.set(ch.token, await client.getChallengeKeyAuthorization(ch));
         placed.push(ch.token);
         await step("challenge", domain, () => client.completeChallenge(ch));
@@ -310,7 +425,13 @@ async function order({ config, store, tokens, progress, requestTimeoutMs }: Issu
         } catch (e) {
           const t = transport.get(origin);
           transport.delete(origin);
-          if (t) throw explainNoAnswer(t, config.directory, "challenge status", requestTimeoutMs ?? REQUEST_TIMEOUT_MS);
+          if (t)
+            throw explainNoAnswer(
+              t,
+              config.directory,
+              "challenge status",
+              requestTimeoutMs ?? REQUEST_TIMEOUT_MS,
+            );
           throw await diagnose(client, authz.url, domain, config.directory, e as Error);
         }
         progress("ACME: http-01 validated", { name: domain });
@@ -319,18 +440,27 @@ async function order({ config, store, tokens, progress, requestTimeoutMs }: Issu
   } finally {
     for (const t of placed) tokens.delete(t);
   }
-  const [key, csr] = await acme.crypto.createCsr({ altNames: [...config.domains] }, await acme.crypto.createPrivateEcdsaKey("P-256"));
-  const done = await step("finalize", config.domains[0] ?? null, () => client.finalizeOrder(order, csr));
+  const [key, csr] = await acme.crypto.createCsr(
+    { altNames: [...config.domains] },
+    await acme.crypto.createPrivateEcdsaKey("P-256"),
+  );
+  const done = await step("finalize", config.domains[0] ?? null, () =>
+    client.finalizeOrder(order, csr),
+  );
   const chain = await step("download", null, () => client.getCertificate(done));
   const cert = describePem(chain, key.toString());
   const missing = config.domains.filter((d) => !cert.names.includes(d));
-  if (missing.length > 0) throw new AcmeError(`the CA's certificate lacks ${missing.join(", ")}`, "other");
+  if (missing.length > 0)
+    throw new AcmeError(`the CA's certificate lacks ${missing.join(", ")}`, "other");
   store.writeCertificate(config.domains[0] as string, cert.cert, cert.key);
   return cert;
 }
 
 /** The account of this key (RFC 8555 §7.3.1 onlyReturnExisting), or null when the CA has none. */
-async function existingAccount(client: AcmeClient.Client, origin: string): Promise<{ contact?: string[] } | null> {
+async function existingAccount(
+  client: AcmeClient.Client,
+  origin: string,
+): Promise<{ contact?: string[] } | null> {
   try {
     return (await client.createAccount({ onlyReturnExisting: true })) as { contact?: string[] };
   } catch (e) {
@@ -341,11 +471,25 @@ async function existingAccount(client: AcmeClient.Client, origin: string): Promi
 }
 
 /** The challenge went invalid: the authorization's challenge carries the CA's reason. */
-async function diagnose(client: AcmeClient.Client, authzUrl: string, domain: string, directory: string, e: Error): Promise<AcmeError> {
+async function diagnose(
+  client: AcmeClient.Client,
+  authzUrl: string,
+  domain: string,
+  directory: string,
+  e: Error,
+): Promise<AcmeError> {
   try {
-    const authz = (await client.getAuthorizations({ authorizations: [authzUrl] } as unknown as AcmeClient.Order))[0];
-    const err = authz?.challenges.find((c) => c.type === "http-01")?.error as { type?: string; detail?: string } | undefined;
-    if (err?.type) return explainProblem({ type: err.type, detail: err.detail ?? "", retryAfterMs: null }, domain, directory);
+    const authz = (
+      await client.getAuthorizations({ authorizations: [authzUrl] } as unknown as AcmeClient.Order)
+    )[0];
+    const err = authz?.challenges.find((c) => c.type === "http-01")?.error as
+      { type?: string; detail?: string } | undefined;
+    if (err?.type)
+      return explainProblem(
+        { type: err.type, detail: err.detail ?? "", retryAfterMs: null },
+        domain,
+        directory,
+      );
   } catch {
     // Fall through to acme-client's own text.
   }

@@ -22,17 +22,30 @@ export function describeTls(c: Config, now = Date.now()): string[] {
   let stored;
   try {
     stored = store.readCertificate(a.domains[0] as string);
-    lines.push(`  account key: ${store.readAccountKey() === null ? "none yet (created at the first order)" : "stored"}`);
+    lines.push(
+      `  account key: ${store.readAccountKey() === null ? "none yet (created at the first order)" : "stored"}`,
+    );
   } catch (e) {
-    lines.push(`  state_dir unreadable: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    lines.push(
+      `  state_dir unreadable: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+    );
     return lines;
   }
   if (stored === null) {
-    lines.push("  stored certificate: none; crm serves a temporary self-signed one and orders at start");
+    lines.push(
+      "  stored certificate: none; crm serves a temporary self-signed one and orders at start",
+    );
     return lines;
   }
   const missing = a.domains.filter((d) => !stored.names.includes(d));
-  const state = stored.notAfter <= now ? "EXPIRED" : missing.length > 0 ? `lacks ${missing.join(", ")}: a new order at start` : `renewal due ${new Date(renewalTime(stored, a.renewBeforeMs)).toISOString()}`;
-  lines.push(`  stored certificate: ${stored.names.join(", ")}, expires ${new Date(stored.notAfter).toISOString()}, issuer ${stored.issuer}; ${state}`);
+  const state =
+    stored.notAfter <= now
+      ? "EXPIRED"
+      : missing.length > 0
+        ? `lacks ${missing.join(", ")}: a new order at start`
+        : `renewal due ${new Date(renewalTime(stored, a.renewBeforeMs)).toISOString()}`;
+  lines.push(
+    `  stored certificate: ${stored.names.join(", ")}, expires ${new Date(stored.notAfter).toISOString()}, issuer ${stored.issuer}; ${state}`,
+  );
   return lines;
 }

@@ -78,5 +78,15 @@ function fileStatus(config: Config, pem: ServedCertificate): CertificateStatus {
   }
   const name = names[0] ?? config.tls?.certPath ?? "tls";
   const state = notAfter !== null && notAfter <= Date.now() ? "expired" : "valid";
-  return { name, source: "files", names, notAfter, issuer, state, lastError: null, nextAttemptAt: null, renewalFailures: 0 };
+  return {
+    name,
+    source: "files",
+    names,
+    notAfter,
+    issuer,
+    state,
+    lastError: null,
+    nextAttemptAt: null,
+    renewalFailures: 0,
+  };
 }

@@ -28,7 +28,10 @@ export const MIN_RENEWAL_AGE_MS = 3600_000;
  * renew_before at least as long as the CA's lifetime cannot re-order in a loop. The hour gives
  * way to 90% of a lifetime shorter than that: renewing after expiry would serve an expired one.
  */
-export function renewalTime(cert: Pick<StoredCertificate, "notBefore" | "notAfter">, renewBeforeMs: number | null): number {
+export function renewalTime(
+  cert: Pick<StoredCertificate, "notBefore" | "notAfter">,
+  renewBeforeMs: number | null,
+): number {
   const lifetime = cert.notAfter - cert.notBefore;
   const before = renewBeforeMs ?? lifetime / 3;
   const minAge = Math.max(lifetime / 2, Math.min(MIN_RENEWAL_AGE_MS, lifetime * 0.9));
@@ -36,7 +39,12 @@ export function renewalTime(cert: Pick<StoredCertificate, "notBefore" | "notAfte
 }
 
 /** Wait before try number `failures + 1`: doubling from base to max, never before Retry-After. */
-export function retryDelay(failures: number, retryAfterMs: number | null, baseMs = RETRY_BASE_MS, maxMs = RETRY_MAX_MS): number {
+export function retryDelay(
+  failures: number,
+  retryAfterMs: number | null,
+  baseMs = RETRY_BASE_MS,
+  maxMs = RETRY_MAX_MS,
+): number {
   const exp = Math.min(maxMs, baseMs * 2 ** Math.max(0, failures - 1));
   return Math.max(exp, retryAfterMs ?? 0);
 }
@@ -77,24 +85,42 @@ export class AcmeCertificates {
   }
 
   /** Reads state_dir; without a usable stored certificate, makes the temporary one. */
-  static async load(config: AcmeConfig, rt: Runtime, onCertificate: (c: ServedCertificate) => void, opts: { remindEveryMs?: number } & Pick<IssueOptions, "requestTimeoutMs" | "orderDeadlineMs"> = {}): Promise<AcmeCertificates> {
+  static async load(
+    config: AcmeConfig,
+    rt: Runtime,
+    onCertificate: (c: ServedCertificate) => void,
+    opts: { remindEveryMs?: number } & Pick<
+      IssueOptions,
+      "requestTimeoutMs" | "orderDeadlineMs"
+    > = {},
+  ): Promise<AcmeCertificates> {
     const remind = opts.remindEveryMs ?? HOURLY_MS;
     const store = new CertStore(config.stateDir);
     let warning: string | null;
     try {
       warning = store.prepare();
     } catch (e) {
-      throw new Error(`tls.acme.state_dir: cannot create ${config.stateDir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (systemd: StateDirectory=crm)`, { cause: e });
+      throw new Error(
+        `tls.acme.state_dir: cannot create ${config.stateDir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (systemd: StateDirectory=crm)`,
+        { cause: e },
+      );
     }
     if (warning) rt.log.warn(warning);
     const name = config.domains[0] as string;
     const stored = store.readCertificate(name);
     if (stored !== null) {
-      rt.log.info("ACME: using the stored certificate", { names: stored.names.join(","), expires: new Date(stored.notAfter).toISOString(), file: `${config.stateDir}/${name}.crt` });
+      rt.log.info("ACME: using the stored certificate", {
+        names: stored.names.join(","),
+        expires: new Date(stored.notAfter).toISOString(),
+        file: `${config.stateDir}/${name}.crt`,
+      });
       return new AcmeCertificates(config, rt, onCertificate, store, stored, false, remind, opts);
     }
     const temp = await temporaryCertificate(config.domains);
-    rt.log.info("ACME: no certificate yet; serving a temporary self-signed one while issuance is under way", { names: config.domains.join(","), directory: config.directory });
+    rt.log.info(
+      "ACME: no certificate yet; serving a temporary self-signed one while issuance is under way",
+      { names: config.domains.join(","), directory: config.directory },
+    );
     return new AcmeCertificates(config, rt, onCertificate, store, temp, true, remind, opts);
   }
 
@@ -117,7 +143,11 @@ export class AcmeCertificates {
     const c = this.current;
     const covers = this.config.domains.every((d) => c.names.includes(d));
     if (this.temporary || !covers) {
-      if (!covers && !this.temporary) this.rt.log.info("ACME: the stored certificate does not cover every configured name; ordering a new one", { stored: c.names.join(","), wanted: this.config.domains.join(",") });
+      if (!covers && !this.temporary)
+        this.rt.log.info(
+          "ACME: the stored certificate does not cover every configured name; ordering a new one",
+          { stored: c.names.join(","), wanted: this.config.domains.join(",") },
+        );
       this.schedule(Date.now());
     } else this.scheduleRenewal(c);
   }
@@ -126,10 +156,13 @@ export class AcmeCertificates {
     const lifetime = c.notAfter - c.notBefore;
     const before = this.config.renewBeforeMs;
     if (before !== null && before >= lifetime) {
-      this.rt.log.warn("ACME: tls.acme.renew_before is not shorter than the certificate's lifetime; renewing at half the lifetime (at least an hour, or 90% of a shorter lifetime, after issuance) instead", {
-        renew_before_s: Math.round(before / 1000),
-        lifetime_s: Math.round(lifetime / 1000),
-      });
+      this.rt.log.warn(
+        "ACME: tls.acme.renew_before is not shorter than the certificate's lifetime; renewing at half the lifetime (at least an hour, or 90% of a shorter lifetime, after issuance) instead",
+        {
+          renew_before_s: Math.round(before / 1000),
+          lifetime_s: Math.round(lifetime / 1000),
+        },
+      );
     }
     this.schedule(renewalTime(c, before));
   }
@@ -155,7 +188,17 @@ export class AcmeCertificates {
       names: c.names,
       notAfter: this.temporary ? null : c.notAfter,
       issuer: this.temporary ? null : c.issuer,
-      state: this.running ? (this.temporary ? "issuing" : "renewing") : this.temporary ? "issuing" : c.notAfter <= now ? "expired" : this.lastError ? "renewal failing" : "valid",
+      state: this.running
+        ? this.temporary
+          ? "issuing"
+          : "renewing"
+        : this.temporary
+          ? "issuing"
+          : c.notAfter <= now
+            ? "expired"
+            : this.lastError
+              ? "renewal failing"
+              : "valid",
       lastError: this.lastError,
       nextAttemptAt: this.nextAttemptAt,
       renewalFailures: this.totalFailures,
@@ -167,11 +210,14 @@ export class AcmeCertificates {
     if (this.timer) clearTimeout(this.timer);
     this.nextAttemptAt = at;
     const wait = Math.max(0, at - Date.now());
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      if (Date.now() < at) this.schedule(at);
-      else void this.attempt();
-    }, Math.min(wait, MAX_TIMER_MS));
+    this.timer = setTimeout(
+      () => {
+        this.timer = null;
+        if (Date.now() < at) this.schedule(at);
+        else void this.attempt();
+      },
+      Math.min(wait, MAX_TIMER_MS),
+    );
     this.timer.unref();
   }
 
@@ -185,7 +231,10 @@ export class AcmeCertificates {
   private async run(): Promise<boolean> {
     const renewing = !this.temporary;
     const names = this.config.domains.join(",");
-    this.rt.log.info(renewing ? "ACME: renewing the certificate" : "ACME: requesting a certificate", { names, directory: this.config.directory });
+    this.rt.log.info(
+      renewing ? "ACME: renewing the certificate" : "ACME: requesting a certificate",
+      { names, directory: this.config.directory },
+    );
     try {
       const cert = await issueCertificate({
         config: this.config,
@@ -205,7 +254,9 @@ export class AcmeCertificates {
         this.onCertificate(this.served);
       } catch (e) {
         // The certificate is stored and will be served after a restart; the order did not fail.
-        this.rt.log.error("ACME: could not switch the listeners to the new certificate", { error: (e as Error).message });
+        this.rt.log.error("ACME: could not switch the listeners to the new certificate", {
+          error: (e as Error).message,
+        });
       }
       this.rt.log.info(renewing ? "ACME: certificate renewed" : "ACME: certificate issued", {
         names: cert.names.join(","),
@@ -219,7 +270,10 @@ export class AcmeCertificates {
       if (this.stopped) return false;
       this.failures++;
       this.totalFailures++;
-      const err = e instanceof AcmeError ? e : new AcmeError((e as Error).message, "other", null, { cause: e });
+      const err =
+        e instanceof AcmeError
+          ? e
+          : new AcmeError((e as Error).message, "other", null, { cause: e });
       this.lastError = err.message;
       const delay = retryDelay(this.failures, err.retryAfterMs);
       this.rt.log.error(renewing ? "ACME: renewal failed" : "ACME: could not get a certificate", {
@@ -238,7 +292,9 @@ export class AcmeCertificates {
   private servingText(): string {
     if (this.temporary) return "the temporary self-signed certificate";
     const until = new Date(this.current.notAfter).toISOString();
-    return this.current.notAfter > Date.now() ? `the current certificate until it expires at ${until}` : `the certificate that expired at ${until}`;
+    return this.current.notAfter > Date.now()
+      ? `the current certificate until it expires at ${until}`
+      : `the certificate that expired at ${until}`;
   }
 
   private remind(): void {

@@ -32,19 +32,39 @@ export function renderTlsMetrics(list: readonly CertificateStatus[]): string[] {
     "# HELP crm_tls_certificate_expiry_seconds Expiry of the certificate served on TLS listeners (Unix time in seconds).",
     "# TYPE crm_tls_certificate_expiry_seconds gauge",
   ];
-  for (const s of list) if (s.notAfter !== null) out.push(`crm_tls_certificate_expiry_seconds{name="${label(s.name)}"} ${Math.floor(s.notAfter / 1000)}`);
-  out.push("# HELP crm_tls_renewal_failures_total Failed ACME orders (first issue and renewals).", "# TYPE crm_tls_renewal_failures_total counter");
-  for (const s of list) if (s.source !== "files") out.push(`crm_tls_renewal_failures_total{name="${label(s.name)}"} ${s.renewalFailures}`);
-  out.push("# HELP crm_tls_renewal_failing 1 while the last ACME order for this certificate failed.", "# TYPE crm_tls_renewal_failing gauge");
-  for (const s of list) if (s.source !== "files") out.push(`crm_tls_renewal_failing{name="${label(s.name)}"} ${s.lastError !== null ? 1 : 0}`);
+  for (const s of list)
+    if (s.notAfter !== null)
+      out.push(
+        `crm_tls_certificate_expiry_seconds{name="${label(s.name)}"} ${Math.floor(s.notAfter / 1000)}`,
+      );
+  out.push(
+    "# HELP crm_tls_renewal_failures_total Failed ACME orders (first issue and renewals).",
+    "# TYPE crm_tls_renewal_failures_total counter",
+  );
+  for (const s of list)
+    if (s.source !== "files")
+      out.push(`crm_tls_renewal_failures_total{name="${label(s.name)}"} ${s.renewalFailures}`);
+  out.push(
+    "# HELP crm_tls_renewal_failing 1 while the last ACME order for this certificate failed.",
+    "# TYPE crm_tls_renewal_failing gauge",
+  );
+  for (const s of list)
+    if (s.source !== "files")
+      out.push(`crm_tls_renewal_failing{name="${label(s.name)}"} ${s.lastError !== null ? 1 : 0}`);
   return out;
 }
 
 /** One line per certificate, for the index page and logs. */
 export function describeStatus(s: CertificateStatus, now = Date.now()): string {
   const names = s.names.join(", ");
-  if (s.source === "self-signed") return `${names}: temporary self-signed certificate, ACME issuance under way${s.lastError ? `; last error: ${s.lastError}` : ""}`;
-  const left = s.notAfter !== null ? (s.notAfter > now ? `expires ${new Date(s.notAfter).toISOString()} (in ${roughly(s.notAfter - now)})` : `EXPIRED ${new Date(s.notAfter).toISOString()}`) : "";
+  if (s.source === "self-signed")
+    return `${names}: temporary self-signed certificate, ACME issuance under way${s.lastError ? `; last error: ${s.lastError}` : ""}`;
+  const left =
+    s.notAfter !== null
+      ? s.notAfter > now
+        ? `expires ${new Date(s.notAfter).toISOString()} (in ${roughly(s.notAfter - now)})`
+        : `EXPIRED ${new Date(s.notAfter).toISOString()}`
+      : "";
   const from = s.source === "acme" ? `ACME, issuer ${s.issuer ?? "?"}` : "from files";
   return `${names}: ${s.state}, ${left}, ${from}${s.lastError ? `; renewal failing: ${s.lastError}` : ""}`;
 }

@@ -57,7 +57,11 @@ export class BodyFramer {
     try {
       n = decoder.feed(input, payload ?? (() => {}));
     } catch (e) {
-      throw new HttpError(502, `upstream's chunked body: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+      throw new HttpError(
+        502,
+        `upstream's chunked body: ${e instanceof Error ? e.message : String(e)}`,
+        { cause: e },
+      );
     }
     if (decoder.done) this.ended = true;
     return { raw: input.subarray(0, n), rest: input.subarray(n) };

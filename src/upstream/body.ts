@@ -66,7 +66,8 @@ export class UpstreamBody implements RelaySource {
     let size = 0;
     await this.attach(false, (b) => {
       size += b.byteLength;
-      if (size > limit) throw new DialError("framing", this.target, { detail: `body larger than ${limit} bytes` });
+      if (size > limit)
+        throw new DialError("framing", this.target, { detail: `body larger than ${limit} bytes` });
       parts.push(b);
       return true;
     });
@@ -180,7 +181,10 @@ export class UpstreamBody implements RelaySource {
     const sink = this.sink as Sink;
     let more = true;
     try {
-      const fed = this.framer.feed(bytes, sink.raw ? undefined : (p) => (more = sink.write(p) && more));
+      const fed = this.framer.feed(
+        bytes,
+        sink.raw ? undefined : (p) => (more = sink.write(p) && more),
+      );
       if (sink.raw && fed.raw.byteLength > 0) more = sink.write(fed.raw);
       if (this.framer.done) {
         // Reusable only if nothing follows the body: not in this read, not queued behind it, and
@@ -192,7 +196,14 @@ export class UpstreamBody implements RelaySource {
         return;
       }
     } catch (e) {
-      this.finish(e instanceof DialError ? e : new DialError("framing", this.target, { cause: e, detail: e instanceof Error ? e.message : String(e) }));
+      this.finish(
+        e instanceof DialError
+          ? e
+          : new DialError("framing", this.target, {
+              cause: e,
+              detail: e instanceof Error ? e.message : String(e),
+            }),
+      );
       this.conn.destroy();
       return;
     }
@@ -218,7 +229,12 @@ export class UpstreamBody implements RelaySource {
       this.onEnd(false);
       return;
     }
-    this.finish(new DialError(error ? "reset" : "framing", this.target, { cause: error ?? undefined, detail: "upstream closed before the end of the body" }));
+    this.finish(
+      new DialError(error ? "reset" : "framing", this.target, {
+        cause: error ?? undefined,
+        detail: "upstream closed before the end of the body",
+      }),
+    );
   }
 
   /** Set when the upstream closed while bytes still waited for the consumer. */

@@ -109,14 +109,31 @@ export class UpstreamClient {
   }
 
   /** Where a request for `url` goes: the address the guard approved, and the pool key. */
-  private async origin(url: URL, resolve: Resolver, insecureTls: boolean, connectTimeoutMs: number): Promise<{ address: string; port: number; tls: TlsOptions | null; key: string; target: string }> {
+  private async origin(
+    url: URL,
+    resolve: Resolver,
+    insecureTls: boolean,
+    connectTimeoutMs: number,
+  ): Promise<{
+    address: string;
+    port: number;
+    tls: TlsOptions | null;
+    key: string;
+    target: string;
+  }> {
     const https = url.protocol === "https:";
     const host = url.hostname.replace(/^\[|\]$/g, "");
     const port = Number(url.port) || (https ? 443 : 80);
     const target = formatHostPort(host, port);
     const lookup = lookupTarget(resolve, host, target);
     const address = isIP(host) ? await lookup : await withTimeout(lookup, connectTimeoutMs, target);
-    const tls: TlsOptions | null = https ? { insecure: insecureTls, ...(isIP(host) ? {} : { serverName: host }), ...(this.options.extraCa ? { extraCa: this.options.extraCa } : {}) } : null;
+    const tls: TlsOptions | null = https
+      ? {
+          insecure: insecureTls,
+          ...(isIP(host) ? {} : { serverName: host }),
+          ...(this.options.extraCa ? { extraCa: this.options.extraCa } : {}),
+        }
+      : null;
     const key = `${https ? "https" : "http"}|${host}|${port}|${address}|${insecureTls ? "insecure" : "verify"}`;
     return { address, port, tls, key, target };
   }
@@ -127,7 +144,12 @@ export class UpstreamClient {
     // or RST) while crm resolved, connected or waited for a preconnect must cost no upstream
     // request (for Docker Hub, a counted pull). A connection got meanwhile goes back to the pool.
     throwIfAborted(req, formatHostPort(req.url.hostname, Number(req.url.port) || 0));
-    const { address, port, tls, key, target } = await this.origin(req.url, req.resolve, req.insecureTls, req.connectTimeoutMs);
+    const { address, port, tls, key, target } = await this.origin(
+      req.url,
+      req.resolve,
+      req.insecureTls,
+      req.connectTimeoutMs,
+    );
     const idempotent = req.method === "GET" || req.method === "HEAD";
     for (let attempt = 0; ; attempt++) {
       throwIfAborted(req, target);
@@ -140,7 +162,10 @@ export class UpstreamClient {
         throwIfAborted(req, target);
       }
       if (conn === null) {
-        const remaining = Math.max(1, Math.min(req.connectTimeoutMs, req.headTimeoutMs - (Date.now() - started)));
+        const remaining = Math.max(
+          1,
+          Math.min(req.connectTimeoutMs, req.headTimeoutMs - (Date.now() - started)),
+        );
         conn = await openConn(address, port, tls, remaining, target, key).catch((e: unknown) => {
           throw abortedOr(req, e, target);
         });
@@ -165,7 +190,12 @@ export class UpstreamClient {
   }
 
   /** Writes the request on `conn` and reads the answer's head. */
-  private exchange(conn: UpstreamConn, req: UpstreamRequest, target: string, started: number): Promise<UpstreamResponse> {
+  private exchange(
+    conn: UpstreamConn,
+    req: UpstreamRequest,
+    target: string,
+    started: number,
+  ): Promise<UpstreamResponse> {
     return new Promise<UpstreamResponse>((resolve, reject) => {
       // Nothing is written for a client already gone; the untouched connection stays usable.
       if (req.signal?.aborted) {
@@ -185,12 +215,16 @@ export class UpstreamClient {
         conn.destroy();
         reject(e);
       };
-      const onAbort = (): void => fail(new DialError("other", target, { cause: req.signal?.reason, detail: "request aborted" }));
+      const onAbort = (): void =>
+        fail(
+          new DialError("other", target, { cause: req.signal?.reason, detail: "request aborted" }),
+        );
       // timeouts.upstream_header counts from the end of the request: an upload may take as long as
       // it takes (the client's idle timeout covers one that stalls), then the answer must start.
       let timer: Timer | undefined;
       const arm = (ms: number): void => {
-        if (!settled) timer = setTimeout(() => fail(new DialError("timeout", target)), Math.max(1, ms));
+        if (!settled)
+          timer = setTimeout(() => fail(new DialError("timeout", target)), Math.max(1, ms));
       };
       if (req.body == null) arm(req.headTimeoutMs - (Date.now() - started));
       const cleanup = (): void => {
@@ -208,25 +242,50 @@ export class UpstreamClient {
             try {
               r = readResponseHead(buf);
             } catch (e) {
-              return fail(new DialError("framing", target, { cause: e, detail: e instanceof HttpError ? e.message : String(e) }));
+              return fail(
+                new DialError("framing", target, {
+                  cause: e,
+                  detail: e instanceof HttpError ? e.message : String(e),
+                }),
+              );
             }
             if (r.kind === "incomplete") return;
             buf = r.rest;
-            if (r.head.status === 101) return fail(new DialError("framing", target, { detail: "101 Switching Protocols to a request that asked for no upgrade" }));
+            if (r.head.status === 101)
+              return fail(
+                new DialError("framing", target, {
+                  detail: "101 Switching Protocols to a request that asked for no upgrade",
+                }),
+              );
             // 1xx: 100 Continue and informational answers are dropped; the final answer follows.
             if (r.head.status < 200) continue;
             settled = true;
             cleanup();
-            return this.answer(conn, req, r.head, r.rest, target, () => requestSent && keepRequested, resolve, reject);
+            return this.answer(
+              conn,
+              req,
+              r.head,
+              r.rest,
+              target,
+              () => requestSent && keepRequested,
+              resolve,
+              reject,
+            );
           }
         },
         close: (error) => {
-          const dial = new DialError("reset", target, { cause: error ?? undefined, detail: "upstream closed the connection before answering" });
+          const dial = new DialError("reset", target, {
+            cause: error ?? undefined,
+            detail: "upstream closed the connection before answering",
+          });
           if (!gotBytes) fail(new RetryableError(dial));
           else fail(dial);
         },
       };
-      if (!conn.outbox.write(head.text) && conn.closed) return fail(new RetryableError(new DialError("reset", target, { detail: "connection closed" })));
+      if (!conn.outbox.write(head.text) && conn.closed)
+        return fail(
+          new RetryableError(new DialError("reset", target, { detail: "connection closed" })),
+        );
       if (req.body != null) {
         writeBody(conn, req.body, req.bodyLength ?? null).then(
           () => {
@@ -235,7 +294,8 @@ export class UpstreamClient {
           },
           (e: unknown) => {
             keepRequested = false;
-            if (!settled) fail(new DialError("other", target, { cause: e, detail: "request body failed" }));
+            if (!settled)
+              fail(new DialError("other", target, { cause: e, detail: "request body failed" }));
             else conn.destroy();
           },
         );
@@ -258,7 +318,12 @@ export class UpstreamClient {
       conn.destroy();
       return reject(abortError(req, target));
     }
-    const framing = responseFraming({ status: head.status, method: req.method, version: head.version, headers: head.headers });
+    const framing = responseFraming({
+      status: head.status,
+      method: req.method,
+      version: head.version,
+      headers: head.headers,
+    });
     if (!framing.ok) {
       conn.destroy();
       return reject(new DialError("framing", target, { detail: framing.reason }));
@@ -267,12 +332,25 @@ export class UpstreamClient {
     const reusable = framing.body !== "close" && wantsKeepAlive(head);
     const onAbort = (): void => body.cancel();
     req.signal?.addEventListener("abort", onAbort, { once: true });
-    const body: UpstreamBody = new UpstreamBody(conn, new BodyFramer(framing.body, framing.contentLength), target, (clean) => {
-      req.signal?.removeEventListener("abort", onAbort);
-      if (clean && reusable && requestDone() && !conn.closed) this.pool.put(conn);
-      else if (framing.body !== "close") conn.destroy();
-    }, rest);
-    resolve({ status: head.status, reason: head.reason, version: head.version, headers: head.headers, contentLength: framing.contentLength, body });
+    const body: UpstreamBody = new UpstreamBody(
+      conn,
+      new BodyFramer(framing.body, framing.contentLength),
+      target,
+      (clean) => {
+        req.signal?.removeEventListener("abort", onAbort);
+        if (clean && reusable && requestDone() && !conn.closed) this.pool.put(conn);
+        else if (framing.body !== "close") conn.destroy();
+      },
+      rest,
+    );
+    resolve({
+      status: head.status,
+      reason: head.reason,
+      version: head.version,
+      headers: head.headers,
+      contentLength: framing.contentLength,
+      body,
+    });
   }
 }
 
@@ -291,7 +369,10 @@ function requestHead(req: UpstreamRequest): { text: string; close: boolean } {
   let host = false;
   let close = false;
   for (const [k, v] of req.headers) {
-    const l = k.length === 4 || k.length === 10 || k.length === 14 || k.length === 17 ? k.toLowerCase() : "";
+    const l =
+      k.length === 4 || k.length === 10 || k.length === 14 || k.length === 17
+        ? k.toLowerCase()
+        : "";
     if (l === "content-length" || l === "transfer-encoding") continue;
     if (l === "host") host = true;
     else if (l === "connection" && connectionHas(v, "close")) close = true;
@@ -310,7 +391,11 @@ function requestHead(req: UpstreamRequest): { text: string; close: boolean } {
   return { text: out + "\r\n", close };
 }
 
-async function writeBody(conn: UpstreamConn, body: RequestBody, length: number | null): Promise<void> {
+async function writeBody(
+  conn: UpstreamConn,
+  body: RequestBody,
+  length: number | null,
+): Promise<void> {
   if (body instanceof Uint8Array) {
     conn.outbox.write(body);
     return conn.outbox.drained();
@@ -325,7 +410,8 @@ async function writeBody(conn: UpstreamConn, body: RequestBody, length: number |
   conn.outbox.onDrained(resume);
   try {
     await body.pipe((piece) => {
-      if (chunked) conn.outbox.write(`${pieces++ === 0 ? "" : "\r\n"}${piece.byteLength.toString(16)}\r\n`);
+      if (chunked)
+        conn.outbox.write(`${pieces++ === 0 ? "" : "\r\n"}${piece.byteLength.toString(16)}\r\n`);
       return conn.outbox.write(piece) && !conn.closed;
     });
   } finally {
@@ -346,11 +432,17 @@ function throwIfAborted(req: UpstreamRequest, target: string): void {
 }
 
 function abortedOr(req: UpstreamRequest, e: unknown, target: string): unknown {
-  if (req.signal?.aborted) return new DialError("other", target, { cause: e, detail: "request aborted" });
+  if (req.signal?.aborted)
+    return new DialError("other", target, { cause: e, detail: "request aborted" });
   return e;
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, target: string): Promise<T> {
   let t: Timer | undefined;
-  return Promise.race([p, new Promise<never>((_, rej) => (t = setTimeout(() => rej(new DialError("timeout", target)), ms)))]).finally(() => clearTimeout(t));
+  return Promise.race([
+    p,
+    new Promise<never>(
+      (_, rej) => (t = setTimeout(() => rej(new DialError("timeout", target)), ms)),
+    ),
+  ]).finally(() => clearTimeout(t));
 }

@@ -77,7 +77,10 @@ function envExtraCa(): string | null {
 }
 
 function tlsConfig(tls: TlsOptions): Record<string, unknown> {
-  const out: Record<string, unknown> = { rejectUnauthorized: !tls.insecure, ALPNProtocols: "http/1.1" };
+  const out: Record<string, unknown> = {
+    rejectUnauthorized: !tls.insecure,
+    ALPNProtocols: "http/1.1",
+  };
   if (tls.serverName) out.serverName = tls.serverName;
   if (tls.extraCa && tls.extraCa.length > 0) {
     const env = envExtraCa();
@@ -87,7 +90,14 @@ function tlsConfig(tls: TlsOptions): Record<string, unknown> {
 }
 
 /** Connects to `address:port` (already checked by the SSRF guard) within `timeoutMs`. */
-export function openConn(address: string, port: number, tls: TlsOptions | null, timeoutMs: number, target: string, key: string): Promise<UpstreamConn> {
+export function openConn(
+  address: string,
+  port: number,
+  tls: TlsOptions | null,
+  timeoutMs: number,
+  target: string,
+  key: string,
+): Promise<UpstreamConn> {
   return new Promise<UpstreamConn>((resolve, reject) => {
     let settled = false;
     let conn: UpstreamConn | null = null;
@@ -124,11 +134,21 @@ export function openConn(address: string, port: number, tls: TlsOptions | null, 
         },
         error(s, e) {
           s.data?.onError(e);
-          if (!settled) settle(new DialError(tls && classifyNetworkError(e) === "other" ? "tls" : classifyNetworkError(e), target, { cause: e, detail: e.message }));
+          if (!settled)
+            settle(
+              new DialError(
+                tls && classifyNetworkError(e) === "other" ? "tls" : classifyNetworkError(e),
+                target,
+                { cause: e, detail: e.message },
+              ),
+            );
         },
         close(s) {
           s.data?.onClose();
-          if (!settled) settle(new DialError(tls ? "tls" : "reset", target, { detail: "closed during connect" }));
+          if (!settled)
+            settle(
+              new DialError(tls ? "tls" : "reset", target, { detail: "closed during connect" }),
+            );
         },
         connectError(_s, e) {
           settle(new DialError(classifyNetworkError(e), target, { cause: e }));

@@ -14,7 +14,11 @@ export interface PoolLimits {
   idleTimeoutMs: number;
 }
 
-export const DEFAULT_POOL_LIMITS: PoolLimits = { maxIdlePerOrigin: 64, maxIdleTotal: 512, idleTimeoutMs: 30_000 };
+export const DEFAULT_POOL_LIMITS: PoolLimits = {
+  maxIdlePerOrigin: 64,
+  maxIdleTotal: 512,
+  idleTimeoutMs: 30_000,
+};
 
 interface Idle extends Linked<Idle> {
   conn: UpstreamConn;
@@ -61,7 +65,12 @@ export class UpstreamPool {
     if (list.length >= this.limits.maxIdlePerOrigin) this.drop(key, list[0] as Idle);
     const oldest = this.byAge.first;
     if (this.byAge.size >= this.limits.maxIdleTotal && oldest) this.drop(oldest.conn.key, oldest);
-    const entry: Idle = { conn, timer: setTimeout(() => this.drop(key, entry), this.limits.idleTimeoutMs), prev: null, next: null };
+    const entry: Idle = {
+      conn,
+      timer: setTimeout(() => this.drop(key, entry), this.limits.idleTimeoutMs),
+      prev: null,
+      next: null,
+    };
     // An idle connection keeps no process alive (`crm doctor` ends when its checks do).
     entry.timer.unref();
     conn.socket.unref();

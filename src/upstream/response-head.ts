@@ -19,7 +19,8 @@ export interface ResponseHead {
   size: number;
 }
 
-export type ResponseHeadResult = { kind: "incomplete" } | { kind: "head"; head: ResponseHead; rest: Buffer };
+export type ResponseHeadResult =
+  { kind: "incomplete" } | { kind: "head"; head: ResponseHead; rest: Buffer };
 
 const CRLFCRLF = Buffer.from("\r\n\r\n");
 const STATUS_LINE = /^(HTTP\/\d\.\d) (\d{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?$/;
@@ -28,17 +29,20 @@ const STATUS_LINE = /^(HTTP\/\d\.\d) (\d{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?$/
 export function readResponseHead(buf: Buffer): ResponseHeadResult {
   const end = buf.indexOf(CRLFCRLF);
   if (end < 0) {
-    if (buf.length > MAX_RESPONSE_HEAD) throw fail(`response head too large (limit ${MAX_RESPONSE_HEAD / 1024} KiB)`);
+    if (buf.length > MAX_RESPONSE_HEAD)
+      throw fail(`response head too large (limit ${MAX_RESPONSE_HEAD / 1024} KiB)`);
     if (hasBareLf(buf)) throw fail("bare LF in response head: lines must end with CRLF");
     // Not even the start of a status line: say so now rather than wait for the header timeout.
     const probe = buf.toString("latin1", 0, Math.min(buf.length, 5));
     if (!"HTTP/".startsWith(probe)) throw fail("not an HTTP response (no status line)");
     return { kind: "incomplete" };
   }
-  if (end + 4 > MAX_RESPONSE_HEAD) throw fail(`response head too large (limit ${MAX_RESPONSE_HEAD / 1024} KiB)`);
+  if (end + 4 > MAX_RESPONSE_HEAD)
+    throw fail(`response head too large (limit ${MAX_RESPONSE_HEAD / 1024} KiB)`);
   const lines = buf.toString("latin1", 0, end).split("\r\n");
   const m = STATUS_LINE.exec(lines[0] ?? "");
-  if (m === null) throw fail(`malformed status line ${JSON.stringify((lines[0] ?? "").slice(0, 80))}`);
+  if (m === null)
+    throw fail(`malformed status line ${JSON.stringify((lines[0] ?? "").slice(0, 80))}`);
   const [, version = "", code = "", reason = ""] = m;
   if (version !== "HTTP/1.1" && version !== "HTTP/1.0") throw fail(`${version} not supported`);
   const status = Number(code);
@@ -49,7 +53,11 @@ export function readResponseHead(buf: Buffer): ResponseHeadResult {
   } catch (e) {
     throw fail(e instanceof Error ? e.message : String(e));
   }
-  return { kind: "head", head: { version, status, reason, headers, size: end + 4 }, rest: buf.subarray(end + 4) };
+  return {
+    kind: "head",
+    head: { version, status, reason, headers, size: end + 4 },
+    rest: buf.subarray(end + 4),
+  };
 }
 
 function fail(message: string): HttpError {

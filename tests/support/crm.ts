@@ -14,9 +14,16 @@ export interface TestCrm {
   stop(): Promise<void>;
 }
 
-export async function startCrm(raw: Record<string, unknown>, level: LogLevel = "debug", resolver?: Resolver): Promise<TestCrm> {
+export async function startCrm(
+  raw: Record<string, unknown>,
+  level: LogLevel = "debug",
+  resolver?: Resolver,
+): Promise<TestCrm> {
   // Every upstream in a test is on 127.0.0.1, which the SSRF guard refuses by default.
-  const { config } = buildConfig({ listen: "127.0.0.1:0", log_level: level, allow_private_networks: true, ...raw }, "test.yaml");
+  const { config } = buildConfig(
+    { listen: "127.0.0.1:0", log_level: level, allow_private_networks: true, ...raw },
+    "test.yaml",
+  );
   const logs: string[] = [];
   const server = await CrmServer.start(config, { sink: (line) => logs.push(line), resolver });
   const port = server.port;
@@ -30,7 +37,8 @@ export async function startCrm(raw: Record<string, unknown>, level: LogLevel = "
       for (;;) {
         const hit = logs.find((l) => re.test(l));
         if (hit) return hit;
-        if (Date.now() > end) throw new Error(`no log line matching ${re} within ${ms} ms; got:\n${logs.join("\n")}`);
+        if (Date.now() > end)
+          throw new Error(`no log line matching ${re} within ${ms} ms; got:\n${logs.join("\n")}`);
         await Bun.sleep(10);
       }
     },

@@ -21,7 +21,13 @@ export interface RelayRequest {
 }
 
 export type RelayPlan =
-  | { kind: "pass"; cutAfter?: number; stallAfter?: number; chunked?: boolean; stripRange?: boolean }
+  | {
+      kind: "pass";
+      cutAfter?: number;
+      stallAfter?: number;
+      chunked?: boolean;
+      stripRange?: boolean;
+    }
   | { kind: "status"; status: number; headers?: Record<string, string> }
   | { kind: "stall" };
 
@@ -103,7 +109,10 @@ function finish(c: Socket<Conn>, how: "cut" | "end"): void {
   if (c.data.out.length === 0) flush(c);
 }
 
-export async function startCuttingRelay(target: { host: string; port: number }, plan: CuttingRelay["plan"] = () => ({ kind: "pass" })): Promise<CuttingRelay> {
+export async function startCuttingRelay(
+  target: { host: string; port: number },
+  plan: CuttingRelay["plan"] = () => ({ kind: "pass" }),
+): Promise<CuttingRelay> {
   const requests: RelayRequest[] = [];
   const relay: CuttingRelay = { url: "", port: 0, requests, plan, stop: () => {} };
 
@@ -124,7 +133,10 @@ export async function startCuttingRelay(target: { host: string; port: number }, 
       bytes = all.subarray(end + 4);
       const status = Number(head.split(" ")[1]);
       st.chunked = st.plan.chunked === true && status === 200;
-      if (st.chunked) head = head.replace(/\r\ncontent-length:[^\r]*/i, "").replace(/\r\n\r\n$/, "\r\nTransfer-Encoding: chunked\r\n\r\n");
+      if (st.chunked)
+        head = head
+          .replace(/\r\ncontent-length:[^\r]*/i, "")
+          .replace(/\r\n\r\n$/, "\r\nTransfer-Encoding: chunked\r\n\r\n");
       st.headSent = true;
       send(c, head);
     }
@@ -156,7 +168,15 @@ export async function startCuttingRelay(target: { host: string; port: number }, 
     port: 0,
     socket: {
       open(s) {
-        s.data = { buf: Buffer.alloc(0), upstream: null, asked: false, done: false, out: [], cutWhenFlushed: false, endWhenFlushed: false };
+        s.data = {
+          buf: Buffer.alloc(0),
+          upstream: null,
+          asked: false,
+          done: false,
+          out: [],
+          cutWhenFlushed: false,
+          endWhenFlushed: false,
+        };
       },
       data(s, chunk) {
         const st = s.data;
@@ -175,7 +195,15 @@ export async function startCuttingRelay(target: { host: string; port: number }, 
           return;
         }
         if (p.kind === "status") {
-          const body = JSON.stringify({ errors: [{ code: p.status === 429 ? "TOOMANYREQUESTS" : "UNAVAILABLE", message: `relay answers ${p.status}`, detail: null }] });
+          const body = JSON.stringify({
+            errors: [
+              {
+                code: p.status === 429 ? "TOOMANYREQUESTS" : "UNAVAILABLE",
+                message: `relay answers ${p.status}`,
+                detail: null,
+              },
+            ],
+          });
           let head = `HTTP/1.1 ${p.status} Relay\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n`;
           for (const [k, v] of Object.entries(p.headers ?? {})) head += `${k}: ${v}\r\n`;
           st.done = true;
@@ -183,13 +211,27 @@ export async function startCuttingRelay(target: { host: string; port: number }, 
           finish(s, "end");
           return;
         }
-        const lines = headText.split("\r\n").filter((l, i) => i === 0 || !/^(connection|keep-alive)\s*:/i.test(l) && !(p.stripRange === true && /^(range|if-range)\s*:/i.test(l)));
+        const lines = headText
+          .split("\r\n")
+          .filter(
+            (l, i) =>
+              i === 0 ||
+              (!/^(connection|keep-alive)\s*:/i.test(l) &&
+                !(p.stripRange === true && /^(range|if-range)\s*:/i.test(l))),
+          );
         const out = lines.join("\r\n") + "\r\nConnection: close\r\n\r\n";
         const rest = st.buf.subarray(end + 4);
         void Bun.connect<UpConn>({
           hostname: target.host,
           port: target.port,
-          data: { client: s, plan: p, pending: Buffer.alloc(0), headSent: false, body: 0, chunked: false },
+          data: {
+            client: s,
+            plan: p,
+            pending: Buffer.alloc(0),
+            headSent: false,
+            body: 0,
+            chunked: false,
+          },
           socket: {
             open(u) {
               st.upstream = u;

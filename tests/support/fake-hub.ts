@@ -18,7 +18,12 @@ import { createHash, randomBytes } from "node:crypto";
 
 export const INDEX_TYPE = "application/vnd.oci.image.index.v1+json";
 export const IMAGE_TYPE = "application/vnd.oci.image.manifest.v1+json";
-export const HUB_ACCEPT = [INDEX_TYPE, IMAGE_TYPE, "application/vnd.docker.distribution.manifest.list.v2+json", "application/vnd.docker.distribution.manifest.v2+json"].join(", ");
+export const HUB_ACCEPT = [
+  INDEX_TYPE,
+  IMAGE_TYPE,
+  "application/vnd.docker.distribution.manifest.list.v2+json",
+  "application/vnd.docker.distribution.manifest.v2+json",
+].join(", ");
 
 export function sha256(b: Uint8Array | string): string {
   return "sha256:" + createHash("sha256").update(b).digest("hex");
@@ -67,15 +72,32 @@ export function startFakeHub(opts: { limit?: number } = {}): FakeHub {
 
   const build = (): HubImage => {
     const platforms = ["amd64", "arm64"].map((arch) => {
-      const config = enc(JSON.stringify({ architecture: arch, os: "linux", rootfs: { type: "layers", diff_ids: [] }, salt: randomBytes(4).toString("hex") }));
+      const config = enc(
+        JSON.stringify({
+          architecture: arch,
+          os: "linux",
+          rootfs: { type: "layers", diff_ids: [] },
+          salt: randomBytes(4).toString("hex"),
+        }),
+      );
       const layer = new Uint8Array(randomBytes(32 * 1024));
       for (const b of [config, layer]) blobs.set(sha256(b), b);
       const m = doc(
         JSON.stringify({
           schemaVersion: 2,
           mediaType: IMAGE_TYPE,
-          config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: sha256(config), size: config.byteLength },
-          layers: [{ mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: sha256(layer), size: layer.byteLength }],
+          config: {
+            mediaType: "application/vnd.oci.image.config.v1+json",
+            digest: sha256(config),
+            size: config.byteLength,
+          },
+          layers: [
+            {
+              mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+              digest: sha256(layer),
+              size: layer.byteLength,
+            },
+          ],
         }),
         IMAGE_TYPE,
       );
@@ -86,7 +108,12 @@ export function startFakeHub(opts: { limit?: number } = {}): FakeHub {
       JSON.stringify({
         schemaVersion: 2,
         mediaType: INDEX_TYPE,
-        manifests: platforms.map((p) => ({ mediaType: IMAGE_TYPE, digest: p.digest, size: p.bytes.byteLength, platform: { os: "linux", architecture: p.arch } })),
+        manifests: platforms.map((p) => ({
+          mediaType: IMAGE_TYPE,
+          digest: p.digest,
+          size: p.bytes.byteLength,
+          platform: { os: "linux", architecture: p.arch },
+        })),
       }),
       INDEX_TYPE,
     );
@@ -103,7 +130,11 @@ export function startFakeHub(opts: { limit?: number } = {}): FakeHub {
     const m = /^(\d{1,8})-(\w+)$/.exec(tag);
     if (!m) return null;
     const size = Number(m[1]);
-    const head = JSON.stringify({ schemaVersion: 2, mediaType: IMAGE_TYPE, annotations: { k: m[2], pad: "" } });
+    const head = JSON.stringify({
+      schemaVersion: 2,
+      mediaType: IMAGE_TYPE,
+      annotations: { k: m[2], pad: "" },
+    });
     const body = head.replace('"pad":""', `"pad":"${"x".repeat(Math.max(0, size - head.length))}"`);
     const d = doc(body, IMAGE_TYPE);
     fills.set(d.digest, tag);
@@ -132,30 +163,49 @@ export function startFakeHub(opts: { limit?: number } = {}): FakeHub {
     "ratelimit-remaining": `${Math.max(0, hub.remaining)};w=21600`,
     "docker-ratelimit-source": "127.0.0.1",
   });
-  const error = (status: number, code: string, message: string, extra: Record<string, string> = {}): Response =>
-    Response.json({ errors: [{ code, message, detail: null }] }, { status, headers: { ...api, ...extra } });
+  const error = (
+    status: number,
+    code: string,
+    message: string,
+    extra: Record<string, string> = {},
+  ): Response =>
+    Response.json(
+      { errors: [{ code, message, detail: null }] },
+      { status, headers: { ...api, ...extra } },
+    );
 
   const server = Bun.serve({
     hostname: "127.0.0.1",
     port: 0,
     fetch(req) {
       const url = new URL(req.url);
-      if (url.pathname === "/v2/" || url.pathname === "/v2") return Response.json({}, { headers: api });
+      if (url.pathname === "/v2/" || url.pathname === "/v2")
+        return Response.json({}, { headers: api });
       const blob = /^\/v2\/(.+)\/blobs\/(.+)$/.exec(url.pathname);
       if (blob) {
         const b = blobs.get(blob[2] ?? "");
         if (!b) return error(404, "BLOB_UNKNOWN", "blob unknown");
-        return new Response(req.method === "HEAD" ? null : b, { headers: { ...api, "content-length": String(b.byteLength), "docker-content-digest": blob[2] ?? "" } });
+        return new Response(req.method === "HEAD" ? null : b, {
+          headers: {
+            ...api,
+            "content-length": String(b.byteLength),
+            "docker-content-digest": blob[2] ?? "",
+          },
+        });
       }
       const m = /^\/v2\/(.+)\/manifests\/([^/]+)$/.exec(url.pathname);
       if (!m) return error(404, "UNSUPPORTED", "no such endpoint");
       const [, name = "", ref = ""] = m;
       hub.manifestRequests.push(`${req.method} ${url.pathname}`);
-      if (name.startsWith("nohead/") && req.method === "HEAD") return new Response(null, { status: 405, headers: api });
+      if (name.startsWith("nohead/") && req.method === "HEAD")
+        return new Response(null, { status: 405, headers: api });
       if (req.method === "GET") {
         // Docker Hub meters manifest GETs only.
         if (hub.remaining <= 0) {
-          return error(429, "TOOMANYREQUESTS", "You have reached your pull rate limit.", { ...quota(), ...(hub.retryAfter !== null ? { "retry-after": hub.retryAfter } : {}) });
+          return error(429, "TOOMANYREQUESTS", "You have reached your pull rate limit.", {
+            ...quota(),
+            ...(hub.retryAfter !== null ? { "retry-after": hub.retryAfter } : {}),
+          });
         }
         hub.remaining--;
       }
@@ -168,21 +218,37 @@ export function startFakeHub(opts: { limit?: number } = {}): FakeHub {
       let bytes = found.bytes;
       headerDigest = found.digest;
       if (req.method === "GET" && ref.includes(":")) {
-        if (name.startsWith("tampered/")) bytes = enc(new TextDecoder().decode(found.bytes).replace("schemaVersion", "schemaVersion "));
+        if (name.startsWith("tampered/"))
+          bytes = enc(
+            new TextDecoder().decode(found.bytes).replace("schemaVersion", "schemaVersion "),
+          );
         if (name.startsWith("liar/")) {
           const swap = found.digest === current.index.digest ? other.index : found;
           bytes = swap.bytes;
           headerDigest = swap.digest;
         }
       }
-      const headers: Record<string, string> = { ...api, ...quota(), "content-type": found.type, "docker-content-digest": headerDigest, "content-length": String(bytes.byteLength), etag: `"${headerDigest}"` };
-      if (name.startsWith("nodigest/") && req.method === "HEAD") delete headers["docker-content-digest"];
-      if (name.startsWith("fill/") && (fills.get(ref) ?? ref).includes("-chunked") && req.method === "GET") {
+      const headers: Record<string, string> = {
+        ...api,
+        ...quota(),
+        "content-type": found.type,
+        "docker-content-digest": headerDigest,
+        "content-length": String(bytes.byteLength),
+        etag: `"${headerDigest}"`,
+      };
+      if (name.startsWith("nodigest/") && req.method === "HEAD")
+        delete headers["docker-content-digest"];
+      if (
+        name.startsWith("fill/") &&
+        (fills.get(ref) ?? ref).includes("-chunked") &&
+        req.method === "GET"
+      ) {
         delete headers["content-length"];
         const body = bytes;
         const stream = new ReadableStream<Uint8Array>({
           start(ctl) {
-            for (let off = 0; off < body.byteLength; off += 1 << 20) ctl.enqueue(body.subarray(off, off + (1 << 20)));
+            for (let off = 0; off < body.byteLength; off += 1 << 20)
+              ctl.enqueue(body.subarray(off, off + (1 << 20)));
             ctl.close();
           },
         });

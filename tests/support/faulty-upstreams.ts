@@ -68,7 +68,11 @@ function pump(s: Socket<ServerData>): void {
   d.after = "none";
 }
 
-export const GARBAGE = Buffer.concat([Buffer.from("SSH-2.0-OpenSSH_9.6\r\n\x00\x01\x02"), Buffer.from([0xff, 0xfe, 0x00, 0x0d, 0x0a, 0x0d, 0x0a]), Buffer.from("not http at all\r\n\r\n")]);
+export const GARBAGE = Buffer.concat([
+  Buffer.from("SSH-2.0-OpenSSH_9.6\r\n\x00\x01\x02"),
+  Buffer.from([0xff, 0xfe, 0x00, 0x0d, 0x0a, 0x0d, 0x0a]),
+  Buffer.from("not http at all\r\n\r\n"),
+]);
 
 export function startFaultyUpstream(kind: FaultKind, opts: FaultOptions = {}): FaultyUpstream {
   const length = opts.length ?? 64 * 1024;
@@ -78,16 +82,26 @@ export function startFaultyUpstream(kind: FaultKind, opts: FaultOptions = {}): F
         return { bytes: Buffer.alloc(0), after: "keep" };
       case "reset-mid-body":
         return {
-          bytes: Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ${length}\r\n\r\n`), bodyBytes(Math.floor(length / 2))]),
+          bytes: Buffer.concat([
+            Buffer.from(
+              `HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ${length}\r\n\r\n`,
+            ),
+            bodyBytes(Math.floor(length / 2)),
+          ]),
           after: "terminate",
         };
       case "garbage":
         return { bytes: GARBAGE, after: "end" };
       case "chunked-cut": {
         const chunk = bodyBytes(1000);
-        const parts: Buffer[] = [Buffer.from("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n")];
+        const parts: Buffer[] = [
+          Buffer.from(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+          ),
+        ];
         for (let i = 0; i < 4; i++) parts.push(Buffer.from("3e8\r\n"), chunk, Buffer.from("\r\n"));
-        if ((opts.cut ?? "between") === "inside") parts.push(Buffer.from("3e8\r\n"), chunk.subarray(0, 500));
+        if ((opts.cut ?? "between") === "inside")
+          parts.push(Buffer.from("3e8\r\n"), chunk.subarray(0, 500));
         return { bytes: Buffer.concat(parts), after: "terminate" };
       }
     }
@@ -127,10 +141,19 @@ export interface ScriptedUpstream {
  * head is in; request bodies are dropped by Content-Length (a pipelined head after one is answered
  * when the answer says "keep").
  */
-export function startScriptedUpstream(answer: (head: string) => ScriptedAnswer, tls?: { cert: string; key: string }): ScriptedUpstream {
+export function startScriptedUpstream(
+  answer: (head: string) => ScriptedAnswer,
+  tls?: { cert: string; key: string },
+): ScriptedUpstream {
   const heads: string[] = [];
   const sockets = new Set<Socket<ServerData>>();
-  const fresh = (): ServerData => ({ buf: Buffer.alloc(0), skip: 0, answered: false, queue: [], after: "none" });
+  const fresh = (): ServerData => ({
+    buf: Buffer.alloc(0),
+    skip: 0,
+    answered: false,
+    queue: [],
+    after: "none",
+  });
   const listener: TCPSocketListener<ServerData> = Bun.listen<ServerData>({
     hostname: "127.0.0.1",
     port: 0,
@@ -237,7 +260,11 @@ export function header(r: ParsedResponse, name: string): string | null {
  * response answers (decides HEAD/CONNECT framing; the last one repeats). `closed` says whether
  * the server closed the connection, which completes a close-delimited body.
  */
-export function parseResponses(buf: Buffer, methods: readonly string[], closed: boolean): ParseResult {
+export function parseResponses(
+  buf: Buffer,
+  methods: readonly string[],
+  closed: boolean,
+): ParseResult {
   const responses: ParsedResponse[] = [];
   let off = 0;
   let finals = 0;
@@ -246,8 +273,14 @@ export function parseResponses(buf: Buffer, methods: readonly string[], closed: 
     const end = buf.indexOf("\r\n\r\n", off);
     if (end < 0) {
       // A partial head is only legitimate if it could still become one.
-      if (!"HTTP/1.".startsWith(buf.toString("latin1", off, Math.min(off + 7, buf.byteLength)).slice(0, 7))) {
-        return fail(`garbage where a status line should be: ${JSON.stringify(buf.toString("latin1", off, off + 60))}`);
+      if (
+        !"HTTP/1.".startsWith(
+          buf.toString("latin1", off, Math.min(off + 7, buf.byteLength)).slice(0, 7),
+        )
+      ) {
+        return fail(
+          `garbage where a status line should be: ${JSON.stringify(buf.toString("latin1", off, off + 60))}`,
+        );
       }
       break;
     }
@@ -261,7 +294,17 @@ export function parseResponses(buf: Buffer, methods: readonly string[], closed: 
       headers.push([hm[1] as string, hm[2] as string]);
     }
     const status = Number(m[2]);
-    const r: ParsedResponse = { version: m[1] as string, status, reason: m[3] as string, headers, framing: "none", declared: null, body: Buffer.alloc(0), complete: true, tunnel: false };
+    const r: ParsedResponse = {
+      version: m[1] as string,
+      status,
+      reason: m[3] as string,
+      headers,
+      framing: "none",
+      declared: null,
+      body: Buffer.alloc(0),
+      complete: true,
+      tunnel: false,
+    };
     off = end + 4;
     responses.push(r);
     if (status < 200) continue; // interim: no body, the final answer follows
@@ -273,7 +316,8 @@ export function parseResponses(buf: Buffer, methods: readonly string[], closed: 
       if (!/^\d+$/.test(cl)) return fail(`bad Content-Length ${JSON.stringify(cl)}`);
       r.declared = Number(cl);
     }
-    if (te !== null && cl !== null) return fail("response with both Transfer-Encoding and Content-Length");
+    if (te !== null && cl !== null)
+      return fail("response with both Transfer-Encoding and Content-Length");
     if (method === "CONNECT" && status < 300) {
       r.tunnel = true;
       break;
@@ -306,7 +350,8 @@ export function parseResponses(buf: Buffer, methods: readonly string[], closed: 
           off = buf.byteLength;
           break;
         }
-        if (buf[le + 2 + size] !== 0x0d || buf[le + 3 + size] !== 0x0a) return fail("chunk data not followed by CRLF");
+        if (buf[le + 2 + size] !== 0x0d || buf[le + 3 + size] !== 0x0a)
+          return fail("chunk data not followed by CRLF");
         body.push(buf.subarray(le + 2, le + 2 + size));
         off = le + 4 + size;
       }
@@ -362,7 +407,14 @@ export interface RawConn {
 export async function openRaw(port: number, host = "127.0.0.1"): Promise<RawConn> {
   let resolveClosed: () => void = () => {};
   let drainWaiter: (() => void) | null = null;
-  const conn: Partial<RawConn> & { chunks: Buffer[]; bytes: number; closed: boolean; finSeen: boolean; resetSeen: boolean; onData: (() => void) | null } = {
+  const conn: Partial<RawConn> & {
+    chunks: Buffer[];
+    bytes: number;
+    closed: boolean;
+    finSeen: boolean;
+    resetSeen: boolean;
+    onData: (() => void) | null;
+  } = {
     chunks: [],
     bytes: 0,
     closed: false,

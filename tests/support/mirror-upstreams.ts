@@ -22,7 +22,9 @@ export function digestOf(b: Uint8Array | string): string {
   return "sha256:" + createHash("sha256").update(b).digest("hex");
 }
 
-export const CONFIG_BLOB = new TextEncoder().encode(JSON.stringify({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [] } }));
+export const CONFIG_BLOB = new TextEncoder().encode(
+  JSON.stringify({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [] } }),
+);
 export const LAYER_BLOB = new Uint8Array(randomBytes(300 * 1024));
 export const CONFIG_DIGEST = digestOf(CONFIG_BLOB);
 export const LAYER_DIGEST = digestOf(LAYER_BLOB);
@@ -30,8 +32,18 @@ export const MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json";
 export const MANIFEST = JSON.stringify({
   schemaVersion: 2,
   mediaType: MANIFEST_TYPE,
-  config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: CONFIG_DIGEST, size: CONFIG_BLOB.byteLength },
-  layers: [{ mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: LAYER_DIGEST, size: LAYER_BLOB.byteLength }],
+  config: {
+    mediaType: "application/vnd.oci.image.config.v1+json",
+    digest: CONFIG_DIGEST,
+    size: CONFIG_BLOB.byteLength,
+  },
+  layers: [
+    {
+      mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+      digest: LAYER_DIGEST,
+      size: LAYER_BLOB.byteLength,
+    },
+  ],
 });
 export const MANIFEST_DIGEST = digestOf(MANIFEST);
 export const TAGS = ["a", "b", "c", "d", "e", "v1"];
@@ -57,22 +69,40 @@ export interface Seen {
   headers: Record<string, string>;
 }
 
-const ociError = (status: number, code: string, message: string, headers: Record<string, string> = {}): Response =>
-  Response.json({ errors: [{ code, message, detail: null }] }, { status, headers });
+const ociError = (
+  status: number,
+  code: string,
+  message: string,
+  headers: Record<string, string> = {},
+): Response => Response.json({ errors: [{ code, message, detail: null }] }, { status, headers });
 
 /** Serves a blob with Range (RFC 9110 §14) as registries and S3 do: one range, 206 or 416. */
 function serveBlob(req: Request, blob: Uint8Array, extra: Record<string, string>): Response {
-  const headers: Record<string, string> = { "content-type": "application/octet-stream", "accept-ranges": "bytes", ...extra };
+  const headers: Record<string, string> = {
+    "content-type": "application/octet-stream",
+    "accept-ranges": "bytes",
+    ...extra,
+  };
   const r = parseRange(req.headers.get("range"), blob.byteLength);
-  if (r === "unsatisfiable") return new Response(null, { status: 416, headers: { ...headers, "content-range": `bytes */${blob.byteLength}` } });
+  if (r === "unsatisfiable")
+    return new Response(null, {
+      status: 416,
+      headers: { ...headers, "content-range": `bytes */${blob.byteLength}` },
+    });
   if (r !== null) headers["content-range"] = `bytes ${r.start}-${r.end - 1}/${blob.byteLength}`;
   const body = r === null ? blob : blob.subarray(r.start, r.end);
   headers["content-length"] = String(body.byteLength);
-  return new Response(req.method === "HEAD" ? null : body, { status: r === null ? 200 : 206, headers });
+  return new Response(req.method === "HEAD" ? null : body, {
+    status: r === null ? 200 : 206,
+    headers,
+  });
 }
 
 /** One `bytes=a-b` / `bytes=a-` range; null without a Range header. */
-function parseRange(range: string | null, size: number): { start: number; end: number } | "unsatisfiable" | null {
+function parseRange(
+  range: string | null,
+  size: number,
+): { start: number; end: number } | "unsatisfiable" | null {
   if (range === null) return null;
   const m = /^bytes=(\d+)-(\d*)$/.exec(range);
   if (!m) return "unsatisfiable";
@@ -89,7 +119,12 @@ export interface TokenServer {
   service: string;
   calls(): number;
   callsFor(scope: string): number;
-  log: Array<{ scope: string; service: string | null; authorization: string | null; status: number }>;
+  log: Array<{
+    scope: string;
+    service: string | null;
+    authorization: string | null;
+    status: number;
+  }>;
   /** token → scope and the revocation generation it was issued in. */
   issued: Map<string, { scope: string; generation: number }>;
   generation: number;
@@ -121,14 +156,20 @@ export function startTokenServer(opts: TokenServerOptions = {}): TokenServer {
       if (opts.delayMs) await Bun.sleep(opts.delayMs);
       let status = 200;
       if (opts.users && authorization !== null) {
-        const [user, pass] = Buffer.from(authorization.replace(/^Basic /, ""), "base64").toString().split(":");
+        const [user, pass] = Buffer.from(authorization.replace(/^Basic /, ""), "base64")
+          .toString()
+          .split(":");
         if (opts.users[user ?? ""] !== pass) status = 401;
       }
       log.push({ scope, service: url.searchParams.get("service"), authorization, status });
       if (status !== 200) return Response.json({ details: "bad credentials" }, { status });
       const token = `tok-${randomBytes(12).toString("hex")}`;
       issued.set(token, { scope, generation: state.generation });
-      return Response.json({ token, expires_in: opts.expiresIn ?? 60, issued_at: new Date().toISOString() });
+      return Response.json({
+        token,
+        expires_in: opts.expiresIn ?? 60,
+        issued_at: new Date().toISOString(),
+      });
     },
   });
   const url = `http://${opts.realmHost ?? "127.0.0.1"}:${server.port}`;
@@ -167,16 +208,31 @@ export function startCdn(host = "localhost"): Cdn {
     fetch(req, srv) {
       srv.timeout(req, 0);
       const url = new URL(req.url);
-      seen.push({ method: req.method, url: url.pathname + url.search, headers: Object.fromEntries(req.headers) });
+      seen.push({
+        method: req.method,
+        url: url.pathname + url.search,
+        headers: Object.fromEntries(req.headers),
+      });
       if (req.headers.has("authorization")) {
-        return new Response("<Error><Code>InvalidArgument</Code><Message>Only one auth mechanism allowed</Message></Error>", {
-          status: 400,
+        return new Response(
+          "<Error><Code>InvalidArgument</Code><Message>Only one auth mechanism allowed</Message></Error>",
+          {
+            status: 400,
+            headers: { "content-type": "application/xml" },
+          },
+        );
+      }
+      if (!url.searchParams.has("sig"))
+        return new Response("<Error><Code>AccessDenied</Code></Error>", {
+          status: 403,
           headers: { "content-type": "application/xml" },
         });
-      }
-      if (!url.searchParams.has("sig")) return new Response("<Error><Code>AccessDenied</Code></Error>", { status: 403, headers: { "content-type": "application/xml" } });
       const blob = BLOBS.get(url.pathname.replace(/^\/blobs\//, ""));
-      if (!blob) return new Response("<Error><Code>NoSuchKey</Code></Error>", { status: 404, headers: { "content-type": "application/xml" } });
+      if (!blob)
+        return new Response("<Error><Code>NoSuchKey</Code></Error>", {
+          status: 404,
+          headers: { "content-type": "application/xml" },
+        });
       // A CDN knows nothing of registry headers: no Docker-Content-Digest here.
       return serveBlob(req, blob, { etag: '"cdn-etag"' });
     },
@@ -186,7 +242,10 @@ export function startCdn(host = "localhost"): Cdn {
 
 // ---------------------------------------------------------------------------------------------
 
-export type FakeAuth = { kind: "bearer"; tokens: TokenServer } | { kind: "basic"; user: string; password: string } | { kind: "none" };
+export type FakeAuth =
+  | { kind: "bearer"; tokens: TokenServer }
+  | { kind: "basic"; user: string; password: string }
+  | { kind: "none" };
 
 export interface FakeRegistry {
   url: string;
@@ -218,7 +277,10 @@ export function startFakeRegistry(opts: FakeRegistryOptions): FakeRegistry {
     if (a.kind === "bearer") {
       value = `Bearer realm="${a.tokens.realm}",service="${a.tokens.service}"${name ? `,scope="repository:${name}:pull"` : ""}${error ? `,error="${error}"` : ""}`;
     } else value = `Basic realm="fake registry"`;
-    return ociError(401, "UNAUTHORIZED", "authentication required", { ...api, "www-authenticate": value });
+    return ociError(401, "UNAUTHORIZED", "authentication required", {
+      ...api,
+      "www-authenticate": value,
+    });
   };
 
   /** null when the request may proceed, else the 401 to answer. */
@@ -227,12 +289,15 @@ export function startFakeRegistry(opts: FakeRegistryOptions): FakeRegistry {
     const h = req.headers.get("authorization");
     if (a.kind === "none") return null;
     if (a.kind === "basic") {
-      return h === "Basic " + Buffer.from(`${a.user}:${a.password}`).toString("base64") ? null : challenge(name);
+      return h === "Basic " + Buffer.from(`${a.user}:${a.password}`).toString("base64")
+        ? null
+        : challenge(name);
     }
     if (h === null || !h.startsWith("Bearer ")) return challenge(name);
     const t = a.tokens.issued.get(h.slice(7));
     if (!t || t.generation < a.tokens.generation) return challenge(name, "invalid_token");
-    if (name !== null && (t.scope !== `repository:${name}:pull` || name.startsWith("private/"))) return challenge(name, "insufficient_scope");
+    if (name !== null && (t.scope !== `repository:${name}:pull` || name.startsWith("private/")))
+      return challenge(name, "insufficient_scope");
     return null;
   };
 
@@ -243,8 +308,13 @@ export function startFakeRegistry(opts: FakeRegistryOptions): FakeRegistry {
     async fetch(req, srv) {
       srv.timeout(req, 0);
       const url = new URL(req.url);
-      seen.push({ method: req.method, url: url.pathname + url.search, headers: Object.fromEntries(req.headers) });
-      if (url.pathname === "/v2/") return authorize(req, null) ?? Response.json({}, { headers: api });
+      seen.push({
+        method: req.method,
+        url: url.pathname + url.search,
+        headers: Object.fromEntries(req.headers),
+      });
+      if (url.pathname === "/v2/")
+        return authorize(req, null) ?? Response.json({}, { headers: api });
       const tags = TAGS_LIST.exec(url.pathname);
       const pull = PULL.exec(url.pathname);
       const name = tags?.[1] ?? pull?.[1] ?? null;
@@ -258,7 +328,8 @@ export function startFakeRegistry(opts: FakeRegistryOptions): FakeRegistry {
         const from = last === null ? 0 : TAGS.indexOf(last) + 1;
         const page = TAGS.slice(from, from + n);
         const headers: Record<string, string> = { ...api };
-        if (from + n < TAGS.length) headers.link = `</v2/${name}/tags/list?n=${n}&last=${page.at(-1)}>; rel="next"`;
+        if (from + n < TAGS.length)
+          headers.link = `</v2/${name}/tags/list?n=${n}&last=${page.at(-1)}>; rel="next"`;
         return Response.json({ name, tags: page }, { headers });
       }
 
@@ -281,28 +352,56 @@ export function startFakeRegistry(opts: FakeRegistryOptions): FakeRegistry {
           await Bun.sleep(opts.slowMs ?? 2000);
           if (aborted) return new Response(null, { status: 499 });
         }
-        if (ref !== "v1" && ref !== MANIFEST_DIGEST) return ociError(404, "MANIFEST_UNKNOWN", "manifest unknown", api);
+        if (ref !== "v1" && ref !== MANIFEST_DIGEST)
+          return ociError(404, "MANIFEST_UNKNOWN", "manifest unknown", api);
         const etag = `"${MANIFEST_DIGEST}"`;
-        const headers = { ...api, "docker-content-digest": MANIFEST_DIGEST, "content-type": MANIFEST_TYPE, etag, "x-internal-secret": "upstream-only" };
-        if (req.headers.get("if-none-match") === etag) return new Response(null, { status: 304, headers });
+        const headers = {
+          ...api,
+          "docker-content-digest": MANIFEST_DIGEST,
+          "content-type": MANIFEST_TYPE,
+          etag,
+          "x-internal-secret": "upstream-only",
+        };
+        if (req.headers.get("if-none-match") === etag)
+          return new Response(null, { status: 304, headers });
         const body = new TextEncoder().encode(MANIFEST);
         const withLength = { ...headers, "content-length": String(body.byteLength) };
         return new Response(req.method === "HEAD" ? null : body, { headers: withLength });
       }
-      if (kind === "referrers") return Response.json({ schemaVersion: 2, mediaType: "application/vnd.oci.image.index.v1+json", manifests: [] }, { headers: api });
+      if (kind === "referrers")
+        return Response.json(
+          { schemaVersion: 2, mediaType: "application/vnd.oci.image.index.v1+json", manifests: [] },
+          { headers: api },
+        );
 
       // blobs
-      if (name.startsWith("evil/")) return new Response(null, { status: 307, headers: { ...api, location: `http://evil.invalid/blobs/${ref}?sig=x` } });
-      if (name.startsWith("loop/")) return new Response(null, { status: 302, headers: { ...api, location: url.pathname } });
+      if (name.startsWith("evil/"))
+        return new Response(null, {
+          status: 307,
+          headers: { ...api, location: `http://evil.invalid/blobs/${ref}?sig=x` },
+        });
+      if (name.startsWith("loop/"))
+        return new Response(null, { status: 302, headers: { ...api, location: url.pathname } });
       // Like Docker Hub, the redirect comes before any existence check: the CDN answers 404.
       if (name.startsWith("cdn/") && opts.cdnBase) {
         return new Response(null, {
           status: 307,
-          headers: { ...api, "docker-content-digest": ref, location: `${opts.cdnBase}/blobs/${ref}?sig=${randomBytes(8).toString("hex")}&expires=60` },
+          headers: {
+            ...api,
+            "docker-content-digest": ref,
+            location: `${opts.cdnBase}/blobs/${ref}?sig=${randomBytes(8).toString("hex")}&expires=60`,
+          },
         });
       }
       if (name.startsWith("big/") && opts.bigBase) {
-        return new Response(null, { status: 307, headers: { ...api, "docker-content-digest": ref, location: `${opts.bigBase}/big/${ref}?sig=1` } });
+        return new Response(null, {
+          status: 307,
+          headers: {
+            ...api,
+            "docker-content-digest": ref,
+            location: `${opts.bigBase}/big/${ref}?sig=1`,
+          },
+        });
       }
       const blob = BLOBS.get(ref);
       if (!blob) return ociError(404, "BLOB_UNKNOWN", "blob unknown to registry", api);
@@ -402,7 +501,10 @@ export function startBigBlobServer(size = BIG_SIZE): BigBlobServer {
         } else {
           c.off = r?.start ?? 0;
           c.end = r?.end ?? size;
-          head = r === null ? "HTTP/1.1 200 OK\r\n" : `HTTP/1.1 206 Partial Content\r\ncontent-range: bytes ${c.off}-${c.end - 1}/${size}\r\n`;
+          head =
+            r === null
+              ? "HTTP/1.1 200 OK\r\n"
+              : `HTTP/1.1 206 Partial Content\r\ncontent-range: bytes ${c.off}-${c.end - 1}/${size}\r\n`;
           head += `content-length: ${c.end - c.off}\r\ncontent-type: application/octet-stream\r\naccept-ranges: bytes\r\n`;
         }
         s.write(head + "connection: close\r\n\r\n");

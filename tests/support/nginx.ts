@@ -38,7 +38,8 @@ export function missingNginx(): boolean {
     test("crm behind nginx: prerequisites", () => {
       throw new Error(`missing ${missing.join(", ")} (${hint}); .ci/run installs them`);
     });
-  } else console.warn(`[skip] crm behind nginx: missing ${missing.join(", ")} (${hint}); CI runs these`);
+  } else
+    console.warn(`[skip] crm behind nginx: missing ${missing.join(", ")} (${hint}); CI runs these`);
   return true;
 }
 
@@ -49,7 +50,10 @@ export async function sharedTempDir(prefix: string): Promise<string> {
   return dir;
 }
 
-export async function startNginx(opts: { unixSocket: string; proxyProtocolPort: number }): Promise<Nginx> {
+export async function startNginx(opts: {
+  unixSocket: string;
+  proxyProtocolPort: number;
+}): Promise<Nginx> {
   const dir = await sharedTempDir("crm-nginx-");
   for (const d of ["logs", "tmp"]) await mkdir(join(dir, d), { recursive: true });
   // Taken together: two separate probes can be handed the same port.
@@ -90,12 +94,27 @@ stream {
 }
 `;
   await writeFile(join(dir, "nginx.conf"), conf);
-  const proc = Bun.spawn([NGINX, "-p", dir, "-c", join(dir, "nginx.conf"), "-e", join(dir, "logs", "error.log"), "-g", "daemon off;"], { stdout: "ignore", stderr: "pipe" });
+  const proc = Bun.spawn(
+    [
+      NGINX,
+      "-p",
+      dir,
+      "-c",
+      join(dir, "nginx.conf"),
+      "-e",
+      join(dir, "logs", "error.log"),
+      "-g",
+      "daemon off;",
+    ],
+    { stdout: "ignore", stderr: "pipe" },
+  );
   const end = Date.now() + 15_000;
   for (;;) {
     if (proc.exitCode !== null) {
       const log = await readFile(join(dir, "logs", "error.log"), "utf8").catch(() => "");
-      throw new Error(`nginx exited with ${proc.exitCode}: ${await new Response(proc.stderr).text()} ${log}`);
+      throw new Error(
+        `nginx exited with ${proc.exitCode}: ${await new Response(proc.stderr).text()} ${log}`,
+      );
     }
     if ((await canConnect(httpPort)) && (await canConnect(streamPort))) break;
     if (Date.now() > end) throw new Error("nginx did not start listening within 15 s");

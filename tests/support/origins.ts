@@ -35,7 +35,10 @@ export interface Seen {
 }
 
 /** An HTTP origin whose paths exercise one proxy rule each. It records what it received. */
-export function startOrigin(tls?: { cert: string; key: string }): Server<undefined> & { seen: Seen[] } {
+export function startOrigin(tls?: {
+  cert: string;
+  key: string;
+}): Server<undefined> & { seen: Seen[] } {
   const seen: Seen[] = [];
   const server = Bun.serve({
     hostname: "127.0.0.1",
@@ -45,22 +48,48 @@ export function startOrigin(tls?: { cert: string; key: string }): Server<undefin
     idleTimeout: 30,
     async fetch(req, srv) {
       const url = new URL(req.url);
-      seen.push({ method: req.method, url: url.pathname + url.search, headers: Object.fromEntries(req.headers) });
+      seen.push({
+        method: req.method,
+        url: url.pathname + url.search,
+        headers: Object.fromEntries(req.headers),
+      });
       srv.timeout(req, 0);
       switch (url.pathname) {
         case "/echo": {
           const body = req.body ? new Uint8Array(await req.arrayBuffer()) : new Uint8Array();
-          return Response.json({ method: req.method, path: url.pathname + url.search, headers: Object.fromEntries(req.headers), length: body.byteLength, sha256: sha256(body) });
+          return Response.json({
+            method: req.method,
+            path: url.pathname + url.search,
+            headers: Object.fromEntries(req.headers),
+            length: body.byteLength,
+            sha256: sha256(body),
+          });
         }
         case "/bytes": {
           const n = Number(url.searchParams.get("n") ?? "0");
           const chunked = url.searchParams.has("chunked");
-          return new Response(patternStream(n), { headers: chunked ? {} : { "content-length": String(n) } });
+          return new Response(patternStream(n), {
+            headers: chunked ? {} : { "content-length": String(n) },
+          });
         }
         case "/gzip":
-          return new Response(GZIP_BODY, { headers: { "content-encoding": "gzip", "content-type": "text/plain", "content-length": String(GZIP_BODY.byteLength) } });
+          return new Response(GZIP_BODY, {
+            headers: {
+              "content-encoding": "gzip",
+              "content-type": "text/plain",
+              "content-length": String(GZIP_BODY.byteLength),
+            },
+          });
         case "/hop":
-          return new Response("hop", { headers: { connection: "x-private", "x-private": "secret", "keep-alive": "timeout=5", "x-kept": "yes", "set-cookie": "a=1" } });
+          return new Response("hop", {
+            headers: {
+              connection: "x-private",
+              "x-private": "secret",
+              "keep-alive": "timeout=5",
+              "x-kept": "yes",
+              "set-cookie": "a=1",
+            },
+          });
         case "/cookies": {
           const h = new Headers();
           h.append("set-cookie", "a=1; Path=/");
@@ -90,7 +119,9 @@ export function startOrigin(tls?: { cert: string; key: string }): Server<undefin
         case "/healthz":
           return new Response("origin healthz");
         default:
-          return new Response(`origin ${req.method} ${url.pathname}`, { headers: { "x-origin": "1" } });
+          return new Response(`origin ${req.method} ${url.pathname}`, {
+            headers: { "x-origin": "1" },
+          });
       }
     },
   });
@@ -103,7 +134,10 @@ export function startOrigin(tls?: { cert: string; key: string }): Server<undefin
  * - count: reads until FIN, then answers the byte count and closes;
  * - push: sends `n` pattern bytes then half-closes, and records what it reads afterwards.
  */
-export function startTcp(mode: "echo" | "count" | "push", n = 0): TCPSocketListener<{ count: number }> & { received: Buffer[] } {
+export function startTcp(
+  mode: "echo" | "count" | "push",
+  n = 0,
+): TCPSocketListener<{ count: number }> & { received: Buffer[] } {
   const received: Buffer[] = [];
   const l = Bun.listen<{ count: number }>({
     hostname: "127.0.0.1",

@@ -69,15 +69,22 @@ export function startPacingRelay(targetPort: number, opts: PacingRelayOptions): 
     credit = Math.min(credit + ((now - last) / 1000) * opts.rate, opts.rate * 0.05);
     last = now;
     // Round-robin: every connection with bytes queued gets an equal share of this tick's credit.
-    const ready = [...conns].filter((c) => c.queued > 0 && (gateOpen || opts.gateAfter === undefined || c.sent < opts.gateAfter));
+    const ready = [...conns].filter(
+      (c) => c.queued > 0 && (gateOpen || opts.gateAfter === undefined || c.sent < opts.gateAfter),
+    );
     for (const c of ready) {
       if (credit < 1) break;
       let share = Math.max(1, Math.floor(credit / ready.length));
-      if (!gateOpen && opts.gateAfter !== undefined) share = Math.min(share, opts.gateAfter - c.sent);
+      if (!gateOpen && opts.gateAfter !== undefined)
+        share = Math.min(share, opts.gateAfter - c.sent);
       while (share > 0 && c.queue.length > 0) {
         const head = c.queue[0] as Uint8Array;
         let piece = head.byteLength > share ? head.subarray(0, share) : head;
-        if (opts.corruptAt !== undefined && c.sent <= opts.corruptAt && opts.corruptAt < c.sent + piece.byteLength) {
+        if (
+          opts.corruptAt !== undefined &&
+          c.sent <= opts.corruptAt &&
+          opts.corruptAt < c.sent + piece.byteLength
+        ) {
           piece = Uint8Array.from(piece);
           const i = opts.corruptAt - c.sent;
           piece[i] = (piece[i] as number) ^ 0xff;
@@ -107,7 +114,17 @@ export function startPacingRelay(targetPort: number, opts: PacingRelayOptions): 
     allowHalfOpen: true,
     socket: {
       open(client) {
-        const c: Conn = { client, upstream: null, early: [], queue: [], queued: 0, sent: 0, upstreamEnded: false, paused: false, closed: false };
+        const c: Conn = {
+          client,
+          upstream: null,
+          early: [],
+          queue: [],
+          queued: 0,
+          sent: 0,
+          upstreamEnded: false,
+          paused: false,
+          closed: false,
+        };
         client.data = c;
         conns.add(c);
         void Bun.connect<undefined>({

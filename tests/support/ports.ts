@@ -19,7 +19,8 @@ export interface PortReservation {
 
 export function reservePorts(n: number): PortReservation {
   const held: TCPSocketListener<undefined>[] = [];
-  for (let i = 0; i < n; i++) held.push(Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }));
+  for (let i = 0; i < n; i++)
+    held.push(Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }));
   return {
     ports: held.map((h) => h.port),
     release() {
@@ -43,7 +44,10 @@ export const BIND_FAILED = /address already in use/i;
  * free can still be taken by another process before the server binds it. Only a bind failure
  * is retried (three attempts in all); any other failure is thrown at once, with every attempt's.
  */
-export async function startOnFreePorts<T>(what: string, start: (attempt: number) => Promise<T>): Promise<T> {
+export async function startOnFreePorts<T>(
+  what: string,
+  start: (attempt: number) => Promise<T>,
+): Promise<T> {
   const failures: Error[] = [];
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
@@ -54,5 +58,8 @@ export async function startOnFreePorts<T>(what: string, start: (attempt: number)
       if (!BIND_FAILED.test(e.message)) break;
     }
   }
-  throw new Error(`${what} failed to start after ${failures.length} attempt(s):\n${failures.map((f) => f.message).join("\n\n")}`, { cause: failures.at(-1) });
+  throw new Error(
+    `${what} failed to start after ${failures.length} attempt(s):\n${failures.map((f) => f.message).join("\n\n")}`,
+    { cause: failures.at(-1) },
+  );
 }

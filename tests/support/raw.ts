@@ -56,7 +56,21 @@ export async function rawConnect(port: number, host = "127.0.0.1"): Promise<RawC
     },
     async closed(ms = 5000) {
       let t: Timer | undefined;
-      await Promise.race([closedP, new Promise<never>((_, rej) => (t = setTimeout(() => rej(new Error(`connection not closed within ${ms} ms; got: ${received().toString("latin1").slice(0, 500)}`)), ms)))]);
+      await Promise.race([
+        closedP,
+        new Promise<never>(
+          (_, rej) =>
+            (t = setTimeout(
+              () =>
+                rej(
+                  new Error(
+                    `connection not closed within ${ms} ms; got: ${received().toString("latin1").slice(0, 500)}`,
+                  ),
+                ),
+              ms,
+            )),
+        ),
+      ]);
       clearTimeout(t);
     },
     async waitFor(s: string | RegExp, ms = 5000) {
@@ -64,7 +78,8 @@ export async function rawConnect(port: number, host = "127.0.0.1"): Promise<RawC
       for (;;) {
         const t = received().toString("latin1");
         if (typeof s === "string" ? t.includes(s) : s.test(t)) return t;
-        if (Date.now() > end) throw new Error(`did not receive ${s} within ${ms} ms; got: ${t.slice(0, 500)}`);
+        if (Date.now() > end)
+          throw new Error(`did not receive ${s} within ${ms} ms; got: ${t.slice(0, 500)}`);
         await Bun.sleep(5);
       }
     },
@@ -72,10 +87,22 @@ export async function rawConnect(port: number, host = "127.0.0.1"): Promise<RawC
 }
 
 /** Runs a command and returns its exit code, stdout and stderr. */
-export async function run(cmd: string[], opts: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  const p = Bun.spawn(cmd, { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...opts.env }, cwd: opts.cwd });
+export async function run(
+  cmd: string[],
+  opts: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const p = Bun.spawn(cmd, {
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, ...opts.env },
+    cwd: opts.cwd,
+  });
   const timer = setTimeout(() => p.kill(), opts.timeoutMs ?? 20_000);
-  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(p.stdout).text(),
+    new Response(p.stderr).text(),
+    p.exited,
+  ]);
   clearTimeout(timer);
   return { code, stdout, stderr };
 }

@@ -58,7 +58,14 @@
  * - Everything binds 127.0.0.1 only; nothing resolves a public name.
  */
 
-import { createHash, createPrivateKey, randomBytes, randomUUID, sign as cryptoSign, type KeyObject } from "node:crypto";
+import {
+  createHash,
+  createPrivateKey,
+  randomBytes,
+  randomUUID,
+  sign as cryptoSign,
+  type KeyObject,
+} from "node:crypto";
 import { rmSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -106,7 +113,9 @@ export interface SeededImage {
   layers: Descriptor[];
   config?: Descriptor;
   /** Platform manifests of an index; empty for a single image. */
-  children: Array<Descriptor & { platform: { os: string; architecture: string; variant?: string } }>;
+  children: Array<
+    Descriptor & { platform: { os: string; architecture: string; variant?: string } }
+  >;
 }
 
 export interface RegistryFixture {
@@ -150,7 +159,9 @@ const MT = {
 } as const;
 
 /** Accept header that makes distribution return any manifest kind unconverted. */
-export const MANIFEST_ACCEPT = [MT.ociIndex, MT.dockerList, MT.ociManifest, MT.dockerManifest].join(", ");
+export const MANIFEST_ACCEPT = [MT.ociIndex, MT.dockerList, MT.ociManifest, MT.dockerManifest].join(
+  ", ",
+);
 
 export function sha256Digest(data: Uint8Array | string): string {
   return "sha256:" + createHash("sha256").update(data).digest("hex");
@@ -172,7 +183,8 @@ function childEnv(extra: Record<string, string>): Record<string, string> {
   for (const [k, v] of Object.entries(process.env)) {
     if (v === undefined) continue;
     // distribution maps REGISTRY_* onto its config; containers/image reads the others.
-    if (k.startsWith("REGISTRY_") || k === "CONTAINERS_REGISTRIES_CONF" || k === "CONTAINERS_CONF") continue;
+    if (k.startsWith("REGISTRY_") || k === "CONTAINERS_REGISTRIES_CONF" || k === "CONTAINERS_CONF")
+      continue;
     env[k] = v;
   }
   return { ...env, ...extra };
@@ -186,7 +198,8 @@ class LogTail {
   push(s: string): void {
     this.chunks.push(s);
     this.size += s.length;
-    while (this.size > this.limit && this.chunks.length > 1) this.size -= this.chunks.shift()!.length;
+    while (this.size > this.limit && this.chunks.length > 1)
+      this.size -= this.chunks.shift()!.length;
   }
   text(): string {
     return this.chunks.join("");
@@ -215,8 +228,12 @@ async function runCommand(
     proc.exited,
   ]).finally(() => clearTimeout(timer));
   if (code !== 0) {
-    const why = proc.signalCode ? `killed by ${proc.signalCode} (timeout ${timeoutMs} ms?)` : `exit code ${code}`;
-    throw new Error(`${cmd.slice(0, 6).join(" ")} … failed: ${why}\n--- stderr ---\n${stderr.trim()}\n--- stdout ---\n${stdout.trim()}`);
+    const why = proc.signalCode
+      ? `killed by ${proc.signalCode} (timeout ${timeoutMs} ms?)`
+      : `exit code ${code}`;
+    throw new Error(
+      `${cmd.slice(0, 6).join(" ")} … failed: ${why}\n--- stderr ---\n${stderr.trim()}\n--- stdout ---\n${stdout.trim()}`,
+    );
   }
   return { stdout, stderr };
 }
@@ -242,7 +259,13 @@ async function makeTlsPki(): Promise<TestPki> {
     notAfterDate,
     extensions: [
       { name: "basicConstraints", cA: true, critical: true },
-      { name: "keyUsage", keyCertSign: true, cRLSign: true, digitalSignature: true, critical: true },
+      {
+        name: "keyUsage",
+        keyCertSign: true,
+        cRLSign: true,
+        digitalSignature: true,
+        critical: true,
+      },
     ],
   });
   const leaf = await generateCert([{ name: "commonName", value: "localhost" }], {
@@ -255,7 +278,13 @@ async function makeTlsPki(): Promise<TestPki> {
       { name: "basicConstraints", cA: false },
       { name: "keyUsage", digitalSignature: true, keyEncipherment: true, critical: true },
       { name: "extKeyUsage", serverAuth: true, clientAuth: true },
-      { name: "subjectAltName", altNames: [{ type: 2, value: "localhost" }, { type: 7, ip: "127.0.0.1" }] },
+      {
+        name: "subjectAltName",
+        altNames: [
+          { type: 2, value: "localhost" },
+          { type: 7, ip: "127.0.0.1" },
+        ],
+      },
     ],
   });
   return { caPem: ca.cert, leafCertPem: leaf.cert, leafKeyPem: leaf.private };
@@ -266,7 +295,11 @@ async function makeTlsPki(): Promise<TestPki> {
  * only trusts it if the chain ends in `rootcertbundle`; a self-signed cert that is itself in the
  * bundle is the shortest chain that passes Go's x509 Verify (which also checks validity dates).
  */
-async function makeSigningIdentity(): Promise<{ certPem: string; certDerB64: string; key: KeyObject }> {
+async function makeSigningIdentity(): Promise<{
+  certPem: string;
+  certDerB64: string;
+  key: KeyObject;
+}> {
   const id = await generateCert([{ name: "commonName", value: "crm test token signer" }], {
     keyType: "ec",
     algorithm: "sha256",
@@ -295,7 +328,10 @@ function parseScope(scope: string): ParsedScope | null {
   const first = scope.indexOf(":");
   const last = scope.lastIndexOf(":");
   if (first <= 0 || last === first) return null;
-  const actions = scope.slice(last + 1).split(",").filter(Boolean);
+  const actions = scope
+    .slice(last + 1)
+    .split(",")
+    .filter(Boolean);
   return { type: scope.slice(0, first), name: scope.slice(first + 1, last), actions };
 }
 
@@ -341,7 +377,10 @@ async function startTokenService(opts: {
     };
     const signingInput = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(claims))}`;
     // JWS ES256 wants raw r||s, not the DER that node:crypto emits by default.
-    const sig = cryptoSign("sha256", Buffer.from(signingInput), { key: signer.key, dsaEncoding: "ieee-p1363" });
+    const sig = cryptoSign("sha256", Buffer.from(signingInput), {
+      key: signer.key,
+      dsaEncoding: "ieee-p1363",
+    });
     return `${signingInput}.${b64url(sig)}`;
   };
 
@@ -360,13 +399,18 @@ async function startTokenService(opts: {
   const refreshTokens = new Map<string, string>();
 
   const unauthorized = () =>
-    Response.json({ errors: [{ code: "UNAUTHORIZED", message: "bad credentials" }] }, {
-      status: 401,
-      headers: { "WWW-Authenticate": `Basic realm="${service}"` },
-    });
+    Response.json(
+      { errors: [{ code: "UNAUTHORIZED", message: "bad credentials" }] },
+      {
+        status: 401,
+        headers: { "WWW-Authenticate": `Basic realm="${service}"` },
+      },
+    );
 
   /** undefined: credentials were offered and are wrong. null: anonymous. */
-  const authenticate = (creds: { user: string; password: string } | null): string | null | undefined => {
+  const authenticate = (
+    creds: { user: string; password: string } | null,
+  ): string | null | undefined => {
     if (!creds) return null;
     if (users === undefined) return creds.user; // open token service: any name is accepted
     return users[creds.user] === creds.password ? creds.user : undefined;
@@ -404,9 +448,15 @@ async function startTokenService(opts: {
     let res: Response;
     if (req.method === "GET") {
       // Clients either repeat `scope=` or put several space-separated scopes in one.
-      scopes = url.searchParams.getAll("scope").flatMap((s) => s.split(" ")).filter(Boolean);
+      scopes = url.searchParams
+        .getAll("scope")
+        .flatMap((s) => s.split(" "))
+        .filter(Boolean);
       const user = authenticate(parseBasic(authorization));
-      res = user === undefined ? unauthorized() : answer(scopes, user, url.searchParams.get("offline_token") === "true");
+      res =
+        user === undefined
+          ? unauthorized()
+          : answer(scopes, user, url.searchParams.get("offline_token") === "true");
     } else if (req.method === "POST") {
       // OAuth2 form: docker with an identity token, containerd with a password.
       const form = new URLSearchParams(await req.text());
@@ -415,11 +465,17 @@ async function startTokenService(opts: {
       if (form.get("grant_type") === "refresh_token") {
         user = refreshTokens.get(form.get("refresh_token") ?? "");
       } else if (form.get("grant_type") === "password") {
-        user = authenticate({ user: form.get("username") ?? "", password: form.get("password") ?? "" });
+        user = authenticate({
+          user: form.get("username") ?? "",
+          password: form.get("password") ?? "",
+        });
       } else {
         user = authenticate(parseBasic(authorization));
       }
-      res = user === undefined ? unauthorized() : answer(scopes, user, form.get("access_type") === "offline");
+      res =
+        user === undefined
+          ? unauthorized()
+          : answer(scopes, user, form.get("access_type") === "offline");
     } else {
       res = new Response("method not allowed\n", { status: 405 });
     }
@@ -458,7 +514,8 @@ function makeTar(files: Array<{ name: string; data: Uint8Array }>): Uint8Array {
   const enc = new TextEncoder();
   for (const file of files) {
     const h = new Uint8Array(512);
-    const put = (offset: number, len: number, s: string) => h.set(enc.encode(s).subarray(0, len), offset);
+    const put = (offset: number, len: number, s: string) =>
+      h.set(enc.encode(s).subarray(0, len), offset);
     const octal = (n: number, len: number) => n.toString(8).padStart(len - 1, "0") + "\0";
     put(0, 100, file.name);
     put(100, 8, octal(0o644, 8));
@@ -498,7 +555,10 @@ class ImageDir {
   async init(): Promise<void> {
     if (this.kind === "oci") {
       await mkdir(join(this.dir, "blobs", "sha256"), { recursive: true });
-      await writeFile(join(this.dir, "oci-layout"), JSON.stringify({ imageLayoutVersion: "1.0.0" }));
+      await writeFile(
+        join(this.dir, "oci-layout"),
+        JSON.stringify({ imageLayoutVersion: "1.0.0" }),
+      );
     } else {
       await mkdir(this.dir, { recursive: true });
       await writeFile(join(this.dir, "version"), "Directory Transport Version: 1.1\n");
@@ -509,12 +569,18 @@ class ImageDir {
     const bytes = typeof data === "string" ? Buffer.from(data) : data;
     const digest = sha256Digest(bytes);
     const hex = digest.slice("sha256:".length);
-    await writeFile(this.kind === "oci" ? join(this.dir, "blobs", "sha256", hex) : join(this.dir, hex), bytes);
+    await writeFile(
+      this.kind === "oci" ? join(this.dir, "blobs", "sha256", hex) : join(this.dir, hex),
+      bytes,
+    );
     return { mediaType, digest, size: bytes.length };
   }
 
   /** A gzip layer from files; returns the blob descriptor and the uncompressed diff_id. */
-  async layer(files: Array<{ name: string; data: Uint8Array }>, mediaType: string): Promise<{ desc: Descriptor; diffId: string }> {
+  async layer(
+    files: Array<{ name: string; data: Uint8Array }>,
+    mediaType: string,
+  ): Promise<{ desc: Descriptor; diffId: string }> {
     const tar = makeTar(files);
     return { desc: await this.blob(gzipSync(tar), mediaType), diffId: sha256Digest(tar) };
   }
@@ -527,7 +593,10 @@ class ImageDir {
     }
     const desc = await this.blob(manifest, mediaType);
     this.refs.push({ ...desc, annotations: { "org.opencontainers.image.ref.name": tag } });
-    await writeFile(join(this.dir, "index.json"), JSON.stringify({ schemaVersion: 2, manifests: this.refs }));
+    await writeFile(
+      join(this.dir, "index.json"),
+      JSON.stringify({ schemaVersion: 2, manifests: this.refs }),
+    );
     return desc;
   }
 
@@ -545,7 +614,10 @@ function imageConfig(arch: string, diffIds: string[], variant?: string): string 
     os: "linux",
     config: { Env: ["PATH=/usr/local/bin:/usr/bin:/bin"], Cmd: ["/bin/sh"] },
     rootfs: { type: "layers", diff_ids: diffIds },
-    history: diffIds.map((_, i) => ({ created: "2024-01-01T00:00:00Z", created_by: `crm fixture layer ${i}` })),
+    history: diffIds.map((_, i) => ({
+      created: "2024-01-01T00:00:00Z",
+      created_by: `crm fixture layer ${i}`,
+    })),
   });
 }
 
@@ -554,12 +626,27 @@ const noteFile = (name: string, text: string) => ({ name, data: Buffer.from(text
 /** library/multi: Docker schema2, three layers, the middle one big and incompressible. */
 async function buildMultiLayer(layout: ImageDir, repo: string, tag: string): Promise<SeededImage> {
   const nonce = randomBytes(8).toString("hex");
-  const l1 = await layout.layer([noteFile("etc/crm-fixture/one.txt", `layer one ${nonce}\n`)], MT.dockerLayerGzip);
+  const l1 = await layout.layer(
+    [noteFile("etc/crm-fixture/one.txt", `layer one ${nonce}\n`)],
+    MT.dockerLayerGzip,
+  );
   // Random bytes so gzip cannot shrink it: streaming code gets a real 2.5 MiB body.
-  const l2 = await layout.layer([{ name: "opt/crm-fixture/big.bin", data: randomBytes(2.5 * 1024 * 1024) }], MT.dockerLayerGzip);
-  const l3 = await layout.layer([noteFile("etc/crm-fixture/three.txt", `layer three ${nonce}\n`)], MT.dockerLayerGzip);
+  const l2 = await layout.layer(
+    [{ name: "opt/crm-fixture/big.bin", data: randomBytes(2.5 * 1024 * 1024) }],
+    MT.dockerLayerGzip,
+  );
+  const l3 = await layout.layer(
+    [noteFile("etc/crm-fixture/three.txt", `layer three ${nonce}\n`)],
+    MT.dockerLayerGzip,
+  );
   const layers = [l1, l2, l3];
-  const config = await layout.blob(imageConfig("amd64", layers.map((l) => l.diffId)), MT.dockerConfig);
+  const config = await layout.blob(
+    imageConfig(
+      "amd64",
+      layers.map((l) => l.diffId),
+    ),
+    MT.dockerConfig,
+  );
   const manifest = JSON.stringify({
     schemaVersion: 2,
     mediaType: MT.dockerManifest,
@@ -567,7 +654,16 @@ async function buildMultiLayer(layout: ImageDir, repo: string, tag: string): Pro
     layers: layers.map((l) => l.desc),
   });
   const desc = await layout.top(manifest, MT.dockerManifest, tag);
-  return { repo, tag, digest: desc.digest, mediaType: desc.mediaType, size: desc.size, config, layers: layers.map((l) => l.desc), children: [] };
+  return {
+    repo,
+    tag,
+    digest: desc.digest,
+    mediaType: desc.mediaType,
+    size: desc.size,
+    config,
+    layers: layers.map((l) => l.desc),
+    children: [],
+  };
 }
 
 /** team/multiarch: an OCI index over two OCI image manifests. */
@@ -579,15 +675,39 @@ async function buildIndex(layout: ImageDir, repo: string, tag: string): Promise<
   const children: SeededImage["children"] = [];
   for (const platform of platforms) {
     const nonce = randomBytes(8).toString("hex");
-    const layer = await layout.layer([noteFile(`etc/crm-fixture/${platform.architecture}.txt`, `${platform.architecture} ${nonce}\n`)], MT.ociLayerGzip);
-    const config = await layout.blob(imageConfig(platform.architecture, [layer.diffId], platform.variant), MT.ociConfig);
-    const manifest = JSON.stringify({ schemaVersion: 2, mediaType: MT.ociManifest, config, layers: [layer.desc] });
+    const layer = await layout.layer(
+      [
+        noteFile(
+          `etc/crm-fixture/${platform.architecture}.txt`,
+          `${platform.architecture} ${nonce}\n`,
+        ),
+      ],
+      MT.ociLayerGzip,
+    );
+    const config = await layout.blob(
+      imageConfig(platform.architecture, [layer.diffId], platform.variant),
+      MT.ociConfig,
+    );
+    const manifest = JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MT.ociManifest,
+      config,
+      layers: [layer.desc],
+    });
     const desc = await layout.blob(manifest, MT.ociManifest);
     children.push({ ...desc, platform });
   }
   const index = JSON.stringify({ schemaVersion: 2, mediaType: MT.ociIndex, manifests: children });
   const desc = await layout.top(index, MT.ociIndex, tag);
-  return { repo, tag, digest: desc.digest, mediaType: desc.mediaType, size: desc.size, layers: [], children };
+  return {
+    repo,
+    tag,
+    digest: desc.digest,
+    mediaType: desc.mediaType,
+    size: desc.size,
+    layers: [],
+    children,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -609,9 +729,14 @@ export async function getToken(
   u.searchParams.set("service", fx.token.service);
   for (const s of scope) u.searchParams.append("scope", s);
   const headers: Record<string, string> = {};
-  if (creds) headers.authorization = "Basic " + Buffer.from(`${creds.user}:${creds.password}`).toString("base64");
+  if (creds)
+    headers.authorization =
+      "Basic " + Buffer.from(`${creds.user}:${creds.password}`).toString("base64");
   const res = await fetch(u, { headers, ...fetchTls(fx) });
-  if (!res.ok) throw new Error(`token service answered ${res.status} for ${scope.join(" ")}: ${await res.text()}`);
+  if (!res.ok)
+    throw new Error(
+      `token service answered ${res.status} for ${scope.join(" ")}: ${await res.text()}`,
+    );
   const body = (await res.json()) as { token?: unknown };
   if (typeof body.token !== "string") throw new Error("token service answer has no token");
   return body.token;
@@ -642,7 +767,16 @@ export async function runSkopeo(
   opts: { timeoutMs?: number } = {},
 ): Promise<{ stdout: string; stderr: string }> {
   const base = join(fx.dir, "skopeo");
-  const cmd = ["skopeo", "--policy", join(base, "policy.json"), "--registries.d", join(base, "registries.d"), "--tmpdir", join(base, "tmp"), ...args];
+  const cmd = [
+    "skopeo",
+    "--policy",
+    join(base, "policy.json"),
+    "--registries.d",
+    join(base, "registries.d"),
+    "--tmpdir",
+    join(base, "tmp"),
+    ...args,
+  ];
   const env = childEnv({
     CONTAINERS_REGISTRIES_CONF: join(base, "registries.conf"),
     REGISTRY_AUTH_FILE: join(base, "auth.json"),
@@ -654,7 +788,10 @@ export async function prepareSkopeo(dir: string): Promise<void> {
   const base = join(dir, "skopeo");
   await mkdir(join(base, "registries.d"), { recursive: true });
   await mkdir(join(base, "tmp"), { recursive: true });
-  await writeFile(join(base, "policy.json"), JSON.stringify({ default: [{ type: "insecureAcceptAnything" }] }));
+  await writeFile(
+    join(base, "policy.json"),
+    JSON.stringify({ default: [{ type: "insecureAcceptAnything" }] }),
+  );
   // Empty but present, so the host's registries.conf (mirrors, short names) never applies.
   await writeFile(join(base, "registries.conf"), "");
   await writeFile(join(base, "auth.json"), JSON.stringify({ auths: {} }));
@@ -669,7 +806,12 @@ interface RegistryProcess {
   tail: LogTail;
 }
 
-function registryConfig(o: { dir: string; port: number; pki?: TestPki; token?: { realm: string; service: string; issuer: string } }): string {
+function registryConfig(o: {
+  dir: string;
+  port: number;
+  pki?: TestPki;
+  token?: { realm: string; service: string; issuer: string };
+}): string {
   // JSON is valid YAML, and it spares us quoting rules for paths.
   const cfg: Record<string, unknown> = {
     version: 0.1,
@@ -687,7 +829,14 @@ function registryConfig(o: { dir: string; port: number; pki?: TestPki; token?: {
       addr: `127.0.0.1:${o.port}`,
       secret: randomBytes(16).toString("hex"),
       headers: { "X-Content-Type-Options": ["nosniff"] },
-      ...(o.pki ? { tls: { certificate: join(o.dir, "pki", "leaf.crt"), key: join(o.dir, "pki", "leaf.key") } } : {}),
+      ...(o.pki
+        ? {
+            tls: {
+              certificate: join(o.dir, "pki", "leaf.crt"),
+              key: join(o.dir, "pki", "leaf.key"),
+            },
+          }
+        : {}),
     },
     health: { storagedriver: { enabled: false } },
   };
@@ -704,7 +853,12 @@ function registryConfig(o: { dir: string; port: number; pki?: TestPki; token?: {
   return JSON.stringify(cfg, null, 2);
 }
 
-async function launchRegistry(configPath: string, port: number, url: string, caPem: string | undefined): Promise<RegistryProcess> {
+async function launchRegistry(
+  configPath: string,
+  port: number,
+  url: string,
+  caPem: string | undefined,
+): Promise<RegistryProcess> {
   const proc = Bun.spawn(["docker-registry", "serve", configPath], {
     stdin: "ignore",
     stdout: "pipe",
@@ -723,7 +877,9 @@ async function launchRegistry(configPath: string, port: number, url: string, caP
   while (Date.now() < deadline) {
     if (proc.exitCode !== null || proc.signalCode !== null) {
       await sleep(20); // let the drains catch the last lines
-      throw new Error(`docker-registry exited (${proc.exitCode ?? proc.signalCode}) before answering /v2/\n${tail.text()}`);
+      throw new Error(
+        `docker-registry exited (${proc.exitCode ?? proc.signalCode}) before answering /v2/\n${tail.text()}`,
+      );
     }
     if (!tail.text().includes(bound)) {
       lastError = new Error(`no "${bound}" in its log yet`);
@@ -731,7 +887,10 @@ async function launchRegistry(configPath: string, port: number, url: string, caP
       continue;
     }
     try {
-      const res = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(1000), ...fetchTls({ caPem }) });
+      const res = await fetch(`${url}/v2/`, {
+        signal: AbortSignal.timeout(1000),
+        ...fetchTls({ caPem }),
+      });
       await res.arrayBuffer();
       if (res.status === 200 || res.status === 401) return { proc, port, tail };
       lastError = new Error(`GET /v2/ answered ${res.status}`);
@@ -742,9 +901,12 @@ async function launchRegistry(configPath: string, port: number, url: string, caP
   }
   proc.kill("SIGKILL");
   await proc.exited;
-  throw new Error(`docker-registry did not answer ${url}/v2/ within 15 s (last: ${errorText(lastError)})\n${tail.text()}`, {
-    cause: lastError,
-  });
+  throw new Error(
+    `docker-registry did not answer ${url}/v2/ within 15 s (last: ${errorText(lastError)})\n${tail.text()}`,
+    {
+      cause: lastError,
+    },
+  );
 }
 
 async function stopProcess(proc: Bun.Subprocess): Promise<void> {
@@ -828,7 +990,10 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
       const port = freePorts(1)[0] as number;
       const url = `${pki ? "https" : "http"}://127.0.0.1:${port}`;
       const configPath = join(dir, `config-${attempt}.yml`);
-      await writeFile(configPath, registryConfig({ dir, port, ...(pki ? { pki } : {}), ...(token ? { token } : {}) }));
+      await writeFile(
+        configPath,
+        registryConfig({ dir, port, ...(pki ? { pki } : {}), ...(token ? { token } : {}) }),
+      );
       return { running: await launchRegistry(configPath, port, url, pki?.caPem), url };
     });
     cleanups.push(() => stopProcess(running.proc));
@@ -896,11 +1061,16 @@ async function seedImages(
       ...(creds ? { creds } : {}), // anonymousPull: false needs them
     });
     const body = new Uint8Array(await res.arrayBuffer());
-    if (res.status !== 200) throw new Error(`seeded ${img.repo}:${img.tag} answers ${res.status}: ${Buffer.from(body).toString()}`);
+    if (res.status !== 200)
+      throw new Error(
+        `seeded ${img.repo}:${img.tag} answers ${res.status}: ${Buffer.from(body).toString()}`,
+      );
     const served = sha256Digest(body);
     const header = res.headers.get("docker-content-digest");
     if (served !== img.digest || header !== img.digest) {
-      throw new Error(`seeded ${img.repo}:${img.tag}: built ${img.digest}, served body ${served}, header ${header}`);
+      throw new Error(
+        `seeded ${img.repo}:${img.tag}: built ${img.digest}, served body ${served}, header ${header}`,
+      );
     }
   }
   return { multiLayer, index };

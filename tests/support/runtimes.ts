@@ -17,9 +17,17 @@ export interface RuntimeProcess {
   stop(): Promise<void>;
 }
 
-function spawnDaemon(cmd: string[], env: Record<string, string>): { proc: Bun.Subprocess; logs: () => string } {
+function spawnDaemon(
+  cmd: string[],
+  env: Record<string, string>,
+): { proc: Bun.Subprocess; logs: () => string } {
   let out = "";
-  const proc = Bun.spawn(cmd, { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } });
+  const proc = Bun.spawn(cmd, {
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, ...env },
+  });
   const drain = async (s: ReadableStream<Uint8Array>): Promise<void> => {
     const d = new TextDecoder();
     try {
@@ -33,11 +41,19 @@ function spawnDaemon(cmd: string[], env: Record<string, string>): { proc: Bun.Su
   return { proc, logs: () => out };
 }
 
-async function waitFor(what: string, ready: () => Promise<boolean>, proc: Bun.Subprocess, logs: () => string, ms = 60_000): Promise<void> {
+async function waitFor(
+  what: string,
+  ready: () => Promise<boolean>,
+  proc: Bun.Subprocess,
+  logs: () => string,
+  ms = 60_000,
+): Promise<void> {
   const end = Date.now() + ms;
   while (!(await ready())) {
-    if (proc.exitCode !== null) throw new Error(`${what} exited with ${proc.exitCode}:\n${logs().slice(-4000)}`);
-    if (Date.now() > end) throw new Error(`${what} not ready within ${ms} ms:\n${logs().slice(-4000)}`);
+    if (proc.exitCode !== null)
+      throw new Error(`${what} exited with ${proc.exitCode}:\n${logs().slice(-4000)}`);
+    if (Date.now() > end)
+      throw new Error(`${what} not ready within ${ms} ms:\n${logs().slice(-4000)}`);
     await Bun.sleep(100);
   }
 }
@@ -51,11 +67,19 @@ async function stopProcess(proc: Bun.Subprocess): Promise<void> {
 }
 
 async function commandOk(cmd: string[], env: Record<string, string>): Promise<boolean> {
-  const p = Bun.spawn(cmd, { stdin: "ignore", stdout: "ignore", stderr: "ignore", env: { ...process.env, ...env } });
+  const p = Bun.spawn(cmd, {
+    stdin: "ignore",
+    stdout: "ignore",
+    stderr: "ignore",
+    env: { ...process.env, ...env },
+  });
   return (await p.exited) === 0;
 }
 
-export async function startContainerd(dir: string, env: Record<string, string>): Promise<RuntimeProcess> {
+export async function startContainerd(
+  dir: string,
+  env: Record<string, string>,
+): Promise<RuntimeProcess> {
   mkdirSync(dir, { recursive: true });
   const socket = join(dir, "containerd.sock");
   const config = join(dir, "config.toml");
@@ -79,28 +103,48 @@ export async function startContainerd(dir: string, env: Record<string, string>):
     ].join("\n"),
   );
   const { proc, logs } = spawnDaemon(["containerd", "--config", config], env);
-  await waitFor("containerd", () => commandOk(["ctr", "--address", socket, "version"], {}), proc, logs);
+  await waitFor(
+    "containerd",
+    () => commandOk(["ctr", "--address", socket, "version"], {}),
+    proc,
+    logs,
+  );
   return { socket, logs, stop: () => stopProcess(proc) };
 }
 
-export async function startDockerd(dir: string, configFile: string, env: Record<string, string>): Promise<RuntimeProcess> {
+export async function startDockerd(
+  dir: string,
+  configFile: string,
+  env: Record<string, string>,
+): Promise<RuntimeProcess> {
   for (const d of ["data", "exec"]) mkdirSync(join(dir, d), { recursive: true });
   const socket = join(dir, "docker.sock");
   const { proc, logs } = spawnDaemon(
     [
       "dockerd",
-      "--config-file", configFile,
-      "--storage-driver", "vfs",
-      "--data-root", join(dir, "data"),
-      "--exec-root", join(dir, "exec"),
-      "--pidfile", join(dir, "docker.pid"),
-      "-H", `unix://${socket}`,
+      "--config-file",
+      configFile,
+      "--storage-driver",
+      "vfs",
+      "--data-root",
+      join(dir, "data"),
+      "--exec-root",
+      join(dir, "exec"),
+      "--pidfile",
+      join(dir, "docker.pid"),
+      "-H",
+      `unix://${socket}`,
       "--iptables=false",
       "--ip6tables=false",
       "--bridge=none",
     ],
     env,
   );
-  await waitFor("dockerd", () => commandOk(["docker", "-H", `unix://${socket}`, "info", "--format", "{{.ID}}"], {}), proc, logs);
+  await waitFor(
+    "dockerd",
+    () => commandOk(["docker", "-H", `unix://${socket}`, "info", "--format", "{{.ID}}"], {}),
+    proc,
+    logs,
+  );
   return { socket, logs, stop: () => stopProcess(proc) };
 }

@@ -6,7 +6,8 @@
  */
 import { test } from "bun:test";
 
-export const APT_HINT = "apt-get install docker-registry skopeo systemd curl openssl nginx-light libnginx-mod-stream containerd docker.io chromium pebble";
+export const APT_HINT =
+  "apt-get install docker-registry skopeo systemd curl openssl nginx-light libnginx-mod-stream containerd docker.io chromium pebble";
 
 /** Returns true when the suite must be skipped; registers a failing test when CI lacks a tool. */
 export function missingTools(suite: string, tools: readonly string[]): boolean {
@@ -18,7 +19,9 @@ export function missingTools(suite: string, tools: readonly string[]): boolean {
       throw new Error(`missing ${missing.join(", ")} (Debian: ${APT_HINT}); .ci/run installs them`);
     });
   } else {
-    console.warn(`[skip] ${suite}: missing ${missing.join(", ")} (Debian: ${APT_HINT}); CI runs these`);
+    console.warn(
+      `[skip] ${suite}: missing ${missing.join(", ")} (Debian: ${APT_HINT}); CI runs these`,
+    );
   }
   return true;
 }

@@ -34,7 +34,8 @@ class Scanner {
   /** An unquoted value. RFC 9110 wants a token, but realms are sent unquoted as URLs too; accept up to the next comma or space. */
   bare(): string {
     const start = this.i;
-    while (!this.done && this.peek() !== "," && this.peek() !== " " && this.peek() !== "\t") this.i++;
+    while (!this.done && this.peek() !== "," && this.peek() !== " " && this.peek() !== "\t")
+      this.i++;
     return this.s.slice(start, this.i);
   }
   quoted(): string {

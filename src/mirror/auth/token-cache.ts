@@ -69,20 +69,26 @@ export class TokenCache {
    * A valid token for `key`: the cached one, the one another request is fetching right now, or a
    * new one from `fetchToken`. A failed fetch is not cached; every waiter sees its error.
    */
-  async get(key: string, fetchToken: () => Promise<IssuedToken>): Promise<{ token: string; source: TokenSource }> {
+  async get(
+    key: string,
+    fetchToken: () => Promise<IssuedToken>,
+  ): Promise<{ token: string; source: TokenSource }> {
     const hit = this.entries.get(key);
     if (hit && this.now() < hit.refreshAt) return { token: hit.token, source: "cached" };
     const running = this.inflight.get(key);
     if (running) return { token: await running, source: "cached" };
     // A token another replica fetched counts as cached: no token request went out for it.
     let source: TokenSource = "fetched";
-    const fetching = this.shared === null ? fetchToken().then((issued) => {
-      this.store(key, issued);
-      return issued.token;
-    }) : this.viaShared(key, this.shared, fetchToken).then((got) => {
-      source = got.source;
-      return got.token;
-    });
+    const fetching =
+      this.shared === null
+        ? fetchToken().then((issued) => {
+            this.store(key, issued);
+            return issued.token;
+          })
+        : this.viaShared(key, this.shared, fetchToken).then((got) => {
+            source = got.source;
+            return got.token;
+          });
     this.inflight.set(key, fetching);
     try {
       const token = await fetching;
@@ -93,7 +99,11 @@ export class TokenCache {
   }
 
   /** Another replica's token when the store has one, else a fetch whose token is then shared. */
-  private async viaShared(key: string, shared: SharedTokenStore, fetchToken: () => Promise<IssuedToken>): Promise<{ token: string; source: TokenSource }> {
+  private async viaShared(
+    key: string,
+    shared: SharedTokenStore,
+    fetchToken: () => Promise<IssuedToken>,
+  ): Promise<{ token: string; source: TokenSource }> {
     const got = await shared.get(key);
     if (got !== null) {
       this.put(key, got.token, this.now() + got.leftMs);

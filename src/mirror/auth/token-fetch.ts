@@ -23,19 +23,35 @@ export function basicAuthorization(registry: RegistryConfig): string | null {
   return "Basic " + Buffer.from(`${registry.username}:${registry.password}`).toString("base64");
 }
 
-export async function fetchToken(rt: Runtime, registry: RegistryConfig, trust: RegistryTrust, challenge: Challenge, scope: string): Promise<IssuedToken> {
+export async function fetchToken(
+  rt: Runtime,
+  registry: RegistryConfig,
+  trust: RegistryTrust,
+  challenge: Challenge,
+  scope: string,
+): Promise<IssuedToken> {
   const realmText = challenge.params.realm ?? "";
   let url: URL;
   try {
     url = new URL(realmText);
   } catch (cause) {
-    throw new MirrorError(502, "UNAVAILABLE", `upstream ${registry.name} named an invalid token realm`, { cause, detail: { realm: realmText.slice(0, 200) } });
+    throw new MirrorError(
+      502,
+      "UNAVAILABLE",
+      `upstream ${registry.name} named an invalid token realm`,
+      { cause, detail: { realm: realmText.slice(0, 200) } },
+    );
   }
   const check = trust.check(url);
   if (!check.ok) {
-    throw new MirrorError(502, "UNAVAILABLE", `token realm host ${check.host} refused for ${registry.name}: ${check.reason}; ${check.fix}`, {
-      detail: { host: check.host, registry: registry.name },
-    });
+    throw new MirrorError(
+      502,
+      "UNAVAILABLE",
+      `token realm host ${check.host} refused for ${registry.name}: ${check.reason}; ${check.fix}`,
+      {
+        detail: { host: check.host, registry: registry.name },
+      },
+    );
   }
   const service = challenge.params.service;
   if (service !== undefined) url.searchParams.set("service", service);
@@ -44,7 +60,12 @@ export async function fetchToken(rt: Runtime, registry: RegistryConfig, trust: R
   const headers = new Headers({ "user-agent": "crm" });
   const basic = basicAuthorization(registry);
   if (basic !== null) headers.set("authorization", basic);
-  rt.log.debug("mirror token fetch", { registry: registry.name, url: redactUrl(url.href), scope, credentials: basic !== null ? "basic" : "anonymous" });
+  rt.log.debug("mirror token fetch", {
+    registry: registry.name,
+    url: redactUrl(url.href),
+    scope,
+    credentials: basic !== null ? "basic" : "anonymous",
+  });
 
   // A token fetch is shared by every request waiting for it (single-flight), so no client's
   // disconnect may cancel it; its own deadline bounds it instead (head, then body).
@@ -53,18 +74,37 @@ export async function fetchToken(rt: Runtime, registry: RegistryConfig, trust: R
   try {
     // A realm on the operator-named upstream's own host:port is that upstream (a LAN registry
     // serving /token itself); any other realm host is guarded like a redirect target.
-    res = await upstreamResponse(rt, url, { method: "GET", headers }, AbortSignal.timeout(headMs * 2), headMs, trust.exemptFromGuard(url));
+    res = await upstreamResponse(
+      rt,
+      url,
+      { method: "GET", headers },
+      AbortSignal.timeout(headMs * 2),
+      headMs,
+      trust.exemptFromGuard(url),
+    );
   } catch (e) {
-    if (e instanceof DialError) throw dialFailure(e, `token service ${check.host} for ${registry.name}`);
+    if (e instanceof DialError)
+      throw dialFailure(e, `token service ${check.host} for ${registry.name}`);
     throw e;
   }
   const body = await readSmallBody(res, TOKEN_BODY_LIMIT, headMs);
   if (res.status !== 200) {
-    const who = basic !== null ? `the credentials configured for ${registry.name}` : `an anonymous request for ${registry.name}`;
-    throw new MirrorError(502, "UNAUTHORIZED", `token service ${check.host} answered ${res.status} to ${who}`, { detail: { scope } });
+    const who =
+      basic !== null
+        ? `the credentials configured for ${registry.name}`
+        : `an anonymous request for ${registry.name}`;
+    throw new MirrorError(
+      502,
+      "UNAUTHORIZED",
+      `token service ${check.host} answered ${res.status} to ${who}`,
+      { detail: { scope } },
+    );
   }
   const issued = body.truncated ? null : parseTokenAnswer(body.bytes);
-  if (issued === null) throw new MirrorError(502, "UNAVAILABLE", `token service ${check.host} sent no usable token`, { detail: { scope } });
+  if (issued === null)
+    throw new MirrorError(502, "UNAVAILABLE", `token service ${check.host} sent no usable token`, {
+      detail: { scope },
+    });
   return issued;
 }
 
@@ -78,8 +118,16 @@ export function parseTokenAnswer(bytes: Uint8Array): IssuedToken | null {
   }
   if (typeof doc !== "object" || doc === null) return null;
   const o = doc as { token?: unknown; access_token?: unknown; expires_in?: unknown };
-  const token = typeof o.token === "string" && o.token !== "" ? o.token : typeof o.access_token === "string" && o.access_token !== "" ? o.access_token : null;
+  const token =
+    typeof o.token === "string" && o.token !== ""
+      ? o.token
+      : typeof o.access_token === "string" && o.access_token !== ""
+        ? o.access_token
+        : null;
   if (token === null || !B64TOKEN.test(token)) return null;
-  const expiresIn = typeof o.expires_in === "number" && Number.isFinite(o.expires_in) && o.expires_in > 0 ? o.expires_in : DEFAULT_EXPIRES_IN_S;
+  const expiresIn =
+    typeof o.expires_in === "number" && Number.isFinite(o.expires_in) && o.expires_in > 0
+      ? o.expires_in
+      : DEFAULT_EXPIRES_IN_S;
   return { token, expiresIn };
 }

@@ -13,7 +13,8 @@ import { HostMatcher, normalizeHost, type HostPolicy } from "../../host-policy.t
 import type { RegistryConfig } from "../../config/registries.ts";
 
 /** A refusal says why, and what the operator changes if the target is genuine (`fix`). */
-export type TargetCheck = { ok: true; host: string } | { ok: false; host: string; reason: string; fix: string };
+export type TargetCheck =
+  { ok: true; host: string } | { ok: false; host: string; reason: string; fix: string };
 
 function effectivePort(url: URL): number {
   return Number(url.port) || (url.protocol === "https:" ? 443 : 80);
@@ -32,19 +33,34 @@ export class RegistryTrust {
     this.redirectHosts = new HostMatcher(registry.redirectHosts);
     this.ownHost = normalizeHost(registry.upstream.hostname);
     this.plainHttpUpstream = registry.upstream.protocol === "http:";
-    this.ports = new Set([effectivePort(registry.upstream), 443, ...(this.plainHttpUpstream ? [80] : [])]);
+    this.ports = new Set([
+      effectivePort(registry.upstream),
+      443,
+      ...(this.plainHttpUpstream ? [80] : []),
+    ]);
   }
 
   check(url: URL): TargetCheck {
     const host = normalizeHost(url.hostname);
     const shown = host || url.hostname.slice(0, 100);
     const upstreamFix = "the upstream is misconfigured or hostile";
-    if (url.username || url.password) return { ok: false, host: shown, reason: "URL carries credentials", fix: upstreamFix };
+    if (url.username || url.password)
+      return { ok: false, host: shown, reason: "URL carries credentials", fix: upstreamFix };
     if (url.protocol !== "https:" && !(url.protocol === "http:" && this.plainHttpUpstream)) {
-      return { ok: false, host: shown, reason: `${url.protocol.replace(/:$/, "")} is not allowed (https only)`, fix: upstreamFix };
+      return {
+        ok: false,
+        host: shown,
+        reason: `${url.protocol.replace(/:$/, "")} is not allowed (https only)`,
+        fix: upstreamFix,
+      };
     }
-    if (host === "") return { ok: false, host: shown, reason: "invalid host name", fix: upstreamFix };
-    if (!(host === this.ownHost || this.redirectHosts.matches(host) || this.policy.hostAllowed(host))) {
+    if (host === "")
+      return { ok: false, host: shown, reason: "invalid host name", fix: upstreamFix };
+    if (!(
+      host === this.ownHost ||
+      this.redirectHosts.matches(host) ||
+      this.policy.hostAllowed(host)
+    )) {
       return {
         ok: false,
         host,

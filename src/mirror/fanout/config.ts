@@ -19,7 +19,12 @@ export interface FanoutConfig {
   lagGraceMs: number;
 }
 
-export const DEFAULT_FANOUT: FanoutConfig = Object.freeze({ enabled: true, window: 32 * 1024 * 1024, budget: 256 * 1024 * 1024, lagGraceMs: 1000 });
+export const DEFAULT_FANOUT: FanoutConfig = Object.freeze({
+  enabled: true,
+  window: 32 * 1024 * 1024,
+  budget: 256 * 1024 * 1024,
+  lagGraceMs: 1000,
+});
 
 const KEYS = ["enabled", "window", "budget", "lag_grace"] as const;
 /** A reader may not hold every other one back for long: a stalled client is not a slow network. */
@@ -47,10 +52,19 @@ export function buildFanout(c: Checker, raw: unknown, path = "mirror.fanout"): F
   };
   const window = size("window", DEFAULT_FANOUT.window);
   const budget = size("budget", DEFAULT_FANOUT.budget);
-  if (budget < window) c.fail(`${path}.budget`, o.budget ?? budget, `must be at least the window (${window} bytes): no download could be shared`);
+  if (budget < window)
+    c.fail(
+      `${path}.budget`,
+      o.budget ?? budget,
+      `must be at least the window (${window} bytes): no download could be shared`,
+    );
   let lagGraceMs = c.duration(`${path}.lag_grace`, o.lag_grace, DEFAULT_FANOUT.lagGraceMs);
   if (lagGraceMs > MAX_LAG_GRACE_MS) {
-    c.fail(`${path}.lag_grace`, o.lag_grace, `must be at most ${MAX_LAG_GRACE_MS / 1000}s: one slow client would hold every other one back`);
+    c.fail(
+      `${path}.lag_grace`,
+      o.lag_grace,
+      `must be at most ${MAX_LAG_GRACE_MS / 1000}s: one slow client would hold every other one back`,
+    );
     lagGraceMs = DEFAULT_FANOUT.lagGraceMs;
   }
   return Object.freeze({ enabled, window, budget, lagGraceMs });

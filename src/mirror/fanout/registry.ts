@@ -35,7 +35,14 @@ export class FanoutRegistry {
   private readonly inFlight = new Map<string, InFlight>();
   private readonly live = new Set<InFlight>();
   private reserved = 0;
-  private readonly counts = { downloads: 0, joins: 0, detached: 0, mismatches: 0, waits: 0, waitedMs: 0 };
+  private readonly counts = {
+    downloads: 0,
+    joins: 0,
+    detached: 0,
+    mismatches: 0,
+    waits: 0,
+    waitedMs: 0,
+  };
   private readonly notShared = new Map<NotShared, number>();
 
   constructor(
@@ -157,7 +164,8 @@ export class FanoutRegistry {
       "# HELP crm_mirror_fanout_not_shared_total Blob GETs that could not share a download, by reason (over_budget: no window left; late: byte 0 had left the window; range: a range that does not reach the blob's end or starts far beyond the bytes received; ended: the download had failed or been cancelled).",
       "# TYPE crm_mirror_fanout_not_shared_total counter",
     ];
-    for (const [reason, n] of this.notShared) out.push(`crm_mirror_fanout_not_shared_total{reason="${reason}"} ${n}`);
+    for (const [reason, n] of this.notShared)
+      out.push(`crm_mirror_fanout_not_shared_total{reason="${reason}"} ${n}`);
     out.push(
       "# HELP crm_mirror_fanout_in_flight Shared blob downloads holding a window now (waiting for the upstream's head, or with readers).",
       "# TYPE crm_mirror_fanout_in_flight gauge",

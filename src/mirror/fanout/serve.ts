@@ -37,11 +37,21 @@ type RangeAsk = { from: number; to: number | null } | { suffix: number };
 /** The answer for the client, or null when its request is not shared (the caller asks the upstream itself). */
 export async function serveShared(fan: FanoutRegistry, req: BlobRequest): Promise<Response | null> {
   const { route } = req;
-  if (!fan.config.enabled || req.method !== "GET" || route.resource !== "blobs" || route.reference === null || route.query.size > 0) return null;
+  if (
+    !fan.config.enabled ||
+    req.method !== "GET" ||
+    route.resource !== "blobs" ||
+    route.reference === null ||
+    route.query.size > 0
+  )
+    return null;
   const colon = route.reference.indexOf(":");
   const algorithm = route.reference.slice(0, colon);
   if (!HASHED.has(algorithm)) return null;
-  const digest = { algorithm: algorithm as "sha256" | "sha512", hex: route.reference.slice(colon + 1) };
+  const digest = {
+    algorithm: algorithm as "sha256" | "sha512",
+    hex: route.reference.slice(colon + 1),
+  };
   if (CONDITIONAL.some((h) => req.headers.has(h))) return null;
   const rangeHeader = req.headers.get("range");
   const range = rangeHeader === null ? null : parseRange(rangeHeader);
@@ -55,7 +65,12 @@ export async function serveShared(fan: FanoutRegistry, req: BlobRequest): Promis
   return lead(fan, key, digest, req);
 }
 
-async function lead(fan: FanoutRegistry, key: string, digest: { algorithm: "sha256" | "sha512"; hex: string }, req: BlobRequest): Promise<Response | null> {
+async function lead(
+  fan: FanoutRegistry,
+  key: string,
+  digest: { algorithm: "sha256" | "sha512"; hex: string },
+  req: BlobRequest,
+): Promise<Response | null> {
   const entry = fan.open(key);
   if (entry === null) {
     req.logFields.fanout = "over budget";
@@ -76,26 +91,51 @@ async function lead(fan: FanoutRegistry, key: string, digest: { algorithm: "sha2
   const encoding = res.headers.get("content-encoding");
   // The answer's body may be a relayed source with no stream (a resuming body, mirror/resume.ts).
   // An encoded answer (asked for identity, got something else) is not the blob's bytes: not shared.
-  if (res.status !== 200 || length === null || (res.body === null && relayedBody(res) === null) || req.signal.aborted || (encoding !== null && encoding.trim().toLowerCase() !== "identity")) {
+  if (
+    res.status !== 200 ||
+    length === null ||
+    (res.body === null && relayedBody(res) === null) ||
+    req.signal.aborted ||
+    (encoding !== null && encoding.trim().toLowerCase() !== "identity")
+  ) {
     // Errors, redirects crm could not follow, bodies of unknown size: answered as without fan-out.
     entry.settle(null);
     return res;
   }
   // A blob smaller than the window never needs more of the budget than its own size.
   fan.shrink(entry, Math.max(1, Math.min(entry.reserved, length)));
-  const download = new SharedDownload(res, length, digest, entry.reserved, {
-    detached: () => {
-      fan.detached();
-      fan.log.info("mirror fan-out: a reader fell behind the window and continues on its own range request", { registry: req.route.registry.name, repo: req.route.name, digest: req.route.reference ?? "" });
+  const download = new SharedDownload(
+    res,
+    length,
+    digest,
+    entry.reserved,
+    {
+      detached: () => {
+        fan.detached();
+        fan.log.info(
+          "mirror fan-out: a reader fell behind the window and continues on its own range request",
+          {
+            registry: req.route.registry.name,
+            repo: req.route.name,
+            digest: req.route.reference ?? "",
+          },
+        );
+      },
+      mismatch: (expected, got) => {
+        fan.mismatched();
+        fan.log.error("mirror fan-out: blob bytes do not match their digest; every reader is cut", {
+          registry: req.route.registry.name,
+          repo: req.route.name,
+          expected,
+          got,
+        });
+      },
+      unjoinable: () => fan.unlist(entry),
+      disposed: () => fan.close(entry),
+      waited: (ms) => fan.waited(ms),
     },
-    mismatch: (expected, got) => {
-      fan.mismatched();
-      fan.log.error("mirror fan-out: blob bytes do not match their digest; every reader is cut", { registry: req.route.registry.name, repo: req.route.name, expected, got });
-    },
-    unjoinable: () => fan.unlist(entry),
-    disposed: () => fan.close(entry),
-    waited: (ms) => fan.waited(ms),
-  }, fan.config.lagGraceMs);
+    fan.config.lagGraceMs,
+  );
   entry.headers = res.headers;
   fan.started();
   const stream = download.join(0, length, req.signal, ownRequest(req, length));
@@ -105,7 +145,12 @@ async function lead(fan: FanoutRegistry, key: string, digest: { algorithm: "sha2
   return answer(entry, stream, 0, length, false);
 }
 
-async function join(fan: FanoutRegistry, entry: InFlight, range: RangeAsk | null, req: BlobRequest): Promise<Response | null> {
+async function join(
+  fan: FanoutRegistry,
+  entry: InFlight,
+  range: RangeAsk | null,
+  req: BlobRequest,
+): Promise<Response | null> {
   let download = entry.download;
   if (download === null) {
     const done = wait(entry, req.signal);
@@ -128,7 +173,8 @@ async function join(fan: FanoutRegistry, entry: InFlight, range: RangeAsk | null
   // A range ending before the blob's end would end before the digest is known, one far ahead would
   // set the pace without reading; a download that failed or is gone has nothing to share.
   const why = download.refusal(from, to + 1);
-  const stream = why === null ? download.join(from, to + 1, req.signal, ownRequest(req, total)) : null;
+  const stream =
+    why === null ? download.join(from, to + 1, req.signal, ownRequest(req, total)) : null;
   if (stream === null) {
     fan.count(why ?? "late");
     req.logFields.fanout = why ?? "late";
@@ -148,14 +194,21 @@ function wait(entry: InFlight, signal: AbortSignal): () => void {
     counted = false;
     entry.waiting--;
     signal.removeEventListener("abort", drop);
-    if (entry.waiting === 0 && entry.download === null && signal.aborted) entry.controller.abort(new Error("every client waiting for this blob left"));
+    if (entry.waiting === 0 && entry.download === null && signal.aborted)
+      entry.controller.abort(new Error("every client waiting for this blob left"));
   };
   signal.addEventListener("abort", drop, { once: true });
   return drop;
 }
 
 /** The reader's answer: its body relayed by the writer (or read as a stream by code that wraps it). */
-function answer(entry: InFlight, body: RelaySource, from: number, end: number, ranged: boolean): Response {
+function answer(
+  entry: InFlight,
+  body: RelaySource,
+  from: number,
+  end: number,
+  ranged: boolean,
+): Response {
   const headers = new Headers(entry.headers ?? undefined);
   const total = entry.download?.total ?? end;
   headers.set("content-length", String(end - from));
@@ -177,19 +230,30 @@ function ownRequest(req: BlobRequest, total: number): OwnRequest {
     let skip = 0;
     if (res.status === 206) {
       const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(res.headers.get("content-range") ?? "");
-      if (m === null || Number(m[1]) !== from || Number(m[2]) !== to || (m[3] !== "*" && Number(m[3]) !== total)) {
+      if (
+        m === null ||
+        Number(m[1]) !== from ||
+        Number(m[2]) !== to ||
+        (m[3] !== "*" && Number(m[3]) !== total)
+      ) {
         await discardBody(res);
-        throw new Error(`own range request for bytes ${from}-${to} answered Content-Range ${JSON.stringify(res.headers.get("content-range"))}`);
+        throw new Error(
+          `own range request for bytes ${from}-${to} answered Content-Range ${JSON.stringify(res.headers.get("content-range"))}`,
+        );
       }
     } else if (res.status === 200 && contentLength(res) === total && from <= MAX_SKIP) skip = from;
     else {
       await discardBody(res);
-      const why = res.status === 200 && from > MAX_SKIP ? `200 (no range support: ${from} bytes would have to be read and dropped, more than ${MAX_SKIP})` : String(res.status);
+      const why =
+        res.status === 200 && from > MAX_SKIP
+          ? `200 (no range support: ${from} bytes would have to be read and dropped, more than ${MAX_SKIP})`
+          : String(res.status);
       throw new Error(`own range request for bytes ${from}-${to} answered ${why}`);
     }
     // A resuming answer (mirror/resume.ts) is a relayed source with no stream of its own.
     const stream = res.body ?? relayedBody(res)?.stream() ?? null;
-    if (stream === null) throw new Error(`own range request for bytes ${from}-${to} answered without a body`);
+    if (stream === null)
+      throw new Error(`own range request for bytes ${from}-${to} answered without a body`);
     return { reader: stream.getReader(), skip };
   };
 }
@@ -225,5 +289,10 @@ export function parseRange(v: string): RangeAsk | "unsupported" {
 /** The upstream account a request is made as: the same credential shares, the password never kept. */
 function accountOf(route: PullRoute): string {
   const r = route.registry;
-  return r.username === null ? "anonymous" : createHash("sha256").update(`${r.username}\0${r.password ?? ""}`).digest("hex").slice(0, 16);
+  return r.username === null
+    ? "anonymous"
+    : createHash("sha256")
+        .update(`${r.username}\0${r.password ?? ""}`)
+        .digest("hex")
+        .slice(0, 16);
 }

@@ -45,7 +45,11 @@ export interface ChunkReader {
 }
 
 /** A reader's own upstream request for bytes [from, to] (inclusive), and how many leading bytes of its body to skip (an upstream that answered a range with 200). */
-export type OwnRequest = (from: number, to: number, signal: AbortSignal) => Promise<{ reader: ChunkReader; skip: number }>;
+export type OwnRequest = (
+  from: number,
+  to: number,
+  signal: AbortSignal,
+) => Promise<{ reader: ChunkReader; skip: number }>;
 
 export interface DownloadObserver {
   /** A reader fell behind the window and continues on its own request. */
@@ -135,7 +139,8 @@ export class SharedDownload {
    */
   private graceLeftMs: number;
   /** The reader the upstream waits for now (it is at the window's edge), since when, and the timer that ends its grace. */
-  private hold: { reader: Reader; since: number; timer: ReturnType<typeof setTimeout> } | null = null;
+  private hold: { reader: Reader; since: number; timer: ReturnType<typeof setTimeout> } | null =
+    null;
 
   constructor(
     private readonly res: Response,
@@ -165,7 +170,12 @@ export class SharedDownload {
    * Only ranges that end at the blob's end share: a reader's last byte is what is held back until
    * the digest is known, so a range ending earlier would get a clean end before any verdict.
    */
-  join(start: number, end: number, signal: AbortSignal, ownRequest: OwnRequest): RelaySource | null {
+  join(
+    start: number,
+    end: number,
+    signal: AbortSignal,
+    ownRequest: OwnRequest,
+  ): RelaySource | null {
     if (this.refusal(start, end) !== null) return null;
     const r = new Reader(start, end, ownRequest, this.lagGraceMs);
     this.readers.add(r);
@@ -177,7 +187,6 @@ export class SharedDownload {
     if (!this.started) this.start();
     return new ReaderBody(this, r);
   }
-
 
   /**
    * Why a reader for [start, end) may not join now, or null if it may: "ended" (the download
@@ -199,10 +208,12 @@ export class SharedDownload {
     const body = relayedBody(this.res);
     if (body !== null) {
       this.body = body;
-      body.contents((b) => this.arrive(b)).then(
-        () => this.complete(),
-        (e: unknown) => this.upstreamFailed(e),
-      );
+      body
+        .contents((b) => this.arrive(b))
+        .then(
+          () => this.complete(),
+          (e: unknown) => this.upstreamFailed(e),
+        );
       return;
     }
     // Not an upstream socket body (a plain stream): pumped with the same backpressure rule.
@@ -233,7 +244,10 @@ export class SharedDownload {
   private arrive(b: Uint8Array): boolean {
     if (this.finished || b.byteLength === 0) return !this.finished;
     if (this.received + b.byteLength > this.total) {
-      this.fail(new Error(`upstream sent more than its Content-Length of ${this.total} bytes`), "unchecked");
+      this.fail(
+        new Error(`upstream sent more than its Content-Length of ${this.total} bytes`),
+        "unchecked",
+      );
       return false;
     }
     if (this.hasher !== null) {
@@ -260,10 +274,16 @@ export class SharedDownload {
     if (this.finished || this.attachedCount === 0) return false;
     if (this.received - this.fastest >= this.readAhead) return false;
     let slowest: Reader | null = null;
-    for (const r of this.readers) if (r.attached && r.pos < r.end && (slowest === null || r.pos < slowest.pos)) slowest = r;
+    for (const r of this.readers)
+      if (r.attached && r.pos < r.end && (slowest === null || r.pos < slowest.pos)) slowest = r;
     // A window that holds the whole blob never pushes anyone out: no reason to wait.
     const atEdge =
-      slowest !== null && slowest.graceMs > 0 && this.graceLeftMs > 0 && this.window < this.total && this.received - slowest.pos >= this.window - this.readAhead && this.received < this.total;
+      slowest !== null &&
+      slowest.graceMs > 0 &&
+      this.graceLeftMs > 0 &&
+      this.window < this.total &&
+      this.received - slowest.pos >= this.window - this.readAhead &&
+      this.received < this.total;
     if (!atEdge) {
       this.endHold();
       return true;
@@ -271,15 +291,18 @@ export class SharedDownload {
     if (this.hold === null || this.hold.reader !== slowest) {
       this.endHold();
       const reader = slowest as Reader;
-      const timer = setTimeout(() => {
-        // Its grace is spent: it goes on its own request when the next read leaves it behind.
-        if (this.hold?.reader !== reader) return;
-        const downloadLimited = this.graceLeftMs <= reader.graceMs;
-        this.endHold();
-        reader.graceMs = 0;
-        if (downloadLimited) this.graceLeftMs = 0;
-        this.resumeIfWanted();
-      }, Math.min(reader.graceMs, this.graceLeftMs));
+      const timer = setTimeout(
+        () => {
+          // Its grace is spent: it goes on its own request when the next read leaves it behind.
+          if (this.hold?.reader !== reader) return;
+          const downloadLimited = this.graceLeftMs <= reader.graceMs;
+          this.endHold();
+          reader.graceMs = 0;
+          if (downloadLimited) this.graceLeftMs = 0;
+          this.resumeIfWanted();
+        },
+        Math.min(reader.graceMs, this.graceLeftMs),
+      );
       this.hold = { reader, since: performance.now(), timer };
     }
     return false;
@@ -303,7 +326,9 @@ export class SharedDownload {
   private complete(): void {
     if (this.finished) return;
     if (this.received !== this.total) {
-      this.upstreamFailed(new Error(`upstream body ended after ${this.received} of ${this.total} bytes`));
+      this.upstreamFailed(
+        new Error(`upstream body ended after ${this.received} of ${this.total} bytes`),
+      );
       return;
     }
     this.finished = true;
@@ -317,7 +342,11 @@ export class SharedDownload {
     if (this.finished) return;
     const err = e instanceof Error ? e : new Error(String(e));
     // Attached readers cannot get the rest from here: their clients see a cut body, as without fan-out.
-    this.fail(new Error(`shared upstream download failed: ${err.message}`, { cause: err }), "unchecked", true);
+    this.fail(
+      new Error(`shared upstream download failed: ${err.message}`, { cause: err }),
+      "unchecked",
+      true,
+    );
   }
 
   private judge(): void {
@@ -326,8 +355,14 @@ export class SharedDownload {
       this.verdict = "ok";
       return;
     }
-    this.observer.mismatch(`${this.digest.algorithm}:${this.digest.hex}`, `${this.digest.algorithm}:${got}`);
-    this.fail(new Error(`blob bytes do not match ${this.digest.algorithm}:${this.digest.hex}`), "mismatch");
+    this.observer.mismatch(
+      `${this.digest.algorithm}:${this.digest.hex}`,
+      `${this.digest.algorithm}:${got}`,
+    );
+    this.fail(
+      new Error(`blob bytes do not match ${this.digest.algorithm}:${this.digest.hex}`),
+      "mismatch",
+    );
   }
 
   /**
@@ -444,7 +479,8 @@ export class SharedDownload {
 
   /** Bytes attached readers may have now: while hashed, the last byte waits for the verdict. */
   private releasable(): number {
-    if (this.hasher === null || this.verdict === "ok" || this.verdict === "unchecked") return this.received;
+    if (this.hasher === null || this.verdict === "ok" || this.verdict === "unchecked")
+      return this.received;
     return Math.min(this.received, this.total - 1);
   }
 
@@ -461,7 +497,8 @@ export class SharedDownload {
   /** An attached reader moved on to `pos`: the upstream may be read further if it was the fastest. */
   private advanced(pos: number): void {
     if (pos > this.fastest) this.fastest = pos;
-    if (this.paused && (this.hold !== null || this.received - this.fastest < this.readAhead)) this.resumeIfWanted();
+    if (this.paused && (this.hold !== null || this.received - this.fastest < this.readAhead))
+      this.resumeIfWanted();
   }
 
   private chunkAt(pos: number): number {
@@ -608,7 +645,8 @@ export class SharedDownload {
         v = v.subarray(n);
       }
       if (v.byteLength === 0) continue;
-      if (r.pos + v.byteLength > r.end) throw new Error("own upstream request sent more bytes than asked for");
+      if (r.pos + v.byteLength > r.end)
+        throw new Error("own upstream request sent more bytes than asked for");
       if (r.pos + v.byteLength === r.end && r.hasher !== null) {
         r.held = v.subarray(v.byteLength - 1);
         v = v.subarray(0, v.byteLength - 1);
@@ -628,7 +666,9 @@ export class SharedDownload {
     h.update(last);
     const got = h.digest("hex");
     if (got === this.digest.hex) return;
-    r.failure ??= new Error(`blob bytes do not match ${this.digest.algorithm}:${this.digest.hex} (a reader on its own range request)`);
+    r.failure ??= new Error(
+      `blob bytes do not match ${this.digest.algorithm}:${this.digest.hex} (a reader on its own range request)`,
+    );
     throw r.failure;
   }
 
@@ -713,7 +753,8 @@ export class SharedDownload {
     r.gone = true;
     this.readers.delete(r);
     this.wakeOne(r);
-    if (r.ownAbort !== null && r.pos < r.end) r.ownAbort.abort(r.failure ?? new Error("reader left"));
+    if (r.ownAbort !== null && r.pos < r.end)
+      r.ownAbort.abort(r.failure ?? new Error("reader left"));
     if (r.own !== null && r.pos < r.end) void r.own.cancel().catch(() => {});
     if (r.attached) {
       r.attached = false;

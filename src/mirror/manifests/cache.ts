@@ -73,7 +73,8 @@ export class ManifestCache {
   put(registry: string, repository: string, m: CachedManifest): boolean {
     const key = cacheKey(registry, repository, m.digest);
     const cost = entryCost(key, m);
-    if (!this.enabled || m.body.byteLength > MAX_CACHED_MANIFEST || cost > this.maxSize) return false;
+    if (!this.enabled || m.body.byteLength > MAX_CACHED_MANIFEST || cost > this.maxSize)
+      return false;
     const old = this.entries.get(key);
     if (old) {
       this.entries.delete(key);
@@ -127,5 +128,11 @@ function cacheKey(registry: string, repository: string, digest: string): string 
 }
 
 function entryCost(key: string, m: CachedManifest): number {
-  return m.body.byteLength + key.length + (m.mediaType?.length ?? 0) + (m.etag?.length ?? 0) + ENTRY_OVERHEAD;
+  return (
+    m.body.byteLength +
+    key.length +
+    (m.mediaType?.length ?? 0) +
+    (m.etag?.length ?? 0) +
+    ENTRY_OVERHEAD
+  );
 }

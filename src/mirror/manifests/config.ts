@@ -15,7 +15,10 @@ export interface ManifestCacheConfig {
   staleIfErrorMs?: number;
 }
 
-export const DEFAULT_MANIFEST_CACHE: ManifestCacheConfig = Object.freeze({ enabled: true, maxSize: 64 * 1024 * 1024 });
+export const DEFAULT_MANIFEST_CACHE: ManifestCacheConfig = Object.freeze({
+  enabled: true,
+  maxSize: 64 * 1024 * 1024,
+});
 
 /** `stale_if_error` when not configured: a tag resolved within the last hour. */
 export const DEFAULT_STALE_IF_ERROR_MS = 3_600_000;
@@ -23,7 +26,11 @@ export const DEFAULT_STALE_IF_ERROR_MS = 3_600_000;
 const KEYS = ["enabled", "max_size", "stale_if_error"] as const;
 
 /** Unknown keys are errors: a misspelt `max_szie` must not silently leave the default in place. */
-export function buildManifestCache(c: Checker, raw: unknown, path = "mirror.manifest_cache"): ManifestCacheConfig {
+export function buildManifestCache(
+  c: Checker,
+  raw: unknown,
+  path = "mirror.manifest_cache",
+): ManifestCacheConfig {
   const o = c.object(path, raw, KEYS);
   if (o === null) return DEFAULT_MANIFEST_CACHE;
   let maxSize = DEFAULT_MANIFEST_CACHE.maxSize;
@@ -33,6 +40,19 @@ export function buildManifestCache(c: Checker, raw: unknown, path = "mirror.mani
     else maxSize = v;
   }
   // Absent means the default (DEFAULT_STALE_IF_ERROR_MS); only a configured value is carried.
-  const stale = o.stale_if_error === undefined || o.stale_if_error === null ? null : { staleIfErrorMs: c.duration(`${path}.stale_if_error`, o.stale_if_error, DEFAULT_STALE_IF_ERROR_MS) };
-  return { enabled: c.bool(`${path}.enabled`, o.enabled, DEFAULT_MANIFEST_CACHE.enabled), maxSize, ...stale };
+  const stale =
+    o.stale_if_error === undefined || o.stale_if_error === null
+      ? null
+      : {
+          staleIfErrorMs: c.duration(
+            `${path}.stale_if_error`,
+            o.stale_if_error,
+            DEFAULT_STALE_IF_ERROR_MS,
+          ),
+        };
+  return {
+    enabled: c.bool(`${path}.enabled`, o.enabled, DEFAULT_MANIFEST_CACHE.enabled),
+    maxSize,
+    ...stale,
+  };
 }

@@ -29,7 +29,9 @@ export function verifiable(digest: string): boolean {
 }
 
 function digestOf(algorithm: string, bytes: Uint8Array): string {
-  return `${algorithm}:${createHash(HASHES[algorithm] ?? "sha256").update(bytes).digest("hex")}`;
+  return `${algorithm}:${createHash(HASHES[algorithm] ?? "sha256")
+    .update(bytes)
+    .digest("hex")}`;
 }
 
 export type Fetched =
@@ -66,7 +68,12 @@ export class ManifestFetcher {
 
   /** By digest the bytes are fixed, so Accept is not part of the key; by tag it decides the answer. */
   get(req: ManifestGet, signal: AbortSignal): Promise<{ value: Fetched; leader: boolean }> {
-    const key = [req.client.registry.name, req.name, req.reference, req.expect === null ? (req.headers.get("accept") ?? "") : ""].join("\n");
+    const key = [
+      req.client.registry.name,
+      req.name,
+      req.reference,
+      req.expect === null ? (req.headers.get("accept") ?? "") : "",
+    ].join("\n");
     // With a cluster, a GET by digest is first shared with the other replicas (cluster/manifests.ts).
     const cluster = req.state.shared?.manifests ?? null;
     if (cluster !== null && req.expect !== null) {
@@ -77,13 +84,25 @@ export class ManifestFetcher {
         req.state.cache.put(scope, req.name, m);
         return { kind: "manifest", manifest: m, quota: [] };
       };
-      return this.flights.run(key, signal, (shared) => cluster.fetch<Fetched>(want, shared, () => fetchManifest(req, shared, this.budget), (r) => (r.kind === "manifest" ? r.manifest : null), fromStore));
+      return this.flights.run(key, signal, (shared) =>
+        cluster.fetch<Fetched>(
+          want,
+          shared,
+          () => fetchManifest(req, shared, this.budget),
+          (r) => (r.kind === "manifest" ? r.manifest : null),
+          fromStore,
+        ),
+      );
     }
     return this.flights.run(key, signal, (shared) => fetchManifest(req, shared, this.budget));
   }
 }
 
-async function fetchManifest(req: ManifestGet, signal: AbortSignal, budget: MemoryBudget): Promise<Fetched> {
+async function fetchManifest(
+  req: ManifestGet,
+  signal: AbortSignal,
+  budget: MemoryBudget,
+): Promise<Fetched> {
   const { rt, state, client } = req;
   const registry = client.registry.name;
   const headers = new Headers(req.headers);
@@ -91,27 +110,56 @@ async function fetchManifest(req: ManifestGet, signal: AbortSignal, budget: Memo
   headers.set("accept-encoding", "identity");
   const timeoutMs = rt.config.timeouts.upstreamHeaderMs;
   // The flight's signal: aborted only when every waiting client has gone.
-  const get: MeteredRequest = { method: "GET", path: `/v2/${req.name}/manifests/${req.reference}`, headers, scope: req.scope, signal, resource: "manifests" };
+  const get: MeteredRequest = {
+    method: "GET",
+    path: `/v2/${req.name}/manifests/${req.reference}`,
+    headers,
+    scope: req.scope,
+    signal,
+    resource: "manifests",
+  };
   const result = await meteredFetch(rt, state, client, get, req.logFields);
   // By digest the bytes are fixed: a body the upstream drops is continued (upstream/resume.ts).
   const res =
     req.expect === null
       ? result.response
-      : asStreamResponse(resumable(result.response, { rt, idleMs: timeoutMs, registry, what: req.reference, request: blobRangeFetch(rt, state, client, get, req.logFields), signal, logFields: req.logFields }));
+      : asStreamResponse(
+          resumable(result.response, {
+            rt,
+            idleMs: timeoutMs,
+            registry,
+            what: req.reference,
+            request: blobRangeFetch(rt, state, client, get, req.logFields),
+            signal,
+            logFields: req.logFields,
+          }),
+        );
   const upHeaders = new Headers(res.headers);
-  if (!upHeaders.has("docker-content-digest") && result.firstDigest !== null) upHeaders.set("docker-content-digest", result.firstDigest);
+  if (!upHeaders.has("docker-content-digest") && result.firstDigest !== null)
+    upHeaders.set("docker-content-digest", result.firstDigest);
   const encoded = (res.headers.get("content-encoding") ?? "identity").toLowerCase() !== "identity";
   if (res.status !== 200 || encoded) {
     if (res.status >= 200 && res.status < 300) return streamOnce(res, upHeaders);
     const { bytes } = await readSmallBody(res, ERROR_BODY_LIMIT, timeoutMs);
-    return { kind: "answer", status: res.status, headers: upHeaders, body: bytes, accept: req.headers.get("accept") };
+    return {
+      kind: "answer",
+      status: res.status,
+      headers: upHeaders,
+      body: bytes,
+      accept: req.headers.get("accept"),
+    };
   }
   const lengthText = res.headers.get("content-length");
   const declared = lengthText !== null && /^\d+$/.test(lengthText) ? Number(lengthText) : null;
   if (declared !== null && declared > MAX_CACHED_MANIFEST) return streamOnce(res, upHeaders);
   const charge = declared ?? MAX_CACHED_MANIFEST + 1;
   if (!budget.take(charge)) {
-    rt.log.debug("manifests held in memory at their bound; streamed uncached", { registry, repo: req.name, ref: req.reference, reading: budget.used });
+    rt.log.debug("manifests held in memory at their bound; streamed uncached", {
+      registry,
+      repo: req.name,
+      ref: req.reference,
+      reading: budget.used,
+    });
     return streamOnce(res, upHeaders);
   }
   let read: { bytes: Uint8Array; truncated: boolean };
@@ -125,25 +173,53 @@ async function fetchManifest(req: ManifestGet, signal: AbortSignal, budget: Memo
     // Over the limit without saying so up front: what was read is gone, each waiter streams its own.
     return { kind: "stream", take: () => null };
   }
-  if (truncated) throw new MirrorError(502, "UNAVAILABLE", `upstream ${registry} broke off a manifest body or did not finish it within ${timeoutMs} ms`);
+  if (truncated)
+    throw new MirrorError(
+      502,
+      "UNAVAILABLE",
+      `upstream ${registry} broke off a manifest body or did not finish it within ${timeoutMs} ms`,
+    );
 
   const named = upHeaders.get("docker-content-digest");
   const want = req.expect ?? named;
   if (want === null || !verifiable(want)) {
     // Nothing to check the bytes against: pass them on as received, keep nothing.
-    return { kind: "answer", status: 200, headers: upHeaders, body: bytes, accept: req.headers.get("accept") };
+    return {
+      kind: "answer",
+      status: 200,
+      headers: upHeaders,
+      body: bytes,
+      accept: req.headers.get("accept"),
+    };
   }
   const got = digestOf(want.slice(0, want.indexOf(":")), bytes);
   if (got !== want) {
-    rt.log.warn("upstream manifest does not match its digest; not served, not cached", { registry, repo: req.name, ref: req.reference, expected: want, got });
-    const what = req.expect !== null ? `the requested digest ${want}` : `its Docker-Content-Digest ${want}`;
-    throw new MirrorError(502, "DIGEST_INVALID", `upstream ${registry} answered ${req.name}:${req.reference} with a manifest that does not match ${what} (its bytes are ${got}); not served`, {
-      detail: { registry, expected: want, got },
+    rt.log.warn("upstream manifest does not match its digest; not served, not cached", {
+      registry,
+      repo: req.name,
+      ref: req.reference,
+      expected: want,
+      got,
     });
+    const what =
+      req.expect !== null ? `the requested digest ${want}` : `its Docker-Content-Digest ${want}`;
+    throw new MirrorError(
+      502,
+      "DIGEST_INVALID",
+      `upstream ${registry} answered ${req.name}:${req.reference} with a manifest that does not match ${what} (its bytes are ${got}); not served`,
+      {
+        detail: { registry, expected: want, got },
+      },
+    );
   }
   // Stored as it may be served (content-safety.ts): a cached answer never carries what a fresh one may not.
   const type = res.headers.get("content-type");
-  const manifest: CachedManifest = { digest: want, body: bytes, mediaType: type === null ? null : mirrorContentType(type), etag: res.headers.get("etag") };
+  const manifest: CachedManifest = {
+    digest: want,
+    body: bytes,
+    mediaType: type === null ? null : mirrorContentType(type),
+    etag: res.headers.get("etag"),
+  };
   state.cache.put(cacheScope(client.registry), req.name, manifest);
   return { kind: "manifest", manifest, quota: quotaFields(res.headers) };
 }

@@ -31,7 +31,10 @@ export class MemoryBudget {
 }
 
 /** The body for `bytes`, or null when the budget is spent (the caller streams from upstream). */
-export function memoryBody(bytes: Uint8Array, budget: MemoryBudget): Uint8Array | ReadableStream<Uint8Array> | null {
+export function memoryBody(
+  bytes: Uint8Array,
+  budget: MemoryBudget,
+): Uint8Array | ReadableStream<Uint8Array> | null {
   if (bytes.byteLength <= COPY_LIMIT) return bytes;
   if (!budget.take(bytes.byteLength)) return null;
   let offset = 0;

@@ -60,7 +60,13 @@ export class ManifestService {
 
   /** null: this request is not one the cache can serve (disabled, or a Range / conditional request). */
   async serve(req: ManifestRequest): Promise<Response | null> {
-    if (!this.state.cache.enabled || req.headers.has("range") || req.headers.has("if-range") || req.headers.has("if-modified-since")) return null;
+    if (
+      !this.state.cache.enabled ||
+      req.headers.has("range") ||
+      req.headers.has("if-range") ||
+      req.headers.has("if-modified-since")
+    )
+      return null;
     const ref = req.route.reference;
     if (isDigest(ref)) return this.byDigest(req, ref);
     return this.byTag(req);
@@ -83,7 +89,14 @@ export class ManifestService {
     } catch (e) {
       const why = upstreamFailure(e);
       const detail = e instanceof Error ? e.message : String(e);
-      const stale = why === null ? null : await this.stale(req, why, `${/^\d+$/.test(why) ? `upstream answered ${why}` : `upstream ${why}`}: ${detail}`);
+      const stale =
+        why === null
+          ? null
+          : await this.stale(
+              req,
+              why,
+              `${/^\d+$/.test(why) ? `upstream answered ${why}` : `upstream ${why}`}: ${detail}`,
+            );
       if (stale !== null) return stale;
       throw e;
     }
@@ -100,7 +113,18 @@ export class ManifestService {
     }
     if (req.method === "HEAD") {
       req.logFields.cache = "resolve";
-      return clientResponse(req.route, req.method, { response: new Response(null, { status: head.status, headers: head.headers }), token: "none", redirectHost: null, firstDigest: head.firstDigest }, this.rt.config.mirror.pathPrefix, this.rt.config.timeouts.upstreamHeaderMs);
+      return clientResponse(
+        req.route,
+        req.method,
+        {
+          response: new Response(null, { status: head.status, headers: head.headers }),
+          token: "none",
+          redirectHost: null,
+          firstDigest: head.firstDigest,
+        },
+        this.rt.config.mirror.pathPrefix,
+        this.rt.config.timeouts.upstreamHeaderMs,
+      );
     }
     if (!ok || digest === null || !isDigest(digest)) {
       // The HEAD said nothing usable: one shared GET by tag, checked against its own digest header.
@@ -118,7 +142,12 @@ export class ManifestService {
   /** HEAD by tag, once for all concurrent identical requests (same registry, repository, tag, Accept). */
   private async resolve(req: ManifestRequest): Promise<TagHead> {
     const { route, client } = req;
-    const key = [route.registry.name, route.name, route.reference, req.headers.get("accept") ?? ""].join("\n");
+    const key = [
+      route.registry.name,
+      route.name,
+      route.reference,
+      req.headers.get("accept") ?? "",
+    ].join("\n");
     const { value } = await this.heads.run(key, req.signal, async (signal) => {
       const headers = new Headers();
       for (const name of ["accept", "user-agent"]) {
@@ -129,11 +158,22 @@ export class ManifestService {
         this.rt,
         this.state,
         client,
-        { method: "HEAD", path: `/v2/${route.name}/manifests/${route.reference}`, headers, scope: pullScope(route), signal, resource: "manifests" },
+        {
+          method: "HEAD",
+          path: `/v2/${route.name}/manifests/${route.reference}`,
+          headers,
+          scope: pullScope(route),
+          signal,
+          resource: "manifests",
+        },
         req.logFields,
       );
       await result.response.body?.cancel().catch(() => {});
-      return { status: result.response.status, headers: new Headers(result.response.headers), firstDigest: result.firstDigest };
+      return {
+        status: result.response.status,
+        headers: new Headers(result.response.headers),
+        firstDigest: result.firstDigest,
+      };
     });
     return value;
   }
@@ -142,41 +182,95 @@ export class ManifestService {
    * `tagFallback`: the digest came from a HEAD by tag. An upstream that names a digest it then
    * does not serve by digest (a redirecting front that routes tags only) gets the client's GET by tag.
    */
-  private async fetched(req: ManifestRequest, reference: string, expect: string | null, tagFallback = false, headQuota: QuotaFields = []): Promise<Response> {
+  private async fetched(
+    req: ManifestRequest,
+    reference: string,
+    expect: string | null,
+    tagFallback = false,
+    headQuota: QuotaFields = [],
+  ): Promise<Response> {
     const { route } = req;
     const headers = new Headers();
     for (const name of ["accept", "user-agent"]) {
       const v = req.headers.get(name);
       if (v !== null) headers.set(name, v);
     }
-    const get = { rt: this.rt, state: this.state, client: req.client, name: route.name, reference, expect, headers, scope: pullScope(route), logFields: req.logFields };
+    const get = {
+      rt: this.rt,
+      state: this.state,
+      client: req.client,
+      name: route.name,
+      reference,
+      expect,
+      headers,
+      scope: pullScope(route),
+      logFields: req.logFields,
+    };
     const { value, leader } = await this.fetcher.get(get, req.signal);
-    if (tagFallback && value.kind === "answer" && value.status === 404) return this.bypass(req, "digest-unknown");
+    if (tagFallback && value.kind === "answer" && value.status === 404)
+      return this.bypass(req, "digest-unknown");
     // By digest the flight is shared whatever the Accept, but an error may be the Accept's doing (a
     // distribution registry answers 404 for an index the Accept does not name): a waiter that
     // asked otherwise asks for itself.
-    if (!leader && value.kind === "answer" && value.status >= 400 && value.accept !== req.headers.get("accept")) return this.bypass(req, "accept-differs");
+    if (
+      !leader &&
+      value.kind === "answer" &&
+      value.status >= 400 &&
+      value.accept !== req.headers.get("accept")
+    )
+      return this.bypass(req, "accept-differs");
     return this.answer(req, value, leader, headQuota);
   }
 
-  private async answer(req: ManifestRequest, got: Fetched, leader: boolean, headQuota: QuotaFields): Promise<Response> {
+  private async answer(
+    req: ManifestRequest,
+    got: Fetched,
+    leader: boolean,
+    headQuota: QuotaFields,
+  ): Promise<Response> {
     // The GET's own fields are the newest count; the tag's HEAD's when the GET sent none.
-    if (got.kind === "manifest") return this.fromCache(req, got.manifest, leader ? "miss" : "shared", got.quota.length > 0 ? got.quota : headQuota);
+    if (got.kind === "manifest")
+      return this.fromCache(
+        req,
+        got.manifest,
+        leader ? "miss" : "shared",
+        got.quota.length > 0 ? got.quota : headQuota,
+      );
     if (got.kind === "answer") {
       req.logFields.cache = leader ? "uncached" : "shared";
       const body = req.method === "HEAD" ? null : memoryBody(got.body, this.budget);
       if (body === null) return this.bypass(req, "memory-bound");
-      const response = new Response(req.method === "HEAD" ? null : body, { status: got.status, headers: got.headers });
-      return clientResponse(req.route, req.method, { response, token: "none", redirectHost: null, firstDigest: null }, this.rt.config.mirror.pathPrefix, this.rt.config.timeouts.upstreamHeaderMs);
+      const response = new Response(req.method === "HEAD" ? null : body, {
+        status: got.status,
+        headers: got.headers,
+      });
+      return clientResponse(
+        req.route,
+        req.method,
+        { response, token: "none", redirectHost: null, firstDigest: null },
+        this.rt.config.mirror.pathPrefix,
+        this.rt.config.timeouts.upstreamHeaderMs,
+      );
     }
     const response = got.take();
     if (response === null) return this.bypass(req, "too-big");
     req.logFields.cache = "too-big";
-    return clientResponse(req.route, req.method, { response, token: "none", redirectHost: null, firstDigest: null }, this.rt.config.mirror.pathPrefix, this.rt.config.timeouts.upstreamHeaderMs);
+    return clientResponse(
+      req.route,
+      req.method,
+      { response, token: "none", redirectHost: null, firstDigest: null },
+      this.rt.config.mirror.pathPrefix,
+      this.rt.config.timeouts.upstreamHeaderMs,
+    );
   }
 
   private tagKeyOf(req: ManifestRequest): string {
-    return tagKey(cacheScope(req.route.registry), req.route.name, req.route.reference, req.headers.get("accept") ?? "");
+    return tagKey(
+      cacheScope(req.route.registry),
+      req.route.name,
+      req.route.reference,
+      req.headers.get("accept") ?? "",
+    );
   }
 
   /**
@@ -184,14 +278,25 @@ export class ManifestService {
    * counter): the digest it resolved to within stale_if_error, from the cache, marked stale; null
    * when there is none (the failure is then the answer).
    */
-  private async stale(req: ManifestRequest, short: string, reason: string): Promise<Response | null> {
-    const windowMs = this.rt.config.mirror.manifestCache.staleIfErrorMs ?? DEFAULT_STALE_IF_ERROR_MS;
+  private async stale(
+    req: ManifestRequest,
+    short: string,
+    reason: string,
+  ): Promise<Response | null> {
+    const windowMs =
+      this.rt.config.mirror.manifestCache.staleIfErrorMs ?? DEFAULT_STALE_IF_ERROR_MS;
     const digest = this.tags.recall(this.tagKeyOf(req), windowMs);
     if (digest === null) return null;
     const m = this.state.cache.get(cacheScope(req.route.registry), req.route.name, digest);
     if (m === null) return null;
     this.tags.countServed(req.route.registry.name, short);
-    this.rt.log.warn("mirror tag answered stale: every upstream failed", { registry: req.route.registry.name, repo: req.route.name, tag: req.route.reference, digest, reason: reason.slice(0, 200) });
+    this.rt.log.warn("mirror tag answered stale: every upstream failed", {
+      registry: req.route.registry.name,
+      repo: req.route.name,
+      tag: req.route.reference,
+      digest,
+      reason: reason.slice(0, 200),
+    });
     req.logFields.digest = digest;
     const res = await this.fromCache(req, m, "stale");
     res.headers.set("warning", staleWarning(reason));
@@ -208,14 +313,27 @@ export class ManifestService {
    * ETag; plus `quota`, the quota fields of the upstream exchange this answer caused (none when
    * it caused none).
    */
-  private fromCache(req: ManifestRequest, m: CachedManifest, how: string, quota: QuotaFields = []): Response | Promise<Response> {
+  private fromCache(
+    req: ManifestRequest,
+    m: CachedManifest,
+    how: string,
+    quota: QuotaFields = [],
+  ): Response | Promise<Response> {
     req.logFields.cache = how;
-    const headers = new Headers({ "docker-content-digest": m.digest, "content-length": String(m.body.byteLength), [API_VERSION_HEADER[0]]: API_VERSION_HEADER[1] });
+    const headers = new Headers({
+      "docker-content-digest": m.digest,
+      "content-length": String(m.body.byteLength),
+      [API_VERSION_HEADER[0]]: API_VERSION_HEADER[1],
+    });
     setQuotaFields(headers, quota);
     if (m.mediaType !== null) headers.set("content-type", m.mediaType);
     if (m.etag !== null) headers.set("etag", m.etag);
     const inm = req.headers.get("if-none-match");
-    if (inm !== null && m.etag !== null && inm.split(",").some((t) => t.trim() === m.etag || t.trim() === "*")) {
+    if (
+      inm !== null &&
+      m.etag !== null &&
+      inm.split(",").some((t) => t.trim() === m.etag || t.trim() === "*")
+    ) {
       headers.delete("content-length");
       return new Response(null, { status: 304, headers });
     }

@@ -22,7 +22,11 @@ export class SingleFlight<T> {
   }
 
   /** `leader` is true for the caller whose `work` ran. `signal` is the caller's own. */
-  async run(key: string, signal: AbortSignal, work: (signal: AbortSignal) => Promise<T>): Promise<{ value: T; leader: boolean }> {
+  async run(
+    key: string,
+    signal: AbortSignal,
+    work: (signal: AbortSignal) => Promise<T>,
+  ): Promise<{ value: T; leader: boolean }> {
     // A caller already gone starts nothing and joins nothing (its request would still go
     // upstream: a token fetch ignores the abort, and for Docker Hub a manifest GET is a pull).
     if (signal.aborted) throw new MirrorError(499, "UNKNOWN", "client went away");

@@ -52,7 +52,9 @@ export class TagMemory {
     ];
     for (const [k, n] of this.served) {
       const [registry, reason] = k.split("\n") as [string, string];
-      out.push(`crm_mirror_stale_manifests_total{registry="${labelValue(registry)}",reason="${labelValue(reason)}"} ${n}`);
+      out.push(
+        `crm_mirror_stale_manifests_total{registry="${labelValue(registry)}",reason="${labelValue(reason)}"} ${n}`,
+      );
     }
     return out;
   }
@@ -65,7 +67,10 @@ export function tagKey(scope: string, repository: string, tag: string, accept: s
 
 /** A Warning field value (RFC 9111 §5.5 style): warn-code 110, agent "-", a quoted reason. */
 export function staleWarning(reason: string): string {
-  const text = reason.replace(/[^\x20-\x7e]/g, "?").replace(/["\\]/g, "'").slice(0, 200);
+  const text = reason
+    .replace(/[^\x20-\x7e]/g, "?")
+    .replace(/["\\]/g, "'")
+    .slice(0, 200);
   return `110 - "stale: ${text}"`;
 }
 

@@ -20,7 +20,14 @@ export interface SimpleRequest {
  * named), timeouts.connect and a deadline of `headTimeoutMs` for the answer's head. Failures are
  * DialError, as on the forward path.
  */
-export async function upstreamResponse(rt: Runtime, url: URL, init: SimpleRequest, signal: AbortSignal, headTimeoutMs: number, configuredHost = false): Promise<Response> {
+export async function upstreamResponse(
+  rt: Runtime,
+  url: URL,
+  init: SimpleRequest,
+  signal: AbortSignal,
+  headTimeoutMs: number,
+  configuredHost = false,
+): Promise<Response> {
   const headers: HeaderList = [];
   for (const [k, v] of new Headers(init.headers ?? {})) headers.push([k, v]);
   const up = await rt.upstream.request({
@@ -41,7 +48,11 @@ export async function upstreamResponse(rt: Runtime, url: URL, init: SimpleReques
   if (up.contentLength !== null) out.set("content-length", String(up.contentLength));
   const nullBody = up.body.done || up.status === 204 || up.status === 205 || up.status === 304;
   if (nullBody) up.body.cancel();
-  const res = new Response(nullBody ? null : relayableStream(up.body), { status: up.status, statusText: /^[\t\x20-\x7e]*$/.test(up.reason) ? up.reason : "", headers: out });
+  const res = new Response(nullBody ? null : relayableStream(up.body), {
+    status: up.status,
+    statusText: /^[\t\x20-\x7e]*$/.test(up.reason) ? up.reason : "",
+    headers: out,
+  });
   // Like fetch's: the URL this answer came from (the doctor reads a redirect target's port from it).
   Object.defineProperty(res, "url", { value: url.href });
   return res;

@@ -45,7 +45,8 @@ export class ChunkPosition {
       // "size" or "trailer": a line up to LF.
       const lf = raw.indexOf(0x0a, i);
       const end = lf < 0 ? raw.length : lf;
-      if (this.line.length < MAX_LINE) this.line += Buffer.from(raw.subarray(i, Math.min(end, i + MAX_LINE))).toString("latin1");
+      if (this.line.length < MAX_LINE)
+        this.line += Buffer.from(raw.subarray(i, Math.min(end, i + MAX_LINE))).toString("latin1");
       i = end;
       if (lf < 0) break;
       i = lf + 1;
@@ -67,6 +68,10 @@ export class ChunkPosition {
 
   /** The client can be given the rest of the body with crm's own chunks from here. */
   get resumable(): boolean {
-    return this.state === "data" || this.state === "data-crlf" || (this.state === "size" && this.line === "");
+    return (
+      this.state === "data" ||
+      this.state === "data-crlf" ||
+      (this.state === "size" && this.line === "")
+    );
   }
 }

@@ -22,5 +22,10 @@ export function dialFailure(e: DialError, what: string): MirrorError {
   // The SSRF guard's refusal is 403 on the proxy path; here the upstream is the operator's own
   // configuration, so the client is told the gateway failed, like any unusable upstream.
   const status = e.reason === "timeout" ? 504 : 502;
-  return new MirrorError(status, "UNAVAILABLE", `${what}: ${REASON[e.reason] ?? REASON.other}${e.detail ? `: ${e.detail}` : ""}`, { cause: e });
+  return new MirrorError(
+    status,
+    "UNAVAILABLE",
+    `${what}: ${REASON[e.reason] ?? REASON.other}${e.detail ? `: ${e.detail}` : ""}`,
+    { cause: e },
+  );
 }

@@ -18,7 +18,11 @@ export interface FailoverConfig {
   attemptTimeoutMs: number;
 }
 
-export const DEFAULT_FAILOVER: FailoverConfig = Object.freeze({ backoffMs: 30_000, maxBackoffMs: 600_000, attemptTimeoutMs: 10_000 });
+export const DEFAULT_FAILOVER: FailoverConfig = Object.freeze({
+  backoffMs: 30_000,
+  maxBackoffMs: 600_000,
+  attemptTimeoutMs: 10_000,
+});
 
 export const FAILOVER_KEYS = ["backoff", "max_backoff", "attempt_timeout"] as const;
 
@@ -26,11 +30,21 @@ export function buildFailover(c: Checker, raw: unknown, path = "mirror.failover"
   const o = c.object(path, raw, FAILOVER_KEYS);
   if (o === null) return DEFAULT_FAILOVER;
   const backoffMs = c.duration(`${path}.backoff`, o.backoff, DEFAULT_FAILOVER.backoffMs);
-  const maxBackoffMs = c.duration(`${path}.max_backoff`, o.max_backoff, Math.max(DEFAULT_FAILOVER.maxBackoffMs, backoffMs));
-  const attemptTimeoutMs = c.duration(`${path}.attempt_timeout`, o.attempt_timeout, DEFAULT_FAILOVER.attemptTimeoutMs);
+  const maxBackoffMs = c.duration(
+    `${path}.max_backoff`,
+    o.max_backoff,
+    Math.max(DEFAULT_FAILOVER.maxBackoffMs, backoffMs),
+  );
+  const attemptTimeoutMs = c.duration(
+    `${path}.attempt_timeout`,
+    o.attempt_timeout,
+    DEFAULT_FAILOVER.attemptTimeoutMs,
+  );
   if (backoffMs === 0) c.fail(`${path}.backoff`, o.backoff, "must be greater than zero");
-  if (maxBackoffMs < backoffMs) c.fail(`${path}.max_backoff`, o.max_backoff, `must be at least backoff (${backoffMs} ms)`);
-  if (attemptTimeoutMs === 0) c.fail(`${path}.attempt_timeout`, o.attempt_timeout, "must be greater than zero");
+  if (maxBackoffMs < backoffMs)
+    c.fail(`${path}.max_backoff`, o.max_backoff, `must be at least backoff (${backoffMs} ms)`);
+  if (attemptTimeoutMs === 0)
+    c.fail(`${path}.attempt_timeout`, o.attempt_timeout, "must be greater than zero");
   return { backoffMs, maxBackoffMs, attemptTimeoutMs };
 }
 
@@ -50,7 +64,10 @@ function upstreamUrl(c: Checker, path: string, value: unknown): URL | null {
     return null;
   }
   if (u.username || u.password) {
-    c.rule(path, "must not carry user:password (the URL is not shown); use username and password_file");
+    c.rule(
+      path,
+      "must not carry user:password (the URL is not shown); use username and password_file",
+    );
     return null;
   }
   return new URL(u.origin + u.pathname.replace(/\/+$/, ""));
@@ -60,7 +77,12 @@ function upstreamUrl(c: Checker, path: string, value: unknown): URL | null {
  * `upstreams` of one registry, in the order they are tried; null (with the error recorded) when
  * the list is unusable or `upstream` is given as well: which one was meant cannot be guessed.
  */
-export function buildUpstreamList(c: Checker, path: string, value: unknown, hasUpstream: boolean): URL[] | null {
+export function buildUpstreamList(
+  c: Checker,
+  path: string,
+  value: unknown,
+  hasUpstream: boolean,
+): URL[] | null {
   if (hasUpstream) {
     c.rule(`${path}.upstreams`, "give either upstream (one URL) or upstreams (a list), not both");
     return null;

@@ -68,7 +68,8 @@ export class UpstreamHealth {
   /** Drops the entries of upstreams no longer configured (a reload). */
   retain(registries: Iterable<RegistryConfig>): void {
     const keep = new Set<string>();
-    for (const r of registries) if (r.upstreams) for (const u of r.upstreams) keep.add(`${r.name}\n${u.href}`);
+    for (const r of registries)
+      if (r.upstreams) for (const u of r.upstreams) keep.add(`${r.name}\n${u.href}`);
     for (const k of this.entries.keys()) if (!keep.has(k)) this.entries.delete(k);
   }
 
@@ -93,25 +94,35 @@ export class UpstreamHealth {
     const out = [
       "# HELP crm_mirror_upstream_up 1 while an upstream of a registry with several is used, 0 while it is skipped for its back-off.",
       "# TYPE crm_mirror_upstream_up gauge",
-      ...[...this.entries.values()].map((h) => `crm_mirror_upstream_up{${lbl(h)}} ${h.until > now ? 0 : 1}`),
+      ...[...this.entries.values()].map(
+        (h) => `crm_mirror_upstream_up{${lbl(h)}} ${h.until > now ? 0 : 1}`,
+      ),
       "# HELP crm_mirror_upstream_backoff_seconds Seconds until a skipped upstream is probed again.",
       "# TYPE crm_mirror_upstream_backoff_seconds gauge",
-      ...[...this.entries.values()].map((h) => `crm_mirror_upstream_backoff_seconds{${lbl(h)}} ${Math.max(0, Math.ceil((h.until - now) / 1000))}`),
+      ...[...this.entries.values()].map(
+        (h) =>
+          `crm_mirror_upstream_backoff_seconds{${lbl(h)}} ${Math.max(0, Math.ceil((h.until - now) / 1000))}`,
+      ),
       "# HELP crm_mirror_upstream_failures Failures in a row of an upstream (0 once it answers again).",
       "# TYPE crm_mirror_upstream_failures gauge",
-      ...[...this.entries.values()].map((h) => `crm_mirror_upstream_failures{${lbl(h)}} ${h.failures}`),
+      ...[...this.entries.values()].map(
+        (h) => `crm_mirror_upstream_failures{${lbl(h)}} ${h.failures}`,
+      ),
       "# HELP crm_mirror_upstream_failovers_total Requests handed from a failing upstream to the next, by the failure.",
       "# TYPE crm_mirror_upstream_failovers_total counter",
     ];
     for (const [k, n] of this.failovers) {
       const [registry, reason] = k.split("\n") as [string, string];
-      out.push(`crm_mirror_upstream_failovers_total{registry="${esc(registry)}",reason="${esc(reason)}"} ${n}`);
+      out.push(
+        `crm_mirror_upstream_failovers_total{registry="${esc(registry)}",reason="${esc(reason)}"} ${n}`,
+      );
     }
     return out;
   }
 }
 
-const esc = (s: string): string => s.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+const esc = (s: string): string =>
+  s.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
 
 const healths = new WeakMap<Runtime, UpstreamHealth>();
 
@@ -130,9 +141,22 @@ export function upstreamHealth(rt: Runtime): UpstreamHealth {
 
 /** The short reason a failure counts as the upstream's (failover), or null when it is an answer to pass on. */
 export function upstreamFailure(e: unknown): string | null {
-  const dial = e instanceof DialError ? e : e instanceof MirrorError && e.cause instanceof DialError ? e.cause : null;
-  if (dial !== null) return dial.reason === "tls" ? "tls" : dial.reason === "timeout" ? "timeout" : dial.reason === "refused" ? "refused" : "connection";
-  if (e instanceof MirrorError && (e.status >= 500 || e.status === 429)) return e.status === 429 ? "429" : "unavailable";
+  const dial =
+    e instanceof DialError
+      ? e
+      : e instanceof MirrorError && e.cause instanceof DialError
+        ? e.cause
+        : null;
+  if (dial !== null)
+    return dial.reason === "tls"
+      ? "tls"
+      : dial.reason === "timeout"
+        ? "timeout"
+        : dial.reason === "refused"
+          ? "refused"
+          : "connection";
+  if (e instanceof MirrorError && (e.status >= 500 || e.status === 429))
+    return e.status === 429 ? "429" : "unavailable";
   return null;
 }
 
@@ -167,7 +191,17 @@ export class UpstreamChain {
       url,
       client: new RegistryClient(rt, { ...registry, upstream: url }, tokens),
       // A registry with one upstream takes today's path: no health is tracked or shown for it.
-      health: urls.length > 1 ? health.entry(registry.name, url, i + 1) : { registry: registry.name, host: url.host, position: 1, failures: 0, until: 0, reason: null },
+      health:
+        urls.length > 1
+          ? health.entry(registry.name, url, i + 1)
+          : {
+              registry: registry.name,
+              host: url.host,
+              position: 1,
+              failures: 0,
+              until: 0,
+              reason: null,
+            },
     }));
   }
 
@@ -177,7 +211,8 @@ export class UpstreamChain {
     const now = Date.now();
     let order = this.members.filter((m) => m.health.until <= now);
     // Every one is backing off: asking is better than refusing; the soonest due goes first.
-    if (order.length === 0) order = [...this.members].sort((a, b) => a.health.until - b.health.until);
+    if (order.length === 0)
+      order = [...this.members].sort((a, b) => a.health.until - b.health.until);
 
     /** The first failing answer (5xx/429), kept unread in case nothing better comes. */
     let held: UpstreamResult | null = null;
@@ -187,17 +222,28 @@ export class UpstreamChain {
       const m = order[i] as Member;
       const last = i === order.length - 1;
       const attempt = new AbortController();
-      const timer = last ? undefined : setTimeout(() => attempt.abort(), this.config.attemptTimeoutMs);
+      const timer = last
+        ? undefined
+        : setTimeout(() => attempt.abort(), this.config.attemptTimeoutMs);
       let result: UpstreamResult;
       try {
-        const pending = m.client.fetch({ ...req, signal: last ? req.signal : AbortSignal.any([req.signal, attempt.signal]) });
+        const pending = m.client.fetch({
+          ...req,
+          signal: last ? req.signal : AbortSignal.any([req.signal, attempt.signal]),
+        });
         result = last ? await pending : await untilAborted(pending, attempt.signal);
       } catch (e) {
         if (req.signal.aborted) throw e;
         const reason = attempt.signal.aborted ? "timeout" : upstreamFailure(e);
         if (reason === null) throw e;
         this.failed(m, reason, e instanceof Error ? e.message : String(e), last);
-        thrown ??= attempt.signal.aborted ? new MirrorError(504, "UNAVAILABLE", `upstream ${m.url.host} of ${this.registry.name}: no answer within ${this.config.attemptTimeoutMs} ms`) : e;
+        thrown ??= attempt.signal.aborted
+          ? new MirrorError(
+              504,
+              "UNAVAILABLE",
+              `upstream ${m.url.host} of ${this.registry.name}: no answer within ${this.config.attemptTimeoutMs} ms`,
+            )
+          : e;
         failedBefore = reason;
         continue;
       } finally {
@@ -214,12 +260,21 @@ export class UpstreamChain {
       }
       if (failedBefore !== null && status === 404) {
         // A fallback that does not hold it (mirror.gcr.io holds popular images only): not the answer.
-        this.rt.log.info("mirror upstream does not hold it; not the answer after an earlier failure", { registry: this.registry.name, upstream: m.url.host, path: req.path.slice(0, 200) });
+        this.rt.log.info(
+          "mirror upstream does not hold it; not the answer after an earlier failure",
+          { registry: this.registry.name, upstream: m.url.host, path: req.path.slice(0, 200) },
+        );
         await result.response.body?.cancel().catch(() => {});
         continue;
       }
       this.recovered(m);
-      if (failedBefore !== null) this.rt.log.info("mirror failover answered", { registry: this.registry.name, upstream: m.url.host, after: failedBefore, path: req.path.slice(0, 200) });
+      if (failedBefore !== null)
+        this.rt.log.info("mirror failover answered", {
+          registry: this.registry.name,
+          upstream: m.url.host,
+          after: failedBefore,
+          path: req.path.slice(0, 200),
+        });
       if (held !== null) await held.response.body?.cancel().catch(() => {});
       return result;
     }
@@ -230,23 +285,36 @@ export class UpstreamChain {
   private failed(m: Member, reason: string, detail: string, last: boolean): void {
     const h = m.health;
     h.failures++;
-    const backoff = Math.min(this.config.maxBackoffMs, this.config.backoffMs * 2 ** Math.min(h.failures - 1, 30));
+    const backoff = Math.min(
+      this.config.maxBackoffMs,
+      this.config.backoffMs * 2 ** Math.min(h.failures - 1, 30),
+    );
     h.until = Date.now() + backoff;
     // The short reason only: the detail may name the upstream, which the status page never shows.
     h.reason = /^\d+$/.test(reason) ? `answered ${reason}` : reason;
     if (!last) this.health.countFailover(this.registry.name, reason);
-    this.rt.log.warn(last ? "mirror upstream failed; no upstream left to try" : "mirror upstream failed; trying the next", {
-      registry: this.registry.name,
-      upstream: m.url.host,
-      reason,
-      detail: detail.slice(0, 300),
-      skippedForS: Math.round(backoff / 1000),
-    });
+    this.rt.log.warn(
+      last
+        ? "mirror upstream failed; no upstream left to try"
+        : "mirror upstream failed; trying the next",
+      {
+        registry: this.registry.name,
+        upstream: m.url.host,
+        reason,
+        detail: detail.slice(0, 300),
+        skippedForS: Math.round(backoff / 1000),
+      },
+    );
   }
 
   private recovered(m: Member): void {
     const h = m.health;
-    if (h.failures > 0) this.rt.log.info("mirror upstream answers again", { registry: this.registry.name, upstream: m.url.host, after: h.failures });
+    if (h.failures > 0)
+      this.rt.log.info("mirror upstream answers again", {
+        registry: this.registry.name,
+        upstream: m.url.host,
+        after: h.failures,
+      });
     h.failures = 0;
     h.until = 0;
     h.reason = null;

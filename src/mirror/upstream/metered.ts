@@ -18,8 +18,15 @@ export interface MeteredRequest extends UpstreamRequest {
 }
 
 /** `logFields`: the log line of the request that sent it (token state, redirect host). */
-export async function meteredFetch(rt: Runtime, state: MirrorState, client: MirrorClient, req: MeteredRequest, logFields: Record<string, string | number>): Promise<UpstreamResult> {
-  if (req.method === "GET" && req.resource === "manifests") state.quota.countManifestGet(client.registry.name);
+export async function meteredFetch(
+  rt: Runtime,
+  state: MirrorState,
+  client: MirrorClient,
+  req: MeteredRequest,
+  logFields: Record<string, string | number>,
+): Promise<UpstreamResult> {
+  if (req.method === "GET" && req.resource === "manifests")
+    state.quota.countManifestGet(client.registry.name);
   const result = await client.fetch(req);
   logFields.token = result.token;
   if (result.redirectHost !== null) logFields.redirect = result.redirectHost;
@@ -28,7 +35,11 @@ export async function meteredFetch(rt: Runtime, state: MirrorState, client: Mirr
   const res = result.response;
   state.quota.observe(client.registry.name, res.headers, rt.log);
   if (res.status === 429) {
-    const { bytes } = await readSmallBody(res, ERROR_BODY_LIMIT, rt.config.timeouts.upstreamHeaderMs);
+    const { bytes } = await readSmallBody(
+      res,
+      ERROR_BODY_LIMIT,
+      rt.config.timeouts.upstreamHeaderMs,
+    );
     throw state.quota.tooManyRequests(client.registry, res.headers, upstreamMessage(bytes));
   }
   return result;
@@ -37,7 +48,9 @@ export async function meteredFetch(rt: Runtime, state: MirrorState, client: Mirr
 /** The first message of an OCI error body, for the detail of crm's own error. */
 function upstreamMessage(bytes: Uint8Array): string | null {
   try {
-    const doc = JSON.parse(new TextDecoder().decode(bytes)) as { errors?: Array<{ message?: unknown }> };
+    const doc = JSON.parse(new TextDecoder().decode(bytes)) as {
+      errors?: Array<{ message?: unknown }>;
+    };
     const m = doc.errors?.[0]?.message;
     return typeof m === "string" ? m.slice(0, 300) : null;
   } catch {

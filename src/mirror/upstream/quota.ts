@@ -83,7 +83,11 @@ export class QuotaTracker {
   }
 
   /** The upstream answered 429: counted, and the client gets an error that names the fix. */
-  tooManyRequests(registry: RegistryConfig, headers: Headers, upstreamMessage: string | null = null): MirrorError {
+  tooManyRequests(
+    registry: RegistryConfig,
+    headers: Headers,
+    upstreamMessage: string | null = null,
+  ): MirrorError {
     this.rejected.set(registry.name, (this.rejected.get(registry.name) ?? 0) + 1);
     const rl = parseRateLimit(headers);
     const who =
@@ -92,12 +96,20 @@ export class QuotaTracker {
         : `for the account configured for ${registry.name} under mirror.registries; wait, or use an account with a higher limit`;
     // The quota fields go on to the client as the upstream sent them.
     const passed: Record<string, string> = {};
-    for (const [k, v] of headers) if (k.startsWith("ratelimit-") || k === "docker-ratelimit-source") passed[k] = v.slice(0, MAX_FIELD);
+    for (const [k, v] of headers)
+      if (k.startsWith("ratelimit-") || k === "docker-ratelimit-source")
+        passed[k] = v.slice(0, MAX_FIELD);
     return new MirrorError(429, "TOOMANYREQUESTS", `${registry.name} rate limit reached ${who}`, {
       headers: { ...passed, "retry-after": String(retryAfter(headers.get("retry-after"))) },
       detail: {
         registry: registry.name,
-        ...(rl ? { limit: rl.limit, remaining: rl.remaining, ...(rl.windowS !== null ? { window_s: rl.windowS } : {}) } : {}),
+        ...(rl
+          ? {
+              limit: rl.limit,
+              remaining: rl.remaining,
+              ...(rl.windowS !== null ? { window_s: rl.windowS } : {}),
+            }
+          : {}),
         ...(upstreamMessage !== null ? { upstream: upstreamMessage } : {}),
       },
     });
@@ -114,14 +126,40 @@ export class QuotaTracker {
 
   metricLines(): string[] {
     const out: string[] = [];
-    const family = (name: string, type: string, help: string, values: Iterable<[string, number]>): void => {
+    const family = (
+      name: string,
+      type: string,
+      help: string,
+      values: Iterable<[string, number]>,
+    ): void => {
       out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
-      for (const [registry, v] of values) out.push(`${name}{registry="${labelValue(registry)}"} ${v}`);
+      for (const [registry, v] of values)
+        out.push(`${name}{registry="${labelValue(registry)}"} ${v}`);
     };
-    family("crm_upstream_ratelimit_remaining", "gauge", "Pulls left in the upstream's window (ratelimit-remaining), as last seen.", [...this.latest].map(([r, rl]) => [r, rl.remaining]));
-    family("crm_upstream_ratelimit_limit", "gauge", "The upstream's pull limit per window (ratelimit-limit), as last seen.", [...this.latest].map(([r, rl]) => [r, rl.limit]));
-    family("crm_upstream_rate_limited_total", "counter", "Upstream 429 (too many requests) answers, by registry.", this.rejected);
-    family("crm_upstream_manifest_gets_total", "counter", "Manifest GETs sent upstream (what Docker Hub counts as pulls), by registry.", this.manifestGets);
+    family(
+      "crm_upstream_ratelimit_remaining",
+      "gauge",
+      "Pulls left in the upstream's window (ratelimit-remaining), as last seen.",
+      [...this.latest].map(([r, rl]) => [r, rl.remaining]),
+    );
+    family(
+      "crm_upstream_ratelimit_limit",
+      "gauge",
+      "The upstream's pull limit per window (ratelimit-limit), as last seen.",
+      [...this.latest].map(([r, rl]) => [r, rl.limit]),
+    );
+    family(
+      "crm_upstream_rate_limited_total",
+      "counter",
+      "Upstream 429 (too many requests) answers, by registry.",
+      this.rejected,
+    );
+    family(
+      "crm_upstream_manifest_gets_total",
+      "counter",
+      "Manifest GETs sent upstream (what Docker Hub counts as pulls), by registry.",
+      this.manifestGets,
+    );
     return out;
   }
 }

@@ -81,7 +81,12 @@ export class RegistryClient {
     this.base = registry.upstream.origin + registry.upstream.pathname.replace(/\/+$/, "");
     // Tokens are cached per credential; the key must not hold the password itself.
     this.credentialId =
-      registry.username === null ? "anonymous" : createHash("sha256").update(`${registry.username}\0${registry.password ?? ""}`).digest("hex").slice(0, 16);
+      registry.username === null
+        ? "anonymous"
+        : createHash("sha256")
+            .update(`${registry.username}\0${registry.password ?? ""}`)
+            .digest("hex")
+            .slice(0, 16);
   }
 
   async fetch(req: UpstreamRequest): Promise<UpstreamResult> {
@@ -99,7 +104,11 @@ export class RegistryClient {
         // A CDN's 401 cannot be answered (crm holds no credentials for it) and must not reach
         // the client as a challenge-less 401.
         await res.body?.cancel().catch(() => {});
-        throw new MirrorError(502, "UNAVAILABLE", `redirect target ${result.redirectHost ?? "?"} of ${this.registry.name} answered 401`);
+        throw new MirrorError(
+          502,
+          "UNAVAILABLE",
+          `redirect target ${result.redirectHost ?? "?"} of ${this.registry.name} answered 401`,
+        );
       }
       const header = res.headers.get("www-authenticate");
       await res.body?.cancel().catch(() => {});
@@ -115,7 +124,10 @@ export class RegistryClient {
           continue;
         }
         // First challenge, or a token for another realm/service than the one now named.
-        if (!answeredChallenge && (auth.token === null || auth.token.key !== this.tokenKey(bearer, req.scope))) {
+        if (
+          !answeredChallenge &&
+          (auth.token === null || auth.token.key !== this.tokenKey(bearer, req.scope))
+        ) {
           answeredChallenge = true;
           auth = await this.bearerAuth(bearer, req.scope);
           // Only a challenge that produced a token is remembered: one that failed must not make
@@ -145,7 +157,10 @@ export class RegistryClient {
         // The realm that worked before fails now (moved, down, refused): forget it and ask the
         // upstream, whose 401 names the challenge that holds today.
         if (this.learned === learned) this.learned = null;
-        this.rt.log.debug("mirror learned token realm failed; asking the upstream again", { registry: this.registry.name, error: e instanceof Error ? e.message : String(e) });
+        this.rt.log.debug("mirror learned token realm failed; asking the upstream again", {
+          registry: this.registry.name,
+          error: e instanceof Error ? e.message : String(e),
+        });
         return ANONYMOUS;
       }
     }
@@ -163,32 +178,65 @@ export class RegistryClient {
   private async anonymousBearer(challenge: Challenge, scope: string): Promise<string> {
     const anonymous: RegistryConfig = { ...this.registry, username: null, password: null };
     const hopScope = challenge.params.scope ?? scope;
-    const key = [this.registry.name, challenge.params.realm ?? "", challenge.params.service ?? "", hopScope, "anonymous"].join("\n");
-    const got = await this.tokens.get(key, () => fetchToken(this.rt, anonymous, this.trust, challenge, hopScope));
+    const key = [
+      this.registry.name,
+      challenge.params.realm ?? "",
+      challenge.params.service ?? "",
+      hopScope,
+      "anonymous",
+    ].join("\n");
+    const got = await this.tokens.get(key, () =>
+      fetchToken(this.rt, anonymous, this.trust, challenge, hopScope),
+    );
     return `Bearer ${got.token}`;
   }
 
   private async bearerAuth(challenge: Challenge, scope: string): Promise<Auth> {
     const key = this.tokenKey(challenge, scope);
-    const got = await this.tokens.get(key, () => fetchToken(this.rt, this.registry, this.trust, challenge, scope));
-    return { authorization: `Bearer ${got.token}`, token: { value: got.token, key }, state: got.source };
+    const got = await this.tokens.get(key, () =>
+      fetchToken(this.rt, this.registry, this.trust, challenge, scope),
+    );
+    return {
+      authorization: `Bearer ${got.token}`,
+      token: { value: got.token, key },
+      state: got.source,
+    };
   }
 
   /** Per registry, realm, service, scope and credential (spec: cached per registry + scope + credential). */
   private tokenKey(challenge: Challenge, scope: string): string {
-    return [this.registry.name, challenge.params.realm ?? "", challenge.params.service ?? "", scope, this.credentialId].join("\n");
+    return [
+      this.registry.name,
+      challenge.params.realm ?? "",
+      challenge.params.service ?? "",
+      scope,
+      this.credentialId,
+    ].join("\n");
   }
 
   /** The upstream still says 401 after crm authenticated as well as it can. */
   private denied(scope: string, auth: Auth, error: string | null): MirrorError {
-    const how = auth.authorization === null ? "anonymously" : this.registry.username !== null ? "with the configured credentials" : "with an anonymous token";
-    return new MirrorError(403, "DENIED", `upstream ${this.registry.name} refused ${scope} ${how}: the repository does not exist or needs other credentials`, {
-      detail: { registry: this.registry.name, scope, ...(error ? { error } : {}) },
-    });
+    const how =
+      auth.authorization === null
+        ? "anonymously"
+        : this.registry.username !== null
+          ? "with the configured credentials"
+          : "with an anonymous token";
+    return new MirrorError(
+      403,
+      "DENIED",
+      `upstream ${this.registry.name} refused ${scope} ${how}: the repository does not exist or needs other credentials`,
+      {
+        detail: { registry: this.registry.name, scope, ...(error ? { error } : {}) },
+      },
+    );
   }
 
   /** Sends the request and follows redirects; the final answer may be any non-3xx status. */
-  private async follow(req: UpstreamRequest, auth: Auth): Promise<Omit<UpstreamResult, "token"> & { fromRegistry: boolean }> {
+  private async follow(
+    req: UpstreamRequest,
+    auth: Auth,
+  ): Promise<Omit<UpstreamResult, "token"> & { fromRegistry: boolean }> {
     const first = new URL(this.base + req.path);
     let url = first;
     let firstDigest: string | null = null;
@@ -202,15 +250,35 @@ export class RegistryClient {
       // it to the client; Go and containerd do the same).
       if (own && auth.authorization !== null) headers.set("authorization", auth.authorization);
       // A redirect target gets only a token it issued itself, never the registry's credentials.
-      if (!own && hopAuth !== null && hopAuth.host === url.host) headers.set("authorization", hopAuth.authorization);
-      this.rt.log.debug("mirror upstream", { registry: this.registry.name, method: req.method, url: redactUrl(url.href), hop, auth: own && auth.authorization !== null ? auth.authorization.split(" ")[0] : "none" });
+      if (!own && hopAuth !== null && hopAuth.host === url.host)
+        headers.set("authorization", hopAuth.authorization);
+      this.rt.log.debug("mirror upstream", {
+        registry: this.registry.name,
+        method: req.method,
+        url: redactUrl(url.href),
+        hop,
+        auth: own && auth.authorization !== null ? auth.authorization.split(" ")[0] : "none",
+      });
       let res: Response;
       try {
         // The configured upstream itself may be on a private network (a LAN registry the
         // operator named); redirect targets are chosen by the upstream and stay guarded.
-        res = await upstreamResponse(this.rt, url, { method: req.method, headers }, req.signal, req.headTimeoutMs ?? this.rt.config.timeouts.upstreamHeaderMs, this.trust.exemptFromGuard(url));
+        res = await upstreamResponse(
+          this.rt,
+          url,
+          { method: req.method, headers },
+          req.signal,
+          req.headTimeoutMs ?? this.rt.config.timeouts.upstreamHeaderMs,
+          this.trust.exemptFromGuard(url),
+        );
       } catch (e) {
-        if (e instanceof DialError) throw dialFailure(e, hop === 0 ? `upstream ${this.registry.name}` : `redirect target ${url.hostname} of ${this.registry.name}`);
+        if (e instanceof DialError)
+          throw dialFailure(
+            e,
+            hop === 0
+              ? `upstream ${this.registry.name}`
+              : `redirect target ${url.hostname} of ${this.registry.name}`,
+          );
         throw e;
       }
       if (hop === 0) firstDigest = res.headers.get("docker-content-digest");
@@ -220,28 +288,51 @@ export class RegistryClient {
         const bearer = findChallenge(res.headers.get("www-authenticate"), "bearer");
         if (bearer?.params.realm) {
           await res.body?.cancel().catch(() => {});
-          hopAuth = { host: url.host, authorization: await this.anonymousBearer(bearer, req.scope) };
-          if (hop >= MAX_REDIRECTS) throw new MirrorError(502, "UNAVAILABLE", `upstream ${this.registry.name} redirected more than ${MAX_REDIRECTS} times`);
+          hopAuth = {
+            host: url.host,
+            authorization: await this.anonymousBearer(bearer, req.scope),
+          };
+          if (hop >= MAX_REDIRECTS)
+            throw new MirrorError(
+              502,
+              "UNAVAILABLE",
+              `upstream ${this.registry.name} redirected more than ${MAX_REDIRECTS} times`,
+            );
           continue;
         }
       }
       const location = res.headers.get("location");
-      if (!REDIRECT_STATUS.has(res.status) || location === null) return { response: res, redirectHost, firstDigest, fromRegistry: own };
+      if (!REDIRECT_STATUS.has(res.status) || location === null)
+        return { response: res, redirectHost, firstDigest, fromRegistry: own };
       await res.body?.cancel().catch(() => {});
       if (hop >= MAX_REDIRECTS) {
-        throw new MirrorError(502, "UNAVAILABLE", `upstream ${this.registry.name} redirected more than ${MAX_REDIRECTS} times`);
+        throw new MirrorError(
+          502,
+          "UNAVAILABLE",
+          `upstream ${this.registry.name} redirected more than ${MAX_REDIRECTS} times`,
+        );
       }
       let next: URL;
       try {
         next = new URL(location, url);
       } catch (cause) {
-        throw new MirrorError(502, "UNAVAILABLE", `upstream ${this.registry.name} redirected to an invalid URL`, { cause });
+        throw new MirrorError(
+          502,
+          "UNAVAILABLE",
+          `upstream ${this.registry.name} redirected to an invalid URL`,
+          { cause },
+        );
       }
       const check = this.trust.check(next);
       if (!check.ok) {
-        throw new MirrorError(502, "UNAVAILABLE", `redirect to ${check.host} refused for ${this.registry.name}: ${check.reason}; ${check.fix}`, {
-          detail: { host: check.host, registry: this.registry.name, fix: check.fix },
-        });
+        throw new MirrorError(
+          502,
+          "UNAVAILABLE",
+          `redirect to ${check.host} refused for ${this.registry.name}: ${check.reason}; ${check.fix}`,
+          {
+            detail: { host: check.host, registry: this.registry.name, fix: check.fix },
+          },
+        );
       }
       redirectHost = next.host !== first.host ? check.host : null;
       url = next;

@@ -10,5 +10,7 @@ import { upstreamHealth } from "./failover.ts";
 export function registerResilience(rt: Runtime): void {
   const health = upstreamHealth(rt);
   const resumes = resumeStats(rt);
-  rt.sources.resilience = { state: () => ({ upstreams: health.views(), resumes: resumes.views() }) };
+  rt.sources.resilience = {
+    state: () => ({ upstreams: health.views(), resumes: resumes.views() }),
+  };
 }

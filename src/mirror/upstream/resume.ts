@@ -45,7 +45,13 @@ const LAST_CHUNK = Buffer.from("0\r\n\r\n");
 export type RangeFetch = (range: string, signal: AbortSignal) => Promise<Response>;
 
 /** The registry's answer to `base` with `Range: <range>` instead of the client's own. */
-export function blobRangeFetch(rt: Runtime, state: MirrorState, client: MirrorClient, base: MeteredRequest, logFields: Record<string, string | number>): RangeFetch {
+export function blobRangeFetch(
+  rt: Runtime,
+  state: MirrorState,
+  client: MirrorClient,
+  base: MeteredRequest,
+  logFields: Record<string, string | number>,
+): RangeFetch {
   return async (range, signal) => {
     const headers = new Headers(base.headers);
     headers.delete("if-range");
@@ -56,7 +62,9 @@ export function blobRangeFetch(rt: Runtime, state: MirrorState, client: MirrorCl
 }
 
 /** `bytes a-b/total` (total may be `*`); null for anything else. */
-export function parseContentRange(v: string | null): { start: number; end: number; total: number | null } | null {
+export function parseContentRange(
+  v: string | null,
+): { start: number; end: number; total: number | null } | null {
   if (v === null || v.length > 100) return null;
   const m = /^\s*bytes\s+(\d{1,15})-(\d{1,15})\/(\d{1,15}|\*)\s*$/i.exec(v);
   if (!m) return null;
@@ -78,7 +86,10 @@ export class ResumeStats {
   }
 
   views(): Array<{ registry: string; continued: number; refused: number; exhausted: number }> {
-    const by = new Map<string, { registry: string; continued: number; refused: number; exhausted: number }>();
+    const by = new Map<
+      string,
+      { registry: string; continued: number; refused: number; exhausted: number }
+    >();
     for (const [k, n] of this.counts) {
       const [registry, result] = k.split("\n") as [string, "continued" | "refused" | "exhausted"];
       const v = by.get(registry) ?? { registry, continued: 0, refused: 0, exhausted: 0 };
@@ -95,7 +106,9 @@ export class ResumeStats {
     ];
     for (const [k, n] of this.counts) {
       const [registry, result] = k.split("\n") as [string, string];
-      out.push(`crm_mirror_blob_resumes_total{registry="${labelValue(registry)}",result="${result}"} ${n}`);
+      out.push(
+        `crm_mirror_blob_resumes_total{registry="${labelValue(registry)}",result="${result}"} ${n}`,
+      );
     }
     return out;
   }
@@ -152,7 +165,11 @@ export function resumable(res: Response, ctx: ResumeContext): Response {
     if (end !== null && end < 0) return res;
   }
   const body = new ResumingBody(first, start, end, ctx);
-  return relayedResponse(body, { status: res.status, statusText: res.statusText, headers: res.headers });
+  return relayedResponse(body, {
+    status: res.status,
+    statusText: res.statusText,
+    headers: res.headers,
+  });
 }
 
 type Write = (bytes: Uint8Array) => boolean;
@@ -295,12 +312,21 @@ class ResumingBody implements RelaySource {
     this.sink = write;
     this.lastByte = performance.now();
     const idleMs = this.ctx.idleMs;
-    const idle = setInterval(() => {
-      if (this.held || this.between || this.finished || performance.now() - this.lastByte <= idleMs) return;
-      // The upstream went silent mid-body with the connection open: as good as dropped.
-      this.stalled = true;
-      this.cur.cancel();
-    }, Math.max(25, Math.floor(idleMs / 4)));
+    const idle = setInterval(
+      () => {
+        if (
+          this.held ||
+          this.between ||
+          this.finished ||
+          performance.now() - this.lastByte <= idleMs
+        )
+          return;
+        // The upstream went silent mid-body with the connection open: as good as dropped.
+        this.stalled = true;
+        this.cur.cancel();
+      },
+      Math.max(25, Math.floor(idleMs / 4)),
+    );
     try {
       await this.relayAll(write, raw);
     } finally {
@@ -325,32 +351,34 @@ class ResumingBody implements RelaySource {
           return this.succeed();
         }
         // Raw bytes are the content unless the upstream chunked it (relay skips the framer's copy).
-        await (body.framing === "chunked" ? body.contents.bind(body) : body.relay.bind(body))((chunk) => {
-          let b = chunk;
-          if (this.skip > 0) {
-            if (b.byteLength <= this.skip) {
-              this.skip -= b.byteLength;
-              return true;
+        await (body.framing === "chunked" ? body.contents.bind(body) : body.relay.bind(body))(
+          (chunk) => {
+            let b = chunk;
+            if (this.skip > 0) {
+              if (b.byteLength <= this.skip) {
+                this.skip -= b.byteLength;
+                return true;
+              }
+              b = b.subarray(this.skip);
+              this.skip = 0;
             }
-            b = b.subarray(this.skip);
-            this.skip = 0;
-          }
-          const expected = this.expected;
-          if (expected !== null && this.delivered + b.byteLength >= expected) {
-            // The client's last byte: a 200 read past a range may go on; it is dropped (below).
-            b = b.subarray(0, expected - this.delivered);
-            full = true;
-            queueMicrotask(() => {
-              if (!body.done) body.cancel();
-            });
-          }
-          this.delivered += b.byteLength;
-          this.lastByte = performance.now();
-          if (b.byteLength === 0) return !full;
-          const more = this.ownChunks ? this.writeOwn(write, b) : write(b);
-          if (!more) this.held = true;
-          return more && !full;
-        });
+            const expected = this.expected;
+            if (expected !== null && this.delivered + b.byteLength >= expected) {
+              // The client's last byte: a 200 read past a range may go on; it is dropped (below).
+              b = b.subarray(0, expected - this.delivered);
+              full = true;
+              queueMicrotask(() => {
+                if (!body.done) body.cancel();
+              });
+            }
+            this.delivered += b.byteLength;
+            this.lastByte = performance.now();
+            if (b.byteLength === 0) return !full;
+            const more = this.ownChunks ? this.writeOwn(write, b) : write(b);
+            if (!more) this.held = true;
+            return more && !full;
+          },
+        );
         const expected = this.expected;
         if (expected === null || this.delivered >= expected) return this.succeed(write);
         throw new Error(`upstream body ended after ${this.delivered} of ${expected} bytes`);
@@ -362,7 +390,9 @@ class ResumingBody implements RelaySource {
           if (!this.position.resumable) throw e;
           this.ownChunks = true;
         }
-        const cause = this.stalled ? new Error(`upstream sent nothing for ${this.ctx.idleMs} ms mid-body`, { cause: e }) : e;
+        const cause = this.stalled
+          ? new Error(`upstream sent nothing for ${this.ctx.idleMs} ms mid-body`, { cause: e })
+          : e;
         this.stalled = false;
         this.between = true;
         try {
@@ -392,13 +422,25 @@ class ResumingBody implements RelaySource {
       const at = this.start + this.delivered;
       if (this.resumes >= MAX_RESUMES) {
         stats.count(registry, "exhausted");
-        rt.log.warn("mirror blob resume gave up; the client's body is cut", { registry, digest: this.ctx.what, at, resumes: this.resumes, reason: reason.slice(0, 300) });
+        rt.log.warn("mirror blob resume gave up; the client's body is cut", {
+          registry,
+          digest: this.ctx.what,
+          at,
+          resumes: this.resumes,
+          reason: reason.slice(0, 300),
+        });
         this.ctx.logFields.resumes = this.resumes;
         this.finished = true;
         throw last;
       }
       this.resumes++;
-      rt.log.info("mirror blob resume", { registry, digest: this.ctx.what, at, attempt: this.resumes, reason: reason.slice(0, 300) });
+      rt.log.info("mirror blob resume", {
+        registry,
+        digest: this.ctx.what,
+        at,
+        attempt: this.resumes,
+        reason: reason.slice(0, 300),
+      });
       await Bun.sleep(BACKOFF_MS * this.resumes);
       if (this.cancelled || this.ctx.signal.aborted) throw last;
       let taken = false;
@@ -433,7 +475,9 @@ class ResumingBody implements RelaySource {
     if (res.status === 206) {
       const cr = parseContentRange(res.headers.get("content-range"));
       if (cr === null || cr.start !== at || (to !== null && cr.end !== to)) {
-        return drop(`the resumed answer's Content-Range ${JSON.stringify(res.headers.get("content-range")?.slice(0, 80) ?? null)} is not bytes ${at}-${to ?? ""}`);
+        return drop(
+          `the resumed answer's Content-Range ${JSON.stringify(res.headers.get("content-range")?.slice(0, 80) ?? null)} is not bytes ${at}-${to ?? ""}`,
+        );
       }
       if (body === null) return drop("the resumed answer has no body");
       this.end = cr.end;
@@ -442,9 +486,13 @@ class ResumingBody implements RelaySource {
       return;
     }
     if (res.status === 200) {
-      if (at > MAX_SKIP) return drop(`the upstream ignores Range: ${at} bytes would have to be read and dropped (more than ${MAX_SKIP})`);
+      if (at > MAX_SKIP)
+        return drop(
+          `the upstream ignores Range: ${at} bytes would have to be read and dropped (more than ${MAX_SKIP})`,
+        );
       const len = res.headers.get("content-length");
-      if (len !== null && to !== null && Number(len) <= to) return drop(`the whole answer has ${len} bytes, fewer than the ${to + 1} expected`);
+      if (len !== null && to !== null && Number(len) <= to)
+        return drop(`the whole answer has ${len} bytes, fewer than the ${to + 1} expected`);
       if (body === null) return drop("the resumed answer has no body");
       this.cur = body;
       this.skip = at;

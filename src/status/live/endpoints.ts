@@ -18,13 +18,23 @@ export function isStatusPath(path: string): boolean {
 
 function answer(body: string, type: string, extra: Record<string, string> = {}): Response {
   return new Response(body, {
-    headers: { "content-type": type, "content-length": String(Buffer.byteLength(body)), "cache-control": "no-store", "x-content-type-options": "nosniff", ...extra },
+    headers: {
+      "content-type": type,
+      "content-length": String(Buffer.byteLength(body)),
+      "cache-control": "no-store",
+      "x-content-type-options": "nosniff",
+      ...extra,
+    },
   });
 }
 
 export async function statusEndpoint(ex: Exchange, rt: Runtime, path: string): Promise<Response> {
-  if (ex.head.method !== "GET" && ex.head.method !== "HEAD") return textResponse(405, "method not allowed", { allow: "GET, HEAD" });
+  if (ex.head.method !== "GET" && ex.head.method !== "HEAD")
+    return textResponse(405, "method not allowed", { allow: "GET, HEAD" });
   if (path === "/status.json") return answer(JSON.stringify(buildSnapshot(rt)), "application/json");
   if (path === "/status.js") return answer(STATUS_SCRIPT, "text/javascript; charset=utf-8");
-  return answer(renderStatusPage(rt), "text/html; charset=utf-8", { "content-security-policy": PAGE_CSP, "referrer-policy": "no-referrer" });
+  return answer(renderStatusPage(rt), "text/html; charset=utf-8", {
+    "content-security-policy": PAGE_CSP,
+    "referrer-policy": "no-referrer",
+  });
 }

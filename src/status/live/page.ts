@@ -11,7 +11,8 @@ import { buildSnapshot, RECENT, scrubUrls, type StatusSnapshot } from "./snapsho
 
 const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
-export const PAGE_CSP = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+export const PAGE_CSP =
+  "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 function certificateText(s: StatusSnapshot): string {
   const c = s.certificate;
@@ -21,7 +22,8 @@ function certificateText(s: StatusSnapshot): string {
 }
 
 function quotaText(s: StatusSnapshot): string {
-  if (s.quota === null) return "not tracked: the mirror is off (crm doctor reads it from the upstream)";
+  if (s.quota === null)
+    return "not tracked: the mirror is off (crm doctor reads it from the upstream)";
   if (s.quota.length === 0) return "no upstream has reported a quota yet";
   return s.quota.map((q) => `${q.registry}: ${describeQuota(q)} left`).join("; ");
 }
@@ -30,14 +32,24 @@ function upstreamsText(s: StatusSnapshot): string {
   const r = s.resilience;
   if (r === null) return "not tracked: the mirror is off";
   if (r.upstreams.length === 0) return "no registry has more than one upstream";
-  return r.upstreams.map((u) => `${u.registry} upstream ${u.upstream}: ${u.state === "healthy" ? "in use" : `skipped, probed again in ${u.retryInS} s (${u.failures} failures; ${u.reason ?? "?"})`}`).join("; ");
+  return r.upstreams
+    .map(
+      (u) =>
+        `${u.registry} upstream ${u.upstream}: ${u.state === "healthy" ? "in use" : `skipped, probed again in ${u.retryInS} s (${u.failures} failures; ${u.reason ?? "?"})`}`,
+    )
+    .join("; ");
 }
 
 function resumesText(s: StatusSnapshot): string {
   const r = s.resilience;
   if (r === null) return "not tracked: the mirror is off";
   if (r.resumes.length === 0) return "no upstream has dropped a blob yet";
-  return r.resumes.map((v) => `${v.registry}: ${v.continued} continued, ${v.refused} refused, ${v.exhausted} cut after every re-request failed`).join("; ");
+  return r.resumes
+    .map(
+      (v) =>
+        `${v.registry}: ${v.continued} continued, ${v.refused} refused, ${v.exhausted} cut after every re-request failed`,
+    )
+    .join("; ");
 }
 
 function cacheText(s: StatusSnapshot): string {
@@ -52,20 +64,28 @@ function clusterText(s: StatusSnapshot): string {
   const k = s.cluster;
   if (k === null) return "";
   const replicas = `${k.replicas.length} live ${k.replicas.length === 1 ? "replica" : "replicas"}`;
-  return k.up ? `store ${k.store} answering (prefix ${k.prefix}); ${replicas}` : `store ${k.store} NOT answering${k.lastError !== null ? ` (${k.lastError})` : ""}: this replica decides alone until it is back`;
+  return k.up
+    ? `store ${k.store} answering (prefix ${k.prefix}); ${replicas}`
+    : `store ${k.store} NOT answering${k.lastError !== null ? ` (${k.lastError})` : ""}: this replica decides alone until it is back`;
 }
 
 /** The set-up part of the index page, with registries named but never their upstream URLs. */
 function setupSection(rt: Runtime): string {
   const html = renderIndex(rt.config);
   const body = html.slice(html.indexOf("<body>") + "<body>".length, html.lastIndexOf("</body>"));
-  const names = [...rt.config.mirror.registries.keys()].map((n) => `<code>${esc(n)}</code>`).join(", ");
+  const names = [...rt.config.mirror.registries.keys()]
+    .map((n) => `<code>${esc(n)}</code>`)
+    .join(", ");
   return body
     .replace(/<h1>[^]*?<\/h1>/, "")
-    .replace(/<h2>Mirrored registries<\/h2>\s*<table>[^]*?<\/table>/, `<h2>Mirrored registries</h2>\n<p>${names}</p>`);
+    .replace(
+      /<h2>Mirrored registries<\/h2>\s*<table>[^]*?<\/table>/,
+      `<h2>Mirrored registries</h2>\n<p>${names}</p>`,
+    );
 }
 
-const table = (id: string): string => `<table id="${id}"><tr><td class="empty">loading… (needs JavaScript; <a href="status.json">status.json</a> has the same data)</td></tr></table>`;
+const table = (id: string): string =>
+  `<table id="${id}"><tr><td class="empty">loading… (needs JavaScript; <a href="status.json">status.json</a> has the same data)</td></tr></table>`;
 
 export function renderStatusPage(rt: Runtime): string {
   const s = buildSnapshot(rt);
@@ -73,7 +93,14 @@ export function renderStatusPage(rt: Runtime): string {
 <html lang="en"><head><meta charset="utf-8"><title>crm status</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
-<style>body{font-family:system-ui,sans-serif;max-width:72rem;margin:1.5rem auto;padding:0 1rem;line-height:1.4}table{border-collapse:collapse;width:100%;font-size:.9rem;margin-bottom:1rem}td,th{padding:.2rem .5rem;text-align:left;border-bottom:1px solid #ddd;vertical-align:top}th{background:#f4f4f4}td.empty{color:#777}pre{background:#f4f4f4;padding:.8rem;overflow-x:auto}.ok{color:#2a6}.bad{color:#c33}dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dt{font-weight:600}svg.spark{vertical-align:middle;background:#f8fff8}</style>
+<style>
+body{font-family:system-ui,sans-serif;max-width:72rem;margin:1.5rem auto;padding:0 1rem;line-height:1.4}
+table{border-collapse:collapse;width:100%;font-size:.9rem;margin-bottom:1rem}
+td,th{padding:.2rem .5rem;text-align:left;border-bottom:1px solid #ddd;vertical-align:top}
+th{background:#f4f4f4}td.empty{color:#777}pre{background:#f4f4f4;padding:.8rem;overflow-x:auto}
+.ok{color:#2a6}.bad{color:#c33}dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}
+dt{font-weight:600}svg.spark{vertical-align:middle;background:#f8fff8}
+</style>
 </head><body>
 <h1>crm — status</h1>
 <p>crm ${esc(s.version)}, instance <code>${esc(s.instance)}</code>, up <span id="uptime">${s.uptimeS} s</span>. <span id="live" class="bad">static view</span></p>

@@ -15,11 +15,15 @@ export function renderIndex(c: Config): string {
   const host = base.replace(/^https?:\/\//, "");
   const secretPath = c.mirror.pathPrefix !== "" ? "/YOUR-MIRROR-PATH" : "";
   const registries = [...c.mirror.registries.values()];
-  const block = (title: string, code: string): string => `<h3>${esc(title)}</h3>\n<pre>${esc(code)}</pre>`;
+  const block = (title: string, code: string): string =>
+    `<h3>${esc(title)}</h3>\n<pre>${esc(code)}</pre>`;
   const sections: string[] = [];
   if (c.mirror.enabled) {
     sections.push(
-      block("Docker (/etc/docker/daemon.json), then systemctl restart docker", JSON.stringify({ "registry-mirrors": [`${base}${secretPath}`] }, null, 2)),
+      block(
+        "Docker (/etc/docker/daemon.json), then systemctl restart docker",
+        JSON.stringify({ "registry-mirrors": [`${base}${secretPath}`] }, null, 2),
+      ),
       block(
         "containerd (/etc/containerd/certs.d/docker.io/hosts.toml; one directory per registry)",
         `server = "https://registry-1.docker.io"\n\n[host."${base}${secretPath}"]\n  capabilities = ["pull", "resolve"]`,
@@ -30,9 +34,19 @@ export function renderIndex(c: Config): string {
       ),
     );
   }
-  sections.push(block("Any client through the proxy", `export HTTPS_PROXY=${base}\ncurl -x ${base} https://registry-1.docker.io/v2/`));
-  const authNote = c.access.users.size > 0 ? "<p>This instance requires a user name and password (ask its operator).</p>" : "";
-  const prefixNote = secretPath ? "<p>The mirror is served under a private path: ask the operator for it.</p>" : "";
+  sections.push(
+    block(
+      "Any client through the proxy",
+      `export HTTPS_PROXY=${base}\ncurl -x ${base} https://registry-1.docker.io/v2/`,
+    ),
+  );
+  const authNote =
+    c.access.users.size > 0
+      ? "<p>This instance requires a user name and password (ask its operator).</p>"
+      : "";
+  const prefixNote = secretPath
+    ? "<p>The mirror is served under a private path: ask the operator for it.</p>"
+    : "";
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>crm</title>
 <style>body{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;line-height:1.45}pre{background:#f4f4f4;padding:.8rem;overflow-x:auto}td,th{padding:.2rem .6rem;text-align:left}</style>

@@ -12,7 +12,12 @@ import { BUCKET_MS } from "../activity.ts";
 import { hintFor } from "./hints.ts";
 import type { JournalEntry } from "../journal.ts";
 import type { QuotaView } from "../quota.ts";
-import type { CertificateState, ClusterStatus, ManifestCacheState, ResilienceState } from "../sources.ts";
+import type {
+  CertificateState,
+  ClusterStatus,
+  ManifestCacheState,
+  ResilienceState,
+} from "../sources.ts";
 
 export const RECENT = 100;
 const ERRORS = 20;
@@ -72,13 +77,21 @@ export interface StatusSnapshot {
 
 /** A URL anywhere in a message becomes its host: upstream URLs are not shown. */
 export function scrubUrls(s: string): string {
-  return s.replace(/\b[a-z][a-z0-9+.-]*:\/\/([^\s/"'<>?#]+)[^\s"'<>]*/gi, (_, host: string) => host.replace(/^.*@/, ""));
+  return s.replace(/\b[a-z][a-z0-9+.-]*:\/\/([^\s/"'<>?#]+)[^\s"'<>]*/gi, (_, host: string) =>
+    host.replace(/^.*@/, ""),
+  );
 }
 
-const short = (digest: string): string => (digest.includes(":") ? `${digest.slice(0, digest.indexOf(":") + 13)}…` : digest);
+const short = (digest: string): string =>
+  digest.includes(":") ? `${digest.slice(0, digest.indexOf(":") + 13)}…` : digest;
 
 /** What a request was about, in a few words. */
-export function describeTarget(kind: string, target: string, repo: string | null | undefined, ref: string | null | undefined): string {
+export function describeTarget(
+  kind: string,
+  target: string,
+  repo: string | null | undefined,
+  ref: string | null | undefined,
+): string {
   if (kind === "mirror" && repo) {
     const r = ref ?? "";
     if (target.includes("/blobs/")) return `${repo} blob ${short(r)}`;
@@ -102,7 +115,15 @@ function notesText(e: JournalEntry): string {
 }
 
 function activeRow(a: ActiveView): ActiveRow {
-  return { client: a.client, kind: a.kind, registry: a.registry, what: describeTarget(a.kind, a.target, a.repo, a.ref), bytes: a.bytes, rate: a.rate, ms: a.ms };
+  return {
+    client: a.client,
+    kind: a.kind,
+    registry: a.registry,
+    what: describeTarget(a.kind, a.target, a.repo, a.ref),
+    bytes: a.bytes,
+    rate: a.rate,
+    ms: a.ms,
+  };
 }
 
 export function buildSnapshot(rt: Runtime): StatusSnapshot {
@@ -111,7 +132,8 @@ export function buildSnapshot(rt: Runtime): StatusSnapshot {
   // Mirrored registries without traffic yet are listed too, so the page names what is served.
   if (rt.config.mirror.enabled) {
     for (const name of rt.config.mirror.registries.keys()) {
-      if (!registries.some((r) => r.name === name)) registries.push({ name, requests: 0, errors: 0, bytes: 0, spark: [] });
+      if (!registries.some((r) => r.name === name))
+        registries.push({ name, requests: 0, errors: 0, bytes: 0, spark: [] });
     }
   }
   const errors: ErrorRow[] = recent
@@ -119,7 +141,14 @@ export function buildSnapshot(rt: Runtime): StatusSnapshot {
     .slice(0, ERRORS)
     .map((e) => {
       const message = scrubUrls(String(e.notes.error ?? e.notes.note ?? `answered ${e.status}`));
-      return { time: e.time, registry: e.registry ?? null, what: describeTarget(e.kind, e.target, e.repo, e.ref), status: e.status, message, hint: hintFor(e.kind, e.status, message) };
+      return {
+        time: e.time,
+        registry: e.registry ?? null,
+        what: describeTarget(e.kind, e.target, e.repo, e.ref),
+        status: e.status,
+        message,
+        hint: hintFor(e.kind, e.status, message),
+      };
     });
   return {
     version: pkg.version,
