@@ -244,17 +244,16 @@ export class ManifestService {
         status: got.status,
         headers: got.headers,
       });
-      return clientResponse(
-        req.route,
-        req.method,
-        { response, token: "none", redirectHost: null, firstDigest: null },
-        this.rt.config.mirror.pathPrefix,
-        this.rt.config.timeouts.upstreamHeaderMs,
-      );
+      return this.answerWith(req, response);
     }
     const response = got.take();
     if (response === null) return this.bypass(req, "too-big");
     req.logFields.cache = "too-big";
+    return this.answerWith(req, response);
+  }
+
+  /** A manifest crm holds (verified, or too big to keep), answered as the upstream's would be. */
+  private answerWith(req: ManifestRequest, response: Response): Promise<Response> {
     return clientResponse(
       req.route,
       req.method,

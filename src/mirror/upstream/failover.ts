@@ -14,6 +14,7 @@
  * redirects, connect, head): containerd ≥ 2.3 gives up on a head after 30 s, so a failover must
  * answer inside that. A registry with one upstream takes exactly today's path.
  */
+import type { ResilienceState } from "../../status/sources.ts";
 import type { Runtime } from "../../context.ts";
 import { DialError } from "../../errors.ts";
 import { upstreamsOf, type RegistryConfig } from "../../config/registries.ts";
@@ -25,16 +26,8 @@ import { RegistryClient, type UpstreamRequest, type UpstreamResult } from "./reg
 /** What the mirror asks of a registry's upstream side: one client, or a chain of them. */
 export type MirrorClient = Pick<RegistryClient, "registry" | "fetch">;
 
-export interface UpstreamView {
-  registry: string;
-  /** Its place in the registry's list, from 1: the status page shows no upstream URL or host. */
-  upstream: number;
-  state: "healthy" | "backoff";
-  failures: number;
-  /** Seconds until it is probed again; 0 when healthy or due. */
-  retryInS: number;
-  reason: string | null;
-}
+/** One upstream as the status page shows it (status/sources.ts defines the shape). */
+export type UpstreamView = ResilienceState["upstreams"][number];
 
 interface Health {
   registry: string;
