@@ -579,19 +579,7 @@ export class Connection {
   ): Promise<void> {
     const feeder = this.bodyOf(head, r, rest);
     if (feeder === undefined) return;
-    this.touch();
-    this.feeder = feeder;
-    const abort = new AbortController();
-    this.abort = abort;
-    if (rest.length > 0) this.onRequestBytes(rest);
-    // A FIN that came before this controller did (in the request's own packet, or while the
-    // password was checked) would otherwise be lost: the same rule as onEnd, applied now.
-    if (this.peerEnded && this.buf === null && !this.pipelined) {
-      if (feeder === null) abort.abort(new Error("client sent FIN"));
-      else if (feeder.wantsMore) feeder.fail(new Error("client sent FIN mid-body"));
-    }
-    if (this.buf === null && (feeder === null || feeder.wantsMore)) this.resume();
-
+    const abort = this.startBody(feeder, rest);
     const ex: Exchange = {
       head,
       route: r,
@@ -616,23 +604,7 @@ export class Connection {
       () => (this.secureAuthority ? "mitm" : (ex.kind ?? ex.route.kind)),
       () => sent + (feeder?.bytes ?? 0),
     );
-    let res: Response;
-    // Every error crm answers itself ends the connection (nothing of a failed exchange lingers).
-    let ownError = false;
-    try {
-      res = await (isForward(ex)
-        ? this.dispatch.forward(ex)
-        : isLocal(ex)
-          ? this.dispatch.local(ex)
-          : Promise.reject(new Error("no handler for this route")));
-    } catch (e) {
-      // A malformed request body seen mid-stream, not the handler's failure, is the answer.
-      const answer = errorAnswer(this.bodyError ?? e, ex, this.rt);
-      res = answer.res;
-      ownError = answer.close;
-    }
-    // Bandwidth limits pace the body's reads from the upstream side (bandwidth.ts).
-    if (this.rt.bandwidth.active) res = this.rt.bandwidth.pace(asStreamResponse(res), this.client);
+    const { res, close: ownError } = await this.answerFor(ex);
     if (this.isClosed) {
       await discardBody(res);
       this.logRequest(ex, res.status, 0, started, "client gone");
@@ -664,6 +636,45 @@ export class Connection {
     this.bodyError = null;
     if (this.isClosed) return;
     await this.afterAnswer(head, res, w, feeder === null || feeder.complete);
+  }
+
+  /** The request's body starts flowing to its handler; the controller is aborted when the client goes. */
+  private startBody(feeder: BodyFeeder | null, rest: Buffer): AbortController {
+    this.touch();
+    this.feeder = feeder;
+    const abort = new AbortController();
+    this.abort = abort;
+    if (rest.length > 0) this.onRequestBytes(rest);
+    // A FIN that came before this controller did (in the request's own packet, or while the
+    // password was checked) would otherwise be lost: the same rule as onEnd, applied now.
+    if (this.peerEnded && this.buf === null && !this.pipelined) {
+      if (feeder === null) abort.abort(new Error("client sent FIN"));
+      else if (feeder.wantsMore) feeder.fail(new Error("client sent FIN mid-body"));
+    }
+    if (this.buf === null && (feeder === null || feeder.wantsMore)) this.resume();
+    return abort;
+  }
+
+  /**
+   * The handler's answer, or the one error-answer.ts makes of what it threw (`close`: every error
+   * crm answers itself outside the mirror ends the connection), paced for bandwidth limits.
+   */
+  private async answerFor(ex: Exchange): Promise<{ res: Response; close: boolean }> {
+    let res: Response;
+    let close = false;
+    try {
+      res = await (isForward(ex)
+        ? this.dispatch.forward(ex)
+        : isLocal(ex)
+          ? this.dispatch.local(ex)
+          : Promise.reject(new Error("no handler for this route")));
+    } catch (e) {
+      // A malformed request body seen mid-stream, not the handler's failure, is the answer.
+      ({ res, close } = errorAnswer(this.bodyError ?? e, ex, this.rt));
+    }
+    // Bandwidth limits pace the body's reads from the upstream side (bandwidth.ts).
+    if (this.rt.bandwidth.active) res = this.rt.bandwidth.pace(asStreamResponse(res), this.client);
+    return { res, close };
   }
 
   /** After an answer: the next request on this connection, or its end (cut, reset or flushed). */
