@@ -97,7 +97,6 @@ export async function local(
   return text(404, `crm: no such endpoint ${path.slice(0, 200)}`);
 }
 
-/** crm's own answers under the mirror's path get the fields every mirror answer has (content-safety.ts). */
 /**
  * `/SECRET/v2/...` → `/v2/...` when mirror.path_prefix is `/SECRET` (a Docker mirror URL may
  * carry a path but no credentials); null when the path is not the mirror's.
