@@ -2,9 +2,9 @@
  * nginx as a round-robin balancer in front of several crm replicas (the deploy kit's Service,
  * or a load balancer in front of one crm per VPS): plain http, buffering off, loopback only.
  */
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
-import { NGINX, sharedTempDir } from "./nginx.ts";
+import { runNginx, sharedTempDir } from "./nginx.ts";
 import { freePorts, startOnFreePorts } from "./ports.ts";
 
 export interface Balancer {
@@ -45,49 +45,6 @@ http {
   }
 }
 `;
-    await writeFile(join(dir, "nginx.conf"), conf);
-    const proc = Bun.spawn(
-      [
-        NGINX,
-        "-p",
-        dir,
-        "-c",
-        join(dir, "nginx.conf"),
-        "-e",
-        join(dir, "logs", "error.log"),
-        "-g",
-        "daemon off;",
-      ],
-      { stdout: "ignore", stderr: "pipe" },
-    );
-    for (;;) {
-      if (proc.exitCode !== null) {
-        const log = await readFile(join(dir, "logs", "error.log"), "utf8").catch(() => "");
-        throw new Error(
-          `nginx exited with ${proc.exitCode}: ${await new Response(proc.stderr).text()} ${log}`,
-        );
-      }
-      try {
-        const s = await Bun.connect({
-          hostname: "127.0.0.1",
-          port,
-          socket: { data() {}, error() {} },
-        });
-        s.end();
-        break;
-      } catch {
-        await Bun.sleep(30);
-      }
-    }
-    return {
-      port,
-      async stop() {
-        proc.kill("SIGQUIT");
-        const t = setTimeout(() => proc.kill("SIGKILL"), 5000);
-        await proc.exited;
-        clearTimeout(t);
-        await rm(dir, { recursive: true, force: true });
-      },
-    };
+    return { port, stop: await runNginx(dir, conf, [port]) };
   });
 }

@@ -93,6 +93,20 @@ stream {
   }
 }
 `;
+  const stop = await runNginx(dir, conf, [httpPort, streamPort]);
+  return { httpPort, streamPort, dir, stop };
+}
+
+/**
+ * Writes `conf` into `dir` (made by sharedTempDir, with logs/ and tmp/), starts nginx on it and
+ * waits, 15 s at most, until every port in `ports` accepts. Gives the stop, which also removes
+ * `dir`. One runner for every nginx fixture: the front of a public mirror, the balancer.
+ */
+export async function runNginx(
+  dir: string,
+  conf: string,
+  ports: number[],
+): Promise<() => Promise<void>> {
   await writeFile(join(dir, "nginx.conf"), conf);
   const proc = Bun.spawn(
     [
@@ -116,21 +130,19 @@ stream {
         `nginx exited with ${proc.exitCode}: ${await new Response(proc.stderr).text()} ${log}`,
       );
     }
-    if ((await canConnect(httpPort)) && (await canConnect(streamPort))) break;
-    if (Date.now() > end) throw new Error("nginx did not start listening within 15 s");
+    if ((await Promise.all(ports.map(canConnect))).every(Boolean)) break;
+    if (Date.now() > end) {
+      proc.kill("SIGKILL");
+      throw new Error("nginx did not start listening within 15 s");
+    }
     await Bun.sleep(50);
   }
-  return {
-    httpPort,
-    streamPort,
-    dir,
-    async stop() {
-      proc.kill("SIGQUIT");
-      const t = setTimeout(() => proc.kill("SIGKILL"), 5000);
-      await proc.exited;
-      clearTimeout(t);
-      await rm(dir, { recursive: true, force: true });
-    },
+  return async () => {
+    proc.kill("SIGQUIT");
+    const t = setTimeout(() => proc.kill("SIGKILL"), 5000);
+    await proc.exited;
+    clearTimeout(t);
+    await rm(dir, { recursive: true, force: true });
   };
 }
 
