@@ -14,6 +14,7 @@
  * redirects, connect, head): containerd ≥ 2.3 gives up on a head after 30 s, so a failover must
  * answer inside that. A registry with one upstream takes exactly today's path.
  */
+import { labelValue } from "../../metrics.ts";
 import type { ResilienceState } from "../../status/sources.ts";
 import type { Runtime } from "../../context.ts";
 import { DialError } from "../../errors.ts";
@@ -83,7 +84,8 @@ export class UpstreamHealth {
   }
 
   metricLines(now = Date.now()): string[] {
-    const lbl = (h: Health): string => `registry="${esc(h.registry)}",upstream="${esc(h.host)}"`;
+    const lbl = (h: Health): string =>
+      `registry="${labelValue(h.registry)}",upstream="${labelValue(h.host)}"`;
     const out = [
       "# HELP crm_mirror_upstream_up 1 while an upstream of a registry with several is used, 0 while it is skipped for its back-off.",
       "# TYPE crm_mirror_upstream_up gauge",
@@ -107,15 +109,12 @@ export class UpstreamHealth {
     for (const [k, n] of this.failovers) {
       const [registry, reason] = k.split("\n") as [string, string];
       out.push(
-        `crm_mirror_upstream_failovers_total{registry="${esc(registry)}",reason="${esc(reason)}"} ${n}`,
+        `crm_mirror_upstream_failovers_total{registry="${labelValue(registry)}",reason="${labelValue(reason)}"} ${n}`,
       );
     }
     return out;
   }
 }
-
-const esc = (s: string): string =>
-  s.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
 
 const healths = new WeakMap<Runtime, UpstreamHealth>();
 
